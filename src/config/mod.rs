@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Configuration: TOML file → validated, immutable [`Config`].
+//!
+//! Loading has two stages: serde reads the syntax (unknown keys are errors), then
+//! [`validate`] checks meanings and collects every problem at once. Each error names the
+//! file, the line and the dotted key.
+
+pub mod listen;
+pub mod raw;
+pub mod reply;
+mod span;
+mod validate;
+
+pub use listen::ListenAddr;
+pub use raw::{LogFormat, RawConfig};
+pub use reply::Replies;
+
+use crate::policy::Policy;
+use span::{SpanIndex, line_col};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration file read when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fanout-milter/fanout-milter.toml";
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The effective settings, defaults filled in (printed by `check-config`).
+    pub raw: RawConfig,
+    /// `[milter] listen`.
+    pub listen: ListenAddr,
+    /// `[milter] socket_mode`, for unix sockets.
+    pub socket_mode: u32,
+    /// `[milter] max_connections`.
+    pub max_connections: usize,
+    /// `[milter] connection_timeout`.
+    pub connection_timeout: Duration,
+    /// `[milter] shutdown_timeout`.
+    pub shutdown_timeout: Duration,
+    /// `[milter] max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// The rules.
+    pub policy: Policy,
+    /// Reply texts.
+    pub replies: Replies,
+}
+
+impl Config {
+    /// Settings that a reload cannot change, with their old and new values, when they differ.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.raw.milter.listen != new.raw.milter.listen {
+            keys.push("milter.listen");
+        }
+        if self.raw.milter.socket_mode != new.raw.milter.socket_mode {
+            keys.push("milter.socket_mode");
+        }
+        if self.raw.milter.max_connections != new.raw.milter.max_connections {
+            keys.push("milter.max_connections");
+        }
+        if self.raw.milter.connection_timeout != new.raw.milter.connection_timeout {
+            keys.push("milter.connection_timeout");
+        }
+        if self.raw.logging != new.raw.logging {
+            keys.push("logging");
+        }
+        keys
+    }
+
+    /// The effective settings as TOML.
+    pub fn effective_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the key is written in the file.
+    pub line: Option<usize>,
+    /// 1-based column, for syntax errors.
+    pub column: Option<usize>,
+    /// Dotted key, e.g. `limits.envelope.reject` (empty when unknown).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What went wrong with a configuration file.
+#[derive(Debug)]
+pub enum ConfigErrorKind {
+    /// The file could not be read.
+    Read(std::io::Error),
+    /// The file was read but is not a valid configuration.
+    Invalid(Vec<Problem>),
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub kind: ConfigErrorKind,
+}
+
+impl ConfigError {
+    /// The problems found (empty for a read error).
+    pub fn problems(&self) -> &[Problem] {
+        match &self.kind {
+            ConfigErrorKind::Read(_) => &[],
+            ConfigErrorKind::Invalid(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match &self.kind {
+            ConfigErrorKind::Read(e) => write!(f, "{file}: cannot read configuration: {e}"),
+            ConfigErrorKind::Invalid(problems) => {
+                for (i, p) in problems.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{file}")?;
+                    if let Some(line) = p.line {
+                        write!(f, ":{line}")?;
+                    }
+                    if let Some(col) = p.column {
+                        write!(f, ":{col}")?;
+                    }
+                    if p.key.is_empty() {
+                        write!(f, ": {}", p.message)?;
+                    } else {
+                        write!(f, ": {}: {}", p.key, p.message)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ConfigErrorKind::Read(e) => Some(e),
+            ConfigErrorKind::Invalid(_) => None,
+        }
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        kind: ConfigErrorKind::Read(e),
+    })?;
+    parse(&src, file)
+}
+
+/// Validates configuration text; `file` is only used in messages and in [`Config::file`].
+pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError {
+        file: file.to_owned(),
+        kind: ConfigErrorKind::Invalid(problems),
+    };
+    let index = match SpanIndex::build(src) {
+        Ok(index) => index,
+        Err(e) => return Err(invalid(vec![toml_problem(src, &SpanIndex::default(), &e)])),
+    };
+    let raw: RawConfig =
+        toml::from_str(src).map_err(|e| invalid(vec![toml_problem(src, &index, &e)]))?;
+    validate::validate(raw, file).map_err(|problems| {
+        let mut problems: Vec<Problem> = problems
+            .into_iter()
+            .map(|(key, message)| Problem {
+                line: index.offset_of(&key).map(|o| line_col(src, o).0),
+                column: None,
+                key,
+                message,
+            })
+            .collect();
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        invalid(problems)
+    })
+}
+
+fn toml_problem(src: &str, index: &SpanIndex, e: &toml::de::Error) -> Problem {
+    let (line, column, key) = match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(src, span.start);
+            let key = index.path_at(span.start).unwrap_or_default().to_owned();
+            (Some(line), Some(col), key)
+        }
+        None => (None, None, String::new()),
+    };
+    Problem {
+        line,
+        column,
+        key,
+        message: e.message().trim().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

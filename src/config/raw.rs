@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The TOML shape of the configuration file, with every default filled in.
+//!
+//! These structs are only the syntax: values are checked and turned into the immutable
+//! [`Config`](super::Config) by [`validate`](super::validate). Serialising a `RawConfig`
+//! prints the effective settings (`check-config`).
+
+use crate::policy::Mode;
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[milter]`: socket, mode and protocol limits.
+    pub milter: RawMilter,
+    /// `[logging]`: level and format.
+    pub logging: RawLogging,
+    /// `[domains]`: which domains are internal.
+    pub domains: RawDomains,
+    /// `[limits.*]`: counting rules.
+    pub limits: RawLimits,
+    /// `[exempt]`: senders no rule applies to.
+    pub exempt: RawExempt,
+    /// `[reply]`: what refused senders are told.
+    pub reply: RawReply,
+}
+
+/// `[milter]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMilter {
+    /// `inet:HOST:PORT` or `unix:PATH`.
+    pub listen: String,
+    /// `enforce` or `monitor`.
+    pub mode: Mode,
+    /// Octal permissions of a unix socket.
+    pub socket_mode: String,
+    /// Concurrent milter connections (one per Postfix smtpd/cleanup process).
+    pub max_connections: usize,
+    /// Idle time after which a milter connection is closed.
+    pub connection_timeout: String,
+    /// How long a shutdown waits for messages in flight.
+    pub shutdown_timeout: String,
+    /// Header bytes kept per message; the rest is not parsed.
+    pub max_header_bytes: usize,
+}
+
+impl Default for RawMilter {
+    fn default() -> Self {
+        RawMilter {
+            listen: "inet:127.0.0.1:7785".into(),
+            mode: Mode::Enforce,
+            socket_mode: "0660".into(),
+            max_connections: 200,
+            connection_timeout: "10m".into(),
+            shutdown_timeout: "30s".into(),
+            max_header_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[logging]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogging {
+    /// A tracing filter: `info`, `debug`, or directives like `info,fanout_milter=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[domains]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDomains {
+    /// Internal domains: exact names and `*.` globs.
+    pub internal: Vec<String>,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// `[limits.envelope]`.
+    pub envelope: RawLevels,
+    /// `[limits.external]`.
+    pub external: RawLevels,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            envelope: RawLevels {
+                tag: 50,
+                quarantine: 200,
+                reject: 2000,
+                monitor: false,
+            },
+            external: RawLevels {
+                tag: 0,
+                quarantine: 100,
+                reject: 0,
+                monitor: false,
+            },
+        }
+    }
+}
+
+/// Levels of one counting rule; 0 switches a level off.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLevels {
+    /// Tag at or above.
+    pub tag: u64,
+    /// Quarantine at or above.
+    pub quarantine: u64,
+    /// Reject at or above.
+    pub reject: u64,
+    /// Only tag, whatever level is reached.
+    pub monitor: bool,
+}
+
+/// `[exempt]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawExempt {
+    /// Envelope senders or SASL logins (globs) no rule applies to.
+    pub senders: Vec<String>,
+}
+
+/// `[reply]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReply {
+    /// Whom a refused sender should contact, used as `{contact}`.
+    pub contact: String,
+    /// Text of the 550 5.7.1 reply; `{reason}`, `{contact}` and `{queue_id}` are filled in.
+    pub reject: String,
+    /// Text of the 451 4.7.1 reply.
+    pub tempfail: String,
+}
+
+impl Default for RawReply {
+    fn default() -> Self {
+        RawReply {
+            contact: "your IT service desk".into(),
+            reject: "Your message was NOT sent: it would reach more people than this mail \
+                     system allows ({reason}). Please check the recipients or ask {contact}."
+                .into(),
+            tempfail: "Your message could not be checked and was not sent yet; \
+                       it will be retried. If this persists, contact {contact}."
+                .into(),
+        }
+    }
+}

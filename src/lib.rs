@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! fanout-milter: a Postfix milter that holds or refuses outgoing mail whose real
+//! audience is dangerously large.
+//!
+//! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
+//! milter ([`milter`]), the configuration loader ([`config`]), the serving loop
+//! ([`server`]) and the offline `explain` command ([`explain`]).
+
+pub mod config;
+pub mod explain;
+pub mod logging;
+pub mod message;
+pub mod milter;
+pub mod policy;
+pub mod server;
+
+/// Product name.
+pub const NAME: &str = "fanout-milter";
+/// Crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use server::{ReloadRequest, run};

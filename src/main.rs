@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The `fanout-milter` command: serve the milter, check the configuration, explain a
+//! verdict offline.
+
+use clap::{Parser, Subcommand};
+use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
+use fanout_milter::explain::{ExplainInput, explain};
+use fanout_milter::milter::listener::MilterListener;
+use fanout_milter::{NAME, VERSION, logging, server};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = NAME, version = VERSION, about = "Postfix milter that stops outgoing mail whose real audience is dangerously large")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the milter (the default).
+    Run,
+    /// Validate the configuration and print the effective settings.
+    CheckConfig,
+    /// Evaluate one message offline and print the verdict with its reasons.
+    Explain {
+        /// Envelope sender.
+        #[arg(long)]
+        from: String,
+        /// Envelope recipient (repeat for more).
+        #[arg(long = "rcpt", required = true, num_args = 1..)]
+        rcpts: Vec<String>,
+        /// SASL login of the sender.
+        #[arg(long)]
+        sasl_login: Option<String>,
+        /// Client IP address.
+        #[arg(long)]
+        client: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Message file with its headers; "-" reads standard input.
+        message: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Explain {
+            from,
+            rcpts,
+            sasl_login,
+            client,
+            json,
+            message,
+        } => {
+            let config = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let message = match message.as_deref().map(read_message).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{NAME}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let input = ExplainInput {
+                from,
+                rcpts,
+                sasl_login,
+                client,
+                message,
+            };
+            let explanation = explain(&config, input);
+            if json {
+                println!("{:#}", explanation.to_json());
+            } else {
+                print!("{}", explanation.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn read_message(path: &Path) -> Result<Vec<u8>, String> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read the message from standard input: {e}"))?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("{NAME}: configuration error:\n{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!("# {}: configuration OK; effective settings:", path.display());
+            print!("{}", config.effective_toml());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(&config.raw.logging.level, config.raw.logging.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    info!(version = VERSION, config = %config.file.display(), mode = ?config.policy.mode, "starting");
+    let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    info!(listen = %config.listen, "listening");
+
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received"); break; }
+                _ = int.recv() => { info!("SIGINT received"); break; }
+                _ = hup.recv() => {
+                    info!("SIGHUP received, reloading configuration");
+                    let (ack, _) = oneshot::channel();
+                    let _ = reload_tx.send(ack).await;
+                }
+            }
+        }
+        let _ = shutdown_tx.send(());
+    });
+    let shutdown = async move {
+        let _ = shutdown_rx.await;
+    };
+    match server::run(listener, config, reload_rx, shutdown).await {
+        Ok(()) => {
+            info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("milter stopped: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Header accumulation with a byte cap, and extraction of [`HeaderFacts`] with mail-parser.
+
+use crate::policy::{HeaderFacts, RecipientSet};
+use mail_parser::{Address, HeaderValue, MessageParser};
+
+/// Header bytes of one message as received from the MTA, capped in size.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderBuffer {
+    raw: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl HeaderBuffer {
+    /// An empty buffer that keeps at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        HeaderBuffer {
+            raw: Vec::new(),
+            cap,
+            truncated: false,
+        }
+    }
+
+    /// Appends one header. A header that does not fit whole is dropped and the buffer is
+    /// marked truncated; later headers are still considered if they fit.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let needed = name.len() + 2 + value.len() + 2;
+        if self.raw.len() + needed > self.cap {
+            self.truncated = true;
+            return;
+        }
+        self.raw.extend_from_slice(name);
+        self.raw.extend_from_slice(b": ");
+        self.raw.extend_from_slice(value);
+        self.raw.extend_from_slice(b"\r\n");
+    }
+
+    /// True when a header was dropped for size.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The header block, terminated by an empty line.
+    pub fn finish(mut self) -> (Vec<u8>, bool) {
+        self.raw.extend_from_slice(b"\r\n");
+        (self.raw, self.truncated)
+    }
+}
+
+/// Extracts what the policy needs from a header block (or a whole message).
+///
+/// Never panics; unparsable input gives empty facts.
+pub fn extract(raw: &[u8]) -> HeaderFacts {
+    let mut facts = HeaderFacts::default();
+    let Some(msg) = MessageParser::default().parse_headers(raw) else {
+        return facts;
+    };
+    let mut visible = RecipientSet::new();
+    for list in msg.all_to().chain(msg.all_cc()) {
+        add_addresses(&mut visible, list);
+    }
+    facts.visible = visible;
+    facts.from = msg
+        .from()
+        .and_then(|a| a.iter().find_map(|a| a.address()))
+        .map(crate::policy::address::normalize);
+    facts.subject = msg.subject().map(str::to_owned);
+    facts.message_id = msg.message_id().map(str::to_owned);
+    facts.in_reply_to = ids(msg.in_reply_to());
+    facts.references = ids(msg.references());
+    facts
+}
+
+fn add_addresses(set: &mut RecipientSet, list: &Address<'_>) {
+    for addr in list.iter() {
+        if let Some(a) = addr.address() {
+            set.add(a);
+        }
+    }
+}
+
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    match value.as_text_list() {
+        Some(list) => list.iter().map(|s| s.to_string()).collect(),
+        None => value.as_text().map(|s| vec![s.to_owned()]).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts_of(headers: &[(&str, &str)]) -> HeaderFacts {
+        let mut buf = HeaderBuffer::new(1 << 20);
+        for (n, v) in headers {
+            buf.push(n.as_bytes(), v.as_bytes());
+        }
+        let (raw, _) = buf.finish();
+        extract(&raw)
+    }
+
+    #[test]
+    fn counts_every_to_and_cc_header_and_groups() {
+        let f = facts_of(&[
+            ("From", "Ann <ann@Example.org>"),
+            ("To", "x1@e.org, x2@e.org, G: x3@e.org, x4@e.org;"),
+            ("To", "x5@e.org"),
+            ("Cc", "X1@E.ORG, Boss <x6@e.org>"),
+            ("Subject", "Re: Fwd: =?utf-8?q?Hall=C3=B6?="),
+            ("Message-ID", "<abc@x.org>"),
+            ("In-Reply-To", "<p@x.org>"),
+            ("References", "<r1@x.org> <r2@x.org>"),
+        ]);
+        assert_eq!(f.visible.len(), 7, "X1@E.ORG differs from x1@e.org only in the local part");
+        assert_eq!(f.from.as_deref(), Some("ann@example.org"));
+        assert_eq!(f.subject.as_deref(), Some("Re: Fwd: Hallö"));
+        assert_eq!(f.message_id.as_deref(), Some("abc@x.org"));
+        assert_eq!(f.in_reply_to, ["p@x.org"]);
+        assert_eq!(f.references, ["r1@x.org", "r2@x.org"]);
+        assert!(!f.truncated);
+    }
+
+    #[test]
+    fn buffer_caps_and_marks_truncation() {
+        let mut buf = HeaderBuffer::new(64);
+        buf.push(b"To", b"a@b.org");
+        buf.push(b"X-Big", &[b'x'; 100]);
+        buf.push(b"Cc", b"c@d.org");
+        assert!(buf.truncated());
+        let (raw, truncated) = buf.finish();
+        assert!(truncated);
+        assert_eq!(extract(&raw).visible.len(), 2);
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\r\n".to_vec(),
+            b"garbage without colon".to_vec(),
+            vec![0xff, 0xfe, b':', 0x80, b'\r', b'\n', b'\r', b'\n'],
+            b"To: \"unterminated <a@b\r\nCc: ;;;,,,<<>>@@\r\n\r\n".to_vec(),
+            b"To: =?utf-8?b?////?= <x@y>\r\nSubject: =?x-unknown?q?=ZZ?=\r\n\r\n".to_vec(),
+        ];
+        let mut long = b"To: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 200_000));
+        long.extend_from_slice(b"\r\n\r\n");
+        inputs.push(long);
+        for input in inputs {
+            let _ = extract(&input);
+        }
+    }
+
+    #[test]
+    fn twenty_thousand_visible_addresses() {
+        let to: Vec<String> = (0..20_000).map(|i| format!("u{i}@e.org")).collect();
+        let f = facts_of(&[("To", &to.join(", "))]);
+        assert_eq!(f.visible.len(), 20_000);
+    }
+}

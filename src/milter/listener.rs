@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The milter socket: binds `inet:` or `unix:` addresses, sets TCP_NODELAY on every
+//! accepted TCP connection, and stops accepting when shutdown begins.
+
+use crate::config::ListenAddr;
+use indymilter::{EitherStream, Listener};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tracing::warn;
+
+/// Why the milter socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The host name did not resolve.
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The resolver error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process listens there.
+    #[error("cannot listen on {addr}: the address is already in use (is another milter running?)")]
+    InUse {
+        /// The configured address.
+        addr: ListenAddr,
+    },
+    /// Any other socket error.
+    #[error("cannot listen on {addr}: {source}")]
+    Io {
+        /// The configured address.
+        addr: ListenAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound milter socket.
+#[derive(Debug)]
+pub enum MilterListener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix-domain socket; the file is removed when the listener is dropped.
+    Unix(UnixListener, UnixSocketFile),
+}
+
+/// Removes the socket file on drop.
+#[derive(Debug)]
+pub struct UnixSocketFile(PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl MilterListener {
+    /// Binds the configured address; `socket_mode` applies to unix sockets.
+    pub async fn bind(addr: &ListenAddr, socket_mode: u32) -> Result<Self, BindError> {
+        let io_err = |source: io::Error| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                BindError::InUse { addr: addr.clone() }
+            } else {
+                BindError::Io {
+                    addr: addr.clone(),
+                    source,
+                }
+            }
+        };
+        match addr {
+            ListenAddr::Inet { host, port } => {
+                let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|source| BindError::Resolve {
+                        addr: addr.clone(),
+                        source,
+                    })?
+                    .collect();
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+                for a in addrs {
+                    match TcpListener::bind(a).await {
+                        Ok(l) => return Ok(MilterListener::Tcp(l)),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(io_err(last))
+            }
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path).await.map_err(io_err)?;
+                let listener = UnixListener::bind(path).map_err(io_err)?;
+                let file = UnixSocketFile(path.clone());
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
+                    .map_err(io_err)?;
+                Ok(MilterListener::Unix(listener, file))
+            }
+        }
+    }
+
+    /// The bound TCP address (for tests that bind port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            MilterListener::Tcp(l) => l.local_addr().ok(),
+            MilterListener::Unix(..) => None,
+        }
+    }
+}
+
+/// A socket file left by a crashed instance is removed; one that still answers is in use.
+async fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(io::ErrorKind::AddrInUse.into());
+    }
+    std::fs::remove_file(path)
+}
+
+/// A listener that closes its socket once `stop` completes, so no new connection is
+/// accepted while messages in flight are finished.
+pub struct StoppableListener {
+    inner: Option<MilterListener>,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StoppableListener {
+    /// Wraps a bound listener.
+    pub fn new(inner: MilterListener, stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        StoppableListener {
+            inner: Some(inner),
+            stop: Box::pin(stop),
+            backoff: None,
+        }
+    }
+}
+
+impl Listener for StoppableListener {
+    type Io = EitherStream<TcpStream, UnixStream>;
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        if self.inner.is_some() && self.stop.as_mut().poll(cx).is_ready() {
+            self.inner = None;
+        }
+        if let Some(sleep) = &mut self.backoff {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.backoff = None;
+        }
+        let accepted = match &mut self.inner {
+            None => Poll::Pending,
+            Some(MilterListener::Tcp(l)) => TcpListener::poll_accept(l, cx).map_ok(|(stream, _)| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    warn!("cannot set TCP_NODELAY on a milter connection: {e}");
+                }
+                EitherStream::Tcp(stream)
+            }),
+            Some(MilterListener::Unix(l, _)) => {
+                UnixListener::poll_accept(l, cx).map_ok(|(stream, _)| EitherStream::Unix(stream))
+            }
+        };
+        match accepted {
+            // indymilter stops serving when accept fails, so transient errors (a client
+            // that hung up, too many open files) are logged and retried instead.
+            Poll::Ready(Err(e)) => {
+                warn!("cannot accept a milter connection, retrying: {e}");
+                let delay = match e.kind() {
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => 0,
+                    _ => 100,
+                };
+                let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(delay)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                } else {
+                    self.backoff = Some(sleep);
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The milter adapter: indymilter callbacks that collect facts, ask the policy core and
+//! apply its verdict. Every fault ends in a 451 tempfail, never in a silent accept.
+
+pub mod apply;
+pub mod listener;
+pub mod session;
+
+pub use session::{ConnData, MessageData, Session, VERDICT_HEADER};
+
+use crate::policy::{self, Evaluation};
+use crate::server::Shared;
+use futures_util::FutureExt;
+use indymilter::{
+    Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,
+};
+use std::ffi::CString;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, error, info, warn};
+
+/// Queue id shown when Postfix did not send macro `i`.
+const NO_QUEUE_ID: &str = "NOQUEUE";
+
+/// The milter actions fanout-milter uses.
+pub const ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::QUARANTINE);
+
+/// Builds the callbacks for one milter server.
+pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
+    let mail_shared = shared.clone();
+    Callbacks::new()
+        .on_negotiate(|cx, actions, opts| Box::pin(handle_negotiate(cx, actions, opts)))
+        .on_connect(|cx, host, socket| Box::pin(handle_connect(cx, host, socket)))
+        .on_mail(move |cx, args| Box::pin(handle_mail(cx, args, mail_shared.clone())))
+        .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
+        .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
+        .on_eom(|cx| Box::pin(handle_eom(cx)))
+        .on_abort(|cx| Box::pin(handle_abort(cx)))
+        .on_close(|cx| Box::pin(handle_close(cx)))
+}
+
+async fn handle_negotiate(
+    cx: &mut NegotiateContext<Session>,
+    offered: Actions,
+    _opts: ProtoOpts,
+) -> Status {
+    let missing = ACTIONS.difference(offered);
+    if !missing.is_empty() {
+        warn!(
+            "the MTA does not offer milter actions {missing:?}; messages that need them will be tempfailed"
+        );
+    }
+    cx.requested_actions = ACTIONS.intersection(offered);
+    cx.data = Some(Session::default());
+    Status::Continue
+}
+
+async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: SocketInfo) -> Status {
+    let client = match socket {
+        SocketInfo::Inet(addr) => Some(addr.ip().to_string()),
+        SocketInfo::Unix(path) => Some(path.to_string_lossy().into_owned()),
+        SocketInfo::Unknown => None,
+    };
+    let session = cx.data.get_or_insert_with(Session::default);
+    session.conn.client = client;
+    session.abort_message();
+    Status::Continue
+}
+
+async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<Shared>) -> Status {
+    let sender = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    let login = cx
+        .macros
+        .get(c"{auth_authen}")
+        .map(|v| v.to_string_lossy().into_owned());
+    let config = shared.config.load_full();
+    let inflight = shared.inflight.enter();
+    let session = cx.data.get_or_insert_with(Session::default);
+    session.init_message(config, &sender, login, inflight);
+    Status::Continue
+}
+
+async fn handle_rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
+    if let (Some(msg), Some(rcpt)) = (cx.data.as_mut().and_then(|s| s.msg.as_mut()), args.first()) {
+        msg.add_envelope_recipient(&rcpt.to_string_lossy());
+    }
+    Status::Continue
+}
+
+async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString) -> Status {
+    if let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) {
+        msg.add_header(name.as_bytes(), value.as_bytes());
+    }
+    Status::Continue
+}
+
+async fn handle_abort(cx: &mut Context<Session>) -> Status {
+    if let Some(session) = cx.data.as_mut() {
+        session.abort_message();
+    }
+    Status::Continue
+}
+
+async fn handle_close(cx: &mut Context<Session>) -> Status {
+    cx.data = None;
+    Status::Continue
+}
+
+async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
+    let queue_id = cx
+        .macros
+        .get(c"i")
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|q| !q.is_empty());
+    let shown = queue_id.clone().unwrap_or_else(|| NO_QUEUE_ID.to_owned());
+    let result = AssertUnwindSafe(decide_and_apply(cx, queue_id, &shown))
+        .catch_unwind()
+        .await;
+    if let Some(session) = cx.data.as_mut() {
+        session.abort_message();
+    }
+    match result {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
+            apply::tempfail(&mut cx.reply, None, "internal error", &shown)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {what}), message tempfailed");
+            apply::tempfail(&mut cx.reply, None, "internal error", &shown)
+        }
+    }
+}
+
+/// Why a message could not be decided.
+#[derive(Debug, thiserror::Error)]
+enum EomError {
+    #[error("end of message without MAIL FROM (no message data)")]
+    NoMessage,
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+}
+
+async fn decide_and_apply(
+    cx: &mut EomContext<Session>,
+    queue_id: Option<String>,
+    shown: &str,
+) -> Result<Status, EomError> {
+    let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
+    let msg = session.msg.take().ok_or(EomError::NoMessage)?;
+    let finished = msg.finish(queue_id, &session.conn);
+    let started = Instant::now();
+    let evaluation = policy::evaluate(&finished.config.policy, &finished.facts);
+    debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
+    let status = apply::apply(
+        cx,
+        &evaluation.verdict,
+        &finished.config.replies,
+        shown,
+        finished.foreign_verdict_headers,
+    )
+    .await?;
+    log_decision(shown, &finished.facts, &evaluation, finished.config.policy.mode);
+    Ok(status)
+}
+
+fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mode: policy::Mode) {
+    let v = &e.verdict;
+    let sender = if facts.sender.is_empty() { "<>" } else { &facts.sender };
+    info!(
+        queue_id,
+        verdict = %v.action,
+        intended = %v.intended,
+        rules = %v.rules(),
+        sender,
+        sasl_login = facts.sasl_login.as_deref().unwrap_or("-"),
+        client = facts.client.as_deref().unwrap_or("-"),
+        envelope = e.counts.envelope,
+        external = e.counts.external,
+        visible = e.counts.visible,
+        audience = e.counts.audience,
+        mode = ?mode,
+        exempt_by = v.exempt_by.as_deref().unwrap_or("-"),
+        headers_truncated = facts.headers.truncated,
+        reason = %v.summary(),
+        "decision"
+    );
+}

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Per-connection and per-message data kept between milter stages.
+
+use crate::config::Config;
+use crate::message::{HeaderBuffer, extract};
+use crate::policy::{MessageFacts, RecipientSet};
+use crate::server::InflightGuard;
+use std::sync::Arc;
+
+/// The header this milter adds; copies of it arriving from outside are removed.
+pub const VERDICT_HEADER: &str = "X-Fanout-Verdict";
+
+/// Data of one milter connection (one SMTP session in Postfix).
+#[derive(Default)]
+pub struct Session {
+    /// Connection facts.
+    pub conn: ConnData,
+    /// The message in progress, from MAIL to end of message.
+    pub msg: Option<MessageData>,
+}
+
+/// Facts about the SMTP client, valid for every message of the connection.
+#[derive(Clone, Debug, Default)]
+pub struct ConnData {
+    /// Client IP address, or the socket name Postfix reported.
+    pub client: Option<String>,
+}
+
+/// Facts about the message in progress.
+pub struct MessageData {
+    /// The configuration in force when the message started; a reload does not change it.
+    pub config: Arc<Config>,
+    /// Envelope sender, normalised.
+    pub sender: String,
+    /// SASL login, from `{auth_authen}` at MAIL.
+    pub sasl_login: Option<String>,
+    /// Envelope recipients.
+    pub recipients: RecipientSet,
+    /// Header bytes received so far.
+    pub headers: HeaderBuffer,
+    /// How many `X-Fanout-Verdict` headers arrived with the message.
+    pub foreign_verdict_headers: i32,
+    /// Keeps the message counted as in flight until it is dropped.
+    pub _inflight: InflightGuard,
+}
+
+impl Session {
+    /// Starts a new message at MAIL, dropping any unfinished one.
+    pub fn init_message(
+        &mut self,
+        config: Arc<Config>,
+        sender: &str,
+        sasl_login: Option<String>,
+        inflight: InflightGuard,
+    ) {
+        let cap = config.max_header_bytes;
+        self.msg = Some(MessageData {
+            config,
+            sender: crate::policy::address::normalize(sender),
+            sasl_login: sasl_login.filter(|s| !s.is_empty()),
+            recipients: RecipientSet::new(),
+            headers: HeaderBuffer::new(cap),
+            foreign_verdict_headers: 0,
+            _inflight: inflight,
+        });
+    }
+
+    /// Drops the message in progress (ABORT, close, or after end of message).
+    pub fn abort_message(&mut self) {
+        self.msg = None;
+    }
+}
+
+impl MessageData {
+    /// Adds an envelope recipient (`<addr>` as sent by the MTA).
+    pub fn add_envelope_recipient(&mut self, raw: &str) {
+        self.recipients.add(raw);
+    }
+
+    /// Adds one header.
+    pub fn add_header(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(VERDICT_HEADER.as_bytes()) {
+            self.foreign_verdict_headers = self.foreign_verdict_headers.saturating_add(1);
+        }
+        self.headers.push(name, value);
+    }
+
+    /// Turns the collected data into the facts the policy decides on.
+    pub fn finish(self, queue_id: Option<String>, conn: &ConnData) -> FinishedMessage {
+        let (raw, truncated) = self.headers.finish();
+        let mut headers = extract(&raw);
+        headers.truncated = truncated;
+        FinishedMessage {
+            facts: MessageFacts {
+                queue_id,
+                sender: self.sender,
+                sasl_login: self.sasl_login,
+                client: conn.client.clone(),
+                recipients: self.recipients,
+                headers,
+            },
+            config: self.config,
+            foreign_verdict_headers: self.foreign_verdict_headers,
+            _inflight: self._inflight,
+        }
+    }
+}
+
+/// A message whose data is complete, ready to be decided at end of message.
+pub struct FinishedMessage {
+    /// The facts for the policy core.
+    pub facts: MessageFacts,
+    /// The configuration the message started under.
+    pub config: Arc<Config>,
+    /// How many `X-Fanout-Verdict` headers arrived with the message.
+    pub foreign_verdict_headers: i32,
+    /// Keeps the message counted as in flight until the reply is sent.
+    pub _inflight: InflightGuard,
+}

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Address normalisation and the matchers the rules use: internal domains and sender globs.
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use std::collections::HashSet;
+
+/// Normalises one envelope or header address: surrounding white space and angle brackets
+/// are stripped, a source route (`@a,@b:user@dom`) is dropped and the domain is
+/// lower-cased. The local part keeps its case, as RFC 5321 requires. The null sender
+/// (`<>`) becomes the empty string.
+pub fn normalize(raw: &str) -> String {
+    let mut addr = raw.trim();
+    if let Some(inner) = addr.strip_prefix('<') {
+        addr = inner.strip_suffix('>').unwrap_or(inner).trim();
+    }
+    if addr.starts_with('@')
+        && let Some((_, rest)) = addr.split_once(':')
+    {
+        addr = rest;
+    }
+    match addr.rfind('@') {
+        Some(at) => {
+            let (local, domain) = addr.split_at(at);
+            let domain = domain[1..].trim_end_matches('.');
+            format!("{local}@{}", domain.to_ascii_lowercase())
+        }
+        None => addr.to_owned(),
+    }
+}
+
+/// The domain part of a normalised address, if it has one.
+pub fn domain_of(addr: &str) -> Option<&str> {
+    addr.rfind('@').map(|at| &addr[at + 1..]).filter(|d| !d.is_empty())
+}
+
+/// An error in a domain pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainPatternError {
+    /// The pattern is empty.
+    #[error("empty domain")]
+    Empty,
+    /// A wildcard anywhere but a leading `*.`.
+    #[error("invalid domain pattern \"{0}\": only a leading \"*.\" wildcard is allowed")]
+    Wildcard(String),
+    /// Characters that cannot appear in a domain name.
+    #[error("invalid domain \"{0}\"")]
+    Invalid(String),
+}
+
+/// The set of internal domains: exact names and `*.` suffix patterns.
+///
+/// `example.org` matches only `example.org`; `*.example.org` matches any subdomain of it
+/// (`a.example.org`, `b.a.example.org`) but not `example.org` itself.
+#[derive(Clone, Debug, Default)]
+pub struct DomainSet {
+    exact: HashSet<String>,
+    suffixes: HashSet<String>,
+}
+
+impl DomainSet {
+    /// Builds the set from patterns; the first bad pattern is returned with its index.
+    pub fn new<I, S>(patterns: I) -> Result<Self, (usize, DomainPatternError)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut set = DomainSet::default();
+        for (i, p) in patterns.into_iter().enumerate() {
+            set.insert(p.as_ref()).map_err(|e| (i, e))?;
+        }
+        Ok(set)
+    }
+
+    fn insert(&mut self, pattern: &str) -> Result<(), DomainPatternError> {
+        let p = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (suffix, name) = match p.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, p.clone()),
+        };
+        if name.is_empty() {
+            return Err(DomainPatternError::Empty);
+        }
+        if name.contains('*') {
+            return Err(DomainPatternError::Wildcard(pattern.to_owned()));
+        }
+        let valid = name
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_'));
+        if !valid {
+            return Err(DomainPatternError::Invalid(pattern.to_owned()));
+        }
+        if suffix {
+            self.suffixes.insert(name);
+        } else {
+            self.exact.insert(name);
+        }
+        Ok(())
+    }
+
+    /// True when no domain is configured.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty()
+    }
+
+    /// True when the (lower-case) domain is in the set.
+    pub fn contains(&self, domain: &str) -> bool {
+        if self.exact.contains(domain) {
+            return true;
+        }
+        let mut rest = domain;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if self.suffixes.contains(rest) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True when a normalised address is internal. An address without a domain is
+    /// delivered locally by Postfix (it gets `$myorigin`), so it counts as internal.
+    pub fn is_internal(&self, addr: &str) -> bool {
+        match domain_of(addr) {
+            Some(d) => self.contains(d),
+            None => true,
+        }
+    }
+}
+
+/// Case-insensitive address globs (`*@trust-a.example.org`, `comms@example.org`).
+#[derive(Clone, Debug)]
+pub struct AddressGlobs {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Default for AddressGlobs {
+    fn default() -> Self {
+        AddressGlobs {
+            patterns: Vec::new(),
+            set: GlobSet::empty(),
+        }
+    }
+}
+
+impl AddressGlobs {
+    /// Compiles the patterns; the first bad one is returned with its index and the reason.
+    pub fn new<I, S>(patterns: I) -> Result<Self, (usize, String)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut builder = GlobSetBuilder::new();
+        let mut kept = Vec::new();
+        for (i, p) in patterns.into_iter().enumerate() {
+            let p = p.as_ref().trim();
+            if p.is_empty() {
+                return Err((i, "empty pattern".to_owned()));
+            }
+            let glob = GlobBuilder::new(p)
+                .case_insensitive(true)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| (i, e.kind().to_string()))?;
+            builder.add(glob);
+            kept.push(p.to_owned());
+        }
+        let set = builder.build().map_err(|e| (0, e.to_string()))?;
+        Ok(AddressGlobs {
+            patterns: kept,
+            set,
+        })
+    }
+
+    /// The first pattern that matches the address, if any.
+    pub fn first_match(&self, addr: &str) -> Option<&str> {
+        if addr.is_empty() || self.patterns.is_empty() {
+            return None;
+        }
+        self.set
+            .matches(addr)
+            .into_iter()
+            .min()
+            .map(|i| self.patterns[i].as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_strips_brackets_and_lowercases_domain_only() {
+        assert_eq!(normalize("<Bob@Example.ORG>"), "Bob@example.org");
+        assert_eq!(normalize("  bob@example.org  "), "bob@example.org");
+        assert_eq!(normalize("<>"), "");
+        assert_eq!(normalize("<@relay.example,@b.example:Ann@Corp.Example>"), "Ann@corp.example");
+        assert_eq!(normalize("bob@example.org."), "bob@example.org");
+        assert_eq!(normalize("postmaster"), "postmaster");
+        assert_eq!(normalize("\"a@b\"@Example.Org"), "\"a@b\"@example.org");
+    }
+
+    #[test]
+    fn domain_of_takes_the_last_at() {
+        assert_eq!(domain_of("a@b.org"), Some("b.org"));
+        assert_eq!(domain_of("\"x@y\"@c.org"), Some("c.org"));
+        assert_eq!(domain_of("local"), None);
+        assert_eq!(domain_of("a@"), None);
+    }
+
+    #[test]
+    fn domain_set_exact_and_suffix() {
+        let set = DomainSet::new(["example.org", "*.nhs.example", "Trust.Example."]).unwrap();
+        assert!(set.contains("example.org"));
+        assert!(!set.contains("sub.example.org"));
+        assert!(set.contains("a.nhs.example"));
+        assert!(set.contains("b.a.nhs.example"));
+        assert!(!set.contains("nhs.example"));
+        assert!(!set.contains("evilnhs.example"));
+        assert!(set.contains("trust.example"));
+        assert!(set.is_internal("local-user"));
+        assert!(!set.is_internal("x@gmail.example"));
+    }
+
+    #[test]
+    fn domain_set_rejects_bad_patterns() {
+        assert_eq!(
+            DomainSet::new(["ok.org", "a.*.org"]).unwrap_err(),
+            (1, DomainPatternError::Wildcard("a.*.org".into()))
+        );
+        assert_eq!(DomainSet::new([""]).unwrap_err().1, DomainPatternError::Empty);
+        assert_eq!(DomainSet::new(["*."]).unwrap_err().1, DomainPatternError::Empty);
+        assert!(matches!(
+            DomainSet::new(["a..b"]).unwrap_err().1,
+            DomainPatternError::Invalid(_)
+        ));
+        assert!(matches!(
+            DomainSet::new(["a b.org"]).unwrap_err().1,
+            DomainPatternError::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn globs_match_case_insensitively() {
+        let g = AddressGlobs::new(["bulk@example.org", "*@trust-a.example.org"]).unwrap();
+        assert_eq!(g.first_match("BULK@Example.org"), Some("bulk@example.org"));
+        assert_eq!(g.first_match("ann@trust-a.example.org"), Some("*@trust-a.example.org"));
+        assert_eq!(g.first_match("ann@trust-b.example.org"), None);
+        assert_eq!(g.first_match(""), None);
+        assert_eq!(AddressGlobs::new(["ok", "[unclosed"]).unwrap_err().0, 1);
+        assert_eq!(AddressGlobs::new([" "]).unwrap_err().0, 0);
+    }
+}

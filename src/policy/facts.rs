@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The facts about one message that the policy core decides on.
+
+use super::address::normalize;
+use std::collections::HashSet;
+
+/// Envelope recipients, normalised and without duplicates, in arrival order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecipientSet {
+    order: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl RecipientSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one raw address (`<a@B.org>` or `a@b.org`); returns false for a duplicate
+    /// or an empty address.
+    pub fn add(&mut self, raw: &str) -> bool {
+        let addr = normalize(raw);
+        if addr.is_empty() || self.seen.contains(&addr) {
+            return false;
+        }
+        self.seen.insert(addr.clone());
+        self.order.push(addr);
+        true
+    }
+
+    /// The number of distinct recipients.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when there is no recipient.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The recipients in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str)
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for RecipientSet {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut set = RecipientSet::new();
+        for a in iter {
+            set.add(a.as_ref());
+        }
+        set
+    }
+}
+
+/// What the message headers show (parsed by the message adapter).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    /// Distinct addresses in every To and Cc header, groups included, normalised.
+    pub visible: RecipientSet,
+    /// The first From address.
+    pub from: Option<String>,
+    /// The decoded Subject.
+    pub subject: Option<String>,
+    /// Message-ID without angle brackets.
+    pub message_id: Option<String>,
+    /// In-Reply-To ids.
+    pub in_reply_to: Vec<String>,
+    /// References ids, oldest first.
+    pub references: Vec<String>,
+    /// True when the headers were larger than the milter keeps, so the facts above
+    /// describe only the first part of them.
+    pub truncated: bool,
+}
+
+/// Everything known about one message when it is decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageFacts {
+    /// Postfix queue id (macro `i`), when Postfix sent it.
+    pub queue_id: Option<String>,
+    /// Envelope sender, normalised; empty for the null sender.
+    pub sender: String,
+    /// SASL login name (macro `{auth_authen}`).
+    pub sasl_login: Option<String>,
+    /// Client IP address or socket name.
+    pub client: Option<String>,
+    /// Envelope recipients.
+    pub recipients: RecipientSet,
+    /// Header facts.
+    pub headers: HeaderFacts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_set_normalises_and_dedups() {
+        let mut set = RecipientSet::new();
+        assert!(set.add("<a@Example.org>"));
+        assert!(!set.add("a@example.org"));
+        assert!(!set.add("<a@EXAMPLE.ORG>"));
+        assert!(set.add("A@example.org"), "local parts keep their case");
+        assert!(!set.add("<>"));
+        assert!(!set.add("   "));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.iter().collect::<Vec<_>>(), ["a@example.org", "A@example.org"]);
+    }
+
+    #[test]
+    fn recipient_set_from_iter() {
+        let set: RecipientSet = ["x@a.org", "<x@A.org>", "y@a.org"].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        assert!(!set.is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The daemon's serving loop: shared configuration, reloads, in-flight accounting and
+//! graceful shutdown around indymilter.
+
+use crate::config::{self, Config, ConfigError};
+use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// A reload request; the answer says whether the new configuration was taken.
+pub type ReloadRequest = oneshot::Sender<Result<(), ConfigError>>;
+
+/// State shared by all milter connections.
+pub struct Shared {
+    /// The configuration in force; each message takes a snapshot at MAIL.
+    pub config: ArcSwap<Config>,
+    /// Messages between MAIL and their reply.
+    pub inflight: Arc<Inflight>,
+}
+
+/// Counts messages in flight, so shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one message as in flight while it lives.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Inflight>);
+
+impl Inflight {
+    /// Counts a new message.
+    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(self.clone())
+    }
+
+    /// Messages in flight now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no message is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves the milter until `shutdown` completes, then stops accepting connections,
+/// waits up to `[milter] shutdown_timeout` for messages in flight, and returns.
+///
+/// Reload requests re-read `config.file`; an invalid file is logged and the old
+/// configuration stays in force.
+pub async fn run(
+    listener: MilterListener,
+    config: Config,
+    mut reloads: mpsc::Receiver<ReloadRequest>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let milter_config = indymilter::Config {
+        max_connections: config.max_connections,
+        actions: milter::ACTIONS,
+        connection_timeout: config.connection_timeout,
+    };
+    let shared = Arc::new(Shared {
+        config: ArcSwap::from_pointee(config),
+        inflight: Arc::new(Inflight::default()),
+    });
+
+    let reload_shared = shared.clone();
+    let reloader = tokio::spawn(async move {
+        while let Some(ack) = reloads.recv().await {
+            let _ = ack.send(reload(&reload_shared));
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_listen = stop_rx.clone();
+    let listener = StoppableListener::new(listener, async move {
+        let _ = stop_listen.wait_for(|s| *s).await;
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let drain_shared = shared.clone();
+    let mut stop_drain = stop_rx;
+    let drained = async move {
+        let _ = stop_drain.wait_for(|s| *s).await;
+        let inflight = &drain_shared.inflight;
+        let timeout = drain_shared.config.load().shutdown_timeout;
+        info!(in_flight = inflight.count(), "shutting down: no new connections, finishing messages in flight");
+        if tokio::time::timeout(timeout, inflight.wait_idle()).await.is_err() {
+            warn!(
+                in_flight = inflight.count(),
+                "shutdown timeout reached; Postfix tempfails the messages still in flight"
+            );
+        }
+    };
+
+    let callbacks = milter::make_callbacks(shared.clone());
+    let result = indymilter::run(listener, callbacks, milter_config, drained).await;
+    reloader.abort();
+    result
+}
+
+fn reload(shared: &Shared) -> Result<(), ConfigError> {
+    let current = shared.config.load_full();
+    match config::load(&current.file) {
+        Ok(new) => {
+            for key in current.restart_needed(&new) {
+                warn!("parameter \"{key}\" changed, restart needed for it to take effect");
+            }
+            shared.config.store(Arc::new(new));
+            info!(file = %current.file.display(), "configuration reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            error!("configuration not reloaded, keeping the old one: {e}");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn wait_idle_returns_when_last_guard_drops() {
+        let inflight = Arc::new(Inflight::default());
+        let a = inflight.enter();
+        let b = inflight.enter();
+        assert_eq!(inflight.count(), 2);
+        let waiter = tokio::spawn({
+            let inflight = inflight.clone();
+            async move { inflight.wait_idle().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("wait_idle returns once idle")
+            .unwrap();
+        assert_eq!(inflight.count(), 0);
+    }
+}
