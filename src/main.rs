@@ -35,8 +35,8 @@ enum Command {
         /// Envelope sender.
         #[arg(long)]
         from: String,
-        /// Envelope recipient (repeat for more).
-        #[arg(long = "rcpt", required = true, num_args = 1..)]
+        /// Envelope recipient; repeat the option or separate addresses with commas.
+        #[arg(long = "rcpt", required = true, value_delimiter = ',')]
         rcpts: Vec<String>,
         /// SASL login of the sender.
         #[arg(long)]
@@ -116,7 +116,10 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            println!("# {}: configuration OK; effective settings:", path.display());
+            println!(
+                "# {}: configuration OK; effective settings:",
+                path.display()
+            );
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS
         }
@@ -130,7 +133,10 @@ fn run(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     logging::init(&config.raw.logging.level, config.raw.logging.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             error!("cannot start the async runtime: {e}");
@@ -141,7 +147,7 @@ fn run(path: &Path) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    info!(version = VERSION, config = %config.file.display(), mode = ?config.policy.mode, "starting");
+    info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,
         Err(e) => {

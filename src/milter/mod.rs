@@ -71,7 +71,10 @@ async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: Socke
 }
 
 async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<Shared>) -> Status {
-    let sender = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    let sender = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
     let login = cx
         .macros
         .get(c"{auth_authen}")
@@ -168,13 +171,22 @@ async fn decide_and_apply(
         finished.foreign_verdict_headers,
     )
     .await?;
-    log_decision(shown, &finished.facts, &evaluation, finished.config.policy.mode);
+    log_decision(
+        shown,
+        &finished.facts,
+        &evaluation,
+        finished.config.policy.mode,
+    );
     Ok(status)
 }
 
 fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mode: policy::Mode) {
     let v = &e.verdict;
-    let sender = if facts.sender.is_empty() { "<>" } else { &facts.sender };
+    let sender = if facts.sender.is_empty() {
+        "<>"
+    } else {
+        &facts.sender
+    };
     info!(
         queue_id,
         verdict = %v.action,
@@ -187,7 +199,7 @@ fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mo
         external = e.counts.external,
         visible = e.counts.visible,
         audience = e.counts.audience,
-        mode = ?mode,
+        mode = mode.as_str(),
         exempt_by = v.exempt_by.as_deref().unwrap_or("-"),
         headers_truncated = facts.headers.truncated,
         reason = %v.summary(),

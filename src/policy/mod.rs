@@ -28,6 +28,16 @@ pub enum Mode {
     Monitor,
 }
 
+impl Mode {
+    /// The configuration name: `enforce` or `monitor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
 /// The validated rules the core applies.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -218,7 +228,11 @@ mod tests {
         let p = policy();
         assert_eq!(action(&p, &facts(0, 49)), Action::Accept);
         let e = evaluate(&p, &facts(0, 99));
-        assert_eq!(e.verdict.action, Action::Tag, "envelope tag level still applies");
+        assert_eq!(
+            e.verdict.action,
+            Action::Tag,
+            "envelope tag level still applies"
+        );
         assert_eq!(e.counts.external, 99);
         let e = evaluate(&p, &facts(0, 100));
         assert_eq!(e.verdict.action, Action::Quarantine);
@@ -286,7 +300,11 @@ mod tests {
         assert_eq!(e.verdict.action, Action::Tag);
         assert_eq!(e.verdict.intended, Action::Quarantine);
         let e = evaluate(&p, &facts(0, 2500));
-        assert_eq!(e.verdict.action, Action::Reject, "envelope rule still enforces");
+        assert_eq!(
+            e.verdict.action,
+            Action::Reject,
+            "envelope rule still enforces"
+        );
     }
 
     #[test]
@@ -301,7 +319,10 @@ mod tests {
 
         let mut f = facts(5000, 0);
         f.sasl_login = Some("svc-payroll@example.org".into());
-        assert_eq!(evaluate(&p, &f).verdict.exempt_by.as_deref(), Some("svc-*@example.org"));
+        assert_eq!(
+            evaluate(&p, &f).verdict.exempt_by.as_deref(),
+            Some("svc-*@example.org")
+        );
 
         let mut f = facts(5000, 0);
         f.sasl_login = Some("ann@example.org".into());

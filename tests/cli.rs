@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The command line: check-config, explain, start-up errors, and the systemd unit.
+
+mod common;
+
+use common::{free_port, scratch_dir, wait_for};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout-milter");
+
+fn fanout(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fanout-milter");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("exit")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> String {
+    let path = dir.join("fanout-milter.toml");
+    std::fs::write(&path, body).expect("write config");
+    path.display().to_string()
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/fanout-milter.toml");
+
+#[test]
+fn check_config_accepts_the_example_and_prints_effective_settings() {
+    let out = fanout(&["check-config", "--config", EXAMPLE], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("configuration OK"));
+    assert!(stdout.contains("listen = \"inet:127.0.0.1:7785\""));
+    assert!(stdout.contains("[limits.envelope]"));
+}
+
+#[test]
+fn check_config_names_file_line_and_key_and_exits_1() {
+    let dir = scratch_dir("cli-bad");
+    let path = write_config(
+        dir.path(),
+        "[milter]\nlisten = \"inet:127.0.0.1:7785\"\n\n[limits.envelope]\ntag = 300\nquarantine = 200\n",
+    );
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{path}:6: limits.envelope.quarantine")),
+        "{err}"
+    );
+    assert!(
+        err.contains("domains.internal"),
+        "every problem is reported: {err}"
+    );
+
+    let out = fanout(
+        &["check-config", "--config", "/nonexistent/fanout.toml"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/fanout.toml: cannot read"));
+}
+
+#[test]
+fn daemon_refuses_to_start_on_bad_config() {
+    let dir = scratch_dir("cli-refuse");
+    let path = write_config(
+        dir.path(),
+        "[milter]\nlisten = \"tcp:127.0.0.1:1\"\n[domains]\ninternal = [\"a.org\"]\n",
+    );
+    let out = fanout(&["--config", &path], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{path}:2: milter.listen")), "{err}");
+    assert!(err.contains("inet:HOST:PORT"), "{err}");
+}
+
+#[test]
+fn daemon_refuses_a_taken_port() {
+    let dir = scratch_dir("cli-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n[domains]\ninternal = [\"a.org\"]\n"
+        ),
+    );
+    let out = fanout(&["run", "--config", &path], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on inet:127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
+fn unix_socket_in_use_is_refused_and_a_stale_one_replaced() {
+    let dir = scratch_dir("cli-unix");
+    let sock = dir.path().join("m.sock");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[milter]\nlisten = \"unix:{}\"\n[domains]\ninternal = [\"a.org\"]\n",
+            sock.display()
+        ),
+    );
+    // A socket file nobody listens on (left by a crash) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("stale socket"));
+    assert!(sock.exists());
+    let mut first = common::Milter::start_file(dir.path(), "", path.clone().into());
+    // A second daemon on the same live socket must not steal it.
+    let out = fanout(&["--config", &path], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+        "the first daemon still serves"
+    );
+    assert!(first.stop().success());
+}
+
+#[test]
+fn explain_prints_verdict_and_reasons() {
+    let dir = scratch_dir("cli-explain");
+    let path = write_config(
+        dir.path(),
+        "[domains]\ninternal = [\"corp.example\"]\n[limits.envelope]\ntag = 2\nquarantine = 3\nreject = 10\n",
+    );
+    let msg = b"From: ann@corp.example\r\nTo: a@corp.example, b@corp.example\r\nSubject: Budget\r\n\r\nbody\r\n";
+    let out = fanout(
+        &[
+            "explain",
+            "--config",
+            &path,
+            "--from",
+            "ann@corp.example",
+            "--rcpt",
+            "a@corp.example",
+            "--rcpt",
+            "b@corp.example",
+            "--rcpt",
+            "c@partner.example",
+            "--rcpt",
+            "d@partner.example",
+            "-",
+        ],
+        Some(msg),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("verdict: quarantine\n"), "{stdout}");
+    assert!(
+        stdout
+            .contains("limits.envelope (quarantine): 4 envelope recipients >= quarantine level 3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("external recipients: 2"), "{stdout}");
+    assert!(stdout.contains("visible recipients (To/Cc): 2"), "{stdout}");
+
+    let out = fanout(
+        &[
+            "explain",
+            "--config",
+            &path,
+            "--json",
+            "--from",
+            "ann@corp.example",
+            "--rcpt",
+            "a@corp.example",
+            "--rcpt",
+            "b@corp.example",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(json["verdict"], "tag");
+    assert_eq!(json["envelope_recipients"], 2);
+    assert_eq!(json["visible_recipients"], 0);
+    assert_eq!(json["audience"], 2);
+    assert_eq!(json["external_recipients"], 0);
+    assert_eq!(json["reasons"][0]["rule"], "limits.envelope");
+    assert_eq!(
+        json["reasons"][0]["message"],
+        "2 envelope recipients >= tag level 2"
+    );
+}
+
+#[test]
+fn explain_and_milter_agree_on_a_reject() {
+    let dir = scratch_dir("cli-explain-reject");
+    let path = write_config(
+        dir.path(),
+        "[domains]\ninternal = [\"corp.example\"]\n[limits.envelope]\nreject = 3\ntag = 0\nquarantine = 0\n[reply]\ncontact = \"desk 42\"\n",
+    );
+    let rcpts: Vec<String> = (0..3).map(|i| format!("u{i}@corp.example")).collect();
+    let mut args = vec![
+        "explain",
+        "--config",
+        &path,
+        "--json",
+        "--from",
+        "x@corp.example",
+    ];
+    for r in &rcpts {
+        args.extend(["--rcpt", r.as_str()]);
+    }
+    let out = fanout(&args, None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(json["verdict"], "reject");
+    let effect = json["effect"].as_str().expect("effect");
+    assert!(effect.starts_with("refused: 550 5.7.1 "), "{effect}");
+    assert!(effect.contains("desk 42"), "{effect}");
+}
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let dir = scratch_dir("cli-sigint");
+    let port = free_port();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n[domains]\ninternal = [\"a.org\"]\n"
+        ),
+    );
+    let mut m = common::Milter::start_file(dir.path(), "", path.into());
+    m.signal(nix::sys::signal::Signal::SIGINT);
+    let status = wait_for("exit after SIGINT", || (!m.is_running()).then_some(()));
+    let _ = status;
+    assert!(
+        m.log().contains("SIGINT received") && m.log().contains("shut down"),
+        "{}",
+        m.log()
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter.service"
+    ))
+    .expect("unit file");
+    let dir = scratch_dir("cli-unit");
+    let path = dir.path().join("fanout-milter.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "exposure above 2.0:\n{}",
+        text(&out.stdout)
+    );
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
