@@ -2,7 +2,9 @@
 //! Policy core benchmark: one evaluation for envelopes of 1 to 100,000 recipients.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use fanout_milter::policy::{AddressGlobs, DomainSet, Levels, MessageFacts, Mode, Policy, evaluate};
+use fanout_milter::policy::{
+    AddressGlobs, DomainSet, Levels, MessageFacts, Mode, Policy, evaluate,
+};
 use std::hint::black_box;
 
 fn policy() -> Policy {
@@ -31,7 +33,11 @@ fn facts(n: usize) -> MessageFacts {
         ..Default::default()
     };
     for i in 0..n {
-        let domain = if i % 10 == 0 { "partner.example" } else { "dept.example.org" };
+        let domain = if i % 10 == 0 {
+            "partner.example"
+        } else {
+            "dept.example.org"
+        };
         f.recipients.add(&format!("<user{i}@{domain}>"));
     }
     f

@@ -49,7 +49,10 @@ pub fn explain(config: &Config, input: ExplainInput) -> Explanation {
     let summary = v.summary();
     let effect = match v.action {
         Action::Accept => "passed unchanged".to_owned(),
-        Action::Tag => format!("passed with header \"X-Fanout-Verdict: {}\"", header_value(v)),
+        Action::Tag => format!(
+            "passed with header \"X-Fanout-Verdict: {}\"",
+            header_value(v)
+        ),
         Action::Quarantine => format!(
             "held in the Postfix hold queue, with header \"X-Fanout-Verdict: {}\"",
             header_value(v)

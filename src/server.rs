@@ -112,8 +112,14 @@ pub async fn run(
         let _ = stop_drain.wait_for(|s| *s).await;
         let inflight = &drain_shared.inflight;
         let timeout = drain_shared.config.load().shutdown_timeout;
-        info!(in_flight = inflight.count(), "shutting down: no new connections, finishing messages in flight");
-        if tokio::time::timeout(timeout, inflight.wait_idle()).await.is_err() {
+        info!(
+            in_flight = inflight.count(),
+            "shutting down: no new connections, finishing messages in flight"
+        );
+        if tokio::time::timeout(timeout, inflight.wait_idle())
+            .await
+            .is_err()
+        {
             warn!(
                 in_flight = inflight.count(),
                 "shutdown timeout reached; Postfix tempfails the messages still in flight"

@@ -114,11 +114,23 @@ mod tests {
 
     #[test]
     fn rejects_malformed_addresses() {
-        assert!(matches!(parse("127.0.0.1:7785"), Err(ListenAddrError::Scheme(_))));
-        assert!(matches!(parse("inet:127.0.0.1"), Err(ListenAddrError::Port(_))));
-        assert!(matches!(parse("inet:127.0.0.1:99999"), Err(ListenAddrError::Port(_))));
+        assert!(matches!(
+            parse("127.0.0.1:7785"),
+            Err(ListenAddrError::Scheme(_))
+        ));
+        assert!(matches!(
+            parse("inet:127.0.0.1"),
+            Err(ListenAddrError::Port(_))
+        ));
+        assert!(matches!(
+            parse("inet:127.0.0.1:99999"),
+            Err(ListenAddrError::Port(_))
+        ));
         assert!(matches!(parse("inet::7785"), Err(ListenAddrError::Host(_))));
-        assert!(matches!(parse("unix:relative.sock"), Err(ListenAddrError::Path(_))));
+        assert!(matches!(
+            parse("unix:relative.sock"),
+            Err(ListenAddrError::Path(_))
+        ));
         assert!(matches!(parse("unix:"), Err(ListenAddrError::Path(_))));
     }
 }

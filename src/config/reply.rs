@@ -37,7 +37,13 @@ impl Replies {
             .replace("{reason}", reason);
         let mut line: String = text
             .chars()
-            .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+            .map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect();
         if line.len() > MAX_LINE {
             line.truncate(MAX_LINE - 3);
@@ -52,7 +58,10 @@ pub fn check_template(template: &str) -> Result<(), String> {
     if template.trim().is_empty() {
         return Err("must not be empty".into());
     }
-    if let Some(c) = template.chars().find(|&c| !(c == ' ' || c.is_ascii_graphic())) {
+    if let Some(c) = template
+        .chars()
+        .find(|&c| !(c == ' ' || c.is_ascii_graphic()))
+    {
         return Err(format!(
             "must be one line of printable ASCII (found {:?}); SMTP replies cannot carry it",
             c
@@ -115,9 +124,25 @@ mod tests {
     fn templates_are_checked() {
         assert!(check_template("Ask {contact} about {reason} ({queue_id})").is_ok());
         assert!(check_template("").unwrap_err().contains("empty"));
-        assert!(check_template("two\nlines").unwrap_err().contains("one line"));
-        assert!(check_template("{nope}").unwrap_err().contains("unknown placeholder"));
-        assert!(check_template("open {reason").unwrap_err().contains("closing"));
-        assert!(check_template(&"x".repeat(600)).unwrap_err().contains("bytes long"));
+        assert!(
+            check_template("two\nlines")
+                .unwrap_err()
+                .contains("one line")
+        );
+        assert!(
+            check_template("{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(
+            check_template("open {reason")
+                .unwrap_err()
+                .contains("closing")
+        );
+        assert!(
+            check_template(&"x".repeat(600))
+                .unwrap_err()
+                .contains("bytes long")
+        );
     }
 }

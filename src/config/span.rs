@@ -67,7 +67,11 @@ impl SpanIndex {
             .iter()
             .filter(|e| e.key.contains(&offset) || e.value.contains(&offset))
             .min_by_key(|e| {
-                let span = if e.key.contains(&offset) { &e.key } else { &e.value };
+                let span = if e.key.contains(&offset) {
+                    &e.key
+                } else {
+                    &e.value
+                };
                 span.end - span.start
             })
             .map(|e| e.path.as_str())
@@ -92,8 +96,14 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, col)
 }
 
@@ -111,8 +121,14 @@ mod tests {
         assert_eq!(idx.path_at(tag + 6), Some("limits.envelope.tag"));
         let b = DOC.find("\"b\"").unwrap();
         assert_eq!(idx.path_at(b), Some("exempt.senders[1]"));
-        assert_eq!(line_col(DOC, idx.offset_of("limits.envelope.tag").unwrap()), (5, 1));
-        assert_eq!(line_col(DOC, idx.offset_of("exempt.senders[1]").unwrap()), (8, 17));
+        assert_eq!(
+            line_col(DOC, idx.offset_of("limits.envelope.tag").unwrap()),
+            (5, 1)
+        );
+        assert_eq!(
+            line_col(DOC, idx.offset_of("exempt.senders[1]").unwrap()),
+            (8, 17)
+        );
         let parent = idx.offset_of("limits.envelope.reject").unwrap();
         assert_eq!(line_col(DOC, parent).0, 4, "a default points at its table");
         assert_eq!(idx.offset_of("nothing.here"), None);

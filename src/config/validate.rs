@@ -42,7 +42,10 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     if raw.milter.max_header_bytes < 1024 {
         report(
             "milter.max_header_bytes",
-            format!("{} is too small; use at least 1024", raw.milter.max_header_bytes),
+            format!(
+                "{} is too small; use at least 1024",
+                raw.milter.max_header_bytes
+            ),
         );
     }
     let mut duration = |key: &str, value: &str| match humantime::parse_duration(value.trim()) {
@@ -52,7 +55,10 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             Duration::ZERO
         }
         Err(e) => {
-            report(key, format!("\"{value}\" is not a duration such as \"30s\" or \"10m\": {e}"));
+            report(
+                key,
+                format!("\"{value}\" is not a duration such as \"30s\" or \"10m\": {e}"),
+            );
             Duration::ZERO
         }
     };
@@ -62,7 +68,10 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     if let Err(e) = EnvFilter::try_new(&raw.logging.level) {
         report(
             "logging.level",
-            format!("\"{}\" is not a log level or filter: {e}", raw.logging.level),
+            format!(
+                "\"{}\" is not a log level or filter: {e}",
+                raw.logging.level
+            ),
         );
     }
 
@@ -71,13 +80,15 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
         DomainSet::default()
     });
     let exempt = AddressGlobs::new(&raw.exempt.senders).unwrap_or_else(|(i, e)| {
-        report(&format!("exempt.senders[{i}]"), format!("invalid pattern: {e}"));
+        report(
+            &format!("exempt.senders[{i}]"),
+            format!("invalid pattern: {e}"),
+        );
         AddressGlobs::default()
     });
     let envelope = levels("limits.envelope", &raw.limits.envelope, &mut report);
     let external = levels("limits.external", &raw.limits.external, &mut report);
-    if raw.domains.internal.is_empty() && external.quarantine + external.reject + external.tag > 0
-    {
+    if raw.domains.internal.is_empty() && external.quarantine + external.reject + external.tag > 0 {
         report(
             "domains.internal",
             "is empty, so every recipient counts as external for [limits.external]; \
@@ -128,16 +139,22 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
 }
 
 fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> Levels {
-    let set: Vec<(&str, u64)> = [("tag", raw.tag), ("quarantine", raw.quarantine), ("reject", raw.reject)]
-        .into_iter()
-        .filter(|&(_, v)| v > 0)
-        .collect();
+    let set: Vec<(&str, u64)> = [
+        ("tag", raw.tag),
+        ("quarantine", raw.quarantine),
+        ("reject", raw.reject),
+    ]
+    .into_iter()
+    .filter(|&(_, v)| v > 0)
+    .collect();
     for pair in set.windows(2) {
         let ((lo_name, lo), (hi_name, hi)) = (pair[0], pair[1]);
         if lo >= hi {
             report(
                 &format!("{key}.{hi_name}"),
-                format!("{hi_name} ({hi}) must be above {lo_name} ({lo}); use 0 to switch a level off"),
+                format!(
+                    "{hi_name} ({hi}) must be above {lo_name} ({lo}); use 0 to switch a level off"
+                ),
             );
         }
     }

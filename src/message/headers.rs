@@ -83,7 +83,10 @@ fn add_addresses(set: &mut RecipientSet, list: &Address<'_>) {
 fn ids(value: &HeaderValue<'_>) -> Vec<String> {
     match value.as_text_list() {
         Some(list) => list.iter().map(|s| s.to_string()).collect(),
-        None => value.as_text().map(|s| vec![s.to_owned()]).unwrap_or_default(),
+        None => value
+            .as_text()
+            .map(|s| vec![s.to_owned()])
+            .unwrap_or_default(),
     }
 }
 
@@ -112,7 +115,11 @@ mod tests {
             ("In-Reply-To", "<p@x.org>"),
             ("References", "<r1@x.org> <r2@x.org>"),
         ]);
-        assert_eq!(f.visible.len(), 7, "X1@E.ORG differs from x1@e.org only in the local part");
+        assert_eq!(
+            f.visible.len(),
+            7,
+            "X1@E.ORG differs from x1@e.org only in the local part"
+        );
         assert_eq!(f.from.as_deref(), Some("ann@example.org"));
         assert_eq!(f.subject.as_deref(), Some("Re: Fwd: Hallö"));
         assert_eq!(f.message_id.as_deref(), Some("abc@x.org"));

@@ -52,7 +52,12 @@ fn bounded(mut text: String) -> String {
 }
 
 /// Sets a 451 4.7.1 reply and returns the matching status.
-pub fn tempfail(reply: &mut SmtpReply, replies: Option<&Replies>, reason: &str, queue_id: &str) -> Status {
+pub fn tempfail(
+    reply: &mut SmtpReply,
+    replies: Option<&Replies>,
+    reason: &str,
+    queue_id: &str,
+) -> Status {
     let text = match replies {
         Some(r) => r.tempfail_text(reason, queue_id),
         None => "Message could not be checked; try again later".to_owned(),
@@ -75,8 +80,15 @@ pub async fn apply(
     let act = |what| move |source| ApplyError::Action { what, source };
     if verdict.action <= Action::Quarantine {
         for index in (1..=foreign_verdict_headers).rev() {
-            if let Err(e) = cx.actions.change_header(VERDICT_HEADER, index, None::<&str>).await {
-                warn!(queue_id, "cannot remove an {VERDICT_HEADER} header that came with the message: {e}");
+            if let Err(e) = cx
+                .actions
+                .change_header(VERDICT_HEADER, index, None::<&str>)
+                .await
+            {
+                warn!(
+                    queue_id,
+                    "cannot remove an {VERDICT_HEADER} header that came with the message: {e}"
+                );
                 break;
             }
         }
@@ -84,14 +96,28 @@ pub async fn apply(
     match verdict.action {
         Action::Accept => Ok(Status::Continue),
         Action::Tag => {
-            if let Err(e) = cx.actions.add_header(VERDICT_HEADER, header_value(verdict)).await {
-                warn!(queue_id, "cannot add {VERDICT_HEADER}; message passes untagged: {e}");
+            if let Err(e) = cx
+                .actions
+                .add_header(VERDICT_HEADER, header_value(verdict))
+                .await
+            {
+                warn!(
+                    queue_id,
+                    "cannot add {VERDICT_HEADER}; message passes untagged: {e}"
+                );
             }
             Ok(Status::Continue)
         }
         Action::Quarantine => {
-            if let Err(e) = cx.actions.add_header(VERDICT_HEADER, header_value(verdict)).await {
-                warn!(queue_id, "cannot add {VERDICT_HEADER} to a held message: {e}");
+            if let Err(e) = cx
+                .actions
+                .add_header(VERDICT_HEADER, header_value(verdict))
+                .await
+            {
+                warn!(
+                    queue_id,
+                    "cannot add {VERDICT_HEADER} to a held message: {e}"
+                );
             }
             cx.actions
                 .quarantine(bounded(verdict.summary()))
@@ -99,7 +125,12 @@ pub async fn apply(
                 .map_err(act("quarantine"))?;
             Ok(Status::Continue)
         }
-        Action::Tempfail => Ok(tempfail(&mut cx.reply, Some(replies), &verdict.summary(), queue_id)),
+        Action::Tempfail => Ok(tempfail(
+            &mut cx.reply,
+            Some(replies),
+            &verdict.summary(),
+            queue_id,
+        )),
         Action::Reject => {
             let text = replies.reject_text(&verdict.summary(), queue_id);
             cx.reply

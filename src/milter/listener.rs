@@ -165,12 +165,14 @@ impl Listener for StoppableListener {
         }
         let accepted = match &mut self.inner {
             None => Poll::Pending,
-            Some(MilterListener::Tcp(l)) => TcpListener::poll_accept(l, cx).map_ok(|(stream, _)| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    warn!("cannot set TCP_NODELAY on a milter connection: {e}");
-                }
-                EitherStream::Tcp(stream)
-            }),
+            Some(MilterListener::Tcp(l)) => {
+                TcpListener::poll_accept(l, cx).map_ok(|(stream, _)| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!("cannot set TCP_NODELAY on a milter connection: {e}");
+                    }
+                    EitherStream::Tcp(stream)
+                })
+            }
             Some(MilterListener::Unix(l, _)) => {
                 UnixListener::poll_accept(l, cx).map_ok(|(stream, _)| EitherStream::Unix(stream))
             }
@@ -184,7 +186,8 @@ impl Listener for StoppableListener {
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => 0,
                     _ => 100,
                 };
-                let mut sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(delay)));
+                let mut sleep =
+                    Box::pin(tokio::time::sleep(std::time::Duration::from_millis(delay)));
                 if sleep.as_mut().poll(cx).is_ready() {
                     cx.waker().wake_by_ref();
                 } else {

@@ -30,7 +30,9 @@ pub fn normalize(raw: &str) -> String {
 
 /// The domain part of a normalised address, if it has one.
 pub fn domain_of(addr: &str) -> Option<&str> {
-    addr.rfind('@').map(|at| &addr[at + 1..]).filter(|d| !d.is_empty())
+    addr.rfind('@')
+        .map(|at| &addr[at + 1..])
+        .filter(|d| !d.is_empty())
 }
 
 /// An error in a domain pattern.
@@ -83,9 +85,11 @@ impl DomainSet {
         if name.contains('*') {
             return Err(DomainPatternError::Wildcard(pattern.to_owned()));
         }
-        let valid = name
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_'));
+        let valid = name.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        });
         if !valid {
             return Err(DomainPatternError::Invalid(pattern.to_owned()));
         }
@@ -194,7 +198,10 @@ mod tests {
         assert_eq!(normalize("<Bob@Example.ORG>"), "Bob@example.org");
         assert_eq!(normalize("  bob@example.org  "), "bob@example.org");
         assert_eq!(normalize("<>"), "");
-        assert_eq!(normalize("<@relay.example,@b.example:Ann@Corp.Example>"), "Ann@corp.example");
+        assert_eq!(
+            normalize("<@relay.example,@b.example:Ann@Corp.Example>"),
+            "Ann@corp.example"
+        );
         assert_eq!(normalize("bob@example.org."), "bob@example.org");
         assert_eq!(normalize("postmaster"), "postmaster");
         assert_eq!(normalize("\"a@b\"@Example.Org"), "\"a@b\"@example.org");
@@ -228,8 +235,14 @@ mod tests {
             DomainSet::new(["ok.org", "a.*.org"]).unwrap_err(),
             (1, DomainPatternError::Wildcard("a.*.org".into()))
         );
-        assert_eq!(DomainSet::new([""]).unwrap_err().1, DomainPatternError::Empty);
-        assert_eq!(DomainSet::new(["*."]).unwrap_err().1, DomainPatternError::Empty);
+        assert_eq!(
+            DomainSet::new([""]).unwrap_err().1,
+            DomainPatternError::Empty
+        );
+        assert_eq!(
+            DomainSet::new(["*."]).unwrap_err().1,
+            DomainPatternError::Empty
+        );
         assert!(matches!(
             DomainSet::new(["a..b"]).unwrap_err().1,
             DomainPatternError::Invalid(_)
@@ -244,7 +257,10 @@ mod tests {
     fn globs_match_case_insensitively() {
         let g = AddressGlobs::new(["bulk@example.org", "*@trust-a.example.org"]).unwrap();
         assert_eq!(g.first_match("BULK@Example.org"), Some("bulk@example.org"));
-        assert_eq!(g.first_match("ann@trust-a.example.org"), Some("*@trust-a.example.org"));
+        assert_eq!(
+            g.first_match("ann@trust-a.example.org"),
+            Some("*@trust-a.example.org")
+        );
         assert_eq!(g.first_match("ann@trust-b.example.org"), None);
         assert_eq!(g.first_match(""), None);
         assert_eq!(AddressGlobs::new(["ok", "[unclosed"]).unwrap_err().0, 1);

@@ -106,7 +106,10 @@ mod tests {
         assert!(!set.add("<>"));
         assert!(!set.add("   "));
         assert_eq!(set.len(), 2);
-        assert_eq!(set.iter().collect::<Vec<_>>(), ["a@example.org", "A@example.org"]);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            ["a@example.org", "A@example.org"]
+        );
     }
 
     #[test]
