@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, scratch_dir, wait_for};
+use common::{free_port, scratch_dir};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanout-milter");
@@ -244,9 +244,8 @@ fn sigint_also_shuts_down_cleanly() {
         ),
     );
     let mut m = common::Milter::start_file(dir.path(), "", path.into());
-    m.signal(nix::sys::signal::Signal::SIGINT);
-    let status = wait_for("exit after SIGINT", || (!m.is_running()).then_some(()));
-    let _ = status;
+    let status = m.stop_with(nix::sys::signal::Signal::SIGINT);
+    assert!(status.success(), "{status}");
     assert!(
         m.log().contains("SIGINT received") && m.log().contains("shut down"),
         "{}",

@@ -199,3 +199,73 @@ impl Listener for StoppableListener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn inet0() -> ListenAddr {
+        "inet:127.0.0.1:0".parse().expect("valid address")
+    }
+
+    #[tokio::test]
+    async fn accepted_tcp_connections_have_nodelay() {
+        let bound = MilterListener::bind(&inet0(), 0o660).await.expect("bind");
+        let addr = bound.local_addr().expect("tcp address");
+        let mut listener = StoppableListener::new(bound, std::future::pending());
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accept in time")
+            .expect("accept");
+        match accepted {
+            EitherStream::Tcp(s) => assert!(s.nodelay().expect("getsockopt")),
+            EitherStream::Unix(_) => panic!("expected TCP"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_the_socket() {
+        let bound = MilterListener::bind(&inet0(), 0o660).await.expect("bind");
+        let addr = bound.local_addr().expect("tcp address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut listener = StoppableListener::new(bound, async {
+            let _ = rx.await;
+        });
+        tx.send(()).expect("send stop");
+        let pending = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        assert!(pending.is_err(), "a stopped listener accepts nothing");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the port is closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn unix_socket_gets_its_mode_and_is_removed_on_drop() {
+        let dir = std::env::temp_dir().join(format!("fanout-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("m.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        let bound = MilterListener::bind(&addr, 0o640).await.expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        let err = MilterListener::bind(&addr, 0o640)
+            .await
+            .expect_err("in use");
+        assert!(matches!(err, BindError::InUse { .. }), "{err}");
+        drop(bound);
+        assert!(!path.exists());
+        std::fs::write(&path, b"not a socket").expect("file");
+        let err = MilterListener::bind(&addr, 0o640)
+            .await
+            .expect_err("not a socket");
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

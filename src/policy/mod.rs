@@ -139,7 +139,7 @@ fn combine(mode: Mode, fired: Vec<(Reason, bool)>) -> Verdict {
         verdict.action = verdict.action.max(effective);
         verdict.reasons.push(reason);
     }
-    verdict.reasons.sort_by(|a, b| b.action.cmp(&a.action));
+    verdict.reasons.sort_by_key(|r| std::cmp::Reverse(r.action));
     verdict
 }
 
@@ -148,7 +148,7 @@ pub fn fmt_count(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -500,7 +500,12 @@ impl Milter {
 
     /// SIGTERM, then waits for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Sends `sig`, then waits for the exit status.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
+        self.signal(sig);
         self.child.wait()
     }
 
