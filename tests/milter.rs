@@ -603,7 +603,6 @@ async fn mta_without_quarantine_gets_a_tempfail() {
 /// `[reply] tempfail` says it is the text of the 451 reply, but the tempfail that an
 /// MTA without QUARANTINE gets is a fixed text without the configured contact.
 #[tokio::test]
-#[ignore = "src bug: handle_eom's error path calls apply::tempfail with replies = None"]
 async fn tempfail_uses_the_configured_text() {
     let milter = Milter::start("tempfail-text", &Conf::default()).await;
     let mut conn = milter.connect_with(Actions::ADD_HEADER).await;

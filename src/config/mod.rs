@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Settings that a reload cannot change, with their old and new values, when they differ.
+    /// The keys of settings that a reload cannot change and that differ in `new`.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.raw.milter.listen != new.raw.milter.listen {
@@ -175,8 +175,9 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
         Ok(index) => index,
         Err(e) => return Err(invalid(vec![toml_problem(src, &SpanIndex::default(), &e)])),
     };
-    let raw: RawConfig =
+    let mut raw: RawConfig =
         toml::from_str(src).map_err(|e| invalid(vec![toml_problem(src, &index, &e)]))?;
+    raw.limits.fill_defaults();
     validate::validate(raw, file).map_err(|problems| {
         let mut problems: Vec<Problem> = problems
             .into_iter()

@@ -111,34 +111,56 @@ pub struct RawLimits {
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
-            envelope: RawLevels {
-                tag: 50,
-                quarantine: 200,
-                reject: 2000,
-                monitor: false,
-            },
-            external: RawLevels {
-                tag: 0,
-                quarantine: 100,
-                reject: 0,
-                monitor: false,
-            },
+            envelope: RawLevels::new(50, 200, 2000),
+            external: RawLevels::new(0, 100, 0),
         }
     }
 }
 
-/// Levels of one counting rule; 0 switches a level off.
+impl RawLimits {
+    /// Fills levels a written table leaves out with their defaults, so that
+    /// `[limits.envelope]` with only `tag = 30` keeps quarantine 200 and reject 2000.
+    pub fn fill_defaults(&mut self) {
+        let d = RawLimits::default();
+        self.envelope.fill_from(&d.envelope);
+        self.external.fill_from(&d.external);
+    }
+}
+
+/// Levels of one counting rule; 0 switches a level off, a missing level takes the
+/// rule's default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLevels {
     /// Tag at or above.
-    pub tag: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u64>,
     /// Quarantine at or above.
-    pub quarantine: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<u64>,
     /// Reject at or above.
-    pub reject: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject: Option<u64>,
     /// Only tag, whatever level is reached.
     pub monitor: bool,
+}
+
+impl RawLevels {
+    /// Levels with every value set.
+    pub fn new(tag: u64, quarantine: u64, reject: u64) -> Self {
+        RawLevels {
+            tag: Some(tag),
+            quarantine: Some(quarantine),
+            reject: Some(reject),
+            monitor: false,
+        }
+    }
+
+    fn fill_from(&mut self, defaults: &RawLevels) {
+        self.tag = self.tag.or(defaults.tag);
+        self.quarantine = self.quarantine.or(defaults.quarantine);
+        self.reject = self.reject.or(defaults.reject);
+    }
 }
 
 /// `[exempt]`.

@@ -9,6 +9,7 @@ use crate::policy::{AddressGlobs, DomainSet, Levels, Policy};
 use std::path::Path;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 type Problems = Vec<(String, String)>;
 
@@ -65,14 +66,8 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     let connection_timeout = duration("milter.connection_timeout", &raw.milter.connection_timeout);
     let shutdown_timeout = duration("milter.shutdown_timeout", &raw.milter.shutdown_timeout);
 
-    if let Err(e) = EnvFilter::try_new(&raw.logging.level) {
-        report(
-            "logging.level",
-            format!(
-                "\"{}\" is not a log level or filter: {e}",
-                raw.logging.level
-            ),
-        );
+    if let Err(e) = check_log_level(&raw.logging.level) {
+        report("logging.level", e);
     }
 
     let internal = DomainSet::new(&raw.domains.internal).unwrap_or_else(|(i, e)| {
@@ -88,7 +83,9 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     });
     let envelope = levels("limits.envelope", &raw.limits.envelope, &mut report);
     let external = levels("limits.external", &raw.limits.external, &mut report);
-    if raw.domains.internal.is_empty() && external.quarantine + external.reject + external.tag > 0 {
+    if raw.domains.internal.is_empty()
+        && external.quarantine.max(external.reject).max(external.tag) > 0
+    {
         report(
             "domains.internal",
             "is empty, so every recipient counts as external for [limits.external]; \
@@ -138,15 +135,32 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     })
 }
 
+/// A tracing filter whose bare words are all levels: EnvFilter would take a typo such
+/// as "inof" for a target name and silently drop every log line of ours.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter)
+        .map_err(|e| format!("\"{filter}\" is not a log level or filter: {e}"))?;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "\"{directive}\" is not a log level: use error, warn, info, debug, trace or off \
+                 (or TARGET=LEVEL)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> Levels {
-    let set: Vec<(&str, u64)> = [
-        ("tag", raw.tag),
-        ("quarantine", raw.quarantine),
-        ("reject", raw.reject),
-    ]
-    .into_iter()
-    .filter(|&(_, v)| v > 0)
-    .collect();
+    let (tag, quarantine, reject) = (
+        raw.tag.unwrap_or(0),
+        raw.quarantine.unwrap_or(0),
+        raw.reject.unwrap_or(0),
+    );
+    let set: Vec<(&str, u64)> = [("tag", tag), ("quarantine", quarantine), ("reject", reject)]
+        .into_iter()
+        .filter(|&(_, v)| v > 0)
+        .collect();
     for pair in set.windows(2) {
         let ((lo_name, lo), (hi_name, hi)) = (pair[0], pair[1]);
         if lo >= hi {
@@ -159,9 +173,9 @@ fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> 
         }
     }
     Levels {
-        tag: raw.tag,
-        quarantine: raw.quarantine,
-        reject: raw.reject,
+        tag,
+        quarantine,
+        reject,
         monitor: raw.monitor,
     }
 }

@@ -119,6 +119,12 @@ async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
         .map(|v| v.to_string_lossy().into_owned())
         .filter(|q| !q.is_empty());
     let shown = queue_id.clone().unwrap_or_else(|| NO_QUEUE_ID.to_owned());
+    let config = cx
+        .data
+        .as_ref()
+        .and_then(|s| s.msg.as_ref())
+        .map(|m| m.config.clone());
+    let replies = config.as_ref().map(|c| &c.replies);
     let result = AssertUnwindSafe(decide_and_apply(cx, queue_id, &shown))
         .catch_unwind()
         .await;
@@ -129,7 +135,7 @@ async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
             error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
-            apply::tempfail(&mut cx.reply, None, "internal error", &shown)
+            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
         }
         Err(panic) => {
             let what = panic
@@ -138,7 +144,7 @@ async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {what}), message tempfailed");
-            apply::tempfail(&mut cx.reply, None, "internal error", &shown)
+            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
         }
     }
 }

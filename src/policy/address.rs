@@ -74,10 +74,10 @@ impl DomainSet {
     }
 
     fn insert(&mut self, pattern: &str) -> Result<(), DomainPatternError> {
-        let p = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
+        let p = pattern.trim().to_ascii_lowercase();
         let (suffix, name) = match p.strip_prefix("*.") {
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, p.clone()),
+            Some(rest) => (true, rest.trim_end_matches('.').to_owned()),
+            None => (false, p.trim_end_matches('.').to_owned()),
         };
         if name.is_empty() {
             return Err(DomainPatternError::Empty);
