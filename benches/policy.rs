@@ -24,6 +24,7 @@ fn policy() -> Policy {
             monitor: false,
         },
         exempt: AddressGlobs::new(["bulk@example.org"]).expect("valid globs"),
+        ..Policy::default()
     }
 }
 

@@ -2,6 +2,7 @@
 //! `fanout-milter explain`: runs the policy core offline on one message.
 
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::message::extract;
 use crate::milter::apply::header_value;
 use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet, address::normalize};
@@ -35,14 +36,17 @@ pub struct Explanation {
 }
 
 /// Evaluates one message with the same code the milter runs.
-pub fn explain(config: &Config, input: ExplainInput) -> Explanation {
+pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
+    let recipients = input.rcpts.iter().collect::<RecipientSet>();
+    let audience = directory.audience_facts(recipients.iter());
     let facts = MessageFacts {
         queue_id: None,
         sender: normalize(&input.from),
         sasl_login: input.sasl_login,
         client: input.client,
-        recipients: input.rcpts.iter().collect::<RecipientSet>(),
+        recipients,
         headers: input.message.as_deref().map(extract).unwrap_or_default(),
+        audience,
     };
     let evaluation = policy::evaluate(&config.policy, &facts);
     let v = &evaluation.verdict;
@@ -89,6 +93,17 @@ impl Explanation {
             "audience": c.audience,
             "external_recipients": c.external,
             "effect": self.effect,
+            "lists": self.facts.audience.as_ref().map(|a| a.lists.iter().map(|l| json!({
+                "address": &*l.address,
+                "audience": l.size,
+                "external": l.external,
+                "nested_lists": l.nested_lists,
+                "cycles": l.cycles,
+                "restricted": l.allowed_senders.is_some(),
+                "drift_from": l.drift_from,
+            })).collect::<Vec<_>>()).unwrap_or_default(),
+            "audience_lower_bound": self.facts.audience.as_ref().is_some_and(|a| a.lower_bound),
+            "non_mailbox_targets": self.facts.audience.as_ref().map_or(0, |a| a.non_mailbox),
             "sender": self.facts.sender,
             "subject": self.facts.headers.subject,
             "message_id": self.facts.headers.message_id,
@@ -116,9 +131,151 @@ impl Explanation {
         let _ = writeln!(out, "external recipients: {}", c.external);
         let _ = writeln!(out, "visible recipients (To/Cc): {}", c.visible);
         let _ = writeln!(out, "audience: {}", c.audience);
+        if let Some(a) = &self.facts.audience {
+            if a.lower_bound {
+                let _ = writeln!(out, "  (at least: some lists nest deeper than the limit)");
+            }
+            for l in a.lists.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  list {}: {} mailboxes ({} external, {} nested lists{})",
+                    l.address,
+                    l.size,
+                    l.external,
+                    l.nested_lists,
+                    if l.cycles > 0 { ", has cycles" } else { "" }
+                );
+            }
+            if a.lists.len() > 10 {
+                let _ = writeln!(out, "  ... and {} more lists", a.lists.len() - 10);
+            }
+            if a.non_mailbox > 0 {
+                let _ = writeln!(
+                    out,
+                    "  non-mailbox targets (pipes, files): {}",
+                    a.non_mailbox
+                );
+            }
+        }
         if let Some(s) = &self.facts.headers.subject {
             let _ = writeln!(out, "subject: {s}");
         }
         out
+    }
+}
+
+/// `directory lookup`: what one address reaches.
+pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> String {
+    let mut out = String::new();
+    let index = &directory.index;
+    let Some(list) = index.list(address) else {
+        let resolved = index.resolve(address);
+        let _ = writeln!(
+            out,
+            "{address}: not a list; reaches {} address(es):",
+            resolved.len()
+        );
+        for r in resolved {
+            match r {
+                crate::directory::index::Resolved::List(l) => {
+                    let _ = writeln!(
+                        out,
+                        "  list {} ({} mailboxes, by catch-all)",
+                        l.address,
+                        l.total()
+                    );
+                }
+                crate::directory::index::Resolved::Mailbox(m) => {
+                    let _ = writeln!(out, "  {m}");
+                }
+            }
+        }
+        return out;
+    };
+    let facts = directory.list_facts(list);
+    let _ = writeln!(out, "{}: list defined at {}", list.address, list.origin);
+    let _ = writeln!(
+        out,
+        "audience: {} mailboxes{}",
+        list.total(),
+        if list.depth_exceeded {
+            " (at least)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "external: {}", list.external());
+    if list.opaque > 0 {
+        let _ = writeln!(out, "known only by count: {}", list.opaque);
+    }
+    if list.non_mailbox > 0 {
+        let _ = writeln!(
+            out,
+            "non-mailbox targets (pipes, files): {}",
+            list.non_mailbox
+        );
+    }
+    if let Some(g) = &facts.allowed_senders {
+        let _ = writeln!(out, "restricted to: {}", g.patterns().join(", "));
+    }
+    if let Some(from) = facts.drift_from {
+        let _ = writeln!(
+            out,
+            "DRIFTED: accepted size {from}, now {}; mail to it is held until accepted",
+            list.total()
+        );
+    }
+    for c in &list.cycles {
+        let _ = writeln!(out, "cycle: {c}");
+    }
+    let _ = writeln!(out, "domains:");
+    for (d, n) in list.domains.iter().take(10) {
+        let _ = writeln!(out, "  {d}: {n}");
+    }
+    let _ = writeln!(out, "nested lists ({}):", list.nested_lists);
+    tree(
+        directory,
+        list,
+        1,
+        &mut vec![list.address.clone()],
+        &mut out,
+    );
+    let _ = writeln!(out, "first members:");
+    for &m in list.mailboxes.iter().take(max_members) {
+        let _ = writeln!(out, "  {}", index.mailbox_name(m));
+    }
+    if list.mailboxes.len() > max_members {
+        let _ = writeln!(out, "  ... {} more", list.mailboxes.len() - max_members);
+    }
+    out
+}
+
+fn tree(
+    directory: &Directory,
+    list: &crate::directory::ListAudience,
+    depth: usize,
+    path: &mut Vec<std::sync::Arc<str>>,
+    out: &mut String,
+) {
+    const MAX_SHOWN: usize = 200;
+    for child in directory.index.children(list) {
+        if out.lines().count() > MAX_SHOWN {
+            let _ = writeln!(out, "{}...", "  ".repeat(depth));
+            return;
+        }
+        let indent = "  ".repeat(depth);
+        if path.contains(&child.address) {
+            let _ = writeln!(out, "{indent}{} (cycle back)", child.address);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{indent}{} ({} mailboxes)",
+            child.address,
+            child.total()
+        );
+        path.push(child.address.clone());
+        tree(directory, &child, depth + 1, path, out);
+        path.pop();
     }
 }

@@ -7,6 +7,7 @@
 //! ([`server`]) and the offline `explain` command ([`explain`]).
 
 pub mod config;
+pub mod directory;
 pub mod explain;
 pub mod logging;
 pub mod message;
@@ -19,4 +20,4 @@ pub const NAME: &str = "fanout-milter";
 /// Crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use server::{ReloadRequest, run};
+pub use server::{ReloadError, ReloadRequest, Runtime, run};

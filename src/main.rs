@@ -4,9 +4,10 @@
 
 use clap::{Parser, Subcommand};
 use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
-use fanout_milter::explain::{ExplainInput, explain};
+use fanout_milter::directory::{Directory, DriftMode, drift::KnownSizes};
+use fanout_milter::explain::{ExplainInput, explain, lookup_text};
 use fanout_milter::milter::listener::MilterListener;
-use fanout_milter::{NAME, VERSION, logging, server};
+use fanout_milter::{NAME, Runtime, VERSION, logging, server};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,29 @@ enum Command {
         /// Message file with its headers; "-" reads standard input.
         message: Option<PathBuf>,
     },
+    /// Look into the lists and aliases of the configured directory sources.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Show what one address reaches: count, first members, nested lists.
+    Lookup {
+        /// The address.
+        address: String,
+        /// How many members to list.
+        #[arg(long, default_value_t = 20)]
+        members: usize,
+    },
+    /// Accept a list's current size after it drifted, so its mail flows again
+    /// (then reload the daemon).
+    Accept {
+        /// The list address.
+        address: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +93,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let directory = match load_directory(&config) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
             let message = match message.as_deref().map(read_message).transpose() {
                 Ok(m) => m,
                 Err(e) => {
@@ -83,12 +111,65 @@ fn main() -> ExitCode {
                 client,
                 message,
             };
-            let explanation = explain(&config, input);
+            let explanation = explain(&config, &directory, input);
             if json {
                 println!("{:#}", explanation.to_json());
             } else {
                 print!("{}", explanation.to_text());
             }
+            ExitCode::SUCCESS
+        }
+        Command::Directory { command } => directory_command(&cli.config, command),
+    }
+}
+
+fn load_directory(config: &Config) -> Result<Directory, ExitCode> {
+    Directory::load(config, DriftMode::ReadOnly).map_err(|e| {
+        eprintln!("{NAME}: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let directory = match load_directory(&config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    for w in &directory.report.warnings {
+        eprintln!("{NAME}: warning: {w}");
+    }
+    match command {
+        DirectoryCommand::Lookup { address, members } => {
+            print!("{}", lookup_text(&directory, &address, members));
+            ExitCode::SUCCESS
+        }
+        DirectoryCommand::Accept { address } => {
+            let Some(list) = directory.index.list(&address) else {
+                eprintln!("{NAME}: {address} is not a list of the configured directory");
+                return ExitCode::from(1);
+            };
+            let size = list.total();
+            let mut known = match KnownSizes::load(&config.state_dir) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("{NAME}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let previous = known.accept(&list.address, size);
+            if let Err(e) = known.save(&config.state_dir) {
+                eprintln!("{NAME}: {e}");
+                return ExitCode::from(1);
+            }
+            match previous {
+                Some(p) => println!("{}: accepted size {size} (was {p})", list.address),
+                None => println!("{}: accepted size {size}", list.address),
+            }
+            println!("reload the daemon to apply it: systemctl reload fanout-milter");
             ExitCode::SUCCESS
         }
     }
@@ -148,6 +229,18 @@ fn run(path: &Path) -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
+    let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            error!("cannot load the directory: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = &runtime.config;
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,
         Err(e) => {
@@ -187,7 +280,7 @@ async fn serve(config: Config) -> ExitCode {
     let shutdown = async move {
         let _ = shutdown_rx.await;
     };
-    match server::run(listener, config, reload_rx, shutdown).await {
+    match server::run(listener, runtime, reload_rx, shutdown).await {
         Ok(()) => {
             info!("shut down");
             ExitCode::SUCCESS

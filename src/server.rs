@@ -3,6 +3,7 @@
 //! graceful shutdown around indymilter.
 
 use crate::config::{self, Config, ConfigError};
+use crate::directory::{Directory, DirectoryError, DriftMode};
 use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -13,12 +14,44 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{error, info, warn};
 
 /// A reload request; the answer says whether the new configuration was taken.
-pub type ReloadRequest = oneshot::Sender<Result<(), ConfigError>>;
+pub type ReloadRequest = oneshot::Sender<Result<(), ReloadError>>;
+
+/// Why a reload was refused; the previous configuration and directory stay in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A directory source could not be loaded.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The loader task failed.
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+/// A configuration with the directory loaded for it; swapped as one on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration.
+    pub config: Config,
+    /// Lists and aliases, expanded.
+    pub directory: Directory,
+}
+
+impl Runtime {
+    /// Loads the directory of a configuration (blocking) and logs what it found.
+    pub fn load(config: Config) -> Result<Runtime, DirectoryError> {
+        let directory = Directory::load(&config, DriftMode::Record)?;
+        directory.log_report();
+        Ok(Runtime { config, directory })
+    }
+}
 
 /// State shared by all milter connections.
 pub struct Shared {
-    /// The configuration in force; each message takes a snapshot at MAIL.
-    pub config: ArcSwap<Config>,
+    /// Configuration and directory in force; each message takes a snapshot at MAIL.
+    pub runtime: ArcSwap<Runtime>,
     /// Messages between MAIL and their reply.
     pub inflight: Arc<Inflight>,
 }
@@ -75,24 +108,45 @@ impl Drop for InflightGuard {
 /// configuration stays in force.
 pub async fn run(
     listener: MilterListener,
-    config: Config,
+    runtime: Runtime,
     mut reloads: mpsc::Receiver<ReloadRequest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let config = &runtime.config;
     let milter_config = indymilter::Config {
         max_connections: config.max_connections,
         actions: milter::ACTIONS,
         connection_timeout: config.connection_timeout,
     };
     let shared = Arc::new(Shared {
-        config: ArcSwap::from_pointee(config),
+        runtime: ArcSwap::from_pointee(runtime),
         inflight: Arc::new(Inflight::default()),
     });
 
     let reload_shared = shared.clone();
     let reloader = tokio::spawn(async move {
         while let Some(ack) = reloads.recv().await {
-            let _ = ack.send(reload(&reload_shared));
+            let current = reload_shared.runtime.load_full();
+            let file = current.config.file.clone();
+            let result = match tokio::task::spawn_blocking(move || load_runtime(&file)).await {
+                Ok(r) => r,
+                Err(e) => Err(ReloadError::Task(e.to_string())),
+            };
+            let answer = match result {
+                Ok(new) => {
+                    for key in current.config.restart_needed(&new.config) {
+                        warn!("parameter \"{key}\" changed, restart needed for it to take effect");
+                    }
+                    reload_shared.runtime.store(Arc::new(new));
+                    info!(file = %current.config.file.display(), "configuration reloaded");
+                    Ok(())
+                }
+                Err(e) => {
+                    error!("configuration not reloaded, keeping the old one: {e}");
+                    Err(e)
+                }
+            };
+            let _ = ack.send(answer);
         }
     });
 
@@ -111,7 +165,7 @@ pub async fn run(
     let drained = async move {
         let _ = stop_drain.wait_for(|s| *s).await;
         let inflight = &drain_shared.inflight;
-        let timeout = drain_shared.config.load().shutdown_timeout;
+        let timeout = drain_shared.runtime.load().config.shutdown_timeout;
         info!(
             in_flight = inflight.count(),
             "shutting down: no new connections, finishing messages in flight"
@@ -133,22 +187,9 @@ pub async fn run(
     result
 }
 
-fn reload(shared: &Shared) -> Result<(), ConfigError> {
-    let current = shared.config.load_full();
-    match config::load(&current.file) {
-        Ok(new) => {
-            for key in current.restart_needed(&new) {
-                warn!("parameter \"{key}\" changed, restart needed for it to take effect");
-            }
-            shared.config.store(Arc::new(new));
-            info!(file = %current.file.display(), "configuration reloaded");
-            Ok(())
-        }
-        Err(e) => {
-            error!("configuration not reloaded, keeping the old one: {e}");
-            Err(e)
-        }
-    }
+fn load_runtime(file: &std::path::Path) -> Result<Runtime, ReloadError> {
+    let config = config::load(file)?;
+    Ok(Runtime::load(config)?)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! tests never call helo, data, eoh or body (indymilter-test would refuse them).
 
 use fanout_milter::ReloadRequest;
-use fanout_milter::config::{self, ConfigError};
+use fanout_milter::config;
 use fanout_milter::milter::listener::MilterListener;
+use fanout_milter::{ReloadError, Runtime};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, Status, TestConnection,
 };
@@ -145,9 +146,10 @@ impl Milter {
             .expect("a TCP listener has an address");
         let (reloads, reload_rx) = mpsc::channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let runtime = Runtime::load(config).expect("no directory to load");
         let task = tokio::spawn(fanout_milter::run(
             listener,
-            config,
+            runtime,
             reload_rx,
             async move {
                 let _ = shutdown_rx.await;
@@ -200,7 +202,7 @@ impl Milter {
     }
 
     /// Asks for a reload and waits for its answer.
-    async fn reload(&self) -> Result<(), ConfigError> {
+    async fn reload(&self) -> Result<(), ReloadError> {
         let (ack, answer) = oneshot::channel();
         within("send a reload request", self.reloads.send(ack))
             .await

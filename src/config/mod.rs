@@ -12,13 +12,14 @@ mod span;
 mod validate;
 
 pub use listen::ListenAddr;
-pub use raw::{LogFormat, RawConfig};
+pub use raw::{DirectoryKind, LogFormat, RawConfig};
 pub use reply::Replies;
 
-use crate::policy::Policy;
+use crate::policy::{AddressGlobs, Policy};
 use span::{SpanIndex, line_col};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The configuration file read when `--config` is not given.
@@ -47,6 +48,42 @@ pub struct Config {
     pub policy: Policy,
     /// Reply texts.
     pub replies: Replies,
+    /// `[[directory]]` sources, paths resolved against the configuration's directory.
+    pub directories: Vec<DirectorySpec>,
+    /// `[[list]]` entries.
+    pub lists: Vec<ListSpec>,
+    /// `[expansion] max_depth`.
+    pub max_depth: usize,
+    /// `[drift] factor`.
+    pub drift_factor: f64,
+    /// `[drift] min_audience` (0 = off).
+    pub drift_min_audience: u64,
+    /// `[quarantine] state_dir`.
+    pub state_dir: PathBuf,
+}
+
+/// One `[[directory]]` source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectorySpec {
+    /// Its kind.
+    pub kind: DirectoryKind,
+    /// The file.
+    pub path: PathBuf,
+    /// Domains for bare names, lower-cased.
+    pub domains: Vec<String>,
+}
+
+/// One `[[list]]` entry.
+#[derive(Clone, Debug)]
+pub struct ListSpec {
+    /// The list address, lower-cased.
+    pub address: String,
+    /// Members, when defined here.
+    pub members: Option<Vec<String>>,
+    /// Size, for a list fanout-milter cannot read.
+    pub member_count: Option<u64>,
+    /// Who may send to it.
+    pub allowed_senders: Option<Arc<AddressGlobs>>,
 }
 
 impl Config {
@@ -67,6 +104,9 @@ impl Config {
         }
         if self.raw.logging != new.raw.logging {
             keys.push("logging");
+        }
+        if self.raw.quarantine != new.raw.quarantine {
+            keys.push("quarantine.state_dir");
         }
         keys
     }

@@ -5,8 +5,9 @@
 //! [`Config`](super::Config) by [`validate`](super::validate). Serialising a `RawConfig`
 //! prints the effective settings (`check-config`).
 
-use crate::policy::Mode;
+use crate::policy::{Action, Mode};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The whole file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,192 @@ pub struct RawConfig {
     pub exempt: RawExempt,
     /// `[reply]`: what refused senders are told.
     pub reply: RawReply,
+    /// `[[directory]]`: where lists and aliases come from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub directory: Vec<RawDirectory>,
+    /// `[[list]]`: lists known by members, by size, or restricted to senders.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub list: Vec<RawList>,
+    /// `[expansion]`: how lists are expanded.
+    pub expansion: RawExpansion,
+    /// `[restricted]`: lists only some senders may post to.
+    pub restricted: RawRestricted,
+    /// `[hidden]`: audience far larger than the visible To/Cc.
+    pub hidden: RawHidden,
+    /// `[drift]`: lists whose size suddenly jumps.
+    pub drift: RawDrift,
+    /// `[[scope]]`: how far senders may reach through lists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<RawScope>,
+    /// `[quarantine]`: state directory.
+    pub quarantine: RawQuarantine,
+}
+
+/// Kinds of directory source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirectoryKind {
+    /// A Postfix virtual(5) source file.
+    PostfixVirtual,
+    /// An aliases(5) file.
+    Aliases,
+}
+
+/// `[[directory]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectory {
+    /// `postfix-virtual` or `aliases`.
+    #[serde(rename = "type")]
+    pub kind: DirectoryKind,
+    /// The text file (not the compiled .db/.lmdb).
+    pub path: PathBuf,
+    /// Domains for bare names: aliases apply to them; virtual(5) bare keys too.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+/// `[[list]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawList {
+    /// The list address.
+    pub address: String,
+    /// Its members, when the list is defined here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+    /// Its size, for a list held where fanout-milter cannot read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<u64>,
+    /// Who may send to it (globs); others get the `[restricted]` action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_senders: Option<Vec<String>>,
+}
+
+/// `[expansion]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawExpansion {
+    /// Nested lists deeper than this are not followed (the count becomes a lower bound).
+    pub max_depth: usize,
+}
+
+impl Default for RawExpansion {
+    fn default() -> Self {
+        RawExpansion { max_depth: 100 }
+    }
+}
+
+/// `[restricted]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRestricted {
+    /// Lists at least this large are restricted even without `allowed_senders`; 0 = off.
+    pub min_audience: u64,
+    /// Senders allowed to post to every restricted list (globs).
+    pub allowed_senders: Vec<String>,
+    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for RawRestricted {
+    fn default() -> Self {
+        RawRestricted {
+            min_audience: 0,
+            allowed_senders: Vec::new(),
+            action: Action::Quarantine,
+            monitor: false,
+        }
+    }
+}
+
+/// `[hidden]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHidden {
+    /// The rule applies from this audience on; 0 = off.
+    pub min_audience: u64,
+    /// ... when the audience is at least this many times the visible To/Cc count.
+    pub ratio: f64,
+    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for RawHidden {
+    fn default() -> Self {
+        RawHidden {
+            min_audience: 100,
+            ratio: 10.0,
+            action: Action::Quarantine,
+            monitor: false,
+        }
+    }
+}
+
+/// `[drift]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrift {
+    /// A list whose size exceeds this many times its last accepted size ...
+    pub factor: f64,
+    /// ... and this absolute size has its mail held until an admin accepts it; 0 = off.
+    pub min_audience: u64,
+    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for RawDrift {
+    fn default() -> Self {
+        RawDrift {
+            factor: 5.0,
+            min_audience: 1000,
+            action: Action::Quarantine,
+            monitor: false,
+        }
+    }
+}
+
+/// `[[scope]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScope {
+    /// Senders (envelope sender or SASL login, globs).
+    pub senders: Vec<String>,
+    /// Domains their mail may reach through lists (exact or `*.`).
+    pub may_reach: Vec<String>,
+    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    #[serde(default = "quarantine")]
+    pub action: Action,
+    /// Only tag.
+    #[serde(default)]
+    pub monitor: bool,
+}
+
+fn quarantine() -> Action {
+    Action::Quarantine
+}
+
+/// `[quarantine]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQuarantine {
+    /// The daemon's state: the last accepted size of each list (and, later, the
+    /// quarantine index).
+    pub state_dir: PathBuf,
+}
+
+impl Default for RawQuarantine {
+    fn default() -> Self {
+        RawQuarantine {
+            state_dir: PathBuf::from("/var/lib/fanout-milter"),
+        }
+    }
 }
 
 /// `[milter]`.
@@ -106,6 +293,8 @@ pub struct RawLimits {
     pub envelope: RawLevels,
     /// `[limits.external]`.
     pub external: RawLevels,
+    /// `[limits.audience]`.
+    pub audience: RawLevels,
 }
 
 impl Default for RawLimits {
@@ -113,6 +302,7 @@ impl Default for RawLimits {
         RawLimits {
             envelope: RawLevels::new(50, 200, 2000),
             external: RawLevels::new(0, 100, 0),
+            audience: RawLevels::new(0, 1000, 50000),
         }
     }
 }
@@ -124,6 +314,7 @@ impl RawLimits {
         let d = RawLimits::default();
         self.envelope.fill_from(&d.envelope);
         self.external.fill_from(&d.external);
+        self.audience.fill_from(&d.audience);
     }
 }
 
@@ -187,8 +378,9 @@ impl Default for RawReply {
     fn default() -> Self {
         RawReply {
             contact: "your IT service desk".into(),
-            reject: "Your message was NOT sent: it would reach more people than this mail \
-                     system allows ({reason}). Please check the recipients or ask {contact}."
+            reject: "Your message was NOT sent: it breaks this mail system's rules against \
+                     mail to too many people ({reason}). Please check the recipients or ask \
+                     {contact}."
                 .into(),
             tempfail: "Your message could not be checked and was not sent yet; \
                        it will be retried. If this persists, contact {contact}."

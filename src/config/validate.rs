@@ -2,11 +2,12 @@
 //! Second stage of loading: checks the meaning of every value and builds [`Config`].
 //! All problems are collected, each with the dotted key it belongs to.
 
-use super::raw::{RawConfig, RawLevels};
+use super::raw::{DirectoryKind, RawConfig, RawLevels};
 use super::reply::{Replies, check_template};
-use super::{Config, ListenAddr};
-use crate::policy::{AddressGlobs, DomainSet, Levels, Policy};
+use super::{Config, DirectorySpec, ListSpec, ListenAddr};
+use crate::policy::{Action, AddressGlobs, DomainSet, Hidden, Levels, Policy, Restricted, Scope};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -83,6 +84,158 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     });
     let envelope = levels("limits.envelope", &raw.limits.envelope, &mut report);
     let external = levels("limits.external", &raw.limits.external, &mut report);
+    let audience = levels("limits.audience", &raw.limits.audience, &mut report);
+
+    let base = file.parent().unwrap_or(Path::new("/"));
+    let mut directories = Vec::new();
+    for (i, d) in raw.directory.iter().enumerate() {
+        let key = format!("directory[{i}]");
+        let path = base.join(&d.path);
+        if !path.is_file() {
+            report(
+                &format!("{key}.path"),
+                format!("cannot read \"{}\": no such file", path.display()),
+            );
+        }
+        let domains = domain_names(&key, &d.domains, &mut report);
+        if d.kind == DirectoryKind::Aliases && domains.is_empty() {
+            report(
+                &format!("{key}.domains"),
+                "an aliases source needs the local domains its names apply to \
+                 (Postfix's mydestination), e.g. [\"lists.example.org\"]"
+                    .into(),
+            );
+        }
+        directories.push(DirectorySpec {
+            kind: d.kind,
+            path,
+            domains,
+        });
+    }
+
+    let mut lists = Vec::new();
+    for (i, l) in raw.list.iter().enumerate() {
+        let key = format!("list[{i}]");
+        let address = crate::policy::address::normalize(&l.address).to_ascii_lowercase();
+        if !address.contains('@') || address.starts_with('@') {
+            report(
+                &format!("{key}.address"),
+                format!("\"{}\" is not a list address (user@domain)", l.address),
+            );
+        }
+        match (&l.members, l.member_count, &l.allowed_senders) {
+            (Some(_), Some(_), _) => report(
+                &format!("{key}.member_count"),
+                "give members or member_count, not both".into(),
+            ),
+            (None, None, None) => report(
+                &key,
+                "needs members, member_count or allowed_senders".into(),
+            ),
+            _ => {}
+        }
+        let allowed_senders = l.allowed_senders.as_ref().map(|g| {
+            Arc::new(AddressGlobs::new(g).unwrap_or_else(|(j, e)| {
+                report(
+                    &format!("{key}.allowed_senders[{j}]"),
+                    format!("invalid pattern: {e}"),
+                );
+                AddressGlobs::default()
+            }))
+        });
+        lists.push(ListSpec {
+            address,
+            members: l.members.as_ref().map(|m| {
+                m.iter()
+                    .map(|a| crate::policy::address::normalize(a).to_ascii_lowercase())
+                    .collect()
+            }),
+            member_count: l.member_count,
+            allowed_senders,
+        });
+    }
+
+    let mut check_action = |key: &str, action: Action| {
+        if action == Action::Accept {
+            report(
+                key,
+                "\"accept\" is not an action for a rule: use tag, quarantine, tempfail or reject"
+                    .into(),
+            );
+        }
+    };
+    check_action("restricted.action", raw.restricted.action);
+    check_action("hidden.action", raw.hidden.action);
+    check_action("drift.action", raw.drift.action);
+    for (i, sc) in raw.scope.iter().enumerate() {
+        check_action(&format!("scope[{i}].action"), sc.action);
+    }
+    let restricted_senders =
+        AddressGlobs::new(&raw.restricted.allowed_senders).unwrap_or_else(|(i, e)| {
+            report(
+                &format!("restricted.allowed_senders[{i}]"),
+                format!("invalid pattern: {e}"),
+            );
+            AddressGlobs::default()
+        });
+    if !(raw.hidden.ratio.is_finite() && raw.hidden.ratio >= 1.0) {
+        report(
+            "hidden.ratio",
+            format!("{} must be a number of at least 1", raw.hidden.ratio),
+        );
+    }
+    if !(raw.drift.factor.is_finite() && raw.drift.factor > 1.0) {
+        report(
+            "drift.factor",
+            format!("{} must be a number above 1", raw.drift.factor),
+        );
+    }
+    if raw.expansion.max_depth == 0 {
+        report("expansion.max_depth", "must be at least 1".into());
+    }
+    let mut scopes = Vec::new();
+    for (i, sc) in raw.scope.iter().enumerate() {
+        let key = format!("scope[{i}]");
+        if sc.senders.is_empty() {
+            report(
+                &format!("{key}.senders"),
+                "must name at least one sender pattern".into(),
+            );
+        }
+        if sc.may_reach.is_empty() {
+            report(
+                &format!("{key}.may_reach"),
+                "must name at least one domain".into(),
+            );
+        }
+        let senders = AddressGlobs::new(&sc.senders).unwrap_or_else(|(j, e)| {
+            report(
+                &format!("{key}.senders[{j}]"),
+                format!("invalid pattern: {e}"),
+            );
+            AddressGlobs::default()
+        });
+        let may_reach = DomainSet::new(&sc.may_reach).unwrap_or_else(|(j, e)| {
+            report(&format!("{key}.may_reach[{j}]"), e.to_string());
+            DomainSet::default()
+        });
+        scopes.push(Scope {
+            senders,
+            may_reach,
+            may_reach_text: sc.may_reach.join(", "),
+            action: sc.action,
+            monitor: sc.monitor,
+        });
+    }
+    if raw.quarantine.state_dir.is_relative() {
+        report(
+            "quarantine.state_dir",
+            format!(
+                "\"{}\" must be an absolute path",
+                raw.quarantine.state_dir.display()
+            ),
+        );
+    }
     if raw.domains.internal.is_empty()
         && external.quarantine.max(external.reject).max(external.tag) > 0
     {
@@ -124,8 +277,30 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             internal,
             envelope,
             external,
+            audience,
+            restricted: Restricted {
+                min_audience: raw.restricted.min_audience,
+                allowed_senders: restricted_senders,
+                action: raw.restricted.action,
+                monitor: raw.restricted.monitor,
+            },
+            hidden: Hidden {
+                min_audience: raw.hidden.min_audience,
+                ratio: raw.hidden.ratio,
+                action: raw.hidden.action,
+                monitor: raw.hidden.monitor,
+            },
+            drift_action: raw.drift.action,
+            drift_monitor: raw.drift.monitor,
+            scopes,
             exempt,
         },
+        directories,
+        lists,
+        max_depth: raw.expansion.max_depth,
+        drift_factor: raw.drift.factor,
+        drift_min_audience: raw.drift.min_audience,
+        state_dir: raw.quarantine.state_dir.clone(),
         replies: Replies {
             contact: raw.reply.contact.clone(),
             reject: raw.reply.reject.clone(),
@@ -133,6 +308,27 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
         },
         raw,
     })
+}
+
+/// Lower-cased domain names (no wildcards) of a directory source.
+fn domain_names(
+    key: &str,
+    domains: &[String],
+    report: &mut impl FnMut(&str, String),
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, d) in domains.iter().enumerate() {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if d.contains('*') || DomainSet::new([&d]).is_err() {
+            report(
+                &format!("{key}.domains[{i}]"),
+                format!("\"{d}\" is not a domain name"),
+            );
+        } else {
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// A tracing filter whose bare words are all levels: EnvFilter would take a typo such

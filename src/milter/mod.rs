@@ -79,10 +79,10 @@ async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<
         .macros
         .get(c"{auth_authen}")
         .map(|v| v.to_string_lossy().into_owned());
-    let config = shared.config.load_full();
+    let runtime = shared.runtime.load_full();
     let inflight = shared.inflight.enter();
     let session = cx.data.get_or_insert_with(Session::default);
-    session.init_message(config, &sender, login, inflight);
+    session.init_message(runtime, &sender, login, inflight);
     Status::Continue
 }
 
@@ -119,12 +119,12 @@ async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
         .map(|v| v.to_string_lossy().into_owned())
         .filter(|q| !q.is_empty());
     let shown = queue_id.clone().unwrap_or_else(|| NO_QUEUE_ID.to_owned());
-    let config = cx
+    let runtime = cx
         .data
         .as_ref()
         .and_then(|s| s.msg.as_ref())
-        .map(|m| m.config.clone());
-    let replies = config.as_ref().map(|c| &c.replies);
+        .map(|m| m.runtime.clone());
+    let replies = runtime.as_ref().map(|r| &r.config.replies);
     let result = AssertUnwindSafe(decide_and_apply(cx, queue_id, &shown))
         .catch_unwind()
         .await;
@@ -167,22 +167,18 @@ async fn decide_and_apply(
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
     let finished = msg.finish(queue_id, &session.conn);
     let started = Instant::now();
-    let evaluation = policy::evaluate(&finished.config.policy, &finished.facts);
+    let config = &finished.runtime.config;
+    let evaluation = policy::evaluate(&config.policy, &finished.facts);
     debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
     let status = apply::apply(
         cx,
         &evaluation.verdict,
-        &finished.config.replies,
+        &config.replies,
         shown,
         finished.foreign_verdict_headers,
     )
     .await?;
-    log_decision(
-        shown,
-        &finished.facts,
-        &evaluation,
-        finished.config.policy.mode,
-    );
+    log_decision(shown, &finished.facts, &evaluation, config.policy.mode);
     Ok(status)
 }
 
@@ -205,6 +201,12 @@ fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mo
         external = e.counts.external,
         visible = e.counts.visible,
         audience = e.counts.audience,
+        lists = e.counts.lists,
+        largest_list = facts
+            .audience
+            .as_ref()
+            .and_then(|a| a.lists.first())
+            .map_or("-", |l| &*l.address),
         mode = mode.as_str(),
         exempt_by = v.exempt_by.as_deref().unwrap_or("-"),
         headers_truncated = facts.headers.truncated,

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Per-connection and per-message data kept between milter stages.
 
-use crate::config::Config;
 use crate::message::{HeaderBuffer, extract};
 use crate::policy::{MessageFacts, RecipientSet};
 use crate::server::InflightGuard;
+use crate::server::Runtime;
 use std::sync::Arc;
 
 /// The header this milter adds; copies of it arriving from outside are removed.
@@ -28,8 +28,9 @@ pub struct ConnData {
 
 /// Facts about the message in progress.
 pub struct MessageData {
-    /// The configuration in force when the message started; a reload does not change it.
-    pub config: Arc<Config>,
+    /// Configuration and directory in force when the message started; a reload does
+    /// not change them.
+    pub runtime: Arc<Runtime>,
     /// Envelope sender, normalised.
     pub sender: String,
     /// SASL login, from `{auth_authen}` at MAIL.
@@ -48,14 +49,14 @@ impl Session {
     /// Starts a new message at MAIL, dropping any unfinished one.
     pub fn init_message(
         &mut self,
-        config: Arc<Config>,
+        runtime: Arc<Runtime>,
         sender: &str,
         sasl_login: Option<String>,
         inflight: InflightGuard,
     ) {
-        let cap = config.max_header_bytes;
+        let cap = runtime.config.max_header_bytes;
         self.msg = Some(MessageData {
-            config,
+            runtime,
             sender: crate::policy::address::normalize(sender),
             sasl_login: sasl_login.filter(|s| !s.is_empty()),
             recipients: RecipientSet::new(),
@@ -90,6 +91,10 @@ impl MessageData {
         let (raw, truncated) = self.headers.finish();
         let mut headers = extract(&raw);
         headers.truncated = truncated;
+        let audience = self
+            .runtime
+            .directory
+            .audience_facts(self.recipients.iter());
         FinishedMessage {
             facts: MessageFacts {
                 queue_id,
@@ -98,8 +103,9 @@ impl MessageData {
                 client: conn.client.clone(),
                 recipients: self.recipients,
                 headers,
+                audience,
             },
-            config: self.config,
+            runtime: self.runtime,
             foreign_verdict_headers: self.foreign_verdict_headers,
             _inflight: self._inflight,
         }
@@ -110,8 +116,8 @@ impl MessageData {
 pub struct FinishedMessage {
     /// The facts for the policy core.
     pub facts: MessageFacts,
-    /// The configuration the message started under.
-    pub config: Arc<Config>,
+    /// Configuration and directory the message started under.
+    pub runtime: Arc<Runtime>,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
     /// Keeps the message counted as in flight until the reply is sent.

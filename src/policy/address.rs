@@ -147,7 +147,25 @@ impl Default for AddressGlobs {
     }
 }
 
+impl PartialEq for AddressGlobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for AddressGlobs {}
+
 impl AddressGlobs {
+    /// The patterns as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// True when there is no pattern.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
     /// Compiles the patterns; the first bad one is returned with its index and the reason.
     pub fn new<I, S>(patterns: I) -> Result<Self, (usize, String)>
     where

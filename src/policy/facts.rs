@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The facts about one message that the policy core decides on.
 
-use super::address::normalize;
+use super::address::{AddressGlobs, normalize};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Envelope recipients, normalised and without duplicates, in arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +76,42 @@ pub struct HeaderFacts {
     pub truncated: bool,
 }
 
+/// One list among the envelope recipients, as the directory expanded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFacts {
+    /// The list address.
+    pub address: Arc<str>,
+    /// Distinct final mailboxes it reaches.
+    pub size: u64,
+    /// Of those, outside the internal domains.
+    pub external: u64,
+    /// Lists nested below it.
+    pub nested_lists: u32,
+    /// Cycles found below it.
+    pub cycles: usize,
+    /// Mailboxes per domain, largest first.
+    pub domains: Arc<[(Arc<str>, u64)]>,
+    /// Who may send to it (`[[list]] allowed_senders`), when restricted by name.
+    pub allowed_senders: Option<Arc<AddressGlobs>>,
+    /// The last accepted size, when the list has grown past the drift limits since.
+    pub drift_from: Option<u64>,
+}
+
+/// The real audience: final mailboxes after list and alias expansion.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AudienceFacts {
+    /// Distinct final mailboxes over all recipients.
+    pub total: u64,
+    /// Of those, outside the internal domains.
+    pub external: u64,
+    /// Lists among the recipients, largest first.
+    pub lists: Vec<ListFacts>,
+    /// Pipes, files and other non-mailbox targets reached.
+    pub non_mailbox: u64,
+    /// True when the count is a lower bound (nesting deeper than the limit).
+    pub lower_bound: bool,
+}
+
 /// Everything known about one message when it is decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageFacts {
@@ -90,6 +127,9 @@ pub struct MessageFacts {
     pub recipients: RecipientSet,
     /// Header facts.
     pub headers: HeaderFacts,
+    /// The expanded audience; `None` when no directory is configured, and the envelope
+    /// recipients are the audience.
+    pub audience: Option<AudienceFacts>,
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ pub mod rules;
 pub mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
-pub use facts::{HeaderFacts, MessageFacts, RecipientSet};
-pub use rules::Levels;
+pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
+pub use rules::{Hidden, Levels, Restricted, Scope};
 pub use verdict::{Action, Reason, Verdict};
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ impl Mode {
 }
 
 /// The validated rules the core applies.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Policy {
     /// Global enforcement mode.
     pub mode: Mode,
@@ -49,8 +49,39 @@ pub struct Policy {
     pub envelope: Levels,
     /// `[limits.external]`: envelope recipients outside the internal domains.
     pub external: Levels,
+    /// `[limits.audience]`: final mailboxes after list and alias expansion.
+    pub audience: Levels,
+    /// `[restricted]`: who may send to large or named lists.
+    pub restricted: Restricted,
+    /// `[hidden]`: audience far larger than the visible To/Cc.
+    pub hidden: Hidden,
+    /// `[drift] action`: what happens to mail to a list whose size jumped.
+    pub drift_action: Action,
+    /// `[drift] monitor`.
+    pub drift_monitor: bool,
+    /// `[[scope]]`: how far senders may reach through lists.
+    pub scopes: Vec<Scope>,
     /// `[exempt] senders`: envelope senders or SASL logins no rule applies to.
     pub exempt: AddressGlobs,
+}
+
+impl Default for Policy {
+    /// No rule switched on.
+    fn default() -> Self {
+        Policy {
+            mode: Mode::Enforce,
+            internal: DomainSet::default(),
+            envelope: Levels::default(),
+            external: Levels::default(),
+            audience: Levels::default(),
+            restricted: Restricted::default(),
+            hidden: Hidden::default(),
+            drift_action: Action::Quarantine,
+            drift_monitor: false,
+            scopes: Vec::new(),
+            exempt: AddressGlobs::default(),
+        }
+    }
 }
 
 /// The numbers a verdict was based on.
@@ -60,11 +91,13 @@ pub struct Counts {
     pub envelope: usize,
     /// Distinct To/Cc addresses in the headers.
     pub visible: usize,
-    /// Final mailboxes the message reaches. Without directory sources this equals the
-    /// envelope count.
+    /// Final mailboxes the message reaches after list and alias expansion; without
+    /// a directory, the envelope count.
     pub audience: usize,
-    /// Envelope recipients outside `[domains] internal`.
+    /// Final mailboxes outside `[domains] internal`.
     pub external: usize,
+    /// Lists among the recipients.
+    pub lists: usize,
 }
 
 /// A verdict together with the counts it was based on.
@@ -79,16 +112,24 @@ pub struct Evaluation {
 /// Counts what the rules look at.
 pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
     let envelope = facts.recipients.len();
-    let external = facts
-        .recipients
-        .iter()
-        .filter(|r| !policy.internal.is_internal(r))
-        .count();
+    let (audience, external, lists) = match &facts.audience {
+        Some(a) => (a.total as usize, a.external as usize, a.lists.len()),
+        None => (
+            envelope,
+            facts
+                .recipients
+                .iter()
+                .filter(|r| !policy.internal.is_internal(r))
+                .count(),
+            0,
+        ),
+    };
     Counts {
         envelope,
         visible: facts.headers.visible.len(),
-        audience: envelope,
+        audience,
         external,
+        lists,
     }
 }
 
@@ -101,13 +142,29 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
         return Evaluation { verdict, counts };
     }
 
-    let fired: Vec<(Reason, bool)> = [
+    let no_lists = AudienceFacts::default();
+    let audience = facts.audience.as_ref().unwrap_or(&no_lists);
+    let authorized = rules::authorized_audience(&policy.restricted, facts, &audience.lists);
+    let mut fired: Vec<(Reason, bool)> = [
         rules::envelope(&policy.envelope, &counts),
         rules::external(&policy.external, &counts),
+        rules::audience(&policy.audience, &counts, audience.lower_bound),
+        rules::hidden(&policy.hidden, &counts, authorized),
     ]
     .into_iter()
     .flatten()
     .collect();
+    fired.extend(rules::restricted(
+        &policy.restricted,
+        facts,
+        &audience.lists,
+    ));
+    fired.extend(rules::drift(
+        policy.drift_action,
+        policy.drift_monitor,
+        &audience.lists,
+    ));
+    fired.extend(rules::scope(&policy.scopes, facts, &audience.lists));
 
     Evaluation {
         verdict: combine(policy.mode, fired),
@@ -176,6 +233,7 @@ mod tests {
             envelope: levels(50, 200, 2000),
             external: levels(0, 100, 0),
             exempt: AddressGlobs::new(["bulk@example.org", "svc-*@example.org"]).unwrap(),
+            ..Policy::default()
         }
     }
 
@@ -353,5 +411,321 @@ mod tests {
         assert_eq!(fmt_count(1000), "1,000");
         assert_eq!(fmt_count(840_000), "840,000");
         assert_eq!(fmt_count(1_234_567), "1,234,567");
+    }
+
+    fn list(address: &str, size: u64, domains: &[(&str, u64)]) -> ListFacts {
+        ListFacts {
+            address: address.into(),
+            size,
+            external: 0,
+            nested_lists: 0,
+            cycles: 0,
+            domains: domains
+                .iter()
+                .map(|&(d, n)| (std::sync::Arc::from(d), n))
+                .collect(),
+            allowed_senders: None,
+            drift_from: None,
+        }
+    }
+
+    fn with_audience(mut f: MessageFacts, total: u64, lists: Vec<ListFacts>) -> MessageFacts {
+        f.audience = Some(AudienceFacts {
+            total,
+            external: 0,
+            lists,
+            non_mailbox: 0,
+            lower_bound: false,
+        });
+        f
+    }
+
+    fn audience_policy() -> Policy {
+        Policy {
+            audience: levels(0, 1000, 50_000),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn audience_levels_count_final_mailboxes() {
+        let p = audience_policy();
+        let one_list = |total| {
+            with_audience(
+                facts(1, 0),
+                total,
+                vec![list("all@example.org", total, &[])],
+            )
+        };
+        assert_eq!(action(&p, &one_list(999)), Action::Accept);
+        let e = evaluate(&p, &one_list(1000));
+        assert_eq!(e.verdict.action, Action::Quarantine);
+        assert_eq!(e.counts.audience, 1000);
+        assert_eq!(e.counts.envelope, 1);
+        assert_eq!(
+            e.verdict.reasons[0].message,
+            "1,000 recipients after list expansion >= quarantine level 1,000"
+        );
+        assert_eq!(action(&p, &one_list(49_999)), Action::Quarantine);
+        assert_eq!(action(&p, &one_list(50_000)), Action::Reject);
+        let mut lower = one_list(60_000);
+        lower.audience.as_mut().unwrap().lower_bound = true;
+        assert!(
+            evaluate(&p, &lower).verdict.reasons[0]
+                .message
+                .starts_with("at least 60,000")
+        );
+    }
+
+    #[test]
+    fn external_counts_after_expansion() {
+        let p = audience_policy();
+        let mut f = with_audience(facts(1, 0), 300, vec![list("all@example.org", 300, &[])]);
+        f.audience.as_mut().unwrap().external = 150;
+        let e = evaluate(&p, &f);
+        assert_eq!(e.counts.external, 150);
+        assert_eq!(e.verdict.action, Action::Quarantine);
+        assert_eq!(e.verdict.reasons[0].rule, "limits.external");
+    }
+
+    fn hidden_policy() -> Policy {
+        Policy {
+            hidden: Hidden {
+                min_audience: 100,
+                ratio: 10.0,
+                action: Action::Reject,
+                monitor: false,
+            },
+            ..Policy::default()
+        }
+    }
+
+    fn visible(mut f: MessageFacts, n: usize) -> MessageFacts {
+        for i in 0..n {
+            f.headers.visible.add(&format!("v{i}@example.org"));
+        }
+        f
+    }
+
+    #[test]
+    fn hidden_expansion_needs_both_minimum_and_ratio() {
+        let p = hidden_policy();
+        let f = visible(with_audience(facts(3, 0), 840_000, vec![]), 3);
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject);
+        assert_eq!(e.verdict.reasons[0].rule, "hidden");
+        assert!(
+            e.verdict.reasons[0]
+                .message
+                .starts_with("visible 3, real audience 840,000")
+        );
+        assert_eq!(
+            action(&p, &visible(with_audience(facts(3, 0), 99, vec![]), 3)),
+            Action::Accept
+        );
+        assert_eq!(
+            action(&p, &visible(with_audience(facts(3, 0), 100, vec![]), 10)),
+            Action::Reject
+        );
+        assert_eq!(
+            action(&p, &visible(with_audience(facts(3, 0), 100, vec![]), 11)),
+            Action::Accept
+        );
+        assert_eq!(
+            action(&p, &visible(with_audience(facts(3, 0), 150, vec![]), 0)),
+            Action::Reject
+        );
+        let off = Policy {
+            hidden: Hidden {
+                min_audience: 0,
+                ..hidden_policy().hidden
+            },
+            ..Policy::default()
+        };
+        assert_eq!(
+            action(
+                &off,
+                &visible(with_audience(facts(3, 0), 840_000, vec![]), 1)
+            ),
+            Action::Accept
+        );
+        let mon = Policy {
+            hidden: Hidden {
+                monitor: true,
+                ..hidden_policy().hidden
+            },
+            ..Policy::default()
+        };
+        assert_eq!(
+            action(
+                &mon,
+                &visible(with_audience(facts(3, 0), 840_000, vec![]), 1)
+            ),
+            Action::Tag
+        );
+    }
+
+    #[test]
+    fn hidden_without_a_directory_uses_the_envelope() {
+        let p = hidden_policy();
+        let f = visible(facts(150, 0), 2);
+        assert_eq!(
+            action(&p, &f),
+            Action::Reject,
+            "150 Bcc'd envelope recipients, 2 visible"
+        );
+    }
+
+    fn restricted_policy(min_audience: u64) -> Policy {
+        Policy {
+            restricted: Restricted {
+                min_audience,
+                allowed_senders: AddressGlobs::new(["comms@example.org"]).unwrap(),
+                action: Action::Reject,
+                monitor: false,
+            },
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn restricted_lists_take_only_allowed_senders() {
+        let mut named = list("board@example.org", 12, &[]);
+        named.allowed_senders = Some(std::sync::Arc::new(
+            AddressGlobs::new(["ceo@example.org"]).unwrap(),
+        ));
+        let p = restricted_policy(0);
+        let f = with_audience(facts(1, 0), 12, vec![named.clone()]);
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject);
+        assert_eq!(
+            e.verdict.reasons[0].message,
+            "list board@example.org (12 recipients) is restricted and ann@example.org may not send to it"
+        );
+        let mut ceo = f.clone();
+        ceo.sender = "CEO@example.org".into();
+        assert_eq!(action(&p, &ceo), Action::Accept);
+        let mut comms = f.clone();
+        comms.sasl_login = Some("comms@example.org".into());
+        assert_eq!(
+            action(&p, &comms),
+            Action::Accept,
+            "global allowed senders, by SASL login"
+        );
+
+        let p = restricted_policy(5000);
+        let big = |n| with_audience(facts(1, 0), n, vec![list("all@example.org", n, &[])]);
+        assert_eq!(action(&p, &big(4999)), Action::Accept);
+        assert_eq!(action(&p, &big(5000)), Action::Reject);
+        let mut from_comms = big(840_000);
+        from_comms.sender = "comms@example.org".into();
+        assert_eq!(action(&p, &from_comms), Action::Accept);
+    }
+
+    #[test]
+    fn allowed_senders_bccing_their_list_are_not_a_hidden_expansion() {
+        let mut p = hidden_policy();
+        p.restricted.allowed_senders = AddressGlobs::new(["comms@example.org"]).unwrap();
+        let mut announce = list("all@example.org", 5_000, &[]);
+        announce.allowed_senders = Some(std::sync::Arc::new(
+            AddressGlobs::new(["ceo@example.org"]).unwrap(),
+        ));
+        let f = visible(with_audience(facts(2, 0), 5_002, vec![announce]), 1);
+        assert_eq!(action(&p, &f), Action::Reject, "ann may not: hidden");
+        let mut ceo = f.clone();
+        ceo.sender = "ceo@example.org".into();
+        assert_eq!(
+            action(&p, &ceo),
+            Action::Accept,
+            "the list's own allowed sender"
+        );
+        let mut comms = f.clone();
+        comms.sasl_login = Some("comms@example.org".into());
+        assert_eq!(
+            action(&p, &comms),
+            Action::Accept,
+            "a global allowed sender"
+        );
+
+        let extra = list("other@example.org", 3_000, &[]);
+        let mut both = visible(
+            with_audience(
+                facts(3, 0),
+                8_002,
+                vec![ceo.audience.unwrap().lists[0].clone(), extra],
+            ),
+            1,
+        );
+        both.sender = "ceo@example.org".into();
+        let e = evaluate(&p, &both);
+        assert_eq!(
+            e.verdict.action,
+            Action::Reject,
+            "a second, unallowed list still counts"
+        );
+        assert!(
+            e.verdict.reasons[0]
+                .message
+                .starts_with("visible 1, real audience 8,002")
+        );
+    }
+
+    #[test]
+    fn drifted_lists_are_held() {
+        let p = Policy::default();
+        let mut l = list("dyn@example.org", 840_000, &[]);
+        l.drift_from = Some(40);
+        let e = evaluate(&p, &with_audience(facts(1, 0), 840_000, vec![l.clone()]));
+        assert_eq!(e.verdict.action, Action::Quarantine);
+        assert_eq!(e.verdict.reasons[0].rule, "drift");
+        assert!(
+            e.verdict.reasons[0]
+                .message
+                .contains("grew from 40 to 840,000")
+        );
+        l.drift_from = None;
+        assert_eq!(
+            action(&p, &with_audience(facts(1, 0), 840_000, vec![l])),
+            Action::Accept
+        );
+    }
+
+    #[test]
+    fn scope_holds_expansions_beyond_the_senders_organisation() {
+        let p = Policy {
+            scopes: vec![Scope {
+                senders: AddressGlobs::new(["*@trust-a.example"]).unwrap(),
+                may_reach: DomainSet::new(["trust-a.example"]).unwrap(),
+                may_reach_text: "trust-a.example".into(),
+                action: Action::Quarantine,
+                monitor: false,
+            }],
+            ..Policy::default()
+        };
+        let national = list(
+            "all@nhs.example",
+            1000,
+            &[("trust-b.example", 990), ("trust-a.example", 10)],
+        );
+        let local = list("staff@trust-a.example", 10, &[("trust-a.example", 10)]);
+        let mut f = with_audience(facts(1, 0), 1000, vec![national.clone(), local.clone()]);
+        f.sender = "ann@trust-a.example".into();
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Quarantine);
+        assert_eq!(e.verdict.reasons.len(), 1);
+        assert_eq!(
+            e.verdict.reasons[0].message,
+            "list all@nhs.example reaches 990 of 1,000 mailboxes (99.0%) outside trust-a.example"
+        );
+        let mut only_local = with_audience(facts(1, 0), 10, vec![local]);
+        only_local.sender = "ann@trust-a.example".into();
+        assert_eq!(action(&p, &only_local), Action::Accept);
+        let mut other = with_audience(facts(1, 0), 1000, vec![national]);
+        other.sender = "bob@trust-b.example".into();
+        assert_eq!(
+            action(&p, &other),
+            Action::Accept,
+            "no scope for this sender"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! The rules of the policy core. Each takes counts or facts and returns the reason it
 //! fired, with the rule's own monitor flag, or nothing.
 
+use super::address::{AddressGlobs, DomainSet};
+use super::facts::{ListFacts, MessageFacts};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
 use serde::Serialize;
@@ -32,31 +34,272 @@ impl Levels {
         .find(|&(_, level)| level > 0 && count >= level)
     }
 
-    fn check(&self, rule: &'static str, count: usize, noun: &str) -> Option<(Reason, bool)> {
+    fn check(&self, rule: &'static str, count: usize, what: &str) -> Option<(Reason, bool)> {
         let (action, level) = self.reached(count)?;
-        let plural = if count == 1 { "" } else { "s" };
         let reason = Reason {
             rule,
             action,
-            message: format!(
-                "{} {noun}{plural} >= {action} level {}",
-                fmt_count(count),
-                fmt_count(level as usize)
-            ),
+            message: format!("{what} >= {action} level {}", fmt_count(level as usize)),
             monitor: false,
         };
         Some((reason, self.monitor))
     }
 }
 
-/// `[limits.envelope]`: distinct envelope recipients.
-pub fn envelope(levels: &Levels, counts: &Counts) -> Option<(Reason, bool)> {
-    levels.check("limits.envelope", counts.envelope, "envelope recipient")
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{} {}", fmt_count(n), if n == 1 { one } else { many })
 }
 
-/// `[limits.external]`: envelope recipients outside the internal domains.
+/// `[restricted]`: lists only some senders may post to.
+#[derive(Clone, Debug)]
+pub struct Restricted {
+    /// Lists whose audience is at least this are restricted even without
+    /// `allowed_senders` of their own; 0 = only lists with `allowed_senders`.
+    pub min_audience: u64,
+    /// Senders allowed to post to every restricted list.
+    pub allowed_senders: AddressGlobs,
+    /// What happens to other senders' mail.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for Restricted {
+    fn default() -> Self {
+        Restricted {
+            min_audience: 0,
+            allowed_senders: AddressGlobs::default(),
+            action: Action::Quarantine,
+            monitor: false,
+        }
+    }
+}
+
+/// `[hidden]`: audience far larger than what the sender sees in To/Cc.
+#[derive(Clone, Debug)]
+pub struct Hidden {
+    /// The rule applies from this audience on; 0 switches it off.
+    pub min_audience: u64,
+    /// ... and when the audience is at least this many times the visible count.
+    pub ratio: f64,
+    /// What happens then.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for Hidden {
+    fn default() -> Self {
+        Hidden {
+            min_audience: 0,
+            ratio: 10.0,
+            action: Action::Quarantine,
+            monitor: false,
+        }
+    }
+}
+
+/// `[[scope]]`: how far a group of senders may reach through lists.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// Senders (envelope sender or SASL login) this scope applies to.
+    pub senders: AddressGlobs,
+    /// Domains their mail may reach through lists.
+    pub may_reach: DomainSet,
+    /// The `may_reach` patterns as written, for messages.
+    pub may_reach_text: String,
+    /// What happens to an expansion beyond it.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+/// The first pattern matching the envelope sender or the SASL login.
+pub fn sender_match<'g>(globs: &'g AddressGlobs, facts: &MessageFacts) -> Option<&'g str> {
+    globs.first_match(&facts.sender).or_else(|| {
+        facts
+            .sasl_login
+            .as_deref()
+            .and_then(|login| globs.first_match(login))
+    })
+}
+
+fn who(facts: &MessageFacts) -> &str {
+    match (&facts.sasl_login, facts.sender.as_str()) {
+        (Some(login), _) => login,
+        (None, "") => "<>",
+        (None, s) => s,
+    }
+}
+
+/// `[limits.envelope]`: distinct envelope recipients.
+pub fn envelope(levels: &Levels, counts: &Counts) -> Option<(Reason, bool)> {
+    let what = plural(counts.envelope, "envelope recipient", "envelope recipients");
+    levels.check("limits.envelope", counts.envelope, &what)
+}
+
+/// `[limits.external]`: final mailboxes outside the internal domains.
 pub fn external(levels: &Levels, counts: &Counts) -> Option<(Reason, bool)> {
-    levels.check("limits.external", counts.external, "external recipient")
+    let what = plural(counts.external, "external recipient", "external recipients");
+    levels.check("limits.external", counts.external, &what)
+}
+
+/// `[limits.audience]`: final mailboxes after list and alias expansion.
+pub fn audience(levels: &Levels, counts: &Counts, lower_bound: bool) -> Option<(Reason, bool)> {
+    let at_least = if lower_bound { "at least " } else { "" };
+    let what = format!(
+        "{at_least}{} after list expansion",
+        plural(counts.audience, "recipient", "recipients")
+    );
+    levels.check("limits.audience", counts.audience, &what)
+}
+
+/// The mailboxes of lists the sender is explicitly allowed to post to (a list's own
+/// `allowed_senders` or `[restricted] allowed_senders`): an announcement sent on
+/// purpose, often by Bcc to prevent reply-all, is not a hidden expansion. An upper
+/// bound, since lists may overlap.
+pub fn authorized_audience(rule: &Restricted, facts: &MessageFacts, lists: &[ListFacts]) -> u64 {
+    lists
+        .iter()
+        .filter(|list| {
+            list.allowed_senders
+                .as_deref()
+                .and_then(|g| sender_match(g, facts))
+                .or_else(|| sender_match(&rule.allowed_senders, facts))
+                .is_some()
+        })
+        .map(|list| list.size)
+        .sum()
+}
+
+/// `[hidden]`: the real audience is at least `min_audience` and at least `ratio` times
+/// the number of addresses the sender can see in To/Cc.
+pub fn hidden(rule: &Hidden, counts: &Counts, authorized: u64) -> Option<(Reason, bool)> {
+    let unseen = (counts.audience as u64).saturating_sub(authorized);
+    if rule.min_audience == 0
+        || unseen < rule.min_audience
+        || (unseen as f64) < rule.ratio * counts.visible as f64
+        || counts.audience <= counts.visible
+    {
+        return None;
+    }
+    let reason = Reason {
+        rule: "hidden",
+        action: rule.action,
+        message: format!(
+            "visible {}, real audience {} (>= {}x visible and >= {})",
+            fmt_count(counts.visible),
+            fmt_count(counts.audience),
+            rule.ratio,
+            fmt_count(rule.min_audience as usize)
+        ),
+        monitor: false,
+    };
+    Some((reason, rule.monitor))
+}
+
+/// `[restricted]`: a list with `allowed_senders`, or at least `min_audience` large, takes
+/// mail only from its allowed senders and the global ones.
+pub fn restricted(
+    rule: &Restricted,
+    facts: &MessageFacts,
+    lists: &[ListFacts],
+) -> Vec<(Reason, bool)> {
+    let mut out = Vec::new();
+    for list in lists {
+        let by_size = rule.min_audience > 0 && list.size >= rule.min_audience;
+        if list.allowed_senders.is_none() && !by_size {
+            continue;
+        }
+        let allowed = list
+            .allowed_senders
+            .as_deref()
+            .and_then(|g| sender_match(g, facts))
+            .or_else(|| sender_match(&rule.allowed_senders, facts));
+        if allowed.is_some() {
+            continue;
+        }
+        out.push((
+            Reason {
+                rule: "restricted",
+                action: rule.action,
+                message: format!(
+                    "list {} ({}) is restricted and {} may not send to it",
+                    list.address,
+                    plural(list.size as usize, "recipient", "recipients"),
+                    who(facts)
+                ),
+                monitor: false,
+            },
+            rule.monitor,
+        ));
+    }
+    out
+}
+
+/// `[drift]`: a list that grew past the drift limits since its size was last accepted.
+pub fn drift(action: Action, monitor: bool, lists: &[ListFacts]) -> Vec<(Reason, bool)> {
+    lists
+        .iter()
+        .filter_map(|list| {
+            let from = list.drift_from?;
+            Some((
+                Reason {
+                    rule: "drift",
+                    action,
+                    message: format!(
+                        "list {} grew from {} to {} recipients since its size was last accepted \
+                         (fanout-milter directory accept {})",
+                        list.address,
+                        fmt_count(from as usize),
+                        fmt_count(list.size as usize),
+                        list.address
+                    ),
+                    monitor: false,
+                },
+                monitor,
+            ))
+        })
+        .collect()
+}
+
+/// `[[scope]]`: the first scope whose senders match decides how far lists may reach.
+pub fn scope(scopes: &[Scope], facts: &MessageFacts, lists: &[ListFacts]) -> Vec<(Reason, bool)> {
+    let Some(scope) = scopes
+        .iter()
+        .find(|s| sender_match(&s.senders, facts).is_some())
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for list in lists {
+        let outside: u64 = list
+            .domains
+            .iter()
+            .filter(|(d, _)| !scope.may_reach.contains(d))
+            .map(|(_, n)| n)
+            .sum();
+        if outside == 0 {
+            continue;
+        }
+        let share = 100.0 * outside as f64 / list.size.max(1) as f64;
+        out.push((
+            Reason {
+                rule: "scope",
+                action: scope.action,
+                message: format!(
+                    "list {} reaches {} of {} mailboxes ({share:.1}%) outside {}",
+                    list.address,
+                    fmt_count(outside as usize),
+                    fmt_count(list.size as usize),
+                    scope.may_reach_text
+                ),
+                monitor: false,
+            },
+            scope.monitor,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

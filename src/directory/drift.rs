@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! List drift: the last accepted size of every list, kept in the state directory, so
+//! that a list that suddenly grows (40 yesterday, 840,000 today) is noticed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The file under the state directory.
+pub const FILE_NAME: &str = "list-sizes.json";
+
+/// What is known of one list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownSize {
+    /// The last accepted size.
+    pub accepted: u64,
+    /// The size seen now, when it drifted past the limits and awaits acceptance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+}
+
+/// How a list's current size compares with its accepted size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assessment {
+    /// Never seen before: its size is accepted as it is.
+    New,
+    /// Within the limits: the new size becomes the accepted one.
+    Normal,
+    /// Grew past `factor` times its accepted size and above `min_audience`.
+    Drifted {
+        /// The accepted size.
+        from: u64,
+    },
+}
+
+/// Compares a list's size with its accepted size (pure).
+pub fn assess(
+    known: Option<&KnownSize>,
+    current: u64,
+    factor: f64,
+    min_audience: u64,
+) -> Assessment {
+    let Some(known) = known else {
+        return Assessment::New;
+    };
+    if min_audience > 0
+        && current >= min_audience
+        && current as f64 > factor * known.accepted as f64
+    {
+        Assessment::Drifted {
+            from: known.accepted,
+        }
+    } else {
+        Assessment::Normal
+    }
+}
+
+/// The accepted sizes of all lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownSizes {
+    /// By list address.
+    pub lists: BTreeMap<String, KnownSize>,
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not our JSON.
+    #[error("{}: not a list-size file: {source}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl KnownSizes {
+    /// Reads the file in `state_dir`; a missing file is an empty set.
+    pub fn load(state_dir: &Path) -> Result<KnownSizes, StateError> {
+        let path = state_dir.join(FILE_NAME);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StateError::Format { path, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownSizes::default()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Writes the file atomically (temporary file, fsync, rename).
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        let path = state_dir.join(FILE_NAME);
+        let tmp = state_dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(io)?;
+        let json = serde_json::to_vec_pretty(self).expect("list sizes serialise");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&json).and_then(|()| f.sync_all()).map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Records the current sizes: new lists and normal changes are accepted, drifted
+    /// lists keep their accepted size and get `pending`. Returns the drifted lists with
+    /// their accepted size.
+    pub fn update<'a>(
+        &mut self,
+        sizes: impl IntoIterator<Item = (&'a str, u64)>,
+        factor: f64,
+        min_audience: u64,
+    ) -> BTreeMap<String, u64> {
+        let mut drifted = BTreeMap::new();
+        for (address, size) in sizes {
+            match assess(self.lists.get(address), size, factor, min_audience) {
+                Assessment::New | Assessment::Normal => {
+                    self.lists.insert(
+                        address.to_owned(),
+                        KnownSize {
+                            accepted: size,
+                            pending: None,
+                        },
+                    );
+                }
+                Assessment::Drifted { from } => {
+                    drifted.insert(address.to_owned(), from);
+                    if let Some(k) = self.lists.get_mut(address) {
+                        k.pending = Some(size);
+                    }
+                }
+            }
+        }
+        drifted
+    }
+
+    /// Accepts a list's current size; returns the previous accepted size.
+    pub fn accept(&mut self, address: &str, size: u64) -> Option<u64> {
+        let previous = self.lists.get(address).map(|k| k.accepted);
+        self.lists.insert(
+            address.to_owned(),
+            KnownSize {
+                accepted: size,
+                pending: None,
+            },
+        );
+        previous
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known(n: u64) -> KnownSize {
+        KnownSize {
+            accepted: n,
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn assessment_needs_both_factor_and_minimum() {
+        assert_eq!(assess(None, 840_000, 5.0, 1000), Assessment::New);
+        assert_eq!(
+            assess(Some(&known(40)), 840_000, 5.0, 1000),
+            Assessment::Drifted { from: 40 }
+        );
+        assert_eq!(
+            assess(Some(&known(40)), 200, 5.0, 1000),
+            Assessment::Normal,
+            "below the minimum"
+        );
+        assert_eq!(
+            assess(Some(&known(1000)), 5000, 5.0, 1000),
+            Assessment::Normal,
+            "exactly 5x"
+        );
+        assert_eq!(
+            assess(Some(&known(1000)), 5001, 5.0, 1000),
+            Assessment::Drifted { from: 1000 }
+        );
+        assert_eq!(
+            assess(Some(&known(40)), 840_000, 5.0, 0),
+            Assessment::Normal,
+            "0 switches it off"
+        );
+    }
+
+    #[test]
+    fn update_keeps_accepted_size_of_drifted_lists_until_accepted() {
+        let mut k = KnownSizes::default();
+        assert!(
+            k.update([("dyn@x.org", 40), ("all@x.org", 5000)], 5.0, 1000)
+                .is_empty()
+        );
+        let d = k.update([("dyn@x.org", 840_000), ("all@x.org", 5100)], 5.0, 1000);
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            [("dyn@x.org".to_owned(), 40)]
+        );
+        assert_eq!(
+            k.lists["dyn@x.org"],
+            KnownSize {
+                accepted: 40,
+                pending: Some(840_000)
+            }
+        );
+        assert_eq!(k.lists["all@x.org"].accepted, 5100);
+        let d = k.update([("dyn@x.org", 840_000)], 5.0, 1000);
+        assert_eq!(d.get("dyn@x.org"), Some(&40), "still held at the next load");
+        assert_eq!(k.accept("dyn@x.org", 840_000), Some(40));
+        assert!(k.update([("dyn@x.org", 840_000)], 5.0, 1000).is_empty());
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = std::env::temp_dir().join(format!("fanout-drift-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            KnownSizes::load(&dir).expect("missing is empty"),
+            KnownSizes::default()
+        );
+        let mut k = KnownSizes::default();
+        k.update([("a@x.org", 3)], 5.0, 1000);
+        k.save(&dir).expect("save");
+        assert_eq!(KnownSizes::load(&dir).expect("load"), k);
+        std::fs::write(dir.join(FILE_NAME), b"{not json").expect("write");
+        assert!(
+            KnownSizes::load(&dir)
+                .expect_err("garbage")
+                .to_string()
+                .contains("not a list-size file")
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

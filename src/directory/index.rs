@@ -1,0 +1,608 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The directory index: every list expanded once, at load, into its distinct final
+//! mailboxes, so that a message's audience is a few hash lookups and merges.
+
+use super::source::{ListDef, Member};
+use crate::policy::DomainSet;
+use crate::policy::address::domain_of;
+use indexmap::IndexSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// How lists are expanded.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// Nesting deeper than this is not followed (the audience is then "at least").
+    pub max_depth: usize,
+    /// Internal domains, for the internal/external split.
+    pub internal: DomainSet,
+}
+
+/// One list, fully expanded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListAudience {
+    /// The list address.
+    pub address: Arc<str>,
+    /// Distinct final mailboxes, sorted ids into the directory's name table.
+    pub mailboxes: Box<[u32]>,
+    /// Members known only by count (`member_count` lists), summed over nested lists.
+    pub opaque: u64,
+    /// Pipes, files and other targets that reach no mailbox.
+    pub non_mailbox: u64,
+    /// Mailboxes outside the internal domains.
+    pub external_mailboxes: u64,
+    /// Opaque members of lists whose own address is outside the internal domains.
+    pub external_opaque: u64,
+    /// Lists nested below this one (each counted once).
+    pub nested_lists: u32,
+    /// Cycles met, as paths (`a -> b -> a`); each mailbox still counts once.
+    pub cycles: Vec<String>,
+    /// True when nesting went deeper than the limit, so the audience is a lower bound.
+    pub depth_exceeded: bool,
+    /// Mailboxes per domain, largest first.
+    pub domains: Arc<[(Arc<str>, u64)]>,
+    /// Where the list is defined.
+    pub origin: String,
+}
+
+impl ListAudience {
+    /// Final mailboxes this list reaches.
+    pub fn total(&self) -> u64 {
+        self.mailboxes.len() as u64 + self.opaque
+    }
+
+    /// Of those, outside the internal domains.
+    pub fn external(&self) -> u64 {
+        self.external_mailboxes + self.external_opaque
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    members: Vec<u32>,
+    non_mailbox: u64,
+    opaque: u64,
+    origin: String,
+}
+
+/// Counts of one load, for the log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Lists and aliases.
+    pub lists: usize,
+    /// Distinct addresses (lists and mailboxes).
+    pub addresses: usize,
+    /// List edges read.
+    pub edges: usize,
+    /// Lists with a cycle below them.
+    pub lists_with_cycles: usize,
+    /// Lists whose nesting exceeded the depth limit.
+    pub lists_too_deep: usize,
+}
+
+/// The merged, expanded lists of every source.
+#[derive(Debug)]
+pub struct DirectoryIndex {
+    names: IndexSet<Box<str>>,
+    domains: IndexSet<Arc<str>>,
+    name_domain: Vec<u32>,
+    domain_internal: Vec<bool>,
+    internal: DomainSet,
+    nodes: HashMap<u32, Node>,
+    catch_all: HashMap<Box<str>, Vec<Member>>,
+    audiences: HashMap<u32, Arc<ListAudience>>,
+    /// Lists defined twice, with the origin that was used and the one ignored.
+    pub shadowed: Vec<String>,
+    /// Load counts.
+    pub stats: IndexStats,
+}
+
+const NO_DOMAIN: u32 = u32::MAX;
+
+/// How one envelope recipient resolves.
+#[derive(Clone, Debug)]
+pub enum Resolved {
+    /// A list or alias.
+    List(Arc<ListAudience>),
+    /// A final mailbox.
+    Mailbox(String),
+}
+
+/// The real audience of one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// Distinct final mailboxes over all recipients, plus opaque members.
+    pub total: u64,
+    /// Of those, outside the internal domains.
+    pub external: u64,
+    /// Lists among the recipients, largest first.
+    pub lists: Vec<Arc<ListAudience>>,
+    /// Non-mailbox targets reached.
+    pub non_mailbox: u64,
+    /// True when part of the audience could not be counted exactly (depth limit).
+    pub lower_bound: bool,
+}
+
+impl DirectoryIndex {
+    /// Builds the index: the first definition of an address wins (as with several
+    /// Postfix maps), every list is expanded once.
+    pub fn build(defs: Vec<ListDef>, options: &IndexOptions) -> DirectoryIndex {
+        let mut index = DirectoryIndex {
+            names: IndexSet::new(),
+            domains: IndexSet::new(),
+            name_domain: Vec::new(),
+            domain_internal: Vec::new(),
+            internal: options.internal.clone(),
+            nodes: HashMap::new(),
+            catch_all: HashMap::new(),
+            audiences: HashMap::new(),
+            shadowed: Vec::new(),
+            stats: IndexStats::default(),
+        };
+        let mut first_origin: HashMap<String, String> = HashMap::new();
+        for def in defs {
+            if let Some(first) = first_origin.get(&def.address) {
+                index.shadowed.push(format!(
+                    "{} is defined at {} and again at {}; the first is used",
+                    def.address, first, def.origin
+                ));
+                continue;
+            }
+            first_origin.insert(def.address.clone(), def.origin.clone());
+            index.stats.edges += def.members.len();
+            if let Some(domain) = def.address.strip_prefix('@') {
+                index.catch_all.insert(domain.into(), def.members);
+                continue;
+            }
+            let id = index.intern(&def.address);
+            let mut node = Node {
+                members: Vec::with_capacity(def.members.len()),
+                non_mailbox: 0,
+                opaque: 0,
+                origin: def.origin,
+            };
+            for m in def.members {
+                match m {
+                    Member::Address(a) => node.members.push(index.intern(&a)),
+                    Member::NonMailbox(_) => node.non_mailbox += 1,
+                    Member::Count(n) => node.opaque += n,
+                }
+            }
+            index.nodes.insert(id, node);
+        }
+        let ids: Vec<u32> = index.nodes.keys().copied().collect();
+        for id in ids {
+            let audience = index.expand(id, options.max_depth);
+            if !audience.cycles.is_empty() {
+                index.stats.lists_with_cycles += 1;
+            }
+            if audience.depth_exceeded {
+                index.stats.lists_too_deep += 1;
+            }
+            index.audiences.insert(id, Arc::new(audience));
+        }
+        index.stats.lists = index.nodes.len() + index.catch_all.len();
+        index.stats.addresses = index.names.len();
+        index
+    }
+
+    fn intern(&mut self, addr: &str) -> u32 {
+        if let Some(id) = self.names.get_index_of(addr) {
+            return id as u32;
+        }
+        let domain = match domain_of(addr) {
+            Some(d) => match self.domains.get_index_of(d) {
+                Some(i) => i as u32,
+                None => {
+                    let (i, _) = self.domains.insert_full(Arc::from(d));
+                    self.domain_internal.push(self.internal.contains(d));
+                    i as u32
+                }
+            },
+            None => NO_DOMAIN,
+        };
+        let (id, _) = self.names.insert_full(addr.into());
+        self.name_domain.push(domain);
+        id as u32
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names.get_index(id as usize).map_or("", |s| s)
+    }
+
+    fn is_external_id(&self, id: u32) -> bool {
+        match self.name_domain.get(id as usize) {
+            Some(&NO_DOMAIN) | None => false,
+            Some(&d) => !self.domain_internal[d as usize],
+        }
+    }
+
+    /// Depth-first expansion of one list with a visited set: cycles and repeated
+    /// paths are noted, never followed twice, and every mailbox counts once.
+    fn expand(&self, root: u32, max_depth: usize) -> ListAudience {
+        let mut mailboxes: Vec<u32> = Vec::new();
+        let mut seen: HashSet<u32> = HashSet::from([root]);
+        let mut path: Vec<(u32, usize)> = vec![(root, 0)];
+        let mut a = ListAudience {
+            address: Arc::from(self.name(root)),
+            mailboxes: Box::new([]),
+            opaque: 0,
+            non_mailbox: 0,
+            external_mailboxes: 0,
+            external_opaque: 0,
+            nested_lists: 0,
+            cycles: Vec::new(),
+            depth_exceeded: false,
+            domains: Arc::new([]),
+            origin: self.nodes[&root].origin.clone(),
+        };
+        let root_node = &self.nodes[&root];
+        a.opaque += root_node.opaque;
+        a.non_mailbox += root_node.non_mailbox;
+        while let Some(&mut (list, ref mut next)) = path.last_mut() {
+            let node = &self.nodes[&list];
+            let Some(&member) = node.members.get(*next) else {
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            if member == list || !self.nodes.contains_key(&member) {
+                // Postfix delivers an alias that lists itself to itself.
+                mailboxes.push(member);
+            } else if path.iter().any(|&(l, _)| l == member) {
+                if a.cycles.len() < 10 {
+                    let mut names: Vec<&str> = path
+                        .iter()
+                        .skip_while(|&&(l, _)| l != member)
+                        .map(|&(l, _)| self.name(l))
+                        .collect();
+                    names.push(self.name(member));
+                    a.cycles.push(names.join(" -> "));
+                }
+            } else if seen.insert(member) {
+                if path.len() > max_depth {
+                    a.depth_exceeded = true;
+                    continue;
+                }
+                let child = &self.nodes[&member];
+                a.nested_lists += 1;
+                a.opaque += child.opaque;
+                a.non_mailbox += child.non_mailbox;
+                path.push((member, 0));
+            }
+        }
+        mailboxes.sort_unstable();
+        mailboxes.dedup();
+        let mut per_domain: HashMap<u32, u64> = HashMap::new();
+        for &m in &mailboxes {
+            *per_domain.entry(self.name_domain[m as usize]).or_default() += 1;
+            if self.is_external_id(m) {
+                a.external_mailboxes += 1;
+            }
+        }
+        if a.opaque > 0 && domain_of(&a.address).is_some_and(|d| !self.internal.contains(d)) {
+            a.external_opaque = a.opaque;
+        }
+        let mut domains: Vec<(Arc<str>, u64)> = per_domain
+            .into_iter()
+            .map(|(d, n)| match self.domains.get_index(d as usize) {
+                Some(name) => (name.clone(), n),
+                None => (Arc::from(""), n),
+            })
+            .collect();
+        domains.sort_unstable_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        a.domains = domains.into();
+        a.mailboxes = mailboxes.into_boxed_slice();
+        a
+    }
+
+    /// The expanded list at an address, if it is one.
+    pub fn list(&self, address: &str) -> Option<&Arc<ListAudience>> {
+        let id = self
+            .names
+            .get_index_of(address.to_ascii_lowercase().as_str())?;
+        self.audiences.get(&(id as u32))
+    }
+
+    /// Resolves one address as Postfix would: an exact list key, else the `@domain`
+    /// catch-all of its domain, else a final mailbox.
+    pub fn resolve(&self, address: &str) -> Vec<Resolved> {
+        let lower = address.to_ascii_lowercase();
+        if let Some(list) = self.list(&lower) {
+            return vec![Resolved::List(list.clone())];
+        }
+        if let Some(domain) = domain_of(&lower)
+            && let Some(targets) = self.catch_all.get(domain)
+        {
+            let local = &lower[..lower.len() - domain.len() - 1];
+            return targets
+                .iter()
+                .filter_map(|t| match t {
+                    Member::Address(t) => {
+                        let target = match t.strip_prefix('@') {
+                            Some(d) => format!("{local}@{d}"),
+                            None => t.clone(),
+                        };
+                        Some(match self.list(&target) {
+                            Some(l) => Resolved::List(l.clone()),
+                            None => Resolved::Mailbox(target),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+        }
+        vec![Resolved::Mailbox(lower)]
+    }
+
+    /// The deduplicated audience of a set of envelope recipients.
+    pub fn audience<'a>(&self, recipients: impl IntoIterator<Item = &'a str>) -> Audience {
+        let mut lists: Vec<Arc<ListAudience>> = Vec::new();
+        let mut direct: Vec<String> = Vec::new();
+        for r in recipients {
+            for resolved in self.resolve(r) {
+                match resolved {
+                    Resolved::List(l) => {
+                        if !lists.iter().any(|x| Arc::ptr_eq(x, &l)) {
+                            lists.push(l);
+                        }
+                    }
+                    Resolved::Mailbox(m) => direct.push(m),
+                }
+            }
+        }
+        lists.sort_by(|x, y| {
+            y.total()
+                .cmp(&x.total())
+                .then_with(|| x.address.cmp(&y.address))
+        });
+
+        let mut out = Audience::default();
+        let base: &[u32] = lists.first().map_or(&[], |l| &l.mailboxes);
+        let mut extra_ids: HashSet<u32> = HashSet::new();
+        for l in &lists {
+            out.total += l.opaque;
+            out.external += l.external_opaque;
+            out.non_mailbox += l.non_mailbox;
+            out.lower_bound |= l.depth_exceeded;
+        }
+        if let Some(first) = lists.first() {
+            out.total += first.mailboxes.len() as u64;
+            out.external += first.external_mailboxes;
+        }
+        for l in lists.iter().skip(1) {
+            for &m in l.mailboxes.iter() {
+                if base.binary_search(&m).is_err() {
+                    extra_ids.insert(m);
+                }
+            }
+        }
+        let mut extra_names: HashSet<String> = HashSet::new();
+        for m in direct {
+            match self.names.get_index_of(m.as_str()) {
+                Some(id) if base.binary_search(&(id as u32)).is_ok() => {}
+                Some(id) => {
+                    extra_ids.insert(id as u32);
+                }
+                None => {
+                    if !self.internal.is_internal(&m) && !extra_names.contains(&m) {
+                        out.external += 1;
+                    }
+                    extra_names.insert(m);
+                }
+            }
+        }
+        out.total += (extra_ids.len() + extra_names.len()) as u64;
+        out.external += extra_ids
+            .iter()
+            .filter(|&&m| self.is_external_id(m))
+            .count() as u64;
+        out.lists = lists;
+        out
+    }
+
+    /// The name of a mailbox id.
+    pub fn mailbox_name(&self, id: u32) -> &str {
+        self.name(id)
+    }
+
+    /// The lists directly nested in a list, with their expanded sizes, for `lookup`.
+    pub fn children(&self, list: &ListAudience) -> Vec<Arc<ListAudience>> {
+        let Some(id) = self.names.get_index_of(&*list.address) else {
+            return Vec::new();
+        };
+        let Some(node) = self.nodes.get(&(id as u32)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<ListAudience>> = Vec::new();
+        for m in &node.members {
+            if *m != id as u32
+                && let Some(a) = self.audiences.get(m)
+                && !out.iter().any(|x| Arc::ptr_eq(x, a))
+            {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// Every expanded list (for drift bookkeeping).
+    pub fn lists(&self) -> impl Iterator<Item = &Arc<ListAudience>> {
+        self.audiences.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(address: &str, members: &[&str]) -> ListDef {
+        ListDef {
+            address: address.into(),
+            members: members
+                .iter()
+                .map(|m| match m.strip_prefix('#') {
+                    Some(n) => Member::Count(n.parse().expect("count")),
+                    None if m.starts_with('|') => Member::NonMailbox((*m).into()),
+                    None => Member::Address((*m).into()),
+                })
+                .collect(),
+            origin: format!("test:{address}"),
+        }
+    }
+
+    fn options() -> IndexOptions {
+        IndexOptions {
+            max_depth: 10,
+            internal: DomainSet::new(["corp.example"]).expect("domains"),
+        }
+    }
+
+    fn total(index: &DirectoryIndex, rcpts: &[&str]) -> u64 {
+        index.audience(rcpts.iter().copied()).total
+    }
+
+    #[test]
+    fn nested_lists_are_expanded_and_deduplicated() {
+        let index = DirectoryIndex::build(
+            vec![
+                def(
+                    "all@corp.example",
+                    &["a@corp.example", "team@corp.example", "b@corp.example"],
+                ),
+                def(
+                    "team@corp.example",
+                    &["b@corp.example", "c@corp.example", "x@ext.example"],
+                ),
+            ],
+            &options(),
+        );
+        let all = index.list("ALL@corp.example").expect("list");
+        assert_eq!(all.total(), 4);
+        assert_eq!(all.nested_lists, 1);
+        assert_eq!(all.external(), 1);
+        assert_eq!(&*all.domains[0].0, "corp.example");
+        assert_eq!(all.domains[0].1, 3);
+        let a = index.audience([
+            "all@corp.example",
+            "team@corp.example",
+            "c@corp.example",
+            "new@ext.example",
+        ]);
+        assert_eq!(
+            a.total, 5,
+            "duplicates across lists and direct recipients count once"
+        );
+        assert_eq!(a.external, 2);
+        assert_eq!(&*a.lists[0].address, "all@corp.example");
+        assert_eq!(a.lists.len(), 2);
+        assert_eq!(index.stats.lists, 2);
+    }
+
+    #[test]
+    fn cycles_are_reported_and_counted_once() {
+        let index = DirectoryIndex::build(
+            vec![
+                def("a@corp.example", &["b@corp.example", "m1@corp.example"]),
+                def(
+                    "b@corp.example",
+                    &["a@corp.example", "m2@corp.example", "m1@corp.example"],
+                ),
+                def(
+                    "self@corp.example",
+                    &["self@corp.example", "m3@corp.example"],
+                ),
+            ],
+            &options(),
+        );
+        let a = index.list("a@corp.example").expect("list");
+        assert_eq!(a.total(), 2);
+        assert_eq!(
+            a.cycles,
+            ["a@corp.example -> b@corp.example -> a@corp.example"]
+        );
+        let s = index.list("self@corp.example").expect("list");
+        assert_eq!(s.total(), 2, "an alias listing itself delivers to itself");
+        assert!(s.cycles.is_empty());
+        assert_eq!(index.stats.lists_with_cycles, 2);
+    }
+
+    #[test]
+    fn very_deep_nesting_stops_at_the_limit() {
+        let mut defs = Vec::new();
+        for i in 0..50 {
+            defs.push(def(
+                &format!("l{i}@corp.example"),
+                &[
+                    &format!("l{}@corp.example", i + 1),
+                    &format!("m{i}@corp.example"),
+                ],
+            ));
+        }
+        let index = DirectoryIndex::build(defs, &options());
+        let top = index.list("l0@corp.example").expect("list");
+        assert!(top.depth_exceeded);
+        assert_eq!(top.total(), 11, "lists l0..l10 are followed");
+        assert!(index.audience(["l0@corp.example"]).lower_bound);
+        let near = index.list("l45@corp.example").expect("list");
+        assert!(!near.depth_exceeded);
+        assert_eq!(
+            near.total(),
+            6,
+            "l45..l49 each add one mailbox, l50 is one more"
+        );
+    }
+
+    #[test]
+    fn counts_non_mailboxes_and_opaque_members() {
+        let index = DirectoryIndex::build(
+            vec![
+                def("dyn@corp.example", &["#840000"]),
+                def("ext@partner.example", &["#10"]),
+                def(
+                    "arch@corp.example",
+                    &["|/usr/bin/archive", "a@corp.example"],
+                ),
+            ],
+            &options(),
+        );
+        let a = index.audience([
+            "dyn@corp.example",
+            "ext@partner.example",
+            "arch@corp.example",
+        ]);
+        assert_eq!(a.total, 840_011);
+        assert_eq!(a.external, 10);
+        assert_eq!(a.non_mailbox, 1);
+        assert_eq!(&*a.lists[0].address, "dyn@corp.example");
+    }
+
+    #[test]
+    fn first_definition_wins_and_catch_all_resolves() {
+        let index = DirectoryIndex::build(
+            vec![
+                def("l@corp.example", &["a@corp.example"]),
+                def("l@corp.example", &["b@corp.example", "c@corp.example"]),
+                def("@old.example", &["@corp.example"]),
+                def("@gone.example", &["l@corp.example"]),
+            ],
+            &options(),
+        );
+        assert_eq!(index.list("l@corp.example").expect("list").total(), 1);
+        assert_eq!(index.shadowed.len(), 1);
+        assert!(index.shadowed[0].contains("first is used"));
+        assert_eq!(total(&index, &["x@old.example", "x@corp.example"]), 1);
+        assert_eq!(total(&index, &["y@gone.example"]), 1);
+        assert_eq!(index.audience(["y@gone.example"]).lists.len(), 1);
+        assert_eq!(total(&index, &["plain@corp.example"]), 1);
+    }
+
+    #[test]
+    fn empty_directory_counts_recipients() {
+        let index = DirectoryIndex::build(vec![], &options());
+        let a = index.audience(["a@corp.example", "b@ext.example", "A@CORP.example"]);
+        assert_eq!(a.total, 2);
+        assert_eq!(a.external, 1);
+        assert!(a.lists.is_empty());
+    }
+}

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Directory sources and the index that answers "whom does this message really reach".
+//!
+//! Sources are read at start and on reload, off the mail path, into a
+//! [`DirectoryIndex`]; a message's audience is then computed from memory.
+
+pub mod drift;
+pub mod index;
+pub mod parse;
+pub mod source;
+
+pub use index::{DirectoryIndex, IndexOptions, ListAudience};
+pub use source::{DirectorySource, ListDef, Member, SourceData, SourceError};
+
+use crate::config::{Config, DirectoryKind};
+use crate::policy::{AddressGlobs, AudienceFacts, ListFacts};
+use drift::KnownSizes;
+use source::{AliasesSource, ConfigLists, VirtualSource};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// A source that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("directory source {source_name}: {error}")]
+pub struct DirectoryError {
+    /// Which source.
+    pub source_name: String,
+    /// What went wrong (file and line for a malformed entry).
+    #[source]
+    pub error: SourceError,
+}
+
+/// Whether loading records list sizes in the state directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriftMode {
+    /// The daemon: compare with and update the accepted sizes.
+    Record,
+    /// Admin commands: read the accepted sizes, write nothing.
+    ReadOnly,
+}
+
+/// What one load did, for the log.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Sources read, in order.
+    pub sources: Vec<String>,
+    /// Entries read but not counted, shadowed definitions, cycles.
+    pub warnings: Vec<String>,
+    /// Lists whose size jumped: address, accepted size, current size.
+    pub drifted: Vec<(String, u64, u64)>,
+    /// A state file that could not be read or written.
+    pub state_error: Option<String>,
+    /// How long the load took.
+    pub duration: Duration,
+}
+
+/// The loaded directory.
+#[derive(Debug)]
+pub struct Directory {
+    /// The expanded lists.
+    pub index: DirectoryIndex,
+    allowed: HashMap<String, Arc<AddressGlobs>>,
+    drifted: HashMap<String, u64>,
+    configured: bool,
+    /// What the load did.
+    pub report: LoadReport,
+}
+
+impl Directory {
+    /// No source: the envelope recipients are the audience.
+    pub fn empty() -> Directory {
+        Directory {
+            index: DirectoryIndex::build(
+                Vec::new(),
+                &IndexOptions {
+                    max_depth: 1,
+                    internal: Default::default(),
+                },
+            ),
+            allowed: HashMap::new(),
+            drifted: HashMap::new(),
+            configured: false,
+            report: LoadReport::default(),
+        }
+    }
+
+    /// Reads every source of the configuration and expands every list. Blocking: call
+    /// it at start or from a blocking task.
+    pub fn load(config: &Config, mode: DriftMode) -> Result<Directory, DirectoryError> {
+        let started = Instant::now();
+        if config.directories.is_empty() && config.lists.is_empty() {
+            return Ok(Directory::empty());
+        }
+        let mut sources: Vec<Box<dyn DirectorySource>> = Vec::new();
+        let mut configured = ConfigLists::default();
+        let mut allowed = HashMap::new();
+        for (i, l) in config.lists.iter().enumerate() {
+            let members = match (&l.members, l.member_count) {
+                (Some(m), _) => m.iter().map(|a| Member::Address(a.clone())).collect(),
+                (None, Some(n)) => vec![Member::Count(n)],
+                (None, None) => Vec::new(),
+            };
+            if let Some(g) = &l.allowed_senders {
+                allowed.insert(l.address.clone(), g.clone());
+            }
+            if !members.is_empty() || l.member_count.is_some() {
+                configured.lists.push(ListDef {
+                    address: l.address.clone(),
+                    members,
+                    origin: format!("{} [[list]] #{}", config.file.display(), i + 1),
+                });
+            }
+        }
+        sources.push(Box::new(configured));
+        for d in &config.directories {
+            sources.push(match d.kind {
+                DirectoryKind::PostfixVirtual => Box::new(VirtualSource {
+                    path: d.path.clone(),
+                    domains: d.domains.clone(),
+                }),
+                DirectoryKind::Aliases => Box::new(AliasesSource {
+                    path: d.path.clone(),
+                    domains: d.domains.clone(),
+                }),
+            });
+        }
+
+        let mut report = LoadReport::default();
+        let mut defs = Vec::new();
+        for source in &sources {
+            let data = source.load().map_err(|error| DirectoryError {
+                source_name: source.describe(),
+                error,
+            })?;
+            report.sources.push(format!(
+                "{} ({} lists)",
+                source.describe(),
+                data.lists.len()
+            ));
+            report.warnings.extend(data.warnings);
+            defs.extend(data.lists);
+        }
+        let defined: std::collections::HashSet<&str> =
+            defs.iter().map(|d| d.address.as_str()).collect();
+        let mut undefined: Vec<String> = allowed
+            .keys()
+            .filter(|a| !defined.contains(a.as_str()))
+            .cloned()
+            .collect();
+        undefined.sort();
+        for address in undefined {
+            report.warnings.push(format!(
+                "[[list]] {address} has allowed_senders but no source defines it; it is \
+                 restricted but counted as one recipient: add member_count"
+            ));
+            defs.push(ListDef {
+                address,
+                members: vec![Member::Count(1)],
+                origin: format!("{} [[list]]", config.file.display()),
+            });
+        }
+        let index = DirectoryIndex::build(
+            defs,
+            &IndexOptions {
+                max_depth: config.max_depth,
+                internal: config.policy.internal.clone(),
+            },
+        );
+        report.warnings.extend(index.shadowed.iter().cloned());
+        for list in index.lists() {
+            for cycle in &list.cycles {
+                report
+                    .warnings
+                    .push(format!("cycle below {}: {cycle}", list.address));
+            }
+            if list.depth_exceeded {
+                report.warnings.push(format!(
+                    "{} nests deeper than [expansion] max_depth {}; its audience is a lower bound",
+                    list.address, config.max_depth
+                ));
+            }
+        }
+
+        let drifted = if config.drift_min_audience > 0 {
+            drift_state(config, &index, mode, &mut report)
+        } else {
+            HashMap::new()
+        };
+        report.duration = started.elapsed();
+        Ok(Directory {
+            index,
+            allowed,
+            drifted,
+            configured: true,
+            report,
+        })
+    }
+
+    /// True when any source or `[[list]]` is configured.
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
+
+    /// The audience of a message's recipients; `None` without a directory.
+    pub fn audience_facts<'a>(
+        &self,
+        recipients: impl IntoIterator<Item = &'a str>,
+    ) -> Option<AudienceFacts> {
+        if !self.configured {
+            return None;
+        }
+        let a = self.index.audience(recipients);
+        let lists: Vec<ListFacts> = a.lists.iter().map(|l| self.list_facts(l)).collect();
+        Some(AudienceFacts {
+            total: a.total,
+            external: a.external,
+            lists,
+            non_mailbox: a.non_mailbox,
+            lower_bound: a.lower_bound,
+        })
+    }
+
+    /// The policy's view of one expanded list.
+    pub fn list_facts(&self, l: &ListAudience) -> ListFacts {
+        ListFacts {
+            address: l.address.clone(),
+            size: l.total(),
+            external: l.external(),
+            nested_lists: l.nested_lists,
+            cycles: l.cycles.len(),
+            domains: l.domains.clone(),
+            allowed_senders: self.allowed.get(&*l.address).cloned(),
+            drift_from: self.drifted.get(&*l.address).copied(),
+        }
+    }
+
+    /// Logs what the load did: one summary line, then warnings.
+    pub fn log_report(&self) {
+        if !self.configured {
+            return;
+        }
+        let s = &self.index.stats;
+        info!(
+            lists = s.lists,
+            addresses = s.addresses,
+            edges = s.edges,
+            lists_with_cycles = s.lists_with_cycles,
+            lists_too_deep = s.lists_too_deep,
+            millis = self.report.duration.as_millis() as u64,
+            sources = %self.report.sources.join("; "),
+            "directory loaded"
+        );
+        for w in self.report.warnings.iter().take(50) {
+            warn!("directory: {w}");
+        }
+        if self.report.warnings.len() > 50 {
+            warn!(
+                "directory: {} more warnings not shown",
+                self.report.warnings.len() - 50
+            );
+        }
+        for (address, from, to) in &self.report.drifted {
+            warn!(
+                list = %address,
+                accepted = from,
+                current = to,
+                "list size drifted; its mail is held until an admin runs: fanout-milter directory accept {address}"
+            );
+        }
+        if let Some(e) = &self.report.state_error {
+            error!("list sizes not persisted, drift detection only covers this run: {e}");
+        }
+    }
+}
+
+fn drift_state(
+    config: &Config,
+    index: &DirectoryIndex,
+    mode: DriftMode,
+    report: &mut LoadReport,
+) -> HashMap<String, u64> {
+    let mut known = KnownSizes::load(&config.state_dir).unwrap_or_else(|e| {
+        report.state_error = Some(e.to_string());
+        KnownSizes::default()
+    });
+    let sizes: Vec<(&str, u64)> = index.lists().map(|l| (&*l.address, l.total())).collect();
+    let drifted = known.update(
+        sizes.iter().copied(),
+        config.drift_factor,
+        config.drift_min_audience,
+    );
+    if mode == DriftMode::Record
+        && report.state_error.is_none()
+        && let Err(e) = known.save(&config.state_dir)
+    {
+        report.state_error = Some(e.to_string());
+    }
+    let current: HashMap<&str, u64> = sizes.into_iter().collect();
+    for (address, from) in &drifted {
+        report.drifted.push((
+            address.clone(),
+            *from,
+            current.get(address.as_str()).copied().unwrap_or(0),
+        ));
+    }
+    drifted.into_iter().collect()
+}

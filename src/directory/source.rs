@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Directory sources: where lists and aliases come from. Each source turns its input
+//! into [`ListDef`]s; the index merges them. A new kind of source (LDAP, say) only has
+//! to implement [`DirectorySource`].
+
+use super::parse::{ParseError, RawEntry, RawTarget, parse_aliases, parse_virtual};
+use std::path::{Path, PathBuf};
+
+/// One list (or alias) and what it expands to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListDef {
+    /// The list address, lower-cased; `@domain` for a virtual(5) catch-all.
+    pub address: String,
+    /// Its members.
+    pub members: Vec<Member>,
+    /// Where it was defined, e.g. `/etc/postfix/virtual:12`.
+    pub origin: String,
+}
+
+/// One member of a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    /// An address: a final mailbox, or another list.
+    Address(String),
+    /// A pipe, file or special target: reaches no mailbox.
+    NonMailbox(String),
+    /// Members known only by their number (a list held where we cannot read it).
+    Count(u64),
+}
+
+/// What a source yields.
+#[derive(Clone, Debug, Default)]
+pub struct SourceData {
+    /// Lists and aliases.
+    pub lists: Vec<ListDef>,
+    /// Entries that were read but cannot be counted, with the reason.
+    pub warnings: Vec<String>,
+}
+
+/// Why a source could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file has a malformed line.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+/// A source of lists.
+pub trait DirectorySource: Send + Sync {
+    /// A short description for logs, e.g. `postfix-virtual /etc/postfix/virtual`.
+    fn describe(&self) -> String;
+    /// Reads the source. Called at start and on reload, never on the mail path.
+    fn load(&self) -> Result<SourceData, SourceError>;
+}
+
+/// Qualifies a bare name (`user`) with the first of `domains`; addresses with a
+/// domain are kept.
+fn qualify(name: &str, domains: &[String]) -> String {
+    match (name.contains('@'), domains.first()) {
+        (false, Some(d)) => format!("{name}@{d}"),
+        _ => name.to_owned(),
+    }
+}
+
+fn origin(e: &RawEntry) -> String {
+    format!("{}:{}", e.file.display(), e.line)
+}
+
+fn members(targets: &[RawTarget], domains: &[String]) -> Vec<Member> {
+    targets
+        .iter()
+        .map(|t| match t {
+            RawTarget::Address(a) => Member::Address(qualify(a, domains)),
+            RawTarget::Pipe(c) => Member::NonMailbox(format!("|{c}")),
+            RawTarget::File(f) => Member::NonMailbox(f.clone()),
+            RawTarget::Special(s) => Member::NonMailbox(s.clone()),
+        })
+        .collect()
+}
+
+fn read(path: &Path) -> Result<String, SourceError> {
+    std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A Postfix virtual(5) source file (the text that `postmap` compiles).
+///
+/// Keys `user@domain` and `@domain` (catch-all) are used as written. A bare `user` key
+/// applies to each of `domains` (Postfix applies it to `$myorigin`, `$mydestination`
+/// and the interface domains); without `domains` it is reported and not counted. Bare
+/// targets get the first of `domains`, as Postfix appends `$myorigin`.
+#[derive(Clone, Debug)]
+pub struct VirtualSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Domains for bare keys and targets.
+    pub domains: Vec<String>,
+}
+
+impl DirectorySource for VirtualSource {
+    fn describe(&self) -> String {
+        format!("postfix-virtual {}", self.path.display())
+    }
+
+    fn load(&self) -> Result<SourceData, SourceError> {
+        let text = read(&self.path)?;
+        let parsed = parse_virtual(&text, &self.path)?;
+        let mut data = SourceData {
+            lists: Vec::with_capacity(parsed.entries.len()),
+            warnings: parsed.warnings,
+        };
+        for e in &parsed.entries {
+            let members = members(&e.targets, &self.domains);
+            if e.key.contains('@') {
+                data.lists.push(ListDef {
+                    address: e.key.clone(),
+                    members,
+                    origin: origin(e),
+                });
+            } else if self.domains.is_empty() {
+                data.warnings.push(format!(
+                    "{}: bare key \"{}\" not counted: set domains for this source",
+                    origin(e),
+                    e.key
+                ));
+            } else {
+                for d in &self.domains {
+                    data.lists.push(ListDef {
+                        address: format!("{}@{d}", e.key),
+                        members: members.clone(),
+                        origin: origin(e),
+                    });
+                }
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// A Postfix aliases(5) file, as local(8) expands it for the `domains` it delivers
+/// (`$mydestination`). Pipes, files and `:include:` lists are handled; bare targets are
+/// local names in the first of `domains`.
+#[derive(Clone, Debug)]
+pub struct AliasesSource {
+    /// The file.
+    pub path: PathBuf,
+    /// The local domains the aliases apply to; at least one.
+    pub domains: Vec<String>,
+}
+
+impl DirectorySource for AliasesSource {
+    fn describe(&self) -> String {
+        format!("aliases {}", self.path.display())
+    }
+
+    fn load(&self) -> Result<SourceData, SourceError> {
+        let text = read(&self.path)?;
+        let mut reader = |p: &Path| std::fs::read_to_string(p);
+        let parsed = parse_aliases(&text, &self.path, &mut reader)?;
+        let mut data = SourceData {
+            lists: Vec::with_capacity(parsed.entries.len()),
+            warnings: parsed.warnings,
+        };
+        for e in &parsed.entries {
+            let members = members(&e.targets, &self.domains);
+            for d in &self.domains {
+                data.lists.push(ListDef {
+                    address: format!("{}@{d}", e.key),
+                    members: members.clone(),
+                    origin: origin(e),
+                });
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// `[[list]]` entries of the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigLists {
+    /// Lists with members or a member count.
+    pub lists: Vec<ListDef>,
+}
+
+impl DirectorySource for ConfigLists {
+    fn describe(&self) -> String {
+        "[[list]] entries of the configuration".to_owned()
+    }
+
+    fn load(&self) -> Result<SourceData, SourceError> {
+        Ok(SourceData {
+            lists: self.lists.clone(),
+            warnings: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fanout-source-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn virtual_source_qualifies_bare_keys_and_targets() {
+        let d = tmp("virtual");
+        let path = write(
+            &d,
+            "virtual",
+            "all@corp.example a@corp.example, bob\nstaff  x@corp.example\n@old.example @corp.example\n",
+        );
+        let src = VirtualSource {
+            path: path.clone(),
+            domains: vec!["corp.example".into(), "mail.corp.example".into()],
+        };
+        let data = src.load().expect("load");
+        let addrs: Vec<&str> = data.lists.iter().map(|l| l.address.as_str()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "all@corp.example",
+                "staff@corp.example",
+                "staff@mail.corp.example",
+                "@old.example"
+            ]
+        );
+        assert_eq!(
+            data.lists[0].members,
+            [
+                Member::Address("a@corp.example".into()),
+                Member::Address("bob@corp.example".into())
+            ]
+        );
+        assert_eq!(data.lists[0].origin, format!("{}:1", path.display()));
+
+        let bare = VirtualSource {
+            path,
+            domains: vec![],
+        }
+        .load()
+        .expect("load");
+        assert_eq!(bare.lists.len(), 2);
+        assert!(
+            bare.warnings[0].contains("bare key \"staff\" not counted"),
+            "{:?}",
+            bare.warnings
+        );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn aliases_source_counts_pipes_and_includes() {
+        let d = tmp("aliases");
+        let inc = write(&d, "members.inc", "m1@corp.example\nm2\n");
+        let path = write(
+            &d,
+            "aliases",
+            &format!(
+                "biglist: :include:{}, \"|/usr/bin/archive\", /var/mail/archive\n",
+                inc.display()
+            ),
+        );
+        let src = AliasesSource {
+            path,
+            domains: vec!["lists.corp.example".into()],
+        };
+        let data = src.load().expect("load");
+        assert_eq!(data.lists.len(), 1);
+        assert_eq!(data.lists[0].address, "biglist@lists.corp.example");
+        assert_eq!(
+            data.lists[0].members,
+            [
+                Member::Address("m1@corp.example".into()),
+                Member::Address("m2@lists.corp.example".into()),
+                Member::NonMailbox("|/usr/bin/archive".into()),
+                Member::NonMailbox("/var/mail/archive".into()),
+            ]
+        );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let src = VirtualSource {
+            path: "/nonexistent/virtual".into(),
+            domains: vec![],
+        };
+        let e = src.load().expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("cannot read /nonexistent/virtual:"),
+            "{e}"
+        );
+    }
+}
