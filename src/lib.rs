@@ -12,7 +12,10 @@ pub mod explain;
 pub mod logging;
 pub mod message;
 pub mod milter;
+pub mod notify;
 pub mod policy;
+pub mod process;
+pub mod quarantine;
 pub mod server;
 
 /// Product name.
@@ -20,4 +23,4 @@ pub const NAME: &str = "fanout-milter";
 /// Crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use server::{ReloadError, ReloadRequest, Runtime, run};
+pub use server::{ReloadError, ReloadRequest, Runtime, Services, run};

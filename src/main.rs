@@ -7,10 +7,16 @@ use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
 use fanout_milter::directory::{Directory, DriftMode, drift::KnownSizes};
 use fanout_milter::explain::{ExplainInput, explain, lookup_text};
 use fanout_milter::milter::listener::MilterListener;
-use fanout_milter::{NAME, Runtime, VERSION, logging, server};
+use fanout_milter::quarantine::admin::{Admin, invoking_user};
+use fanout_milter::quarantine::postfix::PostfixTools;
+use fanout_milter::quarantine::record::epoch_secs;
+use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
+use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
@@ -56,6 +62,61 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Review held messages (run as root: uses postqueue, postsuper and postcat).
+    Quarantine {
+        /// Pretend the time is this (RFC 3339 or seconds since the epoch); for tests.
+        #[arg(long, hide = true, global = true)]
+        now: Option<String>,
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantine records: id, age, state, sender, audience, rule, subject.
+    List {
+        /// Only records in this state: held, released, discarded, expired.
+        #[arg(long)]
+        state: Option<State>,
+        /// Only records held within this long, e.g. 2h or 3d.
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every fact of one held message, its blast radius and its headers.
+    Show {
+        /// Postfix queue id.
+        id: String,
+    },
+    /// Release held messages for delivery (postsuper -H).
+    Release {
+        /// Postfix queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Delete held messages (postsuper -d), optionally telling each sender.
+    Discard {
+        /// Postfix queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Mail the sender a notice that the message was not sent, why, and whom to ask.
+        #[arg(long)]
+        notify_sender: bool,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Compare the records with Postfix's hold queue both ways and fix the records.
+    Reconcile,
+    /// Reconcile, escalate messages held past review_within, expire those held past
+    /// expire_after (the systemd timer runs this).
+    Sweep,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +181,90 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Directory { command } => directory_command(&cli.config, command),
+        Command::Quarantine { now, command } => {
+            quarantine_command(&cli.config, now.as_deref(), command)
+        }
+    }
+}
+
+fn parse_now(now: Option<&str>) -> Result<u64, String> {
+    match now {
+        None => Ok(epoch_secs(SystemTime::now())),
+        Some(s) => s
+            .parse::<u64>()
+            .or_else(|_| humantime::parse_rfc3339_weak(s).map(epoch_secs))
+            .map_err(|e| format!("--now {s}: {e}")),
+    }
+}
+
+fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let now = match parse_now(now) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match Store::open(&config.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let admin = Admin {
+        config: &config,
+        store: &store,
+        postfix: PostfixTools::new(config.postfix.clone()),
+        who: invoking_user(),
+        now,
+    };
+    let report = match command {
+        QuarantineCommand::List { state, since, json } => {
+            let filter = Filter {
+                state,
+                since: since.map(|d| now.saturating_sub(d.as_secs())),
+            };
+            return printed(admin.list(&filter, json));
+        }
+        QuarantineCommand::Show { id } => match QueueId::parse(&id) {
+            Ok(id) => return printed(admin.show(&id)),
+            Err(e) => {
+                eprintln!("{NAME}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        QuarantineCommand::Release { ids, comment } => admin.release(&ids, comment.as_deref()),
+        QuarantineCommand::Discard {
+            ids,
+            notify_sender,
+            comment,
+        } => admin.discard(&ids, notify_sender, comment.as_deref()),
+        QuarantineCommand::Reconcile => admin.reconcile(),
+        QuarantineCommand::Sweep => admin.sweep(),
+    };
+    print!("{}", report.text);
+    if report.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn printed(result: Result<String, StoreError>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -241,6 +386,20 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let config = &runtime.config;
+    let state_dir = config.state_dir.clone();
+    let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await {
+        Ok(Ok(s)) => Arc::new(s),
+        Ok(Err(e)) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            error!("cannot open the quarantine store: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    info!(store = %store.path().display(), "quarantine store open");
+    let services = Services::new(store);
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,
         Err(e) => {
@@ -280,7 +439,7 @@ async fn serve(config: Config) -> ExitCode {
     let shutdown = async move {
         let _ = shutdown_rx.await;
     };
-    match server::run(listener, runtime, reload_rx, shutdown).await {
+    match server::run(listener, runtime, services, reload_rx, shutdown).await {
         Ok(()) => {
             info!("shut down");
             ExitCode::SUCCESS

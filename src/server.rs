@@ -5,6 +5,8 @@
 use crate::config::{self, Config, ConfigError};
 use crate::directory::{Directory, DirectoryError, DriftMode};
 use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
+use crate::notify::{self, AlertReceiver, AlertSender};
+use crate::quarantine::Store;
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::io;
@@ -54,6 +56,33 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Messages between MAIL and their reply.
     pub inflight: Arc<Inflight>,
+    /// Where held messages are recorded.
+    pub store: Arc<Store>,
+    /// Admin alerts, sent as digests off the mail path.
+    pub alerts: AlertSender,
+}
+
+/// Long-lived services the daemon opens once at start.
+pub struct Services {
+    /// The quarantine store.
+    pub store: Arc<Store>,
+    /// Where the mail path drops admin alerts.
+    pub alerts: AlertSender,
+    /// The other end of `alerts`: when given, `run` sends digests from it as
+    /// `[notify]` says (tests keep it to read the alerts themselves).
+    pub digests: Option<AlertReceiver>,
+}
+
+impl Services {
+    /// The daemon's services: `store`, and an alert queue whose digests `run` sends.
+    pub fn new(store: Arc<Store>) -> Services {
+        let (alerts, digests) = notify::channel(notify::queue::QUEUE_CAPACITY);
+        Services {
+            store,
+            alerts,
+            digests: Some(digests),
+        }
+    }
 }
 
 /// Counts messages in flight, so shutdown can wait for them.
@@ -109,6 +138,7 @@ impl Drop for InflightGuard {
 pub async fn run(
     listener: MilterListener,
     runtime: Runtime,
+    services: Services,
     mut reloads: mpsc::Receiver<ReloadRequest>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
@@ -121,7 +151,16 @@ pub async fn run(
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(runtime),
         inflight: Arc::new(Inflight::default()),
+        store: services.store,
+        alerts: services.alerts,
     });
+    if let Some(digests) = services.digests {
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(notify::run_digests(digests, move || {
+            weak.upgrade()
+                .map(|s| s.runtime.load().config.notify.clone())
+        }));
+    }
 
     let reload_shared = shared.clone();
     let reloader = tokio::spawn(async move {

@@ -29,8 +29,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Writes `body` as the configuration, with the quarantine store inside `dir` unless
+/// the body places it.
 fn write_config(dir: &std::path::Path, body: &str) -> String {
     let path = dir.join("fanout-milter.toml");
+    let mut body = body.to_owned();
+    if !body.contains("[quarantine]") {
+        body.push_str(&format!(
+            "\n[quarantine]\nstate_dir = \"{}\"\n",
+            dir.join("state").display()
+        ));
+    }
     std::fs::write(&path, body).expect("write config");
     path.display().to_string()
 }

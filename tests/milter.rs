@@ -9,7 +9,9 @@
 use fanout_milter::ReloadRequest;
 use fanout_milter::config;
 use fanout_milter::milter::listener::MilterListener;
-use fanout_milter::{ReloadError, Runtime};
+use fanout_milter::notify::{AlertKind, AlertReceiver};
+use fanout_milter::quarantine::{Filter, State, Store};
+use fanout_milter::{ReloadError, Runtime, Services};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, Status, TestConnection,
 };
@@ -17,6 +19,7 @@ use std::ffi::CString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -121,6 +124,8 @@ reject = "Not sent ({{reason}}); ask {{contact}}, quoting {{queue_id}}."
 /// shutdown trigger.
 struct Milter {
     addr: SocketAddr,
+    store: Arc<Store>,
+    alerts: AlertReceiver,
     file: PathBuf,
     reloads: mpsc::Sender<ReloadRequest>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -147,9 +152,19 @@ impl Milter {
         let (reloads, reload_rx) = mpsc::channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let runtime = Runtime::load(config).expect("no directory to load");
+        let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("milter-{name}-{}-state", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let store = Arc::new(Store::open(&state).expect("open the quarantine store"));
+        let (alerts, alert_queue) = fanout_milter::notify::channel(100);
         let task = tokio::spawn(fanout_milter::run(
             listener,
             runtime,
+            Services {
+                store: store.clone(),
+                alerts,
+                digests: None,
+            },
             reload_rx,
             async move {
                 let _ = shutdown_rx.await;
@@ -157,6 +172,8 @@ impl Milter {
         ));
         Milter {
             addr,
+            store,
+            alerts: alert_queue,
             file,
             reloads,
             shutdown: Some(shutdown),
@@ -279,7 +296,19 @@ async fn header(conn: &mut TestConnection, name: impl IntoCString, value: impl I
     assert_eq!(status, Status::Continue);
 }
 
+/// End of message with a fresh queue id in macro `i`, as Postfix sends it.
 async fn eom(conn: &mut TestConnection) -> (EomActions, Status) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{:04X}{n:06X}", std::process::id() & 0xffff);
+    within("macros", conn.macros(MacroStage::Eom, [("i", id.as_str())]))
+        .await
+        .expect("macros");
+    eom_raw(conn).await
+}
+
+/// End of message with only the macros the test sent itself.
+async fn eom_raw(conn: &mut TestConnection) -> (EomActions, Status) {
     within("eom", conn.eom()).await.expect("eom")
 }
 
@@ -385,8 +414,56 @@ async fn quarantine_level_holds_the_message() {
         &result,
         "limits.envelope: 7 envelope recipients >= quarantine level 6",
     );
+    let held = milter
+        .store
+        .list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        })
+        .expect("read the store");
+    assert_eq!(held.len(), 1, "recorded before Postfix was told to hold it");
+    let r = &held[0].message;
+    assert_eq!(r.sender, "ann@example.org");
+    assert_eq!(r.recipients.len(), 7);
+    assert_eq!(r.subject.as_deref(), Some("Quarterly figures"));
+    assert_eq!(r.rules[0].rule, "limits.envelope");
+    assert_eq!(held[0].audit[0].who, "milter");
+    let mut milter = milter;
+    let alert = within("the quarantine alert", milter.alerts.recv())
+        .await
+        .expect("an alert was queued");
+    assert_eq!(alert.kind, AlertKind::Quarantined);
+    assert_eq!(alert.queue_id.as_deref(), Some(r.queue_id.as_str()));
+    assert_eq!(alert.audience, 7);
+
+    // Without a queue id the message could never be found again: tempfail, not hold.
+    mail(&mut conn, "<ann@example.org>").await;
+    rcpts(&mut conn, &internal(7)).await;
+    let (actions, status) = eom_raw(&mut conn).await;
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    assert_eq!(actions.actions, [], "{actions:?}");
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
+}
+
+#[tokio::test]
+async fn an_unwritable_store_tempfails_instead_of_holding() {
+    let milter = Milter::start("store-fault", &Conf::default()).await;
+    let db = milter.store.path().to_owned();
+    let dir = db.parent().expect("state dir").to_owned();
+    // Another process wrecks the database: the next insert fails.
+    let other = rusqlite::Connection::open(&db).expect("open the database");
+    other
+        .execute_batch("DROP TABLE audit; DROP TABLE held;")
+        .expect("drop the tables");
+    drop(other);
+    let mut conn = milter.connect().await;
+    let (actions, status) = message(&mut conn, "<ann@example.org>", &internal(7)).await;
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    assert_eq!(actions.actions, [], "no hold without a record");
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -630,13 +707,15 @@ async fn queue_id_is_used_when_sent_and_optional() {
     )
     .await
     .expect("macros");
-    let (_, status) = eom(&mut conn).await;
+    let (_, status) = eom_raw(&mut conn).await;
     let reply = reply_of(&status);
     assert!(reply.starts_with("550 5.7.1 "), "{reply}");
     assert!(reply.ends_with("quoting 4AbCdE1234."), "{reply}");
 
     // The next message has no `i` (MAIL clears the later macros): still a verdict.
-    let (_, status) = message(&mut conn, "<ann@example.org>", &internal(10)).await;
+    mail(&mut conn, "<ann@example.org>").await;
+    rcpts(&mut conn, &internal(10)).await;
+    let (_, status) = eom_raw(&mut conn).await;
     let reply = reply_of(&status);
     assert!(reply.starts_with("550 5.7.1 "), "{reply}");
     assert!(reply.ends_with("quoting NOQUEUE."), "{reply}");
@@ -647,7 +726,7 @@ async fn queue_id_is_used_when_sent_and_optional() {
     within("macros", conn.macros(MacroStage::Eom, [("i", "")]))
         .await
         .expect("macros");
-    let (_, status) = eom(&mut conn).await;
+    let (_, status) = eom_raw(&mut conn).await;
     assert!(
         reply_of(&status).ends_with("quoting NOQUEUE."),
         "{status:?}"

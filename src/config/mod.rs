@@ -12,7 +12,7 @@ mod span;
 mod validate;
 
 pub use listen::ListenAddr;
-pub use raw::{DirectoryKind, LogFormat, RawConfig};
+pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
 
 use crate::policy::{AddressGlobs, Policy};
@@ -60,6 +60,51 @@ pub struct Config {
     pub drift_min_audience: u64,
     /// `[quarantine] state_dir`.
     pub state_dir: PathBuf,
+    /// `[quarantine]` deadlines.
+    pub quarantine: QuarantineSettings,
+    /// `[postfix]`.
+    pub postfix: PostfixSettings,
+    /// `[notify]`.
+    pub notify: NotifySettings,
+}
+
+/// `[quarantine]` deadlines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantineSettings {
+    /// Held longer than this: escalation alert.
+    pub review_within: Duration,
+    /// Held longer than this: `on_expiry`.
+    pub expire_after: Duration,
+    /// What expiry does.
+    pub on_expiry: OnExpiry,
+}
+
+/// `[postfix]`: the instance the admin commands act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostfixSettings {
+    /// `-c` of postqueue, postsuper and postcat.
+    pub config_directory: PathBuf,
+    /// Where those commands are.
+    pub command_directory: PathBuf,
+    /// The sendmail binary.
+    pub sendmail: PathBuf,
+}
+
+/// `[notify]`: where alerts go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifySettings {
+    /// Admin addresses for digests by mail.
+    pub admins: Vec<String>,
+    /// Webhook URL.
+    pub webhook: Option<String>,
+    /// At most one digest per interval.
+    pub interval: Duration,
+    /// Timeout of one webhook attempt.
+    pub webhook_timeout: Duration,
+    /// Header From: of alerts and notices.
+    pub from: String,
+    /// SMTP relay (host, port) for the daemon's digests.
+    pub relay: (String, u16),
 }
 
 /// One `[[directory]]` source.

@@ -44,6 +44,10 @@ pub struct RawConfig {
     pub scope: Vec<RawScope>,
     /// `[quarantine]`: state directory.
     pub quarantine: RawQuarantine,
+    /// `[postfix]`.
+    pub postfix: RawPostfix,
+    /// `[notify]`.
+    pub notify: RawNotify,
 }
 
 /// Kinds of directory source.
@@ -196,19 +200,94 @@ fn quarantine() -> Action {
     Action::Quarantine
 }
 
+/// What the sweep does with a message held longer than `expire_after`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnExpiry {
+    /// Discard it and tell the sender it was not sent.
+    #[default]
+    NotifySender,
+    /// Release it for delivery.
+    Release,
+    /// Keep it held (escalations continue).
+    Keep,
+}
+
 /// `[quarantine]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawQuarantine {
-    /// The daemon's state: the last accepted size of each list (and, later, the
-    /// quarantine index).
+    /// The daemon's state: the quarantine store and the accepted list sizes.
     pub state_dir: PathBuf,
+    /// A message held longer than this triggers an escalation alert.
+    pub review_within: String,
+    /// A message held longer than this gets `on_expiry`.
+    pub expire_after: String,
+    /// `notify-sender`, `release` or `keep`.
+    pub on_expiry: OnExpiry,
 }
 
 impl Default for RawQuarantine {
     fn default() -> Self {
         RawQuarantine {
             state_dir: PathBuf::from("/var/lib/fanout-milter"),
+            review_within: "4h".into(),
+            expire_after: "3d".into(),
+            on_expiry: OnExpiry::NotifySender,
+        }
+    }
+}
+
+/// `[postfix]`: the Postfix instance the admin commands act on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPostfix {
+    /// Passed as `-c` to postqueue, postsuper and postcat (and `-C` to sendmail).
+    pub config_directory: PathBuf,
+    /// Where postqueue, postsuper and postcat are.
+    pub command_directory: PathBuf,
+    /// The sendmail binary used for notices and alert mail.
+    pub sendmail: PathBuf,
+}
+
+impl Default for RawPostfix {
+    fn default() -> Self {
+        RawPostfix {
+            config_directory: PathBuf::from("/etc/postfix"),
+            command_directory: PathBuf::from("/usr/sbin"),
+            sendmail: PathBuf::from("/usr/sbin/sendmail"),
+        }
+    }
+}
+
+/// `[notify]`: admin alerts and sender notices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    /// Admin addresses that get alert digests by mail.
+    pub admins: Vec<String>,
+    /// URL that gets each digest as an HTTP POST of JSON; empty = none.
+    pub webhook: String,
+    /// At most one digest per interval.
+    pub interval: String,
+    /// Timeout of one webhook attempt.
+    pub webhook_timeout: String,
+    /// Header From: of alerts and sender notices.
+    pub from: String,
+    /// `HOST:PORT` of the SMTP server the daemon hands its digests to. The daemon runs
+    /// sandboxed without the setgid rights sendmail needs; admin commands use sendmail.
+    pub relay: String,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        RawNotify {
+            admins: Vec::new(),
+            webhook: String::new(),
+            interval: "1m".into(),
+            webhook_timeout: "5s".into(),
+            from: "postmaster".into(),
+            relay: "127.0.0.1:25".into(),
         }
     }
 }

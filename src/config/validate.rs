@@ -4,7 +4,10 @@
 
 use super::raw::{DirectoryKind, RawConfig, RawLevels};
 use super::reply::{Replies, check_template};
-use super::{Config, DirectorySpec, ListSpec, ListenAddr};
+use super::{
+    Config, DirectorySpec, ListSpec, ListenAddr, NotifySettings, PostfixSettings,
+    QuarantineSettings,
+};
 use crate::policy::{Action, AddressGlobs, DomainSet, Hidden, Levels, Policy, Restricted, Scope};
 use std::path::Path;
 use std::sync::Arc;
@@ -66,6 +69,10 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     };
     let connection_timeout = duration("milter.connection_timeout", &raw.milter.connection_timeout);
     let shutdown_timeout = duration("milter.shutdown_timeout", &raw.milter.shutdown_timeout);
+    let review_within = duration("quarantine.review_within", &raw.quarantine.review_within);
+    let expire_after = duration("quarantine.expire_after", &raw.quarantine.expire_after);
+    let interval = duration("notify.interval", &raw.notify.interval);
+    let webhook_timeout = duration("notify.webhook_timeout", &raw.notify.webhook_timeout);
 
     if let Err(e) = check_log_level(&raw.logging.level) {
         report("logging.level", e);
@@ -236,6 +243,65 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             ),
         );
     }
+    if !review_within.is_zero() && !expire_after.is_zero() && expire_after < review_within {
+        report(
+            "quarantine.expire_after",
+            format!(
+                "\"{}\" is shorter than review_within \"{}\": admins would never be warned \
+                 before a held message expires",
+                raw.quarantine.expire_after, raw.quarantine.review_within
+            ),
+        );
+    }
+    for (key, dir) in [
+        ("postfix.config_directory", &raw.postfix.config_directory),
+        ("postfix.command_directory", &raw.postfix.command_directory),
+        ("postfix.sendmail", &raw.postfix.sendmail),
+    ] {
+        if dir.is_relative() {
+            report(
+                key,
+                format!("\"{}\" must be an absolute path", dir.display()),
+            );
+        }
+    }
+    for (i, admin) in raw.notify.admins.iter().enumerate() {
+        if let Err(e) = check_mailbox(admin) {
+            report(&format!("notify.admins[{i}]"), e);
+        }
+    }
+    let webhook = raw.notify.webhook.trim();
+    if !(webhook.is_empty() || webhook.starts_with("http://") || webhook.starts_with("https://")) {
+        report(
+            "notify.webhook",
+            format!("\"{webhook}\" must be an http:// or https:// URL"),
+        );
+    }
+    if raw.notify.from.trim().is_empty() || raw.notify.from.contains(['<', '>', '\r', '\n', ' ']) {
+        report(
+            "notify.from",
+            format!(
+                "\"{}\" must be a plain address such as postmaster@example.org",
+                raw.notify.from
+            ),
+        );
+    }
+    let relay = match raw.notify.relay.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => (
+            host.trim_matches(['[', ']']).to_owned(),
+            port.parse().unwrap_or(25),
+        ),
+        _ => {
+            report(
+                "notify.relay",
+                format!(
+                    "\"{}\" is not HOST:PORT such as 127.0.0.1:25",
+                    raw.notify.relay
+                ),
+            );
+            (String::new(), 0)
+        }
+    };
     if raw.domains.internal.is_empty()
         && external.quarantine.max(external.reject).max(external.tag) > 0
     {
@@ -301,6 +367,29 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
         drift_factor: raw.drift.factor,
         drift_min_audience: raw.drift.min_audience,
         state_dir: raw.quarantine.state_dir.clone(),
+        quarantine: QuarantineSettings {
+            review_within,
+            expire_after,
+            on_expiry: raw.quarantine.on_expiry,
+        },
+        postfix: PostfixSettings {
+            config_directory: raw.postfix.config_directory.clone(),
+            command_directory: raw.postfix.command_directory.clone(),
+            sendmail: raw.postfix.sendmail.clone(),
+        },
+        notify: NotifySettings {
+            admins: raw
+                .notify
+                .admins
+                .iter()
+                .map(|a| a.trim().to_owned())
+                .collect(),
+            webhook: (!webhook.is_empty()).then(|| webhook.to_owned()),
+            interval,
+            webhook_timeout,
+            from: raw.notify.from.trim().to_owned(),
+            relay,
+        },
         replies: Replies {
             contact: raw.reply.contact.clone(),
             reject: raw.reply.reject.clone(),
@@ -373,5 +462,24 @@ fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> 
         quarantine,
         reject,
         monitor: raw.monitor,
+    }
+}
+
+/// An admin address: `local@domain`, no spaces, brackets or line breaks.
+fn check_mailbox(address: &str) -> Result<(), String> {
+    let a = address.trim();
+    match a.rsplit_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !a.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || "<>,;\"".contains(c)
+                }) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "\"{address}\" is not an address such as postmaster@example.org"
+        )),
     }
 }

@@ -8,7 +8,9 @@ pub mod session;
 
 pub use session::{ConnData, MessageData, Session, VERDICT_HEADER};
 
+use crate::notify::AlertKind;
 use crate::policy::{self, Evaluation};
+use crate::quarantine::{self, QueueId, record};
 use crate::server::Shared;
 use futures_util::FutureExt;
 use indymilter::{
@@ -17,7 +19,7 @@ use indymilter::{
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
 
 /// Queue id shown when Postfix did not send macro `i`.
@@ -31,13 +33,14 @@ pub const ACTIONS: Actions = Actions::ADD_HEADER
 /// Builds the callbacks for one milter server.
 pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     let mail_shared = shared.clone();
+    let eom_shared = shared;
     Callbacks::new()
         .on_negotiate(|cx, actions, opts| Box::pin(handle_negotiate(cx, actions, opts)))
         .on_connect(|cx, host, socket| Box::pin(handle_connect(cx, host, socket)))
         .on_mail(move |cx, args| Box::pin(handle_mail(cx, args, mail_shared.clone())))
         .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
         .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
-        .on_eom(|cx| Box::pin(handle_eom(cx)))
+        .on_eom(move |cx| Box::pin(handle_eom(cx, eom_shared.clone())))
         .on_abort(|cx| Box::pin(handle_abort(cx)))
         .on_close(|cx| Box::pin(handle_close(cx)))
 }
@@ -112,7 +115,7 @@ async fn handle_close(cx: &mut Context<Session>) -> Status {
     Status::Continue
 }
 
-async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
+async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
     let queue_id = cx
         .macros
         .get(c"i")
@@ -125,7 +128,7 @@ async fn handle_eom(cx: &mut EomContext<Session>) -> Status {
         .and_then(|s| s.msg.as_ref())
         .map(|m| m.runtime.clone());
     let replies = runtime.as_ref().map(|r| &r.config.replies);
-    let result = AssertUnwindSafe(decide_and_apply(cx, queue_id, &shown))
+    let result = AssertUnwindSafe(decide_and_apply(cx, &shared, queue_id, &shown))
         .catch_unwind()
         .await;
     if let Some(session) = cx.data.as_mut() {
@@ -156,20 +159,59 @@ enum EomError {
     NoMessage,
     #[error(transparent)]
     Apply(#[from] apply::ApplyError),
+    #[error("cannot quarantine without a valid queue id (macro i): {0}")]
+    NoQueueId(String),
+    #[error("quarantine record not written: {0}")]
+    Record(String),
+}
+
+/// How long recording a held message may take before the message is tempfailed.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Writes the quarantine record, durably, before Postfix is told to hold the message.
+async fn record_held(
+    shared: &Shared,
+    queue_id: Option<&str>,
+    facts: &policy::MessageFacts,
+    evaluation: &Evaluation,
+) -> Result<(), EomError> {
+    let id = QueueId::parse(queue_id.unwrap_or_default())
+        .map_err(|e| EomError::NoQueueId(e.to_string()))?;
+    let now = record::epoch_secs(SystemTime::now());
+    let held = quarantine::held_message(id, now, facts, evaluation);
+    let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
+    let store = shared.store.clone();
+    let write = tokio::task::spawn_blocking(move || store.record_held(&held, "milter", None));
+    match tokio::time::timeout(RECORD_TIMEOUT, write).await {
+        Ok(Ok(Ok(_))) => {
+            shared.alerts.send(alert);
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(EomError::Record(e.to_string())),
+        Ok(Err(e)) => Err(EomError::Record(format!("writer task failed: {e}"))),
+        Err(_) => Err(EomError::Record(format!(
+            "no answer from the store within {}s",
+            RECORD_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 async fn decide_and_apply(
     cx: &mut EomContext<Session>,
+    shared: &Shared,
     queue_id: Option<String>,
     shown: &str,
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
-    let finished = msg.finish(queue_id, &session.conn);
+    let finished = msg.finish(queue_id.clone(), &session.conn);
     let started = Instant::now();
     let config = &finished.runtime.config;
     let evaluation = policy::evaluate(&config.policy, &finished.facts);
     debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
+    if evaluation.verdict.action == policy::Action::Quarantine {
+        record_held(shared, queue_id.as_deref(), &finished.facts, &evaluation).await?;
+    }
     let status = apply::apply(
         cx,
         &evaluation.verdict,

@@ -8,11 +8,13 @@
 pub mod address;
 pub mod facts;
 pub mod rules;
+pub mod thread;
 pub mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
 pub use rules::{Hidden, Levels, Restricted, Scope};
+pub use thread::{normalize_subject, thread_key};
 pub use verdict::{Action, Reason, Verdict};
 
 use serde::{Deserialize, Serialize};

@@ -439,9 +439,17 @@ pub struct Milter {
 impl Milter {
     /// Writes `config_body` (everything but `[milter] listen`, which the harness adds
     /// at the top of `[milter]`) and starts the daemon on `listen`.
+    /// Without a `[quarantine]` table the state goes to `root/state`.
     pub fn start(root: &Path, listen: &str, config_body: &str) -> Milter {
         let config = root.join("fanout-milter.toml");
-        std::fs::write(&config, with_listen(listen, config_body)).expect("write config");
+        let mut text = with_listen(listen, config_body);
+        if !text.contains("[quarantine]") {
+            text.push_str(&format!(
+                "\n[quarantine]\nstate_dir = \"{}\"\n",
+                root.join("state").display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write config");
         Self::start_file(root, listen, config)
     }
 

@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Delivering alerts and notices: Postfix's `sendmail` (admin commands, run on the
+//! relay), SMTP to `[notify] relay` (the unprivileged daemon) and webhooks. All
+//! blocking, all bounded by deadlines; never called on the mail path.
+
+use crate::config::PostfixSettings;
+use crate::process::{self, COMMAND_TIMEOUT, RunError};
+use lettre::Transport;
+use lettre::address::Envelope;
+use lettre::transport::smtp::SmtpTransport;
+use lettre::transport::smtp::extension::ClientId;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// Webhook attempts per post.
+pub const WEBHOOK_ATTEMPTS: u32 = 3;
+/// Pause before the second attempt; doubled before each further one.
+pub const WEBHOOK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A notice or alert that could not be delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// `sendmail` failed.
+    #[error(transparent)]
+    Sendmail(#[from] RunError),
+    /// An address was refused before sending.
+    #[error("bad recipient address \"{0}\"")]
+    Address(String),
+    /// The SMTP relay refused or could not be reached.
+    #[error("SMTP relay {relay}: {message}")]
+    Smtp {
+        /// host:port.
+        relay: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Every webhook attempt failed; the last error.
+    #[error("webhook {url}: {message} (after {attempts} attempts)")]
+    Webhook {
+        /// The URL.
+        url: String,
+        /// The last failure.
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// Hands `message` to Postfix's `sendmail -C config_directory`, envelope sender `from`
+/// (empty: the null sender, as for bounces), for `recipients`.
+pub fn send_mail(
+    postfix: &PostfixSettings,
+    from: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<(), DeliverError> {
+    if let Some(bad) = recipients
+        .iter()
+        .find(|r| r.starts_with('-') || r.trim().is_empty())
+    {
+        return Err(DeliverError::Address(bad.clone()));
+    }
+    let mut cmd = Command::new(&postfix.sendmail);
+    cmd.arg("-C")
+        .arg(&postfix.config_directory)
+        .arg("-i")
+        .arg("-f")
+        .arg(if from.is_empty() { "<>" } else { from })
+        .arg("--")
+        .args(recipients);
+    process::run(cmd, Some(message), COMMAND_TIMEOUT)?;
+    Ok(())
+}
+
+/// Sends `message` by SMTP to `relay`, envelope sender `from` (empty: null sender).
+pub fn send_smtp(
+    relay: &(String, u16),
+    timeout: Duration,
+    from: &str,
+    recipients: &[String],
+    message: &[u8],
+) -> Result<(), DeliverError> {
+    let smtp_error = |message: String| DeliverError::Smtp {
+        relay: format!("{}:{}", relay.0, relay.1),
+        message,
+    };
+    let sender = if from.is_empty() {
+        None
+    } else {
+        Some(
+            from.parse()
+                .map_err(|_| DeliverError::Address(from.to_owned()))?,
+        )
+    };
+    let to = recipients
+        .iter()
+        .map(|r| r.parse().map_err(|_| DeliverError::Address(r.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envelope = Envelope::new(sender, to).map_err(|e| smtp_error(e.to_string()))?;
+    let transport = SmtpTransport::builder_dangerous(relay.0.as_str())
+        .port(relay.1)
+        .timeout(Some(timeout))
+        .hello_name(ClientId::Domain(super::hostname()))
+        .build();
+    transport
+        .send_raw(&envelope, message)
+        .map(|_| ())
+        .map_err(|e| smtp_error(e.to_string()))
+}
+
+/// Posts `body` as JSON to `url`; each attempt bounded by `timeout`, retried with
+/// backoff on network errors, 429 and 5xx.
+pub fn post_webhook(url: &str, timeout: Duration, body: &Value) -> Result<(), DeliverError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .user_agent(format!("{}/{}", crate::NAME, crate::VERSION))
+        .build()
+        .into();
+    let payload = body.to_string();
+    let mut pause = WEBHOOK_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        let retry = match agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(payload.as_bytes())
+        {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) => {
+                let status = resp.status();
+                last = format!("HTTP {status}");
+                status.as_u16() == 429 || status.is_server_error()
+            }
+            Err(e) => {
+                last = e.to_string();
+                true
+            }
+        };
+        if !retry {
+            return Err(DeliverError::Webhook {
+                url: url.to_owned(),
+                message: last,
+                attempts: attempt,
+            });
+        }
+        if attempt < WEBHOOK_ATTEMPTS {
+            std::thread::sleep(pause);
+            pause *= 2;
+        }
+    }
+    Err(DeliverError::Webhook {
+        url: url.to_owned(),
+        message: last,
+        attempts: WEBHOOK_ATTEMPTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+
+    /// Answers each connection with the next status of `statuses`; returns the port and
+    /// a counter of requests served.
+    fn http(statuses: Vec<u16>) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for status in statuses {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    request.push_str(&line);
+                }
+                let _ = tx.send(request);
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        (port, rx)
+    }
+
+    #[test]
+    fn webhook_retries_server_errors_then_succeeds() {
+        let (port, requests) = http(vec![503, 200]);
+        let url = format!("http://127.0.0.1:{port}/hook");
+        post_webhook(&url, Duration::from_secs(5), &serde_json::json!({"a": 1}))
+            .expect("second attempt succeeds");
+        let first = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(first.starts_with("POST /hook"), "{first}");
+        assert!(
+            first
+                .to_lowercase()
+                .contains("content-type: application/json"),
+            "{first}"
+        );
+        assert!(
+            requests.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "retried"
+        );
+    }
+
+    #[test]
+    fn webhook_does_not_retry_a_client_error() {
+        let (port, requests) = http(vec![404, 200]);
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let err = post_webhook(&url, Duration::from_secs(5), &serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("HTTP 404"), "{err}");
+        assert!(err.to_string().contains("after 1 attempts"), "{err}");
+        requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn webhook_to_a_closed_port_fails_after_every_attempt() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = post_webhook(
+            &format!("http://127.0.0.1:{port}/"),
+            Duration::from_secs(2),
+            &serde_json::json!({}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("after {WEBHOOK_ATTEMPTS} attempts")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sendmail_refuses_option_like_recipients_and_reports_failures() {
+        let settings = PostfixSettings {
+            config_directory: PathBuf::from("/nonexistent"),
+            command_directory: PathBuf::from("/nonexistent"),
+            sendmail: PathBuf::from("/bin/false"),
+        };
+        assert!(matches!(
+            send_mail(&settings, "", &["-bi".into()], b"x"),
+            Err(DeliverError::Address(_))
+        ));
+        assert!(matches!(
+            send_mail(&settings, "", &["ann@corp.example".into()], b"x"),
+            Err(DeliverError::Sendmail(RunError::Failed { .. }))
+        ));
+    }
+
+    #[test]
+    fn smtp_to_a_closed_port_is_an_error_naming_the_relay() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = send_smtp(
+            &("127.0.0.1".into(), port),
+            Duration::from_secs(2),
+            "",
+            &["admins@corp.example".into()],
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}

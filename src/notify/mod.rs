@@ -1,0 +1,424 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Telling people what happened: admin alerts (one digest per interval, by mail and by
+//! webhook) and plain notices to senders whose message was not sent.
+//!
+//! Composition here is pure; delivery lives in [`deliver`] and the daemon's batching
+//! queue in [`queue`].
+
+pub mod deliver;
+pub mod queue;
+
+pub use deliver::{DeliverError, post_webhook, send_mail, send_smtp};
+pub use queue::{AlertReceiver, AlertSender, channel, run_digests};
+
+use lettre::Message;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MessageBuilder};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+/// Alerts listed one by one in a digest; the rest are counted.
+pub const DIGEST_MAX_LISTED: usize = 200;
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    /// The milter held a message.
+    Quarantined,
+    /// A held message passed `review_within` without a decision.
+    Escalation,
+    /// A held message passed `expire_after` and got `on_expiry`.
+    Expired,
+    /// A reply-all storm tripped.
+    Storm,
+    /// The global breaker tripped.
+    Breaker,
+}
+
+impl AlertKind {
+    /// Stable name used in JSON and mail (`quarantined`, `escalation`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Quarantined => "quarantined",
+            AlertKind::Escalation => "escalation",
+            AlertKind::Expired => "expired",
+            AlertKind::Storm => "storm",
+            AlertKind::Breaker => "breaker",
+        }
+    }
+}
+
+/// One thing admins should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// What happened.
+    pub kind: AlertKind,
+    /// When.
+    pub at: SystemTime,
+    /// The Postfix queue id of the message concerned, if one.
+    pub queue_id: Option<String>,
+    /// Envelope sender concerned.
+    pub sender: String,
+    /// Subject concerned.
+    pub subject: String,
+    /// Real audience concerned.
+    pub audience: u64,
+    /// Why, in words (the rules that fired).
+    pub reason: String,
+    /// How long the message has been held, for escalations and expiries.
+    pub held_for: Option<Duration>,
+}
+
+impl Alert {
+    fn json(&self) -> Value {
+        json!({
+            "kind": self.kind.as_str(),
+            "at": humantime::format_rfc3339_seconds(self.at).to_string(),
+            "queue_id": self.queue_id,
+            "sender": self.sender,
+            "subject": self.subject,
+            "audience": self.audience,
+            "reason": self.reason,
+            "held_for_secs": self.held_for.map(|d| d.as_secs()),
+        })
+    }
+}
+
+/// A batch of alerts sent as one mail and one webhook post.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// The alerts, oldest first.
+    pub alerts: Vec<Alert>,
+    /// Alerts lost because the daemon's queue was full.
+    pub dropped: u64,
+    /// The host that raised them.
+    pub host: String,
+}
+
+impl Digest {
+    /// The webhook body.
+    pub fn json(&self) -> Value {
+        json!({
+            "source": crate::NAME,
+            "host": self.host,
+            "dropped": self.dropped,
+            "alerts": self.alerts.iter().map(Alert::json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A one-line summary, also the mail's subject.
+    pub fn summary(&self) -> String {
+        let mut counts: Vec<(AlertKind, usize)> = Vec::new();
+        for a in &self.alerts {
+            match counts.iter_mut().find(|(k, _)| *k == a.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((a.kind, 1)),
+            }
+        }
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .collect();
+        format!("{}: {} on {}", crate::NAME, parts.join(", "), self.host)
+    }
+
+    /// The plain-text body of the digest mail.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for a in self.alerts.iter().take(DIGEST_MAX_LISTED) {
+            let at = humantime::format_rfc3339_seconds(a.at);
+            let what = match a.kind {
+                AlertKind::Quarantined => "held for review".to_owned(),
+                AlertKind::Escalation => format!(
+                    "still held without review after {}",
+                    humantime::format_duration(a.held_for.unwrap_or_default())
+                ),
+                AlertKind::Expired => format!(
+                    "expired unreviewed after {}",
+                    humantime::format_duration(a.held_for.unwrap_or_default())
+                ),
+                AlertKind::Storm => "reply-all storm tripped".to_owned(),
+                AlertKind::Breaker => "global breaker tripped".to_owned(),
+            };
+            out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
+            if let Some(id) = &a.queue_id {
+                out.push_str(&format!("  queue id: {id}\n"));
+            }
+            out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
+            out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));
+            out.push_str(&format!("  audience: {}\n", a.audience));
+            out.push_str(&format!("  why:      {}\n", one_line(&a.reason)));
+            if let (Some(id), AlertKind::Quarantined | AlertKind::Escalation) =
+                (&a.queue_id, a.kind)
+            {
+                out.push_str(&format!(
+                    "  review:   {} quarantine show {id}\n",
+                    crate::NAME
+                ));
+            }
+            out.push('\n');
+        }
+        if self.alerts.len() > DIGEST_MAX_LISTED {
+            out.push_str(&format!(
+                "... and {} more; see `{} quarantine list`.\n",
+                self.alerts.len() - DIGEST_MAX_LISTED,
+                crate::NAME
+            ));
+        }
+        if self.dropped > 0 {
+            out.push_str(&format!(
+                "{} further alerts were dropped because the alert queue was full; \
+                 `{} quarantine list` shows every held message.\n",
+                self.dropped,
+                crate::NAME
+            ));
+        }
+        out
+    }
+
+    /// The digest as a complete RFC 5322 message from `from` to `admins`.
+    pub fn mail(&self, from: &str, admins: &[String]) -> Result<Vec<u8>, ComposeError> {
+        let mut b = auto_message(from)?.subject(self.summary());
+        for a in admins {
+            b = b.to(mailbox(a)?);
+        }
+        Ok(b.header(ContentType::TEXT_PLAIN)
+            .body(self.text())?
+            .formatted())
+    }
+}
+
+/// Why a sender is told their message was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeReason {
+    /// An admin discarded it.
+    Discarded,
+    /// Nobody reviewed it before `expire_after`.
+    Expired,
+}
+
+/// A notice could not be composed (an address that is not one).
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// An address did not parse.
+    #[error("\"{0}\" is not a usable mail address")]
+    Address(String),
+    /// The message could not be built.
+    #[error("cannot build the message: {0}")]
+    Build(#[from] lettre::error::Error),
+}
+
+/// The plain notice to the sender of a message that was not sent: what, why, whom to ask.
+pub fn sender_notice(
+    from: &str,
+    to: &str,
+    subject: &str,
+    queue_id: &str,
+    reasons: &str,
+    contact: &str,
+    why: NoticeReason,
+) -> Result<Vec<u8>, ComposeError> {
+    let what = match why {
+        NoticeReason::Discarded => "An administrator reviewed it and discarded it.",
+        NoticeReason::Expired => {
+            "It was held for review and was not reviewed in time, so it was discarded."
+        }
+    };
+    let body = format!(
+        "Your message was NOT sent to anyone.\n\n\
+         \x20 Subject:  {subject}\n\
+         \x20 Queue id: {queue_id}\n\n\
+         {what}\n\n\
+         It was held because its audience was too large or not allowed:\n  {reasons}\n\n\
+         If it still needs to go out, please contact {contact} and quote the queue id \
+         above, or send it again to fewer recipients.\n\n\
+         This notice was generated automatically by {name} on {host}.\n",
+        subject = one_line(subject),
+        reasons = one_line(reasons),
+        name = crate::NAME,
+        host = hostname(),
+    );
+    Ok(auto_message(from)?
+        .to(mailbox(to)?)
+        .subject(format!("Not sent: {}", one_line(subject)))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)?
+        .formatted())
+}
+
+/// `Auto-Submitted: auto-generated` (RFC 3834), so that vacation responders stay quiet.
+#[derive(Clone)]
+struct AutoSubmitted;
+
+impl lettre::message::header::Header for AutoSubmitted {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Auto-Submitted")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(AutoSubmitted)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "auto-generated".to_owned())
+    }
+}
+
+fn auto_message(from: &str) -> Result<MessageBuilder, ComposeError> {
+    Ok(Message::builder()
+        .from(mailbox(from)?)
+        .header(AutoSubmitted))
+}
+
+/// Parses an address; a bare local part (`postmaster`) is qualified with this host's
+/// name, as Postfix would with `myorigin`.
+fn mailbox(address: &str) -> Result<Mailbox, ComposeError> {
+    let full = if address.contains('@') {
+        address.to_owned()
+    } else {
+        format!("{address}@{}", hostname())
+    };
+    full.parse()
+        .map_err(|_| ComposeError::Address(address.to_owned()))
+}
+
+/// Flattens text taken from a message (subjects, reasons) to one line, so it can never
+/// add lines or headers to what we compose.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// This host's name, for digests and notices.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(kind: AlertKind, subject: &str) -> Alert {
+        Alert {
+            kind,
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            queue_id: Some("4AbCdEf123".into()),
+            sender: "ann@corp.example".into(),
+            subject: subject.into(),
+            audience: 840_000,
+            reason: "limits.audience: 840000 >= 50000".into(),
+            held_for: Some(Duration::from_secs(5 * 3600)),
+        }
+    }
+
+    #[test]
+    fn digest_json_names_kinds_and_times() {
+        let d = Digest {
+            alerts: vec![
+                alert(AlertKind::Quarantined, "x"),
+                alert(AlertKind::Escalation, "y"),
+            ],
+            dropped: 3,
+            host: "relay1".into(),
+        };
+        let v = d.json();
+        assert_eq!(v["alerts"][0]["kind"], "quarantined");
+        assert_eq!(v["alerts"][1]["kind"], "escalation");
+        assert_eq!(v["alerts"][0]["at"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["alerts"][0]["queue_id"], "4AbCdEf123");
+        assert_eq!(v["alerts"][1]["held_for_secs"], 18000);
+        assert_eq!(v["dropped"], 3);
+        assert_eq!(
+            d.summary(),
+            "fanout-milter: 1 quarantined, 1 escalation on relay1"
+        );
+    }
+
+    #[test]
+    fn digest_mail_cannot_be_split_by_a_hostile_subject() {
+        let d = Digest {
+            alerts: vec![alert(
+                AlertKind::Quarantined,
+                "hi\r\nBcc: everyone@corp.example\r\n\r\nbody",
+            )],
+            dropped: 0,
+            host: "relay1".into(),
+        };
+        let mail = String::from_utf8(
+            d.mail("postmaster@corp.example", &["admins@corp.example".into()])
+                .unwrap(),
+        )
+        .unwrap();
+        let (headers, body) = mail.split_once("\r\n\r\n").expect("headers and body");
+        assert!(!headers.to_lowercase().contains("bcc:"), "{headers}");
+        assert!(
+            headers.contains("Auto-Submitted: auto-generated"),
+            "{headers}"
+        );
+        assert!(headers.contains("To: admins@corp.example"), "{headers}");
+        assert!(
+            body.contains("fanout-milter quarantine show 4AbCdEf123"),
+            "{body}"
+        );
+        assert!(body.contains("hi  Bcc: everyone@corp.example"), "{body}");
+    }
+
+    #[test]
+    fn long_digests_list_the_first_and_count_the_rest() {
+        let d = Digest {
+            alerts: (0..DIGEST_MAX_LISTED + 5)
+                .map(|i| alert(AlertKind::Quarantined, &format!("m{i}")))
+                .collect(),
+            dropped: 7,
+            host: "relay1".into(),
+        };
+        let text = d.text();
+        assert!(text.contains("... and 5 more"), "{text}");
+        assert!(text.contains("7 further alerts were dropped"), "{text}");
+        assert!(!text.contains("m200"));
+    }
+
+    #[test]
+    fn sender_notice_says_not_sent_why_and_whom_to_ask() {
+        let n = sender_notice(
+            "postmaster",
+            "ann@corp.example",
+            "Quarterly figures",
+            "4AbCdEf123",
+            "limits.audience: 840,000 recipients",
+            "the Service Desk on 4242",
+            NoticeReason::Expired,
+        )
+        .unwrap();
+        let text = String::from_utf8(n).unwrap();
+        assert!(
+            text.contains("Subject: Not sent: Quarterly figures"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("From: postmaster@{}", hostname())),
+            "{text}"
+        );
+        assert!(text.contains("NOT sent"), "{text}");
+        assert!(text.contains("4AbCdEf123"), "{text}");
+        assert!(text.contains("not reviewed in time"), "{text}");
+        assert!(text.contains("the Service Desk on 4242"), "{text}");
+        assert!(matches!(
+            sender_notice(
+                "postmaster",
+                "not an address",
+                "s",
+                "q",
+                "r",
+                "c",
+                NoticeReason::Discarded
+            ),
+            Err(ComposeError::Address(_))
+        ));
+    }
+}

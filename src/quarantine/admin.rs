@@ -1,0 +1,674 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The admin commands behind `fanout-milter quarantine ...`: list, show, release,
+//! discard, reconcile and sweep. Each returns the text to print; Postfix is reached only
+//! through [`PostfixTools`] and mail only through Postfix's sendmail.
+
+use super::plan::{SweepStep, plan_reconcile, plan_sweep};
+use super::postfix::{PostfixTools, QueuedMessage};
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
+use super::store::{Filter, Store};
+use crate::config::{Config, OnExpiry};
+use crate::notify::{self, Alert, AlertKind, Digest, NoticeReason};
+use crate::policy::normalize_subject;
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What a command did: lines to print and how many items failed.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Human-readable lines.
+    pub text: String,
+    /// Items that could not be handled.
+    pub failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, s: impl AsRef<str>) {
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+
+    fn fail(&mut self, s: impl AsRef<str>) {
+        self.failed += 1;
+        self.line(format!("error: {}", s.as_ref()));
+    }
+}
+
+/// The context of one admin command.
+pub struct Admin<'a> {
+    /// The configuration (`[postfix]`, `[notify]`, `[quarantine]`, `[reply] contact`).
+    pub config: &'a Config,
+    /// The quarantine store.
+    pub store: &'a Store,
+    /// Postfix's tools for `[postfix] config_directory`.
+    pub postfix: PostfixTools,
+    /// Who runs the command, for the audit trail.
+    pub who: String,
+    /// The current time (seconds since the epoch); injected by tests.
+    pub now: u64,
+}
+
+/// The person running a command: `SUDO_USER`, else `USER`, else the uid.
+pub fn invoking_user() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// "3d 4h", "2h 05m", "12m", "40s".
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+fn sender_of(m: &HeldMessage) -> &str {
+    if m.sender.is_empty() { "<>" } else { &m.sender }
+}
+
+impl Admin<'_> {
+    fn entry(&self, action: &str, comment: Option<String>) -> AuditEntry {
+        AuditEntry {
+            at: self.now,
+            who: self.who.clone(),
+            action: action.to_owned(),
+            comment,
+        }
+    }
+
+    /// `quarantine list`: one line per record, or JSON.
+    pub fn list(&self, filter: &Filter, json: bool) -> Result<String, super::StoreError> {
+        let records = self.store.list(filter)?;
+        if json {
+            let rows: Vec<serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "queue_id": r.message.queue_id,
+                        "state": r.state,
+                        "held_at": time(r.message.held_at),
+                        "age_seconds": r.held_for(self.now).as_secs(),
+                        "sender": r.message.sender,
+                        "sasl_login": r.message.sasl_login,
+                        "audience": r.message.audience,
+                        "largest_list": r.message.lists.first().map(|l| &l.address),
+                        "rules": r.message.rules,
+                        "subject": r.message.subject,
+                    })
+                })
+                .collect();
+            return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+        }
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<14} {:>8} {:<9} {:<28} {:>9}  {:<40} SUBJECT",
+            "QUEUE ID", "AGE", "STATE", "SENDER", "AUDIENCE", "RULE"
+        );
+        for r in &records {
+            let m = &r.message;
+            let _ = writeln!(
+                out,
+                "{:<14} {:>8} {:<9} {:<28} {:>9}  {:<40} {}",
+                m.queue_id,
+                age(r.held_for(self.now)),
+                r.state,
+                one_line(sender_of(m), 28),
+                count(m.audience),
+                one_line(&r.first_reason(), 40),
+                one_line(m.subject.as_deref().unwrap_or("-"), 60)
+            );
+        }
+        let _ = writeln!(out, "{} message(s)", records.len());
+        Ok(out)
+    }
+
+    /// `quarantine show ID`: every fact, the blast radius and Postfix's copy of the
+    /// headers.
+    pub fn show(&self, id: &QueueId) -> Result<String, super::StoreError> {
+        let r = self.store.get(id)?;
+        let m = &r.message;
+        let mut o = String::new();
+        let _ = writeln!(o, "Queue id:     {}", m.queue_id);
+        let _ = writeln!(
+            o,
+            "State:        {} since {} ({} ago)",
+            r.state,
+            time(r.state_at),
+            age(Duration::from_secs(self.now.saturating_sub(r.state_at)))
+        );
+        let _ = writeln!(
+            o,
+            "Held at:      {} ({} ago)",
+            time(m.held_at),
+            age(r.held_for(self.now))
+        );
+        let _ = writeln!(o, "Sender:       {}", sender_of(m));
+        let _ = writeln!(
+            o,
+            "SASL login:   {}",
+            m.sasl_login.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(o, "Client:       {}", m.client.as_deref().unwrap_or("-"));
+        let _ = writeln!(
+            o,
+            "Subject:      {}",
+            one_line(m.subject.as_deref().unwrap_or("-"), 200)
+        );
+        let _ = writeln!(
+            o,
+            "Message-ID:   {}",
+            one_line(m.message_id.as_deref().unwrap_or("-"), 200)
+        );
+        let _ = writeln!(o, "Thread:       {}", one_line(&m.thread_key, 200));
+        let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
+        let _ = writeln!(o, "\nWhy it is held:");
+        for rule in &m.rules {
+            let _ = writeln!(o, "  - {} ({}): {}", rule.rule, rule.action, rule.message);
+        }
+        let _ = writeln!(o, "\nBlast radius:");
+        let visible = m.visible.len() as u64;
+        let _ = writeln!(
+            o,
+            "  audience {} mailboxes ({} external) from {} envelope recipient(s); visible in To/Cc {}, not visible {}",
+            count(m.audience),
+            count(m.external),
+            count(m.recipients.len() as u64),
+            count(visible),
+            count(m.audience.saturating_sub(visible))
+        );
+        for l in m.lists.iter().take(10) {
+            let drift = l
+                .drift_from
+                .map(|f| format!(", was {} when last accepted", count(f)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  list {} expands 1 address to {} mailboxes ({} external{drift})",
+                l.address,
+                count(l.size),
+                count(l.external)
+            );
+        }
+        if !m.top_domains.is_empty() {
+            let top: Vec<String> = m
+                .top_domains
+                .iter()
+                .take(10)
+                .map(|(d, n)| format!("{d} {}", count(*n)))
+                .collect();
+            let _ = writeln!(o, "  top recipient domains: {}", top.join(", "));
+        }
+        let shown: Vec<&str> = m.recipients.iter().take(20).map(String::as_str).collect();
+        let more = m.recipients.len().saturating_sub(shown.len());
+        let _ = writeln!(
+            o,
+            "  envelope: {}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        let vis: Vec<&str> = m.visible.iter().take(20).map(String::as_str).collect();
+        let _ = writeln!(
+            o,
+            "  visible To/Cc: {}",
+            if vis.is_empty() {
+                "-".to_owned()
+            } else {
+                vis.join(", ")
+            }
+        );
+        let _ = writeln!(o, "\nAudit trail:");
+        for a in &r.audit {
+            let _ = writeln!(
+                o,
+                "  {} {} {}{}",
+                time(a.at),
+                a.who,
+                a.action,
+                a.comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(o, "\nHeaders (postcat -hq {}):", m.queue_id);
+        match self.postfix.headers(&m.queue_id) {
+            Ok(h) => {
+                for line in h.lines() {
+                    let _ = writeln!(o, "  {line}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(o, "  (not available: {e})");
+            }
+        }
+        Ok(o)
+    }
+
+    fn held_record(&self, raw: &str) -> Result<Record, String> {
+        let id = QueueId::parse(raw).map_err(|e| e.to_string())?;
+        let r = self.store.get(&id).map_err(|e| {
+            format!(
+                "{e}; `fanout-milter quarantine reconcile` records messages held without a record"
+            )
+        })?;
+        if r.state != State::Held {
+            return Err(format!(
+                "{id} is {} already (since {})",
+                r.state,
+                time(r.state_at)
+            ));
+        }
+        Ok(r)
+    }
+
+    /// `quarantine release ID...`: `postsuper -H`, then delivery, recorded.
+    pub fn release(&self, ids: &[String], comment: Option<&str>) -> Report {
+        let mut report = Report::default();
+        for raw in ids {
+            let r = match self.held_record(raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.fail(e);
+                    continue;
+                }
+            };
+            let id = &r.message.queue_id;
+            if let Err(e) = self.postfix.release(id) {
+                report.fail(format!("{id}: {e}"));
+                continue;
+            }
+            match self.store.set_state(
+                r.id,
+                State::Released,
+                &self.entry("release", comment.map(str::to_owned)),
+            ) {
+                Ok(()) => report.line(format!("{id}: released for delivery")),
+                Err(e) => report.fail(format!("{id}: released in Postfix, but not recorded: {e}")),
+            }
+        }
+        report
+    }
+
+    /// `quarantine discard ID...`: `postsuper -d ID hold`, recorded; with
+    /// `notify_sender` a notice goes to the sender.
+    pub fn discard(&self, ids: &[String], notify_sender: bool, comment: Option<&str>) -> Report {
+        let mut report = Report::default();
+        for raw in ids {
+            let r = match self.held_record(raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.fail(e);
+                    continue;
+                }
+            };
+            let id = r.message.queue_id.clone();
+            if let Err(e) = self.postfix.delete_held(&id) {
+                report.fail(format!("{id}: {e}"));
+                continue;
+            }
+            if let Err(e) = self.store.set_state(
+                r.id,
+                State::Discarded,
+                &self.entry("discard", comment.map(str::to_owned)),
+            ) {
+                report.fail(format!("{id}: deleted in Postfix, but not recorded: {e}"));
+                continue;
+            }
+            report.line(format!("{id}: discarded"));
+            if notify_sender {
+                self.notify_sender(&r, NoticeReason::Discarded, &mut report);
+            }
+        }
+        report
+    }
+
+    fn notify_sender(&self, r: &Record, why: NoticeReason, report: &mut Report) {
+        let m = &r.message;
+        let id = &m.queue_id;
+        if m.sender.is_empty() {
+            report.line(format!("{id}: null sender, nobody to notify"));
+            return;
+        }
+        let notice = notify::sender_notice(
+            &self.config.notify.from,
+            &m.sender,
+            m.subject.as_deref().unwrap_or(""),
+            id.as_str(),
+            &r.reasons(),
+            &self.config.replies.contact,
+            why,
+        );
+        let result = notice.map_err(|e| e.to_string()).and_then(|n| {
+            notify::send_mail(
+                &self.config.postfix,
+                "",
+                std::slice::from_ref(&m.sender),
+                &n,
+            )
+            .map_err(|e| e.to_string())
+        });
+        let (comment, ok) = match &result {
+            Ok(()) => (format!("notice sent to {}", m.sender), true),
+            Err(e) => (format!("notice to {} failed: {e}", m.sender), false),
+        };
+        let _ = self
+            .store
+            .audit(r.id, &self.entry("notify-sender", Some(comment.clone())));
+        if ok {
+            report.line(format!("{id}: {comment}"));
+        } else {
+            report.fail(format!("{id}: {comment}"));
+        }
+    }
+
+    /// `quarantine reconcile`: compares the store with the hold queue both ways.
+    pub fn reconcile(&self) -> Report {
+        let mut report = Report::default();
+        let queue = match self.postfix.queue() {
+            Ok(q) => q,
+            Err(e) => {
+                report.fail(format!("cannot read Postfix's queue: {e}"));
+                return report;
+            }
+        };
+        let held = match self.store.list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        }) {
+            Ok(h) => h,
+            Err(e) => {
+                report.fail(e.to_string());
+                return report;
+            }
+        };
+        let plan = plan_reconcile(&held, &queue, self.now);
+        for q in &plan.adopt {
+            match self.adopt(q) {
+                Ok(id) => report.line(format!(
+                    "{id}: in the hold queue without a record: recorded as held"
+                )),
+                Err(e) => report.fail(format!("{}: {e}", q.queue_id)),
+            }
+        }
+        for (row, id, queue_name) in &plan.released {
+            let comment = format!(
+                "left the hold queue outside fanout-milter; now in Postfix's {queue_name} queue"
+            );
+            match self.store.set_state(
+                *row,
+                State::Released,
+                &self.entry("reconcile", Some(comment)),
+            ) {
+                Ok(()) => report.line(format!(
+                    "{id}: released outside fanout-milter: marked released"
+                )),
+                Err(e) => report.fail(format!("{id}: {e}")),
+            }
+        }
+        for (row, id) in &plan.gone {
+            let comment =
+                "gone from Postfix's queue: deleted outside fanout-milter, or never queued"
+                    .to_owned();
+            match self.store.set_state(
+                *row,
+                State::Discarded,
+                &self.entry("reconcile", Some(comment)),
+            ) {
+                Ok(()) => report.line(format!("{id}: gone from Postfix: marked discarded")),
+                Err(e) => report.fail(format!("{id}: {e}")),
+            }
+        }
+        if plan.is_empty() {
+            report.line(format!("store and hold queue agree ({} held)", held.len()));
+        }
+        report
+    }
+
+    /// Records a message found in the hold queue, with what Postfix knows of it.
+    fn adopt(&self, q: &QueuedMessage) -> Result<QueueId, String> {
+        let id = QueueId::parse(&q.queue_id).map_err(|e| e.to_string())?;
+        let headers = self.postfix.headers(&id).unwrap_or_default();
+        let parsed = mail_parser::MessageParser::new().parse_headers(headers.as_bytes());
+        let subject = parsed.as_ref().and_then(|p| p.subject()).map(str::to_owned);
+        let message_id = parsed
+            .as_ref()
+            .and_then(|p| p.message_id())
+            .map(|m| format!("<{m}>"));
+        let recipients: Vec<String> = q
+            .recipients
+            .iter()
+            .map(|r| r.address.to_lowercase())
+            .collect();
+        let held_at = if q.arrival_time > 0 {
+            q.arrival_time
+        } else {
+            self.now
+        };
+        let msg = HeldMessage {
+            queue_id: id.clone(),
+            held_at,
+            sender: q.sender.clone(),
+            sasl_login: None,
+            client: None,
+            audience: recipients.len() as u64,
+            external: 0,
+            lists: Vec::new(),
+            top_domains: Vec::new(),
+            visible: Vec::new(),
+            thread_key: match &message_id {
+                Some(m) => format!("mid:{}", m.trim_matches(['<', '>']).to_lowercase()),
+                None => format!(
+                    "subj:{}",
+                    normalize_subject(subject.as_deref().unwrap_or(""))
+                ),
+            },
+            subject,
+            message_id,
+            recipients,
+            rules: vec![RuleHit {
+                rule: "reconcile".into(),
+                action: "quarantine".into(),
+                message: "found in Postfix's hold queue without a fanout-milter record \
+                          (held by hand or by another filter, or the record was lost)"
+                    .into(),
+            }],
+            recorded_by: "reconcile".into(),
+        };
+        self.store
+            .record_held(
+                &msg,
+                &self.who,
+                Some("found in the hold queue by reconcile"),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
+    /// `on_expiry` to expired ones; one digest for everything.
+    pub fn sweep(&self) -> Report {
+        let mut report = self.reconcile();
+        let held = match self.store.list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        }) {
+            Ok(h) => h,
+            Err(e) => {
+                report.fail(e.to_string());
+                return report;
+            }
+        };
+        let mut alerts = Vec::new();
+        for step in plan_sweep(&held, self.now, &self.config.quarantine) {
+            match step {
+                SweepStep::Escalate { id, queue_id } => {
+                    let Some(r) = held.iter().find(|r| r.id == id) else {
+                        continue;
+                    };
+                    let comment = format!("held {} without review", age(r.held_for(self.now)));
+                    match self
+                        .store
+                        .mark_escalated(id, &self.entry("escalate", Some(comment)))
+                    {
+                        Ok(()) => {
+                            report.line(format!(
+                                "{queue_id}: escalated (held {})",
+                                age(r.held_for(self.now))
+                            ));
+                            alerts.push(self.alert(AlertKind::Escalation, r));
+                        }
+                        Err(e) => report.fail(format!("{queue_id}: {e}")),
+                    }
+                }
+                SweepStep::Expire {
+                    id,
+                    queue_id,
+                    action,
+                } => {
+                    let Some(r) = held.iter().find(|r| r.id == id) else {
+                        continue;
+                    };
+                    if self.expire(r, action, &mut report) {
+                        alerts.push(self.alert(AlertKind::Expired, r));
+                    }
+                    let _ = queue_id;
+                }
+            }
+        }
+        if !alerts.is_empty() {
+            self.send_digest(alerts, &mut report);
+        }
+        report
+    }
+
+    fn expire(&self, r: &Record, action: OnExpiry, report: &mut Report) -> bool {
+        let id = &r.message.queue_id;
+        let held_for = age(r.held_for(self.now));
+        let result = match action {
+            OnExpiry::Release => self
+                .postfix
+                .release(id)
+                .map(|()| format!("not reviewed within {held_for}: released")),
+            OnExpiry::NotifySender => self
+                .postfix
+                .delete_held(id)
+                .map(|()| format!("not reviewed within {held_for}: discarded")),
+            OnExpiry::Keep => return false,
+        };
+        match result {
+            Ok(comment) => {
+                if let Err(e) = self.store.set_state(
+                    r.id,
+                    State::Expired,
+                    &self.entry("expire", Some(comment.clone())),
+                ) {
+                    report.fail(format!("{id}: {e}"));
+                    return false;
+                }
+                report.line(format!("{id}: {comment}"));
+                if action == OnExpiry::NotifySender {
+                    self.notify_sender(r, NoticeReason::Expired, report);
+                }
+                true
+            }
+            Err(e) => {
+                report.fail(format!("{id}: expiry failed: {e}"));
+                false
+            }
+        }
+    }
+
+    fn alert(&self, kind: AlertKind, r: &Record) -> Alert {
+        super::alert(kind, &r.message, self.now)
+    }
+
+    fn send_digest(&self, alerts: Vec<Alert>, report: &mut Report) {
+        let digest = Digest {
+            alerts,
+            dropped: 0,
+            host: notify::hostname(),
+        };
+        let n = &self.config.notify;
+        if !n.admins.is_empty() {
+            let sent = digest
+                .mail(&n.from, &n.admins)
+                .map_err(|e| e.to_string())
+                .and_then(|mail| {
+                    notify::send_mail(&self.config.postfix, "", &n.admins, &mail)
+                        .map_err(|e| e.to_string())
+                });
+            match sent {
+                Ok(()) => report.line(format!("alert mailed to {}", n.admins.join(", "))),
+                Err(e) => report.fail(format!("alert mail failed: {e}")),
+            }
+        }
+        if let Some(url) = &n.webhook {
+            match notify::post_webhook(url, n.webhook_timeout, &digest.json()) {
+                Ok(()) => report.line(format!("alert posted to {url}")),
+                Err(e) => report.fail(format!("alert webhook failed: {e}")),
+            }
+        }
+        if n.admins.is_empty() && n.webhook.is_none() {
+            report.line(format!(
+                "no [notify] admins or webhook; the alerts:\n{}",
+                digest.text()
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_counts_read_well() {
+        assert_eq!(age(Duration::from_secs(40)), "40s");
+        assert_eq!(age(Duration::from_secs(12 * 60 + 5)), "12m");
+        assert_eq!(age(Duration::from_secs(2 * 3600 + 5 * 60)), "2h 05m");
+        assert_eq!(age(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d 4h");
+        assert_eq!(count(840_000), "840,000");
+        assert_eq!(count(12), "12");
+        assert_eq!(one_line("a\r\nb", 10), "a  b");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The quarantine: a durable record of every held message, the admin commands that
+//! review them through Postfix's own tools, and the sweep that makes sure none is
+//! forgotten.
+
+pub mod admin;
+pub mod plan;
+pub mod postfix;
+pub mod record;
+pub mod store;
+
+pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
+pub use store::{Filter, Store, StoreError};
+
+use crate::notify::{Alert, AlertKind};
+use crate::policy::{Evaluation, MessageFacts, thread_key};
+use record::{ListHit, RuleHit};
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// An admin alert about a held message at `now` (seconds since the epoch).
+pub fn alert(kind: AlertKind, m: &HeldMessage, now: u64) -> Alert {
+    Alert {
+        kind,
+        at: UNIX_EPOCH + Duration::from_secs(now),
+        queue_id: Some(m.queue_id.to_string()),
+        sender: m.sender.clone(),
+        subject: m.subject.clone().unwrap_or_default(),
+        audience: m.audience,
+        reason: m.reasons(),
+        held_for: (kind != AlertKind::Quarantined)
+            .then(|| Duration::from_secs(now.saturating_sub(m.held_at))),
+    }
+}
+
+/// How many recipient domains a record keeps.
+const TOP_DOMAINS: usize = 20;
+
+/// The record of a message the milter is about to hold.
+pub fn held_message(
+    queue_id: QueueId,
+    held_at: u64,
+    facts: &MessageFacts,
+    evaluation: &Evaluation,
+) -> HeldMessage {
+    let lists: Vec<ListHit> = facts
+        .audience
+        .as_ref()
+        .map(|a| {
+            a.lists
+                .iter()
+                .map(|l| ListHit {
+                    address: l.address.to_string(),
+                    size: l.size,
+                    external: l.external,
+                    drift_from: l.drift_from,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    HeldMessage {
+        queue_id,
+        held_at,
+        sender: facts.sender.clone(),
+        sasl_login: facts.sasl_login.clone(),
+        client: facts.client.clone(),
+        recipients: facts.recipients.iter().map(str::to_owned).collect(),
+        audience: evaluation.counts.audience as u64,
+        external: evaluation.counts.external as u64,
+        lists,
+        top_domains: top_domains(facts),
+        visible: facts.headers.visible.iter().map(str::to_owned).collect(),
+        subject: facts.headers.subject.clone(),
+        message_id: facts.headers.message_id.clone(),
+        thread_key: thread_key(facts),
+        rules: evaluation
+            .verdict
+            .reasons
+            .iter()
+            .map(|r| RuleHit {
+                rule: r.rule.to_owned(),
+                action: r.action.as_str().to_owned(),
+                message: r.message.clone(),
+            })
+            .collect(),
+        recorded_by: "milter".to_owned(),
+    }
+}
+
+/// Recipient domains, largest first: those of each list's mailboxes plus those of the
+/// envelope recipients that are not lists. Lists that overlap count their common
+/// mailboxes once per list.
+fn top_domains(facts: &MessageFacts) -> Vec<(String, u64)> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    let lists = facts
+        .audience
+        .as_ref()
+        .map(|a| a.lists.as_slice())
+        .unwrap_or_default();
+    for l in lists {
+        for (d, n) in l.domains.iter() {
+            *counts.entry(d).or_default() += n;
+        }
+    }
+    for r in facts.recipients.iter() {
+        if lists.iter().any(|l| &*l.address == r) {
+            continue;
+        }
+        if let Some((_, d)) = r.rsplit_once('@') {
+            *counts.entry(d).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(String, u64)> = counts.into_iter().map(|(d, n)| (d.to_owned(), n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(TOP_DOMAINS);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{AudienceFacts, ListFacts, Policy, evaluate};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_decision_becomes_a_record() {
+        let mut f = MessageFacts {
+            sender: "ann@example.org".into(),
+            sasl_login: Some("ann".into()),
+            ..Default::default()
+        };
+        f.recipients.add("all@example.org");
+        f.recipients.add("bob@partner.example");
+        f.headers.visible.add("all@example.org");
+        f.headers.subject = Some("Hello".into());
+        f.headers.message_id = Some("<m1@example.org>".into());
+        f.audience = Some(AudienceFacts {
+            total: 3001,
+            external: 1,
+            lists: vec![ListFacts {
+                address: Arc::from("all@example.org"),
+                size: 3000,
+                external: 0,
+                nested_lists: 2,
+                cycles: 0,
+                domains: vec![
+                    (Arc::from("example.org"), 2000),
+                    (Arc::from("trust.example.org"), 1000),
+                ]
+                .into(),
+                allowed_senders: None,
+                drift_from: None,
+            }],
+            ..Default::default()
+        });
+        let e = evaluate(&Policy::default(), &f);
+        let h = held_message(QueueId::parse("ABCDEF12").unwrap(), 42, &f, &e);
+        assert_eq!(h.audience, 3001);
+        assert_eq!(h.lists[0].address, "all@example.org");
+        assert_eq!(
+            h.top_domains,
+            [
+                ("example.org".to_owned(), 2000),
+                ("trust.example.org".to_owned(), 1000),
+                ("partner.example".to_owned(), 1)
+            ]
+        );
+        assert_eq!(h.thread_key, "mid:m1@example.org");
+        assert_eq!(h.rules.len(), e.verdict.reasons.len());
+        assert_eq!(h.recipients, ["all@example.org", "bob@partner.example"]);
+    }
+}

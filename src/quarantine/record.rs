@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! What the quarantine remembers about a held message.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A Postfix queue id, checked before it is passed to a Postfix command.
+///
+/// Short ids are upper-case hex, long ids (`enable_long_queue_ids`) letters and digits;
+/// both are plain ASCII alphanumerics, so an id can never be read as an option or
+/// carry shell syntax.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueId(String);
+
+impl QueueId {
+    /// Checks `s` against Postfix's queue id syntax.
+    pub fn parse(s: &str) -> Result<QueueId, InvalidQueueId> {
+        let ok = (6..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if ok {
+            Ok(QueueId(s.to_owned()))
+        } else {
+            Err(InvalidQueueId(s.chars().take(64).collect()))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for QueueId {
+    type Error = InvalidQueueId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        QueueId::parse(&s)
+    }
+}
+
+impl From<QueueId> for String {
+    fn from(q: QueueId) -> String {
+        q.0
+    }
+}
+
+/// A string that is not a Postfix queue id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("\"{0}\" is not a Postfix queue id (6 to 32 letters and digits)")]
+pub struct InvalidQueueId(pub String);
+
+/// Where a held message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// In Postfix's hold queue, waiting for an admin.
+    Held,
+    /// Released for delivery.
+    Released,
+    /// Deleted from the queue.
+    Discarded,
+    /// Handled by the sweep after `expire_after`.
+    Expired,
+}
+
+impl State {
+    /// The name used in the store and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Held => "held",
+            State::Released => "released",
+            State::Discarded => "discarded",
+            State::Expired => "expired",
+        }
+    }
+
+    /// Every state.
+    pub const ALL: [State; 4] = [
+        State::Held,
+        State::Released,
+        State::Discarded,
+        State::Expired,
+    ];
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<State, String> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown state \"{s}\" (held, released, discarded, expired)"))
+    }
+}
+
+/// One rule that fired, with its numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleHit {
+    /// Config key of the rule.
+    pub rule: String,
+    /// What it asked for.
+    pub action: String,
+    /// Its reason, e.g. "240 envelope recipients >= quarantine level 200".
+    pub message: String,
+}
+
+/// One list the message reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListHit {
+    /// The list address.
+    pub address: String,
+    /// Distinct mailboxes it reaches.
+    pub size: u64,
+    /// Of those, external.
+    pub external: u64,
+    /// The size last accepted, when it drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_from: Option<u64>,
+}
+
+/// The facts of a held message, as recorded when it was held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldMessage {
+    /// Postfix queue id.
+    pub queue_id: QueueId,
+    /// When it was held (seconds since the epoch).
+    pub held_at: u64,
+    /// Envelope sender; empty for the null sender.
+    pub sender: String,
+    /// SASL login.
+    pub sasl_login: Option<String>,
+    /// Client address.
+    pub client: Option<String>,
+    /// Envelope recipients.
+    pub recipients: Vec<String>,
+    /// Final mailboxes after expansion.
+    pub audience: u64,
+    /// Of those, external.
+    pub external: u64,
+    /// Largest lists first.
+    pub lists: Vec<ListHit>,
+    /// Recipient domains of the audience, largest first (at most 20).
+    pub top_domains: Vec<(String, u64)>,
+    /// To/Cc addresses in the headers.
+    pub visible: Vec<String>,
+    /// Subject header.
+    pub subject: Option<String>,
+    /// Message-ID header.
+    pub message_id: Option<String>,
+    /// Thread key (see `policy::thread_key`).
+    pub thread_key: String,
+    /// The rules that fired.
+    pub rules: Vec<RuleHit>,
+    /// Who recorded it: `milter`, or `reconcile` for a message found in the hold queue
+    /// without a record.
+    pub recorded_by: String,
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Who: a login name, `milter` or `sweep`.
+    pub who: String,
+    /// What: `held`, `release`, `discard`, `notify-sender`, `escalate`, `reconcile` ...
+    pub action: String,
+    /// Free text.
+    pub comment: Option<String>,
+}
+
+/// A stored quarantine record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Store row id.
+    pub id: i64,
+    /// The facts.
+    pub message: HeldMessage,
+    /// Current state.
+    pub state: State,
+    /// When the state last changed.
+    pub state_at: u64,
+    /// When the last escalation alert went out.
+    pub escalated_at: Option<u64>,
+    /// Audit trail, oldest first.
+    pub audit: Vec<AuditEntry>,
+}
+
+impl Record {
+    /// How long it has been held at `now`.
+    pub fn held_for(&self, now: u64) -> Duration {
+        Duration::from_secs(now.saturating_sub(self.message.held_at))
+    }
+
+    /// The first rule and its reason, for one-line listings.
+    pub fn first_reason(&self) -> String {
+        self.message
+            .rules
+            .first()
+            .map(|r| format!("{}: {}", r.rule, r.message))
+            .unwrap_or_else(|| "-".to_owned())
+    }
+
+    /// Every reason joined with "; ".
+    pub fn reasons(&self) -> String {
+        self.message.reasons()
+    }
+}
+
+impl HeldMessage {
+    /// Every reason joined with "; ".
+    pub fn reasons(&self) -> String {
+        let parts: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| format!("{}: {}", r.rule, r.message))
+            .collect();
+        parts.join("; ")
+    }
+}
+
+/// Seconds since the epoch of `t` (0 before the epoch).
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_ids_short_and_long_are_accepted_and_nothing_else() {
+        for ok in ["3F1A2B4C5D", "4Xb1Kq0Q1bz2J9M", "ABCDEF"] {
+            assert!(QueueId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ABC",
+            "-d ALL",
+            "ALL",
+            "3F1A2B;rm",
+            "../../etc",
+            "3F1A2B4C5D\n",
+            &"A".repeat(33),
+        ] {
+            assert!(QueueId::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = QueueId::parse("-d").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"-d\" is not a Postfix queue id (6 to 32 letters and digits)"
+        );
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in State::ALL {
+            assert_eq!(s.as_str().parse::<State>(), Ok(s));
+        }
+        assert!("gone".parse::<State>().is_err());
+    }
+}

@@ -1,0 +1,528 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The quarantine store: one SQLite database in the state directory.
+//!
+//! SQLite because the daemon (which records) and the admin commands and sweep (which
+//! change states, as root) use the store at the same time from different processes;
+//! SQLite's locking and WAL journal are made for that, and admins can read the file
+//! with the `sqlite3` shell. Every write is a transaction with `synchronous = FULL`:
+//! when [`Store::record_held`] returns, the record survives a crash or power loss.
+
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The database file name inside the state directory.
+pub const DB_FILE: &str = "quarantine.sqlite";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS held (
+    id           INTEGER PRIMARY KEY,
+    queue_id     TEXT NOT NULL,
+    held_at      INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    state_at     INTEGER NOT NULL,
+    escalated_at INTEGER,
+    sender       TEXT NOT NULL,
+    audience     INTEGER NOT NULL,
+    subject      TEXT,
+    facts        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_queue_id ON held(queue_id);
+CREATE INDEX IF NOT EXISTS held_state ON held(state, held_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY,
+    held_id INTEGER NOT NULL REFERENCES held(id),
+    at      INTEGER NOT NULL,
+    who     TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    comment TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_held ON audit(held_id);
+";
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or written.
+    #[error("quarantine store {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored record could not be read back.
+    #[error("quarantine store {}: record {id} is unreadable: {message}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Row id.
+        id: i64,
+        /// What is wrong.
+        message: String,
+    },
+    /// No record for this queue id.
+    #[error("no quarantine record for queue id {0}")]
+    NotFound(QueueId),
+    /// The state directory could not be created.
+    #[error("cannot create state directory {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A root-run command could not hand a file back to the state directory's owner.
+    #[error("cannot give {} to the owner of the state directory: {source}", path.display())]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was written by a newer fanout-milter.
+    #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+    },
+}
+
+/// Which records [`Store::list`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Only records held at or after this time (seconds since the epoch).
+    pub since: Option<u64>,
+}
+
+/// The quarantine database.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// Run as root (admin commands, the sweep), hands the database and its WAL files to
+/// the owner of the state directory, so that the unprivileged daemon can still write
+/// them.
+fn give_to_dir_owner(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = std::fs::metadata(state_dir).map_err(|source| StoreError::Dir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    if dir.uid() == 0 {
+        return Ok(());
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.uid() != dir.uid() || meta.gid() != dir.gid() {
+            std::os::unix::fs::chown(&file, Some(dir.uid()), Some(dir.gid())).map_err(
+                |source| StoreError::Owner {
+                    path: file.clone(),
+                    source,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating when needed) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql)?;
+        give_to_dir_owner(state_dir, &path)?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a message as held, with a first audit entry; durable on return.
+    pub fn record_held(
+        &self,
+        msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            id: 0,
+            message: e.to_string(),
+        })?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts)
+             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6)",
+            params![
+                msg.queue_id.as_str(),
+                msg.held_at as i64,
+                msg.sender,
+                msg.audience as i64,
+                msg.subject,
+                facts
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO audit (held_id, at, who, action, comment) VALUES (?1, ?2, ?3, 'held', ?4)",
+            params![id, msg.held_at as i64, who, comment],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// The newest record for a queue id (Postfix reuses short ids over time).
+    pub fn get(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT id FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![queue_id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match row {
+            Some(id) => self.load(&conn, id),
+            None => Err(StoreError::NotFound(queue_id.clone())),
+        }
+    }
+
+    /// Records matching `filter`, oldest first.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Record>, StoreError> {
+        let conn = self.conn();
+        let ids: Vec<i64> = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id FROM held WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR held_at >= ?2)
+                     ORDER BY held_at, id",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        filter.state.map(State::as_str),
+                        filter.since.map(|s| s as i64)
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        ids.into_iter().map(|id| self.load(&conn, id)).collect()
+    }
+
+    fn load(&self, conn: &Connection, id: i64) -> Result<Record, StoreError> {
+        let (facts, state, state_at, escalated_at): (String, String, i64, Option<i64>) = conn
+            .query_row(
+                "SELECT facts, state, state_at, escalated_at FROM held WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let corrupt = |message: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            id,
+            message,
+        };
+        let message: HeldMessage =
+            serde_json::from_str(&facts).map_err(|e| corrupt(e.to_string()))?;
+        let state: State = state.parse().map_err(corrupt)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT at, who, action, comment FROM audit WHERE held_id = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let audit = stmt
+            .query_map(params![id], |r| {
+                Ok(AuditEntry {
+                    at: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    action: r.get(2)?,
+                    comment: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(Record {
+            id,
+            message,
+            state,
+            state_at: state_at as u64,
+            escalated_at: escalated_at.map(|e| e as u64),
+            audit,
+        })
+    }
+
+    /// Moves a record to `state` and appends to its audit trail, in one transaction.
+    pub fn set_state(&self, id: i64, state: State, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE held SET state = ?2, state_at = ?3 WHERE id = ?1",
+            params![id, state.as_str(), entry.at as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Appends to a record's audit trail without changing its state.
+    pub fn audit(&self, id: i64, entry: &AuditEntry) -> Result<(), StoreError> {
+        let conn = self.conn();
+        insert_audit(&conn, id, entry).map_err(|e| self.err(e))
+    }
+
+    /// Notes that an escalation alert went out for a record.
+    pub fn mark_escalated(&self, id: i64, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE held SET escalated_at = ?2 WHERE id = ?1",
+            params![id, entry.at as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit (held_id, at, who, action, comment) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, e.at as i64, e.who, e.action, e.comment],
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::record::{ListHit, RuleHit};
+
+    pub(crate) fn held(queue_id: &str, at: u64) -> HeldMessage {
+        HeldMessage {
+            queue_id: QueueId::parse(queue_id).unwrap(),
+            held_at: at,
+            sender: "ann@example.org".into(),
+            sasl_login: Some("ann".into()),
+            client: Some("192.0.2.1".into()),
+            recipients: vec!["all@example.org".into()],
+            audience: 840_000,
+            external: 0,
+            lists: vec![ListHit {
+                address: "all@example.org".into(),
+                size: 840_000,
+                external: 0,
+                drift_from: Some(40),
+            }],
+            top_domains: vec![("example.org".into(), 840_000)],
+            visible: vec!["all@example.org".into()],
+            subject: Some("Test".into()),
+            message_id: Some("<1@example.org>".into()),
+            thread_key: "mid:1@example.org".into(),
+            rules: vec![RuleHit {
+                rule: "drift".into(),
+                action: "quarantine".into(),
+                message: "list all@example.org grew from 40 to 840,000".into(),
+            }],
+            recorded_by: "milter".into(),
+        }
+    }
+
+    #[test]
+    fn record_get_list_and_change_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .record_held(&held("AAAAAA1", 100), "milter", None)
+            .unwrap();
+        store
+            .record_held(&held("BBBBBB2", 200), "milter", None)
+            .unwrap();
+
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!(r.id, id);
+        assert_eq!(r.state, State::Held);
+        assert_eq!(r.message, held("AAAAAA1", 100));
+        assert_eq!(r.audit.len(), 1);
+        assert_eq!(r.audit[0].action, "held");
+
+        let entry = AuditEntry {
+            at: 300,
+            who: "root".into(),
+            action: "release".into(),
+            comment: Some("checked with sender".into()),
+        };
+        store.set_state(id, State::Released, &entry).unwrap();
+        let held_only = store
+            .list(&Filter {
+                state: Some(State::Held),
+                since: None,
+            })
+            .unwrap();
+        assert_eq!(held_only.len(), 1);
+        assert_eq!(held_only[0].message.queue_id.as_str(), "BBBBBB2");
+        let since = store
+            .list(&Filter {
+                state: None,
+                since: Some(150),
+            })
+            .unwrap();
+        assert_eq!(since.len(), 1);
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!((r.state, r.state_at), (State::Released, 300));
+        assert_eq!(r.audit[1], entry);
+
+        let missing = store.get(&QueueId::parse("CCCCCC3").unwrap()).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "no quarantine record for queue id CCCCCC3"
+        );
+    }
+
+    #[test]
+    fn records_survive_reopening_and_reused_ids_show_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .record_held(&held("AAAAAA1", 100), "milter", None)
+                .unwrap();
+            let mut again = held("AAAAAA1", 900);
+            again.subject = Some("later".into());
+            store.record_held(&again, "milter", None).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!(r.message.subject.as_deref(), Some("later"));
+        assert_eq!(store.list(&Filter::default()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn escalation_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .record_held(&held("AAAAAA1", 100), "milter", None)
+            .unwrap();
+        let e = AuditEntry {
+            at: 5000,
+            who: "sweep".into(),
+            action: "escalate".into(),
+            comment: None,
+        };
+        store.mark_escalated(id, &e).unwrap();
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!(r.escalated_at, Some(5000));
+        assert_eq!(r.state, State::Held);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("schema version 99 is newer"), "{e}");
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_a_clear_error() {
+        let e = Store::open(Path::new("/proc/fanout-milter-test")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot create state directory /proc/fanout-milter-test"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn root_hands_the_database_to_the_state_directory_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root, as the admin commands run");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        let store = Store::open(&state).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let meta = std::fs::metadata(format!("{}{suffix}", store.path().display())).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{suffix}");
+        }
+    }
+}
