@@ -40,6 +40,7 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     let recipients = input.rcpts.iter().collect::<RecipientSet>();
     let audience = directory.audience_facts(recipients.iter());
     let facts = MessageFacts {
+        state: Default::default(),
         queue_id: None,
         sender: normalize(&input.from),
         sasl_login: input.sasl_login,

@@ -6,6 +6,7 @@
 //! milter ([`milter`]), the configuration loader ([`config`]), the serving loop
 //! ([`server`]) and the offline `explain` command ([`explain`]).
 
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod explain;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod process;
 pub mod quarantine;
 pub mod server;
+pub mod state;
 
 /// Product name.
 pub const NAME: &str = "fanout-milter";

@@ -2,11 +2,13 @@
 //! The daemon's serving loop: shared configuration, reloads, in-flight accounting and
 //! graceful shutdown around indymilter.
 
+use crate::clock::SystemClock;
 use crate::config::{self, Config, ConfigError};
 use crate::directory::{Directory, DirectoryError, DriftMode};
 use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
 use crate::notify::{self, AlertReceiver, AlertSender};
 use crate::quarantine::Store;
+use crate::state::{Guard, MemoryBackend};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::io;
@@ -14,6 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{error, info, warn};
+
+/// How often idle storm, rate and breaker state is dropped.
+const STATE_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A reload request; the answer says whether the new configuration was taken.
 pub type ReloadRequest = oneshot::Sender<Result<(), ReloadError>>;
@@ -60,6 +65,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// Admin alerts, sent as digests off the mail path.
     pub alerts: AlertSender,
+    /// Storm, rate and breaker state.
+    pub guard: Guard,
 }
 
 /// Long-lived services the daemon opens once at start.
@@ -71,16 +78,25 @@ pub struct Services {
     /// The other end of `alerts`: when given, `run` sends digests from it as
     /// `[notify]` says (tests keep it to read the alerts themselves).
     pub digests: Option<AlertReceiver>,
+    /// Storm, rate and breaker state, with its clock.
+    pub guard: Guard,
 }
 
 impl Services {
-    /// The daemon's services: `store`, and an alert queue whose digests `run` sends.
+    /// The daemon's services: `store`, in-memory state on the system clock, and an
+    /// alert queue whose digests `run` sends.
     pub fn new(store: Arc<Store>) -> Services {
         let (alerts, digests) = notify::channel(notify::queue::QUEUE_CAPACITY);
+        let guard = Guard::new(
+            Arc::new(MemoryBackend::new()),
+            Arc::new(SystemClock),
+            Some(alerts.clone()),
+        );
         Services {
             store,
             alerts,
             digests: Some(digests),
+            guard,
         }
     }
 }
@@ -153,6 +169,18 @@ pub async fn run(
         inflight: Arc::new(Inflight::default()),
         store: services.store,
         alerts: services.alerts,
+        guard: services.guard,
+    });
+    let expiring = shared.guard.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);
+        loop {
+            tick.tick().await;
+            match expiring.backend().expire(expiring.now()).await {
+                Ok(keys) => tracing::debug!(keys, "state expired"),
+                Err(e) => warn!("state expiry failed: {e}"),
+            }
+        }
     });
     if let Some(digests) = services.digests {
         let weak = Arc::downgrade(&shared);

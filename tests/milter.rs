@@ -7,10 +7,12 @@
 //! tests never call helo, data, eoh or body (indymilter-test would refuse them).
 
 use fanout_milter::ReloadRequest;
+use fanout_milter::clock::ManualClock;
 use fanout_milter::config;
 use fanout_milter::milter::listener::MilterListener;
 use fanout_milter::notify::{AlertKind, AlertReceiver};
 use fanout_milter::quarantine::{Filter, State, Store};
+use fanout_milter::state::{Guard, MemoryBackend};
 use fanout_milter::{ReloadError, Runtime, Services};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, Status, TestConnection,
@@ -20,7 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -57,6 +59,8 @@ struct Conf {
     external: [u64; 3],
     shutdown_timeout: &'static str,
     max_header_bytes: usize,
+    /// Further TOML appended to the file.
+    extra: &'static str,
 }
 
 impl Default for Conf {
@@ -68,6 +72,7 @@ impl Default for Conf {
             // Longer than STEP: a message wrongly left in flight makes `stop` time out.
             shutdown_timeout: "10m",
             max_header_bytes: 1024 * 1024,
+            extra: "",
         }
     }
 }
@@ -87,6 +92,7 @@ impl Conf {
             external: [x_tag, x_quarantine, x_reject],
             shutdown_timeout,
             max_header_bytes,
+            extra,
         } = self;
         format!(
             r#"[milter]
@@ -115,6 +121,8 @@ senders = ["bulk@example.org", "svc-*"]
 [reply]
 contact = "{CONTACT}"
 reject = "Not sent ({{reason}}); ask {{contact}}, quoting {{queue_id}}."
+
+{extra}
 "#
         )
     }
@@ -126,6 +134,7 @@ struct Milter {
     addr: SocketAddr,
     store: Arc<Store>,
     alerts: AlertReceiver,
+    clock: ManualClock,
     file: PathBuf,
     reloads: mpsc::Sender<ReloadRequest>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -157,13 +166,19 @@ impl Milter {
         let _ = std::fs::remove_dir_all(&state);
         let store = Arc::new(Store::open(&state).expect("open the quarantine store"));
         let (alerts, alert_queue) = fanout_milter::notify::channel(100);
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let task = tokio::spawn(fanout_milter::run(
             listener,
             runtime,
             Services {
                 store: store.clone(),
-                alerts,
+                alerts: alerts.clone(),
                 digests: None,
+                guard: Guard::new(
+                    Arc::new(MemoryBackend::new()),
+                    Arc::new(clock.clone()),
+                    Some(alerts),
+                ),
             },
             reload_rx,
             async move {
@@ -174,6 +189,7 @@ impl Milter {
             addr,
             store,
             alerts: alert_queue,
+            clock,
             file,
             reloads,
             shutdown: Some(shutdown),
@@ -1024,4 +1040,114 @@ async fn shutdown_when_idle_returns_at_once() {
     // A connection between messages does not hold up the shutdown.
     milter.stop().await;
     drop(conn);
+}
+
+/// A reply to `<orig@example.org>` from `sender` to `to`.
+async fn reply_all(conn: &mut TestConnection, sender: &str, to: &[String]) -> (EomActions, Status) {
+    mail(conn, sender).await;
+    rcpts(conn, to).await;
+    header(conn, "From", sender).await;
+    header(conn, "To", "all@example.org").await;
+    header(conn, "Subject", "Re: Quarterly figures").await;
+    header(conn, "In-Reply-To", "<orig@example.org>").await;
+    header(conn, "References", "<orig@example.org>").await;
+    eom(conn).await
+}
+
+#[tokio::test]
+async fn a_reply_all_storm_is_cut_after_min_messages_and_each_sender_told_why() {
+    let conf = Conf {
+        envelope: [0, 0, 0],
+        extra: "[storm]\nmin_audience = 5\nmin_messages = 3\nmin_senders = 2\nwindow = \"10m\"\nblock_for = \"6h\"\n",
+        ..Conf::default()
+    };
+    let mut milter = Milter::start("storm", &conf).await;
+    let mut conn = milter.connect().await;
+    let to = internal(8);
+    let (_, status) = message(&mut conn, "<ann@example.org>", &to).await;
+    assert_eq!(
+        status,
+        Status::Continue,
+        "the original is not a reply and is never touched"
+    );
+    for i in 0..3 {
+        let (_, status) = reply_all(&mut conn, &format!("<r{i}@example.org>"), &to).await;
+        assert_eq!(
+            status,
+            Status::Continue,
+            "reply {i} passes: at most min_messages do"
+        );
+    }
+    let storm = within("the storm alert", milter.alerts.recv())
+        .await
+        .expect("an alert");
+    assert_eq!(storm.kind, AlertKind::Storm);
+    assert!(
+        storm.reason.contains("3 replies from 3 senders"),
+        "{}",
+        storm.reason
+    );
+    for i in 3..6 {
+        let (actions, status) = reply_all(&mut conn, &format!("<r{i}@example.org>"), &to).await;
+        assert!(matches!(status, Status::Reject { .. }), "{status:?}");
+        assert_eq!(actions.actions, [], "{actions:?}");
+        let text = reply_of(&status);
+        assert_eq!(
+            text,
+            format!(
+                "550 5.7.1 A reply-all storm is in progress on \"Re: Quarterly figures\" to a large audience (8 recipients). \
+                 Your message was not sent. Reply to the sender only, or contact {CONTACT}."
+            )
+        );
+    }
+    // A reply to the sender only is not part of the storm.
+    let (_, status) = reply_all(&mut conn, "<r9@example.org>", &internal(1)).await;
+    assert_eq!(status, Status::Continue);
+
+    milter.clock.advance(Duration::from_secs(6 * 3600));
+    let (_, status) = reply_all(&mut conn, "<r7@example.org>", &to).await;
+    assert_eq!(
+        status,
+        Status::Continue,
+        "after block_for replies pass again"
+    );
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_hourly_rate_is_tempfailed_with_the_limit_and_the_reset_time() {
+    let conf = Conf {
+        envelope: [0, 0, 0],
+        extra: "[rate]\nrecipients_per_hour = 1000\n[hidden]\nmin_audience = 0\n",
+        ..Conf::default()
+    };
+    let milter = Milter::start("rate", &conf).await;
+    let mut conn = milter.connect().await;
+    let to = internal(400);
+    for _ in 0..2 {
+        let (actions, status) = message(&mut conn, "<ann@example.org>", &to).await;
+        assert_eq!(status, Status::Continue);
+        assert_eq!(actions.actions, [], "accepted as it is");
+    }
+    let (_, status) = message(&mut conn, "<ann@example.org>", &to).await;
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    let text = reply_of(&status);
+    assert!(
+        text.contains("ann@example.org: 400 more recipients would exceed the limit of 1,000 per hour (800 used); retry after 08:12 UTC"),
+        "{text}"
+    );
+    // Another sender has a budget of its own.
+    let (_, status) = message(&mut conn, "<bob@example.org>", &to).await;
+    assert_eq!(status, Status::Continue);
+    // 12 minutes later 200 recipients' worth has flowed back.
+    milter.clock.advance(Duration::from_secs(720));
+    let (_, status) = message(&mut conn, "<ann@example.org>", &to).await;
+    assert_eq!(
+        status,
+        Status::Continue,
+        "passes once the window has moved on"
+    );
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
 }

@@ -60,6 +60,8 @@ pub struct Config {
     pub drift_min_audience: u64,
     /// `[quarantine] state_dir`.
     pub state_dir: PathBuf,
+    /// `[state] admin_socket`, defaulting to `state_dir/admin.sock`.
+    pub admin_socket: PathBuf,
     /// `[quarantine]` deadlines.
     pub quarantine: QuarantineSettings,
     /// `[postfix]`.

@@ -48,6 +48,149 @@ pub struct RawConfig {
     pub postfix: RawPostfix,
     /// `[notify]`.
     pub notify: RawNotify,
+    /// `[storm]`: reply-all storm breaker.
+    pub storm: RawStorm,
+    /// `[rate]`: per-sender recipient budgets.
+    pub rate: RawRate,
+    /// `[breaker]`: relay-wide breaker.
+    pub breaker: RawBreaker,
+    /// `[state]`: where storm, rate and breaker state lives.
+    pub state: RawState,
+}
+
+/// `[storm]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorm {
+    /// Replies count from this audience on; 0 = off.
+    pub min_audience: u64,
+    /// Messages in one thread within `window` that trip a storm ...
+    pub min_messages: u64,
+    /// ... from at least this many distinct senders.
+    pub min_senders: u64,
+    /// The window.
+    pub window: String,
+    /// How long further replies are stopped.
+    pub block_for: String,
+    /// `reject`, `tempfail`, `quarantine` or `tag`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+    /// SMTP reply to a stopped reply.
+    pub reply: String,
+}
+
+impl Default for RawStorm {
+    fn default() -> Self {
+        RawStorm {
+            min_audience: 500,
+            min_messages: 3,
+            min_senders: 2,
+            window: "10m".into(),
+            block_for: "6h".into(),
+            action: Action::Reject,
+            monitor: false,
+            reply: "A reply-all storm is in progress on \"{subject}\" to {list} ({audience} \
+                    recipients). Your message was not sent. Reply to the sender only, or contact \
+                    {contact}."
+                .into(),
+        }
+    }
+}
+
+/// `[rate]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRate {
+    /// Recipients (audience) per sender per rolling hour; 0 = off.
+    pub recipients_per_hour: u64,
+    /// ... per rolling day; 0 = off.
+    pub recipients_per_day: u64,
+    /// External recipients per rolling hour; 0 = off.
+    pub external_per_hour: u64,
+    /// External recipients per rolling day; 0 = off.
+    pub external_per_day: u64,
+    /// `tempfail` or `quarantine`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+    /// SMTP reply to a sender over a limit.
+    pub reply: String,
+}
+
+impl Default for RawRate {
+    fn default() -> Self {
+        RawRate {
+            recipients_per_hour: 0,
+            recipients_per_day: 0,
+            external_per_hour: 0,
+            external_per_day: 0,
+            action: Action::Tempfail,
+            monitor: false,
+            reply: "Sending limit reached ({reason}). Your message was not sent yet; it is \
+                    retried automatically, or send it again later. Questions: {contact}."
+                .into(),
+        }
+    }
+}
+
+/// `[breaker]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBreaker {
+    /// Recipients per minute leaving the relay that trip it; 0 = off.
+    pub max_per_minute: u64,
+    /// While tripped, mail from this audience on is held.
+    pub min_audience: u64,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            max_per_minute: 200_000,
+            min_audience: 500,
+            monitor: false,
+        }
+    }
+}
+
+/// Kinds of state backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    /// In this process.
+    #[default]
+    Memory,
+    /// Shared through Redis.
+    Redis,
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// `memory` or `redis`.
+    pub backend: StateBackendKind,
+    /// Redis URL.
+    pub url: String,
+    /// `local` or `tempfail` when Redis fails.
+    pub on_failure: String,
+    /// The daemon's admin socket (`storms list`, `storms clear`); empty:
+    /// `state_dir/admin.sock`.
+    pub admin_socket: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: StateBackendKind::Memory,
+            url: "redis://127.0.0.1:6379/".into(),
+            on_failure: "local".into(),
+            admin_socket: String::new(),
+        }
+    }
 }
 
 /// Kinds of directory source.

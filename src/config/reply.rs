@@ -8,6 +8,9 @@ const MAX_LINE: usize = 900;
 /// The placeholders a reply template may use.
 pub const PLACEHOLDERS: [&str; 3] = ["reason", "contact", "queue_id"];
 
+/// The placeholders of `[storm] reply`.
+pub const STORM_PLACEHOLDERS: [&str; 5] = ["subject", "list", "audience", "contact", "queue_id"];
+
 /// Validated reply templates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replies {
@@ -28,6 +31,12 @@ impl Replies {
     /// The tempfail text for a message, one line of printable ASCII.
     pub fn tempfail_text(&self, reason: &str, queue_id: &str) -> String {
         self.render(&self.tempfail, reason, queue_id)
+    }
+
+    /// A rule's own reply text (`[storm] reply`, already filled with its facts), with
+    /// `{contact}`, `{queue_id}` and `{reason}` filled in; one line of printable ASCII.
+    pub fn own_text(&self, text: &str, reason: &str, queue_id: &str) -> String {
+        self.render(text, reason, queue_id)
     }
 
     fn render(&self, template: &str, reason: &str, queue_id: &str) -> String {
@@ -55,6 +64,11 @@ impl Replies {
 
 /// Checks a template: one line of printable ASCII, known placeholders only.
 pub fn check_template(template: &str) -> Result<(), String> {
+    check_template_with(template, &PLACEHOLDERS)
+}
+
+/// [`check_template`] with another set of placeholder names.
+pub fn check_template_with(template: &str, names: &[&str]) -> Result<(), String> {
     if template.trim().is_empty() {
         return Err("must not be empty".into());
     }
@@ -81,9 +95,12 @@ pub fn check_template(template: &str) -> Result<(), String> {
             .find('}')
             .ok_or_else(|| "has a \"{\" without a closing \"}\"".to_owned())?;
         let name = &after[..close];
-        if !PLACEHOLDERS.contains(&name) {
+        if !names.contains(&name) {
+            let known: Vec<String> = names.iter().map(|n| format!("{{{n}}}")).collect();
+            let (last, first) = known.split_last().expect("placeholder names");
             return Err(format!(
-                "unknown placeholder \"{{{name}}}\": use {{reason}}, {{contact}} or {{queue_id}}"
+                "unknown placeholder \"{{{name}}}\": use {} or {last}",
+                first.join(", ")
             ));
         }
         rest = &after[close + 1..];

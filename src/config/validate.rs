@@ -2,14 +2,17 @@
 //! Second stage of loading: checks the meaning of every value and builds [`Config`].
 //! All problems are collected, each with the dotted key it belongs to.
 
-use super::raw::{DirectoryKind, RawConfig, RawLevels};
-use super::reply::{Replies, check_template};
+use super::raw::{DirectoryKind, RawConfig, RawLevels, StateBackendKind};
+use super::reply::{Replies, STORM_PLACEHOLDERS, check_template, check_template_with};
 use super::{
     Config, DirectorySpec, ListSpec, ListenAddr, NotifySettings, PostfixSettings,
     QuarantineSettings,
 };
-use crate::policy::{Action, AddressGlobs, DomainSet, Hidden, Levels, Policy, Restricted, Scope};
-use std::path::Path;
+use crate::policy::{
+    Action, AddressGlobs, BreakerPolicy, DomainSet, Hidden, Levels, Policy, RatePolicy, Restricted,
+    Scope, StormPolicy,
+};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -73,6 +76,8 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     let expire_after = duration("quarantine.expire_after", &raw.quarantine.expire_after);
     let interval = duration("notify.interval", &raw.notify.interval);
     let webhook_timeout = duration("notify.webhook_timeout", &raw.notify.webhook_timeout);
+    let storm_window = duration("storm.window", &raw.storm.window);
+    let storm_block_for = duration("storm.block_for", &raw.storm.block_for);
 
     if let Err(e) = check_log_level(&raw.logging.level) {
         report("logging.level", e);
@@ -316,6 +321,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     for (key, value) in [
         ("reply.reject", &raw.reply.reject),
         ("reply.tempfail", &raw.reply.tempfail),
+        ("rate.reply", &raw.rate.reply),
     ] {
         if let Err(e) = check_template(value) {
             report(key, e);
@@ -326,6 +332,69 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     } else if let Err(e) = check_template(&raw.reply.contact) {
         report("reply.contact", e);
     }
+
+    let storm = &raw.storm;
+    if storm.min_messages < 2 {
+        report(
+            "storm.min_messages",
+            format!("{} must be at least 2", storm.min_messages),
+        );
+    }
+    if storm.min_senders == 0 || storm.min_senders > storm.min_messages {
+        report(
+            "storm.min_senders",
+            format!(
+                "{} must be between 1 and storm.min_messages ({})",
+                storm.min_senders, storm.min_messages
+            ),
+        );
+    }
+    if storm.action == Action::Accept {
+        report(
+            "storm.action",
+            "\"accept\" is not an action for a rule: use tag, quarantine, tempfail or reject"
+                .into(),
+        );
+    }
+    if let Err(e) = check_template_with(&storm.reply, &STORM_PLACEHOLDERS) {
+        report("storm.reply", e);
+    }
+    if !matches!(raw.rate.action, Action::Tempfail | Action::Quarantine) {
+        report(
+            "rate.action",
+            format!(
+                "\"{}\" is not allowed here: use \"tempfail\" or \"quarantine\"",
+                raw.rate.action
+            ),
+        );
+    }
+    if raw.state.backend != StateBackendKind::Memory {
+        report(
+            "state.backend",
+            "\"redis\" is not available in this version; use \"memory\"".into(),
+        );
+    }
+    if !matches!(raw.state.on_failure.as_str(), "local" | "tempfail") {
+        report(
+            "state.on_failure",
+            format!(
+                "\"{}\" must be \"local\" or \"tempfail\"",
+                raw.state.on_failure
+            ),
+        );
+    }
+    let admin_socket = if raw.state.admin_socket.trim().is_empty() {
+        raw.quarantine.state_dir.join("admin.sock")
+    } else {
+        let p = PathBuf::from(raw.state.admin_socket.trim());
+        if !p.is_absolute() {
+            report(
+                "state.admin_socket",
+                format!("\"{}\" must be an absolute path", p.display()),
+            );
+        }
+        p
+    };
 
     if !problems.is_empty() {
         return Err(problems);
@@ -360,7 +429,32 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             drift_monitor: raw.drift.monitor,
             scopes,
             exempt,
+            storm: StormPolicy {
+                min_audience: storm.min_audience,
+                min_messages: storm.min_messages,
+                min_senders: storm.min_senders,
+                window: storm_window,
+                block_for: storm_block_for,
+                action: storm.action,
+                monitor: storm.monitor,
+                reply: storm.reply.clone(),
+            },
+            rate: RatePolicy {
+                recipients_per_hour: raw.rate.recipients_per_hour,
+                recipients_per_day: raw.rate.recipients_per_day,
+                external_per_hour: raw.rate.external_per_hour,
+                external_per_day: raw.rate.external_per_day,
+                action: raw.rate.action,
+                monitor: raw.rate.monitor,
+                reply: raw.rate.reply.clone(),
+            },
+            breaker: BreakerPolicy {
+                max_per_minute: raw.breaker.max_per_minute,
+                min_audience: raw.breaker.min_audience,
+                monitor: raw.breaker.monitor,
+            },
         },
+        admin_socket,
         directories,
         lists,
         max_depth: raw.expansion.max_depth,

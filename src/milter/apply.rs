@@ -125,14 +125,26 @@ pub async fn apply(
                 .map_err(act("quarantine"))?;
             Ok(Status::Continue)
         }
-        Action::Tempfail => Ok(tempfail(
-            &mut cx.reply,
-            Some(replies),
-            &verdict.summary(),
-            queue_id,
-        )),
+        Action::Tempfail => match verdict.own_reply() {
+            Some(own) => {
+                let text = replies.own_text(own, &verdict.summary(), queue_id);
+                cx.reply
+                    .set_error_reply("451", Some("4.7.1"), [text.as_str()])
+                    .map_err(|e| ApplyError::Reply(e.to_string()))?;
+                Ok(Status::Tempfail)
+            }
+            None => Ok(tempfail(
+                &mut cx.reply,
+                Some(replies),
+                &verdict.summary(),
+                queue_id,
+            )),
+        },
         Action::Reject => {
-            let text = replies.reject_text(&verdict.summary(), queue_id);
+            let text = match verdict.own_reply() {
+                Some(own) => replies.own_text(own, &verdict.summary(), queue_id),
+                None => replies.reject_text(&verdict.summary(), queue_id),
+            };
             cx.reply
                 .set_error_reply("550", Some("5.7.1"), [text.as_str()])
                 .map_err(|e| ApplyError::Reply(e.to_string()))?;
@@ -152,6 +164,7 @@ mod tests {
         v.action = Action::Tag;
         v.intended = Action::Quarantine;
         v.reasons.push(Reason {
+            reply: None,
             rule: "limits.envelope",
             action: Action::Quarantine,
             message: "240 envelope recipients >= quarantine level 200".into(),

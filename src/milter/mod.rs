@@ -12,6 +12,7 @@ use crate::notify::AlertKind;
 use crate::policy::{self, Evaluation};
 use crate::quarantine::{self, QueueId, record};
 use crate::server::Shared;
+use crate::state::guard::Observed;
 use futures_util::FutureExt;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,
@@ -163,6 +164,8 @@ enum EomError {
     NoQueueId(String),
     #[error("quarantine record not written: {0}")]
     Record(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// How long recording a held message may take before the message is tempfailed.
@@ -204,22 +207,40 @@ async fn decide_and_apply(
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
-    let finished = msg.finish(queue_id.clone(), &session.conn);
+    let mut finished = msg.finish(queue_id.clone(), &session.conn);
+    let runtime = finished.runtime.clone();
+    let config = &runtime.config;
+    let plan = policy::state_plan(&config.policy, &finished.facts);
+    let observed = if plan.is_empty() {
+        Observed::default()
+    } else {
+        shared.guard.observe(&config.policy, plan, shown).await?
+    };
+    finished.facts.state = observed.facts.clone();
     let started = Instant::now();
-    let config = &finished.runtime.config;
     let evaluation = policy::evaluate(&config.policy, &finished.facts);
     debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
-    if evaluation.verdict.action == policy::Action::Quarantine {
-        record_held(shared, queue_id.as_deref(), &finished.facts, &evaluation).await?;
+    let outcome = async {
+        if evaluation.verdict.action == policy::Action::Quarantine {
+            record_held(shared, queue_id.as_deref(), &finished.facts, &evaluation).await?;
+        }
+        Ok::<_, EomError>(
+            apply::apply(
+                cx,
+                &evaluation.verdict,
+                &config.replies,
+                shown,
+                finished.foreign_verdict_headers,
+            )
+            .await?,
+        )
     }
-    let status = apply::apply(
-        cx,
-        &evaluation.verdict,
-        &config.replies,
-        shown,
-        finished.foreign_verdict_headers,
-    )
-    .await?;
+    .await;
+    let leaves = outcome.is_ok() && evaluation.verdict.action <= policy::Action::Tag;
+    if let Err(e) = shared.guard.settle(&observed, leaves).await {
+        warn!(queue_id = %shown, "rate and breaker state not updated: {e}");
+    }
+    let status = outcome?;
     log_decision(shown, &finished.facts, &evaluation, config.policy.mode);
     Ok(status)
 }

@@ -97,6 +97,7 @@ impl MessageData {
             .audience_facts(self.recipients.iter());
         FinishedMessage {
             facts: MessageFacts {
+                state: Default::default(),
                 queue_id,
                 sender: self.sender,
                 sasl_login: self.sasl_login,

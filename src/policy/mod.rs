@@ -8,13 +8,17 @@
 pub mod address;
 pub mod facts;
 pub mod rules;
+pub mod stateful;
 pub mod thread;
 pub mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
 pub use rules::{Hidden, Levels, Restricted, Scope};
-pub use thread::{normalize_subject, thread_key};
+pub use stateful::{
+    BreakerPolicy, RatePolicy, StateFacts, StatePlan, StormPolicy, state_plan, storm_trips,
+};
+pub use thread::{is_reply, normalize_subject, thread_key};
 pub use verdict::{Action, Reason, Verdict};
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +69,12 @@ pub struct Policy {
     pub scopes: Vec<Scope>,
     /// `[exempt] senders`: envelope senders or SASL logins no rule applies to.
     pub exempt: AddressGlobs,
+    /// `[storm]`: reply-all storm breaker.
+    pub storm: StormPolicy,
+    /// `[rate]`: per-sender recipient budgets.
+    pub rate: RatePolicy,
+    /// `[breaker]`: relay-wide breaker.
+    pub breaker: BreakerPolicy,
 }
 
 impl Default for Policy {
@@ -82,6 +92,9 @@ impl Default for Policy {
             drift_monitor: false,
             scopes: Vec::new(),
             exempt: AddressGlobs::default(),
+            storm: StormPolicy::default(),
+            rate: RatePolicy::default(),
+            breaker: BreakerPolicy::default(),
         }
     }
 }
@@ -167,6 +180,9 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
         &audience.lists,
     ));
     fired.extend(rules::scope(&policy.scopes, facts, &audience.lists));
+    fired.extend(stateful::storm(&policy.storm, &facts.state));
+    fired.extend(stateful::rate(&policy.rate, &facts.state));
+    fired.extend(stateful::breaker(&policy.breaker, &facts.state));
 
     Evaluation {
         verdict: combine(policy.mode, fired),

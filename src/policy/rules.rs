@@ -37,6 +37,7 @@ impl Levels {
     fn check(&self, rule: &'static str, count: usize, what: &str) -> Option<(Reason, bool)> {
         let (action, level) = self.reached(count)?;
         let reason = Reason {
+            reply: None,
             rule,
             action,
             message: format!("{what} >= {action} level {}", fmt_count(level as usize)),
@@ -184,6 +185,7 @@ pub fn hidden(rule: &Hidden, counts: &Counts, authorized: u64) -> Option<(Reason
         return None;
     }
     let reason = Reason {
+        reply: None,
         rule: "hidden",
         action: rule.action,
         message: format!(
@@ -221,6 +223,7 @@ pub fn restricted(
         }
         out.push((
             Reason {
+                reply: None,
                 rule: "restricted",
                 action: rule.action,
                 message: format!(
@@ -245,6 +248,7 @@ pub fn drift(action: Action, monitor: bool, lists: &[ListFacts]) -> Vec<(Reason,
             let from = list.drift_from?;
             Some((
                 Reason {
+                    reply: None,
                     rule: "drift",
                     action,
                     message: format!(
@@ -285,6 +289,7 @@ pub fn scope(scopes: &[Scope], facts: &MessageFacts, lists: &[ListFacts]) -> Vec
         let share = 100.0 * outside as f64 / list.size.max(1) as f64;
         out.push((
             Reason {
+                reply: None,
                 rule: "scope",
                 action: scope.action,
                 message: format!(

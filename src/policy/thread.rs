@@ -50,6 +50,23 @@ fn audience_key(facts: &MessageFacts) -> String {
     format!("rcpts:{hex}")
 }
 
+/// True for a reply or a forward: it names a parent message, or its subject carries a
+/// reply or forward prefix. Only these count towards a reply-all storm.
+pub fn is_reply(facts: &MessageFacts) -> bool {
+    let h = &facts.headers;
+    if !h.in_reply_to.is_empty() || !h.references.is_empty() {
+        return true;
+    }
+    let mut subject = h.subject.as_deref().unwrap_or("").trim().to_lowercase();
+    while subject.starts_with('[')
+        && let Some(end) = subject.find(']')
+    {
+        subject = subject[end + 1..].trim_start().to_owned();
+    }
+    let plain = subject.split_whitespace().collect::<Vec<_>>().join(" ");
+    normalize_subject(&subject) != plain
+}
+
 /// Reply and forward prefixes in the languages mail clients commonly use.
 const PREFIXES: &[&str] = &[
     "re", "fwd", "fw", "aw", "sv", "antw", "wg", "vs", "tr", "rif", "odp",
@@ -95,6 +112,30 @@ pub fn normalize_subject(subject: &str) -> String {
 mod tests {
     use super::*;
     use crate::policy::{AudienceFacts, ListFacts};
+
+    #[test]
+    fn replies_are_told_by_their_headers_or_their_subject_prefix() {
+        let with_subject = |s: &str| {
+            let mut f = MessageFacts::default();
+            f.headers.subject = Some(s.into());
+            is_reply(&f)
+        };
+        assert!(with_subject("Re: all staff"));
+        assert!(with_subject("[EXT] AW: Weihnachtsfeier"));
+        assert!(with_subject("FW: minutes"));
+        assert!(
+            !with_subject("[EXT] Weihnachtsfeier"),
+            "a tag alone is not a reply"
+        );
+        assert!(
+            !with_subject("Reorganisation"),
+            "a word starting with re is not a prefix"
+        );
+        assert!(!with_subject(""));
+        let mut f = MessageFacts::default();
+        f.headers.in_reply_to = vec!["a@b".into()];
+        assert!(is_reply(&f));
+    }
 
     fn facts() -> MessageFacts {
         let mut f = MessageFacts::default();

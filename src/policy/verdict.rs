@@ -56,6 +56,10 @@ pub struct Reason {
     /// True when this rule is in monitor mode and its action was downgraded to a tag.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub monitor: bool,
+    /// A whole SMTP reply text for this rule instead of the `[reply]` template
+    /// (`{contact}` and `{queue_id}` still filled in), when the rule decides the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
 }
 
 /// The outcome of evaluating one message.
@@ -94,6 +98,14 @@ impl Verdict {
         names.join(",")
     }
 
+    /// The reply text of the rule that decided the verdict, if it brings its own.
+    pub fn own_reply(&self) -> Option<&str> {
+        self.reasons
+            .iter()
+            .find(|r| r.action == self.intended)
+            .and_then(|r| r.reply.as_deref())
+    }
+
     /// All reason messages joined with "; " (for headers, replies and logs).
     pub fn summary(&self) -> String {
         let parts: Vec<String> = self
@@ -126,12 +138,14 @@ mod tests {
             intended: Action::Reject,
             reasons: vec![
                 Reason {
+                    reply: None,
                     rule: "limits.envelope",
                     action: Action::Reject,
                     message: "3 envelope recipients >= reject level 2".into(),
                     monitor: false,
                 },
                 Reason {
+                    reply: None,
                     rule: "limits.external",
                     action: Action::Tag,
                     message: "1 external recipient >= tag level 1".into(),

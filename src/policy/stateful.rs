@@ -1,0 +1,603 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The rules that need memory across messages: the reply-all storm breaker, sender rate
+//! limits and the relay-wide breaker.
+//!
+//! They stay pure: [`state_plan`] says what a message asks of the shared state (which
+//! thread to count it in, which budgets to charge, how much it adds to the relay's
+//! rate), an adapter ([`crate::state::Guard`]) asks the state backend, and the answers
+//! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
+
+use super::facts::MessageFacts;
+use super::rules::{authorized_audience, sender_match};
+use super::thread::{is_reply, thread_key};
+use super::verdict::{Action, Reason};
+use super::{Policy, fmt_count};
+use std::time::Duration;
+
+/// `[storm]`: the reply-all storm breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StormPolicy {
+    /// Replies count from this audience on; 0 = off.
+    pub min_audience: u64,
+    /// Counted messages in one thread within `window` that trip a storm ...
+    pub min_messages: u64,
+    /// ... from at least this many distinct senders.
+    pub min_senders: u64,
+    /// The window.
+    pub window: Duration,
+    /// How long a storm stops further replies.
+    pub block_for: Duration,
+    /// What happens to a reply during a storm.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+    /// SMTP reply text: `{subject}`, `{list}`, `{audience}`, `{contact}`, `{queue_id}`.
+    pub reply: String,
+}
+
+impl Default for StormPolicy {
+    fn default() -> Self {
+        StormPolicy {
+            min_audience: 0,
+            min_messages: 3,
+            min_senders: 2,
+            window: Duration::from_secs(600),
+            block_for: Duration::from_secs(6 * 3600),
+            action: Action::Reject,
+            monitor: false,
+            reply: String::new(),
+        }
+    }
+}
+
+/// `[rate]`: recipients per sender, counted on the audience.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RatePolicy {
+    /// Recipients per rolling hour; 0 = off.
+    pub recipients_per_hour: u64,
+    /// Recipients per rolling day; 0 = off.
+    pub recipients_per_day: u64,
+    /// External recipients per rolling hour; 0 = off.
+    pub external_per_hour: u64,
+    /// External recipients per rolling day; 0 = off.
+    pub external_per_day: u64,
+    /// `tempfail` or `quarantine`.
+    pub action: Action,
+    /// Only tag.
+    pub monitor: bool,
+    /// SMTP reply text: `{reason}`, `{contact}`, `{queue_id}`.
+    pub reply: String,
+}
+
+impl Default for RatePolicy {
+    fn default() -> Self {
+        RatePolicy {
+            recipients_per_hour: 0,
+            recipients_per_day: 0,
+            external_per_hour: 0,
+            external_per_day: 0,
+            action: Action::Tempfail,
+            monitor: false,
+            reply: String::new(),
+        }
+    }
+}
+
+/// `[breaker]`: the relay-wide breaker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Recipients per minute leaving the relay (audience-counted) that trip it; 0 = off.
+    pub max_per_minute: u64,
+    /// While tripped, messages from this audience on are held.
+    pub min_audience: u64,
+    /// Only tag.
+    pub monitor: bool,
+}
+
+/// One rate budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Budget {
+    /// `recipients_per_hour`.
+    RecipientsPerHour,
+    /// `recipients_per_day`.
+    RecipientsPerDay,
+    /// `external_per_hour`.
+    ExternalPerHour,
+    /// `external_per_day`.
+    ExternalPerDay,
+}
+
+impl Budget {
+    /// The config key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Budget::RecipientsPerHour => "recipients_per_hour",
+            Budget::RecipientsPerDay => "recipients_per_day",
+            Budget::ExternalPerHour => "external_per_hour",
+            Budget::ExternalPerDay => "external_per_day",
+        }
+    }
+
+    /// The rolling period.
+    pub fn period(self) -> Duration {
+        match self {
+            Budget::RecipientsPerHour | Budget::ExternalPerHour => Duration::from_secs(3600),
+            Budget::RecipientsPerDay | Budget::ExternalPerDay => Duration::from_secs(86_400),
+        }
+    }
+
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Budget::RecipientsPerHour => ("recipients", "hour"),
+            Budget::RecipientsPerDay => ("recipients", "day"),
+            Budget::ExternalPerHour => ("external recipients", "hour"),
+            Budget::ExternalPerDay => ("external recipients", "day"),
+        }
+    }
+}
+
+/// A message's charge against one budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    /// The state key: budget and sender.
+    pub key: String,
+    /// Which budget.
+    pub budget: Budget,
+    /// Recipients charged.
+    pub cost: u64,
+    /// The budget per period.
+    pub limit: u64,
+}
+
+/// A message counted in a thread for the storm breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadAsk {
+    /// The thread key.
+    pub thread: String,
+    /// Who sent it (SASL login, else envelope sender).
+    pub sender: String,
+    /// Its subject, for the storm record.
+    pub subject: String,
+    /// Its largest list, or "a large audience".
+    pub list: String,
+    /// Its audience.
+    pub audience: u64,
+}
+
+/// What a message asks of the shared state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatePlan {
+    /// Count it in its thread (a reply to a large audience, storm breaker on).
+    pub thread: Option<ThreadAsk>,
+    /// Charge these budgets.
+    pub charges: Vec<Charge>,
+    /// Recipients it adds to the relay's rate when it leaves (breaker on).
+    pub relay_recipients: Option<u64>,
+    /// Check the breaker for it (audience >= `[breaker] min_audience`).
+    pub breaker_applies: bool,
+}
+
+impl StatePlan {
+    /// True when nothing is asked.
+    pub fn is_empty(&self) -> bool {
+        self.thread.is_none() && self.charges.is_empty() && self.relay_recipients.is_none()
+    }
+}
+
+/// The storm on a message's thread, as the state answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StormFact {
+    /// Subject of the message that tripped it.
+    pub subject: String,
+    /// Its list.
+    pub list: String,
+    /// Its audience.
+    pub audience: u64,
+    /// Messages within the window when it tripped.
+    pub messages: u64,
+    /// Distinct senders then.
+    pub senders: u64,
+    /// When it ends (seconds since the epoch).
+    pub until: u64,
+    /// True when a storm was already in progress: this message is stopped. False when
+    /// this message tripped it (and passes).
+    pub blocked: bool,
+}
+
+/// A budget the message does not fit in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateFact {
+    /// Which budget.
+    pub budget: Budget,
+    /// Who.
+    pub sender: String,
+    /// The limit per period.
+    pub limit: u64,
+    /// What the message would charge.
+    pub cost: u64,
+    /// Already used in the rolling period.
+    pub used: u64,
+    /// When it would fit (seconds since the epoch); `None` when it never can, being
+    /// larger than the whole budget.
+    pub retry_at: Option<u64>,
+}
+
+/// The relay-wide rate when the breaker is tripped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerFact {
+    /// Recipients that left in the last minute.
+    pub per_minute: u64,
+}
+
+/// What the shared state said about a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateFacts {
+    /// The storm on its thread, if one.
+    pub storm: Option<StormFact>,
+    /// Budgets it does not fit in.
+    pub rate: Vec<RateFact>,
+    /// The breaker, if tripped and the message is large enough to be held by it.
+    pub breaker: Option<BreakerFact>,
+}
+
+/// The name rates and storms know a sender by: the SASL login, else the envelope sender.
+pub fn sender_identity(facts: &MessageFacts) -> String {
+    match (&facts.sasl_login, facts.sender.as_str()) {
+        (Some(login), _) => login.to_lowercase(),
+        (None, "") => "<>".to_owned(),
+        (None, s) => s.to_lowercase(),
+    }
+}
+
+/// What `facts` asks of the shared state under `policy`. Exempt senders ask nothing.
+pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
+    if sender_match(&policy.exempt, facts).is_some() {
+        return StatePlan::default();
+    }
+    let counts = super::count(policy, facts);
+    let audience = counts.audience as u64;
+    let who = sender_identity(facts);
+    let mut plan = StatePlan::default();
+
+    let storm = &policy.storm;
+    if storm.min_audience > 0 && audience >= storm.min_audience && is_reply(facts) {
+        let list = facts
+            .audience
+            .as_ref()
+            .and_then(|a| a.lists.first())
+            .map(|l| l.address.to_string())
+            .unwrap_or_else(|| "a large audience".to_owned());
+        plan.thread = Some(ThreadAsk {
+            thread: thread_key(facts),
+            sender: who.clone(),
+            subject: facts.headers.subject.clone().unwrap_or_default(),
+            list,
+            audience,
+        });
+    }
+
+    let lists = facts
+        .audience
+        .as_ref()
+        .map(|a| a.lists.as_slice())
+        .unwrap_or_default();
+    let charged = audience.saturating_sub(authorized_audience(&policy.restricted, facts, lists));
+    let external = counts.external as u64;
+    let rate = &policy.rate;
+    for (budget, limit, cost) in [
+        (Budget::RecipientsPerHour, rate.recipients_per_hour, charged),
+        (Budget::RecipientsPerDay, rate.recipients_per_day, charged),
+        (Budget::ExternalPerHour, rate.external_per_hour, external),
+        (Budget::ExternalPerDay, rate.external_per_day, external),
+    ] {
+        if limit > 0 && cost > 0 {
+            plan.charges.push(Charge {
+                key: format!("rate:{}:{who}", budget.key()),
+                budget,
+                cost,
+                limit,
+            });
+        }
+    }
+
+    if policy.breaker.max_per_minute > 0 {
+        plan.relay_recipients = Some(audience);
+        plan.breaker_applies = audience >= policy.breaker.min_audience;
+    }
+    plan
+}
+
+/// True when a thread's counts within the window trip a storm.
+pub fn storm_trips(storm: &StormPolicy, messages: u64, senders: u64) -> bool {
+    messages >= storm.min_messages && senders >= storm.min_senders
+}
+
+/// `HH:MM UTC` of a time in seconds since the epoch, for reply texts.
+fn clock_time(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", &s[11..16])
+}
+
+/// `[storm]`: a reply while a storm is in progress on its thread.
+pub fn storm(rule: &StormPolicy, state: &StateFacts) -> Option<(Reason, bool)> {
+    let s = state.storm.as_ref().filter(|s| s.blocked)?;
+    let audience = fmt_count(s.audience as usize);
+    let subject: String = s
+        .subject
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let reply = rule
+        .reply
+        .replace("{subject}", &subject)
+        .replace("{list}", &s.list)
+        .replace("{audience}", &audience);
+    let reason = Reason {
+        rule: "storm",
+        action: rule.action,
+        message: format!(
+            "reply-all storm on \"{subject}\" to {} ({audience} recipients): {} messages from {} senders within {}; replies stopped until {}",
+            s.list,
+            s.messages,
+            s.senders,
+            humantime::format_duration(rule.window),
+            clock_time(s.until)
+        ),
+        monitor: false,
+        reply: (!reply.is_empty()).then_some(reply),
+    };
+    Some((reason, rule.monitor))
+}
+
+/// `[rate]`: budgets the message does not fit in.
+pub fn rate(rule: &RatePolicy, state: &StateFacts) -> Vec<(Reason, bool)> {
+    state
+        .rate
+        .iter()
+        .map(|r| {
+            let (what, per) = r.budget.words();
+            let (action, message) = match r.retry_at {
+                Some(at) => (
+                    rule.action,
+                    format!(
+                        "{}: {} more {what} would exceed the limit of {} per {per} ({} used); retry after {}",
+                        r.sender,
+                        fmt_count(r.cost as usize),
+                        fmt_count(r.limit as usize),
+                        fmt_count(r.used as usize),
+                        clock_time(at)
+                    ),
+                ),
+                None => (
+                    Action::Quarantine,
+                    format!(
+                        "{}: {} {what} in one message exceed the limit of {} per {per} on their own; held for an admin",
+                        r.sender,
+                        fmt_count(r.cost as usize),
+                        fmt_count(r.limit as usize)
+                    ),
+                ),
+            };
+            let reason = Reason {
+                rule: "rate",
+                action,
+                message,
+                monitor: false,
+                reply: (!rule.reply.is_empty()).then(|| rule.reply.clone()),
+            };
+            (reason, rule.monitor)
+        })
+        .collect()
+}
+
+/// `[breaker]`: the relay-wide breaker is tripped and the message is large.
+pub fn breaker(rule: &BreakerPolicy, state: &StateFacts) -> Option<(Reason, bool)> {
+    let b = state.breaker?;
+    let reason = Reason {
+        rule: "breaker",
+        action: Action::Quarantine,
+        message: format!(
+            "relay-wide breaker: {} recipients left in the last minute > {}; mail to {}+ recipients is held until the rate falls back",
+            fmt_count(b.per_minute as usize),
+            fmt_count(rule.max_per_minute as usize),
+            fmt_count(rule.min_audience as usize)
+        ),
+        monitor: false,
+        reply: None,
+    };
+    Some((reason, rule.monitor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{AddressGlobs, ListFacts, evaluate};
+    use std::sync::Arc;
+
+    fn policy() -> Policy {
+        Policy {
+            storm: StormPolicy {
+                min_audience: 500,
+                reply: "storm on {subject} to {list} ({audience})".into(),
+                ..StormPolicy::default()
+            },
+            rate: RatePolicy {
+                recipients_per_hour: 1000,
+                external_per_day: 50,
+                ..RatePolicy::default()
+            },
+            breaker: BreakerPolicy {
+                max_per_minute: 100_000,
+                min_audience: 500,
+                monitor: false,
+            },
+            ..Policy::default()
+        }
+    }
+
+    fn to_list(size: u64, allowed: Option<&str>) -> MessageFacts {
+        let mut f = MessageFacts {
+            sender: "Ann@Corp.Example".into(),
+            ..MessageFacts::default()
+        };
+        f.recipients.add("all@corp.example");
+        f.headers.subject = Some("Re: hello".into());
+        f.headers.in_reply_to = vec!["root@corp.example".into()];
+        f.audience = Some(crate::policy::AudienceFacts {
+            total: size,
+            external: 0,
+            lists: vec![ListFacts {
+                address: "all@corp.example".into(),
+                size,
+                external: 0,
+                nested_lists: 0,
+                cycles: 0,
+                domains: Arc::from(Vec::new()),
+                allowed_senders: allowed.map(|a| Arc::new(AddressGlobs::new([a]).unwrap())),
+                drift_from: None,
+            }],
+            non_mailbox: 0,
+            lower_bound: false,
+        });
+        f
+    }
+
+    #[test]
+    fn a_large_reply_is_counted_in_its_thread_and_charged() {
+        let plan = state_plan(&policy(), &to_list(5_000, None));
+        let t = plan.thread.expect("counted");
+        assert_eq!(t.thread, "mid:root@corp.example");
+        assert_eq!(t.sender, "ann@corp.example");
+        assert_eq!(t.list, "all@corp.example");
+        assert_eq!(
+            plan.charges.len(),
+            1,
+            "no external recipients, no external charge"
+        );
+        assert_eq!(
+            plan.charges[0].key,
+            "rate:recipients_per_hour:ann@corp.example"
+        );
+        assert_eq!(plan.charges[0].cost, 5_000);
+        assert_eq!(plan.relay_recipients, Some(5_000));
+        assert!(plan.breaker_applies);
+    }
+
+    #[test]
+    fn small_mail_originals_exempt_and_allowed_senders_ask_less() {
+        let p = policy();
+        let small = state_plan(&p, &to_list(499, None));
+        assert!(small.thread.is_none());
+        assert!(!small.breaker_applies);
+        let mut original = to_list(5_000, None);
+        original.headers.in_reply_to.clear();
+        original.headers.subject = Some("hello".into());
+        assert!(
+            state_plan(&p, &original).thread.is_none(),
+            "only replies count"
+        );
+        let allowed = state_plan(&p, &to_list(5_000, Some("ann@corp.example")));
+        assert!(
+            allowed.charges.is_empty(),
+            "a list the sender may post to is not charged"
+        );
+        let mut exempt = p.clone();
+        exempt.exempt = AddressGlobs::new(["ann@*"]).unwrap();
+        assert!(state_plan(&exempt, &to_list(5_000, None)).is_empty());
+        let mut sasl = to_list(5_000, None);
+        sasl.sasl_login = Some("ANN".into());
+        assert_eq!(
+            state_plan(&p, &sasl).charges[0].key,
+            "rate:recipients_per_hour:ann"
+        );
+    }
+
+    #[test]
+    fn storm_trips_on_messages_and_senders_together() {
+        let s = StormPolicy::default();
+        assert!(!storm_trips(&s, 2, 2));
+        assert!(!storm_trips(&s, 5, 1));
+        assert!(storm_trips(&s, 3, 2));
+    }
+
+    #[test]
+    fn stateful_reasons_carry_their_numbers_and_texts() {
+        let p = policy();
+        let mut f = to_list(5_000, None);
+        f.state = StateFacts {
+            storm: Some(StormFact {
+                subject: "Re: hello".into(),
+                list: "all@corp.example".into(),
+                audience: 5_000,
+                messages: 3,
+                senders: 2,
+                until: 1_800_021_600,
+                blocked: true,
+            }),
+            rate: vec![
+                RateFact {
+                    budget: Budget::RecipientsPerHour,
+                    sender: "ann@corp.example".into(),
+                    limit: 1000,
+                    cost: 400,
+                    used: 800,
+                    retry_at: Some(1_800_000_720),
+                },
+                RateFact {
+                    budget: Budget::ExternalPerDay,
+                    sender: "ann@corp.example".into(),
+                    limit: 50,
+                    cost: 60,
+                    used: 0,
+                    retry_at: None,
+                },
+            ],
+            breaker: Some(BreakerFact {
+                per_minute: 250_000,
+            }),
+        };
+        let v = evaluate(&p, &f).verdict;
+        assert_eq!(v.action, Action::Reject);
+        assert_eq!(
+            v.own_reply(),
+            Some("storm on Re: hello to all@corp.example (5,000)")
+        );
+        let msgs: Vec<String> = v
+            .reasons
+            .iter()
+            .map(|r| format!("{}: {}", r.rule, r.message))
+            .collect();
+        assert!(msgs.contains(&"storm: reply-all storm on \"Re: hello\" to all@corp.example (5,000 recipients): 3 messages from 2 senders within 10m; replies stopped until 14:00 UTC".to_owned()), "{msgs:?}");
+        assert!(msgs.contains(&"rate: ann@corp.example: 400 more recipients would exceed the limit of 1,000 per hour (800 used); retry after 08:12 UTC".to_owned()), "{msgs:?}");
+        assert!(msgs.contains(&"rate: ann@corp.example: 60 external recipients in one message exceed the limit of 50 per day on their own; held for an admin".to_owned()), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "breaker: relay-wide breaker: 250,000 recipients left in the last minute > 100,000"
+            )),
+            "{msgs:?}"
+        );
+        let rate_actions: Vec<Action> = v
+            .reasons
+            .iter()
+            .filter(|r| r.rule == "rate")
+            .map(|r| r.action)
+            .collect();
+        assert_eq!(rate_actions, [Action::Tempfail, Action::Quarantine]);
+    }
+
+    #[test]
+    fn a_storm_this_message_tripped_does_not_stop_it() {
+        let mut f = to_list(5_000, None);
+        f.state.storm = Some(StormFact {
+            subject: "x".into(),
+            list: "l".into(),
+            audience: 1,
+            messages: 3,
+            senders: 2,
+            until: 0,
+            blocked: false,
+        });
+        assert_eq!(evaluate(&policy(), &f).verdict.action, Action::Accept);
+    }
+}

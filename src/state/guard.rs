@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The adapter between the pure stateful rules and the state backend: it asks the
+//! backend what a message's [`StatePlan`] needs before the verdict, and settles the
+//! books after it (budgets given back for mail that did not leave, the relay's rate
+//! counted for mail that did). Storm and breaker trips are logged and alerted here.
+
+use super::{Limit, StateBackend, StateError, Storm, epoch_secs};
+use crate::clock::Clock;
+use crate::notify::{Alert, AlertKind, AlertSender};
+use crate::policy::stateful::{BreakerFact, RateFact, StormFact};
+use crate::policy::{Policy, StateFacts, StatePlan, storm_trips};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::warn;
+
+/// The relay-wide rate's state key.
+const RELAY_KEY: &str = "relay:recipients";
+/// The breaker's alert flag; one alert per this long while it stays tripped.
+const BREAKER_FLAG: &str = "breaker:alerted";
+/// How often a tripped breaker is alerted again.
+const BREAKER_ALERT_EVERY: Duration = Duration::from_secs(15 * 60);
+/// The breaker's window.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Asks the state backend for the stateful rules.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    backend: Arc<dyn StateBackend>,
+    clock: Arc<dyn Clock>,
+    alerts: Option<AlertSender>,
+}
+
+/// What [`Guard::observe`] found, to settle after the verdict.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// For the policy core.
+    pub facts: StateFacts,
+    plan: StatePlan,
+    /// Budgets charged (key, cost, limit), given back when the message does not leave.
+    taken: Vec<(String, u64, Limit)>,
+    at: Option<SystemTime>,
+}
+
+impl Guard {
+    /// A guard over `backend`, reading `clock`, alerting through `alerts`.
+    pub fn new(
+        backend: Arc<dyn StateBackend>,
+        clock: Arc<dyn Clock>,
+        alerts: Option<AlertSender>,
+    ) -> Guard {
+        Guard {
+            backend,
+            clock,
+            alerts,
+        }
+    }
+
+    /// The backend (for the admin socket and the expiry task).
+    pub fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.backend
+    }
+
+    /// The clock.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    /// Asks the backend what `plan` needs: the storm on the thread (or counts this reply
+    /// in it and trips a storm), charges the budgets, reads the relay's rate.
+    pub async fn observe(
+        &self,
+        policy: &Policy,
+        plan: StatePlan,
+        queue_id: &str,
+    ) -> Result<Observed, StateError> {
+        let now = self.clock.now();
+        let mut out = Observed {
+            at: Some(now),
+            ..Observed::default()
+        };
+        if let Some(ask) = &plan.thread {
+            let s = &policy.storm;
+            if let Some(storm) = self.backend.storm_hit(&ask.thread, now).await? {
+                out.facts.storm = Some(fact(&storm, true));
+            } else {
+                let counts = self
+                    .backend
+                    .thread_note(&ask.thread, &ask.sender, s.window, now)
+                    .await?;
+                if storm_trips(s, counts.messages, counts.senders) {
+                    let storm = Storm {
+                        id: Storm::id_of(&ask.thread),
+                        thread: ask.thread.clone(),
+                        subject: ask.subject.clone(),
+                        list: ask.list.clone(),
+                        audience: ask.audience,
+                        messages: counts.messages,
+                        senders: counts.senders,
+                        since: epoch_secs(now),
+                        until: epoch_secs(now + s.block_for),
+                        blocked: 0,
+                    };
+                    if self.backend.storm_start(&storm, now).await? {
+                        warn!(
+                            queue_id,
+                            storm = %storm.id,
+                            thread = %storm.thread,
+                            list = %storm.list,
+                            audience = storm.audience,
+                            messages = storm.messages,
+                            senders = storm.senders,
+                            block_for = %humantime::format_duration(s.block_for),
+                            "reply-all storm tripped: further replies in this thread are stopped"
+                        );
+                        self.alert(Alert {
+                            kind: AlertKind::Storm,
+                            at: now,
+                            queue_id: Some(queue_id.to_owned()),
+                            sender: ask.sender.clone(),
+                            subject: ask.subject.clone(),
+                            audience: ask.audience,
+                            reason: format!(
+                                "storm {}: {} replies from {} senders within {} to {}; further replies get \"{}\" for {} (fanout-milter storms clear {} ends it)",
+                                storm.id,
+                                storm.messages,
+                                storm.senders,
+                                humantime::format_duration(s.window),
+                                storm.list,
+                                s.action,
+                                humantime::format_duration(s.block_for),
+                                storm.id
+                            ),
+                            held_for: None,
+                        });
+                    }
+                    out.facts.storm = Some(fact(&storm, false));
+                }
+            }
+        }
+
+        for c in &plan.charges {
+            let limit = Limit {
+                limit: c.limit,
+                period: c.budget.period(),
+            };
+            let sender = c.key.splitn(3, ':').nth(2).unwrap_or_default().to_owned();
+            if c.cost > c.limit {
+                out.facts.rate.push(RateFact {
+                    budget: c.budget,
+                    sender,
+                    limit: c.limit,
+                    cost: c.cost,
+                    used: 0,
+                    retry_at: None,
+                });
+                continue;
+            }
+            let take = self.backend.take(&c.key, c.cost, limit, now).await?;
+            if take.allowed {
+                out.taken.push((c.key.clone(), c.cost, limit));
+            } else {
+                out.facts.rate.push(RateFact {
+                    budget: c.budget,
+                    sender,
+                    limit: c.limit,
+                    cost: c.cost,
+                    used: take.used,
+                    retry_at: Some(epoch_secs(take.retry_at).max(epoch_secs(now) + 1)),
+                });
+            }
+        }
+
+        if plan.breaker_applies {
+            let per_minute = self.backend.window_total(RELAY_KEY, MINUTE, now).await?;
+            if per_minute > policy.breaker.max_per_minute {
+                out.facts.breaker = Some(BreakerFact { per_minute });
+                if self
+                    .backend
+                    .flag(BREAKER_FLAG, BREAKER_ALERT_EVERY, now)
+                    .await?
+                {
+                    warn!(
+                        per_minute,
+                        max_per_minute = policy.breaker.max_per_minute,
+                        "relay-wide breaker tripped: large mail is held until the rate falls back"
+                    );
+                    self.alert(Alert {
+                        kind: AlertKind::Breaker,
+                        at: now,
+                        queue_id: Some(queue_id.to_owned()),
+                        sender: String::new(),
+                        subject: String::new(),
+                        audience: per_minute,
+                        reason: format!(
+                            "{per_minute} recipients left the relay in the last minute (max {}); messages to {}+ recipients are held",
+                            policy.breaker.max_per_minute, policy.breaker.min_audience
+                        ),
+                        held_for: None,
+                    });
+                }
+            }
+        }
+        out.plan = plan;
+        Ok(out)
+    }
+
+    /// Settles after the verdict: a message that leaves (accepted or tagged, and the
+    /// answer delivered to Postfix) adds to the relay's rate; one that does not gets
+    /// its budgets back.
+    pub async fn settle(&self, observed: &Observed, leaves: bool) -> Result<(), StateError> {
+        let now = observed.at.unwrap_or_else(|| self.clock.now());
+        if leaves {
+            if let Some(n) = observed.plan.relay_recipients.filter(|&n| n > 0) {
+                self.backend.window_add(RELAY_KEY, n, MINUTE, now).await?;
+            }
+        } else {
+            for (key, cost, limit) in &observed.taken {
+                self.backend.give_back(key, *cost, *limit, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn alert(&self, alert: Alert) {
+        if let Some(a) = &self.alerts {
+            a.send(alert);
+        }
+    }
+}
+
+fn fact(s: &Storm, blocked: bool) -> StormFact {
+    StormFact {
+        subject: s.subject.clone(),
+        list: s.list.clone(),
+        audience: s.audience,
+        messages: s.messages,
+        senders: s.senders,
+        until: s.until,
+        blocked,
+    }
+}

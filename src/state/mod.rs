@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Shared state for the stateful rules (reply-all storms, sender rates, the relay-wide
+//! breaker): a backend trait whose every operation is atomic per key, so that a Redis
+//! backend shared by a fleet of relays can stand in for the in-memory one.
+//!
+//! The arithmetic (GCRA, sliding windows) is in [`algo`], pure and shared by backends.
+
+pub mod algo;
+pub mod guard;
+pub mod memory;
+
+pub use algo::{Limit, Take};
+pub use guard::Guard;
+pub use memory::MemoryBackend;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+
+/// A state operation that failed (a remote backend unreachable, say).
+#[derive(Debug, thiserror::Error)]
+#[error("state backend: {0}")]
+pub struct StateError(pub String);
+
+/// Messages and distinct senders seen in a thread within a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
+    /// Counted messages.
+    pub messages: u64,
+    /// Distinct senders among them.
+    pub senders: u64,
+}
+
+/// A reply-all storm in progress on one thread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storm {
+    /// Short id admins type (`storms clear ID`).
+    pub id: String,
+    /// The thread key.
+    pub thread: String,
+    /// Subject of the message that tripped it.
+    pub subject: String,
+    /// The largest list, or "a large audience".
+    pub list: String,
+    /// Audience of the message that tripped it.
+    pub audience: u64,
+    /// Messages and senders in the window when it tripped.
+    pub messages: u64,
+    /// Distinct senders when it tripped.
+    pub senders: u64,
+    /// When it tripped (seconds since the epoch).
+    pub since: u64,
+    /// Until when further messages are stopped (seconds since the epoch).
+    pub until: u64,
+    /// Messages stopped so far.
+    pub blocked: u64,
+}
+
+impl Storm {
+    /// The short id of a thread key: 10 hex digits of its SHA-256.
+    pub fn id_of(thread: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(thread.as_bytes());
+        d[..5].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// True while it blocks at `now`.
+    pub fn active(&self, now: SystemTime) -> bool {
+        epoch_secs(now) < self.until
+    }
+}
+
+/// Seconds since the epoch.
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Where storm, rate and breaker state lives. Every operation is atomic per key.
+#[async_trait]
+pub trait StateBackend: Send + Sync + std::fmt::Debug {
+    /// GCRA: takes `cost` from `key`'s budget of `limit` if it fits, else takes nothing.
+    async fn take(
+        &self,
+        key: &str,
+        cost: u64,
+        limit: Limit,
+        now: SystemTime,
+    ) -> Result<Take, StateError>;
+
+    /// Gives back `cost` taken earlier from `key` (the message did not leave after all).
+    async fn give_back(
+        &self,
+        key: &str,
+        cost: u64,
+        limit: Limit,
+        now: SystemTime,
+    ) -> Result<(), StateError>;
+
+    /// Sliding window counter: adds `amount` to `key` and returns the estimated total
+    /// over the last `width`.
+    async fn window_add(
+        &self,
+        key: &str,
+        amount: u64,
+        width: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StateError>;
+
+    /// The estimated total of `key` over the last `width`.
+    async fn window_total(
+        &self,
+        key: &str,
+        width: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StateError>;
+
+    /// Notes one counted message from `sender` in thread `key`; returns the messages and
+    /// distinct senders within the last `window`, this one included.
+    async fn thread_note(
+        &self,
+        key: &str,
+        sender: &str,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<ThreadCounts, StateError>;
+
+    /// Starts `storm` unless one is active on its thread; true when this call started it.
+    async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError>;
+
+    /// The storm active on `thread` at `now`, counting one more stopped message.
+    async fn storm_hit(&self, thread: &str, now: SystemTime) -> Result<Option<Storm>, StateError>;
+
+    /// Storms active at `now`.
+    async fn storm_list(&self, now: SystemTime) -> Result<Vec<Storm>, StateError>;
+
+    /// Ends the storm with this id; true when there was one.
+    async fn storm_clear(&self, id: &str) -> Result<bool, StateError>;
+
+    /// Sets `key` for `ttl` unless it is set; true when this call set it.
+    async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError>;
+
+    /// Drops what has expired at `now`; returns the number of keys still held.
+    async fn expire(&self, now: SystemTime) -> Result<usize, StateError>;
+}
