@@ -6,6 +6,7 @@
 //! milter ([`milter`]), the configuration loader ([`config`]), the serving loop
 //! ([`server`]) and the offline `explain` command ([`explain`]).
 
+pub mod admin_socket;
 pub mod clock;
 pub mod config;
 pub mod directory;

@@ -3,6 +3,7 @@
 //! verdict offline.
 
 use clap::{Parser, Subcommand};
+use fanout_milter::admin_socket;
 use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
 use fanout_milter::directory::{Directory, DriftMode, drift::KnownSizes};
 use fanout_milter::explain::{ExplainInput, explain, lookup_text};
@@ -62,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Reply-all storms in the running daemon (through its admin socket).
+    Storms {
+        #[command(subcommand)]
+        command: StormsCommand,
+    },
     /// Review held messages (run as root: uses postqueue, postsuper and postcat).
     Quarantine {
         /// Pretend the time is this (RFC 3339 or seconds since the epoch); for tests.
@@ -117,6 +123,21 @@ enum QuarantineCommand {
     /// Reconcile, escalate messages held past review_within, expire those held past
     /// expire_after (the systemd timer runs this).
     Sweep,
+}
+
+#[derive(Subcommand)]
+enum StormsCommand {
+    /// Reply-all storms in progress in the running daemon.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a storm now, so replies in its thread flow again.
+    Clear {
+        /// The storm's id (from `storms list`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,8 +202,80 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Directory { command } => directory_command(&cli.config, command),
+        Command::Storms { command } => storms_command(&cli.config, command),
         Command::Quarantine { now, command } => {
             quarantine_command(&cli.config, now.as_deref(), command)
+        }
+    }
+}
+
+fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let socket = &config.admin_socket;
+    let request = match &command {
+        StormsCommand::List { .. } => admin_socket::Request::StormsList,
+        StormsCommand::Clear { id } => admin_socket::Request::StormsClear { id: id.clone() },
+    };
+    let response = match admin_socket::request(socket, &request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match (command, response) {
+        (StormsCommand::List { json: true }, admin_socket::Response::Storms { storms }) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&storms).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        (StormsCommand::List { json: false }, admin_socket::Response::Storms { storms }) => {
+            if storms.is_empty() {
+                println!("no reply-all storm in progress");
+            }
+            for s in &storms {
+                let at = |t: u64| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+                    )
+                };
+                println!(
+                    "{}  {} messages from {} senders, {} stopped  since {}  until {}\n    list: {} ({} recipients)\n    subject: {}\n    thread: {}",
+                    s.id,
+                    s.messages,
+                    s.senders,
+                    s.blocked,
+                    at(s.since),
+                    at(s.until),
+                    s.list,
+                    s.audience,
+                    s.subject,
+                    s.thread
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        (StormsCommand::Clear { id }, admin_socket::Response::Cleared { found }) => {
+            if found {
+                println!("storm {id} cleared: replies in its thread flow again");
+                ExitCode::SUCCESS
+            } else {
+                println!("no storm {id} in progress");
+                ExitCode::from(1)
+            }
+        }
+        (_, admin_socket::Response::Error { message }) => {
+            eprintln!("{NAME}: the daemon refused: {message}");
+            ExitCode::from(1)
+        }
+        (_, other) => {
+            eprintln!("{NAME}: unexpected answer from the daemon: {other:?}");
+            ExitCode::from(1)
         }
     }
 }
@@ -399,7 +492,8 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     info!(store = %store.path().display(), "quarantine store open");
-    let services = Services::new(store);
+    let mut services = Services::new(store);
+    services.admin_socket = Some(config.admin_socket.clone());
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,
         Err(e) => {

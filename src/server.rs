@@ -2,6 +2,7 @@
 //! The daemon's serving loop: shared configuration, reloads, in-flight accounting and
 //! graceful shutdown around indymilter.
 
+use crate::admin_socket;
 use crate::clock::SystemClock;
 use crate::config::{self, Config, ConfigError};
 use crate::directory::{Directory, DirectoryError, DriftMode};
@@ -12,6 +13,7 @@ use crate::state::{Guard, MemoryBackend};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -80,6 +82,8 @@ pub struct Services {
     pub digests: Option<AlertReceiver>,
     /// Storm, rate and breaker state, with its clock.
     pub guard: Guard,
+    /// Where to serve the admin socket (`storms list|clear`), if anywhere.
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Services {
@@ -97,6 +101,7 @@ impl Services {
             alerts,
             digests: Some(digests),
             guard,
+            admin_socket: None,
         }
     }
 }
@@ -171,6 +176,25 @@ pub async fn run(
         alerts: services.alerts,
         guard: services.guard,
     });
+    let admin = match &services.admin_socket {
+        Some(path) => match admin_socket::bind(path) {
+            Ok(listener) => {
+                info!(socket = %path.display(), "admin socket ready");
+                Some((
+                    path.clone(),
+                    tokio::spawn(admin_socket::serve(listener, shared.guard.clone())),
+                ))
+            }
+            Err(e) => {
+                error!(
+                    "cannot serve the admin socket {}: {e}; mail flows, but `storms` commands will not reach this daemon",
+                    path.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let expiring = shared.guard.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);
@@ -251,6 +275,10 @@ pub async fn run(
     let callbacks = milter::make_callbacks(shared.clone());
     let result = indymilter::run(listener, callbacks, milter_config, drained).await;
     reloader.abort();
+    if let Some((path, task)) = admin {
+        task.abort();
+        let _ = std::fs::remove_file(path);
+    }
     result
 }
 

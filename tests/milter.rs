@@ -179,6 +179,7 @@ impl Milter {
                     Arc::new(clock.clone()),
                     Some(alerts),
                 ),
+                admin_socket: None,
             },
             reload_rx,
             async move {

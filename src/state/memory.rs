@@ -191,9 +191,17 @@ impl StateBackend for MemoryBackend {
 
     async fn storm_clear(&self, id: &str) -> Result<bool, StateError> {
         let mut m = self.lock();
-        let before = m.storms.len();
-        m.storms.retain(|_, s| s.id != id);
-        Ok(m.storms.len() < before)
+        let threads: Vec<String> = m
+            .storms
+            .values()
+            .filter(|s| s.id == id)
+            .map(|s| s.thread.clone())
+            .collect();
+        for t in &threads {
+            m.storms.remove(t);
+            m.threads.remove(t);
+        }
+        Ok(!threads.is_empty())
     }
 
     async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError> {
@@ -307,8 +315,19 @@ mod tests {
             "a new one after the end"
         );
         assert_eq!(b.storm_list(t(150)).await.unwrap().len(), 1);
+        b.thread_note("t", "a", Duration::from_secs(600), t(140))
+            .await
+            .unwrap();
         assert!(b.storm_clear(&Storm::id_of("t")).await.unwrap());
         assert!(!b.storm_clear(&Storm::id_of("t")).await.unwrap());
+        let after = b
+            .thread_note("t", "b", Duration::from_secs(600), t(150))
+            .await
+            .unwrap();
+        assert_eq!(
+            after.messages, 1,
+            "clearing also forgets the thread's window"
+        );
         assert!(b.storm_hit("t", t(150)).await.unwrap().is_none());
     }
 

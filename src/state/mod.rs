@@ -134,7 +134,8 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     /// Storms active at `now`.
     async fn storm_list(&self, now: SystemTime) -> Result<Vec<Storm>, StateError>;
 
-    /// Ends the storm with this id; true when there was one.
+    /// Ends the storm with this id and forgets its thread's window, so replies flow
+    /// again; true when there was one.
     async fn storm_clear(&self, id: &str) -> Result<bool, StateError>;
 
     /// Sets `key` for `ttl` unless it is set; true when this call set it.

@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The daemon's local admin socket: `fanout-milter storms list|clear` talk to the
+//! running daemon through it, since the in-memory state lives there. A unix socket of
+//! mode 0600 (the daemon's user, and root); one JSON request line, one JSON answer line.
+
+use crate::state::{Guard, Storm};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 4096;
+/// Deadline for one request and its answer.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// The storms in progress.
+    StormsList,
+    /// End one storm.
+    StormsClear {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Response {
+    /// Storms in progress.
+    Storms {
+        /// Oldest first.
+        storms: Vec<Storm>,
+    },
+    /// Whether a storm was cleared.
+    Cleared {
+        /// True when there was one with that id.
+        found: bool,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why the admin socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Connecting, reading or writing failed.
+    #[error("admin socket {}: {source} (is the daemon running, and are you its user or root?)", path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer was not understood.
+    #[error("admin socket {}: unexpected answer: {message}", path.display())]
+    Protocol {
+        /// The socket.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Binds the socket at `path` (replacing a stale one, refusing one in use), mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests on `listener` until the task is dropped.
+pub async fn serve(listener: UnixListener, guard: Guard) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("admin socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(DEADLINE, answer(stream, &guard))
+                .await
+                .is_err()
+            {
+                warn!(
+                    "admin socket: a client took longer than {}s",
+                    DEADLINE.as_secs()
+                );
+            }
+        });
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, guard: &Guard) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let response = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(request) => handle(request, guard).await,
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_string(&response).unwrap_or_default();
+    out.push('\n');
+    let _ = write.write_all(out.as_bytes()).await;
+}
+
+async fn handle(request: Request, guard: &Guard) -> Response {
+    let backend = guard.backend();
+    let result = match &request {
+        Request::StormsList => backend
+            .storm_list(guard.now())
+            .await
+            .map(|storms| Response::Storms { storms }),
+        Request::StormsClear { id } => backend.storm_clear(id).await.map(|found| {
+            if found {
+                info!(storm = %id, "storm cleared by an admin");
+            }
+            Response::Cleared { found }
+        }),
+    };
+    result.unwrap_or_else(|e| Response::Error {
+        message: e.to_string(),
+    })
+}
+
+/// Sends one request to the daemon at `path` and returns its answer (blocking).
+pub fn request(path: &Path, request: &Request) -> Result<Response, AdminError> {
+    let io = |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    stream.set_read_timeout(Some(DEADLINE)).map_err(io)?;
+    stream.set_write_timeout(Some(DEADLINE)).map_err(io)?;
+    let mut line = serde_json::to_string(request).unwrap_or_default();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(answer.trim()).map_err(|e| AdminError::Protocol {
+        path: path.to_owned(),
+        message: format!("{e}: {answer:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::state::{MemoryBackend, StateBackend};
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_and_clear_storms_through_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let backend = Arc::new(MemoryBackend::new());
+        let thread = "mid:root@corp.example";
+        let storm = Storm {
+            id: Storm::id_of(thread),
+            thread: thread.into(),
+            subject: "Re: x".into(),
+            list: "all@corp.example".into(),
+            audience: 5000,
+            messages: 3,
+            senders: 2,
+            since: 1_800_000_000,
+            until: 1_800_021_600,
+            blocked: 4,
+        };
+        backend.storm_start(&storm, clock.now()).await.unwrap();
+        let guard = Guard::new(backend.clone(), Arc::new(clock), None);
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(bind(&path).is_err(), "a socket in use is not taken over");
+        let server = tokio::spawn(serve(listener, guard));
+
+        let p = path.clone();
+        let listed = tokio::task::spawn_blocking(move || request(&p, &Request::StormsList))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            listed,
+            Response::Storms {
+                storms: vec![storm.clone()]
+            }
+        );
+        let p = path.clone();
+        let id = storm.id.clone();
+        let cleared =
+            tokio::task::spawn_blocking(move || request(&p, &Request::StormsClear { id }))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(cleared, Response::Cleared { found: true });
+        let p = path.clone();
+        let listed = tokio::task::spawn_blocking(move || request(&p, &Request::StormsList))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(listed, Response::Storms { storms: vec![] });
+        server.abort();
+        let _ = server.await;
+    }
+}

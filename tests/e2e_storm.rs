@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! End to end, reply-all storm: reply-alls sent by SMTP through a private Postfix are
+//! cut after `min_messages`, every stopped sender reads why in the SMTP reply, and
+//! `storms list` / `storms clear` reach the running daemon through its admin socket.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output};
+
+const POLICY: &str = r#"
+[domains]
+internal = ["corp.example"]
+
+[limits.envelope]
+tag = 0
+quarantine = 0
+reject = 0
+
+[hidden]
+min_audience = 0
+
+[storm]
+min_audience = 5
+min_messages = 3
+min_senders = 2
+window = "10m"
+block_for = "6h"
+
+[reply]
+contact = "the Service Desk on 4242"
+"#;
+
+fn reply_all(from: &str, subject: &str, to: &[String]) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@corp.example>\r\n\
+         In-Reply-To: <storm-root@corp.example>\r\nReferences: <storm-root@corp.example>\r\n\r\n\
+         Me too.\r\nEND-OF-TEST-BODY\r\n",
+        to.join(", ")
+    )
+    .into_bytes()
+}
+
+fn storms(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(config)
+        .arg("storms")
+        .args(args)
+        .output()
+        .expect("run fanout-milter storms")
+}
+
+#[test]
+fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
+    require_postfix();
+    let dir = scratch_dir("storm");
+    let sink = Sink::start(dir.path());
+    let listen = format!("inet:127.0.0.1:{}", free_port());
+    let mut milter = Milter::start(dir.path(), &listen, POLICY);
+    let postfix = Postfix::start(dir.path(), &sink, &listen);
+    let config = dir.path().join("fanout-milter.toml");
+    let port = postfix.smtp_port;
+    let to = rcpts(8, "corp.example");
+
+    let original = format!(
+        "From: ceo@corp.example\r\nTo: {}\r\nSubject: Winter rota\r\nMessage-ID: <storm-root@corp.example>\r\n\r\nHello.\r\nEND-OF-TEST-BODY\r\n",
+        to.join(", ")
+    );
+    smtp_send(port, "ceo@corp.example", &to, original.as_bytes()).expect("the original is sent");
+    for i in 0..3 {
+        let from = format!("staff{i}@corp.example");
+        smtp_send(
+            port,
+            &from,
+            &to,
+            &reply_all(&from, &format!("storm-reply-{i}"), &to),
+        )
+        .unwrap_or_else(|e| panic!("reply {i} is within min_messages: {e:?}"));
+    }
+    for i in 3..6 {
+        let from = format!("staff{i}@corp.example");
+        let refused = smtp_send(
+            port,
+            &from,
+            &to,
+            &reply_all(&from, &format!("storm-reply-{i}"), &to),
+        )
+        .expect_err("a reply-all during the storm is refused");
+        assert_eq!(refused.code, 550, "{refused:?}");
+        assert!(
+            refused.text.contains(
+                "A reply-all storm is in progress on \"storm-reply-"
+            ) && refused.text.contains("(8 recipients). Your message was not sent. Reply to the sender only, or contact the Service Desk on 4242."),
+            "the sender reads why: {}",
+            refused.text
+        );
+    }
+    for i in 0..3 {
+        let m = sink.wait_for(&format!("storm-reply-{i}"));
+        assert_eq!(m.rcpts.len(), 8);
+    }
+    assert!(
+        sink.find("storm-reply-3").is_empty(),
+        "nothing stopped was delivered"
+    );
+    assert!(
+        milter.log().contains("reply-all storm tripped"),
+        "{}",
+        milter.log()
+    );
+
+    let out = storms(&config, &["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["thread"], "mid:storm-root@corp.example");
+    assert_eq!(list[0]["blocked"], 3);
+    let id = list[0]["id"].as_str().expect("id").to_owned();
+    let table = storms(&config, &["list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&id));
+
+    let out = storms(&config, &["clear", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cleared"));
+    let from = "staff9@corp.example";
+    smtp_send(port, from, &to, &reply_all(from, "storm-after-clear", &to))
+        .expect("cleared: replies flow again");
+    sink.wait_for("storm-after-clear");
+    let again = storms(&config, &["clear", &id]);
+    assert!(!again.status.success(), "clearing twice says there is none");
+    assert!(milter.stop().success());
+}
