@@ -335,12 +335,21 @@ async fn the_relay_breaker_holds_large_mail_while_small_mail_flows_with_one_aler
         min_audience: 500,
         monitor: false,
     };
-    relay.clock.set(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_040));
+    relay
+        .clock
+        .set(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_040));
     let mut held = 0;
     for i in 0..30 {
         relay.clock.advance(Duration::from_millis(500));
         let v = relay
-            .send(msg("svc@trust.example", "big@trust.example", 600, "Notice", None, &format!("b{i}@trust.example")))
+            .send(msg(
+                "svc@trust.example",
+                "big@trust.example",
+                600,
+                "Notice",
+                None,
+                &format!("b{i}@trust.example"),
+            ))
             .await;
         if v.action == Action::Quarantine {
             assert_eq!(v.reasons[0].rule, "breaker", "{v:?}");
@@ -352,19 +361,42 @@ async fn the_relay_breaker_holds_large_mail_while_small_mail_flows_with_one_aler
     // 17 messages x 600 = 10,200 > 10,000 leave; every later large one is held.
     assert_eq!(held, 30 - 17);
     let small = relay
-        .send(msg("ann@trust.example", "team@trust.example", 12, "Lunch", None, "small@trust.example"))
+        .send(msg(
+            "ann@trust.example",
+            "team@trust.example",
+            12,
+            "Lunch",
+            None,
+            "small@trust.example",
+        ))
         .await;
     assert_eq!(small.action, Action::Accept, "small mail keeps flowing");
     let mut breaker_alerts = 0;
-    while let Ok(Some(a)) = tokio::time::timeout(Duration::from_millis(1), relay.alerts.recv()).await {
+    while let Ok(Some(a)) =
+        tokio::time::timeout(Duration::from_millis(1), relay.alerts.recv()).await
+    {
         if a.kind == AlertKind::Breaker {
             breaker_alerts += 1;
         }
     }
-    assert_eq!(breaker_alerts, 1, "one admin alert, not one per held message");
+    assert_eq!(
+        breaker_alerts, 1,
+        "one admin alert, not one per held message"
+    );
     relay.clock.advance(2 * MIN);
     let v = relay
-        .send(msg("svc@trust.example", "big@trust.example", 600, "Notice", None, "later@trust.example"))
+        .send(msg(
+            "svc@trust.example",
+            "big@trust.example",
+            600,
+            "Notice",
+            None,
+            "later@trust.example",
+        ))
         .await;
-    assert_eq!(v.action, Action::Accept, "once the rate has fallen back large mail flows again");
+    assert_eq!(
+        v.action,
+        Action::Accept,
+        "once the rate has fallen back large mail flows again"
+    );
 }
