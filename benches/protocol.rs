@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Milter protocol benchmark, without Postfix: the daemon binary is started on loopback
+//! (TCP and a unix socket) and driven by indymilter-test's client with 50 concurrent
+//! connections. Reports decisions per second, the latency of the end-of-message
+//! decision (p50, p99) and of whole transactions, and the daemon's resident memory:
+//! idle, after 100,000 messages, and after one 1,000,000-recipient envelope.
+//!
+//! `cargo bench --bench protocol` (scripts/bench runs it) prints one JSON object;
+//! under `cargo test` it runs a small smoke load.
+
+use indymilter_test::{MacroStage, Status, TestConnection};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: usize = 50;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, listen: &str) -> Daemon {
+        let config = dir.join("fanout-milter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[milter]\nlisten = \"{listen}\"\nmax_connections = 200\n\
+                 [logging]\nlevel = \"warn\"\n\
+                 [domains]\ninternal = [\"corp.example\"]\n\
+                 [limits.envelope]\ntag = 0\nquarantine = 0\nreject = 0\n\
+                 [limits.external]\ntag = 0\nquarantine = 0\nreject = 0\n\
+                 [hidden]\nmin_audience = 0\n\
+                 [quarantine]\nstate_dir = \"{}\"\n",
+                dir.join("state").display()
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fanout-milter");
+        Daemon {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn rss_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Target {
+    fn ready(&self) -> bool {
+        match self {
+            Target::Tcp(a) => TcpStream::connect(a).is_ok(),
+            Target::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+        }
+    }
+
+    async fn open(&self) -> TestConnection {
+        let b = TestConnection::configure()
+            .read_timeout(DEADLINE)
+            .write_timeout(DEADLINE);
+        let mut conn = match self {
+            Target::Tcp(a) => b.open_tcp(*a).await,
+            Target::Unix(p) => b.open_unix(p).await,
+        }
+        .expect("open a milter connection");
+        let status = conn
+            .connect("client.corp.example", ([127, 0, 0, 1], 40000))
+            .await
+            .expect("connect");
+        assert_eq!(status, Status::Continue);
+        conn
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_ready(target: &Target) {
+    let started = Instant::now();
+    while !target.ready() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the daemon did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One message; returns (whole transaction, end-of-message decision) durations.
+async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Duration, Duration) {
+    let started = Instant::now();
+    assert_eq!(
+        conn.mail(["<ann@corp.example>"]).await.expect("mail"),
+        Status::Continue
+    );
+    for r in rcpts {
+        assert_eq!(
+            conn.rcpt([r.as_str()]).await.expect("rcpt"),
+            Status::Continue
+        );
+    }
+    for (name, value) in [
+        ("From", "Ann <ann@corp.example>"),
+        ("To", "team@corp.example"),
+        ("Subject", "Benchmark"),
+        ("Message-ID", "<bench@corp.example>"),
+    ] {
+        assert_eq!(
+            conn.header(name, value).await.expect("header"),
+            Status::Continue
+        );
+    }
+    let id = format!("B{n:011X}");
+    conn.macros(MacroStage::Eom, [("i", id.as_str())])
+        .await
+        .expect("macros");
+    let decide = Instant::now();
+    let (_, status) = conn.eom().await.expect("eom");
+    let decided = decide.elapsed();
+    assert_eq!(status, Status::Continue, "accepted");
+    (started.elapsed(), decided)
+}
+
+struct Load {
+    messages: usize,
+    seconds: f64,
+    decision_p50_us: f64,
+    decision_p99_us: f64,
+    transaction_p50_us: f64,
+    transaction_p99_us: f64,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+async fn load(
+    target: &Target,
+    connections: usize,
+    per_connection: usize,
+    rcpts_per_message: usize,
+) -> Load {
+    let rcpts: Vec<String> = (0..rcpts_per_message)
+        .map(|i| format!("<user{i}@corp.example>"))
+        .collect();
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(target.open().await);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut conn) in conns.into_iter().enumerate() {
+        let rcpts = rcpts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(per_connection);
+            for m in 0..per_connection {
+                times.push(one_message(&mut conn, &rcpts, (c * per_connection + m) as u64).await);
+            }
+            conn.close().await.expect("close");
+            times
+        }));
+    }
+    let mut transactions = Vec::new();
+    let mut decisions = Vec::new();
+    for t in tasks {
+        for (whole, decision) in t.await.expect("load task") {
+            transactions.push(whole);
+            decisions.push(decision);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    transactions.sort();
+    decisions.sort();
+    Load {
+        messages: decisions.len(),
+        seconds,
+        decision_p50_us: pct(&decisions, 0.5),
+        decision_p99_us: pct(&decisions, 0.99),
+        transaction_p50_us: pct(&transactions, 0.5),
+        transaction_p99_us: pct(&transactions, 0.99),
+    }
+}
+
+fn json(name: &str, transport: &str, connections: usize, rcpts: usize, l: &Load) -> String {
+    format!(
+        "{{\"name\": \"{name}\", \"transport\": \"{transport}\", \"connections\": {connections}, \"rcpts\": {rcpts}, \
+         \"messages\": {}, \"seconds\": {:.3}, \"decisions_per_s\": {:.0}, \"decision_p50_us\": {:.1}, \
+         \"decision_p99_us\": {:.1}, \"transaction_p50_us\": {:.1}, \"transaction_p99_us\": {:.1}}}",
+        l.messages,
+        l.seconds,
+        l.messages as f64 / l.seconds,
+        l.decision_p50_us,
+        l.decision_p99_us,
+        l.transaction_p50_us,
+        l.transaction_p99_us
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let base = std::env::temp_dir().join(format!("fanout-bench-protocol-{}", std::process::id()));
+    let tcp_dir = base.join("tcp");
+    let unix_dir = base.join("unix");
+    std::fs::create_dir_all(&tcp_dir).expect("dir");
+    std::fs::create_dir_all(&unix_dir).expect("dir");
+    let tcp = Target::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let socket = unix_dir.join("milter.sock");
+    let unix = Target::Unix(socket.clone());
+    let Target::Tcp(addr) = &tcp else {
+        unreachable!()
+    };
+    let tcp_daemon = Daemon::start(&tcp_dir, &format!("inet:{addr}"));
+    let unix_daemon = Daemon::start(&unix_dir, &format!("unix:{}", socket.display()));
+    wait_ready(&tcp);
+    wait_ready(&unix);
+    let idle_kib = tcp_daemon.rss_kib("VmRSS:");
+
+    let per_conn = if full { 2_000 } else { 4 };
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        // Warm up both daemons (allocator, thread pools) before measuring.
+        load(&tcp, CONNECTIONS, 2, 1).await;
+        load(&unix, CONNECTIONS, 2, 1).await;
+        let l = load(&tcp, CONNECTIONS, per_conn, 1).await;
+        rows.push(json("1 recipient", "tcp", CONNECTIONS, 1, &l));
+        let after_kib = tcp_daemon.rss_kib("VmRSS:");
+        let l = load(&unix, CONNECTIONS, per_conn, 1).await;
+        rows.push(json("1 recipient", "unix", CONNECTIONS, 1, &l));
+        let big_conns = if full { CONNECTIONS } else { 2 };
+        let l = load(&tcp, big_conns, if full { 20 } else { 1 }, 1_000).await;
+        rows.push(json("1,000 recipients", "tcp", big_conns, 1_000, &l));
+
+        let big = if full { 1_000_000 } else { 2_000 };
+        let before_big = tcp_daemon.rss_kib("VmRSS:");
+        let l = load(&tcp, 1, 1, big).await;
+        let after_big = tcp_daemon.rss_kib("VmRSS:");
+        let peak = tcp_daemon.rss_kib("VmHWM:");
+        println!(
+            "{{\"protocol\": {{\"full\": {full}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
+             \"after_messages\": {}, \"after_messages_kib\": {after_kib}, \"big_envelope_rcpts\": {big}, \
+             \"big_envelope_seconds\": {:.3}, \"before_big_kib\": {before_big}, \"after_big_kib\": {after_big}, \
+             \"peak_kib\": {peak}}}}}}}",
+            rows.join(", "),
+            CONNECTIONS * (per_conn + 2),
+            l.seconds
+        );
+    });
+    drop(tcp_daemon);
+    drop(unix_daemon);
+    let _ = std::fs::remove_dir_all(&base);
+}
