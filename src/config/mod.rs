@@ -299,3 +299,5 @@ fn toml_problem(src: &str, index: &SpanIndex, e: &toml::de::Error) -> Problem {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_state;

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Loader tests for `[storm]`, `[rate]`, `[breaker]` and `[state]`.
+
+use super::*;
+
+const FILE: &str = "/etc/fanout-milter/fanout-milter.toml";
+
+/// Parses `src` after a `[domains]` table (two lines), so line numbers in `src` are
+/// shifted by two.
+fn load_str(src: &str) -> Result<Config, ConfigError> {
+    parse(
+        &format!("[domains]\ninternal = [\"corp.example\"]\n{src}"),
+        Path::new(FILE),
+    )
+}
+
+/// Asserts one problem at `line` about `key` containing `needle`.
+fn refused(src: &str, line: usize, key: &str, needle: &str) {
+    let err = match load_str(src) {
+        Ok(_) => panic!("accepted:\n{src}"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert_eq!(err.problems().len(), 1, "{text}");
+    let p = &err.problems()[0];
+    assert_eq!((p.line, p.key.as_str()), (Some(line), key), "{text}");
+    assert!(p.message.contains(needle), "{needle:?} not in {text}");
+}
+
+#[test]
+fn defaults_turn_the_storm_breaker_and_relay_breaker_on_and_rates_off() {
+    let c = load_str("").expect("defaults");
+    let p = &c.policy;
+    assert_eq!(p.storm.min_audience, 500);
+    assert_eq!((p.storm.min_messages, p.storm.min_senders), (3, 2));
+    assert_eq!(p.storm.window, Duration::from_secs(600));
+    assert_eq!(p.storm.block_for, Duration::from_secs(6 * 3600));
+    assert_eq!(p.storm.action, crate::policy::Action::Reject);
+    assert!(p.storm.reply.contains("{subject}"));
+    assert_eq!(p.rate.recipients_per_hour, 0);
+    assert_eq!(p.rate.action, crate::policy::Action::Tempfail);
+    assert_eq!(p.breaker.max_per_minute, 200_000);
+    assert_eq!(
+        c.admin_socket,
+        Path::new("/var/lib/fanout-milter/admin.sock")
+    );
+}
+
+#[test]
+fn storm_settings_are_checked() {
+    refused(
+        "[storm]\nwindow = \"ten minutes\"\n",
+        4,
+        "storm.window",
+        "is not a duration",
+    );
+    refused(
+        "[storm]\nmin_messages = 1\nmin_senders = 1\n",
+        4,
+        "storm.min_messages",
+        "at least 2",
+    );
+    refused(
+        "[storm]\nmin_senders = 4\n",
+        4,
+        "storm.min_senders",
+        "between 1 and storm.min_messages (3)",
+    );
+    refused(
+        "[storm]\naction = \"accept\"\n",
+        4,
+        "storm.action",
+        "not an action for a rule",
+    );
+    refused(
+        "[storm]\nreply = \"storm on {thread}\"\n",
+        4,
+        "storm.reply",
+        "unknown placeholder \"{thread}\"",
+    );
+}
+
+#[test]
+fn rate_and_state_settings_are_checked() {
+    refused(
+        "[rate]\naction = \"reject\"\n",
+        4,
+        "rate.action",
+        "use \"tempfail\" or \"quarantine\"",
+    );
+    refused(
+        "[rate]\nreply = \"over {limit}\"\n",
+        4,
+        "rate.reply",
+        "unknown placeholder \"{limit}\"",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\n",
+        4,
+        "state.backend",
+        "not available in this version",
+    );
+    refused(
+        "[state]\non_failure = \"drop\"\n",
+        4,
+        "state.on_failure",
+        "must be \"local\" or \"tempfail\"",
+    );
+    refused(
+        "[state]\nadmin_socket = \"run/admin.sock\"\n",
+        4,
+        "state.admin_socket",
+        "absolute path",
+    );
+    let c = load_str("[rate]\nrecipients_per_hour = 2000\nexternal_per_day = 300\naction = \"quarantine\"\n[state]\nadmin_socket = \"/run/fanout/admin.sock\"\n")
+        .expect("valid");
+    assert_eq!(c.policy.rate.recipients_per_hour, 2000);
+    assert_eq!(c.policy.rate.external_per_day, 300);
+    assert_eq!(c.policy.rate.action, crate::policy::Action::Quarantine);
+    assert_eq!(c.admin_socket, Path::new("/run/fanout/admin.sock"));
+}
