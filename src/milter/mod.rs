@@ -46,6 +46,10 @@ pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
         .on_close(|cx| Box::pin(handle_close(cx)))
 }
 
+/// Every stage is answered: no `NOREPLY_*` options. Tried for issue 6 (it saves a round
+/// trip per recipient and header); with it, a message in flight when the daemon was
+/// killed was delivered by Postfix unchecked (tests/e2e_quarantine.rs, kill -9), which
+/// breaks the rule that a milter fault never leaks mail.
 async fn handle_negotiate(
     cx: &mut NegotiateContext<Session>,
     offered: Actions,
