@@ -410,10 +410,7 @@ impl Admin<'_> {
                 return report;
             }
         };
-        let held = match self.store.list(&Filter {
-            state: Some(State::Held),
-            since: None,
-        }) {
+        let held = match self.held_records() {
             Ok(h) => h,
             Err(e) => {
                 report.fail(e.to_string());
@@ -523,14 +520,18 @@ impl Admin<'_> {
         Ok(id)
     }
 
+    fn held_records(&self) -> Result<Vec<Record>, crate::quarantine::StoreError> {
+        self.store.list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        })
+    }
+
     /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
     /// `on_expiry` to expired ones; one digest for everything.
     pub fn sweep(&self) -> Report {
         let mut report = self.reconcile();
-        let held = match self.store.list(&Filter {
-            state: Some(State::Held),
-            since: None,
-        }) {
+        let held = match self.held_records() {
             Ok(h) => h,
             Err(e) => {
                 report.fail(e.to_string());
