@@ -53,6 +53,25 @@ impl Daemon {
         }
     }
 
+    /// CPU seconds (user + system) the daemon has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+
     fn rss_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -191,6 +210,7 @@ async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Du
 
 struct Load {
     messages: usize,
+    daemon_cpu_s: f64,
     seconds: f64,
     decision_p50_us: f64,
     decision_p99_us: f64,
@@ -205,6 +225,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 async fn load(
     target: &Target,
+    daemon: &Daemon,
     connections: usize,
     per_connection: usize,
     rcpts_per_message: usize,
@@ -217,6 +238,7 @@ async fn load(
         conns.push(target.open().await);
     }
     nodelay_everywhere();
+    let cpu_before = daemon.cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, mut conn) in conns.into_iter().enumerate() {
@@ -239,10 +261,12 @@ async fn load(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let daemon_cpu_s = daemon.cpu_seconds() - cpu_before;
     transactions.sort();
     decisions.sort();
     Load {
         messages: decisions.len(),
+        daemon_cpu_s,
         seconds,
         decision_p50_us: pct(&decisions, 0.5),
         decision_p99_us: pct(&decisions, 0.99),
@@ -255,14 +279,17 @@ fn json(name: &str, transport: &str, connections: usize, rcpts: usize, l: &Load)
     format!(
         "{{\"name\": \"{name}\", \"transport\": \"{transport}\", \"connections\": {connections}, \"rcpts\": {rcpts}, \
          \"messages\": {}, \"seconds\": {:.3}, \"decisions_per_s\": {:.0}, \"decision_p50_us\": {:.1}, \
-         \"decision_p99_us\": {:.1}, \"transaction_p50_us\": {:.1}, \"transaction_p99_us\": {:.1}}}",
+         \"decision_p99_us\": {:.1}, \"transaction_p50_us\": {:.1}, \"transaction_p99_us\": {:.1}, \
+         \"daemon_cpu_s\": {:.2}, \"decisions_per_daemon_cpu_s\": {:.0}}}",
         l.messages,
         l.seconds,
         l.messages as f64 / l.seconds,
         l.decision_p50_us,
         l.decision_p99_us,
         l.transaction_p50_us,
-        l.transaction_p99_us
+        l.transaction_p99_us,
+        l.daemon_cpu_s,
+        l.messages as f64 / l.daemon_cpu_s.max(0.001)
     )
 }
 
@@ -297,23 +324,23 @@ fn main() {
     let mut rows = Vec::new();
     runtime.block_on(async {
         // Warm up both daemons (allocator, thread pools) before measuring.
-        load(&tcp, CONNECTIONS, 2, 1).await;
-        load(&unix, CONNECTIONS, 2, 1).await;
-        let l = load(&tcp, CONNECTIONS, per_conn, 1).await;
+        load(&tcp, &tcp_daemon, CONNECTIONS, 2, 1).await;
+        load(&unix, &unix_daemon, CONNECTIONS, 2, 1).await;
+        let l = load(&tcp, &tcp_daemon, CONNECTIONS, per_conn, 1).await;
         rows.push(json("1 recipient", "tcp", CONNECTIONS, 1, &l));
         eprintln!("{}", rows[rows.len() - 1]);
         let after_kib = tcp_daemon.rss_kib("VmRSS:");
-        let l = load(&unix, CONNECTIONS, per_conn, 1).await;
+        let l = load(&unix, &unix_daemon, CONNECTIONS, per_conn, 1).await;
         rows.push(json("1 recipient", "unix", CONNECTIONS, 1, &l));
         eprintln!("{}", rows[rows.len() - 1]);
         let big_conns = if full { CONNECTIONS } else { 2 };
-        let l = load(&tcp, big_conns, if full { 20 } else { 1 }, 1_000).await;
+        let l = load(&tcp, &tcp_daemon, big_conns, if full { 20 } else { 1 }, 1_000).await;
         rows.push(json("1,000 recipients", "tcp", big_conns, 1_000, &l));
         eprintln!("{}", rows[rows.len() - 1]);
 
         let big = if full { 1_000_000 } else { 2_000 };
         let before_big = tcp_daemon.rss_kib("VmRSS:");
-        let l = load(&tcp, 1, 1, big).await;
+        let l = load(&tcp, &tcp_daemon, 1, 1, big).await;
         let after_big = tcp_daemon.rss_kib("VmRSS:");
         let peak = tcp_daemon.rss_kib("VmHWM:");
         println!(
