@@ -2,14 +2,14 @@
 //! The facts about one message that the policy core decides on.
 
 use super::address::{AddressGlobs, normalize};
-use std::collections::HashSet;
+use indexmap::IndexSet;
 use std::sync::Arc;
 
 /// Envelope recipients, normalised and without duplicates, in arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecipientSet {
-    order: Vec<String>,
-    seen: HashSet<String>,
+    /// Insertion-ordered and hashed: one allocation per recipient.
+    set: IndexSet<String>,
 }
 
 impl RecipientSet {
@@ -22,27 +22,22 @@ impl RecipientSet {
     /// or an empty address.
     pub fn add(&mut self, raw: &str) -> bool {
         let addr = normalize(raw);
-        if addr.is_empty() || self.seen.contains(&addr) {
-            return false;
-        }
-        self.seen.insert(addr.clone());
-        self.order.push(addr);
-        true
+        !addr.is_empty() && self.set.insert(addr)
     }
 
     /// The number of distinct recipients.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.set.len()
     }
 
     /// True when there is no recipient.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.set.is_empty()
     }
 
     /// The recipients in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
+        self.set.iter().map(String::as_str)
     }
 }
 
