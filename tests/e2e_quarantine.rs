@@ -423,10 +423,15 @@ fn kill_9_while_holding_loses_nothing() {
         let h = s.postfix.held();
         (h.len() == accepted.len()).then_some(h)
     });
-    assert!(
-        s.sink.find("q-kill-").is_empty(),
-        "nothing was released by the crash"
-    );
+    // The admins' digest lists the held subjects too; only mail to the real
+    // recipients would mean a leak.
+    let leaked: Vec<_> = s
+        .sink
+        .find("q-kill-")
+        .into_iter()
+        .filter(|m| m.rcpts.iter().any(|r| r.starts_with('k')))
+        .collect();
+    assert!(leaked.is_empty(), "nothing was released by the crash");
 
     // Every held message has its record; reconcile finds nothing to adopt, and the
     // records of messages Postfix never queued are closed after the grace period.
