@@ -15,7 +15,7 @@ use fanout_milter::quarantine::{Filter, State, Store};
 use fanout_milter::state::{Guard, MemoryBackend};
 use fanout_milter::{ReloadError, Runtime, Services};
 use indymilter_test::{
-    Actions, EomAction, EomActions, IntoCString, MacroStage, Status, TestConnection,
+    Actions, EomAction, EomActions, IntoCString, MacroStage, ProtoOpts, Status, TestConnection,
 };
 use std::ffi::CString;
 use std::future::Future;
@@ -220,6 +220,24 @@ impl Milter {
             (Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::QUARANTINE) & actions,
             "the milter asks for exactly the actions it uses"
         );
+        let opts = conn.negotiated_opts();
+        assert!(
+            !opts.contains(ProtoOpts::NO_DATA),
+            "the milter answers DATA: without that round trip Postfix's Nagle stalls each message on TCP for 40 ms"
+        );
+        let noreply = ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_HELO
+            | ProtoOpts::NOREPLY_MAIL
+            | ProtoOpts::NOREPLY_RCPT
+            | ProtoOpts::NOREPLY_DATA
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_EOH
+            | ProtoOpts::NOREPLY_BODY
+            | ProtoOpts::NOREPLY_UNKNOWN;
+        assert!(
+            (opts & noreply).is_empty(),
+            "every stage is answered, so a killed milter leaks nothing: {opts:?}"
+        );
         let status = within(
             "connect",
             conn.connect("client.example.net", ([192, 0, 2, 25], 40000)),
@@ -333,6 +351,8 @@ async fn eom_raw(conn: &mut TestConnection) -> (EomActions, Status) {
 async fn message(conn: &mut TestConnection, sender: &str, to: &[String]) -> (EomActions, Status) {
     mail(conn, sender).await;
     rcpts(conn, to).await;
+    let status = within("data", conn.data()).await.expect("data");
+    assert_eq!(status, Status::Continue, "DATA");
     header(conn, "From", "Ann <ann@example.org>").await;
     header(conn, "To", "team@example.org").await;
     header(conn, "Subject", "Quarterly figures").await;

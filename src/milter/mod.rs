@@ -40,6 +40,7 @@ pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
         .on_connect(|cx, host, socket| Box::pin(handle_connect(cx, host, socket)))
         .on_mail(move |cx, args| Box::pin(handle_mail(cx, args, mail_shared.clone())))
         .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
+        .on_data(|_cx| Box::pin(handle_data()))
         .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
         .on_eom(move |cx| Box::pin(handle_eom(cx, eom_shared.clone())))
         .on_abort(|cx| Box::pin(handle_abort(cx)))
@@ -98,6 +99,16 @@ async fn handle_rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
     if let (Some(msg), Some(rcpt)) = (cx.data.as_mut().and_then(|s| s.msg.as_mut()), args.first()) {
         msg.add_envelope_recipient(&rcpt.to_string_lossy());
     }
+    Status::Continue
+}
+
+/// DATA is answered although the milter has nothing to check there. Measured with
+/// SMFIP_NODATA instead: Postfix stalled about 40 ms per message on TCP (22 instead of
+/// 281 messages per second on one SMTP session, scripts/bench-pipeline; libmilter and
+/// OpenDKIM do the same), because Postfix writes its macro and command packets
+/// separately with Nagle on, and without the DATA round trip one of those writes waits
+/// for the milter's delayed ACK. The extra round trip costs far less.
+async fn handle_data() -> Status {
     Status::Continue
 }
 
