@@ -295,3 +295,195 @@ fn systemd_unit_verifies_and_is_hardened() {
     );
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
 }
+
+/// A configuration with one virtual(5) source in `dir`, drift detection at factor 5
+/// above 20 mailboxes, and the hidden rule off.
+fn directory_config(dir: &std::path::Path, virtual_text: &str) -> String {
+    let virtual_path = dir.join("virtual");
+    std::fs::write(&virtual_path, virtual_text).expect("write the virtual file");
+    write_config(
+        dir,
+        &format!(
+            "[domains]\ninternal = [\"corp.example\"]\n\
+             [hidden]\nmin_audience = 0\n\
+             [drift]\nfactor = 5.0\nmin_audience = 20\n\
+             [[directory]]\ntype = \"postfix-virtual\"\npath = \"{}\"\n",
+            virtual_path.display()
+        ),
+    )
+}
+
+/// all@ reaches ward-a@ (3), ward-b@ (3, one shared with ward-a) and one outsider.
+const WARDS: &str = "all@corp.example ward-a@corp.example, ward-b@corp.example, ext@partner.example\n\
+                     ward-a@corp.example ann@corp.example, bob@corp.example, carl@corp.example\n\
+                     ward-b@corp.example carl@corp.example, dora@corp.example, eve@corp.example\n";
+
+#[test]
+fn directory_lookup_prints_count_path_and_members() {
+    let dir = scratch_dir("cli-lookup");
+    let path = directory_config(dir.path(), WARDS);
+    let out = fanout(
+        &[
+            "directory",
+            "--config",
+            &path,
+            "lookup",
+            "All@CORP.example",
+            "--members",
+            "2",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let virtual_path = dir.path().join("virtual").display().to_string();
+    assert!(
+        stdout.starts_with(&format!(
+            "all@corp.example: list defined at {virtual_path}:1"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\naudience: 6 mailboxes\n"), "{stdout}");
+    assert!(stdout.contains("\nexternal: 1\n"), "{stdout}");
+    assert!(stdout.contains("\nnested lists (2):\n"), "{stdout}");
+    assert!(
+        stdout.contains("\n  ward-a@corp.example (3 mailboxes)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\n  ward-b@corp.example (3 mailboxes)\n"),
+        "{stdout}"
+    );
+    let members = stdout.split("first members:\n").nth(1).expect("members");
+    assert_eq!(
+        members.lines().count(),
+        3,
+        "two members and a tail: {stdout}"
+    );
+    assert!(members.ends_with("  ... 4 more\n"), "{stdout}");
+
+    // An address that is no list reaches itself.
+    let out = fanout(
+        &["directory", "--config", &path, "lookup", "zed@corp.example"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "zed@corp.example: not a list; reaches 1 address(es):\n  zed@corp.example\n"
+    );
+}
+
+#[test]
+fn explain_shows_the_expansion_behind_the_audience() {
+    let dir = scratch_dir("cli-explain-expansion");
+    let path = directory_config(dir.path(), WARDS);
+    let out = fanout(
+        &[
+            "explain",
+            "--config",
+            &path,
+            "--from",
+            "x@corp.example",
+            "--rcpt",
+            "all@corp.example,ann@corp.example",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("envelope recipients: 2\n"), "{stdout}");
+    assert!(
+        stdout.contains("\naudience: 6\n"),
+        "ann is counted once: {stdout}"
+    );
+    assert!(stdout.contains("external recipients: 1\n"), "{stdout}");
+    assert!(
+        stdout.contains("  list all@corp.example: 6 mailboxes (1 external, 2 nested lists)\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_drifted_list_is_held_until_its_size_is_accepted() {
+    let dir = scratch_dir("cli-drift");
+    let path = directory_config(dir.path(), WARDS);
+    let accept = |address: &str| fanout(&["directory", "--config", &path, "accept", address], None);
+    let explain = || {
+        let out = fanout(
+            &[
+                "explain",
+                "--config",
+                &path,
+                "--json",
+                "--from",
+                "x@corp.example",
+                "--rcpt",
+                "ward-a@corp.example",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON output")
+    };
+
+    let out = accept("ward-a@corp.example");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ward-a@corp.example: accepted size 3\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // The list's filter breaks: 3 yesterday, 40 today.
+    let grown: Vec<String> = (0..40).map(|i| format!("m{i}@corp.example")).collect();
+    std::fs::write(
+        dir.path().join("virtual"),
+        format!("ward-a@corp.example {}\n", grown.join(", ")),
+    )
+    .expect("rewrite");
+    let json = explain();
+    assert_eq!(json["verdict"], "quarantine", "{json}");
+    assert_eq!(json["reasons"][0]["rule"], "drift");
+    let reason = json["reasons"][0]["message"].as_str().expect("message");
+    assert!(
+        reason.contains("list ward-a@corp.example grew from 3 to 40 recipients"),
+        "{reason}"
+    );
+    let out = fanout(
+        &[
+            "directory",
+            "--config",
+            &path,
+            "lookup",
+            "ward-a@corp.example",
+        ],
+        None,
+    );
+    assert!(
+        text(&out.stdout).contains("DRIFTED: accepted size 3, now 40"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = accept("ward-a@corp.example");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ward-a@corp.example: accepted size 40 (was 3)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        explain()["verdict"],
+        "accept",
+        "accepted: the list flows again"
+    );
+
+    let out = accept("nobody@corp.example");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nobody@corp.example is not a list"),
+        "{}",
+        text(&out.stderr)
+    );
+}

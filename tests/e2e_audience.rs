@@ -206,3 +206,56 @@ fn a_reply_with_a_hidden_bcc_list_is_caught() {
     .expect("accepted");
     assert_eq!(s.sink.wait_for("aud-visible").rcpts.len(), 3);
 }
+
+#[test]
+fn sighup_with_a_broken_list_file_keeps_the_old_directory() {
+    let s = setup("audience-reload", "reject");
+    let port = s.postfix.smtp_port;
+    let virtual_path = s.dir.path().join("virtual");
+    let grown: Vec<String> = (0..200).map(|j| format!("g{j}@corp.example")).collect();
+    let fixed = format!(
+        "{}small@lists.corp.example {}\n",
+        virtual_file().replace("small@lists.corp.example", "old-small@lists.corp.example"),
+        grown.join(", ")
+    );
+    let broken_line = fixed.lines().count() + 1;
+    std::fs::write(&virtual_path, format!("{fixed}no-value-here\n")).expect("write");
+    s.milter.signal(nix::sys::signal::Signal::SIGHUP);
+    let log = wait_for("the refused reload", || {
+        let log = s.milter.log();
+        log.contains("configuration not reloaded").then_some(log)
+    });
+    let at = format!("{}:{broken_line}:", virtual_path.display());
+    assert!(
+        log.contains(&at),
+        "the error names file and line {at}:\n{log}"
+    );
+
+    // The old directory still applies: small@ reaches 10, which passes.
+    smtp_send(
+        port,
+        "ann@corp.example",
+        &["small@lists.corp.example".into()],
+        &message("aud-reload-old", "small@lists.corp.example"),
+    )
+    .expect("the old directory still applies");
+    s.sink.wait_for("aud-reload-old");
+
+    std::fs::write(&virtual_path, fixed).expect("write");
+    s.milter.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", || {
+        s.milter
+            .log()
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+    let err = smtp_send(
+        port,
+        "ann@corp.example",
+        &["small@lists.corp.example".into()],
+        &message("aud-reload-new", "small@lists.corp.example"),
+    )
+    .expect_err("the new directory applies: small@ now reaches 200");
+    assert_eq!(err.code, 550, "{err:?}");
+    assert!(err.text.contains("visible 1, real audience 200"), "{err:?}");
+}

@@ -307,3 +307,196 @@ fn drift_state(
     }
     drifted.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A configuration whose sources are files in `dir`; `extra` is appended.
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            r#"
+[domains]
+internal = ["corp.example", "*.nhs.example"]
+
+[quarantine]
+state_dir = "{state}"
+
+[[directory]]
+type = "postfix-virtual"
+path = "{dir}/virtual"
+domains = ["corp.example"]
+
+[[directory]]
+type = "aliases"
+path = "{dir}/aliases"
+domains = ["lists.corp.example"]
+{extra}
+"#,
+            state = dir.join("state").display(),
+            dir = dir.display(),
+        );
+        crate::config::parse(&text, &dir.join("fanout-milter.toml")).expect("configuration")
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+
+    fn audience(d: &Directory, rcpts: &[&str]) -> AudienceFacts {
+        d.audience_facts(rcpts.iter().copied()).expect("configured")
+    }
+
+    #[test]
+    fn sources_and_config_lists_are_merged_into_one_audience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "virtual",
+            "# staff lists\n\
+             All-Staff@Corp.Example  ward-a, ward-b,\n    \
+             \tpharmacy@lists.corp.example\n\
+             ward-a  ann@corp.example, bob@corp.example, CARL@corp.example\n\
+             ward-b  bob@corp.example, dora@trust.nhs.example, ext@partner.example\n",
+        );
+        write(
+            dir.path(),
+            "aliases",
+            "pharmacy: carl@corp.example, eve@corp.example, \"|/usr/bin/logger\"\n",
+        );
+        let d = Directory::load(
+            &config(
+                dir.path(),
+                "[[list]]\naddress = \"board@corp.example\"\nmember_count = 40\n",
+            ),
+            DriftMode::ReadOnly,
+        )
+        .expect("load");
+        assert!(d.is_configured());
+        assert_eq!(d.report.sources.len(), 3, "{:?}", d.report.sources);
+
+        // ann, bob, carl (twice: ward-a and pharmacy), dora, ext, eve: six mailboxes,
+        // bob and carl counted once; the pipe is not a mailbox.
+        let a = audience(&d, &["all-staff@CORP.example"]);
+        assert_eq!(a.total, 6);
+        assert_eq!(a.external, 1, "*.nhs.example is internal, partner is not");
+        assert_eq!(a.non_mailbox, 1);
+        assert_eq!(&*a.lists[0].address, "all-staff@corp.example");
+        assert_eq!(a.lists[0].size, 6);
+        assert_eq!(a.lists[0].nested_lists, 3);
+
+        // Overlapping lists in one message: each mailbox once, the opaque list by count.
+        let a = audience(
+            &d,
+            &[
+                "ward-a@corp.example",
+                "ward-b@corp.example",
+                "ann@corp.example",
+                "board@corp.example",
+            ],
+        );
+        assert_eq!(a.total, 5 + 40);
+        assert_eq!(a.external, 1);
+        let sizes: Vec<(&str, u64)> = a.lists.iter().map(|l| (&*l.address, l.size)).collect();
+        assert!(sizes.contains(&("board@corp.example", 40)), "{sizes:?}");
+        assert!(sizes.contains(&("ward-a@corp.example", 3)), "{sizes:?}");
+        assert!(sizes.contains(&("ward-b@corp.example", 3)), "{sizes:?}");
+
+        // A plain address is one mailbox, whatever its case.
+        assert_eq!(audience(&d, &["Ann@CORP.EXAMPLE"]).total, 1);
+    }
+
+    #[test]
+    fn config_lists_come_first_and_allowed_senders_without_a_definition_warn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "virtual", "ward-a ann@corp.example\n");
+        write(dir.path(), "aliases", "");
+        let d = Directory::load(
+            &config(
+                dir.path(),
+                "[[list]]\naddress = \"ward-a@corp.example\"\nmember_count = 900\n\n\
+                 [[list]]\naddress = \"ceo@corp.example\"\nallowed_senders = [\"pa@corp.example\"]\n",
+            ),
+            DriftMode::ReadOnly,
+        )
+        .expect("load");
+        assert_eq!(audience(&d, &["ward-a@corp.example"]).total, 900);
+        assert!(
+            d.report
+                .warnings
+                .iter()
+                .any(|w| w.contains("ceo@corp.example has allowed_senders but no source")),
+            "{:?}",
+            d.report.warnings
+        );
+        let ceo = audience(&d, &["ceo@corp.example"]);
+        assert!(ceo.lists[0].allowed_senders.is_some(), "still restricted");
+    }
+
+    #[test]
+    fn a_malformed_line_names_the_source_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "virtual", "ward-a ann@corp.example\n");
+        write(
+            dir.path(),
+            "aliases",
+            "# lists\npharmacy: eve@corp.example\n\nbroken:\n",
+        );
+        let e = Directory::load(&config(dir.path(), ""), DriftMode::ReadOnly)
+            .expect_err("the aliases file is broken");
+        let text = e.to_string();
+        let at = format!("{}:4:", dir.path().join("aliases").display());
+        assert!(text.contains(&at), "{text}");
+        assert!(text.contains("broken"), "{text}");
+    }
+
+    #[test]
+    fn a_source_file_gone_since_the_config_was_read_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "aliases", "");
+        write(dir.path(), "virtual", "ward-a ann@corp.example\n");
+        let config = config(dir.path(), "");
+        std::fs::remove_file(dir.path().join("virtual")).expect("remove");
+        let e = Directory::load(&config, DriftMode::ReadOnly).expect_err("no virtual file");
+        assert!(
+            e.to_string()
+                .contains(&dir.path().join("virtual").display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cycles_are_warnings_and_drift_is_recorded_only_in_record_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "virtual",
+            "loop-a loop-b, ann@corp.example\nloop-b loop-a, bob@corp.example\n",
+        );
+        write(dir.path(), "aliases", "");
+        let extra = "[drift]\nfactor = 2.0\nmin_audience = 2\n";
+        let d = Directory::load(&config(dir.path(), extra), DriftMode::ReadOnly).expect("load");
+        assert_eq!(audience(&d, &["loop-a@corp.example"]).total, 2);
+        assert!(
+            d.report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("cycle below")),
+            "{:?}",
+            d.report.warnings
+        );
+        let sizes = dir.path().join("state");
+        assert!(
+            !sizes.exists() || std::fs::read_dir(&sizes).expect("dir").next().is_none(),
+            "read-only loads write nothing"
+        );
+        Directory::load(&config(dir.path(), extra), DriftMode::Record).expect("load");
+        let mut known = KnownSizes::load(&sizes).expect("sizes");
+        assert_eq!(
+            known.accept("loop-a@corp.example", 2),
+            Some(2),
+            "the daemon's load remembered the size"
+        );
+    }
+}

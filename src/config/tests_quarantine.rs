@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Loader tests for `[quarantine]`, `[postfix]` and `[notify]`.
+
+use super::*;
+
+const FILE: &str = "/etc/fanout-milter/fanout-milter.toml";
+
+/// Parses `src` after a `[domains]` table (two lines), so line numbers in `src` are
+/// shifted by two.
+fn load_str(src: &str) -> Result<Config, ConfigError> {
+    parse(
+        &format!("[domains]\ninternal = [\"corp.example\"]\n{src}"),
+        Path::new(FILE),
+    )
+}
+
+/// Asserts one problem at `line` about `key` containing `needle`, rendered with the
+/// file and line first.
+fn refused(src: &str, line: usize, key: &str, needle: &str) {
+    let err = match load_str(src) {
+        Ok(_) => panic!("accepted:\n{src}"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert_eq!(err.problems().len(), 1, "{text}");
+    let p = &err.problems()[0];
+    assert_eq!((p.line, p.key.as_str()), (Some(line), key), "{text}");
+    assert!(p.message.contains(needle), "{needle:?} not in {text}");
+    assert!(text.starts_with(&format!("{FILE}:{line}:")), "{text}");
+}
+
+#[test]
+fn defaults_hold_for_review_and_tell_senders_on_expiry() {
+    let c = load_str("").expect("defaults");
+    assert_eq!(c.state_dir, Path::new("/var/lib/fanout-milter"));
+    assert_eq!(c.quarantine.review_within, Duration::from_secs(4 * 3600));
+    assert_eq!(c.quarantine.expire_after, Duration::from_secs(3 * 86400));
+    assert_eq!(c.quarantine.on_expiry, OnExpiry::NotifySender);
+    assert_eq!(c.postfix.config_directory, Path::new("/etc/postfix"));
+    assert_eq!(c.postfix.command_directory, Path::new("/usr/sbin"));
+    assert_eq!(c.postfix.sendmail, Path::new("/usr/sbin/sendmail"));
+    assert!(c.notify.admins.is_empty());
+    assert_eq!(c.notify.webhook, None);
+    assert_eq!(c.notify.interval, Duration::from_secs(60));
+    assert_eq!(c.notify.relay, ("127.0.0.1".to_owned(), 25));
+}
+
+#[test]
+fn settings_are_read() {
+    let c = load_str(
+        "[quarantine]\nstate_dir = \"/srv/fanout\"\nreview_within = \"1h\"\nexpire_after = \"2d\"\non_expiry = \"keep\"\n\
+         [postfix]\nconfig_directory = \"/etc/postfix-out\"\n\
+         [notify]\nadmins = [\"noc@corp.example\"]\nwebhook = \"https://hooks.corp.example/mail\"\n\
+         interval = \"5m\"\nrelay = \"[::1]:10025\"\n",
+    )
+    .expect("valid");
+    assert_eq!(c.state_dir, Path::new("/srv/fanout"));
+    assert_eq!(c.quarantine.review_within, Duration::from_secs(3600));
+    assert_eq!(c.quarantine.expire_after, Duration::from_secs(2 * 86400));
+    assert_eq!(c.quarantine.on_expiry, OnExpiry::Keep);
+    assert_eq!(c.postfix.config_directory, Path::new("/etc/postfix-out"));
+    assert_eq!(c.notify.admins, ["noc@corp.example"]);
+    assert_eq!(
+        c.notify.webhook.as_deref(),
+        Some("https://hooks.corp.example/mail")
+    );
+    assert_eq!(c.notify.interval, Duration::from_secs(300));
+    assert_eq!(c.notify.relay, ("::1".to_owned(), 10025));
+}
+
+#[test]
+fn relative_paths_are_refused() {
+    refused(
+        "[quarantine]\nstate_dir = \"var/fanout\"\n",
+        4,
+        "quarantine.state_dir",
+        "must be an absolute path",
+    );
+    refused(
+        "[postfix]\nconfig_directory = \"postfix\"\n",
+        4,
+        "postfix.config_directory",
+        "must be an absolute path",
+    );
+    refused(
+        "[postfix]\nsendmail = \"sendmail\"\n",
+        4,
+        "postfix.sendmail",
+        "must be an absolute path",
+    );
+}
+
+#[test]
+fn expiry_before_review_and_unknown_expiry_action_are_refused() {
+    refused(
+        "[quarantine]\nreview_within = \"1d\"\nexpire_after = \"2h\"\n",
+        5,
+        "quarantine.expire_after",
+        "shorter than review_within",
+    );
+    refused(
+        "[quarantine]\non_expiry = \"delete\"\n",
+        4,
+        "quarantine.on_expiry",
+        "notify-sender",
+    );
+    refused(
+        "[quarantine]\nreview_within = \"soon\"\n",
+        4,
+        "quarantine.review_within",
+        "soon",
+    );
+}
+
+#[test]
+fn bad_notify_settings_are_refused() {
+    refused(
+        "[notify]\nadmins = [\"noc@corp.example\", \"not an address\"]\n",
+        4,
+        "notify.admins[1]",
+        "not an address",
+    );
+    refused(
+        "[notify]\nwebhook = \"ftp://hooks.corp.example\"\n",
+        4,
+        "notify.webhook",
+        "http:// or https://",
+    );
+    refused(
+        "[notify]\nfrom = \"Postmaster <postmaster@corp.example>\"\n",
+        4,
+        "notify.from",
+        "plain address",
+    );
+    refused(
+        "[notify]\nrelay = \"mail.corp.example\"\n",
+        4,
+        "notify.relay",
+        "HOST:PORT",
+    );
+    refused(
+        "[notify]\nrelay = \"mail.corp.example:0\"\n",
+        4,
+        "notify.relay",
+        "HOST:PORT",
+    );
+}
