@@ -23,18 +23,19 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, listen: &str) -> Daemon {
+    fn start(dir: &Path, listen: &str, threads: usize) -> Daemon {
         let config = dir.join("fanout-milter.toml");
         std::fs::write(
             &config,
             format!(
-                "[milter]\nlisten = \"{listen}\"\nmax_connections = 200\n\
-                 [logging]\nlevel = \"warn\"\n\
+                "[milter]\nlisten = \"{listen}\"\nmax_connections = 200\nthreads = {threads}\n\
+                 [logging]\nlevel = \"info\"\n\
                  [domains]\ninternal = [\"corp.example\"]\n\
                  [limits.envelope]\ntag = 0\nquarantine = 0\nreject = 0\n\
                  [limits.external]\ntag = 0\nquarantine = 0\nreject = 0\n\
                  [limits.audience]\ntag = 0\nquarantine = 0\nreject = 0\n\
                  [hidden]\nmin_audience = 0\n\
+                 [breaker]\nmax_per_minute = 0\n\
                  [quarantine]\nstate_dir = \"{}\"\n",
                 dir.join("state").display()
             ),
@@ -44,7 +45,8 @@ impl Daemon {
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // One log line per message, as deployed; kept in the scratch directory.
+            .stderr(std::fs::File::create(dir.join("daemon.log")).expect("daemon log"))
             .spawn()
             .expect("start fanout-milter");
         Daemon {
@@ -131,7 +133,7 @@ impl Target {
             .connect("client.corp.example", ([127, 0, 0, 1], 40000))
             .await
             .expect("connect");
-        assert_eq!(status, Status::Continue);
+        assert_eq!(status, Status::Noreply, "CONNECT's reply is waived");
         conn
     }
 }
@@ -178,14 +180,15 @@ async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Du
     let started = Instant::now();
     assert_eq!(
         conn.mail(["<ann@corp.example>"]).await.expect("mail"),
-        Status::Continue
+        Status::Noreply
     );
     for r in rcpts {
         assert_eq!(
             conn.rcpt([r.as_str()]).await.expect("rcpt"),
-            Status::Continue
+            Status::Noreply
         );
     }
+    assert_eq!(conn.data().await.expect("data"), Status::Continue);
     for (name, value) in [
         ("From", "Ann <ann@corp.example>"),
         ("To", "team@corp.example"),
@@ -194,13 +197,14 @@ async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Du
     ] {
         assert_eq!(
             conn.header(name, value).await.expect("header"),
-            Status::Continue
+            Status::Noreply
         );
     }
     let id = format!("B{n:011X}");
     conn.macros(MacroStage::Eom, [("i", id.as_str())])
         .await
         .expect("macros");
+    assert_eq!(conn.eoh().await.expect("eoh"), Status::Noreply);
     let decide = Instant::now();
     let (_, status) = conn.eom().await.expect("eom");
     let decided = decide.elapsed();
@@ -275,9 +279,30 @@ async fn load(
     }
 }
 
-fn json(name: &str, transport: &str, connections: usize, rcpts: usize, l: &Load) -> String {
+/// Adds a load's JSON to `rows` and shows it on stderr.
+fn push_row(
+    rows: &mut Vec<String>,
+    name: &str,
+    transport: &str,
+    threads: usize,
+    connections: usize,
+    rcpts: usize,
+    l: &Load,
+) {
+    rows.push(json(name, transport, threads, connections, rcpts, l));
+    eprintln!("{}", rows[rows.len() - 1]);
+}
+
+fn json(
+    name: &str,
+    transport: &str,
+    threads: usize,
+    connections: usize,
+    rcpts: usize,
+    l: &Load,
+) -> String {
     format!(
-        "{{\"name\": \"{name}\", \"transport\": \"{transport}\", \"connections\": {connections}, \"rcpts\": {rcpts}, \
+        "{{\"name\": \"{name}\", \"transport\": \"{transport}\", \"threads\": {threads}, \"connections\": {connections}, \"rcpts\": {rcpts}, \
          \"messages\": {}, \"seconds\": {:.3}, \"decisions_per_s\": {:.0}, \"decision_p50_us\": {:.1}, \
          \"decision_p99_us\": {:.1}, \"transaction_p50_us\": {:.1}, \"transaction_p99_us\": {:.1}, \
          \"daemon_cpu_s\": {:.2}, \"decisions_per_daemon_cpu_s\": {:.0}}}",
@@ -304,39 +329,53 @@ fn main() {
         .build()
         .expect("runtime");
     let base = std::env::temp_dir().join(format!("fanout-bench-protocol-{}", std::process::id()));
-    let tcp_dir = base.join("tcp");
-    let unix_dir = base.join("unix");
-    std::fs::create_dir_all(&tcp_dir).expect("dir");
-    std::fs::create_dir_all(&unix_dir).expect("dir");
-    let tcp = Target::Tcp(SocketAddr::from(([127, 0, 0, 1], free_port())));
-    let socket = unix_dir.join("milter.sock");
-    let unix = Target::Unix(socket.clone());
-    let Target::Tcp(addr) = &tcp else {
-        unreachable!()
+    let start = |name: &str, threads: usize, tcp: bool| {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (target, listen) = if tcp {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            (Target::Tcp(addr), format!("inet:{addr}"))
+        } else {
+            let socket = dir.join("milter.sock");
+            let listen = format!("unix:{}", socket.display());
+            (Target::Unix(socket), listen)
+        };
+        let daemon = Daemon::start(&dir, &listen, threads);
+        wait_ready(&target);
+        (target, daemon)
     };
-    let tcp_daemon = Daemon::start(&tcp_dir, &format!("inet:{addr}"));
-    let unix_daemon = Daemon::start(&unix_dir, &format!("unix:{}", socket.display()));
-    wait_ready(&tcp);
-    wait_ready(&unix);
+    // The default (one thread) on both transports, and two threads for comparison.
+    let (tcp, tcp_daemon) = start("tcp", 1, true);
+    let (unix, unix_daemon) = start("unix", 1, false);
+    let (tcp2, tcp2_daemon) = start("tcp2", 2, true);
+    let (unix2, unix2_daemon) = start("unix2", 2, false);
     let idle_kib = tcp_daemon.rss_kib("VmRSS:");
 
     let per_conn = if full { 2_000 } else { 4 };
     let mut rows = Vec::new();
     runtime.block_on(async {
-        // Warm up both daemons (allocator, thread pools) before measuring.
-        load(&tcp, &tcp_daemon, CONNECTIONS, 2, 1).await;
-        load(&unix, &unix_daemon, CONNECTIONS, 2, 1).await;
+        // Warm up the daemons (allocator, thread pools) before measuring.
+        for (t, d) in [(&tcp, &tcp_daemon), (&unix, &unix_daemon), (&tcp2, &tcp2_daemon), (&unix2, &unix2_daemon)] {
+            load(t, d, CONNECTIONS, 2, 1).await;
+        }
         let l = load(&tcp, &tcp_daemon, CONNECTIONS, per_conn, 1).await;
-        rows.push(json("1 recipient", "tcp", CONNECTIONS, 1, &l));
-        eprintln!("{}", rows[rows.len() - 1]);
+        push_row(&mut rows, "1 recipient", "tcp", 1, CONNECTIONS, 1, &l);
         let after_kib = tcp_daemon.rss_kib("VmRSS:");
         let l = load(&unix, &unix_daemon, CONNECTIONS, per_conn, 1).await;
-        rows.push(json("1 recipient", "unix", CONNECTIONS, 1, &l));
-        eprintln!("{}", rows[rows.len() - 1]);
+        push_row(&mut rows, "1 recipient", "unix", 1, CONNECTIONS, 1, &l);
+        let l = load(&tcp2, &tcp2_daemon, CONNECTIONS, per_conn, 1).await;
+        push_row(&mut rows, "1 recipient", "tcp", 2, CONNECTIONS, 1, &l);
+        let l = load(&unix2, &unix2_daemon, CONNECTIONS, per_conn, 1).await;
+        push_row(&mut rows, "1 recipient", "unix", 2, CONNECTIONS, 1, &l);
+        // Decision latency of a message on its own, then of a 1,000-recipient message on
+        // its own and under load.
+        let l = load(&tcp, &tcp_daemon, 1, if full { 2_000 } else { 2 }, 1).await;
+        push_row(&mut rows, "1 recipient", "tcp", 1, 1, 1, &l);
+        let l = load(&tcp, &tcp_daemon, 1, if full { 300 } else { 2 }, 1_000).await;
+        push_row(&mut rows, "1,000 recipients", "tcp", 1, 1, 1_000, &l);
         let big_conns = if full { CONNECTIONS } else { 2 };
         let l = load(&tcp, &tcp_daemon, big_conns, if full { 20 } else { 1 }, 1_000).await;
-        rows.push(json("1,000 recipients", "tcp", big_conns, 1_000, &l));
-        eprintln!("{}", rows[rows.len() - 1]);
+        push_row(&mut rows, "1,000 recipients", "tcp", 1, big_conns, 1_000, &l);
 
         let big = if full { 1_000_000 } else { 2_000 };
         let before_big = tcp_daemon.rss_kib("VmRSS:");
@@ -353,7 +392,6 @@ fn main() {
             l.seconds
         );
     });
-    drop(tcp_daemon);
-    drop(unix_daemon);
+    drop((tcp_daemon, unix_daemon, tcp2_daemon, unix2_daemon));
     let _ = std::fs::remove_dir_all(&base);
 }

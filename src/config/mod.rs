@@ -38,6 +38,8 @@ pub struct Config {
     pub socket_mode: u32,
     /// `[milter] max_connections`.
     pub max_connections: usize,
+    /// `[milter] threads`: worker threads of the async runtime (1: a single thread).
+    pub threads: usize,
     /// `[milter] connection_timeout`.
     pub connection_timeout: Duration,
     /// `[milter] shutdown_timeout`.
@@ -145,6 +147,9 @@ impl Config {
         }
         if self.raw.milter.max_connections != new.raw.milter.max_connections {
             keys.push("milter.max_connections");
+        }
+        if self.raw.milter.threads != new.raw.milter.threads {
+            keys.push("milter.threads");
         }
         if self.raw.milter.connection_timeout != new.raw.milter.connection_timeout {
             keys.push("milter.connection_timeout");

@@ -447,6 +447,8 @@ pub struct RawMilter {
     pub socket_mode: String,
     /// Concurrent milter connections (one per Postfix smtpd/cleanup process).
     pub max_connections: usize,
+    /// Threads serving milter connections: 1 runs everything on one thread.
+    pub threads: usize,
     /// Idle time after which a milter connection is closed.
     pub connection_timeout: String,
     /// How long a shutdown waits for messages in flight.
@@ -462,6 +464,7 @@ impl Default for RawMilter {
             mode: Mode::Enforce,
             socket_mode: "0660".into(),
             max_connections: 200,
+            threads: 1,
             connection_timeout: "10m".into(),
             shutdown_timeout: "30s".into(),
             max_header_bytes: 1024 * 1024,

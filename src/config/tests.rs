@@ -214,6 +214,8 @@ fn zero_or_invalid_duration() {
 fn zero_max_connections_and_tiny_header_cap() {
     let src = "[domains]\ninternal = [\"example.org\"]\n[milter]\nmax_connections = 0\n";
     assert_semantic(src, 4, "milter.max_connections", "must be at least 1");
+    let src = "[domains]\ninternal = [\"example.org\"]\n[milter]\nthreads = 0\n";
+    assert_semantic(src, 4, "milter.threads", "must be between 1 and 256");
     let src = "[domains]\ninternal = [\"example.org\"]\n[milter]\nmax_header_bytes = 100\n";
     assert_semantic(
         src,
@@ -465,6 +467,7 @@ fn empty_file_has_defaults_but_needs_internal_domains() {
     );
     assert_eq!(c.socket_mode, 0o660);
     assert_eq!(c.max_connections, 200);
+    assert_eq!(c.threads, 1);
     assert_eq!(c.connection_timeout, Duration::from_secs(600));
     assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.max_header_bytes, 1024 * 1024);

@@ -18,6 +18,9 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
+/// Upper bound of `[milter] threads`.
+const MAX_THREADS: usize = 256;
+
 type Problems = Vec<(String, String)>;
 
 pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> {
@@ -46,6 +49,12 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     };
     if raw.milter.max_connections == 0 {
         report("milter.max_connections", "must be at least 1".into());
+    }
+    if raw.milter.threads == 0 || raw.milter.threads > MAX_THREADS {
+        report(
+            "milter.threads",
+            format!("must be between 1 and {MAX_THREADS}"),
+        );
     }
     if raw.milter.max_header_bytes < 1024 {
         report(
@@ -404,6 +413,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
         listen: listen.expect("listen is set when there is no problem"),
         socket_mode,
         max_connections: raw.milter.max_connections,
+        threads: raw.milter.threads,
         connection_timeout,
         shutdown_timeout,
         max_header_bytes: raw.milter.max_header_bytes,

@@ -42,19 +42,28 @@ pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
         .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
         .on_data(|_cx| Box::pin(handle_data()))
         .on_header(|cx, name, value| Box::pin(handle_header(cx, name, value)))
+        .on_eoh(|cx| Box::pin(handle_eoh(cx)))
         .on_eom(move |cx| Box::pin(handle_eom(cx, eom_shared.clone())))
         .on_abort(|cx| Box::pin(handle_abort(cx)))
         .on_close(|cx| Box::pin(handle_close(cx)))
 }
 
-/// Every stage is answered: no `NOREPLY_*` options. Tried for issue 6 (it saves a round
-/// trip per recipient and header); with it, a message in flight when the daemon was
-/// killed was delivered by Postfix unchecked (tests/e2e_quarantine.rs, kill -9), which
-/// breaks the rule that a milter fault never leaks mail.
+/// Stages whose reply the milter waives when the MTA offers it: fanout-milter decides
+/// only at end of message, so these replies say nothing, and without them Postfix
+/// streams MAIL, every RCPT and every header without waiting (one round trip per
+/// message instead of one per recipient and header). DATA stays answered: see
+/// [`handle_data`]. If the milter dies mid-message, Postfix's next write or the read of
+/// the end-of-message reply fails and `milter_default_action` applies, as before.
+pub const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH);
+
 async fn handle_negotiate(
     cx: &mut NegotiateContext<Session>,
     offered: Actions,
-    _opts: ProtoOpts,
+    offered_opts: ProtoOpts,
 ) -> Status {
     let missing = ACTIONS.difference(offered);
     if !missing.is_empty() {
@@ -63,8 +72,18 @@ async fn handle_negotiate(
         );
     }
     cx.requested_actions = ACTIONS.intersection(offered);
-    cx.data = Some(Session::default());
+    let noreply = NOREPLY.intersection(offered_opts);
+    cx.requested_opts |= noreply;
+    cx.data = Some(Session::new(noreply));
     Status::Continue
+}
+
+/// The reply to a stage: none when its reply was waived at negotiation.
+fn ack(cx: &Context<Session>, stage: ProtoOpts) -> Status {
+    match &cx.data {
+        Some(session) if session.noreply.contains(stage) => Status::Noreply,
+        _ => Status::Continue,
+    }
 }
 
 async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: SocketInfo) -> Status {
@@ -76,7 +95,7 @@ async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: Socke
     let session = cx.data.get_or_insert_with(Session::default);
     session.conn.client = client;
     session.abort_message();
-    Status::Continue
+    ack(cx, ProtoOpts::NOREPLY_CONNECT)
 }
 
 async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<Shared>) -> Status {
@@ -92,14 +111,14 @@ async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<
     let inflight = shared.inflight.enter();
     let session = cx.data.get_or_insert_with(Session::default);
     session.init_message(runtime, &sender, login, inflight);
-    Status::Continue
+    ack(cx, ProtoOpts::NOREPLY_MAIL)
 }
 
 async fn handle_rcpt(cx: &mut Context<Session>, args: Vec<CString>) -> Status {
     if let (Some(msg), Some(rcpt)) = (cx.data.as_mut().and_then(|s| s.msg.as_mut()), args.first()) {
         msg.add_envelope_recipient(&rcpt.to_string_lossy());
     }
-    Status::Continue
+    ack(cx, ProtoOpts::NOREPLY_RCPT)
 }
 
 /// DATA is answered although the milter has nothing to check there. Measured with
@@ -116,7 +135,14 @@ async fn handle_header(cx: &mut Context<Session>, name: CString, value: CString)
     if let Some(msg) = cx.data.as_mut().and_then(|s| s.msg.as_mut()) {
         msg.add_header(name.as_bytes(), value.as_bytes());
     }
-    Status::Continue
+    ack(cx, ProtoOpts::NOREPLY_HEADER)
+}
+
+/// End of headers is taken (with its reply waived) only so that the MTA sends it: the
+/// milter library accepts end of message after DATA only by way of a header or end of
+/// headers, and a message may come without headers.
+async fn handle_eoh(cx: &mut Context<Session>) -> Status {
+    ack(cx, ProtoOpts::NOREPLY_EOH)
 }
 
 async fn handle_abort(cx: &mut Context<Session>) -> Status {

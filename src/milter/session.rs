@@ -5,6 +5,7 @@ use crate::message::{HeaderBuffer, extract};
 use crate::policy::{MessageFacts, RecipientSet};
 use crate::server::InflightGuard;
 use crate::server::Runtime;
+use indymilter::ProtoOpts;
 use std::sync::Arc;
 
 /// The header this milter adds; copies of it arriving from outside are removed.
@@ -17,6 +18,8 @@ pub struct Session {
     pub conn: ConnData,
     /// The message in progress, from MAIL to end of message.
     pub msg: Option<MessageData>,
+    /// Stages whose reply was waived at negotiation (`NOREPLY_*`).
+    pub noreply: ProtoOpts,
 }
 
 /// Facts about the SMTP client, valid for every message of the connection.
@@ -46,6 +49,14 @@ pub struct MessageData {
 }
 
 impl Session {
+    /// A session whose stages in `noreply` get no reply.
+    pub fn new(noreply: ProtoOpts) -> Self {
+        Session {
+            noreply,
+            ..Session::default()
+        }
+    }
+
     /// Starts a new message at MAIL, dropping any unfinished one.
     pub fn init_message(
         &mut self,
