@@ -141,6 +141,22 @@ fn smtp_messages_get_their_verdicts() {
     // Held and refused messages never reach the sink.
     assert!(s.sink.find("e2e-hold").is_empty());
     assert!(s.sink.find("e2e-reject").is_empty());
+
+    // The SASL login arrives, although the milter asks Postfix for few macros.
+    smtp_send_as(
+        port,
+        "alice@corp.example",
+        "alice@corp.example",
+        &rcpts(2, "corp.example"),
+        &message("e2e-login", "team@corp.example"),
+    );
+    s.sink.wait_for("e2e-login");
+    let log = s.milter.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("decision") && l.contains("sender=\"alice@corp.example\""))
+        .unwrap_or_else(|| panic!("no decision for alice's message: {log}"));
+    assert!(line.contains("sasl_login=\"alice@corp.example\""), "{line}");
 }
 
 #[test]

@@ -586,6 +586,58 @@ pub fn smtp_send(
     }
 }
 
+/// Sends one message with `XCLIENT LOGIN=login` first, as if the client had
+/// authenticated as `login` (Postfix allows XCLIENT from 127.0.0.0/8 here); returns
+/// the reply to the end of DATA. lettre has no XCLIENT, so this speaks SMTP itself.
+pub fn smtp_send_as(
+    port: u16,
+    login: &str,
+    from: &str,
+    rcpts: &[String],
+    message: &[u8],
+) -> String {
+    use std::io::{BufRead, BufReader};
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to Postfix");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut reply = |expect: &str| {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("SMTP reply");
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        assert!(all.starts_with(expect), "expected {expect}, got {all:?}");
+        all
+    };
+    let mut send = |line: &str| writer.write_all(line.as_bytes()).expect("SMTP write");
+    reply("220");
+    send("EHLO client.corp.example\r\n");
+    reply("250");
+    send(&format!("XCLIENT LOGIN={login}\r\n"));
+    reply("220");
+    send("EHLO client.corp.example\r\n");
+    reply("250");
+    send(&format!("MAIL FROM:<{from}>\r\n"));
+    reply("250");
+    for r in rcpts {
+        send(&format!("RCPT TO:<{r}>\r\n"));
+        reply("250");
+    }
+    send("DATA\r\n");
+    reply("354");
+    let mut body = message.to_vec();
+    body.extend_from_slice(b".\r\n");
+    writer.write_all(&body).expect("SMTP write");
+    let done = reply("250");
+    writer.write_all(b"QUIT\r\n").expect("SMTP write");
+    done
+}
+
 /// `n` recipients `user{i}@{domain}`.
 pub fn rcpts(n: usize, domain: &str) -> Vec<String> {
     (0..n).map(|i| format!("user{i}@{domain}")).collect()
