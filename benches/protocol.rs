@@ -377,6 +377,12 @@ fn main() {
         let l = load(&tcp, &tcp_daemon, big_conns, if full { 20 } else { 1 }, 1_000).await;
         push_row(&mut rows, "1,000 recipients", "tcp", 1, big_conns, 1_000, &l);
 
+        // Memory for one huge envelope, at a tenth of the size first: the peaks of the
+        // two show whether memory grows linearly with recipients.
+        let tenth = if full { 100_000 } else { 200 };
+        let before_tenth = tcp_daemon.rss_kib("VmHWM:");
+        load(&tcp, &tcp_daemon, 1, 1, tenth).await;
+        let peak_tenth = tcp_daemon.rss_kib("VmHWM:");
         let big = if full { 1_000_000 } else { 2_000 };
         let before_big = tcp_daemon.rss_kib("VmRSS:");
         let l = load(&tcp, &tcp_daemon, 1, 1, big).await;
@@ -386,7 +392,8 @@ fn main() {
             "{{\"protocol\": {{\"full\": {full}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
              \"after_messages\": {}, \"after_messages_kib\": {after_kib}, \"big_envelope_rcpts\": {big}, \
              \"big_envelope_seconds\": {:.3}, \"before_big_kib\": {before_big}, \"after_big_kib\": {after_big}, \
-             \"peak_kib\": {peak}}}}}}}",
+             \"peak_kib\": {peak}, \"tenth_envelope_rcpts\": {tenth}, \"peak_before_tenth_kib\": {before_tenth}, \
+             \"peak_after_tenth_kib\": {peak_tenth}}}}}}}",
             rows.join(", "),
             CONNECTIONS * (per_conn + 2),
             l.seconds
