@@ -289,19 +289,7 @@ fn push_row(
     rcpts: usize,
     l: &Load,
 ) {
-    rows.push(json(name, transport, threads, connections, rcpts, l));
-    eprintln!("{}", rows[rows.len() - 1]);
-}
-
-fn json(
-    name: &str,
-    transport: &str,
-    threads: usize,
-    connections: usize,
-    rcpts: usize,
-    l: &Load,
-) -> String {
-    format!(
+    let row = format!(
         "{{\"name\": \"{name}\", \"transport\": \"{transport}\", \"threads\": {threads}, \"connections\": {connections}, \"rcpts\": {rcpts}, \
          \"messages\": {}, \"seconds\": {:.3}, \"decisions_per_s\": {:.0}, \"decision_p50_us\": {:.1}, \
          \"decision_p99_us\": {:.1}, \"transaction_p50_us\": {:.1}, \"transaction_p99_us\": {:.1}, \
@@ -315,7 +303,9 @@ fn json(
         l.transaction_p99_us,
         l.daemon_cpu_s,
         l.messages as f64 / l.daemon_cpu_s.max(0.001)
-    )
+    );
+    eprintln!("{row}");
+    rows.push(row);
 }
 
 fn main() {
