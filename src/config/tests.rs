@@ -45,6 +45,20 @@ fn assert_one_problem(src: &str, line: usize, key: &str, needle: &str) -> String
     text
 }
 
+/// The `[domains]` table (two lines) that the section tests put before their own text,
+/// so line numbers there count from the top of the whole file.
+const DOMAINS: &str = "[domains]\ninternal = [\"corp.example\"]\n";
+
+/// Parses `src` after [`DOMAINS`].
+pub(super) fn load_after_domains(src: &str) -> Result<Config, ConfigError> {
+    load_str(&format!("{DOMAINS}{src}"))
+}
+
+/// [`assert_one_problem`] for `src` after [`DOMAINS`].
+pub(super) fn refused_after_domains(src: &str, line: usize, key: &str, needle: &str) {
+    assert_one_problem(&format!("{DOMAINS}{src}"), line, key, needle);
+}
+
 /// Asserts a semantic problem (no column) by exact equality of the structured problem.
 fn assert_semantic(src: &str, line: usize, key: &str, message: &str) {
     let text = assert_one_problem(src, line, key, message);

@@ -3,31 +3,7 @@
 
 use super::*;
 
-const FILE: &str = "/etc/fanout-milter/fanout-milter.toml";
-
-/// Parses `src` after a `[domains]` table (two lines), so line numbers in `src` are
-/// shifted by two.
-fn load_str(src: &str) -> Result<Config, ConfigError> {
-    parse(
-        &format!("[domains]\ninternal = [\"corp.example\"]\n{src}"),
-        Path::new(FILE),
-    )
-}
-
-/// Asserts one problem at `line` about `key` containing `needle`, rendered with the
-/// file and line first.
-fn refused(src: &str, line: usize, key: &str, needle: &str) {
-    let err = match load_str(src) {
-        Ok(_) => panic!("accepted:\n{src}"),
-        Err(e) => e,
-    };
-    let text = err.to_string();
-    assert_eq!(err.problems().len(), 1, "{text}");
-    let p = &err.problems()[0];
-    assert_eq!((p.line, p.key.as_str()), (Some(line), key), "{text}");
-    assert!(p.message.contains(needle), "{needle:?} not in {text}");
-    assert!(text.starts_with(&format!("{FILE}:{line}:")), "{text}");
-}
+use super::tests::{load_after_domains as load_str, refused_after_domains as refused};
 
 #[test]
 fn defaults_hold_for_review_and_tell_senders_on_expiry() {
