@@ -502,7 +502,13 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     info!(store = %store.path().display(), "quarantine store open");
-    let mut services = Services::new(store);
+    let mut services = match Services::new(store, &config.state) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     services.admin_socket = Some(config.admin_socket.clone());
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,

@@ -4,12 +4,13 @@
 
 use crate::admin_socket;
 use crate::clock::SystemClock;
+use crate::config::StateSettings;
 use crate::config::{self, Config, ConfigError};
 use crate::directory::{Directory, DirectoryError, DriftMode};
 use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
 use crate::notify::{self, AlertReceiver, AlertSender};
 use crate::quarantine::Store;
-use crate::state::{Guard, MemoryBackend};
+use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::io;
@@ -87,22 +88,42 @@ pub struct Services {
 }
 
 impl Services {
-    /// The daemon's services: `store`, in-memory state on the system clock, and an
-    /// alert queue whose digests `run` sends.
-    pub fn new(store: Arc<Store>) -> Services {
+    /// The daemon's services: `store`, storm and rate state as `[state]` says on the
+    /// system clock, and an alert queue whose digests `run` sends. Redis is connected
+    /// lazily: an unreachable server is not an error here (see [`Failover`]).
+    pub fn new(store: Arc<Store>, state: &StateSettings) -> Result<Services, StateError> {
         let (alerts, digests) = notify::channel(notify::queue::QUEUE_CAPACITY);
-        let guard = Guard::new(
-            Arc::new(MemoryBackend::new()),
-            Arc::new(SystemClock),
-            Some(alerts.clone()),
-        );
-        Services {
+        let clock = Arc::new(SystemClock);
+        let guard = match state {
+            StateSettings::Memory => {
+                Guard::new(Arc::new(MemoryBackend::new()), clock, Some(alerts.clone()))
+            }
+            StateSettings::Redis {
+                url,
+                prefix,
+                timeout,
+                on_failure,
+            } => {
+                let remote = Arc::new(RedisBackend::new(url, prefix, *timeout)?);
+                let local = Arc::new(MemoryBackend::new());
+                let failover = Failover::new(
+                    remote,
+                    local.clone(),
+                    &config::redacted_url(url),
+                    *on_failure,
+                    *timeout,
+                    Some(alerts.clone()),
+                );
+                Guard::new(Arc::new(failover), clock, Some(alerts.clone())).with_relay_state(local)
+            }
+        };
+        Ok(Services {
             store,
             alerts,
             digests: Some(digests),
             guard,
             admin_socket: None,
-        }
+        })
     }
 }
 
@@ -195,6 +216,24 @@ pub async fn run(
         },
         None => None,
     };
+    if let StateSettings::Redis {
+        url,
+        prefix,
+        timeout,
+        on_failure,
+    } = &shared.runtime.load().config.state
+    {
+        info!(
+            url = %config::redacted_url(url),
+            prefix,
+            timeout = %humantime::format_duration(*timeout),
+            on_failure = on_failure.as_str(),
+            "storm and rate state shared through redis"
+        );
+        if shared.guard.backend().ping().await.is_ok() {
+            info!("redis answers");
+        }
+    }
     let expiring = shared.guard.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);

@@ -14,6 +14,7 @@ mod validate;
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
+pub use validate::redacted_url;
 
 use crate::policy::{AddressGlobs, Policy};
 use span::{SpanIndex, line_col};
@@ -64,6 +65,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `[state] admin_socket`, defaulting to `state_dir/admin.sock`.
     pub admin_socket: PathBuf,
+    /// `[state]`: where storm and rate state lives.
+    pub state: StateSettings,
     /// `[quarantine]` deadlines.
     pub quarantine: QuarantineSettings,
     /// `[postfix]`.
@@ -81,6 +84,24 @@ pub struct QuarantineSettings {
     pub expire_after: Duration,
     /// What expiry does.
     pub on_expiry: OnExpiry,
+}
+
+/// `[state]`: where storm and rate state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateSettings {
+    /// In this process.
+    Memory,
+    /// Shared by a fleet through Redis.
+    Redis {
+        /// The server's URL.
+        url: String,
+        /// Prefix of every key.
+        prefix: String,
+        /// How long one message's state operations may take.
+        timeout: Duration,
+        /// What to do while Redis does not answer.
+        on_failure: crate::state::OnFailure,
+    },
 }
 
 /// `[postfix]`: the instance the admin commands act on.
@@ -159,6 +180,9 @@ impl Config {
         }
         if self.raw.quarantine != new.raw.quarantine {
             keys.push("quarantine.state_dir");
+        }
+        if self.raw.state != new.raw.state {
+            keys.push("state");
         }
         keys
     }

@@ -175,6 +175,10 @@ pub struct RawState {
     pub backend: StateBackendKind,
     /// Redis URL.
     pub url: String,
+    /// Prefix of every Redis key (relays of one fleet share it).
+    pub prefix: String,
+    /// How long one message's state operations may take before Redis counts as down.
+    pub timeout: String,
     /// `local` or `tempfail` when Redis fails.
     pub on_failure: String,
     /// The daemon's admin socket (`storms list`, `storms clear`); empty:
@@ -187,6 +191,8 @@ impl Default for RawState {
         RawState {
             backend: StateBackendKind::Memory,
             url: "redis://127.0.0.1:6379/".into(),
+            prefix: "fanout:".into(),
+            timeout: "200ms".into(),
             on_failure: "local".into(),
             admin_socket: String::new(),
         }

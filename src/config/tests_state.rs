@@ -73,10 +73,22 @@ fn rate_and_state_settings_are_checked() {
         "unknown placeholder \"{limit}\"",
     );
     refused(
-        "[state]\nbackend = \"redis\"\n",
-        4,
-        "state.backend",
-        "not available in this version",
+        "[state]\nbackend = \"redis\"\nurl = \"http://user:secret@example.org/\"\n",
+        5,
+        "state.url",
+        "\"http://user:***@example.org/\" is not a Redis URL",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\ntimeout = \"1m\"\n",
+        5,
+        "state.timeout",
+        "1m is too long",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\nprefix = \"\"\n",
+        5,
+        "state.prefix",
+        "non-empty",
     );
     refused(
         "[state]\non_failure = \"drop\"\n",
@@ -96,4 +108,21 @@ fn rate_and_state_settings_are_checked() {
     assert_eq!(c.policy.rate.external_per_day, 300);
     assert_eq!(c.policy.rate.action, crate::policy::Action::Quarantine);
     assert_eq!(c.admin_socket, Path::new("/run/fanout/admin.sock"));
+    assert_eq!(c.state, StateSettings::Memory);
+    let c = load_str("[state]\nbackend = \"redis\"\nurl = \"redis://:pw@10.0.0.5:6380/2\"\ntimeout = \"150ms\"\non_failure = \"tempfail\"\n")
+        .expect("valid");
+    assert_eq!(
+        c.state,
+        StateSettings::Redis {
+            url: "redis://:pw@10.0.0.5:6380/2".into(),
+            prefix: "fanout:".into(),
+            timeout: Duration::from_millis(150),
+            on_failure: crate::state::OnFailure::Tempfail,
+        }
+    );
+    assert_eq!(
+        redacted_url("redis://:pw@10.0.0.5:6380/2"),
+        "redis://:***@10.0.0.5:6380/2"
+    );
+    assert_eq!(redacted_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
 }

@@ -6,17 +6,37 @@ use super::raw::{DirectoryKind, RawConfig, RawLevels, StateBackendKind};
 use super::reply::{Replies, STORM_PLACEHOLDERS, check_template, check_template_with};
 use super::{
     Config, DirectorySpec, ListSpec, ListenAddr, NotifySettings, PostfixSettings,
-    QuarantineSettings,
+    QuarantineSettings, StateSettings,
 };
 use crate::policy::{
     Action, AddressGlobs, BreakerPolicy, DomainSet, Hidden, Levels, Policy, RatePolicy, Restricted,
     Scope, StormPolicy,
 };
+use crate::state::OnFailure;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
+
+/// Upper bound of `[state] timeout`: Postfix's own milter timeouts are 30 s and more,
+/// but a relay that waits seconds per message on a hung Redis is an outage.
+const MAX_STATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A URL with its password, if any, replaced by `***`, for messages and logs.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
 
 /// Upper bound of `[milter] threads`.
 const MAX_THREADS: usize = 256;
@@ -87,6 +107,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     let webhook_timeout = duration("notify.webhook_timeout", &raw.notify.webhook_timeout);
     let storm_window = duration("storm.window", &raw.storm.window);
     let storm_block_for = duration("storm.block_for", &raw.storm.block_for);
+    let state_timeout = duration("state.timeout", &raw.state.timeout);
 
     if let Err(e) = check_log_level(&raw.logging.level) {
         report("logging.level", e);
@@ -377,21 +398,54 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             ),
         );
     }
-    if raw.state.backend != StateBackendKind::Memory {
-        report(
-            "state.backend",
-            "\"redis\" is not available in this version; use \"memory\"".into(),
-        );
-    }
-    if !matches!(raw.state.on_failure.as_str(), "local" | "tempfail") {
-        report(
-            "state.on_failure",
-            format!(
-                "\"{}\" must be \"local\" or \"tempfail\"",
-                raw.state.on_failure
-            ),
-        );
-    }
+    let on_failure = match raw.state.on_failure.as_str() {
+        "local" => OnFailure::Local,
+        "tempfail" => OnFailure::Tempfail,
+        other => {
+            report(
+                "state.on_failure",
+                format!("\"{other}\" must be \"local\" or \"tempfail\""),
+            );
+            OnFailure::Local
+        }
+    };
+    let state = match raw.state.backend {
+        StateBackendKind::Memory => StateSettings::Memory,
+        StateBackendKind::Redis => {
+            let url = raw.state.url.trim().to_owned();
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                report(
+                    "state.url",
+                    format!(
+                        "\"{}\" is not a Redis URL such as \"redis://127.0.0.1:6379/\": {e}",
+                        redacted_url(&url)
+                    ),
+                );
+            }
+            if raw.state.prefix.is_empty() || raw.state.prefix.chars().any(char::is_whitespace) {
+                report(
+                    "state.prefix",
+                    "must be a non-empty word such as \"fanout:\"".into(),
+                );
+            }
+            if state_timeout > MAX_STATE_TIMEOUT {
+                report(
+                    "state.timeout",
+                    format!(
+                        "{} is too long: every message that needs state may wait this long when Redis hangs; use at most {}",
+                        raw.state.timeout.trim(),
+                        humantime::format_duration(MAX_STATE_TIMEOUT)
+                    ),
+                );
+            }
+            StateSettings::Redis {
+                url,
+                prefix: raw.state.prefix.clone(),
+                timeout: state_timeout,
+                on_failure,
+            }
+        }
+    };
     let admin_socket = if raw.state.admin_socket.trim().is_empty() {
         raw.quarantine.state_dir.join("admin.sock")
     } else {
@@ -465,6 +519,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             },
         },
         admin_socket,
+        state,
         directories,
         lists,
         max_depth: raw.expansion.max_depth,

@@ -33,6 +33,10 @@ pub enum AlertKind {
     Storm,
     /// The global breaker tripped.
     Breaker,
+    /// The shared state (Redis) stopped answering.
+    StateDown,
+    /// The shared state answers again.
+    StateBack,
 }
 
 impl AlertKind {
@@ -44,6 +48,8 @@ impl AlertKind {
             AlertKind::Expired => "expired",
             AlertKind::Storm => "storm",
             AlertKind::Breaker => "breaker",
+            AlertKind::StateDown => "state-down",
+            AlertKind::StateBack => "state-back",
         }
     }
 }
@@ -139,14 +145,18 @@ impl Digest {
                 ),
                 AlertKind::Storm => "reply-all storm tripped".to_owned(),
                 AlertKind::Breaker => "global breaker tripped".to_owned(),
+                AlertKind::StateDown => "shared state unreachable".to_owned(),
+                AlertKind::StateBack => "shared state reachable again".to_owned(),
             };
             out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
             if let Some(id) = &a.queue_id {
                 out.push_str(&format!("  queue id: {id}\n"));
             }
-            out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
-            out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));
-            out.push_str(&format!("  audience: {}\n", a.audience));
+            if !matches!(a.kind, AlertKind::StateDown | AlertKind::StateBack) {
+                out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
+                out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));
+                out.push_str(&format!("  audience: {}\n", a.audience));
+            }
             out.push_str(&format!("  why:      {}\n", one_line(&a.reason)));
             if let (Some(id), AlertKind::Quarantined | AlertKind::Escalation) =
                 (&a.queue_id, a.kind)

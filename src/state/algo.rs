@@ -42,7 +42,7 @@ fn at(us: u64) -> SystemTime {
 }
 
 /// The time `cost` units occupy in a budget, in microseconds.
-fn span(cost: u64, limit: Limit) -> u64 {
+pub fn span(cost: u64, limit: Limit) -> u64 {
     if limit.limit == 0 {
         return u64::MAX;
     }

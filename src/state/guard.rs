@@ -4,6 +4,7 @@
 //! books after it (budgets given back for mail that did not leave, the relay's rate
 //! counted for mail that did). Storm and breaker trips are logged and alerted here.
 
+use super::failover::with_deadline;
 use super::{Limit, StateBackend, StateError, Storm, epoch_secs};
 use crate::clock::Clock;
 use crate::notify::{Alert, AlertKind, AlertSender};
@@ -11,6 +12,7 @@ use crate::policy::stateful::{BreakerFact, RateFact, StormFact};
 use crate::policy::{Policy, StateFacts, StatePlan, storm_trips};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 use tracing::warn;
 
 /// The relay-wide rate's state key.
@@ -26,6 +28,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Guard {
     backend: Arc<dyn StateBackend>,
+    /// The relay-wide breaker's state: always this relay's own (the breaker guards
+    /// what leaves this relay, also in a fleet).
+    relay: Arc<dyn StateBackend>,
     clock: Arc<dyn Clock>,
     alerts: Option<AlertSender>,
 }
@@ -49,10 +54,18 @@ impl Guard {
         alerts: Option<AlertSender>,
     ) -> Guard {
         Guard {
+            relay: backend.clone(),
             backend,
             clock,
             alerts,
         }
+    }
+
+    /// Keeps the relay-wide breaker's state in `relay` (this relay's memory) when
+    /// the backend is shared by a fleet.
+    pub fn with_relay_state(mut self, relay: Arc<dyn StateBackend>) -> Guard {
+        self.relay = relay;
+        self
     }
 
     /// The backend (for the admin socket and the expiry task).
@@ -66,8 +79,27 @@ impl Guard {
     }
 
     /// Asks the backend what `plan` needs: the storm on the thread (or counts this reply
-    /// in it and trips a storm), charges the budgets, reads the relay's rate.
+    /// in it and trips a storm), charges the budgets, reads the relay's rate. A remote
+    /// backend's operations share one deadline ([`StateBackend::budget`]).
     pub async fn observe(
+        &self,
+        policy: &Policy,
+        plan: StatePlan,
+        queue_id: &str,
+    ) -> Result<Observed, StateError> {
+        match self.backend.budget() {
+            Some(budget) => {
+                with_deadline(
+                    Instant::now() + budget,
+                    self.observe_now(policy, plan, queue_id),
+                )
+                .await
+            }
+            None => self.observe_now(policy, plan, queue_id).await,
+        }
+    }
+
+    async fn observe_now(
         &self,
         policy: &Policy,
         plan: StatePlan,
@@ -171,11 +203,11 @@ impl Guard {
         }
 
         if plan.breaker_applies {
-            let per_minute = self.backend.window_total(RELAY_KEY, MINUTE, now).await?;
+            let per_minute = self.relay.window_total(RELAY_KEY, MINUTE, now).await?;
             if per_minute > policy.breaker.max_per_minute {
                 out.facts.breaker = Some(BreakerFact { per_minute });
                 if self
-                    .backend
+                    .relay
                     .flag(BREAKER_FLAG, BREAKER_ALERT_EVERY, now)
                     .await?
                 {
@@ -206,19 +238,38 @@ impl Guard {
 
     /// Settles after the verdict: a message that leaves (accepted or tagged, and the
     /// answer delivered to Postfix) adds to the relay's rate; one that does not gets
-    /// its budgets back.
+    /// its budgets back. With a remote backend the budgets are given back in the
+    /// background, so the message's answer does not wait for it.
     pub async fn settle(&self, observed: &Observed, leaves: bool) -> Result<(), StateError> {
         let now = observed.at.unwrap_or_else(|| self.clock.now());
         if leaves {
             if let Some(n) = observed.plan.relay_recipients.filter(|&n| n > 0) {
-                self.backend.window_add(RELAY_KEY, n, MINUTE, now).await?;
+                self.relay.window_add(RELAY_KEY, n, MINUTE, now).await?;
             }
-        } else {
-            for (key, cost, limit) in &observed.taken {
-                self.backend.give_back(key, *cost, *limit, now).await?;
-            }
+            return Ok(());
         }
-        Ok(())
+        if observed.taken.is_empty() {
+            return Ok(());
+        }
+        let backend = self.backend.clone();
+        let taken = observed.taken.clone();
+        let give_back = async move {
+            for (key, cost, limit) in &taken {
+                backend.give_back(key, *cost, *limit, now).await?;
+            }
+            Ok::<(), StateError>(())
+        };
+        match self.backend.budget() {
+            Some(budget) => {
+                tokio::spawn(with_deadline(Instant::now() + budget, async move {
+                    if let Err(e) = give_back.await {
+                        warn!("budgets not given back: {e}");
+                    }
+                }));
+                Ok(())
+            }
+            None => give_back.await,
+        }
     }
 
     fn alert(&self, alert: Alert) {

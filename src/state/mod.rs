@@ -6,12 +6,16 @@
 //! The arithmetic (GCRA, sliding windows) is in [`algo`], pure and shared by backends.
 
 pub mod algo;
+pub mod failover;
 pub mod guard;
 pub mod memory;
+pub mod redis;
 
 pub use algo::{Limit, Take};
+pub use failover::{Failover, OnFailure};
 pub use guard::Guard;
 pub use memory::MemoryBackend;
+pub use redis::RedisBackend;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -141,6 +145,18 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     /// Sets `key` for `ttl` unless it is set; true when this call set it.
     async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError>;
 
-    /// Drops what has expired at `now`; returns the number of keys still held.
+    /// Drops what has expired at `now`; returns the number of entries still held (for
+    /// a store that expires keys itself, what it cheaply knows: Redis, its storms).
     async fn expire(&self, now: SystemTime) -> Result<usize, StateError>;
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// The time one message's state operations may take together, for a backend
+    /// that talks to another service (`None`: in process, no limit needed).
+    fn budget(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -650,3 +650,82 @@ pub fn message(subject: &str, to: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Fails loudly when redis-server is missing: the README's test command installs it.
+pub fn require_redis() {
+    assert!(
+        Path::new(REDIS_SERVER).exists(),
+        "{REDIS_SERVER} is missing: run scripts/test, which installs redis-server (apt-get) before the tests"
+    );
+}
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A private redis-server on a loopback port, nothing saved to disk; killed when dropped.
+pub struct Redis {
+    /// Its port.
+    pub port: u16,
+    child: ChildGuard,
+}
+
+impl Redis {
+    /// Starts one on a free port and waits until it answers PING.
+    pub fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` (to bring a killed one back) and waits until it answers.
+    pub fn start_on(port: u16) -> Redis {
+        require_redis();
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--dir", "/tmp", "--logfile", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let mut r = Redis {
+            port,
+            child: ChildGuard(Some(child)),
+        };
+        wait_for("redis-server to answer PING", || {
+            if let Some(status) = r.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("redis-server on port {port} exited early ({status})");
+            }
+            r.answers().then_some(())
+        });
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// True when it answers PING now.
+    pub fn answers(&self) -> bool {
+        use std::io::Read;
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// Sends it a signal (SIGSTOP to make it hang, SIGCONT to resume it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.pid()), sig)
+            .expect("signal redis-server");
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and waits until it is gone.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.wait();
+    }
+}

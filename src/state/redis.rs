@@ -1,0 +1,460 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The Redis backend: state shared by a fleet of relays, so that a reply-all storm or a
+//! sender's rate spread over several relays is counted as one.
+//!
+//! Every read-modify-write is one Lua script (or one MULTI pipeline), so it is atomic
+//! across relays. Times come from the caller's clock, as with the in-memory backend, so
+//! both compute the same answers (relays must keep their clocks in step, with NTP); the
+//! keys' Redis expiry only collects garbage and is always relative (`PX`/`EX`), so a
+//! relay's clock offset from the Redis host does not matter.
+//!
+//! Keys, all under the configured prefix (`fanout:` by default):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `gcra:<key>` | string | a budget's theoretical arrival time, µs |
+//! | `win:<key>:<bucket>` | integer | one bucket of a sliding window |
+//! | `thr:<thread>:e` | sorted set | a thread's counted messages (score: µs) |
+//! | `thr:<thread>:s` | sorted set | their senders (score: last seen, µs) |
+//! | `thr:<thread>:n` | integer | sequence that keeps the messages apart |
+//! | `storm:<id>` | hash | a storm: `json`, `until`, `blocked` |
+//! | `storms` | sorted set | storm ids by `until` (for `storms list`) |
+//! | `flag:<key>` | string | a flag's end, µs |
+
+use super::algo::{self, Limit, Take, Window};
+use super::memory::THREAD_EVENTS_MAX;
+use super::{StateBackend, StateError, Storm, ThreadCounts, epoch_secs};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+/// GCRA take. KEYS: the TAT. ARGV: now, the cost's span, the period (µs).
+/// Returns {allowed, TAT before} (the TAT as a string: Lua numbers are doubles, exact
+/// below 2^53 µs, which is year 2255).
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local span = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = math.max(stored, now) + span
+if new - now <= period then
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1)
+  return {1, string.format('%.0f', stored)}
+end
+return {0, string.format('%.0f', stored)}
+",
+    )
+});
+
+/// GCRA give back. KEYS: the TAT. ARGV: now, the cost's span (µs).
+static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local now = tonumber(ARGV[1])
+local new = math.max(tonumber(v) - tonumber(ARGV[2]), now)
+if new <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1)
+end
+return 1
+",
+    )
+});
+
+/// Notes a message in a thread. KEYS: messages, senders, sequence. ARGV: now (µs), the
+/// window's start (µs), sender, most messages kept, expiry (ms).
+/// Returns {messages, distinct senders} within the window.
+static THREAD_NOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now, from, sender = ARGV[1], ARGV[2], ARGV[3]
+local max, ttl = tonumber(ARGV[4]), ARGV[5]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. from)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. from)
+local n = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[1], now, n .. ':' .. sender)
+local excess = redis.call('ZCARD', KEYS[1]) - max
+if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1) end
+local seen = redis.call('ZSCORE', KEYS[2], sender)
+if (not seen) or tonumber(seen) < tonumber(now) then redis.call('ZADD', KEYS[2], now, sender) end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+",
+    )
+});
+
+/// Starts a storm unless one is active. KEYS: the storm, the index. ARGV: now (s),
+/// until (s), JSON, id, expiry (s). Returns 1 when started.
+static STORM_START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local u = redis.call('HGET', KEYS[1], 'until')
+if u and tonumber(u) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'json', ARGV[3], 'until', ARGV[2], 'blocked', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+",
+    )
+});
+
+/// Counts a stopped message on an active storm. KEYS: the storm. ARGV: now (s).
+/// Returns {JSON, blocked} or nil.
+static STORM_HIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local u = redis.call('HGET', KEYS[1], 'until')
+if (not u) or tonumber(u) <= tonumber(ARGV[1]) then return false end
+local b = redis.call('HINCRBY', KEYS[1], 'blocked', 1)
+return {redis.call('HGET', KEYS[1], 'json'), b}
+",
+    )
+});
+
+/// Sets a flag unless set. KEYS: the flag. ARGV: now, end (µs), expiry (ms).
+static FLAG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(v) > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+",
+    )
+});
+
+/// Storm, rate and breaker state in Redis.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: redis::RedisError) -> StateError {
+    StateError(format!("redis: {e}"))
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds for a `PX`, at least 1.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisBackend {
+    /// A backend on `url` (`redis://[:password@]host[:port][/db]` or
+    /// `redis+unix:///path`), its keys under `prefix`. Connects lazily and reconnects
+    /// by itself; every command gives up after `timeout`.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisBackend, StateError> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        Ok(RedisBackend {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                k.push(':');
+            }
+            k.push_str(p);
+        }
+        k
+    }
+
+    fn thread_keys(&self, thread: &str) -> [String; 3] {
+        ["e", "s", "n"].map(|s| self.key(&["thr", thread, s]))
+    }
+
+    fn bucket_keys(&self, key: &str, width: Duration, now: SystemTime) -> (u64, String, String) {
+        let w = us(width).max(1);
+        let now = algo::micros(now);
+        let bucket = now - now % w;
+        let current = self.key(&["win", key, &bucket.to_string()]);
+        let previous = self.key(&["win", key, &(bucket.saturating_sub(w)).to_string()]);
+        (bucket, current, previous)
+    }
+
+    async fn storm_of(&self, id: &str) -> Result<Option<Storm>, StateError> {
+        let mut c = self.conn.clone();
+        let (json, blocked): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.key(&["storm", id]))
+            .arg("json")
+            .arg("blocked")
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        json.map(|j| storm_from(&j, blocked.unwrap_or(0)))
+            .transpose()
+    }
+}
+
+fn storm_from(json: &str, blocked: u64) -> Result<Storm, StateError> {
+    let mut s: Storm = serde_json::from_str(json)
+        .map_err(|e| StateError(format!("redis: a storm record is not valid: {e}")))?;
+    s.blocked = blocked;
+    Ok(s)
+}
+
+#[async_trait]
+impl StateBackend for RedisBackend {
+    async fn take(
+        &self,
+        key: &str,
+        cost: u64,
+        limit: Limit,
+        now: SystemTime,
+    ) -> Result<Take, StateError> {
+        let mut c = self.conn.clone();
+        let span = algo::span(cost, limit);
+        let (allowed, stored): (u8, String) = TAKE
+            .key(self.key(&["gcra", key]))
+            .arg(algo::micros(now))
+            .arg(span)
+            .arg(us(limit.period))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        let stored: u64 = stored.parse().unwrap_or(0);
+        let (take, _) = algo::gcra(stored, cost, limit, now);
+        debug_assert_eq!(take.allowed, allowed == 1, "Lua and Rust GCRA agree");
+        Ok(Take {
+            allowed: allowed == 1,
+            ..take
+        })
+    }
+
+    async fn give_back(
+        &self,
+        key: &str,
+        cost: u64,
+        limit: Limit,
+        now: SystemTime,
+    ) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        let _: i64 = GIVE_BACK
+            .key(self.key(&["gcra", key]))
+            .arg(algo::micros(now))
+            .arg(algo::span(cost, limit))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn window_add(
+        &self,
+        key: &str,
+        amount: u64,
+        width: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StateError> {
+        let mut c = self.conn.clone();
+        let (start, current, previous) = self.bucket_keys(key, width, now);
+        let (cur, prev): (u64, Option<u64>) = redis::pipe()
+            .atomic()
+            .incr(&current, amount)
+            .pexpire(&current, (ms(width) * 2) as i64)
+            .ignore()
+            .get(&previous)
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(Window {
+            start,
+            current: cur,
+            previous: prev.unwrap_or(0),
+        }
+        .total(width, now))
+    }
+
+    async fn window_total(
+        &self,
+        key: &str,
+        width: Duration,
+        now: SystemTime,
+    ) -> Result<u64, StateError> {
+        let mut c = self.conn.clone();
+        let (start, current, previous) = self.bucket_keys(key, width, now);
+        let (cur, prev): (Option<u64>, Option<u64>) = redis::cmd("MGET")
+            .arg(&current)
+            .arg(&previous)
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(Window {
+            start,
+            current: cur.unwrap_or(0),
+            previous: prev.unwrap_or(0),
+        }
+        .total(width, now))
+    }
+
+    async fn thread_note(
+        &self,
+        key: &str,
+        sender: &str,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<ThreadCounts, StateError> {
+        let mut c = self.conn.clone();
+        let now_us = algo::micros(now);
+        let [events, senders, seq] = self.thread_keys(key);
+        let (messages, senders): (u64, u64) = THREAD_NOTE
+            .key(events)
+            .key(senders)
+            .key(seq)
+            .arg(now_us)
+            .arg(now_us.saturating_sub(us(window)))
+            .arg(sender)
+            .arg(THREAD_EVENTS_MAX)
+            .arg(ms(window))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(ThreadCounts { messages, senders })
+    }
+
+    async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(storm)
+            .map_err(|e| StateError(format!("cannot encode a storm: {e}")))?;
+        let now_s = epoch_secs(now);
+        let started: u8 = STORM_START
+            .key(self.key(&["storm", &storm.id]))
+            .key(self.key(&["storms"]))
+            .arg(now_s)
+            .arg(storm.until)
+            .arg(json)
+            .arg(&storm.id)
+            .arg(storm.until.saturating_sub(now_s).max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(started == 1)
+    }
+
+    async fn storm_hit(&self, thread: &str, now: SystemTime) -> Result<Option<Storm>, StateError> {
+        let mut c = self.conn.clone();
+        let hit: Option<(String, u64)> = STORM_HIT
+            .key(self.key(&["storm", &Storm::id_of(thread)]))
+            .arg(epoch_secs(now))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        match hit {
+            Some((json, blocked)) => {
+                let storm = storm_from(&json, blocked)?;
+                Ok((storm.thread == thread).then_some(storm))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn storm_list(&self, now: SystemTime) -> Result<Vec<Storm>, StateError> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key(&["storms"]))
+            .arg(format!("({}", epoch_secs(now)))
+            .arg("+inf")
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        let mut list = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(s) = self.storm_of(&id).await?
+                && s.active(now)
+            {
+                list.push(s);
+            }
+        }
+        list.sort_by_key(|s| s.since);
+        Ok(list)
+    }
+
+    async fn storm_clear(&self, id: &str) -> Result<bool, StateError> {
+        let Some(storm) = self.storm_of(id).await? else {
+            return Ok(false);
+        };
+        let mut c = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(self.key(&["storm", id]))
+            .ignore()
+            .zrem(self.key(&["storms"]), id)
+            .ignore();
+        for k in self.thread_keys(&storm.thread) {
+            pipe.del(k).ignore();
+        }
+        let () = pipe.query_async(&mut c).await.map_err(err)?;
+        Ok(true)
+    }
+
+    async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError> {
+        let mut c = self.conn.clone();
+        let now_us = algo::micros(now);
+        let set: u8 = FLAG
+            .key(self.key(&["flag", key]))
+            .arg(now_us)
+            .arg(now_us.saturating_add(us(ttl)))
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(set == 1)
+    }
+
+    /// Redis expires keys by itself; this prunes the storm index and returns the
+    /// number of storms in it.
+    async fn expire(&self, now: SystemTime) -> Result<usize, StateError> {
+        let mut c = self.conn.clone();
+        let index = self.key(&["storms"]);
+        let (n,): (usize,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(epoch_secs(now))
+            .ignore()
+            .zcard(&index)
+            .query_async(&mut c)
+            .await
+            .map_err(err)?;
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        let pong: Value = redis::cmd("PING").query_async(&mut c).await.map_err(err)?;
+        match pong {
+            Value::SimpleString(s) if s == "PONG" => Ok(()),
+            other => Err(StateError(format!("redis: PING answered {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The state backends against one suite: in memory, in a private redis-server, and
+//! Redis behind the failover. Then the failover itself: Redis killed, hung and back.
+
+mod common;
+
+use common::Redis;
+use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
+use fanout_milter::state::failover::with_deadline;
+use fanout_milter::state::{
+    Failover, Limit, MemoryBackend, OnFailure, RedisBackend, StateBackend, Storm, ThreadCounts,
+};
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+}
+
+const WINDOW: Duration = Duration::from_secs(600);
+const HOUR: Limit = Limit {
+    limit: 1000,
+    period: Duration::from_secs(3600),
+};
+
+fn storm(thread: &str, since: u64, until: u64) -> Storm {
+    Storm {
+        id: Storm::id_of(thread),
+        thread: thread.into(),
+        subject: "Re: all staff".into(),
+        list: "all@corp.example".into(),
+        audience: 5000,
+        messages: 3,
+        senders: 3,
+        since: fanout_milter::state::epoch_secs(t(since)),
+        until: fanout_milter::state::epoch_secs(t(until)),
+        blocked: 0,
+    }
+}
+
+fn counts(messages: u64, senders: u64) -> ThreadCounts {
+    ThreadCounts { messages, senders }
+}
+
+/// Everything a backend must answer alike.
+async fn suite(b: &dyn StateBackend) {
+    // Threads: messages and distinct senders within the window.
+    assert_eq!(
+        b.thread_note("t", "a", WINDOW, t(0)).await.unwrap(),
+        counts(1, 1)
+    );
+    assert_eq!(
+        b.thread_note("t", "a", WINDOW, t(10)).await.unwrap(),
+        counts(2, 1)
+    );
+    assert_eq!(
+        b.thread_note("t", "b", WINDOW, t(20)).await.unwrap(),
+        counts(3, 2)
+    );
+    assert_eq!(
+        b.thread_note("other", "b", WINDOW, t(20)).await.unwrap(),
+        counts(1, 1),
+        "threads apart"
+    );
+    assert_eq!(
+        b.thread_note("t", "c", WINDOW, t(605)).await.unwrap(),
+        counts(3, 3),
+        "the first fell out of the window"
+    );
+    assert_eq!(
+        b.thread_note("t", "c", WINDOW, t(1300)).await.unwrap(),
+        counts(1, 1),
+        "all of them fell out"
+    );
+
+    // Storms: start once, block until their end, clear.
+    assert!(b.storm_start(&storm("s", 0, 100), t(0)).await.unwrap());
+    assert!(
+        !b.storm_start(&storm("s", 1, 101), t(1)).await.unwrap(),
+        "one storm per thread"
+    );
+    let hit = b.storm_hit("s", t(50)).await.unwrap().expect("active");
+    assert_eq!((hit.blocked, hit.until), (1, storm("s", 0, 100).until));
+    assert_eq!(b.storm_hit("s", t(60)).await.unwrap().unwrap().blocked, 2);
+    assert!(
+        b.storm_hit("s", t(100)).await.unwrap().is_none(),
+        "over at until"
+    );
+    assert!(b.storm_hit("nothing", t(60)).await.unwrap().is_none());
+    assert!(
+        b.storm_start(&storm("s", 100, 200), t(100)).await.unwrap(),
+        "a new one after the end"
+    );
+    assert!(b.storm_start(&storm("s2", 110, 300), t(110)).await.unwrap());
+    let list = b.storm_list(t(150)).await.unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.thread.as_str()).collect::<Vec<_>>(),
+        ["s", "s2"],
+        "active storms, oldest first"
+    );
+    assert_eq!(b.storm_list(t(250)).await.unwrap().len(), 1);
+    b.thread_note("s", "a", WINDOW, t(140)).await.unwrap();
+    assert!(b.storm_clear(&Storm::id_of("s")).await.unwrap());
+    assert!(!b.storm_clear(&Storm::id_of("s")).await.unwrap());
+    assert_eq!(
+        b.thread_note("s", "b", WINDOW, t(150))
+            .await
+            .unwrap()
+            .messages,
+        1,
+        "clearing also forgets the thread's window"
+    );
+    assert!(b.storm_hit("s", t(150)).await.unwrap().is_none());
+
+    // Flags: set once per ttl.
+    let minute = Duration::from_secs(60);
+    assert!(b.flag("breaker", minute, t(0)).await.unwrap());
+    assert!(!b.flag("breaker", minute, t(30)).await.unwrap());
+    assert!(b.flag("breaker", minute, t(60)).await.unwrap());
+
+    // GCRA budgets, per key, given back.
+    let a = b.take("a", 400, HOUR, t(0)).await.unwrap();
+    assert!(a.allowed && a.used == 400, "{a:?}");
+    assert!(b.take("a", 400, HOUR, t(1)).await.unwrap().allowed);
+    let refused = b.take("a", 400, HOUR, t(2)).await.unwrap();
+    assert!(!refused.allowed, "1,200 > 1,000");
+    assert_eq!((refused.used, refused.retry_at), (800, t(720)));
+    assert!(b.take("a", 400, HOUR, t(720)).await.unwrap().allowed);
+    assert!(
+        b.take("b", 400, HOUR, t(0)).await.unwrap().allowed,
+        "another sender has its own budget"
+    );
+    assert!(b.take("c", 800, HOUR, t(0)).await.unwrap().allowed);
+    b.give_back("c", 800, HOUR, t(0)).await.unwrap();
+    b.give_back("never-taken", 5, HOUR, t(0)).await.unwrap();
+    assert!(b.take("c", 1000, HOUR, t(0)).await.unwrap().allowed);
+
+    // Sliding windows.
+    // at(20) is a minute boundary.
+    let base = 1_800_000_040;
+    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(base + s);
+    assert_eq!(b.window_add("w", 600, minute, at(20)).await.unwrap(), 600);
+    assert_eq!(b.window_total("w", minute, at(50)).await.unwrap(), 600);
+    assert_eq!(
+        b.window_add("w", 100, minute, at(95)).await.unwrap(),
+        100 + 450
+    );
+    assert_eq!(b.window_total("w", minute, at(300)).await.unwrap(), 0);
+    assert_eq!(b.window_total("none", minute, at(0)).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_memory_backend_passes_the_suite() {
+    suite(&MemoryBackend::new()).await;
+}
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn redis_backend(redis: &Redis, prefix: &str) -> Arc<RedisBackend> {
+    Arc::new(RedisBackend::new(&redis.url(), prefix, TIMEOUT).expect("a valid URL"))
+}
+
+#[tokio::test]
+async fn the_redis_backend_passes_the_suite_and_keeps_its_keys_under_the_prefix() {
+    let redis = Redis::start();
+    let b = redis_backend(&redis, "suite:");
+    b.ping().await.expect("redis answers");
+    suite(b.as_ref()).await;
+    let other = redis_backend(&redis, "other:");
+    assert!(
+        other.storm_list(t(150)).await.unwrap().is_empty(),
+        "another prefix sees none of it"
+    );
+    assert_eq!(
+        other.thread_note("t", "a", WINDOW, t(10)).await.unwrap(),
+        counts(1, 1)
+    );
+}
+
+fn failover(redis: &Redis, prefix: &str, on_failure: OnFailure) -> (Failover, AlertReceiver) {
+    let (tx, rx) = channel(100);
+    let f = Failover::new(
+        redis_backend(redis, prefix),
+        Arc::new(MemoryBackend::new()),
+        &redis.url(),
+        on_failure,
+        TIMEOUT,
+        Some(tx),
+    );
+    (f, rx)
+}
+
+#[tokio::test]
+async fn redis_behind_the_failover_passes_the_suite() {
+    let redis = Redis::start();
+    let (f, mut alerts) = failover(&redis, "fo:", OnFailure::Tempfail);
+    suite(&f).await;
+    assert!(f.is_up());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), alerts.recv())
+            .await
+            .is_err(),
+        "no outage, no alert"
+    );
+}
+
+/// The next alert, within a deadline.
+async fn next_alert(alerts: &mut AlertReceiver) -> fanout_milter::notify::Alert {
+    tokio::time::timeout(Duration::from_secs(30), alerts.recv())
+        .await
+        .expect("an alert within 30 s")
+        .expect("the alert queue is open")
+}
+
+/// Waits (bounded) until the failover uses Redis again.
+async fn until_up(f: &Failover) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.is_up() {
+        assert!(
+            Instant::now() < deadline,
+            "redis not used again within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_relays_share_counts_carry_on_alone_when_redis_dies_and_share_again_when_it_is_back() {
+    let mut redis = Redis::start();
+    let (a, mut alerts) = failover(&redis, "fleet:", OnFailure::Local);
+    let (b, _) = failover(&redis, "fleet:", OnFailure::Local);
+
+    assert_eq!(
+        a.thread_note("t", "x", WINDOW, t(0)).await.unwrap(),
+        counts(1, 1)
+    );
+    assert_eq!(
+        b.thread_note("t", "y", WINDOW, t(1)).await.unwrap(),
+        counts(2, 2),
+        "relay b sees relay a's message"
+    );
+    assert!(a.storm_start(&storm("t", 2, 1000), t(2)).await.unwrap());
+    assert!(
+        b.storm_hit("t", t(3)).await.unwrap().is_some(),
+        "a storm tripped on a stops b"
+    );
+
+    redis.kill();
+    let started = Instant::now();
+    let during = a.thread_note("t", "z", WINDOW, t(4)).await.unwrap();
+    assert!(
+        started.elapsed() < TIMEOUT * 3,
+        "a dead server costs at most the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        during,
+        counts(2, 2),
+        "relay a carries on with what it wrote through (its own x, and z)"
+    );
+    assert!(!a.is_up());
+    let down = next_alert(&mut alerts).await;
+    assert_eq!(down.kind, AlertKind::StateDown);
+    assert!(down.reason.contains("own state"), "{}", down.reason);
+    assert!(
+        b.storm_hit("t", t(5)).await.unwrap().is_some(),
+        "relay b remembers the storm it saw while redis was up"
+    );
+    assert!(
+        a.storm_start(&storm("u", 6, 1000), t(6)).await.unwrap(),
+        "tripped alone"
+    );
+
+    let redis = Redis::start_on(redis.port);
+    until_up(&a).await;
+    until_up(&b).await;
+    let back = next_alert(&mut alerts).await;
+    assert_eq!(back.kind, AlertKind::StateBack);
+    let fresh = redis_backend(&redis, "fleet:");
+    assert!(
+        fresh.storm_hit("u", t(7)).await.unwrap().is_some(),
+        "the storm a tripped alone was copied to redis"
+    );
+    assert_eq!(
+        a.thread_note("v", "x", WINDOW, t(8)).await.unwrap(),
+        counts(1, 1)
+    );
+    assert_eq!(
+        b.thread_note("v", "y", WINDOW, t(9)).await.unwrap(),
+        counts(2, 2),
+        "shared counting resumed"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_redis_holds_one_message_for_the_timeout_and_no_more() {
+    let redis = Redis::start();
+    let (f, _alerts) = failover(&redis, "hang:", OnFailure::Local);
+    assert_eq!(
+        f.thread_note("t", "x", WINDOW, t(0)).await.unwrap(),
+        counts(1, 1)
+    );
+    redis.signal(Signal::SIGSTOP);
+
+    // One message: several operations under one deadline.
+    let started = Instant::now();
+    let answers = with_deadline(started + TIMEOUT, async {
+        let first = f.thread_note("t", "y", WINDOW, t(1)).await;
+        let second = f.take("sender", 10, HOUR, t(1)).await;
+        (first, second)
+    })
+    .await;
+    let took = started.elapsed();
+    assert_eq!(answers.0.unwrap(), counts(2, 2), "counted locally");
+    assert!(answers.1.unwrap().allowed);
+    assert!(
+        took >= TIMEOUT / 2 && took < TIMEOUT * 3,
+        "the message waited about the timeout once: {took:?}"
+    );
+    assert!(!f.is_up());
+
+    let started = Instant::now();
+    f.thread_note("t", "z", WINDOW, t(2)).await.unwrap();
+    assert!(
+        started.elapsed() < TIMEOUT / 2,
+        "the next message does not wait again: {:?}",
+        started.elapsed()
+    );
+
+    redis.signal(Signal::SIGCONT);
+    until_up(&f).await;
+    f.thread_note("t", "w", WINDOW, t(3)).await.unwrap();
+    let seen = redis_backend(&redis, "hang:")
+        .thread_note("t", "q", WINDOW, t(4))
+        .await
+        .unwrap();
+    assert!(
+        seen.messages >= 3 && seen.senders >= 3,
+        "back on redis: x from before, w after and q (y too if its command was queued): {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_failure_tempfail_refuses_while_redis_is_down() {
+    let mut redis = Redis::start();
+    let (f, _alerts) = failover(&redis, "tf:", OnFailure::Tempfail);
+    assert!(f.take("s", 1, HOUR, t(0)).await.unwrap().allowed);
+    redis.kill();
+    let e = f
+        .take("s", 1, HOUR, t(1))
+        .await
+        .expect_err("no state, no answer");
+    assert!(e.to_string().contains("on_failure = \"tempfail\""), "{e}");
+    assert!(f.storm_hit("x", t(1)).await.is_err());
+    let _redis = Redis::start_on(redis.port);
+    until_up(&f).await;
+    assert!(f.take("s", 1, HOUR, t(2)).await.unwrap().allowed);
+}
