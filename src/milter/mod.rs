@@ -178,6 +178,15 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
     }
     match result {
         Ok(Ok(status)) => status,
+        Ok(Err(EomError::State(e))) => {
+            error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {e}");
+            apply::tempfail(
+                &mut cx.reply,
+                replies,
+                "storm and rate state unavailable",
+                &shown,
+            )
+        }
         Ok(Err(e)) => {
             error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
             apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
