@@ -3,7 +3,10 @@
 //! (TCP and a unix socket) and driven by indymilter-test's client with 50 concurrent
 //! connections. Reports decisions per second, the latency of the end-of-message
 //! decision (p50, p99) and of whole transactions, and the daemon's resident memory:
-//! idle, after 100,000 messages, and after one 1,000,000-recipient envelope.
+//! idle, after 100,000 messages, and after one 1,000,000-recipient envelope. Then the
+//! cost of shared state: replies to a large audience (storm counting) from a sender
+//! with rate limits, at 20 connections, with state in memory and in a private
+//! redis-server on loopback (skipped when redis-server is not installed).
 //!
 //! `cargo bench --bench protocol` (scripts/bench runs it) prints one JSON object;
 //! under `cargo test` it runs a small smoke load.
@@ -15,6 +18,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CONNECTIONS: usize = 50;
+/// Connections of the state rows.
+const STATE_CONNECTIONS: usize = 20;
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// Makes every message need state: each is a reply (its own thread) counted for storms,
+/// and charged to two rate budgets that never run out.
+const STATEFUL: &str = "[storm]\nmin_audience = 1\n\
+     [rate]\nrecipients_per_hour = 1000000000\nrecipients_per_day = 1000000000\n";
 const DEADLINE: Duration = Duration::from_secs(120);
 
 struct Daemon {
@@ -23,7 +34,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, listen: &str, threads: usize) -> Daemon {
+    /// Starts the daemon; `extra` is appended to its configuration.
+    fn start(dir: &Path, listen: &str, threads: usize, extra: &str) -> Daemon {
         let config = dir.join("fanout-milter.toml");
         std::fs::write(
             &config,
@@ -36,7 +48,7 @@ impl Daemon {
                  [limits.audience]\ntag = 0\nquarantine = 0\nreject = 0\n\
                  [hidden]\nmin_audience = 0\n\
                  [breaker]\nmax_per_minute = 0\n\
-                 [quarantine]\nstate_dir = \"{}\"\n",
+                 [quarantine]\nstate_dir = \"{}\"\n{extra}",
                 dir.join("state").display()
             ),
         )
@@ -57,21 +69,7 @@ impl Daemon {
 
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        (ticks(11) + ticks(12)) / hz
+        cpu_seconds(self.child.id())
     }
 
     fn rss_kib(&self, field: &str) -> u64 {
@@ -157,6 +155,59 @@ fn nodelay_everywhere() {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A private redis-server on loopback, killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` when redis-server is not installed.
+    fn start() -> Option<RedisServer> {
+        if !Path::new(REDIS_SERVER).exists() {
+            eprintln!("{REDIS_SERVER} is not installed: the Redis state row is skipped");
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--dir", "/tmp", "--logfile", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer { child, port };
+        wait_ready(&Target::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        Some(server)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -175,8 +226,14 @@ fn wait_ready(target: &Target) {
     }
 }
 
-/// One message; returns (whole transaction, end-of-message decision) durations.
-async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Duration, Duration) {
+/// One message (a reply in a thread of its own when `reply`); returns (whole
+/// transaction, end-of-message decision) durations.
+async fn one_message(
+    conn: &mut TestConnection,
+    rcpts: &[String],
+    n: u64,
+    reply: bool,
+) -> (Duration, Duration) {
     let started = Instant::now();
     assert_eq!(
         conn.mail(["<ann@corp.example>"]).await.expect("mail"),
@@ -189,12 +246,17 @@ async fn one_message(conn: &mut TestConnection, rcpts: &[String], n: u64) -> (Du
         );
     }
     assert_eq!(conn.data().await.expect("data"), Status::Continue);
-    for (name, value) in [
+    let parent = format!("<thread-{n}@corp.example>");
+    let mut headers = vec![
         ("From", "Ann <ann@corp.example>"),
         ("To", "team@corp.example"),
         ("Subject", "Benchmark"),
         ("Message-ID", "<bench@corp.example>"),
-    ] {
+    ];
+    if reply {
+        headers.push(("In-Reply-To", parent.as_str()));
+    }
+    for (name, value) in headers {
         assert_eq!(
             conn.header(name, value).await.expect("header"),
             Status::Noreply
@@ -233,6 +295,7 @@ async fn load(
     connections: usize,
     per_connection: usize,
     rcpts_per_message: usize,
+    reply: bool,
 ) -> Load {
     let rcpts: Vec<String> = (0..rcpts_per_message)
         .map(|i| format!("<user{i}@corp.example>"))
@@ -250,7 +313,8 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut times = Vec::with_capacity(per_connection);
             for m in 0..per_connection {
-                times.push(one_message(&mut conn, &rcpts, (c * per_connection + m) as u64).await);
+                let n = (c * per_connection + m) as u64;
+                times.push(one_message(&mut conn, &rcpts, n, reply).await);
             }
             conn.close().await.expect("close");
             times
@@ -319,7 +383,7 @@ fn main() {
         .build()
         .expect("runtime");
     let base = std::env::temp_dir().join(format!("fanout-bench-protocol-{}", std::process::id()));
-    let start = |name: &str, threads: usize, tcp: bool| {
+    let start = |name: &str, threads: usize, tcp: bool, extra: &str| {
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
         let (target, listen) = if tcp {
@@ -330,60 +394,89 @@ fn main() {
             let listen = format!("unix:{}", socket.display());
             (Target::Unix(socket), listen)
         };
-        let daemon = Daemon::start(&dir, &listen, threads);
+        let daemon = Daemon::start(&dir, &listen, threads, extra);
         wait_ready(&target);
         (target, daemon)
     };
     // The default (one thread) on both transports, and two threads for comparison.
-    let (tcp, tcp_daemon) = start("tcp", 1, true);
-    let (unix, unix_daemon) = start("unix", 1, false);
-    let (tcp2, tcp2_daemon) = start("tcp2", 2, true);
-    let (unix2, unix2_daemon) = start("unix2", 2, false);
+    let (tcp, tcp_daemon) = start("tcp", 1, true, "");
+    let (unix, unix_daemon) = start("unix", 1, false, "");
+    let (tcp2, tcp2_daemon) = start("tcp2", 2, true, "");
+    let (unix2, unix2_daemon) = start("unix2", 2, false, "");
     let idle_kib = tcp_daemon.rss_kib("VmRSS:");
+    let redis = RedisServer::start();
 
     let per_conn = if full { 2_000 } else { 4 };
     let mut rows = Vec::new();
     runtime.block_on(async {
         // Warm up the daemons (allocator, thread pools) before measuring.
         for (t, d) in [(&tcp, &tcp_daemon), (&unix, &unix_daemon), (&tcp2, &tcp2_daemon), (&unix2, &unix2_daemon)] {
-            load(t, d, CONNECTIONS, 2, 1).await;
+            load(t, d, CONNECTIONS, 2, 1, false).await;
         }
-        let l = load(&tcp, &tcp_daemon, CONNECTIONS, per_conn, 1).await;
+        let l = load(&tcp, &tcp_daemon, CONNECTIONS, per_conn, 1, false).await;
         push_row(&mut rows, "1 recipient", "tcp", 1, CONNECTIONS, 1, &l);
         let after_kib = tcp_daemon.rss_kib("VmRSS:");
-        let l = load(&unix, &unix_daemon, CONNECTIONS, per_conn, 1).await;
+        let l = load(&unix, &unix_daemon, CONNECTIONS, per_conn, 1, false).await;
         push_row(&mut rows, "1 recipient", "unix", 1, CONNECTIONS, 1, &l);
-        let l = load(&tcp2, &tcp2_daemon, CONNECTIONS, per_conn, 1).await;
+        let l = load(&tcp2, &tcp2_daemon, CONNECTIONS, per_conn, 1, false).await;
         push_row(&mut rows, "1 recipient", "tcp", 2, CONNECTIONS, 1, &l);
-        let l = load(&unix2, &unix2_daemon, CONNECTIONS, per_conn, 1).await;
+        let l = load(&unix2, &unix2_daemon, CONNECTIONS, per_conn, 1, false).await;
         push_row(&mut rows, "1 recipient", "unix", 2, CONNECTIONS, 1, &l);
         // Decision latency of a message on its own, then of a 1,000-recipient message on
         // its own and under load.
-        let l = load(&tcp, &tcp_daemon, 1, if full { 2_000 } else { 2 }, 1).await;
+        let l = load(&tcp, &tcp_daemon, 1, if full { 2_000 } else { 2 }, 1, false).await;
         push_row(&mut rows, "1 recipient", "tcp", 1, 1, 1, &l);
-        let l = load(&tcp, &tcp_daemon, 1, if full { 300 } else { 2 }, 1_000).await;
+        let l = load(&tcp, &tcp_daemon, 1, if full { 300 } else { 2 }, 1_000, false).await;
         push_row(&mut rows, "1,000 recipients", "tcp", 1, 1, 1_000, &l);
         let big_conns = if full { CONNECTIONS } else { 2 };
-        let l = load(&tcp, &tcp_daemon, big_conns, if full { 20 } else { 1 }, 1_000).await;
+        let l = load(&tcp, &tcp_daemon, big_conns, if full { 20 } else { 1 }, 1_000, false).await;
         push_row(&mut rows, "1,000 recipients", "tcp", 1, big_conns, 1_000, &l);
 
         // Memory for one huge envelope, at a tenth of the size first: the peaks of the
         // two show whether memory grows linearly with recipients.
         let tenth = if full { 100_000 } else { 200 };
         let before_tenth = tcp_daemon.rss_kib("VmHWM:");
-        load(&tcp, &tcp_daemon, 1, 1, tenth).await;
+        load(&tcp, &tcp_daemon, 1, 1, tenth, false).await;
         let peak_tenth = tcp_daemon.rss_kib("VmHWM:");
         let big = if full { 1_000_000 } else { 2_000 };
         let before_big = tcp_daemon.rss_kib("VmRSS:");
-        let l = load(&tcp, &tcp_daemon, 1, 1, big).await;
+        let l = load(&tcp, &tcp_daemon, 1, 1, big, false).await;
         let after_big = tcp_daemon.rss_kib("VmRSS:");
         let peak = tcp_daemon.rss_kib("VmHWM:");
+        // Shared state: every message a reply counted for storms and charged to two
+        // rate budgets (four state operations), in memory and in Redis.
+        let per_state = if full { 1_000 } else { 4 };
+        let mut state_rows = Vec::new();
+        let (mem, mem_daemon) = start("state-memory", 1, true, STATEFUL);
+        load(&mem, &mem_daemon, STATE_CONNECTIONS, 2, 1, true).await;
+        let m = load(&mem, &mem_daemon, STATE_CONNECTIONS, per_state, 1, true).await;
+        push_row(&mut state_rows, "state in memory", "tcp", 1, STATE_CONNECTIONS, 1, &m);
+        let mut redis_cpu_us = 0.0;
+        if let Some(redis) = &redis {
+            let extra = format!(
+                "{STATEFUL}[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\n",
+                redis.port
+            );
+            let (rt, rd) = start("state-redis", 1, true, &extra);
+            load(&rt, &rd, STATE_CONNECTIONS, 2, 1, true).await;
+            let cpu_before = cpu_seconds(redis.child.id());
+            let r = load(&rt, &rd, STATE_CONNECTIONS, per_state, 1, true).await;
+            redis_cpu_us = (cpu_seconds(redis.child.id()) - cpu_before) / r.messages as f64 * 1e6;
+            let log = std::fs::read_to_string(rd.dir.join("daemon.log")).unwrap_or_default();
+            assert!(
+                log.contains("redis answers") && !log.contains("shared state unreachable"),
+                "the Redis row must have used Redis throughout:\n{log}"
+            );
+            push_row(&mut state_rows, "state in redis", "tcp", 1, STATE_CONNECTIONS, 1, &r);
+        }
+        drop(mem_daemon);
         println!(
-            "{{\"protocol\": {{\"full\": {full}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
+            "{{\"protocol\": {{\"full\": {full}, \"state\": {{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}}}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
              \"after_messages\": {}, \"after_messages_kib\": {after_kib}, \"big_envelope_rcpts\": {big}, \
              \"big_envelope_seconds\": {:.3}, \"before_big_kib\": {before_big}, \"after_big_kib\": {after_big}, \
              \"peak_kib\": {peak}, \"tenth_envelope_rcpts\": {tenth}, \"peak_before_tenth_kib\": {before_tenth}, \
              \"peak_after_tenth_kib\": {peak_tenth}}}}}}}",
+            state_rows.join(", "),
             rows.join(", "),
             CONNECTIONS * (per_conn + 2),
             l.seconds
