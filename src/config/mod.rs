@@ -187,9 +187,11 @@ impl Config {
         keys
     }
 
-    /// The effective settings as TOML.
+    /// The effective settings as TOML, with the Redis password, if any, as `***`.
     pub fn effective_toml(&self) -> String {
-        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        let mut raw = self.raw.clone();
+        raw.state.url = redacted_url(&raw.state.url);
+        toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }
 

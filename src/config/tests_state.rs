@@ -125,4 +125,9 @@ fn rate_and_state_settings_are_checked() {
         "redis://:***@10.0.0.5:6380/2"
     );
     assert_eq!(redacted_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
+    let printed = c.effective_toml();
+    assert!(
+        printed.contains("url = \"redis://:***@10.0.0.5:6380/2\"") && !printed.contains("pw"),
+        "check-config does not print the password: {printed}"
+    );
 }
