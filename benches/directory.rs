@@ -67,7 +67,8 @@ fn main() {
 
     let rss_before = rss_kib("VmRSS:");
     let started = Instant::now();
-    let directory = Directory::load(&config, DriftMode::ReadOnly).expect("load");
+    let directory =
+        Directory::load(&config, DriftMode::ReadOnly, &Default::default()).expect("load");
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let rss_after = rss_kib("VmRSS:");
     let hwm = rss_kib("VmHWM:");

@@ -3,6 +3,7 @@
 //! running daemon through it, since the in-memory state lives there. A unix socket of
 //! mode 0600 (the daemon's user, and root); one JSON request line, one JSON answer line.
 
+use crate::refresher::{RefreshOutcome, RefreshRequest};
 use crate::state::{Guard, Storm};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +18,17 @@ use tracing::{info, warn};
 const MAX_REQUEST: u64 = 4096;
 /// Deadline for one request and its answer.
 const DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline for a directory refresh, which reads a whole directory.
+pub const REFRESH_DEADLINE: Duration = Duration::from_secs(35 * 60);
+
+/// What the socket's requests act on.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Storm state.
+    pub guard: Guard,
+    /// The LDAP refresher's request queue, when the daemon has one.
+    pub refresh: Option<tokio::sync::mpsc::Sender<RefreshRequest>>,
+}
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +40,11 @@ pub enum Request {
     StormsClear {
         /// Its id.
         id: String,
+    },
+    /// Refresh LDAP sources now.
+    DirectoryRefresh {
+        /// One source by name; all when absent.
+        source: Option<String>,
     },
 }
 
@@ -44,6 +61,11 @@ pub enum Response {
     Cleared {
         /// True when there was one with that id.
         found: bool,
+    },
+    /// What each refresh did.
+    Refreshed {
+        /// One per source.
+        outcomes: Vec<RefreshOutcome>,
     },
     /// The request failed.
     Error {
@@ -91,7 +113,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Answers requests on `listener` until the task is dropped.
-pub async fn serve(listener: UnixListener, guard: Guard) {
+pub async fn serve(listener: UnixListener, handlers: Handlers) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -101,30 +123,31 @@ pub async fn serve(listener: UnixListener, guard: Guard) {
                 continue;
             }
         };
-        let guard = guard.clone();
+        let handlers = handlers.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(DEADLINE, answer(stream, &guard))
+            if tokio::time::timeout(REFRESH_DEADLINE, answer(stream, &handlers))
                 .await
                 .is_err()
             {
                 warn!(
-                    "admin socket: a client took longer than {}s",
-                    DEADLINE.as_secs()
+                    "admin socket: a request took longer than {}s",
+                    REFRESH_DEADLINE.as_secs()
                 );
             }
         });
     }
 }
 
-async fn answer(stream: tokio::net::UnixStream, guard: &Guard) {
+async fn answer(stream: tokio::net::UnixStream, handlers: &Handlers) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
-    if reader.read_line(&mut line).await.is_err() {
-        return;
+    match tokio::time::timeout(DEADLINE, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
     }
     let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => handle(request, guard).await,
+        Ok(request) => handle(request, handlers).await,
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -134,9 +157,11 @@ async fn answer(stream: tokio::net::UnixStream, guard: &Guard) {
     let _ = write.write_all(out.as_bytes()).await;
 }
 
-async fn handle(request: Request, guard: &Guard) -> Response {
+async fn handle(request: Request, handlers: &Handlers) -> Response {
+    let guard = &handlers.guard;
     let backend = guard.backend();
     let result = match &request {
+        Request::DirectoryRefresh { source } => return refresh(handlers, source.clone()).await,
         Request::StormsList => backend
             .storm_list(guard.now())
             .await
@@ -153,6 +178,26 @@ async fn handle(request: Request, guard: &Guard) -> Response {
     })
 }
 
+async fn refresh(handlers: &Handlers, source: Option<String>) -> Response {
+    let Some(queue) = &handlers.refresh else {
+        return Response::Error {
+            message: "this daemon has no LDAP refresher".into(),
+        };
+    };
+    let (reply, outcomes) = tokio::sync::oneshot::channel();
+    if queue.send(RefreshRequest { source, reply }).await.is_err() {
+        return Response::Error {
+            message: "the LDAP refresher has stopped".into(),
+        };
+    }
+    match outcomes.await {
+        Ok(outcomes) => Response::Refreshed { outcomes },
+        Err(_) => Response::Error {
+            message: "the LDAP refresher stopped before answering".into(),
+        },
+    }
+}
+
 /// Sends one request to the daemon at `path` and returns its answer (blocking).
 pub fn request(path: &Path, request: &Request) -> Result<Response, AdminError> {
     let io = |source| AdminError::Io {
@@ -160,7 +205,11 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, AdminError> {
         source,
     };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
-    stream.set_read_timeout(Some(DEADLINE)).map_err(io)?;
+    let deadline = match request {
+        Request::DirectoryRefresh { .. } => REFRESH_DEADLINE,
+        _ => DEADLINE,
+    };
+    stream.set_read_timeout(Some(deadline)).map_err(io)?;
     stream.set_write_timeout(Some(DEADLINE)).map_err(io)?;
     let mut line = serde_json::to_string(request).unwrap_or_default();
     line.push('\n');
@@ -206,7 +255,13 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(bind(&path).is_err(), "a socket in use is not taken over");
-        let server = tokio::spawn(serve(listener, guard));
+        let server = tokio::spawn(serve(
+            listener,
+            Handlers {
+                guard,
+                refresh: None,
+            },
+        ));
 
         let p = path.clone();
         let listed = tokio::task::spawn_blocking(move || request(&p, &Request::StormsList))

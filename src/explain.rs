@@ -102,8 +102,12 @@ impl Explanation {
                 "cycles": l.cycles,
                 "restricted": l.allowed_senders.is_some(),
                 "drift_from": l.drift_from,
+                "unknown_members": l.unknown,
+                "unknown_reason": l.unknown_reason,
             })).collect::<Vec<_>>()).unwrap_or_default(),
             "audience_lower_bound": self.facts.audience.as_ref().is_some_and(|a| a.lower_bound),
+            "audience_unknown_members": self.facts.audience.as_ref().map_or(0, |a| a.unknown),
+            "directory_unavailable": self.facts.audience.as_ref().and_then(|a| a.unavailable.clone()),
             "non_mailbox_targets": self.facts.audience.as_ref().map_or(0, |a| a.non_mailbox),
             "sender": self.facts.sender,
             "subject": self.facts.headers.subject,
@@ -134,7 +138,16 @@ impl Explanation {
         let _ = writeln!(out, "audience: {}", c.audience);
         if let Some(a) = &self.facts.audience {
             if a.lower_bound {
-                let _ = writeln!(out, "  (at least: some lists nest deeper than the limit)");
+                let _ = writeln!(
+                    out,
+                    "  (at least: some lists nest deeper than max_depth or reach max_audience)"
+                );
+            }
+            if a.unknown > 0 {
+                let _ = writeln!(out, "  plus {} member(s) that cannot be counted", a.unknown);
+            }
+            if let Some(why) = &a.unavailable {
+                let _ = writeln!(out, "  directory unavailable: {why}");
             }
             for l in a.lists.iter().take(10) {
                 let _ = writeln!(
@@ -189,22 +202,48 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
                 crate::directory::index::Resolved::Mailbox(m) => {
                     let _ = writeln!(out, "  {m}");
                 }
+                crate::directory::index::Resolved::Unavailable(why) => {
+                    let _ = writeln!(out, "  cannot be counted now: {why}");
+                }
             }
         }
         return out;
     };
     let facts = directory.list_facts(list);
+    if let Some(canonical) = index.canonical(address) {
+        let _ = writeln!(out, "{address}: another address of {canonical}");
+    }
     let _ = writeln!(out, "{}: list defined at {}", list.address, list.origin);
     let _ = writeln!(
         out,
         "audience: {} mailboxes{}",
         list.total(),
-        if list.depth_exceeded {
-            " (at least)"
-        } else {
-            ""
+        match (list.depth_exceeded, list.capped) {
+            (true, _) => " (at least: nested deeper than max_depth)",
+            (_, true) => " (at least: [expansion] max_audience reached)",
+            _ => "",
         }
     );
+    if let Some(why) = &list.unavailable {
+        let _ = writeln!(out, "UNAVAILABLE: {why}; mail to it is tempfailed");
+    }
+    if list.unknown > 0 {
+        let _ = writeln!(
+            out,
+            "UNKNOWN members: {} (they count as unknown, never as one recipient):",
+            list.unknown
+        );
+        for why in &list.unknown_reasons {
+            let _ = writeln!(out, "  {why}");
+        }
+        if list.unknown > list.unknown_reasons.len() as u64 {
+            let _ = writeln!(
+                out,
+                "  ... {} more",
+                list.unknown - list.unknown_reasons.len() as u64
+            );
+        }
+    }
     let _ = writeln!(out, "external: {}", list.external());
     if list.opaque > 0 {
         let _ = writeln!(out, "known only by count: {}", list.opaque);

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod policy;
 pub mod process;
 pub mod quarantine;
+pub mod refresher;
 pub mod server;
 pub mod state;
 

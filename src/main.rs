@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use fanout_milter::admin_socket;
 use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
+use fanout_milter::directory::ldap::Snapshots;
 use fanout_milter::directory::{Directory, DriftMode, drift::KnownSizes};
 use fanout_milter::explain::{ExplainInput, explain, lookup_text};
 use fanout_milter::milter::listener::MilterListener;
@@ -155,6 +156,12 @@ enum DirectoryCommand {
     Accept {
         /// The list address.
         address: String,
+    },
+    /// Refresh the LDAP snapshots of the running daemon now and report the result.
+    Refresh {
+        /// Only this LDAP source (its `name`).
+        #[arg(long)]
+        source: Option<String>,
     },
 }
 
@@ -362,7 +369,11 @@ fn printed(result: Result<String, StoreError>) -> ExitCode {
 }
 
 fn load_directory(config: &Config) -> Result<Directory, ExitCode> {
-    Directory::load(config, DriftMode::ReadOnly).map_err(|e| {
+    let (snapshots, errors) = Snapshots::load_saved(config);
+    for e in errors {
+        eprintln!("{NAME}: warning: LDAP snapshot not used: {e}");
+    }
+    Directory::load(config, DriftMode::ReadOnly, &snapshots).map_err(|e| {
         eprintln!("{NAME}: {e}");
         ExitCode::from(1)
     })
@@ -373,6 +384,9 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let DirectoryCommand::Refresh { source } = command {
+        return directory_refresh(&config, source);
+    }
     let directory = match load_directory(&config) {
         Ok(d) => d,
         Err(code) => return code,
@@ -409,6 +423,43 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
             }
             println!("reload the daemon to apply it: systemctl reload fanout-milter");
             ExitCode::SUCCESS
+        }
+        DirectoryCommand::Refresh { source } => directory_refresh(&config, source),
+    }
+}
+
+/// `directory refresh`: asks the daemon to refresh its LDAP sources now.
+fn directory_refresh(config: &Config, source: Option<String>) -> ExitCode {
+    if !config.directories.iter().any(|d| d.ldap.is_some()) {
+        eprintln!("{NAME}: the configuration has no LDAP source");
+        return ExitCode::from(1);
+    }
+    let request = admin_socket::Request::DirectoryRefresh { source };
+    match admin_socket::request(&config.admin_socket, &request) {
+        Ok(admin_socket::Response::Refreshed { outcomes }) => {
+            let mut failed = false;
+            for o in outcomes {
+                failed |= !o.ok;
+                let state = if o.ok { "refreshed" } else { "FAILED" };
+                println!("{}: {state}: {}", o.source, o.message);
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Ok(admin_socket::Response::Error { message }) => {
+            eprintln!("{NAME}: {message}");
+            ExitCode::from(1)
+        }
+        Ok(other) => {
+            eprintln!("{NAME}: unexpected answer: {other:?}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -477,7 +528,10 @@ fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
 
 async fn serve(config: Config) -> ExitCode {
     info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
-    let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config)).await {
+    let snapshots = fanout_milter::refresher::initial_snapshots(&config).await;
+    let refresher = fanout_milter::refresher::Refresher::new(&snapshots);
+    let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config, &snapshots)).await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             error!("{e}");
@@ -510,6 +564,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     services.admin_socket = Some(config.admin_socket.clone());
+    services.refresher = refresher;
     let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
         Ok(l) => l,
         Err(e) => {

@@ -6,10 +6,12 @@ use crate::admin_socket;
 use crate::clock::SystemClock;
 use crate::config::StateSettings;
 use crate::config::{self, Config, ConfigError};
+use crate::directory::ldap::Snapshots;
 use crate::directory::{Directory, DirectoryError, DriftMode};
 use crate::milter::{self, listener::MilterListener, listener::StoppableListener};
 use crate::notify::{self, AlertReceiver, AlertSender};
 use crate::quarantine::Store;
+use crate::refresher::Refresher;
 use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -50,9 +52,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Loads the directory of a configuration (blocking) and logs what it found.
-    pub fn load(config: Config) -> Result<Runtime, DirectoryError> {
-        let directory = Directory::load(&config, DriftMode::Record)?;
+    /// Loads the directory of a configuration with the given LDAP snapshots (blocking)
+    /// and logs what it found.
+    pub fn load(config: Config, ldap: &Snapshots) -> Result<Runtime, DirectoryError> {
+        let directory = Directory::load(&config, DriftMode::Record, ldap)?;
         directory.log_report();
         Ok(Runtime { config, directory })
     }
@@ -70,6 +73,11 @@ pub struct Shared {
     pub alerts: AlertSender,
     /// Storm, rate and breaker state.
     pub guard: Guard,
+    /// LDAP snapshots and their refreshes.
+    pub refresher: Arc<Refresher>,
+    /// Held while a directory is rebuilt and swapped (reload, LDAP refresh), so that
+    /// one never overwrites the other's newer result.
+    pub rebuild: tokio::sync::Mutex<()>,
 }
 
 /// Long-lived services the daemon opens once at start.
@@ -85,6 +93,8 @@ pub struct Services {
     pub guard: Guard,
     /// Where to serve the admin socket (`storms list|clear`), if anywhere.
     pub admin_socket: Option<PathBuf>,
+    /// LDAP snapshots (none by default; the daemon starts with the saved ones).
+    pub refresher: Arc<Refresher>,
 }
 
 impl Services {
@@ -123,6 +133,7 @@ impl Services {
             digests: Some(digests),
             guard,
             admin_socket: None,
+            refresher: Refresher::new(&Snapshots::default()),
         })
     }
 }
@@ -196,6 +207,8 @@ pub async fn run(
         store: services.store,
         alerts: services.alerts,
         guard: services.guard,
+        refresher: services.refresher,
+        rebuild: tokio::sync::Mutex::new(()),
     });
     let admin = match &services.admin_socket {
         Some(path) => match admin_socket::bind(path) {
@@ -203,7 +216,13 @@ pub async fn run(
                 info!(socket = %path.display(), "admin socket ready");
                 Some((
                     path.clone(),
-                    tokio::spawn(admin_socket::serve(listener, shared.guard.clone())),
+                    tokio::spawn(admin_socket::serve(
+                        listener,
+                        admin_socket::Handlers {
+                            guard: shared.guard.clone(),
+                            refresh: Some(shared.refresher.requests()),
+                        },
+                    )),
                 ))
             }
             Err(e) => {
@@ -253,21 +272,26 @@ pub async fn run(
         }));
     }
 
+    let refresher = tokio::spawn(shared.refresher.clone().run(shared.clone()));
     let reload_shared = shared.clone();
     let reloader = tokio::spawn(async move {
         while let Some(ack) = reloads.recv().await {
+            let rebuilding = reload_shared.rebuild.lock().await;
             let current = reload_shared.runtime.load_full();
             let file = current.config.file.clone();
-            let result = match tokio::task::spawn_blocking(move || load_runtime(&file)).await {
-                Ok(r) => r,
-                Err(e) => Err(ReloadError::Task(e.to_string())),
-            };
+            let snapshots = reload_shared.refresher.snapshots();
+            let result =
+                match tokio::task::spawn_blocking(move || load_runtime(&file, &snapshots)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(ReloadError::Task(e.to_string())),
+                };
             let answer = match result {
                 Ok(new) => {
                     for key in current.config.restart_needed(&new.config) {
                         warn!("parameter \"{key}\" changed, restart needed for it to take effect");
                     }
                     reload_shared.runtime.store(Arc::new(new));
+                    reload_shared.refresher.config_changed();
                     info!(file = %current.config.file.display(), "configuration reloaded");
                     Ok(())
                 }
@@ -276,6 +300,7 @@ pub async fn run(
                     Err(e)
                 }
             };
+            drop(rebuilding);
             let _ = ack.send(answer);
         }
     });
@@ -314,6 +339,7 @@ pub async fn run(
     let callbacks = milter::make_callbacks(shared.clone());
     let result = indymilter::run(listener, callbacks, milter_config, drained).await;
     reloader.abort();
+    refresher.abort();
     if let Some((path, task)) = admin {
         task.abort();
         let _ = std::fs::remove_file(path);
@@ -321,9 +347,9 @@ pub async fn run(
     result
 }
 
-fn load_runtime(file: &std::path::Path) -> Result<Runtime, ReloadError> {
+fn load_runtime(file: &std::path::Path, ldap: &Snapshots) -> Result<Runtime, ReloadError> {
     let config = config::load(file)?;
-    Ok(Runtime::load(config)?)
+    Ok(Runtime::load(config, ldap)?)
 }
 
 #[cfg(test)]

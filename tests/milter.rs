@@ -176,7 +176,7 @@ impl Milter {
             .expect("a TCP listener has an address");
         let (reloads, reload_rx) = mpsc::channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let runtime = Runtime::load(config).expect("no directory to load");
+        let runtime = Runtime::load(config, &Default::default()).expect("no directory to load");
         let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("milter-{name}-{}-state", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
@@ -196,6 +196,7 @@ impl Milter {
                     Some(alerts),
                 ),
                 admin_socket: None,
+                refresher: fanout_milter::refresher::Refresher::new(&Default::default()),
             },
             reload_rx,
             async move {

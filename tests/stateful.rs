@@ -113,9 +113,11 @@ fn msg(
             domains: Arc::from(Vec::new()),
             allowed_senders: None,
             drift_from: None,
+            ..Default::default()
         }],
         non_mailbox: 0,
         lower_bound: false,
+        ..Default::default()
     });
     f
 }

@@ -5,6 +5,7 @@
 //! [`validate`] checks meanings and collects every problem at once. Each error names the
 //! file, the line and the dotted key.
 
+pub mod ldap;
 pub mod listen;
 pub mod raw;
 pub mod reply;
@@ -57,6 +58,8 @@ pub struct Config {
     pub lists: Vec<ListSpec>,
     /// `[expansion] max_depth`.
     pub max_depth: usize,
+    /// `[expansion] max_audience` (0: no cap).
+    pub max_audience: u64,
     /// `[drift] factor`.
     pub drift_factor: f64,
     /// `[drift] min_audience` (0 = off).
@@ -137,10 +140,12 @@ pub struct NotifySettings {
 pub struct DirectorySpec {
     /// Its kind.
     pub kind: DirectoryKind,
-    /// The file.
+    /// The file (empty for LDAP).
     pub path: PathBuf,
-    /// Domains for bare names, lower-cased.
+    /// Domains for bare names, lower-cased; an LDAP source's mail domains.
     pub domains: Vec<String>,
+    /// The settings of an LDAP source.
+    pub ldap: Option<ldap::LdapSettings>,
 }
 
 /// One `[[list]]` entry.

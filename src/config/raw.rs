@@ -207,20 +207,131 @@ pub enum DirectoryKind {
     PostfixVirtual,
     /// An aliases(5) file.
     Aliases,
+    /// An LDAP directory (OpenLDAP, Active Directory), read as periodic snapshots.
+    Ldap,
 }
 
-/// `[[directory]]`.
+/// `[[directory]]`. Files need `path`; LDAP needs `url` and `base_dns`, and its other
+/// keys have defaults that `check-config` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDirectory {
-    /// `postfix-virtual` or `aliases`.
+    /// `postfix-virtual`, `aliases` or `ldap`.
     #[serde(rename = "type")]
     pub kind: DirectoryKind,
     /// The text file (not the compiled .db/.lmdb).
-    pub path: PathBuf,
-    /// Domains for bare names: aliases apply to them; virtual(5) bare keys too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Domains for bare names: aliases apply to them; virtual(5) bare keys too. For
+    /// LDAP: the mail domains whose lists the directory holds (mail to them is
+    /// tempfailed while no snapshot exists).
     #[serde(default)]
     pub domains: Vec<String>,
+    /// LDAP: a name for logs and the snapshot file (default `ldap`, `ldap2`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// LDAP: `ldap://host[:port]`, `ldaps://host[:port]` or `ldapi://%2Fpath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// LDAP: upgrade an `ldap://` connection with StartTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_tls: Option<bool>,
+    /// LDAP: bind DN; anonymous when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_dn: Option<String>,
+    /// LDAP: file holding the bind password (not readable by others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_password_file: Option<PathBuf>,
+    /// LDAP: PEM file of the CAs that sign the server's certificate (default: the
+    /// system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// LDAP: subtrees to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dns: Option<Vec<String>>,
+    /// LDAP: how an address is found, Postfix's `query_filter` (`%s` is the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_filter: Option<String>,
+    /// LDAP: attributes holding an entry's addresses (`proxyAddresses` values are
+    /// read as `SMTP:` primary, `smtp:` secondary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_mail_attributes: Option<Vec<String>>,
+    /// LDAP: attributes holding member DNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_dn_attributes: Option<Vec<String>>,
+    /// LDAP: attributes holding member LDAP URLs (RFC 2255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_url_attributes: Option<Vec<String>>,
+    /// LDAP: attributes holding literal member addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal_member_attributes: Option<Vec<String>>,
+    /// LDAP: Exchange-style dynamic lists (a filter and a base stored on the list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_list: Option<RawFilterList>,
+    /// LDAP: object classes that make an entry a list even with no member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_object_classes: Option<Vec<String>>,
+    /// LDAP: how often the snapshot is refreshed (a tenth of jitter is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// LDAP: limit of one connection attempt, bind or search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// LDAP: entries per page of a paged search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    /// LDAP: how old the last good snapshot may grow before `on_stale` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness: Option<String>,
+    /// LDAP: `use_stale`, `tempfail` or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_stale: Option<String>,
+}
+
+impl RawDirectory {
+    /// The first LDAP-only key set on this entry, if any.
+    pub fn ldap_only_key(&self) -> Option<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("url", self.url.is_some()),
+            ("start_tls", self.start_tls.is_some()),
+            ("bind_dn", self.bind_dn.is_some()),
+            ("bind_password_file", self.bind_password_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("base_dns", self.base_dns.is_some()),
+            ("lookup_filter", self.lookup_filter.is_some()),
+            ("leaf_mail_attributes", self.leaf_mail_attributes.is_some()),
+            ("member_dn_attributes", self.member_dn_attributes.is_some()),
+            (
+                "member_url_attributes",
+                self.member_url_attributes.is_some(),
+            ),
+            (
+                "literal_member_attributes",
+                self.literal_member_attributes.is_some(),
+            ),
+            ("filter_list", self.filter_list.is_some()),
+            ("group_object_classes", self.group_object_classes.is_some()),
+            ("refresh", self.refresh.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("page_size", self.page_size.is_some()),
+            ("max_staleness", self.max_staleness.is_some()),
+            ("on_stale", self.on_stale.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(k, set)| set.then_some(k))
+    }
+}
+
+/// `filter_list = { filter_attribute = ..., base_attribute = ... }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilterList {
+    /// The attribute holding the list's LDAP filter.
+    pub filter_attribute: String,
+    /// The attribute holding its search base (default: each of `base_dns`).
+    #[serde(default)]
+    pub base_attribute: String,
 }
 
 /// `[[list]]`.
@@ -246,11 +357,21 @@ pub struct RawList {
 pub struct RawExpansion {
     /// Nested lists deeper than this are not followed (the count becomes a lower bound).
     pub max_depth: usize,
+    /// A list's mailboxes are counted up to this many; beyond, it is "at least" this
+    /// many (0: no cap).
+    pub max_audience: u64,
+    /// What happens to a message part of whose audience cannot be counted (dangling
+    /// members, empty groups, dynamic lists that failed).
+    pub on_unknown: Action,
 }
 
 impl Default for RawExpansion {
     fn default() -> Self {
-        RawExpansion { max_depth: 100 }
+        RawExpansion {
+            max_depth: 100,
+            max_audience: 2_000_000,
+            on_unknown: Action::Quarantine,
+        }
     }
 }
 

@@ -43,7 +43,7 @@ const MAX_THREADS: usize = 256;
 
 type Problems = Vec<(String, String)>;
 
-pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> {
+pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Problems> {
     let mut problems = Problems::new();
     let mut report = |key: &str, msg: String| problems.push((key.to_owned(), msg));
 
@@ -130,16 +130,53 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
 
     let base = file.parent().unwrap_or(Path::new("/"));
     let mut directories = Vec::new();
-    for (i, d) in raw.directory.iter().enumerate() {
+    let mut ldap_sources = 0;
+    for (i, d) in raw.directory.iter_mut().enumerate() {
         let key = format!("directory[{i}]");
-        let path = base.join(&d.path);
-        if !path.is_file() {
+        let domains = domain_names(&key, &d.domains, &mut report);
+        if d.kind == DirectoryKind::Ldap {
+            let settings =
+                super::ldap::validate(&key, ldap_sources, d, domains.clone(), base, &mut report);
+            ldap_sources += 1;
+            if directories
+                .iter()
+                .any(|x: &DirectorySpec| x.ldap.as_ref().is_some_and(|l| l.name == settings.name))
+            {
+                report(
+                    &format!("{key}.name"),
+                    format!("\"{}\" names another LDAP source too", settings.name),
+                );
+            }
+            directories.push(DirectorySpec {
+                kind: d.kind,
+                path: PathBuf::new(),
+                domains,
+                ldap: Some(settings),
+            });
+            continue;
+        }
+        let path = match &d.path {
+            Some(p) => base.join(p),
+            None => {
+                report(
+                    &format!("{key}.path"),
+                    "a file source needs path, e.g. \"/etc/postfix/virtual\"".into(),
+                );
+                PathBuf::new()
+            }
+        };
+        if d.path.is_some() && !path.is_file() {
             report(
                 &format!("{key}.path"),
                 format!("cannot read \"{}\": no such file", path.display()),
             );
         }
-        let domains = domain_names(&key, &d.domains, &mut report);
+        if let Some(field) = d.ldap_only_key() {
+            report(
+                &format!("{key}.{field}"),
+                "is a setting of LDAP sources (type = \"ldap\")".into(),
+            );
+        }
         if d.kind == DirectoryKind::Aliases && domains.is_empty() {
             report(
                 &format!("{key}.domains"),
@@ -152,6 +189,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
             kind: d.kind,
             path,
             domains,
+            ldap: None,
         });
     }
 
@@ -234,6 +272,14 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
     }
     if raw.expansion.max_depth == 0 {
         report("expansion.max_depth", "must be at least 1".into());
+    }
+    if raw.expansion.on_unknown == Action::Accept {
+        report(
+            "expansion.on_unknown",
+            "\"accept\" would let a list of unknown size through unseen: use tag, \
+             quarantine, tempfail or reject"
+                .into(),
+        );
     }
     let mut scopes = Vec::new();
     for (i, sc) in raw.scope.iter().enumerate() {
@@ -490,6 +536,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
                 monitor: raw.hidden.monitor,
             },
             drift_action: raw.drift.action,
+            on_unknown: raw.expansion.on_unknown,
             drift_monitor: raw.drift.monitor,
             scopes,
             exempt,
@@ -523,6 +570,7 @@ pub(super) fn validate(raw: RawConfig, file: &Path) -> Result<Config, Problems> 
         directories,
         lists,
         max_depth: raw.expansion.max_depth,
+        max_audience: raw.expansion.max_audience,
         drift_factor: raw.drift.factor,
         drift_min_audience: raw.drift.min_audience,
         state_dir: raw.quarantine.state_dir.clone(),

@@ -16,6 +16,9 @@ pub struct IndexOptions {
     pub max_depth: usize,
     /// Internal domains, for the internal/external split.
     pub internal: DomainSet,
+    /// A list's distinct mailboxes are counted up to this many, then it is "at least"
+    /// this many (0: no cap).
+    pub max_audience: u64,
 }
 
 /// One list, fully expanded.
@@ -39,6 +42,15 @@ pub struct ListAudience {
     pub cycles: Vec<String>,
     /// True when nesting went deeper than the limit, so the audience is a lower bound.
     pub depth_exceeded: bool,
+    /// True when counting stopped at the audience cap, so the audience is a lower bound.
+    pub capped: bool,
+    /// Members that could not be counted (dangling references, empty groups, failed
+    /// dynamic lists), over the whole expansion.
+    pub unknown: u64,
+    /// Why, for the first few of them.
+    pub unknown_reasons: Vec<String>,
+    /// Set when a source this list comes from cannot be used now: why.
+    pub unavailable: Option<String>,
     /// Mailboxes per domain, largest first.
     pub domains: Arc<[(Arc<str>, u64)]>,
     /// Where the list is defined.
@@ -55,13 +67,23 @@ impl ListAudience {
     pub fn external(&self) -> u64 {
         self.external_mailboxes + self.external_opaque
     }
+
+    /// True when the count is a lower bound (depth limit or audience cap).
+    pub fn lower_bound(&self) -> bool {
+        self.depth_exceeded || self.capped
+    }
 }
+
+/// How many reasons for unknown members a list keeps.
+const MAX_UNKNOWN_REASONS: usize = 5;
 
 #[derive(Debug)]
 struct Node {
     members: Vec<u32>,
     non_mailbox: u64,
     opaque: u64,
+    unknown: Vec<String>,
+    unavailable: Option<String>,
     origin: String,
 }
 
@@ -78,6 +100,10 @@ pub struct IndexStats {
     pub lists_with_cycles: usize,
     /// Lists whose nesting exceeded the depth limit.
     pub lists_too_deep: usize,
+    /// Lists counted only up to the audience cap.
+    pub lists_capped: usize,
+    /// Lists with members that could not be counted.
+    pub lists_with_unknown: usize,
 }
 
 /// The merged, expanded lists of every source.
@@ -89,6 +115,7 @@ pub struct DirectoryIndex {
     domain_internal: Vec<bool>,
     internal: DomainSet,
     nodes: HashMap<u32, Node>,
+    alias_of: HashMap<u32, u32>,
     catch_all: HashMap<Box<str>, Vec<Member>>,
     audiences: HashMap<u32, Arc<ListAudience>>,
     /// Lists defined twice, with the origin that was used and the one ignored.
@@ -106,6 +133,9 @@ pub enum Resolved {
     List(Arc<ListAudience>),
     /// A final mailbox.
     Mailbox(String),
+    /// An address the directory cannot count now (a catch-all of an unreadable
+    /// source): why.
+    Unavailable(String),
 }
 
 /// The real audience of one message.
@@ -119,8 +149,13 @@ pub struct Audience {
     pub lists: Vec<Arc<ListAudience>>,
     /// Non-mailbox targets reached.
     pub non_mailbox: u64,
-    /// True when part of the audience could not be counted exactly (depth limit).
+    /// True when part of the audience could not be counted exactly (depth limit,
+    /// audience cap).
     pub lower_bound: bool,
+    /// Members of the lists that could not be counted at all.
+    pub unknown: u64,
+    /// Set when a recipient's source cannot be used now: why.
+    pub unavailable: Option<String>,
 }
 
 impl DirectoryIndex {
@@ -134,12 +169,14 @@ impl DirectoryIndex {
             domain_internal: Vec::new(),
             internal: options.internal.clone(),
             nodes: HashMap::new(),
+            alias_of: HashMap::new(),
             catch_all: HashMap::new(),
             audiences: HashMap::new(),
             shadowed: Vec::new(),
             stats: IndexStats::default(),
         };
         let mut first_origin: HashMap<String, String> = HashMap::new();
+        let mut aliases: Vec<(String, String, u32)> = Vec::new();
         for def in defs {
             if let Some(first) = first_origin.get(&def.address) {
                 index.shadowed.push(format!(
@@ -155,10 +192,15 @@ impl DirectoryIndex {
                 continue;
             }
             let id = index.intern(&def.address);
+            for alias in def.aliases {
+                aliases.push((alias, def.origin.clone(), id));
+            }
             let mut node = Node {
                 members: Vec::with_capacity(def.members.len()),
                 non_mailbox: 0,
                 opaque: 0,
+                unknown: Vec::new(),
+                unavailable: None,
                 origin: def.origin,
             };
             for m in def.members {
@@ -166,20 +208,41 @@ impl DirectoryIndex {
                     Member::Address(a) => node.members.push(index.intern(&a)),
                     Member::NonMailbox(_) => node.non_mailbox += 1,
                     Member::Count(n) => node.opaque += n,
+                    Member::Unknown(why) => node.unknown.push(why),
+                    Member::Unavailable(why) => {
+                        node.unavailable.get_or_insert(why);
+                    }
                 }
             }
             index.nodes.insert(id, node);
         }
+        for (alias, origin, id) in aliases {
+            if let Some(first) = first_origin.get(&alias) {
+                index.shadowed.push(format!(
+                    "{alias} is defined at {first} and is also an address of the list at \
+                     {origin}; the first is used"
+                ));
+                continue;
+            }
+            first_origin.insert(alias.clone(), origin);
+            let alias_id = index.intern(&alias);
+            index.alias_of.insert(alias_id, id);
+        }
         let ids: Vec<u32> = index.nodes.keys().copied().collect();
         for id in ids {
-            let audience = index.expand(id, options.max_depth);
-            if !audience.cycles.is_empty() {
-                index.stats.lists_with_cycles += 1;
-            }
-            if audience.depth_exceeded {
-                index.stats.lists_too_deep += 1;
-            }
+            let audience = index.expand(id, options);
+            let s = &mut index.stats;
+            s.lists_with_cycles += usize::from(!audience.cycles.is_empty());
+            s.lists_too_deep += usize::from(audience.depth_exceeded);
+            s.lists_capped += usize::from(audience.capped);
+            s.lists_with_unknown += usize::from(audience.unknown > 0);
             index.audiences.insert(id, Arc::new(audience));
+        }
+        let aliased: Vec<(u32, u32)> = index.alias_of.iter().map(|(&a, &l)| (a, l)).collect();
+        for (alias, list) in aliased {
+            if let Some(audience) = index.audiences.get(&list).cloned() {
+                index.audiences.insert(alias, audience);
+            }
         }
         index.stats.lists = index.nodes.len() + index.catch_all.len();
         index.stats.addresses = index.names.len();
@@ -219,7 +282,9 @@ impl DirectoryIndex {
 
     /// Depth-first expansion of one list with a visited set: cycles and repeated
     /// paths are noted, never followed twice, and every mailbox counts once.
-    fn expand(&self, root: u32, max_depth: usize) -> ListAudience {
+    fn expand(&self, root: u32, options: &IndexOptions) -> ListAudience {
+        let max_depth = options.max_depth;
+        let cap = usize::try_from(options.max_audience).unwrap_or(usize::MAX);
         let mut mailboxes: Vec<u32> = Vec::new();
         let mut seen: HashSet<u32> = HashSet::from([root]);
         let mut path: Vec<(u32, usize)> = vec![(root, 0)];
@@ -233,12 +298,27 @@ impl DirectoryIndex {
             nested_lists: 0,
             cycles: Vec::new(),
             depth_exceeded: false,
+            capped: false,
+            unknown: 0,
+            unknown_reasons: Vec::new(),
+            unavailable: None,
             domains: Arc::new([]),
             origin: self.nodes[&root].origin.clone(),
         };
-        let root_node = &self.nodes[&root];
-        a.opaque += root_node.opaque;
-        a.non_mailbox += root_node.non_mailbox;
+        let add_node = |a: &mut ListAudience, node: &Node| {
+            a.opaque += node.opaque;
+            a.non_mailbox += node.non_mailbox;
+            a.unknown += node.unknown.len() as u64;
+            for why in &node.unknown {
+                if a.unknown_reasons.len() < MAX_UNKNOWN_REASONS {
+                    a.unknown_reasons.push(why.clone());
+                }
+            }
+            if a.unavailable.is_none() {
+                a.unavailable.clone_from(&node.unavailable);
+            }
+        };
+        add_node(&mut a, &self.nodes[&root]);
         while let Some(&mut (list, ref mut next)) = path.last_mut() {
             let node = &self.nodes[&list];
             let Some(&member) = node.members.get(*next) else {
@@ -246,9 +326,18 @@ impl DirectoryIndex {
                 continue;
             };
             *next += 1;
+            let member = self.alias_of.get(&member).copied().unwrap_or(member);
             if member == list || !self.nodes.contains_key(&member) {
                 // Postfix delivers an alias that lists itself to itself.
                 mailboxes.push(member);
+                if cap > 0 && mailboxes.len() >= cap.saturating_mul(2) {
+                    mailboxes.sort_unstable();
+                    mailboxes.dedup();
+                    if mailboxes.len() > cap {
+                        a.capped = true;
+                        break;
+                    }
+                }
             } else if path.iter().any(|&(l, _)| l == member) {
                 if a.cycles.len() < 10 {
                     let mut names: Vec<&str> = path
@@ -264,15 +353,17 @@ impl DirectoryIndex {
                     a.depth_exceeded = true;
                     continue;
                 }
-                let child = &self.nodes[&member];
                 a.nested_lists += 1;
-                a.opaque += child.opaque;
-                a.non_mailbox += child.non_mailbox;
+                add_node(&mut a, &self.nodes[&member]);
                 path.push((member, 0));
             }
         }
         mailboxes.sort_unstable();
         mailboxes.dedup();
+        if cap > 0 && mailboxes.len() > cap {
+            mailboxes.truncate(cap);
+            a.capped = true;
+        }
         let mut per_domain: HashMap<u32, u64> = HashMap::new();
         for &m in &mailboxes {
             *per_domain.entry(self.name_domain[m as usize]).or_default() += 1;
@@ -304,6 +395,15 @@ impl DirectoryIndex {
         self.audiences.get(&(id as u32))
     }
 
+    /// The list an address names, if it is another address of one (a directory
+    /// group's secondary address).
+    pub fn canonical(&self, address: &str) -> Option<&str> {
+        let id = self
+            .names
+            .get_index_of(address.to_ascii_lowercase().as_str())?;
+        self.alias_of.get(&(id as u32)).map(|&l| self.name(l))
+    }
+
     /// Resolves one address as Postfix would: an exact list key, else the `@domain`
     /// catch-all of its domain, else a final mailbox.
     pub fn resolve(&self, address: &str) -> Vec<Resolved> {
@@ -328,7 +428,10 @@ impl DirectoryIndex {
                             None => Resolved::Mailbox(target),
                         })
                     }
-                    _ => None,
+                    Member::Unavailable(why) | Member::Unknown(why) => {
+                        Some(Resolved::Unavailable(why.clone()))
+                    }
+                    Member::NonMailbox(_) | Member::Count(_) => None,
                 })
                 .collect();
         }
@@ -339,6 +442,7 @@ impl DirectoryIndex {
     pub fn audience<'a>(&self, recipients: impl IntoIterator<Item = &'a str>) -> Audience {
         let mut lists: Vec<Arc<ListAudience>> = Vec::new();
         let mut direct: Vec<String> = Vec::new();
+        let mut out = Audience::default();
         for r in recipients {
             for resolved in self.resolve(r) {
                 match resolved {
@@ -348,6 +452,10 @@ impl DirectoryIndex {
                         }
                     }
                     Resolved::Mailbox(m) => direct.push(m),
+                    Resolved::Unavailable(why) => {
+                        out.unavailable.get_or_insert(why);
+                        direct.push(r.to_ascii_lowercase());
+                    }
                 }
             }
         }
@@ -357,14 +465,17 @@ impl DirectoryIndex {
                 .then_with(|| x.address.cmp(&y.address))
         });
 
-        let mut out = Audience::default();
         let base: &[u32] = lists.first().map_or(&[], |l| &l.mailboxes);
         let mut extra_ids: HashSet<u32> = HashSet::new();
         for l in &lists {
             out.total += l.opaque;
             out.external += l.external_opaque;
             out.non_mailbox += l.non_mailbox;
-            out.lower_bound |= l.depth_exceeded;
+            out.lower_bound |= l.lower_bound();
+            out.unknown += l.unknown;
+            if out.unavailable.is_none() {
+                out.unavailable.clone_from(&l.unavailable);
+            }
         }
         if let Some(first) = lists.first() {
             out.total += first.mailboxes.len() as u64;
@@ -439,6 +550,7 @@ mod tests {
     fn def(address: &str, members: &[&str]) -> ListDef {
         ListDef {
             address: address.into(),
+            aliases: Vec::new(),
             members: members
                 .iter()
                 .map(|m| match m.strip_prefix('#') {
@@ -455,6 +567,7 @@ mod tests {
         IndexOptions {
             max_depth: 10,
             internal: DomainSet::new(["corp.example"]).expect("domains"),
+            max_audience: 0,
         }
     }
 

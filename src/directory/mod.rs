@@ -6,6 +6,7 @@
 
 pub mod drift;
 pub mod index;
+pub mod ldap;
 pub mod parse;
 pub mod source;
 
@@ -77,6 +78,7 @@ impl Directory {
                 &IndexOptions {
                     max_depth: 1,
                     internal: Default::default(),
+                    max_audience: 0,
                 },
             ),
             allowed: HashMap::new(),
@@ -86,14 +88,19 @@ impl Directory {
         }
     }
 
-    /// Reads every source of the configuration and expands every list. Blocking: call
-    /// it at start or from a blocking task.
-    pub fn load(config: &Config, mode: DriftMode) -> Result<Directory, DirectoryError> {
+    /// Reads every source of the configuration (LDAP sources from `ldap`, their
+    /// snapshots) and expands every list. Blocking: call it at start or from a
+    /// blocking task.
+    pub fn load(
+        config: &Config,
+        mode: DriftMode,
+        ldap: &ldap::Snapshots,
+    ) -> Result<Directory, DirectoryError> {
         let started = Instant::now();
         if config.directories.is_empty() && config.lists.is_empty() {
             return Ok(Directory::empty());
         }
-        let mut sources: Vec<Box<dyn DirectorySource>> = Vec::new();
+        let mut sources: Vec<Box<dyn DirectorySource + '_>> = Vec::new();
         let mut configured = ConfigLists::default();
         let mut allowed = HashMap::new();
         for (i, l) in config.lists.iter().enumerate() {
@@ -110,11 +117,20 @@ impl Directory {
                     address: l.address.clone(),
                     members,
                     origin: format!("{} [[list]] #{}", config.file.display(), i + 1),
+                    ..ListDef::default()
                 });
             }
         }
         sources.push(Box::new(configured));
         for d in &config.directories {
+            if let Some(settings) = &d.ldap {
+                sources.push(Box::new(ldap::LdapSource {
+                    settings,
+                    snapshot: ldap.by_source.get(&settings.name).cloned(),
+                    now: ldap.now,
+                }));
+                continue;
+            }
             sources.push(match d.kind {
                 DirectoryKind::PostfixVirtual => Box::new(VirtualSource {
                     path: d.path.clone(),
@@ -124,6 +140,7 @@ impl Directory {
                     path: d.path.clone(),
                     domains: d.domains.clone(),
                 }),
+                DirectoryKind::Ldap => continue,
             });
         }
 
@@ -159,6 +176,7 @@ impl Directory {
                 address,
                 members: vec![Member::Count(1)],
                 origin: format!("{} [[list]]", config.file.display()),
+                ..ListDef::default()
             });
         }
         let index = DirectoryIndex::build(
@@ -166,6 +184,7 @@ impl Directory {
             &IndexOptions {
                 max_depth: config.max_depth,
                 internal: config.policy.internal.clone(),
+                max_audience: config.max_audience,
             },
         );
         report.warnings.extend(index.shadowed.iter().cloned());
@@ -219,6 +238,8 @@ impl Directory {
             lists,
             non_mailbox: a.non_mailbox,
             lower_bound: a.lower_bound,
+            unknown: a.unknown,
+            unavailable: a.unavailable,
         })
     }
 
@@ -233,6 +254,8 @@ impl Directory {
             domains: l.domains.clone(),
             allowed_senders: self.allowed.get(&*l.address).cloned(),
             drift_from: self.drifted.get(&*l.address).copied(),
+            unknown: l.unknown,
+            unknown_reason: l.unknown_reasons.first().cloned(),
         }
     }
 
@@ -371,6 +394,7 @@ domains = ["lists.corp.example"]
                 "[[list]]\naddress = \"board@corp.example\"\nmember_count = 40\n",
             ),
             DriftMode::ReadOnly,
+            &Default::default(),
         )
         .expect("load");
         assert!(d.is_configured());
@@ -419,6 +443,7 @@ domains = ["lists.corp.example"]
                  [[list]]\naddress = \"ceo@corp.example\"\nallowed_senders = [\"pa@corp.example\"]\n",
             ),
             DriftMode::ReadOnly,
+            &Default::default(),
         )
         .expect("load");
         assert_eq!(audience(&d, &["ward-a@corp.example"]).total, 900);
@@ -443,8 +468,12 @@ domains = ["lists.corp.example"]
             "aliases",
             "# lists\npharmacy: eve@corp.example\n\nbroken:\n",
         );
-        let e = Directory::load(&config(dir.path(), ""), DriftMode::ReadOnly)
-            .expect_err("the aliases file is broken");
+        let e = Directory::load(
+            &config(dir.path(), ""),
+            DriftMode::ReadOnly,
+            &Default::default(),
+        )
+        .expect_err("the aliases file is broken");
         let text = e.to_string();
         let at = format!("{}:4:", dir.path().join("aliases").display());
         assert!(text.contains(&at), "{text}");
@@ -458,7 +487,8 @@ domains = ["lists.corp.example"]
         write(dir.path(), "virtual", "ward-a ann@corp.example\n");
         let config = config(dir.path(), "");
         std::fs::remove_file(dir.path().join("virtual")).expect("remove");
-        let e = Directory::load(&config, DriftMode::ReadOnly).expect_err("no virtual file");
+        let e = Directory::load(&config, DriftMode::ReadOnly, &Default::default())
+            .expect_err("no virtual file");
         assert!(
             e.to_string()
                 .contains(&dir.path().join("virtual").display().to_string()),
@@ -476,7 +506,12 @@ domains = ["lists.corp.example"]
         );
         write(dir.path(), "aliases", "");
         let extra = "[drift]\nfactor = 2.0\nmin_audience = 2\n";
-        let d = Directory::load(&config(dir.path(), extra), DriftMode::ReadOnly).expect("load");
+        let d = Directory::load(
+            &config(dir.path(), extra),
+            DriftMode::ReadOnly,
+            &Default::default(),
+        )
+        .expect("load");
         assert_eq!(audience(&d, &["loop-a@corp.example"]).total, 2);
         assert!(
             d.report
@@ -491,7 +526,12 @@ domains = ["lists.corp.example"]
             !sizes.exists() || std::fs::read_dir(&sizes).expect("dir").next().is_none(),
             "read-only loads write nothing"
         );
-        Directory::load(&config(dir.path(), extra), DriftMode::Record).expect("load");
+        Directory::load(
+            &config(dir.path(), extra),
+            DriftMode::Record,
+            &Default::default(),
+        )
+        .expect("load");
         let mut known = KnownSizes::load(&sizes).expect("sizes");
         assert_eq!(
             known.accept("loop-a@corp.example", 2),

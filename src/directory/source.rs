@@ -7,10 +7,14 @@ use super::parse::{ParseError, RawEntry, RawTarget, parse_aliases, parse_virtual
 use std::path::{Path, PathBuf};
 
 /// One list (or alias) and what it expands to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListDef {
-    /// The list address, lower-cased; `@domain` for a virtual(5) catch-all.
+    /// The list address, lower-cased; `@domain` for a virtual(5) catch-all. A group
+    /// without an address (a directory group nested in lists) is named by its DN.
     pub address: String,
+    /// Other addresses of the same list (a directory group's secondary addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Its members.
     pub members: Vec<Member>,
     /// Where it was defined, e.g. `/etc/postfix/virtual:12`.
@@ -18,7 +22,8 @@ pub struct ListDef {
 }
 
 /// One member of a list.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Member {
     /// An address: a final mailbox, or another list.
     Address(String),
@@ -26,6 +31,12 @@ pub enum Member {
     NonMailbox(String),
     /// Members known only by their number (a list held where we cannot read it).
     Count(u64),
+    /// A member that could not be counted (a dangling reference, an empty group, a
+    /// dynamic list whose search failed), with the reason: never one recipient.
+    Unknown(String),
+    /// The source cannot say anything now (no snapshot yet, or too old), with the
+    /// reason: messages reaching it are tempfailed.
+    Unavailable(String),
 }
 
 /// What a source yields.
@@ -127,6 +138,7 @@ impl DirectorySource for VirtualSource {
                     address: e.key.clone(),
                     members,
                     origin: origin(e),
+                    ..ListDef::default()
                 });
             } else if self.domains.is_empty() {
                 data.warnings.push(format!(
@@ -140,6 +152,7 @@ impl DirectorySource for VirtualSource {
                         address: format!("{}@{d}", e.key),
                         members: members.clone(),
                         origin: origin(e),
+                        ..ListDef::default()
                     });
                 }
             }
@@ -179,6 +192,7 @@ impl DirectorySource for AliasesSource {
                     address: format!("{}@{d}", e.key),
                     members: members.clone(),
                     origin: origin(e),
+                    ..ListDef::default()
                 });
             }
         }

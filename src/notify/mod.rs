@@ -37,6 +37,9 @@ pub enum AlertKind {
     StateDown,
     /// The shared state answers again.
     StateBack,
+    /// A directory source could not be refreshed and its snapshot is older than
+    /// `max_staleness` (or there is none).
+    DirectoryStale,
 }
 
 impl AlertKind {
@@ -50,6 +53,7 @@ impl AlertKind {
             AlertKind::Breaker => "breaker",
             AlertKind::StateDown => "state-down",
             AlertKind::StateBack => "state-back",
+            AlertKind::DirectoryStale => "directory-stale",
         }
     }
 }
@@ -147,12 +151,16 @@ impl Digest {
                 AlertKind::Breaker => "global breaker tripped".to_owned(),
                 AlertKind::StateDown => "shared state unreachable".to_owned(),
                 AlertKind::StateBack => "shared state reachable again".to_owned(),
+                AlertKind::DirectoryStale => "directory snapshot too old".to_owned(),
             };
             out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
             if let Some(id) = &a.queue_id {
                 out.push_str(&format!("  queue id: {id}\n"));
             }
-            if !matches!(a.kind, AlertKind::StateDown | AlertKind::StateBack) {
+            if !matches!(
+                a.kind,
+                AlertKind::StateDown | AlertKind::StateBack | AlertKind::DirectoryStale
+            ) {
                 out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
                 out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));
                 out.push_str(&format!("  audience: {}\n", a.audience));

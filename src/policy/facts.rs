@@ -72,7 +72,7 @@ pub struct HeaderFacts {
 }
 
 /// One list among the envelope recipients, as the directory expanded it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListFacts {
     /// The list address.
     pub address: Arc<str>,
@@ -90,6 +90,10 @@ pub struct ListFacts {
     pub allowed_senders: Option<Arc<AddressGlobs>>,
     /// The last accepted size, when the list has grown past the drift limits since.
     pub drift_from: Option<u64>,
+    /// Members that could not be counted (dangling, empty, failed dynamic lists).
+    pub unknown: u64,
+    /// Why the first of them could not be counted.
+    pub unknown_reason: Option<String>,
 }
 
 /// The real audience: final mailboxes after list and alias expansion.
@@ -103,8 +107,14 @@ pub struct AudienceFacts {
     pub lists: Vec<ListFacts>,
     /// Pipes, files and other non-mailbox targets reached.
     pub non_mailbox: u64,
-    /// True when the count is a lower bound (nesting deeper than the limit).
+    /// True when the count is a lower bound (nesting deeper than the limit, or the
+    /// audience cap reached).
     pub lower_bound: bool,
+    /// Members of the lists that could not be counted at all.
+    pub unknown: u64,
+    /// Set when the directory cannot count some recipient now (a source with no usable
+    /// snapshot): why.
+    pub unavailable: Option<String>,
 }
 
 /// Everything known about one message when it is decided.

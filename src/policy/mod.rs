@@ -65,6 +65,9 @@ pub struct Policy {
     pub drift_action: Action,
     /// `[drift] monitor`.
     pub drift_monitor: bool,
+    /// `[expansion] on_unknown`: what happens to mail part of whose audience cannot be
+    /// counted.
+    pub on_unknown: Action,
     /// `[[scope]]`: how far senders may reach through lists.
     pub scopes: Vec<Scope>,
     /// `[exempt] senders`: envelope senders or SASL logins no rule applies to.
@@ -90,6 +93,7 @@ impl Default for Policy {
             hidden: Hidden::default(),
             drift_action: Action::Quarantine,
             drift_monitor: false,
+            on_unknown: Action::Quarantine,
             scopes: Vec::new(),
             exempt: AddressGlobs::default(),
             storm: StormPolicy::default(),
@@ -180,6 +184,8 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
         &audience.lists,
     ));
     fired.extend(rules::scope(&policy.scopes, facts, &audience.lists));
+    fired.extend(rules::unknown(policy.on_unknown, audience));
+    fired.extend(rules::unavailable(audience));
     fired.extend(stateful::storm(&policy.storm, &facts.state));
     fired.extend(stateful::rate(&policy.rate, &facts.state));
     fired.extend(stateful::breaker(&policy.breaker, &facts.state));
@@ -444,6 +450,7 @@ mod tests {
                 .collect(),
             allowed_senders: None,
             drift_from: None,
+            ..Default::default()
         }
     }
 
@@ -454,6 +461,7 @@ mod tests {
             lists,
             non_mailbox: 0,
             lower_bound: false,
+            ..Default::default()
         });
         f
     }

@@ -3,7 +3,7 @@
 //! fired, with the rule's own monitor flag, or nothing.
 
 use super::address::{AddressGlobs, DomainSet};
-use super::facts::{ListFacts, MessageFacts};
+use super::facts::{AudienceFacts, ListFacts, MessageFacts};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
 use serde::Serialize;
@@ -153,6 +153,57 @@ pub fn audience(levels: &Levels, counts: &Counts, lower_bound: bool) -> Option<(
         plural(counts.audience, "recipient", "recipients")
     );
     levels.check("limits.audience", counts.audience, &what)
+}
+
+/// `[expansion] on_unknown`: part of the audience could not be counted (a dangling
+/// member, an empty group, a dynamic list whose search failed), so the count above is
+/// not the message's real reach.
+pub fn unknown(action: Action, audience: &AudienceFacts) -> Option<(Reason, bool)> {
+    if audience.unknown == 0 {
+        return None;
+    }
+    let list = audience.lists.iter().find(|l| l.unknown > 0);
+    let message = match list {
+        Some(l) => format!(
+            "audience not fully known: {} of {} cannot be counted{}",
+            plural(audience.unknown as usize, "member", "members"),
+            l.address,
+            l.unknown_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "audience not fully known: {} cannot be counted",
+            plural(audience.unknown as usize, "member", "members")
+        ),
+    };
+    Some((
+        Reason {
+            reply: None,
+            rule: "expansion.on_unknown",
+            action,
+            message,
+            monitor: false,
+        },
+        false,
+    ))
+}
+
+/// A directory source that cannot be used now (no snapshot yet, or too old with
+/// `on_stale = "tempfail"`): the audience cannot be known, so the message waits.
+pub fn unavailable(audience: &AudienceFacts) -> Option<(Reason, bool)> {
+    let why = audience.unavailable.as_deref()?;
+    Some((
+        Reason {
+            reply: None,
+            rule: "directory.unavailable",
+            action: Action::Tempfail,
+            message: format!("lists cannot be counted now: {why}"),
+            monitor: false,
+        },
+        false,
+    ))
 }
 
 /// The mailboxes of lists the sender is explicitly allowed to post to (a list's own

@@ -456,9 +456,11 @@ mod tests {
                 domains: Arc::from(Vec::new()),
                 allowed_senders: allowed.map(|a| Arc::new(AddressGlobs::new([a]).unwrap())),
                 drift_from: None,
+                ..Default::default()
             }],
             non_mailbox: 0,
             lower_bound: false,
+            ..Default::default()
         });
         f
     }

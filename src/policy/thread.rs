@@ -201,6 +201,7 @@ mod tests {
                 domains: Vec::new().into(),
                 allowed_senders: None,
                 drift_from: None,
+                ..Default::default()
             }],
             ..Default::default()
         });

@@ -150,6 +150,7 @@ mod tests {
                 .into(),
                 allowed_senders: None,
                 drift_from: None,
+                ..Default::default()
             }],
             ..Default::default()
         });

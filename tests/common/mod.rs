@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Test harness: a private Postfix instance on loopback relaying to Postfix's own
-//! smtp-sink, and the built fanout-milter binary as a child process. Every process the
-//! harness starts is stopped when its guard drops, also when a test fails.
+//! smtp-sink, and the built fanout-milter binary as a child process; a private
+//! redis-server, and a private slapd with the LDAP fixture ([`slapd`]). Every process
+//! the harness starts is stopped when its guard drops, also when a test fails.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -11,6 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod slapd;
 
 /// How long any single wait in the harness may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `[[directory]] type = "ldap"`: checks the keys of an LDAP source and fills in the
+//! defaults, named after Postfix's ldap_table(5) settings where there is one.
+
+use super::raw::{RawDirectory, RawFilterList};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What an LDAP source does once its last good snapshot is older than `max_staleness`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStale {
+    /// Keep using it, and say so loudly.
+    UseStale,
+    /// Tempfail mail that reaches its lists, so Postfix retries later.
+    Tempfail,
+    /// Count its lists as unknown (`[expansion] on_unknown`).
+    Unknown,
+}
+
+impl OnStale {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStale::UseStale => "use_stale",
+            OnStale::Tempfail => "tempfail",
+            OnStale::Unknown => "unknown",
+        }
+    }
+}
+
+/// Exchange-style dynamic lists: the filter and its base are attributes of the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterList {
+    /// The attribute holding the filter (`msExchDynamicDLFilter`).
+    pub filter_attribute: String,
+    /// The attribute holding the base (`msExchDynamicDLBaseDN`); empty: `base_dns`.
+    pub base_attribute: String,
+}
+
+/// A validated LDAP source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LdapSettings {
+    /// Name for logs and the snapshot file.
+    pub name: String,
+    /// Server URL.
+    pub url: String,
+    /// StartTLS on an `ldap://` URL.
+    pub start_tls: bool,
+    /// Bind DN; anonymous when absent.
+    pub bind_dn: Option<String>,
+    /// File holding the bind password, read at each connection.
+    pub bind_password_file: Option<PathBuf>,
+    /// PEM file of trusted CAs; the system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Subtrees read.
+    pub base_dns: Vec<String>,
+    /// Filter that finds an address (`%s`), for live lookups; with `%s` as `*` it
+    /// also selects the addressable entries of a snapshot.
+    pub lookup_filter: String,
+    /// Attributes holding addresses.
+    pub leaf_mail_attributes: Vec<String>,
+    /// Attributes holding member DNs.
+    pub member_dn_attributes: Vec<String>,
+    /// Attributes holding member URLs.
+    pub member_url_attributes: Vec<String>,
+    /// Attributes holding literal member addresses.
+    pub literal_member_attributes: Vec<String>,
+    /// Exchange-style dynamic lists.
+    pub filter_list: Option<FilterList>,
+    /// Object classes that make an entry a list.
+    pub group_object_classes: Vec<String>,
+    /// Mail domains of the directory.
+    pub domains: Vec<String>,
+    /// Snapshot interval.
+    pub refresh: Duration,
+    /// Limit of one connect, bind or search.
+    pub timeout: Duration,
+    /// Entries per page.
+    pub page_size: u32,
+    /// Age beyond which `on_stale` applies.
+    pub max_staleness: Duration,
+    /// What then.
+    pub on_stale: OnStale,
+}
+
+const DEFAULT_LOOKUP_FILTER: &str = "(|(mail=%s)(proxyAddresses=smtp:%s))";
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Checks one `[[directory]] type = "ldap"` (`key` is `directory[i]`), reporting each
+/// problem with its key, and fills the defaults into `raw` so `check-config` shows them.
+pub(super) fn validate(
+    key: &str,
+    index: usize,
+    raw: &mut RawDirectory,
+    domains: Vec<String>,
+    base: &Path,
+    report: &mut impl FnMut(&str, String),
+) -> LdapSettings {
+    let name = raw.name.clone().unwrap_or_else(|| match index {
+        0 => "ldap".to_owned(),
+        i => format!("ldap{}", i + 1),
+    });
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        report(
+            &format!("{key}.name"),
+            format!("\"{name}\" must be letters, digits, - and _ (it names the snapshot file)"),
+        );
+    }
+    if raw.path.is_some() {
+        report(
+            &format!("{key}.path"),
+            "an LDAP source has no path: give url and base_dns".into(),
+        );
+    }
+    let url = raw.url.clone().unwrap_or_default().trim().to_owned();
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "ldap" | "ldaps" | "ldapi") => {}
+        Ok(u) => report(
+            &format!("{key}.url"),
+            format!(
+                "scheme \"{}\" is not ldap://, ldaps:// or ldapi://",
+                u.scheme()
+            ),
+        ),
+        Err(_) if url.is_empty() => report(
+            &format!("{key}.url"),
+            "an LDAP source needs url, e.g. \"ldaps://ldap.example.org\"".into(),
+        ),
+        Err(e) => report(
+            &format!("{key}.url"),
+            format!("\"{url}\" is not an LDAP URL: {e}"),
+        ),
+    }
+    let start_tls = raw.start_tls.unwrap_or(false);
+    if start_tls && !url.starts_with("ldap://") {
+        report(
+            &format!("{key}.start_tls"),
+            "StartTLS applies to ldap:// URLs only".into(),
+        );
+    }
+    let bind_password_file = raw.bind_password_file.as_ref().map(|p| base.join(p));
+    match (&raw.bind_dn, &bind_password_file) {
+        (Some(_), None) => report(
+            &format!("{key}.bind_password_file"),
+            "bind_dn needs bind_password_file".into(),
+        ),
+        (None, Some(_)) => report(
+            &format!("{key}.bind_dn"),
+            "bind_password_file needs bind_dn".into(),
+        ),
+        (_, Some(p)) => {
+            if let Err(e) = check_secret_file(p) {
+                report(&format!("{key}.bind_password_file"), e);
+            }
+        }
+        (None, None) => {}
+    }
+    let ca_file = raw.ca_file.as_ref().map(|p| base.join(p));
+    if let Some(p) = &ca_file
+        && let Err(e) = crate::directory::ldap::client::read_ca_file(p)
+    {
+        report(&format!("{key}.ca_file"), e);
+    }
+    let base_dns: Vec<String> = raw
+        .base_dns
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| b.trim().to_owned())
+        .collect();
+    if base_dns.is_empty() {
+        report(
+            &format!("{key}.base_dns"),
+            "an LDAP source needs base_dns, e.g. [\"ou=people,dc=example,dc=org\"]".into(),
+        );
+    }
+    for (i, b) in base_dns.iter().enumerate() {
+        if !b.contains('=') {
+            report(
+                &format!("{key}.base_dns[{i}]"),
+                format!("\"{b}\" is not a DN such as \"dc=example,dc=org\""),
+            );
+        }
+    }
+    let lookup_filter = raw
+        .lookup_filter
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LOOKUP_FILTER.to_owned());
+    if !lookup_filter.contains("%s") {
+        report(
+            &format!("{key}.lookup_filter"),
+            format!("\"{lookup_filter}\" has no %s for the address"),
+        );
+    } else if ldap3::parse_filter(lookup_filter.replace("%s", "x@example.org")).is_err() {
+        report(
+            &format!("{key}.lookup_filter"),
+            format!("\"{lookup_filter}\" is not an LDAP filter"),
+        );
+    }
+    let mut attrs = |field: &str, value: &Option<Vec<String>>, default: &[&str]| {
+        let list = value.clone().unwrap_or_else(|| strings(default));
+        for (i, a) in list.iter().enumerate() {
+            if a.is_empty()
+                || !a
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ';')
+            {
+                report(
+                    &format!("{key}.{field}[{i}]"),
+                    format!("\"{a}\" is not an attribute name"),
+                );
+            }
+        }
+        list
+    };
+    let leaf_mail_attributes = attrs(
+        "leaf_mail_attributes",
+        &raw.leaf_mail_attributes,
+        &["mail", "proxyAddresses"],
+    );
+    let member_dn_attributes = attrs(
+        "member_dn_attributes",
+        &raw.member_dn_attributes,
+        &["member", "uniqueMember"],
+    );
+    let member_url_attributes = attrs(
+        "member_url_attributes",
+        &raw.member_url_attributes,
+        &["memberURL"],
+    );
+    let literal_member_attributes = attrs(
+        "literal_member_attributes",
+        &raw.literal_member_attributes,
+        &["mgrpRFC822MailMember", "rfc822MailMember"],
+    );
+    let group_object_classes = attrs(
+        "group_object_classes",
+        &raw.group_object_classes,
+        &[
+            "groupOfNames",
+            "groupOfUniqueNames",
+            "groupOfURLs",
+            "group",
+            "msExchDynamicDistributionList",
+            "mailGroup",
+        ],
+    );
+    if leaf_mail_attributes.is_empty() {
+        report(
+            &format!("{key}.leaf_mail_attributes"),
+            "needs at least one attribute, e.g. [\"mail\"]".into(),
+        );
+    }
+    let raw_filter_list = raw.filter_list.clone().unwrap_or(RawFilterList {
+        filter_attribute: "msExchDynamicDLFilter".into(),
+        base_attribute: "msExchDynamicDLBaseDN".into(),
+    });
+    let filter_list = (!raw_filter_list.filter_attribute.is_empty()).then(|| FilterList {
+        filter_attribute: raw_filter_list.filter_attribute.clone(),
+        base_attribute: raw_filter_list.base_attribute.clone(),
+    });
+
+    let mut duration = |field: &str, value: &Option<String>, default: &str| {
+        let text = value.clone().unwrap_or_else(|| default.to_owned());
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if !d.is_zero() => (d, text),
+            Ok(_) => {
+                report(&format!("{key}.{field}"), "must be longer than 0".into());
+                (Duration::from_secs(1), text)
+            }
+            Err(e) => {
+                report(
+                    &format!("{key}.{field}"),
+                    format!("\"{text}\" is not a duration such as \"15m\": {e}"),
+                );
+                (Duration::from_secs(1), text)
+            }
+        }
+    };
+    let (refresh, refresh_text) = duration("refresh", &raw.refresh, "15m");
+    let (timeout, timeout_text) = duration("timeout", &raw.timeout, "30s");
+    let (max_staleness, staleness_text) = duration("max_staleness", &raw.max_staleness, "24h");
+    if max_staleness < refresh {
+        report(
+            &format!("{key}.max_staleness"),
+            format!("{staleness_text} is shorter than refresh ({refresh_text})"),
+        );
+    }
+    let page_size = raw.page_size.unwrap_or(1000);
+    if page_size == 0 {
+        report(&format!("{key}.page_size"), "must be at least 1".into());
+    }
+    let on_stale_text = raw.on_stale.clone().unwrap_or_else(|| "use_stale".into());
+    let on_stale = match on_stale_text.as_str() {
+        "use_stale" => OnStale::UseStale,
+        "tempfail" => OnStale::Tempfail,
+        "unknown" => OnStale::Unknown,
+        other => {
+            report(
+                &format!("{key}.on_stale"),
+                format!("\"{other}\" must be \"use_stale\", \"tempfail\" or \"unknown\""),
+            );
+            OnStale::UseStale
+        }
+    };
+    if domains.is_empty() {
+        report(
+            &format!("{key}.domains"),
+            "an LDAP source needs the mail domains its lists live in, e.g. [\"example.org\"] \
+             (until the first snapshot, mail to them is tempfailed)"
+                .into(),
+        );
+    }
+
+    raw.name = Some(name.clone());
+    raw.url = Some(url.clone());
+    raw.start_tls = Some(start_tls);
+    raw.base_dns = Some(base_dns.clone());
+    raw.lookup_filter = Some(lookup_filter.clone());
+    raw.leaf_mail_attributes = Some(leaf_mail_attributes.clone());
+    raw.member_dn_attributes = Some(member_dn_attributes.clone());
+    raw.member_url_attributes = Some(member_url_attributes.clone());
+    raw.literal_member_attributes = Some(literal_member_attributes.clone());
+    raw.group_object_classes = Some(group_object_classes.clone());
+    raw.filter_list = Some(raw_filter_list);
+    raw.refresh = Some(refresh_text);
+    raw.timeout = Some(timeout_text);
+    raw.max_staleness = Some(staleness_text);
+    raw.page_size = Some(page_size);
+    raw.on_stale = Some(on_stale_text);
+
+    LdapSettings {
+        name,
+        url,
+        start_tls,
+        bind_dn: raw.bind_dn.clone(),
+        bind_password_file,
+        ca_file,
+        base_dns,
+        lookup_filter,
+        leaf_mail_attributes,
+        member_dn_attributes,
+        member_url_attributes,
+        literal_member_attributes,
+        filter_list,
+        group_object_classes,
+        domains,
+        refresh,
+        timeout,
+        page_size,
+        max_staleness,
+        on_stale,
+    }
+}
+
+/// A password file must exist, hold something and not be readable by others.
+fn check_secret_file(path: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "\"{}\" is readable by every user; chmod 600 (or 640 with a group) it",
+            path.display()
+        ));
+    }
+    read_secret(path).map(|_| ())
+}
+
+/// The password in a password file: its first line.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        return Err(format!("\"{}\" is empty", path.display()));
+    }
+    Ok(line)
+}

@@ -1,0 +1,306 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The LDAP wire: one page of one search at a time, behind [`LdapServer`] so that the
+//! snapshot logic runs the same against a real server (ldap3) and against the
+//! in-memory fake the tests use for Active Directory behaviour slapd lacks.
+
+use crate::config::ldap::{LdapSettings, read_secret};
+use async_trait::async_trait;
+use ldap3::controls::{Control, ControlType, PagedResults};
+use ldap3::{LdapConnAsync, LdapConnSettings, SearchEntry};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use ldap3::Scope;
+
+/// One entry as the server returned it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Its DN, as the server spells it.
+    pub dn: String,
+    /// Text attributes, keyed by the name the server used (`member;range=0-1499`).
+    pub attrs: HashMap<String, Vec<String>>,
+    /// Binary attributes (Active Directory's `objectGUID`).
+    pub bin_attrs: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl Entry {
+    /// The values of an attribute, its name matched without regard to case.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.attrs
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.iter().map(String::as_str))
+    }
+}
+
+/// One page of a search.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// Entries of this page.
+    pub entries: Vec<Entry>,
+    /// The cookie for the next page; `None` when this was the last.
+    pub next: Option<Vec<u8>>,
+}
+
+/// What a server or the connection to it did wrong.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LdapFault {
+    /// No connection, or it broke.
+    #[error("connection to {url} failed: {message}")]
+    Connect {
+        /// The server.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The bind was refused.
+    #[error("bind as {dn} refused: {message}")]
+    Bind {
+        /// The bind DN.
+        dn: String,
+        /// Why.
+        message: String,
+    },
+    /// An operation took longer than `timeout`.
+    #[error("{what} timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// Which operation.
+        what: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// A search ended with a result code other than success.
+    #[error("search of {base} {filter} ended with rc={rc} ({text})")]
+    Search {
+        /// Its base.
+        base: String,
+        /// Its filter.
+        filter: String,
+        /// The LDAP result code.
+        rc: u32,
+        /// The server's diagnostic text, or the code's name.
+        text: String,
+    },
+}
+
+impl LdapFault {
+    /// True when the fault says the snapshot would be incomplete or the server is
+    /// unreachable (limits, timeouts, broken connections, a busy or unavailable
+    /// server), so the whole refresh must fail. Other faults (a dynamic list's bad
+    /// filter or missing base, no access) only make that list unknown.
+    pub fn fails_refresh(&self) -> bool {
+        match self {
+            LdapFault::Search { rc, .. } => matches!(rc, 1 | 3 | 4 | 11 | 51 | 52 | 53 | 80),
+            _ => true,
+        }
+    }
+}
+
+/// A directory server, one search page at a time.
+#[async_trait]
+pub trait LdapServer: Send {
+    /// One page of a search. `page` is `(size, cookie)`; `None` asks for an unpaged
+    /// search. Entries only: referrals are ignored.
+    async fn search_page(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        page: Option<(u32, Vec<u8>)>,
+    ) -> Result<Page, LdapFault>;
+}
+
+/// A connection through ldap3.
+pub struct Ldap3Server {
+    ldap: ldap3::Ldap,
+    timeout: Duration,
+}
+
+/// Reads a PEM file of CA certificates; at least one is needed.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("\"{}\" is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "\"{}\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_ca_file(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("\"{}\": {e}", ca_file.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Ldap3Server {
+    /// Connects and binds as the settings say, each step within `timeout`.
+    pub async fn connect(settings: &LdapSettings) -> Result<Ldap3Server, LdapFault> {
+        let connect_fault = |message: String| LdapFault::Connect {
+            url: settings.url.clone(),
+            message,
+        };
+        let mut conn_settings = LdapConnSettings::new()
+            .set_conn_timeout(settings.timeout)
+            .set_starttls(settings.start_tls);
+        if let Some(ca) = &settings.ca_file {
+            conn_settings = conn_settings.set_config(tls_config(ca).map_err(connect_fault)?);
+        }
+        let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, &settings.url)
+            .await
+            .map_err(|e| connect_fault(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!("ldap connection ended: {e}");
+            }
+        });
+        if let (Some(dn), Some(file)) = (&settings.bind_dn, &settings.bind_password_file) {
+            let password = read_secret(file).map_err(|message| LdapFault::Bind {
+                dn: dn.clone(),
+                message,
+            })?;
+            let bind = ldap
+                .with_timeout(settings.timeout)
+                .simple_bind(dn, &password)
+                .await
+                .map_err(|e| timeout_or(e, "bind", settings.timeout, connect_fault))?;
+            if bind.rc != 0 {
+                return Err(LdapFault::Bind {
+                    dn: dn.clone(),
+                    message: format!("rc={} {}", bind.rc, bind.text),
+                });
+            }
+        }
+        Ok(Ldap3Server {
+            ldap,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Unbinds and closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+}
+
+fn timeout_or(
+    e: ldap3::LdapError,
+    what: &str,
+    after: Duration,
+    other: impl FnOnce(String) -> LdapFault,
+) -> LdapFault {
+    match e {
+        ldap3::LdapError::Timeout { .. } => LdapFault::Timeout {
+            what: what.to_owned(),
+            after,
+        },
+        e => other(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl LdapServer for Ldap3Server {
+    async fn search_page(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        page: Option<(u32, Vec<u8>)>,
+    ) -> Result<Page, LdapFault> {
+        let mut ldap = self.ldap.clone();
+        ldap.with_timeout(self.timeout);
+        let paged = page.is_some();
+        if let Some((size, cookie)) = page {
+            ldap.with_controls(PagedResults {
+                size: i32::try_from(size).unwrap_or(i32::MAX),
+                cookie,
+            });
+        }
+        let what = format!("search of {base}");
+        let result = ldap.search(base, scope, filter, attrs).await.map_err(|e| {
+            timeout_or(e, &what, self.timeout, |message| LdapFault::Connect {
+                url: "the server".into(),
+                message,
+            })
+        })?;
+        let ldap3::SearchResult(raw, done) = result;
+        if done.rc != 0 {
+            return Err(LdapFault::Search {
+                base: base.to_owned(),
+                filter: filter.to_owned(),
+                rc: done.rc,
+                text: if done.text.is_empty() {
+                    rc_name(done.rc).to_owned()
+                } else {
+                    done.text
+                },
+            });
+        }
+        let mut next = None;
+        if paged {
+            for Control(kind, raw) in done.ctrls {
+                if matches!(kind, Some(ControlType::PagedResults)) {
+                    let cookie = raw.parse::<PagedResults>().cookie;
+                    if !cookie.is_empty() {
+                        next = Some(cookie);
+                    }
+                }
+            }
+        }
+        let entries = raw
+            .into_iter()
+            .map(|e| {
+                let e = SearchEntry::construct(e);
+                Entry {
+                    dn: e.dn,
+                    attrs: e.attrs,
+                    bin_attrs: e.bin_attrs,
+                }
+            })
+            .collect();
+        Ok(Page { entries, next })
+    }
+}
+
+/// The name of an LDAP result code (RFC 4511 appendix A) for messages.
+pub fn rc_name(rc: u32) -> &'static str {
+    match rc {
+        1 => "operationsError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        11 => "adminLimitExceeded",
+        12 => "unavailableCriticalExtension",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        48 => "inappropriateAuthentication",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        87 => "filterError",
+        _ => "error",
+    }
+}

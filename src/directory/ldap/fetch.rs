@@ -1,0 +1,377 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Reads what a snapshot needs from a server: the root entry, one paged search per
+//! base, the rest of every ranged attribute (Active Directory), and one search per
+//! dynamic list. Any limit, timeout or broken connection fails the whole fetch.
+
+use super::client::{Entry, LdapFault, LdapServer, Scope};
+use crate::config::ldap::LdapSettings;
+use std::collections::{HashMap, HashSet};
+
+/// Capability OID in an Active Directory root entry.
+pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
+/// The paged results control.
+pub const PAGED_RESULTS: &str = "1.2.840.113556.1.4.319";
+
+/// What the root entry said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Active Directory (ranged attributes, objectGUID).
+    pub active_directory: bool,
+    /// The server supports paged results.
+    pub paging: bool,
+}
+
+/// One dynamic list's search.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DynamicQuery {
+    /// Search base.
+    pub base: String,
+    /// Scope.
+    pub scope: ScopeKey,
+    /// Filter.
+    pub filter: String,
+}
+
+/// A hashable scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScopeKey {
+    /// The base entry only.
+    Base,
+    /// Its children.
+    One,
+    /// The subtree.
+    Sub,
+}
+
+impl ScopeKey {
+    fn scope(self) -> Scope {
+        match self {
+            ScopeKey::Base => Scope::Base,
+            ScopeKey::One => Scope::OneLevel,
+            ScopeKey::Sub => Scope::Subtree,
+        }
+    }
+}
+
+/// Everything a snapshot is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    /// The server.
+    pub server: ServerInfo,
+    /// Entries of every base, each once, ranged attributes completed.
+    pub entries: Vec<Entry>,
+    /// The entries each dynamic query matched, or why it could not be run.
+    pub dynamic: HashMap<DynamicQuery, Result<Vec<Entry>, String>>,
+    /// Searches run (pages and range steps included).
+    pub searches: u64,
+}
+
+/// The attributes a snapshot reads.
+pub fn attributes(s: &LdapSettings) -> Vec<String> {
+    let mut attrs: Vec<String> = Vec::new();
+    let mut add = |a: &str| {
+        if !a.is_empty() && !attrs.iter().any(|x| x.eq_ignore_ascii_case(a)) {
+            attrs.push(a.to_owned());
+        }
+    };
+    for a in s
+        .leaf_mail_attributes
+        .iter()
+        .chain(&s.member_dn_attributes)
+        .chain(&s.member_url_attributes)
+        .chain(&s.literal_member_attributes)
+    {
+        add(a);
+    }
+    if let Some(f) = &s.filter_list {
+        add(&f.filter_attribute);
+        add(&f.base_attribute);
+    }
+    for a in ["objectClass", "entryUUID", "objectGUID"] {
+        add(a);
+    }
+    attrs
+}
+
+/// The filter of the snapshot search: addressable entries (the lookup filter with
+/// its placeholders as `*`) and every kind of list.
+pub fn snapshot_filter(s: &LdapSettings) -> String {
+    let addressable = s
+        .lookup_filter
+        .replace("%s", "*")
+        .replace("%u", "*")
+        .replace("%d", "*");
+    let mut f = format!("(|{addressable}");
+    for a in s
+        .member_dn_attributes
+        .iter()
+        .chain(&s.member_url_attributes)
+        .chain(&s.literal_member_attributes)
+    {
+        f.push_str(&format!("({a}=*)"));
+    }
+    if let Some(fl) = &s.filter_list {
+        f.push_str(&format!("({}=*)", fl.filter_attribute));
+    }
+    for c in &s.group_object_classes {
+        f.push_str(&format!("(objectClass={c})"));
+    }
+    f.push(')');
+    f
+}
+
+/// Runs every page of one search.
+async fn search_all(
+    server: &mut dyn LdapServer,
+    info: ServerInfo,
+    page_size: u32,
+    q: (&str, Scope, &str),
+    attrs: &[String],
+    searches: &mut u64,
+) -> Result<Vec<Entry>, LdapFault> {
+    let (base, scope, filter) = q;
+    let mut out = Vec::new();
+    let mut cookie = Some(Vec::new());
+    while let Some(c) = cookie {
+        *searches += 1;
+        let page = if info.paging {
+            Some((page_size, c))
+        } else {
+            None
+        };
+        let p = server.search_page(base, scope, filter, attrs, page).await?;
+        out.extend(p.entries);
+        cookie = if info.paging { p.next } else { None };
+    }
+    Ok(out)
+}
+
+/// Reads the root entry.
+pub async fn server_info(server: &mut dyn LdapServer) -> Result<ServerInfo, LdapFault> {
+    let attrs = ["supportedControl", "supportedCapabilities"].map(String::from);
+    let page = server
+        .search_page("", Scope::Base, "(objectClass=*)", &attrs, None)
+        .await?;
+    let Some(root) = page.entries.first() else {
+        // A root entry hidden by ACLs: try paging, assume no Active Directory.
+        return Ok(ServerInfo {
+            active_directory: false,
+            paging: true,
+        });
+    };
+    Ok(ServerInfo {
+        active_directory: root
+            .values("supportedCapabilities")
+            .any(|v| v == AD_CAPABILITY),
+        paging: root.values("supportedControl").any(|v| v == PAGED_RESULTS),
+    })
+}
+
+/// Parses `attr;range=LOW-HIGH`: the attribute and the next LOW, `None` when HIGH is `*`.
+fn range_key(key: &str) -> Option<(&str, Option<u64>)> {
+    let (attr, range) = key.split_once(";range=")?;
+    let (_, high) = range.split_once('-')?;
+    if high == "*" {
+        return Some((attr, None));
+    }
+    let high: u64 = high.parse().ok()?;
+    Some((attr, Some(high + 1)))
+}
+
+/// Folds ranged values into the plain attribute and fetches the rest of each range.
+async fn complete_ranges(
+    server: &mut dyn LdapServer,
+    entry: &mut Entry,
+    searches: &mut u64,
+) -> Result<(), LdapFault> {
+    let ranged: Vec<String> = entry
+        .attrs
+        .keys()
+        .filter(|k| k.contains(";range="))
+        .cloned()
+        .collect();
+    for key in ranged {
+        let Some(values) = entry.attrs.remove(&key) else {
+            continue;
+        };
+        let Some((attr, mut next)) = range_key(&key).map(|(a, n)| (a.to_owned(), n)) else {
+            continue;
+        };
+        let mut all = values;
+        let mut steps = 0u32;
+        while let Some(low) = next {
+            steps += 1;
+            if steps > 100_000 {
+                return Err(LdapFault::Search {
+                    base: entry.dn.clone(),
+                    filter: format!("{attr};range={low}-*"),
+                    rc: 80,
+                    text: "range retrieval does not end".into(),
+                });
+            }
+            *searches += 1;
+            let want = [format!("{attr};range={low}-*")];
+            let page = server
+                .search_page(&entry.dn, Scope::Base, "(objectClass=*)", &want, None)
+                .await?;
+            let chunk = page.entries.into_iter().next().and_then(|e| {
+                e.attrs.into_iter().find(|(k, _)| {
+                    k.to_ascii_lowercase()
+                        .starts_with(&format!("{};range=", attr.to_ascii_lowercase()))
+                })
+            });
+            match chunk {
+                Some((k, v)) => {
+                    let step = range_key(&k).map(|(_, n)| n);
+                    all.extend(v);
+                    next = match step {
+                        Some(Some(n)) if n > low => Some(n),
+                        Some(Some(_)) => {
+                            return Err(LdapFault::Search {
+                                base: entry.dn.clone(),
+                                filter: k,
+                                rc: 80,
+                                text: "range retrieval went backwards".into(),
+                            });
+                        }
+                        _ => None,
+                    };
+                }
+                None => next = None,
+            }
+        }
+        entry.attrs.entry(attr).or_default().extend(all);
+    }
+    Ok(())
+}
+
+/// The key an entry is known by: its UUID when the server gives one, else its DN.
+pub fn entry_key(e: &Entry) -> String {
+    if let Some(u) = e.values("entryUUID").next() {
+        return u.to_ascii_lowercase();
+    }
+    if let Some(g) = e
+        .bin_attrs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
+        .and_then(|(_, v)| v.first())
+    {
+        return g.iter().map(|b| format!("{b:02x}")).collect();
+    }
+    super::graph::normalize_dn(&e.dn)
+}
+
+/// The dynamic queries of the fetched lists.
+pub fn dynamic_queries(
+    s: &LdapSettings,
+    entries: &[Entry],
+) -> Vec<(usize, Result<DynamicQuery, String>)> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        for a in &s.member_url_attributes {
+            for url in e.values(a) {
+                out.push((i, url_query(url)));
+            }
+        }
+        if let Some(fl) = &s.filter_list {
+            for filter in e.values(&fl.filter_attribute) {
+                let bases: Vec<String> = match e.values(&fl.base_attribute).next() {
+                    Some(b) if !fl.base_attribute.is_empty() => vec![b.to_owned()],
+                    _ => s.base_dns.clone(),
+                };
+                for base in bases {
+                    out.push((
+                        i,
+                        match ldap3::parse_filter(filter) {
+                            Ok(_) => Ok(DynamicQuery {
+                                base,
+                                scope: ScopeKey::Sub,
+                                filter: filter.to_owned(),
+                            }),
+                            Err(_) => Err(format!("filter {filter} is not an LDAP filter")),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An RFC 2255 member URL as a query.
+pub fn url_query(url: &str) -> Result<DynamicQuery, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("URL {url} does not parse: {e}"))?;
+    let p = ldap3::get_url_params(&parsed).map_err(|e| format!("URL {url}: {e}"))?;
+    if ldap3::parse_filter(p.filter.as_ref()).is_err() {
+        return Err(format!("URL {url} has an invalid filter"));
+    }
+    Ok(DynamicQuery {
+        base: p.base.into_owned(),
+        scope: match p.scope {
+            Scope::Base => ScopeKey::Base,
+            Scope::OneLevel => ScopeKey::One,
+            Scope::Subtree => ScopeKey::Sub,
+        },
+        filter: p.filter.into_owned(),
+    })
+}
+
+/// Reads everything a snapshot needs.
+pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetched, LdapFault> {
+    let mut searches = 1;
+    let info = server_info(server).await?;
+    let attrs = attributes(s);
+    let filter = snapshot_filter(s);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut entries = Vec::new();
+    for base in &s.base_dns {
+        let found = search_all(
+            server,
+            info,
+            s.page_size,
+            (base, Scope::Subtree, &filter),
+            &attrs,
+            &mut searches,
+        )
+        .await?;
+        for mut e in found {
+            if seen.insert(entry_key(&e)) {
+                complete_ranges(server, &mut e, &mut searches).await?;
+                entries.push(e);
+            }
+        }
+    }
+    let mut dynamic: HashMap<DynamicQuery, Result<Vec<Entry>, String>> = HashMap::new();
+    for (_, q) in dynamic_queries(s, &entries) {
+        let Ok(q) = q else { continue };
+        if dynamic.contains_key(&q) {
+            continue;
+        }
+        let result = search_all(
+            server,
+            info,
+            s.page_size,
+            (&q.base, q.scope.scope(), &q.filter),
+            &attrs,
+            &mut searches,
+        )
+        .await;
+        let result = match result {
+            Ok(mut found) => {
+                for e in &mut found {
+                    complete_ranges(server, e, &mut searches).await?;
+                }
+                Ok(found)
+            }
+            Err(e) if e.fails_refresh() => return Err(e),
+            Err(e) => Err(e.to_string()),
+        };
+        dynamic.insert(q, result);
+    }
+    Ok(Fetched {
+        server: info,
+        entries,
+        dynamic,
+        searches,
+    })
+}

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Turns fetched entries into the list graph every source feeds: groups become lists
+//! (named by their primary address, or by their DN when they have none), people become
+//! mailboxes, member DNs are joined locally. Dangling members, empty groups and dynamic
+//! lists that failed or matched nothing become unknown members, never one recipient.
+//! Pure: no I/O.
+
+use super::client::Entry;
+use super::fetch::{Fetched, dynamic_queries, entry_key};
+use crate::config::ldap::LdapSettings;
+use crate::directory::source::{ListDef, Member};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Counts of one snapshot, for the log and `directory refresh`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphStats {
+    /// Entries read.
+    pub entries: u64,
+    /// Of those, lists.
+    pub lists: u64,
+    /// Of those, dynamic (URL or filter) lists.
+    pub dynamic_lists: u64,
+    /// Member DNs not found in the snapshot.
+    pub dangling: u64,
+    /// Lists with no countable member.
+    pub empty: u64,
+    /// Dynamic queries that failed or matched nothing.
+    pub dynamic_unknown: u64,
+    /// Member DNs whose entry has no address.
+    pub no_address: u64,
+}
+
+/// A DN in a canonical form for joining: attribute names and values lower-cased,
+/// spaces around separators dropped (escaped characters kept).
+pub fn normalize_dn(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    let mut chars = dn.trim().chars().peekable();
+    let mut pending_space = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.push_str(&pending_space);
+                pending_space.clear();
+                out.push('\\');
+                if let Some(n) = chars.next() {
+                    out.extend(n.to_lowercase());
+                }
+            }
+            ',' | '=' | '+' => {
+                pending_space.clear();
+                out.push(c);
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            c if c.is_whitespace() => pending_space.push(c),
+            c => {
+                out.push_str(&pending_space);
+                pending_space.clear();
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// A member DN without the optional `#'0101'B` UID of `uniqueMember` (RFC 4517 NameAndOptionalUID).
+pub fn strip_uid(dn: &str) -> &str {
+    if let Some(hash) = dn.rfind("#'")
+        && dn.ends_with("'B")
+        && dn[hash + 2..dn.len() - 2]
+            .chars()
+            .all(|c| c == '0' || c == '1')
+    {
+        return &dn[..hash];
+    }
+    dn
+}
+
+/// The addresses of an entry, primary first, lower-cased and without duplicates:
+/// plain values of the mail attributes, `SMTP:`/`smtp:` values of proxy-style ones
+/// (other prefixes such as `X500:` are not mail addresses).
+pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
+    let mut primary: Vec<String> = Vec::new();
+    let mut rest: Vec<String> = Vec::new();
+    for attr in &s.leaf_mail_attributes {
+        for v in e.values(attr) {
+            let v = v.trim();
+            let (address, is_primary) = match v.split_once(':') {
+                Some((p, a)) if p.eq_ignore_ascii_case("smtp") => (a, p == "SMTP"),
+                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => continue,
+                _ => (v, primary.is_empty() && rest.is_empty()),
+            };
+            if !address.contains('@') {
+                continue;
+            }
+            let a = address.to_ascii_lowercase();
+            if is_primary && primary.is_empty() {
+                primary.push(a);
+            } else {
+                rest.push(a);
+            }
+        }
+    }
+    primary.extend(rest);
+    let mut seen = std::collections::HashSet::new();
+    primary.retain(|a| seen.insert(a.clone()));
+    primary
+}
+
+struct Node {
+    name: String,
+    group: bool,
+    has_address: bool,
+}
+
+/// Builds the lists of a snapshot.
+pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, GraphStats) {
+    let mut stats = GraphStats {
+        entries: f.entries.len() as u64,
+        ..GraphStats::default()
+    };
+    let is_group = |e: &Entry| {
+        s.member_dn_attributes
+            .iter()
+            .chain(&s.member_url_attributes)
+            .chain(&s.literal_member_attributes)
+            .any(|a| e.values(a).next().is_some())
+            || s.filter_list
+                .as_ref()
+                .is_some_and(|fl| e.values(&fl.filter_attribute).next().is_some())
+            || e.values("objectClass").any(|c| {
+                s.group_object_classes
+                    .iter()
+                    .any(|g| g.eq_ignore_ascii_case(c))
+            })
+    };
+    let node = |e: &Entry| {
+        let addrs = addresses(e, s);
+        Node {
+            group: is_group(e),
+            has_address: !addrs.is_empty(),
+            name: addrs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| normalize_dn(&e.dn)),
+        }
+    };
+    let nodes: Vec<Node> = f.entries.iter().map(node).collect();
+    let by_dn: HashMap<String, usize> = f
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (normalize_dn(&e.dn), i))
+        .collect();
+    let by_key: HashMap<String, usize> = f
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (entry_key(e), i))
+        .collect();
+    let mut queries: HashMap<usize, Vec<Result<super::fetch::DynamicQuery, String>>> =
+        HashMap::new();
+    for (i, q) in dynamic_queries(s, &f.entries) {
+        queries.entry(i).or_default().push(q);
+    }
+
+    // A member entry (found in the snapshot, or matched by a dynamic query) as a member.
+    let as_member = |n: &Node, dn: &str, stats: &mut GraphStats| {
+        if n.group || n.has_address {
+            Member::Address(n.name.clone())
+        } else {
+            stats.no_address += 1;
+            Member::NonMailbox(format!("{dn} (no address)"))
+        }
+    };
+
+    let mut lists = Vec::new();
+    for (i, e) in f.entries.iter().enumerate() {
+        let me = &nodes[i];
+        if !me.group {
+            continue;
+        }
+        stats.lists += 1;
+        let mut members = Vec::new();
+        for a in &s.member_dn_attributes {
+            for v in e.values(a) {
+                let dn = strip_uid(v.trim());
+                match by_dn.get(&normalize_dn(dn)) {
+                    Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
+                    None => {
+                        stats.dangling += 1;
+                        members.push(Member::Unknown(format!(
+                            "member {dn} of {} is not in the directory",
+                            me.name
+                        )));
+                    }
+                }
+            }
+        }
+        for a in &s.literal_member_attributes {
+            for v in e.values(a) {
+                let v = v.trim().to_ascii_lowercase();
+                if v.contains('@') {
+                    members.push(Member::Address(v));
+                } else {
+                    members.push(Member::Unknown(format!(
+                        "literal member \"{v}\" of {} is not an address",
+                        me.name
+                    )));
+                }
+            }
+        }
+        if let Some(qs) = queries.get(&i) {
+            stats.dynamic_lists += 1;
+            for q in qs {
+                let found = match q {
+                    Ok(q) => f
+                        .dynamic
+                        .get(q)
+                        .cloned()
+                        .unwrap_or_else(|| Err("not searched".into()))
+                        .map(|found| (q, found)),
+                    Err(e) => Err(e.clone()),
+                };
+                match found {
+                    Ok((q, found)) if found.is_empty() => {
+                        stats.dynamic_unknown += 1;
+                        members.push(Member::Unknown(format!(
+                            "dynamic list {}: {} below {} matched no entry",
+                            me.name, q.filter, q.base
+                        )));
+                    }
+                    Ok((_, found)) => {
+                        for m in found {
+                            let member = match by_key.get(&entry_key(&m)) {
+                                Some(&j) if j == i => continue,
+                                Some(&j) => as_member(&nodes[j], &m.dn, &mut stats),
+                                None => as_member(&node(&m), &m.dn, &mut stats),
+                            };
+                            members.push(member);
+                        }
+                    }
+                    Err(why) => {
+                        stats.dynamic_unknown += 1;
+                        members.push(Member::Unknown(format!("dynamic list {}: {why}", me.name)));
+                    }
+                }
+            }
+        }
+        if members.is_empty() {
+            stats.empty += 1;
+            members.push(Member::Unknown(format!(
+                "{} has no readable member",
+                me.name
+            )));
+        }
+        let mut aliases = addresses(e, s);
+        if me.has_address {
+            aliases.remove(0);
+        }
+        lists.push(ListDef {
+            address: me.name.clone(),
+            aliases,
+            members,
+            origin: format!("{source} {}", e.dn),
+        });
+    }
+    (lists, stats)
+}

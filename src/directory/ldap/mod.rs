@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The LDAP directory source: a background snapshot of the directory's lists, never a
+//! query per message. A refresh reads everything in a few paged searches, joins the
+//! members locally into the same list graph the file sources feed, and is swapped in
+//! whole; the last good snapshot is kept on disk so a restart does not wait for the
+//! server. A refresh that fails in any way changes nothing.
+
+pub mod client;
+pub mod fetch;
+pub mod graph;
+
+use crate::config::ldap::{LdapSettings, OnStale};
+use crate::directory::source::{DirectorySource, ListDef, Member, SourceData, SourceError};
+use client::{Ldap3Server, LdapFault, LdapServer};
+use graph::GraphStats;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Version of the snapshot file format.
+const FORMAT: u32 = 1;
+
+/// One good read of an LDAP source, as lists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// File format version.
+    pub format: u32,
+    /// The source's name.
+    pub source: String,
+    /// The settings that shape a snapshot; a file taken with other settings is not used.
+    pub fingerprint: String,
+    /// When it was taken (seconds since the epoch).
+    pub taken_at: u64,
+    /// How long the refresh took.
+    pub millis: u64,
+    /// Searches it ran.
+    pub searches: u64,
+    /// Whether the server is Active Directory.
+    pub active_directory: bool,
+    /// What it found.
+    pub stats: GraphStats,
+    /// The lists.
+    pub lists: Vec<ListDef>,
+}
+
+impl Snapshot {
+    /// Its age at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        let taken = UNIX_EPOCH + Duration::from_secs(self.taken_at);
+        now.duration_since(taken).unwrap_or_default()
+    }
+}
+
+/// Why a refresh failed; the previous snapshot stays.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The server or the connection.
+    #[error(transparent)]
+    Ldap(#[from] LdapFault),
+    /// The whole refresh took longer than its deadline.
+    #[error("refresh took longer than {}", humantime::format_duration(*.0))]
+    Deadline(Duration),
+    /// The snapshot could not be saved.
+    #[error("cannot save the snapshot {}: {error}", path.display())]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// The settings that shape a snapshot, as one string.
+pub fn fingerprint(s: &LdapSettings) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        s.url,
+        s.base_dns.join(";"),
+        fetch::snapshot_filter(s),
+        fetch::attributes(s).join(",")
+    )
+}
+
+/// Reads a snapshot from `server` (any [`LdapServer`]: ldap3 or a test fake).
+pub async fn take(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Snapshot, LdapFault> {
+    let started = Instant::now();
+    let fetched = fetch::fetch(server, s).await?;
+    let (lists, stats) = graph::build(&fetched, s, &format!("ldap {}", s.name));
+    Ok(Snapshot {
+        format: FORMAT,
+        source: s.name.clone(),
+        fingerprint: fingerprint(s),
+        taken_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        millis: started.elapsed().as_millis() as u64,
+        searches: fetched.searches,
+        active_directory: fetched.server.active_directory,
+        stats,
+        lists,
+    })
+}
+
+/// Connects to the configured server and takes a snapshot, all within `deadline`.
+pub async fn refresh(s: &LdapSettings, deadline: Duration) -> Result<Snapshot, RefreshError> {
+    let work = async {
+        let mut server = Ldap3Server::connect(s).await?;
+        let snapshot = take(&mut server, s).await;
+        server.close().await;
+        Ok::<_, RefreshError>(snapshot?)
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| RefreshError::Deadline(deadline))?
+}
+
+/// Where a source's last good snapshot is kept.
+pub fn snapshot_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("ldap-{name}.snapshot.json"))
+}
+
+/// Saves a snapshot atomically (write, fsync, rename).
+pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
+    let path = snapshot_path(state_dir, &snapshot.source);
+    let save_err = |error| RefreshError::Save {
+        path: path.clone(),
+        error,
+    };
+    std::fs::create_dir_all(state_dir).map_err(save_err)?;
+    let tmp = path.with_extension("json.tmp");
+    let file = std::fs::File::create(&tmp).map_err(save_err)?;
+    let mut w = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut w, snapshot).map_err(|e| save_err(e.into()))?;
+    w.flush().map_err(save_err)?;
+    w.get_ref().sync_all().map_err(save_err)?;
+    std::fs::rename(&tmp, &path).map_err(save_err)
+}
+
+/// Reads a source's saved snapshot: `Ok(None)` when there is none, or it was taken
+/// with other settings.
+pub fn load_saved(state_dir: &Path, s: &LdapSettings) -> Result<Option<Snapshot>, String> {
+    let path = snapshot_path(state_dir, &s.name);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let snapshot: Snapshot = serde_json::from_reader(std::io::BufReader::new(file))
+        .map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
+    if snapshot.format != FORMAT || snapshot.fingerprint != fingerprint(s) {
+        return Ok(None);
+    }
+    Ok(Some(snapshot))
+}
+
+/// The snapshots a directory load uses, and the time staleness is judged at.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    /// By source name.
+    pub by_source: HashMap<String, Arc<Snapshot>>,
+    /// "Now", for staleness.
+    pub now: SystemTime,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        Snapshots {
+            by_source: HashMap::new(),
+            now: SystemTime::now(),
+        }
+    }
+}
+
+impl Snapshots {
+    /// The saved snapshots of every LDAP source of a configuration (admin commands,
+    /// daemon start); sources without one are left out, and unreadable files reported.
+    pub fn load_saved(config: &crate::config::Config) -> (Snapshots, Vec<String>) {
+        let mut out = Snapshots::default();
+        let mut errors = Vec::new();
+        for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
+            match load_saved(&config.state_dir, s) {
+                Ok(Some(snap)) => {
+                    out.by_source.insert(s.name.clone(), Arc::new(snap));
+                }
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        (out, errors)
+    }
+}
+
+/// An LDAP source as the directory loader sees it: its snapshot, if any, judged for
+/// staleness.
+pub struct LdapSource<'a> {
+    /// Its settings.
+    pub settings: &'a LdapSettings,
+    /// Its last good snapshot.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// When staleness is judged.
+    pub now: SystemTime,
+}
+
+impl DirectorySource for LdapSource<'_> {
+    fn describe(&self) -> String {
+        format!("ldap {} {}", self.settings.name, self.settings.url)
+    }
+
+    fn load(&self) -> Result<SourceData, SourceError> {
+        let s = self.settings;
+        let Some(snap) = &self.snapshot else {
+            let why = format!("LDAP source {} has no snapshot yet", s.name);
+            return Ok(SourceData {
+                lists: s
+                    .domains
+                    .iter()
+                    .map(|d| ListDef {
+                        address: format!("@{d}"),
+                        members: vec![Member::Unavailable(why.clone())],
+                        origin: format!("ldap {} (no snapshot)", s.name),
+                        ..ListDef::default()
+                    })
+                    .collect(),
+                warnings: vec![format!(
+                    "{why}: mail to {} is tempfailed until a refresh succeeds",
+                    s.domains.join(", ")
+                )],
+            });
+        };
+        let age = snap.age(self.now);
+        let mut lists = snap.lists.clone();
+        let mut warnings = Vec::new();
+        if age > s.max_staleness {
+            let why = format!(
+                "LDAP source {} snapshot is {} old (max_staleness {})",
+                s.name,
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(s.max_staleness)
+            );
+            warnings.push(format!("{why}; on_stale = {}", s.on_stale.as_str()));
+            let marker = match s.on_stale {
+                OnStale::UseStale => None,
+                OnStale::Tempfail => Some(Member::Unavailable(why)),
+                OnStale::Unknown => Some(Member::Unknown(why)),
+            };
+            if let Some(m) = marker {
+                for l in &mut lists {
+                    l.members.push(m.clone());
+                }
+            }
+        }
+        Ok(SourceData { lists, warnings })
+    }
+}
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
