@@ -7,41 +7,16 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod process;
 pub mod slapd;
 
-/// How long any single wait in the harness may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `probe` until it returns `Some`, failing the test with `what` after `DEADLINE`.
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
-}
+pub use process::*;
 
 /// Fails loudly when a Postfix tool is missing: the README's test command installs it.
 pub fn require_postfix() {
@@ -58,17 +33,6 @@ pub fn require_postfix() {
     }
 }
 
-/// A scratch directory every Postfix daemon (user `postfix`) can traverse.
-pub fn scratch_dir(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("fanout-{name}."))
-        .tempdir_in("/tmp")
-        .expect("create a scratch dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod 755");
-    dir
-}
-
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd
         .output()
@@ -80,32 +44,6 @@ fn run(cmd: &mut Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// A child process that is killed when dropped.
-pub struct ChildGuard(pub Option<Child>);
-
-impl ChildGuard {
-    fn pid(&self) -> i32 {
-        self.0.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// Waits for exit with the harness deadline.
-    pub fn wait(&mut self) -> ExitStatus {
-        let child = self.0.as_mut().expect("process still owned");
-        let status = wait_for("process exit", || child.try_wait().expect("try_wait"));
-        self.0 = None;
-        status
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Postfix's smtp-sink, writing each received transaction to a file.

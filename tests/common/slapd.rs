@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! A private OpenLDAP slapd for the LDAP directory-source tests: its own slapd.conf and
 //! mdb database under the test's scratch directory, loaded with `slapadd -q`, listening
-//! on a free loopback port. slapd runs in the foreground (`-d 0`) as a child process of
+//! on a free loopback port. slapd runs in the foreground (`-d none`) as a child process of
 //! the test, so dropping [`Slapd`] kills it, also when the test panics.
 //!
 //! [`fixture_ldif`] writes the directory the tests read: people with `mail` and
@@ -51,14 +51,15 @@ const SLAPADD: &str = "/usr/sbin/slapadd";
 const SLAPTEST: &str = "/usr/sbin/slaptest";
 const LDAPSEARCH: &str = "/usr/bin/ldapsearch";
 const LDAPMODIFY: &str = "/usr/bin/ldapmodify";
+const OPENSSL: &str = "/usr/bin/openssl";
 
 /// Fails loudly when slapd or ldap-utils is missing: the README's test command installs
 /// them.
 pub fn require_slapd() {
-    for tool in [SLAPD, SLAPADD, SLAPTEST, LDAPSEARCH, LDAPMODIFY] {
+    for tool in [SLAPD, SLAPADD, SLAPTEST, LDAPSEARCH, LDAPMODIFY, OPENSSL] {
         assert!(
             Path::new(tool).exists(),
-            "{tool} is missing: run scripts/test, which installs slapd and ldap-utils (apt-get) before the tests"
+            "{tool} is missing: run scripts/test, which installs slapd, ldap-utils and openssl (apt-get) before the tests"
         );
     }
 }
@@ -296,6 +297,7 @@ impl LdapOutput {
 /// A private slapd on `ldap://127.0.0.1:PORT/`, killed when dropped.
 pub struct Slapd {
     port: u16,
+    tls_port: u16,
     dir: PathBuf,
     child: ChildGuard,
 }
@@ -316,9 +318,10 @@ impl Slapd {
             .map(|i| root.join(format!("slapd{i}")))
             .find(|d| std::fs::create_dir(d).is_ok())
             .expect("a slapd directory under the test root");
-        for sub in ["db", "run"] {
+        for sub in ["db", "run", "tls"] {
             std::fs::create_dir(dir.join(sub)).expect("slapd dirs");
         }
+        make_tls(&dir.join("tls"));
         let conf = dir.join("slapd.conf");
         std::fs::write(&conf, slapd_conf(&dir, limits)).expect("write slapd.conf");
         let data = dir.join("data.ldif");
@@ -338,6 +341,7 @@ impl Slapd {
         for _ in 0..5 {
             let mut slapd = Slapd {
                 port: free_port(),
+                tls_port: free_port(),
                 dir: dir.clone(),
                 child: ChildGuard(None),
             };
@@ -358,7 +362,12 @@ impl Slapd {
             .arg("-f")
             .arg(self.dir.join("slapd.conf"))
             .arg("-h")
-            .arg(self.url())
+            .arg(format!(
+                "{} {} {}",
+                self.url(),
+                self.ldaps_url(),
+                self.ldapi_url()
+            ))
             // Any -d keeps slapd in the foreground. "none" still prints errors (such
             // as "bind(6) failed errno=98") and start/stop lines to slapd.log; "0"
             // would print nothing at all.
@@ -393,6 +402,23 @@ impl Slapd {
     /// `ldap://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}/", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:TLS_PORT/`, with a certificate for 127.0.0.1 and localhost
+    /// signed by [`Slapd::ca_file`].
+    pub fn ldaps_url(&self) -> String {
+        format!("ldaps://127.0.0.1:{}/", self.tls_port)
+    }
+
+    /// `ldapi://` on a unix socket in its run directory (path URL-encoded).
+    pub fn ldapi_url(&self) -> String {
+        let path = self.dir.join("run/ldapi").display().to_string();
+        format!("ldapi://{}", path.replace('/', "%2F"))
+    }
+
+    /// The PEM file of the test CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
     }
 
     /// The port it listens on (the same after [`Slapd::restart`]).
@@ -525,6 +551,9 @@ include   /etc/ldap/schema/dyngroup.schema
 include   {schema}
 modulepath /usr/lib/ldap
 moduleload back_mdb
+TLSCACertificateFile  {dir}/tls/ca.pem
+TLSCertificateFile    {dir}/tls/server.pem
+TLSCertificateKeyFile {dir}/tls/server.key
 pidfile   {dir}/run/slapd.pid
 argsfile  {dir}/run/slapd.args
 loglevel  none
@@ -551,6 +580,71 @@ access to *
     )
 }
 
+/// A test CA and a server certificate it signs, for 127.0.0.1 and localhost, made with
+/// openssl(1) in `dir`: ca.pem, server.pem, server.key.
+fn make_tls(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        run_tool(Command::new(OPENSSL).current_dir(dir).args(args));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fanout-milter test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost
+basicConstraints = CA:FALSE
+         keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+",
+    )
+    .expect("server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 /// Runs a slap* tool, failing the test with its output when it fails.
 fn run_tool(cmd: &mut Command) {
     let out = ldap_tool(cmd, None, DEADLINE);
@@ -572,7 +666,11 @@ fn ldap_tool(cmd: &mut Command, input: Option<&str>, limit: Duration) -> LdapOut
 /// Runs `cmd` under coreutils' timeout(1); None when `limit` ran out.
 fn bounded(cmd: &mut Command, input: Option<&str>, limit: Duration) -> Option<LdapOutput> {
     use std::io::Write as _;
-    let mut child = Command::new("timeout")
+    let mut timeout = Command::new("timeout");
+    if let Some(dir) = cmd.get_current_dir() {
+        timeout.current_dir(dir);
+    }
+    let mut child = timeout
         .args(["-s", "KILL", &format!("{}s", limit.as_secs().max(1))])
         .arg(cmd.get_program())
         .args(cmd.get_args())

@@ -29,6 +29,8 @@ pub struct GraphStats {
     pub dynamic_unknown: u64,
     /// Member DNs whose entry has no address.
     pub no_address: u64,
+    /// Lists that name themselves as a member (not counted).
+    pub self_members: u64,
 }
 
 /// A DN in a canonical form for joining: attribute names and values lower-cased,
@@ -188,6 +190,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
             for v in e.values(a) {
                 let dn = strip_uid(v.trim());
                 match by_dn.get(&normalize_dn(dn)) {
+                    Some(&j) if j == i => stats.self_members += 1,
                     Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
                     None => {
                         stats.dangling += 1;

@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! End to end with a directory: a private slapd holds the lists, the daemon snapshots
+//! it, a private Postfix sends real SMTP through the milter. The 20,000-member group is
+//! held and a 10-member one passes; slapd killed in the middle of a refresh leaves the
+//! old snapshot serving, and a restart of the daemon without slapd reads the snapshot
+//! it saved, so mail does not wait for the directory.
+
+mod common;
+
+use common::slapd::*;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const PEOPLE: usize = 20_000;
+
+fn config_body(dir: &Path, url: &str) -> String {
+    let secret = dir.join("ldap.secret");
+    std::fs::write(&secret, format!("{BIND_PASSWORD}\n")).expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    format!(
+        r#"
+[domains]
+internal = ["{MAIL_DOMAIN}"]
+
+[limits.audience]
+quarantine = 1000
+
+[hidden]
+min_audience = 0
+
+[[directory]]
+type = "ldap"
+url = "{url}"
+bind_dn = "{BIND_DN}"
+bind_password_file = "{secret}"
+base_dns = ["{BASE_DN}"]
+domains = ["{MAIL_DOMAIN}"]
+refresh = "1h"
+timeout = "3s"
+
+[quarantine]
+state_dir = "{state}"
+"#,
+        secret = secret.display(),
+        state = dir.join("state").display(),
+    )
+}
+
+/// `fanout-milter directory refresh` against the running daemon: exit success and output.
+fn directory_refresh(milter: &Milter) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("--config")
+        .arg(&milter.config)
+        .args(["directory", "refresh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run directory refresh")
+}
+
+fn finish(child: std::process::Child) -> (bool, String) {
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.take().expect("child");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Sends to `list`; true when delivered, false when held (and never delivered).
+fn send(postfix: &Postfix, sink: &Sink, tag: &str, list: &str) -> bool {
+    let held_before = postfix.held().len();
+    smtp_send(
+        postfix.smtp_port,
+        &person_mail(1),
+        &[group_mail(list)],
+        &message(tag, &group_mail(list)),
+    )
+    .unwrap_or_else(|e| panic!("{tag}: accepted by SMTP: {e:?}"));
+    wait_for(&format!("{tag} delivered or held"), || {
+        if !sink.find(tag).is_empty() {
+            Some(true)
+        } else if postfix.held().len() > held_before {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
+#[test]
+fn directory_lists_are_counted_and_survive_a_dead_directory() {
+    require_postfix();
+    require_slapd();
+    let dir = scratch_dir("e2e-ldap");
+    let mut slapd = Slapd::start(dir.path(), &fixture_ldif(PEOPLE));
+    let sink = Sink::start(dir.path());
+    let listen = format!("inet:127.0.0.1:{}", free_port());
+    let mut milter = Milter::start(dir.path(), &listen, &config_body(dir.path(), &slapd.url()));
+    let postfix = Postfix::start(dir.path(), &sink, &listen);
+    assert!(
+        milter.log().contains("first ldap snapshot taken"),
+        "{}",
+        milter.log()
+    );
+
+    assert!(
+        !send(&postfix, &sink, "ldap-big-1", "all-staff"),
+        "20,000 members: held"
+    );
+    let held = postfix.held();
+    let line = milter.decision(&held[0]);
+    assert!(line.contains("audience=20000"), "{line}");
+    assert!(
+        send(&postfix, &sink, "ldap-small-1", "small-10"),
+        "10 members pass"
+    );
+
+    // slapd hangs, a refresh starts and waits on it, then slapd dies under it.
+    slapd.signal(nix::sys::signal::Signal::SIGSTOP);
+    let refreshing = directory_refresh(&milter);
+    wait_for("the refresh to start", || {
+        milter.log().contains("ldap refresh started").then_some(())
+    });
+    slapd.kill();
+    let (ok, out) = finish(refreshing);
+    assert!(!ok, "the refresh failed: {out}");
+    assert!(
+        out.contains("FAILED") && out.contains("keeping the snapshot"),
+        "{out}"
+    );
+    assert!(
+        milter.log().contains("ldap refresh failed"),
+        "{}",
+        milter.log()
+    );
+
+    // The old snapshot keeps serving.
+    assert!(!send(&postfix, &sink, "ldap-big-2", "all-staff"));
+    assert!(send(&postfix, &sink, "ldap-small-2", "small-10"));
+
+    // A restart without the directory reads the saved snapshot: mail does not wait.
+    milter.stop();
+    let mut milter = Milter::start_file(dir.path(), &listen, milter.config.clone());
+    assert!(
+        milter.log().contains("ldap snapshot read from disk"),
+        "{}",
+        milter.log()
+    );
+    assert!(send(&postfix, &sink, "ldap-small-3", "small-10"));
+    assert!(!send(&postfix, &sink, "ldap-big-3", "all-staff"));
+
+    // The directory is back: the next refresh works and reports its counts.
+    slapd.restart();
+    let (ok, out) = finish(directory_refresh(&milter));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("refreshed") && out.contains("entries"),
+        "{out}"
+    );
+    assert!(send(&postfix, &sink, "ldap-small-4", "small-10"));
+    milter.stop();
+}
