@@ -150,6 +150,10 @@ enum DirectoryCommand {
         /// How many members to list.
         #[arg(long, default_value_t = 20)]
         members: usize,
+        /// Also look the address up on each LDAP server now (lookup_filter), to compare
+        /// the directory with the snapshot.
+        #[arg(long)]
+        live: bool,
     },
     /// Accept a list's current size after it drifted, so its mail flows again
     /// (then reload the daemon).
@@ -373,6 +377,29 @@ fn load_directory(config: &Config) -> Result<Directory, ExitCode> {
     for e in errors {
         eprintln!("{NAME}: warning: LDAP snapshot not used: {e}");
     }
+    for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
+        match snapshots.by_source.get(&s.name) {
+            Some(snap) => eprintln!(
+                "{NAME}: LDAP source {}: snapshot taken {} ago ({} entries, {} lists){}",
+                s.name,
+                humantime::format_duration(std::time::Duration::from_secs(
+                    snap.age(snapshots.now).as_secs()
+                )),
+                snap.stats.entries,
+                snap.stats.lists,
+                if snap.age(snapshots.now) > s.max_staleness {
+                    ", older than max_staleness"
+                } else {
+                    ""
+                }
+            ),
+            None => eprintln!(
+                "{NAME}: LDAP source {}: no snapshot in {} yet (the daemon takes one)",
+                s.name,
+                config.state_dir.display()
+            ),
+        }
+    }
     Directory::load(config, DriftMode::ReadOnly, &snapshots).map_err(|e| {
         eprintln!("{NAME}: {e}");
         ExitCode::from(1)
@@ -395,8 +422,15 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         eprintln!("{NAME}: warning: {w}");
     }
     match command {
-        DirectoryCommand::Lookup { address, members } => {
+        DirectoryCommand::Lookup {
+            address,
+            members,
+            live,
+        } => {
             print!("{}", lookup_text(&directory, &address, members));
+            if live {
+                return live_lookup(&config, &address);
+            }
             ExitCode::SUCCESS
         }
         DirectoryCommand::Accept { address } => {
@@ -426,6 +460,63 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         }
         DirectoryCommand::Refresh { source } => directory_refresh(&config, source),
     }
+}
+
+/// `directory lookup --live`: what each LDAP server says about an address now.
+fn live_lookup(config: &Config, address: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut code = ExitCode::SUCCESS;
+    for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
+        let found = runtime.block_on(async {
+            tokio::time::timeout(
+                s.timeout,
+                fanout_milter::directory::ldap::live_lookup(s, address),
+            )
+            .await
+        });
+        match found {
+            Ok(Ok(entries)) if entries.is_empty() => {
+                println!("live in LDAP source {}: no entry", s.name);
+            }
+            Ok(Ok(entries)) => {
+                for e in entries {
+                    let kind = if e.list {
+                        format!("list, {} direct members", e.direct_members)
+                    } else {
+                        "mailbox".to_owned()
+                    };
+                    println!(
+                        "live in LDAP source {}: {} ({kind}); addresses: {}",
+                        s.name,
+                        e.dn,
+                        e.addresses.join(", ")
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                eprintln!("{NAME}: LDAP source {}: {e}", s.name);
+                code = ExitCode::from(1);
+            }
+            Err(_) => {
+                eprintln!(
+                    "{NAME}: LDAP source {}: no answer within {}",
+                    s.name,
+                    humantime::format_duration(s.timeout)
+                );
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
 }
 
 /// `directory refresh`: asks the daemon to refresh its LDAP sources now.

@@ -177,19 +177,6 @@ impl Refresher {
                     Err(e) => error!(source = %s.name, "saving the snapshot failed: {e}"),
                 }
                 let st = &snap.stats;
-                info!(
-                    source = %s.name,
-                    entries = st.entries,
-                    lists = st.lists,
-                    dynamic_lists = st.dynamic_lists,
-                    dangling = st.dangling,
-                    empty = st.empty,
-                    dynamic_unknown = st.dynamic_unknown,
-                    searches = snap.searches,
-                    active_directory = snap.active_directory,
-                    millis = snap.millis,
-                    "ldap snapshot refreshed"
-                );
                 let summary = format!(
                     "{} entries, {} lists ({} dynamic), {} dangling members, {} empty lists, \
                      {} dynamic queries unknown, {} searches, {} ms",
@@ -202,13 +189,28 @@ impl Refresher {
                     snap.searches,
                     snap.millis
                 );
-                self.lock().insert(s.name.clone(), snap);
+                self.lock().insert(s.name.clone(), snap.clone());
                 self.stale_alerted
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&s.name);
                 match rebuild(shared, self).await {
-                    Ok(()) => outcome(true, summary),
+                    Ok(()) => {
+                        info!(
+                            source = %s.name,
+                            entries = st.entries,
+                            lists = st.lists,
+                            dynamic_lists = st.dynamic_lists,
+                            dangling = st.dangling,
+                            empty = st.empty,
+                            dynamic_unknown = st.dynamic_unknown,
+                            searches = snap.searches,
+                            active_directory = snap.active_directory,
+                            millis = snap.millis,
+                            "ldap snapshot refreshed"
+                        );
+                        outcome(true, summary)
+                    }
                     Err(e) => {
                         error!(source = %s.name, "directory not rebuilt after the refresh, the old one stays: {e}");
                         outcome(false, format!("snapshot taken ({summary}), but {e}"))

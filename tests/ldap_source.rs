@@ -254,3 +254,42 @@ fn snapshots_over_ldaps_with_a_ca_file_and_over_ldapi() {
     let snap = refresh(&c).expect("ldapi");
     assert_eq!(people(&directory(&c, snap), "team-a"), 25 + 1);
 }
+
+#[test]
+fn live_lookups_escape_the_address() {
+    require_slapd();
+    let dir = scratch_dir("ldap-live");
+    let slapd = Slapd::start(dir.path(), &fixture_ldif(MIN_PEOPLE));
+    let c = config(dir.path(), &slapd.url(), "");
+    let s = settings(&c);
+    assert_eq!(
+        ldap::lookup_filter_for(s, "a*b(c)@x.org"),
+        "(|(mail=a\\2ab\\28c\\29@x.org)(proxyAddresses=smtp:a\\2ab\\28c\\29@x.org))"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let live = |address: &str| {
+        rt.block_on(ldap::live_lookup(s, address))
+            .unwrap_or_else(|e| panic!("{address}: {e}"))
+    };
+    let small = live(&group_mail("small-10"));
+    assert_eq!(small.len(), 1, "{small:?}");
+    assert!(small[0].list);
+    assert_eq!(small[0].direct_members, 10);
+    let person = live(&person_alias(1));
+    assert_eq!(
+        person.len(),
+        1,
+        "found by its smtp: proxy address: {person:?}"
+    );
+    assert!(!person[0].list);
+    assert_eq!(
+        person[0].addresses[0],
+        person_mail(1),
+        "mail is the primary"
+    );
+    assert!(live("*").is_empty(), "a * is a character, not a wildcard");
+    assert!(live(&format!("nobody@{MAIL_DOMAIN})(mail=*")).is_empty());
+}

@@ -111,6 +111,39 @@ pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
     primary
 }
 
+/// True when an entry is a list: it has members of some kind, a dynamic filter, or a
+/// list object class.
+pub fn is_list(e: &Entry, s: &LdapSettings) -> bool {
+    s.member_dn_attributes
+        .iter()
+        .chain(&s.member_url_attributes)
+        .chain(&s.literal_member_attributes)
+        .any(|a| e.values(a).next().is_some())
+        || s.filter_list
+            .as_ref()
+            .is_some_and(|fl| e.values(&fl.filter_attribute).next().is_some())
+        || e.values("objectClass").any(|c| {
+            s.group_object_classes
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(c))
+        })
+}
+
+/// Direct members of a list entry: member DNs, URLs, literal addresses, filters.
+pub fn direct_members(e: &Entry, s: &LdapSettings) -> usize {
+    let filters = s
+        .filter_list
+        .as_ref()
+        .map_or(0, |fl| e.values(&fl.filter_attribute).count());
+    s.member_dn_attributes
+        .iter()
+        .chain(&s.member_url_attributes)
+        .chain(&s.literal_member_attributes)
+        .map(|a| e.values(a).count())
+        .sum::<usize>()
+        + filters
+}
+
 struct Node {
     name: String,
     group: bool,
@@ -123,21 +156,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         entries: f.entries.len() as u64,
         ..GraphStats::default()
     };
-    let is_group = |e: &Entry| {
-        s.member_dn_attributes
-            .iter()
-            .chain(&s.member_url_attributes)
-            .chain(&s.literal_member_attributes)
-            .any(|a| e.values(a).next().is_some())
-            || s.filter_list
-                .as_ref()
-                .is_some_and(|fl| e.values(&fl.filter_attribute).next().is_some())
-            || e.values("objectClass").any(|c| {
-                s.group_object_classes
-                    .iter()
-                    .any(|g| g.eq_ignore_ascii_case(c))
-            })
-    };
+    let is_group = |e: &Entry| is_list(e, s);
     let node = |e: &Entry| {
         let addrs = addresses(e, s);
         Node {
