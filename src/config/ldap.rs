@@ -140,7 +140,11 @@ pub(super) fn validate(
         ),
     }
     let start_tls = raw.start_tls.unwrap_or(false);
-    if start_tls && !url.starts_with("ldap://") {
+    if start_tls
+        && !url
+            .get(.."ldap://".len())
+            .is_some_and(|p| p.eq_ignore_ascii_case("ldap://"))
+    {
         report(
             &format!("{key}.start_tls"),
             "StartTLS applies to ldap:// URLs only".into(),
