@@ -93,7 +93,7 @@ fn one_size(people: usize, quick: bool) {
     std::fs::write(
         &config_path,
         format!(
-            "[domains]\ninternal = [\"{domain}\"]\n[limits.audience]\nquarantine = 1000\n\
+            "[domains]\ninternal = [\"{domain}\"]\n[limits.audience]\nquarantine = 1000\nreject = 0\n\
              [drift]\nmin_audience = 0\n[quarantine]\nstate_dir = \"{state}\"\n\
              [[directory]]\ntype = \"ldap\"\nurl = \"{url}\"\nbind_dn = \"{bind}\"\n\
              bind_password_file = \"{secret}\"\nbase_dns = [\"{base}\"]\ndomains = [\"{domain}\"]\n\

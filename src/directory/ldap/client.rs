@@ -133,6 +133,12 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
             path.display()
         ));
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("\"{}\": a certificate is not valid: {e}", path.display()))?;
+    }
     Ok(certs)
 }
 

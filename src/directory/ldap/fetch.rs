@@ -62,6 +62,10 @@ pub struct Fetched {
     pub entries: Vec<Entry>,
     /// The entries each dynamic query matched, or why it could not be run.
     pub dynamic: HashMap<DynamicQuery, Result<Vec<Entry>, String>>,
+    /// Member DNs the snapshot search did not return, read one by one: entries
+    /// without an address (service accounts, disabled users) or outside `base_dns`.
+    /// Those not here do not exist (or cannot be read).
+    pub outside: Vec<Entry>,
     /// Searches run (pages and range steps included).
     pub searches: u64,
 }
@@ -179,7 +183,7 @@ fn range_key(key: &str) -> Option<(&str, Option<u64>)> {
 }
 
 /// Folds ranged values into the plain attribute and fetches the rest of each range.
-async fn complete_ranges(
+pub(crate) async fn complete_ranges(
     server: &mut dyn LdapServer,
     entry: &mut Entry,
     searches: &mut u64,
@@ -237,7 +241,14 @@ async fn complete_ranges(
                         _ => None,
                     };
                 }
-                None => next = None,
+                None => {
+                    return Err(LdapFault::Search {
+                        base: entry.dn.clone(),
+                        filter: format!("{attr};range={low}-*"),
+                        rc: 80,
+                        text: "the server returned no values for the rest of a range".into(),
+                    });
+                }
             }
         }
         entry.attrs.entry(attr).or_default().extend(all);
@@ -316,6 +327,39 @@ pub fn url_query(url: &str) -> Result<DynamicQuery, String> {
     })
 }
 
+/// Most member DNs outside the snapshot search read one by one; beyond, they count as
+/// unknown (and the log says so through the dangling count).
+pub const MAX_OUTSIDE_LOOKUPS: usize = 20_000;
+
+/// The attributes a dynamic list's matches need: addresses, classes, identity.
+fn match_attributes(s: &LdapSettings) -> Vec<String> {
+    let mut attrs = s.leaf_mail_attributes.clone();
+    attrs.extend(["objectClass", "entryUUID", "objectGUID"].map(String::from));
+    attrs
+}
+
+/// Member DNs of `entries` that are not among them, normalised, in first-seen order.
+fn referenced_elsewhere(s: &LdapSettings, entries: &[Entry]) -> Vec<String> {
+    let known: HashSet<String> = entries
+        .iter()
+        .map(|e| super::graph::normalize_dn(&e.dn))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for e in entries {
+        for a in &s.member_dn_attributes {
+            for v in e.values(a) {
+                let dn = super::graph::strip_uid(v.trim());
+                let key = super::graph::normalize_dn(dn);
+                if !known.contains(&key) && seen.insert(key) {
+                    out.push(dn.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Reads everything a snapshot needs.
 pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetched, LdapFault> {
     let mut searches = 1;
@@ -352,26 +396,38 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
             info,
             s.page_size,
             (&q.base, q.scope.scope(), &q.filter),
-            &attrs,
+            &match_attributes(s),
             &mut searches,
         )
         .await;
         let result = match result {
-            Ok(mut found) => {
-                for e in &mut found {
-                    complete_ranges(server, e, &mut searches).await?;
-                }
-                Ok(found)
-            }
+            Ok(found) => Ok(found),
             Err(e) if e.fails_refresh() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         dynamic.insert(q, result);
     }
+    let mut outside = Vec::new();
+    for dn in referenced_elsewhere(s, &entries)
+        .into_iter()
+        .take(MAX_OUTSIDE_LOOKUPS)
+    {
+        searches += 1;
+        match server
+            .search_page(&dn, Scope::Base, "(objectClass=*)", &attrs, None)
+            .await
+        {
+            Ok(page) => outside.extend(page.entries),
+            Err(e) if e.fails_refresh() => return Err(e),
+            // noSuchObject, no access: the member stays unknown.
+            Err(_) => {}
+        }
+    }
     Ok(Fetched {
         server: info,
         entries,
         dynamic,
+        outside,
         searches,
     })
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 /// Counts of one snapshot, for the log and `directory refresh`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GraphStats {
     /// Entries read.
     pub entries: u64,
@@ -31,6 +32,8 @@ pub struct GraphStats {
     pub no_address: u64,
     /// Lists that name themselves as a member (not counted).
     pub self_members: u64,
+    /// Member lists outside `base_dns`, whose members were not read.
+    pub outside_lists: u64,
 }
 
 /// A DN in a canonical form for joining: attribute names and values lower-cased,
@@ -187,6 +190,9 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         queries.entry(i).or_default().push(q);
     }
 
+    let outside: HashMap<String, &Entry> =
+        f.outside.iter().map(|e| (normalize_dn(&e.dn), e)).collect();
+
     // A member entry (found in the snapshot, or matched by a dynamic query) as a member.
     let as_member = |n: &Node, dn: &str, stats: &mut GraphStats| {
         if n.group || n.has_address {
@@ -211,6 +217,19 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                 match by_dn.get(&normalize_dn(dn)) {
                     Some(&j) if j == i => stats.self_members += 1,
                     Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
+                    None if outside.contains_key(&normalize_dn(dn)) => {
+                        let e = outside[&normalize_dn(dn)];
+                        let n = node(e);
+                        if n.group {
+                            stats.outside_lists += 1;
+                            members.push(Member::Unknown(format!(
+                                "member list {dn} of {} is outside base_dns",
+                                me.name
+                            )));
+                        } else {
+                            members.push(as_member(&n, dn, &mut stats));
+                        }
+                    }
                     None => {
                         stats.dangling += 1;
                         members.push(Member::Unknown(format!(

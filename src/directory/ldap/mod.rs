@@ -186,12 +186,26 @@ pub async fn live_lookup(s: &LdapSettings, address: &str) -> Result<Vec<LiveEntr
             .search_page(base, client::Scope::Subtree, &filter, &attrs, None)
             .await
         {
-            Ok(page) => out.extend(page.entries.into_iter().map(|e| LiveEntry {
-                addresses: graph::addresses(&e, s),
-                list: graph::is_list(&e, s),
-                direct_members: graph::direct_members(&e, s),
-                dn: e.dn,
-            })),
+            Ok(page) => {
+                for mut e in page.entries {
+                    let mut searches = 0;
+                    if let Err(fault) =
+                        fetch::complete_ranges(&mut server, &mut e, &mut searches).await
+                    {
+                        result = Err(fault);
+                        break;
+                    }
+                    out.push(LiveEntry {
+                        addresses: graph::addresses(&e, s),
+                        list: graph::is_list(&e, s),
+                        direct_members: graph::direct_members(&e, s),
+                        dn: e.dn,
+                    });
+                }
+                if result.is_err() {
+                    break;
+                }
+            }
             Err(e) => {
                 result = Err(e);
                 break;

@@ -858,3 +858,59 @@ async fn snapshots_are_saved_and_read_back_only_with_the_same_settings() {
     let e = load_saved(&state, settings(&config)).expect_err("truncated");
     assert!(e.contains("is not a snapshot"), "{e}");
 }
+
+#[tokio::test]
+async fn members_the_snapshot_search_misses_are_read_one_by_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(
+        dir.path(),
+        &format!("base_dns = [\"{STAFF}\", \"{GROUPS}\"]"),
+    );
+    let mut fake = FakeDirectory::active_directory();
+    fake.person(&staff_dn("Ann"), "ann@corp.example");
+    // A service account without an address, inside the bases: reaches no mailbox.
+    fake.add(
+        &staff_dn("svc-backup"),
+        vec![("objectClass", strings(&["top", "person", "user"]))],
+    );
+    // A contact with an address outside the bases: one mailbox.
+    let contact = "cn=Partner,ou=contacts,dc=corp,dc=example";
+    fake.person(contact, "partner@partner.example");
+    // A group outside the bases: its members were not read, so unknown.
+    let other = "cn=Elsewhere,ou=other,dc=corp,dc=example";
+    fake.group(other, None, &[staff_dn("Ann")]);
+    let team = format!("cn=Team,{GROUPS}");
+    fake.group(
+        &team,
+        Some("team@corp.example"),
+        &[
+            staff_dn("Ann"),
+            staff_dn("svc-backup"),
+            contact.into(),
+            other.into(),
+            staff_dn("Ghost"),
+        ],
+    );
+    let snap = snapshot(&mut fake, &config).await;
+    assert_eq!(snap.stats.no_address, 1, "{:?}", snap.stats);
+    assert_eq!(snap.stats.outside_lists, 1, "{:?}", snap.stats);
+    assert_eq!(snap.stats.dangling, 1, "only the ghost: {:?}", snap.stats);
+    assert_eq!(
+        fake.searches_of(&staff_dn("Ghost")).len(),
+        1,
+        "each missing DN is looked up once"
+    );
+    let d = load(&config, Some(&snap), SystemTime::now());
+    let t = d.index.list("team@corp.example").expect("team");
+    assert_eq!(t.total(), 2, "ann and the partner");
+    assert_eq!(t.external(), 1);
+    assert_eq!(t.non_mailbox, 1, "the service account");
+    assert_eq!(t.unknown, 2, "the group outside the bases and the ghost");
+    assert!(
+        t.unknown_reasons
+            .iter()
+            .any(|r| r.contains("outside base_dns")),
+        "{:?}",
+        t.unknown_reasons
+    );
+}
