@@ -5,6 +5,9 @@
 //!
 //! Run with `cargo bench --bench directory` (scripts/bench does).
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use fanout_milter::config;
 use fanout_milter::directory::{Directory, DriftMode};
 use fanout_milter::policy::{self, MessageFacts};
@@ -16,13 +19,7 @@ const LISTS: usize = 5_000;
 const ENTRIES: usize = 1_000_000;
 
 fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    proc_status::status_kib("self", field)
 }
 
 fn main() {

@@ -11,6 +11,9 @@
 //! `cargo bench --bench protocol` (scripts/bench runs it) prints one JSON object;
 //! under `cargo test` it runs a small smoke load.
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use indymilter_test::{MacroStage, Status, TestConnection};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,14 +76,7 @@ impl Daemon {
     }
 
     fn rss_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        proc_status::status_kib(&self.child.id().to_string(), field)
     }
 }
 

@@ -9,43 +9,13 @@ mod common;
 
 use common::slapd::*;
 use common::*;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 const PEOPLE: usize = 20_000;
 
 fn config_body(dir: &Path, url: &str) -> String {
-    let secret = dir.join("ldap.secret");
-    std::fs::write(&secret, format!("{BIND_PASSWORD}\n")).expect("secret");
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    format!(
-        r#"
-[domains]
-internal = ["{MAIL_DOMAIN}"]
-
-[limits.audience]
-quarantine = 1000
-
-[hidden]
-min_audience = 0
-
-[[directory]]
-type = "ldap"
-url = "{url}"
-bind_dn = "{BIND_DN}"
-bind_password_file = "{secret}"
-base_dns = ["{BASE_DN}"]
-domains = ["{MAIL_DOMAIN}"]
-refresh = "1h"
-timeout = "30s"
-
-[quarantine]
-state_dir = "{state}"
-"#,
-        secret = secret.display(),
-        state = dir.join("state").display(),
-    )
+    ldap_config(dir, url, "refresh = \"1h\"\ntimeout = \"30s\"")
 }
 
 /// `fanout-milter directory refresh` against the running daemon: exit success and output.

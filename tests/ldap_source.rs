@@ -11,7 +11,6 @@ use fanout_milter::config::{self, Config};
 use fanout_milter::directory::ldap::{self, Snapshot, Snapshots};
 use fanout_milter::directory::{Directory, DriftMode};
 use fanout_milter::explain::{ExplainInput, explain, lookup_text};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,36 +19,11 @@ const PEOPLE: usize = 20_000;
 
 /// A configuration with one LDAP source on `url`, bound as the service account.
 fn config(dir: &Path, url: &str, extra: &str) -> Config {
-    let secret = dir.join("ldap.secret");
-    std::fs::write(&secret, format!("{BIND_PASSWORD}\n")).expect("secret");
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let text = format!(
-        r#"
-[domains]
-internal = ["{MAIL_DOMAIN}"]
-
-[limits.audience]
-quarantine = 1000
-
-[hidden]
-min_audience = 0
-
-[quarantine]
-state_dir = "{state}"
-
-[[directory]]
-type = "ldap"
-url = "{url}"
-bind_dn = "{BIND_DN}"
-bind_password_file = "{secret}"
-base_dns = ["{BASE_DN}"]
-domains = ["{MAIL_DOMAIN}"]
-{extra}
-"#,
-        state = dir.join("state").display(),
-        secret = secret.display(),
-    );
-    config::parse(&text, &dir.join("fanout-milter.toml")).expect("configuration")
+    config::parse(
+        &ldap_config(dir, url, extra),
+        &dir.join("fanout-milter.toml"),
+    )
+    .expect("configuration")
 }
 
 fn settings(c: &Config) -> &fanout_milter::config::ldap::LdapSettings {

@@ -260,6 +260,47 @@ pub fn fixture_ldif(n: usize) -> String {
     o
 }
 
+/// A fanout-milter configuration with one LDAP source at `url`, bound as
+/// [`BIND_DN`] (its password written to `dir/ldap.secret`, mode 0600), state in
+/// `dir/state`, audiences of 1,000 and more held, the hidden rule off. `extra` lines go
+/// into the `[[directory]]` table.
+pub fn ldap_config(dir: &Path, url: &str, extra: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = dir.join("ldap.secret");
+    std::fs::write(&secret, format!("{BIND_PASSWORD}\n")).expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    format!(
+        r#"
+[domains]
+internal = ["{MAIL_DOMAIN}"]
+
+[limits.audience]
+quarantine = 1000
+reject = 0
+
+[hidden]
+min_audience = 0
+
+[drift]
+min_audience = 0
+
+[[directory]]
+type = "ldap"
+url = "{url}"
+bind_dn = "{BIND_DN}"
+bind_password_file = "{secret}"
+base_dns = ["{BASE_DN}"]
+domains = ["{MAIL_DOMAIN}"]
+{extra}
+
+[quarantine]
+state_dir = "{state}"
+"#,
+        secret = secret.display(),
+        state = dir.join("state").display(),
+    )
+}
+
 /// What an ldap-utils command printed, and its exit code: the LDAP result code (4 for
 /// sizeLimitExceeded), 255 when it could not reach the server.
 #[derive(Debug)]
