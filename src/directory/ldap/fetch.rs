@@ -53,19 +53,84 @@ impl ScopeKey {
     }
 }
 
+/// One entry reduced to what a snapshot needs, as soon as it arrives: people are most
+/// of a directory, and a full [`Entry`] costs several times as much memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Item {
+    /// Its DN, as the server spells it.
+    pub dn: String,
+    /// What identifies it ([`entry_key`]).
+    pub key: String,
+    /// Its addresses, primary first.
+    pub addresses: Vec<String>,
+    /// What makes it a list, when it is one.
+    pub list: Option<Box<ListParts>>,
+}
+
+/// The members of a list entry, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListParts {
+    /// Member DNs, `#'...'B` suffixes stripped.
+    pub member_dns: Vec<String>,
+    /// Member URLs.
+    pub urls: Vec<String>,
+    /// Literal member addresses.
+    pub literals: Vec<String>,
+    /// Exchange-style filters.
+    pub filters: Vec<String>,
+    /// Their base, when the entry names one.
+    pub filter_base: Option<String>,
+}
+
+impl Item {
+    /// Reduces an entry (ranged attributes completed) as the settings say.
+    pub fn new(e: Entry, s: &LdapSettings) -> Item {
+        let values = |attrs: &[String]| -> Vec<String> {
+            attrs
+                .iter()
+                .flat_map(|a| e.values(a).map(str::to_owned))
+                .collect()
+        };
+        let list = super::graph::is_list(&e, s).then(|| {
+            Box::new(ListParts {
+                member_dns: values(&s.member_dn_attributes)
+                    .iter()
+                    .map(|v| super::graph::strip_uid(v.trim()).to_owned())
+                    .collect(),
+                urls: values(&s.member_url_attributes),
+                literals: values(&s.literal_member_attributes),
+                filters: s.filter_list.as_ref().map_or_else(Vec::new, |fl| {
+                    e.values(&fl.filter_attribute).map(str::to_owned).collect()
+                }),
+                filter_base: s.filter_list.as_ref().and_then(|fl| {
+                    (!fl.base_attribute.is_empty())
+                        .then(|| e.values(&fl.base_attribute).next().map(str::to_owned))
+                        .flatten()
+                }),
+            })
+        });
+        Item {
+            key: entry_key(&e),
+            addresses: super::graph::addresses(&e, s),
+            list,
+            dn: e.dn,
+        }
+    }
+}
+
 /// Everything a snapshot is built from.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
     /// The server.
     pub server: ServerInfo,
     /// Entries of every base, each once, ranged attributes completed.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Item>,
     /// The entries each dynamic query matched, or why it could not be run.
-    pub dynamic: HashMap<DynamicQuery, Result<Vec<Entry>, String>>,
+    pub dynamic: HashMap<DynamicQuery, Result<Vec<Item>, String>>,
     /// Member DNs the snapshot search did not return, read one by one: entries
     /// without an address (service accounts, disabled users) or outside `base_dns`.
     /// Those not here do not exist (or cannot be read).
-    pub outside: Vec<Entry>,
+    pub outside: Vec<Item>,
     /// Searches run (pages and range steps included).
     pub searches: u64,
 }
@@ -275,34 +340,31 @@ pub fn entry_key(e: &Entry) -> String {
 /// The dynamic queries of the fetched lists.
 pub fn dynamic_queries(
     s: &LdapSettings,
-    entries: &[Entry],
+    entries: &[Item],
 ) -> Vec<(usize, Result<DynamicQuery, String>)> {
     let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        for a in &s.member_url_attributes {
-            for url in e.values(a) {
-                out.push((i, url_query(url)));
-            }
+        let Some(list) = &e.list else { continue };
+        for url in &list.urls {
+            out.push((i, url_query(url)));
         }
-        if let Some(fl) = &s.filter_list {
-            for filter in e.values(&fl.filter_attribute) {
-                let bases: Vec<String> = match e.values(&fl.base_attribute).next() {
-                    Some(b) if !fl.base_attribute.is_empty() => vec![b.to_owned()],
-                    _ => s.base_dns.clone(),
-                };
-                for base in bases {
-                    out.push((
-                        i,
-                        match ldap3::parse_filter(filter) {
-                            Ok(_) => Ok(DynamicQuery {
-                                base,
-                                scope: ScopeKey::Sub,
-                                filter: filter.to_owned(),
-                            }),
-                            Err(_) => Err(format!("filter {filter} is not an LDAP filter")),
-                        },
-                    ));
-                }
+        for filter in &list.filters {
+            let bases: Vec<String> = match &list.filter_base {
+                Some(b) => vec![b.clone()],
+                None => s.base_dns.clone(),
+            };
+            for base in bases {
+                out.push((
+                    i,
+                    match ldap3::parse_filter(filter) {
+                        Ok(_) => Ok(DynamicQuery {
+                            base,
+                            scope: ScopeKey::Sub,
+                            filter: filter.to_owned(),
+                        }),
+                        Err(_) => Err(format!("filter {filter} is not an LDAP filter")),
+                    },
+                ));
             }
         }
     }
@@ -338,22 +400,19 @@ fn match_attributes(s: &LdapSettings) -> Vec<String> {
     attrs
 }
 
-/// Member DNs of `entries` that are not among them, normalised, in first-seen order.
-fn referenced_elsewhere(s: &LdapSettings, entries: &[Entry]) -> Vec<String> {
+/// Member DNs of `entries` that are not among them, in first-seen order.
+fn referenced_elsewhere(entries: &[Item]) -> Vec<String> {
     let known: HashSet<String> = entries
         .iter()
         .map(|e| super::graph::normalize_dn(&e.dn))
         .collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for e in entries {
-        for a in &s.member_dn_attributes {
-            for v in e.values(a) {
-                let dn = super::graph::strip_uid(v.trim());
-                let key = super::graph::normalize_dn(dn);
-                if !known.contains(&key) && seen.insert(key) {
-                    out.push(dn.to_owned());
-                }
+    for list in entries.iter().filter_map(|e| e.list.as_ref()) {
+        for dn in &list.member_dns {
+            let key = super::graph::normalize_dn(dn);
+            if !known.contains(&key) && seen.insert(key) {
+                out.push(dn.clone());
             }
         }
     }
@@ -369,23 +428,25 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
     let mut seen: HashSet<String> = HashSet::new();
     let mut entries = Vec::new();
     for base in &s.base_dns {
-        let found = search_all(
-            server,
-            info,
-            s.page_size,
-            (base, Scope::Subtree, &filter),
-            &attrs,
-            &mut searches,
-        )
-        .await?;
-        for mut e in found {
-            if seen.insert(entry_key(&e)) {
-                complete_ranges(server, &mut e, &mut searches).await?;
-                entries.push(e);
+        // Page by page, each entry reduced as it comes: the whole directory never
+        // sits in memory as full entries.
+        let mut cookie = Some(Vec::new());
+        while let Some(c) = cookie {
+            searches += 1;
+            let page = info.paging.then_some((s.page_size, c));
+            let p = server
+                .search_page(base, Scope::Subtree, &filter, &attrs, page)
+                .await?;
+            cookie = if info.paging { p.next } else { None };
+            for mut e in p.entries {
+                if seen.insert(entry_key(&e)) {
+                    complete_ranges(server, &mut e, &mut searches).await?;
+                    entries.push(Item::new(e, s));
+                }
             }
         }
     }
-    let mut dynamic: HashMap<DynamicQuery, Result<Vec<Entry>, String>> = HashMap::new();
+    let mut dynamic: HashMap<DynamicQuery, Result<Vec<Item>, String>> = HashMap::new();
     for (_, q) in dynamic_queries(s, &entries) {
         let Ok(q) = q else { continue };
         if dynamic.contains_key(&q) {
@@ -401,14 +462,14 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         )
         .await;
         let result = match result {
-            Ok(found) => Ok(found),
+            Ok(found) => Ok(found.into_iter().map(|e| Item::new(e, s)).collect()),
             Err(e) if e.fails_refresh() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
         dynamic.insert(q, result);
     }
     let mut outside = Vec::new();
-    for dn in referenced_elsewhere(s, &entries)
+    for dn in referenced_elsewhere(&entries)
         .into_iter()
         .take(MAX_OUTSIDE_LOOKUPS)
     {
@@ -417,7 +478,7 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
             .search_page(&dn, Scope::Base, "(objectClass=*)", &attrs, None)
             .await
         {
-            Ok(page) => outside.extend(page.entries),
+            Ok(page) => outside.extend(page.entries.into_iter().map(|e| Item::new(e, s))),
             Err(e) if e.fails_refresh() => return Err(e),
             // noSuchObject, no access: the member stays unknown.
             Err(_) => {}

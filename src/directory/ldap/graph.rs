@@ -6,7 +6,7 @@
 //! Pure: no I/O.
 
 use super::client::Entry;
-use super::fetch::{Fetched, dynamic_queries, entry_key};
+use super::fetch::{Fetched, Item, dynamic_queries};
 use crate::config::ldap::LdapSettings;
 use crate::directory::source::{ListDef, Member};
 use serde::{Deserialize, Serialize};
@@ -159,17 +159,14 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         entries: f.entries.len() as u64,
         ..GraphStats::default()
     };
-    let is_group = |e: &Entry| is_list(e, s);
-    let node = |e: &Entry| {
-        let addrs = addresses(e, s);
-        Node {
-            group: is_group(e),
-            has_address: !addrs.is_empty(),
-            name: addrs
-                .first()
-                .cloned()
-                .unwrap_or_else(|| normalize_dn(&e.dn)),
-        }
+    let node = |e: &Item| Node {
+        group: e.list.is_some(),
+        has_address: !e.addresses.is_empty(),
+        name: e
+            .addresses
+            .first()
+            .cloned()
+            .unwrap_or_else(|| normalize_dn(&e.dn)),
     };
     let nodes: Vec<Node> = f.entries.iter().map(node).collect();
     let by_dn: HashMap<String, usize> = f
@@ -182,7 +179,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         .entries
         .iter()
         .enumerate()
-        .map(|(i, e)| (entry_key(e), i))
+        .map(|(i, e)| (e.key.clone(), i))
         .collect();
     let mut queries: HashMap<usize, Vec<Result<super::fetch::DynamicQuery, String>>> =
         HashMap::new();
@@ -190,7 +187,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         queries.entry(i).or_default().push(q);
     }
 
-    let outside: HashMap<String, &Entry> =
+    let outside: HashMap<String, &Item> =
         f.outside.iter().map(|e| (normalize_dn(&e.dn), e)).collect();
 
     // A member entry (found in the snapshot, or matched by a dynamic query) as a member.
@@ -206,51 +203,45 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
     let mut lists = Vec::new();
     for (i, e) in f.entries.iter().enumerate() {
         let me = &nodes[i];
-        if !me.group {
-            continue;
-        }
+        let Some(parts) = &e.list else { continue };
         stats.lists += 1;
         let mut members = Vec::new();
-        for a in &s.member_dn_attributes {
-            for v in e.values(a) {
-                let dn = strip_uid(v.trim());
-                match by_dn.get(&normalize_dn(dn)) {
-                    Some(&j) if j == i => stats.self_members += 1,
-                    Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
-                    None if outside.contains_key(&normalize_dn(dn)) => {
-                        let e = outside[&normalize_dn(dn)];
-                        let n = node(e);
-                        if n.group {
-                            stats.outside_lists += 1;
-                            members.push(Member::Unknown(format!(
-                                "member list {dn} of {} is outside base_dns",
-                                me.name
-                            )));
-                        } else {
-                            members.push(as_member(&n, dn, &mut stats));
-                        }
-                    }
-                    None => {
-                        stats.dangling += 1;
+        for dn in &parts.member_dns {
+            let dn = dn.as_str();
+            match by_dn.get(&normalize_dn(dn)) {
+                Some(&j) if j == i => stats.self_members += 1,
+                Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
+                None if outside.contains_key(&normalize_dn(dn)) => {
+                    let e = outside[&normalize_dn(dn)];
+                    let n = node(e);
+                    if n.group {
+                        stats.outside_lists += 1;
                         members.push(Member::Unknown(format!(
-                            "member {dn} of {} is not in the directory",
+                            "member list {dn} of {} is outside base_dns",
                             me.name
                         )));
+                    } else {
+                        members.push(as_member(&n, dn, &mut stats));
                     }
                 }
-            }
-        }
-        for a in &s.literal_member_attributes {
-            for v in e.values(a) {
-                let v = v.trim().to_ascii_lowercase();
-                if v.contains('@') {
-                    members.push(Member::Address(v));
-                } else {
+                None => {
+                    stats.dangling += 1;
                     members.push(Member::Unknown(format!(
-                        "literal member \"{v}\" of {} is not an address",
+                        "member {dn} of {} is not in the directory",
                         me.name
                     )));
                 }
+            }
+        }
+        for v in &parts.literals {
+            let v = v.trim().to_ascii_lowercase();
+            if v.contains('@') {
+                members.push(Member::Address(v));
+            } else {
+                members.push(Member::Unknown(format!(
+                    "literal member \"{v}\" of {} is not an address",
+                    me.name
+                )));
             }
         }
         if let Some(qs) = queries.get(&i) {
@@ -275,7 +266,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                     }
                     Ok((_, found)) => {
                         for m in found {
-                            let member = match by_key.get(&entry_key(&m)) {
+                            let member = match by_key.get(&m.key) {
                                 Some(&j) if j == i => continue,
                                 Some(&j) => as_member(&nodes[j], &m.dn, &mut stats),
                                 None => as_member(&node(&m), &m.dn, &mut stats),
@@ -297,10 +288,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                 me.name
             )));
         }
-        let mut aliases = addresses(e, s);
-        if me.has_address {
-            aliases.remove(0);
-        }
+        let aliases = e.addresses.iter().skip(1).cloned().collect();
         lists.push(ListDef {
             address: me.name.clone(),
             aliases,

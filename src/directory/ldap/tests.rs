@@ -335,10 +335,10 @@ async fn object_guid_is_the_entry_key() {
     let team = fetched
         .entries
         .iter()
-        .find(|e| e.values("mail").any(|m| m == "team@corp.example"))
+        .find(|e| e.addresses.iter().any(|m| m == "team@corp.example"))
         .expect("team");
     let hex: String = guid.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(fetch::entry_key(team), hex);
+    assert_eq!(team.key, hex);
 
     // A configured base that is gone fails the refresh: no smaller snapshot.
     fake.missing_bases.push(STAFF.into());
