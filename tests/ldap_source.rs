@@ -212,6 +212,11 @@ fn snapshots_over_ldaps_with_a_ca_file_and_over_ldapi() {
     let snap = refresh(&c).expect("ldaps with the test CA");
     assert_eq!(people(&directory(&c, snap), "small-10"), 10);
 
+    // StartTLS on the plain port, verified against the same CA.
+    let c = config(dir.path(), &slapd.url(), &format!("{ca}\nstart_tls = true"));
+    let snap = refresh(&c).expect("StartTLS with the test CA");
+    assert_eq!(people(&directory(&c, snap), "small-10"), 10);
+
     // Without the CA file the system's roots do not know the test CA.
     let c = config(dir.path(), &slapd.ldaps_url(), "");
     let e = refresh(&c).expect_err("an unknown issuer");

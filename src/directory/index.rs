@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn the_audience_cap_makes_a_lower_bound() {
+        let members: Vec<String> = (0..1000).map(|i| format!("m{i}@corp.example")).collect();
+        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let index = DirectoryIndex::build(
+            vec![
+                def("big@corp.example", &refs),
+                def("small@corp.example", &refs[..10]),
+            ],
+            &IndexOptions {
+                max_audience: 100,
+                ..options()
+            },
+        );
+        let big = index.list("big@corp.example").expect("big");
+        assert!(big.capped && big.lower_bound());
+        assert_eq!(big.total(), 100, "counted up to the cap");
+        let small = index.list("small@corp.example").expect("small");
+        assert!(!small.capped);
+        assert_eq!(small.total(), 10);
+        let a = index.audience(["big@corp.example"]);
+        assert!(a.lower_bound);
+        assert_eq!(index.stats.lists_capped, 1);
+    }
+
+    #[test]
     fn counts_non_mailboxes_and_opaque_members() {
         let index = DirectoryIndex::build(
             vec![
