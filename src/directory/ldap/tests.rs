@@ -769,6 +769,11 @@ async fn a_stale_snapshot_is_used_tempfailed_or_unknown_as_configured() {
         Some("team@corp.example"),
         &members,
     );
+    fake.group(
+        &format!("cn=Dept,{GROUPS}"),
+        Some("dept@corp.example"),
+        &[format!("cn=Team,{GROUPS}")],
+    );
     let snap = snapshot(&mut fake, &config(dir.path(), "")).await;
     let taken = UNIX_EPOCH + Duration::from_secs(snap.taken_at);
     let stale = taken + Duration::from_secs(25 * 3600);
@@ -813,6 +818,12 @@ async fn a_stale_snapshot_is_used_tempfailed_or_unknown_as_configured() {
                 assert_eq!(v.action, Action::Reject, "{v:?}");
                 assert_eq!(rules(&v), ["expansion.on_unknown"]);
                 assert_eq!((a.total, a.unknown), (2, 1));
+                let nested = d.audience_facts(["dept@corp.example"]).expect("configured");
+                assert_eq!(
+                    (nested.total, nested.unknown),
+                    (2, 1),
+                    "the stale source counts once through a nested list"
+                );
             }
         }
     }
