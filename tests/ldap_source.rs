@@ -272,3 +272,38 @@ fn live_lookups_escape_the_address() {
     assert!(live("*").is_empty(), "a * is a character, not a wildcard");
     assert!(live(&format!("nobody@{MAIL_DOMAIN})(mail=*")).is_empty());
 }
+
+#[test]
+fn many_members_outside_the_snapshot_search_are_read_concurrently() {
+    require_slapd();
+    let dir = scratch_dir("ldap-outside");
+    let slapd = Slapd::start(dir.path(), &fixture_ldif(MIN_PEOPLE));
+    // 300 members that do not exist, the service account (no address), one person.
+    let mut ldif = format!(
+        "dn: {}\nchangetype: add\nobjectClass: groupOfNames\nobjectClass: mailGroup\n\
+         cn: ghosts\nmail: {}\nmember: {BIND_DN}\nmember: {}\n",
+        group_dn("ghosts"),
+        group_mail("ghosts"),
+        person_dn(5)
+    );
+    for i in 0..300 {
+        ldif.push_str(&format!("member: uid=gone{i},{PEOPLE_DN}\n"));
+    }
+    let out = slapd.ldapmodify(&ldif);
+    assert_eq!(out.rc, 0, "{out:?}");
+    let c = config(dir.path(), &slapd.url(), "");
+    let snap = refresh(&c).expect("refresh");
+    assert_eq!(
+        snap.stats.dangling, 301,
+        "300 gone plus uid=ghost: {:?}",
+        snap.stats
+    );
+    assert_eq!(
+        snap.stats.no_address, 1,
+        "the service account: {:?}",
+        snap.stats
+    );
+    let d = directory(&c, snap);
+    let l = d.index.list(&group_mail("ghosts")).expect("ghosts");
+    assert_eq!((l.total(), l.unknown, l.non_mailbox), (1, 300, 1));
+}

@@ -113,7 +113,27 @@ pub trait LdapServer: Send {
         attrs: &[String],
         page: Option<(u32, Vec<u8>)>,
     ) -> Result<Page, LdapFault>;
+
+    /// Base reads of many entries, one result each, in order. The default reads them
+    /// one after the other; a server that multiplexes runs several at once.
+    async fn read_many(
+        &mut self,
+        dns: &[String],
+        attrs: &[String],
+    ) -> Vec<Result<Page, LdapFault>> {
+        let mut out = Vec::with_capacity(dns.len());
+        for dn in dns {
+            out.push(
+                self.search_page(dn, Scope::Base, "(objectClass=*)", attrs, None)
+                    .await,
+            );
+        }
+        out
+    }
 }
+
+/// Base reads in flight at once on one connection ([`LdapServer::read_many`]).
+const READS_IN_FLIGHT: usize = 32;
 
 /// A connection through ldap3.
 pub struct Ldap3Server {
@@ -234,59 +254,109 @@ impl LdapServer for Ldap3Server {
         attrs: &[String],
         page: Option<(u32, Vec<u8>)>,
     ) -> Result<Page, LdapFault> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.timeout);
-        let paged = page.is_some();
-        if let Some((size, cookie)) = page {
-            ldap.with_controls(PagedResults {
-                size: i32::try_from(size).unwrap_or(i32::MAX),
-                cookie,
-            });
-        }
-        let what = format!("search of {base}");
-        let result = ldap.search(base, scope, filter, attrs).await.map_err(|e| {
-            timeout_or(e, &what, self.timeout, |message| LdapFault::Connect {
-                url: "the server".into(),
-                message,
+        search(
+            self.ldap.clone(),
+            self.timeout,
+            base,
+            scope,
+            filter,
+            attrs,
+            page,
+        )
+        .await
+    }
+
+    async fn read_many(
+        &mut self,
+        dns: &[String],
+        attrs: &[String],
+    ) -> Vec<Result<Page, LdapFault>> {
+        use futures_util::stream::{self, StreamExt};
+        let (ldap, timeout) = (self.ldap.clone(), self.timeout);
+        let attrs = attrs.to_vec();
+        stream::iter(dns.to_vec())
+            .map(move |dn| {
+                let (ldap, attrs) = (ldap.clone(), attrs.clone());
+                async move {
+                    search(
+                        ldap,
+                        timeout,
+                        &dn,
+                        Scope::Base,
+                        "(objectClass=*)",
+                        &attrs,
+                        None,
+                    )
+                    .await
+                }
             })
-        })?;
-        let ldap3::SearchResult(raw, done) = result;
-        if done.rc != 0 {
-            return Err(LdapFault::Search {
-                base: base.to_owned(),
-                filter: filter.to_owned(),
-                rc: done.rc,
-                text: if done.text.is_empty() {
-                    rc_name(done.rc).to_owned()
-                } else {
-                    done.text
-                },
-            });
-        }
-        let mut next = None;
-        if paged {
-            for Control(kind, raw) in done.ctrls {
-                if matches!(kind, Some(ControlType::PagedResults)) {
-                    let cookie = raw.parse::<PagedResults>().cookie;
-                    if !cookie.is_empty() {
-                        next = Some(cookie);
-                    }
+            .buffered(READS_IN_FLIGHT)
+            .collect()
+            .await
+    }
+}
+
+/// One page of one search on a handle of the connection (handles multiplex).
+async fn search(
+    mut ldap: ldap3::Ldap,
+    timeout: Duration,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: &[String],
+    page: Option<(u32, Vec<u8>)>,
+) -> Result<Page, LdapFault> {
+    ldap.with_timeout(timeout);
+    let paged = page.is_some();
+    if let Some((size, cookie)) = page {
+        ldap.with_controls(PagedResults {
+            size: i32::try_from(size).unwrap_or(i32::MAX),
+            cookie,
+        });
+    }
+    let what = format!("search of {base}");
+    let result = ldap.search(base, scope, filter, attrs).await.map_err(|e| {
+        timeout_or(e, &what, timeout, |message| LdapFault::Connect {
+            url: "the server".into(),
+            message,
+        })
+    })?;
+    let ldap3::SearchResult(raw, done) = result;
+    if done.rc != 0 {
+        return Err(LdapFault::Search {
+            base: base.to_owned(),
+            filter: filter.to_owned(),
+            rc: done.rc,
+            text: if done.text.is_empty() {
+                rc_name(done.rc).to_owned()
+            } else {
+                done.text
+            },
+        });
+    }
+    let mut next = None;
+    if paged {
+        for Control(kind, raw) in done.ctrls {
+            if matches!(kind, Some(ControlType::PagedResults)) {
+                let cookie = raw.parse::<PagedResults>().cookie;
+                if !cookie.is_empty() {
+                    next = Some(cookie);
                 }
             }
         }
-        let entries = raw
-            .into_iter()
-            .map(|e| {
-                let e = SearchEntry::construct(e);
-                Entry {
-                    dn: e.dn,
-                    attrs: e.attrs,
-                    bin_attrs: e.bin_attrs,
-                }
-            })
-            .collect();
-        Ok(Page { entries, next })
     }
+    let entries = raw
+        .into_iter()
+        .map(|e| {
+            let e = SearchEntry::construct(e);
+            Entry {
+                dn: e.dn,
+                attrs: e.attrs,
+                bin_attrs: e.bin_attrs,
+            }
+        })
+        .collect();
+    Ok(Page { entries, next })
 }
 
 /// The name of an LDAP result code (RFC 4511 appendix A) for messages.

@@ -469,19 +469,19 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         dynamic.insert(q, result);
     }
     let mut outside = Vec::new();
-    for dn in referenced_elsewhere(&entries)
+    let missing: Vec<String> = referenced_elsewhere(&entries)
         .into_iter()
         .take(MAX_OUTSIDE_LOOKUPS)
-    {
-        searches += 1;
-        match server
-            .search_page(&dn, Scope::Base, "(objectClass=*)", &attrs, None)
-            .await
-        {
-            Ok(page) => outside.extend(page.entries.into_iter().map(|e| Item::new(e, s))),
-            Err(e) if e.fails_refresh() => return Err(e),
-            // noSuchObject, no access: the member stays unknown.
-            Err(_) => {}
+        .collect();
+    for chunk in missing.chunks(1000) {
+        searches += chunk.len() as u64;
+        for result in server.read_many(chunk, &attrs).await {
+            match result {
+                Ok(page) => outside.extend(page.entries.into_iter().map(|e| Item::new(e, s))),
+                Err(e) if e.fails_refresh() => return Err(e),
+                // noSuchObject, no access: the member stays unknown.
+                Err(_) => {}
+            }
         }
     }
     Ok(Fetched {
