@@ -307,3 +307,65 @@ fn many_members_outside_the_snapshot_search_are_read_concurrently() {
     let l = d.index.list(&group_mail("ghosts")).expect("ghosts");
     assert_eq!((l.total(), l.unknown, l.non_mailbox), (1, 300, 1));
 }
+
+#[test]
+fn a_directory_list_whose_definition_goes_wrong_is_caught_as_drift() {
+    require_slapd();
+    let dir = scratch_dir("ldap-drift");
+    let slapd = Slapd::start(dir.path(), &fixture_ldif(1000));
+    let c = config(
+        dir.path(),
+        &slapd.url(),
+        "[drift]\nfactor = 5.0\nmin_audience = 100",
+    );
+    let reload = |c: &Config| {
+        let mut snapshots = Snapshots::default();
+        let snap = refresh(c).expect("refresh");
+        snapshots
+            .by_source
+            .insert(snap.source.clone(), Arc::new(snap));
+        // As the daemon does after each refresh: drift is judged and recorded.
+        Directory::load(c, DriftMode::Record, &snapshots).expect("directory")
+    };
+    let before = reload(&c);
+    assert_eq!(people(&before, "dyn-dept-7"), 10);
+    let verdict = |d: &Directory| {
+        explain(
+            &c,
+            d,
+            ExplainInput {
+                from: person_mail(1),
+                rcpts: vec![group_mail("dyn-dept-7")],
+                sasl_login: None,
+                client: None,
+                message: None,
+            },
+        )
+        .to_text()
+    };
+    assert!(verdict(&before).contains("verdict: accept"));
+
+    // The filter loses its department: the list now reaches everyone.
+    let out = slapd.ldapmodify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: msExchDynamicDLFilter\n\
+         msExchDynamicDLFilter: (&(objectClass=inetOrgPerson)(mail=*))\n",
+        group_dn("dyn-dept-7")
+    ));
+    assert_eq!(out.rc, 0, "{out:?}");
+    let after = reload(&c);
+    assert_eq!(people(&after, "dyn-dept-7"), 1000);
+    assert!(
+        after
+            .report
+            .drifted
+            .iter()
+            .any(|(l, from, to)| l == &group_mail("dyn-dept-7") && (*from, *to) == (10, 1000)),
+        "{:?}",
+        after.report.drifted
+    );
+    let text = verdict(&after);
+    assert!(
+        text.contains("verdict: quarantine") && text.contains("drift"),
+        "held until an admin accepts the new size: {text}"
+    );
+}

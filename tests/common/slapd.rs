@@ -263,7 +263,7 @@ pub fn fixture_ldif(n: usize) -> String {
 /// A fanout-milter configuration with one LDAP source at `url`, bound as
 /// [`BIND_DN`] (its password written to `dir/ldap.secret`, mode 0600), state in
 /// `dir/state`, audiences of 1,000 and more held, the hidden rule off. `extra` lines go
-/// into the `[[directory]]` table.
+/// into the `[[directory]]` table (and may open other tables after it).
 pub fn ldap_config(dir: &Path, url: &str, extra: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
     let secret = dir.join("ldap.secret");
@@ -279,9 +279,6 @@ quarantine = 1000
 reject = 0
 
 [hidden]
-min_audience = 0
-
-[drift]
 min_audience = 0
 
 [[directory]]
