@@ -91,13 +91,18 @@ impl Refresher {
             return;
         };
         let mut due: HashMap<String, Instant> = HashMap::new();
+        let mut settings_seen: HashMap<String, String> = HashMap::new();
         loop {
             let sources = ldap_sources(&shared);
             due.retain(|name, _| sources.iter().any(|s| &s.name == name));
             let now = Instant::now();
             for s in &sources {
-                let first = self.first_due(s, now);
-                due.entry(s.name.clone()).or_insert(first);
+                // A new source, or one whose settings a reload changed: schedule anew.
+                let fingerprint = ldap::fingerprint(s);
+                if settings_seen.get(&s.name) != Some(&fingerprint) {
+                    settings_seen.insert(s.name.clone(), fingerprint);
+                    due.insert(s.name.clone(), self.first_due(s, now));
+                }
             }
             let next = due.values().min().copied();
             let sleep = async {
@@ -140,10 +145,14 @@ impl Refresher {
         }
     }
 
+    /// When a source is first due: one interval after its snapshot was taken, or now
+    /// when it has none, or one taken with other settings (a reload changed them).
     fn first_due(&self, s: &LdapSettings, now: Instant) -> Instant {
         match self.lock().get(&s.name) {
-            Some(snap) => now + s.refresh.saturating_sub(snap.age(SystemTime::now())),
-            None => now,
+            Some(snap) if snap.fingerprint == ldap::fingerprint(s) => {
+                now + s.refresh.saturating_sub(snap.age(SystemTime::now()))
+            }
+            _ => now,
         }
     }
 
@@ -355,4 +364,58 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
     }
     snapshots.now = SystemTime::now();
     snapshots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(base: &str) -> LdapSettings {
+        let text = format!(
+            "[domains]\ninternal = [\"corp.example\"]\n[quarantine]\nstate_dir = \"/nonexistent\"\n\
+             [[directory]]\ntype = \"ldap\"\nurl = \"ldap://dc1.corp.example\"\n\
+             base_dns = [\"{base}\"]\ndomains = [\"corp.example\"]\nrefresh = \"15m\"\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("/etc/f.toml"))
+            .expect("configuration");
+        config.directories[0].ldap.clone().expect("ldap")
+    }
+
+    #[test]
+    fn a_source_is_due_an_interval_after_its_snapshot_unless_its_settings_changed() {
+        let s = settings("dc=corp,dc=example");
+        let taken = SystemTime::now() - Duration::from_secs(5 * 60);
+        let snapshot = Snapshot {
+            format: 1,
+            source: s.name.clone(),
+            fingerprint: ldap::fingerprint(&s),
+            taken_at: taken
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs(),
+            millis: 1,
+            searches: 1,
+            active_directory: false,
+            stats: Default::default(),
+            lists: Vec::new(),
+        };
+        let refresher = Refresher::new(&Snapshots {
+            by_source: HashMap::from([(s.name.clone(), Arc::new(snapshot))]),
+            now: SystemTime::now(),
+        });
+        let now = Instant::now();
+        let due = refresher.first_due(&s, now) - now;
+        assert!(
+            due > Duration::from_secs(9 * 60) && due <= Duration::from_secs(10 * 60),
+            "15 minutes after a snapshot 5 minutes old: {due:?}"
+        );
+        let moved = settings("ou=elsewhere,dc=corp,dc=example");
+        assert_eq!(
+            refresher.first_due(&moved, now),
+            now,
+            "other base_dns: the snapshot is not theirs"
+        );
+        let fresh = Refresher::new(&Snapshots::default());
+        assert_eq!(fresh.first_due(&s, now), now, "no snapshot yet");
+    }
 }
