@@ -11,33 +11,10 @@ mod common;
 use common::*;
 use std::path::Path;
 
-const POLICY: &str = r#"
-[domains]
-internal = ["corp.example"]
-
-[limits.envelope]
-tag = 0
-quarantine = 0
-reject = 0
-
-[hidden]
-min_audience = 0
-
-[storm]
-min_audience = 5
-min_messages = 3
-min_senders = 2
-window = "10m"
-block_for = "6h"
-
-[reply]
-contact = "the Service Desk on 4242"
-"#;
-
 fn relay_config(redis: &Redis, on_failure: &str) -> String {
     // A generous timeout: a loaded test machine must not look like a Redis outage.
     format!(
-        "{POLICY}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"fleet-test:\"\ntimeout = \"2s\"\non_failure = \"{on_failure}\"\n",
+        "{STORM_POLICY}\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"fleet-test:\"\ntimeout = \"2s\"\non_failure = \"{on_failure}\"\n",
         redis.url()
     )
 }
@@ -63,18 +40,6 @@ impl Relay {
     }
 }
 
-fn reply_all(thread: &str, n: usize, to: &[String]) -> (String, Vec<u8>) {
-    let subject = format!("{thread}-reply-{n}");
-    let from = format!("staff{n}@corp.example");
-    let text = format!(
-        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@corp.example>\r\n\
-         In-Reply-To: <{thread}@corp.example>\r\nReferences: <{thread}@corp.example>\r\n\r\n\
-         Me too.\r\nEND-OF-TEST-BODY\r\n",
-        to.join(", ")
-    );
-    (subject, text.into_bytes())
-}
-
 /// What became of the messages sent.
 #[derive(Default)]
 struct Tally {
@@ -85,7 +50,8 @@ struct Tally {
 
 impl Tally {
     fn reply(&mut self, relay: &Relay, thread: &str, n: usize, to: &[String]) -> Result<(), u16> {
-        let (subject, text) = reply_all(thread, n, to);
+        let subject = format!("{thread}-reply-{n}");
+        let text = reply_all(&format!("staff{n}@corp.example"), &subject, thread, to);
         self.send(
             relay,
             &format!("staff{n}@corp.example"),

@@ -8,39 +8,6 @@ mod common;
 use common::*;
 use std::process::{Command, Output};
 
-const POLICY: &str = r#"
-[domains]
-internal = ["corp.example"]
-
-[limits.envelope]
-tag = 0
-quarantine = 0
-reject = 0
-
-[hidden]
-min_audience = 0
-
-[storm]
-min_audience = 5
-min_messages = 3
-min_senders = 2
-window = "10m"
-block_for = "6h"
-
-[reply]
-contact = "the Service Desk on 4242"
-"#;
-
-fn reply_all(from: &str, subject: &str, to: &[String]) -> Vec<u8> {
-    format!(
-        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@corp.example>\r\n\
-         In-Reply-To: <storm-root@corp.example>\r\nReferences: <storm-root@corp.example>\r\n\r\n\
-         Me too.\r\nEND-OF-TEST-BODY\r\n",
-        to.join(", ")
-    )
-    .into_bytes()
-}
-
 fn storms(config: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
         .arg("-c")
@@ -57,7 +24,7 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
     let dir = scratch_dir("storm");
     let sink = Sink::start(dir.path());
     let listen = format!("inet:127.0.0.1:{}", free_port());
-    let mut milter = Milter::start(dir.path(), &listen, POLICY);
+    let mut milter = Milter::start(dir.path(), &listen, STORM_POLICY);
     let postfix = Postfix::start(dir.path(), &sink, &listen);
     let config = dir.path().join("fanout-milter.toml");
     let port = postfix.smtp_port;
@@ -74,7 +41,7 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
             port,
             &from,
             &to,
-            &reply_all(&from, &format!("storm-reply-{i}"), &to),
+            &reply_all(&from, &format!("storm-reply-{i}"), "storm-root", &to),
         )
         .unwrap_or_else(|e| panic!("reply {i} is within min_messages: {e:?}"));
     }
@@ -84,7 +51,7 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
             port,
             &from,
             &to,
-            &reply_all(&from, &format!("storm-reply-{i}"), &to),
+            &reply_all(&from, &format!("storm-reply-{i}"), "storm-root", &to),
         )
         .expect_err("a reply-all during the storm is refused");
         assert_eq!(refused.code, 550, "{refused:?}");
@@ -132,8 +99,13 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("cleared"));
     let from = "staff9@corp.example";
-    smtp_send(port, from, &to, &reply_all(from, "storm-after-clear", &to))
-        .expect("cleared: replies flow again");
+    smtp_send(
+        port,
+        from,
+        &to,
+        &reply_all(from, "storm-after-clear", "storm-root", &to),
+    )
+    .expect("cleared: replies flow again");
     sink.wait_for("storm-after-clear");
     let again = storms(&config, &["clear", &id]);
     assert!(!again.status.success(), "clearing twice says there is none");

@@ -670,3 +670,40 @@ impl Redis {
         self.child.wait();
     }
 }
+
+/// The policy of the reply-all storm tests, on one relay (e2e_storm) and on a fleet
+/// (e2e_fleet): storms trip at the third reply from two senders to 5 or more.
+pub const STORM_POLICY: &str = r#"
+[domains]
+internal = ["corp.example"]
+
+[limits.envelope]
+tag = 0
+quarantine = 0
+reject = 0
+
+[hidden]
+min_audience = 0
+
+[storm]
+min_audience = 5
+min_messages = 3
+min_senders = 2
+window = "10m"
+block_for = "6h"
+
+[reply]
+contact = "the Service Desk on 4242"
+"#;
+
+/// A reply-all from `from` with Subject and Message-ID `subject`, in the thread whose
+/// root is `<thread@corp.example>`.
+pub fn reply_all(from: &str, subject: &str, thread: &str, to: &[String]) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{subject}@corp.example>\r\n\
+         In-Reply-To: <{thread}@corp.example>\r\nReferences: <{thread}@corp.example>\r\n\r\n\
+         Me too.\r\nEND-OF-TEST-BODY\r\n",
+        to.join(", ")
+    )
+    .into_bytes()
+}

@@ -208,11 +208,11 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         let mut members = Vec::new();
         for dn in &parts.member_dns {
             let dn = dn.as_str();
-            match by_dn.get(&normalize_dn(dn)) {
-                Some(&j) if j == i => stats.self_members += 1,
-                Some(&j) => members.push(as_member(&nodes[j], dn, &mut stats)),
-                None if outside.contains_key(&normalize_dn(dn)) => {
-                    let e = outside[&normalize_dn(dn)];
+            let key = normalize_dn(dn);
+            match (by_dn.get(&key), outside.get(&key)) {
+                (Some(&j), _) if j == i => stats.self_members += 1,
+                (Some(&j), _) => members.push(as_member(&nodes[j], dn, &mut stats)),
+                (None, Some(e)) => {
                     let n = node(e);
                     if n.group {
                         stats.outside_lists += 1;
@@ -224,7 +224,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                         members.push(as_member(&n, dn, &mut stats));
                     }
                 }
-                None => {
+                (None, None) => {
                     stats.dangling += 1;
                     members.push(Member::Unknown(format!(
                         "member {dn} of {} is not in the directory",

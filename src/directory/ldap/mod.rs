@@ -340,22 +340,24 @@ impl DirectorySource for LdapSource<'_> {
                 humantime::format_duration(s.max_staleness)
             );
             warnings.push(format!("{why}; on_stale = {}", s.on_stale.as_str()));
+            let stale = match s.on_stale {
+                OnStale::UseStale => None,
+                OnStale::Tempfail => Some(Member::Unavailable(why)),
+                OnStale::Unknown => Some(Member::Unknown(why)),
+            };
             // One marker list that every list of the source nests: an expansion
             // visits it once, however many of the source's lists it goes through.
-            let marker = ListDef {
-                address: format!("(ldap {} stale snapshot)", s.name),
-                members: vec![match s.on_stale {
-                    OnStale::Tempfail => Member::Unavailable(why),
-                    OnStale::Unknown | OnStale::UseStale => Member::Unknown(why),
-                }],
-                origin: format!("ldap {} (stale)", s.name),
-                ..ListDef::default()
-            };
-            if s.on_stale != OnStale::UseStale {
+            if let Some(member) = stale {
+                let address = format!("(ldap {} stale snapshot)", s.name);
                 for l in &mut lists {
-                    l.members.push(Member::Address(marker.address.clone()));
+                    l.members.push(Member::Address(address.clone()));
                 }
-                lists.push(marker);
+                lists.push(ListDef {
+                    address,
+                    members: vec![member],
+                    origin: format!("ldap {} (stale)", s.name),
+                    ..ListDef::default()
+                });
             }
         }
         Ok(SourceData { lists, warnings })
