@@ -21,6 +21,7 @@ pub mod quarantine;
 pub mod refresher;
 pub mod server;
 pub mod state;
+pub mod text;
 
 /// Product name.
 pub const NAME: &str = "fanout-milter";

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The one neutralising function for text that comes from mail, the directory or a
+//! user (subjects, addresses, DNs, list names, filters) before it is printed, logged,
+//! put in a header, an SMTP reply, a notice or a page.
+//!
+//! Pure: no I/O, so the policy core may use it.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// How many characters of a subject are kept wherever one is stored or echoed (state,
+/// records, replies, notices, listings).
+pub const MAX_SUBJECT_CHARS: usize = 200;
+
+/// Whether a character must not reach a terminal, a log line or a header as it is:
+/// C0 and C1 controls (CR and LF among them), DEL, the line and paragraph separators,
+/// and the invisible format characters (bidi embeddings, overrides and isolates, the
+/// directional marks, zero-width characters, the byte order mark).
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
+}
+
+/// Neutralises text for one line of output: every unsafe character (see above) becomes
+/// a visible escape (`\x1B`, `\u{202E}`), a tab becomes a space. Text without such
+/// characters is returned as it is, without copying.
+pub fn neutralize(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c == '\t' {
+            out.push(' ');
+        } else if !is_unsafe(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02X}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:04X}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`neutralize`], then at most `max` characters, the last one `…` when cut.
+pub fn neutralize_capped(text: &str, max: usize) -> String {
+    let flat = neutralize(text);
+    if flat.chars().count() <= max {
+        return flat.into_owned();
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// At most `max` characters of raw text (nothing escaped), the last one `…` when cut:
+/// for values that are stored and neutralised later, where they are shown.
+pub fn cap(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some(_) => {
+            let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+            cut.push('…');
+            Cow::Owned(cut)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_borrowed_unchanged() {
+        let s = "Ärzte: Dienstplan für Station 4 <a@b>";
+        assert!(matches!(neutralize(s), Cow::Borrowed(x) if x == s));
+    }
+
+    #[test]
+    fn line_breaks_and_escapes_become_visible() {
+        assert_eq!(neutralize("a\r\nBcc: x"), "a\\x0D\\x0ABcc: x");
+        assert_eq!(neutralize("\u{1b}]0;pwned\u{7}"), "\\x1B]0;pwned\\x07");
+        assert_eq!(neutralize("a\u{85}b\u{7f}"), "a\\x85b\\x7F");
+        assert_eq!(neutralize("a\tb"), "a b");
+    }
+
+    #[test]
+    fn bidi_and_format_characters_become_visible() {
+        assert_eq!(neutralize("abc\u{202E}fdp.exe"), "abc\\u{202E}fdp.exe");
+        for c in [
+            '\u{200E}', '\u{200F}', '\u{202A}', '\u{202D}', '\u{2066}', '\u{2069}', '\u{2028}',
+            '\u{2029}', '\u{200B}', '\u{FEFF}', '\u{061C}', '\u{00AD}',
+        ] {
+            let input = format!("x{c}y");
+            let out = neutralize(&input);
+            assert!(!out.contains(c), "{c:?} survived: {out}");
+            assert!(out.starts_with("x\\") && out.ends_with('y'), "{out}");
+        }
+    }
+
+    #[test]
+    fn capping_counts_characters_not_bytes() {
+        assert_eq!(neutralize_capped("äääää", 5), "äääää");
+        assert_eq!(neutralize_capped("ääääää", 5), "ääää…");
+        assert_eq!(neutralize_capped("a\nb", 10), "a\\x0Ab");
+        assert_eq!(cap("äääää", 5), "äääää");
+        assert_eq!(cap("ääääää", 5), "ääää…");
+        assert_eq!(cap("a\nb", 10), "a\nb");
+    }
+}
