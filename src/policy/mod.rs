@@ -963,12 +963,28 @@ mod tests {
         let mut only_local = with_audience(facts(1, 0), 10, vec![local]);
         only_local.sender = "ann@trust-a.example".into();
         assert_eq!(action(&p, &only_local), Action::Accept);
-        let mut other = with_audience(facts(1, 0), 1000, vec![national]);
+        let mut other = with_audience(facts(1, 0), 1000, vec![national.clone()]);
         other.sender = "bob@trust-b.example".into();
         assert_eq!(
             action(&p, &other),
             Action::Accept,
             "no scope for this sender"
+        );
+        let mut forged = with_audience(facts(1, 0), 1000, vec![national.clone()]);
+        forged.sender = "bob@trust-b.example".into();
+        forged.sasl_login = Some("ann@trust-a.example".into());
+        assert_eq!(
+            action(&p, &forged),
+            Action::Quarantine,
+            "a forged MAIL FROM does not move a login out of its scope"
+        );
+        let mut uid = with_audience(facts(1, 0), 1000, vec![national]);
+        uid.sender = "ann@trust-a.example".into();
+        uid.sasl_login = Some("uid-7".into());
+        assert_eq!(
+            action(&p, &uid),
+            Action::Quarantine,
+            "a login no scope names is scoped by its envelope sender"
         );
     }
 }

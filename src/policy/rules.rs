@@ -216,8 +216,11 @@ pub fn authorized_audience(rule: &Restricted, facts: &MessageFacts, lists: &[Lis
 /// Of [`authorized_audience`], the lists that no To or Cc header names: the part of
 /// the unseen audience the sender is allowed to reach by Bcc.
 pub fn authorized_unseen(rule: &Restricted, facts: &MessageFacts, lists: &[ListFacts]) -> u64 {
-    let unnamed: Vec<ListFacts> = lists.iter().filter(|l| !l.named).cloned().collect();
-    authorized_audience(rule, facts, &unnamed)
+    lists
+        .iter()
+        .filter(|list| !list.named && allowed_on(rule, facts, list))
+        .map(|list| list.size)
+        .sum()
 }
 
 /// `[hidden]`: the part of the audience that no header shows (reached through
