@@ -3,7 +3,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use fanout_milter::policy::{
-    AddressGlobs, DomainSet, Levels, MessageFacts, Mode, Policy, evaluate,
+    AddressGlobs, DomainSet, Levels, MessageFacts, Mode, Policy, TrustedSenders, evaluate,
 };
 use std::hint::black_box;
 
@@ -23,7 +23,10 @@ fn policy() -> Policy {
             reject: 0,
             monitor: false,
         },
-        exempt: AddressGlobs::new(["bulk@example.org"]).expect("valid globs"),
+        exempt: TrustedSenders {
+            logins: AddressGlobs::default(),
+            envelope: AddressGlobs::new(["bulk@example.org"]).expect("valid globs"),
+        },
         ..Policy::default()
     }
 }

@@ -38,7 +38,8 @@ pub struct Explanation {
 /// Evaluates one message with the same code the milter runs.
 pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
     let recipients = input.rcpts.iter().collect::<RecipientSet>();
-    let audience = directory.audience_facts(recipients.iter());
+    let headers = input.message.as_deref().map(extract).unwrap_or_default();
+    let audience = directory.message_audience(&recipients, &headers);
     let facts = MessageFacts {
         state: Default::default(),
         queue_id: None,
@@ -46,7 +47,7 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
         sasl_login: input.sasl_login,
         client: input.client,
         recipients,
-        headers: input.message.as_deref().map(extract).unwrap_or_default(),
+        headers,
         audience,
     };
     let evaluation = policy::evaluate(&config.policy, &facts);
@@ -92,6 +93,7 @@ impl Explanation {
             "envelope_recipients": c.envelope,
             "visible_recipients": c.visible,
             "audience": c.audience,
+            "unseen_audience": c.unseen,
             "external_recipients": c.external,
             "effect": self.effect,
             "lists": self.facts.audience.as_ref().map(|a| a.lists.iter().map(|l| json!({
@@ -101,6 +103,7 @@ impl Explanation {
                 "nested_lists": l.nested_lists,
                 "cycles": l.cycles,
                 "restricted": l.allowed_senders.is_some(),
+                "named_in_headers": l.named,
                 "drift_from": l.drift_from,
                 "unknown_members": l.unknown,
                 "unknown_reason": l.unknown_reason,
@@ -125,7 +128,7 @@ impl Explanation {
             let _ = writeln!(out, "  (monitor mode: would {})", v.intended);
         }
         if let Some(p) = &v.exempt_by {
-            let _ = writeln!(out, "  exempt: sender matches [exempt] senders \"{p}\"");
+            let _ = writeln!(out, "  exempt: sender matches [exempt] \"{p}\"");
         }
         for r in &v.reasons {
             let monitor = if r.monitor { " [monitor]" } else { "" };
@@ -136,6 +139,7 @@ impl Explanation {
         let _ = writeln!(out, "external recipients: {}", c.external);
         let _ = writeln!(out, "visible recipients (To/Cc): {}", c.visible);
         let _ = writeln!(out, "audience: {}", c.audience);
+        let _ = writeln!(out, "  of which no To/Cc address shows: {}", c.unseen);
         if let Some(a) = &self.facts.audience {
             if a.lower_bound {
                 let _ = writeln!(
@@ -256,7 +260,7 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
         );
     }
     if let Some(g) = &facts.allowed_senders {
-        let _ = writeln!(out, "restricted to: {}", g.patterns().join(", "));
+        let _ = writeln!(out, "restricted to: {}", g.describe().join(", "));
     }
     if let Some(from) = facts.drift_from {
         let _ = writeln!(

@@ -487,3 +487,111 @@ fn a_drifted_list_is_held_until_its_size_is_accepted() {
         text(&out.stderr)
     );
 }
+
+/// `[exempt] senders` match the SASL login: a client logged in as someone else who
+/// writes an exempt address in MAIL FROM is not exempt.
+#[test]
+fn explain_a_forged_envelope_sender_is_not_exempt() {
+    let dir = scratch_dir("cli-forged-exempt");
+    let path = write_config(
+        dir.path(),
+        "[domains]\ninternal = [\"example.org\"]\n\
+         [limits.envelope]\ntag = 2\nquarantine = 3\nreject = 10\n\
+         [exempt]\nsenders = [\"bulk-notices@example.org\"]\n",
+    );
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            &path,
+            "--json",
+            "--from",
+            "bulk-notices@example.org",
+            "--rcpt",
+            "a@example.org,b@example.org,c@example.org,d@example.org",
+        ];
+        args.extend_from_slice(extra);
+        let out = fanout(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON output")
+    };
+    let forged = explain(&["--sasl-login", "mallory"]);
+    assert_eq!(forged["verdict"], "quarantine", "{forged}");
+    assert_eq!(forged["exempt_by"], serde_json::Value::Null, "{forged}");
+    let no_login = explain(&[]);
+    assert_eq!(
+        no_login["verdict"], "quarantine",
+        "the envelope sender alone is not trusted: {no_login}"
+    );
+    let owner = explain(&["--sasl-login", "bulk-notices@example.org"]);
+    assert_eq!(owner["verdict"], "accept", "{owner}");
+    assert_eq!(owner["exempt_by"], "bulk-notices@example.org");
+
+    // Trusting the envelope sender of mail without a login is explicit (the same
+    // file, rewritten).
+    write_config(
+        dir.path(),
+        "[domains]\ninternal = [\"example.org\"]\n\
+         [limits.envelope]\ntag = 2\nquarantine = 3\nreject = 10\n\
+         [exempt]\nenvelope_senders = [\"bulk-notices@example.org\"]\n",
+    );
+    let trusted = explain(&[]);
+    assert_eq!(trusted["verdict"], "accept", "{trusted}");
+    let forged = explain(&["--sasl-login", "mallory"]);
+    assert_eq!(forged["verdict"], "quarantine", "{forged}");
+}
+
+/// The shipped defaults with a department list of 300: a notice with the list in To
+/// passes; the same list Bcc'd (To: the sender) is a hidden expansion.
+#[test]
+fn explain_a_department_notice_passes_with_the_shipped_defaults() {
+    let dir = scratch_dir("cli-dept-notice");
+    let members: Vec<String> = (0..300).map(|i| format!("n{i}@example.org")).collect();
+    let virtual_path = dir.path().join("virtual");
+    std::fs::write(
+        &virtual_path,
+        format!("nursing@example.org {}\n", members.join(", ")),
+    )
+    .expect("virtual");
+    let shipped = std::fs::read_to_string(EXAMPLE).expect("example config");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "{}\n[[directory]]\ntype = \"postfix-virtual\"\npath = \"{}\"\n",
+            shipped.replace(
+                "state_dir = \"/var/lib/fanout-milter\"",
+                &format!("state_dir = \"{}\"", dir.path().join("state").display())
+            ),
+            virtual_path.display()
+        ),
+    );
+    let explain = |rcpts: &str, to: &str| {
+        let msg = format!("From: n7@example.org\r\nTo: {to}\r\nSubject: Rota\r\n\r\nbody\r\n");
+        let out = fanout(
+            &[
+                "explain",
+                "--config",
+                &path,
+                "--json",
+                "--from",
+                "n7@example.org",
+                "--sasl-login",
+                "n7",
+                "--rcpt",
+                rcpts,
+                "-",
+            ],
+            Some(msg.as_bytes()),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON output")
+    };
+    let notice = explain("nursing@example.org", "nursing@example.org");
+    assert_eq!(notice["verdict"], "accept", "{notice}");
+    assert_eq!(notice["audience"], 300);
+    assert_eq!(notice["unseen_audience"], 0);
+
+    let bcc = explain("n7@example.org,nursing@example.org", "n7@example.org");
+    assert_eq!(bcc["verdict"], "quarantine", "{bcc}");
+    assert_eq!(bcc["reasons"][0]["rule"], "hidden", "{bcc}");
+}

@@ -132,7 +132,8 @@ quarantine = {x_quarantine}
 reject = {x_reject}
 
 [exempt]
-senders = ["bulk@example.org", "svc-*"]
+senders = ["svc-*"]
+envelope_senders = ["bulk@example.org"]
 
 [reply]
 contact = "{CONTACT}"
@@ -649,7 +650,7 @@ async fn monitor_mode_only_tags() {
 }
 
 #[tokio::test]
-async fn exempt_sender_by_envelope_or_sasl_login() {
+async fn exempt_by_sasl_login_or_trusted_envelope_sender() {
     let milter = Milter::start("exempt", &Conf::default()).await;
 
     let mut conn = milter.connect().await;
@@ -677,6 +678,18 @@ async fn exempt_sender_by_envelope_or_sasl_login() {
     .await
     .expect("macros");
     let (_, status) = message(&mut conn, "<ann@example.org>", &internal(50)).await;
+    assert!(reply_of(&status).starts_with("550 5.7.1 "), "{status:?}");
+    within("close", conn.close()).await.expect("close");
+
+    // A client logged in as someone else that writes the trusted sender in MAIL FROM.
+    let mut conn = milter.connect().await;
+    within(
+        "macros",
+        conn.macros(MacroStage::Mail, [("{auth_authen}", "mallory")]),
+    )
+    .await
+    .expect("macros");
+    let (_, status) = message(&mut conn, "<bulk@example.org>", &internal(50)).await;
     assert!(reply_of(&status).starts_with("550 5.7.1 "), "{status:?}");
     within("close", conn.close()).await.expect("close");
     milter.stop().await;

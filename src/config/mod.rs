@@ -17,7 +17,7 @@ pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
 pub use validate::redacted_url;
 
-use crate::policy::{AddressGlobs, Policy};
+use crate::policy::{Policy, TrustedSenders};
 use span::{SpanIndex, line_col};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -157,8 +157,9 @@ pub struct ListSpec {
     pub members: Option<Vec<String>>,
     /// Size, for a list fanout-milter cannot read.
     pub member_count: Option<u64>,
-    /// Who may send to it.
-    pub allowed_senders: Option<Arc<AddressGlobs>>,
+    /// Who may send to it (SASL logins and trusted envelope senders), when restricted
+    /// by name.
+    pub allowed_senders: Option<Arc<TrustedSenders>>,
 }
 
 impl Config {

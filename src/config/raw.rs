@@ -346,9 +346,12 @@ pub struct RawList {
     /// Its size, for a list held where fanout-milter cannot read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_count: Option<u64>,
-    /// Who may send to it (globs); others get the `[restricted]` action.
+    /// SASL logins (globs) that may send to it; others get the `[restricted]` action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_senders: Option<Vec<String>>,
+    /// Envelope senders (globs) that may send to it in mail without a SASL login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_envelope_senders: Option<Vec<String>>,
 }
 
 /// `[expansion]`.
@@ -381,8 +384,10 @@ impl Default for RawExpansion {
 pub struct RawRestricted {
     /// Lists at least this large are restricted even without `allowed_senders`; 0 = off.
     pub min_audience: u64,
-    /// Senders allowed to post to every restricted list (globs).
+    /// SASL logins (globs) allowed to post to every restricted list.
     pub allowed_senders: Vec<String>,
+    /// Envelope senders (globs) allowed to, in mail without a SASL login.
+    pub allowed_envelope_senders: Vec<String>,
     /// `quarantine`, `reject`, `tempfail` or `tag`.
     pub action: Action,
     /// Only tag.
@@ -394,6 +399,7 @@ impl Default for RawRestricted {
         RawRestricted {
             min_audience: 0,
             allowed_senders: Vec::new(),
+            allowed_envelope_senders: Vec::new(),
             action: Action::Quarantine,
             monitor: false,
         }
@@ -454,7 +460,7 @@ impl Default for RawDrift {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScope {
-    /// Senders (envelope sender or SASL login, globs).
+    /// Senders (globs): the SASL login, else the envelope sender.
     pub senders: Vec<String>,
     /// Domains their mail may reach through lists (exact or `*.`).
     pub may_reach: Vec<String>,
@@ -710,8 +716,10 @@ impl RawLevels {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawExempt {
-    /// Envelope senders or SASL logins (globs) no rule applies to.
+    /// SASL logins (globs) no rule applies to.
     pub senders: Vec<String>,
+    /// Envelope senders (globs) no rule applies to, in mail without a SASL login.
+    pub envelope_senders: Vec<String>,
 }
 
 /// `[reply]`.

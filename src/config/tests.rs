@@ -330,6 +330,53 @@ fn bad_exempt_glob() {
 }
 
 #[test]
+fn trusted_sender_keys_are_parsed_and_checked() {
+    let src = "[domains]\ninternal = [\"example.org\"]\n\
+               [exempt]\nsenders = [\"svc-*\"]\nenvelope_senders = [\"cron@example.org\"]\n\
+               [restricted]\nallowed_senders = [\"comms\"]\n\
+               allowed_envelope_senders = [\"news@example.org\"]\n\
+               [[list]]\naddress = \"board@example.org\"\n\
+               allowed_envelope_senders = [\"pa@example.org\"]\n";
+    let c = load_str(src).unwrap();
+    assert_eq!(c.policy.exempt.logins.patterns(), ["svc-*"]);
+    assert_eq!(c.policy.exempt.envelope.patterns(), ["cron@example.org"]);
+    let r = &c.policy.restricted.allowed_senders;
+    assert_eq!(r.logins.patterns(), ["comms"]);
+    assert_eq!(r.envelope.patterns(), ["news@example.org"]);
+    let board = c.lists[0]
+        .allowed_senders
+        .as_ref()
+        .expect("restricted by name");
+    assert!(board.logins.is_empty());
+    assert_eq!(board.envelope.patterns(), ["pa@example.org"]);
+    let again = load_str(&c.effective_toml()).unwrap();
+    assert_eq!(again.raw, c.raw, "check-config prints the new keys");
+
+    let src = "[domains]\ninternal = [\"example.org\"]\n\n[exempt]\nenvelope_senders = [\"[x\"]\n";
+    assert_semantic(
+        src,
+        5,
+        "exempt.envelope_senders[0]",
+        "invalid pattern: unclosed character class; missing ']'",
+    );
+    let src = "[domains]\ninternal = [\"example.org\"]\n[restricted]\nallowed_envelope_senders = [\" \"]\n";
+    assert_semantic(
+        src,
+        4,
+        "restricted.allowed_envelope_senders[0]",
+        "invalid pattern: empty pattern",
+    );
+    let src = "[domains]\ninternal = [\"example.org\"]\n[[list]]\naddress = \"a@example.org\"\n\
+               allowed_envelope_senders = [\" \"]\n";
+    assert_semantic(
+        src,
+        5,
+        "list[0].allowed_envelope_senders[0]",
+        "invalid pattern: empty pattern",
+    );
+}
+
+#[test]
 fn reply_template_with_unknown_placeholder() {
     let src = "[domains]\ninternal = [\"example.org\"]\n\n[reply]\nreject = \"Refused: {why}\"\n";
     assert_semantic(

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::policy::{
     Action, AddressGlobs, BreakerPolicy, DomainSet, Hidden, Levels, Policy, RatePolicy, Restricted,
-    Scope, StormPolicy,
+    Scope, StormPolicy, TrustedSenders,
 };
 use crate::state::OnFailure;
 use std::path::{Path, PathBuf};
@@ -117,13 +117,16 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         report(&format!("domains.internal[{i}]"), e.to_string());
         DomainSet::default()
     });
-    let exempt = AddressGlobs::new(&raw.exempt.senders).unwrap_or_else(|(i, e)| {
-        report(
-            &format!("exempt.senders[{i}]"),
-            format!("invalid pattern: {e}"),
-        );
-        AddressGlobs::default()
-    });
+    let mut globs = |key: &str, patterns: &[String]| {
+        AddressGlobs::new(patterns).unwrap_or_else(|(i, e)| {
+            report(&format!("{key}[{i}]"), format!("invalid pattern: {e}"));
+            AddressGlobs::default()
+        })
+    };
+    let exempt = TrustedSenders {
+        logins: globs("exempt.senders", &raw.exempt.senders),
+        envelope: globs("exempt.envelope_senders", &raw.exempt.envelope_senders),
+    };
     let envelope = levels("limits.envelope", &raw.limits.envelope, &mut report);
     let external = levels("limits.external", &raw.limits.external, &mut report);
     let audience = levels("limits.audience", &raw.limits.audience, &mut report);
@@ -203,25 +206,34 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                 format!("\"{}\" is not a list address (user@domain)", l.address),
             );
         }
-        match (&l.members, l.member_count, &l.allowed_senders) {
+        let restricted_by_name =
+            l.allowed_senders.is_some() || l.allowed_envelope_senders.is_some();
+        match (&l.members, l.member_count, restricted_by_name) {
             (Some(_), Some(_), _) => report(
                 &format!("{key}.member_count"),
                 "give members or member_count, not both".into(),
             ),
-            (None, None, None) => report(
+            (None, None, false) => report(
                 &key,
-                "needs members, member_count or allowed_senders".into(),
+                "needs members, member_count, allowed_senders or allowed_envelope_senders".into(),
             ),
             _ => {}
         }
-        let allowed_senders = l.allowed_senders.as_ref().map(|g| {
-            Arc::new(AddressGlobs::new(g).unwrap_or_else(|(j, e)| {
+        let mut globs = |name: &str, patterns: &Option<Vec<String>>| {
+            let patterns = patterns.as_deref().unwrap_or_default();
+            AddressGlobs::new(patterns).unwrap_or_else(|(j, e)| {
                 report(
-                    &format!("{key}.allowed_senders[{j}]"),
+                    &format!("{key}.{name}[{j}]"),
                     format!("invalid pattern: {e}"),
                 );
                 AddressGlobs::default()
-            }))
+            })
+        };
+        let allowed_senders = restricted_by_name.then(|| {
+            Arc::new(TrustedSenders {
+                logins: globs("allowed_senders", &l.allowed_senders),
+                envelope: globs("allowed_envelope_senders", &l.allowed_envelope_senders),
+            })
         });
         lists.push(ListSpec {
             address,
@@ -250,14 +262,22 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     for (i, sc) in raw.scope.iter().enumerate() {
         check_action(&format!("scope[{i}].action"), sc.action);
     }
-    let restricted_senders =
-        AddressGlobs::new(&raw.restricted.allowed_senders).unwrap_or_else(|(i, e)| {
-            report(
-                &format!("restricted.allowed_senders[{i}]"),
-                format!("invalid pattern: {e}"),
-            );
+    let mut globs = |key: &str, patterns: &[String]| {
+        AddressGlobs::new(patterns).unwrap_or_else(|(i, e)| {
+            report(&format!("{key}[{i}]"), format!("invalid pattern: {e}"));
             AddressGlobs::default()
-        });
+        })
+    };
+    let restricted_senders = TrustedSenders {
+        logins: globs(
+            "restricted.allowed_senders",
+            &raw.restricted.allowed_senders,
+        ),
+        envelope: globs(
+            "restricted.allowed_envelope_senders",
+            &raw.restricted.allowed_envelope_senders,
+        ),
+    };
     if !(raw.hidden.ratio.is_finite() && raw.hidden.ratio >= 1.0) {
         report(
             "hidden.ratio",

@@ -14,7 +14,7 @@ pub use index::{DirectoryIndex, IndexOptions, ListAudience};
 pub use source::{DirectorySource, ListDef, Member, SourceData, SourceError};
 
 use crate::config::{Config, DirectoryKind};
-use crate::policy::{AddressGlobs, AudienceFacts, ListFacts};
+use crate::policy::{AudienceFacts, HeaderFacts, ListFacts, RecipientSet, TrustedSenders};
 use drift::KnownSizes;
 use source::{AliasesSource, ConfigLists, VirtualSource};
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ pub struct LoadReport {
 pub struct Directory {
     /// The expanded lists.
     pub index: DirectoryIndex,
-    allowed: HashMap<String, Arc<AddressGlobs>>,
+    allowed: HashMap<String, Arc<TrustedSenders>>,
     drifted: HashMap<String, u64>,
     configured: bool,
     /// What the load did.
@@ -240,7 +240,37 @@ impl Directory {
             lower_bound: a.lower_bound,
             unknown: a.unknown,
             unavailable: a.unavailable,
+            seen: 0,
         })
+    }
+
+    /// The audience of a message's recipients, with what its headers show: the
+    /// mailboxes reached through recipients named in To or Cc (`seen`) and which lists
+    /// those are (`named`). Recipients resolve exactly as for the whole audience, so a
+    /// list named in To is seen whatever form of its address the envelope carries.
+    pub fn message_audience(
+        &self,
+        recipients: &RecipientSet,
+        headers: &HeaderFacts,
+    ) -> Option<AudienceFacts> {
+        let mut facts = self.audience_facts(recipients.iter())?;
+        let named = headers.named(recipients);
+        if named.is_empty() {
+            return Some(facts);
+        }
+        if named.len() == recipients.len() {
+            facts.seen = facts.total;
+            facts.lists.iter_mut().for_each(|l| l.named = true);
+            return Some(facts);
+        }
+        let seen = self.index.audience(named.iter().copied());
+        facts.seen = seen.total.min(facts.total);
+        let named_lists: std::collections::HashSet<&str> =
+            seen.lists.iter().map(|l| &*l.address).collect();
+        for l in &mut facts.lists {
+            l.named = named_lists.contains(&*l.address);
+        }
+        Some(facts)
     }
 
     /// The policy's view of one expanded list.
@@ -256,6 +286,7 @@ impl Directory {
             drift_from: self.drifted.get(&*l.address).copied(),
             unknown: l.unknown,
             unknown_reason: l.unknown_reasons.first().cloned(),
+            named: false,
         }
     }
 
@@ -369,6 +400,47 @@ domains = ["lists.corp.example"]
 
     fn audience(d: &Directory, rcpts: &[&str]) -> AudienceFacts {
         d.audience_facts(rcpts.iter().copied()).expect("configured")
+    }
+
+    #[test]
+    fn message_audience_tells_what_the_headers_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "virtual",
+            "dept@corp.example a@corp.example, b@corp.example, c@corp.example\n\
+             big@corp.example c@corp.example, d@corp.example, e@corp.example, f@corp.example\n",
+        );
+        write(dir.path(), "aliases", "");
+        let d = Directory::load(
+            &config(dir.path(), ""),
+            DriftMode::ReadOnly,
+            &Default::default(),
+        )
+        .expect("load");
+        let rcpts: RecipientSet = ["dept@corp.example", "big@corp.example"]
+            .into_iter()
+            .collect();
+        let mut headers = HeaderFacts::default();
+        let a = d.message_audience(&rcpts, &headers).expect("configured");
+        assert_eq!((a.total, a.seen), (6, 0), "nothing named: all unseen");
+        assert!(a.lists.iter().all(|l| !l.named));
+
+        headers.visible.add("DEPT@corp.example");
+        let a = d.message_audience(&rcpts, &headers).expect("configured");
+        assert_eq!(
+            (a.total, a.seen),
+            (6, 3),
+            "dept@ in To: its 3 members see it"
+        );
+        let named: Vec<(&str, bool)> = a.lists.iter().map(|l| (&*l.address, l.named)).collect();
+        assert!(named.contains(&("dept@corp.example", true)), "{named:?}");
+        assert!(named.contains(&("big@corp.example", false)), "{named:?}");
+
+        headers.visible.add("big@corp.example");
+        let a = d.message_audience(&rcpts, &headers).expect("configured");
+        assert_eq!((a.total, a.seen), (6, 6));
+        assert!(a.lists.iter().all(|l| l.named));
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl MessageData {
         let audience = self
             .runtime
             .directory
-            .audience_facts(self.recipients.iter());
+            .message_audience(&self.recipients, &headers);
         FinishedMessage {
             facts: MessageFacts {
                 state: Default::default(),

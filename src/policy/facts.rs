@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The facts about one message that the policy core decides on.
 
-use super::address::{AddressGlobs, normalize};
+use super::address::normalize;
+use super::sender::TrustedSenders;
 use indexmap::IndexSet;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Envelope recipients, normalised and without duplicates, in arrival order.
@@ -71,6 +73,23 @@ pub struct HeaderFacts {
     pub truncated: bool,
 }
 
+impl HeaderFacts {
+    /// The envelope recipients that a To or Cc header names, in arrival order. Whoever
+    /// such a recipient reaches (every member of a list named in To) sees the address
+    /// the message was sent to. Addresses compare case-insensitively, as the directory
+    /// looks them up.
+    pub fn named<'r>(&self, recipients: &'r RecipientSet) -> Vec<&'r str> {
+        if self.visible.is_empty() {
+            return Vec::new();
+        }
+        let shown: HashSet<String> = self.visible.iter().map(str::to_lowercase).collect();
+        recipients
+            .iter()
+            .filter(|r| shown.contains(&r.to_lowercase()))
+            .collect()
+    }
+}
+
 /// One list among the envelope recipients, as the directory expanded it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListFacts {
@@ -86,14 +105,18 @@ pub struct ListFacts {
     pub cycles: usize,
     /// Mailboxes per domain, largest first.
     pub domains: Arc<[(Arc<str>, u64)]>,
-    /// Who may send to it (`[[list]] allowed_senders`), when restricted by name.
-    pub allowed_senders: Option<Arc<AddressGlobs>>,
+    /// Who may send to it (`[[list]] allowed_senders`, `allowed_envelope_senders`),
+    /// when restricted by name.
+    pub allowed_senders: Option<Arc<TrustedSenders>>,
     /// The last accepted size, when the list has grown past the drift limits since.
     pub drift_from: Option<u64>,
     /// Members that could not be counted (dangling, empty, failed dynamic lists).
     pub unknown: u64,
     /// Why the first of them could not be counted.
     pub unknown_reason: Option<String>,
+    /// True when an envelope recipient that reaches this list is named in To or Cc, so
+    /// its members see the address they were sent to.
+    pub named: bool,
 }
 
 /// The real audience: final mailboxes after list and alias expansion.
@@ -115,6 +138,10 @@ pub struct AudienceFacts {
     /// Set when the directory cannot count some recipient now (a source with no usable
     /// snapshot): why.
     pub unavailable: Option<String>,
+    /// Of `total`, the distinct mailboxes reached through envelope recipients named in
+    /// To or Cc ([`HeaderFacts::named`]); the rest is reached through addresses no
+    /// header shows (Bcc, envelope only).
+    pub seen: u64,
 }
 
 /// Everything known about one message when it is decided.
@@ -156,6 +183,27 @@ mod tests {
         assert_eq!(
             set.iter().collect::<Vec<_>>(),
             ["a@example.org", "A@example.org"]
+        );
+    }
+
+    #[test]
+    fn named_recipients_are_those_a_to_or_cc_header_shows() {
+        let rcpts: RecipientSet = [
+            "Dept@corp.example",
+            "bcc-list@corp.example",
+            "ann@corp.example",
+        ]
+        .into_iter()
+        .collect();
+        let mut headers = HeaderFacts::default();
+        assert!(headers.named(&rcpts).is_empty());
+        headers.visible.add("dept@CORP.example");
+        headers.visible.add("ann@corp.example");
+        headers.visible.add("someone-else@corp.example");
+        assert_eq!(
+            headers.named(&rcpts),
+            ["Dept@corp.example", "ann@corp.example"],
+            "case-insensitive, in arrival order, Bcc'd list left out"
         );
     }
 

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod facts;
 pub mod rules;
+pub mod sender;
 pub mod stateful;
 pub mod thread;
 pub mod verdict;
@@ -15,6 +16,7 @@ pub mod verdict;
 pub use address::{AddressGlobs, DomainSet};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
 pub use rules::{Hidden, Levels, Restricted, Scope};
+pub use sender::{Identity, TrustedSenders, identity};
 pub use stateful::{
     BreakerPolicy, RatePolicy, StateFacts, StatePlan, StormPolicy, state_plan, storm_trips,
 };
@@ -70,8 +72,9 @@ pub struct Policy {
     pub on_unknown: Action,
     /// `[[scope]]`: how far senders may reach through lists.
     pub scopes: Vec<Scope>,
-    /// `[exempt] senders`: envelope senders or SASL logins no rule applies to.
-    pub exempt: AddressGlobs,
+    /// `[exempt] senders` (SASL logins) and `envelope_senders` (trusted envelope
+    /// senders of mail without a login) no rule applies to.
+    pub exempt: TrustedSenders,
     /// `[storm]`: reply-all storm breaker.
     pub storm: StormPolicy,
     /// `[rate]`: per-sender recipient budgets.
@@ -95,7 +98,7 @@ impl Default for Policy {
             drift_monitor: false,
             on_unknown: Action::Quarantine,
             scopes: Vec::new(),
-            exempt: AddressGlobs::default(),
+            exempt: TrustedSenders::default(),
             storm: StormPolicy::default(),
             rate: RatePolicy::default(),
             breaker: BreakerPolicy::default(),
@@ -117,6 +120,9 @@ pub struct Counts {
     pub external: usize,
     /// Lists among the recipients.
     pub lists: usize,
+    /// Of `audience`, the mailboxes reached only through envelope recipients that no To
+    /// or Cc header names (a Bcc'd list, an envelope-only address).
+    pub unseen: usize,
 }
 
 /// A verdict together with the counts it was based on.
@@ -131,8 +137,13 @@ pub struct Evaluation {
 /// Counts what the rules look at.
 pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
     let envelope = facts.recipients.len();
-    let (audience, external, lists) = match &facts.audience {
-        Some(a) => (a.total as usize, a.external as usize, a.lists.len()),
+    let (audience, external, lists, unseen) = match &facts.audience {
+        Some(a) => (
+            a.total as usize,
+            a.external as usize,
+            a.lists.len(),
+            a.total.saturating_sub(a.seen) as usize,
+        ),
         None => (
             envelope,
             facts
@@ -141,6 +152,7 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
                 .filter(|r| !policy.internal.is_internal(r))
                 .count(),
             0,
+            envelope - facts.headers.named(&facts.recipients).len(),
         ),
     };
     Counts {
@@ -149,13 +161,14 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
         audience,
         external,
         lists,
+        unseen,
     }
 }
 
 /// Decides one message.
 pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
     let counts = count(policy, facts);
-    if let Some(pattern) = exemption(policy, facts) {
+    if let Some(pattern) = policy.exempt.grants(facts) {
         let mut verdict = Verdict::accept();
         verdict.exempt_by = Some(pattern.to_owned());
         return Evaluation { verdict, counts };
@@ -163,7 +176,7 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
 
     let no_lists = AudienceFacts::default();
     let audience = facts.audience.as_ref().unwrap_or(&no_lists);
-    let authorized = rules::authorized_audience(&policy.restricted, facts, &audience.lists);
+    let authorized = rules::authorized_unseen(&policy.restricted, facts, &audience.lists);
     let mut fired: Vec<(Reason, bool)> = [
         rules::envelope(&policy.envelope, &counts),
         rules::external(&policy.external, &counts),
@@ -194,15 +207,6 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
         verdict: combine(policy.mode, fired),
         counts,
     }
-}
-
-fn exemption<'p>(policy: &'p Policy, facts: &MessageFacts) -> Option<&'p str> {
-    policy.exempt.first_match(&facts.sender).or_else(|| {
-        facts
-            .sasl_login
-            .as_deref()
-            .and_then(|login| policy.exempt.first_match(login))
-    })
 }
 
 /// Folds the fired rules (each with its own monitor flag) into one verdict.
@@ -250,13 +254,21 @@ mod tests {
         }
     }
 
+    /// `logins` match SASL logins, `envelope` envelope senders of mail without one.
+    fn trusted(logins: &[&str], envelope: &[&str]) -> TrustedSenders {
+        TrustedSenders {
+            logins: AddressGlobs::new(logins).unwrap(),
+            envelope: AddressGlobs::new(envelope).unwrap(),
+        }
+    }
+
     fn policy() -> Policy {
         Policy {
             mode: Mode::Enforce,
             internal: DomainSet::new(["example.org", "*.example.org"]).unwrap(),
             envelope: levels(50, 200, 2000),
             external: levels(0, 100, 0),
-            exempt: AddressGlobs::new(["bulk@example.org", "svc-*@example.org"]).unwrap(),
+            exempt: trusted(&["svc-*@example.org"], &["bulk@example.org"]),
             ..Policy::default()
         }
     }
@@ -390,12 +402,16 @@ mod tests {
     }
 
     #[test]
-    fn exempt_sender_or_login_bypasses_rules() {
+    fn exempt_login_or_trusted_envelope_sender_bypasses_rules() {
         let p = policy();
         let mut f = facts(5000, 0);
         f.sender = "BULK@example.org".into();
         let e = evaluate(&p, &f);
-        assert_eq!(e.verdict.action, Action::Accept);
+        assert_eq!(
+            e.verdict.action,
+            Action::Accept,
+            "a trusted envelope sender"
+        );
         assert_eq!(e.verdict.exempt_by.as_deref(), Some("bulk@example.org"));
         assert_eq!(e.counts.envelope, 5000, "counts are still reported");
 
@@ -412,9 +428,37 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_envelope_sender_is_never_exempt() {
+        let p = Policy {
+            exempt: trusted(&["bulk-notices@example.org"], &["bulk-notices@example.org"]),
+            ..policy()
+        };
+        let mut f = facts(5000, 0);
+        f.sender = "bulk-notices@example.org".into();
+        f.sasl_login = Some("mallory".into());
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject, "the login is who sent it");
+        assert_eq!(e.verdict.exempt_by, None);
+
+        let logins_only = Policy {
+            exempt: trusted(&["bulk-notices@example.org"], &[]),
+            ..policy()
+        };
+        let mut f = facts(5000, 0);
+        f.sender = "bulk-notices@example.org".into();
+        assert_eq!(
+            action(&logins_only, &f),
+            Action::Reject,
+            "[exempt] senders match the SASL login, never the envelope sender alone"
+        );
+        f.sasl_login = Some("bulk-notices@example.org".into());
+        assert_eq!(action(&logins_only, &f), Action::Accept);
+    }
+
+    #[test]
     fn null_sender_is_never_exempt_by_glob() {
         let mut p = policy();
-        p.exempt = AddressGlobs::new(["*"]).unwrap();
+        p.exempt = trusted(&["*"], &["*"]);
         let mut f = facts(5000, 0);
         f.sender = String::new();
         assert_eq!(action(&p, &f), Action::Reject);
@@ -602,11 +646,166 @@ mod tests {
         );
     }
 
+    /// `rcpts` are the envelope; `shown` the To/Cc addresses; `lists` the lists among
+    /// the envelope with whether a header names them; `seen` the mailboxes reached
+    /// through named recipients, as the directory computes them.
+    fn shown(
+        rcpts: &[&str],
+        shown: &[&str],
+        total: u64,
+        seen: u64,
+        lists: Vec<(ListFacts, bool)>,
+    ) -> MessageFacts {
+        let mut f = MessageFacts {
+            sender: "ann@example.org".into(),
+            recipients: rcpts.iter().collect(),
+            ..Default::default()
+        };
+        for a in shown {
+            f.headers.visible.add(a);
+        }
+        f.audience = Some(AudienceFacts {
+            total,
+            seen,
+            lists: lists
+                .into_iter()
+                .map(|(mut l, named)| {
+                    l.named = named;
+                    l
+                })
+                .collect(),
+            ..Default::default()
+        });
+        f
+    }
+
+    #[test]
+    fn a_list_named_in_to_or_cc_is_visible_with_its_members() {
+        let p = hidden_policy();
+        let dept = || list("dept@example.org", 300, &[]);
+        let f = shown(
+            &["dept@example.org"],
+            &["dept@example.org"],
+            300,
+            300,
+            vec![(dept(), true)],
+        );
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Accept, "{:?}", e.verdict);
+        assert_eq!(e.counts.unseen, 0);
+        assert_eq!(e.counts.visible, 1);
+
+        let cc = shown(
+            &["boss@example.org", "dept@example.org"],
+            &["boss@example.org", "dept@example.org"],
+            300,
+            300,
+            vec![(dept(), true)],
+        );
+        assert_eq!(action(&p, &cc), Action::Accept, "the list in Cc");
+    }
+
+    #[test]
+    fn a_bcc_list_nobody_sees_is_hidden() {
+        let p = hidden_policy();
+        let f = shown(
+            &["ann@example.org", "dept@example.org"],
+            &["ann@example.org"],
+            301,
+            1,
+            vec![(list("dept@example.org", 300, &[]), false)],
+        );
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject);
+        assert_eq!(e.counts.unseen, 300);
+        assert_eq!(
+            e.verdict.reasons[0].message,
+            "visible 1, real audience 301, 300 of them through addresses no To/Cc shows \
+             (>= 10x visible and >= 100)"
+        );
+
+        let small = shown(
+            &["ann@example.org", "team@example.org"],
+            &["ann@example.org"],
+            41,
+            1,
+            vec![(list("team@example.org", 40, &[]), false)],
+        );
+        assert_eq!(
+            action(&p, &small),
+            Action::Accept,
+            "below min_audience: a few Bcc'd colleagues"
+        );
+    }
+
+    #[test]
+    fn a_named_list_does_not_hide_a_bcc_list_next_to_it() {
+        let p = hidden_policy();
+        let f = shown(
+            &["dept@example.org", "all@example.org"],
+            &["dept@example.org"],
+            5_300,
+            300,
+            vec![
+                (list("all@example.org", 5_000, &[]), false),
+                (list("dept@example.org", 300, &[]), true),
+            ],
+        );
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject);
+        assert_eq!(e.counts.unseen, 5_000);
+    }
+
+    #[test]
+    fn without_a_directory_named_envelope_recipients_are_seen() {
+        let p = hidden_policy();
+        let mut f = facts(150, 0);
+        for r in f.recipients.clone().iter() {
+            f.headers.visible.add(&r.to_uppercase());
+        }
+        let e = evaluate(&p, &f);
+        assert_eq!(e.counts.unseen, 0, "named in To, whatever the case");
+        assert_eq!(e.verdict.action, Action::Accept);
+        let bcc = visible(facts(150, 0), 2);
+        assert_eq!(evaluate(&p, &bcc).counts.unseen, 150);
+    }
+
+    #[test]
+    fn an_allowed_sender_may_bcc_only_the_lists_it_is_allowed() {
+        let mut p = hidden_policy();
+        let mut all = list("all@example.org", 5_000, &[]);
+        all.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
+        let other = list("other@example.org", 3_000, &[]);
+        // The allowed list in To, another list by Bcc: the Bcc'd one is still hidden.
+        let mut f = shown(
+            &["all@example.org", "other@example.org"],
+            &["all@example.org"],
+            8_000,
+            5_000,
+            vec![(all.clone(), true), (other, false)],
+        );
+        f.sasl_login = Some("ceo@example.org".into());
+        p.restricted.allowed_senders = TrustedSenders::default();
+        let e = evaluate(&p, &f);
+        assert_eq!(e.verdict.action, Action::Reject, "{:?}", e.verdict);
+        assert_eq!(e.counts.unseen, 3_000);
+        // The allowed list by Bcc alone: an announcement, not a hidden expansion.
+        let mut bcc = shown(
+            &["ceo@example.org", "all@example.org"],
+            &["ceo@example.org"],
+            5_001,
+            1,
+            vec![(all, false)],
+        );
+        bcc.sasl_login = Some("ceo@example.org".into());
+        assert_eq!(action(&p, &bcc), Action::Accept);
+    }
+
     fn restricted_policy(min_audience: u64) -> Policy {
         Policy {
             restricted: Restricted {
                 min_audience,
-                allowed_senders: AddressGlobs::new(["comms@example.org"]).unwrap(),
+                allowed_senders: trusted(&["comms@example.org"], &["cron@example.org"]),
                 action: Action::Reject,
                 monitor: false,
             },
@@ -617,9 +816,7 @@ mod tests {
     #[test]
     fn restricted_lists_take_only_allowed_senders() {
         let mut named = list("board@example.org", 12, &[]);
-        named.allowed_senders = Some(std::sync::Arc::new(
-            AddressGlobs::new(["ceo@example.org"]).unwrap(),
-        ));
+        named.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
         let p = restricted_policy(0);
         let f = with_audience(facts(1, 0), 12, vec![named.clone()]);
         let e = evaluate(&p, &f);
@@ -629,8 +826,21 @@ mod tests {
             "list board@example.org (12 recipients) is restricted and ann@example.org may not send to it"
         );
         let mut ceo = f.clone();
-        ceo.sender = "CEO@example.org".into();
+        ceo.sasl_login = Some("CEO@example.org".into());
         assert_eq!(action(&p, &ceo), Action::Accept);
+        let mut forged = f.clone();
+        forged.sender = "ceo@example.org".into();
+        assert_eq!(
+            action(&p, &forged),
+            Action::Reject,
+            "the envelope sender alone is not the CEO"
+        );
+        forged.sasl_login = Some("mallory".into());
+        assert_eq!(
+            action(&p, &forged),
+            Action::Reject,
+            "nor with another login"
+        );
         let mut comms = f.clone();
         comms.sasl_login = Some("comms@example.org".into());
         assert_eq!(
@@ -644,22 +854,29 @@ mod tests {
         assert_eq!(action(&p, &big(4999)), Action::Accept);
         assert_eq!(action(&p, &big(5000)), Action::Reject);
         let mut from_comms = big(840_000);
-        from_comms.sender = "comms@example.org".into();
+        from_comms.sasl_login = Some("comms@example.org".into());
         assert_eq!(action(&p, &from_comms), Action::Accept);
+        let mut from_cron = big(840_000);
+        from_cron.sender = "cron@example.org".into();
+        assert_eq!(
+            action(&p, &from_cron),
+            Action::Accept,
+            "a trusted envelope sender, without a login"
+        );
+        from_cron.sasl_login = Some("mallory".into());
+        assert_eq!(action(&p, &from_cron), Action::Reject, "with another login");
     }
 
     #[test]
     fn allowed_senders_bccing_their_list_are_not_a_hidden_expansion() {
         let mut p = hidden_policy();
-        p.restricted.allowed_senders = AddressGlobs::new(["comms@example.org"]).unwrap();
+        p.restricted.allowed_senders = trusted(&["comms@example.org"], &[]);
         let mut announce = list("all@example.org", 5_000, &[]);
-        announce.allowed_senders = Some(std::sync::Arc::new(
-            AddressGlobs::new(["ceo@example.org"]).unwrap(),
-        ));
+        announce.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
         let f = visible(with_audience(facts(2, 0), 5_002, vec![announce]), 1);
         assert_eq!(action(&p, &f), Action::Reject, "ann may not: hidden");
         let mut ceo = f.clone();
-        ceo.sender = "ceo@example.org".into();
+        ceo.sasl_login = Some("ceo@example.org".into());
         assert_eq!(
             action(&p, &ceo),
             Action::Accept,
@@ -682,7 +899,7 @@ mod tests {
             ),
             1,
         );
-        both.sender = "ceo@example.org".into();
+        both.sasl_login = Some("ceo@example.org".into());
         let e = evaluate(&p, &both);
         assert_eq!(
             e.verdict.action,
@@ -746,12 +963,28 @@ mod tests {
         let mut only_local = with_audience(facts(1, 0), 10, vec![local]);
         only_local.sender = "ann@trust-a.example".into();
         assert_eq!(action(&p, &only_local), Action::Accept);
-        let mut other = with_audience(facts(1, 0), 1000, vec![national]);
+        let mut other = with_audience(facts(1, 0), 1000, vec![national.clone()]);
         other.sender = "bob@trust-b.example".into();
         assert_eq!(
             action(&p, &other),
             Action::Accept,
             "no scope for this sender"
+        );
+        let mut forged = with_audience(facts(1, 0), 1000, vec![national.clone()]);
+        forged.sender = "bob@trust-b.example".into();
+        forged.sasl_login = Some("ann@trust-a.example".into());
+        assert_eq!(
+            action(&p, &forged),
+            Action::Quarantine,
+            "a forged MAIL FROM does not move a login out of its scope"
+        );
+        let mut uid = with_audience(facts(1, 0), 1000, vec![national]);
+        uid.sender = "ann@trust-a.example".into();
+        uid.sasl_login = Some("uid-7".into());
+        assert_eq!(
+            action(&p, &uid),
+            Action::Quarantine,
+            "a login no scope names is scoped by its envelope sender"
         );
     }
 }

@@ -4,6 +4,7 @@
 
 use super::address::{AddressGlobs, DomainSet};
 use super::facts::{AudienceFacts, ListFacts, MessageFacts};
+use super::sender::{TrustedSenders, first_restriction, identity};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
 use serde::Serialize;
@@ -57,8 +58,9 @@ pub struct Restricted {
     /// Lists whose audience is at least this are restricted even without
     /// `allowed_senders` of their own; 0 = only lists with `allowed_senders`.
     pub min_audience: u64,
-    /// Senders allowed to post to every restricted list.
-    pub allowed_senders: AddressGlobs,
+    /// Senders allowed to post to every restricted list (`allowed_senders`: SASL
+    /// logins; `allowed_envelope_senders`: trusted envelope senders).
+    pub allowed_senders: TrustedSenders,
     /// What happens to other senders' mail.
     pub action: Action,
     /// Only tag.
@@ -69,7 +71,7 @@ impl Default for Restricted {
     fn default() -> Self {
         Restricted {
             min_audience: 0,
-            allowed_senders: AddressGlobs::default(),
+            allowed_senders: TrustedSenders::default(),
             action: Action::Quarantine,
             monitor: false,
         }
@@ -103,7 +105,8 @@ impl Default for Hidden {
 /// `[[scope]]`: how far a group of senders may reach through lists.
 #[derive(Clone, Debug)]
 pub struct Scope {
-    /// Senders (envelope sender or SASL login) this scope applies to.
+    /// Senders this scope applies to: the SASL login, else the envelope sender
+    /// ([`first_restriction`]).
     pub senders: AddressGlobs,
     /// Domains their mail may reach through lists.
     pub may_reach: DomainSet,
@@ -115,22 +118,14 @@ pub struct Scope {
     pub monitor: bool,
 }
 
-/// The first pattern matching the envelope sender or the SASL login.
-pub fn sender_match<'g>(globs: &'g AddressGlobs, facts: &MessageFacts) -> Option<&'g str> {
-    globs.first_match(&facts.sender).or_else(|| {
-        facts
-            .sasl_login
-            .as_deref()
-            .and_then(|login| globs.first_match(login))
-    })
-}
-
-fn who(facts: &MessageFacts) -> &str {
-    match (&facts.sasl_login, facts.sender.as_str()) {
-        (Some(login), _) => login,
-        (None, "") => "<>",
-        (None, s) => s,
-    }
+/// Whether `facts`' sender may post to `list`: its own allowed senders, else the
+/// global `[restricted]` ones.
+fn allowed_on(rule: &Restricted, facts: &MessageFacts, list: &ListFacts) -> bool {
+    list.allowed_senders
+        .as_deref()
+        .and_then(|t| t.grants(facts))
+        .or_else(|| rule.allowed_senders.grants(facts))
+        .is_some()
 }
 
 /// `[limits.envelope]`: distinct envelope recipients.
@@ -213,21 +208,28 @@ pub fn unavailable(audience: &AudienceFacts) -> Option<(Reason, bool)> {
 pub fn authorized_audience(rule: &Restricted, facts: &MessageFacts, lists: &[ListFacts]) -> u64 {
     lists
         .iter()
-        .filter(|list| {
-            list.allowed_senders
-                .as_deref()
-                .and_then(|g| sender_match(g, facts))
-                .or_else(|| sender_match(&rule.allowed_senders, facts))
-                .is_some()
-        })
+        .filter(|list| allowed_on(rule, facts, list))
         .map(|list| list.size)
         .sum()
 }
 
-/// `[hidden]`: the real audience is at least `min_audience` and at least `ratio` times
-/// the number of addresses the sender can see in To/Cc.
+/// Of [`authorized_audience`], the lists that no To or Cc header names: the part of
+/// the unseen audience the sender is allowed to reach by Bcc.
+pub fn authorized_unseen(rule: &Restricted, facts: &MessageFacts, lists: &[ListFacts]) -> u64 {
+    lists
+        .iter()
+        .filter(|list| !list.named && allowed_on(rule, facts, list))
+        .map(|list| list.size)
+        .sum()
+}
+
+/// `[hidden]`: the part of the audience that no header shows (reached through
+/// recipients no To or Cc names: a Bcc'd list, an envelope-only address), less the
+/// lists the sender may Bcc, is at least `min_audience` and at least `ratio` times the
+/// number of addresses in To/Cc. A list named in To or Cc is visible with all its
+/// members: each of them sees the list address.
 pub fn hidden(rule: &Hidden, counts: &Counts, authorized: u64) -> Option<(Reason, bool)> {
-    let unseen = (counts.audience as u64).saturating_sub(authorized);
+    let unseen = (counts.unseen as u64).saturating_sub(authorized);
     if rule.min_audience == 0
         || unseen < rule.min_audience
         || (unseen as f64) < rule.ratio * counts.visible as f64
@@ -240,9 +242,11 @@ pub fn hidden(rule: &Hidden, counts: &Counts, authorized: u64) -> Option<(Reason
         rule: "hidden",
         action: rule.action,
         message: format!(
-            "visible {}, real audience {} (>= {}x visible and >= {})",
+            "visible {}, real audience {}, {} of them through addresses no To/Cc shows \
+             (>= {}x visible and >= {})",
             fmt_count(counts.visible),
             fmt_count(counts.audience),
+            fmt_count(unseen as usize),
             rule.ratio,
             fmt_count(rule.min_audience as usize)
         ),
@@ -264,12 +268,7 @@ pub fn restricted(
         if list.allowed_senders.is_none() && !by_size {
             continue;
         }
-        let allowed = list
-            .allowed_senders
-            .as_deref()
-            .and_then(|g| sender_match(g, facts))
-            .or_else(|| sender_match(&rule.allowed_senders, facts));
-        if allowed.is_some() {
+        if allowed_on(rule, facts, list) {
             continue;
         }
         out.push((
@@ -281,7 +280,7 @@ pub fn restricted(
                     "list {} ({}) is restricted and {} may not send to it",
                     list.address,
                     plural(list.size as usize, "recipient", "recipients"),
-                    who(facts)
+                    identity(facts).name()
                 ),
                 monitor: false,
             },
@@ -320,10 +319,7 @@ pub fn drift(action: Action, monitor: bool, lists: &[ListFacts]) -> Vec<(Reason,
 
 /// `[[scope]]`: the first scope whose senders match decides how far lists may reach.
 pub fn scope(scopes: &[Scope], facts: &MessageFacts, lists: &[ListFacts]) -> Vec<(Reason, bool)> {
-    let Some(scope) = scopes
-        .iter()
-        .find(|s| sender_match(&s.senders, facts).is_some())
-    else {
+    let Some(scope) = first_restriction(scopes, |s| &s.senders, facts) else {
         return Vec::new();
     };
     let mut out = Vec::new();

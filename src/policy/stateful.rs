@@ -8,7 +8,8 @@
 //! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
 
 use super::facts::MessageFacts;
-use super::rules::{authorized_audience, sender_match};
+use super::rules::authorized_audience;
+use super::sender::identity;
 use super::thread::{is_reply, thread_key};
 use super::verdict::{Action, Reason};
 use super::{Policy, fmt_count};
@@ -240,23 +241,15 @@ pub struct StateFacts {
     pub breaker: Option<BreakerFact>,
 }
 
-/// The name rates and storms know a sender by: the SASL login, else the envelope sender.
-pub fn sender_identity(facts: &MessageFacts) -> String {
-    match (&facts.sasl_login, facts.sender.as_str()) {
-        (Some(login), _) => login.to_lowercase(),
-        (None, "") => "<>".to_owned(),
-        (None, s) => s.to_lowercase(),
-    }
-}
-
 /// What `facts` asks of the shared state under `policy`. Exempt senders ask nothing.
 pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
-    if sender_match(&policy.exempt, facts).is_some() {
+    if policy.exempt.grants(facts).is_some() {
         return StatePlan::default();
     }
     let counts = super::count(policy, facts);
     let audience = counts.audience as u64;
-    let who = sender_identity(facts);
+    let sender = identity(facts);
+    let who = sender.name().to_lowercase();
     let mut plan = StatePlan::default();
 
     let storm = &policy.storm;
@@ -292,7 +285,7 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     ] {
         if limit > 0 && cost > 0 {
             plan.charges.push(Charge {
-                key: format!("rate:{}:{who}", budget.key()),
+                key: format!("rate:{}:{}", budget.key(), sender.key()),
                 budget,
                 cost,
                 limit,
@@ -412,7 +405,15 @@ pub fn breaker(rule: &BreakerPolicy, state: &StateFacts) -> Option<(Reason, bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{AddressGlobs, ListFacts, evaluate};
+    use crate::policy::{AddressGlobs, ListFacts, TrustedSenders, evaluate};
+
+    fn trusted(p: &str) -> TrustedSenders {
+        let g = AddressGlobs::new([p]).unwrap();
+        TrustedSenders {
+            logins: g.clone(),
+            envelope: g,
+        }
+    }
     use std::sync::Arc;
 
     fn policy() -> Policy {
@@ -454,7 +455,7 @@ mod tests {
                 nested_lists: 0,
                 cycles: 0,
                 domains: Arc::from(Vec::new()),
-                allowed_senders: allowed.map(|a| Arc::new(AddressGlobs::new([a]).unwrap())),
+                allowed_senders: allowed.map(|a| Arc::new(trusted(a))),
                 drift_from: None,
                 ..Default::default()
             }],
@@ -479,7 +480,7 @@ mod tests {
         );
         assert_eq!(
             plan.charges[0].key,
-            "rate:recipients_per_hour:ann@corp.example"
+            "rate:recipients_per_hour:env:ann@corp.example"
         );
         assert_eq!(plan.charges[0].cost, 5_000);
         assert_eq!(plan.relay_recipients, Some(5_000));
@@ -505,13 +506,13 @@ mod tests {
             "a list the sender may post to is not charged"
         );
         let mut exempt = p.clone();
-        exempt.exempt = AddressGlobs::new(["ann@*"]).unwrap();
+        exempt.exempt = trusted("ann@*");
         assert!(state_plan(&exempt, &to_list(5_000, None)).is_empty());
         let mut sasl = to_list(5_000, None);
         sasl.sasl_login = Some("ANN".into());
         assert_eq!(
             state_plan(&p, &sasl).charges[0].key,
-            "rate:recipients_per_hour:ann"
+            "rate:recipients_per_hour:sasl:ann"
         );
     }
 

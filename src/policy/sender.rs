@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Who sent a message, as far as the policy trusts it: the one place that decides.
+//!
+//! The envelope sender is whatever the client wrote in MAIL FROM. When the client
+//! authenticated, the SASL login is the identity: a configured sender must match the
+//! login, never the envelope sender alone. Mail without a login (trusted networks,
+//! sendmail(1) from cron) is known by its envelope sender, which grants something only
+//! where the configuration says that sender is trusted (`envelope_senders`).
+
+use super::address::AddressGlobs;
+use super::facts::MessageFacts;
+
+/// The identity a message is known by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity<'a> {
+    /// The client authenticated: its SASL login.
+    Login(&'a str),
+    /// No login: the envelope sender, empty for the null sender.
+    Envelope(&'a str),
+}
+
+/// The identity of a message: its SASL login when there is one, else its envelope
+/// sender.
+pub fn identity(facts: &MessageFacts) -> Identity<'_> {
+    match facts.sasl_login.as_deref() {
+        Some(login) if !login.is_empty() => Identity::Login(login),
+        _ => Identity::Envelope(&facts.sender),
+    }
+}
+
+impl Identity<'_> {
+    /// The name for messages and logs: the login, the envelope sender, or `<>`.
+    pub fn name(&self) -> &str {
+        match self {
+            Identity::Login(l) => l,
+            Identity::Envelope("") => "<>",
+            Identity::Envelope(s) => s,
+        }
+    }
+
+    /// The key rates count a sender by, lower-cased: `sasl:LOGIN` or `env:ADDRESS`. The
+    /// two kinds never meet, so a forged envelope sender cannot spend the budget of the
+    /// user who logs in under that name.
+    pub fn key(&self) -> String {
+        match self {
+            Identity::Login(l) => format!("sasl:{}", l.to_lowercase()),
+            Identity::Envelope(_) => format!("env:{}", self.name().to_lowercase()),
+        }
+    }
+}
+
+/// Senders a rule grants something to (an exemption, posting to a restricted list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedSenders {
+    /// `senders` / `allowed_senders`: globs matched against the SASL login. Mail without
+    /// a login never matches them.
+    pub logins: AddressGlobs,
+    /// `envelope_senders` / `allowed_envelope_senders`: globs matched against the
+    /// envelope sender of mail without a SASL login (safe only where Postfix
+    /// guarantees that sender; see the README).
+    pub envelope: AddressGlobs,
+}
+
+impl TrustedSenders {
+    /// True when neither list has a pattern.
+    pub fn is_empty(&self) -> bool {
+        self.logins.is_empty() && self.envelope.is_empty()
+    }
+
+    /// The pattern that grants `facts`' sender, if any: one of `logins` matching the
+    /// SASL login, or, for mail without a login, one of `envelope` matching the
+    /// envelope sender. The null sender matches nothing.
+    pub fn grants(&self, facts: &MessageFacts) -> Option<&str> {
+        match identity(facts) {
+            Identity::Login(login) => self.logins.first_match(login),
+            Identity::Envelope(sender) => self.envelope.first_match(sender),
+        }
+    }
+
+    /// Every pattern, the envelope ones marked, for display.
+    pub fn describe(&self) -> Vec<String> {
+        self.logins
+            .patterns()
+            .iter()
+            .cloned()
+            .chain(
+                self.envelope
+                    .patterns()
+                    .iter()
+                    .map(|p| format!("{p} (envelope)")),
+            )
+            .collect()
+    }
+}
+
+/// Of `items` (each a restriction with its own senders, such as `[[scope]]`), the first
+/// whose senders match the SASL login; when none does, or there is no login, the first
+/// whose senders match the envelope sender. A forged envelope sender cannot move
+/// authenticated mail into another restriction than its login's, and a login no
+/// restriction names is still restricted by its envelope sender.
+pub fn first_restriction<'i, T>(
+    items: &'i [T],
+    senders: impl Fn(&T) -> &AddressGlobs,
+    facts: &MessageFacts,
+) -> Option<&'i T> {
+    let by = |addr: &str| {
+        items
+            .iter()
+            .find(|i| senders(i).first_match(addr).is_some())
+    };
+    facts
+        .sasl_login
+        .as_deref()
+        .and_then(by)
+        .or_else(|| by(&facts.sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(sender: &str, login: Option<&str>) -> MessageFacts {
+        MessageFacts {
+            sender: sender.into(),
+            sasl_login: login.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn globs(p: &[&str]) -> AddressGlobs {
+        AddressGlobs::new(p).unwrap()
+    }
+
+    fn trusted(logins: &[&str], envelope: &[&str]) -> TrustedSenders {
+        TrustedSenders {
+            logins: globs(logins),
+            envelope: globs(envelope),
+        }
+    }
+
+    #[test]
+    fn the_login_is_the_identity_when_there_is_one() {
+        let f = facts("bulk-notices@example.org", Some("mallory"));
+        assert_eq!(identity(&f), Identity::Login("mallory"));
+        assert_eq!(identity(&f).name(), "mallory");
+        let f = facts("Ann@example.org", None);
+        assert_eq!(identity(&f), Identity::Envelope("Ann@example.org"));
+        assert_eq!(identity(&facts("", None)).name(), "<>");
+        assert_eq!(
+            identity(&facts("x@example.org", Some(""))),
+            Identity::Envelope("x@example.org"),
+            "an empty login is no login"
+        );
+    }
+
+    #[test]
+    fn rate_keys_keep_logins_and_envelope_senders_apart() {
+        assert_eq!(
+            identity(&facts("ann@example.org", Some("ANN@example.org"))).key(),
+            "sasl:ann@example.org"
+        );
+        assert_eq!(
+            identity(&facts("ANN@example.org", None)).key(),
+            "env:ann@example.org"
+        );
+        assert_eq!(identity(&facts("", None)).key(), "env:<>");
+    }
+
+    #[test]
+    fn a_forged_envelope_sender_with_another_login_is_not_trusted() {
+        let t = trusted(&["bulk-notices@example.org"], &["bulk-notices@example.org"]);
+        assert_eq!(
+            t.grants(&facts("bulk-notices@example.org", Some("mallory"))),
+            None
+        );
+        assert_eq!(
+            t.grants(&facts(
+                "bulk-notices@example.org",
+                Some("BULK-notices@example.org")
+            )),
+            Some("bulk-notices@example.org"),
+            "the login itself matches"
+        );
+    }
+
+    #[test]
+    fn senders_match_only_a_login_envelope_senders_only_mail_without_one() {
+        let login_only = trusted(&["bulk-notices@example.org"], &[]);
+        assert_eq!(
+            login_only.grants(&facts("bulk-notices@example.org", None)),
+            None,
+            "the envelope sender alone never matches `senders`"
+        );
+        let both = trusted(&["svc-*"], &["cron@example.org"]);
+        assert_eq!(
+            both.grants(&facts("x@example.org", Some("svc-payroll"))),
+            Some("svc-*")
+        );
+        assert_eq!(
+            both.grants(&facts("CRON@example.org", None)),
+            Some("cron@example.org")
+        );
+        assert_eq!(
+            both.grants(&facts("cron@example.org", Some("ann"))),
+            None,
+            "with a login, envelope_senders do not apply"
+        );
+        let any = trusted(&["*"], &["*"]);
+        assert_eq!(any.grants(&facts("", None)), None, "never the null sender");
+        assert!(TrustedSenders::default().is_empty());
+        assert_eq!(
+            both.describe(),
+            ["svc-*".to_owned(), "cron@example.org (envelope)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn restrictions_follow_the_login_before_the_envelope_sender() {
+        let scopes = [globs(&["*@trust-b.example"]), globs(&["*@trust-a.example"])];
+        let pick = |f: &MessageFacts| {
+            first_restriction(&scopes, |g| g, f).map(|g| g.patterns()[0].clone())
+        };
+        assert_eq!(
+            pick(&facts("x@trust-b.example", Some("y@trust-a.example"))).as_deref(),
+            Some("*@trust-a.example"),
+            "a forged envelope sender does not pick the scope"
+        );
+        assert_eq!(
+            pick(&facts("ann@trust-a.example", Some("uid-123"))).as_deref(),
+            Some("*@trust-a.example"),
+            "a login no scope names: the envelope sender still restricts"
+        );
+        assert_eq!(pick(&facts("", None)), None);
+    }
+}
