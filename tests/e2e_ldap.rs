@@ -262,5 +262,24 @@ fn a_refresh_that_loses_the_big_group_is_refused_until_an_admin_accepts_it() {
         v["reasons"].to_string().contains("expansion.on_unknown"),
         "{v}"
     );
+
+    // A restart with a wrong base (people, no group): the first refresh against the
+    // saved snapshot is refused too, and that snapshot stays in force.
+    milter.stop();
+    let wrong = std::fs::read_to_string(&milter.config)
+        .expect("config")
+        .replace(
+            &format!("base_dns = [\"{BASE_DN}\"]"),
+            &format!("base_dns = [\"{PEOPLE_DN}\"]"),
+        );
+    std::fs::write(&milter.config, wrong).expect("config");
+    let mut milter = Milter::start_file(dir.path(), &listen, milter.config.clone());
+    let log = milter.log();
+    assert!(log.contains("first ldap refresh refused"), "{log}");
+    assert!(
+        log.contains("keeping the snapshot taken with the former settings"),
+        "{log}"
+    );
+    assert!(pending.exists());
     milter.stop();
 }
