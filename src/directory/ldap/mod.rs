@@ -387,18 +387,16 @@ impl DirectorySource for LdapSource<'_> {
                     "{why}: mail to {} is tempfailed until a refresh succeeds",
                     s.domains.join(", ")
                 )],
+                fallback: Vec::new(),
             });
         };
         let age = snap.age(self.now);
         let mut lists = snap.lists.clone();
         let mut warnings = Vec::new();
+        let mut fallback = Vec::new();
         if !snap.vanished.is_empty() {
             let now = self.now.duration_since(UNIX_EPOCH).unwrap_or_default();
-            lists.extend(guard::vanished_lists(
-                &s.name,
-                &snap.vanished,
-                now.as_secs(),
-            ));
+            fallback = guard::vanished_lists(&s.name, &snap.vanished, now.as_secs());
             let named: Vec<String> = snap
                 .vanished
                 .iter()
@@ -447,7 +445,11 @@ impl DirectorySource for LdapSource<'_> {
                 });
             }
         }
-        Ok(SourceData { lists, warnings })
+        Ok(SourceData {
+            lists,
+            warnings,
+            fallback,
+        })
     }
 }
 
