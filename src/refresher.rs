@@ -330,6 +330,7 @@ impl Refresher {
                     searches = snap.searches,
                     active_directory = snap.active_directory,
                     millis = snap.millis,
+                    guard_millis = judged.millis,
                     "ldap snapshot refreshed"
                 );
                 outcome(true, summary)
@@ -594,6 +595,8 @@ struct Judged {
     shrink: Shrink,
     /// True when it loses more than `max_shrink`.
     refused: bool,
+    /// How long measuring and comparing took.
+    millis: u64,
 }
 
 /// Measures `new` (and `previous`, unless `before` is its measure), compares them and,
@@ -606,6 +609,7 @@ fn judge(
     max_audience: u64,
     max_shrink: crate::config::ldap::Share,
 ) -> Judged {
+    let started = Instant::now();
     let before = previous.map(|p| {
         before.unwrap_or_else(|| Arc::new(Measure::of(&p.lists, max_depth, max_audience)))
     });
@@ -620,6 +624,7 @@ fn judge(
         after,
         shrink,
         refused,
+        millis: started.elapsed().as_millis() as u64,
     }
 }
 
