@@ -46,6 +46,12 @@ pub enum Request {
         /// One source by name; all when absent.
         source: Option<String>,
     },
+    /// Put an LDAP source's refused (shrunk) snapshot in force and forget its
+    /// vanished lists.
+    DirectoryAccept {
+        /// The source's name.
+        source: String,
+    },
 }
 
 /// The daemon's answer.
@@ -161,7 +167,12 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
     let guard = &handlers.guard;
     let backend = guard.backend();
     let result = match &request {
-        Request::DirectoryRefresh { source } => return refresh(handlers, source.clone()).await,
+        Request::DirectoryRefresh { source } => {
+            return refresh(handlers, source.clone(), false).await;
+        }
+        Request::DirectoryAccept { source } => {
+            return refresh(handlers, Some(source.clone()), true).await;
+        }
         Request::StormsList => backend
             .storm_list(guard.now())
             .await
@@ -178,14 +189,19 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
     })
 }
 
-async fn refresh(handlers: &Handlers, source: Option<String>) -> Response {
+async fn refresh(handlers: &Handlers, source: Option<String>, accept: bool) -> Response {
     let Some(queue) = &handlers.refresh else {
         return Response::Error {
             message: "this daemon has no LDAP refresher".into(),
         };
     };
     let (reply, outcomes) = tokio::sync::oneshot::channel();
-    if queue.send(RefreshRequest { source, reply }).await.is_err() {
+    let request = RefreshRequest {
+        source,
+        accept,
+        reply,
+    };
+    if queue.send(request).await.is_err() {
         return Response::Error {
             message: "the LDAP refresher has stopped".into(),
         };
@@ -206,7 +222,7 @@ pub fn request(path: &Path, request: &Request) -> Result<Response, AdminError> {
     };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
     let deadline = match request {
-        Request::DirectoryRefresh { .. } => REFRESH_DEADLINE,
+        Request::DirectoryRefresh { .. } | Request::DirectoryAccept { .. } => REFRESH_DEADLINE,
         _ => DEADLINE,
     };
     stream.set_read_timeout(Some(deadline)).map_err(io)?;

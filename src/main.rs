@@ -156,10 +156,16 @@ enum DirectoryCommand {
         live: bool,
     },
     /// Accept a list's current size after it drifted, so its mail flows again
-    /// (then reload the daemon).
+    /// (then reload the daemon); or, with --source, an LDAP refresh that was refused
+    /// because it lost too many lists or members (the running daemon takes it now).
     Accept {
         /// The list address.
-        address: String,
+        #[arg(required_unless_present = "source", conflicts_with = "source")]
+        address: Option<String>,
+        /// Accept the refused refresh of this LDAP source (its `name`), and forget the
+        /// lists that vanished from it.
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Refresh the LDAP snapshots of the running daemon now and report the result.
     Refresh {
@@ -414,6 +420,13 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
     if let DirectoryCommand::Refresh { source } = command {
         return directory_refresh(&config, source);
     }
+    if let DirectoryCommand::Accept {
+        source: Some(source),
+        ..
+    } = command
+    {
+        return directory_daemon(&config, admin_socket::Request::DirectoryAccept { source });
+    }
     let directory = match load_directory(&config) {
         Ok(d) => d,
         Err(code) => return code,
@@ -433,7 +446,8 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        DirectoryCommand::Accept { address } => {
+        DirectoryCommand::Accept { address, .. } => {
+            let address = address.unwrap_or_default();
             let Some(list) = directory.index.list(&address) else {
                 eprintln!("{NAME}: {address} is not a list of the configured directory");
                 return ExitCode::from(1);
@@ -525,14 +539,31 @@ fn directory_refresh(config: &Config, source: Option<String>) -> ExitCode {
         eprintln!("{NAME}: the configuration has no LDAP source");
         return ExitCode::from(1);
     }
-    let request = admin_socket::Request::DirectoryRefresh { source };
+    directory_daemon(config, admin_socket::Request::DirectoryRefresh { source })
+}
+
+/// `directory refresh` and `directory accept --source`: one request to the daemon,
+/// one line per source.
+fn directory_daemon(config: &Config, request: admin_socket::Request) -> ExitCode {
+    let done = match request {
+        admin_socket::Request::DirectoryAccept { .. } => "accepted",
+        _ => "refreshed",
+    };
     match admin_socket::request(&config.admin_socket, &request) {
         Ok(admin_socket::Response::Refreshed { outcomes }) => {
             let mut failed = false;
             for o in outcomes {
                 failed |= !o.ok;
-                let state = if o.ok { "refreshed" } else { "FAILED" };
-                println!("{}: {state}: {}", o.source, o.message);
+                let state = match (o.ok, o.refused) {
+                    (true, _) => done,
+                    (false, true) => "REFUSED",
+                    (false, false) => "FAILED",
+                };
+                println!(
+                    "{}: {state}: {}",
+                    fanout_milter::text::neutralize(&o.source),
+                    fanout_milter::text::neutralize(&o.message)
+                );
             }
             if failed {
                 ExitCode::from(1)

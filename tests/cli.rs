@@ -595,3 +595,35 @@ fn explain_a_department_notice_passes_with_the_shipped_defaults() {
     assert_eq!(bcc["verdict"], "quarantine", "{bcc}");
     assert_eq!(bcc["reasons"][0]["rule"], "hidden", "{bcc}");
 }
+
+#[test]
+fn directory_accept_takes_a_list_address_or_a_source_not_both() {
+    let dir = scratch_dir("cli-accept-source");
+    let path = directory_config(dir.path(), WARDS);
+    let both = fanout(
+        &[
+            "directory",
+            "--config",
+            &path,
+            "accept",
+            "all@corp.example",
+            "--source",
+            "corp",
+        ],
+        None,
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
+    let neither = fanout(&["directory", "--config", &path, "accept"], None);
+    assert_eq!(neither.status.code(), Some(2), "{}", text(&neither.stderr));
+    // --source goes to the daemon through its admin socket; none runs here.
+    let out = fanout(
+        &["directory", "--config", &path, "accept", "--source", "corp"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("admin socket"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -160,3 +160,126 @@ fn directory_lists_are_counted_and_survive_a_dead_directory() {
     assert!(send(&postfix, &sink, "ldap-small-4", "small-10"));
     milter.stop();
 }
+
+/// `fanout-milter ARGS...` with the daemon's configuration, started now.
+fn fanout(milter: &Milter, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("--config")
+        .arg(&milter.config)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fanout-milter")
+}
+
+/// `explain --json` for a message from a colleague to `list`.
+fn explain(milter: &Milter, list: &str) -> serde_json::Value {
+    let (ok, out) = finish(fanout(
+        milter,
+        &[
+            "explain",
+            "--json",
+            "--from",
+            &person_mail(1),
+            "--rcpt",
+            &group_mail(list),
+        ],
+    ));
+    assert!(ok, "{out}");
+    let start = out.find('{').unwrap_or_else(|| panic!("no JSON: {out}"));
+    serde_json::Deserializer::from_str(&out[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no JSON: {out}"))
+}
+
+#[test]
+fn a_refresh_that_loses_the_big_group_is_refused_until_an_admin_accepts_it() {
+    require_slapd();
+    let dir = scratch_dir("e2e-ldap-shrink");
+    let slapd = Slapd::start(dir.path(), &fixture_ldif(PEOPLE));
+    let listen = format!("inet:127.0.0.1:{}", free_port());
+    let mut milter = Milter::start(dir.path(), &listen, &config_body(dir.path(), &slapd.url()));
+    wait_for("the first snapshot", || {
+        let log = milter.log();
+        (log.contains("first ldap snapshot taken") || log.contains("ldap snapshot refreshed"))
+            .then_some(())
+    });
+    assert_eq!(explain(&milter, "all-staff")["audience"], PEOPLE);
+    let pending = dir.path().join("state/ldap-ldap.pending.json");
+
+    // Someone deletes the 20,000 group (or an ACL hides it): one list of a dozen, but
+    // most of the members.
+    let out = slapd.ldapmodify(&format!(
+        "dn: {}\nchangetype: delete\n",
+        group_dn("all-staff")
+    ));
+    assert_eq!(out.rc, 0, "{out:?}");
+    let (ok, out) = finish(fanout(&milter, &["directory", "refresh"]));
+    assert!(!ok, "refused: {out}");
+    assert!(
+        out.contains("REFUSED") && out.contains(&format!("{} (20000)", group_mail("all-staff"))),
+        "{out}"
+    );
+    assert!(
+        milter.log().contains("ldap snapshot shrank too much"),
+        "{}",
+        milter.log()
+    );
+    assert!(pending.exists(), "kept for the accept");
+    let v = explain(&milter, "all-staff");
+    assert_eq!(v["audience"], PEOPLE, "still 20,000, never 1: {v}");
+    assert_eq!(v["verdict"], "quarantine", "{v}");
+
+    // The admin says it is right: the daemon takes the refused snapshot.
+    let (ok, out) = finish(fanout(
+        &milter,
+        &["directory", "accept", "--source", "ldap"],
+    ));
+    assert!(ok && out.contains("ldap: accepted: "), "{out}");
+    assert!(!pending.exists());
+    let v = explain(&milter, "all-staff");
+    assert_eq!(
+        (&v["audience"], &v["verdict"]),
+        (&1.into(), &"accept".into()),
+        "accepted as gone: {v}"
+    );
+
+    // A small list gone is taken, and counts as unknown, never as one mailbox.
+    let out = slapd.ldapmodify(&format!(
+        "dn: {}\nchangetype: delete\n",
+        group_dn("small-10")
+    ));
+    assert_eq!(out.rc, 0, "{out:?}");
+    let (ok, out) = finish(fanout(&milter, &["directory", "refresh"]));
+    assert!(ok && out.contains("1 vanished list addresses"), "{out}");
+    let v = explain(&milter, "small-10");
+    assert_eq!(v["verdict"], "quarantine", "{v}");
+    assert_eq!(v["audience_unknown_members"], 1, "{v}");
+    assert!(
+        v["reasons"].to_string().contains("expansion.on_unknown"),
+        "{v}"
+    );
+
+    // A restart with a wrong base (people, no group): the first refresh against the
+    // saved snapshot is refused too, and that snapshot stays in force.
+    milter.stop();
+    let wrong = std::fs::read_to_string(&milter.config)
+        .expect("config")
+        .replace(
+            &format!("base_dns = [\"{BASE_DN}\"]"),
+            &format!("base_dns = [\"{PEOPLE_DN}\"]"),
+        );
+    std::fs::write(&milter.config, wrong).expect("config");
+    let mut milter = Milter::start_file(dir.path(), &listen, milter.config.clone());
+    let log = milter.log();
+    assert!(log.contains("first ldap refresh refused"), "{log}");
+    assert!(
+        log.contains("keeping the snapshot taken with the former settings"),
+        "{log}"
+    );
+    assert!(pending.exists());
+    milter.stop();
+}

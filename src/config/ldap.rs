@@ -29,6 +29,34 @@ impl OnStale {
     }
 }
 
+/// A share between 0 and 1 (`max_shrink`); never NaN, so it compares as equal or not.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Share(f64);
+
+impl Eq for Share {}
+
+impl Share {
+    /// The share as a number from 0 to 1.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// `part` of `whole` exceeds this share (false when `whole` is 0).
+    pub fn exceeded_by(self, part: u64, whole: u64) -> bool {
+        whole > 0 && part as f64 > self.0 * whole as f64
+    }
+}
+
+/// Default `max_shrink`: a refresh may lose a tenth of the lists or members.
+pub const DEFAULT_MAX_SHRINK: f64 = 0.1;
+
+/// Upper bound of `refresh`.
+const MAX_REFRESH: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Upper bound of `timeout` (a whole refresh may take 30 minutes).
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Upper bound of `max_staleness`.
+const MAX_STALENESS: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Exchange-style dynamic lists: the filter and its base are attributes of the list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterList {
@@ -82,6 +110,9 @@ pub struct LdapSettings {
     pub max_staleness: Duration,
     /// What then.
     pub on_stale: OnStale,
+    /// The largest share of lists, or of list members, a refresh may lose and still
+    /// be taken without an admin's accept.
+    pub max_shrink: Share,
 }
 
 const DEFAULT_LOOKUP_FILTER: &str = "(|(mail=%s)(proxyAddresses=smtp:%s))";
@@ -272,9 +303,19 @@ pub(super) fn validate(
         base_attribute: raw_filter_list.base_attribute.clone(),
     });
 
-    let mut duration = |field: &str, value: &Option<String>, default: &str| {
+    let mut duration = |field: &str, value: &Option<String>, default: &str, max: Duration| {
         let text = value.clone().unwrap_or_else(|| default.to_owned());
         match humantime::parse_duration(text.trim()) {
+            Ok(d) if d > max => {
+                report(
+                    &format!("{key}.{field}"),
+                    format!(
+                        "\"{text}\" is too long; use at most {}",
+                        super::validate::duration_text(max)
+                    ),
+                );
+                (max, text)
+            }
             Ok(d) if !d.is_zero() => (d, text),
             Ok(_) => {
                 report(&format!("{key}.{field}"), "must be longer than 0".into());
@@ -289,9 +330,10 @@ pub(super) fn validate(
             }
         }
     };
-    let (refresh, refresh_text) = duration("refresh", &raw.refresh, "15m");
-    let (timeout, timeout_text) = duration("timeout", &raw.timeout, "30s");
-    let (max_staleness, staleness_text) = duration("max_staleness", &raw.max_staleness, "24h");
+    let (refresh, refresh_text) = duration("refresh", &raw.refresh, "15m", MAX_REFRESH);
+    let (timeout, timeout_text) = duration("timeout", &raw.timeout, "30s", MAX_TIMEOUT);
+    let (max_staleness, staleness_text) =
+        duration("max_staleness", &raw.max_staleness, "24h", MAX_STALENESS);
     if max_staleness < refresh {
         report(
             &format!("{key}.max_staleness"),
@@ -315,6 +357,21 @@ pub(super) fn validate(
             OnStale::UseStale
         }
     };
+    let max_shrink = raw.max_shrink.unwrap_or(DEFAULT_MAX_SHRINK);
+    if !(0.0..=1.0).contains(&max_shrink) {
+        report(
+            &format!("{key}.max_shrink"),
+            format!(
+                "{max_shrink} must be a share from 0 to 1, e.g. 0.1 for a tenth of the lists \
+                 or members (1 takes every refresh)"
+            ),
+        );
+    }
+    let max_shrink = Share(if max_shrink.is_nan() {
+        DEFAULT_MAX_SHRINK
+    } else {
+        max_shrink.clamp(0.0, 1.0)
+    });
     if domains.is_empty() {
         report(
             &format!("{key}.domains"),
@@ -340,6 +397,7 @@ pub(super) fn validate(
     raw.max_staleness = Some(staleness_text);
     raw.page_size = Some(page_size);
     raw.on_stale = Some(on_stale_text);
+    raw.max_shrink = Some(max_shrink.get());
 
     LdapSettings {
         name,
@@ -362,6 +420,7 @@ pub(super) fn validate(
         page_size,
         max_staleness,
         on_stale,
+        max_shrink,
     }
 }
 

@@ -286,6 +286,10 @@ pub struct RawDirectory {
     /// LDAP: `use_stale`, `tempfail` or `unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_stale: Option<String>,
+    /// LDAP: the largest share (0 to 1) of its lists, or of their members, that a
+    /// refresh may lose before it is refused until an admin accepts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shrink: Option<f64>,
 }
 
 impl RawDirectory {
@@ -317,6 +321,7 @@ impl RawDirectory {
             ("page_size", self.page_size.is_some()),
             ("max_staleness", self.max_staleness.is_some()),
             ("on_stale", self.on_stale.is_some()),
+            ("max_shrink", self.max_shrink.is_some()),
         ]
         .into_iter()
         .find_map(|(k, set)| set.then_some(k))

@@ -225,6 +225,38 @@ fn zero_or_invalid_duration() {
 }
 
 #[test]
+fn durations_have_an_upper_bound() {
+    for (table, key, value, max) in [
+        ("milter", "connection_timeout", "2d", "1d"),
+        ("milter", "shutdown_timeout", "2h", "1h"),
+        ("quarantine", "expire_after", "10000000000y", "365d"),
+        ("notify", "interval", "8d", "7d"),
+        ("notify", "webhook_timeout", "61m", "1h"),
+        ("storm", "window", "8d", "7d"),
+        ("storm", "block_for", "500000000000y", "28d"),
+        ("state", "timeout", "2h", "1h"),
+    ] {
+        let src =
+            format!("[domains]\ninternal = [\"example.org\"]\n[{table}]\n{key} = \"{value}\"\n");
+        assert_semantic(
+            &src,
+            4,
+            &format!("{table}.{key}"),
+            &format!("\"{value}\" is too long; use at most {max}"),
+        );
+    }
+    let ok = load_str(
+        "[domains]\ninternal = [\"example.org\"]\n[storm]\nblock_for = \"28d\"\n\
+         [quarantine]\nexpire_after = \"365d\"\n",
+    )
+    .expect("at the bounds");
+    assert_eq!(
+        ok.policy.storm.block_for,
+        Duration::from_secs(28 * 24 * 3600)
+    );
+}
+
+#[test]
 fn zero_max_connections_and_tiny_header_cap() {
     let src = "[domains]\ninternal = [\"example.org\"]\n[milter]\nmax_connections = 0\n";
     assert_semantic(src, 4, "milter.max_connections", "must be at least 1");

@@ -93,6 +93,7 @@ fn defaults_are_filled_in_and_shown() {
         "page_size = 1000",
         "max_staleness = \"24h\"",
         "on_stale = \"use_stale\"",
+        "max_shrink = 0.1",
         "msExchDynamicDLFilter",
     ] {
         assert!(printed.contains(line), "{line} not shown:\n{printed}");
@@ -448,4 +449,61 @@ fn on_unknown_cannot_accept() {
     assert_eq!(c.policy.on_unknown, crate::policy::Action::Tempfail);
     let c = load_str("").expect("defaults");
     assert_eq!(c.policy.on_unknown, crate::policy::Action::Quarantine);
+}
+
+#[test]
+fn max_shrink_is_a_share_from_0_to_1() {
+    let c = load_str(&ldap("")).expect("defaults");
+    assert_eq!(settings(&c).max_shrink.get(), 0.1);
+    assert!(settings(&c).max_shrink.exceeded_by(11, 100));
+    assert!(!settings(&c).max_shrink.exceeded_by(10, 100));
+    assert!(
+        !settings(&c).max_shrink.exceeded_by(5, 0),
+        "nothing to lose"
+    );
+    let c = load_str(&ldap("max_shrink = 0.25\n")).expect("valid");
+    assert_eq!(settings(&c).max_shrink.get(), 0.25);
+    let c = load_str(&ldap("max_shrink = 1\n")).expect("1 takes every refresh");
+    assert!(!settings(&c).max_shrink.exceeded_by(100, 100));
+    for bad in ["1.5", "-0.1", "nan", "inf"] {
+        refused(
+            &ldap(&format!("max_shrink = {bad}\n")),
+            8,
+            "directory[0].max_shrink",
+            "must be a share from 0 to 1",
+        );
+    }
+    let e = load_str(
+        "[[directory]]\ntype = \"postfix-virtual\"\npath = \"/nonexistent\"\nmax_shrink = 0.1\n",
+    )
+    .expect_err("an LDAP key on a file source");
+    assert!(
+        e.to_string()
+            .contains(":6: directory[0].max_shrink: is a setting of LDAP sources"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ldap_durations_have_an_upper_bound() {
+    refused(
+        &ldap("refresh = \"8days\"\nmax_staleness = \"9d\"\n"),
+        8,
+        "directory[0].refresh",
+        "\"8days\" is too long; use at most 7d",
+    );
+    refused(
+        &ldap("timeout = \"1h\"\n"),
+        8,
+        "directory[0].timeout",
+        "is too long; use at most 30m",
+    );
+    refused(
+        &ldap("max_staleness = \"100000000y\"\n"),
+        8,
+        "directory[0].max_staleness",
+        "is too long; use at most 365d",
+    );
+    let c = load_str(&ldap("refresh = \"7d\"\nmax_staleness = \"365d\"\n")).expect("at the bounds");
+    assert_eq!(settings(&c).refresh, Duration::from_secs(7 * 24 * 3600));
 }

@@ -38,6 +38,23 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+// Upper bounds of durations: long enough for any sane setting, short enough that
+// adding one to a clock reading or a Redis expiry can never overflow.
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration for a message: whole days as `7d`, anything else as humantime writes it.
+pub(super) fn duration_text(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= DAY.as_secs() && s % DAY.as_secs() == 0 && d.subsec_nanos() == 0 => {
+            format!("{}d", s / DAY.as_secs())
+        }
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// Upper bound of `[milter] threads`.
 const MAX_THREADS: usize = 256;
 
@@ -85,29 +102,57 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             ),
         );
     }
-    let mut duration = |key: &str, value: &str| match humantime::parse_duration(value.trim()) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
-            report(key, "must be longer than 0".into());
-            Duration::ZERO
-        }
-        Err(e) => {
-            report(
-                key,
-                format!("\"{value}\" is not a duration such as \"30s\" or \"10m\": {e}"),
-            );
-            Duration::ZERO
-        }
-    };
-    let connection_timeout = duration("milter.connection_timeout", &raw.milter.connection_timeout);
-    let shutdown_timeout = duration("milter.shutdown_timeout", &raw.milter.shutdown_timeout);
-    let review_within = duration("quarantine.review_within", &raw.quarantine.review_within);
-    let expire_after = duration("quarantine.expire_after", &raw.quarantine.expire_after);
-    let interval = duration("notify.interval", &raw.notify.interval);
-    let webhook_timeout = duration("notify.webhook_timeout", &raw.notify.webhook_timeout);
-    let storm_window = duration("storm.window", &raw.storm.window);
-    let storm_block_for = duration("storm.block_for", &raw.storm.block_for);
-    let state_timeout = duration("state.timeout", &raw.state.timeout);
+    let mut duration =
+        |key: &str, value: &str, max: Duration| match humantime::parse_duration(value.trim()) {
+            Ok(d) if d > max => {
+                report(
+                    key,
+                    format!(
+                        "\"{}\" is too long; use at most {}",
+                        value.trim(),
+                        duration_text(max)
+                    ),
+                );
+                max
+            }
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                report(key, "must be longer than 0".into());
+                Duration::ZERO
+            }
+            Err(e) => {
+                report(
+                    key,
+                    format!("\"{value}\" is not a duration such as \"30s\" or \"10m\": {e}"),
+                );
+                Duration::ZERO
+            }
+        };
+    let connection_timeout = duration(
+        "milter.connection_timeout",
+        &raw.milter.connection_timeout,
+        DAY,
+    );
+    let shutdown_timeout = duration(
+        "milter.shutdown_timeout",
+        &raw.milter.shutdown_timeout,
+        HOUR,
+    );
+    let review_within = duration(
+        "quarantine.review_within",
+        &raw.quarantine.review_within,
+        YEAR,
+    );
+    let expire_after = duration(
+        "quarantine.expire_after",
+        &raw.quarantine.expire_after,
+        YEAR,
+    );
+    let interval = duration("notify.interval", &raw.notify.interval, WEEK);
+    let webhook_timeout = duration("notify.webhook_timeout", &raw.notify.webhook_timeout, HOUR);
+    let storm_window = duration("storm.window", &raw.storm.window, WEEK);
+    let storm_block_for = duration("storm.block_for", &raw.storm.block_for, 4 * WEEK);
+    let state_timeout = duration("state.timeout", &raw.state.timeout, HOUR);
 
     if let Err(e) = check_log_level(&raw.logging.level) {
         report("logging.level", e);

@@ -146,6 +146,7 @@ impl Directory {
 
         let mut report = LoadReport::default();
         let mut defs = Vec::new();
+        let mut fallback = Vec::new();
         for source in &sources {
             let data = source.load().map_err(|error| DirectoryError {
                 source_name: source.describe(),
@@ -158,7 +159,15 @@ impl Directory {
             ));
             report.warnings.extend(data.warnings);
             defs.extend(data.lists);
+            fallback.extend(data.fallback);
         }
+        let mut taken: std::collections::HashSet<String> = defs
+            .iter()
+            .flat_map(|d| std::iter::once(&d.address).chain(&d.aliases))
+            .cloned()
+            .collect();
+        fallback.retain(|d| taken.insert(d.address.clone()));
+        defs.extend(fallback);
         let defined: std::collections::HashSet<&str> =
             defs.iter().map(|d| d.address.as_str()).collect();
         let mut undefined: Vec<String> = allowed

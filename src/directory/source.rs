@@ -46,6 +46,9 @@ pub struct SourceData {
     pub lists: Vec<ListDef>,
     /// Entries that were read but cannot be counted, with the reason.
     pub warnings: Vec<String>,
+    /// Lists used only where no source defines the address (an LDAP source's
+    /// vanished lists, which must not shadow a list that moved elsewhere).
+    pub fallback: Vec<ListDef>,
 }
 
 /// Why a source could not be loaded.
@@ -130,6 +133,7 @@ impl DirectorySource for VirtualSource {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
+            fallback: Vec::new(),
         };
         for e in &parsed.entries {
             let members = members(&e.targets, &self.domains);
@@ -184,6 +188,7 @@ impl DirectorySource for AliasesSource {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
+            fallback: Vec::new(),
         };
         for e in &parsed.entries {
             let members = members(&e.targets, &self.domains);
@@ -216,6 +221,7 @@ impl DirectorySource for ConfigLists {
         Ok(SourceData {
             lists: self.lists.clone(),
             warnings: Vec::new(),
+            fallback: Vec::new(),
         })
     }
 }

@@ -40,6 +40,9 @@ pub enum AlertKind {
     /// A directory source could not be refreshed and its snapshot is older than
     /// `max_staleness` (or there is none).
     DirectoryStale,
+    /// A directory refresh lost more than `max_shrink` of its lists or members and
+    /// waits for an admin's accept; the previous snapshot stays in force.
+    DirectoryShrunk,
 }
 
 impl AlertKind {
@@ -54,6 +57,7 @@ impl AlertKind {
             AlertKind::StateDown => "state-down",
             AlertKind::StateBack => "state-back",
             AlertKind::DirectoryStale => "directory-stale",
+            AlertKind::DirectoryShrunk => "directory-shrunk",
         }
     }
 }
@@ -152,6 +156,7 @@ impl Digest {
                 AlertKind::StateDown => "shared state unreachable".to_owned(),
                 AlertKind::StateBack => "shared state reachable again".to_owned(),
                 AlertKind::DirectoryStale => "directory snapshot too old".to_owned(),
+                AlertKind::DirectoryShrunk => "directory refresh refused: it shrank".to_owned(),
             };
             out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
             if let Some(id) = &a.queue_id {
@@ -159,7 +164,10 @@ impl Digest {
             }
             if !matches!(
                 a.kind,
-                AlertKind::StateDown | AlertKind::StateBack | AlertKind::DirectoryStale
+                AlertKind::StateDown
+                    | AlertKind::StateBack
+                    | AlertKind::DirectoryStale
+                    | AlertKind::DirectoryShrunk
             ) {
                 out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
                 out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));

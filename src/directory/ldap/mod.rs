@@ -8,6 +8,7 @@
 pub mod client;
 pub mod fetch;
 pub mod graph;
+pub mod guard;
 
 use crate::config::ldap::{LdapSettings, OnStale};
 use crate::directory::source::{DirectorySource, ListDef, Member, SourceData, SourceError};
@@ -44,6 +45,10 @@ pub struct Snapshot {
     pub stats: GraphStats,
     /// The lists.
     pub lists: Vec<ListDef>,
+    /// Lists earlier snapshots had and this one lacks: counted as unknown until they
+    /// come back or an admin accepts their loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<guard::Vanished>,
 }
 
 impl Snapshot {
@@ -116,6 +121,7 @@ pub async fn take(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Snaps
         active_directory,
         stats,
         lists,
+        vanished: Vec::new(),
     })
 }
 
@@ -221,9 +227,42 @@ pub fn snapshot_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(format!("ldap-{name}.snapshot.json"))
 }
 
+/// Where a source's refused snapshot waits for an admin's accept.
+pub fn pending_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("ldap-{name}.pending.json"))
+}
+
 /// Saves a snapshot atomically (write, fsync, rename).
 pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
-    let path = snapshot_path(state_dir, &snapshot.source);
+    save_to(
+        state_dir,
+        &snapshot_path(state_dir, &snapshot.source),
+        snapshot,
+    )
+}
+
+/// Saves a refused snapshot as the source's pending one, for `directory accept`.
+pub fn save_pending(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
+    save_to(
+        state_dir,
+        &pending_path(state_dir, &snapshot.source),
+        snapshot,
+    )
+}
+
+/// Removes a source's pending snapshot, if any.
+pub fn remove_pending(state_dir: &Path, name: &str) -> Result<(), RefreshError> {
+    let path = pending_path(state_dir, name);
+    match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(RefreshError::Save { path, error })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn save_to(state_dir: &Path, path: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
+    let path = path.to_owned();
     let save_err = |error| RefreshError::Save {
         path: path.clone(),
         error,
@@ -241,15 +280,36 @@ pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
 /// Reads a source's saved snapshot: `Ok(None)` when there is none, or it was taken
 /// with other settings.
 pub fn load_saved(state_dir: &Path, s: &LdapSettings) -> Result<Option<Snapshot>, String> {
-    let path = snapshot_path(state_dir, &s.name);
-    let file = match std::fs::File::open(&path) {
+    load_from(&snapshot_path(state_dir, &s.name), s, true)
+}
+
+/// Reads a source's saved snapshot even when it was taken with other settings: the
+/// baseline a first refresh after a settings change is compared with.
+pub fn load_baseline(state_dir: &Path, s: &LdapSettings) -> Result<Option<Snapshot>, String> {
+    load_from(&snapshot_path(state_dir, &s.name), s, false)
+}
+
+/// Reads a source's pending (refused) snapshot, if it was taken with its settings.
+pub fn load_pending(state_dir: &Path, s: &LdapSettings) -> Result<Option<Snapshot>, String> {
+    load_from(&pending_path(state_dir, &s.name), s, true)
+}
+
+fn load_from(
+    path: &Path,
+    s: &LdapSettings,
+    same_settings: bool,
+) -> Result<Option<Snapshot>, String> {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let snapshot: Snapshot = serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| format!("{} is not a snapshot: {e}", path.display()))?;
-    if snapshot.format != FORMAT || snapshot.fingerprint != fingerprint(s) {
+    if snapshot.format != FORMAT
+        || snapshot.source != s.name
+        || (same_settings && snapshot.fingerprint != fingerprint(s))
+    {
         return Ok(None);
     }
     Ok(Some(snapshot))
@@ -327,11 +387,36 @@ impl DirectorySource for LdapSource<'_> {
                     "{why}: mail to {} is tempfailed until a refresh succeeds",
                     s.domains.join(", ")
                 )],
+                fallback: Vec::new(),
             });
         };
         let age = snap.age(self.now);
         let mut lists = snap.lists.clone();
         let mut warnings = Vec::new();
+        let mut fallback = Vec::new();
+        if !snap.vanished.is_empty() {
+            let now = self.now.duration_since(UNIX_EPOCH).unwrap_or_default();
+            fallback = guard::vanished_lists(&s.name, &snap.vanished, now.as_secs());
+            let named: Vec<String> = snap
+                .vanished
+                .iter()
+                .take(5)
+                .map(|v| crate::text::neutralize(&v.address).into_owned())
+                .collect();
+            warnings.push(format!(
+                "LDAP source {}: {} vanished list addresses count as unknown until they come \
+                 back or `directory accept --source {}`: {}{}",
+                s.name,
+                snap.vanished.len(),
+                s.name,
+                named.join(", "),
+                if snap.vanished.len() > named.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ));
+        }
         if age > s.max_staleness {
             let why = format!(
                 "LDAP source {} snapshot is {} old (max_staleness {})",
@@ -360,11 +445,15 @@ impl DirectorySource for LdapSource<'_> {
                 });
             }
         }
-        Ok(SourceData { lists, warnings })
+        Ok(SourceData {
+            lists,
+            warnings,
+            fallback,
+        })
     }
 }
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;

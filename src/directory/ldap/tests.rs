@@ -925,3 +925,66 @@ async fn members_the_snapshot_search_misses_are_read_one_by_one() {
         t.unknown_reasons
     );
 }
+
+#[tokio::test]
+async fn a_vanished_list_is_unknown_unless_another_source_defines_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let virtual_file = dir.path().join("virtual");
+    std::fs::write(
+        &virtual_file,
+        "moved@corp.example a@corp.example, b@corp.example\n",
+    )
+    .expect("virtual");
+    let config = config(
+        dir.path(),
+        &format!(
+            "[[directory]]\ntype = \"postfix-virtual\"\npath = \"{}\"\n",
+            virtual_file.display()
+        ),
+    );
+    let mut fake = FakeDirectory::active_directory();
+    let members = staff(&mut fake, 3);
+    fake.group(
+        &format!("cn=Team,{GROUPS}"),
+        Some("team@corp.example"),
+        &members,
+    );
+    let mut snap = snapshot(&mut fake, &config).await;
+    let since = snap.taken_at;
+    snap.vanished = ["gone@corp.example", "moved@corp.example"]
+        .iter()
+        .map(|a| guard::Vanished {
+            address: (*a).into(),
+            since,
+            members: 20_000,
+        })
+        .collect();
+    let d = load(&config, Some(&snap), SystemTime::now());
+    let gone = d.audience_facts(["gone@corp.example"]).expect("configured");
+    assert_eq!(
+        (gone.total, gone.unknown),
+        (0, 1),
+        "unknown, never one mailbox"
+    );
+    let moved = d
+        .audience_facts(["moved@corp.example"])
+        .expect("configured");
+    assert_eq!(
+        (moved.total, moved.unknown),
+        (2, 0),
+        "the file that defines it now wins"
+    );
+    assert_eq!(total(&d, "team@corp.example"), 3);
+    assert!(
+        d.report
+            .warnings
+            .iter()
+            .any(|w| w.contains("2 vanished list addresses count as unknown")),
+        "{:?}",
+        d.report.warnings
+    );
+    let policy = &config.policy;
+    let v = verdict(policy, &d, "gone@corp.example");
+    assert_eq!(v.action, Action::Quarantine);
+    assert_eq!(rules(&v), ["expansion.on_unknown"]);
+}
