@@ -106,6 +106,9 @@ enum QuarantineCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
+        /// Also act on messages another tool held (state "foreign").
+        #[arg(long)]
+        foreign: bool,
     },
     /// Delete held messages (postsuper -d), optionally telling each sender.
     Discard {
@@ -118,6 +121,9 @@ enum QuarantineCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
+        /// Also act on messages another tool held (state "foreign").
+        #[arg(long)]
+        foreign: bool,
     },
     /// Compare the records with Postfix's hold queue both ways and fix the records.
     Reconcile,
@@ -342,12 +348,17 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
                 return ExitCode::from(2);
             }
         },
-        QuarantineCommand::Release { ids, comment } => admin.release(&ids, comment.as_deref()),
+        QuarantineCommand::Release {
+            ids,
+            comment,
+            foreign,
+        } => admin.release(&ids, comment.as_deref(), foreign),
         QuarantineCommand::Discard {
             ids,
             notify_sender,
             comment,
-        } => admin.discard(&ids, notify_sender, comment.as_deref()),
+            foreign,
+        } => admin.discard(&ids, notify_sender, comment.as_deref(), foreign),
         QuarantineCommand::Reconcile => admin.reconcile(),
         QuarantineCommand::Sweep => admin.sweep(),
     };

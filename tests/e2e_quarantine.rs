@@ -363,6 +363,104 @@ fn reconcile_and_sweep_keep_store_and_queue_in_step() {
     assert!(notice.text.contains("NOT sent"), "{}", notice.text);
     let listed = s.admin_ok(&["list", "--state", "expired"]);
     assert!(listed.contains(&e), "{listed}");
+    assert!(
+        s.postfix.held().contains(&d),
+        "the header_checks HOLD is not ours to expire: {out}"
+    );
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_message_held_by_hand_survives_the_sweep_and_ours_still_expires() {
+    // Mail to slow.example waits in the deferred queue, where an admin can hold it.
+    let s = setup(
+        "quarantine-foreign",
+        "transport_maps = inline:{slow.example=retry:deferred}",
+    );
+    // Submitted with sendmail(1): smtpd would refuse a recipient whose transport is
+    // retry at RCPT time.
+    s.postfix.sendmail(
+        "bob@corp.example",
+        &["x@slow.example".to_owned()],
+        &message("q-held-by-hand", "x@slow.example"),
+    );
+    let f = wait_for("q-held-by-hand in the deferred queue", || {
+        s.postfix
+            .queue()
+            .into_iter()
+            .find(|m| m["queue_name"] == "deferred")
+            .and_then(|m| m["queue_id"].as_str().map(str::to_owned))
+    });
+    let out = Command::new("/usr/sbin/postsuper")
+        .arg("-c")
+        .arg(&s.postfix.etc)
+        .args(["-h", &f])
+        .output()
+        .expect("postsuper");
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the message held by hand", || {
+        s.postfix.held().contains(&f).then_some(())
+    });
+    let g = s.send_held("q-ours-expires", 6);
+
+    // 30 days later, with on_expiry = "notify-sender".
+    let t30d = (now() + 30 * 86400).to_string();
+    let out = s.admin_ok(&["sweep", "--now", &t30d]);
+    assert!(
+        out.contains(&format!("{f}: in the hold queue without a record")),
+        "{out}"
+    );
+    assert!(out.contains("recorded as foreign"), "{out}");
+    assert!(
+        out.contains(&format!("{g}: not reviewed within")),
+        "ours expires as before: {out}"
+    );
+    assert!(
+        !out.contains(&format!("{f}: not reviewed")),
+        "the foreign hold is not expired: {out}"
+    );
+    assert!(!out.contains(&format!("{f}: escalated")), "{out}");
+    let held = s.postfix.held();
+    assert!(held.contains(&f), "still in the hold queue: {held:?}");
+    assert!(!held.contains(&g), "ours was discarded");
+    // Our sender's notice arrives; the foreign sender (perhaps forged) gets none.
+    s.sink
+        .wait_until("q-ours-expires", |m| m.rcpts == ["ann@corp.example"]);
+    let hook = s.webhook.wait_for("foreign-hold");
+    assert!(hook.contains(&f), "the digest names it: {hook}");
+    assert!(
+        s.sink
+            .messages()
+            .iter()
+            .all(|m| m.rcpts != ["bob@corp.example"]),
+        "no notice to the sender of the message held by hand"
+    );
+
+    let list = s.admin_ok(&["list", "--now", &t30d]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&f))
+        .unwrap_or_else(|| panic!("{f} not listed:\n{list}"));
+    assert!(line.contains("foreign"), "{line}");
+    assert!(list.contains("held by another tool"), "{list}");
+    let show = s.admin_ok(&["show", &f]);
+    assert!(show.contains("ANOTHER TOOL (foreign)"), "{show}");
+    assert!(!show.contains("notify-sender"), "{show}");
+
+    // Idempotent: a second sweep leaves it alone too.
+    let out = s.admin_ok(&["sweep", "--now", &t30d]);
+    assert!(!out.contains(&f), "{out}");
+    assert!(s.postfix.held().contains(&f));
+
+    // An admin acts on it explicitly, by queue id, with --foreign.
+    let refused = s.admin(&["release", &f]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("add --foreign"), "{text}");
+    assert!(s.postfix.held().contains(&f));
+    let out = s.admin_ok(&["release", "--foreign", &f]);
+    assert!(out.contains("released"), "{out}");
+    assert!(!s.postfix.held().contains(&f));
     let _ = &s.dir;
 }
 

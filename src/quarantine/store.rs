@@ -16,7 +16,8 @@ use std::time::Duration;
 /// The database file name inside the state directory.
 pub const DB_FILE: &str = "quarantine.sqlite";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `held.foreign_hold`, set for messages another tool held (see [`Record::foreign`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held (
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS held (
     sender       TEXT NOT NULL,
     audience     INTEGER NOT NULL,
     subject      TEXT,
-    facts        TEXT NOT NULL
+    facts        TEXT NOT NULL,
+    foreign_hold INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS held_queue_id ON held(queue_id);
 CREATE INDEX IF NOT EXISTS held_state ON held(state, held_at);
@@ -42,6 +44,14 @@ CREATE TABLE IF NOT EXISTS audit (
     comment TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_held ON audit(held_id);
+";
+
+/// Brings a version 1 store to version 2: records that `reconcile` adopted from the
+/// hold queue were held by another tool (or their record was lost); they become
+/// foreign, so that the sweep never expires them.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE held ADD COLUMN foreign_hold INTEGER NOT NULL DEFAULT 0;
+UPDATE held SET foreign_hold = 1 WHERE json_extract(facts, '$.recorded_by') = 'reconcile';
 ";
 
 /// A store failure.
@@ -86,6 +96,19 @@ pub enum StoreError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A state change found the record in another state than expected: another
+    /// command changed it first.
+    #[error(
+        "quarantine record {id} is {found} now, not {expected}: another command changed it first"
+    )]
+    StateChanged {
+        /// Row id.
+        id: i64,
+        /// The state the change expected.
+        expected: State,
+        /// The state found (or `missing`).
+        found: String,
     },
     /// The database was written by a newer fanout-milter.
     #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
@@ -174,6 +197,19 @@ impl Store {
                 found: version,
             });
         }
+        let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0));
+        let has_held =
+            count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'held'")
+                .map_err(sql)?
+                > 0;
+        let has_foreign =
+            count("SELECT count(*) FROM pragma_table_info('held') WHERE name = 'foreign_hold'")
+                .map_err(sql)?
+                > 0;
+        if has_held && !has_foreign {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
+                .map_err(sql)?;
+        }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
@@ -202,10 +238,31 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a message as held, with a first audit entry; durable on return.
+    /// Records a message the milter holds, with a first audit entry; durable on return.
     pub fn record_held(
         &self,
         msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.insert(msg, false, who, comment)
+    }
+
+    /// Records a message found in the hold queue that fanout-milter did not hold
+    /// (see [`Record::foreign`]).
+    pub fn record_foreign(
+        &self,
+        msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.insert(msg, true, who, comment)
+    }
+
+    fn insert(
+        &self,
+        msg: &HeldMessage,
+        foreign: bool,
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
@@ -217,15 +274,17 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
-            "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts)
-             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts,
+                               foreign_hold)
+             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 msg.queue_id.as_str(),
                 msg.held_at as i64,
                 msg.sender,
                 msg.audience as i64,
                 msg.subject,
-                facts
+                facts,
+                foreign
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -281,11 +340,12 @@ impl Store {
     }
 
     fn load(&self, conn: &Connection, id: i64) -> Result<Record, StoreError> {
-        let (facts, state, state_at, escalated_at): (String, String, i64, Option<i64>) = conn
+        type Row = (String, String, i64, Option<i64>, bool);
+        let (facts, state, state_at, escalated_at, foreign): Row = conn
             .query_row(
-                "SELECT facts, state, state_at, escalated_at FROM held WHERE id = ?1",
+                "SELECT facts, state, state_at, escalated_at, foreign_hold FROM held WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .map_err(|e| self.err(e))?;
         let corrupt = |message: String| StoreError::Corrupt {
@@ -319,21 +379,52 @@ impl Store {
             state,
             state_at: state_at as u64,
             escalated_at: escalated_at.map(|e| e as u64),
+            foreign,
             audit,
         })
     }
 
-    /// Moves a record to `state` and appends to its audit trail, in one transaction.
-    pub fn set_state(&self, id: i64, state: State, entry: &AuditEntry) -> Result<(), StoreError> {
+    /// Moves a record from state `from` to `to` and appends to its audit trail, in one
+    /// transaction. When the record is no longer in `from` (another command changed it
+    /// first) nothing changes and the error says what it is now: of two commands racing
+    /// for one record, exactly one succeeds.
+    pub fn set_state(
+        &self,
+        id: i64,
+        from: State,
+        to: State,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE held SET state = ?2, state_at = ?3 WHERE id = ?1",
-            params![id, state.as_str(), entry.at as i64],
-        )
-        .map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",
+                params![id, from.as_str(), to.as_str(), entry.at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, from));
+        }
         insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The error for a transition that found record `id` not in state `expected`.
+    fn state_changed(&self, conn: &Connection, id: i64, expected: State) -> StoreError {
+        let found = conn
+            .query_row("SELECT state FROM held WHERE id = ?1", params![id], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional();
+        match found {
+            Ok(found) => StoreError::StateChanged {
+                id,
+                expected,
+                found: found.unwrap_or_else(|| "missing".to_owned()),
+            },
+            Err(e) => self.err(e),
+        }
     }
 
     /// Appends to a record's audit trail without changing its state.
@@ -342,15 +433,19 @@ impl Store {
         insert_audit(&conn, id, entry).map_err(|e| self.err(e))
     }
 
-    /// Notes that an escalation alert went out for a record.
+    /// Notes that an escalation alert went out for a record that is still held.
     pub fn mark_escalated(&self, id: i64, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE held SET escalated_at = ?2 WHERE id = ?1",
-            params![id, entry.at as i64],
-        )
-        .map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET escalated_at = ?2 WHERE id = ?1 AND state = 'held'",
+                params![id, entry.at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, State::Held));
+        }
         insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
@@ -423,7 +518,9 @@ mod tests {
             action: "release".into(),
             comment: Some("checked with sender".into()),
         };
-        store.set_state(id, State::Released, &entry).unwrap();
+        store
+            .set_state(id, State::Held, State::Released, &entry)
+            .unwrap();
         let held_only = store
             .list(&Filter {
                 state: Some(State::Held),
@@ -469,6 +566,48 @@ mod tests {
     }
 
     #[test]
+    fn a_transition_applies_only_from_the_expected_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .record_held(&held("AAAAAA1", 100), "milter", None)
+            .unwrap();
+        let entry = |action: &str| AuditEntry {
+            at: 200,
+            who: "root".into(),
+            action: action.into(),
+            comment: None,
+        };
+        store
+            .set_state(id, State::Held, State::Released, &entry("release"))
+            .unwrap();
+        // A discard that read the record as held before the release committed.
+        let e = store
+            .set_state(id, State::Held, State::Discarded, &entry("discard"))
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::StateChanged { expected: State::Held, found, .. } if found == "released"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is released now, not held"), "{e}");
+        let e = store.mark_escalated(id, &entry("escalate")).unwrap_err();
+        assert!(matches!(e, StoreError::StateChanged { .. }), "{e}");
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!(r.state, State::Released);
+        assert_eq!(r.escalated_at, None);
+        let actions: Vec<&str> = r.audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["held", "release"],
+            "the refused changes left no trace"
+        );
+        let e = store
+            .set_state(999, State::Held, State::Released, &entry("release"))
+            .unwrap_err();
+        assert!(e.to_string().contains("is missing now"), "{e}");
+    }
+
+    #[test]
     fn escalation_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -485,6 +624,59 @@ mod tests {
         let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
         assert_eq!(r.escalated_at, Some(5000));
         assert_eq!(r.state, State::Held);
+    }
+
+    #[test]
+    fn foreign_records_are_marked_and_a_version_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .record_held(&held("AAAAAA1", 100), "milter", None)
+                .unwrap();
+            store
+                .record_foreign(&held("BBBBBB2", 100), "root", None)
+                .unwrap();
+            let ours = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+            let theirs = store.get(&QueueId::parse("BBBBBB2").unwrap()).unwrap();
+            assert!(!ours.foreign);
+            assert!(theirs.foreign);
+        }
+        // A store as version 1 wrote it: no foreign_hold column, adopted records known
+        // only by recorded_by = "reconcile".
+        let v1 = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(v1.path().join(DB_FILE)).unwrap();
+            let schema_v1 = SCHEMA.replace(
+                "facts        TEXT NOT NULL,\n    foreign_hold INTEGER NOT NULL DEFAULT 0",
+                "facts        TEXT NOT NULL",
+            );
+            assert!(!schema_v1.contains("foreign_hold"));
+            conn.execute_batch(&schema_v1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let mut adopted = held("CCCCCC3", 100);
+            adopted.recorded_by = "reconcile".into();
+            for m in [held("AAAAAA1", 100), adopted] {
+                conn.execute(
+                    "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, facts)
+                     VALUES (?1, 100, 'held', 100, '', 1, ?2)",
+                    params![m.queue_id.as_str(), serde_json::to_string(&m).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(v1.path()).unwrap();
+        let ours = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let adopted = store.get(&QueueId::parse("CCCCCC3").unwrap()).unwrap();
+        assert!(!ours.foreign);
+        assert!(adopted.foreign, "adopted by a version 1 reconcile");
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        Store::open(v1.path()).expect("reopening a migrated store");
     }
 
     #[test]
