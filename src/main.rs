@@ -13,6 +13,7 @@ use fanout_milter::quarantine::admin::{Admin, invoking_user};
 use fanout_milter::quarantine::postfix::PostfixTools;
 use fanout_milter::quarantine::record::epoch_secs;
 use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
+use fanout_milter::state_dir::StateDir;
 use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -319,6 +320,10 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = check_state_dir(&config) {
+        eprintln!("{NAME}: {e}");
+        return ExitCode::from(1);
+    }
     let store = match Store::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -367,6 +372,17 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Root commands use the state directory only when it belongs to root or to
+/// `[quarantine] state_owner` (see `state_dir`); a missing one is created by root.
+fn check_state_dir(config: &Config) -> Result<(), String> {
+    match std::fs::symlink_metadata(&config.state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => StateDir::open(&config.state_dir, Some(&config.state_owner))
+            .map(drop)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -424,6 +440,10 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
     };
     if let DirectoryCommand::Refresh { source } = command {
         return directory_refresh(&config, source);
+    }
+    if let Err(e) = check_state_dir(&config) {
+        eprintln!("{NAME}: {e}");
+        return ExitCode::from(1);
     }
     let directory = match load_directory(&config) {
         Ok(d) => d,

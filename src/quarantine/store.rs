@@ -8,7 +8,8 @@
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::state_dir::{StateDir, StateDirError};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -88,15 +89,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// A root-run command could not hand a file back to the state directory's owner.
-    #[error("cannot give {} to the owner of the state directory: {source}", path.display())]
-    Owner {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The state directory or a file in it is unsafe to use as root, or could not be
+    /// handed back to the directory's owner.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     /// A state change found the record in another state than expected: another
     /// command changed it first.
     #[error(
@@ -136,34 +132,35 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// The database and the side files SQLite keeps next to it.
+const DB_FILES: [&str; 4] = [
+    DB_FILE,
+    "quarantine.sqlite-journal",
+    "quarantine.sqlite-wal",
+    "quarantine.sqlite-shm",
+];
+
+/// The state directory, checked when root opens it (see [`crate::state_dir`]): the
+/// database and its side files must be regular files with one link owned by root or the
+/// directory's owner, never links. The daemon uses its own directory as it is.
+fn state_dir_for(state_dir: &Path) -> Result<PathBuf, StoreError> {
+    let dir = StateDir::open(state_dir, None)?;
+    for name in DB_FILES {
+        dir.check_entry(name)?;
+    }
+    Ok(dir.path().to_owned())
+}
+
 /// Run as root (admin commands, the sweep), hands the database and its WAL files to
 /// the owner of the state directory, so that the unprivileged daemon can still write
-/// them.
-fn give_to_dir_owner(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
+/// them; by descriptor, never by path.
+fn give_to_dir_owner(state_dir: &Path) -> Result<(), StoreError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let dir = std::fs::metadata(state_dir).map_err(|source| StoreError::Dir {
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    if dir.uid() == 0 {
-        return Ok(());
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{suffix}", db.display()));
-        let Ok(meta) = std::fs::metadata(&file) else {
-            continue;
-        };
-        if meta.uid() != dir.uid() || meta.gid() != dir.gid() {
-            std::os::unix::fs::chown(&file, Some(dir.uid()), Some(dir.gid())).map_err(
-                |source| StoreError::Owner {
-                    path: file.clone(),
-                    source,
-                },
-            )?;
-        }
+    let dir = StateDir::open(state_dir, None)?;
+    for name in DB_FILES {
+        dir.give_to_owner(name)?;
     }
     Ok(())
 }
@@ -175,12 +172,16 @@ impl Store {
             path: state_dir.to_owned(),
             source,
         })?;
+        let state_dir = state_dir_for(state_dir)?;
         let path = state_dir.join(DB_FILE);
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sql)?;
+        // SQLITE_OPEN_NOFOLLOW: a symlink at the database's name is refused; SQLite
+        // opens its -journal, -wal and -shm files with O_NOFOLLOW itself.
+        let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
@@ -213,7 +214,7 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
-        give_to_dir_owner(state_dir, &path)?;
+        give_to_dir_owner(&state_dir)?;
         Ok(Store {
             path,
             conn: Mutex::new(conn),
@@ -698,6 +699,55 @@ mod tests {
                 .starts_with("cannot create state directory /proc/fanout-milter-test"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn planted_links_to_the_database_or_its_side_files_are_refused() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        for name in DB_FILES {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).unwrap();
+            let target = dir.path().join("ld.so.preload");
+            std::fs::write(&target, "precious").unwrap();
+            if name != DB_FILE {
+                drop(Store::open(&state).unwrap());
+                for f in DB_FILES.iter().skip(1) {
+                    let _ = std::fs::remove_file(state.join(f));
+                }
+            }
+            let before = std::fs::metadata(&target).unwrap();
+            symlink(&target, state.join(name)).unwrap();
+            let e = Store::open(&state).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{name}: {e}");
+            let after = std::fs::metadata(&target).unwrap();
+            assert_eq!(std::fs::read(&target).unwrap(), b"precious", "{name}");
+            assert_eq!(
+                (after.uid(), after.mode(), after.mtime()),
+                (before.uid(), before.mode(), before.mtime()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_never_chowns_through_a_planted_link() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root, as the admin commands run");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        drop(Store::open(&state).unwrap());
+        let target = dir.path().join("shadow");
+        std::fs::write(&target, "root's").unwrap();
+        let _ = std::fs::remove_file(state.join("quarantine.sqlite-shm"));
+        symlink(&target, state.join("quarantine.sqlite-shm")).unwrap();
+        assert!(Store::open(&state).is_err());
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0, "not chowned");
     }
 
     #[test]

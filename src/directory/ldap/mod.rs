@@ -242,7 +242,7 @@ pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
 /// with other settings.
 pub fn load_saved(state_dir: &Path, s: &LdapSettings) -> Result<Option<Snapshot>, String> {
     let path = snapshot_path(state_dir, &s.name);
-    let file = match std::fs::File::open(&path) {
+    let file = match crate::state_dir::open_nofollow(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
