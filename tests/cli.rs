@@ -598,3 +598,50 @@ fn root_commands_refuse_a_state_directory_of_another_account() {
         );
     }
 }
+
+#[test]
+fn sweep_unit_verifies_and_is_sandboxed() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter-sweep.service"
+    ))
+    .expect("sweep unit");
+    let dir = scratch_dir("cli-sweep-unit");
+    let path = dir.path().join("fanout-milter-sweep.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Root, but writing only the state directory and the Postfix queue, on loopback
+    // only, with the capabilities postsuper, postcat and postdrop need (exercised in
+    // tests/e2e_quarantine.rs).
+    for line in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/var/lib/fanout-milter -/var/spool/postfix",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE CAP_CHOWN",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=30"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "exposure above 3.0:\n{}",
+        text(&out.stdout)
+    );
+}

@@ -553,3 +553,72 @@ fn kill_9_while_holding_loses_nothing() {
     assert_eq!(recorded, held, "store and hold queue agree after the crash");
     let _ = &s.dir;
 }
+
+/// The sweep unit's capability bounding set, as setpriv(1) names them.
+fn sweep_unit_caps() -> String {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter-sweep.service"
+    ))
+    .expect("sweep unit");
+    assert!(unit.contains("\nNoNewPrivileges=yes\n"), "{unit}");
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    caps.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn the_admin_commands_work_within_the_sweep_units_capabilities() {
+    // The unit's CapabilityBoundingSet and NoNewPrivileges, applied with setpriv(1):
+    // postsuper, postcat and sendmail's postdrop (whose setgid bit no_new_privs ignores)
+    // must still work.
+    let s = setup("quarantine-caps", "");
+    let caps = sweep_unit_caps();
+    let confined = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .arg("--no-new-privs")
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&s.config)
+            .arg("quarantine")
+            .args(args)
+            .output()
+            .expect("run setpriv");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "quarantine {args:?} with {caps}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let a = s.send_held("q-caps-show-release", 6);
+    let show = confined(&["show", &a]);
+    assert!(
+        show.contains("Subject: q-caps-show-release"),
+        "postcat: {show}"
+    );
+    confined(&["release", &a]);
+    assert_eq!(s.sink.wait_for("q-caps-show-release").rcpts.len(), 6);
+    let b = s.send_held("q-caps-discard", 6);
+    let out = confined(&["discard", "--notify-sender", &b]);
+    assert!(out.contains("notice sent"), "{out}");
+    s.sink
+        .wait_until("q-caps-discard", |m| m.rcpts == ["ann@corp.example"]);
+    let c = s.send_held("q-caps-expire", 6);
+    let t4d = (now() + 4 * 86400).to_string();
+    let out = confined(&["sweep", "--now", &t4d]);
+    assert!(out.contains(&format!("{c}: not reviewed within")), "{out}");
+    assert!(!s.postfix.held().contains(&c));
+    s.sink
+        .wait_until("q-caps-expire", |m| m.rcpts == ["ann@corp.example"]);
+    let _ = &s.dir;
+}
