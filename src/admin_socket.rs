@@ -214,13 +214,36 @@ async fn refresh(handlers: &Handlers, source: Option<String>, accept: bool) -> R
     }
 }
 
+/// Connects to the socket at `path` without following a link at its name: the socket
+/// lives in the daemon's state directory, and root must not be redirected to another
+/// program's socket. The name is opened with `O_PATH | O_NOFOLLOW`, checked to be a
+/// socket, and connected to through `/proc/self/fd`, so nothing can be swapped between
+/// the check and the connect.
+fn connect_nofollow(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    let kind = handle.metadata()?.file_type();
+    if !kind.is_socket() {
+        return Err(std::io::Error::other(if kind.is_symlink() {
+            "a symbolic link, not the daemon's socket"
+        } else {
+            "not a socket"
+        }));
+    }
+    std::os::unix::net::UnixStream::connect(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+}
+
 /// Sends one request to the daemon at `path` and returns its answer (blocking).
 pub fn request(path: &Path, request: &Request) -> Result<Response, AdminError> {
     let io = |source| AdminError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    let mut stream = connect_nofollow(path).map_err(io)?;
     let deadline = match request {
         Request::DirectoryRefresh { .. } | Request::DirectoryAccept { .. } => REFRESH_DEADLINE,
         _ => DEADLINE,
@@ -245,6 +268,26 @@ mod tests {
     use crate::state::{MemoryBackend, StateBackend};
     use std::sync::Arc;
     use std::time::SystemTime;
+
+    #[test]
+    fn the_client_never_follows_a_link_to_another_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let link = dir.path().join("admin.sock");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let e = request(&link, &Request::StormsList).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(
+            listener.accept().is_err(),
+            "nothing connected to the other socket"
+        );
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        let e = request(&plain, &Request::StormsList).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn list_and_clear_storms_through_the_socket() {

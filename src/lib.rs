@@ -21,6 +21,7 @@ pub mod quarantine;
 pub mod refresher;
 pub mod server;
 pub mod state;
+pub mod state_dir;
 pub mod text;
 
 /// Product name.

@@ -13,6 +13,7 @@ use fanout_milter::quarantine::admin::{Admin, invoking_user};
 use fanout_milter::quarantine::postfix::PostfixTools;
 use fanout_milter::quarantine::record::epoch_secs;
 use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
+use fanout_milter::state_dir::StateDir;
 use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -106,6 +107,9 @@ enum QuarantineCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
+        /// Also act on messages another tool held (state "foreign").
+        #[arg(long)]
+        foreign: bool,
     },
     /// Delete held messages (postsuper -d), optionally telling each sender.
     Discard {
@@ -118,6 +122,9 @@ enum QuarantineCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
+        /// Also act on messages another tool held (state "foreign").
+        #[arg(long)]
+        foreign: bool,
     },
     /// Compare the records with Postfix's hold queue both ways and fix the records.
     Reconcile,
@@ -319,6 +326,10 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = check_state_dir(&config) {
+        eprintln!("{NAME}: {e}");
+        return ExitCode::from(1);
+    }
     let store = match Store::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -348,12 +359,17 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
                 return ExitCode::from(2);
             }
         },
-        QuarantineCommand::Release { ids, comment } => admin.release(&ids, comment.as_deref()),
+        QuarantineCommand::Release {
+            ids,
+            comment,
+            foreign,
+        } => admin.release(&ids, comment.as_deref(), foreign),
         QuarantineCommand::Discard {
             ids,
             notify_sender,
             comment,
-        } => admin.discard(&ids, notify_sender, comment.as_deref()),
+            foreign,
+        } => admin.discard(&ids, notify_sender, comment.as_deref(), foreign),
         QuarantineCommand::Reconcile => admin.reconcile(),
         QuarantineCommand::Sweep => admin.sweep(),
     };
@@ -362,6 +378,17 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Root commands use the state directory only when it belongs to root or to
+/// `[quarantine] state_owner` (see `state_dir`); a missing one is created by root.
+fn check_state_dir(config: &Config) -> Result<(), String> {
+    match std::fs::symlink_metadata(&config.state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => StateDir::open(&config.state_dir, Some(&config.state_owner))
+            .map(drop)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -426,6 +453,10 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
     } = command
     {
         return directory_daemon(&config, admin_socket::Request::DirectoryAccept { source });
+    }
+    if let Err(e) = check_state_dir(&config) {
+        eprintln!("{NAME}: {e}");
+        return ExitCode::from(1);
     }
     let directory = match load_directory(&config) {
         Ok(d) => d,

@@ -2,10 +2,11 @@
 //! Running Postfix's tools: argument vectors only (never a shell), input on stdin, a
 //! deadline after which the child is killed.
 
-use std::io::Write;
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a Postfix command may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,31 +54,42 @@ pub fn run(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    let deadline = Instant::now() + timeout;
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
         program: program.clone(),
         source,
     })?;
-    let pid = child.id();
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         let data = data.to_vec();
         std::thread::spawn(move || {
             let _ = stdin.write_all(&data);
         });
     }
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    // The child stays ours (unreaped) until `child.wait()` below: the watcher only
+    // observes its exit (WNOWAIT), so its pid cannot be reused by another process
+    // while we may still kill it.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        while let Err(nix::errno::Errno::EINTR) = waitid(Id::Pid(pid), flags) {}
+        let _ = tx.send(());
     });
-    let output = match rx.recv_timeout(timeout) {
-        Ok(Ok(output)) => output,
-        Ok(Err(source)) => return Err(RunError::Spawn { program, source }),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return Err(RunError::Timeout { program, timeout });
-        }
+    if rx.recv_timeout(timeout).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(RunError::Timeout { program, timeout });
+    }
+    let status = child.wait().map_err(|source| RunError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let output = Output {
+        status,
+        stdout: stdout.map(|r| collect(r, deadline)).unwrap_or_default(),
+        stderr: stderr.map(|r| collect(r, deadline)).unwrap_or_default(),
     };
     if !output.status.success() {
         return Err(RunError::Failed {
@@ -89,9 +101,29 @@ pub fn run(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<
     Ok(output)
 }
 
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// What a pipe carried, waiting no later than `deadline` (a grandchild may hold the
+/// pipe open after the child exited).
+fn collect(reader: mpsc::Receiver<Vec<u8>>, deadline: Instant) -> Vec<u8> {
+    reader
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn output_stdin_and_no_shell() {
@@ -117,6 +149,25 @@ mod tests {
         let e = run(cmd, None, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(e, RunError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_killed_command_is_reaped_before_run_returns() {
+        // A child killed at the deadline must be ours until it is reaped: killing by a
+        // pid some other thread may already have reaped can hit a reused pid.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {}; exec sleep 30", pidfile.display()));
+        let e = run(cmd, None, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, RunError::Timeout { .. }), "{e}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = format!("/proc/{}", pid.trim());
+        assert!(
+            !Path::new(&proc_dir).exists(),
+            "{proc_dir} still exists: killed but not reaped by run()"
+        );
     }
 
     #[test]

@@ -627,3 +627,161 @@ fn directory_accept_takes_a_list_address_or_a_source_not_both() {
         text(&out.stderr)
     );
 }
+
+/// A file outside the state directory a compromised daemon would like root to write.
+fn precious(dir: &std::path::Path) -> (std::path::PathBuf, std::fs::Metadata) {
+    let target = dir.join("ld.so.preload");
+    std::fs::write(&target, "precious").expect("write the target");
+    let meta = std::fs::metadata(&target).expect("stat");
+    (target, meta)
+}
+
+fn untouched(target: &std::path::Path, before: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let after = std::fs::metadata(target).expect("stat");
+    assert_eq!(std::fs::read(target).expect("read"), b"precious");
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode(), after.mtime()),
+        (before.uid(), before.gid(), before.mode(), before.mtime()),
+        "the link target is untouched"
+    );
+}
+
+#[test]
+fn root_commands_refuse_links_planted_in_the_state_directory() {
+    let dir = scratch_dir("cli-planted");
+    let path = directory_config(dir.path(), WARDS);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    let (target, before) = precious(dir.path());
+
+    // The quarantine database replaced by a link.
+    std::os::unix::fs::symlink(&target, state.join("quarantine.sqlite")).expect("plant");
+    let out = fanout(&["quarantine", "--config", &path, "list"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("quarantine.sqlite: a symbolic link in the state directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    untouched(&target, &before);
+    std::fs::remove_file(state.join("quarantine.sqlite")).expect("unplant");
+
+    // Its write-ahead log replaced by a link, once the database exists.
+    let out = fanout(&["quarantine", "--config", &path, "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_file(state.join("quarantine.sqlite-wal"));
+    std::os::unix::fs::symlink(&target, state.join("quarantine.sqlite-wal")).expect("plant");
+    let out = fanout(&["quarantine", "--config", &path, "sweep"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("quarantine.sqlite-wal: a symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    untouched(&target, &before);
+
+    // The accepted list sizes replaced by a link: directory accept neither reads nor
+    // writes through it.
+    std::os::unix::fs::symlink(&target, state.join("list-sizes.json")).expect("plant");
+    let out = fanout(
+        &[
+            "directory",
+            "--config",
+            &path,
+            "accept",
+            "ward-a@corp.example",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("list-sizes.json: a symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    untouched(&target, &before);
+}
+
+#[test]
+fn root_commands_refuse_a_state_directory_of_another_account() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root, as the admin commands run");
+        return;
+    }
+    let dir = scratch_dir("cli-owner");
+    let path = directory_config(dir.path(), WARDS);
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    for args in [
+        &["quarantine", "--config", &path, "list"][..],
+        &[
+            "directory",
+            "--config",
+            &path,
+            "accept",
+            "ward-a@corp.example",
+        ][..],
+    ] {
+        let out = fanout(args, None);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("the state directory is owned by uid 65534")
+                && err.contains("not by root or the daemon's account \"fanout-milter\""),
+            "{args:?}: {err}"
+        );
+        assert!(
+            std::fs::read_dir(&state).expect("read").next().is_none(),
+            "{args:?}: nothing created in it"
+        );
+    }
+}
+
+#[test]
+fn sweep_unit_verifies_and_is_sandboxed() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter-sweep.service"
+    ))
+    .expect("sweep unit");
+    let dir = scratch_dir("cli-sweep-unit");
+    let path = dir.path().join("fanout-milter-sweep.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed by scripts/test");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Root, but writing only the state directory and the Postfix queue, on loopback
+    // only, with the capabilities postsuper, postcat and postdrop need (exercised in
+    // tests/e2e_quarantine.rs).
+    for line in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/var/lib/fanout-milter -/var/spool/postfix",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE CAP_CHOWN",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=30"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "exposure above 3.0:\n{}",
+        text(&out.stdout)
+    );
+}

@@ -363,6 +363,104 @@ fn reconcile_and_sweep_keep_store_and_queue_in_step() {
     assert!(notice.text.contains("NOT sent"), "{}", notice.text);
     let listed = s.admin_ok(&["list", "--state", "expired"]);
     assert!(listed.contains(&e), "{listed}");
+    assert!(
+        s.postfix.held().contains(&d),
+        "the header_checks HOLD is not ours to expire: {out}"
+    );
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_message_held_by_hand_survives_the_sweep_and_ours_still_expires() {
+    // Mail to slow.example waits in the deferred queue, where an admin can hold it.
+    let s = setup(
+        "quarantine-foreign",
+        "transport_maps = inline:{slow.example=retry:deferred}",
+    );
+    // Submitted with sendmail(1): smtpd would refuse a recipient whose transport is
+    // retry at RCPT time.
+    s.postfix.sendmail(
+        "bob@corp.example",
+        &["x@slow.example".to_owned()],
+        &message("q-held-by-hand", "x@slow.example"),
+    );
+    let f = wait_for("q-held-by-hand in the deferred queue", || {
+        s.postfix
+            .queue()
+            .into_iter()
+            .find(|m| m["queue_name"] == "deferred")
+            .and_then(|m| m["queue_id"].as_str().map(str::to_owned))
+    });
+    let out = Command::new("/usr/sbin/postsuper")
+        .arg("-c")
+        .arg(&s.postfix.etc)
+        .args(["-h", &f])
+        .output()
+        .expect("postsuper");
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the message held by hand", || {
+        s.postfix.held().contains(&f).then_some(())
+    });
+    let g = s.send_held("q-ours-expires", 6);
+
+    // 30 days later, with on_expiry = "notify-sender".
+    let t30d = (now() + 30 * 86400).to_string();
+    let out = s.admin_ok(&["sweep", "--now", &t30d]);
+    assert!(
+        out.contains(&format!("{f}: in the hold queue without a record")),
+        "{out}"
+    );
+    assert!(out.contains("recorded as foreign"), "{out}");
+    assert!(
+        out.contains(&format!("{g}: not reviewed within")),
+        "ours expires as before: {out}"
+    );
+    assert!(
+        !out.contains(&format!("{f}: not reviewed")),
+        "the foreign hold is not expired: {out}"
+    );
+    assert!(!out.contains(&format!("{f}: escalated")), "{out}");
+    let held = s.postfix.held();
+    assert!(held.contains(&f), "still in the hold queue: {held:?}");
+    assert!(!held.contains(&g), "ours was discarded");
+    // Our sender's notice arrives; the foreign sender (perhaps forged) gets none.
+    s.sink
+        .wait_until("q-ours-expires", |m| m.rcpts == ["ann@corp.example"]);
+    let hook = s.webhook.wait_for("foreign-hold");
+    assert!(hook.contains(&f), "the digest names it: {hook}");
+    assert!(
+        s.sink
+            .messages()
+            .iter()
+            .all(|m| m.rcpts != ["bob@corp.example"]),
+        "no notice to the sender of the message held by hand"
+    );
+
+    let list = s.admin_ok(&["list", "--now", &t30d]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&f))
+        .unwrap_or_else(|| panic!("{f} not listed:\n{list}"));
+    assert!(line.contains("foreign"), "{line}");
+    assert!(list.contains("held by another tool"), "{list}");
+    let show = s.admin_ok(&["show", &f]);
+    assert!(show.contains("ANOTHER TOOL (foreign)"), "{show}");
+    assert!(!show.contains("notify-sender"), "{show}");
+
+    // Idempotent: a second sweep leaves it alone too.
+    let out = s.admin_ok(&["sweep", "--now", &t30d]);
+    assert!(!out.contains(&f), "{out}");
+    assert!(s.postfix.held().contains(&f));
+
+    // An admin acts on it explicitly, by queue id, with --foreign.
+    let refused = s.admin(&["release", &f]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("add --foreign"), "{text}");
+    assert!(s.postfix.held().contains(&f));
+    let out = s.admin_ok(&["release", "--foreign", &f]);
+    assert!(out.contains("released"), "{out}");
+    assert!(!s.postfix.held().contains(&f));
     let _ = &s.dir;
 }
 
@@ -453,5 +551,74 @@ fn kill_9_while_holding_loses_nothing() {
     let mut held = held;
     held.sort();
     assert_eq!(recorded, held, "store and hold queue agree after the crash");
+    let _ = &s.dir;
+}
+
+/// The sweep unit's capability bounding set, as setpriv(1) names them.
+fn sweep_unit_caps() -> String {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter-sweep.service"
+    ))
+    .expect("sweep unit");
+    assert!(unit.contains("\nNoNewPrivileges=yes\n"), "{unit}");
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    caps.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn the_admin_commands_work_within_the_sweep_units_capabilities() {
+    // The unit's CapabilityBoundingSet and NoNewPrivileges, applied with setpriv(1):
+    // postsuper, postcat and sendmail's postdrop (whose setgid bit no_new_privs ignores)
+    // must still work.
+    let s = setup("quarantine-caps", "");
+    let caps = sweep_unit_caps();
+    let confined = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .arg("--no-new-privs")
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&s.config)
+            .arg("quarantine")
+            .args(args)
+            .output()
+            .expect("run setpriv");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "quarantine {args:?} with {caps}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let a = s.send_held("q-caps-show-release", 6);
+    let show = confined(&["show", &a]);
+    assert!(
+        show.contains("Subject: q-caps-show-release"),
+        "postcat: {show}"
+    );
+    confined(&["release", &a]);
+    assert_eq!(s.sink.wait_for("q-caps-show-release").rcpts.len(), 6);
+    let b = s.send_held("q-caps-discard", 6);
+    let out = confined(&["discard", "--notify-sender", &b]);
+    assert!(out.contains("notice sent"), "{out}");
+    s.sink
+        .wait_until("q-caps-discard", |m| m.rcpts == ["ann@corp.example"]);
+    let c = s.send_held("q-caps-expire", 6);
+    let t4d = (now() + 4 * 86400).to_string();
+    let out = confined(&["sweep", "--now", &t4d]);
+    assert!(out.contains(&format!("{c}: not reviewed within")), "{out}");
+    assert!(!s.postfix.held().contains(&c));
+    s.sink
+        .wait_until("q-caps-expire", |m| m.rcpts == ["ann@corp.example"]);
     let _ = &s.dir;
 }

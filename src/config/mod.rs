@@ -66,6 +66,9 @@ pub struct Config {
     pub drift_min_audience: u64,
     /// `[quarantine] state_dir`.
     pub state_dir: PathBuf,
+    /// `[quarantine] state_owner`: the daemon's account, the only one besides root
+    /// that may own `state_dir` when root commands use it.
+    pub state_owner: String,
     /// `[state] admin_socket`, defaulting to `state_dir/admin.sock`.
     pub admin_socket: PathBuf,
     /// `[state]`: where storm and rate state lives.

@@ -500,6 +500,9 @@ pub enum OnExpiry {
 pub struct RawQuarantine {
     /// The daemon's state: the quarantine store and the accepted list sizes.
     pub state_dir: PathBuf,
+    /// The account the daemon runs as; root commands refuse a `state_dir` owned by
+    /// anyone but root or this account.
+    pub state_owner: String,
     /// A message held longer than this triggers an escalation alert.
     pub review_within: String,
     /// A message held longer than this gets `on_expiry`.
@@ -512,6 +515,7 @@ impl Default for RawQuarantine {
     fn default() -> Self {
         RawQuarantine {
             state_dir: PathBuf::from("/var/lib/fanout-milter"),
+            state_owner: "fanout-milter".into(),
             review_within: "4h".into(),
             expire_after: "3d".into(),
             on_expiry: OnExpiry::NotifySender,

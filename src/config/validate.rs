@@ -639,6 +639,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         drift_factor: raw.drift.factor,
         drift_min_audience: raw.drift.min_audience,
         state_dir: raw.quarantine.state_dir.clone(),
+        state_owner: raw.quarantine.state_owner.clone(),
         quarantine: QuarantineSettings {
             review_within,
             expire_after,

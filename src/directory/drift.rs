@@ -2,9 +2,9 @@
 //! List drift: the last accepted size of every list, kept in the state directory, so
 //! that a list that suddenly grows (40 yesterday, 840,000 today) is noticed.
 
+use crate::state_dir::{StateDir, StateDirError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The file under the state directory.
@@ -75,6 +75,9 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory or the file is unsafe to use (see [`crate::state_dir`]).
+    #[error(transparent)]
+    Unsafe(#[from] StateDirError),
     /// Not our JSON.
     #[error("{}: not a list-size file: {source}", path.display())]
     Format {
@@ -87,32 +90,37 @@ pub enum StateError {
 }
 
 impl KnownSizes {
-    /// Reads the file in `state_dir`; a missing file is an empty set.
+    /// Reads the file in `state_dir`; a missing file (or directory) is an empty set.
+    /// Never follows a link in the directory (see [`crate::state_dir`]).
     pub fn load(state_dir: &Path) -> Result<KnownSizes, StateError> {
         let path = state_dir.join(FILE_NAME);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
+        let dir = match StateDir::open(state_dir, None) {
+            Ok(dir) => dir,
+            Err(StateDirError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(KnownSizes::default());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match dir.read(FILE_NAME)? {
+            Some(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|source| StateError::Format { path, source })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownSizes::default()),
-            Err(source) => Err(StateError::Io { path, source }),
+            None => Ok(KnownSizes::default()),
         }
     }
 
-    /// Writes the file atomically (temporary file, fsync, rename).
+    /// Writes the file atomically (a new temporary file created exclusively, fsync,
+    /// rename), never following a link in the directory.
     pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
-        let path = state_dir.join(FILE_NAME);
-        let tmp = state_dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
-        let io = |source| StateError::Io {
-            path: path.clone(),
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Io {
+            path: state_dir.to_owned(),
             source,
-        };
-        std::fs::create_dir_all(state_dir).map_err(io)?;
+        })?;
         let json = serde_json::to_vec_pretty(self).expect("list sizes serialise");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&json).and_then(|()| f.sync_all()).map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io)
+        StateDir::open(state_dir, None)?.write_atomic(FILE_NAME, &json)?;
+        Ok(())
     }
 
     /// Records the current sizes: new lists and normal changes are accepted, drifted
@@ -246,5 +254,33 @@ mod tests {
                 .contains("not a list-size file")
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn planted_links_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let target = t.path().join("ld.so.preload");
+        std::fs::write(&target, "precious").unwrap();
+        // The temporary file root would create, planted by the daemon.
+        symlink(
+            &target,
+            state.join(format!(".{FILE_NAME}.{}", std::process::id())),
+        )
+        .unwrap();
+        let mut k = KnownSizes::default();
+        k.accept("all@x.org", 5000);
+        k.save(&state).expect("save");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert_eq!(KnownSizes::load(&state).unwrap(), k);
+        // The file itself replaced by a link: not read through.
+        std::fs::remove_file(state.join(FILE_NAME)).unwrap();
+        symlink(&target, state.join(FILE_NAME)).unwrap();
+        let e = KnownSizes::load(&state).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        k.save(&state).expect("save replaces the link");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
     }
 }

@@ -29,6 +29,9 @@ pub enum AlertKind {
     Escalation,
     /// A held message passed `expire_after` and got `on_expiry`.
     Expired,
+    /// The sweep found a message in the hold queue that another tool held; it is
+    /// recorded as foreign and left alone.
+    Foreign,
     /// A reply-all storm tripped.
     Storm,
     /// The global breaker tripped.
@@ -52,6 +55,7 @@ impl AlertKind {
             AlertKind::Quarantined => "quarantined",
             AlertKind::Escalation => "escalation",
             AlertKind::Expired => "expired",
+            AlertKind::Foreign => "foreign-hold",
             AlertKind::Storm => "storm",
             AlertKind::Breaker => "breaker",
             AlertKind::StateDown => "state-down",
@@ -151,6 +155,9 @@ impl Digest {
                     "expired unreviewed after {}",
                     humantime::format_duration(a.held_for.unwrap_or_default())
                 ),
+                AlertKind::Foreign => "found in the hold queue, held by another tool \
+                                       (not by fanout-milter): left alone"
+                    .to_owned(),
                 AlertKind::Storm => "reply-all storm tripped".to_owned(),
                 AlertKind::Breaker => "global breaker tripped".to_owned(),
                 AlertKind::StateDown => "shared state unreachable".to_owned(),
@@ -174,6 +181,12 @@ impl Digest {
                 out.push_str(&format!("  audience: {}\n", a.audience));
             }
             out.push_str(&format!("  why:      {}\n", one_line(&a.reason)));
+            if let (Some(id), AlertKind::Foreign) = (&a.queue_id, a.kind) {
+                out.push_str(&format!(
+                    "  decide:   {} quarantine release|discard --foreign {id}\n",
+                    crate::NAME
+                ));
+            }
             if let (Some(id), AlertKind::Quarantined | AlertKind::Escalation) =
                 (&a.queue_id, a.kind)
             {

@@ -96,6 +96,19 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+/// What `list` and the sweep say about held foreign records.
+const FOREIGN_NOTE: &str = "held by another tool, not by fanout-milter (state \"foreign\"): \
+    the sweep leaves them alone; release or discard one with --foreign";
+
+/// A record's state for listings: `foreign` for a held message another tool held.
+fn state_label(r: &Record) -> String {
+    if r.foreign && r.state == State::Held {
+        "foreign".to_owned()
+    } else {
+        r.state.to_string()
+    }
+}
+
 fn sender_of(m: &HeldMessage) -> &str {
     if m.sender.is_empty() { "<>" } else { &m.sender }
 }
@@ -120,6 +133,7 @@ impl Admin<'_> {
                     serde_json::json!({
                         "queue_id": r.message.queue_id,
                         "state": r.state,
+                        "foreign": r.foreign,
                         "held_at": time(r.message.held_at),
                         "age_seconds": r.held_for(self.now).as_secs(),
                         "sender": r.message.sender,
@@ -146,7 +160,7 @@ impl Admin<'_> {
                 "{:<14} {:>8} {:<9} {:<28} {:>9}  {:<40} {}",
                 m.queue_id,
                 age(r.held_for(self.now)),
-                r.state,
+                state_label(r),
                 one_line(sender_of(m), 28),
                 count(m.audience),
                 one_line(&r.first_reason(), 40),
@@ -154,6 +168,13 @@ impl Admin<'_> {
             );
         }
         let _ = writeln!(out, "{} message(s)", records.len());
+        let foreign = records
+            .iter()
+            .filter(|r| r.foreign && r.state == State::Held)
+            .count();
+        if foreign > 0 {
+            let _ = writeln!(out, "{foreign} {FOREIGN_NOTE}");
+        }
         Ok(out)
     }
 
@@ -196,6 +217,14 @@ impl Admin<'_> {
         );
         let _ = writeln!(o, "Thread:       {}", one_line(&m.thread_key, 200));
         let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
+        if r.foreign {
+            let _ = writeln!(
+                o,
+                "Held by:      ANOTHER TOOL (foreign), not by fanout-milter: a content filter, \
+                 header_checks HOLD or postsuper -h. The sweep never expires it; \
+                 release or discard it only with --foreign"
+            );
+        }
         let _ = writeln!(o, "\nWhy it is held:");
         for rule in &m.rules {
             let _ = writeln!(o, "  - {} ({}): {}", rule.rule, rule.action, rule.message);
@@ -283,7 +312,7 @@ impl Admin<'_> {
         Ok(o)
     }
 
-    fn held_record(&self, raw: &str) -> Result<Record, String> {
+    fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
         let id = QueueId::parse(raw).map_err(|e| e.to_string())?;
         let r = self.store.get(&id).map_err(|e| {
             format!(
@@ -297,14 +326,21 @@ impl Admin<'_> {
                 time(r.state_at)
             ));
         }
+        if r.foreign && !foreign_ok {
+            return Err(format!(
+                "{id} was held by another tool (a content filter, header_checks HOLD or \
+                 postsuper -h), not by fanout-milter; add --foreign to act on it anyway"
+            ));
+        }
         Ok(r)
     }
 
-    /// `quarantine release ID...`: `postsuper -H`, then delivery, recorded.
-    pub fn release(&self, ids: &[String], comment: Option<&str>) -> Report {
+    /// `quarantine release ID...`: `postsuper -H`, then delivery, recorded. A foreign
+    /// record (held by another tool) is released only with `foreign`.
+    pub fn release(&self, ids: &[String], comment: Option<&str>, foreign: bool) -> Report {
         let mut report = Report::default();
         for raw in ids {
-            let r = match self.held_record(raw) {
+            let r = match self.held_record(raw, foreign) {
                 Ok(r) => r,
                 Err(e) => {
                     report.fail(e);
@@ -312,28 +348,50 @@ impl Admin<'_> {
                 }
             };
             let id = &r.message.queue_id;
-            if let Err(e) = self.postfix.release(id) {
-                report.fail(format!("{id}: {e}"));
-                continue;
-            }
-            match self.store.set_state(
+            // The record is claimed first: of a release and a discard racing for one
+            // message, only the one whose state change applies acts on Postfix.
+            if let Err(e) = self.store.set_state(
                 r.id,
+                State::Held,
                 State::Released,
                 &self.entry("release", comment.map(str::to_owned)),
             ) {
+                report.fail(format!("{id}: {e}"));
+                continue;
+            }
+            match self.postfix.release(id) {
                 Ok(()) => report.line(format!("{id}: released for delivery")),
-                Err(e) => report.fail(format!("{id}: released in Postfix, but not recorded: {e}")),
+                Err(e) => self.unclaim(&r, State::Released, &e.to_string(), &mut report),
             }
         }
         report
     }
 
+    /// Puts a claimed record back to held after Postfix refused the action.
+    fn unclaim(&self, r: &Record, claimed: State, error: &str, report: &mut Report) {
+        let id = &r.message.queue_id;
+        let entry = self.entry("undo", Some(format!("Postfix refused: {error}")));
+        match self.store.set_state(r.id, claimed, State::Held, &entry) {
+            Ok(()) => report.fail(format!("{id}: {error}")),
+            Err(e) => report.fail(format!(
+                "{id}: {error}; and the record stays {claimed}: {e}"
+            )),
+        }
+    }
+
     /// `quarantine discard ID...`: `postsuper -d ID hold`, recorded; with
-    /// `notify_sender` a notice goes to the sender.
-    pub fn discard(&self, ids: &[String], notify_sender: bool, comment: Option<&str>) -> Report {
+    /// `notify_sender` a notice goes to the sender. A foreign record (held by another
+    /// tool) is discarded only with `foreign`.
+    pub fn discard(
+        &self,
+        ids: &[String],
+        notify_sender: bool,
+        comment: Option<&str>,
+        foreign: bool,
+    ) -> Report {
         let mut report = Report::default();
         for raw in ids {
-            let r = match self.held_record(raw) {
+            let r = match self.held_record(raw, foreign) {
                 Ok(r) => r,
                 Err(e) => {
                     report.fail(e);
@@ -341,16 +399,17 @@ impl Admin<'_> {
                 }
             };
             let id = r.message.queue_id.clone();
-            if let Err(e) = self.postfix.delete_held(&id) {
-                report.fail(format!("{id}: {e}"));
-                continue;
-            }
             if let Err(e) = self.store.set_state(
                 r.id,
+                State::Held,
                 State::Discarded,
                 &self.entry("discard", comment.map(str::to_owned)),
             ) {
-                report.fail(format!("{id}: deleted in Postfix, but not recorded: {e}"));
+                report.fail(format!("{id}: {e}"));
+                continue;
+            }
+            if let Err(e) = self.postfix.delete_held(&id) {
+                self.unclaim(&r, State::Discarded, &e.to_string(), &mut report);
                 continue;
             }
             report.line(format!("{id}: discarded"));
@@ -401,28 +460,39 @@ impl Admin<'_> {
     }
 
     /// `quarantine reconcile`: compares the store with the hold queue both ways.
+    /// Messages found held without a record are recorded as foreign.
     pub fn reconcile(&self) -> Report {
+        self.reconcile_adopting().0
+    }
+
+    /// [`Admin::reconcile`], also returning the queue ids it recorded as foreign.
+    fn reconcile_adopting(&self) -> (Report, Vec<QueueId>) {
         let mut report = Report::default();
+        let mut adopted = Vec::new();
         let queue = match self.postfix.queue() {
             Ok(q) => q,
             Err(e) => {
                 report.fail(format!("cannot read Postfix's queue: {e}"));
-                return report;
+                return (report, adopted);
             }
         };
         let held = match self.held_records() {
             Ok(h) => h,
             Err(e) => {
                 report.fail(e.to_string());
-                return report;
+                return (report, adopted);
             }
         };
         let plan = plan_reconcile(&held, &queue, self.now);
         for q in &plan.adopt {
             match self.adopt(q) {
-                Ok(id) => report.line(format!(
-                    "{id}: in the hold queue without a record: recorded as held"
-                )),
+                Ok(id) => {
+                    report.line(format!(
+                        "{id}: in the hold queue without a record: held by another tool, \
+                         recorded as foreign (the sweep leaves it alone)"
+                    ));
+                    adopted.push(id);
+                }
                 Err(e) => report.fail(format!("{}: {e}", q.queue_id)),
             }
         }
@@ -432,6 +502,7 @@ impl Admin<'_> {
             );
             match self.store.set_state(
                 *row,
+                State::Held,
                 State::Released,
                 &self.entry("reconcile", Some(comment)),
             ) {
@@ -447,6 +518,7 @@ impl Admin<'_> {
                     .to_owned();
             match self.store.set_state(
                 *row,
+                State::Held,
                 State::Discarded,
                 &self.entry("reconcile", Some(comment)),
             ) {
@@ -457,7 +529,7 @@ impl Admin<'_> {
         if plan.is_empty() {
             report.line(format!("store and hold queue agree ({} held)", held.len()));
         }
-        report
+        (report, adopted)
     }
 
     /// Records a message found in the hold queue, with what Postfix knows of it.
@@ -504,14 +576,15 @@ impl Admin<'_> {
             rules: vec![RuleHit {
                 rule: "reconcile".into(),
                 action: "quarantine".into(),
-                message: "found in Postfix's hold queue without a fanout-milter record \
-                          (held by hand or by another filter, or the record was lost)"
+                message: "found in Postfix's hold queue without a fanout-milter record: \
+                          held by another tool (a content filter, header_checks HOLD or \
+                          postsuper -h); fanout-milter leaves it alone"
                     .into(),
             }],
             recorded_by: "reconcile".into(),
         };
         self.store
-            .record_held(
+            .record_foreign(
                 &msg,
                 &self.who,
                 Some("found in the hold queue by reconcile"),
@@ -528,9 +601,11 @@ impl Admin<'_> {
     }
 
     /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
-    /// `on_expiry` to expired ones; one digest for everything.
+    /// `on_expiry` to expired ones; one digest for everything, which also names the
+    /// foreign messages reconcile found. Foreign records are never escalated, expired,
+    /// released or discarded here.
     pub fn sweep(&self) -> Report {
-        let mut report = self.reconcile();
+        let (mut report, adopted) = self.reconcile_adopting();
         let held = match self.held_records() {
             Ok(h) => h,
             Err(e) => {
@@ -538,7 +613,15 @@ impl Admin<'_> {
                 return report;
             }
         };
-        let mut alerts = Vec::new();
+        let mut alerts: Vec<Alert> = held
+            .iter()
+            .filter(|r| r.foreign && adopted.contains(&r.message.queue_id))
+            .map(|r| self.alert(AlertKind::Foreign, r))
+            .collect();
+        let foreign = held.iter().filter(|r| r.foreign).count();
+        if foreign > 0 {
+            report.line(format!("{foreign} {FOREIGN_NOTE}"));
+        }
         for step in plan_sweep(&held, self.now, &self.config.quarantine) {
             match step {
                 SweepStep::Escalate { id, queue_id } => {
@@ -584,38 +667,35 @@ impl Admin<'_> {
     fn expire(&self, r: &Record, action: OnExpiry, report: &mut Report) -> bool {
         let id = &r.message.queue_id;
         let held_for = age(r.held_for(self.now));
-        let result = match action {
-            OnExpiry::Release => self
-                .postfix
-                .release(id)
-                .map(|()| format!("not reviewed within {held_for}: released")),
-            OnExpiry::NotifySender => self
-                .postfix
-                .delete_held(id)
-                .map(|()| format!("not reviewed within {held_for}: discarded")),
+        let comment = match action {
+            OnExpiry::Release => format!("not reviewed within {held_for}: released"),
+            OnExpiry::NotifySender => format!("not reviewed within {held_for}: discarded"),
             OnExpiry::Keep => return false,
         };
-        match result {
-            Ok(comment) => {
-                if let Err(e) = self.store.set_state(
-                    r.id,
-                    State::Expired,
-                    &self.entry("expire", Some(comment.clone())),
-                ) {
-                    report.fail(format!("{id}: {e}"));
-                    return false;
-                }
-                report.line(format!("{id}: {comment}"));
-                if action == OnExpiry::NotifySender {
-                    self.notify_sender(r, NoticeReason::Expired, report);
-                }
-                true
-            }
-            Err(e) => {
-                report.fail(format!("{id}: expiry failed: {e}"));
-                false
-            }
+        // Claimed first, as release and discard do: an admin's decision that came in
+        // since the sweep read the record wins.
+        if let Err(e) = self.store.set_state(
+            r.id,
+            State::Held,
+            State::Expired,
+            &self.entry("expire", Some(comment.clone())),
+        ) {
+            report.fail(format!("{id}: {e}"));
+            return false;
         }
+        let result = match action {
+            OnExpiry::Release => self.postfix.release(id),
+            _ => self.postfix.delete_held(id),
+        };
+        if let Err(e) = result {
+            self.unclaim(r, State::Expired, &format!("expiry failed: {e}"), report);
+            return false;
+        }
+        report.line(format!("{id}: {comment}"));
+        if action == OnExpiry::NotifySender {
+            self.notify_sender(r, NoticeReason::Expired, report);
+        }
+        true
     }
 
     fn alert(&self, kind: AlertKind, r: &Record) -> Alert {

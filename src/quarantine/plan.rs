@@ -79,12 +79,17 @@ pub enum SweepStep {
     },
 }
 
-/// What the sweep does at `now` with the records (only held ones are looked at).
+/// What the sweep does at `now` with the records. Only held records fanout-milter held
+/// itself are looked at: a foreign one (held by another tool) is that tool's or an
+/// admin's to decide, never expired, released or discarded by the sweep.
 pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -> Vec<SweepStep> {
     let review = settings.review_within.as_secs();
     let expire = settings.expire_after.as_secs();
     let mut steps = Vec::new();
-    for r in records.iter().filter(|r| r.state == State::Held) {
+    for r in records
+        .iter()
+        .filter(|r| r.state == State::Held && !r.foreign)
+    {
         let age = now.saturating_sub(r.message.held_at);
         let queue_id = r.message.queue_id.clone();
         if age >= expire && settings.on_expiry != OnExpiry::Keep {
@@ -133,6 +138,7 @@ mod tests {
             state,
             state_at: held_at,
             escalated_at: None,
+            foreign: false,
             audit: vec![],
         }
     }
@@ -227,6 +233,29 @@ mod tests {
             plan_sweep(&[done], 100 * h, &s).is_empty(),
             "only held records"
         );
+    }
+
+    #[test]
+    fn foreign_records_are_never_escalated_or_expired() {
+        let mut theirs = record(1, "AAAAAA1", 0, State::Held);
+        theirs.foreign = true;
+        let ours = record(2, "BBBBBB2", 0, State::Held);
+        for on_expiry in [OnExpiry::NotifySender, OnExpiry::Release] {
+            let steps = plan_sweep(
+                &[theirs.clone(), ours.clone()],
+                30 * 86400,
+                &settings(on_expiry),
+            );
+            assert_eq!(
+                steps,
+                [SweepStep::Expire {
+                    id: 2,
+                    queue_id: ours.message.queue_id.clone(),
+                    action: on_expiry
+                }],
+                "only our own record expires"
+            );
+        }
     }
 
     #[test]

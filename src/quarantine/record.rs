@@ -194,6 +194,11 @@ pub struct Record {
     pub state_at: u64,
     /// When the last escalation alert went out.
     pub escalated_at: Option<u64>,
+    /// Held by another tool (a content filter, `header_checks HOLD`, an admin's
+    /// `postsuper -h`), found in the hold queue by reconcile: the sweep never expires,
+    /// releases or discards it, and admin commands act on it only with `--foreign`.
+    #[serde(default)]
+    pub foreign: bool,
     /// Audit trail, oldest first.
     pub audit: Vec<AuditEntry>,
 }

@@ -8,7 +8,8 @@
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::state_dir::{StateDir, StateDirError};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,7 +17,8 @@ use std::time::Duration;
 /// The database file name inside the state directory.
 pub const DB_FILE: &str = "quarantine.sqlite";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `held.foreign_hold`, set for messages another tool held (see [`Record::foreign`]).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held (
@@ -29,7 +31,8 @@ CREATE TABLE IF NOT EXISTS held (
     sender       TEXT NOT NULL,
     audience     INTEGER NOT NULL,
     subject      TEXT,
-    facts        TEXT NOT NULL
+    facts        TEXT NOT NULL,
+    foreign_hold INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS held_queue_id ON held(queue_id);
 CREATE INDEX IF NOT EXISTS held_state ON held(state, held_at);
@@ -42,6 +45,14 @@ CREATE TABLE IF NOT EXISTS audit (
     comment TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_held ON audit(held_id);
+";
+
+/// Brings a version 1 store to version 2: records that `reconcile` adopted from the
+/// hold queue were held by another tool (or their record was lost); they become
+/// foreign, so that the sweep never expires them.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE held ADD COLUMN foreign_hold INTEGER NOT NULL DEFAULT 0;
+UPDATE held SET foreign_hold = 1 WHERE json_extract(facts, '$.recorded_by') = 'reconcile';
 ";
 
 /// A store failure.
@@ -78,14 +89,22 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// A root-run command could not hand a file back to the state directory's owner.
-    #[error("cannot give {} to the owner of the state directory: {source}", path.display())]
-    Owner {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+    /// The state directory or a file in it is unsafe to use as root, or could not be
+    /// handed back to the directory's owner.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    /// A state change found the record in another state than expected: another
+    /// command changed it first.
+    #[error(
+        "quarantine record {id} is {found} now, not {expected}: another command changed it first"
+    )]
+    StateChanged {
+        /// Row id.
+        id: i64,
+        /// The state the change expected.
+        expected: State,
+        /// The state found (or `missing`).
+        found: String,
     },
     /// The database was written by a newer fanout-milter.
     #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
@@ -113,34 +132,35 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// The database and the side files SQLite keeps next to it.
+const DB_FILES: [&str; 4] = [
+    DB_FILE,
+    "quarantine.sqlite-journal",
+    "quarantine.sqlite-wal",
+    "quarantine.sqlite-shm",
+];
+
+/// The state directory, checked when root opens it (see [`crate::state_dir`]): the
+/// database and its side files must be regular files with one link owned by root or the
+/// directory's owner, never links. The daemon uses its own directory as it is.
+fn state_dir_for(state_dir: &Path) -> Result<PathBuf, StoreError> {
+    let dir = StateDir::open(state_dir, None)?;
+    for name in DB_FILES {
+        dir.check_entry(name)?;
+    }
+    Ok(dir.path().to_owned())
+}
+
 /// Run as root (admin commands, the sweep), hands the database and its WAL files to
 /// the owner of the state directory, so that the unprivileged daemon can still write
-/// them.
-fn give_to_dir_owner(state_dir: &Path, db: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
+/// them; by descriptor, never by path.
+fn give_to_dir_owner(state_dir: &Path) -> Result<(), StoreError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let dir = std::fs::metadata(state_dir).map_err(|source| StoreError::Dir {
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    if dir.uid() == 0 {
-        return Ok(());
-    }
-    for suffix in ["", "-wal", "-shm"] {
-        let file = PathBuf::from(format!("{}{suffix}", db.display()));
-        let Ok(meta) = std::fs::metadata(&file) else {
-            continue;
-        };
-        if meta.uid() != dir.uid() || meta.gid() != dir.gid() {
-            std::os::unix::fs::chown(&file, Some(dir.uid()), Some(dir.gid())).map_err(
-                |source| StoreError::Owner {
-                    path: file.clone(),
-                    source,
-                },
-            )?;
-        }
+    let dir = StateDir::open(state_dir, None)?;
+    for name in DB_FILES {
+        dir.give_to_owner(name)?;
     }
     Ok(())
 }
@@ -152,12 +172,16 @@ impl Store {
             path: state_dir.to_owned(),
             source,
         })?;
+        let state_dir = state_dir_for(state_dir)?;
         let path = state_dir.join(DB_FILE);
         let sql = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sql)?;
+        // SQLITE_OPEN_NOFOLLOW: a symlink at the database's name is refused; SQLite
+        // opens its -journal, -wal and -shm files with O_NOFOLLOW itself.
+        let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
@@ -174,10 +198,23 @@ impl Store {
                 found: version,
             });
         }
+        let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0));
+        let has_held =
+            count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'held'")
+                .map_err(sql)?
+                > 0;
+        let has_foreign =
+            count("SELECT count(*) FROM pragma_table_info('held') WHERE name = 'foreign_hold'")
+                .map_err(sql)?
+                > 0;
+        if has_held && !has_foreign {
+            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
+                .map_err(sql)?;
+        }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
-        give_to_dir_owner(state_dir, &path)?;
+        give_to_dir_owner(&state_dir)?;
         Ok(Store {
             path,
             conn: Mutex::new(conn),
@@ -202,10 +239,31 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a message as held, with a first audit entry; durable on return.
+    /// Records a message the milter holds, with a first audit entry; durable on return.
     pub fn record_held(
         &self,
         msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.insert(msg, false, who, comment)
+    }
+
+    /// Records a message found in the hold queue that fanout-milter did not hold
+    /// (see [`Record::foreign`]).
+    pub fn record_foreign(
+        &self,
+        msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        self.insert(msg, true, who, comment)
+    }
+
+    fn insert(
+        &self,
+        msg: &HeldMessage,
+        foreign: bool,
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
@@ -217,15 +275,17 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
-            "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts)
-             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts,
+                               foreign_hold)
+             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 msg.queue_id.as_str(),
                 msg.held_at as i64,
                 msg.sender,
                 msg.audience as i64,
                 msg.subject,
-                facts
+                facts,
+                foreign
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -281,11 +341,12 @@ impl Store {
     }
 
     fn load(&self, conn: &Connection, id: i64) -> Result<Record, StoreError> {
-        let (facts, state, state_at, escalated_at): (String, String, i64, Option<i64>) = conn
+        type Row = (String, String, i64, Option<i64>, bool);
+        let (facts, state, state_at, escalated_at, foreign): Row = conn
             .query_row(
-                "SELECT facts, state, state_at, escalated_at FROM held WHERE id = ?1",
+                "SELECT facts, state, state_at, escalated_at, foreign_hold FROM held WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .map_err(|e| self.err(e))?;
         let corrupt = |message: String| StoreError::Corrupt {
@@ -319,21 +380,52 @@ impl Store {
             state,
             state_at: state_at as u64,
             escalated_at: escalated_at.map(|e| e as u64),
+            foreign,
             audit,
         })
     }
 
-    /// Moves a record to `state` and appends to its audit trail, in one transaction.
-    pub fn set_state(&self, id: i64, state: State, entry: &AuditEntry) -> Result<(), StoreError> {
+    /// Moves a record from state `from` to `to` and appends to its audit trail, in one
+    /// transaction. When the record is no longer in `from` (another command changed it
+    /// first) nothing changes and the error says what it is now: of two commands racing
+    /// for one record, exactly one succeeds.
+    pub fn set_state(
+        &self,
+        id: i64,
+        from: State,
+        to: State,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE held SET state = ?2, state_at = ?3 WHERE id = ?1",
-            params![id, state.as_str(), entry.at as i64],
-        )
-        .map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",
+                params![id, from.as_str(), to.as_str(), entry.at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, from));
+        }
         insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The error for a transition that found record `id` not in state `expected`.
+    fn state_changed(&self, conn: &Connection, id: i64, expected: State) -> StoreError {
+        let found = conn
+            .query_row("SELECT state FROM held WHERE id = ?1", params![id], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional();
+        match found {
+            Ok(found) => StoreError::StateChanged {
+                id,
+                expected,
+                found: found.unwrap_or_else(|| "missing".to_owned()),
+            },
+            Err(e) => self.err(e),
+        }
     }
 
     /// Appends to a record's audit trail without changing its state.
@@ -342,15 +434,19 @@ impl Store {
         insert_audit(&conn, id, entry).map_err(|e| self.err(e))
     }
 
-    /// Notes that an escalation alert went out for a record.
+    /// Notes that an escalation alert went out for a record that is still held.
     pub fn mark_escalated(&self, id: i64, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE held SET escalated_at = ?2 WHERE id = ?1",
-            params![id, entry.at as i64],
-        )
-        .map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET escalated_at = ?2 WHERE id = ?1 AND state = 'held'",
+                params![id, entry.at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, State::Held));
+        }
         insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
@@ -423,7 +519,9 @@ mod tests {
             action: "release".into(),
             comment: Some("checked with sender".into()),
         };
-        store.set_state(id, State::Released, &entry).unwrap();
+        store
+            .set_state(id, State::Held, State::Released, &entry)
+            .unwrap();
         let held_only = store
             .list(&Filter {
                 state: Some(State::Held),
@@ -469,6 +567,48 @@ mod tests {
     }
 
     #[test]
+    fn a_transition_applies_only_from_the_expected_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .record_held(&held("AAAAAA1", 100), "milter", None)
+            .unwrap();
+        let entry = |action: &str| AuditEntry {
+            at: 200,
+            who: "root".into(),
+            action: action.into(),
+            comment: None,
+        };
+        store
+            .set_state(id, State::Held, State::Released, &entry("release"))
+            .unwrap();
+        // A discard that read the record as held before the release committed.
+        let e = store
+            .set_state(id, State::Held, State::Discarded, &entry("discard"))
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::StateChanged { expected: State::Held, found, .. } if found == "released"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is released now, not held"), "{e}");
+        let e = store.mark_escalated(id, &entry("escalate")).unwrap_err();
+        assert!(matches!(e, StoreError::StateChanged { .. }), "{e}");
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert_eq!(r.state, State::Released);
+        assert_eq!(r.escalated_at, None);
+        let actions: Vec<&str> = r.audit.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["held", "release"],
+            "the refused changes left no trace"
+        );
+        let e = store
+            .set_state(999, State::Held, State::Released, &entry("release"))
+            .unwrap_err();
+        assert!(e.to_string().contains("is missing now"), "{e}");
+    }
+
+    #[test]
     fn escalation_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -485,6 +625,59 @@ mod tests {
         let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
         assert_eq!(r.escalated_at, Some(5000));
         assert_eq!(r.state, State::Held);
+    }
+
+    #[test]
+    fn foreign_records_are_marked_and_a_version_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .record_held(&held("AAAAAA1", 100), "milter", None)
+                .unwrap();
+            store
+                .record_foreign(&held("BBBBBB2", 100), "root", None)
+                .unwrap();
+            let ours = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+            let theirs = store.get(&QueueId::parse("BBBBBB2").unwrap()).unwrap();
+            assert!(!ours.foreign);
+            assert!(theirs.foreign);
+        }
+        // A store as version 1 wrote it: no foreign_hold column, adopted records known
+        // only by recorded_by = "reconcile".
+        let v1 = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(v1.path().join(DB_FILE)).unwrap();
+            let schema_v1 = SCHEMA.replace(
+                "facts        TEXT NOT NULL,\n    foreign_hold INTEGER NOT NULL DEFAULT 0",
+                "facts        TEXT NOT NULL",
+            );
+            assert!(!schema_v1.contains("foreign_hold"));
+            conn.execute_batch(&schema_v1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let mut adopted = held("CCCCCC3", 100);
+            adopted.recorded_by = "reconcile".into();
+            for m in [held("AAAAAA1", 100), adopted] {
+                conn.execute(
+                    "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, facts)
+                     VALUES (?1, 100, 'held', 100, '', 1, ?2)",
+                    params![m.queue_id.as_str(), serde_json::to_string(&m).unwrap()],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(v1.path()).unwrap();
+        let ours = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let adopted = store.get(&QueueId::parse("CCCCCC3").unwrap()).unwrap();
+        assert!(!ours.foreign);
+        assert!(adopted.foreign, "adopted by a version 1 reconcile");
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        Store::open(v1.path()).expect("reopening a migrated store");
     }
 
     #[test]
@@ -506,6 +699,55 @@ mod tests {
                 .starts_with("cannot create state directory /proc/fanout-milter-test"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn planted_links_to_the_database_or_its_side_files_are_refused() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        for name in DB_FILES {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("state");
+            std::fs::create_dir(&state).unwrap();
+            let target = dir.path().join("ld.so.preload");
+            std::fs::write(&target, "precious").unwrap();
+            if name != DB_FILE {
+                drop(Store::open(&state).unwrap());
+                for f in DB_FILES.iter().skip(1) {
+                    let _ = std::fs::remove_file(state.join(f));
+                }
+            }
+            let before = std::fs::metadata(&target).unwrap();
+            symlink(&target, state.join(name)).unwrap();
+            let e = Store::open(&state).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{name}: {e}");
+            let after = std::fs::metadata(&target).unwrap();
+            assert_eq!(std::fs::read(&target).unwrap(), b"precious", "{name}");
+            assert_eq!(
+                (after.uid(), after.mode(), after.mtime()),
+                (before.uid(), before.mode(), before.mtime()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_never_chowns_through_a_planted_link() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root, as the admin commands run");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        drop(Store::open(&state).unwrap());
+        let target = dir.path().join("shadow");
+        std::fs::write(&target, "root's").unwrap();
+        let _ = std::fs::remove_file(state.join("quarantine.sqlite-shm"));
+        symlink(&target, state.join("quarantine.sqlite-shm")).unwrap();
+        assert!(Store::open(&state).is_err());
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0, "not chowned");
     }
 
     #[test]

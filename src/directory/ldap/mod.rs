@@ -299,7 +299,7 @@ fn load_from(
     s: &LdapSettings,
     same_settings: bool,
 ) -> Result<Option<Snapshot>, String> {
-    let file = match std::fs::File::open(path) {
+    let file = match crate::state_dir::open_nofollow(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
