@@ -8,7 +8,9 @@
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
+use crate::text::{self, MAX_SUBJECT_CHARS};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -202,13 +204,29 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a message as held, with a first audit entry; durable on return.
+    /// Records a message as held, with a first audit entry; durable on return. The
+    /// subject is kept capped at [`crate::text::MAX_SUBJECT_CHARS`].
     pub fn record_held(
         &self,
         msg: &HeldMessage,
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
+        let capped;
+        let msg = match msg
+            .subject
+            .as_deref()
+            .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
+        {
+            Some(Cow::Owned(subject)) => {
+                capped = HeldMessage {
+                    subject: Some(subject),
+                    ..msg.clone()
+                };
+                &capped
+            }
+            _ => msg,
+        };
         let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             id: 0,
@@ -365,7 +383,7 @@ fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quarantine::record::{ListHit, RuleHit};
 
@@ -448,6 +466,19 @@ mod tests {
             missing.to_string(),
             "no quarantine record for queue id CCCCCC3"
         );
+    }
+
+    #[test]
+    fn a_record_keeps_a_capped_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut long = held("AAAAAA1", 100);
+        long.subject = Some("{reason}".repeat(8_000));
+        store.record_held(&long, "milter", None).unwrap();
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let subject = r.message.subject.expect("subject");
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        assert!(subject.starts_with("{reason}") && subject.ends_with('…'));
     }
 
     #[test]
