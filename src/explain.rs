@@ -4,8 +4,9 @@
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::milter::apply::header_value;
+use crate::milter::apply::{header_value, smtp_reply};
 use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet, address::normalize};
+use crate::text;
 use serde_json::json;
 use std::fmt::Write as _;
 
@@ -51,7 +52,6 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     };
     let evaluation = policy::evaluate(&config.policy, &facts);
     let v = &evaluation.verdict;
-    let summary = v.summary();
     let effect = match v.action {
         Action::Accept => "passed unchanged".to_owned(),
         Action::Tag => format!(
@@ -62,14 +62,16 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
             "held in the Postfix hold queue, with header \"X-Fanout-Verdict: {}\"",
             header_value(v)
         ),
-        Action::Tempfail => format!(
-            "refused for now: 451 4.7.1 {}",
-            config.replies.tempfail_text(&summary, "NOQUEUE")
-        ),
-        Action::Reject => format!(
-            "refused: 550 5.7.1 {}",
-            config.replies.reject_text(&summary, "NOQUEUE")
-        ),
+        Action::Tempfail | Action::Reject => {
+            let (code, enhanced, text) =
+                smtp_reply(v, &config.replies, "NOQUEUE").unwrap_or_default();
+            let how = if v.action == Action::Reject {
+                "refused"
+            } else {
+                "refused for now"
+            };
+            format!("{how}: {code} {enhanced} {text}")
+        }
     };
     Explanation {
         facts,
@@ -115,8 +117,13 @@ impl Explanation {
         })
     }
 
-    /// A human-readable report.
+    /// A human-readable report, neutralised ([`text::neutralize_lines`]): subjects,
+    /// addresses and reasons come from mail and the directory.
     pub fn to_text(&self) -> String {
+        text::neutralize_lines(&self.report()).into_owned()
+    }
+
+    fn report(&self) -> String {
         let v = &self.evaluation.verdict;
         let c = &self.evaluation.counts;
         let mut out = String::new();
@@ -178,8 +185,13 @@ impl Explanation {
     }
 }
 
-/// `directory lookup`: what one address reaches.
+/// `directory lookup`: what one address reaches, neutralised
+/// ([`text::neutralize_lines`]): names, DNs and reasons come from the directory.
 pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> String {
+    text::neutralize_lines(&lookup_report(directory, address, max_members)).into_owned()
+}
+
+fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> String {
     let mut out = String::new();
     let index = &directory.index;
     let Some(list) = index.list(address) else {
