@@ -172,7 +172,8 @@ mod tests {
         assert_eq!(extract(&raw).visible.len(), 2);
     }
 
-    /// Padding past `max_header_bytes` before the thread headers, or To/Cc that fill it,
+    /// Padding that fills `max_header_bytes` to the last bytes before the thread headers,
+    /// or To/Cc that do,
     /// do not push Subject and In-Reply-To out: the message is still a reply in its
     /// thread.
     #[test]
@@ -188,6 +189,9 @@ mod tests {
             buf.push(b"From", b"ann@corp.example");
             for _ in 0..count {
                 buf.push(name, &pad);
+            }
+            for _ in 0..1000 {
+                buf.push(name, b"x");
             }
             buf.push(b"Subject", b"Re: all staff");
             buf.push(b"In-Reply-To", b"<root@corp.example>");
