@@ -8,7 +8,6 @@
 use crate::config::LogFormat;
 use crate::text;
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io;
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
@@ -59,7 +58,7 @@ where
 /// One formatted log line (with its final line feed) made safe: in text, every
 /// control, line break and bidi/format character of the line becomes a visible escape
 /// ([`text::neutralize`]); in JSON, which already escapes C0 controls, the others
-/// become `\uXXXX` escapes, so the line stays valid JSON.
+/// become `\uXXXX` escapes ([`text::neutralize_json`]), so the line stays valid JSON.
 pub fn safe_line(line: &str, json: bool) -> Cow<'_, str> {
     let body = line.strip_suffix('\n').unwrap_or(line);
     if !json {
@@ -71,19 +70,13 @@ pub fn safe_line(line: &str, json: bool) -> Cow<'_, str> {
             }
         };
     }
-    if !body.chars().any(text::is_unsafe) {
-        return Cow::Borrowed(line);
-    }
-    let mut safe = String::with_capacity(line.len() + 16);
-    for c in body.chars() {
-        if text::is_unsafe(c) {
-            let _ = write!(safe, "\\u{:04x}", c as u32);
-        } else {
-            safe.push(c);
+    match text::neutralize_json(body) {
+        Cow::Borrowed(_) => Cow::Borrowed(line),
+        Cow::Owned(mut safe) => {
+            safe.push('\n');
+            Cow::Owned(safe)
         }
     }
-    safe.push('\n');
-    Cow::Owned(safe)
 }
 
 /// A [`MakeWriter`] whose writers pass each line through [`safe_line`].

@@ -206,7 +206,8 @@ fn main() -> ExitCode {
             };
             let explanation = explain(&config, &directory, input);
             if json {
-                println!("{:#}", explanation.to_json());
+                let json = format!("{:#}", explanation.to_json());
+                println!("{}", text::neutralize_json(&json));
             } else {
                 print!("{}", explanation.to_text());
             }
@@ -239,10 +240,8 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
     };
     match (command, response) {
         (StormsCommand::List { json: true }, admin_socket::Response::Storms { storms }) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&storms).unwrap_or_default()
-            );
+            let json = serde_json::to_string_pretty(&storms).unwrap_or_default();
+            println!("{}", text::neutralize_json(&json));
             ExitCode::SUCCESS
         }
         (StormsCommand::List { json: false }, admin_socket::Response::Storms { storms }) => {

@@ -16,7 +16,7 @@ pub const MAX_SUBJECT_CHARS: usize = 200;
 /// C0 and C1 controls (CR and LF among them), DEL, the line and paragraph separators,
 /// and the invisible format characters (bidi embeddings, overrides and isolates, the
 /// directional marks, zero-width characters, the byte order mark).
-pub fn is_unsafe(c: char) -> bool {
+fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -48,6 +48,26 @@ pub fn neutralize(text: &str) -> Cow<'_, str> {
             let _ = write!(out, "\\x{:02X}", c as u32);
         } else {
             let _ = write!(out, "\\u{{{:04X}}}", c as u32);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`neutralize`] for serialised JSON (`serde_json` output, compact or pretty): JSON
+/// already escapes C0 controls inside strings, so every other unsafe character (DEL,
+/// C1 controls, bidi and format characters) becomes a `\uXXXX` escape, which keeps the
+/// document valid and its values unchanged for a parser. Line feeds (only ever between
+/// values) stay.
+pub fn neutralize_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(|c| c != '\n' && is_unsafe(c)) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c != '\n' && is_unsafe(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
         }
     }
     Cow::Owned(out)
@@ -185,6 +205,21 @@ mod tests {
             neutralize_lines("a\u{1b}[2J\r\nb\u{202e}\n"),
             "a\\x1B[2J\\x0D\nb\\u{202E}\n"
         );
+    }
+
+    #[test]
+    fn json_stays_valid_and_loses_raw_bidi_and_c1() {
+        let value = serde_json::json!({"s": "a\u{202e}b\u{9b}c\u{7f}\r\n\u{1b}"});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let safe = neutralize_json(&pretty);
+        assert!(
+            !safe.contains(['\u{202e}', '\u{9b}', '\u{7f}', '\r', '\u{1b}']),
+            "{safe}"
+        );
+        assert!(safe.contains('\n'), "pretty printing kept: {safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, value);
+        assert!(matches!(neutralize_json("{\n}"), Cow::Borrowed(_)));
     }
 
     #[test]

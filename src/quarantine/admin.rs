@@ -119,7 +119,8 @@ impl Admin<'_> {
                     })
                 })
                 .collect();
-            return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+            let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
+            return Ok(text::neutralize_json(&json).into_owned() + "\n");
         }
         let mut out = String::new();
         let _ = writeln!(
@@ -717,6 +718,13 @@ mod tests {
         };
         let shown = admin.show(&m.queue_id).unwrap();
         let listed = admin.list(&Filter::default(), false).unwrap();
+        let json = admin.list(&Filter::default(), true).unwrap();
+        assert!(!json.contains(['\u{1b}', '\u{202e}']), "{json}");
+        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            rows[0]["sender"], m.sender,
+            "JSON keeps the value for a parser"
+        );
         for out in [&shown, &listed] {
             assert!(
                 !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
