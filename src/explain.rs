@@ -136,7 +136,13 @@ impl Explanation {
         }
         for r in &v.reasons {
             let monitor = if r.monitor { " [monitor]" } else { "" };
-            let _ = writeln!(out, "  {} ({}{monitor}): {}", r.rule, r.action, r.message);
+            let _ = writeln!(
+                out,
+                "  {} ({}{monitor}): {}",
+                r.rule,
+                r.action,
+                text::neutralize(&r.message)
+            );
         }
         let _ = writeln!(out, "effect: {}", self.effect);
         let _ = writeln!(out, "envelope recipients: {}", c.envelope);
@@ -154,13 +160,13 @@ impl Explanation {
                 let _ = writeln!(out, "  plus {} member(s) that cannot be counted", a.unknown);
             }
             if let Some(why) = &a.unavailable {
-                let _ = writeln!(out, "  directory unavailable: {why}");
+                let _ = writeln!(out, "  directory unavailable: {}", text::neutralize(why));
             }
             for l in a.lists.iter().take(10) {
                 let _ = writeln!(
                     out,
                     "  list {}: {} mailboxes ({} external, {} nested lists{})",
-                    l.address,
+                    text::neutralize(&l.address),
                     l.size,
                     l.external,
                     l.nested_lists,
@@ -179,7 +185,7 @@ impl Explanation {
             }
         }
         if let Some(s) = &self.facts.headers.subject {
-            let _ = writeln!(out, "subject: {s}");
+            let _ = writeln!(out, "subject: {}", text::neutralize(s));
         }
         out
     }
@@ -215,7 +221,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
                     let _ = writeln!(out, "  {m}");
                 }
                 crate::directory::index::Resolved::Unavailable(why) => {
-                    let _ = writeln!(out, "  cannot be counted now: {why}");
+                    let _ = writeln!(out, "  cannot be counted now: {}", text::neutralize(&why));
                 }
             }
         }
@@ -237,7 +243,11 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
         }
     );
     if let Some(why) = &list.unavailable {
-        let _ = writeln!(out, "UNAVAILABLE: {why}; mail to it is tempfailed");
+        let _ = writeln!(
+            out,
+            "UNAVAILABLE: {}; mail to it is tempfailed",
+            text::neutralize(why)
+        );
     }
     if list.unknown > 0 {
         let _ = writeln!(
@@ -246,7 +256,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
             list.unknown
         );
         for why in &list.unknown_reasons {
-            let _ = writeln!(out, "  {why}");
+            let _ = writeln!(out, "  {}", text::neutralize(why));
         }
         if list.unknown > list.unknown_reasons.len() as u64 {
             let _ = writeln!(
@@ -278,7 +288,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
         );
     }
     for c in &list.cycles {
-        let _ = writeln!(out, "cycle: {c}");
+        let _ = writeln!(out, "cycle: {}", text::neutralize(c));
     }
     let _ = writeln!(out, "domains:");
     for (d, n) in list.domains.iter().take(10) {
@@ -294,7 +304,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
     );
     let _ = writeln!(out, "first members:");
     for &m in list.mailboxes.iter().take(max_members) {
-        let _ = writeln!(out, "  {}", index.mailbox_name(m));
+        let _ = writeln!(out, "  {}", text::neutralize(index.mailbox_name(m)));
     }
     if list.mailboxes.len() > max_members {
         let _ = writeln!(out, "  ... {} more", list.mailboxes.len() - max_members);
@@ -329,5 +339,48 @@ fn tree(
         path.push(child.address.clone());
         tree(directory, &child, depth + 1, path, out);
         path.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Reason, Verdict};
+
+    #[test]
+    fn the_report_shows_controls_and_bidi_as_escapes() {
+        let mut facts = MessageFacts::default();
+        facts.headers.subject = Some("\u{1b}]0;pwned\u{7}\u{202e}".into());
+        let mut verdict = Verdict::accept();
+        verdict.action = Action::Quarantine;
+        verdict.reasons.push(Reason {
+            rule: "restricted",
+            action: Action::Quarantine,
+            message: "cn=staff\r\nverdict: accept".into(),
+            monitor: false,
+            reply: None,
+        });
+        let e = Explanation {
+            facts,
+            evaluation: Evaluation {
+                verdict,
+                counts: Default::default(),
+            },
+            effect: "held".into(),
+        };
+        let out = e.to_text();
+        assert!(
+            !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("  restricted (quarantine): cn=staff\\x0D\\x0Averdict: accept\n"),
+            "{out}"
+        );
+        assert!(!out.contains("\nverdict: accept"), "no fake line: {out}");
+        assert!(
+            out.contains("subject: \\x1B]0;pwned\\x07\\u{202E}\n"),
+            "{out}"
+        );
     }
 }
