@@ -4,8 +4,9 @@
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::milter::apply::header_value;
+use crate::milter::apply::{header_value, smtp_reply};
 use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet, address::normalize};
+use crate::text;
 use serde_json::json;
 use std::fmt::Write as _;
 
@@ -52,7 +53,6 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     };
     let evaluation = policy::evaluate(&config.policy, &facts);
     let v = &evaluation.verdict;
-    let summary = v.summary();
     let effect = match v.action {
         Action::Accept => "passed unchanged".to_owned(),
         Action::Tag => format!(
@@ -63,14 +63,16 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
             "held in the Postfix hold queue, with header \"X-Fanout-Verdict: {}\"",
             header_value(v)
         ),
-        Action::Tempfail => format!(
-            "refused for now: 451 4.7.1 {}",
-            config.replies.tempfail_text(&summary, "NOQUEUE")
-        ),
-        Action::Reject => format!(
-            "refused: 550 5.7.1 {}",
-            config.replies.reject_text(&summary, "NOQUEUE")
-        ),
+        Action::Tempfail | Action::Reject => {
+            let (code, enhanced, text) =
+                smtp_reply(v, &config.replies, "NOQUEUE").unwrap_or_default();
+            let how = if v.action == Action::Reject {
+                "refused"
+            } else {
+                "refused for now"
+            };
+            format!("{how}: {code} {enhanced} {text}")
+        }
     };
     Explanation {
         facts,
@@ -118,8 +120,13 @@ impl Explanation {
         })
     }
 
-    /// A human-readable report.
+    /// A human-readable report, neutralised ([`text::neutralize_lines`]): subjects,
+    /// addresses and reasons come from mail and the directory.
     pub fn to_text(&self) -> String {
+        text::neutralize_lines(&self.report()).into_owned()
+    }
+
+    fn report(&self) -> String {
         let v = &self.evaluation.verdict;
         let c = &self.evaluation.counts;
         let mut out = String::new();
@@ -132,7 +139,13 @@ impl Explanation {
         }
         for r in &v.reasons {
             let monitor = if r.monitor { " [monitor]" } else { "" };
-            let _ = writeln!(out, "  {} ({}{monitor}): {}", r.rule, r.action, r.message);
+            let _ = writeln!(
+                out,
+                "  {} ({}{monitor}): {}",
+                r.rule,
+                r.action,
+                text::neutralize(&r.message)
+            );
         }
         let _ = writeln!(out, "effect: {}", self.effect);
         let _ = writeln!(out, "envelope recipients: {}", c.envelope);
@@ -151,13 +164,13 @@ impl Explanation {
                 let _ = writeln!(out, "  plus {} member(s) that cannot be counted", a.unknown);
             }
             if let Some(why) = &a.unavailable {
-                let _ = writeln!(out, "  directory unavailable: {why}");
+                let _ = writeln!(out, "  directory unavailable: {}", text::neutralize(why));
             }
             for l in a.lists.iter().take(10) {
                 let _ = writeln!(
                     out,
                     "  list {}: {} mailboxes ({} external, {} nested lists{})",
-                    l.address,
+                    text::neutralize(&l.address),
                     l.size,
                     l.external,
                     l.nested_lists,
@@ -176,14 +189,19 @@ impl Explanation {
             }
         }
         if let Some(s) = &self.facts.headers.subject {
-            let _ = writeln!(out, "subject: {s}");
+            let _ = writeln!(out, "subject: {}", text::neutralize(s));
         }
         out
     }
 }
 
-/// `directory lookup`: what one address reaches.
+/// `directory lookup`: what one address reaches, neutralised
+/// ([`text::neutralize_lines`]): names, DNs and reasons come from the directory.
 pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> String {
+    text::neutralize_lines(&lookup_report(directory, address, max_members)).into_owned()
+}
+
+fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> String {
     let mut out = String::new();
     let index = &directory.index;
     let Some(list) = index.list(address) else {
@@ -207,7 +225,7 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
                     let _ = writeln!(out, "  {m}");
                 }
                 crate::directory::index::Resolved::Unavailable(why) => {
-                    let _ = writeln!(out, "  cannot be counted now: {why}");
+                    let _ = writeln!(out, "  cannot be counted now: {}", text::neutralize(&why));
                 }
             }
         }
@@ -229,7 +247,11 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
         }
     );
     if let Some(why) = &list.unavailable {
-        let _ = writeln!(out, "UNAVAILABLE: {why}; mail to it is tempfailed");
+        let _ = writeln!(
+            out,
+            "UNAVAILABLE: {}; mail to it is tempfailed",
+            text::neutralize(why)
+        );
     }
     if list.unknown > 0 {
         let _ = writeln!(
@@ -238,7 +260,7 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
             list.unknown
         );
         for why in &list.unknown_reasons {
-            let _ = writeln!(out, "  {why}");
+            let _ = writeln!(out, "  {}", text::neutralize(why));
         }
         if list.unknown > list.unknown_reasons.len() as u64 {
             let _ = writeln!(
@@ -270,7 +292,7 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
         );
     }
     for c in &list.cycles {
-        let _ = writeln!(out, "cycle: {c}");
+        let _ = writeln!(out, "cycle: {}", text::neutralize(c));
     }
     let _ = writeln!(out, "domains:");
     for (d, n) in list.domains.iter().take(10) {
@@ -286,7 +308,7 @@ pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> 
     );
     let _ = writeln!(out, "first members:");
     for &m in list.mailboxes.iter().take(max_members) {
-        let _ = writeln!(out, "  {}", index.mailbox_name(m));
+        let _ = writeln!(out, "  {}", text::neutralize(index.mailbox_name(m)));
     }
     if list.mailboxes.len() > max_members {
         let _ = writeln!(out, "  ... {} more", list.mailboxes.len() - max_members);
@@ -321,5 +343,48 @@ fn tree(
         path.push(child.address.clone());
         tree(directory, &child, depth + 1, path, out);
         path.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Reason, Verdict};
+
+    #[test]
+    fn the_report_shows_controls_and_bidi_as_escapes() {
+        let mut facts = MessageFacts::default();
+        facts.headers.subject = Some("\u{1b}]0;pwned\u{7}\u{202e}".into());
+        let mut verdict = Verdict::accept();
+        verdict.action = Action::Quarantine;
+        verdict.reasons.push(Reason {
+            rule: "restricted",
+            action: Action::Quarantine,
+            message: "cn=staff\r\nverdict: accept".into(),
+            monitor: false,
+            reply: None,
+        });
+        let e = Explanation {
+            facts,
+            evaluation: Evaluation {
+                verdict,
+                counts: Default::default(),
+            },
+            effect: "held".into(),
+        };
+        let out = e.to_text();
+        assert!(
+            !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("  restricted (quarantine): cn=staff\\x0D\\x0Averdict: accept\n"),
+            "{out}"
+        );
+        assert!(!out.contains("\nverdict: accept"), "no fake line: {out}");
+        assert!(
+            out.contains("subject: \\x1B]0;pwned\\x07\\u{202E}\n"),
+            "{out}"
+        );
     }
 }

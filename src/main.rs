@@ -14,7 +14,7 @@ use fanout_milter::quarantine::postfix::PostfixTools;
 use fanout_milter::quarantine::record::epoch_secs;
 use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
 use fanout_milter::state_dir::StateDir;
-use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server};
+use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server, text};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -219,7 +219,8 @@ fn main() -> ExitCode {
             };
             let explanation = explain(&config, &directory, input);
             if json {
-                println!("{:#}", explanation.to_json());
+                let json = format!("{:#}", explanation.to_json());
+                println!("{}", text::neutralize_json(&json));
             } else {
                 print!("{}", explanation.to_text());
             }
@@ -252,36 +253,12 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
     };
     match (command, response) {
         (StormsCommand::List { json: true }, admin_socket::Response::Storms { storms }) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&storms).unwrap_or_default()
-            );
+            let json = serde_json::to_string_pretty(&storms).unwrap_or_default();
+            println!("{}", text::neutralize_json(&json));
             ExitCode::SUCCESS
         }
         (StormsCommand::List { json: false }, admin_socket::Response::Storms { storms }) => {
-            if storms.is_empty() {
-                println!("no reply-all storm in progress");
-            }
-            for s in &storms {
-                let at = |t: u64| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-                    )
-                };
-                println!(
-                    "{}  {} messages from {} senders, {} stopped  since {}  until {}\n    list: {} ({} recipients)\n    subject: {}\n    thread: {}",
-                    s.id,
-                    s.messages,
-                    s.senders,
-                    s.blocked,
-                    at(s.since),
-                    at(s.until),
-                    s.list,
-                    s.audience,
-                    s.subject,
-                    s.thread
-                );
-            }
+            print!("{}", admin_socket::storms_text(&storms));
             ExitCode::SUCCESS
         }
         (StormsCommand::Clear { id }, admin_socket::Response::Cleared { found }) => {
@@ -294,7 +271,7 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
             }
         }
         (_, admin_socket::Response::Error { message }) => {
-            eprintln!("{NAME}: the daemon refused: {message}");
+            eprintln!("{NAME}: the daemon refused: {}", text::neutralize(&message));
             ExitCode::from(1)
         }
         (_, other) => {
@@ -373,7 +350,7 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         QuarantineCommand::Reconcile => admin.reconcile(),
         QuarantineCommand::Sweep => admin.sweep(),
     };
-    print!("{}", report.text);
+    print!("{}", text::neutralize_lines(&report.text));
     if report.failed > 0 {
         ExitCode::from(1)
     } else {
@@ -496,9 +473,10 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
                 eprintln!("{NAME}: {e}");
                 return ExitCode::from(1);
             }
+            let name = text::neutralize(&list.address);
             match previous {
-                Some(p) => println!("{}: accepted size {size} (was {p})", list.address),
-                None => println!("{}: accepted size {size}", list.address),
+                Some(p) => println!("{name}: accepted size {size} (was {p})"),
+                None => println!("{name}: accepted size {size}"),
             }
             println!("reload the daemon to apply it: systemctl reload fanout-milter");
             ExitCode::SUCCESS
@@ -542,8 +520,8 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
                     println!(
                         "live in LDAP source {}: {} ({kind}); addresses: {}",
                         s.name,
-                        e.dn,
-                        e.addresses.join(", ")
+                        text::neutralize(&e.dn),
+                        text::neutralize(&e.addresses.join(", "))
                     );
                 }
             }
@@ -592,8 +570,8 @@ fn directory_daemon(config: &Config, request: admin_socket::Request) -> ExitCode
                 };
                 println!(
                     "{}: {state}: {}",
-                    fanout_milter::text::neutralize(&o.source),
-                    fanout_milter::text::neutralize(&o.message)
+                    text::neutralize(&o.source),
+                    text::neutralize(&o.message)
                 );
             }
             if failed {

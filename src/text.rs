@@ -53,6 +53,36 @@ pub fn neutralize(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`neutralize`] for serialised JSON (`serde_json` output, compact or pretty): JSON
+/// already escapes C0 controls inside strings, so every other unsafe character (DEL,
+/// C1 controls, bidi and format characters) becomes a `\uXXXX` escape, which keeps the
+/// document valid and its values unchanged for a parser. Line feeds (only ever between
+/// values) stay.
+pub fn neutralize_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(|c| c != '\n' && is_unsafe(c)) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c != '\n' && is_unsafe(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`neutralize`] for a block of lines (a report to print): each line neutralised, the
+/// line feeds between them kept. A carriage return is escaped like any control.
+pub fn neutralize_lines(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && is_unsafe(c)) {
+        return Cow::Borrowed(text);
+    }
+    let lines: Vec<Cow<'_, str>> = text.split('\n').map(neutralize).collect();
+    Cow::Owned(lines.join("\n"))
+}
+
 /// [`neutralize`], then at most `max` characters, the last one `…` when cut.
 pub fn neutralize_capped(text: &str, max: usize) -> String {
     let flat = neutralize(text);
@@ -75,6 +105,39 @@ pub fn cap(text: &str, max: usize) -> Cow<'_, str> {
             Cow::Owned(cut)
         }
     }
+}
+
+/// Fills the `{name}` placeholders of `template` from `values` in one pass over the
+/// template: a value is inserted as it is and never scanned again, so a placeholder
+/// inside a value (a subject that says `{reason}`) stays text. Unknown placeholders and
+/// a `{` without its `}` are kept as they are. The result is at most the template's
+/// length plus one copy of a value per placeholder in the template.
+pub fn render(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v, close))
+        });
+        match value {
+            Some((v, close)) => {
+                out.push_str(v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -107,6 +170,56 @@ mod tests {
             assert!(!out.contains(c), "{c:?} survived: {out}");
             assert!(out.starts_with("x\\") && out.ends_with('y'), "{out}");
         }
+    }
+
+    #[test]
+    fn render_fills_each_placeholder_once_and_keeps_unknown_ones() {
+        let v = [("subject", "S {reason} {subject}"), ("reason", "R")];
+        assert_eq!(
+            render("{subject}: {reason} {nope} {reason", &v),
+            "S {reason} {subject}: R {nope} {reason"
+        );
+        assert_eq!(render("{{reason}}", &v), "{R}");
+        assert_eq!(render("", &v), "");
+        assert_eq!(render("ä{reason}ö", &v), "äRö");
+    }
+
+    #[test]
+    fn a_subject_full_of_placeholders_renders_in_bounded_size() {
+        let subject = "{reason}".repeat(8_000);
+        let reason = format!("storm on \"{subject}\"");
+        let out = render(
+            "{subject} / {reason}",
+            &[("subject", &subject), ("reason", &reason)],
+        );
+        assert_eq!(out.len(), subject.len() + 3 + reason.len());
+    }
+
+    #[test]
+    fn lines_keep_their_line_feeds_and_lose_the_rest() {
+        assert!(matches!(
+            neutralize_lines("a\nb\n"),
+            Cow::Borrowed("a\nb\n")
+        ));
+        assert_eq!(
+            neutralize_lines("a\u{1b}[2J\r\nb\u{202e}\n"),
+            "a\\x1B[2J\\x0D\nb\\u{202E}\n"
+        );
+    }
+
+    #[test]
+    fn json_stays_valid_and_loses_raw_bidi_and_c1() {
+        let value = serde_json::json!({"s": "a\u{202e}b\u{9b}c\u{7f}\r\n\u{1b}"});
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let safe = neutralize_json(&pretty);
+        assert!(
+            !safe.contains(['\u{202e}', '\u{9b}', '\u{7f}', '\r', '\u{1b}']),
+            "{safe}"
+        );
+        assert!(safe.contains('\n'), "pretty printing kept: {safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, value);
+        assert!(matches!(neutralize_json("{\n}"), Cow::Borrowed(_)));
     }
 
     #[test]

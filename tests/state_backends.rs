@@ -114,6 +114,18 @@ async fn suite(b: &dyn StateBackend) {
     );
     assert!(b.storm_hit("s", t(150)).await.unwrap().is_none());
 
+    // A storm keeps at most 200 characters of its subject, however long the message's.
+    let mut long = storm("long", 0, 100);
+    long.subject = format!("Re: {}", "{reason}".repeat(8_000));
+    assert!(b.storm_start(&long, t(0)).await.unwrap());
+    let kept = b.storm_hit("long", t(1)).await.unwrap().expect("active");
+    assert_eq!(kept.subject.chars().count(), 200, "{}", kept.subject);
+    assert!(kept.subject.starts_with("Re: {reason}{reason}"));
+    let listed = b.storm_list(t(1)).await.unwrap();
+    let listed = listed.iter().find(|s| s.thread == "long").expect("listed");
+    assert_eq!(listed.subject, kept.subject);
+    assert!(b.storm_clear(&Storm::id_of("long")).await.unwrap());
+
     // Flags: set once per ttl.
     let minute = Duration::from_secs(60);
     assert!(b.flag("breaker", minute, t(0)).await.unwrap());

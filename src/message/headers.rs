@@ -4,7 +4,22 @@
 use crate::policy::{HeaderFacts, RecipientSet};
 use mail_parser::{Address, HeaderValue, MessageParser};
 
-/// Header bytes of one message as received from the MTA, capped in size.
+/// The headers [`extract`] reads that tell who sees a message: only they count
+/// against `max_header_bytes`.
+const VISIBLE: [&str; 2] = ["to", "cc"];
+
+/// The headers [`extract`] reads that identify the sender and the thread. They are kept
+/// even when To/Cc fill `max_header_bytes`, within [`THREAD_RESERVE`] more bytes.
+const THREAD: [&str; 5] = ["from", "subject", "message-id", "in-reply-to", "references"];
+
+/// Bytes the thread headers may use beyond `max_header_bytes`.
+pub const THREAD_RESERVE: usize = 64 * 1024;
+
+/// The header block of one message as received from the MTA: only the headers
+/// [`extract`] reads, capped in size. Other headers (padding, Received chains,
+/// signatures) are not kept at all, so they cannot push Subject or References out;
+/// To/Cc count against the cap, the thread headers against the cap plus
+/// [`THREAD_RESERVE`].
 #[derive(Clone, Debug, Default)]
 pub struct HeaderBuffer {
     raw: Vec<u8>,
@@ -13,7 +28,7 @@ pub struct HeaderBuffer {
 }
 
 impl HeaderBuffer {
-    /// An empty buffer that keeps at most `cap` bytes.
+    /// An empty buffer that keeps at most `cap` bytes of To/Cc headers.
     pub fn new(cap: usize) -> Self {
         HeaderBuffer {
             raw: Vec::new(),
@@ -22,11 +37,23 @@ impl HeaderBuffer {
         }
     }
 
-    /// Appends one header. A header that does not fit whole is dropped and the buffer is
-    /// marked truncated; later headers are still considered if they fit.
+    /// Appends one header if [`extract`] reads it. One that does not fit whole is
+    /// dropped and the buffer is marked truncated; later headers are still considered.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let is = |names: &[&str]| {
+            names
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        };
+        let limit = if is(&VISIBLE) {
+            self.cap
+        } else if is(&THREAD) {
+            self.cap.saturating_add(THREAD_RESERVE)
+        } else {
+            return;
+        };
         let needed = name.len() + 2 + value.len() + 2;
-        if self.raw.len() + needed > self.cap {
+        if self.raw.len() + needed > limit {
             self.truncated = true;
             return;
         }
@@ -133,11 +160,57 @@ mod tests {
         let mut buf = HeaderBuffer::new(64);
         buf.push(b"To", b"a@b.org");
         buf.push(b"X-Big", &[b'x'; 100]);
+        assert!(
+            !buf.truncated(),
+            "headers the rules do not read are not kept"
+        );
+        buf.push(b"To", &[b'x'; 100]);
         buf.push(b"Cc", b"c@d.org");
         assert!(buf.truncated());
         let (raw, truncated) = buf.finish();
         assert!(truncated);
         assert_eq!(extract(&raw).visible.len(), 2);
+    }
+
+    /// Padding that fills `max_header_bytes` to the last bytes before the thread headers,
+    /// or To/Cc that do,
+    /// do not push Subject and In-Reply-To out: the message is still a reply in its
+    /// thread.
+    #[test]
+    fn padding_does_not_push_the_thread_headers_out() {
+        use crate::policy::{MessageFacts, is_reply, thread_key};
+        let pad = vec![b'x'; 998];
+        for (name, count) in [
+            (&b"X-Padding"[..], 1100),
+            (b"To", 1100),
+            (b"Received", 2000),
+        ] {
+            let mut buf = HeaderBuffer::new(1 << 20);
+            buf.push(b"From", b"ann@corp.example");
+            for _ in 0..count {
+                buf.push(name, &pad);
+            }
+            for _ in 0..1000 {
+                buf.push(name, b"x");
+            }
+            buf.push(b"Subject", b"Re: all staff");
+            buf.push(b"In-Reply-To", b"<root@corp.example>");
+            buf.push(b"References", b"<root@corp.example>");
+            let (raw, _) = buf.finish();
+            assert!(raw.len() <= (1 << 20) + THREAD_RESERVE + 2);
+            let facts = MessageFacts {
+                headers: extract(&raw),
+                ..MessageFacts::default()
+            };
+            let who = String::from_utf8_lossy(name);
+            assert_eq!(
+                facts.headers.subject.as_deref(),
+                Some("Re: all staff"),
+                "{who}"
+            );
+            assert!(is_reply(&facts), "{who}");
+            assert_eq!(thread_key(&facts), "mid:root@corp.example", "{who}");
+        }
     }
 
     #[test]

@@ -327,3 +327,83 @@ fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mo
         "decision"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+    use crate::policy::{Action, AudienceFacts, ListFacts, Reason};
+    use std::sync::Mutex;
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_decision_log_line_shows_controls_and_bidi_as_escapes() {
+        let mut facts = policy::MessageFacts {
+            sender: "ann\u{202e}gpj.exe@corp.example".into(),
+            sasl_login: Some("ann\u{1b}]0;x\u{7}".into()),
+            ..Default::default()
+        };
+        facts.audience = Some(AudienceFacts {
+            lists: vec![ListFacts {
+                address: "all\r\nBcc: x@corp.example".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let mut e = Evaluation {
+            verdict: policy::Verdict::accept(),
+            counts: Default::default(),
+        };
+        e.verdict.action = Action::Reject;
+        e.verdict.reasons.push(Reason {
+            rule: "limits.audience",
+            action: Action::Reject,
+            message: "list cn=x\r\nBcc: y \u{1b}[2J \u{202e} reaches 5,000".into(),
+            monitor: false,
+            reply: None,
+        });
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let sink = Sink::default();
+            let writer = sink.clone();
+            let subscriber = crate::logging::subscriber(
+                tracing_subscriber::EnvFilter::new("info"),
+                format,
+                true,
+                move || writer.clone(),
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                log_decision("4AbCdEf123", &facts, &e, policy::Mode::Enforce)
+            });
+            let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+            assert_eq!(out.matches('\n').count(), 1, "one line: {out:?}");
+            assert!(out.ends_with('\n'), "{out:?}");
+            assert!(
+                !out.contains(['\r', '\u{1b}', '\u{7}', '\u{202e}']),
+                "{format:?}: {out:?}"
+            );
+            if format == LogFormat::Json {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert_eq!(v["largest_list"], "all\r\nBcc: x@corp.example");
+            } else {
+                assert!(
+                    out.contains("list cn=x\\x0D\\x0ABcc: y \\x1B[2J \\u{202E}"),
+                    "{out}"
+                );
+            }
+        }
+    }
+}

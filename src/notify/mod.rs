@@ -11,6 +11,7 @@ pub mod queue;
 pub use deliver::{DeliverError, post_webhook, send_mail, send_smtp};
 pub use queue::{AlertReceiver, AlertSender, channel, run_digests};
 
+use crate::text;
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MessageBuilder};
@@ -92,11 +93,11 @@ impl Alert {
         json!({
             "kind": self.kind.as_str(),
             "at": humantime::format_rfc3339_seconds(self.at).to_string(),
-            "queue_id": self.queue_id,
-            "sender": self.sender,
-            "subject": self.subject,
+            "queue_id": self.queue_id.as_deref().map(text::neutralize),
+            "sender": text::neutralize(&self.sender),
+            "subject": subject(&self.subject),
             "audience": self.audience,
-            "reason": self.reason,
+            "reason": text::neutralize(&self.reason),
             "held_for_secs": self.held_for.map(|d| d.as_secs()),
         })
     }
@@ -167,7 +168,7 @@ impl Digest {
             };
             out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
             if let Some(id) = &a.queue_id {
-                out.push_str(&format!("  queue id: {id}\n"));
+                out.push_str(&format!("  queue id: {}\n", text::neutralize(id)));
             }
             if !matches!(
                 a.kind,
@@ -176,11 +177,11 @@ impl Digest {
                     | AlertKind::DirectoryStale
                     | AlertKind::DirectoryShrunk
             ) {
-                out.push_str(&format!("  sender:   {}\n", one_line(&a.sender)));
-                out.push_str(&format!("  subject:  {}\n", one_line(&a.subject)));
+                out.push_str(&format!("  sender:   {}\n", text::neutralize(&a.sender)));
+                out.push_str(&format!("  subject:  {}\n", subject(&a.subject)));
                 out.push_str(&format!("  audience: {}\n", a.audience));
             }
-            out.push_str(&format!("  why:      {}\n", one_line(&a.reason)));
+            out.push_str(&format!("  why:      {}\n", text::neutralize(&a.reason)));
             if let (Some(id), AlertKind::Foreign) = (&a.queue_id, a.kind) {
                 out.push_str(&format!(
                     "  decide:   {} quarantine release|discard --foreign {id}\n",
@@ -191,8 +192,9 @@ impl Digest {
                 (&a.queue_id, a.kind)
             {
                 out.push_str(&format!(
-                    "  review:   {} quarantine show {id}\n",
-                    crate::NAME
+                    "  review:   {} quarantine show {}\n",
+                    crate::NAME,
+                    text::neutralize(id)
                 ));
             }
             out.push('\n');
@@ -251,7 +253,7 @@ pub enum ComposeError {
 pub fn sender_notice(
     from: &str,
     to: &str,
-    subject: &str,
+    subject_text: &str,
     queue_id: &str,
     reasons: &str,
     contact: &str,
@@ -272,14 +274,15 @@ pub fn sender_notice(
          If it still needs to go out, please contact {contact} and quote the queue id \
          above, or send it again to fewer recipients.\n\n\
          This notice was generated automatically by {name} on {host}.\n",
-        subject = one_line(subject),
-        reasons = one_line(reasons),
+        subject = subject(subject_text),
+        queue_id = text::neutralize(queue_id),
+        reasons = text::neutralize(reasons),
         name = crate::NAME,
         host = hostname(),
     );
     Ok(auto_message(from)?
         .to(mailbox(to)?)
-        .subject(format!("Not sent: {}", one_line(subject)))
+        .subject(format!("Not sent: {}", subject(subject_text)))
         .header(ContentType::TEXT_PLAIN)
         .body(body)?
         .formatted())
@@ -321,12 +324,10 @@ fn mailbox(address: &str) -> Result<Mailbox, ComposeError> {
         .map_err(|_| ComposeError::Address(address.to_owned()))
 }
 
-/// Flattens text taken from a message (subjects, reasons) to one line, so it can never
-/// add lines or headers to what we compose.
-pub fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// A subject as notices, digests and webhooks show it: neutralised, at most
+/// [`text::MAX_SUBJECT_CHARS`] characters.
+fn subject(text: &str) -> String {
+    text::neutralize_capped(text, text::MAX_SUBJECT_CHARS)
 }
 
 /// This host's name, for digests and notices.
@@ -404,7 +405,47 @@ mod tests {
             body.contains("fanout-milter quarantine show 4AbCdEf123"),
             "{body}"
         );
-        assert!(body.contains("hi  Bcc: everyone@corp.example"), "{body}");
+        assert!(
+            body.contains("hi\\x0D\\x0ABcc: everyone@corp.example"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn digests_and_webhooks_show_controls_and_bidi_as_escapes() {
+        let mut a = alert(AlertKind::Quarantined, "\u{1b}]0;pwned\u{7}\u{1b}[2J");
+        a.sender = "ann\u{202e}gpj.exe@corp.example".into();
+        a.reason = format!("list x\r\nBcc: y; {}", "{reason}".repeat(300));
+        a.subject.push_str(&"s".repeat(1000));
+        let d = Digest {
+            alerts: vec![a],
+            dropped: 0,
+            host: "relay1".into(),
+        };
+        let text = d.text();
+        let json = d.json();
+        let field = |name: &str| json["alerts"][0][name].as_str().unwrap().to_owned();
+        for out in [&text, &field("subject"), &field("sender"), &field("reason")] {
+            assert!(
+                !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
+                "{out}"
+            );
+        }
+        for out in [&text, &field("subject")] {
+            assert!(out.contains("\\x1B]0;pwned\\x07"), "{out}");
+        }
+        for out in [&text, &field("sender")] {
+            assert!(out.contains("ann\\u{202E}gpj.exe"), "{out}");
+        }
+        assert!(
+            text.contains("  why:      list x\\x0D\\x0ABcc: y"),
+            "{text}"
+        );
+        let subject = d.json()["alerts"][0]["subject"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(subject.chars().count(), crate::text::MAX_SUBJECT_CHARS);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use super::facts::MessageFacts;
 use super::rules::authorized_audience;
 use super::sender::identity;
 use super::thread::{is_reply, thread_key};
-use super::verdict::{Action, Reason};
+use super::verdict::{Action, OwnReply, Reason};
 use super::{Policy, fmt_count};
+use crate::text::{self, MAX_SUBJECT_CHARS};
 use std::time::Duration;
 
 /// `[storm]`: the reply-all storm breaker.
@@ -157,7 +158,7 @@ pub struct ThreadAsk {
     pub thread: String,
     /// Who sent it (SASL login, else envelope sender).
     pub sender: String,
-    /// Its subject, for the storm record.
+    /// Its subject, for the storm record, capped at [`MAX_SUBJECT_CHARS`].
     pub subject: String,
     /// Its largest list, or "a large audience".
     pub list: String,
@@ -263,7 +264,11 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
         plan.thread = Some(ThreadAsk {
             thread: thread_key(facts),
             sender: who.clone(),
-            subject: facts.headers.subject.clone().unwrap_or_default(),
+            subject: text::cap(
+                facts.headers.subject.as_deref().unwrap_or_default(),
+                MAX_SUBJECT_CHARS,
+            )
+            .into_owned(),
             list,
             audience,
         });
@@ -312,33 +317,35 @@ fn clock_time(secs: u64) -> String {
     format!("{} UTC", &s[11..16])
 }
 
-/// `[storm]`: a reply while a storm is in progress on its thread.
+/// `[storm]`: a reply while a storm is in progress on its thread. The subject and the
+/// list go into the reason and the reply neutralised, the subject capped at
+/// [`MAX_SUBJECT_CHARS`]; the reply template is rendered once, by the milter.
 pub fn storm(rule: &StormPolicy, state: &StateFacts) -> Option<(Reason, bool)> {
     let s = state.storm.as_ref().filter(|s| s.blocked)?;
     let audience = fmt_count(s.audience as usize);
-    let subject: String = s
-        .subject
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let reply = rule
-        .reply
-        .replace("{subject}", &subject)
-        .replace("{list}", &s.list)
-        .replace("{audience}", &audience);
+    let subject = text::neutralize_capped(&s.subject, MAX_SUBJECT_CHARS);
+    let list = text::neutralize(&s.list);
+    let message = format!(
+        "reply-all storm on \"{subject}\" to {list} ({audience} recipients): {} messages from {} senders within {}; replies stopped until {}",
+        s.messages,
+        s.senders,
+        humantime::format_duration(rule.window),
+        clock_time(s.until)
+    );
+    let reply = (!rule.reply.is_empty()).then(|| OwnReply {
+        template: rule.reply.clone(),
+        values: vec![
+            ("subject", subject),
+            ("list", list.into_owned()),
+            ("audience", audience),
+        ],
+    });
     let reason = Reason {
         rule: "storm",
         action: rule.action,
-        message: format!(
-            "reply-all storm on \"{subject}\" to {} ({audience} recipients): {} messages from {} senders within {}; replies stopped until {}",
-            s.list,
-            s.messages,
-            s.senders,
-            humantime::format_duration(rule.window),
-            clock_time(s.until)
-        ),
+        message,
         monitor: false,
-        reply: (!reply.is_empty()).then_some(reply),
+        reply,
     };
     Some((reason, rule.monitor))
 }
@@ -377,7 +384,10 @@ pub fn rate(rule: &RatePolicy, state: &StateFacts) -> Vec<(Reason, bool)> {
                 action,
                 message,
                 monitor: false,
-                reply: (!rule.reply.is_empty()).then(|| rule.reply.clone()),
+                reply: (!rule.reply.is_empty()).then(|| OwnReply {
+                    template: rule.reply.clone(),
+                    values: Vec::new(),
+                }),
             };
             (reason, rule.monitor)
         })
@@ -563,7 +573,7 @@ mod tests {
         let v = evaluate(&p, &f).verdict;
         assert_eq!(v.action, Action::Reject);
         assert_eq!(
-            v.own_reply(),
+            v.own_reply().map(|r| r.render(&[])).as_deref(),
             Some("storm on Re: hello to all@corp.example (5,000)")
         );
         let msgs: Vec<String> = v
@@ -587,6 +597,41 @@ mod tests {
             .map(|r| r.action)
             .collect();
         assert_eq!(rate_actions, [Action::Tempfail, Action::Quarantine]);
+    }
+
+    #[test]
+    fn a_subject_full_of_placeholders_gives_a_small_reason_and_reply() {
+        let subject = format!("Re: {}\u{1b}]0;x\u{7}", "{reason}".repeat(8_000));
+        let mut f = to_list(5_000, None);
+        f.headers.subject = Some(subject.clone());
+        let plan = state_plan(&policy(), &f);
+        assert_eq!(
+            plan.thread.expect("counted").subject.chars().count(),
+            MAX_SUBJECT_CHARS,
+            "the subject kept for the storm record is capped"
+        );
+        f.state.storm = Some(StormFact {
+            subject,
+            list: "all@corp.example".into(),
+            audience: 5_000,
+            messages: 3,
+            senders: 2,
+            until: 0,
+            blocked: true,
+        });
+        let v = evaluate(&policy(), &f).verdict;
+        let summary = v.summary();
+        assert!(summary.len() < 2048, "reason of {} bytes", summary.len());
+        let reply = v.own_reply().expect("own reply").render(&[
+            ("reason", &summary),
+            ("contact", "x"),
+            ("queue_id", "Q"),
+        ]);
+        assert!(reply.len() < 2048, "reply of {} bytes", reply.len());
+        assert!(
+            reply.starts_with("storm on Re: {reason}{reason}"),
+            "placeholders in the subject stay text: {reply}"
+        );
     }
 
     #[test]

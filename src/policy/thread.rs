@@ -29,6 +29,7 @@ pub fn thread_key(facts: &MessageFacts) -> String {
         return format!("mid:{id}");
     }
     let subject = normalize_subject(h.subject.as_deref().unwrap_or(""));
+    let subject = crate::text::cap(&subject, crate::text::MAX_SUBJECT_CHARS);
     format!("subj:{subject}|{}", audience_key(facts))
 }
 
@@ -206,5 +207,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(thread_key(&b), "subj:survey|all@example.org");
+    }
+
+    #[test]
+    fn a_long_subject_makes_a_small_key() {
+        let mut f = facts();
+        f.headers.subject = Some(format!("Re: {}", "{reason}".repeat(8_000)));
+        let key = thread_key(&f);
+        assert!(key.len() < 300, "key of {} bytes", key.len());
+        assert!(key.starts_with("subj:{reason}{reason}"), "{key}");
     }
 }

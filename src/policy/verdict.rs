@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Actions and verdicts: what the policy core decides for one message.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 
 /// What happens to a message, ordered from mildest to most severe.
@@ -56,10 +56,39 @@ pub struct Reason {
     /// True when this rule is in monitor mode and its action was downgraded to a tag.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub monitor: bool,
-    /// A whole SMTP reply text for this rule instead of the `[reply]` template
-    /// (`{contact}` and `{queue_id}` still filled in), when the rule decides the verdict.
+    /// A whole SMTP reply text for this rule instead of the `[reply]` template, when the
+    /// rule decides the verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
+    pub reply: Option<OwnReply>,
+}
+
+/// A rule's own SMTP reply: its template (`[storm] reply`, `[rate] reply`) and the facts
+/// the rule fills in (`{subject}`, `{list}`, `{audience}`). The milter adds `{contact}`,
+/// `{queue_id}` and `{reason}` and renders the whole template once
+/// ([`crate::text::render`]), so no text taken from a message is ever scanned for
+/// placeholders. Serialised as the template filled with the rule's facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnReply {
+    /// The template, as configured.
+    pub template: String,
+    /// The rule's facts by placeholder name.
+    pub values: Vec<(&'static str, String)>,
+}
+
+impl OwnReply {
+    /// The template filled with the rule's facts and `more`, in one pass.
+    pub fn render(&self, more: &[(&str, &str)]) -> String {
+        let mut values: Vec<(&str, &str)> =
+            self.values.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        values.extend_from_slice(more);
+        crate::text::render(&self.template, &values)
+    }
+}
+
+impl Serialize for OwnReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.render(&[]))
+    }
 }
 
 /// The outcome of evaluating one message.
@@ -99,11 +128,11 @@ impl Verdict {
     }
 
     /// The reply text of the rule that decided the verdict, if it brings its own.
-    pub fn own_reply(&self) -> Option<&str> {
+    pub fn own_reply(&self) -> Option<&OwnReply> {
         self.reasons
             .iter()
             .find(|r| r.action == self.intended)
-            .and_then(|r| r.reply.as_deref())
+            .and_then(|r| r.reply.as_ref())
     }
 
     /// All reason messages joined with "; " (for headers, replies and logs).

@@ -10,6 +10,7 @@ use super::store::{Filter, Store};
 use crate::config::{Config, OnExpiry};
 use crate::notify::{self, Alert, AlertKind, Digest, NoticeReason};
 use crate::policy::normalize_subject;
+use crate::text;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -83,19 +84,6 @@ fn count(n: u64) -> String {
     out
 }
 
-fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if flat.chars().count() > max {
-        let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    } else {
-        flat
-    }
-}
-
 /// What `list` and the sweep say about held foreign records.
 const FOREIGN_NOTE: &str = "held by another tool, not by fanout-milter (state \"foreign\"): \
     the sweep leaves them alone; release or discard one with --foreign";
@@ -145,7 +133,8 @@ impl Admin<'_> {
                     })
                 })
                 .collect();
-            return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+            let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
+            return Ok(text::neutralize_json(&json).into_owned() + "\n");
         }
         let mut out = String::new();
         let _ = writeln!(
@@ -161,10 +150,10 @@ impl Admin<'_> {
                 m.queue_id,
                 age(r.held_for(self.now)),
                 state_label(r),
-                one_line(sender_of(m), 28),
+                text::neutralize_capped(sender_of(m), 28),
                 count(m.audience),
-                one_line(&r.first_reason(), 40),
-                one_line(m.subject.as_deref().unwrap_or("-"), 60)
+                text::neutralize_capped(&r.first_reason(), 40),
+                text::neutralize_capped(m.subject.as_deref().unwrap_or("-"), 60)
             );
         }
         let _ = writeln!(out, "{} message(s)", records.len());
@@ -175,11 +164,11 @@ impl Admin<'_> {
         if foreign > 0 {
             let _ = writeln!(out, "{foreign} {FOREIGN_NOTE}");
         }
-        Ok(out)
+        Ok(text::neutralize_lines(&out).into_owned())
     }
 
     /// `quarantine show ID`: every fact, the blast radius and Postfix's copy of the
-    /// headers.
+    /// headers; every line neutralised ([`text::neutralize_lines`]).
     pub fn show(&self, id: &QueueId) -> Result<String, super::StoreError> {
         let r = self.store.get(id)?;
         let m = &r.message;
@@ -198,24 +187,32 @@ impl Admin<'_> {
             time(m.held_at),
             age(r.held_for(self.now))
         );
-        let _ = writeln!(o, "Sender:       {}", sender_of(m));
+        let _ = writeln!(o, "Sender:       {}", text::neutralize(sender_of(m)));
         let _ = writeln!(
             o,
             "SASL login:   {}",
-            m.sasl_login.as_deref().unwrap_or("-")
+            text::neutralize(m.sasl_login.as_deref().unwrap_or("-"))
         );
-        let _ = writeln!(o, "Client:       {}", m.client.as_deref().unwrap_or("-"));
+        let _ = writeln!(
+            o,
+            "Client:       {}",
+            text::neutralize(m.client.as_deref().unwrap_or("-"))
+        );
         let _ = writeln!(
             o,
             "Subject:      {}",
-            one_line(m.subject.as_deref().unwrap_or("-"), 200)
+            text::neutralize_capped(m.subject.as_deref().unwrap_or("-"), 200)
         );
         let _ = writeln!(
             o,
             "Message-ID:   {}",
-            one_line(m.message_id.as_deref().unwrap_or("-"), 200)
+            text::neutralize_capped(m.message_id.as_deref().unwrap_or("-"), 200)
         );
-        let _ = writeln!(o, "Thread:       {}", one_line(&m.thread_key, 200));
+        let _ = writeln!(
+            o,
+            "Thread:       {}",
+            text::neutralize_capped(&m.thread_key, 200)
+        );
         let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
         if r.foreign {
             let _ = writeln!(
@@ -227,7 +224,13 @@ impl Admin<'_> {
         }
         let _ = writeln!(o, "\nWhy it is held:");
         for rule in &m.rules {
-            let _ = writeln!(o, "  - {} ({}): {}", rule.rule, rule.action, rule.message);
+            let _ = writeln!(
+                o,
+                "  - {} ({}): {}",
+                text::neutralize(&rule.rule),
+                text::neutralize(&rule.action),
+                text::neutralize(&rule.message)
+            );
         }
         let _ = writeln!(o, "\nBlast radius:");
         let visible = m.visible.len() as u64;
@@ -248,7 +251,7 @@ impl Admin<'_> {
             let _ = writeln!(
                 o,
                 "  list {} expands 1 address to {} mailboxes ({} external{drift})",
-                l.address,
+                text::neutralize(&l.address),
                 count(l.size),
                 count(l.external)
             );
@@ -258,11 +261,16 @@ impl Admin<'_> {
                 .top_domains
                 .iter()
                 .take(10)
-                .map(|(d, n)| format!("{d} {}", count(*n)))
+                .map(|(d, n)| format!("{} {}", text::neutralize(d), count(*n)))
                 .collect();
             let _ = writeln!(o, "  top recipient domains: {}", top.join(", "));
         }
-        let shown: Vec<&str> = m.recipients.iter().take(20).map(String::as_str).collect();
+        let shown: Vec<_> = m
+            .recipients
+            .iter()
+            .take(20)
+            .map(|r| text::neutralize(r))
+            .collect();
         let more = m.recipients.len().saturating_sub(shown.len());
         let _ = writeln!(
             o,
@@ -274,7 +282,12 @@ impl Admin<'_> {
                 String::new()
             }
         );
-        let vis: Vec<&str> = m.visible.iter().take(20).map(String::as_str).collect();
+        let vis: Vec<_> = m
+            .visible
+            .iter()
+            .take(20)
+            .map(|v| text::neutralize(v))
+            .collect();
         let _ = writeln!(
             o,
             "  visible To/Cc: {}",
@@ -290,11 +303,11 @@ impl Admin<'_> {
                 o,
                 "  {} {} {}{}",
                 time(a.at),
-                a.who,
-                a.action,
+                text::neutralize(&a.who),
+                text::neutralize(&a.action),
                 a.comment
                     .as_deref()
-                    .map(|c| format!(": {c}"))
+                    .map(|c| format!(": {}", text::neutralize(c)))
                     .unwrap_or_default()
             );
         }
@@ -309,7 +322,7 @@ impl Admin<'_> {
                 let _ = writeln!(o, "  (not available: {e})");
             }
         }
-        Ok(o)
+        Ok(text::neutralize_lines(&o).into_owned())
     }
 
     fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
@@ -749,7 +762,62 @@ mod tests {
         assert_eq!(age(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d 4h");
         assert_eq!(count(840_000), "840,000");
         assert_eq!(count(12), "12");
-        assert_eq!(one_line("a\r\nb", 10), "a  b");
-        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn show_and_list_print_controls_and_bidi_as_escapes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let postcat = bin.join("postcat");
+        std::fs::write(
+            &postcat,
+            "#!/bin/sh\nprintf 'Subject: \\033]0;pwned\\007\\033[2J\\r\\nX-Evil: a\\342\\200\\256b\\n'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&postcat, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = crate::config::parse(
+            "[domains]\ninternal = [\"example.org\"]\n",
+            std::path::Path::new("/test.toml"),
+        )
+        .unwrap();
+        config.postfix.command_directory = bin;
+        let store = Store::open(dir.path()).unwrap();
+        let mut m = crate::quarantine::store::tests::held("AAAAAA1", 100);
+        m.subject = Some("\u{1b}]0;pwned\u{7}".into());
+        m.sender = "ann\u{202e}gpj.exe@example.org".into();
+        m.rules[0].message = "list cn=x\r\nBcc: y".into();
+        store.record_held(&m, "milter", None).unwrap();
+        let admin = Admin {
+            config: &config,
+            store: &store,
+            postfix: PostfixTools::new(config.postfix.clone()),
+            who: "root".into(),
+            now: 200,
+        };
+        let shown = admin.show(&m.queue_id).unwrap();
+        let listed = admin.list(&Filter::default(), false).unwrap();
+        let json = admin.list(&Filter::default(), true).unwrap();
+        assert!(!json.contains(['\u{1b}', '\u{202e}']), "{json}");
+        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            rows[0]["sender"], m.sender,
+            "JSON keeps the value for a parser"
+        );
+        for out in [&shown, &listed] {
+            assert!(
+                !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
+                "{out}"
+            );
+            assert!(out.contains("\\x1B]0;pwned\\x07"), "{out}");
+            assert!(out.contains("ann\\u{202E}gpj.exe"), "{out}");
+        }
+        assert!(
+            shown.contains("  Subject: \\x1B]0;pwned\\x07\\x1B[2J\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("  X-Evil: a\\u{202E}b\n"), "{shown}");
+        assert!(shown.contains("list cn=x\\x0D\\x0ABcc: y"), "{shown}");
     }
 }

@@ -9,7 +9,9 @@
 
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
 use crate::state_dir::{StateDir, StateDirError};
+use crate::text::{self, MAX_SUBJECT_CHARS};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -267,6 +269,21 @@ impl Store {
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
+        let capped;
+        let msg = match msg
+            .subject
+            .as_deref()
+            .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
+        {
+            Some(Cow::Owned(subject)) => {
+                capped = HeldMessage {
+                    subject: Some(subject),
+                    ..msg.clone()
+                };
+                &capped
+            }
+            _ => msg,
+        };
         let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             id: 0,
@@ -461,7 +478,7 @@ fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::quarantine::record::{ListHit, RuleHit};
 
@@ -546,6 +563,19 @@ mod tests {
             missing.to_string(),
             "no quarantine record for queue id CCCCCC3"
         );
+    }
+
+    #[test]
+    fn a_record_keeps_a_capped_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut long = held("AAAAAA1", 100);
+        long.subject = Some("{reason}".repeat(8_000));
+        store.record_held(&long, "milter", None).unwrap();
+        let r = store.get(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let subject = r.message.subject.expect("subject");
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
+        assert!(subject.starts_with("{reason}") && subject.ends_with('…'));
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl StateBackend for MemoryBackend {
         if m.storms.get(&storm.thread).is_some_and(|s| s.active(now)) {
             return Ok(false);
         }
-        m.storms.insert(storm.thread.clone(), storm.clone());
+        m.storms.insert(storm.thread.clone(), storm.kept());
         Ok(true)
     }
 

@@ -42,7 +42,8 @@ pub struct Storm {
     pub id: String,
     /// The thread key.
     pub thread: String,
-    /// Subject of the message that tripped it.
+    /// Subject of the message that tripped it, at most
+    /// [`crate::text::MAX_SUBJECT_CHARS`] characters where a backend keeps it.
     pub subject: String,
     /// The largest list, or "a large audience".
     pub list: String,
@@ -66,6 +67,19 @@ impl Storm {
         use sha2::{Digest, Sha256};
         let d = Sha256::digest(thread.as_bytes());
         d[..5].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The storm as a backend keeps it: the subject capped at
+    /// [`crate::text::MAX_SUBJECT_CHARS`], so that no message can make a storm record
+    /// (kept for `block_for`, shared by a fleet, listed to admins) large.
+    pub fn kept(&self) -> Storm {
+        let mut s = self.clone();
+        if let std::borrow::Cow::Owned(capped) =
+            crate::text::cap(&s.subject, crate::text::MAX_SUBJECT_CHARS)
+        {
+            s.subject = capped;
+        }
+        s
     }
 
     /// True while it blocks at `now`.
@@ -130,6 +144,7 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     ) -> Result<ThreadCounts, StateError>;
 
     /// Starts `storm` unless one is active on its thread; true when this call started it.
+    /// The storm is kept as [`Storm::kept`].
     async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError>;
 
     /// The storm active on `thread` at `now`, counting one more stopped message.

@@ -217,8 +217,9 @@ impl RedisBackend {
 }
 
 fn storm_from(json: &str, blocked: u64) -> Result<Storm, StateError> {
-    let mut s: Storm = serde_json::from_str(json)
+    let s: Storm = serde_json::from_str(json)
         .map_err(|e| StateError(format!("redis: a storm record is not valid: {e}")))?;
+    let mut s = s.kept();
     s.blocked = blocked;
     Ok(s)
 }
@@ -344,7 +345,7 @@ impl StateBackend for RedisBackend {
 
     async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError> {
         let mut c = self.conn.clone();
-        let json = serde_json::to_string(storm)
+        let json = serde_json::to_string(&storm.kept())
             .map_err(|e| StateError(format!("cannot encode a storm: {e}")))?;
         let now_s = epoch_secs(now);
         let started: u8 = STORM_START
