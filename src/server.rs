@@ -114,12 +114,12 @@ impl Services {
                 timeout,
                 on_failure,
             } => {
-                let remote = Arc::new(RedisBackend::new(url, prefix, *timeout)?);
+                let remote = Arc::new(RedisBackend::new(url.expose(), prefix, *timeout)?);
                 let local = Arc::new(MemoryBackend::new());
                 let failover = Failover::new(
                     remote,
                     local.clone(),
-                    &config::redacted_url(url),
+                    &url.redacted(),
                     *on_failure,
                     *timeout,
                     Some(alerts.clone()),
@@ -243,7 +243,7 @@ pub async fn run(
     } = &shared.runtime.load().config.state
     {
         info!(
-            url = %config::redacted_url(url),
+            url = %url,
             prefix,
             timeout = %humantime::format_duration(*timeout),
             on_failure = on_failure.as_str(),

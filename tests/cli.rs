@@ -487,3 +487,70 @@ fn a_drifted_list_is_held_until_its_size_is_accepted() {
         text(&out.stderr)
     );
 }
+
+/// Credentials of the Redis and webhook URLs, in every form a URL carries them.
+const SECRETS: [&str; 3] = ["s3cret", "SECRET", "tok3n"];
+
+#[test]
+fn check_config_prints_no_url_credential() {
+    let dir = scratch_dir("cli-secrets");
+    let webhook = "https://hooks.example/services/T0/B0/SECRET?token=tok3n";
+    for url in [
+        "redis://:s3cret@10.0.0.5:6379/0",
+        "redis+unix:///run/redis.sock?pass=s3cret&db=2",
+        "redis://user:s3cret@host",
+        "rediss://user:s3cret@host",
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!(
+                "[domains]\ninternal = [\"a.org\"]\n[state]\nbackend = \"redis\"\nurl = \"{url}\"\n\
+                 [notify]\nwebhook = \"{webhook}\"\n"
+            ),
+        );
+        let out = fanout(&["check-config", "--config", &path], None);
+        let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        for secret in SECRETS {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(
+            printed.contains("\"https://hooks.example/***?token=***\"") || !out.status.success(),
+            "{printed}"
+        );
+        if url.starts_with("rediss") {
+            assert!(!out.status.success(), "TLS is not built in: {printed}");
+            assert!(printed.contains("rediss://user:***@host"), "{printed}");
+        }
+    }
+}
+
+/// The daemon logs neither the Redis password when Redis is down nor the webhook
+/// token when the webhook fails.
+#[test]
+fn daemon_logs_no_url_credential_when_redis_and_the_webhook_fail() {
+    let dir = scratch_dir("cli-secret-log");
+    let (dead_redis, dead_hook) = (free_port(), free_port());
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        &format!(
+            "[domains]\ninternal = [\"a.org\"]\n\
+             [state]\nbackend = \"redis\"\nurl = \"redis://user:s3cret@127.0.0.1:{dead_redis}/0?x=tok3n\"\n\
+             [notify]\ninterval = \"1s\"\nwebhook_timeout = \"1s\"\n\
+             webhook = \"http://127.0.0.1:{dead_hook}/services/T0/B0/SECRET?token=tok3n\"\n"
+        ),
+    );
+    let log = common::wait_for("the failed webhook post of the state-down alert", || {
+        let log = m.log();
+        log.contains("alert digest webhook failed").then_some(log)
+    });
+    m.stop();
+    assert!(log.contains("shared state unreachable"), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead_hook}/***?token=***")),
+        "{log}"
+    );
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}

@@ -136,7 +136,7 @@ pub(super) fn validate(
         ),
         Err(e) => report(
             &format!("{key}.url"),
-            format!("\"{url}\" is not an LDAP URL: {e}"),
+            format!("\"{}\" is not an LDAP URL: {e}", super::redact_url(&url)),
         ),
     }
     let start_tls = raw.start_tls.unwrap_or(false);

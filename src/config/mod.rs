@@ -9,13 +9,14 @@ pub mod ldap;
 pub mod listen;
 pub mod raw;
 pub mod reply;
+pub mod secret;
 mod span;
 mod validate;
 
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
-pub use validate::redacted_url;
+pub use secret::{SecretUrl, redact_url};
 
 use crate::policy::{AddressGlobs, Policy};
 use span::{SpanIndex, line_col};
@@ -96,8 +97,8 @@ pub enum StateSettings {
     Memory,
     /// Shared by a fleet through Redis.
     Redis {
-        /// The server's URL.
-        url: String,
+        /// The server's URL (may carry a password; prints redacted).
+        url: SecretUrl,
         /// Prefix of every key.
         prefix: String,
         /// How long one message's state operations may take.
@@ -123,8 +124,8 @@ pub struct PostfixSettings {
 pub struct NotifySettings {
     /// Admin addresses for digests by mail.
     pub admins: Vec<String>,
-    /// Webhook URL.
-    pub webhook: Option<String>,
+    /// Webhook URL (its path and query may be a token; prints redacted).
+    pub webhook: Option<SecretUrl>,
     /// At most one digest per interval.
     pub interval: Duration,
     /// Timeout of one webhook attempt.
@@ -192,10 +193,15 @@ impl Config {
         keys
     }
 
-    /// The effective settings as TOML, with the Redis password, if any, as `***`.
+    /// The effective settings as TOML, every URL through [`redact_url`] (Redis
+    /// password, webhook token, LDAP user info).
     pub fn effective_toml(&self) -> String {
         let mut raw = self.raw.clone();
-        raw.state.url = redacted_url(&raw.state.url);
+        raw.state.url = raw.state.url.redacted().into();
+        raw.notify.webhook = raw.notify.webhook.redacted().into();
+        for d in &mut raw.directory {
+            d.url = d.url.as_deref().map(redact_url);
+        }
         toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }
