@@ -162,35 +162,90 @@ pub struct ListSpec {
     pub allowed_senders: Option<Arc<AddressGlobs>>,
 }
 
+/// Copies `old` over `new` when they differ; true when they did.
+fn keep<T: Clone + PartialEq>(old: &T, new: &mut T) -> bool {
+    let changed = old != new;
+    if changed {
+        new.clone_from(old);
+    }
+    changed
+}
+
+/// Keeps the running value of one restart-only setting in a reloaded configuration;
+/// true when the file changed it.
+type KeepRunning = fn(&Config, &mut Config) -> bool;
+
+/// The settings read once at start (sockets, runtime, logging, state directory,
+/// storm and rate state backend): a reload keeps their running values until a restart.
+/// The one list of them.
+const RESTART_ONLY: &[(&str, KeepRunning)] = &[
+    ("milter.listen", |old, new| {
+        keep(&old.raw.milter.listen, &mut new.raw.milter.listen)
+            | keep(&old.listen, &mut new.listen)
+    }),
+    ("milter.socket_mode", |old, new| {
+        keep(&old.raw.milter.socket_mode, &mut new.raw.milter.socket_mode)
+            | keep(&old.socket_mode, &mut new.socket_mode)
+    }),
+    ("milter.max_connections", |old, new| {
+        keep(
+            &old.raw.milter.max_connections,
+            &mut new.raw.milter.max_connections,
+        ) | keep(&old.max_connections, &mut new.max_connections)
+    }),
+    ("milter.threads", |old, new| {
+        keep(&old.raw.milter.threads, &mut new.raw.milter.threads)
+            | keep(&old.threads, &mut new.threads)
+    }),
+    ("milter.connection_timeout", |old, new| {
+        keep(
+            &old.raw.milter.connection_timeout,
+            &mut new.raw.milter.connection_timeout,
+        ) | keep(&old.connection_timeout, &mut new.connection_timeout)
+    }),
+    ("logging", |old, new| {
+        keep(&old.raw.logging, &mut new.raw.logging)
+    }),
+    ("quarantine.state_dir", |old, new| {
+        keep(
+            &old.raw.quarantine.state_dir,
+            &mut new.raw.quarantine.state_dir,
+        ) | keep(&old.state_dir, &mut new.state_dir)
+    }),
+    ("state.admin_socket", |old, new| {
+        keep(&old.raw.state.admin_socket, &mut new.raw.state.admin_socket)
+    }),
+    ("state.backend", |old, new| {
+        keep(&old.raw.state.backend, &mut new.raw.state.backend)
+    }),
+    ("state.url", |old, new| {
+        keep(&old.raw.state.url, &mut new.raw.state.url)
+    }),
+    ("state.prefix", |old, new| {
+        keep(&old.raw.state.prefix, &mut new.raw.state.prefix)
+    }),
+    ("state.timeout", |old, new| {
+        keep(&old.raw.state.timeout, &mut new.raw.state.timeout)
+    }),
+    ("state.on_failure", |old, new| {
+        keep(&old.raw.state.on_failure, &mut new.raw.state.on_failure)
+    }),
+];
+
 impl Config {
-    /// The keys of settings that a reload cannot change and that differ in `new`.
-    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.raw.milter.listen != new.raw.milter.listen {
-            keys.push("milter.listen");
-        }
-        if self.raw.milter.socket_mode != new.raw.milter.socket_mode {
-            keys.push("milter.socket_mode");
-        }
-        if self.raw.milter.max_connections != new.raw.milter.max_connections {
-            keys.push("milter.max_connections");
-        }
-        if self.raw.milter.threads != new.raw.milter.threads {
-            keys.push("milter.threads");
-        }
-        if self.raw.milter.connection_timeout != new.raw.milter.connection_timeout {
-            keys.push("milter.connection_timeout");
-        }
-        if self.raw.logging != new.raw.logging {
-            keys.push("logging");
-        }
-        if self.raw.quarantine != new.raw.quarantine {
-            keys.push("quarantine.state_dir");
-        }
-        if self.raw.state != new.raw.state {
-            keys.push("state");
-        }
-        keys
+    /// Gives `new`, a reloaded configuration, the running (`self`) values of every
+    /// setting that needs a restart, so that nothing runs half on the old value and half
+    /// on the new one; returns the keys the file changed.
+    pub fn keep_restart_only(&self, new: &mut Config) -> Vec<&'static str> {
+        let changed = RESTART_ONLY
+            .iter()
+            .filter(|(_, keep_running)| keep_running(self, new))
+            .map(|(key, _)| *key)
+            .collect();
+        // Built from restart-only keys alone (`state.*`; `state_dir`, `admin_socket`).
+        new.state.clone_from(&self.state);
+        new.admin_socket.clone_from(&self.admin_socket);
+        changed
     }
 
     /// The effective settings as TOML, every URL through [`redact_url`] (Redis
