@@ -554,3 +554,60 @@ fn daemon_logs_no_url_credential_when_redis_and_the_webhook_fail() {
         assert!(!log.contains(secret), "{secret} logged:\n{log}");
     }
 }
+
+#[test]
+fn a_listen_address_other_hosts_reach_is_warned_about() {
+    let dir = scratch_dir("cli-exposed");
+    for (listen, warned) in [
+        ("inet:0.0.0.0:7785", true),
+        ("inet:192.0.2.10:7785", true),
+        ("inet:127.0.0.1:7785", false),
+        ("unix:/run/fanout-milter/milter.sock", false),
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!("[milter]\nlisten = \"{listen}\"\n[domains]\ninternal = [\"a.org\"]\n"),
+        );
+        let out = fanout(&["check-config", "--config", &path], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.contains("warning:") && err.contains("no authentication"),
+            warned,
+            "{listen}: {err}"
+        );
+    }
+}
+
+/// Outside systemd (no UMask=, umask 022 here) the daemon still creates its state
+/// directory and every file in it for its own user only.
+#[test]
+fn the_daemon_creates_its_state_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let dir = scratch_dir("cli-umask");
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        "[domains]\ninternal = [\"a.org\"]\n\
+         [[list]]\naddress = \"team@a.org\"\nmembers = [\"x@a.org\", \"y@a.org\"]\n",
+    );
+    let state = dir.path().join("state");
+    let mode = |name: &str| {
+        std::fs::metadata(state.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the state directory");
+    for file in ["quarantine.sqlite", "list-sizes.json"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    let log = m.log();
+    m.stop();
+    assert!(
+        !log.contains("no authentication"),
+        "127.0.0.1 is not warned about: {log}"
+    );
+}
