@@ -611,3 +611,99 @@ fn the_daemon_creates_its_state_owner_only() {
         "127.0.0.1 is not warned about: {log}"
     );
 }
+
+/// The README's unix socket inside Postfix's chroot can be bound under the unit's
+/// `ProtectSystem=strict`: its directory is one of the unit's `ReadWritePaths` (or the
+/// runtime directory), and the unit with it verifies. Memory and tasks are bounded.
+#[test]
+fn the_documented_socket_layout_is_writable_in_the_sandbox() {
+    let readme = include_str!("../README.md");
+    let unit = include_str!("../systemd/fanout-milter.service");
+    let writable: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(str::split_whitespace)
+        .map(|p| p.trim_start_matches('-'))
+        .chain(
+            unit.lines()
+                .filter_map(|l| l.strip_prefix("RuntimeDirectory="))
+                .map(|_| "/run/fanout-milter"),
+        )
+        .collect();
+    let sockets: Vec<&str> = readme
+        .match_indices("unix:/")
+        .filter(|(i, _)| !readme[..*i].ends_with('+'))
+        .map(|(i, _)| {
+            let rest = &readme[i + "unix:".len()..];
+            &rest[..rest.find(['`', '"', ' ', ')', '\n']).unwrap_or(rest.len())]
+        })
+        .filter(|path| path.ends_with(".sock") && !path.starts_with("/fanout-milter/"))
+        .collect();
+    assert!(
+        sockets.contains(&"/var/spool/postfix/fanout-milter/milter.sock"),
+        "{sockets:?}"
+    );
+    for socket in sockets {
+        let dir = std::path::Path::new(socket).parent().unwrap();
+        assert!(
+            writable.iter().any(|w| dir.starts_with(w)),
+            "{socket} is not writable under ProtectSystem=strict: {writable:?}"
+        );
+    }
+    for bound in ["MemoryMax=", "TasksMax="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(bound)),
+            "{bound} missing"
+        );
+    }
+    assert!(
+        readme.contains(
+            "install -d -o fanout-milter -g postfix -m 2750 /var/spool/postfix/fanout-milter"
+        ),
+        "the README creates the socket directory setgid postfix"
+    );
+    assert!(
+        !readme.contains("shared group"),
+        "Postfix never shares the group that reads the secrets"
+    );
+    let dir = scratch_dir("cli-unit-layout");
+    let path = dir.path().join("fanout-milter.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The README's socket directory: setgid `postfix`, so the socket the daemon creates
+/// gets group `postfix` and, with `socket_mode = "0660"`, Postfix may connect, though
+/// the daemon's umask keeps everything else private.
+#[test]
+fn a_socket_in_a_setgid_postfix_directory_belongs_to_postfix() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let postfix = nix::unistd::Group::from_name("postfix")
+        .expect("group database")
+        .expect("postfix is installed by scripts/test");
+    let dir = scratch_dir("cli-socket-group");
+    let sockets = dir.path().join("fanout-milter");
+    std::fs::create_dir(&sockets).unwrap();
+    nix::unistd::chown(&sockets, None, Some(postfix.gid)).expect("chgrp postfix");
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let socket = sockets.join("milter.sock");
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("unix:{}", socket.display()),
+        "[milter]\nsocket_mode = \"0660\"\n[domains]\ninternal = [\"a.org\"]\n",
+    );
+    let meta = std::fs::metadata(&socket).expect("the socket");
+    m.stop();
+    assert_eq!(meta.gid(), postfix.gid.as_raw(), "group postfix");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
