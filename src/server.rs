@@ -118,11 +118,21 @@ impl Services {
             }
             StateSettings::Redis {
                 url,
+                password_file,
                 prefix,
                 timeout,
                 on_failure,
             } => {
-                let remote = Arc::new(RedisBackend::new(url.expose(), prefix, *timeout)?);
+                let password = match password_file {
+                    Some(file) => Some(config::ldap::read_secret(file).map_err(StateError)?),
+                    None => None,
+                };
+                let remote = Arc::new(RedisBackend::with_password(
+                    url.expose(),
+                    password.as_deref(),
+                    prefix,
+                    *timeout,
+                )?);
                 let local = Arc::new(MemoryBackend::new());
                 let failover = Failover::new(
                     remote,
@@ -248,6 +258,7 @@ pub async fn run(
         prefix,
         timeout,
         on_failure,
+        ..
     } = &shared.runtime.load().config.state
     {
         info!(

@@ -707,3 +707,56 @@ fn a_socket_in_a_setgid_postfix_directory_belongs_to_postfix() {
     assert_eq!(meta.gid(), postfix.gid.as_raw(), "group postfix");
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
 }
+
+/// `[state] password_file`: the Redis password lives in a file only the daemon reads,
+/// not in the configuration; the daemon authenticates with it.
+#[test]
+fn the_redis_password_can_come_from_a_file() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let redis = common::Redis::start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(b"CONFIG SET requirepass s3cretpw\r\n").unwrap();
+    let mut ok = [0u8; 5];
+    s.read_exact(&mut ok).expect("answer");
+    assert_eq!(&ok, b"+OK\r\n");
+    let dir = scratch_dir("cli-redis-password");
+    let secret = dir.path().join("redis.secret");
+    std::fs::write(&secret, "s3cretpw\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let body = format!(
+        "[domains]\ninternal = [\"a.org\"]\n[state]\nbackend = \"redis\"\n\
+         url = \"{}\"\npassword_file = \"redis.secret\"\n",
+        redis.url()
+    );
+    let path = write_config(dir.path(), &body);
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(
+        !out.status.success(),
+        "a world-readable password file is refused"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{path}:6: state.password_file")) && err.contains("chmod"),
+        "{err}"
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("s3cretpw"));
+
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        &body,
+    );
+    let log = common::wait_for("the daemon to reach redis", || {
+        let log = m.log();
+        (log.contains("redis answers") || log.contains("unreachable")).then_some(log)
+    });
+    m.stop();
+    assert!(log.contains("redis answers"), "{log}");
+    assert!(!log.contains("s3cretpw"), "{log}");
+}

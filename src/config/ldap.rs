@@ -366,7 +366,7 @@ pub(super) fn validate(
 }
 
 /// A password file must exist, hold something and not be readable by others.
-fn check_secret_file(path: &Path) -> Result<(), String> {
+pub(super) fn check_secret_file(path: &Path) -> Result<(), String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
     if meta.permissions().mode() & 0o004 != 0 {

@@ -99,6 +99,8 @@ pub enum StateSettings {
     Redis {
         /// The server's URL (may carry a password; prints redacted).
         url: SecretUrl,
+        /// `password_file`: the password, read at start, when not in `url`.
+        password_file: Option<PathBuf>,
         /// Prefix of every key.
         prefix: String,
         /// How long one message's state operations may take.

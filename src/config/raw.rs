@@ -176,6 +176,9 @@ pub struct RawState {
     pub backend: StateBackendKind,
     /// Redis URL (may carry a password: printed redacted).
     pub url: SecretUrl,
+    /// File whose first line is the Redis password (instead of one in `url`); empty:
+    /// none.
+    pub password_file: String,
     /// Prefix of every Redis key (relays of one fleet share it).
     pub prefix: String,
     /// How long one message's state operations may take before Redis counts as down.
@@ -192,6 +195,7 @@ impl Default for RawState {
         RawState {
             backend: StateBackendKind::Memory,
             url: "redis://127.0.0.1:6379/".into(),
+            password_file: String::new(),
             prefix: "fanout:".into(),
             timeout: "200ms".into(),
             on_failure: "local".into(),

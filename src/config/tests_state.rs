@@ -115,6 +115,7 @@ fn rate_and_state_settings_are_checked() {
         c.state,
         StateSettings::Redis {
             url: "redis://:pw@10.0.0.5:6380/2".into(),
+            password_file: None,
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
             on_failure: crate::state::OnFailure::Tempfail,
@@ -187,4 +188,17 @@ fn printed_settings_carry_no_credential() {
     );
     let err = load_str(bad).expect_err("not http").to_string();
     assert!(!err.contains("s3cret") && !err.contains("SECRET"), "{err}");
+}
+
+#[test]
+fn a_redis_password_file_must_be_readable() {
+    refused(
+        "[state]\nbackend = \"redis\"\npassword_file = \"/nonexistent/redis.secret\"\n",
+        5,
+        "state.password_file",
+        "cannot read \"/nonexistent/redis.secret\"",
+    );
+    // The memory backend ignores it.
+    let c = load_str("[state]\npassword_file = \"/nonexistent/redis.secret\"\n").expect("memory");
+    assert_eq!(c.state, StateSettings::Memory);
 }

@@ -474,8 +474,19 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                     ),
                 );
             }
+            let password_file = match raw.state.password_file.trim() {
+                "" => None,
+                p => {
+                    let path = base.join(p);
+                    if let Err(e) = super::ldap::check_secret_file(&path) {
+                        report("state.password_file", e);
+                    }
+                    Some(path)
+                }
+            };
             StateSettings::Redis {
                 url: SecretUrl::from(url),
+                password_file,
                 prefix: raw.state.prefix.clone(),
                 timeout: state_timeout,
                 on_failure,
