@@ -223,6 +223,12 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
     ("state.url", |old, new| {
         keep(&old.raw.state.url, &mut new.raw.state.url)
     }),
+    ("state.password_file", |old, new| {
+        keep(
+            &old.raw.state.password_file,
+            &mut new.raw.state.password_file,
+        )
+    }),
     ("state.prefix", |old, new| {
         keep(&old.raw.state.prefix, &mut new.raw.state.prefix)
     }),

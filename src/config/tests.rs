@@ -619,6 +619,26 @@ fn a_reload_keeps_the_running_value_of_every_restart_only_key() {
     assert_eq!(moved.state, StateSettings::Memory);
     assert_ne!(moved.raw.limits, base.raw.limits, "the rest is reloaded");
 
+    let (moved, kept) = reload(EXAMPLE.replace(
+        "password_file = \"\"",
+        "password_file = \"/etc/fanout-milter/redis.secret\"",
+    ));
+    assert_eq!(kept, ["state.password_file"]);
+    assert_eq!(moved.raw.state.password_file, "");
+
     let mut same = base.clone();
     assert!(base.keep_restart_only(&mut same).is_empty());
+}
+
+/// The storm and rate state backend is built once at start: every `[state]` key, a
+/// future one too, is in the one list of restart-only keys.
+#[test]
+fn every_state_key_is_restart_only() {
+    let keys: Vec<&str> = RESTART_ONLY.iter().map(|(k, _)| *k).collect();
+    let state = toml::Value::try_from(raw::RawState::default()).unwrap();
+    let table = state.as_table().expect("a table");
+    assert!(table.len() >= 6, "{table:?}");
+    for key in table.keys() {
+        assert!(keys.contains(&format!("state.{key}").as_str()), "state.{key}");
+    }
 }
