@@ -122,6 +122,18 @@ pub(super) fn validate(
     }
     let url = raw.url.clone().unwrap_or_default().trim().to_owned();
     match url::Url::parse(&url) {
+        Ok(u)
+            if matches!(u.scheme(), "ldap" | "ldaps" | "ldapi")
+                && (!u.username().is_empty() || u.password().is_some()) =>
+        {
+            report(
+                &format!("{key}.url"),
+                format!(
+                    "\"{}\" carries a user or password: give bind_dn and bind_password_file instead",
+                    super::redact_url(&url)
+                ),
+            )
+        }
         Ok(u) if matches!(u.scheme(), "ldap" | "ldaps" | "ldapi") => {}
         Ok(u) => report(
             &format!("{key}.url"),

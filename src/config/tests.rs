@@ -639,6 +639,9 @@ fn every_state_key_is_restart_only() {
     let table = state.as_table().expect("a table");
     assert!(table.len() >= 6, "{table:?}");
     for key in table.keys() {
-        assert!(keys.contains(&format!("state.{key}").as_str()), "state.{key}");
+        assert!(
+            keys.contains(&format!("state.{key}").as_str()),
+            "state.{key}"
+        );
     }
 }
