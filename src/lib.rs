@@ -29,4 +29,4 @@ pub const NAME: &str = "fanout-milter";
 /// Crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use server::{ReloadError, ReloadRequest, Runtime, Services, run};
+pub use server::{ReloadError, ReloadRequest, Reloaded, Runtime, Services, run};

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = NAME, version = VERSION, about = "Postfix milter that stops outgoing mail whose real audience is dangerously large")]
@@ -617,6 +617,9 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
+            if let Some(warning) = config.listen.exposure_warning() {
+                eprintln!("{NAME}: warning: {warning}");
+            }
             println!(
                 "# {}: configuration OK; effective settings:",
                 path.display()
@@ -633,6 +636,9 @@ fn run(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // What the daemon creates (state directory, quarantine store, LDAP snapshots, list
+    // sizes) holds subjects and recipients: its own user's only, with or without systemd.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     logging::init(&config.raw.logging.level, config.raw.logging.format);
     let runtime = match runtime_builder(config.threads).enable_all().build() {
         Ok(r) => r,
@@ -714,6 +720,9 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(warning) = config.listen.exposure_warning() {
+        warn!("{warning}");
+    }
     info!(listen = %config.listen, "listening");
 
     let (reload_tx, reload_rx) = mpsc::channel(4);

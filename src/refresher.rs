@@ -184,7 +184,7 @@ impl Refresher {
             .refresh
             .clamp(s.timeout, MAX_REFRESH_DEADLINE.max(s.timeout));
         let settings = s.clone();
-        info!(source = %s.name, url = %s.url, "ldap refresh started");
+        info!(source = %s.name, url = %crate::config::redact_url(&s.url), "ldap refresh started");
         let result = tokio::spawn(async move { ldap::refresh(&settings, deadline).await })
             .await
             .map_err(|e| format!("refresh task failed: {e}"))

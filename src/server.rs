@@ -26,7 +26,15 @@ use tracing::{error, info, warn};
 const STATE_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A reload request; the answer says whether the new configuration was taken.
-pub type ReloadRequest = oneshot::Sender<Result<(), ReloadError>>;
+pub type ReloadRequest = oneshot::Sender<Result<Reloaded, ReloadError>>;
+
+/// A reload that was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Settings the file changed that need a restart: their running values stay in
+    /// force (see [`Config::keep_restart_only`]).
+    pub restart_needed: Vec<&'static str>,
+}
 
 /// Why a reload was refused; the previous configuration and directory stay in force.
 #[derive(Debug, thiserror::Error)]
@@ -110,16 +118,26 @@ impl Services {
             }
             StateSettings::Redis {
                 url,
+                password_file,
                 prefix,
                 timeout,
                 on_failure,
             } => {
-                let remote = Arc::new(RedisBackend::new(url, prefix, *timeout)?);
+                let password = match password_file {
+                    Some(file) => Some(config::ldap::read_secret(file).map_err(StateError)?),
+                    None => None,
+                };
+                let remote = Arc::new(RedisBackend::with_password(
+                    url.expose(),
+                    password.as_deref(),
+                    prefix,
+                    *timeout,
+                )?);
                 let local = Arc::new(MemoryBackend::new());
                 let failover = Failover::new(
                     remote,
                     local.clone(),
-                    &config::redacted_url(url),
+                    &url.redacted(),
                     *on_failure,
                     *timeout,
                     Some(alerts.clone()),
@@ -240,10 +258,11 @@ pub async fn run(
         prefix,
         timeout,
         on_failure,
+        ..
     } = &shared.runtime.load().config.state
     {
         info!(
-            url = %config::redacted_url(url),
+            url = %url,
             prefix,
             timeout = %humantime::format_duration(*timeout),
             on_failure = on_failure.as_str(),
@@ -278,22 +297,27 @@ pub async fn run(
         while let Some(ack) = reloads.recv().await {
             let rebuilding = reload_shared.rebuild.lock().await;
             let current = reload_shared.runtime.load_full();
-            let file = current.config.file.clone();
+            let running = current.clone();
             let snapshots = reload_shared.refresher.snapshots();
-            let result =
-                match tokio::task::spawn_blocking(move || load_runtime(&file, &snapshots)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(ReloadError::Task(e.to_string())),
-                };
+            let result = match tokio::task::spawn_blocking(move || {
+                load_runtime(&running.config, &snapshots)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => Err(ReloadError::Task(e.to_string())),
+            };
             let answer = match result {
-                Ok(new) => {
-                    for key in current.config.restart_needed(&new.config) {
-                        warn!("parameter \"{key}\" changed, restart needed for it to take effect");
+                Ok((new, restart_needed)) => {
+                    for key in &restart_needed {
+                        warn!(
+                            "parameter \"{key}\" changed, restart needed for it to take effect; the running value stays in force"
+                        );
                     }
                     reload_shared.runtime.store(Arc::new(new));
                     reload_shared.refresher.config_changed();
                     info!(file = %current.config.file.display(), "configuration reloaded");
-                    Ok(())
+                    Ok(Reloaded { restart_needed })
                 }
                 Err(e) => {
                     error!("configuration not reloaded, keeping the old one: {e}");
@@ -347,9 +371,16 @@ pub async fn run(
     result
 }
 
-fn load_runtime(file: &std::path::Path, ldap: &Snapshots) -> Result<Runtime, ReloadError> {
-    let config = config::load(file)?;
-    Ok(Runtime::load(config, ldap)?)
+/// Reads the running configuration's file again, keeps the running values of the
+/// restart-only settings (before the directory records list sizes in the state
+/// directory), and loads the directory for it.
+fn load_runtime(
+    running: &Config,
+    ldap: &Snapshots,
+) -> Result<(Runtime, Vec<&'static str>), ReloadError> {
+    let mut config = config::load(&running.file)?;
+    let restart_needed = running.keep_restart_only(&mut config);
+    Ok((Runtime::load(config, ldap)?, restart_needed))
 }
 
 #[cfg(test)]

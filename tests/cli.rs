@@ -785,3 +785,276 @@ fn sweep_unit_verifies_and_is_sandboxed() {
         text(&out.stdout)
     );
 }
+
+/// Credentials of the Redis and webhook URLs, in every form a URL carries them.
+const SECRETS: [&str; 3] = ["s3cret", "SECRET", "tok3n"];
+
+#[test]
+fn check_config_prints_no_url_credential() {
+    let dir = scratch_dir("cli-secrets");
+    let webhook = "https://hooks.example/services/T0/B0/SECRET?token=tok3n";
+    for url in [
+        "redis://:s3cret@10.0.0.5:6379/0",
+        "redis+unix:///run/redis.sock?pass=s3cret&db=2",
+        "redis://user:s3cret@host",
+        "rediss://user:s3cret@host",
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!(
+                "[domains]\ninternal = [\"a.org\"]\n[state]\nbackend = \"redis\"\nurl = \"{url}\"\n\
+                 [notify]\nwebhook = \"{webhook}\"\n"
+            ),
+        );
+        let out = fanout(&["check-config", "--config", &path], None);
+        let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        for secret in SECRETS {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(
+            printed.contains("\"https://hooks.example/***?token=***\"") || !out.status.success(),
+            "{printed}"
+        );
+        if url.starts_with("rediss") {
+            assert!(!out.status.success(), "TLS is not built in: {printed}");
+            assert!(printed.contains("rediss://user:***@host"), "{printed}");
+        }
+    }
+}
+
+/// The daemon logs neither the Redis password when Redis is down nor the webhook
+/// token when the webhook fails.
+#[test]
+fn daemon_logs_no_url_credential_when_redis_and_the_webhook_fail() {
+    let dir = scratch_dir("cli-secret-log");
+    let (dead_redis, dead_hook) = (free_port(), free_port());
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        &format!(
+            "[domains]\ninternal = [\"a.org\"]\n\
+             [state]\nbackend = \"redis\"\nurl = \"redis://user:s3cret@127.0.0.1:{dead_redis}/0?x=tok3n\"\n\
+             [notify]\ninterval = \"1s\"\nwebhook_timeout = \"1s\"\n\
+             webhook = \"http://127.0.0.1:{dead_hook}/services/T0/B0/SECRET?token=tok3n\"\n"
+        ),
+    );
+    let log = common::wait_for("the failed webhook post of the state-down alert", || {
+        let log = m.log();
+        log.contains("alert digest webhook failed").then_some(log)
+    });
+    m.stop();
+    assert!(log.contains("shared state unreachable"), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead_hook}/***?token=***")),
+        "{log}"
+    );
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+}
+
+#[test]
+fn a_listen_address_other_hosts_reach_is_warned_about() {
+    let dir = scratch_dir("cli-exposed");
+    for (listen, warned) in [
+        ("inet:0.0.0.0:7785", true),
+        ("inet:192.0.2.10:7785", true),
+        ("inet:127.0.0.1:7785", false),
+        ("unix:/run/fanout-milter/milter.sock", false),
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!("[milter]\nlisten = \"{listen}\"\n[domains]\ninternal = [\"a.org\"]\n"),
+        );
+        let out = fanout(&["check-config", "--config", &path], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.contains("warning:") && err.contains("no authentication"),
+            warned,
+            "{listen}: {err}"
+        );
+    }
+}
+
+/// Outside systemd (no UMask=, umask 022 here) the daemon still creates its state
+/// directory and every file in it for its own user only.
+#[test]
+fn the_daemon_creates_its_state_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let dir = scratch_dir("cli-umask");
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        "[domains]\ninternal = [\"a.org\"]\n\
+         [[list]]\naddress = \"team@a.org\"\nmembers = [\"x@a.org\", \"y@a.org\"]\n",
+    );
+    let state = dir.path().join("state");
+    let mode = |name: &str| {
+        std::fs::metadata(state.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the state directory");
+    for file in ["quarantine.sqlite", "list-sizes.json"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    let log = m.log();
+    m.stop();
+    assert!(
+        !log.contains("no authentication"),
+        "127.0.0.1 is not warned about: {log}"
+    );
+}
+
+/// The README's unix socket inside Postfix's chroot can be bound under the unit's
+/// `ProtectSystem=strict`: its directory is one of the unit's `ReadWritePaths` (or the
+/// runtime directory), and the unit with it verifies. Memory and tasks are bounded.
+#[test]
+fn the_documented_socket_layout_is_writable_in_the_sandbox() {
+    let readme = include_str!("../README.md");
+    let unit = include_str!("../systemd/fanout-milter.service");
+    let writable: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(str::split_whitespace)
+        .map(|p| p.trim_start_matches('-'))
+        .chain(
+            unit.lines()
+                .filter_map(|l| l.strip_prefix("RuntimeDirectory="))
+                .map(|_| "/run/fanout-milter"),
+        )
+        .collect();
+    let sockets: Vec<&str> = readme
+        .match_indices("unix:/")
+        .filter(|(i, _)| !readme[..*i].ends_with('+'))
+        .map(|(i, _)| {
+            let rest = &readme[i + "unix:".len()..];
+            &rest[..rest.find(['`', '"', ' ', ')', '\n']).unwrap_or(rest.len())]
+        })
+        .filter(|path| path.ends_with(".sock") && !path.starts_with("/fanout-milter/"))
+        .collect();
+    assert!(
+        sockets.contains(&"/var/spool/postfix/fanout-milter/milter.sock"),
+        "{sockets:?}"
+    );
+    for socket in sockets {
+        let dir = std::path::Path::new(socket).parent().unwrap();
+        assert!(
+            writable.iter().any(|w| dir.starts_with(w)),
+            "{socket} is not writable under ProtectSystem=strict: {writable:?}"
+        );
+    }
+    for bound in ["MemoryMax=", "TasksMax="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(bound)),
+            "{bound} missing"
+        );
+    }
+    assert!(
+        readme.contains(
+            "install -d -o fanout-milter -g postfix -m 2750 /var/spool/postfix/fanout-milter"
+        ),
+        "the README creates the socket directory setgid postfix"
+    );
+    assert!(
+        !readme.contains("shared group"),
+        "Postfix never shares the group that reads the secrets"
+    );
+    let dir = scratch_dir("cli-unit-layout");
+    let path = dir.path().join("fanout-milter.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The README's socket directory: setgid `postfix`, so the socket the daemon creates
+/// gets group `postfix` and, with `socket_mode = "0660"`, Postfix may connect, though
+/// the daemon's umask keeps everything else private.
+#[test]
+fn a_socket_in_a_setgid_postfix_directory_belongs_to_postfix() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let postfix = nix::unistd::Group::from_name("postfix")
+        .expect("group database")
+        .expect("postfix is installed by scripts/test");
+    let dir = scratch_dir("cli-socket-group");
+    let sockets = dir.path().join("fanout-milter");
+    std::fs::create_dir(&sockets).unwrap();
+    nix::unistd::chown(&sockets, None, Some(postfix.gid)).expect("chgrp postfix");
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let socket = sockets.join("milter.sock");
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("unix:{}", socket.display()),
+        "[milter]\nsocket_mode = \"0660\"\n[domains]\ninternal = [\"a.org\"]\n",
+    );
+    let meta = std::fs::metadata(&socket).expect("the socket");
+    m.stop();
+    assert_eq!(meta.gid(), postfix.gid.as_raw(), "group postfix");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
+
+/// `[state] password_file`: the Redis password lives in a file only the daemon reads,
+/// not in the configuration; the daemon authenticates with it.
+#[test]
+fn the_redis_password_can_come_from_a_file() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let redis = common::Redis::start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(b"CONFIG SET requirepass s3cretpw\r\n").unwrap();
+    let mut ok = [0u8; 5];
+    s.read_exact(&mut ok).expect("answer");
+    assert_eq!(&ok, b"+OK\r\n");
+    let dir = scratch_dir("cli-redis-password");
+    let secret = dir.path().join("redis.secret");
+    std::fs::write(&secret, "s3cretpw\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let body = format!(
+        "[domains]\ninternal = [\"a.org\"]\n[state]\nbackend = \"redis\"\n\
+         url = \"{}\"\npassword_file = \"redis.secret\"\n",
+        redis.url()
+    );
+    let path = write_config(dir.path(), &body);
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(
+        !out.status.success(),
+        "a world-readable password file is refused"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{path}:6: state.password_file")) && err.contains("chmod"),
+        "{err}"
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("s3cretpw"));
+
+    let mut m = common::Milter::start(
+        dir.path(),
+        &format!("inet:127.0.0.1:{}", free_port()),
+        &body,
+    );
+    let log = common::wait_for("the daemon to reach redis", || {
+        let log = m.log();
+        (log.contains("redis answers") || log.contains("unreachable")).then_some(log)
+    });
+    m.stop();
+    assert!(log.contains("redis answers"), "{log}");
+    assert!(!log.contains("s3cretpw"), "{log}");
+}

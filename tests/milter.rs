@@ -13,7 +13,7 @@ use fanout_milter::milter::listener::MilterListener;
 use fanout_milter::notify::{AlertKind, AlertReceiver};
 use fanout_milter::quarantine::{Filter, State, Store};
 use fanout_milter::state::{Guard, MemoryBackend};
-use fanout_milter::{ReloadError, Runtime, Services};
+use fanout_milter::{ReloadError, Reloaded, Runtime, Services};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, ProtoOpts, Status, TestConnection,
 };
@@ -264,7 +264,7 @@ impl Milter {
     }
 
     /// Asks for a reload and waits for its answer.
-    async fn reload(&self) -> Result<(), ReloadError> {
+    async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let (ack, answer) = oneshot::channel();
         within("send a reload request", self.reloads.send(ack))
             .await
@@ -1062,6 +1062,53 @@ async fn reload_applies_a_good_file_and_keeps_the_old_one_on_error() {
 
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
+}
+
+/// A reload that moves `[quarantine] state_dir` keeps the running one until a restart:
+/// list sizes (and LDAP snapshots) stay where the quarantine store is; the rest of the
+/// file is applied.
+#[tokio::test]
+async fn reload_keeps_the_running_state_dir_until_restart() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("milter-reload-state-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (old, new) = (base.join("old"), base.join("new"));
+    let with_state_dir = |levels: [u64; 3], dir: &std::path::Path| Conf {
+        extra: String::leak(format!(
+            "[quarantine]\nstate_dir = \"{}\"\n\n[[list]]\naddress = \"team@example.org\"\n\
+             members = [\"a@example.org\", \"b@example.org\"]\n",
+            dir.display()
+        )),
+        ..Conf::envelope(levels)
+    };
+    let milter = Milter::start("reload-state-dir", &with_state_dir([0, 3, 0], &old)).await;
+    let sizes = |dir: &std::path::Path| dir.join("list-sizes.json");
+    assert!(sizes(&old).exists(), "list sizes recorded at start");
+    std::fs::remove_file(sizes(&old)).unwrap();
+
+    milter.rewrite(&with_state_dir([0, 10, 0], &new).toml());
+    let reloaded = milter.reload().await.expect("the file is valid");
+    assert_eq!(reloaded.restart_needed, ["quarantine.state_dir"]);
+    assert!(
+        sizes(&old).exists(),
+        "the reload records list sizes in the running state directory"
+    );
+    assert!(
+        !new.exists(),
+        "nothing is written to the new directory before a restart"
+    );
+    let mut conn = milter.connect().await;
+    let result = message(&mut conn, "<ann@example.org>", &internal(5)).await;
+    assert_passed_untouched(&result);
+
+    // Reloading the same file again still keeps (and still reports) the running value.
+    let reloaded = milter.reload().await.expect("the file is valid");
+    assert_eq!(reloaded.restart_needed, ["quarantine.state_dir"]);
+    assert!(!new.exists());
+
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 // ------------------------------------------------------------------------- shutdown

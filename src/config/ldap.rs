@@ -153,6 +153,18 @@ pub(super) fn validate(
     }
     let url = raw.url.clone().unwrap_or_default().trim().to_owned();
     match url::Url::parse(&url) {
+        Ok(u)
+            if matches!(u.scheme(), "ldap" | "ldaps" | "ldapi")
+                && (!u.username().is_empty() || u.password().is_some()) =>
+        {
+            report(
+                &format!("{key}.url"),
+                format!(
+                    "\"{}\" carries a user or password: give bind_dn and bind_password_file instead",
+                    super::redact_url(&url)
+                ),
+            )
+        }
         Ok(u) if matches!(u.scheme(), "ldap" | "ldaps" | "ldapi") => {}
         Ok(u) => report(
             &format!("{key}.url"),
@@ -167,7 +179,7 @@ pub(super) fn validate(
         ),
         Err(e) => report(
             &format!("{key}.url"),
-            format!("\"{url}\" is not an LDAP URL: {e}"),
+            format!("\"{}\" is not an LDAP URL: {e}", super::redact_url(&url)),
         ),
     }
     let start_tls = raw.start_tls.unwrap_or(false);
@@ -425,7 +437,7 @@ pub(super) fn validate(
 }
 
 /// A password file must exist, hold something and not be readable by others.
-fn check_secret_file(path: &Path) -> Result<(), String> {
+pub(super) fn check_secret_file(path: &Path) -> Result<(), String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
     if meta.permissions().mode() & 0o004 != 0 {

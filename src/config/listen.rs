@@ -36,6 +36,35 @@ pub enum ListenAddrError {
     Path(String),
 }
 
+impl ListenAddr {
+    /// True for a unix socket or a loopback address (`localhost` included): only this
+    /// host can connect.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ListenAddr::Unix(_) => true,
+            ListenAddr::Inet { host, .. } => {
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
+    /// What to tell the admin when other hosts may connect: the milter protocol has no
+    /// authentication.
+    pub fn exposure_warning(&self) -> Option<String> {
+        (!self.is_local()).then(|| {
+            format!(
+                "listen = \"{self}\" is neither a loopback address nor a unix socket: the milter \
+                 protocol has no authentication, so anyone who reaches this port can trip storms, \
+                 spend senders' rate budgets and fill the quarantine; listen on 127.0.0.1 or a \
+                 unix socket, or let only the MTAs reach the port (firewall)"
+            )
+        })
+    }
+}
+
 impl FromStr for ListenAddr {
     type Err = ListenAddrError;
 
@@ -110,6 +139,32 @@ mod tests {
             parse("unix:/run/fanout-milter/milter.sock").unwrap(),
             ListenAddr::Unix("/run/fanout-milter/milter.sock".into())
         );
+    }
+
+    #[test]
+    fn only_loopback_and_unix_sockets_are_local() {
+        for local in [
+            "inet:127.0.0.1:7785",
+            "inet:127.0.0.2:7785",
+            "inet:[::1]:7785",
+            "inet:localhost:7785",
+            "unix:/run/fanout-milter/milter.sock",
+        ] {
+            let addr = parse(local).unwrap();
+            assert!(addr.is_local(), "{local}");
+            assert_eq!(addr.exposure_warning(), None, "{local}");
+        }
+        for exposed in [
+            "inet:0.0.0.0:7785",
+            "inet:[::]:7785",
+            "inet:192.0.2.10:7785",
+            "inet:mx1.example.org:7785",
+        ] {
+            let addr = parse(exposed).unwrap();
+            assert!(!addr.is_local(), "{exposed}");
+            let warning = addr.exposure_warning().expect("a warning");
+            assert!(warning.contains("no authentication"), "{warning}");
+        }
     }
 
     #[test]

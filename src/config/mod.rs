@@ -9,13 +9,14 @@ pub mod ldap;
 pub mod listen;
 pub mod raw;
 pub mod reply;
+pub mod secret;
 mod span;
 mod validate;
 
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
-pub use validate::redacted_url;
+pub use secret::{SecretUrl, redact_url};
 
 use crate::policy::{Policy, TrustedSenders};
 use span::{SpanIndex, line_col};
@@ -99,8 +100,10 @@ pub enum StateSettings {
     Memory,
     /// Shared by a fleet through Redis.
     Redis {
-        /// The server's URL.
-        url: String,
+        /// The server's URL (may carry a password; prints redacted).
+        url: SecretUrl,
+        /// `password_file`: the password, read at start, when not in `url`.
+        password_file: Option<PathBuf>,
         /// Prefix of every key.
         prefix: String,
         /// How long one message's state operations may take.
@@ -126,8 +129,8 @@ pub struct PostfixSettings {
 pub struct NotifySettings {
     /// Admin addresses for digests by mail.
     pub admins: Vec<String>,
-    /// Webhook URL.
-    pub webhook: Option<String>,
+    /// Webhook URL (its path and query may be a token; prints redacted).
+    pub webhook: Option<SecretUrl>,
     /// At most one digest per interval.
     pub interval: Duration,
     /// Timeout of one webhook attempt.
@@ -165,41 +168,107 @@ pub struct ListSpec {
     pub allowed_senders: Option<Arc<TrustedSenders>>,
 }
 
+/// Copies `old` over `new` when they differ; true when they did.
+fn keep<T: Clone + PartialEq>(old: &T, new: &mut T) -> bool {
+    let changed = old != new;
+    if changed {
+        new.clone_from(old);
+    }
+    changed
+}
+
+/// Keeps the running value of one restart-only setting in a reloaded configuration;
+/// true when the file changed it.
+type KeepRunning = fn(&Config, &mut Config) -> bool;
+
+/// The settings read once at start (sockets, runtime, logging, state directory,
+/// storm and rate state backend): a reload keeps their running values until a restart.
+/// The one list of them.
+const RESTART_ONLY: &[(&str, KeepRunning)] = &[
+    ("milter.listen", |old, new| {
+        keep(&old.raw.milter.listen, &mut new.raw.milter.listen)
+            | keep(&old.listen, &mut new.listen)
+    }),
+    ("milter.socket_mode", |old, new| {
+        keep(&old.raw.milter.socket_mode, &mut new.raw.milter.socket_mode)
+            | keep(&old.socket_mode, &mut new.socket_mode)
+    }),
+    ("milter.max_connections", |old, new| {
+        keep(
+            &old.raw.milter.max_connections,
+            &mut new.raw.milter.max_connections,
+        ) | keep(&old.max_connections, &mut new.max_connections)
+    }),
+    ("milter.threads", |old, new| {
+        keep(&old.raw.milter.threads, &mut new.raw.milter.threads)
+            | keep(&old.threads, &mut new.threads)
+    }),
+    ("milter.connection_timeout", |old, new| {
+        keep(
+            &old.raw.milter.connection_timeout,
+            &mut new.raw.milter.connection_timeout,
+        ) | keep(&old.connection_timeout, &mut new.connection_timeout)
+    }),
+    ("logging", |old, new| {
+        keep(&old.raw.logging, &mut new.raw.logging)
+    }),
+    ("quarantine.state_dir", |old, new| {
+        keep(
+            &old.raw.quarantine.state_dir,
+            &mut new.raw.quarantine.state_dir,
+        ) | keep(&old.state_dir, &mut new.state_dir)
+    }),
+    ("state.admin_socket", |old, new| {
+        keep(&old.raw.state.admin_socket, &mut new.raw.state.admin_socket)
+    }),
+    ("state.backend", |old, new| {
+        keep(&old.raw.state.backend, &mut new.raw.state.backend)
+    }),
+    ("state.url", |old, new| {
+        keep(&old.raw.state.url, &mut new.raw.state.url)
+    }),
+    ("state.password_file", |old, new| {
+        keep(
+            &old.raw.state.password_file,
+            &mut new.raw.state.password_file,
+        )
+    }),
+    ("state.prefix", |old, new| {
+        keep(&old.raw.state.prefix, &mut new.raw.state.prefix)
+    }),
+    ("state.timeout", |old, new| {
+        keep(&old.raw.state.timeout, &mut new.raw.state.timeout)
+    }),
+    ("state.on_failure", |old, new| {
+        keep(&old.raw.state.on_failure, &mut new.raw.state.on_failure)
+    }),
+];
+
 impl Config {
-    /// The keys of settings that a reload cannot change and that differ in `new`.
-    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.raw.milter.listen != new.raw.milter.listen {
-            keys.push("milter.listen");
-        }
-        if self.raw.milter.socket_mode != new.raw.milter.socket_mode {
-            keys.push("milter.socket_mode");
-        }
-        if self.raw.milter.max_connections != new.raw.milter.max_connections {
-            keys.push("milter.max_connections");
-        }
-        if self.raw.milter.threads != new.raw.milter.threads {
-            keys.push("milter.threads");
-        }
-        if self.raw.milter.connection_timeout != new.raw.milter.connection_timeout {
-            keys.push("milter.connection_timeout");
-        }
-        if self.raw.logging != new.raw.logging {
-            keys.push("logging");
-        }
-        if self.raw.quarantine != new.raw.quarantine {
-            keys.push("quarantine.state_dir");
-        }
-        if self.raw.state != new.raw.state {
-            keys.push("state");
-        }
-        keys
+    /// Gives `new`, a reloaded configuration, the running (`self`) values of every
+    /// setting that needs a restart, so that nothing runs half on the old value and half
+    /// on the new one; returns the keys the file changed.
+    pub fn keep_restart_only(&self, new: &mut Config) -> Vec<&'static str> {
+        let changed = RESTART_ONLY
+            .iter()
+            .filter(|(_, keep_running)| keep_running(self, new))
+            .map(|(key, _)| *key)
+            .collect();
+        // Built from restart-only keys alone (`state.*`; `state_dir`, `admin_socket`).
+        new.state.clone_from(&self.state);
+        new.admin_socket.clone_from(&self.admin_socket);
+        changed
     }
 
-    /// The effective settings as TOML, with the Redis password, if any, as `***`.
+    /// The effective settings as TOML, every URL through [`redact_url`] (Redis
+    /// password, webhook token, LDAP user info).
     pub fn effective_toml(&self) -> String {
         let mut raw = self.raw.clone();
-        raw.state.url = redacted_url(&raw.state.url);
+        raw.state.url = raw.state.url.redacted().into();
+        raw.notify.webhook = raw.notify.webhook.redacted().into();
+        for d in &mut raw.directory {
+            d.url = d.url.as_deref().map(redact_url);
+        }
         toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }

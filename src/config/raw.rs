@@ -5,6 +5,7 @@
 //! [`Config`](super::Config) by [`validate`](super::validate). Serialising a `RawConfig`
 //! prints the effective settings (`check-config`).
 
+use super::secret::SecretUrl;
 use crate::policy::{Action, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -173,8 +174,11 @@ pub enum StateBackendKind {
 pub struct RawState {
     /// `memory` or `redis`.
     pub backend: StateBackendKind,
-    /// Redis URL.
-    pub url: String,
+    /// Redis URL (may carry a password: printed redacted).
+    pub url: SecretUrl,
+    /// File whose first line is the Redis password (instead of one in `url`); empty:
+    /// none.
+    pub password_file: String,
     /// Prefix of every Redis key (relays of one fleet share it).
     pub prefix: String,
     /// How long one message's state operations may take before Redis counts as down.
@@ -191,6 +195,7 @@ impl Default for RawState {
         RawState {
             backend: StateBackendKind::Memory,
             url: "redis://127.0.0.1:6379/".into(),
+            password_file: String::new(),
             prefix: "fanout:".into(),
             timeout: "200ms".into(),
             on_failure: "local".into(),
@@ -552,7 +557,7 @@ pub struct RawNotify {
     /// Admin addresses that get alert digests by mail.
     pub admins: Vec<String>,
     /// URL that gets each digest as an HTTP POST of JSON; empty = none.
-    pub webhook: String,
+    pub webhook: SecretUrl,
     /// At most one digest per interval.
     pub interval: String,
     /// Timeout of one webhook attempt.
@@ -568,7 +573,7 @@ impl Default for RawNotify {
     fn default() -> Self {
         RawNotify {
             admins: Vec::new(),
-            webhook: String::new(),
+            webhook: SecretUrl::default(),
             interval: "1m".into(),
             webhook_timeout: "5s".into(),
             from: "postmaster".into(),

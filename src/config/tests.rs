@@ -645,27 +645,82 @@ reject = \"No ({reason}) {queue_id}\"
 }
 
 #[test]
-fn restart_needed_lists_only_what_a_reload_cannot_change() {
+fn a_reload_keeps_the_running_value_of_every_restart_only_key() {
     let base = load_str(EXAMPLE).unwrap();
+    let reload = |text: String| {
+        let mut new = load_str(&text).unwrap();
+        let kept = base.keep_restart_only(&mut new);
+        (new, kept)
+    };
 
-    let moved = load_str(&EXAMPLE.replace(
+    let (moved, kept) = reload(EXAMPLE.replace(
         "listen = \"inet:127.0.0.1:7785\"",
         "listen = \"inet:127.0.0.1:7786\"",
-    ))
-    .unwrap();
-    assert_eq!(base.restart_needed(&moved), ["milter.listen"]);
+    ));
+    assert_eq!(kept, ["milter.listen"]);
+    assert_eq!(moved.listen, base.listen);
+    assert_eq!(
+        moved.raw, base.raw,
+        "check-config of the running daemon shows the old value"
+    );
 
-    let limits = load_str(
-        &EXAMPLE
+    let (limits, kept) = reload(
+        EXAMPLE
             .replace("tag = 50\n", "tag = 20\n")
             .replace("quarantine = 100\n", "quarantine = 30\n"),
-    )
-    .unwrap();
+    );
     assert_ne!(limits.raw.limits, base.raw.limits, "the edit took effect");
-    assert!(base.restart_needed(&limits).is_empty());
+    assert!(kept.is_empty(), "{kept:?}");
 
-    let logging = load_str(&EXAMPLE.replace("format = \"text\"", "format = \"json\"")).unwrap();
-    assert_eq!(base.restart_needed(&logging), ["logging"]);
+    let (logging, kept) = reload(EXAMPLE.replace("format = \"text\"", "format = \"json\""));
+    assert_eq!(kept, ["logging"]);
+    assert_eq!(logging.raw.logging, base.raw.logging);
 
-    assert!(base.restart_needed(&base).is_empty());
+    // Deadlines of the review tools are read by each command: not restart-only.
+    let (review, kept) =
+        reload(EXAMPLE.replace("review_within = \"4h\"", "review_within = \"2h\""));
+    assert!(kept.is_empty(), "{kept:?}");
+    assert_eq!(review.quarantine.review_within, Duration::from_secs(7200));
+
+    // The state directory, the admin socket in it and the state backend stay.
+    let (moved, kept) = reload(
+        EXAMPLE
+            .replace(
+                "state_dir = \"/var/lib/fanout-milter\"",
+                "state_dir = \"/srv/fanout\"",
+            )
+            .replace("backend = \"memory\"", "backend = \"redis\"")
+            .replace("tag = 50\n", "tag = 20\n"),
+    );
+    assert_eq!(kept, ["quarantine.state_dir", "state.backend"]);
+    assert_eq!(moved.state_dir, Path::new("/var/lib/fanout-milter"));
+    assert_eq!(moved.admin_socket, base.admin_socket);
+    assert_eq!(moved.state, StateSettings::Memory);
+    assert_ne!(moved.raw.limits, base.raw.limits, "the rest is reloaded");
+
+    let (moved, kept) = reload(EXAMPLE.replace(
+        "password_file = \"\"",
+        "password_file = \"/etc/fanout-milter/redis.secret\"",
+    ));
+    assert_eq!(kept, ["state.password_file"]);
+    assert_eq!(moved.raw.state.password_file, "");
+
+    let mut same = base.clone();
+    assert!(base.keep_restart_only(&mut same).is_empty());
+}
+
+/// The storm and rate state backend is built once at start: every `[state]` key, a
+/// future one too, is in the one list of restart-only keys.
+#[test]
+fn every_state_key_is_restart_only() {
+    let keys: Vec<&str> = RESTART_ONLY.iter().map(|(k, _)| *k).collect();
+    let state = toml::Value::try_from(raw::RawState::default()).unwrap();
+    let table = state.as_table().expect("a table");
+    assert!(table.len() >= 6, "{table:?}");
+    for key in table.keys() {
+        assert!(
+            keys.contains(&format!("state.{key}").as_str()),
+            "state.{key}"
+        );
+    }
 }

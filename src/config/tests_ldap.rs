@@ -210,6 +210,12 @@ fn the_url_must_be_an_ldap_url() {
         "scheme \"https\" is not ldap://, ldaps:// or ldapi://",
     );
     refused(
+        &with_url("ldaps://admin:s3cret@dc1.corp.example"),
+        5,
+        "directory[0].url",
+        "\"ldaps://admin:***@dc1.corp.example\" carries a user or password",
+    );
+    refused(
         &with_url("dc1.corp.example"),
         5,
         "directory[0].url",

@@ -37,7 +37,7 @@ fn settings_are_read() {
     assert_eq!(c.postfix.config_directory, Path::new("/etc/postfix-out"));
     assert_eq!(c.notify.admins, ["noc@corp.example"]);
     assert_eq!(
-        c.notify.webhook.as_deref(),
+        c.notify.webhook.as_ref().map(SecretUrl::expose),
         Some("https://hooks.corp.example/mail")
     );
     assert_eq!(c.notify.interval, Duration::from_secs(300));

@@ -115,19 +115,90 @@ fn rate_and_state_settings_are_checked() {
         c.state,
         StateSettings::Redis {
             url: "redis://:pw@10.0.0.5:6380/2".into(),
+            password_file: None,
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
             on_failure: crate::state::OnFailure::Tempfail,
         }
     );
     assert_eq!(
-        redacted_url("redis://:pw@10.0.0.5:6380/2"),
+        redact_url("redis://:pw@10.0.0.5:6380/2"),
         "redis://:***@10.0.0.5:6380/2"
     );
-    assert_eq!(redacted_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
+    assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
     let printed = c.effective_toml();
     assert!(
         printed.contains("url = \"redis://:***@10.0.0.5:6380/2\"") && !printed.contains("pw"),
         "check-config does not print the password: {printed}"
     );
+}
+
+/// `check-config` (the journal, through ExecStartPre and ExecReload) and `?config` in a
+/// log line show no credential of any URL.
+#[test]
+fn printed_settings_carry_no_credential() {
+    let cases = [
+        (
+            "redis://:s3cret@10.0.0.5:6380/2",
+            "redis://:***@10.0.0.5:6380/2",
+        ),
+        (
+            "redis+unix:///run/redis.sock?pass=s3cret&db=2",
+            "redis+unix:///run/redis.sock?pass=***&db=***",
+        ),
+        ("redis://user:s3cret@host", "redis://user:***@host"),
+    ];
+    for (url, shown) in cases {
+        let c = load_str(&format!(
+            "[state]\nbackend = \"redis\"\nurl = \"{url}\"\n\
+             [notify]\nwebhook = \"https://hooks.example/services/T0/B0/SECRET?token=tok3n\"\n"
+        ))
+        .expect("valid");
+        match &c.state {
+            StateSettings::Redis { url: u, .. } => assert_eq!(u.expose(), url),
+            other => panic!("{other:?}"),
+        }
+        let printed = c.effective_toml();
+        let debug = format!("{c:?}");
+        for text in [&printed, &debug] {
+            for secret in ["s3cret", "SECRET", "tok3n"] {
+                assert!(!text.contains(secret), "{secret} shown: {text}");
+            }
+        }
+        assert!(printed.contains(&format!("url = \"{shown}\"")), "{printed}");
+        assert!(
+            printed.contains("webhook = \"https://hooks.example/***?token=***\""),
+            "{printed}"
+        );
+    }
+    // TLS is not built in: the refusal names the URL without its password.
+    let err = load_str("[state]\nbackend = \"redis\"\nurl = \"rediss://user:s3cret@host\"\n")
+        .expect_err("no TLS")
+        .to_string();
+    assert!(
+        err.contains("\"rediss://user:***@host\"") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let bad = "[notify]\nwebhook = \"ftp://u:s3cret@hooks.example/SECRET\"\n";
+    refused(
+        bad,
+        4,
+        "notify.webhook",
+        "\"ftp://u:***@hooks.example/***\" must be",
+    );
+    let err = load_str(bad).expect_err("not http").to_string();
+    assert!(!err.contains("s3cret") && !err.contains("SECRET"), "{err}");
+}
+
+#[test]
+fn a_redis_password_file_must_be_readable() {
+    refused(
+        "[state]\nbackend = \"redis\"\npassword_file = \"/nonexistent/redis.secret\"\n",
+        5,
+        "state.password_file",
+        "cannot read \"/nonexistent/redis.secret\"",
+    );
+    // The memory backend ignores it.
+    let c = load_str("[state]\npassword_file = \"/nonexistent/redis.secret\"\n").expect("memory");
+    assert_eq!(c.state, StateSettings::Memory);
 }

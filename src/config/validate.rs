@@ -4,6 +4,7 @@
 
 use super::raw::{DirectoryKind, RawConfig, RawLevels, StateBackendKind};
 use super::reply::{Replies, STORM_PLACEHOLDERS, check_template, check_template_with};
+use super::secret::{SecretUrl, redact_url, redact_url_in};
 use super::{
     Config, DirectorySpec, ListSpec, ListenAddr, NotifySettings, PostfixSettings,
     QuarantineSettings, StateSettings,
@@ -22,21 +23,6 @@ use tracing_subscriber::filter::LevelFilter;
 /// Upper bound of `[state] timeout`: Postfix's own milter timeouts are 30 s and more,
 /// but a relay that waits seconds per message on a hung Redis is an outage.
 const MAX_STATE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A URL with its password, if any, replaced by `***`, for messages and logs.
-pub fn redacted_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => {
-            let user = authority[..at].split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
-}
 
 // Upper bounds of durations: long enough for any sane setting, short enough that
 // adding one to a clock reading or a Redis expiry can never overflow.
@@ -416,11 +402,14 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             report(&format!("notify.admins[{i}]"), e);
         }
     }
-    let webhook = raw.notify.webhook.trim();
+    let webhook = raw.notify.webhook.expose().trim().to_owned();
     if !(webhook.is_empty() || webhook.starts_with("http://") || webhook.starts_with("https://")) {
         report(
             "notify.webhook",
-            format!("\"{webhook}\" must be an http:// or https:// URL"),
+            format!(
+                "\"{}\" must be an http:// or https:// URL",
+                redact_url(&webhook)
+            ),
         );
     }
     if raw.notify.from.trim().is_empty() || raw.notify.from.contains(['<', '>', '\r', '\n', ' ']) {
@@ -523,13 +512,14 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     let state = match raw.state.backend {
         StateBackendKind::Memory => StateSettings::Memory,
         StateBackendKind::Redis => {
-            let url = raw.state.url.trim().to_owned();
+            let url = raw.state.url.expose().trim().to_owned();
             if let Err(e) = redis::Client::open(url.as_str()) {
                 report(
                     "state.url",
                     format!(
-                        "\"{}\" is not a Redis URL such as \"redis://127.0.0.1:6379/\": {e}",
-                        redacted_url(&url)
+                        "\"{}\" is not a Redis URL such as \"redis://127.0.0.1:6379/\": {}",
+                        redact_url(&url),
+                        redact_url_in(&e.to_string(), &url)
                     ),
                 );
             }
@@ -549,8 +539,19 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                     ),
                 );
             }
+            let password_file = match raw.state.password_file.trim() {
+                "" => None,
+                p => {
+                    let path = base.join(p);
+                    if let Err(e) = super::ldap::check_secret_file(&path) {
+                        report("state.password_file", e);
+                    }
+                    Some(path)
+                }
+            };
             StateSettings::Redis {
-                url,
+                url: SecretUrl::from(url),
+                password_file,
                 prefix: raw.state.prefix.clone(),
                 timeout: state_timeout,
                 on_failure,
@@ -657,7 +658,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                 .iter()
                 .map(|a| a.trim().to_owned())
                 .collect(),
-            webhook: (!webhook.is_empty()).then(|| webhook.to_owned()),
+            webhook: (!webhook.is_empty()).then(|| SecretUrl::from(webhook)),
             interval,
             webhook_timeout,
             from: raw.notify.from.trim().to_owned(),

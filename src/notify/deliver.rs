@@ -4,6 +4,7 @@
 //! blocking, all bounded by deadlines; never called on the mail path.
 
 use crate::config::PostfixSettings;
+use crate::config::secret::{SecretUrl, redact_url_in};
 use crate::process::{self, COMMAND_TIMEOUT, RunError};
 use lettre::Transport;
 use lettre::address::Envelope;
@@ -38,7 +39,7 @@ pub enum DeliverError {
     /// Every webhook attempt failed; the last error.
     #[error("webhook {url}: {message} (after {attempts} attempts)")]
     Webhook {
-        /// The URL.
+        /// The URL, redacted.
         url: String,
         /// The last failure.
         message: String,
@@ -110,8 +111,13 @@ pub fn send_smtp(
 }
 
 /// Posts `body` as JSON to `url`; each attempt bounded by `timeout`, retried with
-/// backoff on network errors, 429 and 5xx.
-pub fn post_webhook(url: &str, timeout: Duration, body: &Value) -> Result<(), DeliverError> {
+/// backoff on network errors, 429 and 5xx. Errors show the URL redacted.
+pub fn post_webhook(
+    secret_url: &SecretUrl,
+    timeout: Duration,
+    body: &Value,
+) -> Result<(), DeliverError> {
+    let url = secret_url.expose();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -134,13 +140,13 @@ pub fn post_webhook(url: &str, timeout: Duration, body: &Value) -> Result<(), De
                 status.as_u16() == 429 || status.is_server_error()
             }
             Err(e) => {
-                last = e.to_string();
+                last = redact_url_in(&e.to_string(), url);
                 true
             }
         };
         if !retry {
             return Err(DeliverError::Webhook {
-                url: url.to_owned(),
+                url: secret_url.redacted(),
                 message: last,
                 attempts: attempt,
             });
@@ -151,7 +157,7 @@ pub fn post_webhook(url: &str, timeout: Duration, body: &Value) -> Result<(), De
         }
     }
     Err(DeliverError::Webhook {
-        url: url.to_owned(),
+        url: secret_url.redacted(),
         message: last,
         attempts: WEBHOOK_ATTEMPTS,
     })
@@ -198,7 +204,7 @@ mod tests {
     #[test]
     fn webhook_retries_server_errors_then_succeeds() {
         let (port, requests) = http(vec![503, 200]);
-        let url = format!("http://127.0.0.1:{port}/hook");
+        let url = SecretUrl::from(format!("http://127.0.0.1:{port}/hook"));
         post_webhook(&url, Duration::from_secs(5), &serde_json::json!({"a": 1}))
             .expect("second attempt succeeds");
         let first = requests.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -218,9 +224,13 @@ mod tests {
     #[test]
     fn webhook_does_not_retry_a_client_error() {
         let (port, requests) = http(vec![404, 200]);
-        let url = format!("http://127.0.0.1:{port}/hook");
+        let url = SecretUrl::from(format!("http://127.0.0.1:{port}/services/T0/B0/SECRET"));
         let err = post_webhook(&url, Duration::from_secs(5), &serde_json::json!({})).unwrap_err();
         assert!(err.to_string().contains("HTTP 404"), "{err}");
+        assert!(
+            !err.to_string().contains("SECRET") && err.to_string().contains("127.0.0.1"),
+            "{err}"
+        );
         assert!(err.to_string().contains("after 1 attempts"), "{err}");
         requests.recv_timeout(Duration::from_secs(5)).unwrap();
     }
@@ -233,16 +243,20 @@ mod tests {
             .unwrap()
             .port();
         let err = post_webhook(
-            &format!("http://127.0.0.1:{port}/"),
+            &format!("http://user:pw0@127.0.0.1:{port}/services/T0/B0/SECRET?token=tok0#frag0")
+                .into(),
             Duration::from_secs(2),
             &serde_json::json!({}),
         )
         .unwrap_err();
+        let text = err.to_string();
         assert!(
-            err.to_string()
-                .contains(&format!("after {WEBHOOK_ATTEMPTS} attempts")),
-            "{err}"
+            text.contains(&format!("after {WEBHOOK_ATTEMPTS} attempts")),
+            "{text}"
         );
+        for secret in ["pw0", "SECRET", "tok0", "frag0"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 
     #[test]

@@ -164,7 +164,23 @@ impl RedisBackend {
     /// `redis+unix:///path`), its keys under `prefix`. Connects lazily and reconnects
     /// by itself; every command gives up after `timeout`.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisBackend, StateError> {
-        let client = redis::Client::open(url).map_err(err)?;
+        Self::with_password(url, None, prefix, timeout)
+    }
+
+    /// [`RedisBackend::new`], authenticating with `password` (from `[state]
+    /// password_file`) instead of a password in `url`.
+    pub fn with_password(
+        url: &str,
+        password: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<RedisBackend, StateError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url).map_err(err)?;
+        if let Some(password) = password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(err)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -183,7 +183,7 @@ impl Ldap3Server {
     /// Connects and binds as the settings say, each step within `timeout`.
     pub async fn connect(settings: &LdapSettings) -> Result<Ldap3Server, LdapFault> {
         let connect_fault = |message: String| LdapFault::Connect {
-            url: settings.url.clone(),
+            url: crate::config::redact_url(&settings.url),
             message,
         };
         let mut conn_settings = LdapConnSettings::new()
@@ -194,7 +194,12 @@ impl Ldap3Server {
         }
         let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, &settings.url)
             .await
-            .map_err(|e| connect_fault(e.to_string()))?;
+            .map_err(|e| {
+                connect_fault(crate::config::secret::redact_url_in(
+                    &e.to_string(),
+                    &settings.url,
+                ))
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.drive().await {
                 tracing::debug!("ldap connection ended: {e}");

@@ -365,7 +365,11 @@ pub struct LdapSource<'a> {
 
 impl DirectorySource for LdapSource<'_> {
     fn describe(&self) -> String {
-        format!("ldap {} {}", self.settings.name, self.settings.url)
+        format!(
+            "ldap {} {}",
+            self.settings.name,
+            crate::config::redact_url(&self.settings.url)
+        )
     }
 
     fn load(&self) -> Result<SourceData, SourceError> {
