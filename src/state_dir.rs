@@ -275,7 +275,7 @@ impl StateDir {
     }
 
     /// Replaces an entry atomically: a new file created with `O_EXCL | O_NOFOLLOW`
-    /// (mode 0640, owned by the directory's owner), written, synced and renamed over it.
+    /// (mode 0600, owned by the directory's owner), written, synced and renamed over it.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StateDirError> {
         let path = self.join(name);
         let tmp_name = format!(".{name}.{}", std::process::id());
@@ -284,7 +284,7 @@ impl StateDir {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o640)
+                .mode(0o600)
                 .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
                 .open(&tmp)
         };
@@ -299,7 +299,7 @@ impl StateDir {
             Err(source) => return Err(StateDirError::Io { path: tmp, source }),
         };
         let written = (|| {
-            file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             if nix::unistd::geteuid().is_root() && self.uid != 0 {
                 std::os::unix::fs::fchown(&file, Some(self.uid), Some(self.gid))?;
             }
@@ -427,6 +427,6 @@ mod tests {
         assert_eq!(std::fs::metadata(state.join("mine")).unwrap().uid(), 65534);
         dir.write_atomic("written", b"y").unwrap();
         let meta = std::fs::metadata(state.join("written")).unwrap();
-        assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o640));
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o600));
     }
 }
