@@ -475,14 +475,31 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
         }
     };
     let mut code = ExitCode::SUCCESS;
+    // As Postfix's LDAP table lookups: the address, then without its extension.
+    let folded = fanout_milter::policy::address::fold_case(address);
+    let stripped = config.postfix.recipient_delimiter.strip(&folded);
     for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
-        let found = runtime.block_on(async {
-            tokio::time::timeout(
-                s.timeout,
-                fanout_milter::directory::ldap::live_lookup(s, address),
-            )
-            .await
-        });
+        let search = |address: &str| {
+            runtime.block_on(async {
+                tokio::time::timeout(
+                    s.timeout,
+                    fanout_milter::directory::ldap::live_lookup(s, address),
+                )
+                .await
+            })
+        };
+        let mut found = search(&folded);
+        if let (Ok(Ok(entries)), Some(stripped)) = (&found, &stripped)
+            && entries.is_empty()
+        {
+            println!(
+                "live in LDAP source {}: no entry for {}; looking up {} (recipient_delimiter)",
+                s.name,
+                fanout_milter::text::neutralize(&folded),
+                fanout_milter::text::neutralize(stripped)
+            );
+            found = search(stripped);
+        }
         match found {
             Ok(Ok(entries)) if entries.is_empty() => {
                 println!("live in LDAP source {}: no entry", s.name);
@@ -576,11 +593,17 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
-        Ok(config) => {
+        Ok(mut config) => {
             println!(
                 "# {}: configuration OK; effective settings:",
                 path.display()
             );
+            println!(
+                "# [postfix] recipient_delimiter: {}",
+                config.postfix.delimiter_origin
+            );
+            config.raw.postfix.recipient_delimiter =
+                Some(config.postfix.recipient_delimiter.as_str().to_owned());
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS
         }
@@ -619,6 +642,7 @@ fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
 
 async fn serve(config: Config) -> ExitCode {
     info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
+    config.postfix.log_delimiter();
     let snapshots = fanout_milter::refresher::initial_snapshots(&config).await;
     let refresher = fanout_milter::refresher::Refresher::new(&snapshots);
     let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config, &snapshots)).await

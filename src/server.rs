@@ -349,6 +349,7 @@ pub async fn run(
 
 fn load_runtime(file: &std::path::Path, ldap: &Snapshots) -> Result<Runtime, ReloadError> {
     let config = config::load(file)?;
+    config.postfix.log_delimiter();
     Ok(Runtime::load(config, ldap)?)
 }
 

@@ -79,6 +79,7 @@ impl Directory {
                     max_depth: 1,
                     internal: Default::default(),
                     max_audience: 0,
+                    recipient_delimiter: Default::default(),
                 },
             ),
             allowed: HashMap::new(),
@@ -185,6 +186,7 @@ impl Directory {
                 max_depth: config.max_depth,
                 internal: config.policy.internal.clone(),
                 max_audience: config.max_audience,
+                recipient_delimiter: config.postfix.recipient_delimiter.clone(),
             },
         );
         report.warnings.extend(index.shadowed.iter().cloned());
