@@ -688,7 +688,6 @@ fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> 
     }
 }
 
-/// An admin address: `local@domain`, no spaces, brackets or line breaks.
 /// A `recipient_delimiter` must be characters that can sit in a local part: no space,
 /// control character, `@`, quote or comma.
 pub(super) fn check_delimiter(set: &str) -> Result<(), String> {
@@ -704,6 +703,7 @@ pub(super) fn check_delimiter(set: &str) -> Result<(), String> {
     }
 }
 
+/// An admin address: `local@domain`, no spaces, brackets or line breaks.
 fn check_mailbox(address: &str) -> Result<(), String> {
     let a = address.trim();
     match a.rsplit_once('@') {

@@ -160,7 +160,15 @@ pub struct Audience {
     pub unknown: u64,
     /// Set when a recipient's source cannot be used now: why.
     pub unavailable: Option<String>,
+    /// True when some lists were counted whole, without removing the members they
+    /// share with larger lists ([`MERGE_BUDGET`]): the total is then an over-estimate.
+    pub overestimated: bool,
 }
+
+/// How many list members one message's audience merge checks against the largest
+/// list: beyond it, further lists count whole (an over-estimate, never an under-count)
+/// so that a message naming many large lists cannot hold the milter thread for seconds.
+pub const MERGE_BUDGET: usize = 250_000;
 
 impl DirectoryIndex {
     /// Builds the index: the first definition of an address wins (as with several
@@ -461,8 +469,17 @@ impl DirectoryIndex {
         vec![Resolved::Mailbox(folded)]
     }
 
-    /// The deduplicated audience of a set of envelope recipients.
+    /// The deduplicated audience of a set of envelope recipients (within
+    /// [`MERGE_BUDGET`]).
     pub fn audience<'a>(&self, recipients: impl IntoIterator<Item = &'a str>) -> Audience {
+        self.audience_within(recipients, MERGE_BUDGET)
+    }
+
+    fn audience_within<'a>(
+        &self,
+        recipients: impl IntoIterator<Item = &'a str>,
+        mut budget: usize,
+    ) -> Audience {
         let mut lists: Vec<Arc<ListAudience>> = Vec::new();
         let mut direct: Vec<String> = Vec::new();
         let mut out = Audience::default();
@@ -505,6 +522,14 @@ impl DirectoryIndex {
             out.external += first.external_mailboxes;
         }
         for l in lists.iter().skip(1) {
+            if l.mailboxes.len() > budget {
+                budget = 0;
+                out.overestimated = true;
+                out.total += l.mailboxes.len() as u64;
+                out.external += l.external_mailboxes;
+                continue;
+            }
+            budget -= l.mailboxes.len();
             for &m in l.mailboxes.iter() {
                 if base.binary_search(&m).is_err() {
                     extra_ids.insert(m);
@@ -905,6 +930,39 @@ mod tests {
             2,
             "full case folding"
         );
+    }
+
+    #[test]
+    fn merging_beyond_the_budget_over_estimates_and_never_under_counts() {
+        let list = |name: &str, from: usize, n: usize| {
+            let members: Vec<String> = (from..from + n)
+                .map(|i| format!("m{i}@corp.example"))
+                .collect();
+            let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+            def(name, &refs)
+        };
+        let index = DirectoryIndex::build(
+            vec![
+                list("a@corp.example", 0, 100),
+                list("b@corp.example", 50, 60),
+                list("c@corp.example", 95, 30),
+            ],
+            &options(),
+        );
+        let rcpts = ["a@corp.example", "b@corp.example", "c@corp.example"];
+        let exact = index.audience_within(rcpts, 1_000);
+        assert_eq!(exact.total, 125);
+        assert!(!exact.overestimated);
+        let bounded = index.audience_within(rcpts, 70);
+        assert!(bounded.overestimated);
+        assert_eq!(
+            bounded.total,
+            100 + 10 + 30,
+            "b@ (60) is merged (10 new); c@ (30) exceeds the 10 left and counts whole"
+        );
+        assert!(bounded.total >= exact.total);
+        let none = index.audience_within(rcpts, 0);
+        assert_eq!(none.total, 100 + 60 + 30);
     }
 
     #[test]
