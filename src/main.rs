@@ -475,36 +475,35 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
         }
     };
     let mut code = ExitCode::SUCCESS;
-    // As Postfix's LDAP table lookups: the address, then without its extension.
     let folded = fanout_milter::policy::address::fold_case(address);
-    let stripped = config.postfix.recipient_delimiter.strip(&folded);
     for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
-        let search = |address: &str| {
-            runtime.block_on(async {
-                tokio::time::timeout(
-                    s.timeout,
-                    fanout_milter::directory::ldap::live_lookup(s, address),
-                )
-                .await
-            })
-        };
-        let mut found = search(&folded);
-        if let (Ok(Ok(entries)), Some(stripped)) = (&found, &stripped)
-            && entries.is_empty()
+        let found = runtime.block_on(async {
+            tokio::time::timeout(
+                s.timeout,
+                fanout_milter::directory::ldap::live_lookup_as_postfix(
+                    s,
+                    address,
+                    &config.postfix.recipient_delimiter,
+                ),
+            )
+            .await
+        });
+        if let Ok(Ok((key, _))) = &found
+            && *key != folded
         {
             println!(
-                "live in LDAP source {}: no entry for {}; looking up {} (recipient_delimiter)",
+                "live in LDAP source {}: no entry for {}; looked up as {} \
+                 (recipient_delimiter), as Postfix does",
                 s.name,
                 fanout_milter::text::neutralize(&folded),
-                fanout_milter::text::neutralize(stripped)
+                fanout_milter::text::neutralize(key)
             );
-            found = search(stripped);
         }
         match found {
-            Ok(Ok(entries)) if entries.is_empty() => {
+            Ok(Ok((_, entries))) if entries.is_empty() => {
                 println!("live in LDAP source {}: no entry", s.name);
             }
-            Ok(Ok(entries)) => {
+            Ok(Ok((_, entries))) => {
                 for e in entries {
                     let kind = if e.list {
                         format!("list, {} direct members", e.direct_members)
