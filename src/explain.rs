@@ -232,6 +232,16 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
         return out;
     };
     let facts = directory.list_facts(list);
+    if let Some(key) = index.list_key(address)
+        && key != crate::policy::address::fold_case(address)
+    {
+        let _ = writeln!(
+            out,
+            "{}: looked up as {key} (recipient_delimiter \"{}\"), as Postfix does",
+            crate::text::neutralize(address),
+            crate::text::neutralize(index.recipient_delimiter().as_str())
+        );
+    }
     if let Some(canonical) = index.canonical(address) {
         let _ = writeln!(out, "{address}: another address of {canonical}");
     }

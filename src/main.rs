@@ -498,19 +498,35 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
         }
     };
     let mut code = ExitCode::SUCCESS;
+    let folded = fanout_milter::policy::address::fold_case(address);
     for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
         let found = runtime.block_on(async {
             tokio::time::timeout(
                 s.timeout,
-                fanout_milter::directory::ldap::live_lookup(s, address),
+                fanout_milter::directory::ldap::live_lookup_as_postfix(
+                    s,
+                    address,
+                    &config.postfix.recipient_delimiter,
+                ),
             )
             .await
         });
+        if let Ok(Ok((key, _))) = &found
+            && *key != folded
+        {
+            println!(
+                "live in LDAP source {}: no entry for {}; looked up as {} \
+                 (recipient_delimiter), as Postfix does",
+                s.name,
+                fanout_milter::text::neutralize(&folded),
+                fanout_milter::text::neutralize(key)
+            );
+        }
         match found {
-            Ok(Ok(entries)) if entries.is_empty() => {
+            Ok(Ok((_, entries))) if entries.is_empty() => {
                 println!("live in LDAP source {}: no entry", s.name);
             }
-            Ok(Ok(entries)) => {
+            Ok(Ok((_, entries))) => {
                 for e in entries {
                     let kind = if e.list {
                         format!("list, {} direct members", e.direct_members)
@@ -616,7 +632,7 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 
 fn check_config(path: &Path) -> ExitCode {
     match load(path) {
-        Ok(config) => {
+        Ok(mut config) => {
             if let Some(warning) = config.listen.exposure_warning() {
                 eprintln!("{NAME}: warning: {warning}");
             }
@@ -624,6 +640,12 @@ fn check_config(path: &Path) -> ExitCode {
                 "# {}: configuration OK; effective settings:",
                 path.display()
             );
+            println!(
+                "# [postfix] recipient_delimiter: {}",
+                config.postfix.delimiter_origin
+            );
+            config.raw.postfix.recipient_delimiter =
+                Some(config.postfix.recipient_delimiter.as_str().to_owned());
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS
         }
@@ -665,6 +687,7 @@ fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
 
 async fn serve(config: Config) -> ExitCode {
     info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
+    config.postfix.log_delimiter();
     let snapshots = fanout_milter::refresher::initial_snapshots(&config).await;
     let refresher = fanout_milter::refresher::Refresher::new(&snapshots);
     let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config, &snapshots)).await

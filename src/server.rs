@@ -380,6 +380,7 @@ fn load_runtime(
 ) -> Result<(Runtime, Vec<&'static str>), ReloadError> {
     let mut config = config::load(&running.file)?;
     let restart_needed = running.keep_restart_only(&mut config);
+    config.postfix.log_delimiter();
     Ok((Runtime::load(config, ldap)?, restart_needed))
 }
 

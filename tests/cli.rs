@@ -1058,3 +1058,131 @@ fn the_redis_password_can_come_from_a_file() {
     assert!(log.contains("redis answers"), "{log}");
     assert!(!log.contains("s3cretpw"), "{log}");
 }
+
+/// An address extension (`all-staff+x@`) reaches the list as Postfix expands it: the
+/// same verdict and audience as the list itself, the restricted-list rule included,
+/// with the delimiter from the file or, when postconf cannot be read, the documented
+/// fallback "+"; `check-config` prints the effective value.
+#[test]
+fn explain_resolves_address_extensions_like_postfix() {
+    let dir = scratch_dir("cli-extension");
+    let body = |extra: &str| {
+        format!(
+            "[domains]\ninternal = [\"example.org\"]\n\
+             [postfix]\nconfig_directory = \"{}\"\n{extra}\
+             [[list]]\naddress = \"all-staff@example.org\"\nmember_count = 840000\n\
+             [[list]]\naddress = \"everyone@example.org\"\nmember_count = 840000\n\
+             [[list]]\naddress = \"board@example.org\"\nmember_count = 12\n\
+             allowed_senders = [\"ceo@example.org\"]\n",
+            dir.path().join("no-postfix-here").display()
+        )
+    };
+    let explain = |path: &str, rcpt: &str| -> serde_json::Value {
+        let out = fanout(
+            &[
+                "explain",
+                "--config",
+                path,
+                "--json",
+                "--from",
+                "ann@example.org",
+                "--rcpt",
+                rcpt,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    };
+    for (extra, list, forms) in [
+        (
+            "",
+            "all-staff@example.org",
+            &["all-staff+x@example.org", "All-Staff+Tag@EXAMPLE.org"][..],
+        ),
+        // Each character of a multi-character delimiter splits, at the first one met
+        // (so with "-" in the set, all-staff+x@ would be looked up as all@, as Postfix
+        // does: everyone@ is the list here).
+        (
+            "recipient_delimiter = \"-+\"\n",
+            "everyone@example.org",
+            &[
+                "everyone+x@example.org",
+                "everyone-x@example.org",
+                "everyone-x+y@example.org",
+            ][..],
+        ),
+    ] {
+        let path = write_config(dir.path(), &body(extra));
+        let plain = explain(&path, list);
+        assert_eq!(plain["verdict"], "reject", "{plain}");
+        assert_eq!(plain["audience"], 840_000, "{plain}");
+        for rcpt in forms {
+            let tagged = explain(&path, rcpt);
+            assert_eq!(tagged["verdict"], plain["verdict"], "{rcpt}: {tagged}");
+            assert_eq!(tagged["audience"], plain["audience"], "{rcpt}: {tagged}");
+            assert_eq!(tagged["reasons"], plain["reasons"], "{rcpt}: {tagged}");
+        }
+        let restricted = explain(&path, "board+x@example.org");
+        assert_ne!(
+            restricted["verdict"], "accept",
+            "restricted list: {restricted}"
+        );
+        assert_eq!(
+            restricted["reasons"],
+            explain(&path, "board@example.org")["reasons"],
+            "{restricted}"
+        );
+    }
+
+    let path = write_config(dir.path(), &body(""));
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# [postfix] recipient_delimiter: fallback \"+\": postconf could not be read"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\nrecipient_delimiter = \"+\"\n"),
+        "{stdout}"
+    );
+    let path = write_config(dir.path(), &body("recipient_delimiter = \"-+\"\n"));
+    let stdout = text(&fanout(&["check-config", "--config", &path], None).stdout);
+    assert!(
+        stdout.contains("# [postfix] recipient_delimiter: from [postfix] recipient_delimiter"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\nrecipient_delimiter = \"-+\"\n"),
+        "{stdout}"
+    );
+}
+
+/// `directory lookup` says which key an extended address was found under.
+#[test]
+fn directory_lookup_names_the_key_an_extension_finds() {
+    let dir = scratch_dir("cli-lookup-extension");
+    let path = directory_config(dir.path(), WARDS);
+    let out = fanout(
+        &[
+            "directory",
+            "--config",
+            &path,
+            "lookup",
+            "all+news@corp.example",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(
+            "all+news@corp.example: looked up as all@corp.example (recipient_delimiter \"+\")"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\naudience: 6 mailboxes\n"), "{stdout}");
+}

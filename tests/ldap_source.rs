@@ -269,6 +269,29 @@ fn live_lookups_escape_the_address() {
         person_mail(1),
         "mail is the primary"
     );
+    // As Postfix's LDAP lookups: the address, then without its extension.
+    let plus = fanout_milter::policy::address::RecipientDelimiter::new("+");
+    let tagged = group_mail("small-10")
+        .replace('@', "+minutes@")
+        .to_uppercase();
+    let (key, found) = rt
+        .block_on(ldap::live_lookup_as_postfix(s, &tagged, &plus))
+        .expect("live lookup");
+    assert_eq!(key, group_mail("small-10").to_lowercase(), "{tagged}");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].list);
+    assert_eq!(found[0].direct_members, 10);
+    let (key, found) = rt
+        .block_on(ldap::live_lookup_as_postfix(
+            s,
+            &tagged,
+            &Default::default(),
+        ))
+        .expect("live lookup");
+    assert!(
+        found.is_empty() && key == tagged.to_lowercase(),
+        "no delimiter: {key}"
+    );
     assert!(live("*").is_empty(), "a * is a character, not a wildcard");
     assert!(live(&format!("nobody@{MAIL_DOMAIN})(mail=*")).is_empty());
 }

@@ -1322,3 +1322,69 @@ async fn a_message_without_headers_is_decided() {
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
 }
+
+/// `recipient_delimiter` comes from postconf once per load (start and each reload),
+/// never per message, and what it says is how `list+tag@` resolves: a fake postconf
+/// that answers "+-" and records its calls.
+#[tokio::test]
+async fn postconf_is_asked_once_per_load_and_extensions_reach_the_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("milter-postconf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("fake command directory");
+    let calls = dir.join("calls");
+    let script = dir.join("postconf.tmp");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\necho '+-'\n",
+            calls.display()
+        ),
+    )
+    .expect("write the fake postconf");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&script, dir.join("postconf")).expect("rename");
+    let extra: &'static str = Box::leak(
+        format!(
+            "[postfix]\ncommand_directory = \"{}\"\nconfig_directory = \"/etc/postfix-out\"\n\n\
+             [[list]]\naddress = \"everyone@example.org\"\nmember_count = 840000\n",
+            dir.display()
+        )
+        .into_boxed_str(),
+    );
+    let conf = Conf {
+        extra,
+        ..Conf::default()
+    };
+    let milter = Milter::start("postconf", &conf).await;
+    let lines = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lines(), ["-c /etc/postfix-out -h recipient_delimiter"]);
+    let mut conn = milter.connect().await;
+    for rcpt in [
+        "<everyone@example.org>",
+        "<everyone+x@example.org>",
+        "<Everyone-news@example.org>",
+        "<everyone-a+b@example.org>",
+    ] {
+        let (_, status) = message(&mut conn, "<ann@example.org>", &[rcpt.to_owned()]).await;
+        let reply = reply_of(&status);
+        assert!(
+            matches!(status, Status::Reject { .. }),
+            "{rcpt}: {status:?}"
+        );
+        assert!(reply.contains("840,000"), "{rcpt}: {reply}");
+    }
+    within("close", conn.close()).await.expect("close");
+    assert_eq!(lines().len(), 1, "no postconf per message: {:?}", lines());
+    milter.reload().await.expect("reload");
+    assert_eq!(lines().len(), 2, "once more on reload: {:?}", lines());
+    milter.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

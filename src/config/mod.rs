@@ -18,6 +18,7 @@ pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
 pub use secret::{SecretUrl, redact_url};
 
+use crate::policy::address::RecipientDelimiter;
 use crate::policy::{Policy, TrustedSenders};
 use span::{SpanIndex, line_col};
 use std::fmt;
@@ -122,6 +123,98 @@ pub struct PostfixSettings {
     pub command_directory: PathBuf,
     /// The sendmail binary.
     pub sendmail: PathBuf,
+    /// `recipient_delimiter`: how Postfix splits `list+tag@domain`.
+    pub recipient_delimiter: RecipientDelimiter,
+    /// Where that value came from, for `check-config` and the start log.
+    pub delimiter_origin: DelimiterOrigin,
+}
+
+impl PostfixSettings {
+    /// Logs the effective `recipient_delimiter` and where it came from (a warning when
+    /// `postconf` could not be read); at start and on reload.
+    pub fn log_delimiter(&self) {
+        let value = crate::text::neutralize(self.recipient_delimiter.as_str()).into_owned();
+        match &self.delimiter_origin {
+            DelimiterOrigin::Fallback(_) => tracing::warn!(
+                recipient_delimiter = %value,
+                "recipient_delimiter {}; set [postfix] recipient_delimiter to Postfix's value",
+                self.delimiter_origin
+            ),
+            origin => tracing::info!(
+                recipient_delimiter = %value,
+                "recipient_delimiter {origin}"
+            ),
+        }
+    }
+}
+
+/// Where the effective `recipient_delimiter` came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DelimiterOrigin {
+    /// `[postfix] recipient_delimiter` in the configuration file.
+    Config,
+    /// `postconf` of `[postfix] config_directory`.
+    Postconf,
+    /// `postconf` could not be read (why): the fallback [`FALLBACK_DELIMITER`] is used.
+    Fallback(String),
+}
+
+impl fmt::Display for DelimiterOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DelimiterOrigin::Config => f.write_str("from [postfix] recipient_delimiter"),
+            DelimiterOrigin::Postconf => f.write_str("from postconf"),
+            DelimiterOrigin::Fallback(why) => write!(
+                f,
+                "fallback \"{FALLBACK_DELIMITER}\": postconf could not be read ({})",
+                crate::text::neutralize(why)
+            ),
+        }
+    }
+}
+
+/// The delimiter used when `postconf` cannot be read: Debian's `+`. A delimiter
+/// fanout-milter does not know about lets `list+x@` pass as one mailbox, while a
+/// delimiter Postfix does not use only makes `list+x@` count as `list@`: the safe
+/// error is the second.
+pub const FALLBACK_DELIMITER: &str = "+";
+
+/// How long `postconf` may take at load.
+const POSTCONF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks `postconf` for `recipient_delimiter` of the instance in `settings`.
+fn postconf_delimiter(settings: &PostfixSettings) -> Result<String, String> {
+    let mut cmd = std::process::Command::new(settings.command_directory.join("postconf"));
+    cmd.arg("-c")
+        .arg(&settings.config_directory)
+        .arg("-h")
+        .arg("recipient_delimiter");
+    let out = crate::process::run(cmd, None, POSTCONF_TIMEOUT).map_err(|e| e.to_string())?;
+    let value = String::from_utf8(out.stdout)
+        .map_err(|_| "postconf printed a value that is not UTF-8".to_owned())?;
+    let value = value.trim();
+    validate::check_delimiter(value)?;
+    Ok(value.to_owned())
+}
+
+/// Fills in `recipient_delimiter` when the file does not set it: from `postconf`, or
+/// the fallback when that fails. Runs once per load (start, reload, admin command).
+fn resolve_delimiter(
+    config: &mut Config,
+    postconf: impl FnOnce(&PostfixSettings) -> Result<String, String>,
+) {
+    if config.raw.postfix.recipient_delimiter.is_some() {
+        return;
+    }
+    let (value, origin) = match postconf(&config.postfix) {
+        Ok(v) => (v, DelimiterOrigin::Postconf),
+        Err(why) => (
+            FALLBACK_DELIMITER.to_owned(),
+            DelimiterOrigin::Fallback(why),
+        ),
+    };
+    config.postfix.recipient_delimiter = RecipientDelimiter::new(&value);
+    config.postfix.delimiter_origin = origin;
 }
 
 /// `[notify]`: where alerts go.
@@ -358,10 +451,14 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         kind: ConfigErrorKind::Read(e),
     })?;
-    parse(&src, file)
+    let mut config = parse(&src, file)?;
+    resolve_delimiter(&mut config, postconf_delimiter);
+    Ok(config)
 }
 
 /// Validates configuration text; `file` is only used in messages and in [`Config::file`].
+/// Runs nothing: a `recipient_delimiter` the text does not set is the fallback here
+/// ([`load`] asks `postconf`).
 pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
     let invalid = |problems| ConfigError {
         file: file.to_owned(),

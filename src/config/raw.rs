@@ -538,6 +538,10 @@ pub struct RawPostfix {
     pub command_directory: PathBuf,
     /// The sendmail binary used for notices and alert mail.
     pub sendmail: PathBuf,
+    /// Postfix's `recipient_delimiter` (`"+"`, `"+-"`; `""`: none). Unset: read once
+    /// at load with `postconf -c config_directory -h recipient_delimiter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_delimiter: Option<String>,
 }
 
 impl Default for RawPostfix {
@@ -546,6 +550,7 @@ impl Default for RawPostfix {
             config_directory: PathBuf::from("/etc/postfix"),
             command_directory: PathBuf::from("/usr/sbin"),
             sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            recipient_delimiter: None,
         }
     }
 }

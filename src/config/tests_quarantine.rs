@@ -121,3 +121,90 @@ fn bad_notify_settings_are_refused() {
         "HOST:PORT",
     );
 }
+
+#[test]
+fn recipient_delimiter_from_the_file_wins_over_postconf() {
+    let mut c = load_str("[postfix]\nrecipient_delimiter = \"+-\"\n").expect("config");
+    resolve_delimiter(&mut c, |_| {
+        panic!("postconf must not run when the file sets it")
+    });
+    assert_eq!(c.postfix.recipient_delimiter.as_str(), "+-");
+    assert_eq!(c.postfix.delimiter_origin, DelimiterOrigin::Config);
+    let mut none = load_str("[postfix]\nrecipient_delimiter = \"\"\n").expect("config");
+    resolve_delimiter(&mut none, |_| panic!("postconf must not run"));
+    assert!(
+        none.postfix.recipient_delimiter.is_empty(),
+        "empty: no delimiter"
+    );
+    assert!(
+        c.effective_toml().contains("recipient_delimiter = \"+-\""),
+        "{}",
+        c.effective_toml()
+    );
+}
+
+#[test]
+fn recipient_delimiter_comes_from_postconf_or_falls_back_to_plus() {
+    let mut c = load_str("[postfix]\nconfig_directory = \"/etc/postfix-out\"\n").expect("config");
+    resolve_delimiter(&mut c, |p| {
+        assert_eq!(p.config_directory, Path::new("/etc/postfix-out"));
+        Ok("-".into())
+    });
+    assert_eq!(c.postfix.recipient_delimiter.as_str(), "-");
+    assert_eq!(c.postfix.delimiter_origin, DelimiterOrigin::Postconf);
+
+    let mut c = load_str("").expect("config");
+    resolve_delimiter(&mut c, |_| {
+        Err("cannot run /usr/sbin/postconf: not found".into())
+    });
+    assert_eq!(c.postfix.recipient_delimiter.as_str(), FALLBACK_DELIMITER);
+    assert_eq!(FALLBACK_DELIMITER, "+");
+    assert!(
+        matches!(&c.postfix.delimiter_origin, DelimiterOrigin::Fallback(why) if why.contains("not found")),
+        "{:?}",
+        c.postfix.delimiter_origin
+    );
+    assert!(
+        c.postfix
+            .delimiter_origin
+            .to_string()
+            .starts_with("fallback \"+\": postconf could not be read"),
+        "{}",
+        c.postfix.delimiter_origin
+    );
+}
+
+#[test]
+fn postconf_failures_fall_back() {
+    let settings = PostfixSettings {
+        config_directory: PathBuf::from("/nonexistent"),
+        command_directory: PathBuf::from("/nonexistent"),
+        sendmail: PathBuf::from("/bin/false"),
+        recipient_delimiter: Default::default(),
+        delimiter_origin: DelimiterOrigin::Config,
+    };
+    let e = postconf_delimiter(&settings).expect_err("no postconf there");
+    assert!(e.contains("/nonexistent/postconf"), "{e}");
+}
+
+#[test]
+fn a_bad_recipient_delimiter_names_file_line_and_key() {
+    refused(
+        "[postfix]\nrecipient_delimiter = 1\n",
+        4,
+        "postfix.recipient_delimiter",
+        "invalid type",
+    );
+    refused(
+        "[postfix]\nrecipient_delimiter = \"+@\"\n",
+        4,
+        "postfix.recipient_delimiter",
+        "cannot separate an address extension",
+    );
+    refused(
+        "[postfix]\nrecipient_delimiter = \"+ \"\n",
+        4,
+        "postfix.recipient_delimiter",
+        "cannot separate an address extension",
+    );
+}

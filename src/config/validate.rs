@@ -6,9 +6,10 @@ use super::raw::{DirectoryKind, RawConfig, RawLevels, StateBackendKind};
 use super::reply::{Replies, STORM_PLACEHOLDERS, check_template, check_template_with};
 use super::secret::{SecretUrl, redact_url, redact_url_in};
 use super::{
-    Config, DirectorySpec, ListSpec, ListenAddr, NotifySettings, PostfixSettings,
-    QuarantineSettings, StateSettings,
+    Config, DelimiterOrigin, DirectorySpec, FALLBACK_DELIMITER, ListSpec, ListenAddr,
+    NotifySettings, PostfixSettings, QuarantineSettings, StateSettings,
 };
+use crate::policy::address::{RecipientDelimiter, fold_case};
 use crate::policy::{
     Action, AddressGlobs, BreakerPolicy, DomainSet, Hidden, Levels, Policy, RatePolicy, Restricted,
     Scope, StormPolicy, TrustedSenders,
@@ -230,7 +231,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     let mut lists = Vec::new();
     for (i, l) in raw.list.iter().enumerate() {
         let key = format!("list[{i}]");
-        let address = crate::policy::address::normalize(&l.address).to_ascii_lowercase();
+        let address = fold_case(&crate::policy::address::normalize(&l.address));
         if !address.contains('@') || address.starts_with('@') {
             report(
                 &format!("{key}.address"),
@@ -270,7 +271,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             address,
             members: l.members.as_ref().map(|m| {
                 m.iter()
-                    .map(|a| crate::policy::address::normalize(a).to_ascii_lowercase())
+                    .map(|a| fold_case(&crate::policy::address::normalize(a)))
                     .collect()
             }),
             member_count: l.member_count,
@@ -396,6 +397,11 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                 format!("\"{}\" must be an absolute path", dir.display()),
             );
         }
+    }
+    if let Some(d) = &raw.postfix.recipient_delimiter
+        && let Err(e) = check_delimiter(d)
+    {
+        report("postfix.recipient_delimiter", e);
     }
     for (i, admin) in raw.notify.admins.iter().enumerate() {
         if let Err(e) = check_mailbox(admin) {
@@ -650,6 +656,16 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             config_directory: raw.postfix.config_directory.clone(),
             command_directory: raw.postfix.command_directory.clone(),
             sendmail: raw.postfix.sendmail.clone(),
+            recipient_delimiter: RecipientDelimiter::new(
+                raw.postfix
+                    .recipient_delimiter
+                    .as_deref()
+                    .unwrap_or(FALLBACK_DELIMITER),
+            ),
+            delimiter_origin: match raw.postfix.recipient_delimiter {
+                Some(_) => DelimiterOrigin::Config,
+                None => DelimiterOrigin::Fallback("not asked: configuration parsed only".into()),
+            },
         },
         notify: NotifySettings {
             admins: raw
@@ -736,6 +752,21 @@ fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> 
         quarantine,
         reject,
         monitor: raw.monitor,
+    }
+}
+
+/// A `recipient_delimiter` must be characters that can sit in a local part: no space,
+/// control character, `@`, quote or comma.
+pub(super) fn check_delimiter(set: &str) -> Result<(), String> {
+    match set
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '"' | ','))
+    {
+        Some(c) => Err(format!(
+            "{} cannot separate an address extension; use characters such as \"+\" or \"+-\", or \"\" for none",
+            crate::text::neutralize(&format!("{c:?}"))
+        )),
+        None => Ok(()),
     }
 }
 

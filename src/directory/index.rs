@@ -4,7 +4,7 @@
 
 use super::source::{ListDef, Member};
 use crate::policy::DomainSet;
-use crate::policy::address::domain_of;
+use crate::policy::address::{RecipientDelimiter, domain_of, fold_case};
 use indexmap::IndexSet;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +19,9 @@ pub struct IndexOptions {
     /// A list's distinct mailboxes are counted up to this many, then it is "at least"
     /// this many (0: no cap).
     pub max_audience: u64,
+    /// Postfix's `recipient_delimiter`: `list+tag@domain` is looked up as itself, then
+    /// as `list@domain`, as Postfix's table lookups do.
+    pub recipient_delimiter: RecipientDelimiter,
 }
 
 /// One list, fully expanded.
@@ -118,6 +121,7 @@ pub struct DirectoryIndex {
     alias_of: HashMap<u32, u32>,
     catch_all: HashMap<Box<str>, Vec<Member>>,
     audiences: HashMap<u32, Arc<ListAudience>>,
+    delimiter: RecipientDelimiter,
     /// Lists defined twice, with the origin that was used and the one ignored.
     pub shadowed: Vec<String>,
     /// Load counts.
@@ -156,7 +160,15 @@ pub struct Audience {
     pub unknown: u64,
     /// Set when a recipient's source cannot be used now: why.
     pub unavailable: Option<String>,
+    /// True when some lists were counted whole, without removing the members they
+    /// share with larger lists ([`MERGE_BUDGET`]): the total is then an over-estimate.
+    pub overestimated: bool,
 }
+
+/// How many list members one message's audience merge checks against the largest
+/// list: beyond it, further lists count whole (an over-estimate, never an under-count)
+/// so that a message naming many large lists cannot hold the milter thread for seconds.
+pub const MERGE_BUDGET: usize = 250_000;
 
 impl DirectoryIndex {
     /// Builds the index: the first definition of an address wins (as with several
@@ -172,6 +184,7 @@ impl DirectoryIndex {
             alias_of: HashMap::new(),
             catch_all: HashMap::new(),
             audiences: HashMap::new(),
+            delimiter: options.recipient_delimiter.clone(),
             shadowed: Vec::new(),
             stats: IndexStats::default(),
         };
@@ -387,34 +400,52 @@ impl DirectoryIndex {
         a
     }
 
-    /// The expanded list at an address, if it is one.
+    /// The list key an address finds, as Postfix's table lookups find it: the address
+    /// itself, then (with a `recipient_delimiter`) the address without its extension;
+    /// case folded with [`fold_case`], as the keys were.
+    fn key_id(&self, folded: &str) -> Option<u32> {
+        let exact = |a: &str| {
+            self.names
+                .get_index_of(a)
+                .map(|id| id as u32)
+                .filter(|id| self.audiences.contains_key(id))
+        };
+        exact(folded).or_else(|| exact(&self.delimiter.strip(folded)?))
+    }
+
+    /// The list key an address resolves to (itself, or without its extension), if it
+    /// names a list or another address of one.
+    pub fn list_key(&self, address: &str) -> Option<&str> {
+        self.key_id(&fold_case(address)).map(|id| self.name(id))
+    }
+
+    /// The expanded list at an address (`list+tag@` finds `list@`), if it is one.
     pub fn list(&self, address: &str) -> Option<&Arc<ListAudience>> {
-        let id = self
-            .names
-            .get_index_of(address.to_ascii_lowercase().as_str())?;
-        self.audiences.get(&(id as u32))
+        let id = self.key_id(&fold_case(address))?;
+        self.audiences.get(&id)
     }
 
     /// The list an address names, if it is another address of one (a directory
     /// group's secondary address).
     pub fn canonical(&self, address: &str) -> Option<&str> {
-        let id = self
-            .names
-            .get_index_of(address.to_ascii_lowercase().as_str())?;
-        self.alias_of.get(&(id as u32)).map(|&l| self.name(l))
+        let id = self.key_id(&fold_case(address))?;
+        self.alias_of.get(&id).map(|&l| self.name(l))
     }
 
-    /// Resolves one address as Postfix would: an exact list key, else the `@domain`
-    /// catch-all of its domain, else a final mailbox.
+    /// Resolves one address as Postfix's virtual(5) lookups would: `user+ext@domain`,
+    /// `user@domain`, then the `@domain` catch-all (whose `@other` target keeps the
+    /// whole local part, extension included), else a final mailbox. An extension that
+    /// Postfix propagates to the list's members reaches the same mailboxes, so the list
+    /// is counted as it is.
     pub fn resolve(&self, address: &str) -> Vec<Resolved> {
-        let lower = address.to_ascii_lowercase();
-        if let Some(list) = self.list(&lower) {
+        let folded = fold_case(address);
+        if let Some(list) = self.key_id(&folded).and_then(|id| self.audiences.get(&id)) {
             return vec![Resolved::List(list.clone())];
         }
-        if let Some(domain) = domain_of(&lower)
+        if let Some(domain) = domain_of(&folded)
             && let Some(targets) = self.catch_all.get(domain)
         {
-            let local = &lower[..lower.len() - domain.len() - 1];
+            let local = &folded[..folded.len() - domain.len() - 1];
             return targets
                 .iter()
                 .filter_map(|t| match t {
@@ -435,11 +466,20 @@ impl DirectoryIndex {
                 })
                 .collect();
         }
-        vec![Resolved::Mailbox(lower)]
+        vec![Resolved::Mailbox(folded)]
     }
 
-    /// The deduplicated audience of a set of envelope recipients.
+    /// The deduplicated audience of a set of envelope recipients (within
+    /// [`MERGE_BUDGET`]).
     pub fn audience<'a>(&self, recipients: impl IntoIterator<Item = &'a str>) -> Audience {
+        self.audience_within(recipients, MERGE_BUDGET)
+    }
+
+    fn audience_within<'a>(
+        &self,
+        recipients: impl IntoIterator<Item = &'a str>,
+        mut budget: usize,
+    ) -> Audience {
         let mut lists: Vec<Arc<ListAudience>> = Vec::new();
         let mut direct: Vec<String> = Vec::new();
         let mut out = Audience::default();
@@ -454,7 +494,7 @@ impl DirectoryIndex {
                     Resolved::Mailbox(m) => direct.push(m),
                     Resolved::Unavailable(why) => {
                         out.unavailable.get_or_insert(why);
-                        direct.push(r.to_ascii_lowercase());
+                        direct.push(fold_case(r));
                     }
                 }
             }
@@ -482,6 +522,14 @@ impl DirectoryIndex {
             out.external += first.external_mailboxes;
         }
         for l in lists.iter().skip(1) {
+            if l.mailboxes.len() > budget {
+                budget = 0;
+                out.overestimated = true;
+                out.total += l.mailboxes.len() as u64;
+                out.external += l.external_mailboxes;
+                continue;
+            }
+            budget -= l.mailboxes.len();
             for &m in l.mailboxes.iter() {
                 if base.binary_search(&m).is_err() {
                     extra_ids.insert(m);
@@ -510,6 +558,11 @@ impl DirectoryIndex {
             .count() as u64;
         out.lists = lists;
         out
+    }
+
+    /// The `recipient_delimiter` lookups use.
+    pub fn recipient_delimiter(&self) -> &RecipientDelimiter {
+        &self.delimiter
     }
 
     /// The name of a mailbox id.
@@ -568,6 +621,7 @@ mod tests {
             max_depth: 10,
             internal: DomainSet::new(["corp.example"]).expect("domains"),
             max_audience: 0,
+            recipient_delimiter: RecipientDelimiter::new("+"),
         }
     }
 
@@ -733,6 +787,182 @@ mod tests {
         assert_eq!(total(&index, &["y@gone.example"]), 1);
         assert_eq!(index.audience(["y@gone.example"]).lists.len(), 1);
         assert_eq!(total(&index, &["plain@corp.example"]), 1);
+    }
+
+    fn biglists(delimiter: &str) -> DirectoryIndex {
+        let members: Vec<String> = (0..300).map(|i| format!("m{i}@corp.example")).collect();
+        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        DirectoryIndex::build(
+            vec![
+                def("all-staff@corp.example", &refs),
+                def("@old.example", &["@corp.example"]),
+                def("@gone.example", &["all-staff@corp.example"]),
+                def("owner-all@corp.example", &["m1@corp.example"]),
+            ],
+            &IndexOptions {
+                recipient_delimiter: RecipientDelimiter::new(delimiter),
+                ..options()
+            },
+        )
+    }
+
+    #[test]
+    fn an_address_extension_finds_the_list() {
+        let index = biglists("+");
+        for rcpt in [
+            "all-staff@corp.example",
+            "all-staff+x@corp.example",
+            "All-Staff+Tag+more@CORP.example",
+        ] {
+            let a = index.audience([rcpt]);
+            assert_eq!(a.total, 300, "{rcpt}");
+            assert_eq!(&*a.lists[0].address, "all-staff@corp.example", "{rcpt}");
+        }
+        assert_eq!(
+            index.list("all-staff+x@corp.example").map(|l| l.total()),
+            Some(300)
+        );
+        assert_eq!(
+            index.list_key("all-staff+x@corp.example"),
+            Some("all-staff@corp.example")
+        );
+        assert_eq!(
+            total(&index, &["all-staff-x@corp.example"]),
+            1,
+            "not a delimiter"
+        );
+        assert_eq!(
+            total(&index, &["+x@corp.example"]),
+            1,
+            "no empty local part"
+        );
+        assert_eq!(
+            total(
+                &index,
+                &["all-staff+a@corp.example", "all-staff+b@corp.example"]
+            ),
+            300,
+            "one list however many extensions"
+        );
+        assert_eq!(
+            total(&biglists(""), &["all-staff+x@corp.example"]),
+            1,
+            "no delimiter: Postfix does not split either"
+        );
+    }
+
+    #[test]
+    fn every_character_of_a_multi_character_delimiter_splits() {
+        let index = biglists("+-");
+        // With '-' a delimiter, "all-staff" itself splits at its first '-', but the
+        // full key is tried first, as Postfix does.
+        assert_eq!(total(&index, &["all-staff@corp.example"]), 300);
+        let index = DirectoryIndex::build(
+            vec![def(
+                "staff@corp.example",
+                &["a@corp.example", "b@corp.example"],
+            )],
+            &IndexOptions {
+                recipient_delimiter: RecipientDelimiter::new("+-"),
+                ..options()
+            },
+        );
+        assert_eq!(total(&index, &["staff-x@corp.example"]), 2);
+        assert_eq!(total(&index, &["staff+x@corp.example"]), 2);
+        assert_eq!(total(&index, &["staff-x+y@corp.example"]), 2);
+        let owner = biglists("+-");
+        assert_eq!(
+            owner.list_key("owner-all@corp.example"),
+            Some("owner-all@corp.example"),
+            "owner- is never split with '-' in the set"
+        );
+    }
+
+    #[test]
+    fn catch_alls_keep_the_extension_and_find_the_list() {
+        let index = biglists("+");
+        assert_eq!(
+            total(&index, &["all-staff+x@old.example"]),
+            300,
+            "@old -> @corp keeps all-staff+x, which finds all-staff@corp"
+        );
+        assert_eq!(total(&index, &["anyone+x@gone.example"]), 300);
+        let a = index.resolve("someone+x@old.example");
+        assert!(
+            matches!(&a[..], [Resolved::Mailbox(m)] if m == "someone+x@corp.example"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn non_ascii_keys_fold_like_the_lookups() {
+        let members: Vec<String> = (0..50).map(|i| format!("dr{i}@corp.example")).collect();
+        let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let virtual_file = crate::directory::parse::parse_virtual(
+            &format!(
+                "ÄRZTE@corp.example {}\nSTRASSE@corp.example dr1@corp.example, dr2@corp.example\n",
+                refs.join(", ")
+            ),
+            std::path::Path::new("virtual"),
+        )
+        .expect("parse");
+        let defs = virtual_file
+            .entries
+            .iter()
+            .map(|e| {
+                let targets: Vec<&str> = e
+                    .targets
+                    .iter()
+                    .filter_map(|t| match t {
+                        crate::directory::parse::RawTarget::Address(a) => Some(a.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                def(&e.key, &targets)
+            })
+            .collect();
+        let index = DirectoryIndex::build(defs, &options());
+        assert_eq!(total(&index, &["ÄRZTE@corp.example"]), 50);
+        assert_eq!(total(&index, &["ärzte@corp.example"]), 50);
+        assert_eq!(total(&index, &["Ärzte+x@corp.example"]), 50);
+        assert_eq!(
+            total(&index, &["straße@corp.example"]),
+            2,
+            "full case folding"
+        );
+    }
+
+    #[test]
+    fn merging_beyond_the_budget_over_estimates_and_never_under_counts() {
+        let list = |name: &str, from: usize, n: usize| {
+            let members: Vec<String> = (from..from + n)
+                .map(|i| format!("m{i}@corp.example"))
+                .collect();
+            let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+            def(name, &refs)
+        };
+        let index = DirectoryIndex::build(
+            vec![
+                list("a@corp.example", 0, 100),
+                list("b@corp.example", 50, 60),
+                list("c@corp.example", 95, 30),
+            ],
+            &options(),
+        );
+        let rcpts = ["a@corp.example", "b@corp.example", "c@corp.example"];
+        let exact = index.audience_within(rcpts, 1_000);
+        assert_eq!(exact.total, 125);
+        assert!(!exact.overestimated);
+        let bounded = index.audience_within(rcpts, 70);
+        assert!(bounded.overestimated);
+        assert_eq!(
+            bounded.total,
+            100 + 10 + 30,
+            "b@ (60) is merged (10 new); c@ (30) exceeds the 10 left and counts whole"
+        );
+        assert!(bounded.total >= exact.total);
+        let none = index.audience_within(rcpts, 0);
+        assert_eq!(none.total, 100 + 60 + 30);
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl Directory {
                     max_depth: 1,
                     internal: Default::default(),
                     max_audience: 0,
+                    recipient_delimiter: Default::default(),
                 },
             ),
             allowed: HashMap::new(),
@@ -194,6 +195,7 @@ impl Directory {
                 max_depth: config.max_depth,
                 internal: config.policy.internal.clone(),
                 max_audience: config.max_audience,
+                recipient_delimiter: config.postfix.recipient_delimiter.clone(),
             },
         );
         report.warnings.extend(index.shadowed.iter().cloned());
@@ -510,6 +512,65 @@ domains = ["lists.corp.example"]
 
         // A plain address is one mailbox, whatever its case.
         assert_eq!(audience(&d, &["Ann@CORP.EXAMPLE"]).total, 1);
+    }
+
+    /// `list+tag@` and non-ASCII keys resolve as Postfix resolves them, with every fact
+    /// of the list: its size, its restriction and its drift.
+    #[test]
+    fn extensions_and_unicode_case_reach_the_list_and_its_facts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "virtual",
+            "ÄRZTE@corp.example ann@corp.example, bob@corp.example, carl@corp.example\n\
+             all-staff@corp.example ann@corp.example, bob@corp.example, dora@corp.example, \
+             eve@corp.example\n\
+             @old.corp.example @corp.example\n",
+        );
+        write(
+            dir.path(),
+            "aliases",
+            "board: ann@corp.example, bob@corp.example\n",
+        );
+        let extra = "[drift]\nfactor = 2.0\nmin_audience = 2\n\
+                     [[list]]\naddress = \"board@lists.corp.example\"\n\
+                     allowed_senders = [\"ceo@corp.example\"]\n";
+        let sizes = dir.path().join("state");
+        std::fs::create_dir_all(&sizes).expect("state dir");
+        let mut known = KnownSizes::default();
+        known.accept("all-staff@corp.example", 1);
+        known.save(&sizes).expect("save sizes");
+        // [postfix] recipient_delimiter unset and postconf not asked: the fallback "+".
+        let d = Directory::load(
+            &config(dir.path(), extra),
+            DriftMode::ReadOnly,
+            &Default::default(),
+        )
+        .expect("load");
+        for rcpt in [
+            "ÄRZTE@corp.example",
+            "ärzte@corp.example",
+            "Ärzte+x@corp.example",
+        ] {
+            let a = audience(&d, &[rcpt]);
+            assert_eq!(a.total, 3, "{rcpt}");
+            assert_eq!(&*a.lists[0].address, "ärzte@corp.example", "{rcpt}");
+        }
+        for rcpt in [
+            "all-staff+x@corp.example",
+            "ALL-STAFF+x@corp.example",
+            "all-staff+x@old.corp.example",
+        ] {
+            let a = audience(&d, &[rcpt]);
+            assert_eq!(a.total, 4, "{rcpt}");
+            assert_eq!(a.lists[0].drift_from, Some(1), "{rcpt}: drift applies");
+        }
+        let board = audience(&d, &["board+minutes@lists.corp.example"]);
+        assert_eq!(board.total, 2);
+        assert!(
+            board.lists[0].allowed_senders.is_some(),
+            "the restriction applies to board+minutes@"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Parsers for Postfix's text lookup tables: virtual(5) and aliases(5) source files.
 //!
-//! They return raw entries exactly as written (keys and targets lower-cased, nothing
-//! qualified with a domain yet); the directory sources turn them into list edges.
+//! They return raw entries exactly as written (keys and targets case folded with
+//! [`fold_case`], as Postfix folds table keys; nothing qualified with a domain yet); the
+//! directory sources turn them into list edges.
 
+use crate::policy::address::fold_case;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -144,7 +146,7 @@ fn address_target(token: &str) -> Result<RawTarget, String> {
     if a.chars().any(|c| c.is_control()) {
         return Err(format!("control character in \"{token}\""));
     }
-    Ok(RawTarget::Address(a.to_lowercase()))
+    Ok(RawTarget::Address(fold_case(a)))
 }
 
 /// Parses a Postfix virtual(5) source file: `key  target, target ...`.
@@ -177,7 +179,7 @@ pub fn parse_virtual(text: &str, file: &Path) -> Result<Parsed, ParseError> {
                 key.trim_end_matches(':')
             )));
         }
-        let key = key.to_lowercase();
+        let key = fold_case(key);
         let targets = split_outside_quotes(value, |c| c == ',' || c.is_whitespace())
             .map_err(&err)?
             .into_iter()
@@ -316,7 +318,7 @@ pub fn parse_aliases(
         if value.trim().is_empty() {
             return Err(err(format!("alias \"{name}\" has no value")));
         }
-        let key = name.to_lowercase();
+        let key = fold_case(name);
         let mut targets = Vec::new();
         let mut stack = vec![file.to_owned()];
         alias_targets(value, file, l.line, &mut stack, reader, &mut targets)?;

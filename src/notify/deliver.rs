@@ -265,6 +265,8 @@ mod tests {
             config_directory: PathBuf::from("/nonexistent"),
             command_directory: PathBuf::from("/nonexistent"),
             sendmail: PathBuf::from("/bin/false"),
+            recipient_delimiter: Default::default(),
+            delimiter_origin: crate::config::DelimiterOrigin::Config,
         };
         assert!(matches!(
             send_mail(&settings, "", &["-bi".into()], b"x"),

@@ -28,6 +28,72 @@ pub fn normalize(raw: &str) -> String {
     }
 }
 
+/// Folds the case of an address or table key the way Postfix does with SMTPUTF8
+/// (`casefold(3)`: ASCII lower-casing for ASCII text, Unicode full case folding
+/// otherwise, so `ÄRZTE` and `ärzte`, `STRASSE` and `straße` are one key). Every key a
+/// directory source reads and every address looked up in it goes through this one
+/// function, so both sides always agree.
+pub fn fold_case(s: &str) -> String {
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        caseless::default_case_fold_str(s)
+    }
+}
+
+/// Local parts Postfix never splits at a delimiter (`split_addr(3)`).
+const NEVER_SPLIT: [&str; 3] = ["postmaster", "mailer-daemon", "double-bounce"];
+
+/// Postfix's `recipient_delimiter`: the set of characters that separate a local part
+/// from its extension (`list+tag@domain`). Empty: addresses have no extension.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecipientDelimiter(String);
+
+impl RecipientDelimiter {
+    /// A delimiter set as written in main.cf or the configuration (`+`, `+-`).
+    pub fn new(set: &str) -> RecipientDelimiter {
+        RecipientDelimiter(set.to_owned())
+    }
+
+    /// The characters, as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no character is a delimiter.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The address without its extension, as Postfix's `split_addr` cuts it: at the
+    /// first character of the set, not when that leaves an empty local part, never for
+    /// postmaster, mailer-daemon and double-bounce, and (when `-` is in the set, with
+    /// Postfix's default `owner_request_special`) never for `owner-*` and `*-request`.
+    /// `None` when the address has no extension.
+    pub fn strip(&self, address: &str) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (local, rest) = match address.rfind('@') {
+            Some(at) => address.split_at(at),
+            None => (address, ""),
+        };
+        if NEVER_SPLIT.iter().any(|n| local.eq_ignore_ascii_case(n)) {
+            return None;
+        }
+        if self.0.contains('-') {
+            let lower = local.to_ascii_lowercase();
+            if lower.starts_with("owner-") || (lower.len() > 8 && lower.ends_with("-request")) {
+                return None;
+            }
+        }
+        match local.find(|c| self.0.contains(c)) {
+            Some(cut) if cut > 0 => Some(format!("{}{rest}", &local[..cut])),
+            _ => None,
+        }
+    }
+}
+
 /// The domain part of a normalised address, if it has one.
 pub fn domain_of(addr: &str) -> Option<&str> {
     addr.rfind('@')
@@ -223,6 +289,67 @@ mod tests {
         assert_eq!(normalize("bob@example.org."), "bob@example.org");
         assert_eq!(normalize("postmaster"), "postmaster");
         assert_eq!(normalize("\"a@b\"@Example.Org"), "\"a@b\"@example.org");
+    }
+
+    #[test]
+    fn fold_case_folds_unicode_like_postfix() {
+        assert_eq!(fold_case("All-Staff@Example.ORG"), "all-staff@example.org");
+        assert_eq!(fold_case("ÄRZTE@example.org"), "ärzte@example.org");
+        assert_eq!(
+            fold_case("STRASSE@x.example"),
+            fold_case("straße@x.example")
+        );
+        assert_eq!(
+            fold_case(&fold_case("ÉQUIPE")),
+            fold_case("ÉQUIPE"),
+            "idempotent"
+        );
+    }
+
+    #[test]
+    fn delimiters_split_like_postfix() {
+        let plus = RecipientDelimiter::new("+");
+        assert_eq!(
+            plus.strip("list+x@d.example").as_deref(),
+            Some("list@d.example")
+        );
+        assert_eq!(
+            plus.strip("list+a+b@d.example").as_deref(),
+            Some("list@d.example")
+        );
+        assert_eq!(plus.strip("list@d.example"), None);
+        assert_eq!(plus.strip("+x@d.example"), None, "no empty local part");
+        assert_eq!(plus.strip("list-x@d.example"), None);
+        assert_eq!(
+            plus.strip("postmaster+x@d.example").as_deref(),
+            Some("postmaster@d.example")
+        );
+        assert_eq!(plus.strip("user+x").as_deref(), Some("user"));
+        assert_eq!(
+            plus.strip("owner-list+x@d.example").as_deref(),
+            Some("owner-list@d.example")
+        );
+        let multi = RecipientDelimiter::new("+-");
+        assert_eq!(
+            multi.strip("list-x+y@d.example").as_deref(),
+            Some("list@d.example")
+        );
+        assert_eq!(
+            multi.strip("list+x-y@d.example").as_deref(),
+            Some("list@d.example")
+        );
+        assert_eq!(multi.strip("owner-list@d.example"), None);
+        assert_eq!(multi.strip("list-request@d.example"), None);
+        assert_eq!(multi.strip("mailer-daemon@d.example"), None);
+        assert_eq!(multi.strip("double-bounce@d.example"), None);
+        assert_eq!(
+            multi.strip("a+b@x@d.example").as_deref(),
+            Some("a@d.example")
+        );
+        assert_eq!(
+            RecipientDelimiter::default().strip("list+x@d.example"),
+            None
+        );
     }
 
     #[test]

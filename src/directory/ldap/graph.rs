@@ -9,6 +9,7 @@ use super::client::Entry;
 use super::fetch::{Fetched, Item, dynamic_queries};
 use crate::config::ldap::LdapSettings;
 use crate::directory::source::{ListDef, Member};
+use crate::policy::address::fold_case;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -36,7 +37,7 @@ pub struct GraphStats {
     pub outside_lists: u64,
 }
 
-/// A DN in a canonical form for joining: attribute names and values lower-cased,
+/// A DN in a canonical form for joining: attribute names and values case folded,
 /// spaces around separators dropped (escaped characters kept).
 pub fn normalize_dn(dn: &str) -> String {
     let mut out = String::with_capacity(dn.len());
@@ -49,7 +50,7 @@ pub fn normalize_dn(dn: &str) -> String {
                 pending_space.clear();
                 out.push('\\');
                 if let Some(n) = chars.next() {
-                    out.extend(n.to_lowercase());
+                    out.push(n);
                 }
             }
             ',' | '=' | '+' => {
@@ -63,11 +64,11 @@ pub fn normalize_dn(dn: &str) -> String {
             c => {
                 out.push_str(&pending_space);
                 pending_space.clear();
-                out.extend(c.to_lowercase());
+                out.push(c);
             }
         }
     }
-    out
+    fold_case(&out)
 }
 
 /// A member DN without the optional `#'0101'B` UID of `uniqueMember` (RFC 4517 NameAndOptionalUID).
@@ -83,7 +84,7 @@ pub fn strip_uid(dn: &str) -> &str {
     dn
 }
 
-/// The addresses of an entry, primary first, lower-cased and without duplicates:
+/// The addresses of an entry, primary first, case folded and without duplicates:
 /// plain values of the mail attributes, `SMTP:`/`smtp:` values of proxy-style ones
 /// (other prefixes such as `X500:` are not mail addresses).
 pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
@@ -100,7 +101,7 @@ pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
             if !address.contains('@') {
                 continue;
             }
-            let a = address.to_ascii_lowercase();
+            let a = fold_case(address);
             if is_primary && primary.is_empty() {
                 primary.push(a);
             } else {
@@ -234,7 +235,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
             }
         }
         for v in &parts.literals {
-            let v = v.trim().to_ascii_lowercase();
+            let v = fold_case(v.trim());
             if v.contains('@') {
                 members.push(Member::Address(v));
             } else {

@@ -43,6 +43,8 @@ impl Measure {
                 max_depth,
                 internal: Default::default(),
                 max_audience,
+                // Lists are measured by their own keys: no extension to strip.
+                recipient_delimiter: Default::default(),
             },
         );
         Measure {

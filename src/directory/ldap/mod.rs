@@ -12,6 +12,7 @@ pub mod guard;
 
 use crate::config::ldap::{LdapSettings, OnStale};
 use crate::directory::source::{DirectorySource, ListDef, Member, SourceData, SourceError};
+use crate::policy::address::{RecipientDelimiter, fold_case};
 use client::{Ldap3Server, LdapFault, LdapServer};
 use graph::GraphStats;
 use serde::{Deserialize, Serialize};
@@ -220,6 +221,25 @@ pub async fn live_lookup(s: &LdapSettings, address: &str) -> Result<Vec<LiveEntr
     }
     server.close().await;
     result.map(|()| out)
+}
+
+/// [`live_lookup`] as Postfix's LDAP table lookups go: the address case folded, then,
+/// when nothing matches, without its extension (`recipient_delimiter`). Returns the
+/// address whose search answered, with its entries.
+pub async fn live_lookup_as_postfix(
+    s: &LdapSettings,
+    address: &str,
+    delimiter: &RecipientDelimiter,
+) -> Result<(String, Vec<LiveEntry>), LdapFault> {
+    let folded = fold_case(address);
+    let found = live_lookup(s, &folded).await?;
+    if found.is_empty()
+        && let Some(stripped) = delimiter.strip(&folded)
+    {
+        let found = live_lookup(s, &stripped).await?;
+        return Ok((stripped, found));
+    }
+    Ok((folded, found))
 }
 
 /// Where a source's last good snapshot is kept.
