@@ -262,15 +262,14 @@ fn sigint_also_shuts_down_cleanly() {
     );
 }
 
-#[test]
-fn systemd_unit_verifies_and_is_hardened() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/fanout-milter.service"
-    ))
-    .expect("unit file");
-    let dir = scratch_dir("cli-unit");
-    let path = dir.path().join("fanout-milter.service");
+/// Reads one of the repo's unit files, writes it (with this build's binary) into a
+/// scratch directory and checks it with `systemd-analyze verify`: its text, the
+/// directory (removed on drop) and the written file.
+fn verified_unit(name: &str) -> (String, tempfile::TempDir, std::path::PathBuf) {
+    let unit = std::fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("unit file");
+    let dir = scratch_dir(&format!("cli-unit-{name}"));
+    let path = dir.path().join(name);
     std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -279,10 +278,16 @@ fn systemd_unit_verifies_and_is_hardened() {
         .expect("systemd-analyze is installed by scripts/test");
     assert!(
         out.status.success(),
-        "{}{}",
+        "{name}: {}{}",
         text(&out.stdout),
         text(&out.stderr)
     );
+    (unit, dir, path)
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let (unit, _dir, path) = verified_unit("fanout-milter.service");
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--threshold=20"])
         .arg(&path)
@@ -741,25 +746,7 @@ fn root_commands_refuse_a_state_directory_of_another_account() {
 
 #[test]
 fn sweep_unit_verifies_and_is_sandboxed() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/fanout-milter-sweep.service"
-    ))
-    .expect("sweep unit");
-    let dir = scratch_dir("cli-sweep-unit");
-    let path = dir.path().join("fanout-milter-sweep.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze is installed by scripts/test");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let (unit, _dir, path) = verified_unit("fanout-milter-sweep.service");
     // Root, but writing only the state directory and the Postfix queue, on loopback
     // only, with the capabilities postsuper, postcat and postdrop need (exercised in
     // tests/e2e_quarantine.rs).
@@ -964,20 +951,7 @@ fn the_documented_socket_layout_is_writable_in_the_sandbox() {
         !readme.contains("shared group"),
         "Postfix never shares the group that reads the secrets"
     );
-    let dir = scratch_dir("cli-unit-layout");
-    let path = dir.path().join("fanout-milter.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/fanout-milter", BIN)).expect("write unit");
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    verified_unit("fanout-milter.service");
 }
 
 /// The README's socket directory: setgid `postfix`, so the socket the daemon creates
