@@ -393,4 +393,33 @@ mod tests {
         let (r, _) = envelope(&l, &counts).unwrap();
         assert_eq!(r.message, "2,500 envelope recipients >= reject level 1,000");
     }
+
+    /// `unknown` names the first list that has uncounted members, with its reason,
+    /// not the first list of the message.
+    #[test]
+    fn unknown_names_the_list_with_the_uncounted_members() {
+        let list = |address: &str, unknown: u64, why: Option<&str>| ListFacts {
+            address: address.into(),
+            unknown,
+            unknown_reason: why.map(str::to_owned),
+            ..Default::default()
+        };
+        let audience = AudienceFacts {
+            unknown: 3,
+            lists: vec![
+                list("big@corp.example", 0, None),
+                list("dyn@corp.example", 3, Some("dynamic list failed")),
+            ],
+            ..Default::default()
+        };
+        let (reason, monitor) = unknown(Action::Quarantine, &audience).expect("fires");
+        assert!(!monitor);
+        assert_eq!(reason.rule, "expansion.on_unknown");
+        assert_eq!(reason.action, Action::Quarantine);
+        assert_eq!(
+            reason.message,
+            "audience not fully known: 3 members of dyn@corp.example cannot be counted (dynamic list failed)"
+        );
+        assert!(unknown(Action::Quarantine, &AudienceFacts::default()).is_none());
+    }
 }

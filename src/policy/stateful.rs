@@ -648,4 +648,114 @@ mod tests {
         });
         assert_eq!(evaluate(&policy(), &f).verdict.action, Action::Accept);
     }
+
+    /// Breaker off, storm on: the plan still asks for the thread, so a storm is counted
+    /// (a plan is empty only when none of its three parts asks anything).
+    #[test]
+    fn a_plan_with_only_a_thread_only_charges_or_only_the_relay_is_not_empty() {
+        let storm_only = Policy {
+            breaker: BreakerPolicy::default(),
+            rate: RatePolicy::default(),
+            ..policy()
+        };
+        let plan = state_plan(&storm_only, &to_list(5000, None));
+        assert!(plan.thread.is_some() && plan.charges.is_empty());
+        assert_eq!(plan.relay_recipients, None);
+        assert!(!plan.is_empty(), "{plan:?}");
+
+        let rate_only = Policy {
+            storm: StormPolicy::default(),
+            breaker: BreakerPolicy::default(),
+            ..policy()
+        };
+        let plan = state_plan(&rate_only, &to_list(5000, None));
+        assert!(plan.thread.is_none() && !plan.charges.is_empty());
+        assert!(!plan.is_empty(), "{plan:?}");
+
+        let breaker_only = Policy {
+            storm: StormPolicy::default(),
+            rate: RatePolicy::default(),
+            ..policy()
+        };
+        let plan = state_plan(&breaker_only, &to_list(5000, None));
+        assert_eq!(plan.relay_recipients, Some(5000));
+        assert!(!plan.is_empty(), "{plan:?}");
+
+        let none = Policy {
+            storm: StormPolicy::default(),
+            rate: RatePolicy::default(),
+            breaker: BreakerPolicy::default(),
+            ..policy()
+        };
+        assert!(state_plan(&none, &to_list(5000, None)).is_empty());
+    }
+
+    /// `min_audience = 0` switches the storm breaker off and `max_per_minute = 0` the
+    /// relay breaker, even for a message whose audience is 0; 1 switches them on.
+    #[test]
+    fn zero_switches_the_storm_and_the_breaker_off() {
+        let mut p = policy();
+        p.storm.min_audience = 0;
+        p.breaker.max_per_minute = 0;
+        let empty = to_list(0, None);
+        let plan = state_plan(&p, &empty);
+        assert_eq!(plan.thread, None);
+        assert_eq!(plan.relay_recipients, None);
+        assert!(!plan.breaker_applies);
+
+        p.storm.min_audience = 1;
+        p.breaker.max_per_minute = 1;
+        p.breaker.min_audience = 0;
+        let plan = state_plan(&p, &to_list(1, None));
+        assert!(plan.thread.is_some());
+        assert_eq!(plan.relay_recipients, Some(1));
+        assert!(plan.breaker_applies);
+    }
+
+    #[test]
+    fn budgets_roll_over_an_hour_or_a_day() {
+        assert_eq!(
+            Budget::RecipientsPerHour.period(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(Budget::ExternalPerHour.period(), Duration::from_secs(3600));
+        assert_eq!(
+            Budget::RecipientsPerDay.period(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(Budget::ExternalPerDay.period(), Duration::from_secs(86_400));
+    }
+
+    /// The rate rule keeps the site's own reply text for the SMTP answer.
+    #[test]
+    fn the_rate_rule_carries_its_reply_text() {
+        let rule = RatePolicy {
+            recipients_per_hour: 10,
+            reply: "slow down: {reason}".into(),
+            ..RatePolicy::default()
+        };
+        let state = StateFacts {
+            rate: vec![RateFact {
+                budget: Budget::RecipientsPerHour,
+                sender: "ann".into(),
+                limit: 10,
+                cost: 5,
+                used: 8,
+                retry_at: Some(1_800_000_000),
+            }],
+            ..StateFacts::default()
+        };
+        let reasons = rate(&rule, &state);
+        assert_eq!(reasons.len(), 1);
+        let reply = reasons[0].0.reply.as_ref().expect("own reply");
+        assert_eq!(reply.template, "slow down: {reason}");
+        let without = rate(
+            &RatePolicy {
+                reply: String::new(),
+                ..rule
+            },
+            &state,
+        );
+        assert_eq!(without[0].0.reply, None);
+    }
 }

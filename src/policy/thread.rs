@@ -217,4 +217,11 @@ mod tests {
         assert!(key.len() < 300, "key of {} bytes", key.len());
         assert!(key.starts_with("subj:{reason}{reason}"), "{key}");
     }
+
+    /// `Re[2]:` is a reply prefix; `Re[ab]:` is not one (only digits count).
+    #[test]
+    fn only_digits_make_a_numbered_reply_prefix() {
+        assert_eq!(normalize_subject("Re[2]: Rota"), "rota");
+        assert_eq!(normalize_subject("Re[ab]: Rota"), "re[ab]: rota");
+    }
 }
