@@ -67,7 +67,7 @@ fn init_logging() {
 
 /// The knobs the tests turn; everything else is fixed.
 #[derive(Clone, Debug)]
-struct Conf {
+struct Conf<'a> {
     mode: &'static str,
     /// tag, quarantine, reject of `[limits.envelope]`.
     envelope: [u64; 3],
@@ -76,10 +76,10 @@ struct Conf {
     shutdown_timeout: &'static str,
     max_header_bytes: usize,
     /// Further TOML appended to the file.
-    extra: &'static str,
+    extra: &'a str,
 }
 
-impl Default for Conf {
+impl Default for Conf<'_> {
     fn default() -> Self {
         Conf {
             mode: "enforce",
@@ -93,7 +93,7 @@ impl Default for Conf {
     }
 }
 
-impl Conf {
+impl Conf<'_> {
     fn envelope(levels: [u64; 3]) -> Self {
         Conf {
             envelope: levels,
@@ -160,7 +160,7 @@ struct Milter {
 
 impl Milter {
     /// Writes `conf` to a file unique to `name`, loads it and serves it on 127.0.0.1:0.
-    async fn start(name: &str, conf: &Conf) -> Milter {
+    async fn start(name: &str, conf: &Conf<'_>) -> Milter {
         init_logging();
         let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("milter-{name}-{}.toml", std::process::id()));
@@ -1207,14 +1207,31 @@ async fn reply_all(conn: &mut TestConnection, sender: &str, to: &[String]) -> (E
     eom(conn).await
 }
 
+const STORM: &str = "[storm]\nmin_audience = 5\nmin_messages = 3\nmin_senders = 2\nwindow = \"10m\"\nblock_for = \"6h\"\n";
+
 #[tokio::test]
 async fn a_reply_all_storm_is_cut_after_min_messages_and_each_sender_told_why() {
+    storm_is_cut("storm", STORM).await;
+}
+
+/// With the relay breaker off the storm breaker still counts (the state is consulted
+/// whenever any stateful rule asks for it).
+#[tokio::test]
+async fn a_reply_all_storm_is_cut_with_the_relay_breaker_off() {
+    storm_is_cut(
+        "storm-no-breaker",
+        &format!("{STORM}[breaker]\nmax_per_minute = 0\n"),
+    )
+    .await;
+}
+
+async fn storm_is_cut(name: &str, extra: &str) {
     let conf = Conf {
         envelope: [0, 0, 0],
-        extra: "[storm]\nmin_audience = 5\nmin_messages = 3\nmin_senders = 2\nwindow = \"10m\"\nblock_for = \"6h\"\n",
+        extra,
         ..Conf::default()
     };
-    let mut milter = Milter::start("storm", &conf).await;
+    let mut milter = Milter::start(name, &conf).await;
     let mut conn = milter.connect().await;
     let to = internal(8);
     let (_, status) = message(&mut conn, "<ann@example.org>", &to).await;
