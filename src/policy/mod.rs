@@ -987,4 +987,14 @@ mod tests {
             "a login no scope names is scoped by its envelope sender"
         );
     }
+
+    /// The names `check-config` and the decision log print are the configuration's.
+    #[test]
+    fn modes_are_named_as_in_the_configuration() {
+        for mode in [Mode::Enforce, Mode::Monitor] {
+            let toml = serde_json::to_string(&mode).unwrap();
+            assert_eq!(toml, format!("\"{}\"", mode.as_str()));
+        }
+        assert_eq!(Mode::Monitor.as_str(), "monitor");
+    }
 }
