@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::directory::Directory;
 use crate::message::extract;
 use crate::milter::apply::{header_value, smtp_reply};
-use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet, address::normalize};
+use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet};
 use crate::text;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -38,13 +38,18 @@ pub struct Explanation {
 
 /// Evaluates one message with the same code the milter runs.
 pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
-    let recipients = input.rcpts.iter().collect::<RecipientSet>();
+    let form = config.postfix.address_form();
+    let sender = form.canonical(&input.from);
+    let mut recipients = RecipientSet::with_form(form);
+    for r in &input.rcpts {
+        recipients.add(r);
+    }
     let headers = input.message.as_deref().map(extract).unwrap_or_default();
     let audience = directory.message_audience(&recipients, &headers);
     let facts = MessageFacts {
         state: Default::default(),
         queue_id: None,
-        sender: normalize(&input.from),
+        sender,
         sasl_login: input.sasl_login,
         client: input.client,
         recipients,

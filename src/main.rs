@@ -448,6 +448,7 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
             members,
             live,
         } => {
+            let address = config.postfix.address_form().canonical(&address);
             print!("{}", lookup_text(&directory, &address, members));
             if live {
                 return live_lookup(&config, &address);
@@ -646,6 +647,8 @@ fn check_config(path: &Path) -> ExitCode {
             );
             config.raw.postfix.recipient_delimiter =
                 Some(config.postfix.recipient_delimiter.as_str().to_owned());
+            println!("# [postfix] myorigin: {}", config.postfix.myorigin_origin);
+            config.raw.postfix.myorigin = Some(config.postfix.myorigin.clone());
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS
         }

@@ -555,7 +555,10 @@ fn explain_a_department_notice_passes_with_the_shipped_defaults() {
     let virtual_path = dir.path().join("virtual");
     std::fs::write(
         &virtual_path,
-        format!("nursing@example.org {}\n", members.join(", ")),
+        format!(
+            "nursing@example.org {m}\nstraße@example.org {m}\n",
+            m = members.join(", ")
+        ),
     )
     .expect("virtual");
     let shipped = std::fs::read_to_string(EXAMPLE).expect("example config");
@@ -563,10 +566,15 @@ fn explain_a_department_notice_passes_with_the_shipped_defaults() {
         dir.path(),
         &format!(
             "{}\n[[directory]]\ntype = \"postfix-virtual\"\npath = \"{}\"\n",
-            shipped.replace(
-                "state_dir = \"/var/lib/fanout-milter\"",
-                &format!("state_dir = \"{}\"", dir.path().join("state").display())
-            ),
+            shipped
+                .replace(
+                    "state_dir = \"/var/lib/fanout-milter\"",
+                    &format!("state_dir = \"{}\"", dir.path().join("state").display())
+                )
+                .replace(
+                    "# recipient_delimiter = \"+\"",
+                    "recipient_delimiter = \"+\""
+                ),
             virtual_path.display()
         ),
     );
@@ -599,6 +607,20 @@ fn explain_a_department_notice_passes_with_the_shipped_defaults() {
     let bcc = explain("n7@example.org,nursing@example.org", "n7@example.org");
     assert_eq!(bcc["verdict"], "quarantine", "{bcc}");
     assert_eq!(bcc["reasons"][0]["rule"], "hidden", "{bcc}");
+
+    // The envelope and the header name the same list in two forms Postfix resolves
+    // alike: an address extension, a case fold. The members see the list: not hidden.
+    for (rcpt, to) in [
+        ("nursing+rota@example.org", "nursing@example.org"),
+        ("nursing@example.org", "Nursing+Rota@example.org"),
+        ("straße@example.org", "STRASSE@example.org"),
+        ("STRASSE@example.org", "straße@example.org"),
+    ] {
+        let named = explain(rcpt, to);
+        assert_eq!(named["verdict"], "accept", "{rcpt} / To {to}: {named}");
+        assert_eq!(named["audience"], 300, "{rcpt} / To {to}: {named}");
+        assert_eq!(named["unseen_audience"], 0, "{rcpt} / To {to}: {named}");
+    }
 }
 
 #[test]
@@ -1131,6 +1153,69 @@ fn explain_resolves_address_extensions_like_postfix() {
     );
     assert!(
         stdout.contains("\nrecipient_delimiter = \"-+\"\n"),
+        "{stdout}"
+    );
+}
+
+/// A quoted local part, a comment and a bare name are the list to Postfix (it looks up
+/// the address in its internal form, `$myorigin` appended to a bare name), so explain
+/// counts them as the list; `check-config` prints the effective myorigin.
+#[test]
+fn explain_resolves_quoted_commented_and_bare_addresses_like_postfix() {
+    let dir = scratch_dir("cli-canonical");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[domains]\ninternal = [\"example.org\"]\n\
+             [postfix]\nconfig_directory = \"{}\"\nmyorigin = \"Example.ORG\"\n\
+             [[list]]\naddress = \"all-staff@example.org\"\nmember_count = 3000\n",
+            dir.path().join("no-postfix-here").display()
+        ),
+    );
+    let explain = |rcpt: &str| -> serde_json::Value {
+        let out = fanout(
+            &[
+                "explain",
+                "--config",
+                &path,
+                "--json",
+                "--from",
+                "ann@example.org",
+                "--rcpt",
+                rcpt,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    };
+    let plain = explain("all-staff@example.org");
+    assert_eq!(plain["audience"], 3000, "{plain}");
+    assert_eq!(plain["verdict"], "quarantine", "{plain}");
+    for rcpt in [
+        "\"all-staff\"@example.org",
+        "<\"all-staff\"@example.org>",
+        "all-staff(c)@example.org",
+        "\\all-staff@example.org",
+        "all-staff",
+        "<All-Staff>",
+        "<@relay.example:\"all-staff\"@example.org>",
+    ] {
+        let form = explain(rcpt);
+        assert_eq!(form["verdict"], plain["verdict"], "{rcpt}: {form}");
+        assert_eq!(form["audience"], 3000, "{rcpt}: {form}");
+        assert_eq!(
+            form["lists"][0]["address"], "all-staff@example.org",
+            "{rcpt}: {form}"
+        );
+    }
+    let stdout = text(&fanout(&["check-config", "--config", &path], None).stdout);
+    assert!(
+        stdout.contains("# [postfix] myorigin: from [postfix] myorigin"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\nmyorigin = \"example.org\"\n"),
         "{stdout}"
     );
 }

@@ -2,8 +2,10 @@
 //! End to end, address extensions: Postfix expands `biglist+x@` (and, with a
 //! multi-character `recipient_delimiter`, `biglist-x@`) exactly like `biglist@`, so
 //! the milter, which sees the recipient as the client sent it, before expansion, must
-//! count it the same. The milter reads the delimiter from the instance's main.cf with
-//! postconf.
+//! count it the same. So do a quoted local part (`"biglist"@`), a comment
+//! (`biglist(c)@`) and a bare name (`biglist`, which Postfix completes with
+//! `$myorigin`): Postfix looks them all up as `biglist@`. The milter reads the
+//! delimiter and `myorigin` from the instance's main.cf with postconf.
 
 mod common;
 
@@ -44,7 +46,8 @@ fn a_message_to_biglist_plus_tag_is_held_like_one_to_biglist() {
         &sink,
         &listen,
         &format!(
-            "virtual_alias_maps = hash:{}\nrecipient_delimiter = +-\n",
+            "virtual_alias_maps = hash:{}\nrecipient_delimiter = +-\n\
+             myorigin = lists.corp.example\n",
             virtual_path.display()
         ),
     );
@@ -93,6 +96,10 @@ path = "{virtual}"
         log.contains("recipient_delimiter from postconf") && log.contains("+-"),
         "the delimiter came from the instance's main.cf: {log}"
     );
+    assert!(
+        log.contains("myorigin from postconf") && log.contains("lists.corp.example"),
+        "myorigin came from the instance's main.cf: {log}"
+    );
     let port = postfix.smtp_port;
 
     // Postfix expands small+x@ like small@ and propagates the extension to the members.
@@ -110,24 +117,36 @@ path = "{virtual}"
     want.sort();
     assert_eq!(got, want, "Postfix expanded small+x@ to its 10 members");
 
-    // 500 real recipients behind each form of the address: every one is held.
-    let mut seen: Vec<String> = Vec::new();
-    for (i, rcpt) in [
+    // 500 real recipients behind each form of the address: every one is held. The
+    // last three forms are sent as an authenticated client (lettre refuses them).
+    let forms = [
         "biglist@lists.corp.example",
         "biglist+x@lists.corp.example",
         "BigList-news@lists.corp.example",
-    ]
-    .iter()
-    .enumerate()
-    {
+        "\"biglist\"@lists.corp.example",
+        "biglist(c)@lists.corp.example",
+        "biglist",
+    ];
+    let mut seen: Vec<String> = Vec::new();
+    for (i, rcpt) in forms.iter().enumerate() {
         let subject = format!("ext-big-{i}");
-        smtp_send(
-            port,
-            "ann@corp.example",
-            &[rcpt.to_string()],
-            &message(&subject, rcpt),
-        )
-        .expect("a held message is accepted by SMTP");
+        if i < 3 {
+            smtp_send(
+                port,
+                "ann@corp.example",
+                &[rcpt.to_string()],
+                &message(&subject, rcpt),
+            )
+            .expect("a held message is accepted by SMTP");
+        } else {
+            smtp_send_as(
+                port,
+                "ann",
+                "ann@corp.example",
+                &[rcpt.to_string()],
+                &message(&subject, rcpt),
+            );
+        }
         let id = wait_for(&format!("{rcpt} in the hold queue"), || {
             postfix.held().into_iter().find(|id| !seen.contains(id))
         });
@@ -148,10 +167,10 @@ path = "{virtual}"
         .sum();
     assert_eq!(
         rcpts,
-        3 * 500,
+        forms.len() * 500,
         "Postfix itself expanded every form of the address to 500 recipients"
     );
-    for i in 0..3 {
+    for i in 0..forms.len() {
         assert!(
             sink.find(&format!("ext-big-{i}")).is_empty(),
             "nothing of a held message reached the sink"

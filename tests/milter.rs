@@ -1340,9 +1340,10 @@ async fn a_message_without_headers_is_decided() {
     milter.stop().await;
 }
 
-/// `recipient_delimiter` comes from postconf once per load (start and each reload),
-/// never per message, and what it says is how `list+tag@` resolves: a fake postconf
-/// that answers "+-" and records its calls.
+/// `recipient_delimiter` and `myorigin` come from one postconf run per load (start
+/// and each reload), never per message, and what it says is how `list+tag@` and a
+/// bare `list` resolve: a fake postconf that answers "+-" and "example.org" and
+/// records its calls. Quoted and commented forms of the list are the list too.
 #[tokio::test]
 async fn postconf_is_asked_once_per_load_and_extensions_reach_the_list() {
     use std::os::unix::fs::PermissionsExt;
@@ -1355,7 +1356,7 @@ async fn postconf_is_asked_once_per_load_and_extensions_reach_the_list() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\necho '+-'\n",
+            "#!/bin/sh\necho \"$*\" >> '{}'\necho '+-'\necho 'example.org'\n",
             calls.display()
         ),
     )
@@ -1382,13 +1383,21 @@ async fn postconf_is_asked_once_per_load_and_extensions_reach_the_list() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    assert_eq!(lines(), ["-c /etc/postfix-out -h recipient_delimiter"]);
+    assert_eq!(
+        lines(),
+        ["-c /etc/postfix-out -x -h recipient_delimiter myorigin"]
+    );
     let mut conn = milter.connect().await;
     for rcpt in [
         "<everyone@example.org>",
         "<everyone+x@example.org>",
         "<Everyone-news@example.org>",
         "<everyone-a+b@example.org>",
+        "<\"everyone\"@example.org>",
+        "<everyone(all)@example.org>",
+        "<\\everyone@example.org>",
+        "<everyone>",
+        "<Everyone+x>",
     ] {
         let (_, status) = message(&mut conn, "<ann@example.org>", &[rcpt.to_owned()]).await;
         let reply = reply_of(&status);

@@ -127,11 +127,15 @@ pub struct PostfixSettings {
     pub recipient_delimiter: RecipientDelimiter,
     /// Where that value came from, for `check-config` and the start log.
     pub delimiter_origin: DelimiterOrigin,
+    /// `myorigin`, expanded and lower-cased: the domain Postfix gives a bare name.
+    pub myorigin: String,
+    /// Where that value came from, for `check-config` and the start log.
+    pub myorigin_origin: MyoriginOrigin,
 }
 
 impl PostfixSettings {
-    /// Logs the effective `recipient_delimiter` and where it came from (a warning when
-    /// `postconf` could not be read); at start and on reload.
+    /// Logs the effective `recipient_delimiter` and `myorigin` and where they came from
+    /// (a warning when `postconf` could not be read); at start and on reload.
     pub fn log_delimiter(&self) {
         let value = crate::text::neutralize(self.recipient_delimiter.as_str()).into_owned();
         match &self.delimiter_origin {
@@ -143,6 +147,50 @@ impl PostfixSettings {
             origin => tracing::info!(
                 recipient_delimiter = %value,
                 "recipient_delimiter {origin}"
+            ),
+        }
+        let myorigin = crate::text::neutralize(&self.myorigin).into_owned();
+        match &self.myorigin_origin {
+            MyoriginOrigin::Fallback(_) => tracing::warn!(
+                myorigin = %myorigin,
+                "myorigin {}; set [postfix] myorigin to Postfix's value",
+                self.myorigin_origin
+            ),
+            origin => tracing::info!(myorigin = %myorigin, "myorigin {origin}"),
+        }
+    }
+
+    /// How Postfix completes and compares addresses: `myorigin` and
+    /// `recipient_delimiter`.
+    pub fn address_form(&self) -> crate::policy::address::AddressForm {
+        crate::policy::address::AddressForm {
+            myorigin: self.myorigin.clone(),
+            delimiter: self.recipient_delimiter.clone(),
+        }
+    }
+}
+
+/// Where the effective `myorigin` came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MyoriginOrigin {
+    /// `[postfix] myorigin` in the configuration file.
+    Config,
+    /// `postconf -x` of `[postfix] config_directory`.
+    Postconf,
+    /// `postconf` could not be read (why): the host name is used, as Postfix's default
+    /// `myorigin = $myhostname` would.
+    Fallback(String),
+}
+
+impl fmt::Display for MyoriginOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MyoriginOrigin::Config => f.write_str("from [postfix] myorigin"),
+            MyoriginOrigin::Postconf => f.write_str("from postconf"),
+            MyoriginOrigin::Fallback(why) => write!(
+                f,
+                "fallback: the host name: postconf could not be read ({})",
+                crate::text::neutralize(why)
             ),
         }
     }
@@ -182,19 +230,64 @@ pub const FALLBACK_DELIMITER: &str = "+";
 /// How long `postconf` may take at load.
 const POSTCONF_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks `postconf` for `recipient_delimiter` of the instance in `settings`.
-fn postconf_delimiter(settings: &PostfixSettings) -> Result<String, String> {
+/// Runs `postconf -c config_directory -x -h recipient_delimiter myorigin` once: its
+/// lines, in that order.
+fn postconf_lines(settings: &PostfixSettings) -> Result<Vec<String>, String> {
     let mut cmd = std::process::Command::new(settings.command_directory.join("postconf"));
     cmd.arg("-c")
         .arg(&settings.config_directory)
+        .arg("-x")
         .arg("-h")
-        .arg("recipient_delimiter");
+        .arg("recipient_delimiter")
+        .arg("myorigin");
     let out = crate::process::run(cmd, None, POSTCONF_TIMEOUT).map_err(|e| e.to_string())?;
-    let value = String::from_utf8(out.stdout)
+    let text = String::from_utf8(out.stdout)
         .map_err(|_| "postconf printed a value that is not UTF-8".to_owned())?;
-    let value = value.trim();
+    Ok(text.lines().map(|l| l.trim().to_owned()).collect())
+}
+
+/// The delimiter in `postconf`'s answer (its first line).
+fn delimiter_line(lines: &[String]) -> Result<String, String> {
+    let value = lines.first().map_or("", String::as_str);
     validate::check_delimiter(value)?;
     Ok(value.to_owned())
+}
+
+/// `myorigin` in `postconf`'s answer (its second line).
+fn myorigin_line(lines: &[String]) -> Result<String, String> {
+    let value = lines
+        .get(1)
+        .ok_or_else(|| "postconf printed no myorigin".to_owned())?;
+    validate::check_origin(value)?;
+    Ok(value.to_owned())
+}
+
+/// This host's name, for the `myorigin` fallback.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| validate::check_origin(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Fills in `myorigin` when the file does not set it: from `postconf`, or the host
+/// name when that fails. Runs once per load, with [`resolve_delimiter`].
+fn resolve_myorigin(
+    config: &mut Config,
+    postconf: impl FnOnce(&PostfixSettings) -> Result<String, String>,
+    host: impl FnOnce() -> String,
+) {
+    if config.raw.postfix.myorigin.is_some() {
+        return;
+    }
+    let (value, origin) = match postconf(&config.postfix) {
+        Ok(v) => (v, MyoriginOrigin::Postconf),
+        Err(why) => (host(), MyoriginOrigin::Fallback(why)),
+    };
+    config.postfix.myorigin = validate::origin_key(&value);
+    config.postfix.myorigin_origin = origin;
+    config.policy.internal.add_exact(&config.postfix.myorigin);
 }
 
 /// Fills in `recipient_delimiter` when the file does not set it: from `postconf`, or
@@ -452,7 +545,14 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         kind: ConfigErrorKind::Read(e),
     })?;
     let mut config = parse(&src, file)?;
-    resolve_delimiter(&mut config, postconf_delimiter);
+    let answer = std::cell::OnceCell::new();
+    let ask = |s: &PostfixSettings| answer.get_or_init(|| postconf_lines(s)).clone();
+    resolve_delimiter(&mut config, |s| ask(s).and_then(|l| delimiter_line(&l)));
+    resolve_myorigin(
+        &mut config,
+        |s| ask(s).and_then(|l| myorigin_line(&l)),
+        host_name,
+    );
     Ok(config)
 }
 

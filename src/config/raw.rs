@@ -542,6 +542,10 @@ pub struct RawPostfix {
     /// at load with `postconf -c config_directory -h recipient_delimiter`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_delimiter: Option<String>,
+    /// Postfix's `myorigin`, the domain a bare recipient name gets. Unset: read once at
+    /// load with `postconf -c config_directory -x -h myorigin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub myorigin: Option<String>,
 }
 
 impl Default for RawPostfix {
@@ -551,6 +555,7 @@ impl Default for RawPostfix {
             command_directory: PathBuf::from("/usr/sbin"),
             sendmail: PathBuf::from("/usr/sbin/sendmail"),
             recipient_delimiter: None,
+            myorigin: None,
         }
     }
 }

@@ -182,9 +182,89 @@ fn postconf_failures_fall_back() {
         sendmail: PathBuf::from("/bin/false"),
         recipient_delimiter: Default::default(),
         delimiter_origin: DelimiterOrigin::Config,
+        myorigin: String::new(),
+        myorigin_origin: MyoriginOrigin::Config,
     };
-    let e = postconf_delimiter(&settings).expect_err("no postconf there");
+    let e = postconf_lines(&settings).expect_err("no postconf there");
     assert!(e.contains("/nonexistent/postconf"), "{e}");
+}
+
+#[test]
+fn myorigin_comes_from_the_file_or_postconf_or_the_host_name() {
+    let mut c = load_str("[postfix]\nmyorigin = \"Lists.Corp.Example.\"\n").expect("config");
+    resolve_myorigin(
+        &mut c,
+        |_| panic!("postconf must not run"),
+        || panic!("no host"),
+    );
+    assert_eq!(c.postfix.myorigin, "lists.corp.example");
+    assert_eq!(c.postfix.myorigin_origin, MyoriginOrigin::Config);
+    assert_eq!(
+        c.postfix.address_form().canonical("<small>"),
+        "small@lists.corp.example"
+    );
+    assert!(
+        c.policy
+            .internal
+            .is_internal("postmaster@lists.corp.example"),
+        "a bare name stays internal once qualified"
+    );
+
+    let mut c = load_str("").expect("config");
+    resolve_myorigin(
+        &mut c,
+        |_| Ok("Mail.Example.org".into()),
+        || panic!("no host"),
+    );
+    assert_eq!(c.postfix.myorigin, "mail.example.org");
+    assert_eq!(c.postfix.myorigin_origin, MyoriginOrigin::Postconf);
+
+    let mut c = load_str("").expect("config");
+    resolve_myorigin(
+        &mut c,
+        |_| Err("not found".into()),
+        || "host.example".into(),
+    );
+    assert_eq!(c.postfix.myorigin, "host.example");
+    assert!(c.policy.internal.is_internal("postmaster@host.example"));
+    assert!(
+        c.postfix
+            .myorigin_origin
+            .to_string()
+            .starts_with("fallback: the host name"),
+        "{}",
+        c.postfix.myorigin_origin
+    );
+}
+
+#[test]
+fn postconf_answers_delimiter_then_myorigin() {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        delimiter_line(&lines(&["+-", "corp.example"])).unwrap(),
+        "+-"
+    );
+    assert_eq!(
+        myorigin_line(&lines(&["+-", "corp.example"])).unwrap(),
+        "corp.example"
+    );
+    assert!(
+        myorigin_line(&lines(&["+"]))
+            .unwrap_err()
+            .contains("no myorigin")
+    );
+    assert!(myorigin_line(&lines(&["+", "$myhostname"])).is_err());
+    assert!(myorigin_line(&lines(&["+", "[192.0.2.1]"])).is_ok());
+}
+
+#[test]
+fn a_bad_myorigin_names_file_line_and_key() {
+    refused(
+        "[postfix]\nmyorigin = \"a b.example\"\n",
+        4,
+        "postfix.myorigin",
+        "is not a domain",
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use super::reply::{Replies, STORM_PLACEHOLDERS, check_template, check_template_w
 use super::secret::{SecretUrl, redact_url, redact_url_in};
 use super::{
     Config, DelimiterOrigin, DirectorySpec, FALLBACK_DELIMITER, ListSpec, ListenAddr,
-    NotifySettings, PostfixSettings, QuarantineSettings, StateSettings,
+    MyoriginOrigin, NotifySettings, PostfixSettings, QuarantineSettings, StateSettings,
 };
 use crate::policy::address::{RecipientDelimiter, fold_case};
 use crate::policy::{
@@ -145,10 +145,15 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         report("logging.level", e);
     }
 
-    let internal = DomainSet::new(&raw.domains.internal).unwrap_or_else(|(i, e)| {
+    let mut internal = DomainSet::new(&raw.domains.internal).unwrap_or_else(|(i, e)| {
         report(&format!("domains.internal[{i}]"), e.to_string());
         DomainSet::default()
     });
+    if let Some(origin) = &raw.postfix.myorigin
+        && check_origin(origin).is_ok()
+    {
+        internal.add_exact(&origin_key(origin));
+    }
     let mut globs = |key: &str, patterns: &[String]| {
         AddressGlobs::new(patterns).unwrap_or_else(|(i, e)| {
             report(&format!("{key}[{i}]"), format!("invalid pattern: {e}"));
@@ -402,6 +407,11 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         && let Err(e) = check_delimiter(d)
     {
         report("postfix.recipient_delimiter", e);
+    }
+    if let Some(o) = &raw.postfix.myorigin
+        && let Err(e) = check_origin(o)
+    {
+        report("postfix.myorigin", e);
     }
     for (i, admin) in raw.notify.admins.iter().enumerate() {
         if let Err(e) = check_mailbox(admin) {
@@ -666,6 +676,16 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                 Some(_) => DelimiterOrigin::Config,
                 None => DelimiterOrigin::Fallback("not asked: configuration parsed only".into()),
             },
+            myorigin: raw
+                .postfix
+                .myorigin
+                .as_deref()
+                .map(origin_key)
+                .unwrap_or_default(),
+            myorigin_origin: match raw.postfix.myorigin {
+                Some(_) => MyoriginOrigin::Config,
+                None => MyoriginOrigin::Fallback("not asked: configuration parsed only".into()),
+            },
         },
         notify: NotifySettings {
             admins: raw
@@ -768,6 +788,33 @@ pub(super) fn check_delimiter(set: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// A `myorigin`: a domain name (`example.org`) or an address literal (`[192.0.2.1]`).
+pub(super) fn check_origin(value: &str) -> Result<(), String> {
+    let v = value.trim().trim_end_matches('.');
+    let literal = v.starts_with('[') && v.ends_with(']');
+    let ok = !v.is_empty()
+        && (literal
+            || v.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+            }));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{}\" is not a domain such as example.org",
+            crate::text::neutralize(value)
+        ))
+    }
+}
+
+/// A checked `myorigin` as addresses carry it: trimmed, without a trailing dot,
+/// lower case.
+pub(super) fn origin_key(value: &str) -> String {
+    value.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// An admin address: `local@domain`, no spaces, brackets or line breaks.

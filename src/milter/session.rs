@@ -66,11 +66,12 @@ impl Session {
         inflight: InflightGuard,
     ) {
         let cap = runtime.config.max_header_bytes;
+        let form = runtime.config.postfix.address_form();
         self.msg = Some(MessageData {
+            sender: form.canonical(sender),
             runtime,
-            sender: crate::policy::address::normalize(sender),
             sasl_login: sasl_login.filter(|s| !s.is_empty()),
-            recipients: RecipientSet::new(),
+            recipients: RecipientSet::with_form(form),
             headers: HeaderBuffer::new(cap),
             foreign_verdict_headers: 0,
             _inflight: inflight,

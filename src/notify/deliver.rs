@@ -267,6 +267,8 @@ mod tests {
             sendmail: PathBuf::from("/bin/false"),
             recipient_delimiter: Default::default(),
             delimiter_origin: crate::config::DelimiterOrigin::Config,
+            myorigin: String::new(),
+            myorigin_origin: crate::config::MyoriginOrigin::Config,
         };
         assert!(matches!(
             send_mail(&settings, "", &["-bi".into()], b"x"),

@@ -4,27 +4,159 @@
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
 
-/// Normalises one envelope or header address: surrounding white space and angle brackets
-/// are stripped, a source route (`@a,@b:user@dom`) is dropped and the domain is
-/// lower-cased. The local part keeps its case, as RFC 5321 requires. The null sender
-/// (`<>`) becomes the empty string.
+/// Brings one envelope or header address to the form Postfix looks it up in: the
+/// canonical form every comparison and every directory lookup uses.
+///
+/// Surrounding white space and angle brackets are stripped, RFC 822 comments
+/// (`list(x)@dom`) and white space outside quotes are dropped, a source route
+/// (`@a,@b:user@dom`) is dropped, and the local part is unquoted (quotes and backslash
+/// escapes removed: Postfix's internal form) and then quoted again only where it must
+/// be (`"a b"@dom`: `quote_822_local`, the external form Postfix queries its tables
+/// with), so `"list"@dom`, `\list@dom` and `list@dom` are one address. The domain is
+/// ASCII lower-cased and loses a trailing dot; the local part keeps its case, as
+/// RFC 5321 requires ([`fold_case`] compares). The null sender (`<>`) becomes the
+/// empty string. A bare name stays bare: [`AddressForm::canonical`] qualifies it.
 pub fn normalize(raw: &str) -> String {
     let mut addr = raw.trim();
     if let Some(inner) = addr.strip_prefix('<') {
         addr = inner.strip_suffix('>').unwrap_or(inner).trim();
     }
+    let tokens = strip_comments(addr);
+    let mut addr = tokens.as_str();
     if addr.starts_with('@')
         && let Some((_, rest)) = addr.split_once(':')
     {
         addr = rest;
     }
-    match addr.rfind('@') {
+    match last_unquoted_at(addr) {
         Some(at) => {
             let (local, domain) = addr.split_at(at);
             let domain = domain[1..].trim_end_matches('.');
-            format!("{local}@{}", domain.to_ascii_lowercase())
+            format!(
+                "{}@{}",
+                quote_local(&unquote(local)),
+                domain.to_ascii_lowercase()
+            )
         }
-        None => addr.to_owned(),
+        None => quote_local(&unquote(addr)),
+    }
+}
+
+/// Drops RFC 822 comments (nested, with escapes) and white space outside quoted
+/// strings; quoted strings and escapes are kept for [`unquote`].
+fn strip_comments(addr: &str) -> String {
+    let mut out = String::with_capacity(addr.len());
+    let (mut depth, mut quoted) = (0usize, false);
+    let mut chars = addr.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next();
+                if depth == 0 {
+                    out.push(c);
+                    out.extend(next);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            _ if quoted => out.push(c),
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 || c.is_whitespace() => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The byte offset of the last `@` outside a quoted string or escape.
+fn last_unquoted_at(addr: &str) -> Option<usize> {
+    let (mut quoted, mut escaped, mut at) = (false, false, None);
+    for (i, c) in addr.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '@' if !quoted => at = Some(i),
+            _ => {}
+        }
+    }
+    at
+}
+
+/// Postfix's internal form of a local part: quotes removed, escapes resolved.
+fn unquote(local: &str) -> String {
+    let mut out = String::with_capacity(local.len());
+    let mut chars = local.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {}
+            '\\' => out.extend(chars.next()),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Postfix's external form of an unquoted local part (`quote_822_local`): quoted, with
+/// `"` and `\` escaped, only when it is not a dot-atom.
+fn quote_local(local: &str) -> String {
+    const SPECIALS: &str = "()<>@,;:\\\".[] ";
+    let atom = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| !c.is_control() && !SPECIALS.contains(c))
+    };
+    if local.is_empty() || local.split('.').all(atom) {
+        return local.to_owned();
+    }
+    let mut out = String::with_capacity(local.len() + 2);
+    out.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Appends `@origin` to a bare name (no `@`), as Postfix's address rewriting does with
+/// `$myorigin`; anything else, or an empty origin, leaves the address as it is.
+pub fn qualify(addr: String, origin: &str) -> String {
+    if addr.is_empty() || origin.is_empty() || last_unquoted_at(&addr).is_some() {
+        return addr;
+    }
+    format!("{addr}@{origin}")
+}
+
+/// How the MTA completes and compares addresses: its `$myorigin` and its
+/// `recipient_delimiter`. The default knows neither (no qualification, no extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressForm {
+    /// Postfix's `myorigin` (lower case): the domain a bare name gets. Empty: none.
+    pub myorigin: String,
+    /// Postfix's `recipient_delimiter`.
+    pub delimiter: RecipientDelimiter,
+}
+
+impl AddressForm {
+    /// The canonical form of a raw address ([`normalize`]), a bare name qualified
+    /// with `$myorigin`.
+    pub fn canonical(&self, raw: &str) -> String {
+        qualify(normalize(raw), &self.myorigin)
+    }
+
+    /// The key two canonical addresses are compared by when asking "is this the same
+    /// recipient": case folded ([`fold_case`]) and without an address extension, so
+    /// `Dept+x@d` and `dept@d`, `STRASSE@d` and `straße@d` are the same.
+    pub fn same_key(&self, addr: &str) -> String {
+        let qualified = qualify(addr.to_owned(), &self.myorigin);
+        fold_case(&self.delimiter.strip(&qualified).unwrap_or(qualified))
     }
 }
 
@@ -167,6 +299,13 @@ impl DomainSet {
         Ok(())
     }
 
+    /// Adds one exact domain (Postfix's `$myorigin`: a bare name is completed with it
+    /// and delivered as Postfix's own, so it is internal like the bare name was).
+    /// An address literal or a malformed name is not added.
+    pub fn add_exact(&mut self, domain: &str) {
+        let _ = self.insert(domain.trim_start_matches("*."));
+    }
+
     /// True when no domain is configured.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.suffixes.is_empty()
@@ -292,6 +431,72 @@ mod tests {
     }
 
     #[test]
+    fn normalize_gives_the_form_postfix_looks_up() {
+        assert_eq!(
+            normalize("<\"small\"@Lists.Corp.Example>"),
+            "small@lists.corp.example"
+        );
+        assert_eq!(
+            normalize("<small(c)@lists.corp.example>"),
+            "small@lists.corp.example"
+        );
+        assert_eq!(
+            normalize("(a (nested) one)sm\\all(x\\)y) @ lists.corp.example (z)"),
+            "small@lists.corp.example"
+        );
+        assert_eq!(normalize("\"sm\"all@d.example"), "small@d.example");
+        assert_eq!(normalize("\\small@d.example"), "small@d.example");
+        assert_eq!(
+            normalize("\"All-Staff\"@D.Example"),
+            "All-Staff@d.example",
+            "case kept"
+        );
+        assert_eq!(normalize("\"a b\"@d.example"), "\"a b\"@d.example");
+        assert_eq!(normalize("a\\ b@d.example"), "\"a b\"@d.example");
+        assert_eq!(normalize("\"a\\\"b\"@d.example"), "\"a\\\"b\"@d.example");
+        assert_eq!(
+            normalize("\"a(b)\"@d.example"),
+            "\"a(b)\"@d.example",
+            "no comment in quotes"
+        );
+        assert_eq!(normalize("\".a\"@d.example"), "\".a\"@d.example");
+        assert_eq!(
+            normalize("<@r.example:\"small\"@d.example>"),
+            "small@d.example"
+        );
+        assert_eq!(normalize("<small>"), "small");
+        assert_eq!(normalize("<\"small\">"), "small");
+        assert_eq!(normalize("user@[192.0.2.1]"), "user@[192.0.2.1]");
+    }
+
+    #[test]
+    fn address_form_qualifies_bare_names_and_compares_by_key() {
+        let form = AddressForm {
+            myorigin: "lists.corp.example".into(),
+            delimiter: RecipientDelimiter::new("+"),
+        };
+        assert_eq!(form.canonical("<small>"), "small@lists.corp.example");
+        assert_eq!(form.canonical("<small(c)>"), "small@lists.corp.example");
+        assert_eq!(form.canonical("<\"small\">"), "small@lists.corp.example");
+        assert_eq!(form.canonical("<a@b.example>"), "a@b.example");
+        assert_eq!(form.canonical("<>"), "");
+        assert_eq!(AddressForm::default().canonical("<small>"), "small");
+        assert_eq!(
+            form.same_key("Dept+x@d.example"),
+            form.same_key("dept@d.example")
+        );
+        assert_eq!(
+            form.same_key("STRASSE@d.example"),
+            form.same_key("straße@d.example")
+        );
+        assert_eq!(form.same_key("small"), "small@lists.corp.example");
+        assert_ne!(
+            form.same_key("dept@d.example"),
+            form.same_key("dept@e.example")
+        );
+    }
+
+    #[test]
     fn fold_case_folds_unicode_like_postfix() {
         assert_eq!(fold_case("All-Staff@Example.ORG"), "all-staff@example.org");
         assert_eq!(fold_case("ÄRZTE@example.org"), "ärzte@example.org");
@@ -371,6 +576,12 @@ mod tests {
         assert!(!set.contains("evilnhs.example"));
         assert!(set.contains("trust.example"));
         assert!(set.is_internal("local-user"));
+        let mut set = set;
+        set.add_exact("Host.Example");
+        set.add_exact("[192.0.2.1]");
+        assert!(set.is_internal("postmaster@host.example"));
+        assert!(!set.is_internal("postmaster@sub.host.example"));
+        assert!(!set.is_internal("u@[192.0.2.1]"));
         assert!(!set.is_internal("x@gmail.example"));
     }
 

@@ -1,29 +1,45 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The facts about one message that the policy core decides on.
 
-use super::address::normalize;
+use super::address::AddressForm;
 use super::sender::TrustedSenders;
 use indexmap::IndexSet;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Envelope recipients, normalised and without duplicates, in arrival order.
+/// Envelope recipients in their canonical form ([`AddressForm::canonical`]), without
+/// duplicates, in arrival order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecipientSet {
     /// Insertion-ordered and hashed: one allocation per recipient.
     set: IndexSet<String>,
+    /// How addresses are completed and compared.
+    form: AddressForm,
 }
 
 impl RecipientSet {
-    /// An empty set.
+    /// An empty set that knows neither `$myorigin` nor a delimiter.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds one raw address (`<a@B.org>` or `a@b.org`); returns false for a duplicate
-    /// or an empty address.
+    /// An empty set whose addresses are completed and compared as `form` says.
+    pub fn with_form(form: AddressForm) -> Self {
+        RecipientSet {
+            set: IndexSet::new(),
+            form,
+        }
+    }
+
+    /// How this set completes and compares addresses.
+    pub fn form(&self) -> &AddressForm {
+        &self.form
+    }
+
+    /// Adds one raw address (`<a@B.org>`, `a@b.org`, `"a"@b.org`, a bare name) in its
+    /// canonical form; returns false for a duplicate or an empty address.
     pub fn add(&mut self, raw: &str) -> bool {
-        let addr = normalize(raw);
+        let addr = self.form.canonical(raw);
         !addr.is_empty() && self.set.insert(addr)
     }
 
@@ -76,16 +92,18 @@ pub struct HeaderFacts {
 impl HeaderFacts {
     /// The envelope recipients that a To or Cc header names, in arrival order. Whoever
     /// such a recipient reaches (every member of a list named in To) sees the address
-    /// the message was sent to. Addresses compare case-insensitively, as the directory
-    /// looks them up.
+    /// the message was sent to. Both sides compare by the recipients' form
+    /// ([`AddressForm::same_key`]: `$myorigin` for a bare name, case folded, without
+    /// an address extension), as the directory resolves them.
     pub fn named<'r>(&self, recipients: &'r RecipientSet) -> Vec<&'r str> {
         if self.visible.is_empty() {
             return Vec::new();
         }
-        let shown: HashSet<String> = self.visible.iter().map(str::to_lowercase).collect();
+        let form = recipients.form();
+        let shown: HashSet<String> = self.visible.iter().map(|v| form.same_key(v)).collect();
         recipients
             .iter()
-            .filter(|r| shown.contains(&r.to_lowercase()))
+            .filter(|r| shown.contains(&form.same_key(r)))
             .collect()
     }
 }
@@ -204,6 +222,39 @@ mod tests {
             headers.named(&rcpts),
             ["Dept@corp.example", "ann@corp.example"],
             "case-insensitive, in arrival order, Bcc'd list left out"
+        );
+    }
+
+    #[test]
+    fn named_compares_through_the_delimiter_and_the_case_fold() {
+        let form = AddressForm {
+            myorigin: "corp.example".into(),
+            delimiter: crate::policy::address::RecipientDelimiter::new("+"),
+        };
+        let mut rcpts = RecipientSet::with_form(form);
+        for r in [
+            "<dept+x@corp.example>",
+            "<straße@corp.example>",
+            "<board>",
+            "<bcc@corp.example>",
+        ] {
+            rcpts.add(r);
+        }
+        let mut headers = HeaderFacts::default();
+        for v in [
+            "dept@corp.example",
+            "STRASSE@corp.example",
+            "board@corp.example",
+        ] {
+            headers.visible.add(v);
+        }
+        assert_eq!(
+            headers.named(&rcpts),
+            [
+                "dept+x@corp.example",
+                "straße@corp.example",
+                "board@corp.example"
+            ]
         );
     }
 

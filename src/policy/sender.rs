@@ -7,7 +7,7 @@
 //! sendmail(1) from cron) is known by its envelope sender, which grants something only
 //! where the configuration says that sender is trusted (`envelope_senders`).
 
-use super::address::AddressGlobs;
+use super::address::{AddressGlobs, fold_case};
 use super::facts::MessageFacts;
 
 /// The identity a message is known by.
@@ -38,13 +38,14 @@ impl Identity<'_> {
         }
     }
 
-    /// The key rates count a sender by, lower-cased: `sasl:LOGIN` or `env:ADDRESS`. The
+    /// The key rates count a sender by, case folded ([`fold_case`], as addresses are
+    /// compared everywhere): `sasl:LOGIN` or `env:ADDRESS`. The
     /// two kinds never meet, so a forged envelope sender cannot spend the budget of the
     /// user who logs in under that name.
     pub fn key(&self) -> String {
         match self {
-            Identity::Login(l) => format!("sasl:{}", l.to_lowercase()),
-            Identity::Envelope(_) => format!("env:{}", self.name().to_lowercase()),
+            Identity::Login(l) => format!("sasl:{}", fold_case(l)),
+            Identity::Envelope(_) => format!("env:{}", fold_case(self.name())),
         }
     }
 }

@@ -250,7 +250,7 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     let counts = super::count(policy, facts);
     let audience = counts.audience as u64;
     let sender = identity(facts);
-    let who = sender.name().to_lowercase();
+    let who = super::address::fold_case(sender.name());
     let mut plan = StatePlan::default();
 
     let storm = &policy.storm;
