@@ -12,6 +12,7 @@ use fanout_milter::milter::listener::MilterListener;
 use fanout_milter::quarantine::admin::{Admin, invoking_user};
 use fanout_milter::quarantine::postfix::PostfixTools;
 use fanout_milter::quarantine::record::epoch_secs;
+use fanout_milter::quarantine::running;
 use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
 use fanout_milter::state_dir::StateDir;
 use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server, text};
@@ -303,7 +304,7 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = check_state_dir(&config) {
+    if let Err(e) = check_state_dir(path, &config) {
         eprintln!("{NAME}: {e}");
         return ExitCode::from(1);
     }
@@ -359,8 +360,11 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
 }
 
 /// Root commands use the state directory only when it belongs to root or to
-/// `[quarantine] state_owner` (see `state_dir`); a missing one is created by root.
-fn check_state_dir(config: &Config) -> Result<(), String> {
+/// `[quarantine] state_owner` (see `state_dir`); a missing one is created by root. And
+/// only when it is the one the running daemon (started with the same file) uses: a
+/// changed `state_dir` takes effect at restart ([`running::check_same_store`]).
+fn check_state_dir(path: &Path, config: &Config) -> Result<(), String> {
+    running::check_same_store(path, Path::new(DEFAULT_CONFIG_PATH), &config.state_dir)?;
     match std::fs::symlink_metadata(&config.state_dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         _ => StateDir::open(&config.state_dir, Some(&config.state_owner))
@@ -431,7 +435,7 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
     {
         return directory_daemon(&config, admin_socket::Request::DirectoryAccept { source });
     }
-    if let Err(e) = check_state_dir(&config) {
+    if let Err(e) = check_state_dir(path, &config) {
         eprintln!("{NAME}: {e}");
         return ExitCode::from(1);
     }

@@ -465,6 +465,89 @@ fn a_message_held_by_hand_survives_the_sweep_and_ours_still_expires() {
 }
 
 #[test]
+fn after_a_reload_that_moves_state_dir_the_admin_commands_wait_for_the_restart() {
+    let mut s = setup("quarantine-moved", "");
+    let g = s.send_held("q-moved", 6);
+    let old_state = s.dir.path().join("state");
+    let new_state = s.dir.path().join("state-new");
+    let config = std::fs::read_to_string(&s.config).expect("read config");
+    let moved = config.replace(
+        &format!("state_dir = \"{}\"", old_state.display()),
+        &format!("state_dir = \"{}\"", new_state.display()),
+    );
+    assert_ne!(moved, config);
+    std::fs::write(&s.config, moved).expect("write config");
+    s.milter.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", || {
+        s.milter
+            .log()
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+
+    // The daemon keeps recording in the old store until it restarts; the sweep must not
+    // open the new, empty one, where our held message would look foreign.
+    let t30d = (now() + 30 * 86400).to_string();
+    for args in [
+        vec!["sweep", "--now", &t30d],
+        vec!["list"],
+        vec!["reconcile"],
+    ] {
+        let out = s.admin(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran: {err}");
+        assert!(err.contains("restart the daemon first"), "{args:?}: {err}");
+        assert!(
+            err.contains(&old_state.display().to_string()),
+            "names the running store: {err}"
+        );
+    }
+    // Also within the sweep unit's capabilities (no CAP_SYS_PTRACE).
+    let out = Command::new("setpriv")
+        .arg("--no-new-privs")
+        .arg(format!("--bounding-set=-all,{}", sweep_unit_caps()))
+        .arg("--inh-caps=-all")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(&s.config)
+        .args(["quarantine", "sweep"])
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "confined sweep ran: {err}");
+    assert!(err.contains("restart the daemon first"), "{err}");
+    assert!(
+        !new_state.join("quarantine.sqlite").exists(),
+        "the new store was not even created"
+    );
+    assert!(s.postfix.held().contains(&g));
+
+    // Stopped (the restart's first half), the daemon no longer uses the old store: the
+    // sweep runs on the new one, and still knows our message by its X-Fanout-Verdict.
+    assert!(s.milter.stop().success());
+    let out = s.admin_ok(&["sweep"]);
+    assert!(
+        out.contains(&format!(
+            "{g}: in the hold queue without a record, but carrying"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("recorded as foreign"), "{out}");
+    let list = s.admin_ok(&["list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["queue_id"] == g.as_str()))
+        .unwrap_or_else(|| panic!("{g} not listed: {list}"));
+    assert_eq!(row["state"], "held", "{row}");
+    assert_eq!(row["foreign"], false, "ours, reviewed and expired: {row}");
+    let out = s.admin_ok(&["sweep", "--now", &t30d]);
+    assert!(out.contains(&format!("{g}: not reviewed within")), "{out}");
+    assert!(!s.postfix.held().contains(&g), "expired like any of ours");
+}
+
+#[test]
 fn kill_9_while_holding_loses_nothing() {
     let mut s = setup("quarantine-kill", "");
     let port = s.postfix.smtp_port;

@@ -8,6 +8,7 @@ use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
 use super::store::{Filter, Store};
 use crate::config::{Config, OnExpiry};
+use crate::milter::VERDICT_HEADER;
 use crate::notify::{self, Alert, AlertKind, Digest, NoticeReason};
 use crate::policy::normalize_subject;
 use crate::text;
@@ -95,6 +96,33 @@ fn state_label(r: &Record) -> String {
     } else {
         r.state.to_string()
     }
+}
+
+/// The value of the `X-Fanout-Verdict` header fanout-milter adds to a message it holds
+/// (`quarantine; ...`), when `headers` (as `postcat -h` prints them) carry one. The
+/// milter removes every such header a message came with before it adds its own (see
+/// `milter::apply`), so a held message that carries one was held by fanout-milter; a
+/// `tag` or monitored (`accept (monitor: ...)`) value is not a hold of ours.
+fn held_by_us(headers: &str) -> Option<String> {
+    let mut lines = headers.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim_end().eq_ignore_ascii_case(VERDICT_HEADER) {
+            continue;
+        }
+        let mut value = value.trim().to_owned();
+        while let Some(more) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push(' ');
+            value.push_str(more.trim());
+        }
+        let action = value.split([';', ' ']).next().unwrap_or("");
+        if action == "quarantine" {
+            return Some(value);
+        }
+    }
+    None
 }
 
 fn sender_of(m: &HeldMessage) -> &str {
@@ -496,17 +524,44 @@ impl Admin<'_> {
                 return (report, adopted);
             }
         };
-        let plan = plan_reconcile(&held, &queue, self.now);
+        let mut records = held;
+        if let Err(e) = self.add_earlier_records(&queue, &mut records) {
+            report.fail(e.to_string());
+            return (report, adopted);
+        }
+        let held = records.iter().filter(|r| r.state == State::Held).count();
+        let plan = plan_reconcile(&records, &queue, self.now);
         for q in &plan.adopt {
             match self.adopt(q) {
-                Ok(id) => {
+                Ok((id, false)) => {
                     report.line(format!(
                         "{id}: in the hold queue without a record: held by another tool, \
                          recorded as foreign (the sweep leaves it alone)"
                     ));
                     adopted.push(id);
                 }
+                Ok((id, true)) => report.line(format!(
+                    "{id}: in the hold queue without a record, but carrying fanout-milter's \
+                     {VERDICT_HEADER}: recorded as held by fanout-milter (reviewed and \
+                     expired like the others)"
+                )),
                 Err(e) => report.fail(format!("{}: {e}", q.queue_id)),
+            }
+        }
+        for (row, id, was) in &plan.restore {
+            let comment = format!(
+                "back in the hold queue after reconcile marked it {was}: held by fanout-milter"
+            );
+            match self.store.set_state(
+                *row,
+                *was,
+                State::Held,
+                &self.entry("reconcile", Some(comment)),
+            ) {
+                Ok(()) => report.line(format!(
+                    "{id}: back in the hold queue: its record is held again (was {was})"
+                )),
+                Err(e) => report.fail(format!("{id}: {e}")),
             }
         }
         for (row, id, queue_name) in &plan.released {
@@ -540,15 +595,45 @@ impl Admin<'_> {
             }
         }
         if plan.is_empty() {
-            report.line(format!("store and hold queue agree ({} held)", held.len()));
+            report.line(format!("store and hold queue agree ({held} held)"));
         }
         (report, adopted)
     }
 
-    /// Records a message found in the hold queue, with what Postfix knows of it.
-    fn adopt(&self, q: &QueuedMessage) -> Result<QueueId, String> {
+    /// Adds to `records` the newest record of each message in the hold queue that has
+    /// no held record, so that reconcile can tell our own message back in the hold
+    /// queue from another tool's.
+    fn add_earlier_records(
+        &self,
+        queue: &[QueuedMessage],
+        records: &mut Vec<Record>,
+    ) -> Result<(), crate::quarantine::StoreError> {
+        for q in queue.iter().filter(|q| q.queue_name == "hold") {
+            if records
+                .iter()
+                .any(|r| r.message.queue_id.as_str() == q.queue_id)
+            {
+                continue;
+            }
+            let Ok(id) = QueueId::parse(&q.queue_id) else {
+                continue;
+            };
+            match self.store.get(&id) {
+                Ok(r) => records.push(r),
+                Err(crate::quarantine::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a message found in the hold queue, with what Postfix knows of it. One
+    /// that carries fanout-milter's own quarantine header ([`held_by_us`]) is recorded
+    /// as held by fanout-milter (true), any other as foreign (false).
+    fn adopt(&self, q: &QueuedMessage) -> Result<(QueueId, bool), String> {
         let id = QueueId::parse(&q.queue_id).map_err(|e| e.to_string())?;
         let headers = self.postfix.headers(&id).unwrap_or_default();
+        let verdict = held_by_us(&headers);
         let parsed = mail_parser::MessageParser::new().parse_headers(headers.as_bytes());
         let subject = parsed.as_ref().and_then(|p| p.subject()).map(str::to_owned);
         let message_id = parsed
@@ -586,24 +671,44 @@ impl Admin<'_> {
             subject,
             message_id,
             recipients,
-            rules: vec![RuleHit {
-                rule: "reconcile".into(),
-                action: "quarantine".into(),
-                message: "found in Postfix's hold queue without a fanout-milter record: \
-                          held by another tool (a content filter, header_checks HOLD or \
-                          postsuper -h); fanout-milter leaves it alone"
-                    .into(),
+            rules: vec![match &verdict {
+                Some(value) => RuleHit {
+                    rule: "reconcile".into(),
+                    action: "quarantine".into(),
+                    message: format!(
+                        "found in Postfix's hold queue without a record in this store, \
+                         held by fanout-milter ({VERDICT_HEADER}: {})",
+                        text::neutralize_capped(value, 300)
+                    ),
+                },
+                None => RuleHit {
+                    rule: "reconcile".into(),
+                    action: "quarantine".into(),
+                    message: "found in Postfix's hold queue without a fanout-milter record: \
+                              held by another tool (a content filter, header_checks HOLD or \
+                              postsuper -h); fanout-milter leaves it alone"
+                        .into(),
+                },
             }],
             recorded_by: "reconcile".into(),
         };
-        self.store
-            .record_foreign(
+        let recorded = if verdict.is_some() {
+            self.store.record_held(
+                &msg,
+                &self.who,
+                Some(
+                    "found in the hold queue by reconcile, with fanout-milter's quarantine header",
+                ),
+            )
+        } else {
+            self.store.record_foreign(
                 &msg,
                 &self.who,
                 Some("found in the hold queue by reconcile"),
             )
-            .map_err(|e| e.to_string())?;
-        Ok(id)
+        };
+        recorded.map_err(|e| e.to_string())?;
+        Ok((id, verdict.is_some()))
     }
 
     fn held_records(&self) -> Result<Vec<Record>, crate::quarantine::StoreError> {
@@ -819,5 +924,126 @@ mod tests {
         );
         assert!(shown.contains("  X-Evil: a\\u{202E}b\n"), "{shown}");
         assert!(shown.contains("list cn=x\\x0D\\x0ABcc: y"), "{shown}");
+    }
+
+    /// Stub postqueue and postcat in a bin directory: `queue` is `postqueue -j`'s output,
+    /// postcat prints `headers` for AAAAAA1 and a plain Subject for the others.
+    fn stub_postfix(dir: &std::path::Path, queue: &str, headers: &str) -> Config {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for (name, body) in [
+            ("postqueue", format!("cat <<'END'\n{queue}\nEND\n")),
+            (
+                "postcat",
+                format!(
+                    "case \"$*\" in *AAAAAA1) cat <<'END'\n{headers}\nEND\n;; *) echo 'Subject: x';; esac\n"
+                ),
+            ),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut config = crate::config::parse(
+            "[domains]\ninternal = [\"example.org\"]\n",
+            std::path::Path::new("/test.toml"),
+        )
+        .unwrap();
+        config.postfix.command_directory = bin;
+        config
+    }
+
+    #[test]
+    fn a_held_message_with_our_quarantine_header_is_adopted_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = [
+            r#"{"queue_name":"hold","queue_id":"AAAAAA1","arrival_time":1000,"sender":"ann@example.org","recipients":[{"address":"all@example.org"}]}"#,
+            r#"{"queue_name":"hold","queue_id":"BBBBBB2","arrival_time":1000,"sender":"bob@example.org","recipients":[]}"#,
+            r#"{"queue_name":"hold","queue_id":"CCCCCC3","arrival_time":1000,"sender":"cy@example.org","recipients":[]}"#,
+        ]
+        .join("\n");
+        let headers = "Subject: all hands\nX-Fanout-Verdict: quarantine; audience 840,000\n\tvia all@example.org\nMessage-ID: <1@example.org>";
+        let config = stub_postfix(dir.path(), &queue, headers);
+        let store = Store::open(dir.path()).unwrap();
+        let mut tagged = crate::quarantine::store::tests::held("CCCCCC3", 1002);
+        tagged.recorded_by = "milter".into();
+        let row = store.record_held(&tagged, "milter", None).unwrap();
+        let released = AuditEntry {
+            at: 1003,
+            who: "reconcile".into(),
+            action: "reconcile".into(),
+            comment: None,
+        };
+        store
+            .set_state(row, State::Held, State::Released, &released)
+            .unwrap();
+        let admin = Admin {
+            config: &config,
+            store: &store,
+            postfix: PostfixTools::new(config.postfix.clone()),
+            who: "root".into(),
+            now: 2000,
+        };
+        let report = admin.reconcile();
+        assert_eq!(report.failed, 0, "{}", report.text);
+        let get = |id: &str| store.get(&QueueId::parse(id).unwrap()).unwrap();
+        let ours = get("AAAAAA1");
+        assert_eq!(
+            (ours.state, ours.foreign),
+            (State::Held, false),
+            "{}",
+            report.text
+        );
+        assert_eq!(ours.message.held_at, 1000, "reviewed from its arrival");
+        assert!(
+            ours.message.rules[0]
+                .message
+                .contains("quarantine; audience 840,000 via all@example.org"),
+            "{:?}",
+            ours.message.rules
+        );
+        let theirs = get("BBBBBB2");
+        assert_eq!((theirs.state, theirs.foreign), (State::Held, true));
+        let restored = get("CCCCCC3");
+        assert_eq!(
+            (restored.id, restored.state, restored.foreign),
+            (row, State::Held, false)
+        );
+        assert_eq!(
+            store.list(&Filter::default()).unwrap().len(),
+            3,
+            "no second record for CCCCCC3"
+        );
+        assert_eq!(restored.audit.last().unwrap().action, "reconcile");
+        assert!(
+            report.text.contains("CCCCCC3: back in the hold queue"),
+            "{}",
+            report.text
+        );
+        let steps = plan_sweep(
+            &store.list(&Filter::default()).unwrap(),
+            1002 + 4 * 3600,
+            &config.quarantine,
+        );
+        assert_eq!(
+            steps.len(),
+            2,
+            "ours escalate, the foreign one does not: {steps:?}"
+        );
+    }
+
+    #[test]
+    fn only_our_quarantine_header_makes_a_hold_ours() {
+        assert!(held_by_us("Subject: x\nx-fanout-verdict: quarantine; a").is_some());
+        for other in [
+            "X-Fanout-Verdict: tag; audience 300",
+            "X-Fanout-Verdict: accept (monitor: would quarantine); a",
+            "X-Other: X-Fanout-Verdict: quarantine",
+            "Subject: X-Fanout-Verdict: quarantine",
+            "",
+        ] {
+            assert_eq!(held_by_us(other), None, "{other}");
+        }
     }
 }

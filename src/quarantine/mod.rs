@@ -7,6 +7,7 @@ pub mod admin;
 pub mod plan;
 pub mod postfix;
 pub mod record;
+pub mod running;
 pub mod store;
 
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};

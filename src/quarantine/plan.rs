@@ -15,8 +15,14 @@ pub const RECONCILE_GRACE_SECS: u64 = 300;
 /// What reconcile changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconcilePlan {
-    /// In the hold queue without a held record: record them.
+    /// In the hold queue without a held record, and no earlier record of fanout-milter's
+    /// for the same message: record them.
     pub adopt: Vec<QueuedMessage>,
+    /// In the hold queue again, with a record fanout-milter wrote for this very message
+    /// (same queue id, held when it arrived) that is no longer in state held: our own
+    /// message, back to held with its review deadline. Row id, queue id, the state it
+    /// had.
+    pub restore: Vec<(i64, QueueId, State)>,
     /// Held records whose message left the hold queue but is still queued (released
     /// with postsuper by hand): mark released. Row id, queue id, Postfix queue name.
     pub released: Vec<(i64, QueueId, String)>,
@@ -28,30 +34,58 @@ pub struct ReconcilePlan {
 impl ReconcilePlan {
     /// True when store and queue agree.
     pub fn is_empty(&self) -> bool {
-        self.adopt.is_empty() && self.released.is_empty() && self.gone.is_empty()
+        self.adopt.is_empty()
+            && self.restore.is_empty()
+            && self.released.is_empty()
+            && self.gone.is_empty()
     }
 }
 
-/// Compares the held records with Postfix's queue, both ways.
-pub fn plan_reconcile(held: &[Record], queue: &[QueuedMessage], now: u64) -> ReconcilePlan {
+/// True when record `r` was written by the milter for the message `q` in the queue: same
+/// queue id, and held when the message arrived (Postfix reuses short queue ids over
+/// time; a record of an earlier message with the same id is not this one's).
+fn ours_for(r: &Record, q: &QueuedMessage) -> bool {
+    !r.foreign
+        && r.message.recorded_by == "milter"
+        && r.message.queue_id.as_str() == q.queue_id
+        && r.message.held_at.abs_diff(q.arrival_time) <= RECONCILE_GRACE_SECS
+}
+
+/// Compares the records with Postfix's queue, both ways. `records` holds every record
+/// in state held, and may hold records in other states for queue ids in the hold queue
+/// (the newest record of each): those are restored rather than adopted as foreign.
+///
+/// A held record whose message is seen outside the hold queue, or not at all, is judged
+/// only after [`RECONCILE_GRACE_SECS`]: Postfix's cleanup finishes the queue file before
+/// it moves to the hold queue, and an admin may release and hold a message again.
+pub fn plan_reconcile(records: &[Record], queue: &[QueuedMessage], now: u64) -> ReconcilePlan {
     let mut plan = ReconcilePlan::default();
-    for r in held.iter().filter(|r| r.state == State::Held) {
+    for r in records.iter().filter(|r| r.state == State::Held) {
         let id = &r.message.queue_id;
+        let settled = now.saturating_sub(r.message.held_at) >= RECONCILE_GRACE_SECS;
         match queue.iter().find(|q| q.queue_id == id.as_str()) {
             Some(q) if q.queue_name == "hold" => {}
-            Some(q) => plan.released.push((r.id, id.clone(), q.queue_name.clone())),
-            None if now.saturating_sub(r.message.held_at) >= RECONCILE_GRACE_SECS => {
-                plan.gone.push((r.id, id.clone()))
-            }
-            None => {}
+            Some(q) if settled => plan.released.push((r.id, id.clone(), q.queue_name.clone())),
+            None if settled => plan.gone.push((r.id, id.clone())),
+            Some(_) | None => {}
         }
     }
     for q in queue.iter().filter(|q| q.queue_name == "hold") {
-        let known = held
+        let known = records
             .iter()
             .any(|r| r.state == State::Held && r.message.queue_id.as_str() == q.queue_id);
-        if !known && QueueId::parse(&q.queue_id).is_ok() {
-            plan.adopt.push(q.clone());
+        if known || QueueId::parse(&q.queue_id).is_err() {
+            continue;
+        }
+        let earlier = records
+            .iter()
+            .filter(|r| ours_for(r, q))
+            .max_by_key(|r| r.id);
+        match earlier {
+            Some(r) => plan
+                .restore
+                .push((r.id, r.message.queue_id.clone(), r.state)),
+            None => plan.adopt.push(q.clone()),
         }
     }
     plan
@@ -147,7 +181,7 @@ mod tests {
         QueuedMessage {
             queue_name: queue_name.into(),
             queue_id: queue_id.into(),
-            arrival_time: 0,
+            arrival_time: 1_000_000,
             sender: "ann@example.org".into(),
             recipients: vec![],
         }
@@ -186,6 +220,64 @@ mod tests {
             "DDDDDD4 is within the grace period"
         );
         assert!(plan_reconcile(&held[..1], &queue[..1], 1100).is_empty());
+    }
+
+    #[test]
+    fn a_held_message_briefly_outside_the_hold_queue_is_not_marked_released() {
+        let held = [record(1, "AAAAAA1", 1000, State::Held)];
+        for queue_name in ["incoming", "active", "deferred"] {
+            let queue = [queued(queue_name, "AAAAAA1")];
+            assert!(
+                plan_reconcile(&held, &queue, 1000 + RECONCILE_GRACE_SECS - 1).is_empty(),
+                "{queue_name}: within the grace period"
+            );
+            assert_eq!(
+                plan_reconcile(&held, &queue, 1000 + RECONCILE_GRACE_SECS).released,
+                [(1, QueueId::parse("AAAAAA1").unwrap(), queue_name.to_owned())],
+                "{queue_name}: after it"
+            );
+        }
+    }
+
+    #[test]
+    fn our_message_back_in_the_hold_queue_is_restored_not_adopted_as_foreign() {
+        let arrival = 1_000_000;
+        let mut reheld = queued("hold", "AAAAAA1");
+        reheld.arrival_time = arrival;
+        for state in [State::Released, State::Discarded, State::Expired] {
+            let ours = record(7, "AAAAAA1", arrival + 2, state);
+            let plan = plan_reconcile(std::slice::from_ref(&ours), &[reheld.clone()], arrival + 10);
+            assert_eq!(
+                plan.restore,
+                [(7, QueueId::parse("AAAAAA1").unwrap(), state)],
+                "{state}"
+            );
+            assert!(plan.adopt.is_empty(), "{state}: {plan:?}");
+        }
+        // Another message that reuses the short queue id long after ours.
+        let old = record(7, "AAAAAA1", arrival - 86400, State::Released);
+        let plan = plan_reconcile(&[old], &[reheld.clone()], arrival + 10);
+        assert!(plan.restore.is_empty());
+        assert_eq!(plan.adopt, [reheld.clone()]);
+        // A foreign record stays foreign: adopted again, never made ours.
+        let mut theirs = record(7, "AAAAAA1", arrival, State::Released);
+        theirs.foreign = true;
+        let plan = plan_reconcile(&[theirs], &[reheld.clone()], arrival + 10);
+        assert!(plan.restore.is_empty());
+        assert_eq!(plan.adopt.len(), 1);
+        // The newest of several records of ours wins.
+        let plan = plan_reconcile(
+            &[
+                record(3, "AAAAAA1", arrival, State::Discarded),
+                record(9, "AAAAAA1", arrival, State::Released),
+            ],
+            &[reheld],
+            arrival + 10,
+        );
+        assert_eq!(
+            plan.restore,
+            [(9, QueueId::parse("AAAAAA1").unwrap(), State::Released)]
+        );
     }
 
     fn settings(on_expiry: OnExpiry) -> QuarantineSettings {

@@ -10,6 +10,7 @@
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
 use crate::state_dir::{StateDir, StateDirError};
 use crate::text::{self, MAX_SUBJECT_CHARS};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,19 @@ pub enum StoreError {
         /// The state found (or `missing`).
         found: String,
     },
+    /// Opening the database did not finish in time (see [`Store::open`]).
+    #[error(
+        "quarantine store {}: opening it did not finish within {after:?}: is a FIFO or \
+         another special file at its name or a side file's in the state directory, or \
+         does another process hold it locked?",
+        path.display()
+    )]
+    Stuck {
+        /// The database file.
+        path: PathBuf,
+        /// The deadline.
+        after: Duration,
+    },
     /// The database was written by a newer fanout-milter.
     #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
     TooNew {
@@ -167,6 +181,93 @@ fn give_to_dir_owner(state_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How long opening the store may take: SQLite's busy timeout (10 s) and a migration,
+/// with a wide margin.
+const OPEN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Opens the database and brings its schema up to date, in a helper thread given
+/// `deadline`. The state directory belongs to the daemon's account, which can swap a
+/// FIFO in at the name of the database or its `-journal` between the checks of
+/// [`state_dir_for`] and SQLite's open (by path; SQLite has no open-by-descriptor).
+/// SQLite opens the database and its `-wal` and `-shm` files read-write, which never
+/// blocks on a FIFO and fails on the first read, but it opens a `-journal` it finds
+/// read-only to see whether it is hot, and that blocks until a writer comes, which for
+/// root's hourly sweep would be forever (systemd starts no new sweep while one runs).
+/// The deadline turns that into an error; the stuck thread ends with the command.
+fn connect_within(path: &Path, deadline: Duration) -> Result<Connection, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = path.to_owned();
+    std::thread::Builder::new()
+        .name("store-open".into())
+        .spawn(move || {
+            let _ = tx.send(connect(&owned));
+        })
+        .map_err(|source| StoreError::Dir {
+            path: path.to_owned(),
+            source,
+        })?;
+    rx.recv_timeout(deadline).unwrap_or_else(|_| {
+        Err(StoreError::Stuck {
+            path: path.to_owned(),
+            after: deadline,
+        })
+    })
+}
+
+/// Opens the database at `path` and brings its schema up to date.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    // SQLITE_OPEN_NOFOLLOW: a symlink at the database's name is refused; SQLite
+    // opens its -journal, -wal and -shm files with O_NOFOLLOW itself.
+    let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags).map_err(sql)?;
+    // The daemon's account controls the file, so its schema too: nothing in it
+    // (triggers, views, defaults) may call functions with side effects, and it
+    // cannot be made to corrupt itself (no writable_schema).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(sql)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+        .map_err(sql)?;
+    conn.pragma_update(None, "trusted_schema", false)
+        .map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sql)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0));
+    let has_held =
+        count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'held'")
+            .map_err(sql)?
+            > 0;
+    let has_foreign =
+        count("SELECT count(*) FROM pragma_table_info('held') WHERE name = 'foreign_hold'")
+            .map_err(sql)?
+            > 0;
+    if has_held && !has_foreign {
+        conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
+            .map_err(sql)?;
+    }
+    conn.execute_batch(SCHEMA).map_err(sql)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sql)?;
+    Ok(conn)
+}
+
 impl Store {
     /// Opens (creating when needed) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
@@ -176,46 +277,7 @@ impl Store {
         })?;
         let state_dir = state_dir_for(state_dir)?;
         let path = state_dir.join(DB_FILE);
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        // SQLITE_OPEN_NOFOLLOW: a symlink at the database's name is refused; SQLite
-        // opens its -journal, -wal and -shm files with O_NOFOLLOW itself.
-        let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn = Connection::open_with_flags(&path, flags).map_err(sql)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(sql)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sql)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path,
-                found: version,
-            });
-        }
-        let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0));
-        let has_held =
-            count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'held'")
-                .map_err(sql)?
-                > 0;
-        let has_foreign =
-            count("SELECT count(*) FROM pragma_table_info('held') WHERE name = 'foreign_hold'")
-                .map_err(sql)?
-                > 0;
-        if has_held && !has_foreign {
-            conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
-                .map_err(sql)?;
-        }
-        conn.execute_batch(SCHEMA).map_err(sql)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sql)?;
+        let conn = connect_within(&path, OPEN_DEADLINE)?;
         give_to_dir_owner(&state_dir)?;
         Ok(Store {
             path,
@@ -481,6 +543,7 @@ fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<
 pub(crate) mod tests {
     use super::*;
     use crate::quarantine::record::{ListHit, RuleHit};
+    use std::os::unix::fs::OpenOptionsExt;
 
     pub(crate) fn held(queue_id: &str, at: u64) -> HeldMessage {
         HeldMessage {
@@ -796,5 +859,59 @@ pub(crate) mod tests {
             let meta = std::fs::metadata(format!("{}{suffix}", store.path().display())).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{suffix}");
         }
+    }
+
+    #[test]
+    fn the_store_never_trusts_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conn = store.conn();
+        let trusted: bool = conn
+            .pragma_query_value(None, "trusted_schema", |r| r.get(0))
+            .unwrap();
+        assert!(
+            !trusted,
+            "functions with side effects are refused in the schema"
+        );
+        assert!(
+            conn.db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE).unwrap(),
+            "defensive"
+        );
+        let e = conn
+            .execute_batch(
+                "PRAGMA writable_schema = ON;
+                 UPDATE sqlite_master SET sql = 'CREATE TABLE held (x)' WHERE name = 'held';",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("may not be modified"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_as_the_journal_cannot_hang_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db = dir.path().join(DB_FILE);
+        for side in ["quarantine.sqlite-wal", "quarantine.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(side));
+        }
+        // As if swapped in after state_dir_for checked the directory.
+        let journal = dir.path().join("quarantine.sqlite-journal");
+        nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let started = std::time::Instant::now();
+        let e = connect_within(&db, Duration::from_secs(1)).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, StoreError::Stuck { .. }), "{e}");
+        assert!(e.to_string().contains("did not finish within 1s"), "{e}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // Unblocks the stuck opener: a writer arrives and leaves at once.
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&journal),
+        );
+        // And the store's own open refuses the FIFO outright when it is there first.
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -13,11 +13,11 @@ pub mod guard;
 use crate::config::ldap::{LdapSettings, OnStale};
 use crate::directory::source::{DirectorySource, ListDef, Member, SourceData, SourceError};
 use crate::policy::address::{RecipientDelimiter, fold_case};
+use crate::state_dir::{StateDir, StateDirError};
 use client::{Ldap3Server, LdapFault, LdapServer};
 use graph::GraphStats;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -252,7 +252,8 @@ pub fn pending_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(format!("ldap-{name}.pending.json"))
 }
 
-/// Saves a snapshot atomically (write, fsync, rename).
+/// Saves a snapshot atomically ([`StateDir::write_atomic`]: a new 0600 file, fsync,
+/// rename).
 pub fn save(state_dir: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
     save_to(
         state_dir,
@@ -281,20 +282,24 @@ pub fn remove_pending(state_dir: &Path, name: &str) -> Result<(), RefreshError> 
     }
 }
 
+/// Writes `snapshot` at `path` (a file in `state_dir`) through the state directory's
+/// one atomic write, which never follows a link and never writes through a planted
+/// temporary file.
 fn save_to(state_dir: &Path, path: &Path, snapshot: &Snapshot) -> Result<(), RefreshError> {
-    let path = path.to_owned();
     let save_err = |error| RefreshError::Save {
-        path: path.clone(),
+        path: path.to_owned(),
         error,
     };
+    let state_err = |e: StateDirError| save_err(std::io::Error::other(e.to_string()));
     std::fs::create_dir_all(state_dir).map_err(save_err)?;
-    let tmp = path.with_extension("json.tmp");
-    let file = std::fs::File::create(&tmp).map_err(save_err)?;
-    let mut w = std::io::BufWriter::new(file);
-    serde_json::to_writer(&mut w, snapshot).map_err(|e| save_err(e.into()))?;
-    w.flush().map_err(save_err)?;
-    w.get_ref().sync_all().map_err(save_err)?;
-    std::fs::rename(&tmp, &path).map_err(save_err)
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| save_err(std::io::Error::other("not a file name")))?;
+    let bytes = serde_json::to_vec(snapshot).map_err(|e| save_err(e.into()))?;
+    StateDir::open(state_dir, None)
+        .and_then(|dir| dir.write_atomic(name, &bytes))
+        .map_err(state_err)
 }
 
 /// Reads a source's saved snapshot: `Ok(None)` when there is none, or it was taken

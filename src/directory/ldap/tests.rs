@@ -988,3 +988,49 @@ async fn a_vanished_list_is_unknown_unless_another_source_defines_it() {
     assert_eq!(v.action, Action::Quarantine);
     assert_eq!(rules(&v), ["expansion.on_unknown"]);
 }
+
+#[tokio::test]
+async fn snapshots_are_written_0600_and_never_through_a_planted_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), "");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state");
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "precious").expect("write");
+    // The temporary names a snapshot writer could use: the old fixed one and the
+    // state directory's.
+    let name = snapshot_path(&state, "ldap");
+    let name = name.file_name().and_then(|n| n.to_str()).expect("name");
+    for planted in [
+        format!("{name}.tmp"),
+        format!(".{name}.{}", std::process::id()),
+    ] {
+        std::os::unix::fs::symlink(&target, state.join(planted)).expect("symlink");
+    }
+    let mut fake = FakeDirectory::active_directory();
+    let members = staff(&mut fake, 2);
+    fake.group(
+        &format!("cn=Team,{GROUPS}"),
+        Some("team@corp.example"),
+        &members,
+    );
+    let snap = snapshot(&mut fake, &config).await;
+    save(&state, &snap).expect("save");
+    save_pending(&state, &snap).expect("save pending");
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
+    for path in [snapshot_path(&state, "ldap"), pending_path(&state, "ldap")] {
+        let meta = std::fs::symlink_metadata(&path).expect("saved");
+        assert!(meta.is_file(), "{}", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            path.display()
+        );
+    }
+    assert_eq!(
+        load_saved(&state, settings(&config)),
+        Ok(Some(snap.clone()))
+    );
+}
