@@ -215,7 +215,7 @@ impl RecipientDelimiter {
         }
         if self.0.contains('-') {
             let lower = local.to_ascii_lowercase();
-            if lower.starts_with("owner-") || (lower.len() > 8 && lower.ends_with("-request")) {
+            if lower.starts_with("owner-") || lower.ends_with("-request") {
                 return None;
             }
         }
@@ -514,6 +514,8 @@ mod tests {
     #[test]
     fn delimiters_split_like_postfix() {
         let plus = RecipientDelimiter::new("+");
+        assert!(!plus.is_empty() && RecipientDelimiter::new("").is_empty());
+        assert_eq!(RecipientDelimiter::new("").strip("list+x@d.example"), None);
         assert_eq!(
             plus.strip("list+x@d.example").as_deref(),
             Some("list@d.example")
