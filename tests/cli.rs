@@ -798,6 +798,14 @@ fn check_config_prints_no_url_credential() {
         "redis+unix:///run/redis.sock?pass=s3cret&db=2",
         "redis://user:s3cret@host",
         "rediss://user:s3cret@host",
+        // Passwords holding URL delimiters.
+        "redis://user:pa/s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret#s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret?s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret@s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret%2Fs3cret@127.0.0.1:6379/0",
+        "redis://:s3cret s3cret@127.0.0.1:6379/0",
+        "redis//:s3cret@127.0.0.1:6379/0",
     ] {
         let path = write_config(
             dir.path(),
