@@ -1255,3 +1255,28 @@ fn explain_a_scope_is_picked_by_the_login_not_the_envelope_sender() {
     );
     assert_eq!(bare["reasons"][0]["rule"], "scope", "{bare}");
 }
+
+/// An error quoting a table file shows its control characters as escapes, never raw
+/// on root's terminal.
+#[test]
+fn a_control_character_in_the_virtual_file_is_reported_escaped() {
+    let dir = scratch_dir("cli-parse-escape");
+    let path = directory_config(
+        dir.path(),
+        "all@corp.example ann@corp.example, b\u{1b}]0;pwned\u{7}\u{1b}[2J@corp.example\n",
+    );
+    let out = fanout(
+        &["directory", "--config", &path, "lookup", "all@corp.example"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("control character in \"b\\x1B]0;pwned\\x07\\x1B[2J@corp.example\""),
+        "{stderr}"
+    );
+    assert!(
+        !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
+        "{stderr:?}"
+    );
+}
