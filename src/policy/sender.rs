@@ -202,6 +202,11 @@ mod tests {
         let any = trusted(&["*"], &["*"]);
         assert_eq!(any.grants(&facts("", None)), None, "never the null sender");
         assert!(TrustedSenders::default().is_empty());
+        assert!(!trusted(&["svc-*"], &[]).is_empty(), "logins only");
+        assert!(
+            !trusted(&[], &["cron@example.org"]).is_empty(),
+            "envelope only"
+        );
         assert_eq!(
             both.describe(),
             ["svc-*".to_owned(), "cron@example.org (envelope)".to_owned()]
