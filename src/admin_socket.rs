@@ -112,8 +112,7 @@ pub fn storms_text(storms: &[Storm]) -> String {
     if storms.is_empty() {
         out.push_str("no reply-all storm in progress\n");
     }
-    let at =
-        |t: u64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t));
+    let at = text::utc_seconds;
     for s in storms {
         let _ = writeln!(
             out,
@@ -318,6 +317,31 @@ mod tests {
         std::fs::write(&plain, "").unwrap();
         let e = request(&plain, &Request::StormsList).unwrap_err();
         assert!(e.to_string().contains("not a socket"), "{e}");
+    }
+
+    #[test]
+    fn storms_list_survives_times_no_date_can_write() {
+        let storm = Storm {
+            id: Storm::id_of("t"),
+            thread: "t".into(),
+            subject: "Re: x".into(),
+            list: "all@corp.example".into(),
+            audience: 5000,
+            messages: 3,
+            senders: 2,
+            since: 1_800_000_000,
+            until: u64::MAX,
+            blocked: 4,
+        };
+        let out = storms_text(&[storm]);
+        assert!(
+            out.contains("since 2027-01-15T08:00:00Z  until @18446744073709551615\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("thread: t"),
+            "the whole entry is written: {out}"
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn main() -> ExitCode {
             let message = match message.as_deref().map(read_message).transpose() {
                 Ok(m) => m,
                 Err(e) => {
-                    eprintln!("{NAME}: {e}");
+                    complain(&e);
                     return ExitCode::from(1);
                 }
             };
@@ -248,7 +248,7 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
     let response = match admin_socket::request(socket, &request) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             return ExitCode::from(1);
         }
     };
@@ -272,11 +272,11 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
             }
         }
         (_, admin_socket::Response::Error { message }) => {
-            eprintln!("{NAME}: the daemon refused: {}", text::neutralize(&message));
+            complain(format_args!("the daemon refused: {message}"));
             ExitCode::from(1)
         }
         (_, other) => {
-            eprintln!("{NAME}: unexpected answer from the daemon: {other:?}");
+            complain(format_args!("unexpected answer from the daemon: {other:?}"));
             ExitCode::from(1)
         }
     }
@@ -300,18 +300,18 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
     let now = match parse_now(now) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             return ExitCode::from(2);
         }
     };
     if let Err(e) = check_state_dir(path, &config) {
-        eprintln!("{NAME}: {e}");
+        complain(&e);
         return ExitCode::from(1);
     }
     let store = match Store::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             return ExitCode::from(1);
         }
     };
@@ -333,7 +333,7 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         QuarantineCommand::Show { id } => match QueueId::parse(&id) {
             Ok(id) => return printed(admin.show(&id)),
             Err(e) => {
-                eprintln!("{NAME}: {e}");
+                complain(&e);
                 return ExitCode::from(2);
             }
         },
@@ -380,7 +380,7 @@ fn printed(result: Result<String, StoreError>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             ExitCode::from(1)
         }
     }
@@ -389,7 +389,7 @@ fn printed(result: Result<String, StoreError>) -> ExitCode {
 fn load_directory(config: &Config) -> Result<Directory, ExitCode> {
     let (snapshots, errors) = Snapshots::load_saved(config);
     for e in errors {
-        eprintln!("{NAME}: warning: LDAP snapshot not used: {e}");
+        complain(format_args!("warning: LDAP snapshot not used: {e}"));
     }
     for s in config.directories.iter().filter_map(|d| d.ldap.as_ref()) {
         match snapshots.by_source.get(&s.name) {
@@ -415,7 +415,7 @@ fn load_directory(config: &Config) -> Result<Directory, ExitCode> {
         }
     }
     Directory::load(config, DriftMode::ReadOnly, &snapshots).map_err(|e| {
-        eprintln!("{NAME}: {e}");
+        complain(&e);
         ExitCode::from(1)
     })
 }
@@ -436,7 +436,7 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         return directory_daemon(&config, admin_socket::Request::DirectoryAccept { source });
     }
     if let Err(e) = check_state_dir(path, &config) {
-        eprintln!("{NAME}: {e}");
+        complain(&e);
         return ExitCode::from(1);
     }
     let directory = match load_directory(&config) {
@@ -444,7 +444,7 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         Err(code) => return code,
     };
     for w in &directory.report.warnings {
-        eprintln!("{NAME}: warning: {w}");
+        complain(format_args!("warning: {w}"));
     }
     match command {
         DirectoryCommand::Lookup {
@@ -462,20 +462,22 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         DirectoryCommand::Accept { address, .. } => {
             let address = address.unwrap_or_default();
             let Some(list) = directory.index.list(&address) else {
-                eprintln!("{NAME}: {address} is not a list of the configured directory");
+                complain(format_args!(
+                    "{address} is not a list of the configured directory"
+                ));
                 return ExitCode::from(1);
             };
             let size = list.total();
             let mut known = match KnownSizes::load(&config.state_dir) {
                 Ok(k) => k,
                 Err(e) => {
-                    eprintln!("{NAME}: {e}");
+                    complain(&e);
                     return ExitCode::from(1);
                 }
             };
             let previous = known.accept(&list.address, size);
             if let Err(e) = known.save(&config.state_dir) {
-                eprintln!("{NAME}: {e}");
+                complain(&e);
                 return ExitCode::from(1);
             }
             let name = text::neutralize(&list.address);
@@ -498,7 +500,7 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             return ExitCode::from(1);
         }
     };
@@ -547,7 +549,7 @@ fn live_lookup(config: &Config, address: &str) -> ExitCode {
                 }
             }
             Ok(Err(e)) => {
-                eprintln!("{NAME}: LDAP source {}: {e}", s.name);
+                complain(format_args!("LDAP source {}: {e}", s.name));
                 code = ExitCode::from(1);
             }
             Err(_) => {
@@ -602,15 +604,15 @@ fn directory_daemon(config: &Config, request: admin_socket::Request) -> ExitCode
             }
         }
         Ok(admin_socket::Response::Error { message }) => {
-            eprintln!("{NAME}: {message}");
+            complain(&message);
             ExitCode::from(1)
         }
         Ok(other) => {
-            eprintln!("{NAME}: unexpected answer: {other:?}");
+            complain(format_args!("unexpected answer: {other:?}"));
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            complain(&e);
             ExitCode::from(1)
         }
     }
@@ -628,9 +630,16 @@ fn read_message(path: &Path) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Prints `message` to standard error after the program's name, neutralised line by
+/// line ([`text::neutralize_lines`]): error texts quote table files, directory data,
+/// server diagnostics and the daemon's answers.
+fn complain(message: impl std::fmt::Display) {
+    eprintln!("{NAME}: {}", text::neutralize_lines(&message.to_string()));
+}
+
 fn load(path: &Path) -> Result<Config, ExitCode> {
     config::load(path).map_err(|e| {
-        eprintln!("{NAME}: configuration error:\n{e}");
+        complain(format_args!("configuration error:\n{e}"));
         ExitCode::from(1)
     })
 }
@@ -639,7 +648,7 @@ fn check_config(path: &Path) -> ExitCode {
     match load(path) {
         Ok(mut config) => {
             if let Some(warning) = config.listen.exposure_warning() {
-                eprintln!("{NAME}: warning: {warning}");
+                complain(format_args!("warning: {warning}"));
             }
             println!(
                 "# {}: configuration OK; effective settings:",

@@ -226,6 +226,7 @@ impl Refresher {
             .as_deref()
             .and_then(|p| self.measure_of(&s.name, p));
         let max_shrink = s.max_shrink;
+        let first = previous.is_none();
         let judged = tokio::task::spawn_blocking(move || {
             judge(
                 previous.as_deref(),
@@ -233,6 +234,7 @@ impl Refresher {
                 snap,
                 config.max_depth,
                 config.max_audience,
+                list_floor(&config),
                 max_shrink,
             )
         })
@@ -248,6 +250,25 @@ impl Refresher {
             return self
                 .refuse(shared, s, judged.snapshot, &judged.shrink)
                 .await;
+        }
+        if first {
+            let why = format!(
+                "first snapshot of LDAP source {} taken with no earlier one to compare it \
+                 with: the shrink guard could not judge it ({} lists, {} list members); \
+                 check that it is complete",
+                s.name, judged.shrink.lists_after, judged.shrink.members_after
+            );
+            warn!(source = %s.name, "{why}");
+            shared.alerts.send(Alert {
+                kind: AlertKind::DirectoryBaseline,
+                at: SystemTime::now(),
+                queue_id: None,
+                sender: String::new(),
+                subject: String::new(),
+                audience: 0,
+                reason: why,
+                held_for: None,
+            });
         }
         let snap = Arc::new(judged.snapshot);
         self.measures
@@ -395,8 +416,9 @@ impl Refresher {
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.name.clone(), snap);
         let why = format!(
-            "ldap refresh refused: it loses more than max_shrink {} of the lists or of their \
-             members ({}); if that is right: fanout-milter directory accept --source {}",
+            "ldap refresh refused: it loses more than max_shrink {} of the lists, of their \
+             members or of one list's members ({}); if that is right: fanout-milter directory \
+             accept --source {}",
             s.max_shrink.get(),
             shrink.summary(),
             s.name
@@ -599,6 +621,19 @@ struct Judged {
     millis: u64,
 }
 
+/// The per-list shrink guard's floor when `[drift] min_audience` is 0 (off).
+const LIST_FLOOR_WITHOUT_DRIFT: u64 = 1000;
+
+/// Lists with at least this many members before a refresh are refused when they lose
+/// more than `max_shrink` of them: `[drift] min_audience`, the size from which a list
+/// is big enough to matter, or [`LIST_FLOOR_WITHOUT_DRIFT`] when drift is off.
+fn list_floor(config: &crate::config::Config) -> u64 {
+    match config.drift_min_audience {
+        0 => LIST_FLOOR_WITHOUT_DRIFT,
+        n => n,
+    }
+}
+
 /// Measures `new` (and `previous`, unless `before` is its measure), compares them and,
 /// when `new` is taken, carries the vanished lists over. CPU work: a blocking task.
 fn judge(
@@ -607,6 +642,7 @@ fn judge(
     mut new: Snapshot,
     max_depth: usize,
     max_audience: u64,
+    floor: u64,
     max_shrink: crate::config::ldap::Share,
 ) -> Judged {
     let started = Instant::now();
@@ -614,7 +650,7 @@ fn judge(
         before.unwrap_or_else(|| Arc::new(Measure::of(&p.lists, max_depth, max_audience)))
     });
     let after = Measure::of(&new.lists, max_depth, max_audience);
-    let shrink = Shrink::between(before.as_deref(), &after);
+    let shrink = Shrink::between(before.as_deref(), &after, floor, max_shrink);
     let refused = shrink.exceeds(max_shrink);
     if !refused && let (Some(p), Some(b)) = (previous, &before) {
         new.vanished = guard::vanished(p, &new, b);
@@ -689,6 +725,7 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
                 None
             }
         };
+        let unjudged = baseline.is_none();
         match ldap::refresh(s, s.timeout).await {
             Ok(snap) => {
                 let judged = judge(
@@ -697,6 +734,7 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
                     snap,
                     config.max_depth,
                     config.max_audience,
+                    list_floor(config),
                     s.max_shrink,
                 );
                 if judged.refused {
@@ -726,7 +764,17 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
                 if let Err(e) = ldap::save(&config.state_dir, &snap) {
                     error!(source = %s.name, "{e}");
                 }
-                info!(source = %s.name, lists = snap.stats.lists, millis = snap.millis, "first ldap snapshot taken");
+                if unjudged {
+                    warn!(
+                        source = %s.name,
+                        lists = snap.stats.lists,
+                        millis = snap.millis,
+                        "first ldap snapshot taken with no earlier one to compare it with: the \
+                         shrink guard could not judge it; check that it is complete"
+                    );
+                } else {
+                    info!(source = %s.name, lists = snap.stats.lists, millis = snap.millis, "first ldap snapshot taken");
+                }
                 snapshots.by_source.insert(s.name.clone(), Arc::new(snap));
             }
             Err(e) => error!(
@@ -857,8 +905,18 @@ mod tests {
         }
 
         fn shared(c: &Config, first: Snapshot) -> (Arc<Shared>, crate::notify::AlertReceiver) {
+            shared_from(c, Some(first))
+        }
+
+        fn shared_from(
+            c: &Config,
+            first: Option<Snapshot>,
+        ) -> (Arc<Shared>, crate::notify::AlertReceiver) {
             let snapshots = Snapshots {
-                by_source: HashMap::from([(first.source.clone(), Arc::new(first))]),
+                by_source: first
+                    .into_iter()
+                    .map(|f| (f.source.clone(), Arc::new(f)))
+                    .collect(),
                 now: SystemTime::now(),
             };
             let refresher = Refresher::new(&snapshots);
@@ -898,6 +956,96 @@ mod tests {
             };
             let verdict = evaluate(&runtime.config.policy, &facts).verdict;
             (audience.total, audience.unknown, verdict.action)
+        }
+
+        /// 30 copies of all@ keep the total high: all@ falling from 20,000 to 3 is 3%
+        /// of every list member, but it is refused by the per-list guard.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn one_big_list_that_empties_is_refused_though_the_total_barely_moves() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let c = config(dir.path(), "dc=corp,dc=example");
+            let s = ldap_settings(&c).clone();
+            let mut big = snapshot(&c).await;
+            let all = big
+                .lists
+                .iter()
+                .find(|l| l.address == "all@corp.example")
+                .cloned()
+                .expect("all@");
+            for i in 0..30 {
+                let mut copy = all.clone();
+                copy.address = format!("copy{i}@corp.example");
+                copy.aliases.clear();
+                big.lists.push(copy);
+            }
+            let (shared, mut alerts) = shared(&c, big.clone());
+            let mut shrunk = big.clone();
+            shrunk.taken_at += 60;
+            let l = shrunk
+                .lists
+                .iter_mut()
+                .find(|l| l.address == "all@corp.example")
+                .expect("all@");
+            l.members.truncate(3);
+            let o = shared.refresher.clone().apply(&shared, &s, shrunk).await;
+            assert!(o.refused && !o.ok, "{o:?}");
+            assert!(
+                o.message.contains(
+                    "1 list(s) lost more than max_shrink of their members: \
+                     all@corp.example (20000 -> 3)"
+                ),
+                "{}",
+                o.message
+            );
+            assert_eq!(
+                judged(&shared, "all@corp.example").0,
+                20_000,
+                "the old one serves"
+            );
+            let alert = tokio::time::timeout(Duration::from_secs(5), alerts.recv())
+                .await
+                .expect("an alert within 5 s")
+                .expect("an alert");
+            assert_eq!(alert.kind, AlertKind::DirectoryShrunk);
+            assert!(
+                alert.reason.contains("all@corp.example (20000 -> 3)"),
+                "{}",
+                alert.reason
+            );
+        }
+
+        /// A source's first snapshot has nothing to be compared with: taken, with a
+        /// warning and a `directory-baseline` alert.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_first_snapshot_with_no_baseline_is_alerted() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let c = config(dir.path(), "dc=corp,dc=example");
+            let s = ldap_settings(&c).clone();
+            let full = snapshot(&c).await;
+            let (shared, mut alerts) = shared_from(&c, None);
+            let o = shared
+                .refresher
+                .clone()
+                .apply(&shared, &s, full.clone())
+                .await;
+            assert!(o.ok, "{o:?}");
+            let alert = tokio::time::timeout(Duration::from_secs(5), alerts.recv())
+                .await
+                .expect("an alert within 5 s")
+                .expect("an alert");
+            assert_eq!(alert.kind, AlertKind::DirectoryBaseline);
+            assert!(
+                alert.reason.contains("first snapshot of LDAP source corp")
+                    && alert.reason.contains("22 lists"),
+                "{}",
+                alert.reason
+            );
+            let mut later = full;
+            later.taken_at += 60;
+            let o = shared.refresher.clone().apply(&shared, &s, later).await;
+            assert!(o.ok, "{o:?}");
+            let again = tokio::time::timeout(Duration::from_millis(50), alerts.recv()).await;
+            assert!(again.is_err(), "a later refresh has a baseline: {again:?}");
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,19 @@ pub fn cap(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// `secs` since the epoch as RFC 3339 UTC to the second (`2026-12-01T06:28:43Z`), or
+/// `@SECS` for a time after 9999 (a corrupt stored or received value), never a panic.
+pub fn utc_seconds(secs: u64) -> String {
+    /// 10000-01-01T00:00:00Z: the first second RFC 3339 cannot write.
+    const YEAR_10000: u64 = 253_402_300_800;
+    if secs < YEAR_10000 {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        format!("@{secs}")
+    }
+}
+
 /// Fills the `{name}` placeholders of `template` from `values` in one pass over the
 /// template: a value is inserted as it is and never scanned again, so a placeholder
 /// inside a value (a subject that says `{reason}`) stays text. Unknown placeholders and
@@ -143,6 +156,15 @@ pub fn render(template: &str, values: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_stored_time_is_written_without_a_panic() {
+        assert_eq!(utc_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_seconds(1_800_021_600), "2027-01-15T14:00:00Z");
+        assert_eq!(utc_seconds(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(utc_seconds(253_402_300_800), "@253402300800");
+        assert_eq!(utc_seconds(u64::MAX), "@18446744073709551615");
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {

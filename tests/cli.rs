@@ -807,6 +807,14 @@ fn check_config_prints_no_url_credential() {
         "redis+unix:///run/redis.sock?pass=s3cret&db=2",
         "redis://user:s3cret@host",
         "rediss://user:s3cret@host",
+        // Passwords holding URL delimiters.
+        "redis://user:pa/s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret#s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret?s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret@s3cret@127.0.0.1:6379/0",
+        "redis://:s3cret%2Fs3cret@127.0.0.1:6379/0",
+        "redis://:s3cret s3cret@127.0.0.1:6379/0",
+        "redis//:s3cret@127.0.0.1:6379/0",
     ] {
         let path = write_config(
             dir.path(),
@@ -1244,4 +1252,90 @@ fn directory_lookup_names_the_key_an_extension_finds() {
         "{stdout}"
     );
     assert!(stdout.contains("\naudience: 6 mailboxes\n"), "{stdout}");
+}
+
+/// `[[scope]] senders` match the SASL login when there is one: the envelope sender
+/// picks a scope only for mail without a login, so MAIL FROM cannot move authenticated
+/// mail into (or out of) a scope.
+#[test]
+fn explain_a_scope_is_picked_by_the_login_not_the_envelope_sender() {
+    let dir = scratch_dir("cli-scope-login");
+    let path = directory_config(dir.path(), WARDS);
+    let base = std::fs::read_to_string(&path).expect("read the config");
+    let scope = |senders: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "{base}[[scope]]\nsenders = [{senders}]\nmay_reach = [\"corp.example\"]\n\
+                 action = \"quarantine\"\n"
+            ),
+        )
+        .expect("write the config");
+    };
+    let explain = |from: &str, login: Option<&str>| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            &path,
+            "--json",
+            "--from",
+            from,
+            "--rcpt",
+            "all@corp.example",
+        ];
+        if let Some(login) = login {
+            args.extend_from_slice(&["--sasl-login", login]);
+        }
+        args.push("-");
+        let msg = "From: ann@corp.example\r\nTo: all@corp.example\r\nSubject: Rota\r\n\r\nbody\r\n";
+        let out = fanout(&args, Some(msg.as_bytes()));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON output")
+    };
+    scope("\"*@corp.example\"");
+    let no_login = explain("ann@corp.example", None);
+    assert_eq!(no_login["verdict"], "quarantine", "{no_login}");
+    assert_eq!(no_login["reasons"][0]["rule"], "scope", "{no_login}");
+    let named = explain("x@partner.example", Some("ann@corp.example"));
+    assert_eq!(
+        named["verdict"], "quarantine",
+        "a forged MAIL FROM does not take a login out of its scope: {named}"
+    );
+    let bare = explain("ann@corp.example", Some("uid-7"));
+    assert_eq!(
+        bare["verdict"], "accept",
+        "a login no scope names is not scoped by the MAIL FROM it writes: {bare}"
+    );
+    scope("\"*@corp.example\", \"uid-*\"");
+    let bare = explain("x@partner.example", Some("uid-7"));
+    assert_eq!(
+        bare["verdict"], "quarantine",
+        "bare logins are named: {bare}"
+    );
+    assert_eq!(bare["reasons"][0]["rule"], "scope", "{bare}");
+}
+
+/// An error quoting a table file shows its control characters as escapes, never raw
+/// on root's terminal.
+#[test]
+fn a_control_character_in_the_virtual_file_is_reported_escaped() {
+    let dir = scratch_dir("cli-parse-escape");
+    let path = directory_config(
+        dir.path(),
+        "all@corp.example ann@corp.example, b\u{1b}]0;pwned\u{7}\u{1b}[2J@corp.example\n",
+    );
+    let out = fanout(
+        &["directory", "--config", &path, "lookup", "all@corp.example"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("control character in \"b\\x1B]0;pwned\\x07\\x1B[2J@corp.example\""),
+        "{stderr}"
+    );
+    assert!(
+        !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
+        "{stderr:?}"
+    );
 }

@@ -24,16 +24,21 @@ const PATH_IS_NOT_SECRET: &[&str] = &[
 /// of a user info without one, which is often a token), every query value (keys
 /// stay), the fragment, and the path (webhooks keep their secret there, as
 /// `https://hooks.slack.com/services/T0/B0/SECRET`) except for Redis and LDAP URLs,
-/// whose path is a database number, a socket or a DN. Text that is not a URL is
-/// hidden whole unless it is a bare name (no `@ : ? # /`).
+/// whose path is a database number, a socket or a DN. The user info runs to the last
+/// `@` before any `?`, so a password holding `/`, `#` or `@` is hidden whole. A URL
+/// that does not parse is shown as `scheme://***`; text that is not a URL is hidden
+/// whole unless it is a bare name (no `@ : ? # /`, no whitespace).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return if url.contains(['@', ':', '?', '#', '/']) {
+    let Some((scheme, rest)) = split_scheme(url) else {
+        return if url.contains(['@', ':', '?', '#', '/']) || url.contains(char::is_whitespace) {
             HIDDEN.to_owned()
         } else {
             url.to_owned()
         };
     };
+    if url::Url::parse(url).is_err() {
+        return format!("{scheme}://{HIDDEN}");
+    }
     let parts = Parts::split(rest);
     let mut out = format!("{scheme}://");
     if let Some(userinfo) = parts.userinfo {
@@ -76,9 +81,21 @@ pub fn redact_url_in(text: &str, url: &str) -> String {
         return text.to_owned();
     }
     let mut out = text.replace(url, &redact_url(url));
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = split_scheme(url) else {
         return out;
     };
+    if url::Url::parse(url).is_err() {
+        // Where a piece ends is unknown: hide every piece but the scheme.
+        let mut pieces: Vec<&str> = rest
+            .split(['/', ':', '@', '?', '#', '&', '=', ';'])
+            .filter(|p| !p.is_empty())
+            .collect();
+        pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for piece in pieces {
+            out = out.replace(piece, HIDDEN);
+        }
+        return out;
+    }
     let parts = Parts::split(rest);
     let keep_path = PATH_IS_NOT_SECRET.contains(&scheme.to_ascii_lowercase().as_str());
     let mut secrets: Vec<&str> = Vec::new();
@@ -107,7 +124,15 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
+    /// `rest` split as a URL after `scheme://`: the user info first, up to the last
+    /// `@` before any `?` (a password may hold `/`, `#` and `@`), then the fragment,
+    /// the query and the path of what follows.
     fn split(rest: &'a str) -> Parts<'a> {
+        let before_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+        let (userinfo, rest) = match before_query.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
         let (rest, fragment) = match rest.split_once('#') {
             Some((r, f)) => (r, Some(f)),
             None => (rest, None),
@@ -116,11 +141,7 @@ impl<'a> Parts<'a> {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (userinfo, host) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
-        };
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         Parts {
             userinfo,
             host,
@@ -129,6 +150,15 @@ impl<'a> Parts<'a> {
             fragment,
         }
     }
+}
+
+/// `url` as `(scheme, rest)` when it starts with a valid scheme and `://`.
+fn split_scheme(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some((scheme, rest))
 }
 
 /// A URL that may carry a credential (Redis password, webhook token): `Debug` and
@@ -236,6 +266,64 @@ mod tests {
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_password_holding_url_delimiters_is_hidden_whole() {
+        let cases = [
+            // Parsed: the user info runs to the last `@` before any `?`.
+            ("redis://:p%2Fs3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://:s3cret@s3cret@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:s3c@ret@h/0?db=1", "redis://u:***@h/0?db=***"),
+            ("redis://:pa%20s3cret@h", "redis://:***@h"),
+            ("https://h/x?mail=a@b", "https://h/***?mail=***"),
+            // Not parsed: only the scheme is shown.
+            ("redis://user:pa/s3cret@127.0.0.1:6379/0", "redis://***"),
+            ("redis://:s3cr#s3cret@127.0.0.1:6379/0", "redis://***"),
+            ("redis://:s3c?s3cret@127.0.0.1:6379/0", "redis://***"),
+            ("redis://:s3cret/@h", "redis://***"),
+            ("redis://u:s3cret#@h/0", "redis://***"),
+            ("ldap://u:s3/cret@dc1/dc=x", "ldap://***"),
+            ("https://u:s3cret/x@[::1", "https://***"),
+            // No scheme, a broken one, whitespace: hidden whole.
+            ("//u:s3cret@h", "***"),
+            (":s3cret@h", "***"),
+            ("redis:/u:s3cret@h", "***"),
+            (" redis://:s3cret@h", "***"),
+            ("re dis://:s3cret@h", "***"),
+            ("3redis://:s3cret@h", "***"),
+            ("s3cret token", "***"),
+            ("://:s3cret@h", "***"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+        }
+        let hostile = [
+            "redis://user:pa/ss@127.0.0.1:6379/0",
+            "redis://:s3cr#et@127.0.0.1:6379/0",
+            "redis://:s3cr?et@127.0.0.1:6379/0",
+            "redis://:s3cr@et@127.0.0.1:6379/0",
+            "redis://:s3cr%23et@127.0.0.1:6379/0",
+            "redis://:s3cr et@127.0.0.1:6379/0",
+            "redis://:s3cr\tet@127.0.0.1:6379/0",
+            "redis://:s3cr\\et@127.0.0.1:6379/0",
+            "https://:s3cr\\et@h/",
+            "redis+unix:///run/r.sock?pass=s3cr/et#x",
+            "ldaps://u:s3cr/et@dc1",
+        ];
+        for url in hostile {
+            let got = redact_url(url);
+            for piece in ["s3cr", "et@", "pa/ss", "ss@"] {
+                assert!(!got.contains(piece), "{url} -> {got}");
+            }
+            let text = format!(
+                "cannot use {url}: bad password {}",
+                &url[url.find(':').unwrap() + 3..]
+            );
+            let said = redact_url_in(&text, url);
+            assert!(!said.contains("s3cr") && !said.contains("pa/ss"), "{said}");
         }
     }
 

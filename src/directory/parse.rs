@@ -38,9 +38,14 @@ pub enum RawTarget {
     Special(String),
 }
 
-/// What is wrong at a line of a table file.
+/// What is wrong at a line of a table file. Its text is neutralised
+/// ([`crate::text::neutralize`]): the message quotes the file's own text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
+#[error(
+    "{}:{line}: {}",
+    crate::text::neutralize(&file.display().to_string()),
+    crate::text::neutralize(message)
+)]
 pub struct ParseError {
     /// The file (for an include problem, the included file when it could be read).
     pub file: PathBuf,
@@ -141,10 +146,16 @@ fn unwrap_address(s: &str) -> &str {
 fn address_target(token: &str) -> Result<RawTarget, String> {
     let a = unwrap_address(token).trim().trim_start_matches('\\');
     if a.is_empty() {
-        return Err(format!("empty address in \"{token}\""));
+        return Err(format!(
+            "empty address in \"{}\"",
+            crate::text::neutralize(token)
+        ));
     }
     if a.chars().any(|c| c.is_control()) {
-        return Err(format!("control character in \"{token}\""));
+        return Err(format!(
+            "control character in \"{}\"",
+            crate::text::neutralize(token)
+        ));
     }
     Ok(RawTarget::Address(fold_case(a)))
 }
@@ -367,6 +378,24 @@ mod tests {
 
     fn virt(text: &str) -> Result<Parsed, ParseError> {
         parse_virtual(text, Path::new("/etc/postfix/virtual"))
+    }
+
+    #[test]
+    fn errors_show_control_characters_as_escapes() {
+        let e = virt("all@x.example ann@x.example, b\u{1b}]0;pwned\u{7}@x.example\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "control character in \"b\\x1B]0;pwned\\x07@x.example\""
+        );
+        let e = virt("bad\u{202e}key\u{1b}[2J\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains(['\u{1b}', '\u{202e}']), "{shown:?}");
+        assert!(shown.contains("bad\\u{202E}key\\x1B[2J"), "{shown}");
+        let e = parse_virtual("a@x b@x c\u{9b}@x\n", Path::new("/etc/virt\u{1b}ual")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/virt\\x1Bual:1: control character in \"c\\x9B@x\""
+        );
     }
 
     fn no_includes(p: &Path) -> std::io::Result<String> {

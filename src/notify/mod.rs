@@ -47,6 +47,9 @@ pub enum AlertKind {
     /// A directory refresh lost more than `max_shrink` of its lists or members and
     /// waits for an admin's accept; the previous snapshot stays in force.
     DirectoryShrunk,
+    /// A directory source's first snapshot was taken with no earlier one to compare
+    /// it with: the shrink guard could not judge it.
+    DirectoryBaseline,
 }
 
 impl AlertKind {
@@ -63,6 +66,7 @@ impl AlertKind {
             AlertKind::StateBack => "state-back",
             AlertKind::DirectoryStale => "directory-stale",
             AlertKind::DirectoryShrunk => "directory-shrunk",
+            AlertKind::DirectoryBaseline => "directory-baseline",
         }
     }
 }
@@ -165,6 +169,9 @@ impl Digest {
                 AlertKind::StateBack => "shared state reachable again".to_owned(),
                 AlertKind::DirectoryStale => "directory snapshot too old".to_owned(),
                 AlertKind::DirectoryShrunk => "directory refresh refused: it shrank".to_owned(),
+                AlertKind::DirectoryBaseline => {
+                    "first directory snapshot, not compared with any".to_owned()
+                }
             };
             out.push_str(&format!("[{}] {at} {what}\n", a.kind.as_str()));
             if let Some(id) = &a.queue_id {
@@ -176,6 +183,7 @@ impl Digest {
                     | AlertKind::StateBack
                     | AlertKind::DirectoryStale
                     | AlertKind::DirectoryShrunk
+                    | AlertKind::DirectoryBaseline
             ) {
                 out.push_str(&format!("  sender:   {}\n", text::neutralize(&a.sender)));
                 out.push_str(&format!("  subject:  {}\n", subject(&a.subject)));

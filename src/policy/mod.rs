@@ -983,8 +983,15 @@ mod tests {
         uid.sasl_login = Some("uid-7".into());
         assert_eq!(
             action(&p, &uid),
+            Action::Accept,
+            "with a login the envelope sender does not pick the scope"
+        );
+        let mut by_login = p.clone();
+        by_login.scopes[0].senders = AddressGlobs::new(["*@trust-a.example", "uid-*"]).unwrap();
+        assert_eq!(
+            action(&by_login, &uid),
             Action::Quarantine,
-            "a login no scope names is scoped by its envelope sender"
+            "sites with bare logins name them in the scope's senders"
         );
     }
 

@@ -105,8 +105,8 @@ impl Default for Hidden {
 /// `[[scope]]`: how far a group of senders may reach through lists.
 #[derive(Clone, Debug)]
 pub struct Scope {
-    /// Senders this scope applies to: the SASL login, else the envelope sender
-    /// ([`first_restriction`]).
+    /// Senders this scope applies to, matched against the SASL login, and against the
+    /// envelope sender only for mail without a login ([`first_restriction`]).
     pub senders: AddressGlobs,
     /// Domains their mail may reach through lists.
     pub may_reach: DomainSet,

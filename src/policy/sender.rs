@@ -95,25 +95,19 @@ impl TrustedSenders {
 }
 
 /// Of `items` (each a restriction with its own senders, such as `[[scope]]`), the first
-/// whose senders match the SASL login; when none does, or there is no login, the first
-/// whose senders match the envelope sender. A forged envelope sender cannot move
-/// authenticated mail into another restriction than its login's, and a login no
-/// restriction names is still restricted by its envelope sender.
+/// whose senders match the message's [`identity`]: the SASL login when there is one,
+/// else the envelope sender. With a login the envelope sender is never looked at, so a
+/// forged MAIL FROM can neither pick a more permissive restriction nor escape one; a
+/// login no restriction names is not restricted.
 pub fn first_restriction<'i, T>(
     items: &'i [T],
     senders: impl Fn(&T) -> &AddressGlobs,
     facts: &MessageFacts,
 ) -> Option<&'i T> {
-    let by = |addr: &str| {
-        items
-            .iter()
-            .find(|i| senders(i).first_match(addr).is_some())
+    let who = match identity(facts) {
+        Identity::Login(who) | Identity::Envelope(who) => who,
     };
-    facts
-        .sasl_login
-        .as_deref()
-        .and_then(by)
-        .or_else(|| by(&facts.sender))
+    items.iter().find(|i| senders(i).first_match(who).is_some())
 }
 
 #[cfg(test)]
@@ -209,6 +203,11 @@ mod tests {
         let any = trusted(&["*"], &["*"]);
         assert_eq!(any.grants(&facts("", None)), None, "never the null sender");
         assert!(TrustedSenders::default().is_empty());
+        assert!(!trusted(&["svc-*"], &[]).is_empty(), "logins only");
+        assert!(
+            !trusted(&[], &["cron@example.org"]).is_empty(),
+            "envelope only"
+        );
         assert_eq!(
             both.describe(),
             ["svc-*".to_owned(), "cron@example.org (envelope)".to_owned()]
@@ -216,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn restrictions_follow_the_login_before_the_envelope_sender() {
+    fn with_a_login_only_the_login_picks_the_restriction() {
         let scopes = [globs(&["*@trust-b.example"]), globs(&["*@trust-a.example"])];
         let pick = |f: &MessageFacts| {
             first_restriction(&scopes, |g| g, f).map(|g| g.patterns()[0].clone())
@@ -227,10 +226,50 @@ mod tests {
             "a forged envelope sender does not pick the scope"
         );
         assert_eq!(
-            pick(&facts("ann@trust-a.example", Some("uid-123"))).as_deref(),
+            pick(&facts("ann@trust-a.example", Some("mallory"))),
+            None,
+            "a login no scope names is not moved into one by its envelope sender"
+        );
+        assert_eq!(
+            pick(&facts("x@trust-b.example", Some("Y@TRUST-A.example"))).as_deref(),
             Some("*@trust-a.example"),
-            "a login no scope names: the envelope sender still restricts"
+            "logins match case-insensitively"
+        );
+        assert_eq!(
+            pick(&facts("ann@trust-a.example", None)).as_deref(),
+            Some("*@trust-a.example"),
+            "without a login the envelope sender picks"
+        );
+        assert_eq!(
+            pick(&facts("ann@trust-a.example", Some(""))).as_deref(),
+            Some("*@trust-a.example"),
+            "an empty login is no login"
         );
         assert_eq!(pick(&facts("", None)), None);
+        assert_eq!(pick(&facts("x@outside.example", None)), None);
+    }
+
+    #[test]
+    fn a_forged_envelope_sender_cannot_pick_a_more_permissive_scope() {
+        // The first scope is the permissive one; mallory (a bare login) is named only
+        // in the strict second one and writes the permissive scope's envelope sender.
+        let scopes = [globs(&["*@trust-a.example"]), globs(&["mallory", "eve"])];
+        let pick = |f: &MessageFacts| {
+            first_restriction(&scopes, |g| g, f).map(|g| g.patterns()[0].clone())
+        };
+        assert_eq!(
+            pick(&facts("boss@trust-a.example", Some("mallory"))).as_deref(),
+            Some("mallory")
+        );
+        assert_eq!(
+            pick(&facts("boss@trust-a.example", Some("eve"))).as_deref(),
+            Some("mallory"),
+            "any pattern of the scope"
+        );
+        assert_eq!(
+            pick(&facts("mallory", None)).as_deref(),
+            Some("mallory"),
+            "without a login the envelope sender is matched the same way"
+        );
     }
 }

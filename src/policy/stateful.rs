@@ -311,10 +311,13 @@ pub fn storm_trips(storm: &StormPolicy, messages: u64, senders: u64) -> bool {
 }
 
 /// `HH:MM UTC` of a time in seconds since the epoch, for reply texts.
+/// A time no date can write (a corrupt stored value) is given as `@SECS`.
 fn clock_time(secs: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    format!("{} UTC", &s[11..16])
+    let s = crate::text::utc_seconds(secs);
+    match s.get(11..16) {
+        Some(hh_mm) if !s.starts_with('@') => format!("{hh_mm} UTC"),
+        _ => s,
+    }
 }
 
 /// `[storm]`: a reply while a storm is in progress on its thread. The subject and the
@@ -416,6 +419,13 @@ pub fn breaker(rule: &BreakerPolicy, state: &StateFacts) -> Option<(Reason, bool
 mod tests {
     use super::*;
     use crate::policy::{AddressGlobs, ListFacts, TrustedSenders, evaluate};
+
+    #[test]
+    fn a_corrupt_stored_time_is_written_not_a_panic() {
+        assert_eq!(clock_time(1_800_021_600), "14:00 UTC");
+        assert_eq!(clock_time(u64::MAX), "@18446744073709551615");
+        assert_eq!(clock_time(253_402_300_800), "@253402300800");
+    }
 
     fn trusted(p: &str) -> TrustedSenders {
         let g = AddressGlobs::new([p]).unwrap();

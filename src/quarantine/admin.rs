@@ -13,7 +13,7 @@ use crate::notify::{self, Alert, AlertKind, Digest, NoticeReason};
 use crate::policy::normalize_subject;
 use crate::text;
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// What a command did: lines to print and how many items failed.
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ pub fn age(d: Duration) -> String {
 }
 
 fn time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    crate::text::utc_seconds(secs)
 }
 
 fn count(n: u64) -> String {

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The shrink guard. A refresh that loses more than `max_shrink` of a source's lists,
 //! or of their members (the sum of every list's audience, so one big list that
-//! vanishes counts with its whole size), is refused like a failed one until an admin
-//! accepts it; a first snapshot with no list at all is refused too. A list that
+//! vanishes counts with its whole size), or in which one list that had at least a floor
+//! of members (`[drift] min_audience`) loses more than `max_shrink` of them, is refused
+//! like a failed one until an admin accepts it; a first snapshot with no list at all is
+//! refused too. A list that
 //! vanishes in a refresh that is taken is remembered as unknown, never as one mailbox,
 //! until it comes back or an admin accepts its loss. Pure: no I/O, no clock.
 
@@ -83,12 +85,19 @@ pub struct Shrink {
     pub members_lost: u64,
     /// The largest lists gone, with their audience before.
     pub largest_lost: Vec<(String, u64)>,
+    /// Lists still there, of at least the floor before, that lost more than
+    /// `max_shrink` of their members.
+    pub lists_shrunk: u64,
+    /// The ones of them that lost most: address, audience before and after.
+    pub largest_shrunk: Vec<(String, u64, u64)>,
 }
 
 impl Shrink {
     /// Compares two measures of a source. With no `before` (a first snapshot) only
-    /// an empty one loses anything: all of it.
-    pub fn between(before: Option<&Measure>, after: &Measure) -> Shrink {
+    /// an empty one loses anything: all of it. Each list that had at least `floor`
+    /// members and loses more than `max` of them counts in `lists_shrunk`: a total
+    /// over a large directory hides one big list that empties.
+    pub fn between(before: Option<&Measure>, after: &Measure, floor: u64, max: Share) -> Shrink {
         let Some(before) = before else {
             let empty = after.sizes.is_empty();
             return Shrink {
@@ -100,10 +109,17 @@ impl Shrink {
             };
         };
         let mut lost: Vec<(String, u64)> = Vec::new();
+        let mut shrunk: Vec<(String, u64, u64)> = Vec::new();
         let mut members_lost = 0;
         for (address, &size) in &before.sizes {
             match after.sizes.get(address) {
-                Some(&now) => members_lost += size.saturating_sub(now),
+                Some(&now) => {
+                    let gone = size.saturating_sub(now);
+                    members_lost += gone;
+                    if size >= floor && max.exceeded_by(gone, size) {
+                        shrunk.push((address.clone(), size, now));
+                    }
+                }
                 None => {
                     members_lost += size;
                     lost.push((address.clone(), size));
@@ -113,6 +129,9 @@ impl Shrink {
         let lists_lost = lost.len() as u64;
         lost.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         lost.truncate(NAMED);
+        let lists_shrunk = shrunk.len() as u64;
+        shrunk.sort_by(|a, b| (b.1 - b.2).cmp(&(a.1 - a.2)).then_with(|| a.0.cmp(&b.0)));
+        shrunk.truncate(NAMED);
         Shrink {
             lists_before: before.lists(),
             lists_after: after.lists(),
@@ -121,13 +140,17 @@ impl Shrink {
             members_after: after.members(),
             members_lost,
             largest_lost: lost,
+            lists_shrunk,
+            largest_shrunk: shrunk,
         }
     }
 
-    /// True when it loses more than `max` of the lists or of their members.
+    /// True when it loses more than `max` of the lists or of their members, or when
+    /// one list of at least the floor lost more than `max_shrink` of its own.
     pub fn exceeds(&self, max: Share) -> bool {
         max.exceeded_by(self.lists_lost, self.lists_before)
             || max.exceeded_by(self.members_lost, self.members_before)
+            || self.lists_shrunk > 0
     }
 
     /// Counts before and after, for the log, the alert and `directory refresh`.
@@ -157,6 +180,18 @@ impl Shrink {
                 .map(|(a, n)| format!("{} ({n})", crate::text::neutralize(a)))
                 .collect();
             out.push_str(&format!("; largest lost: {}", named.join(", ")));
+        }
+        if self.lists_shrunk > 0 {
+            let named: Vec<String> = self
+                .largest_shrunk
+                .iter()
+                .map(|(a, b, n)| format!("{} ({b} -> {n})", crate::text::neutralize(a)))
+                .collect();
+            out.push_str(&format!(
+                "; {} list(s) lost more than max_shrink of their members: {}",
+                self.lists_shrunk,
+                named.join(", ")
+            ));
         }
         out
     }
@@ -276,7 +311,7 @@ mod tests {
     fn one_big_list_gone_is_a_small_share_of_lists_but_a_large_share_of_members() {
         let before = Measure::of(&directory(true, 40), 10, 0);
         let after = Measure::of(&directory(false, 40), 10, 0);
-        let s = Shrink::between(Some(&before), &after);
+        let s = Shrink::between(Some(&before), &after, u64::MAX, share(0.1));
         assert_eq!((s.lists_before, s.lists_after, s.lists_lost), (41, 40, 1));
         assert_eq!((s.members_before, s.members_lost), (4000, 2000));
         assert!(!share(0.1).exceeded_by(s.lists_lost, s.lists_before));
@@ -288,14 +323,60 @@ mod tests {
         assert!(!s.exceeds(share(0.5)), "exactly half is not more than half");
     }
 
+    /// Many lists keep the total high: one big list that keeps a few members is a
+    /// small share of all members, but refused by the per-list guard.
+    #[test]
+    fn one_big_list_that_empties_is_refused_whatever_the_total() {
+        let staff = people("p", 2000);
+        let refs: Vec<&str> = staff.iter().map(String::as_str).collect();
+        let mut before_lists: Vec<ListDef> = (0..30)
+            .map(|i| list(&format!("copy{i}@corp.example"), &refs))
+            .collect();
+        before_lists.push(list("big@corp.example", &refs));
+        let mut after_lists = before_lists.clone();
+        *after_lists.last_mut().unwrap() = list("big@corp.example", &refs[..3]);
+        let before = Measure::of(&before_lists, 10, 0);
+        let after = Measure::of(&after_lists, 10, 0);
+        let s = Shrink::between(Some(&before), &after, 1000, share(0.1));
+        assert_eq!((s.members_before, s.members_lost), (62_000, 1997));
+        assert!(!share(0.1).exceeded_by(s.members_lost, s.members_before));
+        assert_eq!(s.lists_shrunk, 1);
+        assert!(s.exceeds(share(0.1)), "{}", s.summary());
+        assert!(
+            s.summary().contains(
+                "1 list(s) lost more than max_shrink of their members: big@corp.example (2000 -> 3)"
+            ),
+            "{}",
+            s.summary()
+        );
+        let below_floor = Shrink::between(Some(&before), &after, 2001, share(0.1));
+        assert_eq!(below_floor.lists_shrunk, 0, "smaller than the floor");
+        assert!(!below_floor.exceeds(share(0.1)));
+        let at_floor = Shrink::between(Some(&before), &after, 2000, share(0.1));
+        assert_eq!(at_floor.lists_shrunk, 1, "at least the floor");
+        let within = Shrink::between(Some(&before), &after, 1000, share(0.999));
+        assert_eq!(within.lists_shrunk, 0, "1997 of 2000 is within 99.9%");
+        let exact = {
+            let mut l = before_lists.clone();
+            *l.last_mut().unwrap() = list("big@corp.example", &refs[..1800]);
+            Shrink::between(Some(&before), &Measure::of(&l, 10, 0), 1000, share(0.1))
+        };
+        assert_eq!(exact.lists_shrunk, 0, "exactly a tenth is not more");
+    }
+
     #[test]
     fn a_small_loss_is_taken_and_an_empty_result_is_not() {
         let before = Measure::of(&directory(true, 40), 10, 0);
-        let s = Shrink::between(Some(&before), &Measure::of(&directory(true, 39), 10, 0));
+        let s = Shrink::between(
+            Some(&before),
+            &Measure::of(&directory(true, 39), 10, 0),
+            u64::MAX,
+            share(0.1),
+        );
         assert_eq!((s.lists_lost, s.members_lost), (1, 50));
         assert!(!s.exceeds(share(0.1)), "{}", s.summary());
         assert!(s.exceeds(share(0.0)), "0 refuses any loss");
-        let empty = Shrink::between(Some(&before), &Measure::default());
+        let empty = Shrink::between(Some(&before), &Measure::default(), u64::MAX, share(0.1));
         assert!(empty.exceeds(share(0.1)));
         assert!(empty.exceeds(share(0.99)));
         assert!(!empty.exceeds(share(1.0)), "1 takes every refresh");
@@ -305,16 +386,16 @@ mod tests {
     fn members_lost_inside_a_list_count_too() {
         let before = Measure::of(&[list("all@corp.example", &["a@x", "b@x", "c@x"])], 10, 0);
         let after = Measure::of(&[list("all@corp.example", &["a@x"])], 10, 0);
-        let s = Shrink::between(Some(&before), &after);
+        let s = Shrink::between(Some(&before), &after, u64::MAX, share(0.1));
         assert_eq!((s.lists_lost, s.members_lost), (0, 2));
         assert!(s.exceeds(share(0.1)));
     }
 
     #[test]
     fn a_first_snapshot_is_refused_only_when_it_has_no_list() {
-        assert!(Shrink::between(None, &Measure::default()).exceeds(share(0.1)));
+        assert!(Shrink::between(None, &Measure::default(), 0, share(0.1)).exceeds(share(0.1)));
         let some = Measure::of(&directory(false, 2), 10, 0);
-        assert!(!Shrink::between(None, &some).exceeds(share(0.0)));
+        assert!(!Shrink::between(None, &some, 0, share(0.1)).exceeds(share(0.0)));
     }
 
     fn snapshot(lists: Vec<ListDef>, vanished: Vec<Vanished>, taken_at: u64) -> Snapshot {

@@ -55,8 +55,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Its age at `now`.
     pub fn age(&self, now: SystemTime) -> Duration {
-        let taken = UNIX_EPOCH + Duration::from_secs(self.taken_at);
-        now.duration_since(taken).unwrap_or_default()
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.taken_at))
+            .and_then(|taken| now.duration_since(taken).ok())
+            .unwrap_or_default()
     }
 }
 

@@ -776,6 +776,13 @@ async fn a_stale_snapshot_is_used_tempfailed_or_unknown_as_configured() {
     );
     let snap = snapshot(&mut fake, &config(dir.path(), "")).await;
     let taken = UNIX_EPOCH + Duration::from_secs(snap.taken_at);
+    let mut corrupt = snap.clone();
+    corrupt.taken_at = u64::MAX;
+    assert_eq!(
+        corrupt.age(taken),
+        Duration::ZERO,
+        "a time no clock reaches is no panic"
+    );
     let stale = taken + Duration::from_secs(25 * 3600);
     let fresh = taken + Duration::from_secs(23 * 3600);
 
