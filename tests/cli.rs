@@ -1254,9 +1254,9 @@ fn directory_lookup_names_the_key_an_extension_finds() {
     assert!(stdout.contains("\naudience: 6 mailboxes\n"), "{stdout}");
 }
 
-/// `[[scope]] senders` match the SASL login when there is one: the envelope sender
-/// picks a scope only for mail without a login, so MAIL FROM cannot move authenticated
-/// mail into (or out of) a scope.
+/// `[[scope]] senders` match the SASL login first, so MAIL FROM cannot take
+/// authenticated mail out of the scope its login is named in; a login no scope names is
+/// scoped by its envelope sender, which can only add a restriction.
 #[test]
 fn explain_a_scope_is_picked_by_the_login_not_the_envelope_sender() {
     let dir = scratch_dir("cli-scope-login");
@@ -1303,8 +1303,8 @@ fn explain_a_scope_is_picked_by_the_login_not_the_envelope_sender() {
     );
     let bare = explain("ann@corp.example", Some("uid-7"));
     assert_eq!(
-        bare["verdict"], "accept",
-        "a login no scope names is not scoped by the MAIL FROM it writes: {bare}"
+        bare["verdict"], "quarantine",
+        "a login no scope names is still scoped by its MAIL FROM (that only restricts): {bare}"
     );
     scope("\"*@corp.example\", \"uid-*\"");
     let bare = explain("x@partner.example", Some("uid-7"));

@@ -983,9 +983,11 @@ mod tests {
         uid.sasl_login = Some("uid-7".into());
         assert_eq!(
             action(&p, &uid),
-            Action::Accept,
-            "with a login the envelope sender does not pick the scope"
+            Action::Quarantine,
+            "a login no scope names is scoped by its envelope sender (that only restricts)"
         );
+        uid.sender = "x@outside.example".into();
+        assert_eq!(action(&p, &uid), Action::Accept);
         let mut by_login = p.clone();
         by_login.scopes[0].senders = AddressGlobs::new(["*@trust-a.example", "uid-*"]).unwrap();
         assert_eq!(

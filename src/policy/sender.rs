@@ -96,18 +96,24 @@ impl TrustedSenders {
 
 /// Of `items` (each a restriction with its own senders, such as `[[scope]]`), the first
 /// whose senders match the message's [`identity`]: the SASL login when there is one,
-/// else the envelope sender. With a login the envelope sender is never looked at, so a
-/// forged MAIL FROM can neither pick a more permissive restriction nor escape one; a
-/// login no restriction names is not restricted.
+/// else the envelope sender. With a login, a forged MAIL FROM can never move the
+/// message out of the restriction its login is named in. A login that no restriction
+/// names is then matched by its envelope sender: that can only add a restriction (no
+/// restriction at all is the most permissive outcome), so it keeps honest users whose
+/// logins the configuration does not name inside their organisation's scope.
 pub fn first_restriction<'i, T>(
     items: &'i [T],
     senders: impl Fn(&T) -> &AddressGlobs,
     facts: &MessageFacts,
 ) -> Option<&'i T> {
-    let who = match identity(facts) {
-        Identity::Login(who) | Identity::Envelope(who) => who,
-    };
-    items.iter().find(|i| senders(i).first_match(who).is_some())
+    let by = |who: &str| items.iter().find(|i| senders(i).first_match(who).is_some());
+    match identity(facts) {
+        Identity::Login(login) => by(login).or_else(|| {
+            let envelope = facts.sender.as_str();
+            (!envelope.is_empty()).then(|| by(envelope)).flatten()
+        }),
+        Identity::Envelope(who) => by(who),
+    }
 }
 
 #[cfg(test)]
@@ -226,10 +232,11 @@ mod tests {
             "a forged envelope sender does not pick the scope"
         );
         assert_eq!(
-            pick(&facts("ann@trust-a.example", Some("mallory"))),
-            None,
-            "a login no scope names is not moved into one by its envelope sender"
+            pick(&facts("ann@trust-a.example", Some("mallory"))).as_deref(),
+            Some("*@trust-a.example"),
+            "a login no scope names is scoped by its envelope sender (that only restricts)"
         );
+        assert_eq!(pick(&facts("x@outside.example", Some("mallory"))), None);
         assert_eq!(
             pick(&facts("x@trust-b.example", Some("Y@TRUST-A.example"))).as_deref(),
             Some("*@trust-a.example"),
