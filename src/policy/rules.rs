@@ -422,4 +422,22 @@ mod tests {
         );
         assert!(unknown(Action::Quarantine, &AudienceFacts::default()).is_none());
     }
+
+    /// A source that cannot be used now tempfails the message, whatever else it is.
+    #[test]
+    fn an_unavailable_directory_tempfails() {
+        let audience = AudienceFacts {
+            unavailable: Some("corp: no snapshot yet".into()),
+            ..Default::default()
+        };
+        let (reason, monitor) = unavailable(&audience).expect("fires");
+        assert!(!monitor);
+        assert_eq!(reason.rule, "directory.unavailable");
+        assert_eq!(reason.action, Action::Tempfail);
+        assert_eq!(
+            reason.message,
+            "lists cannot be counted now: corp: no snapshot yet"
+        );
+        assert!(unavailable(&AudienceFacts::default()).is_none());
+    }
 }
