@@ -3,6 +3,9 @@
 //! defaults, named after Postfix's ldap_table(5) settings where there is one.
 
 use super::raw::{RawDirectory, RawFilterList};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +69,25 @@ pub struct FilterList {
     pub base_attribute: String,
 }
 
+/// The CA certificates of `ca_file`, read and checked once during validation, so a
+/// connection never reads the file again and a bad file is a configuration error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCertificates(Vec<CertificateDer<'static>>);
+
+impl CaCertificates {
+    /// The certificates, in file order (at least one).
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CaCertificates {
+    /// Their number, not their bytes (settings are printed in tests and logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaCertificates({} certificates)", self.0.len())
+    }
+}
+
 /// A validated LDAP source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LdapSettings {
@@ -81,6 +103,8 @@ pub struct LdapSettings {
     pub bind_password_file: Option<PathBuf>,
     /// PEM file of trusted CAs; the system's roots when absent.
     pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`, read when the configuration was validated.
+    pub ca_certificates: Option<CaCertificates>,
     /// Subtrees read.
     pub base_dns: Vec<String>,
     /// Filter that finds an address (`%s`), for live lookups; with `%s` as `*` it
@@ -211,11 +235,13 @@ pub(super) fn validate(
         (None, None) => {}
     }
     let ca_file = raw.ca_file.as_ref().map(|p| base.join(p));
-    if let Some(p) = &ca_file
-        && let Err(e) = crate::directory::ldap::client::read_ca_file(p)
-    {
-        report(&format!("{key}.ca_file"), e);
-    }
+    let ca_certificates = ca_file.as_deref().and_then(|p| match read_ca_file(p) {
+        Ok(certs) => Some(certs),
+        Err(e) => {
+            report(&format!("{key}.ca_file"), e);
+            None
+        }
+    });
     let base_dns: Vec<String> = raw
         .base_dns
         .clone()
@@ -418,6 +444,7 @@ pub(super) fn validate(
         bind_dn: raw.bind_dn.clone(),
         bind_password_file,
         ca_file,
+        ca_certificates,
         base_dns,
         lookup_filter,
         leaf_mail_attributes,
@@ -434,6 +461,28 @@ pub(super) fn validate(
         on_stale,
         max_shrink,
     }
+}
+
+/// Reads a PEM file of CA certificates; at least one is needed, and each must be
+/// one rustls accepts as a trust anchor.
+fn read_ca_file(path: &Path) -> Result<CaCertificates, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("\"{}\" is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "\"{}\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("\"{}\": a certificate is not valid: {e}", path.display()))?;
+    }
+    Ok(CaCertificates(certs))
 }
 
 /// A password file must exist, hold something and not be readable by others.
