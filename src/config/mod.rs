@@ -605,9 +605,3 @@ fn toml_problem(src: &str, index: &SpanIndex, e: &toml::de::Error) -> Problem {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_ldap;
-#[cfg(test)]
-mod tests_quarantine;
-#[cfg(test)]
-mod tests_state;
