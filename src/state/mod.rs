@@ -11,8 +11,9 @@ pub mod guard;
 pub mod memory;
 pub mod redis;
 
+pub use crate::config::OnFailure;
 pub use algo::{Limit, Take};
-pub use failover::{Failover, OnFailure};
+pub use failover::Failover;
 pub use guard::Guard;
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;

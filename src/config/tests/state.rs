@@ -118,7 +118,7 @@ fn rate_and_state_settings_are_checked() {
             password_file: None,
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
-            on_failure: crate::state::OnFailure::Tempfail,
+            on_failure: OnFailure::Tempfail,
         }
     );
     assert_eq!(

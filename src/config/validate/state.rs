@@ -3,10 +3,9 @@
 //! socket.
 
 use super::check_secret_file;
-use crate::config::StateSettings;
 use crate::config::raw::{RawConfig, StateBackendKind};
 use crate::config::secret::{SecretUrl, redact_url, redact_url_in};
-use crate::state::OnFailure;
+use crate::config::{OnFailure, StateSettings};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
