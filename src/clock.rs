@@ -5,6 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+/// Seconds since the epoch of `t` (0 before the epoch): how stored records, state
+/// keys and the CLI write a time.
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The time now.

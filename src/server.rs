@@ -63,7 +63,7 @@ impl Runtime {
     /// Loads the directory of a configuration with the given LDAP snapshots (blocking)
     /// and logs what it found.
     pub fn load(config: Config, ldap: &Snapshots) -> Result<Runtime, DirectoryError> {
-        let directory = Directory::load(&config, DriftMode::Record, ldap)?;
+        let directory = Directory::load(&config, DriftMode::Record, ldap)?.record_drift();
         directory.log_report();
         Ok(Runtime { config, directory })
     }

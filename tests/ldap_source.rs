@@ -348,7 +348,9 @@ fn a_directory_list_whose_definition_goes_wrong_is_caught_as_drift() {
             .by_source
             .insert(snap.source.clone(), Arc::new(snap));
         // As the daemon does after each refresh: drift is judged and recorded.
-        Directory::load(c, DriftMode::Record, &snapshots).expect("directory")
+        Directory::load(c, DriftMode::Record, &snapshots)
+            .expect("directory")
+            .record_drift()
     };
     let before = reload(&c);
     assert_eq!(people(&before, "dyn-dept-7"), 10);

@@ -86,8 +86,9 @@ struct Relay {
 impl Relay {
     fn new(dir: &Path) -> Relay {
         let config = shipped_config(dir);
-        let directory =
-            Directory::load(&config, DriftMode::Record, &Default::default()).expect("directory");
+        let directory = Directory::load(&config, DriftMode::Record, &Default::default())
+            .expect("directory")
+            .record_drift();
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let (tx, alerts) = channel(10_000);
         let guard = Guard::new(
@@ -107,7 +108,8 @@ impl Relay {
     /// Reloads the directory, as SIGHUP does.
     fn reload(&mut self) {
         self.directory = Directory::load(&self.config, DriftMode::Record, &Default::default())
-            .expect("directory");
+            .expect("directory")
+            .record_drift();
     }
 
     /// Decides one message as the milter does.

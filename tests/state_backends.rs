@@ -34,8 +34,8 @@ fn storm(thread: &str, since: u64, until: u64) -> Storm {
         audience: 5000,
         messages: 3,
         senders: 3,
-        since: fanout_milter::state::epoch_secs(t(since)),
-        until: fanout_milter::state::epoch_secs(t(until)),
+        since: fanout_milter::clock::epoch_secs(t(since)),
+        until: fanout_milter::clock::epoch_secs(t(until)),
         blocked: 0,
     }
 }

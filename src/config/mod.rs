@@ -94,6 +94,26 @@ pub struct QuarantineSettings {
     pub on_expiry: OnExpiry,
 }
 
+/// What to do while the shared state backend is unreachable (`[state] on_failure`).
+/// A configuration word, so it lives here, below the state module that acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Carry on with this relay's own state.
+    Local,
+    /// Tempfail messages that need state.
+    Tempfail,
+}
+
+impl OnFailure {
+    /// The configuration word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Local => "local",
+            OnFailure::Tempfail => "tempfail",
+        }
+    }
+}
+
 /// `[state]`: where storm and rate state lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateSettings {
@@ -110,7 +130,7 @@ pub enum StateSettings {
         /// How long one message's state operations may take.
         timeout: Duration,
         /// What to do while Redis does not answer.
-        on_failure: crate::state::OnFailure,
+        on_failure: OnFailure,
     },
 }
 
@@ -605,9 +625,3 @@ fn toml_problem(src: &str, index: &SpanIndex, e: &toml::de::Error) -> Problem {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_ldap;
-#[cfg(test)]
-mod tests_quarantine;
-#[cfg(test)]
-mod tests_state;

@@ -18,6 +18,7 @@ use crate::policy::{AudienceFacts, HeaderFacts, ListFacts, RecipientSet, Trusted
 use drift::KnownSizes;
 use source::{AliasesSource, ConfigLists, VirtualSource};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -33,12 +34,14 @@ pub struct DirectoryError {
     pub error: SourceError,
 }
 
-/// Whether loading records list sizes in the state directory.
+/// Whether a load keeps the updated list sizes for [`Directory::record_drift`].
+/// Loading itself only reads the state directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DriftMode {
-    /// The daemon: compare with and update the accepted sizes.
+    /// The daemon: compare with the accepted sizes and keep the update, which
+    /// [`Directory::record_drift`] then writes.
     Record,
-    /// Admin commands: read the accepted sizes, write nothing.
+    /// Admin commands: read the accepted sizes; `record_drift` writes nothing.
     ReadOnly,
 }
 
@@ -64,6 +67,9 @@ pub struct Directory {
     pub index: DirectoryIndex,
     allowed: HashMap<String, Arc<TrustedSenders>>,
     drifted: HashMap<String, u64>,
+    /// The accepted sizes updated by this load and where they go, until
+    /// [`Directory::record_drift`] writes them (`DriftMode::Record` only).
+    unrecorded: Option<(KnownSizes, PathBuf)>,
     configured: bool,
     /// What the load did.
     pub report: LoadReport,
@@ -84,14 +90,17 @@ impl Directory {
             ),
             allowed: HashMap::new(),
             drifted: HashMap::new(),
+            unrecorded: None,
             configured: false,
             report: LoadReport::default(),
         }
     }
 
     /// Reads every source of the configuration (LDAP sources from `ldap`, their
-    /// snapshots) and expands every list. Blocking: call it at start or from a
-    /// blocking task.
+    /// snapshots) and expands every list, judging list sizes against the accepted
+    /// ones in the state directory. Writes nothing: the daemon calls
+    /// [`Directory::record_drift`] on the result. Blocking: call it at start or from
+    /// a blocking task.
     pub fn load(
         config: &Config,
         mode: DriftMode,
@@ -213,19 +222,37 @@ impl Directory {
             }
         }
 
-        let drifted = if config.drift_min_audience > 0 {
-            drift_state(config, &index, mode, &mut report)
+        let (drifted, unrecorded) = if config.drift_min_audience > 0 {
+            let (drifted, known) = drift_state(config, &index, &mut report);
+            let unrecorded = (mode == DriftMode::Record && report.state_error.is_none())
+                .then(|| (known, config.state_dir.clone()));
+            (drifted, unrecorded)
         } else {
-            HashMap::new()
+            (HashMap::new(), None)
         };
         report.duration = started.elapsed();
         Ok(Directory {
             index,
             allowed,
             drifted,
+            unrecorded,
             configured: true,
             report,
         })
+    }
+
+    /// Writes the list sizes a `DriftMode::Record` load accepted to the state
+    /// directory, so the next load judges against them; a failure is kept in the
+    /// report for [`Directory::log_report`]. A step of its own after a successful
+    /// load, so that loading (every reload and LDAP refresh) reads and only the
+    /// daemon's explicit call writes.
+    pub fn record_drift(mut self) -> Directory {
+        if let Some((known, state_dir)) = self.unrecorded.take()
+            && let Err(e) = known.save(&state_dir)
+        {
+            self.report.state_error = Some(e.to_string());
+        }
+        self
     }
 
     /// True when any source or `[[list]]` is configured.
@@ -340,12 +367,13 @@ impl Directory {
     }
 }
 
+/// The lists whose size drifted from the accepted one (address, accepted size), and
+/// the accepted sizes updated with this load's.
 fn drift_state(
     config: &Config,
     index: &DirectoryIndex,
-    mode: DriftMode,
     report: &mut LoadReport,
-) -> HashMap<String, u64> {
+) -> (HashMap<String, u64>, KnownSizes) {
     let mut known = KnownSizes::load(&config.state_dir).unwrap_or_else(|e| {
         report.state_error = Some(e.to_string());
         KnownSizes::default()
@@ -356,12 +384,6 @@ fn drift_state(
         config.drift_factor,
         config.drift_min_audience,
     );
-    if mode == DriftMode::Record
-        && report.state_error.is_none()
-        && let Err(e) = known.save(&config.state_dir)
-    {
-        report.state_error = Some(e.to_string());
-    }
     let current: HashMap<&str, u64> = sizes.into_iter().collect();
     for (address, from) in &drifted {
         report.drifted.push((
@@ -370,7 +392,7 @@ fn drift_state(
             current.get(address.as_str()).copied().unwrap_or(0),
         ));
     }
-    drifted.into_iter().collect()
+    (drifted.into_iter().collect(), known)
 }
 
 #[cfg(test)]
@@ -673,7 +695,8 @@ domains = ["lists.corp.example"]
             DriftMode::Record,
             &Default::default(),
         )
-        .expect("load");
+        .expect("load")
+        .record_drift();
         let mut known = KnownSizes::load(&sizes).expect("sizes");
         assert_eq!(
             known.accept("loop-a@corp.example", 2),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A Postfix queue id, checked before it is passed to a Postfix command.
 ///
@@ -236,10 +236,9 @@ impl HeldMessage {
     }
 }
 
-/// Seconds since the epoch of `t` (0 before the epoch).
-pub fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+/// Seconds since the epoch of `t` (0 before the epoch); the one in [`crate::clock`],
+/// named here too for the callers that take it with the record types.
+pub use crate::clock::epoch_secs;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@
 
 use super::algo::{Limit, Take};
 use super::{MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
+use crate::config::OnFailure;
 use crate::notify::{Alert, AlertKind, AlertSender};
 use async_trait::async_trait;
 use std::future::Future;
@@ -40,25 +41,6 @@ tokio::task_local! {
 /// backend's own timeout).
 pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
     DEADLINE.scope(deadline, fut).await
-}
-
-/// What to do while the shared backend is unreachable (`[state] on_failure`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnFailure {
-    /// Carry on with this relay's own state.
-    Local,
-    /// Tempfail messages that need state.
-    Tempfail,
-}
-
-impl OnFailure {
-    /// The configuration word.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnFailure::Local => "local",
-            OnFailure::Tempfail => "tempfail",
-        }
-    }
 }
 
 /// The shared backend with local state behind it. Cheap to clone.

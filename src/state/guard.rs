@@ -5,8 +5,9 @@
 //! counted for mail that did). Storm and breaker trips are logged and alerted here.
 
 use super::failover::with_deadline;
-use super::{Limit, StateBackend, StateError, Storm, epoch_secs};
+use super::{Limit, StateBackend, StateError, Storm};
 use crate::clock::Clock;
+use crate::clock::epoch_secs;
 use crate::notify::{Alert, AlertKind, AlertSender};
 use crate::policy::stateful::{BreakerFact, RateFact, StormFact};
 use crate::policy::{Policy, StateFacts, StatePlan, storm_trips};

@@ -4,7 +4,8 @@
 //! memory stays bounded by the senders and threads active within the longest window.
 
 use super::algo::{self, Limit, Take, Window};
-use super::{StateBackend, StateError, Storm, ThreadCounts, epoch_secs};
+use super::{StateBackend, StateError, Storm, ThreadCounts};
+use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -11,12 +11,14 @@ pub mod guard;
 pub mod memory;
 pub mod redis;
 
+pub use crate::config::OnFailure;
 pub use algo::{Limit, Take};
-pub use failover::{Failover, OnFailure};
+pub use failover::Failover;
 pub use guard::Guard;
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 
+use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
@@ -86,12 +88,6 @@ impl Storm {
     pub fn active(&self, now: SystemTime) -> bool {
         epoch_secs(now) < self.until
     }
-}
-
-/// Seconds since the epoch.
-pub fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Where storm, rate and breaker state lives. Every operation is atomic per key.

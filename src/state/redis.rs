@@ -23,7 +23,8 @@
 
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
-use super::{StateBackend, StateError, Storm, ThreadCounts, epoch_secs};
+use super::{StateBackend, StateError, Storm, ThreadCounts};
+use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};

@@ -3,12 +3,10 @@
 //! snapshot logic runs the same against a real server (ldap3) and against the
 //! in-memory fake the tests use for Active Directory behaviour slapd lacks.
 
-use crate::config::ldap::{LdapSettings, read_secret};
+use crate::config::ldap::{CaCertificates, LdapSettings, read_secret};
 use async_trait::async_trait;
 use ldap3::controls::{Control, ControlType, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, SearchEntry};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -141,32 +139,13 @@ pub struct Ldap3Server {
     timeout: Duration,
 }
 
-/// Reads a PEM file of CA certificates; at least one is needed.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("\"{}\" is not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "\"{}\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
-    }
+/// A TLS client trusting exactly the CA certificates of `ca_file` (read when the
+/// configuration was validated).
+fn tls_config(ca_file: &Path, certs: &CaCertificates) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in &certs {
+    for cert in certs.certificates() {
         roots
             .add(cert.clone())
-            .map_err(|e| format!("\"{}\": a certificate is not valid: {e}", path.display()))?;
-    }
-    Ok(certs)
-}
-
-fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in read_ca_file(ca_file)? {
-        roots
-            .add(cert)
             .map_err(|e| format!("\"{}\": {e}", ca_file.display()))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -189,8 +168,9 @@ impl Ldap3Server {
         let mut conn_settings = LdapConnSettings::new()
             .set_conn_timeout(settings.timeout)
             .set_starttls(settings.start_tls);
-        if let Some(ca) = &settings.ca_file {
-            conn_settings = conn_settings.set_config(tls_config(ca).map_err(connect_fault)?);
+        if let (Some(ca_file), Some(certs)) = (&settings.ca_file, &settings.ca_certificates) {
+            conn_settings =
+                conn_settings.set_config(tls_config(ca_file, certs).map_err(connect_fault)?);
         }
         let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, &settings.url)
             .await

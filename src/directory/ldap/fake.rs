@@ -7,8 +7,8 @@
 //! and every search is counted and logged so tests can assert the round trips.
 
 use super::client::{Entry, LdapFault, LdapServer, Page, Scope, rc_name};
+use super::entry::normalize_dn;
 use super::fetch::{AD_CAPABILITY, PAGED_RESULTS};
-use super::graph::normalize_dn;
 use async_trait::async_trait;
 use std::collections::HashMap;
 

@@ -4,6 +4,7 @@
 //! dynamic list. Any limit, timeout or broken connection fails the whole fetch.
 
 use super::client::{Entry, LdapFault, LdapServer, Scope};
+use super::entry::{addresses, entry_key, is_list, normalize_dn, strip_uid};
 use crate::config::ldap::LdapSettings;
 use std::collections::{HashMap, HashSet};
 
@@ -91,11 +92,11 @@ impl Item {
                 .flat_map(|a| e.values(a).map(str::to_owned))
                 .collect()
         };
-        let list = super::graph::is_list(&e, s).then(|| {
+        let list = is_list(&e, s).then(|| {
             Box::new(ListParts {
                 member_dns: values(&s.member_dn_attributes)
                     .iter()
-                    .map(|v| super::graph::strip_uid(v.trim()).to_owned())
+                    .map(|v| strip_uid(v.trim()).to_owned())
                     .collect(),
                 urls: values(&s.member_url_attributes),
                 literals: values(&s.literal_member_attributes),
@@ -111,7 +112,7 @@ impl Item {
         });
         Item {
             key: entry_key(&e),
-            addresses: super::graph::addresses(&e, s),
+            addresses: addresses(&e, s),
             list,
             dn: e.dn,
         }
@@ -321,22 +322,6 @@ pub(crate) async fn complete_ranges(
     Ok(())
 }
 
-/// The key an entry is known by: its UUID when the server gives one, else its DN.
-pub fn entry_key(e: &Entry) -> String {
-    if let Some(u) = e.values("entryUUID").next() {
-        return u.to_ascii_lowercase();
-    }
-    if let Some(g) = e
-        .bin_attrs
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("objectGUID"))
-        .and_then(|(_, v)| v.first())
-    {
-        return g.iter().map(|b| format!("{b:02x}")).collect();
-    }
-    super::graph::normalize_dn(&e.dn)
-}
-
 /// The dynamic queries of the fetched lists.
 pub fn dynamic_queries(
     s: &LdapSettings,
@@ -402,15 +387,12 @@ fn match_attributes(s: &LdapSettings) -> Vec<String> {
 
 /// Member DNs of `entries` that are not among them, in first-seen order.
 fn referenced_elsewhere(entries: &[Item]) -> Vec<String> {
-    let known: HashSet<String> = entries
-        .iter()
-        .map(|e| super::graph::normalize_dn(&e.dn))
-        .collect();
+    let known: HashSet<String> = entries.iter().map(|e| normalize_dn(&e.dn)).collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for list in entries.iter().filter_map(|e| e.list.as_ref()) {
         for dn in &list.member_dns {
-            let key = super::graph::normalize_dn(dn);
+            let key = normalize_dn(dn);
             if !known.contains(&key) && seen.insert(key) {
                 out.push(dn.clone());
             }

@@ -5,7 +5,7 @@
 //! lists that failed or matched nothing become unknown members, never one recipient.
 //! Pure: no I/O.
 
-use super::client::Entry;
+use super::entry::normalize_dn;
 use super::fetch::{Fetched, Item, dynamic_queries};
 use crate::config::ldap::LdapSettings;
 use crate::directory::source::{ListDef, Member};
@@ -35,117 +35,6 @@ pub struct GraphStats {
     pub self_members: u64,
     /// Member lists outside `base_dns`, whose members were not read.
     pub outside_lists: u64,
-}
-
-/// A DN in a canonical form for joining: attribute names and values case folded,
-/// spaces around separators dropped (escaped characters kept).
-pub fn normalize_dn(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    let mut chars = dn.trim().chars().peekable();
-    let mut pending_space = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                out.push_str(&pending_space);
-                pending_space.clear();
-                out.push('\\');
-                if let Some(n) = chars.next() {
-                    out.push(n);
-                }
-            }
-            ',' | '=' | '+' => {
-                pending_space.clear();
-                out.push(c);
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-            }
-            c if c.is_whitespace() => pending_space.push(c),
-            c => {
-                out.push_str(&pending_space);
-                pending_space.clear();
-                out.push(c);
-            }
-        }
-    }
-    fold_case(&out)
-}
-
-/// A member DN without the optional `#'0101'B` UID of `uniqueMember` (RFC 4517 NameAndOptionalUID).
-pub fn strip_uid(dn: &str) -> &str {
-    if let Some(hash) = dn.rfind("#'")
-        && dn.ends_with("'B")
-        && dn[hash + 2..dn.len() - 2]
-            .chars()
-            .all(|c| c == '0' || c == '1')
-    {
-        return &dn[..hash];
-    }
-    dn
-}
-
-/// The addresses of an entry, primary first, case folded and without duplicates:
-/// plain values of the mail attributes, `SMTP:`/`smtp:` values of proxy-style ones
-/// (other prefixes such as `X500:` are not mail addresses).
-pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
-    let mut primary: Vec<String> = Vec::new();
-    let mut rest: Vec<String> = Vec::new();
-    for attr in &s.leaf_mail_attributes {
-        for v in e.values(attr) {
-            let v = v.trim();
-            let (address, is_primary) = match v.split_once(':') {
-                Some((p, a)) if p.eq_ignore_ascii_case("smtp") => (a, p == "SMTP"),
-                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => continue,
-                _ => (v, primary.is_empty() && rest.is_empty()),
-            };
-            if !address.contains('@') {
-                continue;
-            }
-            let a = fold_case(address);
-            if is_primary && primary.is_empty() {
-                primary.push(a);
-            } else {
-                rest.push(a);
-            }
-        }
-    }
-    primary.extend(rest);
-    let mut seen = std::collections::HashSet::new();
-    primary.retain(|a| seen.insert(a.clone()));
-    primary
-}
-
-/// True when an entry is a list: it has members of some kind, a dynamic filter, or a
-/// list object class.
-pub fn is_list(e: &Entry, s: &LdapSettings) -> bool {
-    s.member_dn_attributes
-        .iter()
-        .chain(&s.member_url_attributes)
-        .chain(&s.literal_member_attributes)
-        .any(|a| e.values(a).next().is_some())
-        || s.filter_list
-            .as_ref()
-            .is_some_and(|fl| e.values(&fl.filter_attribute).next().is_some())
-        || e.values("objectClass").any(|c| {
-            s.group_object_classes
-                .iter()
-                .any(|g| g.eq_ignore_ascii_case(c))
-        })
-}
-
-/// Direct members of a list entry: member DNs, URLs, literal addresses, filters.
-pub fn direct_members(e: &Entry, s: &LdapSettings) -> usize {
-    let filters = s
-        .filter_list
-        .as_ref()
-        .map_or(0, |fl| e.values(&fl.filter_attribute).count());
-    s.member_dn_attributes
-        .iter()
-        .chain(&s.member_url_attributes)
-        .chain(&s.literal_member_attributes)
-        .map(|a| e.values(a).count())
-        .sum::<usize>()
-        + filters
 }
 
 struct Node {

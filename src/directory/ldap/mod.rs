@@ -6,6 +6,7 @@
 //! server. A refresh that fails in any way changes nothing.
 
 pub mod client;
+pub mod entry;
 pub mod fetch;
 pub mod graph;
 pub mod guard;
@@ -205,9 +206,9 @@ pub async fn live_lookup(s: &LdapSettings, address: &str) -> Result<Vec<LiveEntr
                         break;
                     }
                     out.push(LiveEntry {
-                        addresses: graph::addresses(&e, s),
-                        list: graph::is_list(&e, s),
-                        direct_members: graph::direct_members(&e, s),
+                        addresses: entry::addresses(&e, s),
+                        list: entry::is_list(&e, s),
+                        direct_members: entry::direct_members(&e, s),
                         dn: e.dn,
                     });
                 }

@@ -716,7 +716,7 @@ async fn members_join_locally_and_what_cannot_be_counted_is_unknown() {
     assert_eq!(t.nested_lists, 2);
     assert_eq!(t.unknown, 2, "the dangling member and the empty group");
     assert!(t.cycles.is_empty(), "{:?}", t.cycles);
-    let inner_name = graph::normalize_dn(&inner);
+    let inner_name = entry::normalize_dn(&inner);
     assert!(d.index.list(&inner_name).is_some(), "named by its DN");
     assert_eq!(total(&d, "uniq@corp.example"), 2);
 

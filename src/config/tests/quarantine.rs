@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Loader tests for `[quarantine]`, `[postfix]` and `[notify]`.
 
-use super::*;
+use crate::config::*;
 
-use super::tests::{load_after_domains as load_str, refused_after_domains as refused};
+use super::{load_after_domains as load_str, refused_after_domains as refused};
 
 #[test]
 fn defaults_hold_for_review_and_tell_senders_on_expiry() {

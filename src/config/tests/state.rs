@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Loader tests for `[storm]`, `[rate]`, `[breaker]` and `[state]`.
 
-use super::*;
+use crate::config::*;
 
-use super::tests::{load_after_domains as load_str, refused_after_domains as refused};
+use super::{load_after_domains as load_str, refused_after_domains as refused};
 
 #[test]
 fn defaults_turn_the_storm_breaker_and_relay_breaker_on_and_rates_off() {
@@ -118,7 +118,7 @@ fn rate_and_state_settings_are_checked() {
             password_file: None,
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
-            on_failure: crate::state::OnFailure::Tempfail,
+            on_failure: OnFailure::Tempfail,
         }
     );
     assert_eq!(

@@ -4,10 +4,14 @@
 
 use super::*;
 
+mod ldap;
+mod quarantine;
+mod state;
+
 const FILE: &str = "/etc/fanout-milter/fanout-milter.toml";
 
 /// The shipped example configuration.
-const EXAMPLE: &str = include_str!("../../conf/fanout-milter.toml");
+const EXAMPLE: &str = include_str!("../../../conf/fanout-milter.toml");
 
 fn load_str(src: &str) -> Result<Config, ConfigError> {
     parse(src, Path::new(FILE))
@@ -50,12 +54,12 @@ fn assert_one_problem(src: &str, line: usize, key: &str, needle: &str) -> String
 const DOMAINS: &str = "[domains]\ninternal = [\"corp.example\"]\n";
 
 /// Parses `src` after [`DOMAINS`].
-pub(super) fn load_after_domains(src: &str) -> Result<Config, ConfigError> {
+fn load_after_domains(src: &str) -> Result<Config, ConfigError> {
     load_str(&format!("{DOMAINS}{src}"))
 }
 
 /// [`assert_one_problem`] for `src` after [`DOMAINS`].
-pub(super) fn refused_after_domains(src: &str, line: usize, key: &str, needle: &str) {
+fn refused_after_domains(src: &str, line: usize, key: &str, needle: &str) {
     assert_one_problem(&format!("{DOMAINS}{src}"), line, key, needle);
 }
 

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Loader tests for `[[directory]] type = "ldap"` and `[expansion] on_unknown`.
 
-use super::*;
+use crate::config::*;
 
-use super::ldap::{FilterList, OnStale};
-use super::tests::{load_after_domains as load_str, refused_after_domains as refused};
+use super::{load_after_domains as load_str, refused_after_domains as refused};
+use crate::config::ldap::{FilterList, OnStale};
 use std::os::unix::fs::PermissionsExt;
 
 /// A self-signed CA certificate (P-256, valid until 2126).
