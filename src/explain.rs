@@ -47,7 +47,6 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     let headers = input.message.as_deref().map(extract).unwrap_or_default();
     let audience = directory.message_audience(&recipients, &headers);
     let facts = MessageFacts {
-        state: Default::default(),
         queue_id: None,
         sender,
         sasl_login: input.sasl_login,
@@ -56,7 +55,7 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
         headers,
         audience,
     };
-    let evaluation = policy::evaluate(&config.policy, &facts);
+    let evaluation = policy::evaluate(&config.policy, &facts, &Default::default());
     let v = &evaluation.verdict;
     let effect = match v.action {
         Action::Accept => "passed unchanged".to_owned(),

@@ -119,7 +119,7 @@ impl Relay {
             client: Some("10.1.2.3".into()),
             message: Some(mail.headers().into_bytes()),
         };
-        let mut facts = explain(&self.config, &self.directory, input).facts;
+        let facts = explain(&self.config, &self.directory, input).facts;
         let policy = &self.config.policy;
         let plan = policy::state_plan(policy, &facts);
         let observed = self
@@ -127,8 +127,7 @@ impl Relay {
             .observe(policy, plan, "TEST")
             .await
             .expect("memory state never fails");
-        facts.state = observed.facts.clone();
-        let verdict = policy::evaluate(policy, &facts).verdict;
+        let verdict = policy::evaluate(policy, &facts, &observed.facts).verdict;
         self.guard
             .settle(&observed, verdict.action <= Action::Tag)
             .await

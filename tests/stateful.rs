@@ -50,15 +50,14 @@ impl Relay {
     }
 
     /// Decides one message as the milter does and returns its verdict.
-    async fn send(&self, mut facts: MessageFacts) -> policy::Verdict {
+    async fn send(&self, facts: MessageFacts) -> policy::Verdict {
         let plan = policy::state_plan(&self.policy, &facts);
         let observed = self
             .guard
             .observe(&self.policy, plan, "TEST")
             .await
             .expect("memory state never fails");
-        facts.state = observed.facts.clone();
-        let verdict = policy::evaluate(&self.policy, &facts).verdict;
+        let verdict = policy::evaluate(&self.policy, &facts, &observed.facts).verdict;
         self.guard
             .settle(&observed, verdict.action <= Action::Tag)
             .await

@@ -257,7 +257,7 @@ async fn decide_and_apply(
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
-    let mut finished = msg.finish(queue_id.clone(), &session.conn);
+    let finished = msg.finish(queue_id.clone(), &session.conn);
     let runtime = finished.runtime.clone();
     let config = &runtime.config;
     let plan = policy::state_plan(&config.policy, &finished.facts);
@@ -266,9 +266,8 @@ async fn decide_and_apply(
     } else {
         shared.guard.observe(&config.policy, plan, shown).await?
     };
-    finished.facts.state = observed.facts.clone();
     let started = Instant::now();
-    let evaluation = policy::evaluate(&config.policy, &finished.facts);
+    let evaluation = policy::evaluate(&config.policy, &finished.facts, &observed.facts);
     debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
     let outcome = async {
         if evaluation.verdict.action == policy::Action::Quarantine {

@@ -109,7 +109,6 @@ impl MessageData {
             .message_audience(&self.recipients, &headers);
         FinishedMessage {
             facts: MessageFacts {
-                state: Default::default(),
                 queue_id,
                 sender: self.sender,
                 sasl_login: self.sasl_login,

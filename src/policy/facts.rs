@@ -180,8 +180,6 @@ pub struct MessageFacts {
     /// The expanded audience; `None` when no directory is configured, and the envelope
     /// recipients are the audience.
     pub audience: Option<AudienceFacts>,
-    /// What the shared state said (storms, rates, the breaker); empty offline.
-    pub state: super::stateful::StateFacts,
 }
 
 #[cfg(test)]

@@ -165,8 +165,9 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
     }
 }
 
-/// Decides one message.
-pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
+/// Decides one message on its facts and on what the shared state said about it
+/// (storms, rates, the breaker; empty where no state is kept, as in `explain`).
+pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Evaluation {
     let counts = count(policy, facts);
     if let Some(pattern) = policy.exempt.grants(facts) {
         let mut verdict = Verdict::accept();
@@ -199,9 +200,9 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
     fired.extend(rules::scope(&policy.scopes, facts, &audience.lists));
     fired.extend(rules::unknown(policy.on_unknown, audience));
     fired.extend(rules::unavailable(audience));
-    fired.extend(stateful::storm(&policy.storm, &facts.state));
-    fired.extend(stateful::rate(&policy.rate, &facts.state));
-    fired.extend(stateful::breaker(&policy.breaker, &facts.state));
+    fired.extend(stateful::storm(&policy.storm, state));
+    fired.extend(stateful::rate(&policy.rate, state));
+    fired.extend(stateful::breaker(&policy.breaker, state));
 
     Evaluation {
         verdict: combine(policy.mode, fired),
@@ -244,6 +245,11 @@ pub fn fmt_count(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::evaluate`] with no shared state, as these rules need none.
+    fn evaluate(p: &Policy, f: &MessageFacts) -> Evaluation {
+        super::evaluate(p, f, &StateFacts::default())
+    }
 
     fn levels(tag: u64, quarantine: u64, reject: u64) -> Levels {
         Levels {

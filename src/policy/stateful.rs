@@ -4,7 +4,7 @@
 //!
 //! They stay pure: [`state_plan`] says what a message asks of the shared state (which
 //! thread to count it in, which budgets to charge, how much it adds to the relay's
-//! rate), an adapter ([`crate::state::Guard`]) asks the state backend, and the answers
+//! rate), an adapter (the state guard, outside the core) asks the state backend, and the answers
 //! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
 
 use super::facts::MessageFacts;
@@ -143,6 +143,8 @@ impl Budget {
 pub struct Charge {
     /// The state key: budget and sender.
     pub key: String,
+    /// The sender charged: its [`Identity::key`](super::Identity::key), as in `key`.
+    pub sender: String,
     /// Which budget.
     pub budget: Budget,
     /// Recipients charged.
@@ -251,6 +253,7 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     let audience = counts.audience as u64;
     let sender = identity(facts);
     let who = super::address::fold_case(sender.name());
+    let sender_key = sender.key();
     let mut plan = StatePlan::default();
 
     let storm = &policy.storm;
@@ -290,7 +293,8 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     ] {
         if limit > 0 && cost > 0 {
             plan.charges.push(Charge {
-                key: format!("rate:{}:{}", budget.key(), sender.key()),
+                key: format!("rate:{}:{sender_key}", budget.key()),
+                sender: sender_key.clone(),
                 budget,
                 cost,
                 limit,
@@ -536,6 +540,24 @@ mod tests {
         );
     }
 
+    /// The guard names the sender of a budget it refuses by `Charge::sender`, so that
+    /// must be the identity key the budget is counted under, login or envelope.
+    #[test]
+    fn every_charge_names_the_identity_it_is_counted_under() {
+        let p = policy();
+        let envelope = state_plan(&p, &to_list(5_000, None));
+        assert!(!envelope.charges.is_empty());
+        for c in &envelope.charges {
+            assert_eq!(c.sender, "env:ann@corp.example");
+            assert!(c.key.ends_with(":env:ann@corp.example"), "{}", c.key);
+        }
+        let mut sasl = to_list(5_000, None);
+        sasl.sasl_login = Some("ANN".into());
+        for c in &state_plan(&p, &sasl).charges {
+            assert_eq!(c.sender, "sasl:ann");
+        }
+    }
+
     #[test]
     fn storm_trips_on_messages_and_senders_together() {
         let s = StormPolicy::default();
@@ -547,8 +569,8 @@ mod tests {
     #[test]
     fn stateful_reasons_carry_their_numbers_and_texts() {
         let p = policy();
-        let mut f = to_list(5_000, None);
-        f.state = StateFacts {
+        let f = to_list(5_000, None);
+        let state = StateFacts {
             storm: Some(StormFact {
                 subject: "Re: hello".into(),
                 list: "all@corp.example".into(),
@@ -580,7 +602,7 @@ mod tests {
                 per_minute: 250_000,
             }),
         };
-        let v = evaluate(&p, &f).verdict;
+        let v = evaluate(&p, &f, &state).verdict;
         assert_eq!(v.action, Action::Reject);
         assert_eq!(
             v.own_reply().map(|r| r.render(&[])).as_deref(),
@@ -620,16 +642,19 @@ mod tests {
             MAX_SUBJECT_CHARS,
             "the subject kept for the storm record is capped"
         );
-        f.state.storm = Some(StormFact {
-            subject,
-            list: "all@corp.example".into(),
-            audience: 5_000,
-            messages: 3,
-            senders: 2,
-            until: 0,
-            blocked: true,
-        });
-        let v = evaluate(&policy(), &f).verdict;
+        let state = StateFacts {
+            storm: Some(StormFact {
+                subject,
+                list: "all@corp.example".into(),
+                audience: 5_000,
+                messages: 3,
+                senders: 2,
+                until: 0,
+                blocked: true,
+            }),
+            ..StateFacts::default()
+        };
+        let v = evaluate(&policy(), &f, &state).verdict;
         let summary = v.summary();
         assert!(summary.len() < 2048, "reason of {} bytes", summary.len());
         let reply = v.own_reply().expect("own reply").render(&[
@@ -646,17 +671,23 @@ mod tests {
 
     #[test]
     fn a_storm_this_message_tripped_does_not_stop_it() {
-        let mut f = to_list(5_000, None);
-        f.state.storm = Some(StormFact {
-            subject: "x".into(),
-            list: "l".into(),
-            audience: 1,
-            messages: 3,
-            senders: 2,
-            until: 0,
-            blocked: false,
-        });
-        assert_eq!(evaluate(&policy(), &f).verdict.action, Action::Accept);
+        let f = to_list(5_000, None);
+        let state = StateFacts {
+            storm: Some(StormFact {
+                subject: "x".into(),
+                list: "l".into(),
+                audience: 1,
+                messages: 3,
+                senders: 2,
+                until: 0,
+                blocked: false,
+            }),
+            ..StateFacts::default()
+        };
+        assert_eq!(
+            evaluate(&policy(), &f, &state).verdict.action,
+            Action::Accept
+        );
     }
 
     /// Breaker off, storm on: the plan still asks for the thread, so a storm is counted

@@ -155,7 +155,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        let e = evaluate(&Policy::default(), &f);
+        let e = evaluate(&Policy::default(), &f, &Default::default());
         let h = held_message(QueueId::parse("ABCDEF12").unwrap(), 42, &f, &e);
         assert_eq!(h.audience, 3001);
         assert_eq!(h.lists[0].address, "all@example.org");
