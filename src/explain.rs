@@ -4,8 +4,7 @@
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::milter::apply::{header_value, smtp_reply};
-use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet};
+use crate::policy::{self, Evaluation, MessageFacts, NO_QUEUE_ID, RecipientSet};
 use crate::text;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -56,28 +55,7 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
         audience,
     };
     let evaluation = policy::evaluate(&config.policy, &facts, &Default::default());
-    let v = &evaluation.verdict;
-    let effect = match v.action {
-        Action::Accept => "passed unchanged".to_owned(),
-        Action::Tag => format!(
-            "passed with header \"X-Fanout-Verdict: {}\"",
-            header_value(v)
-        ),
-        Action::Quarantine => format!(
-            "held in the Postfix hold queue, with header \"X-Fanout-Verdict: {}\"",
-            header_value(v)
-        ),
-        Action::Tempfail | Action::Reject => {
-            let (code, enhanced, text) =
-                smtp_reply(v, &config.replies, "NOQUEUE").unwrap_or_default();
-            let how = if v.action == Action::Reject {
-                "refused"
-            } else {
-                "refused for now"
-            };
-            format!("{how}: {code} {enhanced} {text}")
-        }
-    };
+    let effect = policy::effect(&evaluation.verdict, &config.replies, NO_QUEUE_ID).describe();
     Explanation {
         facts,
         evaluation,
@@ -363,7 +341,7 @@ fn tree(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Reason, Verdict};
+    use crate::policy::{Action, Reason, Verdict};
 
     #[test]
     fn the_report_shows_controls_and_bidi_as_escapes() {

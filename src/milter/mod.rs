@@ -6,10 +6,11 @@ pub mod apply;
 pub mod listener;
 pub mod session;
 
-pub use session::{ConnData, MessageData, Session, VERDICT_HEADER};
+pub use session::{ConnData, MessageData, Session};
 
 use crate::notify::AlertKind;
-use crate::policy::{self, Evaluation};
+use crate::policy::effect::fault_reply;
+use crate::policy::{self, Evaluation, NO_QUEUE_ID};
 use crate::quarantine::{self, QueueId, record};
 use crate::server::Shared;
 use crate::state::guard::Observed;
@@ -22,9 +23,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, error, info, warn};
-
-/// Queue id shown when Postfix did not send macro `i`.
-const NO_QUEUE_ID: &str = "NOQUEUE";
 
 /// The milter actions fanout-milter uses.
 pub const ACTIONS: Actions = Actions::ADD_HEADER
@@ -180,16 +178,16 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         Ok(Ok(status)) => status,
         Ok(Err(EomError::State(e))) => {
             error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {e}");
-            apply::tempfail(
-                &mut cx.reply,
-                replies,
-                "storm and rate state unavailable",
-                &shown,
-            )
+            let fault = fault_reply(replies, "storm and rate state unavailable", &shown);
+            apply::tempfail(&mut cx.reply, &fault, &shown)
         }
         Ok(Err(e)) => {
             error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
-            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
+            apply::tempfail(
+                &mut cx.reply,
+                &fault_reply(replies, "internal error", &shown),
+                &shown,
+            )
         }
         Err(panic) => {
             let what = panic
@@ -198,7 +196,11 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {what}), message tempfailed");
-            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
+            apply::tempfail(
+                &mut cx.reply,
+                &fault_reply(replies, "internal error", &shown),
+                &shown,
+            )
         }
     }
 }
@@ -276,8 +278,7 @@ async fn decide_and_apply(
         Ok::<_, EomError>(
             apply::apply(
                 cx,
-                &evaluation.verdict,
-                &config.replies,
+                &policy::effect(&evaluation.verdict, &config.replies, shown),
                 shown,
                 finished.foreign_verdict_headers,
             )

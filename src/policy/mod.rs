@@ -6,7 +6,9 @@
 //! offline.
 
 pub mod address;
+pub mod effect;
 pub mod facts;
+pub mod reply;
 pub mod rules;
 pub mod sender;
 pub mod stateful;
@@ -14,7 +16,9 @@ pub mod thread;
 pub mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
+pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
+pub use reply::Replies;
 pub use rules::{Hidden, Levels, Restricted, Scope};
 pub use sender::{Identity, TrustedSenders, identity};
 pub use stateful::{
