@@ -2,10 +2,12 @@
 //! `fanout-milter explain`: runs the policy core offline on one message.
 
 use crate::config::Config;
+use crate::decide::{NoState, Offline, decide};
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::policy::{self, Evaluation, MessageFacts, NO_QUEUE_ID, RecipientSet};
+use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID, RecipientSet};
 use crate::text;
+use futures_util::FutureExt;
 use serde_json::json;
 use std::fmt::Write as _;
 
@@ -35,7 +37,8 @@ pub struct Explanation {
     pub effect: String,
 }
 
-/// Evaluates one message with the same code the milter runs.
+/// Decides one message with the same code the milter runs ([`decide`]), without the
+/// shared state: storms, rate budgets and the breaker are taken as quiet.
 pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
     let form = config.postfix.address_form();
     let sender = form.canonical(&input.from);
@@ -54,12 +57,23 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
         headers,
         audience,
     };
-    let evaluation = policy::evaluate(&config.policy, &facts, &Default::default());
-    let effect = policy::effect(&evaluation.verdict, &config.replies, NO_QUEUE_ID).describe();
+    // Offline: no daemon, so no shared state (no storm in progress, every rate budget
+    // with room, the breaker not tripped), no record and nothing applied.
+    let decision = decide(
+        &config.policy,
+        &config.replies,
+        &facts,
+        NO_QUEUE_ID,
+        &mut NoState,
+        &mut Offline::new(),
+    )
+    .now_or_never()
+    .expect("offline ports never wait");
+    let Ok(decision) = decision;
     Explanation {
         facts,
-        evaluation,
-        effect,
+        evaluation: decision.evaluation,
+        effect: decision.effect.describe(),
     }
 }
 
