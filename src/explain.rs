@@ -5,11 +5,12 @@ use crate::config::Config;
 use crate::decide::{NoState, Offline, decide};
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID, RecipientSet};
+use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID, Policy, RecipientSet};
 use crate::text;
 use futures_util::FutureExt;
 use serde_json::json;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// What `explain` evaluates.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +36,9 @@ pub struct Explanation {
     pub evaluation: Evaluation,
     /// What the milter would do at end of message, in words.
     pub effect: String,
+    /// The lists among the facts that a `[[list]]` restricts by name (the policy's
+    /// [`Restricted::lists`](crate::policy::Restricted::lists)).
+    pub restricted: Vec<Arc<str>>,
 }
 
 /// Decides one message with the same code the milter runs ([`decide`]), without the
@@ -70,10 +74,18 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     .now_or_never()
     .expect("offline ports never wait");
     let Ok(decision) = decision;
+    let restricted = facts
+        .audience
+        .iter()
+        .flat_map(|a| &a.lists)
+        .filter(|l| config.policy.restricted.by_name(&l.address).is_some())
+        .map(|l| l.address.clone())
+        .collect();
     Explanation {
         facts,
         evaluation: decision.evaluation,
         effect: decision.effect.describe(),
+        restricted,
     }
 }
 
@@ -100,7 +112,7 @@ impl Explanation {
                 "external": l.external,
                 "nested_lists": l.nested_lists,
                 "cycles": l.cycles,
-                "restricted": l.allowed_senders.is_some(),
+                "restricted": self.restricted.contains(&l.address),
                 "named_in_headers": l.named,
                 "drift_from": l.drift_from,
                 "unknown_members": l.unknown,
@@ -191,13 +203,24 @@ impl Explanation {
     }
 }
 
-/// `directory lookup`: what one address reaches, neutralised
-/// ([`text::neutralize_lines`]): names, DNs and reasons come from the directory.
-pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> String {
-    text::neutralize_lines(&lookup_report(directory, address, max_members)).into_owned()
+/// `directory lookup`: what one address reaches (and who may send to it, by `policy`),
+/// neutralised ([`text::neutralize_lines`]): names, DNs and reasons come from the
+/// directory.
+pub fn lookup_text(
+    directory: &Directory,
+    policy: &Policy,
+    address: &str,
+    max_members: usize,
+) -> String {
+    text::neutralize_lines(&lookup_report(directory, policy, address, max_members)).into_owned()
 }
 
-fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> String {
+fn lookup_report(
+    directory: &Directory,
+    policy: &Policy,
+    address: &str,
+    max_members: usize,
+) -> String {
     let mut out = String::new();
     let index = &directory.index;
     let Some(list) = index.list(address) else {
@@ -287,7 +310,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
             list.non_mailbox
         );
     }
-    if let Some(g) = &facts.allowed_senders {
+    if let Some(g) = policy.restricted.by_name(&list.address) {
         let _ = writeln!(out, "restricted to: {}", g.describe().join(", "));
     }
     if let Some(from) = facts.drift_from {
@@ -355,6 +378,57 @@ fn tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::DriftMode;
+
+    /// Who may send to a list is the policy's (`[[list]] allowed_senders`): `explain`
+    /// and `directory lookup` still show which lists are restricted, and to whom.
+    #[test]
+    fn restricted_lists_are_shown_from_the_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[domains]\ninternal = [\"corp.example\"]\n\
+             [quarantine]\nstate_dir = \"{}\"\n\
+             [[list]]\naddress = \"Board@corp.example\"\nmember_count = 12\n\
+             allowed_senders = [\"ceo@corp.example\"]\n\
+             [[list]]\naddress = \"staff@corp.example\"\nmember_count = 40\n",
+            dir.path().display()
+        );
+        let config = crate::config::parse(&text, &dir.path().join("f.toml")).expect("config");
+        let directory =
+            Directory::load(&config, DriftMode::ReadOnly, &Default::default()).expect("load");
+        let e = explain(
+            &config,
+            &directory,
+            ExplainInput {
+                from: "ann@corp.example".into(),
+                rcpts: vec!["board@corp.example".into(), "staff@corp.example".into()],
+                ..ExplainInput::default()
+            },
+        );
+        let json = e.to_json();
+        let restricted: Vec<(&str, bool)> = json["lists"]
+            .as_array()
+            .expect("lists")
+            .iter()
+            .map(|l| {
+                (
+                    l["address"].as_str().expect("address"),
+                    l["restricted"].as_bool().expect("restricted"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            restricted,
+            [("staff@corp.example", false), ("board@corp.example", true)]
+        );
+        let board = lookup_text(&directory, &config.policy, "board@corp.example", 5);
+        assert!(
+            board.contains("restricted to: ceo@corp.example\n"),
+            "{board}"
+        );
+        let staff = lookup_text(&directory, &config.policy, "staff@corp.example", 5);
+        assert!(!staff.contains("restricted to:"), "{staff}");
+    }
     use crate::policy::{Action, Reason, Verdict};
 
     #[test]
@@ -377,6 +451,7 @@ mod tests {
                 counts: Default::default(),
             },
             effect: "held".into(),
+            restricted: Vec::new(),
         };
         let out = e.to_text();
         assert!(

@@ -119,7 +119,6 @@ fn msg(
             nested_lists: 0,
             cycles: 0,
             domains: Arc::from(Vec::new()),
-            allowed_senders: None,
             drift_from: None,
             ..Default::default()
         }],

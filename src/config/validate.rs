@@ -15,8 +15,8 @@ use crate::policy::{
     Scope, StormPolicy, TrustedSenders,
 };
 use crate::state::OnFailure;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -234,6 +234,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     }
 
     let mut lists = Vec::new();
+    let mut restricted_lists = HashMap::new();
     for (i, l) in raw.list.iter().enumerate() {
         let key = format!("list[{i}]");
         let address = fold_case(&crate::policy::address::normalize(&l.address));
@@ -266,12 +267,13 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                 AddressGlobs::default()
             })
         };
-        let allowed_senders = restricted_by_name.then(|| {
-            Arc::new(TrustedSenders {
+        if restricted_by_name {
+            let allowed = TrustedSenders {
                 logins: globs("allowed_senders", &l.allowed_senders),
                 envelope: globs("allowed_envelope_senders", &l.allowed_envelope_senders),
-            })
-        });
+            };
+            restricted_lists.insert(address.clone(), allowed);
+        }
         lists.push(ListSpec {
             address,
             members: l.members.as_ref().map(|m| {
@@ -280,7 +282,6 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
                     .collect()
             }),
             member_count: l.member_count,
-            allowed_senders,
         });
     }
 
@@ -608,6 +609,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             restricted: Restricted {
                 min_audience: raw.restricted.min_audience,
                 allowed_senders: restricted_senders,
+                lists: restricted_lists,
                 action: raw.restricted.action,
                 monitor: raw.restricted.monitor,
             },

@@ -502,7 +502,6 @@ mod tests {
                 .iter()
                 .map(|&(d, n)| (std::sync::Arc::from(d), n))
                 .collect(),
-            allowed_senders: None,
             drift_from: None,
             ..Default::default()
         }
@@ -783,8 +782,10 @@ mod tests {
     #[test]
     fn an_allowed_sender_may_bcc_only_the_lists_it_is_allowed() {
         let mut p = hidden_policy();
-        let mut all = list("all@example.org", 5_000, &[]);
-        all.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
+        let all = list("all@example.org", 5_000, &[]);
+        p.restricted
+            .lists
+            .insert("all@example.org".into(), trusted(&["ceo@example.org"], &[]));
         let other = list("other@example.org", 3_000, &[]);
         // The allowed list in To, another list by Bcc: the Bcc'd one is still hidden.
         let mut f = shown(
@@ -816,6 +817,7 @@ mod tests {
             restricted: Restricted {
                 min_audience,
                 allowed_senders: trusted(&["comms@example.org"], &["cron@example.org"]),
+                lists: Default::default(),
                 action: Action::Reject,
                 monitor: false,
             },
@@ -825,9 +827,12 @@ mod tests {
 
     #[test]
     fn restricted_lists_take_only_allowed_senders() {
-        let mut named = list("board@example.org", 12, &[]);
-        named.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
-        let p = restricted_policy(0);
+        let named = list("board@example.org", 12, &[]);
+        let mut p = restricted_policy(0);
+        p.restricted.lists.insert(
+            "board@example.org".into(),
+            trusted(&["ceo@example.org"], &[]),
+        );
         let f = with_audience(facts(1, 0), 12, vec![named.clone()]);
         let e = evaluate(&p, &f);
         assert_eq!(e.verdict.action, Action::Reject);
@@ -881,8 +886,10 @@ mod tests {
     fn allowed_senders_bccing_their_list_are_not_a_hidden_expansion() {
         let mut p = hidden_policy();
         p.restricted.allowed_senders = trusted(&["comms@example.org"], &[]);
-        let mut announce = list("all@example.org", 5_000, &[]);
-        announce.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
+        let announce = list("all@example.org", 5_000, &[]);
+        p.restricted
+            .lists
+            .insert("all@example.org".into(), trusted(&["ceo@example.org"], &[]));
         let f = visible(with_audience(facts(2, 0), 5_002, vec![announce]), 1);
         assert_eq!(action(&p, &f), Action::Reject, "ann may not: hidden");
         let mut ceo = f.clone();

@@ -149,7 +149,6 @@ mod tests {
                     (Arc::from("trust.example.org"), 1000),
                 ]
                 .into(),
-                allowed_senders: None,
                 drift_from: None,
                 ..Default::default()
             }],
