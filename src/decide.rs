@@ -4,7 +4,7 @@
 //! hold, carry the effect out, settle the state's books.
 //!
 //! The pure steps are the policy's ([`policy::state_plan`], [`policy::evaluate`],
-//! [`policy::effect`]); the rest is done through two ports, so each caller plugs in
+//! [`policy::effect()`]); the rest is done through two ports, so each caller plugs in
 //! what it has: the milter a [`GuardState`] and its end-of-message context, the tests
 //! a [`GuardState`] and [`Offline`], `explain` [`NoState`] and [`Offline`].
 

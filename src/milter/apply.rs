@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Carries an [`Effect`] out at end of message: the only place that calls
 //! `ContextActions`. What the effect is was decided by the policy
-//! ([`crate::policy::effect`]); here it only meets indymilter.
+//! ([`crate::policy::effect`](mod@crate::policy::effect)); here it only meets indymilter.
 
 use super::session::Session;
 use crate::policy::{Action, Effect, Reply, VERDICT_HEADER};
