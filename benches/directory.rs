@@ -83,7 +83,7 @@ fn main() {
         let t = Instant::now();
         let mut f = facts.clone();
         f.audience = directory.audience_facts(f.recipients.iter());
-        let e = policy::evaluate(&config.policy, &f);
+        let e = policy::evaluate(&config.policy, &f, &Default::default());
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         audience = e.counts.audience;
         // Quick mode scales the big list down to 8,400 members: past the default

@@ -131,7 +131,7 @@ fn one_size(people: usize, quick: bool) {
         let t = Instant::now();
         let mut f = facts.clone();
         f.audience = directory.audience_facts(f.recipients.iter());
-        let e = policy::evaluate(&config.policy, &f);
+        let e = policy::evaluate(&config.policy, &f, &Default::default());
         times.push(t.elapsed().as_secs_f64() * 1e6);
         audience = e.counts.audience;
         let expected = if people >= 1000 {

@@ -53,7 +53,7 @@ fn bench_evaluate(c: &mut Criterion) {
     for n in [1usize, 10, 1_000, 100_000] {
         let f = facts(n);
         group.bench_with_input(BenchmarkId::from_parameter(n), &f, |b, f| {
-            b.iter(|| evaluate(black_box(&p), black_box(f)))
+            b.iter(|| evaluate(black_box(&p), black_box(f), black_box(&Default::default())))
         });
     }
     group.finish();

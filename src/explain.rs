@@ -2,13 +2,15 @@
 //! `fanout-milter explain`: runs the policy core offline on one message.
 
 use crate::config::Config;
+use crate::decide::{NoState, Offline, decide};
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::milter::apply::{header_value, smtp_reply};
-use crate::policy::{self, Action, Evaluation, MessageFacts, RecipientSet};
+use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID, Policy, RecipientSet};
 use crate::text;
+use futures_util::FutureExt;
 use serde_json::json;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// What `explain` evaluates.
 #[derive(Clone, Debug, Default)]
@@ -34,9 +36,13 @@ pub struct Explanation {
     pub evaluation: Evaluation,
     /// What the milter would do at end of message, in words.
     pub effect: String,
+    /// The lists among the facts that a `[[list]]` restricts by name (the policy's
+    /// [`Restricted::lists`](crate::policy::Restricted::lists)).
+    pub restricted: Vec<Arc<str>>,
 }
 
-/// Evaluates one message with the same code the milter runs.
+/// Decides one message with the same code the milter runs ([`decide`]), without the
+/// shared state: storms, rate budgets and the breaker are taken as quiet.
 pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
     let form = config.postfix.address_form();
     let sender = form.canonical(&input.from);
@@ -47,7 +53,6 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
     let headers = input.message.as_deref().map(extract).unwrap_or_default();
     let audience = directory.message_audience(&recipients, &headers);
     let facts = MessageFacts {
-        state: Default::default(),
         queue_id: None,
         sender,
         sasl_login: input.sasl_login,
@@ -56,33 +61,31 @@ pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> E
         headers,
         audience,
     };
-    let evaluation = policy::evaluate(&config.policy, &facts);
-    let v = &evaluation.verdict;
-    let effect = match v.action {
-        Action::Accept => "passed unchanged".to_owned(),
-        Action::Tag => format!(
-            "passed with header \"X-Fanout-Verdict: {}\"",
-            header_value(v)
-        ),
-        Action::Quarantine => format!(
-            "held in the Postfix hold queue, with header \"X-Fanout-Verdict: {}\"",
-            header_value(v)
-        ),
-        Action::Tempfail | Action::Reject => {
-            let (code, enhanced, text) =
-                smtp_reply(v, &config.replies, "NOQUEUE").unwrap_or_default();
-            let how = if v.action == Action::Reject {
-                "refused"
-            } else {
-                "refused for now"
-            };
-            format!("{how}: {code} {enhanced} {text}")
-        }
-    };
+    // Offline: no daemon, so no shared state (no storm in progress, every rate budget
+    // with room, the breaker not tripped), no record and nothing applied.
+    let decision = decide(
+        &config.policy,
+        &config.replies,
+        &facts,
+        NO_QUEUE_ID,
+        &mut NoState,
+        &mut Offline::new(),
+    )
+    .now_or_never()
+    .expect("offline ports never wait");
+    let Ok(decision) = decision;
+    let restricted = facts
+        .audience
+        .iter()
+        .flat_map(|a| &a.lists)
+        .filter(|l| config.policy.restricted.by_name(&l.address).is_some())
+        .map(|l| l.address.clone())
+        .collect();
     Explanation {
         facts,
-        evaluation,
-        effect,
+        evaluation: decision.evaluation,
+        effect: decision.effect.describe(),
+        restricted,
     }
 }
 
@@ -109,7 +112,7 @@ impl Explanation {
                 "external": l.external,
                 "nested_lists": l.nested_lists,
                 "cycles": l.cycles,
-                "restricted": l.allowed_senders.is_some(),
+                "restricted": self.restricted.contains(&l.address),
                 "named_in_headers": l.named,
                 "drift_from": l.drift_from,
                 "unknown_members": l.unknown,
@@ -200,13 +203,24 @@ impl Explanation {
     }
 }
 
-/// `directory lookup`: what one address reaches, neutralised
-/// ([`text::neutralize_lines`]): names, DNs and reasons come from the directory.
-pub fn lookup_text(directory: &Directory, address: &str, max_members: usize) -> String {
-    text::neutralize_lines(&lookup_report(directory, address, max_members)).into_owned()
+/// `directory lookup`: what one address reaches (and who may send to it, by `policy`),
+/// neutralised ([`text::neutralize_lines`]): names, DNs and reasons come from the
+/// directory.
+pub fn lookup_text(
+    directory: &Directory,
+    policy: &Policy,
+    address: &str,
+    max_members: usize,
+) -> String {
+    text::neutralize_lines(&lookup_report(directory, policy, address, max_members)).into_owned()
 }
 
-fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> String {
+fn lookup_report(
+    directory: &Directory,
+    policy: &Policy,
+    address: &str,
+    max_members: usize,
+) -> String {
     let mut out = String::new();
     let index = &directory.index;
     let Some(list) = index.list(address) else {
@@ -296,7 +310,7 @@ fn lookup_report(directory: &Directory, address: &str, max_members: usize) -> St
             list.non_mailbox
         );
     }
-    if let Some(g) = &facts.allowed_senders {
+    if let Some(g) = policy.restricted.by_name(&list.address) {
         let _ = writeln!(out, "restricted to: {}", g.describe().join(", "));
     }
     if let Some(from) = facts.drift_from {
@@ -364,7 +378,58 @@ fn tree(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Reason, Verdict};
+    use crate::directory::DriftMode;
+
+    /// Who may send to a list is the policy's (`[[list]] allowed_senders`): `explain`
+    /// and `directory lookup` still show which lists are restricted, and to whom.
+    #[test]
+    fn restricted_lists_are_shown_from_the_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[domains]\ninternal = [\"corp.example\"]\n\
+             [quarantine]\nstate_dir = \"{}\"\n\
+             [[list]]\naddress = \"Board@corp.example\"\nmember_count = 12\n\
+             allowed_senders = [\"ceo@corp.example\"]\n\
+             [[list]]\naddress = \"staff@corp.example\"\nmember_count = 40\n",
+            dir.path().display()
+        );
+        let config = crate::config::parse(&text, &dir.path().join("f.toml")).expect("config");
+        let directory =
+            Directory::load(&config, DriftMode::ReadOnly, &Default::default()).expect("load");
+        let e = explain(
+            &config,
+            &directory,
+            ExplainInput {
+                from: "ann@corp.example".into(),
+                rcpts: vec!["board@corp.example".into(), "staff@corp.example".into()],
+                ..ExplainInput::default()
+            },
+        );
+        let json = e.to_json();
+        let restricted: Vec<(&str, bool)> = json["lists"]
+            .as_array()
+            .expect("lists")
+            .iter()
+            .map(|l| {
+                (
+                    l["address"].as_str().expect("address"),
+                    l["restricted"].as_bool().expect("restricted"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            restricted,
+            [("staff@corp.example", false), ("board@corp.example", true)]
+        );
+        let board = lookup_text(&directory, &config.policy, "board@corp.example", 5);
+        assert!(
+            board.contains("restricted to: ceo@corp.example\n"),
+            "{board}"
+        );
+        let staff = lookup_text(&directory, &config.policy, "staff@corp.example", 5);
+        assert!(!staff.contains("restricted to:"), "{staff}");
+    }
+    use crate::policy::{Action, Reason, Verdict};
 
     #[test]
     fn the_report_shows_controls_and_bidi_as_escapes() {
@@ -386,6 +451,7 @@ mod tests {
                 counts: Default::default(),
             },
             effect: "held".into(),
+            restricted: Vec::new(),
         };
         let out = e.to_text();
         assert!(

@@ -9,6 +9,7 @@
 pub mod admin_socket;
 pub mod clock;
 pub mod config;
+pub mod decide;
 pub mod directory;
 pub mod explain;
 pub mod logging;

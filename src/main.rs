@@ -453,7 +453,10 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
             live,
         } => {
             let address = config.postfix.address_form().canonical(&address);
-            print!("{}", lookup_text(&directory, &address, members));
+            print!(
+                "{}",
+                lookup_text(&directory, &config.policy, &address, members)
+            );
             if live {
                 return live_lookup(&config, &address);
             }

@@ -954,7 +954,7 @@ mod tests {
                 audience: Some(audience.clone()),
                 ..MessageFacts::default()
             };
-            let verdict = evaluate(&runtime.config.policy, &facts).verdict;
+            let verdict = evaluate(&runtime.config.policy, &facts, &Default::default()).verdict;
             (audience.total, audience.unknown, verdict.action)
         }
 

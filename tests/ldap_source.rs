@@ -147,9 +147,9 @@ fn every_shape_of_directory_list_gets_its_exact_audience() {
         all.contains("verdict: quarantine") && all.contains("limits.audience"),
         "{all}"
     );
-    let lookup = lookup_text(&d, &group_mail("team-a"), 5);
+    let lookup = lookup_text(&d, &c.policy, &group_mail("team-a"), 5);
     assert!(lookup.contains("cycle:"), "{lookup}");
-    let lookup = lookup_text(&d, &group_mail("empty-list"), 5);
+    let lookup = lookup_text(&d, &c.policy, &group_mail("empty-list"), 5);
     assert!(lookup.contains("UNKNOWN members: 1"), "{lookup}");
 }
 

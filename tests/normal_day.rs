@@ -3,16 +3,18 @@
 //! and a virtual(5) file of department lists: nothing may be held. Next to it, the
 //! incident shapes the defaults must still contain. Each message goes the milter's way:
 //! its facts as `explain` builds them (headers parsed, audience expanded through the
-//! directory), then plan, observe, evaluate and settle against the state with a manual
-//! clock, so storms and rates see the whole day. No network, no sleeping.
+//! directory), then the milter's decision path (plan, observe, evaluate, settle) against
+//! the state with a manual clock, so storms and rates see the whole day. No network, no
+//! sleeping.
 
 use fanout_milter::clock::ManualClock;
 use fanout_milter::config::{self, Config};
+use fanout_milter::decide::{GuardState, Offline, decide};
 use fanout_milter::directory::{Directory, DriftMode};
 use fanout_milter::explain::{ExplainInput, explain};
 use fanout_milter::notify::channel;
-use fanout_milter::policy::{self, Action, Verdict};
-use fanout_milter::state::{Guard, MemoryBackend};
+use fanout_milter::policy::{Action, Verdict};
+use fanout_milter::state::{Guard, MemoryBackend, StateError};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -121,21 +123,19 @@ impl Relay {
             client: Some("10.1.2.3".into()),
             message: Some(mail.headers().into_bytes()),
         };
-        let mut facts = explain(&self.config, &self.directory, input).facts;
-        let policy = &self.config.policy;
-        let plan = policy::state_plan(policy, &facts);
-        let observed = self
-            .guard
-            .observe(policy, plan, "TEST")
-            .await
-            .expect("memory state never fails");
-        facts.state = observed.facts.clone();
-        let verdict = policy::evaluate(policy, &facts).verdict;
-        self.guard
-            .settle(&observed, verdict.action <= Action::Tag)
-            .await
-            .expect("settle");
-        verdict
+        let facts = explain(&self.config, &self.directory, input).facts;
+        decide(
+            &self.config.policy,
+            &self.config.replies,
+            &facts,
+            "TEST",
+            &mut GuardState::new(&self.guard),
+            &mut Offline::<StateError>::default(),
+        )
+        .await
+        .expect("memory state never fails")
+        .evaluation
+        .verdict
     }
 }
 

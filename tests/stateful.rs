@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The stateful rules driven the way the milter drives them (plan, observe, evaluate,
-//! settle) over simulated traffic, with a manual clock: no sleeping, no network.
+//! The stateful rules driven through the milter's own decision path ([`decide`]: plan,
+//! observe, evaluate, settle) over simulated traffic, with a manual clock: no sleeping,
+//! no network.
 
 use fanout_milter::clock::{Clock, ManualClock};
+use fanout_milter::decide::{GuardState, Offline, decide};
 use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
 use fanout_milter::policy::{
-    self, Action, AudienceFacts, ListFacts, MessageFacts, Policy, StormPolicy,
+    self, Action, AudienceFacts, ListFacts, MessageFacts, Policy, Replies, StormPolicy,
 };
-use fanout_milter::state::{Guard, MemoryBackend, StateBackend};
+use fanout_milter::state::{Guard, MemoryBackend, StateBackend, StateError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +17,7 @@ const MIN: Duration = Duration::from_secs(60);
 
 struct Relay {
     policy: Policy,
+    replies: Replies,
     guard: Guard,
     clock: ManualClock,
     backend: Arc<MemoryBackend>,
@@ -40,8 +43,14 @@ impl Relay {
         let backend = Arc::new(MemoryBackend::new());
         let (tx, alerts) = channel(10_000);
         let guard = Guard::new(backend.clone(), Arc::new(clock.clone()), Some(tx));
+        let replies = Replies {
+            contact: "the service desk".into(),
+            reject: "Not sent: {reason}".into(),
+            tempfail: "Try later: {reason}".into(),
+        };
         Relay {
             policy,
+            replies,
             guard,
             clock,
             backend,
@@ -50,20 +59,19 @@ impl Relay {
     }
 
     /// Decides one message as the milter does and returns its verdict.
-    async fn send(&self, mut facts: MessageFacts) -> policy::Verdict {
-        let plan = policy::state_plan(&self.policy, &facts);
-        let observed = self
-            .guard
-            .observe(&self.policy, plan, "TEST")
-            .await
-            .expect("memory state never fails");
-        facts.state = observed.facts.clone();
-        let verdict = policy::evaluate(&self.policy, &facts).verdict;
-        self.guard
-            .settle(&observed, verdict.action <= Action::Tag)
-            .await
-            .expect("settle");
-        verdict
+    async fn send(&self, facts: MessageFacts) -> policy::Verdict {
+        decide(
+            &self.policy,
+            &self.replies,
+            &facts,
+            "TEST",
+            &mut GuardState::new(&self.guard),
+            &mut Offline::<StateError>::default(),
+        )
+        .await
+        .expect("memory state never fails")
+        .evaluation
+        .verdict
     }
 
     async fn storm_alerts(&mut self) -> usize {
@@ -111,7 +119,6 @@ fn msg(
             nested_lists: 0,
             cycles: 0,
             domains: Arc::from(Vec::new()),
-            allowed_senders: None,
             drift_from: None,
             ..Default::default()
         }],

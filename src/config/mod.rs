@@ -18,12 +18,11 @@ pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
 pub use secret::{SecretUrl, redact_url};
 
+use crate::policy::Policy;
 use crate::policy::address::RecipientDelimiter;
-use crate::policy::{Policy, TrustedSenders};
 use span::{SpanIndex, line_col};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The configuration file read when `--config` is not given.
@@ -367,11 +366,9 @@ pub struct ListSpec {
     pub address: String,
     /// Members, when defined here.
     pub members: Option<Vec<String>>,
-    /// Size, for a list fanout-milter cannot read.
+    /// Size, for a list fanout-milter cannot read. (Who may send to it, when
+    /// restricted by name, is the policy's: [`Restricted::lists`](crate::policy::Restricted::lists).)
     pub member_count: Option<u64>,
-    /// Who may send to it (SASL logins and trusted envelope senders), when restricted
-    /// by name.
-    pub allowed_senders: Option<Arc<TrustedSenders>>,
 }
 
 /// Copies `old` over `new` when they differ; true when they did.

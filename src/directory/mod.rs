@@ -14,12 +14,11 @@ pub use index::{DirectoryIndex, IndexOptions, ListAudience};
 pub use source::{DirectorySource, ListDef, Member, SourceData, SourceError};
 
 use crate::config::{Config, DirectoryKind};
-use crate::policy::{AudienceFacts, HeaderFacts, ListFacts, RecipientSet, TrustedSenders};
+use crate::policy::{AudienceFacts, HeaderFacts, ListFacts, RecipientSet};
 use drift::KnownSizes;
 use source::{AliasesSource, ConfigLists, VirtualSource};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
@@ -65,7 +64,6 @@ pub struct LoadReport {
 pub struct Directory {
     /// The expanded lists.
     pub index: DirectoryIndex,
-    allowed: HashMap<String, Arc<TrustedSenders>>,
     drifted: HashMap<String, u64>,
     /// The accepted sizes updated by this load and where they go, until
     /// [`Directory::record_drift`] writes them (`DriftMode::Record` only).
@@ -88,7 +86,6 @@ impl Directory {
                     recipient_delimiter: Default::default(),
                 },
             ),
-            allowed: HashMap::new(),
             drifted: HashMap::new(),
             unrecorded: None,
             configured: false,
@@ -112,16 +109,12 @@ impl Directory {
         }
         let mut sources: Vec<Box<dyn DirectorySource + '_>> = Vec::new();
         let mut configured = ConfigLists::default();
-        let mut allowed = HashMap::new();
         for (i, l) in config.lists.iter().enumerate() {
             let members = match (&l.members, l.member_count) {
                 (Some(m), _) => m.iter().map(|a| Member::Address(a.clone())).collect(),
                 (None, Some(n)) => vec![Member::Count(n)],
                 (None, None) => Vec::new(),
             };
-            if let Some(g) = &l.allowed_senders {
-                allowed.insert(l.address.clone(), g.clone());
-            }
             if !members.is_empty() || l.member_count.is_some() {
                 configured.lists.push(ListDef {
                     address: l.address.clone(),
@@ -180,7 +173,11 @@ impl Directory {
         defs.extend(fallback);
         let defined: std::collections::HashSet<&str> =
             defs.iter().map(|d| d.address.as_str()).collect();
-        let mut undefined: Vec<String> = allowed
+        // A list the policy restricts by name must exist for its mail to be judged.
+        let mut undefined: Vec<String> = config
+            .policy
+            .restricted
+            .lists
             .keys()
             .filter(|a| !defined.contains(a.as_str()))
             .cloned()
@@ -233,7 +230,6 @@ impl Directory {
         report.duration = started.elapsed();
         Ok(Directory {
             index,
-            allowed,
             drifted,
             unrecorded,
             configured: true,
@@ -320,7 +316,6 @@ impl Directory {
             nested_lists: l.nested_lists,
             cycles: l.cycles.len(),
             domains: l.domains.clone(),
-            allowed_senders: self.allowed.get(&*l.address).cloned(),
             drift_from: self.drifted.get(&*l.address).copied(),
             unknown: l.unknown,
             unknown_reason: l.unknown_reasons.first().cloned(),
@@ -563,12 +558,8 @@ domains = ["lists.corp.example"]
         known.accept("all-staff@corp.example", 1);
         known.save(&sizes).expect("save sizes");
         // [postfix] recipient_delimiter unset and postconf not asked: the fallback "+".
-        let d = Directory::load(
-            &config(dir.path(), extra),
-            DriftMode::ReadOnly,
-            &Default::default(),
-        )
-        .expect("load");
+        let c = config(dir.path(), extra);
+        let d = Directory::load(&c, DriftMode::ReadOnly, &Default::default()).expect("load");
         for rcpt in [
             "ÄRZTE@corp.example",
             "ärzte@corp.example",
@@ -590,7 +581,10 @@ domains = ["lists.corp.example"]
         let board = audience(&d, &["board+minutes@lists.corp.example"]);
         assert_eq!(board.total, 2);
         assert!(
-            board.lists[0].allowed_senders.is_some(),
+            c.policy
+                .restricted
+                .by_name(&board.lists[0].address)
+                .is_some(),
             "the restriction applies to board+minutes@"
         );
     }
@@ -600,16 +594,12 @@ domains = ["lists.corp.example"]
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "virtual", "ward-a ann@corp.example\n");
         write(dir.path(), "aliases", "");
-        let d = Directory::load(
-            &config(
-                dir.path(),
-                "[[list]]\naddress = \"ward-a@corp.example\"\nmember_count = 900\n\n\
-                 [[list]]\naddress = \"ceo@corp.example\"\nallowed_senders = [\"pa@corp.example\"]\n",
-            ),
-            DriftMode::ReadOnly,
-            &Default::default(),
-        )
-        .expect("load");
+        let c = config(
+            dir.path(),
+            "[[list]]\naddress = \"ward-a@corp.example\"\nmember_count = 900\n\n\
+             [[list]]\naddress = \"ceo@corp.example\"\nallowed_senders = [\"pa@corp.example\"]\n",
+        );
+        let d = Directory::load(&c, DriftMode::ReadOnly, &Default::default()).expect("load");
         assert_eq!(audience(&d, &["ward-a@corp.example"]).total, 900);
         assert!(
             d.report
@@ -620,7 +610,10 @@ domains = ["lists.corp.example"]
             d.report.warnings
         );
         let ceo = audience(&d, &["ceo@corp.example"]);
-        assert!(ceo.lists[0].allowed_senders.is_some(), "still restricted");
+        assert!(
+            c.policy.restricted.by_name(&ceo.lists[0].address).is_some(),
+            "still restricted"
+        );
     }
 
     #[test]

@@ -6,13 +6,14 @@ pub mod apply;
 pub mod listener;
 pub mod session;
 
-pub use session::{ConnData, MessageData, Session, VERDICT_HEADER};
+pub use session::{ConnData, MessageData, Session};
 
+use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
-use crate::policy::{self, Evaluation};
+use crate::policy::effect::fault_reply;
+use crate::policy::{self, Evaluation, NO_QUEUE_ID};
 use crate::quarantine::{self, QueueId, record};
 use crate::server::Shared;
-use crate::state::guard::Observed;
 use futures_util::FutureExt;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,
@@ -20,11 +21,8 @@ use indymilter::{
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use tracing::{debug, error, info, warn};
-
-/// Queue id shown when Postfix did not send macro `i`.
-const NO_QUEUE_ID: &str = "NOQUEUE";
+use std::time::{Duration, SystemTime};
+use tracing::{error, info, warn};
 
 /// The milter actions fanout-milter uses.
 pub const ACTIONS: Actions = Actions::ADD_HEADER
@@ -180,16 +178,16 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         Ok(Ok(status)) => status,
         Ok(Err(EomError::State(e))) => {
             error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {e}");
-            apply::tempfail(
-                &mut cx.reply,
-                replies,
-                "storm and rate state unavailable",
-                &shown,
-            )
+            let fault = fault_reply(replies, "storm and rate state unavailable", &shown);
+            apply::tempfail(&mut cx.reply, &fault, &shown)
         }
         Ok(Err(e)) => {
             error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
-            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
+            apply::tempfail(
+                &mut cx.reply,
+                &fault_reply(replies, "internal error", &shown),
+                &shown,
+            )
         }
         Err(panic) => {
             let what = panic
@@ -198,7 +196,11 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {what}), message tempfailed");
-            apply::tempfail(&mut cx.reply, replies, "internal error", &shown)
+            apply::tempfail(
+                &mut cx.reply,
+                &fault_reply(replies, "internal error", &shown),
+                &shown,
+            )
         }
     }
 }
@@ -249,6 +251,33 @@ async fn record_held(
     }
 }
 
+/// The milter's outlet for a decision: the quarantine record in the store, the effect
+/// through the end-of-message context.
+struct EomOutlet<'a> {
+    cx: &'a mut EomContext<Session>,
+    shared: &'a Shared,
+    queue_id: Option<&'a str>,
+    shown: &'a str,
+    foreign_verdict_headers: i32,
+}
+
+impl Outlet for EomOutlet<'_> {
+    type Error = EomError;
+    type Applied = Status;
+
+    async fn record_held(
+        &mut self,
+        facts: &policy::MessageFacts,
+        evaluation: &Evaluation,
+    ) -> Result<(), EomError> {
+        record_held(self.shared, self.queue_id, facts, evaluation).await
+    }
+
+    async fn apply(&mut self, effect: &policy::Effect) -> Result<Status, EomError> {
+        Ok(apply::apply(self.cx, effect, self.shown, self.foreign_verdict_headers).await?)
+    }
+}
+
 async fn decide_and_apply(
     cx: &mut EomContext<Session>,
     shared: &Shared,
@@ -257,42 +286,32 @@ async fn decide_and_apply(
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
-    let mut finished = msg.finish(queue_id.clone(), &session.conn);
+    let finished = msg.finish(queue_id.clone(), &session.conn);
     let runtime = finished.runtime.clone();
     let config = &runtime.config;
-    let plan = policy::state_plan(&config.policy, &finished.facts);
-    let observed = if plan.is_empty() {
-        Observed::default()
-    } else {
-        shared.guard.observe(&config.policy, plan, shown).await?
+    let mut outlet = EomOutlet {
+        cx,
+        shared,
+        queue_id: queue_id.as_deref(),
+        shown,
+        foreign_verdict_headers: finished.foreign_verdict_headers,
     };
-    finished.facts.state = observed.facts.clone();
-    let started = Instant::now();
-    let evaluation = policy::evaluate(&config.policy, &finished.facts);
-    debug!(queue_id = %shown, micros = started.elapsed().as_micros() as u64, "policy evaluated");
-    let outcome = async {
-        if evaluation.verdict.action == policy::Action::Quarantine {
-            record_held(shared, queue_id.as_deref(), &finished.facts, &evaluation).await?;
-        }
-        Ok::<_, EomError>(
-            apply::apply(
-                cx,
-                &evaluation.verdict,
-                &config.replies,
-                shown,
-                finished.foreign_verdict_headers,
-            )
-            .await?,
-        )
-    }
-    .await;
-    let leaves = outcome.is_ok() && evaluation.verdict.action <= policy::Action::Tag;
-    if let Err(e) = shared.guard.settle(&observed, leaves).await {
-        warn!(queue_id = %shown, "rate and breaker state not updated: {e}");
-    }
-    let status = outcome?;
-    log_decision(shown, &finished.facts, &evaluation, config.policy.mode);
-    Ok(status)
+    let decision = decide(
+        &config.policy,
+        &config.replies,
+        &finished.facts,
+        shown,
+        &mut GuardState::new(&shared.guard),
+        &mut outlet,
+    )
+    .await?;
+    log_decision(
+        shown,
+        &finished.facts,
+        &decision.evaluation,
+        config.policy.mode,
+    );
+    Ok(decision.applied)
 }
 
 fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mode: policy::Mode) {

@@ -2,14 +2,11 @@
 //! Per-connection and per-message data kept between milter stages.
 
 use crate::message::{HeaderBuffer, extract};
-use crate::policy::{MessageFacts, RecipientSet};
+use crate::policy::{MessageFacts, RecipientSet, VERDICT_HEADER};
 use crate::server::InflightGuard;
 use crate::server::Runtime;
 use indymilter::ProtoOpts;
 use std::sync::Arc;
-
-/// The header this milter adds; copies of it arriving from outside are removed.
-pub const VERDICT_HEADER: &str = "X-Fanout-Verdict";
 
 /// Data of one milter connection (one SMTP session in Postfix).
 #[derive(Default)]
@@ -109,7 +106,6 @@ impl MessageData {
             .message_audience(&self.recipients, &headers);
         FinishedMessage {
             facts: MessageFacts {
-                state: Default::default(),
                 queue_id,
                 sender: self.sender,
                 sasl_login: self.sasl_login,

@@ -2,7 +2,6 @@
 //! The facts about one message that the policy core decides on.
 
 use super::address::AddressForm;
-use super::sender::TrustedSenders;
 use indexmap::IndexSet;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -123,9 +122,6 @@ pub struct ListFacts {
     pub cycles: usize,
     /// Mailboxes per domain, largest first.
     pub domains: Arc<[(Arc<str>, u64)]>,
-    /// Who may send to it (`[[list]] allowed_senders`, `allowed_envelope_senders`),
-    /// when restricted by name.
-    pub allowed_senders: Option<Arc<TrustedSenders>>,
     /// The last accepted size, when the list has grown past the drift limits since.
     pub drift_from: Option<u64>,
     /// Members that could not be counted (dangling, empty, failed dynamic lists).
@@ -180,8 +176,6 @@ pub struct MessageFacts {
     /// The expanded audience; `None` when no directory is configured, and the envelope
     /// recipients are the audience.
     pub audience: Option<AudienceFacts>,
-    /// What the shared state said (storms, rates, the breaker); empty offline.
-    pub state: super::stateful::StateFacts,
 }
 
 #[cfg(test)]

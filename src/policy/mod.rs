@@ -6,7 +6,9 @@
 //! offline.
 
 pub mod address;
+pub mod effect;
 pub mod facts;
+pub mod reply;
 pub mod rules;
 pub mod sender;
 pub mod stateful;
@@ -14,7 +16,9 @@ pub mod thread;
 pub mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
+pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
+pub use reply::Replies;
 pub use rules::{Hidden, Levels, Restricted, Scope};
 pub use sender::{Identity, TrustedSenders, identity};
 pub use stateful::{
@@ -165,8 +169,9 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
     }
 }
 
-/// Decides one message.
-pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
+/// Decides one message on its facts and on what the shared state said about it
+/// (storms, rates, the breaker; empty where no state is kept, as in `explain`).
+pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Evaluation {
     let counts = count(policy, facts);
     if let Some(pattern) = policy.exempt.grants(facts) {
         let mut verdict = Verdict::accept();
@@ -199,9 +204,9 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts) -> Evaluation {
     fired.extend(rules::scope(&policy.scopes, facts, &audience.lists));
     fired.extend(rules::unknown(policy.on_unknown, audience));
     fired.extend(rules::unavailable(audience));
-    fired.extend(stateful::storm(&policy.storm, &facts.state));
-    fired.extend(stateful::rate(&policy.rate, &facts.state));
-    fired.extend(stateful::breaker(&policy.breaker, &facts.state));
+    fired.extend(stateful::storm(&policy.storm, state));
+    fired.extend(stateful::rate(&policy.rate, state));
+    fired.extend(stateful::breaker(&policy.breaker, state));
 
     Evaluation {
         verdict: combine(policy.mode, fired),
@@ -244,6 +249,11 @@ pub fn fmt_count(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::evaluate`] with no shared state, as these rules need none.
+    fn evaluate(p: &Policy, f: &MessageFacts) -> Evaluation {
+        super::evaluate(p, f, &StateFacts::default())
+    }
 
     fn levels(tag: u64, quarantine: u64, reject: u64) -> Levels {
         Levels {
@@ -492,7 +502,6 @@ mod tests {
                 .iter()
                 .map(|&(d, n)| (std::sync::Arc::from(d), n))
                 .collect(),
-            allowed_senders: None,
             drift_from: None,
             ..Default::default()
         }
@@ -773,8 +782,10 @@ mod tests {
     #[test]
     fn an_allowed_sender_may_bcc_only_the_lists_it_is_allowed() {
         let mut p = hidden_policy();
-        let mut all = list("all@example.org", 5_000, &[]);
-        all.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
+        let all = list("all@example.org", 5_000, &[]);
+        p.restricted
+            .lists
+            .insert("all@example.org".into(), trusted(&["ceo@example.org"], &[]));
         let other = list("other@example.org", 3_000, &[]);
         // The allowed list in To, another list by Bcc: the Bcc'd one is still hidden.
         let mut f = shown(
@@ -806,6 +817,7 @@ mod tests {
             restricted: Restricted {
                 min_audience,
                 allowed_senders: trusted(&["comms@example.org"], &["cron@example.org"]),
+                lists: Default::default(),
                 action: Action::Reject,
                 monitor: false,
             },
@@ -815,9 +827,12 @@ mod tests {
 
     #[test]
     fn restricted_lists_take_only_allowed_senders() {
-        let mut named = list("board@example.org", 12, &[]);
-        named.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
-        let p = restricted_policy(0);
+        let named = list("board@example.org", 12, &[]);
+        let mut p = restricted_policy(0);
+        p.restricted.lists.insert(
+            "board@example.org".into(),
+            trusted(&["ceo@example.org"], &[]),
+        );
         let f = with_audience(facts(1, 0), 12, vec![named.clone()]);
         let e = evaluate(&p, &f);
         assert_eq!(e.verdict.action, Action::Reject);
@@ -871,8 +886,10 @@ mod tests {
     fn allowed_senders_bccing_their_list_are_not_a_hidden_expansion() {
         let mut p = hidden_policy();
         p.restricted.allowed_senders = trusted(&["comms@example.org"], &[]);
-        let mut announce = list("all@example.org", 5_000, &[]);
-        announce.allowed_senders = Some(std::sync::Arc::new(trusted(&["ceo@example.org"], &[])));
+        let announce = list("all@example.org", 5_000, &[]);
+        p.restricted
+            .lists
+            .insert("all@example.org".into(), trusted(&["ceo@example.org"], &[]));
         let f = visible(with_audience(facts(2, 0), 5_002, vec![announce]), 1);
         assert_eq!(action(&p, &f), Action::Reject, "ann may not: hidden");
         let mut ceo = f.clone();

@@ -8,6 +8,7 @@ use super::sender::{TrustedSenders, first_restriction, identity};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// Tag, quarantine and reject levels of one counting rule; 0 switches a level off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -61,10 +62,21 @@ pub struct Restricted {
     /// Senders allowed to post to every restricted list (`allowed_senders`: SASL
     /// logins; `allowed_envelope_senders`: trusted envelope senders).
     pub allowed_senders: TrustedSenders,
+    /// Lists restricted by name (`[[list]] allowed_senders`,
+    /// `allowed_envelope_senders`): who may send to each, by list address, case folded
+    /// as the directory names its lists.
+    pub lists: HashMap<String, TrustedSenders>,
     /// What happens to other senders' mail.
     pub action: Action,
     /// Only tag.
     pub monitor: bool,
+}
+
+impl Restricted {
+    /// Who may send to the list at `address`, when a `[[list]]` restricts it by name.
+    pub fn by_name(&self, address: &str) -> Option<&TrustedSenders> {
+        self.lists.get(address)
+    }
 }
 
 impl Default for Restricted {
@@ -72,6 +84,7 @@ impl Default for Restricted {
         Restricted {
             min_audience: 0,
             allowed_senders: TrustedSenders::default(),
+            lists: HashMap::new(),
             action: Action::Quarantine,
             monitor: false,
         }
@@ -121,8 +134,7 @@ pub struct Scope {
 /// Whether `facts`' sender may post to `list`: its own allowed senders, else the
 /// global `[restricted]` ones.
 fn allowed_on(rule: &Restricted, facts: &MessageFacts, list: &ListFacts) -> bool {
-    list.allowed_senders
-        .as_deref()
+    rule.by_name(&list.address)
         .and_then(|t| t.grants(facts))
         .or_else(|| rule.allowed_senders.grants(facts))
         .is_some()
@@ -265,7 +277,7 @@ pub fn restricted(
     let mut out = Vec::new();
     for list in lists {
         let by_size = rule.min_audience > 0 && list.size >= rule.min_audience;
-        if list.allowed_senders.is_none() && !by_size {
+        if rule.by_name(&list.address).is_none() && !by_size {
             continue;
         }
         if allowed_on(rule, facts, list) {

@@ -4,7 +4,7 @@
 //!
 //! They stay pure: [`state_plan`] says what a message asks of the shared state (which
 //! thread to count it in, which budgets to charge, how much it adds to the relay's
-//! rate), an adapter ([`crate::state::Guard`]) asks the state backend, and the answers
+//! rate), an adapter (the state guard, outside the core) asks the state backend, and the answers
 //! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
 
 use super::facts::MessageFacts;
@@ -143,6 +143,8 @@ impl Budget {
 pub struct Charge {
     /// The state key: budget and sender.
     pub key: String,
+    /// The sender charged: its [`Identity::key`](super::Identity::key), as in `key`.
+    pub sender: String,
     /// Which budget.
     pub budget: Budget,
     /// Recipients charged.
@@ -251,6 +253,7 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     let audience = counts.audience as u64;
     let sender = identity(facts);
     let who = super::address::fold_case(sender.name());
+    let sender_key = sender.key();
     let mut plan = StatePlan::default();
 
     let storm = &policy.storm;
@@ -290,7 +293,8 @@ pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
     ] {
         if limit > 0 && cost > 0 {
             plan.charges.push(Charge {
-                key: format!("rate:{}:{}", budget.key(), sender.key()),
+                key: format!("rate:{}:{sender_key}", budget.key()),
+                sender: sender_key.clone(),
                 budget,
                 cost,
                 limit,
@@ -457,7 +461,7 @@ mod tests {
         }
     }
 
-    fn to_list(size: u64, allowed: Option<&str>) -> MessageFacts {
+    fn to_list(size: u64) -> MessageFacts {
         let mut f = MessageFacts {
             sender: "Ann@Corp.Example".into(),
             ..MessageFacts::default()
@@ -475,7 +479,6 @@ mod tests {
                 nested_lists: 0,
                 cycles: 0,
                 domains: Arc::from(Vec::new()),
-                allowed_senders: allowed.map(|a| Arc::new(trusted(a))),
                 drift_from: None,
                 ..Default::default()
             }],
@@ -488,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_large_reply_is_counted_in_its_thread_and_charged() {
-        let plan = state_plan(&policy(), &to_list(5_000, None));
+        let plan = state_plan(&policy(), &to_list(5_000));
         let t = plan.thread.expect("counted");
         assert_eq!(t.thread, "mid:root@corp.example");
         assert_eq!(t.sender, "ann@corp.example");
@@ -510,30 +513,53 @@ mod tests {
     #[test]
     fn small_mail_originals_exempt_and_allowed_senders_ask_less() {
         let p = policy();
-        let small = state_plan(&p, &to_list(499, None));
+        let small = state_plan(&p, &to_list(499));
         assert!(small.thread.is_none());
         assert!(!small.breaker_applies);
-        let mut original = to_list(5_000, None);
+        let mut original = to_list(5_000);
         original.headers.in_reply_to.clear();
         original.headers.subject = Some("hello".into());
         assert!(
             state_plan(&p, &original).thread.is_none(),
             "only replies count"
         );
-        let allowed = state_plan(&p, &to_list(5_000, Some("ann@corp.example")));
+        let mut restricted = p.clone();
+        restricted
+            .restricted
+            .lists
+            .insert("all@corp.example".into(), trusted("ann@corp.example"));
+        let allowed = state_plan(&restricted, &to_list(5_000));
         assert!(
             allowed.charges.is_empty(),
             "a list the sender may post to is not charged"
         );
         let mut exempt = p.clone();
         exempt.exempt = trusted("ann@*");
-        assert!(state_plan(&exempt, &to_list(5_000, None)).is_empty());
-        let mut sasl = to_list(5_000, None);
+        assert!(state_plan(&exempt, &to_list(5_000)).is_empty());
+        let mut sasl = to_list(5_000);
         sasl.sasl_login = Some("ANN".into());
         assert_eq!(
             state_plan(&p, &sasl).charges[0].key,
             "rate:recipients_per_hour:sasl:ann"
         );
+    }
+
+    /// The guard names the sender of a budget it refuses by `Charge::sender`, so that
+    /// must be the identity key the budget is counted under, login or envelope.
+    #[test]
+    fn every_charge_names_the_identity_it_is_counted_under() {
+        let p = policy();
+        let envelope = state_plan(&p, &to_list(5_000));
+        assert!(!envelope.charges.is_empty());
+        for c in &envelope.charges {
+            assert_eq!(c.sender, "env:ann@corp.example");
+            assert!(c.key.ends_with(":env:ann@corp.example"), "{}", c.key);
+        }
+        let mut sasl = to_list(5_000);
+        sasl.sasl_login = Some("ANN".into());
+        for c in &state_plan(&p, &sasl).charges {
+            assert_eq!(c.sender, "sasl:ann");
+        }
     }
 
     #[test]
@@ -547,8 +573,8 @@ mod tests {
     #[test]
     fn stateful_reasons_carry_their_numbers_and_texts() {
         let p = policy();
-        let mut f = to_list(5_000, None);
-        f.state = StateFacts {
+        let f = to_list(5_000);
+        let state = StateFacts {
             storm: Some(StormFact {
                 subject: "Re: hello".into(),
                 list: "all@corp.example".into(),
@@ -580,7 +606,7 @@ mod tests {
                 per_minute: 250_000,
             }),
         };
-        let v = evaluate(&p, &f).verdict;
+        let v = evaluate(&p, &f, &state).verdict;
         assert_eq!(v.action, Action::Reject);
         assert_eq!(
             v.own_reply().map(|r| r.render(&[])).as_deref(),
@@ -612,7 +638,7 @@ mod tests {
     #[test]
     fn a_subject_full_of_placeholders_gives_a_small_reason_and_reply() {
         let subject = format!("Re: {}\u{1b}]0;x\u{7}", "{reason}".repeat(8_000));
-        let mut f = to_list(5_000, None);
+        let mut f = to_list(5_000);
         f.headers.subject = Some(subject.clone());
         let plan = state_plan(&policy(), &f);
         assert_eq!(
@@ -620,16 +646,19 @@ mod tests {
             MAX_SUBJECT_CHARS,
             "the subject kept for the storm record is capped"
         );
-        f.state.storm = Some(StormFact {
-            subject,
-            list: "all@corp.example".into(),
-            audience: 5_000,
-            messages: 3,
-            senders: 2,
-            until: 0,
-            blocked: true,
-        });
-        let v = evaluate(&policy(), &f).verdict;
+        let state = StateFacts {
+            storm: Some(StormFact {
+                subject,
+                list: "all@corp.example".into(),
+                audience: 5_000,
+                messages: 3,
+                senders: 2,
+                until: 0,
+                blocked: true,
+            }),
+            ..StateFacts::default()
+        };
+        let v = evaluate(&policy(), &f, &state).verdict;
         let summary = v.summary();
         assert!(summary.len() < 2048, "reason of {} bytes", summary.len());
         let reply = v.own_reply().expect("own reply").render(&[
@@ -646,17 +675,23 @@ mod tests {
 
     #[test]
     fn a_storm_this_message_tripped_does_not_stop_it() {
-        let mut f = to_list(5_000, None);
-        f.state.storm = Some(StormFact {
-            subject: "x".into(),
-            list: "l".into(),
-            audience: 1,
-            messages: 3,
-            senders: 2,
-            until: 0,
-            blocked: false,
-        });
-        assert_eq!(evaluate(&policy(), &f).verdict.action, Action::Accept);
+        let f = to_list(5_000);
+        let state = StateFacts {
+            storm: Some(StormFact {
+                subject: "x".into(),
+                list: "l".into(),
+                audience: 1,
+                messages: 3,
+                senders: 2,
+                until: 0,
+                blocked: false,
+            }),
+            ..StateFacts::default()
+        };
+        assert_eq!(
+            evaluate(&policy(), &f, &state).verdict.action,
+            Action::Accept
+        );
     }
 
     /// Breaker off, storm on: the plan still asks for the thread, so a storm is counted
@@ -668,7 +703,7 @@ mod tests {
             rate: RatePolicy::default(),
             ..policy()
         };
-        let plan = state_plan(&storm_only, &to_list(5000, None));
+        let plan = state_plan(&storm_only, &to_list(5000));
         assert!(plan.thread.is_some() && plan.charges.is_empty());
         assert_eq!(plan.relay_recipients, None);
         assert!(!plan.is_empty(), "{plan:?}");
@@ -678,7 +713,7 @@ mod tests {
             breaker: BreakerPolicy::default(),
             ..policy()
         };
-        let plan = state_plan(&rate_only, &to_list(5000, None));
+        let plan = state_plan(&rate_only, &to_list(5000));
         assert!(plan.thread.is_none() && !plan.charges.is_empty());
         assert!(!plan.is_empty(), "{plan:?}");
 
@@ -687,7 +722,7 @@ mod tests {
             rate: RatePolicy::default(),
             ..policy()
         };
-        let plan = state_plan(&breaker_only, &to_list(5000, None));
+        let plan = state_plan(&breaker_only, &to_list(5000));
         assert_eq!(plan.relay_recipients, Some(5000));
         assert!(!plan.is_empty(), "{plan:?}");
 
@@ -697,7 +732,7 @@ mod tests {
             breaker: BreakerPolicy::default(),
             ..policy()
         };
-        assert!(state_plan(&none, &to_list(5000, None)).is_empty());
+        assert!(state_plan(&none, &to_list(5000)).is_empty());
     }
 
     /// `min_audience = 0` switches the storm breaker off and `max_per_minute = 0` the
@@ -707,7 +742,7 @@ mod tests {
         let mut p = policy();
         p.storm.min_audience = 0;
         p.breaker.max_per_minute = 0;
-        let empty = to_list(0, None);
+        let empty = to_list(0);
         let plan = state_plan(&p, &empty);
         assert_eq!(plan.thread, None);
         assert_eq!(plan.relay_recipients, None);
@@ -716,7 +751,7 @@ mod tests {
         p.storm.min_audience = 1;
         p.breaker.max_per_minute = 1;
         p.breaker.min_audience = 0;
-        let plan = state_plan(&p, &to_list(1, None));
+        let plan = state_plan(&p, &to_list(1));
         assert!(plan.thread.is_some());
         assert_eq!(plan.relay_recipients, Some(1));
         assert!(plan.breaker_applies);

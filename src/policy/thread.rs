@@ -200,7 +200,6 @@ mod tests {
                 nested_lists: 0,
                 cycles: 0,
                 domains: Vec::new().into(),
-                allowed_senders: None,
                 drift_from: None,
                 ..Default::default()
             }],

@@ -149,13 +149,12 @@ mod tests {
                     (Arc::from("trust.example.org"), 1000),
                 ]
                 .into(),
-                allowed_senders: None,
                 drift_from: None,
                 ..Default::default()
             }],
             ..Default::default()
         });
-        let e = evaluate(&Policy::default(), &f);
+        let e = evaluate(&Policy::default(), &f, &Default::default());
         let h = held_message(QueueId::parse("ABCDEF12").unwrap(), 42, &f, &e);
         assert_eq!(h.audience, 3001);
         assert_eq!(h.lists[0].address, "all@example.org");

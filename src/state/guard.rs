@@ -176,7 +176,7 @@ impl Guard {
                 limit: c.limit,
                 period: c.budget.period(),
             };
-            let sender = c.key.splitn(3, ':').nth(2).unwrap_or_default().to_owned();
+            let sender = c.sender.clone();
             if c.cost > c.limit {
                 out.facts.rate.push(RateFact {
                     budget: c.budget,

@@ -379,9 +379,10 @@ fn trusted_sender_keys_are_parsed_and_checked() {
     let r = &c.policy.restricted.allowed_senders;
     assert_eq!(r.logins.patterns(), ["comms"]);
     assert_eq!(r.envelope.patterns(), ["news@example.org"]);
-    let board = c.lists[0]
-        .allowed_senders
-        .as_ref()
+    let board = c
+        .policy
+        .restricted
+        .by_name(&c.lists[0].address)
         .expect("restricted by name");
     assert!(board.logins.is_empty());
     assert_eq!(board.envelope.patterns(), ["pa@example.org"]);

@@ -12,6 +12,7 @@ use crate::policy::{
     Action, AddressGlobs, BreakerPolicy, DomainSet, Hidden, Levels, RatePolicy, Restricted, Scope,
     StormPolicy, TrustedSenders,
 };
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// What a message's audience is measured against.
@@ -115,7 +116,12 @@ pub(super) struct Rules {
 }
 
 /// Checks `[restricted]`, `[hidden]`, `[drift]`, `[expansion]` and `[[scope]]`.
-pub(super) fn rules(raw: &RawConfig, report: &mut impl FnMut(&str, String)) -> Rules {
+/// `lists` are the restricted `[[list]]`s with the senders each allows.
+pub(super) fn rules(
+    raw: &RawConfig,
+    lists: HashMap<String, TrustedSenders>,
+    report: &mut impl FnMut(&str, String),
+) -> Rules {
     let mut check_action = |key: &str, action: Action| {
         if action == Action::Accept {
             report(
@@ -204,6 +210,7 @@ pub(super) fn rules(raw: &RawConfig, report: &mut impl FnMut(&str, String)) -> R
         restricted: Restricted {
             min_audience: raw.restricted.min_audience,
             allowed_senders: restricted_senders,
+            lists,
             action: raw.restricted.action,
             monitor: raw.restricted.monitor,
         },

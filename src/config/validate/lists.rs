@@ -5,11 +5,16 @@ use crate::config::ListSpec;
 use crate::config::raw::RawList;
 use crate::policy::address::{fold_case, normalize};
 use crate::policy::{AddressGlobs, TrustedSenders};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-/// Checks every `[[list]]`.
-pub(super) fn lists(raw: &[RawList], report: &mut impl FnMut(&str, String)) -> Vec<ListSpec> {
+/// Checks every `[[list]]`: the lists, and the senders each restricted list allows
+/// (which belong to the policy).
+pub(super) fn lists(
+    raw: &[RawList],
+    report: &mut impl FnMut(&str, String),
+) -> (Vec<ListSpec>, HashMap<String, TrustedSenders>) {
     let mut lists = Vec::new();
+    let mut restricted = HashMap::new();
     for (i, l) in raw.iter().enumerate() {
         let key = format!("list[{i}]");
         let address = fold_case(&normalize(&l.address));
@@ -42,12 +47,13 @@ pub(super) fn lists(raw: &[RawList], report: &mut impl FnMut(&str, String)) -> V
                 AddressGlobs::default()
             })
         };
-        let allowed_senders = restricted_by_name.then(|| {
-            Arc::new(TrustedSenders {
+        if restricted_by_name {
+            let allowed = TrustedSenders {
                 logins: globs("allowed_senders", &l.allowed_senders),
                 envelope: globs("allowed_envelope_senders", &l.allowed_envelope_senders),
-            })
-        });
+            };
+            restricted.insert(address.clone(), allowed);
+        }
         lists.push(ListSpec {
             address,
             members: l
@@ -55,8 +61,7 @@ pub(super) fn lists(raw: &[RawList], report: &mut impl FnMut(&str, String)) -> V
                 .as_ref()
                 .map(|m| m.iter().map(|a| fold_case(&normalize(a))).collect()),
             member_count: l.member_count,
-            allowed_senders,
         });
     }
-    lists
+    (lists, restricted)
 }

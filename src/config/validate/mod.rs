@@ -127,8 +127,8 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     let audience = limits::audience(&raw, report);
     let base = file.parent().unwrap_or(Path::new("/"));
     let directories = directory::sources(&mut raw.directory, base, report);
-    let lists = lists::lists(&raw.list, report);
-    let rules = limits::rules(&raw, report);
+    let (lists, restricted_lists) = lists::lists(&raw.list, report);
+    let rules = limits::rules(&raw, restricted_lists, report);
     quarantine(&raw, review_within, expire_after, report);
     postfix::check(&raw.postfix, report);
     let notify = notify::check(&raw.notify, notify_times, report);

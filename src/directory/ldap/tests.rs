@@ -70,7 +70,7 @@ fn verdict(policy: &Policy, d: &Directory, rcpt: &str) -> Verdict {
         audience: d.audience_facts([rcpt]),
         ..MessageFacts::default()
     };
-    evaluate(policy, &facts).verdict
+    evaluate(policy, &facts, &Default::default()).verdict
 }
 
 fn rules(v: &Verdict) -> Vec<&'static str> {

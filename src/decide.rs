@@ -1,0 +1,446 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! One decision, the same for the milter, `explain` and the tests: plan what the message
+//! asks of the shared state, observe it, evaluate, write the quarantine record of a
+//! hold, carry the effect out, settle the state's books.
+//!
+//! The pure steps are the policy's ([`policy::state_plan`], [`policy::evaluate`],
+//! [`policy::effect()`]); the rest is done through two ports, so each caller plugs in
+//! what it has: the milter a [`GuardState`] and its end-of-message context, the tests
+//! a [`GuardState`] and [`Offline`], `explain` [`NoState`] and [`Offline`].
+
+use crate::policy::{
+    self, Effect, Evaluation, MessageFacts, Policy, Replies, StateFacts, StatePlan,
+};
+use crate::state::guard::Observed;
+use crate::state::{Guard, StateError};
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// The shared state (storms, rates, the breaker) as one decision sees it.
+pub trait StateStep {
+    /// Why the state could not answer.
+    type Error;
+
+    /// Asks the state what `plan` needs. Called only for a plan that asks something.
+    fn observe(
+        &mut self,
+        policy: &Policy,
+        plan: StatePlan,
+        queue_id: &str,
+    ) -> impl Future<Output = Result<StateFacts, Self::Error>> + Send;
+
+    /// Settles the books after the effect was carried out or failed: `leaves` is true
+    /// when the message left (accepted or tagged, and the answer given to the MTA).
+    /// Called only after [`StateStep::observe`].
+    fn settle(&mut self, leaves: bool) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Where a decision's effect goes.
+pub trait Outlet {
+    /// Why recording or applying failed.
+    type Error;
+    /// What carrying an effect out gives back (the milter: the protocol status).
+    type Applied;
+
+    /// Writes the quarantine record of a message about to be held, durably: called
+    /// before [`Outlet::apply`], which is not called when this fails.
+    fn record_held(
+        &mut self,
+        facts: &MessageFacts,
+        evaluation: &Evaluation,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Carries the effect out.
+    fn apply(
+        &mut self,
+        effect: &Effect,
+    ) -> impl Future<Output = Result<Self::Applied, Self::Error>> + Send;
+}
+
+/// What was decided about one message, and done with it.
+#[derive(Clone, Debug)]
+pub struct Decision<A> {
+    /// What the shared state said (empty when nothing was asked).
+    pub state: StateFacts,
+    /// The verdict and the counts behind it.
+    pub evaluation: Evaluation,
+    /// The effect carried out.
+    pub effect: Effect,
+    /// What the outlet gave back.
+    pub applied: A,
+}
+
+/// Decides one message and carries the decision out. `queue_id` is the id shown in
+/// logs and replies. A state fault ends the decision before anything is applied; a
+/// failed record stops the hold; either way the state's books are settled, with the
+/// message counted as not sent, before the error is returned.
+pub async fn decide<S, O>(
+    policy: &Policy,
+    replies: &Replies,
+    facts: &MessageFacts,
+    queue_id: &str,
+    state: &mut S,
+    outlet: &mut O,
+) -> Result<Decision<O::Applied>, O::Error>
+where
+    S: StateStep<Error: std::fmt::Display>,
+    O: Outlet<Error: From<S::Error>>,
+{
+    let plan = policy::state_plan(policy, facts);
+    let observed = !plan.is_empty();
+    let state_facts = if observed {
+        state.observe(policy, plan, queue_id).await?
+    } else {
+        StateFacts::default()
+    };
+    let started = Instant::now();
+    let evaluation = policy::evaluate(policy, facts, &state_facts);
+    debug!(
+        queue_id,
+        micros = started.elapsed().as_micros() as u64,
+        "policy evaluated"
+    );
+    let effect = policy::effect(&evaluation.verdict, replies, queue_id);
+    let outcome = async {
+        if effect.hold.is_some() {
+            outlet.record_held(facts, &evaluation).await?;
+        }
+        outlet.apply(&effect).await
+    }
+    .await;
+    if observed && let Err(e) = state.settle(outcome.is_ok() && effect.leaves()).await {
+        warn!(queue_id, "rate and breaker state not updated: {e}");
+    }
+    Ok(Decision {
+        state: state_facts,
+        evaluation,
+        effect,
+        applied: outcome?,
+    })
+}
+
+/// The shared state through a [`Guard`].
+#[derive(Debug)]
+pub struct GuardState<'g> {
+    guard: &'g Guard,
+    observed: Option<Observed>,
+}
+
+impl<'g> GuardState<'g> {
+    /// Asks `guard`.
+    pub fn new(guard: &'g Guard) -> Self {
+        GuardState {
+            guard,
+            observed: None,
+        }
+    }
+}
+
+impl StateStep for GuardState<'_> {
+    type Error = StateError;
+
+    async fn observe(
+        &mut self,
+        policy: &Policy,
+        plan: StatePlan,
+        queue_id: &str,
+    ) -> Result<StateFacts, StateError> {
+        let observed = self.guard.observe(policy, plan, queue_id).await?;
+        let facts = observed.facts.clone();
+        self.observed = Some(observed);
+        Ok(facts)
+    }
+
+    async fn settle(&mut self, leaves: bool) -> Result<(), StateError> {
+        match &self.observed {
+            Some(observed) => self.guard.settle(observed, leaves).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// No shared state (`explain`, which runs without the daemon): no storm is in
+/// progress, every budget has room, the breaker is not tripped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoState;
+
+impl StateStep for NoState {
+    type Error = Infallible;
+
+    async fn observe(
+        &mut self,
+        _policy: &Policy,
+        _plan: StatePlan,
+        _queue_id: &str,
+    ) -> Result<StateFacts, Infallible> {
+        Ok(StateFacts::default())
+    }
+
+    async fn settle(&mut self, _leaves: bool) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// An outlet that writes no record and applies nothing (`explain`, the tests): the
+/// message leaves exactly when its effect says so ([`Effect::leaves`]). It never fails;
+/// `E` is the error of the state it is paired with (none for [`NoState`]).
+#[derive(Debug)]
+pub struct Offline<E = Infallible>(PhantomData<fn() -> E>);
+
+impl Offline {
+    /// The outlet paired with [`NoState`]; with another state, take
+    /// `Offline::<ItsError>::default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<E> Default for Offline<E> {
+    fn default() -> Self {
+        Offline(PhantomData)
+    }
+}
+
+impl<E> Outlet for Offline<E> {
+    type Error = E;
+    type Applied = ();
+
+    async fn record_held(
+        &mut self,
+        _facts: &MessageFacts,
+        _evaluation: &Evaluation,
+    ) -> Result<(), E> {
+        Ok(())
+    }
+
+    async fn apply(&mut self, _effect: &Effect) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Action, Levels, RatePolicy, StateFacts};
+    use futures_util::FutureExt;
+    use std::sync::{Arc, Mutex};
+
+    /// Every call to either port, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    fn note(log: &Log, call: String) {
+        log.lock().unwrap().push(call);
+    }
+
+    struct FakeState {
+        log: Log,
+        fail_observe: bool,
+    }
+
+    impl StateStep for FakeState {
+        type Error = StateError;
+
+        async fn observe(
+            &mut self,
+            _policy: &Policy,
+            _plan: StatePlan,
+            _queue_id: &str,
+        ) -> Result<StateFacts, StateError> {
+            note(&self.log, "observe".into());
+            if self.fail_observe {
+                return Err(StateError("down".into()));
+            }
+            Ok(StateFacts::default())
+        }
+
+        async fn settle(&mut self, leaves: bool) -> Result<(), StateError> {
+            note(&self.log, format!("settle leaves={leaves}"));
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum FakeError {
+        #[error("state: {0}")]
+        State(#[from] StateError),
+        #[error("outlet failed")]
+        Outlet,
+    }
+
+    #[derive(Default)]
+    struct FakeOutlet {
+        log: Log,
+        fail_record: bool,
+        fail_apply: bool,
+    }
+
+    impl Outlet for FakeOutlet {
+        type Error = FakeError;
+        type Applied = Action;
+
+        async fn record_held(
+            &mut self,
+            _facts: &MessageFacts,
+            _evaluation: &Evaluation,
+        ) -> Result<(), FakeError> {
+            note(&self.log, "record".into());
+            if self.fail_record {
+                return Err(FakeError::Outlet);
+            }
+            Ok(())
+        }
+
+        async fn apply(&mut self, effect: &Effect) -> Result<Action, FakeError> {
+            note(&self.log, format!("apply {}", effect.action));
+            if self.fail_apply {
+                return Err(FakeError::Outlet);
+            }
+            Ok(effect.action)
+        }
+    }
+
+    fn replies() -> Replies {
+        Replies {
+            contact: "x".into(),
+            reject: "No: {reason}".into(),
+            tempfail: "Later: {reason}".into(),
+        }
+    }
+
+    /// Envelope recipients: 10 tag, 20 hold, 30 reject; with `state`, each message
+    /// charges a rate budget, so the state is asked.
+    fn policy(state: bool) -> Policy {
+        Policy {
+            envelope: Levels {
+                tag: 10,
+                quarantine: 20,
+                reject: 30,
+                monitor: false,
+            },
+            rate: RatePolicy {
+                recipients_per_day: if state { 1_000_000 } else { 0 },
+                ..RatePolicy::default()
+            },
+            ..Policy::default()
+        }
+    }
+
+    fn to(n: usize) -> MessageFacts {
+        let mut f = MessageFacts {
+            sender: "ann@example.org".into(),
+            ..Default::default()
+        };
+        for i in 0..n {
+            f.recipients.add(&format!("u{i}@example.org"));
+        }
+        f
+    }
+
+    /// Runs one decision; the calls to both ports in order, and the result.
+    fn run(
+        policy: &Policy,
+        n: usize,
+        fail_observe: bool,
+        mut outlet: FakeOutlet,
+    ) -> (Vec<String>, Result<Decision<Action>, FakeError>) {
+        let log = Log::default();
+        outlet.log = log.clone();
+        let mut state = FakeState {
+            log: log.clone(),
+            fail_observe,
+        };
+        let result = decide(policy, &replies(), &to(n), "Q", &mut state, &mut outlet)
+            .now_or_never()
+            .expect("the fakes never wait");
+        let calls = log.lock().unwrap().clone();
+        (calls, result)
+    }
+
+    #[test]
+    fn a_tagged_message_is_applied_and_counted_as_sent() {
+        let (calls, result) = run(&policy(true), 10, false, FakeOutlet::default());
+        assert_eq!(calls, ["observe", "apply tag", "settle leaves=true"]);
+        let d = result.expect("decided");
+        assert_eq!(d.applied, Action::Tag);
+        assert_eq!(d.effect.action, Action::Tag);
+        assert_eq!(d.evaluation.verdict.action, Action::Tag);
+    }
+
+    #[test]
+    fn a_hold_is_recorded_before_it_is_applied_and_does_not_leave() {
+        let (calls, result) = run(&policy(true), 20, false, FakeOutlet::default());
+        assert_eq!(
+            calls,
+            [
+                "observe",
+                "record",
+                "apply quarantine",
+                "settle leaves=false"
+            ]
+        );
+        assert_eq!(result.expect("decided").applied, Action::Quarantine);
+    }
+
+    #[test]
+    fn a_failed_record_stops_the_hold_and_the_budget_is_given_back() {
+        let outlet = FakeOutlet {
+            fail_record: true,
+            ..FakeOutlet::default()
+        };
+        let (calls, result) = run(&policy(true), 20, false, outlet);
+        assert_eq!(calls, ["observe", "record", "settle leaves=false"]);
+        assert!(matches!(result, Err(FakeError::Outlet)));
+    }
+
+    #[test]
+    fn an_accept_that_could_not_be_applied_does_not_count_as_sent() {
+        let outlet = FakeOutlet {
+            fail_apply: true,
+            ..FakeOutlet::default()
+        };
+        let (calls, result) = run(&policy(true), 1, false, outlet);
+        assert_eq!(calls, ["observe", "apply accept", "settle leaves=false"]);
+        assert!(matches!(result, Err(FakeError::Outlet)));
+    }
+
+    #[test]
+    fn a_refusal_is_applied_without_a_record_and_does_not_leave() {
+        let (calls, result) = run(&policy(true), 30, false, FakeOutlet::default());
+        assert_eq!(calls, ["observe", "apply reject", "settle leaves=false"]);
+        let d = result.expect("decided");
+        assert_eq!(d.effect.reply.expect("a reply").code, "550");
+    }
+
+    #[test]
+    fn a_state_fault_applies_nothing() {
+        let (calls, result) = run(&policy(true), 30, true, FakeOutlet::default());
+        assert_eq!(calls, ["observe"]);
+        assert!(matches!(result, Err(FakeError::State(_))));
+    }
+
+    #[test]
+    fn a_message_that_asks_nothing_of_the_state_neither_observes_nor_settles() {
+        let (calls, result) = run(&policy(false), 10, false, FakeOutlet::default());
+        assert_eq!(calls, ["apply tag"]);
+        assert!(result.expect("decided").state == StateFacts::default());
+    }
+
+    #[test]
+    fn offline_decides_without_state_or_outlet() {
+        let d: Result<_, Infallible> = decide(
+            &policy(true),
+            &replies(),
+            &to(20),
+            "Q",
+            &mut NoState,
+            &mut Offline::new(),
+        )
+        .now_or_never()
+        .expect("offline never waits");
+        let Ok(d) = d;
+        assert_eq!(d.effect.action, Action::Quarantine);
+        assert_eq!(d.state, StateFacts::default());
+    }
+}

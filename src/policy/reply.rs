@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The `[reply]` settings and how a reply text is rendered: `{reason}`, `{contact}` and
+//! `{queue_id}` filled in, one bounded line of printable ASCII. The templates are
+//! checked when the configuration is loaded (`config::reply`).
+
+use super::verdict::OwnReply;
+use crate::text;
+
+/// Longest reply line we send; RFC 5321 allows 512 octets per line including the code,
+/// and Postfix and indymilter accept up to 980 bytes per line.
+pub const MAX_LINE: usize = 900;
+
+/// Validated reply templates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replies {
+    /// `[reply] contact`.
+    pub contact: String,
+    /// `[reply] reject` template.
+    pub reject: String,
+    /// `[reply] tempfail` template.
+    pub tempfail: String,
+}
+
+impl Replies {
+    /// The reject text for a message, one line of printable ASCII.
+    pub fn reject_text(&self, reason: &str, queue_id: &str) -> String {
+        self.render(&self.reject, reason, queue_id)
+    }
+
+    /// The tempfail text for a message, one line of printable ASCII.
+    pub fn tempfail_text(&self, reason: &str, queue_id: &str) -> String {
+        self.render(&self.tempfail, reason, queue_id)
+    }
+
+    /// A rule's own reply text (`[storm] reply`, `[rate] reply`) with the rule's facts,
+    /// `{contact}`, `{queue_id}` and `{reason}` filled in one pass; one line of
+    /// printable ASCII.
+    pub fn own_text(&self, own: &OwnReply, reason: &str, queue_id: &str) -> String {
+        line(&own.render(&self.values(reason, queue_id)))
+    }
+
+    fn render(&self, template: &str, reason: &str, queue_id: &str) -> String {
+        line(&text::render(template, &self.values(reason, queue_id)))
+    }
+
+    fn values<'a>(&'a self, reason: &'a str, queue_id: &'a str) -> [(&'static str, &'a str); 3] {
+        [
+            ("contact", &self.contact),
+            ("queue_id", queue_id),
+            ("reason", reason),
+        ]
+    }
+}
+
+/// One reply line: neutralised ([`text::neutralize`]: line breaks and controls become
+/// visible escapes), anything else outside printable ASCII a `?`, at most [`MAX_LINE`]
+/// bytes.
+fn line(text: &str) -> String {
+    let mut line: String = text::neutralize(text)
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if line.len() > MAX_LINE {
+        line.truncate(MAX_LINE - 3);
+        line.push_str("...");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replies() -> Replies {
+        Replies {
+            contact: "the service desk on 1234".into(),
+            reject: "Not sent ({reason}); ask {contact}, quoting {queue_id}.".into(),
+            tempfail: "Try later.".into(),
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled() {
+        assert_eq!(
+            replies().reject_text("200 >= 100", "ABC123"),
+            "Not sent (200 >= 100); ask the service desk on 1234, quoting ABC123."
+        );
+        assert_eq!(replies().tempfail_text("x", "Q"), "Try later.");
+    }
+
+    #[test]
+    fn rendered_text_is_one_bounded_ascii_line() {
+        let r = replies().reject_text(&"é\r\n".repeat(1000), "Q");
+        assert!(r.len() <= MAX_LINE);
+        assert!(r.ends_with("..."));
+        assert!(r.chars().all(|c| c == ' ' || c.is_ascii_graphic()));
+    }
+
+    #[test]
+    fn line_breaks_and_escapes_in_a_reason_become_visible() {
+        let r = replies().reject_text("list x\r\nBcc: y \u{1b}[2J \u{202e}", "Q");
+        assert_eq!(
+            r,
+            "Not sent (list x\\x0D\\x0ABcc: y \\x1B[2J \\u{202E}); ask the service desk on 1234, quoting Q."
+        );
+    }
+
+    #[test]
+    fn own_replies_are_rendered_once() {
+        let subject = "{reason}".repeat(8_000);
+        let own = OwnReply {
+            template: "Storm on {subject} ({list}); ask {contact} ({queue_id}): {reason}".into(),
+            values: vec![("subject", subject.clone()), ("list", "{contact}".into())],
+        };
+        let reason = format!("storm on \"{subject}\"");
+        let r = replies().own_text(&own, &reason, "Q");
+        assert!(r.len() <= MAX_LINE, "{}", r.len());
+        assert!(
+            r.starts_with("Storm on {reason}{reason}"),
+            "the subject's placeholders stay text: {r}"
+        );
+    }
+}
