@@ -6,10 +6,10 @@
 use crate::refresher::{RefreshOutcome, RefreshRequest};
 use crate::state::{Guard, Storm};
 use crate::text;
+use crate::unix_socket::{self, SocketFile};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -132,20 +132,9 @@ pub fn storms_text(storms: &[Storm]) -> String {
     out
 }
 
-/// Binds the socket at `path` (replacing a stale one, refusing one in use), mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+/// Binds the socket at `path`, mode 0600 (see [`unix_socket::bind`]).
+pub async fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
+    unix_socket::bind(path, 0o600).await
 }
 
 /// Answers requests on `listener` until the task is dropped.
@@ -296,6 +285,7 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::state::{MemoryBackend, StateBackend};
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
     use std::time::SystemTime;
 
@@ -398,10 +388,13 @@ mod tests {
         };
         backend.storm_start(&storm, clock.now()).await.unwrap();
         let guard = Guard::new(backend.clone(), Arc::new(clock), None);
-        let listener = bind(&path).unwrap();
+        let (listener, _file) = bind(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(bind(&path).is_err(), "a socket in use is not taken over");
+        assert!(
+            bind(&path).await.is_err(),
+            "a socket in use is not taken over"
+        );
         let server = tokio::spawn(serve(
             listener,
             Handlers {

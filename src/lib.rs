@@ -23,6 +23,7 @@ pub mod server;
 pub mod state;
 pub mod state_dir;
 pub mod text;
+pub mod unix_socket;
 
 /// Product name.
 pub const NAME: &str = "fanout-milter";

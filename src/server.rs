@@ -229,11 +229,11 @@ pub async fn run(
         rebuild: tokio::sync::Mutex::new(()),
     });
     let admin = match &services.admin_socket {
-        Some(path) => match admin_socket::bind(path) {
-            Ok(listener) => {
+        Some(path) => match admin_socket::bind(path).await {
+            Ok((listener, file)) => {
                 info!(socket = %path.display(), "admin socket ready");
                 Some((
-                    path.clone(),
+                    file,
                     tokio::spawn(admin_socket::serve(
                         listener,
                         admin_socket::Handlers {
@@ -364,9 +364,9 @@ pub async fn run(
     let result = indymilter::run(listener, callbacks, milter_config, drained).await;
     reloader.abort();
     refresher.abort();
-    if let Some((path, task)) = admin {
+    if let Some((file, task)) = admin {
         task.abort();
-        let _ = std::fs::remove_file(path);
+        drop(file);
     }
     result
 }
