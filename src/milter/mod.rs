@@ -8,10 +8,10 @@ pub mod session;
 
 pub use session::{ConnData, MessageData, Session, VERDICT_HEADER};
 
+use crate::daemon::shared::Shared;
 use crate::notify::AlertKind;
 use crate::policy::{self, Evaluation};
 use crate::quarantine::{self, QueueId, record};
-use crate::server::Shared;
 use crate::state::guard::Observed;
 use futures_util::FutureExt;
 use indymilter::{
@@ -107,7 +107,7 @@ async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<
         .macros
         .get(c"{auth_authen}")
         .map(|v| v.to_string_lossy().into_owned());
-    let runtime = shared.runtime.load_full();
+    let runtime = shared.current();
     let inflight = shared.inflight.enter();
     let session = cx.data.get_or_insert_with(Session::default);
     session.init_message(runtime, &sender, login, inflight);
