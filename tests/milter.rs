@@ -537,6 +537,37 @@ async fn quarantine_level_holds_the_message() {
     milter.stop().await;
 }
 
+/// A held message's record and alert take their time from the daemon's clock, like
+/// the storm and rate windows: a manual clock moves them all.
+#[tokio::test]
+async fn a_held_message_is_stamped_by_the_daemons_clock() {
+    let mut milter = Milter::start("held-clock", &Conf::default()).await;
+    milter.clock.advance(Duration::from_secs(3600));
+    let mut conn = milter.connect().await;
+    let result = message(&mut conn, "<ann@example.org>", &internal(7)).await;
+    assert_quarantined(
+        &result,
+        "limits.envelope: 7 envelope recipients >= quarantine level 6",
+    );
+    let held = milter
+        .store
+        .list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        })
+        .expect("read the store");
+    assert_eq!(held[0].message.held_at, 1_800_003_600);
+    let alert = within("the quarantine alert", milter.alerts.recv())
+        .await
+        .expect("an alert was queued");
+    assert_eq!(
+        alert.at,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_003_600)
+    );
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
 #[tokio::test]
 async fn an_unwritable_store_tempfails_instead_of_holding() {
     let milter = Milter::start("store-fault", &Conf::default()).await;

@@ -121,8 +121,7 @@ impl Builder {
             keep_alerts,
         } = self;
         config.postfix.log_delimiter();
-        let mut snapshots = ldap_refresh::initial_snapshots(&config, clock.as_ref()).await;
-        snapshots.now = clock.now();
+        let snapshots = ldap_refresh::initial_snapshots(&config, clock.as_ref()).await;
         let ldap = snapshots.clone();
         let generation =
             match tokio::task::spawn_blocking(move || Generation::load(config, &ldap)).await {

@@ -20,7 +20,7 @@ use indymilter::{
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// Queue id shown when Postfix did not send macro `i`.
@@ -230,7 +230,7 @@ async fn record_held(
 ) -> Result<(), EomError> {
     let id = QueueId::parse(queue_id.unwrap_or_default())
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
-    let now = record::epoch_secs(SystemTime::now());
+    let now = record::epoch_secs(shared.now());
     let held = quarantine::held_message(id, now, facts, evaluation);
     let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
     let store = shared.store.clone();
