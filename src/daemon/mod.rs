@@ -200,6 +200,7 @@ fn guard(
                 *on_failure,
                 *timeout,
                 Some(alerts.clone()),
+                clock.clone(),
             );
             Guard::new(Arc::new(failover), clock, Some(alerts.clone())).with_relay_state(local)
         }
