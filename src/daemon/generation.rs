@@ -190,3 +190,91 @@ fn load_generation(
     config.postfix.log_delimiter();
     Ok((Generation::load(config, ldap)?, restart_needed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::directory::ldap::{self, fake::FakeDirectory};
+    use crate::quarantine::Store;
+    use crate::state::{Guard, MemoryBackend};
+    use std::collections::HashMap;
+    use std::time::{Duration, SystemTime};
+
+    /// A reload rebuilds the directory with the snapshots the last refresh put in
+    /// force, not with those the daemon started with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_uses_the_snapshots_of_the_last_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fanout-milter.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[domains]\ninternal = [\"corp.example\"]\n[quarantine]\nstate_dir = \"{}\"\n\
+                 [[directory]]\ntype = \"ldap\"\nname = \"corp\"\nurl = \"ldap://dc1.corp.example\"\n\
+                 base_dns = [\"dc=corp,dc=example\"]\ndomains = [\"corp.example\"]\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write the configuration");
+        let config = config::load(&file).expect("configuration");
+        let settings = config.directories[0].ldap.clone().expect("ldap");
+        let mut fake = FakeDirectory::active_directory();
+        let people: Vec<String> = ["ann", "bob"]
+            .iter()
+            .map(|p| {
+                let dn = format!("cn={p},ou=staff,dc=corp,dc=example");
+                fake.person(&dn, &format!("{p}@corp.example"));
+                dn
+            })
+            .collect();
+        fake.group(
+            "cn=team,ou=groups,dc=corp,dc=example",
+            Some("team@corp.example"),
+            &people,
+        );
+        let snap = ldap::take(&mut fake, &settings).await.expect("snapshot");
+
+        let none = Snapshots {
+            by_source: HashMap::new(),
+            now: SystemTime::now(),
+        };
+        let generation = Generation::load(config, &none).expect("directory");
+        let (alerts, _receiver) = crate::notify::channel(16);
+        let shared = Arc::new(Shared::new(
+            generation,
+            Arc::new(Store::open(dir.path()).expect("store")),
+            alerts,
+            Guard::new(Arc::new(MemoryBackend::new()), Arc::new(SystemClock), None),
+        ));
+        let (reload, reloads) = mpsc::channel(1);
+        let (owner, _owning) = Owner::spawn(shared.clone(), none, reloads);
+        let team = |shared: &Shared| {
+            shared
+                .current()
+                .directory
+                .audience_facts(["team@corp.example"])
+                .expect("configured")
+                .total
+        };
+        let reloaded = owner.reloaded();
+
+        owner
+            .rebuild(Snapshots {
+                by_source: HashMap::from([("corp".to_owned(), Arc::new(snap))]),
+                now: SystemTime::now(),
+            })
+            .await
+            .expect("rebuilt");
+        assert_eq!(team(&shared), 2);
+
+        let (ack, answer) = oneshot::channel();
+        reload.send(ack).await.expect("the owner runs");
+        let answer = answer.await.expect("the owner answers");
+        assert_eq!(answer.expect("reloaded").restart_needed, Vec::<&str>::new());
+        assert_eq!(team(&shared), 2, "built with the refreshed snapshot");
+        tokio::time::timeout(Duration::from_secs(5), reloaded.notified())
+            .await
+            .expect("the refresher is told of the reload");
+    }
+}
