@@ -92,7 +92,8 @@ impl Builder {
         self
     }
 
-    /// Uses `store` instead of opening the one in `state_dir`.
+    /// Uses `store` instead of opening the one in `state_dir` (tests keep one store
+    /// each, apart from the default `state_dir` their configurations share).
     pub fn store(mut self, store: Arc<Store>) -> Builder {
         self.store = Some(store);
         self

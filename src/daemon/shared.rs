@@ -2,7 +2,7 @@
 //! What the parts of the running daemon share: the generation in force (configuration
 //! and directory), messages in flight, the quarantine store, the alert queue and the
 //! storm and rate state. The milter reads it; only the generation owner
-//! ([`super::generation`]) replaces the generation. This module sits below the milter,
+//! (`daemon::generation`) replaces the generation. This module sits below the milter,
 //! the LDAP refresher and the control socket, and imports none of them.
 
 use crate::config::Config;
