@@ -3,12 +3,13 @@
 //! audience is dangerously large.
 //!
 //! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
-//! milter ([`milter`]), the configuration loader ([`config`]), the serving loop
-//! ([`server`]) and the offline `explain` command ([`explain`]).
+//! milter ([`milter`]), the configuration loader ([`config`]), the daemon
+//! ([`daemon`]) and the offline `explain` command ([`explain`]).
 
-pub mod admin_socket;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod decide;
 pub mod directory;
 pub mod explain;
@@ -19,15 +20,14 @@ pub mod notify;
 pub mod policy;
 pub mod process;
 pub mod quarantine;
-pub mod refresher;
-pub mod server;
 pub mod state;
 pub mod state_dir;
 pub mod text;
+pub mod unix_socket;
 
 /// Product name.
 pub const NAME: &str = "fanout-milter";
 /// Crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use server::{ReloadError, ReloadRequest, Reloaded, Runtime, Services, run};
+pub use daemon::{Builder, Daemon, Generation, ReloadError, ReloadRequest, Reloaded};

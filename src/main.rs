@@ -3,23 +3,21 @@
 //! verdict offline.
 
 use clap::{Parser, Subcommand};
-use fanout_milter::admin_socket;
 use fanout_milter::config::{self, Config, DEFAULT_CONFIG_PATH};
+use fanout_milter::control;
 use fanout_milter::directory::ldap::Snapshots;
 use fanout_milter::directory::{Directory, DriftMode, drift::KnownSizes};
 use fanout_milter::explain::{ExplainInput, explain, lookup_text};
-use fanout_milter::milter::listener::MilterListener;
 use fanout_milter::quarantine::admin::{Admin, invoking_user};
 use fanout_milter::quarantine::postfix::PostfixTools;
 use fanout_milter::quarantine::record::epoch_secs;
 use fanout_milter::quarantine::running;
 use fanout_milter::quarantine::{Filter, QueueId, State, Store, StoreError};
 use fanout_milter::state_dir::StateDir;
-use fanout_milter::{NAME, Runtime, Services, VERSION, logging, server, text};
+use fanout_milter::{NAME, VERSION, daemon, logging, text};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
@@ -242,10 +240,10 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
     };
     let socket = &config.admin_socket;
     let request = match &command {
-        StormsCommand::List { .. } => admin_socket::Request::StormsList,
-        StormsCommand::Clear { id } => admin_socket::Request::StormsClear { id: id.clone() },
+        StormsCommand::List { .. } => control::Request::StormsList,
+        StormsCommand::Clear { id } => control::Request::StormsClear { id: id.clone() },
     };
-    let response = match admin_socket::request(socket, &request) {
+    let response = match control::request(socket, &request) {
         Ok(r) => r,
         Err(e) => {
             complain(&e);
@@ -253,16 +251,16 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
         }
     };
     match (command, response) {
-        (StormsCommand::List { json: true }, admin_socket::Response::Storms { storms }) => {
+        (StormsCommand::List { json: true }, control::Response::Storms { storms }) => {
             let json = serde_json::to_string_pretty(&storms).unwrap_or_default();
             println!("{}", text::neutralize_json(&json));
             ExitCode::SUCCESS
         }
-        (StormsCommand::List { json: false }, admin_socket::Response::Storms { storms }) => {
-            print!("{}", admin_socket::storms_text(&storms));
+        (StormsCommand::List { json: false }, control::Response::Storms { storms }) => {
+            print!("{}", control::storms_text(&storms));
             ExitCode::SUCCESS
         }
-        (StormsCommand::Clear { id }, admin_socket::Response::Cleared { found }) => {
+        (StormsCommand::Clear { id }, control::Response::Cleared { found }) => {
             if found {
                 println!("storm {id} cleared: replies in its thread flow again");
                 ExitCode::SUCCESS
@@ -271,7 +269,7 @@ fn storms_command(path: &Path, command: StormsCommand) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        (_, admin_socket::Response::Error { message }) => {
+        (_, control::Response::Error { message }) => {
             complain(format_args!("the daemon refused: {message}"));
             ExitCode::from(1)
         }
@@ -433,7 +431,7 @@ fn directory_command(path: &Path, command: DirectoryCommand) -> ExitCode {
         ..
     } = command
     {
-        return directory_daemon(&config, admin_socket::Request::DirectoryAccept { source });
+        return directory_daemon(&config, control::Request::DirectoryAccept { source });
     }
     if let Err(e) = check_state_dir(path, &config) {
         complain(&e);
@@ -574,18 +572,18 @@ fn directory_refresh(config: &Config, source: Option<String>) -> ExitCode {
         eprintln!("{NAME}: the configuration has no LDAP source");
         return ExitCode::from(1);
     }
-    directory_daemon(config, admin_socket::Request::DirectoryRefresh { source })
+    directory_daemon(config, control::Request::DirectoryRefresh { source })
 }
 
 /// `directory refresh` and `directory accept --source`: one request to the daemon,
 /// one line per source.
-fn directory_daemon(config: &Config, request: admin_socket::Request) -> ExitCode {
+fn directory_daemon(config: &Config, request: control::Request) -> ExitCode {
     let done = match request {
-        admin_socket::Request::DirectoryAccept { .. } => "accepted",
+        control::Request::DirectoryAccept { .. } => "accepted",
         _ => "refreshed",
     };
-    match admin_socket::request(&config.admin_socket, &request) {
-        Ok(admin_socket::Response::Refreshed { outcomes }) => {
+    match control::request(&config.admin_socket, &request) {
+        Ok(control::Response::Refreshed { outcomes }) => {
             let mut failed = false;
             for o in outcomes {
                 failed |= !o.ok;
@@ -606,7 +604,7 @@ fn directory_daemon(config: &Config, request: admin_socket::Request) -> ExitCode
                 ExitCode::SUCCESS
             }
         }
-        Ok(admin_socket::Response::Error { message }) => {
+        Ok(control::Response::Error { message }) => {
             complain(&message);
             ExitCode::from(1)
         }
@@ -706,51 +704,15 @@ fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
 
 async fn serve(config: Config) -> ExitCode {
     info!(version = VERSION, config = %config.file.display(), mode = config.policy.mode.as_str(), "starting");
-    config.postfix.log_delimiter();
-    let snapshots = fanout_milter::refresher::initial_snapshots(&config).await;
-    let refresher = fanout_milter::refresher::Refresher::new(&snapshots);
-    let runtime = match tokio::task::spawn_blocking(move || Runtime::load(config, &snapshots)).await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            error!("{e}");
-            return ExitCode::from(1);
-        }
-        Err(e) => {
-            error!("cannot load the directory: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let config = &runtime.config;
-    let state_dir = config.state_dir.clone();
-    let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await {
-        Ok(Ok(s)) => Arc::new(s),
-        Ok(Err(e)) => {
-            error!("{e}");
-            return ExitCode::from(1);
-        }
-        Err(e) => {
-            error!("cannot open the quarantine store: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    info!(store = %store.path().display(), "quarantine store open");
-    let mut services = match Services::new(store, &config.state) {
-        Ok(s) => s,
+    let daemon = match daemon::Builder::new(config).start().await {
+        Ok(d) => d,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(1);
         }
     };
-    services.admin_socket = Some(config.admin_socket.clone());
-    services.refresher = refresher;
-    let listener = match MilterListener::bind(&config.listen, config.socket_mode).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(1);
-        }
-    };
+    let generation = daemon.generation();
+    let config = &generation.config;
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -786,7 +748,7 @@ async fn serve(config: Config) -> ExitCode {
     let shutdown = async move {
         let _ = shutdown_rx.await;
     };
-    match server::run(listener, runtime, services, reload_rx, shutdown).await {
+    match daemon.run(reload_rx, shutdown).await {
         Ok(()) => {
             info!("shut down");
             ExitCode::SUCCESS

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! In-process milter-protocol tests: `fanout_milter::run` on 127.0.0.1:0, driven by
+//! In-process milter-protocol tests: the daemon ([`Builder`]) on 127.0.0.1:0, driven by
 //! indymilter-test as Postfix would drive it. Every stage's status is asserted, and
 //! every wait is bounded.
 //!
@@ -9,11 +9,9 @@
 use fanout_milter::ReloadRequest;
 use fanout_milter::clock::ManualClock;
 use fanout_milter::config;
-use fanout_milter::milter::listener::MilterListener;
 use fanout_milter::notify::{AlertKind, AlertReceiver};
 use fanout_milter::quarantine::{Filter, State, Store};
-use fanout_milter::state::{Guard, MemoryBackend};
-use fanout_milter::{ReloadError, Reloaded, Runtime, Services};
+use fanout_milter::{Builder, ReloadError, Reloaded};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, ProtoOpts, Status, TestConnection,
 };
@@ -145,7 +143,7 @@ reject = "Not sent ({{reason}}); ask {{contact}}, quoting {{queue_id}}."
     }
 }
 
-/// A running `fanout_milter::run` with its configuration file, reload channel and
+/// A running daemon ([`Builder`]) with its configuration file, reload channel and
 /// shutdown trigger.
 struct Milter {
     addr: SocketAddr,
@@ -166,44 +164,29 @@ impl Milter {
             .join(format!("milter-{name}-{}.toml", std::process::id()));
         std::fs::write(&file, conf.toml()).expect("write the configuration");
         let config = config::load(&file).unwrap_or_else(|e| panic!("test config refused: {e}"));
-        let listener = within(
-            "bind",
-            MilterListener::bind(&"inet:127.0.0.1:0".parse().unwrap(), 0o660),
-        )
-        .await
-        .expect("bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("a TCP listener has an address");
         let (reloads, reload_rx) = mpsc::channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let runtime = Runtime::load(config, &Default::default()).expect("no directory to load");
         let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("milter-{name}-{}-state", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let store = Arc::new(Store::open(&state).expect("open the quarantine store"));
-        let (alerts, alert_queue) = fanout_milter::notify::channel(100);
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-        let task = tokio::spawn(fanout_milter::run(
-            listener,
-            runtime,
-            Services {
-                store: store.clone(),
-                alerts: alerts.clone(),
-                digests: None,
-                guard: Guard::new(
-                    Arc::new(MemoryBackend::new()),
-                    Arc::new(clock.clone()),
-                    Some(alerts),
-                ),
-                admin_socket: None,
-                refresher: fanout_milter::refresher::Refresher::new(&Default::default()),
-            },
-            reload_rx,
-            async move {
-                let _ = shutdown_rx.await;
-            },
-        ));
+        let mut daemon = within(
+            "start",
+            Builder::new(config)
+                .clock(Arc::new(clock.clone()))
+                .store(store.clone())
+                .admin_socket(None)
+                .keep_alerts()
+                .start(),
+        )
+        .await
+        .expect("start on 127.0.0.1:0");
+        let addr = daemon.local_addr().expect("a TCP listener has an address");
+        let alert_queue = daemon.take_alerts().expect("alerts kept");
+        let task = tokio::spawn(daemon.run(reload_rx, async move {
+            let _ = shutdown_rx.await;
+        }));
         Milter {
             addr,
             store,
@@ -550,6 +533,37 @@ async fn quarantine_level_holds_the_message() {
     let (actions, status) = eom_raw(&mut conn).await;
     assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
     assert_eq!(actions.actions, [], "{actions:?}");
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
+/// A held message's record and alert take their time from the daemon's clock, like
+/// the storm and rate windows: a manual clock moves them all.
+#[tokio::test]
+async fn a_held_message_is_stamped_by_the_daemons_clock() {
+    let mut milter = Milter::start("held-clock", &Conf::default()).await;
+    milter.clock.advance(Duration::from_secs(3600));
+    let mut conn = milter.connect().await;
+    let result = message(&mut conn, "<ann@example.org>", &internal(7)).await;
+    assert_quarantined(
+        &result,
+        "limits.envelope: 7 envelope recipients >= quarantine level 6",
+    );
+    let held = milter
+        .store
+        .list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        })
+        .expect("read the store");
+    assert_eq!(held[0].message.held_at, 1_800_003_600);
+    let alert = within("the quarantine alert", milter.alerts.recv())
+        .await
+        .expect("an alert was queued");
+    assert_eq!(
+        alert.at,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_003_600)
+    );
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
 }

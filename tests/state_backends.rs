@@ -5,6 +5,7 @@
 mod common;
 
 use common::Redis;
+use fanout_milter::clock::SystemClock;
 use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
 use fanout_milter::state::failover::with_deadline;
 use fanout_milter::state::{
@@ -200,6 +201,7 @@ fn failover(redis: &Redis, prefix: &str, on_failure: OnFailure) -> (Failover, Al
         on_failure,
         TIMEOUT,
         Some(tx),
+        Arc::new(SystemClock),
     );
     (f, rx)
 }

@@ -4,11 +4,10 @@
 //! [`QuickAckStream`]), and stops accepting when shutdown begins.
 
 use crate::config::ListenAddr;
+use crate::unix_socket::{self, SocketFile};
 use indymilter::{EitherStream, Listener};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,17 +49,7 @@ pub enum MilterListener {
     /// TCP.
     Tcp(TcpListener),
     /// Unix-domain socket; the file is removed when the listener is dropped.
-    Unix(UnixListener, UnixSocketFile),
-}
-
-/// Removes the socket file on drop.
-#[derive(Debug)]
-pub struct UnixSocketFile(PathBuf);
-
-impl Drop for UnixSocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    Unix(UnixListener, SocketFile),
 }
 
 impl MilterListener {
@@ -95,11 +84,8 @@ impl MilterListener {
                 Err(io_err(last))
             }
             ListenAddr::Unix(path) => {
-                remove_stale_socket(path).await.map_err(io_err)?;
-                let listener = UnixListener::bind(path).map_err(io_err)?;
-                let file = UnixSocketFile(path.clone());
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
-                    .map_err(io_err)?;
+                let (listener, file) =
+                    unix_socket::bind(path, socket_mode).await.map_err(io_err)?;
                 Ok(MilterListener::Unix(listener, file))
             }
         }
@@ -112,25 +98,6 @@ impl MilterListener {
             MilterListener::Unix(..) => None,
         }
     }
-}
-
-/// A socket file left by a crashed instance is removed; one that still answers is in use.
-async fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket", path.display()),
-        ));
-    }
-    if UnixStream::connect(path).await.is_ok() {
-        return Err(io::ErrorKind::AddrInUse.into());
-    }
-    std::fs::remove_file(path)
 }
 
 /// An accepted TCP milter connection that acknowledges what it reads at once.
@@ -283,6 +250,7 @@ impl Listener for StoppableListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     fn inet0() -> ListenAddr {

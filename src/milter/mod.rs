@@ -8,12 +8,12 @@ pub mod session;
 
 pub use session::{ConnData, MessageData, Session};
 
+use crate::daemon::shared::Shared;
 use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
 use crate::policy::effect::fault_reply;
 use crate::policy::{self, Evaluation, NO_QUEUE_ID};
 use crate::quarantine::{self, QueueId, record};
-use crate::server::Shared;
 use futures_util::FutureExt;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,
@@ -21,7 +21,7 @@ use indymilter::{
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// The milter actions fanout-milter uses.
@@ -105,7 +105,7 @@ async fn handle_mail(cx: &mut Context<Session>, args: Vec<CString>, shared: Arc<
         .macros
         .get(c"{auth_authen}")
         .map(|v| v.to_string_lossy().into_owned());
-    let runtime = shared.runtime.load_full();
+    let runtime = shared.current();
     let inflight = shared.inflight.enter();
     let session = cx.data.get_or_insert_with(Session::default);
     session.init_message(runtime, &sender, login, inflight);
@@ -232,7 +232,7 @@ async fn record_held(
 ) -> Result<(), EomError> {
     let id = QueueId::parse(queue_id.unwrap_or_default())
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
-    let now = record::epoch_secs(SystemTime::now());
+    let now = record::epoch_secs(shared.now());
     let held = quarantine::held_message(id, now, facts, evaluation);
     let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
     let store = shared.store.clone();

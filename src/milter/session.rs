@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Per-connection and per-message data kept between milter stages.
 
+use crate::daemon::shared::{Generation, InflightGuard};
 use crate::message::{HeaderBuffer, extract};
 use crate::policy::{MessageFacts, RecipientSet, VERDICT_HEADER};
-use crate::server::InflightGuard;
-use crate::server::Runtime;
 use indymilter::ProtoOpts;
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ pub struct ConnData {
 pub struct MessageData {
     /// Configuration and directory in force when the message started; a reload does
     /// not change them.
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<Generation>,
     /// Envelope sender, normalised.
     pub sender: String,
     /// SASL login, from `{auth_authen}` at MAIL.
@@ -57,7 +56,7 @@ impl Session {
     /// Starts a new message at MAIL, dropping any unfinished one.
     pub fn init_message(
         &mut self,
-        runtime: Arc<Runtime>,
+        runtime: Arc<Generation>,
         sender: &str,
         sasl_login: Option<String>,
         inflight: InflightGuard,
@@ -126,7 +125,7 @@ pub struct FinishedMessage {
     /// The facts for the policy core.
     pub facts: MessageFacts,
     /// Configuration and directory the message started under.
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<Generation>,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
     /// Keeps the message counted as in flight until the reply is sent.

@@ -16,6 +16,7 @@
 
 use super::algo::{Limit, Take};
 use super::{MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
+use crate::clock::Clock;
 use crate::config::OnFailure;
 use crate::notify::{Alert, AlertKind, AlertSender};
 use async_trait::async_trait;
@@ -60,11 +61,14 @@ struct Inner {
     up: AtomicBool,
     down_since: Mutex<Option<(SystemTime, String)>>,
     alerts: Option<AlertSender>,
+    /// The daemon's clock: outages are timed and storms judged on it.
+    clock: Arc<dyn Clock>,
 }
 
 impl Failover {
     /// `remote` (named `name` in logs), falling back to `local`, each operation
-    /// bounded by `timeout`; outages and recoveries are alerted through `alerts`.
+    /// bounded by `timeout`; outages and recoveries are alerted through `alerts`, and
+    /// timed on `clock`.
     pub fn new(
         remote: Arc<dyn StateBackend>,
         local: Arc<MemoryBackend>,
@@ -72,6 +76,7 @@ impl Failover {
         on_failure: OnFailure,
         timeout: Duration,
         alerts: Option<AlertSender>,
+        clock: Arc<dyn Clock>,
     ) -> Failover {
         Failover {
             inner: Arc::new(Inner {
@@ -83,6 +88,7 @@ impl Failover {
                 up: AtomicBool::new(true),
                 down_since: Mutex::new(None),
                 alerts,
+                clock,
             }),
         }
     }
@@ -149,7 +155,7 @@ impl Inner {
         if !self.up.swap(false, Ordering::SeqCst) {
             return;
         }
-        let now = SystemTime::now();
+        let now = self.clock.now();
         *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, why.clone()));
         let consequence = match self.on_failure {
             OnFailure::Local => {
@@ -204,7 +210,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let outage = since
             .and_then(|(t, _)| now.duration_since(t).ok())
             .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
@@ -229,7 +235,7 @@ impl Inner {
     /// Copies the storms active on this relay to the shared backend (those tripped
     /// while it was down); returns how many it did not have.
     async fn resync(&self) -> usize {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let storms = self.local.storm_list(now).await.unwrap_or_default();
         let mut copied = 0;
         for s in storms {

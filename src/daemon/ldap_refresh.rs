@@ -7,12 +7,14 @@
 //! one (admins get a `directory-shrunk` alert) and kept as pending until an admin
 //! accepts it (`directory accept --source NAME`, through the admin socket).
 
+use super::generation::{Owner, RebuildError};
+use super::shared::Shared;
+use crate::clock::Clock;
 use crate::config::ldap::{LdapSettings, OnStale};
+use crate::control::RefreshOutcome;
 use crate::directory::ldap::guard::{self, Measure, Shrink};
 use crate::directory::ldap::{self, Snapshot, Snapshots};
 use crate::notify::{Alert, AlertKind};
-use crate::server::{Runtime, Shared};
-use serde::{Deserialize, Serialize};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -25,20 +27,6 @@ use tracing::{error, info, warn};
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Longest a whole refresh may take.
 const MAX_REFRESH_DEADLINE: Duration = Duration::from_secs(30 * 60);
-
-/// What one refresh did, for `fanout-milter directory refresh`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefreshOutcome {
-    /// The source.
-    pub source: String,
-    /// True when a new snapshot is in force.
-    pub ok: bool,
-    /// True when the refresh worked but lost too much and waits for an admin's accept.
-    #[serde(default)]
-    pub refused: bool,
-    /// Counts and duration, or the error.
-    pub message: String,
-}
 
 /// A request to refresh one source (`None`: all) now, or to accept its pending one.
 pub struct RefreshRequest {
@@ -61,12 +49,18 @@ pub struct Refresher {
     shrink_alerted: Mutex<HashSet<String>>,
     requests: mpsc::Sender<RefreshRequest>,
     receiver: Mutex<Option<mpsc::Receiver<RefreshRequest>>>,
-    changed: Notify,
+    /// Notified after a reload (sources may have come or gone).
+    changed: Arc<Notify>,
+    /// The generation in force (read), alerts and the clock.
+    shared: Arc<Shared>,
+    /// Where rebuilt snapshots go to be put in force.
+    owner: Owner,
 }
 
 impl Refresher {
-    /// A refresher starting from `initial` (saved or first snapshots).
-    pub fn new(initial: &Snapshots) -> Arc<Refresher> {
+    /// A refresher of `shared`'s LDAP sources starting from `initial` (saved or first
+    /// snapshots), which hands new snapshots to `owner`.
+    pub fn new(initial: &Snapshots, shared: Arc<Shared>, owner: Owner) -> Arc<Refresher> {
         let (requests, receiver) = mpsc::channel(8);
         Arc::new(Refresher {
             snapshots: Mutex::new(initial.by_source.clone()),
@@ -76,7 +70,9 @@ impl Refresher {
             shrink_alerted: Mutex::new(HashSet::new()),
             requests,
             receiver: Mutex::new(Some(receiver)),
-            changed: Notify::new(),
+            changed: owner.reloaded(),
+            shared,
+            owner,
         })
     }
 
@@ -84,7 +80,7 @@ impl Refresher {
     pub fn snapshots(&self) -> Snapshots {
         Snapshots {
             by_source: self.lock().clone(),
-            now: SystemTime::now(),
+            now: self.shared.now(),
         }
     }
 
@@ -97,20 +93,15 @@ impl Refresher {
         self.requests.clone()
     }
 
-    /// Tells the task the configuration changed (sources may have come or gone).
-    pub fn config_changed(&self) {
-        self.changed.notify_one();
-    }
-
     /// Refreshes sources until the daemon stops. Runs once; later calls return at once.
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+    pub async fn run(self: Arc<Self>) {
         let Some(mut rx) = self.receiver.lock().ok().and_then(|mut r| r.take()) else {
             return;
         };
         let mut due: HashMap<String, Instant> = HashMap::new();
         let mut settings_seen: HashMap<String, String> = HashMap::new();
         loop {
-            let sources = ldap_sources(&shared);
+            let sources = ldap_sources(&self.shared);
             due.retain(|name, _| sources.iter().any(|s| &s.name == name));
             let now = Instant::now();
             for s in &sources {
@@ -133,7 +124,7 @@ impl Refresher {
                     let now = Instant::now();
                     for s in &sources {
                         if due.get(&s.name).is_some_and(|t| *t <= now) {
-                            let outcome = self.refresh_one(&shared, s).await;
+                            let outcome = self.refresh_one(s).await;
                             due.insert(s.name.clone(), next_due(s, outcome.ok || outcome.refused));
                         }
                     }
@@ -144,11 +135,11 @@ impl Refresher {
                     let mut outcomes = Vec::new();
                     for s in &sources {
                         if request.accept && request.source.as_deref() == Some(&s.name) {
-                            outcomes.push(self.accept_one(&shared, s).await);
+                            outcomes.push(self.accept_one(s).await);
                         } else if !request.accept
                             && request.source.as_deref().is_none_or(|n| n == s.name)
                         {
-                            let outcome = self.refresh_one(&shared, s).await;
+                            let outcome = self.refresh_one(s).await;
                             due.insert(s.name.clone(), next_due(s, outcome.ok || outcome.refused));
                             outcomes.push(outcome);
                         }
@@ -167,19 +158,14 @@ impl Refresher {
         }
     }
 
-    /// When a source is first due: one interval after its snapshot was taken, or now
-    /// when it has none, or one taken with other settings (a reload changed them).
+    /// When a source is first due (see [`first_due`]).
     fn first_due(&self, s: &LdapSettings, now: Instant) -> Instant {
-        match self.lock().get(&s.name) {
-            Some(snap) if snap.fingerprint == ldap::fingerprint(s) => {
-                now + s.refresh.saturating_sub(snap.age(SystemTime::now()))
-            }
-            _ => now,
-        }
+        let snap = self.lock().get(&s.name).cloned();
+        first_due(snap.as_deref(), s, now, self.shared.now())
     }
 
     /// Refreshes one source and, when it worked, swaps the rebuilt directory in.
-    pub async fn refresh_one(&self, shared: &Arc<Shared>, s: &LdapSettings) -> RefreshOutcome {
+    pub async fn refresh_one(&self, s: &LdapSettings) -> RefreshOutcome {
         let deadline = s
             .refresh
             .clamp(s.timeout, MAX_REFRESH_DEADLINE.max(s.timeout));
@@ -196,11 +182,9 @@ impl Refresher {
             message,
         };
         match result {
-            Ok(snap) => self.apply(shared, s, snap).await,
+            Ok(snap) => self.apply(s, snap).await,
             Err(e) => {
-                let message = self
-                    .keep_old(shared, s, &format!("ldap refresh failed: {e}"))
-                    .await;
+                let message = self.keep_old(s, &format!("ldap refresh failed: {e}")).await;
                 outcome(false, message)
             }
         }
@@ -208,19 +192,14 @@ impl Refresher {
 
     /// Judges a fresh snapshot of `s` against the one in force: takes it (saved, the
     /// directory rebuilt) or, when it loses more than `max_shrink`, refuses it.
-    pub async fn apply(
-        &self,
-        shared: &Arc<Shared>,
-        s: &LdapSettings,
-        snap: Snapshot,
-    ) -> RefreshOutcome {
+    pub async fn apply(&self, s: &LdapSettings, snap: Snapshot) -> RefreshOutcome {
         let outcome = |ok, message| RefreshOutcome {
             source: s.name.clone(),
             ok,
             refused: false,
             message,
         };
-        let config = shared.runtime.load().config.clone();
+        let config = self.shared.current().config.clone();
         let previous = self.lock().get(&s.name).cloned();
         let before = previous
             .as_deref()
@@ -243,13 +222,11 @@ impl Refresher {
             Ok(j) => j,
             Err(e) => {
                 let why = format!("ldap refresh failed: judging the snapshot failed: {e}");
-                return outcome(false, self.keep_old(shared, s, &why).await);
+                return outcome(false, self.keep_old(s, &why).await);
             }
         };
         if judged.refused {
-            return self
-                .refuse(shared, s, judged.snapshot, &judged.shrink)
-                .await;
+            return self.refuse(s, judged.snapshot, &judged.shrink).await;
         }
         if first {
             let why = format!(
@@ -259,9 +236,9 @@ impl Refresher {
                 s.name, judged.shrink.lists_after, judged.shrink.members_after
             );
             warn!(source = %s.name, "{why}");
-            shared.alerts.send(Alert {
+            self.shared.alerts.send(Alert {
                 kind: AlertKind::DirectoryBaseline,
-                at: SystemTime::now(),
+                at: self.shared.now(),
                 queue_id: None,
                 sender: String::new(),
                 subject: String::new(),
@@ -275,7 +252,7 @@ impl Refresher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.name.clone(), (snap.taken_at, Arc::new(judged.after)));
-        let state_dir = shared.runtime.load().config.state_dir.clone();
+        let state_dir = self.shared.current().config.state_dir.clone();
         let saving = snap.clone();
         let name = s.name.clone();
         let saved = tokio::task::spawn_blocking(move || {
@@ -338,7 +315,7 @@ impl Refresher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&s.name);
-        match rebuild(shared, self).await {
+        match self.rebuild().await {
             Ok(()) => {
                 info!(
                     source = %s.name,
@@ -374,11 +351,11 @@ impl Refresher {
 
     /// A refresh that did not change the snapshot in force: says what stays, and past
     /// `max_staleness` alerts and applies `on_stale`. Returns the outcome's message.
-    async fn keep_old(&self, shared: &Arc<Shared>, s: &LdapSettings, why: &str) -> String {
+    async fn keep_old(&self, s: &LdapSettings, why: &str) -> String {
         let age = self
             .lock()
             .get(&s.name)
-            .map(|snap| snap.age(SystemTime::now()));
+            .map(|snap| snap.age(self.shared.now()));
         let kept = match age {
             Some(a) => format!(
                 "keeping the snapshot taken {} ago",
@@ -389,22 +366,16 @@ impl Refresher {
         error!(source = %s.name, "{why}; {kept}");
         let stale = age.is_none_or(|a| a > s.max_staleness);
         if stale {
-            self.stale(shared, s, why, &kept).await;
+            self.stale(s, why, &kept).await;
         }
         format!("{why}; {kept}")
     }
 
     /// A refresh that lost too much: kept as pending (memory and disk) for an admin's
     /// accept, admins alerted once, and otherwise handled as a failed one.
-    async fn refuse(
-        &self,
-        shared: &Arc<Shared>,
-        s: &LdapSettings,
-        snap: Snapshot,
-        shrink: &Shrink,
-    ) -> RefreshOutcome {
+    async fn refuse(&self, s: &LdapSettings, snap: Snapshot, shrink: &Shrink) -> RefreshOutcome {
         let snap = Arc::new(snap);
-        let state_dir = shared.runtime.load().config.state_dir.clone();
+        let state_dir = self.shared.current().config.state_dir.clone();
         let saving = snap.clone();
         match tokio::task::spawn_blocking(move || ldap::save_pending(&state_dir, &saving)).await {
             Ok(Ok(())) => {}
@@ -436,11 +407,11 @@ impl Refresher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(s.name.clone());
-        let message = self.keep_old(shared, s, &why).await;
+        let message = self.keep_old(s, &why).await;
         if first {
-            shared.alerts.send(Alert {
+            self.shared.alerts.send(Alert {
                 kind: AlertKind::DirectoryShrunk,
-                at: SystemTime::now(),
+                at: self.shared.now(),
                 queue_id: None,
                 sender: String::new(),
                 subject: String::new(),
@@ -461,14 +432,14 @@ impl Refresher {
     /// memory, or the pending file after a restart) and forgets the lists that
     /// vanished: the admin says they are gone. Without a refused snapshot, only
     /// forgets the vanished lists of the one in force.
-    pub async fn accept_one(&self, shared: &Arc<Shared>, s: &LdapSettings) -> RefreshOutcome {
+    pub async fn accept_one(&self, s: &LdapSettings) -> RefreshOutcome {
         let outcome = |ok, message: String| RefreshOutcome {
             source: s.name.clone(),
             ok,
             refused: false,
             message,
         };
-        let state_dir = shared.runtime.load().config.state_dir.clone();
+        let state_dir = self.shared.current().config.state_dir.clone();
         let remembered = self
             .pending
             .lock()
@@ -499,7 +470,7 @@ impl Refresher {
                     "accepted the refused snapshot taken {} ago ({} lists, was {}); \
                      lists it lacks are gone",
                     humantime::format_duration(Duration::from_secs(
-                        p.age(SystemTime::now()).as_secs()
+                        p.age(self.shared.now()).as_secs()
                     )),
                     p.lists.len(),
                     current.map_or(0, |c| c.lists.len())
@@ -542,13 +513,13 @@ impl Refresher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&s.name);
-        if snap.age(SystemTime::now()) <= s.max_staleness {
+        if snap.age(self.shared.now()) <= s.max_staleness {
             self.stale_alerted
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&s.name);
         }
-        match rebuild(shared, self).await {
+        match self.rebuild().await {
             Ok(()) => {
                 warn!(source = %s.name, "accepted by an admin: {what}");
                 outcome(true, what)
@@ -560,7 +531,13 @@ impl Refresher {
         }
     }
 
-    async fn stale(&self, shared: &Arc<Shared>, s: &LdapSettings, error: &str, kept: &str) {
+    /// Hands the snapshots in force to the generation owner, which rebuilds the
+    /// directory of the configuration in force with them and swaps it in.
+    async fn rebuild(&self) -> Result<(), RebuildError> {
+        self.owner.rebuild(self.snapshots()).await
+    }
+
+    async fn stale(&self, s: &LdapSettings, error: &str, kept: &str) {
         let first = self
             .stale_alerted
             .lock()
@@ -573,9 +550,9 @@ impl Refresher {
                 "ldap snapshot older than max_staleness {}",
                 humantime::format_duration(s.max_staleness)
             );
-            shared.alerts.send(Alert {
+            self.shared.alerts.send(Alert {
                 kind: AlertKind::DirectoryStale,
-                at: SystemTime::now(),
+                at: self.shared.now(),
                 queue_id: None,
                 sender: String::new(),
                 subject: String::new(),
@@ -589,17 +566,28 @@ impl Refresher {
             });
         }
         if s.on_stale != OnStale::UseStale
-            && let Err(e) = rebuild(shared, self).await
+            && let Err(e) = self.rebuild().await
         {
             error!(source = %s.name, "directory not rebuilt for on_stale: {e}");
         }
     }
 }
 
+/// When a source is first due: one interval after `snap`, its snapshot, was taken
+/// (its age judged at `wall`), or `now` when it has none, or one taken with other
+/// settings (a reload changed them).
+fn first_due(snap: Option<&Snapshot>, s: &LdapSettings, now: Instant, wall: SystemTime) -> Instant {
+    match snap {
+        Some(snap) if snap.fingerprint == ldap::fingerprint(s) => {
+            now + s.refresh.saturating_sub(snap.age(wall))
+        }
+        _ => now,
+    }
+}
+
 fn ldap_sources(shared: &Shared) -> Vec<LdapSettings> {
     shared
-        .runtime
-        .load()
+        .current()
         .config
         .directories
         .iter()
@@ -676,32 +664,9 @@ fn next_due(s: &LdapSettings, ok: bool) -> Instant {
     Instant::now() + wait
 }
 
-/// Rebuilds the directory from the configuration in force and the current snapshots,
-/// and swaps it in; a reload does the same under the same lock.
-pub async fn rebuild(
-    shared: &Shared,
-    refresher: &Refresher,
-) -> Result<(), crate::directory::DirectoryError> {
-    let _one_at_a_time = shared.rebuild.lock().await;
-    let config = shared.runtime.load().config.clone();
-    let snapshots = refresher.snapshots();
-    let loaded = tokio::task::spawn_blocking(move || Runtime::load(config, &snapshots)).await;
-    match loaded {
-        Ok(Ok(runtime)) => {
-            shared.runtime.store(Arc::new(runtime));
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(e) => {
-            error!("directory rebuild task failed: {e}");
-            Ok(())
-        }
-    }
-}
-
 /// The snapshots to start with: the saved ones, and for a source without one, a
 /// first refresh (bounded by its `timeout`) so mail to its domains need not wait.
-pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
+pub async fn initial_snapshots(config: &crate::config::Config, clock: &dyn Clock) -> Snapshots {
     let (mut snapshots, errors) = Snapshots::load_saved(config);
     for e in errors {
         error!("ldap snapshot not used: {e}");
@@ -710,7 +675,7 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
         if let Some(snap) = snapshots.by_source.get(&s.name) {
             info!(
                 source = %s.name,
-                age = %humantime::format_duration(Duration::from_secs(snap.age(SystemTime::now()).as_secs())),
+                age = %humantime::format_duration(Duration::from_secs(snap.age(clock.now()).as_secs())),
                 lists = snap.stats.lists,
                 "ldap snapshot read from disk"
             );
@@ -784,7 +749,7 @@ pub async fn initial_snapshots(config: &crate::config::Config) -> Snapshots {
             ),
         }
     }
-    snapshots.now = SystemTime::now();
+    snapshots.now = clock.now();
     snapshots
 }
 
@@ -822,34 +787,29 @@ mod tests {
             lists: Vec::new(),
             vanished: Vec::new(),
         };
-        let refresher = Refresher::new(&Snapshots {
-            by_source: HashMap::from([(s.name.clone(), Arc::new(snapshot))]),
-            now: SystemTime::now(),
-        });
+        let wall = SystemTime::now();
         let now = Instant::now();
-        let due = refresher.first_due(&s, now) - now;
+        let due = first_due(Some(&snapshot), &s, now, wall) - now;
         assert!(
             due > Duration::from_secs(9 * 60) && due <= Duration::from_secs(10 * 60),
             "15 minutes after a snapshot 5 minutes old: {due:?}"
         );
         let moved = settings("ou=elsewhere,dc=corp,dc=example");
         assert_eq!(
-            refresher.first_due(&moved, now),
+            first_due(Some(&snapshot), &moved, now, wall),
             now,
             "other base_dns: the snapshot is not theirs"
         );
-        let fresh = Refresher::new(&Snapshots::default());
-        assert_eq!(fresh.first_due(&s, now), now, "no snapshot yet");
+        assert_eq!(first_due(None, &s, now, wall), now, "no snapshot yet");
     }
 
     mod shrink {
         use super::*;
         use crate::config::Config;
+        use crate::daemon::shared::Generation;
         use crate::directory::ldap::fake::FakeDirectory;
         use crate::policy::{Action, MessageFacts, evaluate};
-        use crate::server::Inflight;
         use crate::state::{Guard, MemoryBackend};
-        use arc_swap::ArcSwap;
 
         const STAFF: &str = "ou=staff,dc=corp,dc=example";
         const PEOPLE: usize = 20_000;
@@ -904,14 +864,19 @@ mod tests {
             s
         }
 
-        fn shared(c: &Config, first: Snapshot) -> (Arc<Shared>, crate::notify::AlertReceiver) {
+        fn shared(
+            c: &Config,
+            first: Snapshot,
+        ) -> (Arc<Refresher>, Arc<Shared>, crate::notify::AlertReceiver) {
             shared_from(c, Some(first))
         }
 
+        /// A refresher of `c`'s source starting from `first`, with the generation
+        /// owner it hands its snapshots to.
         fn shared_from(
             c: &Config,
             first: Option<Snapshot>,
-        ) -> (Arc<Shared>, crate::notify::AlertReceiver) {
+        ) -> (Arc<Refresher>, Arc<Shared>, crate::notify::AlertReceiver) {
             let snapshots = Snapshots {
                 by_source: first
                     .into_iter()
@@ -919,31 +884,28 @@ mod tests {
                     .collect(),
                 now: SystemTime::now(),
             };
-            let refresher = Refresher::new(&snapshots);
-            let runtime = Runtime::load(c.clone(), &snapshots).expect("directory");
+            let generation = Generation::load(c.clone(), &snapshots).expect("directory");
             let (alerts, receiver) = crate::notify::channel(16);
-            let shared = Arc::new(Shared {
-                runtime: ArcSwap::from_pointee(runtime),
-                inflight: Arc::new(Inflight::default()),
-                store: Arc::new(
-                    crate::quarantine::store::Store::open(&c.state_dir).expect("store"),
-                ),
+            let shared = Arc::new(Shared::new(
+                generation,
+                Arc::new(crate::quarantine::store::Store::open(&c.state_dir).expect("store")),
                 alerts,
-                guard: Guard::new(
+                Guard::new(
                     Arc::new(MemoryBackend::new()),
                     Arc::new(crate::clock::SystemClock),
                     None,
                 ),
-                refresher,
-                rebuild: tokio::sync::Mutex::new(()),
-            });
-            (shared, receiver)
+            ));
+            let (_, no_reloads) = tokio::sync::mpsc::channel(1);
+            let (owner, _owning) = Owner::spawn(shared.clone(), snapshots.clone(), no_reloads);
+            let refresher = Refresher::new(&snapshots, shared.clone(), owner);
+            (refresher, shared, receiver)
         }
 
         /// The audience of `rcpt` in the directory in force, and the action taken on
         /// a message to it.
         fn judged(shared: &Shared, rcpt: &str) -> (u64, u64, Action) {
-            let runtime = shared.runtime.load();
+            let runtime = shared.current();
             let audience = runtime
                 .directory
                 .audience_facts([rcpt])
@@ -978,7 +940,7 @@ mod tests {
                 copy.aliases.clear();
                 big.lists.push(copy);
             }
-            let (shared, mut alerts) = shared(&c, big.clone());
+            let (refresher, shared, mut alerts) = shared(&c, big.clone());
             let mut shrunk = big.clone();
             shrunk.taken_at += 60;
             let l = shrunk
@@ -987,7 +949,7 @@ mod tests {
                 .find(|l| l.address == "all@corp.example")
                 .expect("all@");
             l.members.truncate(3);
-            let o = shared.refresher.clone().apply(&shared, &s, shrunk).await;
+            let o = refresher.apply(&s, shrunk).await;
             assert!(o.refused && !o.ok, "{o:?}");
             assert!(
                 o.message.contains(
@@ -1022,12 +984,8 @@ mod tests {
             let c = config(dir.path(), "dc=corp,dc=example");
             let s = ldap_settings(&c).clone();
             let full = snapshot(&c).await;
-            let (shared, mut alerts) = shared_from(&c, None);
-            let o = shared
-                .refresher
-                .clone()
-                .apply(&shared, &s, full.clone())
-                .await;
+            let (refresher, _shared, mut alerts) = shared_from(&c, None);
+            let o = refresher.apply(&s, full.clone()).await;
             assert!(o.ok, "{o:?}");
             let alert = tokio::time::timeout(Duration::from_secs(5), alerts.recv())
                 .await
@@ -1042,7 +1000,7 @@ mod tests {
             );
             let mut later = full;
             later.taken_at += 60;
-            let o = shared.refresher.clone().apply(&shared, &s, later).await;
+            let o = refresher.apply(&s, later).await;
             assert!(o.ok, "{o:?}");
             let again = tokio::time::timeout(Duration::from_millis(50), alerts.recv()).await;
             assert!(again.is_err(), "a later refresh has a baseline: {again:?}");
@@ -1054,8 +1012,7 @@ mod tests {
             let c = config(dir.path(), "dc=corp,dc=example");
             let s = ldap_settings(&c).clone();
             let full = snapshot(&c).await;
-            let (shared, mut alerts) = shared(&c, full.clone());
-            let refresher = shared.refresher.clone();
+            let (refresher, shared, mut alerts) = shared(&c, full.clone());
             assert_eq!(judged(&shared, "all@corp.example").0, 20_000);
             let pending = ldap::pending_path(&c.state_dir, "corp");
 
@@ -1067,7 +1024,7 @@ mod tests {
                 .await
                 .expect("snapshot");
             assert!(empty.lists.is_empty());
-            let o = refresher.apply(&shared, ldap_settings(&wrong), empty).await;
+            let o = refresher.apply(ldap_settings(&wrong), empty).await;
             assert!(o.refused && !o.ok, "{o:?}");
             assert!(
                 o.message.contains("lists 22 -> 0 (22 lost, 100.0%)"),
@@ -1091,7 +1048,7 @@ mod tests {
             );
 
             // The 20,000 group alone is 1 list of 22, but most of the members.
-            let o = refresher.apply(&shared, &s, without(&full, &["all"])).await;
+            let o = refresher.apply(&s, without(&full, &["all"])).await;
             assert!(o.refused, "{o:?}");
             assert!(
                 o.message.contains("largest lost: all@corp.example (20000)"),
@@ -1110,7 +1067,7 @@ mod tests {
             assert!(again.is_err(), "one alert until it is resolved: {again:?}");
 
             // Accepted: the daemon takes it without asking the directory again.
-            let o = refresher.accept_one(&shared, &s).await;
+            let o = refresher.accept_one(&s).await;
             assert!(o.ok, "{o:?}");
             assert!(!pending.exists());
             assert_eq!(
@@ -1127,13 +1084,11 @@ mod tests {
                 21,
                 "a restart reads the accepted snapshot"
             );
-            let o = refresher.accept_one(&shared, &s).await;
+            let o = refresher.accept_one(&s).await;
             assert!(!o.ok && o.message.contains("nothing to accept"), "{o:?}");
 
             // A small list gone is taken, and counts as unknown, never as 1.
-            let o = refresher
-                .apply(&shared, &s, without(&full, &["all", "small"]))
-                .await;
+            let o = refresher.apply(&s, without(&full, &["all", "small"])).await;
             assert!(o.ok && !o.refused, "{o:?}");
             assert!(
                 o.message
@@ -1145,9 +1100,7 @@ mod tests {
             assert_eq!((total, unknown), (0, 1));
             assert_eq!(action, Action::Quarantine, "[expansion] on_unknown");
             assert_eq!(judged(&shared, "dept3@corp.example").0, 50);
-            let o = refresher
-                .apply(&shared, &s, without(&full, &["all", "small"]))
-                .await;
+            let o = refresher.apply(&s, without(&full, &["all", "small"])).await;
             assert!(o.ok, "{o:?}");
             assert_eq!(judged(&shared, "small@corp.example").1, 1, "still unknown");
             let saved = ldap::load_saved(&c.state_dir, &s)
@@ -1156,7 +1109,7 @@ mod tests {
             assert_eq!(saved.vanished.len(), 1, "remembered across a restart");
 
             // Until the admin says it is gone.
-            let o = refresher.accept_one(&shared, &s).await;
+            let o = refresher.accept_one(&s).await;
             assert!(
                 o.ok && o
                     .message

@@ -1,0 +1,375 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The daemon: its services are built in one place ([`Builder`], used by `run`, the
+//! tests and, through the binary, the benchmarks), then [`Daemon::run`] serves the milter
+//! with reloads, LDAP refreshes, the control socket, state expiry and digests around
+//! it, and shuts down gracefully.
+//!
+//! Module graph: [`shared`] (the generation in force, messages in flight) is at the
+//! bottom and imports none of the others; [`generation`] owns the swaps; the milter
+//! reads [`shared`]; [`ldap_refresh`] sends new snapshots to the owner; [`control`]
+//! serves the control socket; this module ties them together.
+
+pub mod control;
+pub mod generation;
+pub mod ldap_refresh;
+pub mod shared;
+
+pub use generation::{ReloadError, ReloadRequest, Reloaded};
+pub use shared::{Generation, Inflight, InflightGuard, Shared};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, StateSettings};
+use crate::directory::DirectoryError;
+use crate::directory::ldap::Snapshots;
+use crate::milter::{
+    self,
+    listener::{BindError, MilterListener, StoppableListener},
+};
+use crate::notify::{self, AlertReceiver, AlertSender};
+use crate::quarantine::{Store, StoreError};
+use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
+use generation::Owner;
+use ldap_refresh::Refresher;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// How often idle storm, rate and breaker state is dropped.
+const STATE_EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A directory source could not be loaded.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The quarantine store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The storm and rate state could not be set up.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The milter socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A loader task failed.
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Builds the daemon from a configuration: LDAP snapshots (saved or first taken), the
+/// directory, the quarantine store, storm and rate state as `[state]` says, the alert
+/// queue, and the milter socket. The defaults are the production ones; tests change
+/// the clock, the store, the control socket and who reads the alerts.
+pub struct Builder {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    store: Option<Arc<Store>>,
+    admin_socket: Option<PathBuf>,
+    keep_alerts: bool,
+}
+
+impl Builder {
+    /// The production daemon for `config`: the system clock, the store in `state_dir`,
+    /// the control socket at `[state] admin_socket`, and digests sent as `[notify]` says.
+    pub fn new(config: Config) -> Builder {
+        Builder {
+            admin_socket: Some(config.admin_socket.clone()),
+            config,
+            clock: Arc::new(SystemClock),
+            store: None,
+            keep_alerts: false,
+        }
+    }
+
+    /// Reads time from `clock` (a manual clock moves storm and rate windows in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Builder {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses `store` instead of opening the one in `state_dir` (tests keep one store
+    /// each, apart from the default `state_dir` their configurations share).
+    pub fn store(mut self, store: Arc<Store>) -> Builder {
+        self.store = Some(store);
+        self
+    }
+
+    /// Serves the control socket at `path`, or nowhere.
+    pub fn admin_socket(mut self, path: Option<PathBuf>) -> Builder {
+        self.admin_socket = path;
+        self
+    }
+
+    /// Sends no digests: the caller reads the alerts ([`Daemon::take_alerts`]).
+    pub fn keep_alerts(mut self) -> Builder {
+        self.keep_alerts = true;
+        self
+    }
+
+    /// Builds the services and binds the milter socket. Redis is connected lazily: an
+    /// unreachable server is not an error here (see [`Failover`]).
+    pub async fn start(self) -> Result<Daemon, StartError> {
+        let Builder {
+            config,
+            clock,
+            store,
+            admin_socket,
+            keep_alerts,
+        } = self;
+        config.postfix.log_delimiter();
+        let snapshots = ldap_refresh::initial_snapshots(&config, clock.as_ref()).await;
+        let ldap = snapshots.clone();
+        let generation =
+            match tokio::task::spawn_blocking(move || Generation::load(config, &ldap)).await {
+                Ok(loaded) => loaded?,
+                Err(e) => return Err(StartError::Task(format!("cannot load the directory: {e}"))),
+            };
+        let config = &generation.config;
+        let store = match store {
+            Some(store) => store,
+            None => {
+                let state_dir = config.state_dir.clone();
+                let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await
+                {
+                    Ok(opened) => Arc::new(opened?),
+                    Err(e) => {
+                        return Err(StartError::Task(format!(
+                            "cannot open the quarantine store: {e}"
+                        )));
+                    }
+                };
+                info!(store = %store.path().display(), "quarantine store open");
+                store
+            }
+        };
+        let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
+        let guard = guard(&config.state, clock, &alerts)?;
+        let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
+        let (digests, kept) = if keep_alerts {
+            (None, Some(receiver))
+        } else {
+            (Some(receiver), None)
+        };
+        Ok(Daemon {
+            listener,
+            shared: Arc::new(Shared::new(generation, store, alerts, guard)),
+            snapshots,
+            digests,
+            alerts: kept,
+            admin_socket,
+        })
+    }
+}
+
+/// Storm, rate and breaker state as `[state]` says, on `clock`.
+fn guard(
+    state: &StateSettings,
+    clock: Arc<dyn Clock>,
+    alerts: &AlertSender,
+) -> Result<Guard, StateError> {
+    Ok(match state {
+        StateSettings::Memory => {
+            Guard::new(Arc::new(MemoryBackend::new()), clock, Some(alerts.clone()))
+        }
+        StateSettings::Redis {
+            url,
+            password_file,
+            prefix,
+            timeout,
+            on_failure,
+        } => {
+            let password = match password_file {
+                Some(file) => Some(config::ldap::read_secret(file).map_err(StateError)?),
+                None => None,
+            };
+            let remote = Arc::new(RedisBackend::with_password(
+                url.expose(),
+                password.as_deref(),
+                prefix,
+                *timeout,
+            )?);
+            let local = Arc::new(MemoryBackend::new());
+            let failover = Failover::new(
+                remote,
+                local.clone(),
+                &url.redacted(),
+                *on_failure,
+                *timeout,
+                Some(alerts.clone()),
+                clock.clone(),
+            );
+            Guard::new(Arc::new(failover), clock, Some(alerts.clone())).with_relay_state(local)
+        }
+    })
+}
+
+/// A daemon whose services are built and whose milter socket is bound.
+pub struct Daemon {
+    listener: MilterListener,
+    shared: Arc<Shared>,
+    /// The snapshots the first generation was built with.
+    snapshots: Snapshots,
+    /// Alerts to send as digests.
+    digests: Option<AlertReceiver>,
+    /// Alerts the caller reads.
+    alerts: Option<AlertReceiver>,
+    admin_socket: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// The bound TCP address (for tests that bind port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.shared.current()
+    }
+
+    /// The quarantine store.
+    pub fn store(&self) -> Arc<Store> {
+        self.shared.store.clone()
+    }
+
+    /// The alerts, when [`Builder::keep_alerts`] asked for them (once).
+    pub fn take_alerts(&mut self) -> Option<AlertReceiver> {
+        self.alerts.take()
+    }
+
+    /// Serves the milter until `shutdown` completes, then stops accepting connections,
+    /// waits up to `[milter] shutdown_timeout` for messages in flight, and returns.
+    ///
+    /// Reload requests re-read `config.file`; an invalid file is logged and the old
+    /// configuration stays in force.
+    pub async fn run(
+        self,
+        reloads: mpsc::Receiver<ReloadRequest>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        let Daemon {
+            listener,
+            shared,
+            snapshots,
+            digests,
+            alerts: _,
+            admin_socket,
+        } = self;
+        let config = shared.current().config.clone();
+        let milter_config = indymilter::Config {
+            max_connections: config.max_connections,
+            actions: milter::ACTIONS,
+            connection_timeout: config.connection_timeout,
+        };
+        let (owner, owning) = Owner::spawn(shared.clone(), snapshots.clone(), reloads);
+        let refresher = Refresher::new(&snapshots, shared.clone(), owner);
+        let admin = match &admin_socket {
+            Some(path) => match control::bind(path).await {
+                Ok((listener, file)) => {
+                    info!(socket = %path.display(), "admin socket ready");
+                    Some((
+                        file,
+                        tokio::spawn(control::serve(
+                            listener,
+                            control::Handlers {
+                                guard: shared.guard.clone(),
+                                refresh: Some(refresher.requests()),
+                            },
+                        )),
+                    ))
+                }
+                Err(e) => {
+                    error!(
+                        "cannot serve the admin socket {}: {e}; mail flows, but `storms` commands will not reach this daemon",
+                        path.display()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        if let StateSettings::Redis {
+            url,
+            prefix,
+            timeout,
+            on_failure,
+            ..
+        } = &config.state
+        {
+            info!(
+                url = %url,
+                prefix,
+                timeout = %humantime::format_duration(*timeout),
+                on_failure = on_failure.as_str(),
+                "storm and rate state shared through redis"
+            );
+            if shared.guard.backend().ping().await.is_ok() {
+                info!("redis answers");
+            }
+        }
+        let expiring = shared.guard.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);
+            loop {
+                tick.tick().await;
+                match expiring.backend().expire(expiring.now()).await {
+                    Ok(keys) => tracing::debug!(keys, "state expired"),
+                    Err(e) => warn!("state expiry failed: {e}"),
+                }
+            }
+        });
+        if let Some(digests) = digests {
+            let weak = Arc::downgrade(&shared);
+            tokio::spawn(notify::run_digests(digests, move || {
+                weak.upgrade().map(|s| s.current().config.notify.clone())
+            }));
+        }
+        let refreshing = tokio::spawn(refresher.run());
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop_listen = stop_rx.clone();
+        let listener = StoppableListener::new(listener, async move {
+            let _ = stop_listen.wait_for(|s| *s).await;
+        });
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+
+        let drain_shared = shared.clone();
+        let mut stop_drain = stop_rx;
+        let drained = async move {
+            let _ = stop_drain.wait_for(|s| *s).await;
+            let inflight = &drain_shared.inflight;
+            let timeout = drain_shared.current().config.shutdown_timeout;
+            info!(
+                in_flight = inflight.count(),
+                "shutting down: no new connections, finishing messages in flight"
+            );
+            if tokio::time::timeout(timeout, inflight.wait_idle())
+                .await
+                .is_err()
+            {
+                warn!(
+                    in_flight = inflight.count(),
+                    "shutdown timeout reached; Postfix tempfails the messages still in flight"
+                );
+            }
+        };
+
+        let callbacks = milter::make_callbacks(shared.clone());
+        let result = indymilter::run(listener, callbacks, milter_config, drained).await;
+        owning.abort();
+        refreshing.abort();
+        if let Some((file, task)) = admin {
+            task.abort();
+            drop(file);
+        }
+        result
+    }
+}
