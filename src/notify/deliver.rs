@@ -3,8 +3,9 @@
 //! relay), SMTP to `[notify] relay` (the unprivileged daemon) and webhooks. All
 //! blocking, all bounded by deadlines; never called on the mail path.
 
-use crate::config::PostfixSettings;
+use super::Digest;
 use crate::config::secret::{SecretUrl, redact_url_in};
+use crate::config::{NotifySettings, PostfixSettings};
 use crate::process::{self, COMMAND_TIMEOUT, RunError};
 use lettre::Transport;
 use lettre::address::Envelope;
@@ -46,6 +47,53 @@ pub enum DeliverError {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// How one digest went out, channel by channel, in the order tried.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DigestOutcome {
+    /// Mailed to `[notify] admins`.
+    Mailed,
+    /// The mail could not be composed or sent.
+    MailFailed(String),
+    /// Posted to `[notify] webhook`.
+    Posted,
+    /// The webhook post failed.
+    PostFailed(String),
+    /// No admins and no webhook are configured: nobody was told.
+    Unsent,
+}
+
+/// Sends `digest` by mail to `[notify] admins` through `mail` (recipients, message)
+/// and to `[notify] webhook`: the one digest delivery of the daemon's alert queue and
+/// of the sweep, which differ only in how mail leaves (SMTP to the relay from the
+/// unprivileged daemon, Postfix's sendmail from the root sweep). Blocking.
+pub fn deliver_digest(
+    n: &NotifySettings,
+    digest: &Digest,
+    mail: impl Fn(&[String], &[u8]) -> Result<(), DeliverError>,
+) -> Vec<DigestOutcome> {
+    let mut outcomes = Vec::new();
+    if !n.admins.is_empty() {
+        let sent = digest
+            .mail(&n.from, &n.admins)
+            .map_err(|e| e.to_string())
+            .and_then(|message| mail(&n.admins, &message).map_err(|e| e.to_string()));
+        outcomes.push(match sent {
+            Ok(()) => DigestOutcome::Mailed,
+            Err(e) => DigestOutcome::MailFailed(e),
+        });
+    }
+    if let Some(url) = &n.webhook {
+        outcomes.push(match post_webhook(url, n.webhook_timeout, &digest.json()) {
+            Ok(()) => DigestOutcome::Posted,
+            Err(e) => DigestOutcome::PostFailed(e.to_string()),
+        });
+    }
+    if n.admins.is_empty() && n.webhook.is_none() {
+        outcomes.push(DigestOutcome::Unsent);
+    }
+    outcomes
 }
 
 /// Hands `message` to Postfix's `sendmail -C config_directory`, envelope sender `from`
