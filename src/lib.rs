@@ -4,9 +4,11 @@
 //!
 //! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
 //! milter ([`milter`]), the configuration loader ([`config`]), the serving loop
-//! ([`server`]) and the offline `explain` command ([`explain`]).
+//! ([`server`]), the offline `explain` ([`explain`]) and the command line's commands
+//! ([`cli`]).
 
 pub mod admin_socket;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod directory;
