@@ -348,4 +348,47 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_digest_goes_to_each_configured_channel_once() {
+        let digest = Digest {
+            alerts: Vec::new(),
+            dropped: 1,
+            host: "relay".into(),
+        };
+        let mut n = NotifySettings {
+            admins: Vec::new(),
+            webhook: None,
+            interval: Duration::from_secs(60),
+            webhook_timeout: Duration::from_secs(5),
+            from: "postmaster@corp.example".into(),
+            relay: ("127.0.0.1".into(), 25),
+        };
+        let never = |_: &[String], _: &[u8]| -> Result<(), DeliverError> {
+            panic!("no admins: nothing is mailed")
+        };
+        assert_eq!(deliver_digest(&n, &digest, never), [DigestOutcome::Unsent]);
+
+        n.admins = vec!["admin@corp.example".into()];
+        let mailed = std::cell::RefCell::new(Vec::new());
+        let record = |to: &[String], _: &[u8]| {
+            mailed.borrow_mut().push(to.to_vec());
+            Ok(())
+        };
+        assert_eq!(deliver_digest(&n, &digest, record), [DigestOutcome::Mailed]);
+        assert_eq!(*mailed.borrow(), [vec!["admin@corp.example".to_owned()]]);
+
+        let (port, requests) = http(vec![200]);
+        n.webhook = Some(SecretUrl::from(format!("http://127.0.0.1:{port}/hook")));
+        let refused = |_: &[String], _: &[u8]| Err(DeliverError::Address("-x".into()));
+        assert_eq!(
+            deliver_digest(&n, &digest, refused),
+            [
+                DigestOutcome::MailFailed("bad recipient address \"-x\"".into()),
+                DigestOutcome::Posted
+            ],
+            "a failed mail does not keep the webhook from being told"
+        );
+        assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok());
+    }
 }

@@ -3,7 +3,7 @@
 //! the sender) and reconcile, each recorded in the store's audit trail. Each returns a
 //! [`Report`] of what it did; Postfix is reached only through [`PostfixTools`] and mail
 //! only through Postfix's sendmail. The sweep that runs these unattended is in
-//! [`super::sweep`], what the commands print in `cli::quarantine`.
+//! `super::sweep`, what the commands print in `cli::quarantine`.
 
 use super::plan::plan_reconcile;
 use super::postfix::{PostfixTools, QueuedMessage};
