@@ -7,9 +7,7 @@
 //! so the command line uses it alone.
 
 use crate::state::Storm;
-use crate::text;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,34 +89,6 @@ pub enum AdminError {
         /// What was wrong.
         message: String,
     },
-}
-
-/// `storms list` as a table for a terminal; subjects, lists and thread keys come from
-/// mail and the directory and are neutralised ([`text::neutralize`]), the subject also
-/// capped at [`text::MAX_SUBJECT_CHARS`].
-pub fn storms_text(storms: &[Storm]) -> String {
-    let mut out = String::new();
-    if storms.is_empty() {
-        out.push_str("no reply-all storm in progress\n");
-    }
-    let at = text::utc_seconds;
-    for s in storms {
-        let _ = writeln!(
-            out,
-            "{}  {} messages from {} senders, {} stopped  since {}  until {}\n    list: {} ({} recipients)\n    subject: {}\n    thread: {}",
-            text::neutralize(&s.id),
-            s.messages,
-            s.senders,
-            s.blocked,
-            at(s.since),
-            at(s.until),
-            text::neutralize(&s.list),
-            s.audience,
-            text::neutralize_capped(&s.subject, text::MAX_SUBJECT_CHARS),
-            text::neutralize(&s.thread)
-        );
-    }
-    out
 }
 
 /// What one refresh did, for `fanout-milter directory refresh`.
@@ -204,63 +174,5 @@ mod tests {
         std::fs::write(&plain, "").unwrap();
         let e = request(&plain, &Request::StormsList).unwrap_err();
         assert!(e.to_string().contains("not a socket"), "{e}");
-    }
-
-    #[test]
-    fn storms_list_survives_times_no_date_can_write() {
-        let storm = Storm {
-            id: Storm::id_of("t"),
-            thread: "t".into(),
-            subject: "Re: x".into(),
-            list: "all@corp.example".into(),
-            audience: 5000,
-            messages: 3,
-            senders: 2,
-            since: 1_800_000_000,
-            until: u64::MAX,
-            blocked: 4,
-        };
-        let out = storms_text(&[storm]);
-        assert!(
-            out.contains("since 2027-01-15T08:00:00Z  until @18446744073709551615\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("thread: t"),
-            "the whole entry is written: {out}"
-        );
-    }
-
-    #[test]
-    fn storms_list_shows_controls_and_bidi_as_escapes() {
-        let thread = "subj:re: x\u{1b}[2J|all@corp.example";
-        let storm = Storm {
-            id: Storm::id_of(thread),
-            thread: thread.into(),
-            subject: "Re: \u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[3J\r\nfake line \u{202e}txt.exe"
-                .into(),
-            list: "all\u{202e}@corp.example".into(),
-            audience: 5000,
-            messages: 3,
-            senders: 2,
-            since: 1_800_000_000,
-            until: 1_800_021_600,
-            blocked: 4,
-        };
-        let out = storms_text(&[storm]);
-        assert!(
-            !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
-            "{out:?}"
-        );
-        assert_eq!(out.lines().count(), 4, "{out}");
-        assert!(
-            out.contains(
-                "    subject: Re: \\x1B]0;pwned\\x07\\x1B[2J\\x1B[3J\\x0D\\x0Afake line \\u{202E}txt.exe\n"
-            ),
-            "{out}"
-        );
-        assert!(out.contains("    list: all\\u{202E}@corp.example (5000 recipients)"));
-        assert!(out.contains("    thread: subj:re: x\\x1B[2J|all@corp.example"));
-        assert_eq!(storms_text(&[]), "no reply-all storm in progress\n");
     }
 }

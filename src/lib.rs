@@ -4,8 +4,10 @@
 //!
 //! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
 //! milter ([`milter`]), the configuration loader ([`config`]), the daemon
-//! ([`daemon`]) and the offline `explain` command ([`explain`]).
+//! ([`daemon`]), the offline `explain` ([`explain`]) and the command line's commands
+//! ([`cli`]).
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;

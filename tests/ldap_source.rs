@@ -7,10 +7,12 @@ mod common;
 
 use common::slapd::*;
 use common::*;
+use fanout_milter::cli::directory::lookup_text;
+use fanout_milter::cli::explain::text;
 use fanout_milter::config::{self, Config};
 use fanout_milter::directory::ldap::{self, Snapshot, Snapshots};
 use fanout_milter::directory::{Directory, DriftMode};
-use fanout_milter::explain::{ExplainInput, explain, lookup_text};
+use fanout_milter::explain::{ExplainInput, explain};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +123,7 @@ fn every_shape_of_directory_list_gets_its_exact_audience() {
     // The policy: a list of unknown size gets [expansion] on_unknown (quarantine by
     // default); the filter list counts as its 200 people; a big one is held by size.
     let verdict = |rcpt: &str| {
-        explain(
+        text(&explain(
             &c,
             &d,
             ExplainInput {
@@ -131,8 +133,7 @@ fn every_shape_of_directory_list_gets_its_exact_audience() {
                 client: None,
                 message: None,
             },
-        )
-        .to_text()
+        ))
     };
     let ext = verdict(&group_mail("ext-list"));
     assert!(
@@ -355,7 +356,7 @@ fn a_directory_list_whose_definition_goes_wrong_is_caught_as_drift() {
     let before = reload(&c);
     assert_eq!(people(&before, "dyn-dept-7"), 10);
     let verdict = |d: &Directory| {
-        explain(
+        text(&explain(
             &c,
             d,
             ExplainInput {
@@ -365,8 +366,7 @@ fn a_directory_list_whose_definition_goes_wrong_is_caught_as_drift() {
                 client: None,
                 message: None,
             },
-        )
-        .to_text()
+        ))
     };
     assert!(verdict(&before).contains("verdict: accept"));
 

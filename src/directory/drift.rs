@@ -2,10 +2,12 @@
 //! List drift: the last accepted size of every list, kept in the state directory, so
 //! that a list that suddenly grows (40 yesterday, 840,000 today) is noticed.
 
+use super::index::DirectoryIndex;
 use crate::state_dir::{StateDir, StateDirError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file under the state directory.
 pub const FILE_NAME: &str = "list-sizes.json";
@@ -169,6 +171,50 @@ impl KnownSizes {
     }
 }
 
+/// A list size that [`accept_current_size`] recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The list's address, as the directory spells it.
+    pub address: Arc<str>,
+    /// The size now accepted: the list's audience now.
+    pub size: u64,
+    /// The size accepted before, if the list had one.
+    pub previous: Option<u64>,
+}
+
+/// Why `directory accept` could not accept a list's size.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The address is no list of the directory.
+    #[error("{0} is not a list of the configured directory")]
+    NotAList(String),
+    /// The list-size file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// `directory accept ADDRESS`: accepts the current size of the list at `address` in
+/// `index`, so its mail flows again once the daemon reloads, and writes it to the
+/// list-size file in `state_dir`.
+pub fn accept_current_size(
+    index: &DirectoryIndex,
+    state_dir: &Path,
+    address: &str,
+) -> Result<Accepted, AcceptError> {
+    let list = index
+        .list(address)
+        .ok_or_else(|| AcceptError::NotAList(address.to_owned()))?;
+    let size = list.total();
+    let mut known = KnownSizes::load(state_dir)?;
+    let previous = known.accept(&list.address, size);
+    known.save(state_dir)?;
+    Ok(Accepted {
+        address: list.address.clone(),
+        size,
+        previous,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +328,53 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         k.save(&state).expect("save replaces the link");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn accepting_records_a_lists_current_size_and_refuses_a_mailbox() {
+        use crate::directory::{IndexOptions, ListDef, Member};
+        use crate::policy::DomainSet;
+        use crate::policy::address::RecipientDelimiter;
+        let list = ListDef {
+            address: "all@corp.example".into(),
+            aliases: Vec::new(),
+            members: vec![
+                Member::Address("a@corp.example".into()),
+                Member::Address("b@corp.example".into()),
+            ],
+            origin: "test".into(),
+        };
+        let options = IndexOptions {
+            max_depth: 10,
+            internal: DomainSet::new(["corp.example"]).expect("domains"),
+            max_audience: 0,
+            recipient_delimiter: RecipientDelimiter::new("+"),
+        };
+        let index = DirectoryIndex::build(vec![list], &options);
+        let t = tempfile::tempdir().unwrap();
+        let state = t.path().join("state");
+        let first = accept_current_size(&index, &state, "ALL@corp.example").expect("accept");
+        assert_eq!(
+            (&*first.address, first.size, first.previous),
+            ("all@corp.example", 2, None)
+        );
+        let mut known = KnownSizes::load(&state).unwrap();
+        known.lists.get_mut("all@corp.example").unwrap().pending = Some(2);
+        known.lists.get_mut("all@corp.example").unwrap().accepted = 1;
+        known.save(&state).unwrap();
+        let again = accept_current_size(&index, &state, "all@corp.example").expect("accept");
+        assert_eq!(again.previous, Some(1));
+        assert_eq!(
+            KnownSizes::load(&state).unwrap().lists["all@corp.example"],
+            KnownSize {
+                accepted: 2,
+                pending: None
+            }
+        );
+        let e = accept_current_size(&index, &state, "a@corp.example").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a@corp.example is not a list of the configured directory"
+        );
     }
 }

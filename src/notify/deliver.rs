@@ -3,8 +3,9 @@
 //! relay), SMTP to `[notify] relay` (the unprivileged daemon) and webhooks. All
 //! blocking, all bounded by deadlines; never called on the mail path.
 
-use crate::config::PostfixSettings;
+use super::Digest;
 use crate::config::secret::{SecretUrl, redact_url_in};
+use crate::config::{NotifySettings, PostfixSettings};
 use crate::process::{self, COMMAND_TIMEOUT, RunError};
 use lettre::Transport;
 use lettre::address::Envelope;
@@ -46,6 +47,53 @@ pub enum DeliverError {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// How one digest went out, channel by channel, in the order tried.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DigestOutcome {
+    /// Mailed to `[notify] admins`.
+    Mailed,
+    /// The mail could not be composed or sent.
+    MailFailed(String),
+    /// Posted to `[notify] webhook`.
+    Posted,
+    /// The webhook post failed.
+    PostFailed(String),
+    /// No admins and no webhook are configured: nobody was told.
+    Unsent,
+}
+
+/// Sends `digest` by mail to `[notify] admins` through `mail` (recipients, message)
+/// and to `[notify] webhook`: the one digest delivery of the daemon's alert queue and
+/// of the sweep, which differ only in how mail leaves (SMTP to the relay from the
+/// unprivileged daemon, Postfix's sendmail from the root sweep). Blocking.
+pub fn deliver_digest(
+    n: &NotifySettings,
+    digest: &Digest,
+    mail: impl Fn(&[String], &[u8]) -> Result<(), DeliverError>,
+) -> Vec<DigestOutcome> {
+    let mut outcomes = Vec::new();
+    if !n.admins.is_empty() {
+        let sent = digest
+            .mail(&n.from, &n.admins)
+            .map_err(|e| e.to_string())
+            .and_then(|message| mail(&n.admins, &message).map_err(|e| e.to_string()));
+        outcomes.push(match sent {
+            Ok(()) => DigestOutcome::Mailed,
+            Err(e) => DigestOutcome::MailFailed(e),
+        });
+    }
+    if let Some(url) = &n.webhook {
+        outcomes.push(match post_webhook(url, n.webhook_timeout, &digest.json()) {
+            Ok(()) => DigestOutcome::Posted,
+            Err(e) => DigestOutcome::PostFailed(e.to_string()),
+        });
+    }
+    if n.admins.is_empty() && n.webhook.is_none() {
+        outcomes.push(DigestOutcome::Unsent);
+    }
+    outcomes
 }
 
 /// Hands `message` to Postfix's `sendmail -C config_directory`, envelope sender `from`
@@ -299,5 +347,48 @@ mod tests {
             err.to_string().contains(&format!("127.0.0.1:{port}")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_digest_goes_to_each_configured_channel_once() {
+        let digest = Digest {
+            alerts: Vec::new(),
+            dropped: 1,
+            host: "relay".into(),
+        };
+        let mut n = NotifySettings {
+            admins: Vec::new(),
+            webhook: None,
+            interval: Duration::from_secs(60),
+            webhook_timeout: Duration::from_secs(5),
+            from: "postmaster@corp.example".into(),
+            relay: ("127.0.0.1".into(), 25),
+        };
+        let never = |_: &[String], _: &[u8]| -> Result<(), DeliverError> {
+            panic!("no admins: nothing is mailed")
+        };
+        assert_eq!(deliver_digest(&n, &digest, never), [DigestOutcome::Unsent]);
+
+        n.admins = vec!["admin@corp.example".into()];
+        let mailed = std::cell::RefCell::new(Vec::new());
+        let record = |to: &[String], _: &[u8]| {
+            mailed.borrow_mut().push(to.to_vec());
+            Ok(())
+        };
+        assert_eq!(deliver_digest(&n, &digest, record), [DigestOutcome::Mailed]);
+        assert_eq!(*mailed.borrow(), [vec!["admin@corp.example".to_owned()]]);
+
+        let (port, requests) = http(vec![200]);
+        n.webhook = Some(SecretUrl::from(format!("http://127.0.0.1:{port}/hook")));
+        let refused = |_: &[String], _: &[u8]| Err(DeliverError::Address("-x".into()));
+        assert_eq!(
+            deliver_digest(&n, &digest, refused),
+            [
+                DigestOutcome::MailFailed("bad recipient address \"-x\"".into()),
+                DigestOutcome::Posted
+            ],
+            "a failed mail does not keep the webhook from being told"
+        );
+        assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok());
     }
 }

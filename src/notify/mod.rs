@@ -8,7 +8,9 @@
 pub mod deliver;
 pub mod queue;
 
-pub use deliver::{DeliverError, post_webhook, send_mail, send_smtp};
+pub use deliver::{
+    DeliverError, DigestOutcome, deliver_digest, post_webhook, send_mail, send_smtp,
+};
 pub use queue::{AlertReceiver, AlertSender, channel, run_digests};
 
 use crate::text;

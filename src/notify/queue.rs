@@ -3,7 +3,7 @@
 //! queue counts it as dropped), and one task sends at most one digest per
 //! `[notify] interval`, by SMTP and by webhook, off the mail path.
 
-use super::{Alert, Digest, deliver};
+use super::{Alert, Digest, DigestOutcome, deliver};
 use crate::config::NotifySettings;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,27 +119,29 @@ async fn run_with(
 /// Sends one digest by mail (SMTP to the relay) and by webhook; logs each outcome.
 fn deliver_digest(n: &NotifySettings, digest: &Digest) {
     let count = digest.alerts.len();
-    if !n.admins.is_empty() {
-        let result = digest
-            .mail(&n.from, &n.admins)
-            .map_err(|e| e.to_string())
-            .and_then(|mail| {
-                deliver::send_smtp(&n.relay, SMTP_TIMEOUT, "", &n.admins, &mail)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(()) => info!(alerts = count, to = %n.admins.join(","), "alert digest mailed"),
-            Err(e) => error!(alerts = count, "alert digest mail failed: {e}"),
+    let smtp =
+        |to: &[String], mail: &[u8]| deliver::send_smtp(&n.relay, SMTP_TIMEOUT, "", to, mail);
+    for outcome in deliver::deliver_digest(n, digest, smtp) {
+        match outcome {
+            DigestOutcome::Mailed => {
+                info!(alerts = count, to = %n.admins.join(","), "alert digest mailed")
+            }
+            DigestOutcome::MailFailed(e) => error!(alerts = count, "alert digest mail failed: {e}"),
+            DigestOutcome::Posted => {
+                let url = n
+                    .webhook
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                info!(alerts = count, url = %url, "alert digest posted")
+            }
+            DigestOutcome::PostFailed(e) => {
+                error!(alerts = count, "alert digest webhook failed: {e}")
+            }
+            DigestOutcome::Unsent => {
+                info!(alerts = count, summary = %digest.summary(), "alerts (no [notify] admins or webhook configured)")
+            }
         }
-    }
-    if let Some(url) = &n.webhook {
-        match deliver::post_webhook(url, n.webhook_timeout, &digest.json()) {
-            Ok(()) => info!(alerts = count, url = %url, "alert digest posted"),
-            Err(e) => error!(alerts = count, "alert digest webhook failed: {e}"),
-        }
-    }
-    if n.admins.is_empty() && n.webhook.is_none() {
-        info!(alerts = count, summary = %digest.summary(), "alerts (no [notify] admins or webhook configured)");
     }
 }
 

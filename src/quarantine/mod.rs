@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The quarantine: a durable record of every held message, the admin commands that
-//! review them through Postfix's own tools, and the sweep that makes sure none is
+//! The quarantine: a durable record of every held message, the review actions that
+//! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
-pub mod admin;
 pub mod plan;
 pub mod postfix;
 pub mod record;
+pub mod review;
 pub mod running;
 pub mod store;
+mod sweep;
 
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};
@@ -18,6 +19,21 @@ use crate::policy::{Evaluation, MessageFacts, thread_key};
 use record::{ListHit, RuleHit};
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
+
+/// "3d 4h", "2h 05m", "12m", "40s".
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// What `list` and the sweep say about held foreign records.
+pub const FOREIGN_NOTE: &str = "held by another tool, not by fanout-milter (state \"foreign\"): \
+    the sweep leaves them alone; release or discard one with --foreign";
 
 /// An admin alert about a held message at `now` (seconds since the epoch).
 pub fn alert(kind: AlertKind, m: &HeldMessage, now: u64) -> Alert {

@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! The admin commands behind `fanout-milter quarantine ...`: list, show, release,
-//! discard, reconcile and sweep. Each returns the text to print; Postfix is reached only
-//! through [`PostfixTools`] and mail only through Postfix's sendmail.
+//! Acting on held messages through Postfix's tools: release, discard (with a notice to
+//! the sender) and reconcile, each recorded in the store's audit trail. Each returns a
+//! [`Report`] of what it did; Postfix is reached only through [`PostfixTools`] and mail
+//! only through Postfix's sendmail. The sweep that runs these unattended is in
+//! `super::sweep`, what the commands print in `cli::quarantine`.
 
-use super::plan::{SweepStep, plan_reconcile, plan_sweep};
+use super::plan::plan_reconcile;
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
 use super::store::{Filter, Store};
-use crate::config::{Config, OnExpiry};
-use crate::notify::{self, Alert, AlertKind, Digest, NoticeReason};
+use crate::config::Config;
+use crate::notify::{self, NoticeReason};
 use crate::policy::VERDICT_HEADER;
 use crate::policy::normalize_subject;
 use crate::text;
-use std::fmt::Write as _;
-use std::time::Duration;
 
 /// What a command did: lines to print and how many items failed.
 #[derive(Debug, Default)]
@@ -25,19 +25,19 @@ pub struct Report {
 }
 
 impl Report {
-    fn line(&mut self, s: impl AsRef<str>) {
+    pub(super) fn line(&mut self, s: impl AsRef<str>) {
         self.text.push_str(s.as_ref());
         self.text.push('\n');
     }
 
-    fn fail(&mut self, s: impl AsRef<str>) {
+    pub(super) fn fail(&mut self, s: impl AsRef<str>) {
         self.failed += 1;
         self.line(format!("error: {}", s.as_ref()));
     }
 }
 
-/// The context of one admin command.
-pub struct Admin<'a> {
+/// The context of one review command (release, discard, reconcile, sweep).
+pub struct Review<'a> {
     /// The configuration (`[postfix]`, `[notify]`, `[quarantine]`, `[reply] contact`).
     pub config: &'a Config,
     /// The quarantine store.
@@ -56,46 +56,6 @@ pub fn invoking_user() -> String {
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
-}
-
-/// "3d 4h", "2h 05m", "12m", "40s".
-pub fn age(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
-fn time(secs: u64) -> String {
-    crate::text::utc_seconds(secs)
-}
-
-fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// What `list` and the sweep say about held foreign records.
-const FOREIGN_NOTE: &str = "held by another tool, not by fanout-milter (state \"foreign\"): \
-    the sweep leaves them alone; release or discard one with --foreign";
-
-/// A record's state for listings: `foreign` for a held message another tool held.
-fn state_label(r: &Record) -> String {
-    if r.foreign && r.state == State::Held {
-        "foreign".to_owned()
-    } else {
-        r.state.to_string()
-    }
 }
 
 /// The value of the `X-Fanout-Verdict` header fanout-milter adds to a message it holds
@@ -125,232 +85,14 @@ fn held_by_us(headers: &str) -> Option<String> {
     None
 }
 
-fn sender_of(m: &HeldMessage) -> &str {
-    if m.sender.is_empty() { "<>" } else { &m.sender }
-}
-
-impl Admin<'_> {
-    fn entry(&self, action: &str, comment: Option<String>) -> AuditEntry {
+impl Review<'_> {
+    pub(super) fn entry(&self, action: &str, comment: Option<String>) -> AuditEntry {
         AuditEntry {
             at: self.now,
             who: self.who.clone(),
             action: action.to_owned(),
             comment,
         }
-    }
-
-    /// `quarantine list`: one line per record, or JSON.
-    pub fn list(&self, filter: &Filter, json: bool) -> Result<String, super::StoreError> {
-        let records = self.store.list(filter)?;
-        if json {
-            let rows: Vec<serde_json::Value> = records
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "queue_id": r.message.queue_id,
-                        "state": r.state,
-                        "foreign": r.foreign,
-                        "held_at": time(r.message.held_at),
-                        "age_seconds": r.held_for(self.now).as_secs(),
-                        "sender": r.message.sender,
-                        "sasl_login": r.message.sasl_login,
-                        "audience": r.message.audience,
-                        "largest_list": r.message.lists.first().map(|l| &l.address),
-                        "rules": r.message.rules,
-                        "subject": r.message.subject,
-                    })
-                })
-                .collect();
-            let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
-            return Ok(text::neutralize_json(&json).into_owned() + "\n");
-        }
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<14} {:>8} {:<9} {:<28} {:>9}  {:<40} SUBJECT",
-            "QUEUE ID", "AGE", "STATE", "SENDER", "AUDIENCE", "RULE"
-        );
-        for r in &records {
-            let m = &r.message;
-            let _ = writeln!(
-                out,
-                "{:<14} {:>8} {:<9} {:<28} {:>9}  {:<40} {}",
-                m.queue_id,
-                age(r.held_for(self.now)),
-                state_label(r),
-                text::neutralize_capped(sender_of(m), 28),
-                count(m.audience),
-                text::neutralize_capped(&r.first_reason(), 40),
-                text::neutralize_capped(m.subject.as_deref().unwrap_or("-"), 60)
-            );
-        }
-        let _ = writeln!(out, "{} message(s)", records.len());
-        let foreign = records
-            .iter()
-            .filter(|r| r.foreign && r.state == State::Held)
-            .count();
-        if foreign > 0 {
-            let _ = writeln!(out, "{foreign} {FOREIGN_NOTE}");
-        }
-        Ok(text::neutralize_lines(&out).into_owned())
-    }
-
-    /// `quarantine show ID`: every fact, the blast radius and Postfix's copy of the
-    /// headers; every line neutralised ([`text::neutralize_lines`]).
-    pub fn show(&self, id: &QueueId) -> Result<String, super::StoreError> {
-        let r = self.store.get(id)?;
-        let m = &r.message;
-        let mut o = String::new();
-        let _ = writeln!(o, "Queue id:     {}", m.queue_id);
-        let _ = writeln!(
-            o,
-            "State:        {} since {} ({} ago)",
-            r.state,
-            time(r.state_at),
-            age(Duration::from_secs(self.now.saturating_sub(r.state_at)))
-        );
-        let _ = writeln!(
-            o,
-            "Held at:      {} ({} ago)",
-            time(m.held_at),
-            age(r.held_for(self.now))
-        );
-        let _ = writeln!(o, "Sender:       {}", text::neutralize(sender_of(m)));
-        let _ = writeln!(
-            o,
-            "SASL login:   {}",
-            text::neutralize(m.sasl_login.as_deref().unwrap_or("-"))
-        );
-        let _ = writeln!(
-            o,
-            "Client:       {}",
-            text::neutralize(m.client.as_deref().unwrap_or("-"))
-        );
-        let _ = writeln!(
-            o,
-            "Subject:      {}",
-            text::neutralize_capped(m.subject.as_deref().unwrap_or("-"), 200)
-        );
-        let _ = writeln!(
-            o,
-            "Message-ID:   {}",
-            text::neutralize_capped(m.message_id.as_deref().unwrap_or("-"), 200)
-        );
-        let _ = writeln!(
-            o,
-            "Thread:       {}",
-            text::neutralize_capped(&m.thread_key, 200)
-        );
-        let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
-        if r.foreign {
-            let _ = writeln!(
-                o,
-                "Held by:      ANOTHER TOOL (foreign), not by fanout-milter: a content filter, \
-                 header_checks HOLD or postsuper -h. The sweep never expires it; \
-                 release or discard it only with --foreign"
-            );
-        }
-        let _ = writeln!(o, "\nWhy it is held:");
-        for rule in &m.rules {
-            let _ = writeln!(
-                o,
-                "  - {} ({}): {}",
-                text::neutralize(&rule.rule),
-                text::neutralize(&rule.action),
-                text::neutralize(&rule.message)
-            );
-        }
-        let _ = writeln!(o, "\nBlast radius:");
-        let visible = m.visible.len() as u64;
-        let _ = writeln!(
-            o,
-            "  audience {} mailboxes ({} external) from {} envelope recipient(s); visible in To/Cc {}, not visible {}",
-            count(m.audience),
-            count(m.external),
-            count(m.recipients.len() as u64),
-            count(visible),
-            count(m.audience.saturating_sub(visible))
-        );
-        for l in m.lists.iter().take(10) {
-            let drift = l
-                .drift_from
-                .map(|f| format!(", was {} when last accepted", count(f)))
-                .unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "  list {} expands 1 address to {} mailboxes ({} external{drift})",
-                text::neutralize(&l.address),
-                count(l.size),
-                count(l.external)
-            );
-        }
-        if !m.top_domains.is_empty() {
-            let top: Vec<String> = m
-                .top_domains
-                .iter()
-                .take(10)
-                .map(|(d, n)| format!("{} {}", text::neutralize(d), count(*n)))
-                .collect();
-            let _ = writeln!(o, "  top recipient domains: {}", top.join(", "));
-        }
-        let shown: Vec<_> = m
-            .recipients
-            .iter()
-            .take(20)
-            .map(|r| text::neutralize(r))
-            .collect();
-        let more = m.recipients.len().saturating_sub(shown.len());
-        let _ = writeln!(
-            o,
-            "  envelope: {}{}",
-            shown.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
-        );
-        let vis: Vec<_> = m
-            .visible
-            .iter()
-            .take(20)
-            .map(|v| text::neutralize(v))
-            .collect();
-        let _ = writeln!(
-            o,
-            "  visible To/Cc: {}",
-            if vis.is_empty() {
-                "-".to_owned()
-            } else {
-                vis.join(", ")
-            }
-        );
-        let _ = writeln!(o, "\nAudit trail:");
-        for a in &r.audit {
-            let _ = writeln!(
-                o,
-                "  {} {} {}{}",
-                time(a.at),
-                text::neutralize(&a.who),
-                text::neutralize(&a.action),
-                a.comment
-                    .as_deref()
-                    .map(|c| format!(": {}", text::neutralize(c)))
-                    .unwrap_or_default()
-            );
-        }
-        let _ = writeln!(o, "\nHeaders (postcat -hq {}):", m.queue_id);
-        match self.postfix.headers(&m.queue_id) {
-            Ok(h) => {
-                for line in h.lines() {
-                    let _ = writeln!(o, "  {line}");
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(o, "  (not available: {e})");
-            }
-        }
-        Ok(text::neutralize_lines(&o).into_owned())
     }
 
     fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
@@ -364,7 +106,7 @@ impl Admin<'_> {
             return Err(format!(
                 "{id} is {} already (since {})",
                 r.state,
-                time(r.state_at)
+                text::utc_seconds(r.state_at)
             ));
         }
         if r.foreign && !foreign_ok {
@@ -409,7 +151,7 @@ impl Admin<'_> {
     }
 
     /// Puts a claimed record back to held after Postfix refused the action.
-    fn unclaim(&self, r: &Record, claimed: State, error: &str, report: &mut Report) {
+    pub(super) fn unclaim(&self, r: &Record, claimed: State, error: &str, report: &mut Report) {
         let id = &r.message.queue_id;
         let entry = self.entry("undo", Some(format!("Postfix refused: {error}")));
         match self.store.set_state(r.id, claimed, State::Held, &entry) {
@@ -461,7 +203,7 @@ impl Admin<'_> {
         report
     }
 
-    fn notify_sender(&self, r: &Record, why: NoticeReason, report: &mut Report) {
+    pub(super) fn notify_sender(&self, r: &Record, why: NoticeReason, report: &mut Report) {
         let m = &r.message;
         let id = &m.queue_id;
         if m.sender.is_empty() {
@@ -506,8 +248,8 @@ impl Admin<'_> {
         self.reconcile_adopting().0
     }
 
-    /// [`Admin::reconcile`], also returning the queue ids it recorded as foreign.
-    fn reconcile_adopting(&self) -> (Report, Vec<QueueId>) {
+    /// [`Review::reconcile`], also returning the queue ids it recorded as foreign.
+    pub(super) fn reconcile_adopting(&self) -> (Report, Vec<QueueId>) {
         let mut report = Report::default();
         let mut adopted = Vec::new();
         let queue = match self.postfix.queue() {
@@ -711,220 +453,18 @@ impl Admin<'_> {
         Ok((id, verdict.is_some()))
     }
 
-    fn held_records(&self) -> Result<Vec<Record>, crate::quarantine::StoreError> {
+    pub(super) fn held_records(&self) -> Result<Vec<Record>, crate::quarantine::StoreError> {
         self.store.list(&Filter {
             state: Some(State::Held),
             since: None,
         })
-    }
-
-    /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
-    /// `on_expiry` to expired ones; one digest for everything, which also names the
-    /// foreign messages reconcile found. Foreign records are never escalated, expired,
-    /// released or discarded here.
-    pub fn sweep(&self) -> Report {
-        let (mut report, adopted) = self.reconcile_adopting();
-        let held = match self.held_records() {
-            Ok(h) => h,
-            Err(e) => {
-                report.fail(e.to_string());
-                return report;
-            }
-        };
-        let mut alerts: Vec<Alert> = held
-            .iter()
-            .filter(|r| r.foreign && adopted.contains(&r.message.queue_id))
-            .map(|r| self.alert(AlertKind::Foreign, r))
-            .collect();
-        let foreign = held.iter().filter(|r| r.foreign).count();
-        if foreign > 0 {
-            report.line(format!("{foreign} {FOREIGN_NOTE}"));
-        }
-        for step in plan_sweep(&held, self.now, &self.config.quarantine) {
-            match step {
-                SweepStep::Escalate { id, queue_id } => {
-                    let Some(r) = held.iter().find(|r| r.id == id) else {
-                        continue;
-                    };
-                    let comment = format!("held {} without review", age(r.held_for(self.now)));
-                    match self
-                        .store
-                        .mark_escalated(id, &self.entry("escalate", Some(comment)))
-                    {
-                        Ok(()) => {
-                            report.line(format!(
-                                "{queue_id}: escalated (held {})",
-                                age(r.held_for(self.now))
-                            ));
-                            alerts.push(self.alert(AlertKind::Escalation, r));
-                        }
-                        Err(e) => report.fail(format!("{queue_id}: {e}")),
-                    }
-                }
-                SweepStep::Expire {
-                    id,
-                    queue_id,
-                    action,
-                } => {
-                    let Some(r) = held.iter().find(|r| r.id == id) else {
-                        continue;
-                    };
-                    if self.expire(r, action, &mut report) {
-                        alerts.push(self.alert(AlertKind::Expired, r));
-                    }
-                    let _ = queue_id;
-                }
-            }
-        }
-        if !alerts.is_empty() {
-            self.send_digest(alerts, &mut report);
-        }
-        report
-    }
-
-    fn expire(&self, r: &Record, action: OnExpiry, report: &mut Report) -> bool {
-        let id = &r.message.queue_id;
-        let held_for = age(r.held_for(self.now));
-        let comment = match action {
-            OnExpiry::Release => format!("not reviewed within {held_for}: released"),
-            OnExpiry::NotifySender => format!("not reviewed within {held_for}: discarded"),
-            OnExpiry::Keep => return false,
-        };
-        // Claimed first, as release and discard do: an admin's decision that came in
-        // since the sweep read the record wins.
-        if let Err(e) = self.store.set_state(
-            r.id,
-            State::Held,
-            State::Expired,
-            &self.entry("expire", Some(comment.clone())),
-        ) {
-            report.fail(format!("{id}: {e}"));
-            return false;
-        }
-        let result = match action {
-            OnExpiry::Release => self.postfix.release(id),
-            _ => self.postfix.delete_held(id),
-        };
-        if let Err(e) = result {
-            self.unclaim(r, State::Expired, &format!("expiry failed: {e}"), report);
-            return false;
-        }
-        report.line(format!("{id}: {comment}"));
-        if action == OnExpiry::NotifySender {
-            self.notify_sender(r, NoticeReason::Expired, report);
-        }
-        true
-    }
-
-    fn alert(&self, kind: AlertKind, r: &Record) -> Alert {
-        super::alert(kind, &r.message, self.now)
-    }
-
-    fn send_digest(&self, alerts: Vec<Alert>, report: &mut Report) {
-        let digest = Digest {
-            alerts,
-            dropped: 0,
-            host: notify::hostname(),
-        };
-        let n = &self.config.notify;
-        if !n.admins.is_empty() {
-            let sent = digest
-                .mail(&n.from, &n.admins)
-                .map_err(|e| e.to_string())
-                .and_then(|mail| {
-                    notify::send_mail(&self.config.postfix, "", &n.admins, &mail)
-                        .map_err(|e| e.to_string())
-                });
-            match sent {
-                Ok(()) => report.line(format!("alert mailed to {}", n.admins.join(", "))),
-                Err(e) => report.fail(format!("alert mail failed: {e}")),
-            }
-        }
-        if let Some(url) = &n.webhook {
-            match notify::post_webhook(url, n.webhook_timeout, &digest.json()) {
-                Ok(()) => report.line(format!("alert posted to {url}")),
-                Err(e) => report.fail(format!("alert webhook failed: {e}")),
-            }
-        }
-        if n.admins.is_empty() && n.webhook.is_none() {
-            report.line(format!(
-                "no [notify] admins or webhook; the alerts:\n{}",
-                digest.text()
-            ));
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_and_counts_read_well() {
-        assert_eq!(age(Duration::from_secs(40)), "40s");
-        assert_eq!(age(Duration::from_secs(12 * 60 + 5)), "12m");
-        assert_eq!(age(Duration::from_secs(2 * 3600 + 5 * 60)), "2h 05m");
-        assert_eq!(age(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d 4h");
-        assert_eq!(count(840_000), "840,000");
-        assert_eq!(count(12), "12");
-    }
-
-    #[test]
-    fn show_and_list_print_controls_and_bidi_as_escapes() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let postcat = bin.join("postcat");
-        std::fs::write(
-            &postcat,
-            "#!/bin/sh\nprintf 'Subject: \\033]0;pwned\\007\\033[2J\\r\\nX-Evil: a\\342\\200\\256b\\n'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&postcat, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut config = crate::config::parse(
-            "[domains]\ninternal = [\"example.org\"]\n",
-            std::path::Path::new("/test.toml"),
-        )
-        .unwrap();
-        config.postfix.command_directory = bin;
-        let store = Store::open(dir.path()).unwrap();
-        let mut m = crate::quarantine::store::tests::held("AAAAAA1", 100);
-        m.subject = Some("\u{1b}]0;pwned\u{7}".into());
-        m.sender = "ann\u{202e}gpj.exe@example.org".into();
-        m.rules[0].message = "list cn=x\r\nBcc: y".into();
-        store.record_held(&m, "milter", None).unwrap();
-        let admin = Admin {
-            config: &config,
-            store: &store,
-            postfix: PostfixTools::new(config.postfix.clone()),
-            who: "root".into(),
-            now: 200,
-        };
-        let shown = admin.show(&m.queue_id).unwrap();
-        let listed = admin.list(&Filter::default(), false).unwrap();
-        let json = admin.list(&Filter::default(), true).unwrap();
-        assert!(!json.contains(['\u{1b}', '\u{202e}']), "{json}");
-        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            rows[0]["sender"], m.sender,
-            "JSON keeps the value for a parser"
-        );
-        for out in [&shown, &listed] {
-            assert!(
-                !out.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
-                "{out}"
-            );
-            assert!(out.contains("\\x1B]0;pwned\\x07"), "{out}");
-            assert!(out.contains("ann\\u{202E}gpj.exe"), "{out}");
-        }
-        assert!(
-            shown.contains("  Subject: \\x1B]0;pwned\\x07\\x1B[2J\n"),
-            "{shown}"
-        );
-        assert!(shown.contains("  X-Evil: a\\u{202E}b\n"), "{shown}");
-        assert!(shown.contains("list cn=x\\x0D\\x0ABcc: y"), "{shown}");
-    }
+    use crate::quarantine::plan::plan_sweep;
 
     /// Stub postqueue and postcat in a bin directory: `queue` is `postqueue -j`'s output,
     /// postcat prints `headers` for AAAAAA1 and a plain Subject for the others.
@@ -978,14 +518,14 @@ mod tests {
         store
             .set_state(row, State::Held, State::Released, &released)
             .unwrap();
-        let admin = Admin {
+        let review = Review {
             config: &config,
             store: &store,
             postfix: PostfixTools::new(config.postfix.clone()),
             who: "root".into(),
             now: 2000,
         };
-        let report = admin.reconcile();
+        let report = review.reconcile();
         assert_eq!(report.failed, 0, "{}", report.text);
         let get = |id: &str| store.get(&QueueId::parse(id).unwrap()).unwrap();
         let ours = get("AAAAAA1");

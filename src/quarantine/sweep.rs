@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `quarantine sweep`, run by the systemd timer: reconcile, escalate messages held past
+//! `review_within`, apply `on_expiry` to those held past `expire_after`, and one alert
+//! digest for all of it.
+
+use super::plan::{SweepStep, plan_sweep};
+use super::record::{Record, State};
+use super::review::{Report, Review};
+use super::{FOREIGN_NOTE, age};
+use crate::config::OnExpiry;
+use crate::notify::{self, Alert, AlertKind, Digest, DigestOutcome, NoticeReason};
+
+impl Review<'_> {
+    /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
+    /// `on_expiry` to expired ones; one digest for everything, which also names the
+    /// foreign messages reconcile found. Foreign records are never escalated, expired,
+    /// released or discarded here.
+    pub fn sweep(&self) -> Report {
+        let (mut report, adopted) = self.reconcile_adopting();
+        let held = match self.held_records() {
+            Ok(h) => h,
+            Err(e) => {
+                report.fail(e.to_string());
+                return report;
+            }
+        };
+        let mut alerts: Vec<Alert> = held
+            .iter()
+            .filter(|r| r.foreign && adopted.contains(&r.message.queue_id))
+            .map(|r| self.alert(AlertKind::Foreign, r))
+            .collect();
+        let foreign = held.iter().filter(|r| r.foreign).count();
+        if foreign > 0 {
+            report.line(format!("{foreign} {FOREIGN_NOTE}"));
+        }
+        for step in plan_sweep(&held, self.now, &self.config.quarantine) {
+            match step {
+                SweepStep::Escalate { id, queue_id } => {
+                    let Some(r) = held.iter().find(|r| r.id == id) else {
+                        continue;
+                    };
+                    let comment = format!("held {} without review", age(r.held_for(self.now)));
+                    match self
+                        .store
+                        .mark_escalated(id, &self.entry("escalate", Some(comment)))
+                    {
+                        Ok(()) => {
+                            report.line(format!(
+                                "{queue_id}: escalated (held {})",
+                                age(r.held_for(self.now))
+                            ));
+                            alerts.push(self.alert(AlertKind::Escalation, r));
+                        }
+                        Err(e) => report.fail(format!("{queue_id}: {e}")),
+                    }
+                }
+                SweepStep::Expire {
+                    id,
+                    queue_id,
+                    action,
+                } => {
+                    let Some(r) = held.iter().find(|r| r.id == id) else {
+                        continue;
+                    };
+                    if self.expire(r, action, &mut report) {
+                        alerts.push(self.alert(AlertKind::Expired, r));
+                    }
+                    let _ = queue_id;
+                }
+            }
+        }
+        if !alerts.is_empty() {
+            self.send_digest(alerts, &mut report);
+        }
+        report
+    }
+
+    fn expire(&self, r: &Record, action: OnExpiry, report: &mut Report) -> bool {
+        let id = &r.message.queue_id;
+        let held_for = age(r.held_for(self.now));
+        let comment = match action {
+            OnExpiry::Release => format!("not reviewed within {held_for}: released"),
+            OnExpiry::NotifySender => format!("not reviewed within {held_for}: discarded"),
+            OnExpiry::Keep => return false,
+        };
+        // Claimed first, as release and discard do: an admin's decision that came in
+        // since the sweep read the record wins.
+        if let Err(e) = self.store.set_state(
+            r.id,
+            State::Held,
+            State::Expired,
+            &self.entry("expire", Some(comment.clone())),
+        ) {
+            report.fail(format!("{id}: {e}"));
+            return false;
+        }
+        let result = match action {
+            OnExpiry::Release => self.postfix.release(id),
+            _ => self.postfix.delete_held(id),
+        };
+        if let Err(e) = result {
+            self.unclaim(r, State::Expired, &format!("expiry failed: {e}"), report);
+            return false;
+        }
+        report.line(format!("{id}: {comment}"));
+        if action == OnExpiry::NotifySender {
+            self.notify_sender(r, NoticeReason::Expired, report);
+        }
+        true
+    }
+
+    fn alert(&self, kind: AlertKind, r: &Record) -> Alert {
+        super::alert(kind, &r.message, self.now)
+    }
+
+    fn send_digest(&self, alerts: Vec<Alert>, report: &mut Report) {
+        let digest = Digest {
+            alerts,
+            dropped: 0,
+            host: notify::hostname(),
+        };
+        let n = &self.config.notify;
+        let sendmail =
+            |to: &[String], mail: &[u8]| notify::send_mail(&self.config.postfix, "", to, mail);
+        for outcome in notify::deliver_digest(n, &digest, sendmail) {
+            match outcome {
+                DigestOutcome::Mailed => {
+                    report.line(format!("alert mailed to {}", n.admins.join(", ")))
+                }
+                DigestOutcome::MailFailed(e) => report.fail(format!("alert mail failed: {e}")),
+                DigestOutcome::Posted => {
+                    let url = n
+                        .webhook
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    report.line(format!("alert posted to {url}"))
+                }
+                DigestOutcome::PostFailed(e) => report.fail(format!("alert webhook failed: {e}")),
+                DigestOutcome::Unsent => report.line(format!(
+                    "no [notify] admins or webhook; the alerts:\n{}",
+                    digest.text()
+                )),
+            }
+        }
+    }
+}
