@@ -22,6 +22,7 @@ pub mod notify;
 pub mod policy;
 pub mod process;
 pub mod quarantine;
+pub mod shared;
 pub mod state;
 pub mod state_dir;
 pub mod text;

@@ -115,6 +115,10 @@ impl<'ast> Visit<'ast> for Collector {
         }
     }
 
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {
+        // `pub(super)`, `pub(in crate::x)` restrict who sees an item: no import.
+    }
+
     fn visit_path(&mut self, p: &'ast syn::Path) {
         self.paths
             .push(p.segments.iter().map(|s| s.ident.to_string()).collect());
@@ -414,6 +418,40 @@ fn library_modules_import_each_other_without_cycles() {
         })
         .collect();
     assert!(found.is_empty(), "import cycles:\n{}", text.join("\n\n"));
+}
+
+/// The graph with each top-level module (a folder and everything in it) as one node.
+fn top_level(edges: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
+    let top = |p: &ModPath| -> ModPath { p.iter().take(1).cloned().collect() };
+    let mut out: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
+    for (from, to) in edges {
+        let node = out.entry(top(from)).or_default();
+        for t in to {
+            if top(t) != top(from) && !t.is_empty() {
+                node.insert(top(t));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn top_level_modules_import_each_other_without_cycles() {
+    let edges = top_level(&graph(&library()));
+    let found = cycles(&edges);
+    let text: Vec<String> = found
+        .iter()
+        .flatten()
+        .map(|m| {
+            let into: Vec<String> = edges[m].iter().map(name).collect();
+            format!("  {} -> {}", name(m), into.join(", "))
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "cycles between top-level modules:\n{}",
+        text.join("\n")
+    );
 }
 
 #[test]

@@ -5,10 +5,10 @@
 //! other's newer result, and no lock is needed for it. A reload keeps the running
 //! values of restart-only settings ([`Config::keep_restart_only`]).
 
-use super::shared::{Generation, Shared};
 use crate::config::{self, Config, ConfigError};
 use crate::directory::DirectoryError;
 use crate::directory::ldap::Snapshots;
+use crate::shared::{Generation, Shared};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;

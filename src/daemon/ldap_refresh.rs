@@ -8,13 +8,13 @@
 //! accepts it (`directory accept --source NAME`, through the admin socket).
 
 use super::generation::{Owner, RebuildError};
-use super::shared::Shared;
 use crate::clock::Clock;
 use crate::config::ldap::{LdapSettings, OnStale};
 use crate::control::RefreshOutcome;
 use crate::directory::ldap::guard::{self, Measure, Shrink};
 use crate::directory::ldap::{self, Snapshot, Snapshots};
 use crate::notify::{Alert, AlertKind};
+use crate::shared::Shared;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -806,9 +806,9 @@ mod tests {
     mod shrink {
         use super::*;
         use crate::config::Config;
-        use crate::daemon::shared::Generation;
         use crate::directory::ldap::fake::FakeDirectory;
         use crate::policy::{Action, MessageFacts, evaluate};
+        use crate::shared::Generation;
         use crate::state::{Guard, MemoryBackend};
 
         const STAFF: &str = "ou=staff,dc=corp,dc=example";

@@ -12,10 +12,9 @@
 pub mod control;
 pub mod generation;
 pub mod ldap_refresh;
-pub mod shared;
 
+pub use crate::shared::{Generation, Inflight, InflightGuard, Shared};
 pub use generation::{ReloadError, ReloadRequest, Reloaded};
-pub use shared::{Generation, Inflight, InflightGuard, Shared};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, StateSettings};

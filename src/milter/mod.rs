@@ -8,12 +8,12 @@ pub mod session;
 
 pub use session::{ConnData, MessageData, Session};
 
-use crate::daemon::shared::Shared;
 use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
 use crate::policy::effect::fault_reply;
 use crate::policy::{self, Evaluation, NO_QUEUE_ID};
 use crate::quarantine::{self, QueueId, record};
+use crate::shared::Shared;
 use futures_util::FutureExt;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,

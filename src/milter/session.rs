@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Per-connection and per-message data kept between milter stages.
 
-use crate::daemon::shared::{Generation, InflightGuard};
 use crate::message::{HeaderBuffer, extract};
 use crate::policy::{MessageFacts, RecipientSet, VERDICT_HEADER};
+use crate::shared::{Generation, InflightGuard};
 use indymilter::ProtoOpts;
 use std::sync::Arc;
 

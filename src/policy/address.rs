@@ -416,6 +416,42 @@ impl AddressGlobs {
 mod tests {
     use super::*;
 
+    /// A quote inside a comment opens no quoted string, and a stray `)` outside any
+    /// comment is kept as a character (a list hidden behind either would skip expansion).
+    #[test]
+    fn comments_hide_no_quote_and_a_stray_parenthesis_is_kept() {
+        assert_eq!(
+            normalize("(a\"b)biglist@corp.example"),
+            "biglist@corp.example"
+        );
+        assert_eq!(
+            normalize("big(x\"y)list@corp.example"),
+            "biglist@corp.example"
+        );
+        assert_eq!(
+            normalize("big)list@corp.example"),
+            "\"big)list\"@corp.example"
+        );
+        assert_eq!(
+            normalize("(a)b)list@corp.example"),
+            "\"b)list\"@corp.example"
+        );
+    }
+
+    /// The `@` that splits an address is the last one outside quotes and escapes.
+    #[test]
+    fn the_domain_starts_after_the_last_unquoted_at() {
+        assert_eq!(last_unquoted_at("\"a@b\"@x"), Some(5));
+        assert_eq!(last_unquoted_at("\"list@corp.example\""), None);
+        assert_eq!(last_unquoted_at("list\\@corp.example"), None);
+        assert_eq!(last_unquoted_at("a@b@c"), Some(3));
+        assert_eq!(
+            qualify("\"list@x\"".into(), "corp.example"),
+            "\"list@x\"@corp.example"
+        );
+        assert_eq!(normalize("\"a@b\"@X.Example"), "\"a@b\"@x.example");
+    }
+
     #[test]
     fn normalize_strips_brackets_and_lowercases_domain_only() {
         assert_eq!(normalize("<Bob@Example.ORG>"), "Bob@example.org");

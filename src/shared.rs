@@ -2,8 +2,8 @@
 //! What the parts of the running daemon share: the generation in force (configuration
 //! and directory), messages in flight, the quarantine store, the alert queue and the
 //! storm and rate state. The milter reads it; only the generation owner
-//! (`daemon::generation`) replaces the generation. This module sits below the milter,
-//! the LDAP refresher and the control socket, and imports none of them.
+//! (`daemon::generation`) replaces the generation. This module sits below the daemon,
+//! the milter, the LDAP refresher and the control socket, and imports none of them.
 
 use crate::config::Config;
 use crate::directory::ldap::Snapshots;
@@ -81,7 +81,7 @@ impl Shared {
     }
 
     /// Puts `generation` in force; for the generation owner alone.
-    pub(super) fn replace(&self, generation: Generation) {
+    pub(crate) fn replace(&self, generation: Generation) {
         self.live.store(Arc::new(generation));
     }
 }
