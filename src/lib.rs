@@ -3,30 +3,32 @@
 //! audience is dangerously large.
 //!
 //! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
-//! milter ([`milter`]), the configuration loader ([`config`]), the daemon
-//! ([`daemon`]), the offline `explain` ([`explain`]) and the command line's commands
+//! milter, the configuration loader ([`config`]), the daemon
+//! ([`Builder`]), the offline `explain` ([`explain`]) and the command line's commands
 //! ([`cli`]).
+
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod control;
-pub mod daemon;
+mod control;
+mod daemon;
 pub mod decide;
 pub mod directory;
 pub mod explain;
-pub mod logging;
-pub mod message;
-pub mod milter;
+mod logging;
+mod message;
+mod milter;
 pub mod notify;
 pub mod policy;
-pub mod process;
+mod process;
 pub mod quarantine;
-pub mod shared;
+mod shared;
 pub mod state;
-pub mod state_dir;
-pub mod text;
-pub mod unix_socket;
+mod state_dir;
+mod text;
+mod unix_socket;
 
 /// Product name.
 pub const NAME: &str = "fanout-milter";

@@ -12,13 +12,6 @@ use tokio::net::{UnixListener, UnixStream};
 #[derive(Debug)]
 pub struct SocketFile(PathBuf);
 
-impl SocketFile {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

@@ -13,7 +13,7 @@ pub mod control;
 pub mod generation;
 pub mod ldap_refresh;
 
-pub use crate::shared::{Generation, Inflight, InflightGuard, Shared};
+pub use crate::shared::{Generation, Shared};
 pub use generation::{ReloadError, ReloadRequest, Reloaded};
 
 use crate::clock::{Clock, SystemClock};

@@ -63,7 +63,8 @@ impl HeaderBuffer {
         self.raw.extend_from_slice(b"\r\n");
     }
 
-    /// True when a header was dropped for size.
+    /// True when a header was dropped for size (the milter reads it from the facts).
+    #[cfg(test)]
     pub fn truncated(&self) -> bool {
         self.truncated
     }

@@ -48,8 +48,13 @@ pub enum BindError {
 pub enum MilterListener {
     /// TCP.
     Tcp(TcpListener),
-    /// Unix-domain socket; the file is removed when the listener is dropped.
-    Unix(UnixListener, SocketFile),
+    /// Unix-domain socket.
+    Unix {
+        /// The listener.
+        listener: UnixListener,
+        /// Held only so that the socket file is removed when the listener is dropped.
+        _file: SocketFile,
+    },
 }
 
 impl MilterListener {
@@ -86,7 +91,10 @@ impl MilterListener {
             ListenAddr::Unix(path) => {
                 let (listener, file) =
                     unix_socket::bind(path, socket_mode).await.map_err(io_err)?;
-                Ok(MilterListener::Unix(listener, file))
+                Ok(MilterListener::Unix {
+                    listener,
+                    _file: file,
+                })
             }
         }
     }
@@ -95,7 +103,7 @@ impl MilterListener {
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         match self {
             MilterListener::Tcp(l) => l.local_addr().ok(),
-            MilterListener::Unix(..) => None,
+            MilterListener::Unix { .. } => None,
         }
     }
 }
@@ -118,7 +126,8 @@ impl QuickAckStream {
         QuickAckStream(stream)
     }
 
-    /// The wrapped connection.
+    /// The wrapped connection (the tests read its socket options).
+    #[cfg(test)]
     pub fn get_ref(&self) -> &TcpStream {
         &self.0
     }
@@ -220,7 +229,7 @@ impl Listener for StoppableListener {
                     EitherStream::Tcp(QuickAckStream::new(stream))
                 })
             }
-            Some(MilterListener::Unix(l, _)) => {
+            Some(MilterListener::Unix { listener: l, .. }) => {
                 UnixListener::poll_accept(l, cx).map_ok(|(stream, _)| EitherStream::Unix(stream))
             }
         };

@@ -6,7 +6,7 @@ pub mod apply;
 pub mod listener;
 pub mod session;
 
-pub use session::{ConnData, MessageData, Session};
+pub use session::Session;
 
 use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
