@@ -6,10 +6,10 @@
 //! file, the line and the dotted key.
 
 pub mod ldap;
-pub mod listen;
-pub mod raw;
-pub mod reply;
-pub mod secret;
+pub(crate) mod listen;
+pub(crate) mod raw;
+pub(crate) mod reply;
+pub(crate) mod secret;
 mod span;
 mod validate;
 

@@ -9,9 +9,9 @@
 //! reads [`shared`]; [`ldap_refresh`] sends new snapshots to the owner; [`control`]
 //! serves the control socket; this module ties them together.
 
-pub mod control;
-pub mod generation;
-pub mod ldap_refresh;
+pub(crate) mod control;
+pub(crate) mod generation;
+pub(crate) mod ldap_refresh;
 
 pub use crate::shared::{Generation, Shared};
 pub use generation::{ReloadError, ReloadRequest, Reloaded};

@@ -4,11 +4,11 @@
 //! Sources are read at start and on reload, off the mail path, into a
 //! [`DirectoryIndex`]; a message's audience is then computed from memory.
 
-pub mod drift;
-pub mod index;
+pub(crate) mod drift;
+pub(crate) mod index;
 pub mod ldap;
-pub mod parse;
-pub mod source;
+pub(crate) mod parse;
+pub(crate) mod source;
 
 pub use index::{DirectoryIndex, IndexOptions, ListAudience};
 pub use source::{DirectorySource, ListDef, Member, SourceData, SourceError};

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Message header handling: the only place that uses mail-parser.
 
-pub mod headers;
+pub(crate) mod headers;
 
 pub use headers::{HeaderBuffer, extract};

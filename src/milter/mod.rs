@@ -2,9 +2,9 @@
 //! The milter adapter: indymilter callbacks that collect facts, ask the policy core and
 //! apply its verdict. Every fault ends in a 451 tempfail, never in a silent accept.
 
-pub mod apply;
-pub mod listener;
-pub mod session;
+pub(crate) mod apply;
+pub(crate) mod listener;
+pub(crate) mod session;
 
 pub use session::Session;
 

@@ -5,8 +5,8 @@
 //! Composition here is pure; delivery lives in [`deliver`] and the daemon's batching
 //! queue in [`queue`].
 
-pub mod deliver;
-pub mod queue;
+pub(crate) mod deliver;
+pub(crate) mod queue;
 
 pub use deliver::{
     DeliverError, DigestOutcome, deliver_digest, post_webhook, send_mail, send_smtp,

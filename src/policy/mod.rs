@@ -6,14 +6,14 @@
 //! offline.
 
 pub mod address;
-pub mod effect;
-pub mod facts;
-pub mod reply;
-pub mod rules;
-pub mod sender;
-pub mod stateful;
-pub mod thread;
-pub mod verdict;
+pub(crate) mod effect;
+pub(crate) mod facts;
+pub(crate) mod reply;
+pub(crate) mod rules;
+pub(crate) mod sender;
+pub(crate) mod stateful;
+pub(crate) mod thread;
+pub(crate) mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
 pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};

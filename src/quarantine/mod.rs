@@ -3,12 +3,12 @@
 //! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
-pub mod plan;
-pub mod postfix;
-pub mod record;
-pub mod review;
-pub mod running;
-pub mod store;
+pub(crate) mod plan;
+pub(crate) mod postfix;
+pub(crate) mod record;
+pub(crate) mod review;
+pub(crate) mod running;
+pub(crate) mod store;
 mod sweep;
 
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};

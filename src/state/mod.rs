@@ -5,11 +5,11 @@
 //!
 //! The arithmetic (GCRA, sliding windows) is in [`algo`], pure and shared by backends.
 
-pub mod algo;
+pub(crate) mod algo;
 pub mod failover;
-pub mod guard;
-pub mod memory;
-pub mod redis;
+pub(crate) mod guard;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
 pub use crate::config::OnFailure;
 pub use algo::{Limit, Take};

@@ -5,11 +5,11 @@
 //! whole; the last good snapshot is kept on disk so a restart does not wait for the
 //! server. A refresh that fails in any way changes nothing.
 
-pub mod client;
-pub mod entry;
-pub mod fetch;
-pub mod graph;
-pub mod guard;
+pub(crate) mod client;
+pub(crate) mod entry;
+pub(crate) mod fetch;
+pub(crate) mod graph;
+pub(crate) mod guard;
 
 use crate::config::ldap::{LdapSettings, OnStale};
 use crate::directory::source::{DirectorySource, ListDef, Member, SourceData, SourceError};
