@@ -8,8 +8,11 @@
 //! what it has: the milter a [`GuardState`] and its end-of-message context, the tests
 //! a [`GuardState`] and [`Offline`], `explain` [`NoState`] and [`Offline`].
 
+use crate::directory::Directory;
+use crate::policy::address::AddressForm;
 use crate::policy::{
-    self, Effect, Evaluation, MessageFacts, Policy, Replies, StateFacts, StatePlan,
+    self, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet, Replies, StateFacts,
+    StatePlan,
 };
 use crate::state::guard::Observed;
 use crate::state::{Guard, StateError};
@@ -17,6 +20,55 @@ use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::time::Instant;
 use tracing::{debug, warn};
+
+/// The envelope of one message, brought to the form the MTA compares addresses in:
+/// collected by the milter from MAIL and RCPT, or given to `explain` on its command line.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// Postfix's queue id (macro `i`), when known.
+    pub queue_id: Option<String>,
+    /// The envelope sender, canonical.
+    pub sender: String,
+    /// The SASL login; an empty one counts as none.
+    pub sasl_login: Option<String>,
+    /// The client's address.
+    pub client: Option<String>,
+    /// The envelope recipients, canonical and without duplicates.
+    pub recipients: RecipientSet,
+}
+
+impl Envelope {
+    /// A message from `sender` (as the MTA sent it) with no recipient yet.
+    pub fn new(form: AddressForm, sender: &str, sasl_login: Option<String>) -> Envelope {
+        Envelope {
+            queue_id: None,
+            sender: form.canonical(sender),
+            sasl_login: sasl_login.filter(|s| !s.is_empty()),
+            client: None,
+            recipients: RecipientSet::with_form(form),
+        }
+    }
+
+    /// Adds an envelope recipient (`<addr>` as sent by the MTA).
+    pub fn add_recipient(&mut self, raw: &str) {
+        self.recipients.add(raw);
+    }
+}
+
+/// The facts a decision starts from: the envelope, the headers, and the audience the
+/// directory gives them. The milter and `explain` both gather their facts here.
+pub fn gather(directory: &Directory, envelope: Envelope, headers: HeaderFacts) -> MessageFacts {
+    let audience = directory.message_audience(&envelope.recipients, &headers);
+    MessageFacts {
+        queue_id: envelope.queue_id,
+        sender: envelope.sender,
+        sasl_login: envelope.sasl_login,
+        client: envelope.client,
+        recipients: envelope.recipients,
+        headers,
+        audience,
+    }
+}
 
 /// The shared state (storms, rates, the breaker) as one decision sees it.
 pub trait StateStep {
@@ -226,6 +278,36 @@ mod tests {
     use crate::policy::{Action, Levels, RatePolicy, StateFacts};
     use futures_util::FutureExt;
     use std::sync::{Arc, Mutex};
+
+    /// The milter and `explain` gather facts the same way: the sender and recipients
+    /// in canonical form (a bare name qualified), an empty login as none, the queue id
+    /// and client carried over.
+    #[test]
+    fn an_envelope_is_gathered_into_canonical_facts() {
+        let form = AddressForm {
+            myorigin: "corp.example".into(),
+            delimiter: Default::default(),
+        };
+        let mut envelope = Envelope::new(form, "<Ann@Corp.Example>", Some(String::new()));
+        envelope.add_recipient("<bob@corp.example>");
+        envelope.add_recipient("postmaster");
+        envelope.add_recipient("<bob@corp.example>");
+        envelope.queue_id = Some("4AbC".into());
+        envelope.client = Some("192.0.2.1".into());
+        let facts = gather(&Directory::empty(), envelope, HeaderFacts::default());
+        assert_eq!(facts.sender, "Ann@corp.example");
+        assert_eq!(facts.sasl_login, None);
+        assert_eq!(
+            facts.recipients.iter().collect::<Vec<_>>(),
+            ["bob@corp.example", "postmaster@corp.example"]
+        );
+        assert_eq!(facts.queue_id.as_deref(), Some("4AbC"));
+        assert_eq!(facts.client.as_deref(), Some("192.0.2.1"));
+        assert_eq!(
+            Envelope::new(AddressForm::default(), "a@b.example", Some("ann".into())).sasl_login,
+            Some("ann".into())
+        );
+    }
 
     /// Every call to either port, in order.
     type Log = Arc<Mutex<Vec<String>>>;

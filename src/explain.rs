@@ -2,10 +2,10 @@
 //! `fanout-milter explain`: runs the policy core offline on one message.
 
 use crate::config::Config;
-use crate::decide::{NoState, Offline, decide};
+use crate::decide::{Envelope, NoState, Offline, decide, gather};
 use crate::directory::Directory;
 use crate::message::extract;
-use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID, RecipientSet};
+use crate::policy::{Evaluation, MessageFacts, NO_QUEUE_ID};
 use futures_util::FutureExt;
 use std::sync::Arc;
 
@@ -41,23 +41,13 @@ pub struct Explanation {
 /// Decides one message with the same code the milter runs ([`decide`]), without the
 /// shared state: storms, rate budgets and the breaker are taken as quiet.
 pub fn explain(config: &Config, directory: &Directory, input: ExplainInput) -> Explanation {
-    let form = config.postfix.address_form();
-    let sender = form.canonical(&input.from);
-    let mut recipients = RecipientSet::with_form(form);
+    let mut envelope = Envelope::new(config.postfix.address_form(), &input.from, input.sasl_login);
+    envelope.client = input.client;
     for r in &input.rcpts {
-        recipients.add(r);
+        envelope.add_recipient(r);
     }
     let headers = input.message.as_deref().map(extract).unwrap_or_default();
-    let audience = directory.message_audience(&recipients, &headers);
-    let facts = MessageFacts {
-        queue_id: None,
-        sender,
-        sasl_login: input.sasl_login,
-        client: input.client,
-        recipients,
-        headers,
-        audience,
-    };
+    let facts = gather(directory, envelope, headers);
     // Offline: no daemon, so no shared state (no storm in progress, every rate budget
     // with room, the breaker not tripped), no record and nothing applied.
     let decision = decide(

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! Per-connection and per-message data kept between milter stages.
 
+use crate::decide::{Envelope, gather};
 use crate::message::{HeaderBuffer, extract};
-use crate::policy::{MessageFacts, RecipientSet, VERDICT_HEADER};
+use crate::policy::{MessageFacts, VERDICT_HEADER};
 use crate::shared::{Generation, InflightGuard};
 use indymilter::ProtoOpts;
 use std::sync::Arc;
@@ -30,12 +31,8 @@ pub struct MessageData {
     /// Configuration and directory in force when the message started; a reload does
     /// not change them.
     pub runtime: Arc<Generation>,
-    /// Envelope sender, normalised.
-    pub sender: String,
-    /// SASL login, from `{auth_authen}` at MAIL.
-    pub sasl_login: Option<String>,
-    /// Envelope recipients.
-    pub recipients: RecipientSet,
+    /// Sender, SASL login (`{auth_authen}` at MAIL) and recipients.
+    pub envelope: Envelope,
     /// Header bytes received so far.
     pub headers: HeaderBuffer,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
@@ -62,12 +59,10 @@ impl Session {
         inflight: InflightGuard,
     ) {
         let cap = runtime.config.max_header_bytes;
-        let form = runtime.config.postfix.address_form();
+        let envelope = Envelope::new(runtime.config.postfix.address_form(), sender, sasl_login);
         self.msg = Some(MessageData {
-            sender: form.canonical(sender),
+            envelope,
             runtime,
-            sasl_login: sasl_login.filter(|s| !s.is_empty()),
-            recipients: RecipientSet::with_form(form),
             headers: HeaderBuffer::new(cap),
             foreign_verdict_headers: 0,
             _inflight: inflight,
@@ -83,7 +78,7 @@ impl Session {
 impl MessageData {
     /// Adds an envelope recipient (`<addr>` as sent by the MTA).
     pub fn add_envelope_recipient(&mut self, raw: &str) {
-        self.recipients.add(raw);
+        self.envelope.add_recipient(raw);
     }
 
     /// Adds one header.
@@ -99,20 +94,11 @@ impl MessageData {
         let (raw, truncated) = self.headers.finish();
         let mut headers = extract(&raw);
         headers.truncated = truncated;
-        let audience = self
-            .runtime
-            .directory
-            .message_audience(&self.recipients, &headers);
+        let mut envelope = self.envelope;
+        envelope.queue_id = queue_id;
+        envelope.client = conn.client.clone();
         FinishedMessage {
-            facts: MessageFacts {
-                queue_id,
-                sender: self.sender,
-                sasl_login: self.sasl_login,
-                client: conn.client.clone(),
-                recipients: self.recipients,
-                headers,
-                audience,
-            },
+            facts: gather(&self.runtime.directory, envelope, headers),
             runtime: self.runtime,
             foreign_verdict_headers: self.foreign_verdict_headers,
             _inflight: self._inflight,
