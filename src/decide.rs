@@ -125,9 +125,10 @@ pub struct Decision<A> {
 }
 
 /// Decides one message and carries the decision out. `queue_id` is the id shown in
-/// logs and replies. A state fault ends the decision before anything is applied; a
-/// failed record stops the hold; either way the state's books are settled, with the
-/// message counted as not sent, before the error is returned.
+/// logs and replies. A state fault ends the decision before anything is applied (and
+/// nothing is settled: nothing was observed); a failed record stops the hold, and the
+/// state's books are settled with the message counted as not sent before the error is
+/// returned.
 pub async fn decide<S, O>(
     policy: &Policy,
     replies: &Replies,
@@ -178,6 +179,7 @@ where
 pub struct GuardState<'g> {
     guard: &'g Guard,
     observed: Option<Observed>,
+    settle_error: Option<String>,
 }
 
 impl<'g> GuardState<'g> {
@@ -186,7 +188,14 @@ impl<'g> GuardState<'g> {
         GuardState {
             guard,
             observed: None,
+            settle_error: None,
         }
+    }
+
+    /// Why settling the books failed, if it did ([`decide`] only logs it: the message's
+    /// fate is already sealed by then).
+    pub fn settle_error(&self) -> Option<&str> {
+        self.settle_error.as_deref()
     }
 }
 
@@ -206,10 +215,14 @@ impl StateStep for GuardState<'_> {
     }
 
     async fn settle(&mut self, leaves: bool) -> Result<(), StateError> {
-        match &self.observed {
+        let settled = match &self.observed {
             Some(observed) => self.guard.settle(observed, leaves).await,
             None => Ok(()),
+        };
+        if let Err(e) = &settled {
+            self.settle_error = Some(e.to_string());
         }
+        settled
     }
 }
 

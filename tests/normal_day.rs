@@ -124,18 +124,21 @@ impl Relay {
             message: Some(mail.headers().into_bytes()),
         };
         let facts = explain(&self.config, &self.directory, input).facts;
-        decide(
+        let mut state = GuardState::new(&self.guard);
+        let verdict = decide(
             &self.config.policy,
             &self.config.replies,
             &facts,
             "TEST",
-            &mut GuardState::new(&self.guard),
+            &mut state,
             &mut Offline::<StateError>::default(),
         )
         .await
         .expect("memory state never fails")
         .evaluation
-        .verdict
+        .verdict;
+        assert_eq!(state.settle_error(), None, "settle");
+        verdict
     }
 }
 

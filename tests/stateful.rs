@@ -60,18 +60,21 @@ impl Relay {
 
     /// Decides one message as the milter does and returns its verdict.
     async fn send(&self, facts: MessageFacts) -> policy::Verdict {
-        decide(
+        let mut state = GuardState::new(&self.guard);
+        let verdict = decide(
             &self.policy,
             &self.replies,
             &facts,
             "TEST",
-            &mut GuardState::new(&self.guard),
+            &mut state,
             &mut Offline::<StateError>::default(),
         )
         .await
         .expect("memory state never fails")
         .evaluation
-        .verdict
+        .verdict;
+        assert_eq!(state.settle_error(), None, "settle");
+        verdict
     }
 
     async fn storm_alerts(&mut self) -> usize {

@@ -45,6 +45,9 @@ pub enum RebuildError {
     /// The directory could not be built from them.
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+    /// The rebuild task failed (a panic); the previous generation stays.
+    #[error("directory rebuild task failed: {0}")]
+    Task(String),
     /// The owner has stopped (the daemon is shutting down).
     #[error("the daemon is stopping")]
     Stopped,
@@ -57,7 +60,7 @@ enum Event {
     /// Rebuild the directory of the configuration in force with these snapshots.
     Snapshots {
         snapshots: Snapshots,
-        done: oneshot::Sender<Result<(), DirectoryError>>,
+        done: oneshot::Sender<Result<(), RebuildError>>,
     },
 }
 
@@ -136,10 +139,10 @@ async fn own(
                         shared.replace(generation);
                         Ok(())
                     }
-                    Ok(Err(e)) => Err(e),
+                    Ok(Err(e)) => Err(RebuildError::Directory(e)),
                     Err(e) => {
                         error!("directory rebuild task failed: {e}");
-                        Ok(())
+                        Err(RebuildError::Task(e.to_string()))
                     }
                 };
                 let _ = done.send(result);

@@ -4,10 +4,10 @@
 //! with reloads, LDAP refreshes, the control socket, state expiry and digests around
 //! it, and shuts down gracefully.
 //!
-//! Module graph: [`shared`] (the generation in force, messages in flight) is at the
-//! bottom and imports none of the others; [`generation`] owns the swaps; the milter
-//! reads [`shared`]; [`ldap_refresh`] sends new snapshots to the owner; [`control`]
-//! serves the control socket; this module ties them together.
+//! Module graph: `crate::shared` (the generation in force, messages in flight) sits
+//! below the daemon and the milter and imports neither; [`generation`] owns the swaps;
+//! the milter reads `shared`; [`ldap_refresh`] sends new snapshots to the owner;
+//! [`control`] serves the control socket; this module ties them together.
 
 pub(crate) mod control;
 pub(crate) mod generation;

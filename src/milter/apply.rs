@@ -23,6 +23,9 @@ pub enum ApplyError {
     /// The reply text was refused by the milter library.
     #[error("cannot set the SMTP reply: {0}")]
     Reply(String),
+    /// The effect lacks what its action needs (a hold reason, a reply).
+    #[error("incomplete effect for {0}: nothing applied")]
+    Incomplete(Action),
 }
 
 /// Sets the reply of a message that could not be decided (a 451
@@ -44,6 +47,9 @@ pub async fn apply(
     queue_id: &str,
     foreign_verdict_headers: i32,
 ) -> Result<Status, ApplyError> {
+    if !effect.is_complete() {
+        return Err(ApplyError::Incomplete(effect.action));
+    }
     if effect.strip_foreign {
         for index in (1..=foreign_verdict_headers).rev() {
             if let Err(e) = cx

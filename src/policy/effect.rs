@@ -59,6 +59,17 @@ pub fn effect(verdict: &Verdict, replies: &Replies, queue_id: &str) -> Effect {
 }
 
 impl Effect {
+    /// True when the effect carries out its action: a hold has its reason, a refusal
+    /// its reply. An incomplete effect must never be applied (a refusal without a
+    /// reply would let the message through): the milter tempfails it instead.
+    pub fn is_complete(&self) -> bool {
+        match self.action {
+            Action::Accept | Action::Tag => true,
+            Action::Quarantine => self.hold.is_some(),
+            Action::Tempfail | Action::Reject => self.reply.is_some(),
+        }
+    }
+
     /// True when the message leaves the relay once the effect is carried out (accepted
     /// or tagged): the rate and breaker books count it as sent.
     pub fn leaves(&self) -> bool {
@@ -158,6 +169,29 @@ mod tests {
     use super::*;
     use crate::policy::Reason;
     use crate::policy::verdict::OwnReply;
+
+    #[test]
+    fn every_effect_is_complete_and_one_without_its_reply_or_hold_is_not() {
+        for action in [
+            Action::Accept,
+            Action::Tag,
+            Action::Quarantine,
+            Action::Tempfail,
+            Action::Reject,
+        ] {
+            let mut v = Verdict::accept();
+            v.action = action;
+            let mut e = effect(&v, &replies(), "Q1");
+            assert!(e.is_complete(), "{action:?}");
+            e.hold = None;
+            e.reply = None;
+            assert_eq!(
+                e.is_complete(),
+                matches!(action, Action::Accept | Action::Tag),
+                "{action:?} without hold and reply"
+            );
+        }
+    }
 
     #[test]
     fn header_value_names_action_and_reasons() {

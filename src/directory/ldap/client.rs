@@ -168,9 +168,20 @@ impl Ldap3Server {
         let mut conn_settings = LdapConnSettings::new()
             .set_conn_timeout(settings.timeout)
             .set_starttls(settings.start_tls);
-        if let (Some(ca_file), Some(certs)) = (&settings.ca_file, &settings.ca_certificates) {
-            conn_settings =
-                conn_settings.set_config(tls_config(ca_file, certs).map_err(connect_fault)?);
+        match (&settings.ca_file, &settings.ca_certificates) {
+            (Some(ca_file), Some(certs)) => {
+                conn_settings =
+                    conn_settings.set_config(tls_config(ca_file, certs).map_err(connect_fault)?);
+            }
+            // A CA file whose certificates were never read must not fall back to the
+            // system's trust store: refuse to connect.
+            (Some(ca_file), None) => {
+                return Err(connect_fault(format!(
+                    "the certificates of ca_file {} were not loaded",
+                    ca_file.display()
+                )));
+            }
+            (None, _) => {}
         }
         let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, &settings.url)
             .await
