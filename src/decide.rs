@@ -538,4 +538,43 @@ mod tests {
         assert_eq!(d.effect.action, Action::Quarantine);
         assert_eq!(d.state, StateFacts::default());
     }
+
+    /// [`GuardState`] hands the guard's real answer to the policy: a relay breaker of
+    /// 500 recipients a minute lets the first 600-recipient message leave and holds the
+    /// second (observing nothing would let both through).
+    #[tokio::test]
+    async fn the_guard_state_reports_what_the_guard_observed() {
+        use crate::clock::ManualClock;
+        use crate::policy::BreakerPolicy;
+        use crate::state::{Guard, MemoryBackend};
+        let policy = Policy {
+            breaker: BreakerPolicy {
+                max_per_minute: 500,
+                min_audience: 500,
+                monitor: false,
+            },
+            ..Policy::default()
+        };
+        let clock = ManualClock::new(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_040),
+        );
+        let guard = Guard::new(Arc::new(MemoryBackend::new()), Arc::new(clock), None);
+        let mut actions = Vec::new();
+        for _ in 0..2 {
+            let mut state = GuardState::new(&guard);
+            let d = decide(
+                &policy,
+                &replies(),
+                &to(600),
+                "Q",
+                &mut state,
+                &mut Offline::<StateError>::default(),
+            )
+            .await
+            .expect("memory state never fails");
+            assert_eq!(state.settle_error(), None);
+            actions.push(d.effect.action);
+        }
+        assert_eq!(actions, [Action::Accept, Action::Quarantine]);
+    }
 }
