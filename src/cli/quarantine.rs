@@ -4,9 +4,9 @@
 //! Postfix's postqueue, postsuper and postcat need it.
 
 use super::{Outcome, check_state_dir, load_config, usage};
+use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
-use crate::quarantine::record::epoch_secs;
 use crate::quarantine::review::{Report, Review, invoking_user};
 use crate::quarantine::{FOREIGN_NOTE, Filter, HeldMessage, QueueId, Record, State, Store, age};
 use crate::text;

@@ -12,7 +12,7 @@ use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
 use crate::policy::effect::fault_reply;
 use crate::policy::{self, Evaluation, NO_QUEUE_ID};
-use crate::quarantine::{self, QueueId, record};
+use crate::quarantine::{self, QueueId};
 use crate::shared::Shared;
 use futures_util::FutureExt;
 use indymilter::{
@@ -232,7 +232,7 @@ async fn record_held(
 ) -> Result<(), EomError> {
     let id = QueueId::parse(queue_id.unwrap_or_default())
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
-    let now = record::epoch_secs(shared.now());
+    let now = crate::clock::epoch_secs(shared.now());
     let held = quarantine::held_message(id, now, facts, evaluation);
     let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
     let store = shared.store.clone();

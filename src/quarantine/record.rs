@@ -236,10 +236,6 @@ impl HeldMessage {
     }
 }
 
-/// Seconds since the epoch of `t` (0 before the epoch); the one in [`crate::clock`],
-/// named here too for the callers that take it with the record types.
-pub use crate::clock::epoch_secs;
-
 #[cfg(test)]
 mod tests {
     use super::*;
