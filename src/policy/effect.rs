@@ -170,6 +170,24 @@ mod tests {
     use crate::policy::Reason;
     use crate::policy::verdict::OwnReply;
 
+    /// Header and hold texts are cut at [`MAX_TEXT`] bytes, on a character boundary,
+    /// with "..." at the end; a text of exactly that size is kept whole.
+    #[test]
+    fn long_texts_are_cut_to_max_text_bytes_on_a_char_boundary() {
+        let exact = "a".repeat(MAX_TEXT);
+        assert_eq!(bounded(&exact), exact);
+        let cut = bounded(&"a".repeat(MAX_TEXT + 1));
+        assert_eq!(cut.len(), MAX_TEXT);
+        assert!(cut.ends_with("a..."), "{cut}");
+        let wide = bounded(&"\u{e9}".repeat(MAX_TEXT));
+        assert!(wide.ends_with("..."));
+        assert!(
+            (MAX_TEXT - 1..=MAX_TEXT).contains(&wide.len()),
+            "{}",
+            wide.len()
+        );
+    }
+
     #[test]
     fn every_effect_is_complete_and_one_without_its_reply_or_hold_is_not() {
         for action in [
