@@ -166,7 +166,15 @@ pub struct HeldMessage {
     /// Who recorded it: `milter`, or `reconcile` for a message found in the hold queue
     /// without a record.
     pub recorded_by: String,
+    /// The message's header fields as the milter received them (name, value), capped
+    /// at [`MAX_STORED_HEADER_BYTES`] in all: what the review desk shows, so that it
+    /// never needs `postcat`. Empty for records written before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
+
+/// How many bytes of header fields (names and values) a record keeps.
+pub const MAX_STORED_HEADER_BYTES: usize = 32 * 1024;
 
 /// One entry of the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +207,10 @@ pub struct Record {
     /// releases or discards it, and admin commands act on it only with `--foreign`.
     #[serde(default)]
     pub foreign: bool,
+    /// Held until at least this time (seconds since the epoch): a reviewer extended
+    /// the hold, and the sweep expires it no earlier.
+    #[serde(default)]
+    pub hold_until: Option<u64>,
     /// Audit trail, oldest first.
     pub audit: Vec<AuditEntry>,
 }
