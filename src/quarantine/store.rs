@@ -7,7 +7,7 @@
 //! with the `sqlite3` shell. Every write is a transaction with `synchronous = FULL`:
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped_headers};
 use crate::state_dir::{StateDir, StateDirError};
 use crate::text::{self, MAX_SUBJECT_CHARS};
 use rusqlite::config::DbConfig;
@@ -412,19 +412,24 @@ impl Store {
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
         let capped;
-        let msg = match msg
+        let subject = match msg
             .subject
             .as_deref()
             .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
         {
-            Some(Cow::Owned(subject)) => {
-                capped = HeldMessage {
-                    subject: Some(subject),
-                    ..msg.clone()
-                };
-                &capped
-            }
-            _ => msg,
+            Some(Cow::Owned(subject)) => Some(subject),
+            _ => None,
+        };
+        let headers = capped_headers(&msg.headers);
+        let msg = if subject.is_some() || headers.is_some() {
+            capped = HeldMessage {
+                subject: subject.or_else(|| msg.subject.clone()),
+                headers: headers.unwrap_or_else(|| msg.headers.clone()),
+                ..msg.clone()
+            };
+            &capped
+        } else {
+            msg
         };
         let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
@@ -735,6 +740,18 @@ pub(crate) mod tests {
         let subject = r.message.subject.expect("subject");
         assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
         assert!(subject.starts_with("{reason}") && subject.ends_with('…'));
+        assert_eq!(r.message.headers, [("Subject".into(), "Hello".into())]);
+        let mut many = held("BBBBBB2", 100);
+        many.headers = vec![("Received".into(), "x".repeat(1000)); 100];
+        store.record_held(&many, "milter", None).unwrap();
+        let r = store.get(&QueueId::parse("BBBBBB2").unwrap()).unwrap();
+        let bytes: usize = r
+            .message
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        assert_eq!(bytes, crate::quarantine::record::MAX_STORED_HEADER_BYTES);
     }
 
     #[test]
