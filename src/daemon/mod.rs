@@ -278,6 +278,7 @@ impl Daemon {
                             control::Handlers {
                                 guard: shared.guard.clone(),
                                 refresh: Some(refresher.requests()),
+                                events: Some(shared.store.clone()),
                             },
                         )),
                     ))
@@ -311,6 +312,7 @@ impl Daemon {
                 info!("redis answers");
             }
         }
+        tokio::spawn(crate::brake::keep_fresh(shared.guard.clone()));
         let expiring = shared.guard.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);
