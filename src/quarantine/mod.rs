@@ -12,6 +12,7 @@ pub(crate) mod running;
 mod sqlite;
 pub(crate) mod store;
 mod sweep;
+pub(crate) mod worker;
 
 pub use index::{
     NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row, Sort,
@@ -19,6 +20,7 @@ pub use index::{
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};
+pub use worker::{CLI_COMMENT, Executed, Executor};
 
 use crate::notify::{Alert, AlertKind};
 use crate::policy::{Evaluation, MessageFacts, thread_key};
