@@ -127,6 +127,9 @@ enum QuarantineCommand {
     /// Reconcile, escalate messages held past review_within, expire those held past
     /// expire_after (the systemd timer runs this).
     Sweep,
+    /// Carry out the action requests filed by the review desk, the digest links and
+    /// these commands, until SIGTERM (fanout-milter-worker.service runs this as root).
+    Worker,
 }
 
 #[derive(Subcommand)]
@@ -282,5 +285,6 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         } => q.discard(&ids, notify_sender, comment.as_deref(), foreign),
         QuarantineCommand::Reconcile => q.reconcile(),
         QuarantineCommand::Sweep => q.sweep(),
+        QuarantineCommand::Worker => q.worker(),
     }
 }

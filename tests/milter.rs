@@ -518,6 +518,15 @@ async fn quarantine_level_holds_the_message() {
     assert_eq!(r.recipients.len(), 7);
     assert_eq!(r.subject.as_deref(), Some("Quarterly figures"));
     assert_eq!(r.rules[0].rule, "limits.envelope");
+    assert_eq!(
+        r.headers,
+        [
+            ("From".to_owned(), "Ann <ann@example.org>".to_owned()),
+            ("To".to_owned(), "team@example.org".to_owned()),
+            ("Subject".to_owned(), "Quarterly figures".to_owned()),
+        ],
+        "the record keeps the header fields as received, for the review desk"
+    );
     assert_eq!(held[0].audit[0].who, "milter");
     let mut milter = milter;
     let alert = within("the quarantine alert", milter.alerts.recv())

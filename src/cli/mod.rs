@@ -14,6 +14,7 @@ pub mod explain;
 pub mod quarantine;
 pub mod run;
 pub mod storms;
+pub mod worker;
 
 use crate::NAME;
 use crate::config::{self, Config, DEFAULT_CONFIG_PATH};

@@ -94,6 +94,11 @@ impl Session {
     pub fn sweep(&self) -> Outcome {
         Ok(printed(self.review().sweep()))
     }
+
+    /// `quarantine worker`: carries out the requests filed in the store until SIGTERM.
+    pub fn worker(&self) -> Outcome {
+        Ok(super::worker::serve(&self.config, &self.store))
+    }
 }
 
 /// `--now`: seconds since the epoch or an RFC 3339 time; the clock when absent.

@@ -76,6 +76,58 @@ impl HeaderBuffer {
     }
 }
 
+/// Every header field of a message as received (name, value), in order, kept for the
+/// quarantine record up to `cap` bytes of names and values in all: the fields that fit,
+/// then as much of the next one's value as fits (on a character boundary), nothing
+/// after. Unlike [`HeaderBuffer`] it keeps every field, so the review desk shows the
+/// header as it came; the cap bounds the memory a message can make the milter hold.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderFields {
+    fields: Vec<(String, String)>,
+    left: usize,
+    full: bool,
+}
+
+impl HeaderFields {
+    /// An empty list that keeps at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        HeaderFields {
+            fields: Vec::new(),
+            left: cap,
+            full: false,
+        }
+    }
+
+    /// Appends one field (bytes not UTF-8 are replaced), or the part of it that fits.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        if self.full {
+            return;
+        }
+        if name.len() >= self.left {
+            self.full = true;
+            return;
+        }
+        self.left -= name.len();
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = String::from_utf8_lossy(value).into_owned();
+        if value.len() > self.left {
+            let mut cut = self.left;
+            while !value.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            value.truncate(cut);
+            self.full = true;
+        }
+        self.left -= value.len();
+        self.fields.push((name, value));
+    }
+
+    /// The fields kept.
+    pub fn into_vec(self) -> Vec<(String, String)> {
+        self.fields
+    }
+}
+
 /// Extracts what the policy needs from a header block (or a whole message).
 ///
 /// Never panics; unparsable input gives empty facts.
@@ -212,6 +264,33 @@ mod tests {
             assert!(is_reply(&facts), "{who}");
             assert_eq!(thread_key(&facts), "mid:root@corp.example", "{who}");
         }
+    }
+
+    #[test]
+    fn every_field_is_kept_in_order_up_to_the_cap() {
+        let mut f = HeaderFields::new(40);
+        f.push(b"Received", b"from x");
+        f.push(b"Subject", b"Hi \xff");
+        f.push(b"X-Long", "\u{e9}".repeat(20).as_bytes());
+        f.push(b"To", b"a@b.org");
+        let kept = f.into_vec();
+        assert_eq!(
+            kept.len(),
+            3,
+            "nothing after the field that was cut: {kept:?}"
+        );
+        assert_eq!(kept[0], ("Received".into(), "from x".into()));
+        assert_eq!(kept[1], ("Subject".into(), "Hi \u{fffd}".into()));
+        let bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!((39..=40).contains(&bytes), "{bytes}");
+        assert!(kept[2].1.chars().all(|c| c == '\u{e9}'));
+        let mut small = HeaderFields::new(8);
+        small.push(b"Received", b"x");
+        small.push(b"To", b"y");
+        assert!(
+            small.into_vec().is_empty(),
+            "a name that does not fit ends the list"
+        );
     }
 
     #[test]

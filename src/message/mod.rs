@@ -3,4 +3,4 @@
 
 pub(crate) mod headers;
 
-pub use headers::{HeaderBuffer, extract};
+pub use headers::{HeaderBuffer, HeaderFields, extract};

@@ -229,11 +229,12 @@ async fn record_held(
     queue_id: Option<&str>,
     facts: &policy::MessageFacts,
     evaluation: &Evaluation,
+    headers: Vec<(String, String)>,
 ) -> Result<(), EomError> {
     let id = QueueId::parse(queue_id.unwrap_or_default())
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
     let now = crate::clock::epoch_secs(shared.now());
-    let held = quarantine::held_message(id, now, facts, evaluation);
+    let held = quarantine::held_message(id, now, facts, evaluation, headers);
     let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
     let store = shared.store.clone();
     let write = tokio::task::spawn_blocking(move || store.record_held(&held, "milter", None));
@@ -259,6 +260,8 @@ struct EomOutlet<'a> {
     queue_id: Option<&'a str>,
     shown: &'a str,
     foreign_verdict_headers: i32,
+    /// The message's header fields, moved into the record when it is held.
+    header_fields: Vec<(String, String)>,
 }
 
 impl Outlet for EomOutlet<'_> {
@@ -270,7 +273,8 @@ impl Outlet for EomOutlet<'_> {
         facts: &policy::MessageFacts,
         evaluation: &Evaluation,
     ) -> Result<(), EomError> {
-        record_held(self.shared, self.queue_id, facts, evaluation).await
+        let headers = std::mem::take(&mut self.header_fields);
+        record_held(self.shared, self.queue_id, facts, evaluation, headers).await
     }
 
     async fn apply(&mut self, effect: &policy::Effect) -> Result<Status, EomError> {
@@ -295,6 +299,7 @@ async fn decide_and_apply(
         queue_id: queue_id.as_deref(),
         shown,
         foreign_verdict_headers: finished.foreign_verdict_headers,
+        header_fields: finished.header_fields,
     };
     let decision = decide(
         &config.policy,

@@ -2,8 +2,9 @@
 //! Per-connection and per-message data kept between milter stages.
 
 use crate::decide::{Envelope, gather};
-use crate::message::{HeaderBuffer, extract};
+use crate::message::{HeaderBuffer, HeaderFields, extract};
 use crate::policy::{MessageFacts, VERDICT_HEADER};
+use crate::quarantine::record::MAX_STORED_HEADER_BYTES;
 use crate::shared::{Generation, InflightGuard};
 use indymilter::ProtoOpts;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct MessageData {
     pub envelope: Envelope,
     /// Header bytes received so far.
     pub headers: HeaderBuffer,
+    /// Every header field as received, for the quarantine record.
+    pub fields: HeaderFields,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
     /// Keeps the message counted as in flight until it is dropped.
@@ -64,6 +67,7 @@ impl Session {
             envelope,
             runtime,
             headers: HeaderBuffer::new(cap),
+            fields: HeaderFields::new(MAX_STORED_HEADER_BYTES),
             foreign_verdict_headers: 0,
             _inflight: inflight,
         });
@@ -87,6 +91,7 @@ impl MessageData {
             self.foreign_verdict_headers = self.foreign_verdict_headers.saturating_add(1);
         }
         self.headers.push(name, value);
+        self.fields.push(name, value);
     }
 
     /// Turns the collected data into the facts the policy decides on.
@@ -101,6 +106,7 @@ impl MessageData {
             facts: gather(&self.runtime.directory, envelope, headers),
             runtime: self.runtime,
             foreign_verdict_headers: self.foreign_verdict_headers,
+            header_fields: self.fields.into_vec(),
             _inflight: self._inflight,
         }
     }
@@ -114,6 +120,8 @@ pub struct FinishedMessage {
     pub runtime: Arc<Generation>,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
+    /// Every header field as received (capped), for the quarantine record.
+    pub header_fields: Vec<(String, String)>,
     /// Keeps the message counted as in flight until the reply is sent.
     pub _inflight: InflightGuard,
 }

@@ -241,9 +241,12 @@ impl Digest {
 
 /// Why a sender is told their message was not sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoticeReason {
+pub enum NoticeReason<'a> {
     /// An admin discarded it.
-    Discarded,
+    Discarded {
+        /// What the reviewer wrote for the sender (the request's comment), if anything.
+        words: Option<&'a str>,
+    },
     /// Nobody reviewed it before `expire_after`.
     Expired,
 }
@@ -267,12 +270,18 @@ pub fn sender_notice(
     queue_id: &str,
     reasons: &str,
     contact: &str,
-    why: NoticeReason,
+    why: NoticeReason<'_>,
 ) -> Result<Vec<u8>, ComposeError> {
     let what = match why {
-        NoticeReason::Discarded => "An administrator reviewed it and discarded it.",
+        NoticeReason::Discarded { words: None } => {
+            "An administrator reviewed it and discarded it.".to_owned()
+        }
+        NoticeReason::Discarded { words: Some(words) } => format!(
+            "An administrator reviewed it and discarded it, saying:\n  {}",
+            text::neutralize(words)
+        ),
         NoticeReason::Expired => {
-            "It was held for review and was not reviewed in time, so it was discarded."
+            "It was held for review and was not reviewed in time, so it was discarded.".to_owned()
         }
     };
     let body = format!(
@@ -498,6 +507,27 @@ mod tests {
         assert!(text.contains("4AbCdEf123"), "{text}");
         assert!(text.contains("not reviewed in time"), "{text}");
         assert!(text.contains("the Service Desk on 4242"), "{text}");
+        let n = sender_notice(
+            "postmaster",
+            "ann@corp.example",
+            "Quarterly figures",
+            "4AbCdEf123",
+            "limits.audience: 840,000 recipients",
+            "the Service Desk on 4242",
+            NoticeReason::Discarded {
+                words: Some("wrong list \u{202e}, please resend to your team only"),
+            },
+        )
+        .unwrap();
+        let text = String::from_utf8(n).unwrap();
+        assert!(
+            text.contains("discarded it, saying:"),
+            "the reviewer's words reach the sender: {text}"
+        );
+        assert!(
+            text.contains("wrong list \\u{202E}, please resend"),
+            "neutralised: {text}"
+        );
         assert!(matches!(
             sender_notice(
                 "postmaster",
@@ -506,7 +536,7 @@ mod tests {
                 "q",
                 "r",
                 "c",
-                NoticeReason::Discarded
+                NoticeReason::Discarded { words: None }
             ),
             Err(ComposeError::Address(_))
         ));

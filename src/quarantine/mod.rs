@@ -12,6 +12,7 @@ pub(crate) mod running;
 mod sqlite;
 pub(crate) mod store;
 mod sweep;
+pub(crate) mod worker;
 
 pub use index::{
     NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row, Sort,
@@ -19,6 +20,7 @@ pub use index::{
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};
+pub use worker::{CLI_COMMENT, Executed, Executor};
 
 use crate::notify::{Alert, AlertKind};
 use crate::policy::{Evaluation, MessageFacts, thread_key};
@@ -59,12 +61,14 @@ pub fn alert(kind: AlertKind, m: &HeldMessage, now: u64) -> Alert {
 /// How many recipient domains a record keeps.
 const TOP_DOMAINS: usize = 20;
 
-/// The record of a message the milter is about to hold.
+/// The record of a message the milter is about to hold, with its header fields as
+/// received (the store caps them, see [`record::MAX_STORED_HEADER_BYTES`]).
 pub fn held_message(
     queue_id: QueueId,
     held_at: u64,
     facts: &MessageFacts,
     evaluation: &Evaluation,
+    headers: Vec<(String, String)>,
 ) -> HeldMessage {
     let lists: Vec<ListHit> = facts
         .audience
@@ -107,7 +111,7 @@ pub fn held_message(
             })
             .collect(),
         recorded_by: "milter".to_owned(),
-        headers: Vec::new(),
+        headers,
     }
 }
 
@@ -178,7 +182,9 @@ mod tests {
             ..Default::default()
         });
         let e = evaluate(&Policy::default(), &f, &Default::default());
-        let h = held_message(QueueId::parse("ABCDEF12").unwrap(), 42, &f, &e);
+        let fields = vec![("Subject".to_owned(), "Hello".to_owned())];
+        let h = held_message(QueueId::parse("ABCDEF12").unwrap(), 42, &f, &e, fields);
+        assert_eq!(h.headers, [("Subject".to_owned(), "Hello".to_owned())]);
         assert_eq!(h.audience, 3001);
         assert_eq!(h.lists[0].address, "all@example.org");
         assert_eq!(

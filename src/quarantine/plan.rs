@@ -115,7 +115,9 @@ pub enum SweepStep {
 
 /// What the sweep does at `now` with the records. Only held records fanout-milter held
 /// itself are looked at: a foreign one (held by another tool) is that tool's or an
-/// admin's to decide, never expired, released or discarded by the sweep.
+/// admin's to decide, never expired, released or discarded by the sweep. A hold a
+/// reviewer extended ([`Record::hold_until`]) is neither escalated nor expired before
+/// its time.
 pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -> Vec<SweepStep> {
     let review = settings.review_within.as_secs();
     let expire = settings.expire_after.as_secs();
@@ -123,6 +125,7 @@ pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -
     for r in records
         .iter()
         .filter(|r| r.state == State::Held && !r.foreign)
+        .filter(|r| r.hold_until.is_none_or(|until| now >= until))
     {
         let age = now.saturating_sub(r.message.held_at);
         let queue_id = r.message.queue_id.clone();
@@ -326,6 +329,23 @@ mod tests {
         assert!(
             plan_sweep(&[done], 100 * h, &s).is_empty(),
             "only held records"
+        );
+    }
+
+    #[test]
+    fn an_extended_hold_is_neither_escalated_nor_expired_before_its_time() {
+        let h = 3600;
+        let s = settings(OnExpiry::NotifySender);
+        let mut extended = record(1, "AAAAAA1", 0, State::Held);
+        extended.hold_until = Some(100 * h);
+        assert!(plan_sweep(std::slice::from_ref(&extended), 4 * h, &s).is_empty());
+        assert!(plan_sweep(std::slice::from_ref(&extended), 100 * h - 1, &s).is_empty());
+        assert!(
+            matches!(
+                plan_sweep(std::slice::from_ref(&extended), 100 * h, &s)[..],
+                [SweepStep::Expire { id: 1, .. }]
+            ),
+            "expired once the extension ends"
         );
     }
 

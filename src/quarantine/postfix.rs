@@ -87,22 +87,23 @@ impl PostfixTools {
     }
 
     /// Releases a held message (`postsuper -H`) and asks for its delivery now
-    /// (`postqueue -i`).
-    pub fn release(&self, id: &QueueId) -> Result<(), PostfixError> {
+    /// (`postqueue -i`); returns what postsuper said.
+    pub fn release(&self, id: &QueueId) -> Result<String, PostfixError> {
         let mut cmd = self.command("postsuper");
         cmd.arg("-H").arg(id.as_str());
         let out = run(cmd, None, COMMAND_TIMEOUT)?;
-        expect_one(id, &out.stderr, "Released from hold")?;
+        let words = expect_one(id, &out.stderr, "Released from hold")?;
         let mut cmd = self.command("postqueue");
         cmd.arg("-i").arg(id.as_str());
         if let Err(e) = run(cmd, None, COMMAND_TIMEOUT) {
             tracing::warn!(queue_id = %id, "released, but immediate delivery was not scheduled: {e}");
         }
-        Ok(())
+        Ok(words)
     }
 
-    /// Deletes a message from the hold queue only (`postsuper -d ID hold`).
-    pub fn delete_held(&self, id: &QueueId) -> Result<(), PostfixError> {
+    /// Deletes a message from the hold queue only (`postsuper -d ID hold`); returns
+    /// what postsuper said.
+    pub fn delete_held(&self, id: &QueueId) -> Result<String, PostfixError> {
         let mut cmd = self.command("postsuper");
         cmd.arg("-d").arg(id.as_str()).arg("hold");
         let out = run(cmd, None, COMMAND_TIMEOUT)?;
@@ -111,8 +112,9 @@ impl PostfixTools {
 }
 
 /// postsuper reports "postsuper: Deleted: 1 message" (or "Released from hold: 1
-/// message") on stderr and says nothing when no message matched.
-fn expect_one(id: &QueueId, stderr: &[u8], what: &str) -> Result<(), PostfixError> {
+/// message") on stderr and says nothing when no message matched. Returns its words,
+/// one line.
+fn expect_one(id: &QueueId, stderr: &[u8], what: &str) -> Result<String, PostfixError> {
     let text = String::from_utf8_lossy(stderr);
     let done = text.lines().any(|l| {
         l.split_once(&format!("{what}: "))
@@ -121,7 +123,7 @@ fn expect_one(id: &QueueId, stderr: &[u8], what: &str) -> Result<(), PostfixErro
             .is_some_and(|n| n >= 1)
     });
     if done {
-        Ok(())
+        Ok(text.lines().map(str::trim).collect::<Vec<_>>().join("; "))
     } else {
         Err(PostfixError::NotHeld {
             id: id.clone(),
@@ -167,13 +169,14 @@ mod tests {
     #[test]
     fn postsuper_counts_are_checked() {
         let id = QueueId::parse("1AFB698C13D").unwrap();
-        assert!(
+        assert_eq!(
             expect_one(
                 &id,
                 b"postsuper: 1AFB698C13D: removed\npostsuper: Deleted: 1 message\n",
                 "Deleted"
             )
-            .is_ok()
+            .unwrap(),
+            "postsuper: 1AFB698C13D: removed; postsuper: Deleted: 1 message"
         );
         let e = expect_one(&id, b"", "Deleted").unwrap_err();
         assert_eq!(

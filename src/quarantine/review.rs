@@ -36,6 +36,10 @@ impl Report {
     }
 }
 
+/// What one action on one record came to: the Postfix tool's words when it was done,
+/// why not (ready to print) when it was not.
+pub type Acted = Result<String, String>;
+
 /// The context of one review command (release, discard, reconcile, sweep).
 pub struct Review<'a> {
     /// The configuration (`[postfix]`, `[notify]`, `[quarantine]`, `[reply] contact`).
@@ -131,34 +135,68 @@ impl Review<'_> {
                 }
             };
             let id = &r.message.queue_id;
-            // The record is claimed first: of a release and a discard racing for one
-            // message, only the one whose state change applies acts on Postfix.
-            if let Err(e) = self.store.set_state(
-                r.id,
-                State::Held,
-                State::Released,
-                &self.entry("release", comment.map(str::to_owned)),
-            ) {
-                report.fail(format!("{id}: {e}"));
-                continue;
-            }
-            match self.postfix.release(id) {
-                Ok(()) => report.line(format!("{id}: released for delivery")),
-                Err(e) => self.unclaim(&r, State::Released, &e.to_string(), &mut report),
+            match self.release_record(&r, comment.map(str::to_owned)) {
+                Ok(_) => report.line(format!("{id}: released for delivery")),
+                Err(e) => report.fail(e),
             }
         }
         report
     }
 
-    /// Puts a claimed record back to held after Postfix refused the action.
-    pub(super) fn unclaim(&self, r: &Record, claimed: State, error: &str, report: &mut Report) {
+    /// Releases one held record, the one path of the admin commands, the worker and
+    /// the sweep: the record is claimed first (held -> `to`, with an audit entry
+    /// `action`), so that of a release and a discard racing for one message only the
+    /// one whose state change applies acts on Postfix; then `postsuper -H`. Returns
+    /// postsuper's words, or why not (the record back to held when Postfix refused).
+    pub(super) fn release_record(&self, r: &Record, comment: Option<String>) -> Acted {
+        self.claim_record(r, State::Released, "release", comment)?;
+        self.released(r, State::Released)
+    }
+
+    /// `postsuper -H` for a record already claimed as `claimed`; back to held when
+    /// Postfix refuses.
+    pub(super) fn released(&self, r: &Record, claimed: State) -> Acted {
+        self.postfix
+            .release(&r.message.queue_id)
+            .map_err(|e| self.unclaim(r, claimed, &e.to_string()))
+    }
+
+    /// Discards one held record (the one path, as [`Review::release_record`]):
+    /// claimed as discarded, then `postsuper -d ID hold`. Returns postsuper's words.
+    pub(super) fn discard_record(&self, r: &Record, comment: Option<String>) -> Acted {
+        self.claim_record(r, State::Discarded, "discard", comment)?;
+        self.deleted(r, State::Discarded)
+    }
+
+    /// `postsuper -d ID hold` for a record already claimed as `claimed`; back to held
+    /// when Postfix refuses.
+    pub(super) fn deleted(&self, r: &Record, claimed: State) -> Acted {
+        self.postfix
+            .delete_held(&r.message.queue_id)
+            .map_err(|e| self.unclaim(r, claimed, &e.to_string()))
+    }
+
+    /// Moves a held record to `to` with an audit entry: the claim before Postfix acts.
+    pub(super) fn claim_record(
+        &self,
+        r: &Record,
+        to: State,
+        action: &str,
+        comment: Option<String>,
+    ) -> Result<(), String> {
+        self.store
+            .set_state(r.id, State::Held, to, &self.entry(action, comment))
+            .map_err(|e| format!("{}: {e}", r.message.queue_id))
+    }
+
+    /// Puts a claimed record back to held after Postfix refused the action; returns
+    /// the error to report.
+    pub(super) fn unclaim(&self, r: &Record, claimed: State, error: &str) -> String {
         let id = &r.message.queue_id;
         let entry = self.entry("undo", Some(format!("Postfix refused: {error}")));
         match self.store.set_state(r.id, claimed, State::Held, &entry) {
-            Ok(()) => report.fail(format!("{id}: {error}")),
-            Err(e) => report.fail(format!(
-                "{id}: {error}; and the record stays {claimed}: {e}"
-            )),
+            Ok(()) => format!("{id}: {error}"),
+            Err(e) => format!("{id}: {error}; and the record stays {claimed}: {e}"),
         }
     }
 
@@ -182,28 +220,21 @@ impl Review<'_> {
                 }
             };
             let id = r.message.queue_id.clone();
-            if let Err(e) = self.store.set_state(
-                r.id,
-                State::Held,
-                State::Discarded,
-                &self.entry("discard", comment.map(str::to_owned)),
-            ) {
-                report.fail(format!("{id}: {e}"));
-                continue;
-            }
-            if let Err(e) = self.postfix.delete_held(&id) {
-                self.unclaim(&r, State::Discarded, &e.to_string(), &mut report);
+            if let Err(e) = self.discard_record(&r, comment.map(str::to_owned)) {
+                report.fail(e);
                 continue;
             }
             report.line(format!("{id}: discarded"));
             if notify_sender {
-                self.notify_sender(&r, NoticeReason::Discarded, &mut report);
+                self.notify_sender(&r, NoticeReason::Discarded { words: None }, &mut report);
             }
         }
         report
     }
 
-    pub(super) fn notify_sender(&self, r: &Record, why: NoticeReason, report: &mut Report) {
+    /// Tells the sender their message was not sent (`why`, with the reviewer's words
+    /// when given); recorded in the audit trail.
+    pub(super) fn notify_sender(&self, r: &Record, why: NoticeReason<'_>, report: &mut Report) {
         let m = &r.message;
         let id = &m.queue_id;
         if m.sender.is_empty() {

@@ -637,6 +637,35 @@ impl Store {
         insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }
+
+    /// Keeps a held record out of the sweep's reach until `until` (seconds since the
+    /// epoch; see [`Record::hold_until`]), with an audit entry, in one transaction.
+    pub fn set_hold_until(
+        &self,
+        id: i64,
+        until: u64,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET hold_until = ?2 WHERE id = ?1 AND state = 'held'",
+                params![id, i64::try_from(until).unwrap_or(i64::MAX)],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, State::Held));
+        }
+        insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The record with row id `id` (a request names its record so).
+    pub fn record_by_id(&self, id: i64) -> Result<Record, StoreError> {
+        let conn = self.conn();
+        self.load(&conn, id)
+    }
 }
 
 pub(super) fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<()> {
@@ -820,6 +849,38 @@ pub(crate) mod tests {
             .set_state(999, State::Held, State::Released, &entry("release"))
             .unwrap_err();
         assert!(e.to_string().contains("is missing now"), "{e}");
+    }
+
+    #[test]
+    fn an_extension_is_recorded_and_only_for_a_held_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store
+            .record_held(&held("AAAAAA1", 100), "milter", None)
+            .unwrap();
+        let e = AuditEntry {
+            at: 200,
+            who: "carol".into(),
+            action: "extend".into(),
+            comment: Some("waiting for the sender".into()),
+        };
+        store.set_hold_until(id, 90_000, &e).unwrap();
+        let r = store.record_by_id(id).unwrap();
+        assert_eq!(r.hold_until, Some(90_000));
+        assert_eq!(r.audit.last(), Some(&e));
+        let release = AuditEntry {
+            action: "release".into(),
+            ..e.clone()
+        };
+        store
+            .set_state(id, State::Held, State::Released, &release)
+            .unwrap();
+        let refused = store.set_hold_until(id, 99_000, &e).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::StateChanged { .. }),
+            "{refused}"
+        );
+        assert_eq!(store.record_by_id(id).unwrap().hold_until, Some(90_000));
     }
 
     #[test]

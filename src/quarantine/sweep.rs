@@ -3,6 +3,7 @@
 //! `review_within`, apply `on_expiry` to those held past `expire_after`, and one alert
 //! digest for all of it.
 
+use super::index::QuarantineIndex;
 use super::plan::{SweepStep, plan_sweep};
 use super::record::{Record, State};
 use super::review::{Report, Review};
@@ -24,6 +25,15 @@ impl Review<'_> {
                 return report;
             }
         };
+        // A reviewer's request the worker has yet to carry out wins over the sweep.
+        let open: Vec<i64> = match self.store.open_requests() {
+            Ok(open) => open.into_iter().map(|r| r.held_id).collect(),
+            Err(e) => {
+                report.fail(e.to_string());
+                return report;
+            }
+        };
+        let held: Vec<Record> = held.into_iter().filter(|r| !open.contains(&r.id)).collect();
         let mut alerts: Vec<Alert> = held
             .iter()
             .filter(|r| r.foreign && adopted.contains(&r.message.queue_id))
@@ -85,13 +95,8 @@ impl Review<'_> {
         };
         // Claimed first, as release and discard do: an admin's decision that came in
         // since the sweep read the record wins.
-        if let Err(e) = self.store.set_state(
-            r.id,
-            State::Held,
-            State::Expired,
-            &self.entry("expire", Some(comment.clone())),
-        ) {
-            report.fail(format!("{id}: {e}"));
+        if let Err(e) = self.claim_record(r, State::Expired, "expire", Some(comment.clone())) {
+            report.fail(e);
             return false;
         }
         let result = match action {
@@ -99,7 +104,7 @@ impl Review<'_> {
             _ => self.postfix.delete_held(id),
         };
         if let Err(e) = result {
-            self.unclaim(r, State::Expired, &format!("expiry failed: {e}"), report);
+            report.fail(self.unclaim(r, State::Expired, &format!("expiry failed: {e}")));
             return false;
         }
         report.line(format!("{id}: {comment}"));
