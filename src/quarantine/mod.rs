@@ -3,14 +3,20 @@
 //! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
+pub(crate) mod index;
 pub(crate) mod plan;
 pub(crate) mod postfix;
 pub(crate) mod record;
 pub(crate) mod review;
 pub(crate) mod running;
+mod sqlite;
 pub(crate) mod store;
 mod sweep;
 
+pub use index::{
+    NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row, Sort,
+    SubmitError, Via, needs_admin,
+};
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};
 
@@ -101,6 +107,7 @@ pub fn held_message(
             })
             .collect(),
         recorded_by: "milter".to_owned(),
+        headers: Vec::new(),
     }
 }
 

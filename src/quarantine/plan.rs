@@ -168,10 +168,12 @@ mod tests {
                 thread_key: String::new(),
                 rules: vec![],
                 recorded_by: "milter".into(),
+                headers: Vec::new(),
             },
             state,
             state_at: held_at,
             escalated_at: None,
+            hold_until: None,
             foreign: false,
             audit: vec![],
         }

@@ -166,6 +166,44 @@ pub struct HeldMessage {
     /// Who recorded it: `milter`, or `reconcile` for a message found in the hold queue
     /// without a record.
     pub recorded_by: String,
+    /// The message's header fields as the milter received them (name, value), capped
+    /// at [`MAX_STORED_HEADER_BYTES`] in all: what the review desk shows, so that it
+    /// never needs `postcat`. Empty for records written before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// How many bytes of header fields (names and values) a record keeps.
+pub const MAX_STORED_HEADER_BYTES: usize = 32 * 1024;
+
+/// `headers` cut to [`MAX_STORED_HEADER_BYTES`] of names and values in all: the fields
+/// that fit, then as much of the next one's value as fits (on a character boundary);
+/// `None` when nothing needed cutting.
+pub fn capped_headers(headers: &[(String, String)]) -> Option<Vec<(String, String)>> {
+    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if total <= MAX_STORED_HEADER_BYTES {
+        return None;
+    }
+    let mut left = MAX_STORED_HEADER_BYTES;
+    let mut kept = Vec::new();
+    for (name, value) in headers {
+        if name.len() >= left {
+            break;
+        }
+        left -= name.len();
+        if value.len() <= left {
+            left -= value.len();
+            kept.push((name.clone(), value.clone()));
+            continue;
+        }
+        let mut cut = left;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        kept.push((name.clone(), value[..cut].to_owned()));
+        break;
+    }
+    Some(kept)
 }
 
 /// One entry of the audit trail.
@@ -199,6 +237,10 @@ pub struct Record {
     /// releases or discards it, and admin commands act on it only with `--foreign`.
     #[serde(default)]
     pub foreign: bool,
+    /// Held until at least this time (seconds since the epoch): a reviewer extended
+    /// the hold, and the sweep expires it no earlier.
+    #[serde(default)]
+    pub hold_until: Option<u64>,
     /// Audit trail, oldest first.
     pub audit: Vec<AuditEntry>,
 }
@@ -262,6 +304,32 @@ mod tests {
             e.to_string(),
             "\"-d\" is not a Postfix queue id (6 to 32 letters and digits)"
         );
+    }
+
+    #[test]
+    fn stored_headers_are_capped_on_a_character_boundary() {
+        let small = vec![("Subject".to_owned(), "Hi".to_owned())];
+        assert_eq!(capped_headers(&small), None);
+        let name = "X-Long".to_owned();
+        let exact = vec![(
+            name.clone(),
+            "a".repeat(MAX_STORED_HEADER_BYTES - name.len()),
+        )];
+        assert_eq!(
+            capped_headers(&exact),
+            None,
+            "exactly the cap is kept whole"
+        );
+        let mut big = small.clone();
+        big.push((name.clone(), "é".repeat(MAX_STORED_HEADER_BYTES)));
+        big.push(("To".to_owned(), "x@example.org".to_owned()));
+        let cut = capped_headers(&big).unwrap();
+        assert_eq!(cut.len(), 2, "nothing after the field that was cut");
+        assert_eq!(cut[0], small[0]);
+        let bytes: usize = cut.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(bytes <= MAX_STORED_HEADER_BYTES, "{bytes}");
+        assert!(bytes >= MAX_STORED_HEADER_BYTES - 1, "{bytes}");
+        assert!(cut[1].1.chars().all(|c| c == 'é'));
     }
 
     #[test]

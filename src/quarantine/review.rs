@@ -433,6 +433,7 @@ impl Review<'_> {
                 },
             }],
             recorded_by: "reconcile".into(),
+            headers: Vec::new(),
         };
         let recorded = if verdict.is_some() {
             self.store.record_held(

@@ -7,7 +7,7 @@
 //! with the `sqlite3` shell. Every write is a transaction with `synchronous = FULL`:
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped_headers};
 use crate::state_dir::{StateDir, StateDirError};
 use crate::text::{self, MAX_SUBJECT_CHARS};
 use rusqlite::config::DbConfig;
@@ -21,7 +21,9 @@ use std::time::Duration;
 pub const DB_FILE: &str = "quarantine.sqlite";
 
 /// 2: `held.foreign_hold`, set for messages another tool held (see [`Record::foreign`]).
-const SCHEMA_VERSION: i64 = 2;
+/// 3: searchable `held.sasl_login`, `rules`, `lists`; `held.hold_until`; the `requests`
+/// table of the review desk's action requests (see [`super::index`]).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held (
@@ -35,10 +37,15 @@ CREATE TABLE IF NOT EXISTS held (
     audience     INTEGER NOT NULL,
     subject      TEXT,
     facts        TEXT NOT NULL,
-    foreign_hold INTEGER NOT NULL DEFAULT 0
+    foreign_hold INTEGER NOT NULL DEFAULT 0,
+    sasl_login   TEXT,
+    rules        TEXT NOT NULL DEFAULT '',
+    lists        TEXT NOT NULL DEFAULT '',
+    hold_until   INTEGER
 );
 CREATE INDEX IF NOT EXISTS held_queue_id ON held(queue_id);
 CREATE INDEX IF NOT EXISTS held_state ON held(state, held_at);
+CREATE INDEX IF NOT EXISTS held_audience ON held(audience);
 CREATE TABLE IF NOT EXISTS audit (
     id      INTEGER PRIMARY KEY,
     held_id INTEGER NOT NULL REFERENCES held(id),
@@ -48,7 +55,73 @@ CREATE TABLE IF NOT EXISTS audit (
     comment TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_held ON audit(held_id);
+CREATE TABLE IF NOT EXISTS requests (
+    id           INTEGER PRIMARY KEY,
+    held_id      INTEGER NOT NULL REFERENCES held(id),
+    action       TEXT NOT NULL,
+    args         TEXT NOT NULL,
+    who          TEXT NOT NULL,
+    via          TEXT NOT NULL,
+    remote       TEXT,
+    comment      TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    started_at   INTEGER,
+    finished_at  INTEGER,
+    result       TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_held ON requests(held_id);
+CREATE INDEX IF NOT EXISTS requests_state ON requests(state, id);
+CREATE UNIQUE INDEX IF NOT EXISTS requests_one_open ON requests(held_id)
+    WHERE state IN ('pending', 'running');
 ";
+
+/// Brings a version 2 store to version 3: the columns the review desk filters on,
+/// filled from each record's facts (rule names between spaces, list addresses in
+/// lower case between newlines, as [`search_columns`] writes them).
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE held ADD COLUMN sasl_login TEXT;
+ALTER TABLE held ADD COLUMN rules TEXT NOT NULL DEFAULT '';
+ALTER TABLE held ADD COLUMN lists TEXT NOT NULL DEFAULT '';
+ALTER TABLE held ADD COLUMN hold_until INTEGER;
+UPDATE held SET
+    sasl_login = json_extract(facts, '$.sasl_login'),
+    rules = coalesce((SELECT ' ' || group_concat(json_extract(value, '$.rule'), ' ') || ' '
+                      FROM json_each(facts, '$.rules')), ''),
+    lists = coalesce((SELECT char(10) || group_concat(lower(json_extract(value, '$.address')),
+                                                      char(10)) || char(10)
+                      FROM json_each(facts, '$.lists')), '');
+";
+
+/// The searchable columns of a record: its rules as ` a b ` (each once) and its list
+/// addresses in ASCII lower case as `\na\nb\n`, so that a filter matches a whole
+/// rule name or part of an address.
+pub(super) fn search_columns(msg: &HeldMessage) -> (String, String) {
+    let mut rules = String::from(" ");
+    for r in &msg.rules {
+        if !rules.contains(&format!(" {} ", r.rule)) {
+            rules.push_str(&r.rule);
+            rules.push(' ');
+        }
+    }
+    let mut lists = String::from("\n");
+    for l in &msg.lists {
+        lists.push_str(&l.address.to_ascii_lowercase());
+        lists.push('\n');
+    }
+    (
+        if rules.len() > 1 {
+            rules
+        } else {
+            String::new()
+        },
+        if lists.len() > 1 {
+            lists
+        } else {
+            String::new()
+        },
+    )
+}
 
 /// Brings a version 1 store to version 2: records that `reconcile` adopted from the
 /// hold queue were held by another tool (or their record was lost); they become
@@ -262,6 +335,13 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         conn.execute_batch(&format!("BEGIN; {MIGRATE_1_TO_2} COMMIT;"))
             .map_err(sql)?;
     }
+    let has_rules = count("SELECT count(*) FROM pragma_table_info('held') WHERE name = 'rules'")
+        .map_err(sql)?
+        > 0;
+    if has_held && !has_rules {
+        conn.execute_batch(&format!("BEGIN; {MIGRATE_2_TO_3} COMMIT;"))
+            .map_err(sql)?;
+    }
     conn.execute_batch(SCHEMA).map_err(sql)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(sql)?;
@@ -290,14 +370,14 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
             source,
         }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -332,31 +412,37 @@ impl Store {
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
         let capped;
-        let msg = match msg
+        let subject = match msg
             .subject
             .as_deref()
             .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
         {
-            Some(Cow::Owned(subject)) => {
-                capped = HeldMessage {
-                    subject: Some(subject),
-                    ..msg.clone()
-                };
-                &capped
-            }
-            _ => msg,
+            Some(Cow::Owned(subject)) => Some(subject),
+            _ => None,
+        };
+        let headers = capped_headers(&msg.headers);
+        let msg = if subject.is_some() || headers.is_some() {
+            capped = HeldMessage {
+                subject: subject.or_else(|| msg.subject.clone()),
+                headers: headers.unwrap_or_else(|| msg.headers.clone()),
+                ..msg.clone()
+            };
+            &capped
+        } else {
+            msg
         };
         let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             id: 0,
             message: e.to_string(),
         })?;
+        let (rules, lists) = search_columns(msg);
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO held (queue_id, held_at, state, state_at, sender, audience, subject, facts,
-                               foreign_hold)
-             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6, ?7)",
+                               foreign_hold, sasl_login, rules, lists)
+             VALUES (?1, ?2, 'held', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 msg.queue_id.as_str(),
                 msg.held_at as i64,
@@ -364,7 +450,10 @@ impl Store {
                 msg.audience as i64,
                 msg.subject,
                 facts,
-                foreign
+                foreign,
+                msg.sasl_login,
+                rules,
+                lists
             ],
         )
         .map_err(|e| self.err(e))?;
@@ -419,13 +508,23 @@ impl Store {
         ids.into_iter().map(|id| self.load(&conn, id)).collect()
     }
 
-    fn load(&self, conn: &Connection, id: i64) -> Result<Record, StoreError> {
-        type Row = (String, String, i64, Option<i64>, bool);
-        let (facts, state, state_at, escalated_at, foreign): Row = conn
+    pub(super) fn load(&self, conn: &Connection, id: i64) -> Result<Record, StoreError> {
+        type Row = (String, String, i64, Option<i64>, bool, Option<i64>);
+        let (facts, state, state_at, escalated_at, foreign, hold_until): Row = conn
             .query_row(
-                "SELECT facts, state, state_at, escalated_at, foreign_hold FROM held WHERE id = ?1",
+                "SELECT facts, state, state_at, escalated_at, foreign_hold, hold_until
+                 FROM held WHERE id = ?1",
                 params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .map_err(|e| self.err(e))?;
         let corrupt = |message: String| StoreError::Corrupt {
@@ -460,6 +559,7 @@ impl Store {
             state_at: state_at as u64,
             escalated_at: escalated_at.map(|e| e as u64),
             foreign,
+            hold_until: hold_until.map(|h| h as u64),
             audit,
         })
     }
@@ -491,7 +591,7 @@ impl Store {
     }
 
     /// The error for a transition that found record `id` not in state `expected`.
-    fn state_changed(&self, conn: &Connection, id: i64, expected: State) -> StoreError {
+    pub(super) fn state_changed(&self, conn: &Connection, id: i64, expected: State) -> StoreError {
         let found = conn
             .query_row("SELECT state FROM held WHERE id = ?1", params![id], |r| {
                 r.get::<_, String>(0)
@@ -531,7 +631,7 @@ impl Store {
     }
 }
 
-fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<()> {
+pub(super) fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO audit (held_id, at, who, action, comment) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, e.at as i64, e.who, e.action, e.comment],
@@ -572,6 +672,7 @@ pub(crate) mod tests {
                 message: "list all@example.org grew from 40 to 840,000".into(),
             }],
             recorded_by: "milter".into(),
+            headers: vec![("Subject".into(), "Hello".into())],
         }
     }
 
@@ -639,6 +740,18 @@ pub(crate) mod tests {
         let subject = r.message.subject.expect("subject");
         assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS);
         assert!(subject.starts_with("{reason}") && subject.ends_with('…'));
+        assert_eq!(r.message.headers, [("Subject".into(), "Hello".into())]);
+        let mut many = held("BBBBBB2", 100);
+        many.headers = vec![("Received".into(), "x".repeat(1000)); 100];
+        store.record_held(&many, "milter", None).unwrap();
+        let r = store.get(&QueueId::parse("BBBBBB2").unwrap()).unwrap();
+        let bytes: usize = r
+            .message
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        assert_eq!(bytes, crate::quarantine::record::MAX_STORED_HEADER_BYTES);
     }
 
     #[test]
@@ -741,11 +854,24 @@ pub(crate) mod tests {
         let v1 = tempfile::tempdir().unwrap();
         {
             let conn = Connection::open(v1.path().join(DB_FILE)).unwrap();
-            let schema_v1 = SCHEMA.replace(
-                "facts        TEXT NOT NULL,\n    foreign_hold INTEGER NOT NULL DEFAULT 0",
-                "facts        TEXT NOT NULL",
-            );
-            assert!(!schema_v1.contains("foreign_hold"));
+            let v3_columns = "facts        TEXT NOT NULL,
+    foreign_hold INTEGER NOT NULL DEFAULT 0,
+    sasl_login   TEXT,
+    rules        TEXT NOT NULL DEFAULT '',
+    lists        TEXT NOT NULL DEFAULT '',
+    hold_until   INTEGER";
+            let (before_requests, _) = SCHEMA
+                .split_once("CREATE TABLE IF NOT EXISTS requests")
+                .unwrap();
+            let schema_v1 = before_requests
+                .replace(v3_columns, "facts        TEXT NOT NULL")
+                .replace(
+                    "CREATE INDEX IF NOT EXISTS held_audience ON held(audience);",
+                    "",
+                );
+            for v2_or_later in ["foreign_hold", "rules", "requests", "held_audience"] {
+                assert!(!schema_v1.contains(v2_or_later), "{v2_or_later}");
+            }
             conn.execute_batch(&schema_v1).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             let mut adopted = held("CCCCCC3", 100);
@@ -769,6 +895,16 @@ pub(crate) mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        use crate::quarantine::index::{QuarantineIndex, Query};
+        let by_rule = Query {
+            rule: Some("drift".into()),
+            list: Some("ALL@".into()),
+            sender: Some("ANN".into()),
+            limit: 10,
+            ..Query::default()
+        };
+        let found = store.page(&by_rule).unwrap();
+        assert_eq!(found.total, 2, "version 3's search columns are filled in");
         drop(store);
         Store::open(v1.path()).expect("reopening a migrated store");
     }

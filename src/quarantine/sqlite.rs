@@ -1,0 +1,717 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The [`QuarantineIndex`] of one relay's SQLite store: pages found with SQL on the
+//! searchable columns, requests in the `requests` table (one open request per record,
+//! enforced by a unique index, so two reviewers racing cannot both file one).
+
+use super::index::{
+    MAX_PAGE, NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row,
+    Sort, SubmitError, Via,
+};
+use super::record::{AuditEntry, QueueId, Record, State};
+use super::store::{Store, StoreError, insert_audit};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter, types::Value};
+use std::collections::HashMap;
+
+/// The WHERE clause of a query and its parameters. Only fixed SQL text is built here;
+/// every value the user typed is a parameter.
+fn where_clause(q: &Query) -> (String, Vec<Value>) {
+    let mut sql = String::from("WHERE 1");
+    let mut args: Vec<Value> = Vec::new();
+    let mut add = |clause: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(s) = q.state {
+        add(" AND state = ?", Value::Text(s.as_str().to_owned()));
+    }
+    if let Some(r) = &q.rule {
+        add(
+            " AND instr(rules, ' ' || ? || ' ') > 0",
+            Value::Text(r.clone()),
+        );
+    }
+    if let Some(s) = q.sender.as_deref().filter(|s| !s.is_empty()) {
+        add(
+            " AND (instr(lower(sender), ?) > 0 OR instr(lower(coalesce(sasl_login, '')), ?) > 0)",
+            Value::Text(s.to_ascii_lowercase()),
+        );
+    }
+    if let Some(l) = q.list.as_deref().filter(|s| !s.is_empty()) {
+        add(
+            " AND instr(lists, ?) > 0",
+            Value::Text(l.to_ascii_lowercase()),
+        );
+    }
+    if let Some(n) = q.min_audience {
+        add(" AND audience >= ?", Value::Integer(clamp(n)));
+    }
+    if let Some(t) = q.held_before {
+        add(" AND held_at <= ?", Value::Integer(clamp(t)));
+    }
+    (sql, args)
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn order_by(q: &Query) -> &'static str {
+    match (q.sort, q.descending) {
+        (Sort::HeldAt, false) => "ORDER BY held_at, id",
+        (Sort::HeldAt, true) => "ORDER BY held_at DESC, id DESC",
+        (Sort::Audience, false) => "ORDER BY audience, held_at, id",
+        (Sort::Audience, true) => "ORDER BY audience DESC, held_at, id",
+        (Sort::Sender, false) => "ORDER BY lower(sender), held_at, id",
+        (Sort::Sender, true) => "ORDER BY lower(sender) DESC, held_at, id",
+    }
+}
+
+const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via, r.remote, \
+     r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result";
+
+impl Store {
+    fn ids(
+        &self,
+        conn: &Connection,
+        q: &Query,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let (clause, mut args) = where_clause(q);
+        let sql = format!(
+            "SELECT id FROM held {clause} {} LIMIT ?{} OFFSET ?{}",
+            order_by(q),
+            args.len() + 1,
+            args.len() + 2
+        );
+        args.push(Value::Integer(clamp(limit)));
+        args.push(Value::Integer(clamp(offset)));
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn request_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Request, String>> {
+        let queue_id: String = r.get(2)?;
+        let args: String = r.get(3)?;
+        let via: String = r.get(5)?;
+        let state: String = r.get(9)?;
+        let parsed = (|| {
+            Ok(Request {
+                id: r.get(0).map_err(|e: rusqlite::Error| e.to_string())?,
+                held_id: r.get(1).map_err(|e: rusqlite::Error| e.to_string())?,
+                queue_id: QueueId::parse(&queue_id).map_err(|e| e.to_string())?,
+                action: serde_json::from_str::<RequestAction>(&args).map_err(|e| e.to_string())?,
+                who: r.get(4).map_err(|e: rusqlite::Error| e.to_string())?,
+                via: via.parse::<Via>()?,
+                remote: r.get(6).map_err(|e: rusqlite::Error| e.to_string())?,
+                comment: r.get(7).map_err(|e: rusqlite::Error| e.to_string())?,
+                requested_at: r.get::<_, i64>(8).map_err(|e| e.to_string())? as u64,
+                state: state.parse::<RequestState>()?,
+                started_at: r
+                    .get::<_, Option<i64>>(10)
+                    .map_err(|e| e.to_string())?
+                    .map(|t| t as u64),
+                finished_at: r
+                    .get::<_, Option<i64>>(11)
+                    .map_err(|e| e.to_string())?
+                    .map(|t| t as u64),
+                result: r.get(12).map_err(|e: rusqlite::Error| e.to_string())?,
+            })
+        })();
+        Ok(parsed)
+    }
+
+    fn query_requests(
+        &self,
+        conn: &Connection,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Request>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests r JOIN held h ON h.id = r.held_id {tail}"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args, |r| self.request_row(r))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| {
+                r.map_err(|message| StoreError::Corrupt {
+                    path: self.path().to_owned(),
+                    id: 0,
+                    message: format!("a request is unreadable: {message}"),
+                })
+            })
+            .collect()
+    }
+
+    fn by_state(&self, conn: &Connection) -> Result<Vec<(State, u64)>, StoreError> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM held GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (s, n) = row.map_err(|e| self.err(e))?;
+            counts.insert(s, n as u64);
+        }
+        Ok(State::ALL
+            .into_iter()
+            .map(|s| (s, counts.get(s.as_str()).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    fn by_rule(&self, conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut stmt = conn
+            .prepare_cached("SELECT rules FROM held WHERE state = 'held'")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            for rule in row.map_err(|e| self.err(e))?.split_whitespace() {
+                *counts.entry(rule.to_owned()).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
+}
+
+impl QuarantineIndex for Store {
+    fn page(&self, q: &Query) -> Result<Page, StoreError> {
+        let conn = self.conn();
+        let ids = self.ids(&conn, q, q.limit.min(MAX_PAGE), q.offset)?;
+        let (clause, args) = where_clause(q);
+        let total: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM held {clause}"),
+                params_from_iter(args),
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record = self.load(&conn, id)?;
+            let request = self
+                .query_requests(
+                    &conn,
+                    "WHERE r.held_id = ?1 ORDER BY r.id DESC LIMIT 1",
+                    params![id],
+                )?
+                .pop();
+            rows.push(Row { record, request });
+        }
+        Ok(Page {
+            rows,
+            total: total as u64,
+            by_state: self.by_state(&conn)?,
+            by_rule: self.by_rule(&conn)?,
+        })
+    }
+
+    fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+        let conn = self.conn();
+        let ids = self.ids(&conn, q, limit, 0)?;
+        ids.into_iter()
+            .map(|id| self.load(&conn, id).map(|r| r.message.queue_id))
+            .collect()
+    }
+
+    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+        self.get(queue_id)
+    }
+
+    fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
+        let conn = self.conn();
+        self.query_requests(
+            &conn,
+            "WHERE r.held_id = ?1 ORDER BY r.id",
+            params![held_id],
+        )
+    }
+
+    fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
+        if n.comment.trim().is_empty() {
+            return Err(SubmitError::Invalid("a comment is required".into()));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let found: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, state FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![n.queue_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((held_id, state)) = found else {
+            return Err(SubmitError::NotFound(n.queue_id.clone()));
+        };
+        if state != State::Held.as_str() {
+            return Err(SubmitError::Conflict(format!(
+                "{} is {state} already",
+                n.queue_id
+            )));
+        }
+        if let RequestAction::ReleaseTo { recipients } = &n.action {
+            let record = self.load(&tx, held_id)?;
+            if recipients.is_empty() {
+                return Err(SubmitError::Invalid("choose at least one recipient".into()));
+            }
+            if let Some(r) = recipients
+                .iter()
+                .find(|r| !record.message.recipients.contains(r))
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{} is not an envelope recipient of {}",
+                    crate::text::neutralize(r),
+                    n.queue_id
+                )));
+            }
+        }
+        let args = serde_json::to_string(&n.action).map_err(|e| StoreError::Corrupt {
+            path: self.path().to_owned(),
+            id: held_id,
+            message: e.to_string(),
+        })?;
+        let inserted = tx.execute(
+            "INSERT INTO requests (held_id, action, args, who, via, remote, comment, requested_at,
+                                   state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            params![
+                held_id,
+                n.action.name(),
+                args,
+                n.who,
+                n.via.as_str(),
+                n.remote,
+                n.comment,
+                clamp(n.at)
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ConstraintViolation =>
+            {
+                return Err(SubmitError::Conflict(format!(
+                    "a request for {} is already open",
+                    n.queue_id
+                )));
+            }
+            Err(e) => return Err(self.err(e).into()),
+        }
+        let id = tx.last_insert_rowid();
+        let entry = AuditEntry {
+            at: n.at,
+            who: n.who.clone(),
+            action: format!("request {}", n.action.name()),
+            comment: Some(format!(
+                "via {}{}: {}",
+                n.via.as_str(),
+                n.remote
+                    .as_deref()
+                    .map(|r| format!(" from {r}"))
+                    .unwrap_or_default(),
+                n.comment
+            )),
+        };
+        insert_audit(&tx, held_id, &entry).map_err(|e| self.err(e))?;
+        let request = self
+            .query_requests(&tx, "WHERE r.id = ?1", params![id])?
+            .pop()
+            .ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(request)
+    }
+
+    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
+        let conn = self.conn();
+        self.query_requests(
+            &conn,
+            "WHERE r.state IN ('pending', 'running') ORDER BY r.id",
+            [],
+        )
+    }
+
+    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE requests SET state = 'running', started_at = ?2
+                 WHERE id = ?1 AND state = 'pending'",
+                params![id, clamp(now)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed == 1)
+    }
+
+    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
+        let state = if ok {
+            RequestState::Done
+        } else {
+            RequestState::Failed
+        };
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE requests SET state = ?2, result = ?3, finished_at = ?4
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, state.as_str(), result, clamp(now)],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                path: self.path().to_owned(),
+                id,
+                message: "the request is not running: only a claimed request can finish".into(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::record::{ListHit, RuleHit};
+    use crate::quarantine::store::tests::held;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn request(queue_id: &str, action: RequestAction) -> NewRequest {
+        NewRequest {
+            queue_id: QueueId::parse(queue_id).unwrap(),
+            action,
+            who: "carol".into(),
+            via: Via::Desk,
+            remote: Some("192.0.2.7".into()),
+            comment: "checked with the sender".into(),
+            at: 500,
+        }
+    }
+
+    /// Three held records and a released one: ann to all@ (840,000, rule
+    /// limits.audience), bob to small@ (40, rule hidden) and so on.
+    fn fill(store: &Store) {
+        let mut a = held("AAAAAA1", 100);
+        a.rules = vec![RuleHit {
+            rule: "limits.audience".into(),
+            action: "quarantine".into(),
+            message: "840000 >= 1000".into(),
+        }];
+        store.record_held(&a, "milter", None).unwrap();
+        let mut b = held("BBBBBB2", 200);
+        b.sender = "Bob@Example.org".into();
+        b.sasl_login = Some("bobby".into());
+        b.audience = 40;
+        b.lists = vec![ListHit {
+            address: "Small-Team@example.org".into(),
+            size: 40,
+            external: 0,
+            drift_from: None,
+        }];
+        b.rules = vec![
+            RuleHit {
+                rule: "hidden".into(),
+                action: "quarantine".into(),
+                message: "40 vs 1".into(),
+            },
+            RuleHit {
+                rule: "hidden".into(),
+                action: "quarantine".into(),
+                message: "again".into(),
+            },
+        ];
+        store.record_held(&b, "milter", None).unwrap();
+        let mut c = held("CCCCCC3", 300);
+        c.audience = 5000;
+        c.rules = vec![RuleHit {
+            rule: "storm".into(),
+            action: "quarantine".into(),
+            message: "reply-all".into(),
+        }];
+        store.record_held(&c, "milter", None).unwrap();
+        let d = held("DDDDDD4", 50);
+        let id = store.record_held(&d, "milter", None).unwrap();
+        let entry = AuditEntry {
+            at: 60,
+            who: "root".into(),
+            action: "release".into(),
+            comment: None,
+        };
+        store
+            .set_state(id, State::Held, State::Released, &entry)
+            .unwrap();
+    }
+
+    fn ids(page: &Page) -> Vec<&str> {
+        page.rows
+            .iter()
+            .map(|r| r.record.message.queue_id.as_str())
+            .collect()
+    }
+
+    fn q() -> Query {
+        Query {
+            limit: 50,
+            ..Query::default()
+        }
+    }
+
+    #[test]
+    fn pages_filter_sort_and_count_on_the_server() {
+        let (_d, store) = store();
+        fill(&store);
+        let all = store.page(&q()).unwrap();
+        assert_eq!(ids(&all), ["DDDDDD4", "AAAAAA1", "BBBBBB2", "CCCCCC3"]);
+        assert_eq!(all.total, 4);
+        assert_eq!(
+            all.by_state,
+            [
+                (State::Held, 3),
+                (State::Released, 1),
+                (State::Discarded, 0),
+                (State::Expired, 0)
+            ]
+        );
+        assert_eq!(
+            all.by_rule,
+            [
+                ("hidden".to_owned(), 1),
+                ("limits.audience".to_owned(), 1),
+                ("storm".to_owned(), 1)
+            ]
+        );
+        let page = |query: Query| ids(&store.page(&query).unwrap()).join(" ");
+        let held = Query {
+            state: Some(State::Held),
+            ..q()
+        };
+        assert_eq!(page(held.clone()), "AAAAAA1 BBBBBB2 CCCCCC3");
+        let by_rule = |rule: &str| Query {
+            rule: Some(rule.into()),
+            ..held.clone()
+        };
+        assert_eq!(page(by_rule("hidden")), "BBBBBB2");
+        assert_eq!(
+            page(by_rule("limits")),
+            "",
+            "a rule matches as a whole name"
+        );
+        let by_sender = |s: &str| Query {
+            sender: Some(s.into()),
+            ..held.clone()
+        };
+        assert_eq!(page(by_sender("BOB@")), "BBBBBB2", "case is ignored");
+        assert_eq!(
+            page(by_sender("bobby")),
+            "BBBBBB2",
+            "the SASL login matches"
+        );
+        assert_eq!(page(by_sender("%")), "", "no LIKE wildcards");
+        let by_list = Query {
+            list: Some("small-TEAM".into()),
+            ..held.clone()
+        };
+        assert_eq!(page(by_list), "BBBBBB2");
+        let big = Query {
+            min_audience: Some(5000),
+            ..held.clone()
+        };
+        assert_eq!(page(big), "AAAAAA1 CCCCCC3");
+        let old = Query {
+            held_before: Some(200),
+            ..held.clone()
+        };
+        assert_eq!(page(old), "AAAAAA1 BBBBBB2");
+        let by_audience = Query {
+            sort: Sort::Audience,
+            descending: true,
+            ..held.clone()
+        };
+        assert_eq!(page(by_audience), "AAAAAA1 CCCCCC3 BBBBBB2");
+        let newest = Query {
+            descending: true,
+            ..held.clone()
+        };
+        assert_eq!(page(newest), "CCCCCC3 BBBBBB2 AAAAAA1");
+        let by_sender_sort = Query {
+            sort: Sort::Sender,
+            ..held.clone()
+        };
+        assert_eq!(page(by_sender_sort), "AAAAAA1 CCCCCC3 BBBBBB2");
+        let second = Query {
+            offset: 1,
+            limit: 1,
+            ..held.clone()
+        };
+        let p = store.page(&second).unwrap();
+        assert_eq!(ids(&p), ["BBBBBB2"]);
+        assert_eq!(p.total, 3, "the total counts every page");
+        assert_eq!(
+            store.matching(&held, 2).unwrap(),
+            [
+                QueueId::parse("AAAAAA1").unwrap(),
+                QueueId::parse("BBBBBB2").unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn one_open_request_per_held_message_and_only_while_held() {
+        let (_d, store) = store();
+        fill(&store);
+        let r = store
+            .submit(&request("AAAAAA1", RequestAction::Release))
+            .unwrap();
+        assert_eq!(r.state, RequestState::Pending);
+        assert_eq!(r.queue_id.as_str(), "AAAAAA1");
+        assert_eq!(r.via, Via::Desk);
+        let again = store.submit(&request(
+            "AAAAAA1",
+            RequestAction::Discard {
+                notify_sender: false,
+            },
+        ));
+        assert!(matches!(again, Err(SubmitError::Conflict(_))), "{again:?}");
+        let released = store.submit(&request("DDDDDD4", RequestAction::Release));
+        match released {
+            Err(SubmitError::Conflict(m)) => assert_eq!(m, "DDDDDD4 is released already"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.submit(&request("EEEEEE5", RequestAction::Release)),
+            Err(SubmitError::NotFound(_))
+        ));
+        let mut blank = request("BBBBBB2", RequestAction::Release);
+        blank.comment = "  ".into();
+        assert!(matches!(store.submit(&blank), Err(SubmitError::Invalid(_))));
+        let stranger = request(
+            "BBBBBB2",
+            RequestAction::ReleaseTo {
+                recipients: vec!["mallory@example.net".into()],
+            },
+        );
+        assert!(matches!(
+            store.submit(&stranger),
+            Err(SubmitError::Invalid(_))
+        ));
+        let none = request("BBBBBB2", RequestAction::ReleaseTo { recipients: vec![] });
+        assert!(matches!(store.submit(&none), Err(SubmitError::Invalid(_))));
+        let rec = store.record(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let last = rec.audit.last().unwrap();
+        assert_eq!(last.who, "carol");
+        assert_eq!(last.action, "request release");
+        assert_eq!(
+            last.comment.as_deref(),
+            Some("via desk from 192.0.2.7: checked with the sender")
+        );
+        let page = store.page(&q()).unwrap();
+        let row = page
+            .rows
+            .iter()
+            .find(|r| r.record.message.queue_id.as_str() == "AAAAAA1")
+            .unwrap();
+        assert_eq!(row.request.as_ref().map(|r| r.id), Some(r.id));
+    }
+
+    #[test]
+    fn the_worker_claims_once_and_a_failed_request_leaves_room_for_another() {
+        let (_d, store) = store();
+        fill(&store);
+        let r = store
+            .submit(&request("AAAAAA1", RequestAction::Release))
+            .unwrap();
+        let b = store
+            .submit(&request(
+                "BBBBBB2",
+                RequestAction::ReleaseTo {
+                    recipients: vec!["all@example.org".into()],
+                },
+            ))
+            .unwrap();
+        assert_eq!(
+            store
+                .open_requests()
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            [r.id, b.id]
+        );
+        assert!(
+            store.finish(r.id, true, "released", 501).is_err(),
+            "only a claimed request finishes"
+        );
+        assert!(store.claim(r.id, 501).unwrap());
+        assert!(!store.claim(r.id, 502).unwrap(), "a second claim fails");
+        store
+            .finish(r.id, false, "postsuper: fatal: no such message", 503)
+            .unwrap();
+        assert!(store.finish(r.id, true, "again", 504).is_err());
+        let done = &store.requests(r.held_id).unwrap()[0];
+        assert_eq!(done.state, RequestState::Failed);
+        assert_eq!(done.started_at, Some(501));
+        assert_eq!(done.finished_at, Some(503));
+        assert_eq!(
+            done.result.as_deref(),
+            Some("postsuper: fatal: no such message")
+        );
+        assert_eq!(store.open_requests().unwrap().len(), 1);
+        let retry = store.submit(&request("AAAAAA1", RequestAction::Release));
+        assert!(retry.is_ok(), "{retry:?}");
+        assert_eq!(store.requests(r.held_id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn search_columns_hold_each_rule_once_and_lists_in_lower_case() {
+        let mut m = held("AAAAAA1", 1);
+        m.rules = vec![
+            RuleHit {
+                rule: "hidden".into(),
+                action: "quarantine".into(),
+                message: String::new(),
+            },
+            RuleHit {
+                rule: "hidden".into(),
+                action: "quarantine".into(),
+                message: String::new(),
+            },
+            RuleHit {
+                rule: "drift".into(),
+                action: "quarantine".into(),
+                message: String::new(),
+            },
+        ];
+        m.lists[0].address = "All@Example.org".into();
+        assert_eq!(
+            crate::quarantine::store::search_columns(&m),
+            (
+                " hidden drift ".to_owned(),
+                "\nall@example.org\n".to_owned()
+            )
+        );
+        m.rules.clear();
+        m.lists.clear();
+        assert_eq!(
+            crate::quarantine::store::search_columns(&m),
+            (String::new(), String::new())
+        );
+    }
+}
