@@ -186,8 +186,7 @@ impl Limiter {
             .filter_map(|k| {
                 let times = failures.get_mut(*k)?;
                 times.retain(|t| now.saturating_sub(*t) < FAILURE_WINDOW);
-                (times.len() >= MAX_FAILURES)
-                    .then(|| FAILURE_WINDOW - now.saturating_sub(times[0]))
+                (times.len() >= MAX_FAILURES).then(|| FAILURE_WINDOW - now.saturating_sub(times[0]))
             })
             .max()
     }
@@ -196,7 +195,10 @@ impl Limiter {
     pub fn failed(&self, keys: &[&str], now: u64) {
         let mut failures = self.failures.lock().expect("limiter lock");
         if failures.len() >= MAX_LIMITED {
-            failures.retain(|_, t| t.back().is_some_and(|t| now.saturating_sub(*t) < FAILURE_WINDOW));
+            failures.retain(|_, t| {
+                t.back()
+                    .is_some_and(|t| now.saturating_sub(*t) < FAILURE_WINDOW)
+            });
         }
         for k in keys {
             let times = failures.entry((*k).to_owned()).or_default();

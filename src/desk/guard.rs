@@ -52,7 +52,10 @@ pub fn same_origin(method: &Method, headers: &HeaderMap, public_origin: Option<&
     let host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
-    match (host, headers.get(header::HOST).and_then(|h| h.to_str().ok())) {
+    match (
+        host,
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) {
         (Some(o), Some(h)) => !o.is_empty() && o.eq_ignore_ascii_case(h),
         _ => false,
     }
@@ -80,23 +83,61 @@ mod tests {
     #[test]
     fn the_go_cross_origin_algorithm() {
         let post = Method::POST;
-        assert!(same_origin(&Method::GET, &headers(&[("sec-fetch-site", "cross-site")]), None));
-        assert!(same_origin(&post, &headers(&[("sec-fetch-site", "same-origin")]), None));
-        assert!(same_origin(&post, &headers(&[("sec-fetch-site", "none")]), None));
+        assert!(same_origin(
+            &Method::GET,
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            None
+        ));
+        assert!(same_origin(
+            &post,
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            None
+        ));
+        assert!(same_origin(
+            &post,
+            &headers(&[("sec-fetch-site", "none")]),
+            None
+        ));
         for site in ["same-site", "cross-site", "bogus"] {
-            let h = headers(&[("sec-fetch-site", site), ("origin", "http://desk:1"), ("host", "desk:1")]);
+            let h = headers(&[
+                ("sec-fetch-site", site),
+                ("origin", "http://desk:1"),
+                ("host", "desk:1"),
+            ]);
             assert!(!same_origin(&post, &h, None), "{site}");
         }
-        assert!(same_origin(&post, &headers(&[("host", "desk:8025")]), None), "no browser");
-        assert!(same_origin(&post, &headers(&[("origin", "http://desk:8025"), ("host", "desk:8025")]), None));
-        assert!(!same_origin(&post, &headers(&[("origin", "http://evil:8025"), ("host", "desk:8025")]), None));
-        assert!(!same_origin(&post, &headers(&[("origin", "null"), ("host", "desk:8025")]), None));
-        assert!(!same_origin(&post, &headers(&[("origin", "http://desk:8026"), ("host", "desk:8025")]), None));
+        assert!(
+            same_origin(&post, &headers(&[("host", "desk:8025")]), None),
+            "no browser"
+        );
+        assert!(same_origin(
+            &post,
+            &headers(&[("origin", "http://desk:8025"), ("host", "desk:8025")]),
+            None
+        ));
+        assert!(!same_origin(
+            &post,
+            &headers(&[("origin", "http://evil:8025"), ("host", "desk:8025")]),
+            None
+        ));
+        assert!(!same_origin(
+            &post,
+            &headers(&[("origin", "null"), ("host", "desk:8025")]),
+            None
+        ));
+        assert!(!same_origin(
+            &post,
+            &headers(&[("origin", "http://desk:8026"), ("host", "desk:8025")]),
+            None
+        ));
         let public = origin_of("https://review.corp.example/desk").unwrap();
         assert_eq!(public, "https://review.corp.example");
         assert!(same_origin(
             &post,
-            &headers(&[("origin", "https://review.corp.example"), ("host", "127.0.0.1:8025")]),
+            &headers(&[
+                ("origin", "https://review.corp.example"),
+                ("host", "127.0.0.1:8025")
+            ]),
             Some(&public)
         ));
     }

@@ -6,13 +6,14 @@
 //! changes, so `fanout-milter review passwd` needs no reload. The command writes it
 //! atomically (a new file, then rename), never through a link.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Argon2, Params};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The shortest password `review passwd` accepts.
 pub const MIN_PASSWORD_CHARS: usize = 10;
@@ -256,6 +257,75 @@ pub fn hash_with(password: &str, params: Params) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether `password` matches the PHC `hash` (parameters read from the hash).
+pub fn verify(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// The users by name.
+pub type Table = BTreeMap<String, User>;
+
+/// The users file as the daemon sees it: read again whenever its size, time or inode
+/// changed since the last look.
+pub struct Users {
+    path: PathBuf,
+    cache: Mutex<Option<(FileStamp, Arc<Table>)>>,
+}
+
+/// What tells a changed file (the change time catches a chmod).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Users {
+    /// The users in `path`, read at first use.
+    pub fn new(path: PathBuf) -> Users {
+        Users {
+            path,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The current users: the cached table, or the file read again when it changed.
+    /// Blocking (file I/O); an error leaves no cached table behind, so a broken file
+    /// lets nobody in.
+    pub fn current(&self) -> Result<Arc<Table>, UsersError> {
+        let meta = std::fs::symlink_metadata(&self.path).map_err(|source| UsersError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let stamp = FileStamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        };
+        let mut cache = self.cache.lock().expect("users cache lock");
+        if let Some((cached, users)) = cache.as_ref()
+            && *cached == stamp
+        {
+            return Ok(users.clone());
+        }
+        *cache = None;
+        let users = Arc::new(read(&self.path)?);
+        *cache = Some((stamp, users.clone()));
+        Ok(users)
+    }
+
+    /// One user, when the file can be read and lists them.
+    pub fn get(&self, name: &str) -> Result<Option<User>, UsersError> {
+        Ok(self.current()?.get(name).cloned())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -269,6 +339,9 @@ pub(crate) mod tests {
     fn names_roles_and_hashes_are_checked() {
         let hash = hash_with("correct horse battery", cheap()).unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(verify(&hash, "correct horse battery"));
+        assert!(!verify(&hash, "correct horse batterY"));
+        assert!(!verify("not a hash", "x"));
 
         let text = format!("# comment\nalice:admin:{hash}\nbob.sso@corp:viewer:\ncarol:reviewer\n");
         let users = parse(&text, Path::new("/u")).unwrap();
@@ -288,5 +361,46 @@ pub(crate) mod tests {
             assert!(e.contains(needle) && e.starts_with("/u:"), "{bad}: {e}");
         }
         assert!(Role::Admin > Role::Reviewer && Role::Reviewer > Role::Viewer);
+    }
+
+    #[test]
+    fn the_file_is_owner_only_written_atomically_and_reread_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("review-users");
+        let mut users = BTreeMap::new();
+        users.insert(
+            "alice".to_owned(),
+            User {
+                name: "alice".into(),
+                role: Role::Viewer,
+                hash: None,
+            },
+        );
+        write(&path, &users, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let table = Users::new(path.clone());
+        assert_eq!(table.get("alice").unwrap().unwrap().role, Role::Viewer);
+
+        users.get_mut("alice").unwrap().role = Role::Admin;
+        write(&path, &users, None).unwrap();
+        assert_eq!(
+            table.get("alice").unwrap().unwrap().role,
+            Role::Admin,
+            "re-read"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = table.current().unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read(&link).is_err(), "a link is never followed");
     }
 }
