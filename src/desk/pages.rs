@@ -150,9 +150,9 @@ struct ListRow {
     expiry_left: String,
     sender: Shown,
     sasl: Option<Shown>,
-    audience: u64,
+    audience: String,
     counted: &'static str,
-    largest: Option<(Shown, u64)>,
+    largest: Option<(Shown, String)>,
     rule: Shown,
     subject: Shown,
     request: Option<(&'static str, &'static str)>,
@@ -217,10 +217,10 @@ impl Default for Shown {
 
 struct ListView {
     address: Shown,
-    size: u64,
-    external: u64,
-    internal: u64,
-    drift_from: Option<u64>,
+    size: String,
+    external: String,
+    internal: String,
+    drift_from: Option<String>,
 }
 
 struct AuditView {
@@ -263,11 +263,11 @@ struct MessagePage {
     message_id: Option<Shown>,
     recipients: Vec<Shown>,
     visible: Vec<Shown>,
-    audience: u64,
-    external: u64,
-    internal: u64,
+    audience: String,
+    external: String,
+    internal: String,
     lists: Vec<ListView>,
-    domains: Vec<(Shown, u64)>,
+    domains: Vec<(Shown, String)>,
     rules: Vec<(Shown, Shown, Shown)>,
     headers: Vec<(Shown, Shown)>,
     audit: Vec<AuditView>,
@@ -292,6 +292,8 @@ struct BulkPage {
     base: String,
     confirm: bool,
     action: &'static str,
+    /// The action as a participle ("released").
+    acted: &'static str,
     notify_sender: bool,
     extend: u64,
     comment: Shown,
@@ -522,8 +524,14 @@ pub async fn login(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let client = desk.client(&headers, peer);
-    let keys = [format!("user:{name}"), format!("addr:{client}")];
-    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    // Per user, and per client address when there is one: on a unix socket every
+    // client is "local", and counting them together would let anyone lock everyone out.
+    let user_key = format!("user:{name}");
+    let addr_key = format!("addr:{client}");
+    let mut keys = vec![user_key.as_str()];
+    if peer.0.is_some() {
+        keys.push(addr_key.as_str());
+    }
     let now = desk.now();
     let again = |error: &str, status: StatusCode| {
         let mut r = render(&LoginPage {
@@ -573,7 +581,7 @@ pub async fn login(
         );
         return again("Wrong user name or password.", StatusCode::UNAUTHORIZED);
     };
-    desk.limiter.clear(keys[0]);
+    desk.limiter.clear(&user_key);
     let id = match desk.sessions.start(&user.name, now) {
         Ok(id) => id,
         Err(e) => {
@@ -631,7 +639,7 @@ pub async fn logout(
 // ---------------------------------------------------------------- the held list
 
 /// The query of the list's filter fields; an unusable value is a message for a 400.
-fn query_of(desk: &Desk, f: &Fields, now: u64) -> Result<(Query, Filter), String> {
+fn query_of(f: &Fields, now: u64) -> Result<(Query, Filter), String> {
     let mut q = Query::default();
     let mut filter = Filter::default();
     let mut fields: Vec<(&'static str, String)> = Vec::new();
@@ -690,7 +698,6 @@ fn query_of(desk: &Desk, f: &Fields, now: u64) -> Result<(Query, Filter), String
     filter.fields = fields;
     filter.state_options = options(&["held", "released", "discarded", "expired", "any"], state);
     filter.sort_options = options(&["held-at", "audience", "sender"], filter.sort);
-    let _ = desk;
     Ok((q, filter))
 }
 
@@ -755,7 +762,7 @@ fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
         expiry_left,
         sender: Shown::capped(if m.sender.is_empty() { "<>" } else { &m.sender }, 120),
         sasl: m.sasl_login.as_deref().map(|s| Shown::capped(s, 120)),
-        audience: m.audience,
+        audience: group(m.audience),
         counted: if m.lists.is_empty() {
             "envelope"
         } else {
@@ -765,7 +772,7 @@ fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
             .lists
             .iter()
             .max_by_key(|l| l.size)
-            .map(|l| (Shown::capped(&l.address, 120), l.size)),
+            .map(|l| (Shown::capped(&l.address, 120), group(l.size))),
         rule: Shown::new(m.rules.first().map(|r| r.rule.as_str()).unwrap_or("-")),
         subject: Shown::capped(m.subject.as_deref().unwrap_or(""), text::MAX_SUBJECT_CHARS),
         request: row.request.as_ref().map(request_summary),
@@ -785,7 +792,7 @@ pub async fn list(
     };
     let now = desk.now();
     let fields = Fields::of_uri(&uri);
-    let (mut q, filter) = match query_of(&desk, &fields, now) {
+    let (mut q, filter) = match query_of(&fields, now) {
         Ok(x) => x,
         Err(e) => return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e),
     };
@@ -992,24 +999,24 @@ pub async fn message(
         message_id: m.message_id.as_deref().map(Shown::new),
         recipients: m.recipients.iter().map(|a| Shown::new(a)).collect(),
         visible: m.visible.iter().map(|a| Shown::new(a)).collect(),
-        audience: m.audience,
-        external: m.external,
-        internal: m.audience.saturating_sub(m.external),
+        audience: group(m.audience),
+        external: group(m.external),
+        internal: group(m.audience.saturating_sub(m.external)),
         lists: m
             .lists
             .iter()
             .map(|l| ListView {
                 address: Shown::new(&l.address),
-                size: l.size,
-                external: l.external,
-                internal: l.size.saturating_sub(l.external),
-                drift_from: l.drift_from,
+                size: group(l.size),
+                external: group(l.external),
+                internal: group(l.size.saturating_sub(l.external)),
+                drift_from: l.drift_from.map(group),
             })
             .collect(),
         domains: m
             .top_domains
             .iter()
-            .map(|(d, n)| (Shown::new(d), *n))
+            .map(|(d, n)| (Shown::new(d), group(*n)))
             .collect(),
         rules: m
             .rules
@@ -1224,7 +1231,7 @@ pub async fn bulk(
         Err(e) => return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e),
     };
     let ids: Vec<String> = if fields.get("scope") == Some("all") {
-        let (q, _) = match query_of(&desk, &fields, now) {
+        let (q, _) = match query_of(&fields, now) {
             Ok(x) => x,
             Err(e) => return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e),
         };
@@ -1349,6 +1356,11 @@ pub async fn bulk(
     render(&BulkPage {
         confirm: !confirmed,
         action: action.name(),
+        acted: match action {
+            RequestAction::Release => "released",
+            RequestAction::Discard { .. } => "discarded",
+            _ => "extended",
+        },
         notify_sender,
         extend,
         comment: Shown::new(comment.as_deref().unwrap_or("")),

@@ -149,14 +149,20 @@ impl Fixture {
         let mut req = HttpRequest::post(path)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("host", "desk.test:8025");
+        let mut peer = SocketAddr::from(([198, 51, 100, 9], 40000));
         for (k, v) in headers {
-            req = req.header(*k, *v);
+            match *k {
+                // The connection's peer, which only a socket would give.
+                "peer" => peer = v.parse().unwrap(),
+                _ => req = req.header(*k, *v),
+            }
         }
         if let Some(c) = cookie {
             req = req.header("cookie", c);
         }
-        self.send(req.body(Body::from(body.finish())).unwrap())
-            .await
+        let mut req = req.body(Body::from(body.finish())).unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        self.send(req).await
     }
 
     /// Logs `user` in: the cookie to send back.
@@ -623,19 +629,13 @@ async fn bulk_confirms_with_counts_then_acts_at_most_500_at_a_time() {
 #[tokio::test]
 async fn failed_logins_are_limited_per_user_and_address() {
     let f = fixture();
+    let wrong = [("user", "alice"), ("password", "wrong password")];
     for _ in 0..auth::MAX_FAILURES {
-        let (status, _, _) = f
-            .post(
-                "/login",
-                None,
-                &[("user", "alice"), ("password", "wrong password")],
-            )
-            .await;
+        let (status, _, _) = f.post("/login", None, &wrong).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let (status, headers, _) = f
-        .post("/login", None, &[("user", "alice"), ("password", PASSWORD)])
-        .await;
+    let right = |user| [("user", user), ("password", PASSWORD)];
+    let (status, headers, _) = f.post("/login", None, &right("alice")).await;
     assert_eq!(
         status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -643,12 +643,51 @@ async fn failed_logins_are_limited_per_user_and_address() {
     );
     assert_eq!(headers["retry-after"], "60");
     assert!(headers.get("set-cookie").is_none());
-    let (status, _, _) = f
-        .post("/login", None, &[("user", "rita"), ("password", PASSWORD)])
-        .await;
+    let (status, _, _) = f.post("/login", None, &right("rita")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "same client address");
+    let elsewhere = [
+        ("sec-fetch-site", "same-origin"),
+        ("peer", "203.0.113.5:1234"),
+    ];
+    let (status, _, _) = f
+        .post_with("/login", None, &right("rita"), &elsewhere)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "another address, another user"
+    );
+    let (status, _, _) = f
+        .post_with("/login", None, &right("alice"), &elsewhere)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same user elsewhere"
+    );
     f.clock.advance(Duration::from_secs(61));
     f.login("alice").await;
+
+    // On a unix socket (no peer address) only the user counts: one client cannot lock
+    // every other client of the proxy out.
+    let f = fixture();
+    let local = |form: &[(&str, &str)]| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        HttpRequest::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for _ in 0..auth::MAX_FAILURES {
+        assert_eq!(f.send(local(&wrong)).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        f.send(local(&right("alice"))).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(f.send(local(&right("rita"))).await.0, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]
@@ -782,4 +821,40 @@ async fn the_desk_serves_a_real_socket_and_stops_on_shutdown() {
             .contains("content-security-policy: default-src 'none'")
     );
     assert!(answer.contains("id=\"login\""));
+}
+
+#[tokio::test]
+async fn the_desk_serves_a_unix_socket_for_a_local_proxy() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture();
+    let path = f._dir.path().join("review.sock");
+    let addr = ListenAddr::Unix(path.clone());
+    let listener = DeskListener::bind(&addr).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, SOCKET_MODE);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(f.desk.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Duration::from_secs(10);
+    let answer = tokio::time::timeout(deadline, async {
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: review\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    })
+    .await
+    .expect("an answer in time");
+    let _ = stop.send(());
+    tokio::time::timeout(deadline, server)
+        .await
+        .expect("stopped in time")
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(!path.exists(), "the socket file is removed");
 }
