@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The protocol of the daemon's local control socket, and its client: `fanout-milter
-//! storms list|clear` and `directory refresh|accept` talk to the running daemon through
-//! it, since the in-memory state and the LDAP snapshots live there. A unix socket of
+//! storms list|clear`, `brake on|off|status` and `directory refresh|accept` talk to the
+//! running daemon through it, since the in-memory state and the LDAP snapshots live there. A unix socket of
 //! mode 0600 (the daemon's user, and root); one JSON request line, one JSON answer line.
 //! The daemon serves it in `daemon::control`; this module needs nothing of the daemon,
 //! so the command line uses it alone.
 
-use crate::state::Storm;
+use crate::state::{Brake, Storm};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,27 @@ pub enum Request {
         /// The source's name.
         source: String,
     },
+    /// The emergency brake, if it is on.
+    BrakeStatus,
+    /// Pull the emergency brake: hold every message whose real audience is at least
+    /// `min_audience`, on every relay sharing the state backend.
+    BrakeOn {
+        /// The smallest audience held.
+        min_audience: u64,
+        /// How long it holds (seconds); until released when absent.
+        for_secs: Option<u64>,
+        /// Who pulls it.
+        by: String,
+        /// Why.
+        comment: String,
+    },
+    /// Release the emergency brake.
+    BrakeOff {
+        /// Who releases it.
+        by: String,
+        /// Why.
+        comment: String,
+    },
 }
 
 /// The daemon's answer.
@@ -61,6 +82,11 @@ pub enum Response {
     Refreshed {
         /// One per source.
         outcomes: Vec<RefreshOutcome>,
+    },
+    /// The emergency brake after the request.
+    Brake {
+        /// The brake, when it is on.
+        brake: Option<Brake>,
     },
     /// The request failed.
     Error {

@@ -11,8 +11,8 @@
 use crate::directory::Directory;
 use crate::policy::address::AddressForm;
 use crate::policy::{
-    self, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet, Replies, StateFacts,
-    StatePlan,
+    self, BrakeFact, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet, Replies,
+    StateFacts, StatePlan,
 };
 use crate::state::guard::Observed;
 use crate::state::{Guard, StateError};
@@ -83,6 +83,12 @@ pub trait StateStep {
         queue_id: &str,
     ) -> impl Future<Output = Result<StateFacts, Self::Error>> + Send;
 
+    /// The emergency brake, when an admin pulled it: asked for every message (the
+    /// plan does not know of it), so it must answer from memory. None by default.
+    fn brake(&self) -> Option<BrakeFact> {
+        None
+    }
+
     /// Settles the books after the effect was carried out or failed: `leaves` is true
     /// when the message left (accepted or tagged, and the answer given to the MTA).
     /// Called only after [`StateStep::observe`].
@@ -143,11 +149,12 @@ where
 {
     let plan = policy::state_plan(policy, facts);
     let observed = !plan.is_empty();
-    let state_facts = if observed {
+    let mut state_facts = if observed {
         state.observe(policy, plan, queue_id).await?
     } else {
         StateFacts::default()
     };
+    state_facts.brake = state.brake();
     let started = Instant::now();
     let evaluation = policy::evaluate(policy, facts, &state_facts);
     debug!(
@@ -212,6 +219,12 @@ impl StateStep for GuardState<'_> {
         let facts = observed.facts.clone();
         self.observed = Some(observed);
         Ok(facts)
+    }
+
+    fn brake(&self) -> Option<BrakeFact> {
+        self.guard.brake().map(|b| BrakeFact {
+            min_audience: b.min_audience,
+        })
     }
 
     async fn settle(&mut self, leaves: bool) -> Result<(), StateError> {

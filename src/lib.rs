@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+mod brake;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -4,7 +4,9 @@
 //! and the dispatch to [`fanout_milter::cli`], which runs and prints each command.
 
 use clap::{Parser, Subcommand};
-use fanout_milter::cli::{self, Outcome, check, directory, explain, quarantine, review, storms};
+use fanout_milter::cli::{
+    self, Outcome, brake, check, directory, explain, quarantine, review, storms,
+};
 use fanout_milter::config::DEFAULT_CONFIG_PATH;
 use fanout_milter::explain::ExplainInput;
 use fanout_milter::quarantine::State;
@@ -57,6 +59,12 @@ enum Command {
     Storms {
         #[command(subcommand)]
         command: StormsCommand,
+    },
+    /// The emergency brake: hold every message whose real audience is at least N, on
+    /// every relay sharing the state backend (through the daemon's control socket).
+    Brake {
+        #[command(subcommand)]
+        command: BrakeCommand,
     },
     /// Review held messages (run as root: uses postqueue, postsuper and postcat).
     Quarantine {
@@ -149,6 +157,34 @@ enum QuarantineCommand {
 }
 
 #[derive(Subcommand)]
+enum BrakeCommand {
+    /// Pull the brake: hold every message whose real audience is at least N.
+    On {
+        /// The smallest audience held.
+        #[arg(long)]
+        min_audience: u64,
+        /// Let go by itself after this long (e.g. 2h); until `brake off` when absent.
+        #[arg(long = "for")]
+        hold_for: Option<humantime::Duration>,
+        /// Why (recorded with your name).
+        #[arg(long)]
+        comment: String,
+    },
+    /// Release the brake.
+    Off {
+        /// Why (recorded with your name).
+        #[arg(long)]
+        comment: String,
+    },
+    /// Whether the brake is on, since when, by whom.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum StormsCommand {
     /// Reply-all storms in progress in the running daemon.
     List {
@@ -238,6 +274,15 @@ fn main() -> ExitCode {
         Command::Storms { command } => match command {
             StormsCommand::List { json } => storms::list(path, json),
             StormsCommand::Clear { id } => storms::clear(path, id),
+        },
+        Command::Brake { command } => match command {
+            BrakeCommand::On {
+                min_audience,
+                hold_for,
+                comment,
+            } => brake::on(path, min_audience, hold_for.map(Into::into), comment),
+            BrakeCommand::Off { comment } => brake::off(path, comment),
+            BrakeCommand::Status { json } => brake::status(path, json),
         },
         Command::Quarantine { now, command } => quarantine_command(path, now.as_deref(), command),
         Command::Review { command } => match command {

@@ -7,6 +7,7 @@
 //! modules the library need not export, and so that tests reach the renderers
 //! (`explain`, `directory lookup`) without running the binary.
 
+pub mod brake;
 pub mod check;
 pub mod directory;
 pub mod explain;

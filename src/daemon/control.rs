@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The daemon's side of the control socket ([`crate::control`] has the protocol): storm
-//! state and LDAP refreshes answered for `storms` and `directory` commands.
+//! state, the emergency brake and LDAP refreshes answered for `storms`, `brake` and
+//! `directory` commands.
 
 use super::ldap_refresh::RefreshRequest;
+use crate::brake;
 use crate::control::{DEADLINE, MAX_REQUEST, REFRESH_DEADLINE, Request, Response};
+use crate::quarantine::QuarantineIndex;
 use crate::state::Guard;
 use crate::unix_socket::{self, SocketFile};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -19,6 +23,8 @@ pub struct Handlers {
     pub guard: Guard,
     /// The LDAP refresher's request queue, when the daemon has one.
     pub refresh: Option<tokio::sync::mpsc::Sender<RefreshRequest>>,
+    /// Where brake events are recorded.
+    pub events: Option<Arc<dyn QuarantineIndex>>,
 }
 
 /// Binds the socket at `path`, mode 0600 (see [`unix_socket::bind`]).
@@ -91,6 +97,40 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
             }
             Response::Cleared { found }
         }),
+        Request::BrakeStatus => Ok(Response::Brake {
+            brake: guard.brake(),
+        }),
+        Request::BrakeOn {
+            min_audience,
+            for_secs,
+            by,
+            comment,
+        } => {
+            let hold_for = for_secs.map(Duration::from_secs);
+            return match brake::pull(
+                guard,
+                handlers.events.clone(),
+                *min_audience,
+                hold_for,
+                by,
+                comment,
+            )
+            .await
+            {
+                Ok(brake) => Response::Brake { brake: Some(brake) },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            };
+        }
+        Request::BrakeOff { by, comment } => {
+            return match brake::release(guard, handlers.events.clone(), by, comment).await {
+                Ok(()) => Response::Brake { brake: None },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            };
+        }
     };
     result.unwrap_or_else(|e| Response::Error {
         message: e.to_string(),
@@ -165,6 +205,7 @@ mod tests {
             Handlers {
                 guard,
                 refresh: None,
+                events: None,
             },
         ));
 

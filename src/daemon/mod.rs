@@ -330,6 +330,7 @@ impl Daemon {
                             control::Handlers {
                                 guard: shared.guard.clone(),
                                 refresh: Some(refresher.requests()),
+                                events: Some(shared.store.clone()),
                             },
                         )),
                     ))
@@ -363,6 +364,7 @@ impl Daemon {
                 info!("redis answers");
             }
         }
+        tokio::spawn(crate::brake::keep_fresh(shared.guard.clone()));
         let expiring = shared.guard.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);

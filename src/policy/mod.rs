@@ -22,7 +22,8 @@ pub use reply::Replies;
 pub use rules::{Hidden, Levels, Restricted, Scope};
 pub use sender::{Identity, TrustedSenders, identity};
 pub use stateful::{
-    BreakerPolicy, RatePolicy, StateFacts, StatePlan, StormPolicy, state_plan, storm_trips,
+    BrakeFact, BreakerPolicy, RatePolicy, StateFacts, StatePlan, StormPolicy, state_plan,
+    storm_trips,
 };
 pub use thread::{is_reply, normalize_subject, thread_key};
 pub use verdict::{Action, Reason, Verdict};
@@ -170,9 +171,29 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
 }
 
 /// Decides one message on its facts and on what the shared state said about it
-/// (storms, rates, the breaker; empty where no state is kept, as in `explain`).
+/// (storms, rates, the breaker, the emergency brake; empty where no state is kept, as
+/// in `explain`). The brake holds a large message even from an exempt sender or in
+/// monitor mode.
 pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Evaluation {
     let counts = count(policy, facts);
+    let mut evaluation = evaluate_rules(policy, facts, state, counts);
+    if let Some(reason) = stateful::brake(state, counts.audience as u64) {
+        let v = &mut evaluation.verdict;
+        v.intended = v.intended.max(reason.action);
+        v.action = v.action.max(reason.action);
+        v.reasons.push(reason);
+        v.reasons.sort_by_key(|r| std::cmp::Reverse(r.action));
+    }
+    evaluation
+}
+
+/// [`evaluate`] without the emergency brake.
+fn evaluate_rules(
+    policy: &Policy,
+    facts: &MessageFacts,
+    state: &StateFacts,
+    counts: Counts,
+) -> Evaluation {
     if let Some(pattern) = policy.exempt.grants(facts) {
         let mut verdict = Verdict::accept();
         verdict.exempt_by = Some(pattern.to_owned());

@@ -233,6 +233,14 @@ pub struct BreakerFact {
     pub per_minute: u64,
 }
 
+/// The emergency brake an admin pulled: every message whose real audience is at least
+/// `min_audience` is held, whatever else the policy says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrakeFact {
+    /// The smallest audience it holds.
+    pub min_audience: u64,
+}
+
 /// What the shared state said about a message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateFacts {
@@ -242,6 +250,8 @@ pub struct StateFacts {
     pub rate: Vec<RateFact>,
     /// The breaker, if tripped and the message is large enough to be held by it.
     pub breaker: Option<BreakerFact>,
+    /// The emergency brake, when it is on.
+    pub brake: Option<BrakeFact>,
 }
 
 /// What `facts` asks of the shared state under `policy`. Exempt senders ask nothing.
@@ -399,6 +409,24 @@ pub fn rate(rule: &RatePolicy, state: &StateFacts) -> Vec<(Reason, bool)> {
             (reason, rule.monitor)
         })
         .collect()
+}
+
+/// The emergency brake is on and the message's real audience reaches its level. The
+/// brake is an admin's explicit act during an incident: neither monitor mode nor an
+/// exemption softens it (see [`super::evaluate`]).
+pub fn brake(state: &StateFacts, audience: u64) -> Option<Reason> {
+    let b = state.brake?;
+    (audience >= b.min_audience).then(|| Reason {
+        rule: "brake",
+        action: Action::Quarantine,
+        message: format!(
+            "emergency brake: audience {} >= {}; held until an admin reviews it",
+            fmt_count(audience as usize),
+            fmt_count(b.min_audience as usize)
+        ),
+        monitor: false,
+        reply: None,
+    })
 }
 
 /// `[breaker]`: the relay-wide breaker is tripped and the message is large.
@@ -571,6 +599,72 @@ mod tests {
     }
 
     #[test]
+    fn the_brake_holds_from_its_level_on_whatever_the_exemptions_and_mode_say() {
+        let braked = |min_audience| StateFacts {
+            brake: Some(BrakeFact { min_audience }),
+            ..StateFacts::default()
+        };
+        let p = Policy::default();
+        let f = to_list(500);
+        assert_eq!(
+            evaluate(&p, &f, &StateFacts::default()).verdict.action,
+            Action::Accept
+        );
+        assert_eq!(
+            evaluate(&p, &f, &braked(501)).verdict.action,
+            Action::Accept
+        );
+        let v = evaluate(&p, &f, &braked(500)).verdict;
+        assert_eq!(v.action, Action::Quarantine);
+        assert_eq!(v.intended, Action::Quarantine);
+        assert_eq!(v.reasons.len(), 1);
+        assert_eq!(v.reasons[0].rule, "brake");
+        assert_eq!(
+            v.reasons[0].message,
+            "emergency brake: audience 500 >= 500; held until an admin reviews it"
+        );
+        let mut exempt = p.clone();
+        exempt.exempt = trusted("ann@*");
+        let v = evaluate(&exempt, &f, &braked(100)).verdict;
+        assert!(v.exempt_by.is_some());
+        assert_eq!(
+            v.action,
+            Action::Quarantine,
+            "an exemption does not lift the brake"
+        );
+        let mut monitor = p.clone();
+        monitor.mode = crate::policy::Mode::Monitor;
+        monitor.audience.quarantine = 100;
+        let v = evaluate(&monitor, &f, &braked(100)).verdict;
+        assert_eq!(
+            v.action,
+            Action::Quarantine,
+            "monitor mode does not lift the brake"
+        );
+        assert!(
+            !v.reasons
+                .iter()
+                .find(|r| r.rule == "brake")
+                .unwrap()
+                .monitor
+        );
+        let mut rejecting = p.clone();
+        rejecting.audience.reject = 100;
+        let v = evaluate(&rejecting, &f, &braked(100)).verdict;
+        assert_eq!(
+            v.action,
+            Action::Reject,
+            "the brake never softens a verdict"
+        );
+        assert_eq!(
+            v.reasons[0].action,
+            Action::Reject,
+            "strongest reason first"
+        );
+        assert_eq!(v.reasons[1].rule, "brake");
+    }
+
+    #[test]
     fn stateful_reasons_carry_their_numbers_and_texts() {
         let p = policy();
         let f = to_list(5_000);
@@ -605,6 +699,7 @@ mod tests {
             breaker: Some(BreakerFact {
                 per_minute: 250_000,
             }),
+            brake: None,
         };
         let v = evaluate(&p, &f, &state).verdict;
         assert_eq!(v.action, Action::Reject);

@@ -13,7 +13,7 @@
 //! The trait is what a fleet-wide store (PostgreSQL) implements next; the SQLite store
 //! of one relay implements it in `super::sqlite`.
 
-use super::record::{QueueId, Record, State};
+use super::record::{AuditEntry, QueueId, Record, State};
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -315,6 +315,13 @@ pub trait QuarantineIndex: Send + Sync {
     /// Records a running request's end: done (`ok`) or failed, with what the tool
     /// said.
     fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError>;
+
+    /// Records a relay-wide action that concerns no one message (the emergency brake
+    /// pulled or released), for the desk's audit trail.
+    fn record_event(&self, event: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The newest relay-wide events, newest first, at most `limit`.
+    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Rules whose holds only an admin may act on: a reply-all storm, a list that

@@ -356,6 +356,34 @@ impl QuarantineIndex for Store {
         Ok(changed == 1)
     }
 
+    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO events (at, who, action, comment) VALUES (?1, ?2, ?3, ?4)",
+            params![clamp(e.at), e.who, e.action, e.comment],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT at, who, action, comment FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![clamp(limit)], |r| {
+                Ok(AuditEntry {
+                    at: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    action: r.get(2)?,
+                    comment: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
         let state = if ok {
             RequestState::Done
@@ -677,6 +705,25 @@ mod tests {
         let retry = store.submit(&request("AAAAAA1", RequestAction::Release));
         assert!(retry.is_ok(), "{retry:?}");
         assert_eq!(store.requests(r.held_id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn events_are_kept_newest_first() {
+        let (_d, store) = store();
+        for (at, action) in [(1, "brake on"), (2, "brake off"), (3, "brake on")] {
+            store
+                .record_event(&AuditEntry {
+                    at,
+                    who: "carol".into(),
+                    action: action.into(),
+                    comment: Some(format!("incident {at}")),
+                })
+                .unwrap();
+        }
+        let events = store.events(2).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].at, events[0].action.as_str()), (3, "brake on"));
+        assert_eq!(events[1].comment.as_deref(), Some("incident 2"));
     }
 
     #[test]

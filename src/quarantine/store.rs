@@ -22,7 +22,8 @@ pub const DB_FILE: &str = "quarantine.sqlite";
 
 /// 2: `held.foreign_hold`, set for messages another tool held (see [`Record::foreign`]).
 /// 3: searchable `held.sasl_login`, `rules`, `lists`; `held.hold_until`; the `requests`
-/// table of the review desk's action requests (see [`super::index`]).
+/// table of the review desk's action requests (see [`super::index`]); the `events`
+/// table of relay-wide actions (the emergency brake).
 const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
@@ -74,6 +75,13 @@ CREATE INDEX IF NOT EXISTS requests_held ON requests(held_id);
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state, id);
 CREATE UNIQUE INDEX IF NOT EXISTS requests_one_open ON requests(held_id)
     WHERE state IN ('pending', 'running');
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    who     TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    comment TEXT
+);
 ";
 
 /// Brings a version 2 store to version 3: the columns the review desk filters on,

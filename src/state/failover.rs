@@ -15,7 +15,7 @@
 //! one, see [`with_deadline`]), so a slow server cannot hold a message longer than that.
 
 use super::algo::{Limit, Take};
-use super::{MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
+use super::{Brake, MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::Clock;
 use crate::config::OnFailure;
 use crate::notify::{Alert, AlertKind, AlertSender};
@@ -418,6 +418,38 @@ impl StateBackend for Failover {
         match shared {
             Some(cleared) => Ok(cleared || mine.unwrap_or(false)),
             None => self.fallback(async { mine }).await,
+        }
+    }
+
+    /// The shared brake, mirrored locally; while the shared backend is down, the last
+    /// brake seen (whatever `on_failure` says: a brake must not let go because Redis
+    /// went away).
+    async fn brake_get(&self, now: SystemTime) -> Result<Option<Brake>, StateError> {
+        let local = &self.inner.local;
+        match self
+            .shared("brake_get", self.inner.remote.brake_get(now))
+            .await
+        {
+            Some(brake) => {
+                local.brake_set(brake.as_ref(), now).await?;
+                Ok(brake)
+            }
+            None => local.brake_get(now).await,
+        }
+    }
+
+    /// Pulled or released on the shared backend, which must answer: a brake that only
+    /// this relay knows of would leave the rest of the fleet unbraked.
+    async fn brake_set(&self, brake: Option<&Brake>, now: SystemTime) -> Result<(), StateError> {
+        match self
+            .shared("brake_set", self.inner.remote.brake_set(brake, now))
+            .await
+        {
+            Some(()) => self.inner.local.brake_set(brake, now).await,
+            None => Err(StateError(format!(
+                "shared state ({}) unreachable: the brake was not changed on the fleet",
+                self.inner.name
+            ))),
         }
     }
 

@@ -5,12 +5,13 @@
 //! counted for mail that did). Storm and breaker trips are logged and alerted here.
 
 use super::failover::with_deadline;
-use super::{Limit, StateBackend, StateError, Storm};
+use super::{Brake, Limit, StateBackend, StateError, Storm};
 use crate::clock::Clock;
 use crate::clock::epoch_secs;
 use crate::notify::{Alert, AlertKind, AlertSender};
 use crate::policy::stateful::{BreakerFact, RateFact, StormFact};
 use crate::policy::{Policy, StateFacts, StatePlan, storm_trips};
+use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
@@ -34,6 +35,9 @@ pub struct Guard {
     relay: Arc<dyn StateBackend>,
     clock: Arc<dyn Clock>,
     alerts: Option<AlertSender>,
+    /// The emergency brake as last read from the backend ([`Guard::refresh_brake`]),
+    /// shared by every clone: each message reads it without a round trip.
+    brake: Arc<ArcSwapOption<Brake>>,
 }
 
 /// What [`Guard::observe`] found, to settle after the verdict.
@@ -59,6 +63,7 @@ impl Guard {
             backend,
             clock,
             alerts,
+            brake: Arc::default(),
         }
     }
 
@@ -77,6 +82,50 @@ impl Guard {
     /// The clock.
     pub fn now(&self) -> SystemTime {
         self.clock.now()
+    }
+
+    /// The emergency brake, when it is on now (as last read from the backend).
+    pub fn brake(&self) -> Option<Brake> {
+        let now = epoch_secs(self.clock.now());
+        self.brake
+            .load_full()
+            .filter(|b| b.active(now))
+            .map(|b| (*b).clone())
+    }
+
+    /// Reads the brake from the backend (the daemon does this twice a second, so that a
+    /// brake pulled on one relay holds on all within a second). When the backend does
+    /// not answer, the brake last read stays as it is.
+    pub async fn refresh_brake(&self) -> Result<Option<Brake>, StateError> {
+        let read = self.backend.brake_get(self.clock.now());
+        let brake = match self.backend.budget() {
+            Some(budget) => with_deadline(Instant::now() + budget, read).await?,
+            None => read.await?,
+        };
+        self.brake.store(brake.clone().map(Arc::new));
+        Ok(brake)
+    }
+
+    /// Pulls (`Some`) or releases (`None`) the brake on the backend, then here.
+    pub async fn set_brake(&self, brake: Option<Brake>) -> Result<(), StateError> {
+        let brake = brake.map(|b| b.kept());
+        let write = self.backend.brake_set(brake.as_ref(), self.clock.now());
+        match self.backend.budget() {
+            Some(budget) => with_deadline(Instant::now() + budget, write).await?,
+            None => write.await?,
+        }
+        match &brake {
+            Some(b) => warn!(
+                min_audience = b.min_audience,
+                until = b.until,
+                by = %crate::text::neutralize(&b.by),
+                comment = %crate::text::neutralize(&b.comment),
+                "emergency brake pulled: messages to this many recipients or more are held"
+            ),
+            None => warn!("emergency brake released"),
+        }
+        self.brake.store(brake.map(Arc::new));
+        Ok(())
     }
 
     /// Asks the backend what `plan` needs: the storm on the thread (or counts this reply

@@ -4,7 +4,7 @@
 //! memory stays bounded by the senders and threads active within the longest window.
 
 use super::algo::{self, Limit, Take, Window};
-use super::{StateBackend, StateError, Storm, ThreadCounts};
+use super::{Brake, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +28,7 @@ struct Maps {
     threads: HashMap<String, Expiring<VecDeque<(u64, String)>>>,
     storms: HashMap<String, Storm>,
     flags: HashMap<String, u64>,
+    brake: Option<Brake>,
 }
 
 /// State in this process's memory.
@@ -203,6 +204,16 @@ impl StateBackend for MemoryBackend {
             m.threads.remove(t);
         }
         Ok(!threads.is_empty())
+    }
+
+    async fn brake_get(&self, now: SystemTime) -> Result<Option<Brake>, StateError> {
+        let now = epoch_secs(now);
+        Ok(self.lock().brake.clone().filter(|b| b.active(now)))
+    }
+
+    async fn brake_set(&self, brake: Option<&Brake>, _now: SystemTime) -> Result<(), StateError> {
+        self.lock().brake = brake.map(Brake::kept);
+        Ok(())
     }
 
     async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError> {

@@ -90,6 +90,41 @@ impl Storm {
     }
 }
 
+/// The longest comment a brake keeps.
+pub const MAX_BRAKE_COMMENT_CHARS: usize = 500;
+
+/// The emergency brake an admin pulled (`fanout-milter brake on`, the review desk):
+/// while it is on, every message whose real audience is at least `min_audience` is
+/// held, on every relay that shares the state backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Brake {
+    /// The smallest audience it holds.
+    pub min_audience: u64,
+    /// When it was pulled (seconds since the epoch).
+    pub since: u64,
+    /// When it lets go by itself (seconds since the epoch); never when absent.
+    pub until: Option<u64>,
+    /// Who pulled it.
+    pub by: String,
+    /// Why, at most [`MAX_BRAKE_COMMENT_CHARS`] characters where a backend keeps it.
+    pub comment: String,
+}
+
+impl Brake {
+    /// True while it holds at `now` (seconds since the epoch).
+    pub fn active(&self, now: u64) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+
+    /// The brake as a backend keeps it: the comment and the name capped.
+    pub fn kept(&self) -> Brake {
+        let mut b = self.clone();
+        b.comment = crate::text::cap(&b.comment, MAX_BRAKE_COMMENT_CHARS).into_owned();
+        b.by = crate::text::cap(&b.by, 100).into_owned();
+        b
+    }
+}
+
 /// Where storm, rate and breaker state lives. Every operation is atomic per key.
 #[async_trait]
 pub trait StateBackend: Send + Sync + std::fmt::Debug {
@@ -155,6 +190,12 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
 
     /// Sets `key` for `ttl` unless it is set; true when this call set it.
     async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError>;
+
+    /// The emergency brake, when one is on at `now`.
+    async fn brake_get(&self, now: SystemTime) -> Result<Option<Brake>, StateError>;
+
+    /// Pulls (`Some`, kept as [`Brake::kept`]) or releases (`None`) the emergency brake.
+    async fn brake_set(&self, brake: Option<&Brake>, now: SystemTime) -> Result<(), StateError>;
 
     /// Drops what has expired at `now`; returns the number of entries still held (for
     /// a store that expires keys itself, what it cheaply knows: Redis, its storms).

@@ -23,11 +23,11 @@
 
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
-use super::{StateBackend, StateError, Storm, ThreadCounts};
+use super::{Brake, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::{AsyncCommands as _, Script, Value};
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
@@ -433,6 +433,38 @@ impl StateBackend for RedisBackend {
         }
         let () = pipe.query_async(&mut c).await.map_err(err)?;
         Ok(true)
+    }
+
+    async fn brake_get(&self, now: SystemTime) -> Result<Option<Brake>, StateError> {
+        let mut c = self.conn.clone();
+        let json: Option<String> = c.get(self.key(&["brake"])).await.map_err(err)?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let brake: Brake = serde_json::from_str(&json)
+            .map_err(|e| StateError(format!("redis: the brake record is not valid: {e}")))?;
+        Ok(Some(brake.kept()).filter(|b| b.active(epoch_secs(now))))
+    }
+
+    /// A brake with an end is stored with Redis's own expiry too, so that a relay that
+    /// was down when it ended never finds it again.
+    async fn brake_set(&self, brake: Option<&Brake>, now: SystemTime) -> Result<(), StateError> {
+        let mut c = self.conn.clone();
+        let key = self.key(&["brake"]);
+        let Some(brake) = brake else {
+            let () = c.del(key).await.map_err(err)?;
+            return Ok(());
+        };
+        let json = serde_json::to_string(&brake.kept())
+            .map_err(|e| StateError(format!("redis: cannot store the brake: {e}")))?;
+        let () = match brake.until {
+            Some(until) => {
+                let left = until.saturating_sub(epoch_secs(now)).max(1);
+                c.set_ex(key, json, left).await.map_err(err)?
+            }
+            None => c.set(key, json).await.map_err(err)?,
+        };
+        Ok(())
     }
 
     async fn flag(&self, key: &str, ttl: Duration, now: SystemTime) -> Result<bool, StateError> {
