@@ -287,6 +287,12 @@ async fn every_response_carries_the_security_headers() {
         assert_eq!(headers["referrer-policy"], "no-referrer");
         assert_eq!(headers["cache-control"], "no-store");
     }
+    let big = "x".repeat(MAX_BODY_BYTES + 1);
+    let (status, headers, _) = f
+        .post("/login", None, &[("user", "alice"), ("password", &big)])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "body limit");
+    assert_eq!(headers["content-security-policy"], guard::CSP);
     assert_eq!(responses[3].0, StatusCode::NOT_FOUND);
     assert_eq!(responses[4].1["content-type"], "text/css; charset=utf-8");
     assert!(!responses[2].2.contains("<script"), "no scripts at all");
