@@ -4,7 +4,7 @@
 //!
 //! The crate is a pure policy core ([`policy`]) with thin adapters around it: the
 //! milter, the configuration loader ([`config`]), the daemon
-//! ([`Builder`]), the offline `explain` ([`explain`]) and the command line's commands
+//! ([`Builder`]) with its web review desk, the offline `explain` ([`explain`]) and the command line's commands
 //! ([`cli`]).
 
 #![warn(missing_docs)]
@@ -16,6 +16,7 @@ pub mod config;
 mod control;
 mod daemon;
 pub mod decide;
+mod desk;
 pub mod directory;
 pub mod explain;
 mod logging;

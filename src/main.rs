@@ -4,7 +4,9 @@
 //! and the dispatch to [`fanout_milter::cli`], which runs and prints each command.
 
 use clap::{Parser, Subcommand};
-use fanout_milter::cli::{self, Outcome, brake, check, directory, explain, quarantine, storms};
+use fanout_milter::cli::{
+    self, Outcome, brake, check, directory, explain, quarantine, review, storms,
+};
 use fanout_milter::config::DEFAULT_CONFIG_PATH;
 use fanout_milter::explain::ExplainInput;
 use fanout_milter::quarantine::State;
@@ -74,6 +76,31 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Accounts of the web review desk ([review] users_file).
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Add a user, or change their role and password (asked twice unless given).
+    Passwd {
+        /// Login name: letters, digits and . _ @ -.
+        user: String,
+        /// viewer (reads), reviewer (acts on ordinary holds) or admin (acts on all).
+        #[arg(long)]
+        role: String,
+        /// Read the password from the first line of this file instead of asking.
+        #[arg(long, conflicts_with = "no_password")]
+        password_file: Option<PathBuf>,
+        /// No password: the user signs in only through the SSO proxy.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// List the users and their roles.
+    Users,
 }
 
 #[derive(Subcommand)]
@@ -261,8 +288,33 @@ fn main() -> ExitCode {
             BrakeCommand::Status { json } => brake::status(path, json),
         },
         Command::Quarantine { now, command } => quarantine_command(path, now.as_deref(), command),
+        Command::Review { command } => match command {
+            ReviewCommand::Passwd {
+                user,
+                role,
+                password_file,
+                no_password,
+            } => review_passwd(path, &user, &role, password_file.as_deref(), no_password),
+            ReviewCommand::Users => review::list(path),
+        },
     };
     cli::exit(outcome)
+}
+
+fn review_passwd(
+    path: &Path,
+    user: &str,
+    role: &str,
+    password_file: Option<&Path>,
+    no_password: bool,
+) -> Outcome {
+    let role = role.parse().map_err(cli::usage)?;
+    let source = match password_file {
+        Some(file) => review::PasswordSource::File(file),
+        None if no_password => review::PasswordSource::None,
+        None => review::PasswordSource::Prompt,
+    };
+    review::passwd(path, user, role, source)
 }
 
 fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand) -> Outcome {

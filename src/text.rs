@@ -53,6 +53,14 @@ pub fn neutralize(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`neutralize`], and whether it escaped anything: a web page shows such text
+/// flagged, so that a reader knows the original hid characters.
+pub fn neutralize_flagged(text: &str) -> (Cow<'_, str>, bool) {
+    let out = neutralize(text);
+    let flagged = matches!(out, Cow::Owned(_));
+    (out, flagged)
+}
+
 /// [`neutralize`] for serialised JSON (`serde_json` output, compact or pretty): JSON
 /// already escapes C0 controls inside strings, so every other unsafe character (DEL,
 /// C1 controls, bidi and format characters) becomes a `\uXXXX` escape, which keeps the

@@ -12,6 +12,7 @@ pub mod check;
 pub mod directory;
 pub mod explain;
 pub mod quarantine;
+pub mod review;
 pub mod run;
 pub mod storms;
 pub mod worker;

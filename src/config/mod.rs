@@ -80,6 +80,41 @@ pub struct Config {
     pub postfix: PostfixSettings,
     /// `[notify]`.
     pub notify: NotifySettings,
+    /// `[review]`: the web review desk.
+    pub review: ReviewSettings,
+}
+
+/// `[review]`: the web review desk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewSettings {
+    /// Where the desk listens; `None`: no desk.
+    pub listen: Option<ListenAddr>,
+    /// `allow_remote`: a `listen` address other hosts can reach was asked for.
+    pub allow_remote: bool,
+    /// `public_url` without a trailing `/`; empty: links are relative to the page.
+    pub public_url: String,
+    /// `users_file`, resolved against the configuration's directory.
+    pub users_file: PathBuf,
+    /// `session_idle`.
+    pub session_idle: Duration,
+    /// `session_lifetime`.
+    pub session_lifetime: Duration,
+    /// `link_lifetime`.
+    pub link_lifetime: Duration,
+    /// `trusted_proxies`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `user_header`, lower-cased; `None`: no SSO.
+    pub user_header: Option<String>,
+}
+
+impl ReviewSettings {
+    /// True when browsers reach the desk over HTTPS (`public_url` says so): the session
+    /// cookie is then `Secure` and named with the `__Host-` prefix.
+    pub fn https(&self) -> bool {
+        self.public_url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
 }
 
 /// `[quarantine]` deadlines.
@@ -444,6 +479,11 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
     }),
     ("state.on_failure", |old, new| {
         keep(&old.raw.state.on_failure, &mut new.raw.state.on_failure)
+    }),
+    // The desk is built once at start with its settings (listener, cookie, proxies,
+    // session times); its users file is re-read whenever it changes.
+    ("review", |old, new| {
+        keep(&old.raw.review, &mut new.raw.review) | keep(&old.review, &mut new.review)
     }),
 ];
 

@@ -57,6 +57,49 @@ pub struct RawConfig {
     pub breaker: RawBreaker,
     /// `[state]`: where storm, rate and breaker state lives.
     pub state: RawState,
+    /// `[review]`: the web review desk.
+    pub review: RawReview,
+}
+
+/// `[review]`: the web review desk served by the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReview {
+    /// `inet:HOST:PORT` or `unix:PATH`; empty = no desk.
+    pub listen: String,
+    /// Allows a `listen` address other hosts can reach.
+    pub allow_remote: bool,
+    /// The desk's address as browsers reach it (`https://review.example.org`): every
+    /// absolute link uses it, and `https` makes the session cookie `Secure`.
+    pub public_url: String,
+    /// Reviewers and their roles: `NAME:ROLE:PHC-HASH` per line.
+    pub users_file: PathBuf,
+    /// A session unused this long ends.
+    pub session_idle: String,
+    /// A session ends this long after the login, used or not.
+    pub session_lifetime: String,
+    /// How long a link in an admin digest stays valid.
+    pub link_lifetime: String,
+    /// Reverse proxies whose `user_header` names the user (IP addresses).
+    pub trusted_proxies: Vec<String>,
+    /// Request header naming the user a trusted proxy signed in; empty = no SSO.
+    pub user_header: String,
+}
+
+impl Default for RawReview {
+    fn default() -> Self {
+        RawReview {
+            listen: String::new(),
+            allow_remote: false,
+            public_url: String::new(),
+            users_file: PathBuf::from("/etc/fanout-milter/review-users"),
+            session_idle: "30m".into(),
+            session_lifetime: "12h".into(),
+            link_lifetime: "24h".into(),
+            trusted_proxies: Vec::new(),
+            user_header: String::new(),
+        }
+    }
 }
 
 /// `[storm]`.

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The daemon: its services are built in one place ([`Builder`], used by `run`, the
 //! tests and, through the binary, the benchmarks), then [`Daemon::run`] serves the milter
-//! with reloads, LDAP refreshes, the control socket, state expiry and digests around
-//! it, and shuts down gracefully.
+//! with reloads, LDAP refreshes, the control socket, state expiry, digests and the
+//! review desk around it, and shuts down gracefully.
 //!
 //! Module graph: `crate::shared` (the generation in force, messages in flight) sits
 //! below the daemon and the milter and imports neither; [`generation`] owns the swaps;
@@ -18,6 +18,7 @@ pub use generation::{ReloadError, ReloadRequest, Reloaded};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config, StateSettings};
+use crate::desk::{self, Desk, DeskListener};
 use crate::directory::DirectoryError;
 use crate::directory::ldap::Snapshots;
 use crate::milter::{
@@ -25,7 +26,7 @@ use crate::milter::{
     listener::{BindError, MilterListener, StoppableListener},
 };
 use crate::notify::{self, AlertReceiver, AlertSender};
-use crate::quarantine::{Store, StoreError};
+use crate::quarantine::{QuarantineIndex, Store, StoreError};
 use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
 use generation::Owner;
 use ldap_refresh::Refresher;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// A loader task failed.
     #[error("{0}")]
     Task(String),
+    /// The review desk could not be set up (its key or its socket).
+    #[error("review desk: {0}")]
+    Desk(String),
 }
 
 /// Builds the daemon from a configuration: LDAP snapshots (saved or first taken), the
@@ -147,8 +151,9 @@ impl Builder {
             }
         };
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
-        let guard = guard(&config.state, clock, &alerts)?;
+        let guard = guard(&config.state, clock.clone(), &alerts)?;
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
+        let desk = start_desk(config, &store, clock.clone()).await?;
         let (digests, kept) = if keep_alerts {
             (None, Some(receiver))
         } else {
@@ -161,8 +166,47 @@ impl Builder {
             digests,
             alerts: kept,
             admin_socket,
+            desk,
         })
     }
+}
+
+/// The review desk when `[review] listen` is set: its key (created in `state_dir` when
+/// missing) and its bound socket.
+async fn start_desk(
+    config: &Config,
+    store: &Arc<Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<(DeskListener, Arc<Desk>)>, StartError> {
+    let Some(addr) = &config.review.listen else {
+        return Ok(None);
+    };
+    if !addr.is_local() {
+        warn!(
+            listen = %addr,
+            "the review desk can be reached from other hosts (allow_remote = true): keep it \
+             behind a TLS proxy and a firewall"
+        );
+    }
+    let state_dir = config.state_dir.clone();
+    let key = match tokio::task::spawn_blocking(move || desk::key(&state_dir)).await {
+        Ok(Ok(key)) => key,
+        Ok(Err(e)) => return Err(StartError::Desk(format!("cannot use its key: {e}"))),
+        Err(e) => return Err(StartError::Task(format!("cannot read the desk key: {e}"))),
+    };
+    let listener = DeskListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Desk(format!("cannot listen on {addr}: {e}")))?;
+    let index: Arc<dyn QuarantineIndex> = store.clone();
+    let desk = Desk::new(
+        index,
+        config.review.clone(),
+        config.quarantine.clone(),
+        key,
+        clock,
+    );
+    info!(listen = %addr, users = %config.review.users_file.display(), "review desk listening");
+    Ok(Some((listener, Arc::new(desk))))
 }
 
 /// Storm, rate and breaker state as `[state]` says, on `clock`.
@@ -218,9 +262,16 @@ pub struct Daemon {
     /// Alerts the caller reads.
     alerts: Option<AlertReceiver>,
     admin_socket: Option<PathBuf>,
+    /// The review desk, when `[review] listen` is set.
+    desk: Option<(DeskListener, Arc<Desk>)>,
 }
 
 impl Daemon {
+    /// The review desk's bound TCP address (for tests that bind port 0).
+    pub fn desk_addr(&self) -> Option<SocketAddr> {
+        self.desk.as_ref().and_then(|(l, _)| l.local_addr())
+    }
+
     /// The bound TCP address (for tests that bind port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr()
@@ -258,6 +309,7 @@ impl Daemon {
             digests,
             alerts: _,
             admin_socket,
+            desk,
         } = self;
         let config = shared.current().config.clone();
         let milter_config = indymilter::Config {
@@ -342,6 +394,13 @@ impl Daemon {
             let _ = stop_tx.send(true);
         });
 
+        let desk = desk.map(|(listener, desk)| {
+            let mut stop_desk = stop_rx.clone();
+            tokio::spawn(listener.serve(desk, async move {
+                let _ = stop_desk.wait_for(|s| *s).await;
+            }))
+        });
+
         let drain_shared = shared.clone();
         let mut stop_drain = stop_rx;
         let drained = async move {
@@ -370,6 +429,17 @@ impl Daemon {
         if let Some((file, task)) = admin {
             task.abort();
             drop(file);
+        }
+        if let Some(mut task) = desk {
+            match tokio::time::timeout(config.shutdown_timeout, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => error!("review desk stopped: {e}"),
+                Ok(Err(e)) => error!("review desk task failed: {e}"),
+                Err(_) => {
+                    warn!("review desk connections still open at the shutdown timeout; closed");
+                    task.abort();
+                }
+            }
         }
         result
     }

@@ -6,6 +6,7 @@ use super::*;
 
 mod ldap;
 mod quarantine;
+mod review;
 mod state;
 
 const FILE: &str = "/etc/fanout-milter/fanout-milter.toml";

@@ -13,6 +13,7 @@ mod lists;
 mod milter;
 mod notify;
 mod postfix;
+mod review;
 mod state;
 
 pub(super) use postfix::{check_delimiter, check_origin, origin_key};
@@ -122,6 +123,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     let notify_times = notify::durations(&raw.notify, report);
     let storm_times = limits::storm_durations(&raw.storm, report);
     let state_timeout = duration("state.timeout", &raw.state.timeout, HOUR, report);
+    let review_times = review::durations(&raw.review, report);
     milter::check_logging(&raw.logging, report);
 
     let audience = limits::audience(&raw, report);
@@ -136,6 +138,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     limits::replies(&raw, report);
     limits::storm_and_rate(&raw, report);
     let (state, admin_socket) = state::check(&raw, state_timeout, base, report);
+    let review = review::check(&raw.review, review_times, base, report);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -189,6 +192,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         postfix: postfix::settings(&raw.postfix),
         notify,
         replies: limits::reply_texts(&raw.reply),
+        review,
         raw,
     })
 }

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The review desk: a web page, served by the unprivileged daemon, where the people on
+//! duty see held messages and ask for them to be released or discarded.
+//!
+//! The desk never acts on the Postfix queue itself: every action is a request filed in
+//! the quarantine store ([`QuarantineIndex::submit`]), which the root worker executes;
+//! the pages show where each request stands. Everything a page shows comes from the
+//! store.
+//!
+//! Parts: [`users`] (the accounts file), [`auth`] (sessions, failed-login limits, form
+//! tokens, the desk key), [`guard`] (response headers, cross-origin check), `pages`
+//! (the handlers and their templates).
+
+pub(crate) mod auth;
+pub(crate) mod guard;
+mod pages;
+pub(crate) mod users;
+
+use crate::clock::{Clock, epoch_secs};
+use crate::config::{ListenAddr, QuarantineSettings, ReviewSettings};
+use crate::quarantine::QuarantineIndex;
+use auth::{KEY_BYTES, Limiter, Sessions};
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use users::Users;
+
+/// The largest request body the desk reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Mode of the desk's unix socket: the daemon's account and its group (the proxy).
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// The name of the desk's key file in the state directory.
+pub const KEY_FILE: &str = "desk.key";
+
+/// Everything the desk's handlers share.
+pub struct Desk {
+    index: Arc<dyn QuarantineIndex>,
+    users: Users,
+    sessions: Sessions,
+    limiter: Limiter,
+    key: [u8; KEY_BYTES],
+    review: ReviewSettings,
+    quarantine: QuarantineSettings,
+    clock: Arc<dyn Clock>,
+    public_origin: Option<String>,
+}
+
+impl Desk {
+    /// A desk over `index`, with `[review]` and `[quarantine]` settings, the desk `key`
+    /// and `clock`.
+    pub fn new(
+        index: Arc<dyn QuarantineIndex>,
+        review: ReviewSettings,
+        quarantine: QuarantineSettings,
+        key: [u8; KEY_BYTES],
+        clock: Arc<dyn Clock>,
+    ) -> Desk {
+        Desk {
+            index,
+            users: Users::new(review.users_file.clone()),
+            sessions: Sessions::new(review.session_idle, review.session_lifetime),
+            limiter: Limiter::default(),
+            key,
+            public_origin: guard::origin_of(&review.public_url),
+            review,
+            quarantine,
+            clock,
+        }
+    }
+
+    /// Seconds since the epoch on the desk's clock.
+    fn now(&self) -> u64 {
+        epoch_secs(self.clock.now())
+    }
+
+    /// The session cookie's name: `__Host-` prefixed when browsers use HTTPS.
+    fn cookie_name(&self) -> &'static str {
+        if self.review.https() {
+            "__Host-fanout-desk"
+        } else {
+            "fanout-desk"
+        }
+    }
+}
+
+/// The connection's peer, set by [`peer_layer`]: its IP address, `None` on a unix
+/// socket (or in tests without one).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer(pub Option<IpAddr>);
+
+/// The desk's routes with every safety layer.
+pub fn router(desk: Arc<Desk>) -> Router {
+    let mut router = Router::new()
+        .route("/", get(pages::list))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/message/{queue_id}", get(pages::message).post(pages::act))
+        .route("/bulk", post(pages::bulk))
+        .route("/static/desk.css", get(pages::css))
+        .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(
+            desk.clone(),
+            cross_origin_layer,
+        ))
+        .layer(middleware::from_fn(peer_layer))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES));
+    for (name, value) in guard::security_headers() {
+        router = router.layer(SetResponseHeaderLayer::overriding(name, value));
+    }
+    router.with_state(desk)
+}
+
+/// Records the connection's peer address for the handlers.
+async fn peer_layer(mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    request.extensions_mut().insert(Peer(peer));
+    next.run(request).await
+}
+
+/// Refuses a cross-origin state-changing request (403) before any handler runs.
+async fn cross_origin_layer(
+    State(desk): State<Arc<Desk>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if guard::same_origin(
+        request.method(),
+        request.headers(),
+        desk.public_origin.as_deref(),
+    ) {
+        next.run(request).await
+    } else {
+        let mut response = pages::refusal(
+            axum::http::StatusCode::FORBIDDEN,
+            "Cross-origin request refused.",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert("x-desk-refused", HeaderValue::from_static("cross-origin"));
+        response
+    }
+}
+
+/// A bound desk listener.
+pub enum DeskListener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// A unix socket, removed when dropped.
+    Unix(tokio::net::UnixListener, crate::unix_socket::SocketFile),
+}
+
+impl DeskListener {
+    /// Binds `[review] listen`.
+    pub async fn bind(addr: &ListenAddr) -> std::io::Result<DeskListener> {
+        match addr {
+            ListenAddr::Inet { host, port } => Ok(DeskListener::Tcp(
+                tokio::net::TcpListener::bind((host.as_str(), *port)).await?,
+            )),
+            ListenAddr::Unix(path) => {
+                let (listener, file) = crate::unix_socket::bind(path, SOCKET_MODE).await?;
+                Ok(DeskListener::Unix(listener, file))
+            }
+        }
+    }
+
+    /// The bound TCP address (tests bind port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            DeskListener::Tcp(l) => l.local_addr().ok(),
+            DeskListener::Unix(..) => None,
+        }
+    }
+
+    /// Serves `desk` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        desk: Arc<Desk>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = router(desk);
+        match self {
+            DeskListener::Tcp(l) => {
+                axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            DeskListener::Unix(l, _file) => {
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await
+            }
+        }
+    }
+}
+
+/// The desk key in the state directory, created when missing (blocking).
+pub fn key(state_dir: &Path) -> std::io::Result<[u8; KEY_BYTES]> {
+    auth::load_or_create_key(&state_dir.join(KEY_FILE))
+}
+
+#[cfg(test)]
+mod tests;

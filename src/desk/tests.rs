@@ -1,0 +1,866 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The desk over HTTP, in process (`oneshot` on the router, a manual clock, a real
+//! SQLite store in a temporary directory), plus one smoke test on a real socket.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::quarantine::record::RuleHit;
+use crate::quarantine::store::tests::held;
+use crate::quarantine::{HeldMessage, RequestAction, RequestState, Store, Via};
+use axum::body::Body;
+use axum::http::{HeaderMap, Request as HttpRequest, StatusCode};
+use http_body_util::BodyExt;
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+use tower::ServiceExt;
+use users::{Role, User};
+
+const PASSWORD: &str = "correct horse battery";
+const T0: u64 = 1_800_000_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    desk: Arc<Desk>,
+    clock: ManualClock,
+}
+
+/// A desk with users alice (admin), rita (reviewer), vic (viewer) and sam (SSO
+/// only), over an empty store; `extra` is more `[review]` TOML.
+fn fixture_with(extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let hash = users::hash_with(PASSWORD, users::tests::cheap()).unwrap();
+    let mut table = BTreeMap::new();
+    for (name, role, hash) in [
+        ("alice", Role::Admin, Some(hash.clone())),
+        ("rita", Role::Reviewer, Some(hash.clone())),
+        ("vic", Role::Viewer, Some(hash)),
+        ("sam", Role::Reviewer, None),
+    ] {
+        table.insert(
+            name.to_owned(),
+            User {
+                name: name.into(),
+                role,
+                hash,
+            },
+        );
+    }
+    let users_file = dir.path().join("review-users");
+    users::write(&users_file, &table, None).unwrap();
+    let config = crate::config::parse(
+        &format!(
+            "[domains]\ninternal = [\"example.org\"]\n[review]\nusers_file = \"{}\"\n{extra}",
+            users_file.display()
+        ),
+        Path::new("/etc/fanout-milter/fanout-milter.toml"),
+    )
+    .unwrap();
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0));
+    let index: Arc<dyn QuarantineIndex> = store.clone();
+    let desk = Arc::new(Desk::new(
+        index,
+        config.review,
+        config.quarantine,
+        [7; KEY_BYTES],
+        Arc::new(clock.clone()),
+    ));
+    Fixture {
+        _dir: dir,
+        store,
+        desk,
+        clock,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with("")
+}
+
+/// An ordinary hold (a reviewer may act on it).
+fn ordinary(queue_id: &str) -> HeldMessage {
+    let mut m = held(queue_id, T0 - 600);
+    m.recipients = vec!["all@example.org".into(), "boss@example.org".into()];
+    m.lists[0].drift_from = None;
+    m.rules = vec![RuleHit {
+        rule: "limits.audience".into(),
+        action: "quarantine".into(),
+        message: "840,000 recipients >= quarantine level 500".into(),
+    }];
+    m
+}
+
+impl Fixture {
+    fn hold(&self, m: &HeldMessage) {
+        self.store.record_held(m, "milter", None).unwrap();
+    }
+
+    fn requests(&self, queue_id: &str) -> Vec<crate::quarantine::Request> {
+        let r = self
+            .index()
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .unwrap();
+        self.index().requests(r.id).unwrap()
+    }
+
+    fn index(&self) -> &dyn QuarantineIndex {
+        self.store.as_ref()
+    }
+
+    async fn send(&self, req: HttpRequest<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = router(self.desk.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> (StatusCode, HeaderMap, String) {
+        let mut req = HttpRequest::get(path);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        self.send(req.body(Body::empty()).unwrap()).await
+    }
+
+    /// A same-origin form POST (a browser's `Sec-Fetch-Site`).
+    async fn post(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        self.post_with(path, cookie, form, &[("sec-fetch-site", "same-origin")])
+            .await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form {
+            body.append_pair(k, v);
+        }
+        let mut req = HttpRequest::post(path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("host", "desk.test:8025");
+        let mut peer = SocketAddr::from(([198, 51, 100, 9], 40000));
+        for (k, v) in headers {
+            match *k {
+                // The connection's peer, which only a socket would give.
+                "peer" => peer = v.parse().unwrap(),
+                _ => req = req.header(*k, *v),
+            }
+        }
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let mut req = req.body(Body::from(body.finish())).unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        self.send(req).await
+    }
+
+    /// Logs `user` in: the cookie to send back.
+    async fn login(&self, user: &str) -> String {
+        let (status, headers, body) = self
+            .post("/login", None, &[("user", user), ("password", PASSWORD)])
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+        let set = headers["set-cookie"].to_str().unwrap().to_owned();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    /// The form token on the held list of the session `cookie`.
+    async fn token(&self, cookie: &str) -> String {
+        let (status, _, body) = self.get("/", Some(cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        token_in(&body)
+    }
+}
+
+fn token_in(body: &str) -> String {
+    let at = body.find("name=\"token\" value=\"").expect("a token field") + 20;
+    body[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn without_a_session_pages_redirect_to_login_and_posts_are_refused() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    for path in ["/", "/message/AAAAAA1", "/?state=any"] {
+        let (status, headers, _) = f.get(path, None).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(headers["location"], "/login", "{path}");
+    }
+    let (status, _, body) = f.get("/login", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("id=\"login\"") && body.contains("name=\"user\""));
+    assert!(body.contains("name=\"password\""));
+    for path in ["/message/AAAAAA1", "/bulk", "/logout"] {
+        let (status, _, _) = f
+            .post(path, None, &[("action", "release"), ("comment", "x")])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let (status, _, _) = f
+        .post(
+            "/message/AAAAAA1",
+            Some("fanout-desk=0123"),
+            &[("action", "release")],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "an unknown cookie is nobody"
+    );
+    assert!(f.requests("AAAAAA1").is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_password_gets_no_session_a_right_one_a_strict_cookie() {
+    let f = fixture();
+    for (user, password) in [
+        ("alice", "wrong password!"),
+        ("nobody", PASSWORD),
+        ("sam", ""),
+    ] {
+        let (status, headers, body) = f
+            .post("/login", None, &[("user", user), ("password", password)])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}");
+        assert!(headers.get("set-cookie").is_none(), "{user}");
+        assert!(body.contains("Wrong user name or password"), "{user}");
+    }
+    let (status, headers, _) = f
+        .post("/login", None, &[("user", "alice"), ("password", PASSWORD)])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/");
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("fanout-desk="), "{cookie}");
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http: {cookie}");
+    let id = &cookie["fanout-desk=".len()..cookie.find(';').unwrap()];
+    assert_eq!(id.len(), 64);
+}
+
+#[tokio::test]
+async fn over_https_the_cookie_is_secure_and_host_prefixed() {
+    let f = fixture_with("public_url = \"https://review.corp.example\"\n");
+    let (_, headers, _) = f
+        .post("/login", None, &[("user", "alice"), ("password", PASSWORD)])
+        .await;
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-fanout-desk="), "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let f = fixture();
+    let cookie = f.login("alice").await;
+    let responses = [
+        f.get("/login", None).await,
+        f.get("/", None).await,
+        f.get("/", Some(&cookie)).await,
+        f.get("/nowhere", Some(&cookie)).await,
+        f.get("/static/desk.css", None).await,
+        f.post_with(
+            "/bulk",
+            Some(&cookie),
+            &[],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await,
+    ];
+    for (status, headers, _) in &responses {
+        assert_eq!(headers["content-security-policy"], guard::CSP, "{status}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        assert_eq!(headers["cache-control"], "no-store");
+    }
+    let big = "x".repeat(MAX_BODY_BYTES + 1);
+    let (status, headers, _) = f
+        .post("/login", None, &[("user", "alice"), ("password", &big)])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "body limit");
+    assert_eq!(headers["content-security-policy"], guard::CSP);
+    assert_eq!(responses[3].0, StatusCode::NOT_FOUND);
+    assert_eq!(responses[4].1["content-type"], "text/css; charset=utf-8");
+    assert!(!responses[2].2.contains("<script"), "no scripts at all");
+    assert!(!responses[2].2.contains("style="), "no inline style");
+}
+
+#[tokio::test]
+async fn a_cross_site_post_is_refused_even_with_a_valid_session_and_token() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("alice").await;
+    let token = f.token(&cookie).await;
+    let form = [
+        ("token", token.as_str()),
+        ("action", "release"),
+        ("comment", "ok"),
+    ];
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")][..],
+        &[("origin", "http://evil.test")][..],
+    ] {
+        let (status, _, _) = f
+            .post_with("/message/AAAAAA1", Some(&cookie), &form, headers)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    let (status, _, _) = f
+        .post_with(
+            "/login",
+            None,
+            &[("user", "alice"), ("password", PASSWORD)],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "login CSRF");
+    assert!(f.requests("AAAAAA1").is_empty(), "nothing filed");
+    let (status, _, _) = f
+        .post_with(
+            "/message/AAAAAA1",
+            Some(&cookie),
+            &form,
+            &[("origin", "http://desk.test:8025")],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "same origin by Origin and Host"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("alice").await;
+    let other = f.login("rita").await;
+    let others_token = f.token(&other).await;
+    for form in [
+        vec![("action", "release"), ("comment", "ok")],
+        vec![("token", ""), ("action", "release"), ("comment", "ok")],
+        vec![("token", "00"), ("action", "release"), ("comment", "ok")],
+        vec![
+            ("token", others_token.as_str()),
+            ("action", "release"),
+            ("comment", "ok"),
+        ],
+    ] {
+        let (status, _, _) = f.post("/message/AAAAAA1", Some(&cookie), &form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{form:?}");
+        let (status, _, _) = f.post("/logout", Some(&cookie), &form).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{form:?}");
+    }
+    assert!(f.requests("AAAAAA1").is_empty());
+}
+
+#[tokio::test]
+async fn roles_are_enforced_on_the_server() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    f.hold(&held("DRIFT01", T0 - 60)); // a drift hold: admin only
+    let viewer = f.login("vic").await;
+    let reviewer = f.login("rita").await;
+    let admin = f.login("alice").await;
+
+    let (_, _, page) = f.get("/", Some(&viewer)).await;
+    assert!(page.contains("data-queue-id=\"AAAAAA1\""));
+    assert!(!page.contains("name=\"id\""), "no checkboxes for a viewer");
+    let (_, _, page) = f.get("/message/AAAAAA1", Some(&viewer)).await;
+    assert!(!page.contains("id=\"act\""), "no action form for a viewer");
+    let t = f.token(&viewer).await;
+    for action in ["release", "discard", "extend"] {
+        let (status, _, _) = f
+            .post(
+                "/message/AAAAAA1",
+                Some(&viewer),
+                &[
+                    ("token", &t),
+                    ("action", action),
+                    ("comment", "x"),
+                    ("extend", "4"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "viewer {action}");
+    }
+    let (status, _, _) = f
+        .post(
+            "/bulk",
+            Some(&viewer),
+            &[("token", &t), ("action", "release"), ("id", "AAAAAA1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "viewer bulk");
+    assert!(f.requests("AAAAAA1").is_empty());
+
+    let t = f.token(&reviewer).await;
+    let (status, _, _) = f
+        .post(
+            "/message/DRIFT01",
+            Some(&reviewer),
+            &[("token", &t), ("action", "release"), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a drift hold is admin only");
+    let (_, _, page) = f.get("/message/DRIFT01", Some(&reviewer)).await;
+    assert!(page.contains("Only an admin may act"), "{page}");
+    let (status, _, _) = f
+        .post(
+            "/message/AAAAAA1",
+            Some(&reviewer),
+            &[("token", &t), ("action", "release"), ("comment", "")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a comment is required");
+    let (status, headers, _) = f
+        .post(
+            "/message/AAAAAA1",
+            Some(&reviewer),
+            &[
+                ("token", &t),
+                ("action", "release-to"),
+                ("rcpt", "boss@example.org"),
+                ("comment", "only the boss"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/message/AAAAAA1");
+    let filed = f.requests("AAAAAA1");
+    assert_eq!(filed.len(), 1);
+    assert_eq!(
+        filed[0].action,
+        RequestAction::ReleaseTo {
+            recipients: vec!["boss@example.org".into()]
+        }
+    );
+    assert_eq!(filed[0].who, "rita");
+    assert_eq!(filed[0].via, Via::Desk);
+    assert_eq!(filed[0].state, RequestState::Pending);
+    assert_eq!(filed[0].comment, "only the boss");
+    let (_, _, page) = f.get("/message/AAAAAA1", Some(&reviewer)).await;
+    assert!(
+        page.contains("release-to") && page.contains("pending"),
+        "{page}"
+    );
+
+    let t = f.token(&admin).await;
+    let (status, _, _) = f
+        .post(
+            "/message/DRIFT01",
+            Some(&admin),
+            &[
+                ("token", &t),
+                ("action", "discard"),
+                ("notify_sender", "1"),
+                ("comment", "broken list"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "an admin acts on a drift hold"
+    );
+    assert_eq!(
+        f.requests("DRIFT01")[0].action,
+        RequestAction::Discard {
+            notify_sender: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_second_action_on_the_same_message_is_a_conflict() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("rita").await;
+    let t = f.token(&cookie).await;
+    let form = [
+        ("token", t.as_str()),
+        ("action", "release"),
+        ("comment", "fine"),
+    ];
+    let (status, _, _) = f.post("/message/AAAAAA1", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) = f.post("/message/AAAAAA1", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _, _) = f
+        .post(
+            "/message/AAAAAA1",
+            Some(&cookie),
+            &[("token", &t), ("action", "discard"), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(f.requests("AAAAAA1").len(), 1, "nothing changed");
+    let (status, _, _) = f.post("/message/ZZZZZZ9", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn mail_derived_text_is_escaped_and_bidi_flagged() {
+    let f = fixture();
+    let mut m = ordinary("EVIL001");
+    m.subject = Some("<script>alert(1)</script> invoice\u{202E}fdp.exe".into());
+    m.sender = "ceo\u{202E}@example.org".into();
+    m.lists[0].address = "<b>all</b>\u{202E}@example.org".into();
+    m.headers = vec![("X-Evil".into(), "<img src=x onerror=alert(1)>".into())];
+    f.hold(&m);
+    let cookie = f.login("alice").await;
+    for path in ["/", "/message/EVIL001"] {
+        let (status, _, page) = f.get(path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!page.contains("<script>"), "{path}");
+        assert!(!page.contains("<b>all"), "{path}");
+        assert!(!page.contains('\u{202E}'), "{path}: the raw override");
+        assert!(
+            page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{path}: {page}"
+        );
+        assert!(page.contains("invoice\\u{202E}fdp.exe"), "{path}");
+        assert!(page.contains("ceo\\u{202E}@example.org"), "{path}");
+        assert!(
+            page.contains("&#60;b&#62;all&#60;/b&#62;\\u{202E}@example.org"),
+            "{path}"
+        );
+        assert!(page.contains("class=\"flag\""), "{path}");
+    }
+    let (_, _, page) = f.get("/message/EVIL001", Some(&cookie)).await;
+    assert!(!page.contains("<img"));
+    assert!(
+        page.contains(
+            "Would reach 840,000 mailboxes in 1 domain; the sender could see 1 recipient"
+        ),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_confirms_with_counts_then_acts_at_most_500_at_a_time() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    f.hold(&ordinary("BBBBBB2"));
+    f.hold(&held("DRIFT01", T0 - 60));
+    let cookie = f.login("rita").await;
+    let t = f.token(&cookie).await;
+
+    let many: Vec<String> = (0..501).map(|i| format!("Q{i:06}")).collect();
+    let mut form = vec![
+        ("token", t.as_str()),
+        ("action", "release"),
+        ("scope", "selected"),
+    ];
+    form.extend(many.iter().map(|id| ("id", id.as_str())));
+    let (status, _, _) = f.post("/bulk", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let (status, _, page) = f
+        .post(
+            "/bulk",
+            Some(&cookie),
+            &[
+                ("token", &t),
+                ("action", "release"),
+                ("scope", "all"),
+                ("state", "held"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"confirm\""), "{page}");
+    assert!(
+        page.contains("2 can be released by you; 1 will be refused"),
+        "{page}"
+    );
+    assert!(
+        f.requests("AAAAAA1").is_empty(),
+        "the confirm page changes nothing"
+    );
+
+    let (status, _, page) = f
+        .post(
+            "/bulk",
+            Some(&cookie),
+            &[
+                ("token", &t),
+                ("action", "release"),
+                ("confirm", "yes"),
+                ("comment", "incident 42 over"),
+                ("id", "AAAAAA1"),
+                ("id", "BBBBBB2"),
+                ("id", "DRIFT01"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("release: 2 requested, 1 refused"), "{page}");
+    assert!(page.contains("403: Only an admin"), "{page}");
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+    assert_eq!(f.requests("BBBBBB2").len(), 1);
+    assert!(f.requests("DRIFT01").is_empty());
+
+    let (status, _, _) = f
+        .post(
+            "/bulk",
+            Some(&cookie),
+            &[
+                ("token", &t),
+                ("action", "release"),
+                ("confirm", "yes"),
+                ("id", "AAAAAA1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a comment is required");
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_user_and_address() {
+    let f = fixture();
+    let wrong = [("user", "alice"), ("password", "wrong password")];
+    for _ in 0..auth::MAX_FAILURES {
+        let (status, _, _) = f.post("/login", None, &wrong).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let right = |user| [("user", user), ("password", PASSWORD)];
+    let (status, headers, _) = f.post("/login", None, &right("alice")).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password"
+    );
+    assert_eq!(headers["retry-after"], "60");
+    assert!(headers.get("set-cookie").is_none());
+    let (status, _, _) = f.post("/login", None, &right("rita")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "same client address");
+    let elsewhere = [
+        ("sec-fetch-site", "same-origin"),
+        ("peer", "203.0.113.5:1234"),
+    ];
+    let (status, _, _) = f
+        .post_with("/login", None, &right("rita"), &elsewhere)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "another address, another user"
+    );
+    let (status, _, _) = f
+        .post_with("/login", None, &right("alice"), &elsewhere)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same user elsewhere"
+    );
+    f.clock.advance(Duration::from_secs(61));
+    f.login("alice").await;
+
+    // On a unix socket (no peer address) only the user counts: one client cannot lock
+    // every other client of the proxy out.
+    let f = fixture();
+    let local = |form: &[(&str, &str)]| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        HttpRequest::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for _ in 0..auth::MAX_FAILURES {
+        assert_eq!(f.send(local(&wrong)).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        f.send(local(&right("alice"))).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(f.send(local(&right("rita"))).await.0, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_idle_session_ends() {
+    let f = fixture();
+    let cookie = f.login("alice").await;
+    f.clock.advance(Duration::from_secs(29 * 60));
+    assert_eq!(
+        f.get("/", Some(&cookie)).await.0,
+        StatusCode::OK,
+        "still alive"
+    );
+    f.clock.advance(Duration::from_secs(29 * 60));
+    assert_eq!(
+        f.get("/", Some(&cookie)).await.0,
+        StatusCode::OK,
+        "touched, so alive"
+    );
+    f.clock.advance(Duration::from_secs(30 * 60));
+    let (status, headers, _) = f.get("/", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "idle for 30 minutes");
+    assert_eq!(headers["location"], "/login");
+
+    let cookie = f.login("alice").await;
+    let t = f.token(&cookie).await;
+    let (status, _, _) = f.post("/logout", Some(&cookie), &[("token", &t)]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        f.get("/", Some(&cookie)).await.0,
+        StatusCode::SEE_OTHER,
+        "logged out"
+    );
+}
+
+#[tokio::test]
+async fn sso_header_is_believed_only_from_a_trusted_proxy() {
+    let f = fixture_with("trusted_proxies = [\"192.0.2.7\"]\nuser_header = \"X-Remote-User\"\n");
+    let from = |ip: [u8; 4], user: &str| {
+        let mut req = HttpRequest::get("/")
+            .header("x-remote-user", user)
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((ip, 40000))));
+        req
+    };
+    let (status, _, page) = f.send(from([192, 0, 2, 7], "sam")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("sam") && page.contains("(reviewer)"),
+        "{page}"
+    );
+    for (ip, user) in [([127, 0, 0, 1], "sam"), ([192, 0, 2, 8], "alice")] {
+        let (status, _, _) = f.send(from(ip, user)).await;
+        assert_eq!(
+            status,
+            StatusCode::SEE_OTHER,
+            "{ip:?}: loopback and others are not trusted"
+        );
+    }
+    let (status, _, _) = f.send(from([192, 0, 2, 7], "mallory")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "an unknown user is nobody");
+}
+
+#[tokio::test]
+async fn the_list_filters_sorts_and_counts() {
+    let f = fixture();
+    let mut small = ordinary("SMALL01");
+    small.audience = 600;
+    small.sender = "bob@example.org".into();
+    f.hold(&small);
+    f.hold(&ordinary("BIG0001"));
+    f.hold(&held("DRIFT01", T0 - 60));
+    let cookie = f.login("vic").await;
+    let (_, _, page) = f.get("/?min_audience=1000", Some(&cookie)).await;
+    assert!(!page.contains("data-queue-id=\"SMALL01\""));
+    assert!(page.contains("data-queue-id=\"BIG0001\""));
+    assert!(page.contains("2 matching"), "{page}");
+    let (_, _, page) = f.get("/?sender=bob", Some(&cookie)).await;
+    assert!(page.contains("data-queue-id=\"SMALL01\"") && page.contains("1 matching"));
+    let (_, _, page) = f.get("/?rule=drift", Some(&cookie)).await;
+    assert!(page.contains("data-queue-id=\"DRIFT01\"") && page.contains("1 matching"));
+    let (_, _, page) = f.get("/?sort=audience&desc=1", Some(&cookie)).await;
+    let big = page.find("data-queue-id=\"BIG0001\"").unwrap();
+    let small = page.find("data-queue-id=\"SMALL01\"").unwrap();
+    assert!(big < small, "largest audience first");
+    assert!(page.contains("held: 3"), "counts per state");
+    assert!(
+        page.contains("limits.audience</bdi>: 2"),
+        "counts per rule: {page}"
+    );
+    assert_eq!(
+        f.get("/?min_audience=many", Some(&cookie)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn the_desk_serves_a_real_socket_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture();
+    let addr: ListenAddr = "inet:127.0.0.1:0".parse().unwrap();
+    let listener = DeskListener::bind(&addr).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(f.desk.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Duration::from_secs(10);
+    let answer = tokio::time::timeout(deadline, async {
+        let mut s = tokio::net::TcpStream::connect(local).await.unwrap();
+        s.write_all(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    })
+    .await
+    .expect("an answer in time");
+    let _ = stop.send(());
+    tokio::time::timeout(deadline, server)
+        .await
+        .expect("stopped in time")
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'")
+    );
+    assert!(answer.contains("id=\"login\""));
+}
+
+#[tokio::test]
+async fn the_desk_serves_a_unix_socket_for_a_local_proxy() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture();
+    let path = f._dir.path().join("review.sock");
+    let addr = ListenAddr::Unix(path.clone());
+    let listener = DeskListener::bind(&addr).await.unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, SOCKET_MODE);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(f.desk.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Duration::from_secs(10);
+    let answer = tokio::time::timeout(deadline, async {
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: review\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    })
+    .await
+    .expect("an answer in time");
+    let _ = stop.send(());
+    tokio::time::timeout(deadline, server)
+        .await
+        .expect("stopped in time")
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(!path.exists(), "the socket file is removed");
+}
