@@ -378,6 +378,13 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
         "an extended hold is not expired: {out:?}"
     );
     assert!(s.postfix.held().contains(&e));
+    let out = s.admin(&["show", &e]);
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(show.contains("Held until:"), "{show}");
+    assert!(
+        show.contains("extend by ") && show.contains("via cli: done"),
+        "{show}"
+    );
 
     let worker = Worker::start(&s);
     for r in [&pending, &running] {

@@ -9,8 +9,8 @@ use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
 use crate::quarantine::review::{Report, Review, invoking_user};
 use crate::quarantine::{
-    CLI_COMMENT, Executor, FOREIGN_NOTE, Filter, HeldMessage, NewRequest, QueueId, Record,
-    RequestAction, State, Store, Via, age,
+    CLI_COMMENT, Executor, FOREIGN_NOTE, Filter, HeldMessage, NewRequest, QuarantineIndex, QueueId,
+    Record, Request, RequestAction, State, Store, Via, age,
 };
 use crate::text;
 use std::fmt::{Display, Write as _};
@@ -66,8 +66,9 @@ impl Session {
     pub fn show(&self, id: &str) -> Outcome {
         let id = QueueId::parse(id).map_err(usage)?;
         let record = self.store.get(&id)?;
+        let requests = self.store.requests(record.id)?;
         let headers = PostfixTools::new(self.config.postfix.clone()).headers(&id);
-        print!("{}", show_text(&record, self.now, headers));
+        print!("{}", show_text(&record, &requests, self.now, headers));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -296,7 +297,12 @@ pub fn list_text(records: &[Record], now: u64, json: bool) -> String {
 
 /// `quarantine show ID`: every fact, the blast radius and Postfix's copy of the
 /// headers (`postcat -hq`, or why not); every line neutralised ([`text::neutralize_lines`]).
-pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) -> String {
+pub fn show_text(
+    r: &Record,
+    requests: &[Request],
+    now: u64,
+    headers: Result<String, impl Display>,
+) -> String {
     let m = &r.message;
     let mut o = String::new();
     let _ = writeln!(o, "Queue id:     {}", m.queue_id);
@@ -340,6 +346,13 @@ pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) ->
         text::neutralize_capped(&m.thread_key, 200)
     );
     let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
+    if let Some(until) = r.hold_until {
+        let _ = writeln!(
+            o,
+            "Held until:   {} (extended: the sweep leaves it alone until then)",
+            time(until)
+        );
+    }
     if r.foreign {
         let _ = writeln!(
             o,
@@ -437,6 +450,25 @@ pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) ->
                 .unwrap_or_default()
         );
     }
+    if !requests.is_empty() {
+        let _ = writeln!(o, "\nRequests:");
+        for q in requests {
+            let _ = writeln!(
+                o,
+                "  {} {} {} by {} via {}: {}{}",
+                q.id,
+                time(q.requested_at),
+                q.action.name(),
+                text::neutralize(&q.who),
+                q.via.as_str(),
+                q.state,
+                q.result
+                    .as_deref()
+                    .map(|res| format!(": {}", text::neutralize(res)))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let _ = writeln!(o, "\nHeaders (postcat -hq {}):", m.queue_id);
     match headers {
         Ok(h) => {
@@ -492,7 +524,7 @@ mod tests {
         store.record_held(&m, "milter", None).unwrap();
         let postfix = PostfixTools::new(config.postfix.clone());
         let record = store.get(&m.queue_id).unwrap();
-        let shown = show_text(&record, 200, postfix.headers(&m.queue_id));
+        let shown = show_text(&record, &[], 200, postfix.headers(&m.queue_id));
         let records = store.list(&Filter::default()).unwrap();
         let listed = list_text(&records, 200, false);
         let json = list_text(&records, 200, true);
