@@ -122,7 +122,8 @@ enum QuarantineCommand {
         /// Postfix queue id.
         id: String,
     },
-    /// Release held messages for delivery (postsuper -H).
+    /// Release held messages for delivery (postsuper -H): files a request for each and
+    /// carries it out at once.
     Release {
         /// Postfix queue ids.
         #[arg(required = true)]
@@ -134,7 +135,8 @@ enum QuarantineCommand {
         #[arg(long)]
         foreign: bool,
     },
-    /// Delete held messages (postsuper -d), optionally telling each sender.
+    /// Delete held messages (postsuper -d), optionally telling each sender: files a
+    /// request for each and carries it out at once.
     Discard {
         /// Postfix queue ids.
         #[arg(required = true)]
@@ -142,6 +144,24 @@ enum QuarantineCommand {
         /// Mail the sender a notice that the message was not sent, why, and whom to ask.
         #[arg(long)]
         notify_sender: bool,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Also act on messages another tool held (state "foreign").
+        #[arg(long)]
+        foreign: bool,
+    },
+    /// Keep held messages held, and out of the sweep's reach, until a later time.
+    Extend {
+        /// Postfix queue ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Until this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
+        #[arg(long, conflicts_with = "for_", required_unless_present = "for_")]
+        until: Option<String>,
+        /// For this long from now, e.g. 2d.
+        #[arg(long = "for")]
+        for_: Option<humantime::Duration>,
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
@@ -335,6 +355,19 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
             comment,
             foreign,
         } => q.discard(&ids, notify_sender, comment.as_deref(), foreign),
+        QuarantineCommand::Extend {
+            ids,
+            until,
+            for_,
+            comment,
+            foreign,
+        } => q.extend(
+            &ids,
+            until.as_deref(),
+            for_.map(Into::into),
+            comment.as_deref(),
+            foreign,
+        ),
         QuarantineCommand::Reconcile => q.reconcile(),
         QuarantineCommand::Sweep => q.sweep(),
         QuarantineCommand::Worker => q.worker(),

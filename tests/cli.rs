@@ -795,6 +795,38 @@ fn sweep_unit_verifies_and_is_sandboxed() {
     );
 }
 
+#[test]
+fn worker_unit_verifies_and_is_sandboxed() {
+    let (unit, _dir, path) = verified_unit("fanout-milter-worker.service");
+    // Root, writing only the state directory and the Postfix queue, with no network
+    // at all and the capabilities postsuper and postdrop need (exercised in
+    // tests/e2e_worker.rs); SIGTERM lets the request in progress finish.
+    for line in [
+        "ExecStart=/usr/local/bin/fanout-milter quarantine worker --config /etc/fanout-milter/fanout-milter.toml",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/var/lib/fanout-milter -/var/spool/postfix",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE CAP_CHOWN",
+        "RestrictAddressFamilies=AF_UNIX",
+        "PrivateNetwork=yes",
+        "IPAddressDeny=any",
+        "PrivateTmp=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success(),
+        "exposure above 2.0:\n{}",
+        text(&out.stdout)
+    );
+}
+
 /// Credentials of the Redis and webhook URLs, in every form a URL carries them.
 const SECRETS: [&str; 3] = ["s3cret", "SECRET", "tok3n"];
 

@@ -8,12 +8,19 @@ use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
 use crate::quarantine::review::{Report, Review, invoking_user};
-use crate::quarantine::{FOREIGN_NOTE, Filter, HeldMessage, QueueId, Record, State, Store, age};
+use crate::quarantine::{
+    CLI_COMMENT, Executor, FOREIGN_NOTE, Filter, HeldMessage, NewRequest, QuarantineIndex, QueueId,
+    Record, Request, RequestAction, State, Store, Via, age,
+};
 use crate::text;
 use std::fmt::{Display, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
+
+/// How long a command waits for the worker's outcome of a request the worker claimed
+/// before the command could: two Postfix commands' deadlines.
+const WORKER_WAIT: Duration = Duration::from_secs(120);
 
 /// One quarantine command's context: the configuration, the store and the time.
 pub struct Session {
@@ -59,14 +66,20 @@ impl Session {
     pub fn show(&self, id: &str) -> Outcome {
         let id = QueueId::parse(id).map_err(usage)?;
         let record = self.store.get(&id)?;
+        let requests = self.store.requests(record.id)?;
         let headers = PostfixTools::new(self.config.postfix.clone()).headers(&id);
-        print!("{}", show_text(&record, self.now, headers));
+        print!("{}", show_text(&record, &requests, self.now, headers));
         Ok(ExitCode::SUCCESS)
     }
 
     /// `quarantine release ID...`.
     pub fn release(&self, ids: &[String], comment: Option<&str>, foreign: bool) -> Outcome {
-        Ok(printed(self.review().release(ids, comment, foreign)))
+        Ok(printed(self.request(
+            ids,
+            &RequestAction::Release,
+            comment,
+            foreign,
+        )))
     }
 
     /// `quarantine discard ID...`.
@@ -77,12 +90,88 @@ impl Session {
         comment: Option<&str>,
         foreign: bool,
     ) -> Outcome {
-        Ok(printed(self.review().discard(
+        Ok(printed(self.request(
             ids,
-            notify_sender,
+            &RequestAction::Discard { notify_sender },
             comment,
             foreign,
         )))
+    }
+
+    /// `quarantine extend ID... --until TIME | --for DURATION`: keeps the messages held,
+    /// and out of the sweep's reach, until then.
+    pub fn extend(
+        &self,
+        ids: &[String],
+        until: Option<&str>,
+        for_: Option<Duration>,
+        comment: Option<&str>,
+        foreign: bool,
+    ) -> Outcome {
+        let until = match (until, for_) {
+            (Some(t), None) => parse_now(Some(t))?,
+            (None, Some(d)) => self.now.saturating_add(d.as_secs()),
+            _ => return Err(usage("extend needs one of --until and --for")),
+        };
+        if until <= self.now {
+            return Err(usage(format_args!(
+                "--until {} is not in the future",
+                time(until)
+            )));
+        }
+        Ok(printed(self.request(
+            ids,
+            &RequestAction::Extend { until },
+            comment,
+            foreign,
+        )))
+    }
+
+    /// Files a request for each message as the invoking user and carries it out at
+    /// once, through the worker's executor: the same path as the review desk's, and
+    /// it works without the worker running. A message with an open request is a
+    /// conflict (an error, nothing done).
+    fn request(
+        &self,
+        ids: &[String],
+        action: &RequestAction,
+        comment: Option<&str>,
+        foreign: bool,
+    ) -> Report {
+        let review = self.review();
+        let executor = Executor {
+            config: &self.config,
+            store: &self.store,
+            postfix: review.postfix.clone(),
+        };
+        let mut report = Report::default();
+        for raw in ids {
+            let r = match review.held_record(raw, foreign) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.fail(e);
+                    continue;
+                }
+            };
+            let request = NewRequest {
+                queue_id: r.message.queue_id.clone(),
+                action: action.clone(),
+                who: review.who.clone(),
+                via: Via::Cli,
+                remote: None,
+                comment: comment
+                    .filter(|c| !c.trim().is_empty())
+                    .unwrap_or(CLI_COMMENT)
+                    .to_owned(),
+                at: self.now,
+            };
+            match executor.file_and_execute(&request, WORKER_WAIT) {
+                Ok(done) if done.ok => report.line(done.result),
+                Ok(failed) => report.fail(failed.result),
+                Err(e) => report.fail(e),
+            }
+        }
+        report
     }
 
     /// `quarantine reconcile`.
@@ -208,7 +297,12 @@ pub fn list_text(records: &[Record], now: u64, json: bool) -> String {
 
 /// `quarantine show ID`: every fact, the blast radius and Postfix's copy of the
 /// headers (`postcat -hq`, or why not); every line neutralised ([`text::neutralize_lines`]).
-pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) -> String {
+pub fn show_text(
+    r: &Record,
+    requests: &[Request],
+    now: u64,
+    headers: Result<String, impl Display>,
+) -> String {
     let m = &r.message;
     let mut o = String::new();
     let _ = writeln!(o, "Queue id:     {}", m.queue_id);
@@ -252,6 +346,13 @@ pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) ->
         text::neutralize_capped(&m.thread_key, 200)
     );
     let _ = writeln!(o, "Recorded by:  {}", m.recorded_by);
+    if let Some(until) = r.hold_until {
+        let _ = writeln!(
+            o,
+            "Held until:   {} (extended: the sweep leaves it alone until then)",
+            time(until)
+        );
+    }
     if r.foreign {
         let _ = writeln!(
             o,
@@ -349,6 +450,25 @@ pub fn show_text(r: &Record, now: u64, headers: Result<String, impl Display>) ->
                 .unwrap_or_default()
         );
     }
+    if !requests.is_empty() {
+        let _ = writeln!(o, "\nRequests:");
+        for q in requests {
+            let _ = writeln!(
+                o,
+                "  {} {} {} by {} via {}: {}{}",
+                q.id,
+                time(q.requested_at),
+                q.action.name(),
+                text::neutralize(&q.who),
+                q.via.as_str(),
+                q.state,
+                q.result
+                    .as_deref()
+                    .map(|res| format!(": {}", text::neutralize(res)))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let _ = writeln!(o, "\nHeaders (postcat -hq {}):", m.queue_id);
     match headers {
         Ok(h) => {
@@ -404,7 +524,7 @@ mod tests {
         store.record_held(&m, "milter", None).unwrap();
         let postfix = PostfixTools::new(config.postfix.clone());
         let record = store.get(&m.queue_id).unwrap();
-        let shown = show_text(&record, 200, postfix.headers(&m.queue_id));
+        let shown = show_text(&record, &[], 200, postfix.headers(&m.queue_id));
         let records = store.list(&Filter::default()).unwrap();
         let listed = list_text(&records, 200, false);
         let json = list_text(&records, 200, true);

@@ -25,12 +25,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub(super) fn line(&mut self, s: impl AsRef<str>) {
+    /// Adds a line.
+    pub fn line(&mut self, s: impl AsRef<str>) {
         self.text.push_str(s.as_ref());
         self.text.push('\n');
     }
 
-    pub(super) fn fail(&mut self, s: impl AsRef<str>) {
+    /// Adds an `error:` line and counts a failed item.
+    pub fn fail(&mut self, s: impl AsRef<str>) {
         self.failed += 1;
         self.line(format!("error: {}", s.as_ref()));
     }
@@ -99,7 +101,10 @@ impl Review<'_> {
         }
     }
 
-    fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
+    /// The held record of the queue id `raw`, or why it cannot be acted on: not a
+    /// queue id, no record, no longer held, or held by another tool (`foreign_ok`
+    /// not given).
+    pub fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
         let id = QueueId::parse(raw).map_err(|e| e.to_string())?;
         let r = self.store.get(&id).map_err(|e| {
             format!(
@@ -120,27 +125,6 @@ impl Review<'_> {
             ));
         }
         Ok(r)
-    }
-
-    /// `quarantine release ID...`: `postsuper -H`, then delivery, recorded. A foreign
-    /// record (held by another tool) is released only with `foreign`.
-    pub fn release(&self, ids: &[String], comment: Option<&str>, foreign: bool) -> Report {
-        let mut report = Report::default();
-        for raw in ids {
-            let r = match self.held_record(raw, foreign) {
-                Ok(r) => r,
-                Err(e) => {
-                    report.fail(e);
-                    continue;
-                }
-            };
-            let id = &r.message.queue_id;
-            match self.release_record(&r, comment.map(str::to_owned)) {
-                Ok(_) => report.line(format!("{id}: released for delivery")),
-                Err(e) => report.fail(e),
-            }
-        }
-        report
     }
 
     /// Releases one held record, the one path of the admin commands, the worker and
@@ -198,38 +182,6 @@ impl Review<'_> {
             Ok(()) => format!("{id}: {error}"),
             Err(e) => format!("{id}: {error}; and the record stays {claimed}: {e}"),
         }
-    }
-
-    /// `quarantine discard ID...`: `postsuper -d ID hold`, recorded; with
-    /// `notify_sender` a notice goes to the sender. A foreign record (held by another
-    /// tool) is discarded only with `foreign`.
-    pub fn discard(
-        &self,
-        ids: &[String],
-        notify_sender: bool,
-        comment: Option<&str>,
-        foreign: bool,
-    ) -> Report {
-        let mut report = Report::default();
-        for raw in ids {
-            let r = match self.held_record(raw, foreign) {
-                Ok(r) => r,
-                Err(e) => {
-                    report.fail(e);
-                    continue;
-                }
-            };
-            let id = r.message.queue_id.clone();
-            if let Err(e) = self.discard_record(&r, comment.map(str::to_owned)) {
-                report.fail(e);
-                continue;
-            }
-            report.line(format!("{id}: discarded"));
-            if notify_sender {
-                self.notify_sender(&r, NoticeReason::Discarded { words: None }, &mut report);
-            }
-        }
-        report
     }
 
     /// Tells the sender their message was not sent (`why`, with the reviewer's words

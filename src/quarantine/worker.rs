@@ -10,7 +10,9 @@
 //! hold queue at most once (a released or deleted message is no longer there), so
 //! running a step again can never deliver a message twice.
 
-use super::index::{QuarantineIndex, Request, RequestAction, Via};
+use super::index::{
+    NewRequest, QuarantineIndex, Request, RequestAction, RequestState, SubmitError, Via,
+};
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{Record, State};
 use super::review::{Acted, Report, Review};
@@ -18,6 +20,7 @@ use super::store::{Store, StoreError};
 use crate::config::Config;
 use crate::notify::NoticeReason;
 use crate::text;
+use std::time::{Duration, Instant};
 
 /// The comment of a request filed at the shell without `--comment`: it is not the
 /// reviewer's words, so a notice to the sender leaves it out.
@@ -79,6 +82,50 @@ impl Executor<'_> {
     pub fn resume(&self, request: &Request, now: u64) -> Result<Executed, StoreError> {
         let outcome = self.resumed(request, now);
         self.finished(request, outcome, now)
+    }
+
+    /// Files `request` and carries it out at once: how the admin commands act, so that
+    /// they work as root without the worker running. When the worker claimed it
+    /// first, waits for the worker's outcome (at most `wait`). Err when it could not
+    /// be filed (another request is open, the message is not held) or its outcome
+    /// not learnt.
+    pub fn file_and_execute(
+        &self,
+        request: &NewRequest,
+        wait: Duration,
+    ) -> Result<Executed, String> {
+        let filed = self.store.submit(request).map_err(|e| match e {
+            SubmitError::Conflict(m) => format!("{m}: nothing done"),
+            e => e.to_string(),
+        })?;
+        if let Some(done) = self
+            .execute(&filed, request.at)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(done);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = self
+                .store
+                .requests(filed.held_id)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|r| r.id == filed.id);
+            if let Some(r) = now.filter(|r| !r.state.is_open()) {
+                return Ok(Executed {
+                    ok: r.state == RequestState::Done,
+                    result: r.result.unwrap_or_default(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}: request {} is being carried out by the worker; see `quarantine show {}`",
+                    filed.queue_id, filed.id, filed.queue_id
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn finished(
@@ -271,7 +318,6 @@ impl Executor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quarantine::index::{NewRequest, RequestState};
     use crate::quarantine::record::QueueId;
     use crate::quarantine::store::tests::held;
     use std::path::Path;

@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! End to end, the request worker: a private Postfix holds what the milter quarantines,
+//! requests are filed in the quarantine store as the review desk files them, and
+//! `fanout-milter quarantine worker` (run within its systemd unit's capabilities)
+//! carries them out with postsuper and sendmail and records what the tool said.
+
+mod common;
+
+use common::*;
+use fanout_milter::quarantine::{
+    NewRequest, QuarantineIndex, QueueId, Request, RequestAction, RequestState, State, Store, Via,
+};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    sink: Sink,
+    _milter: Milter,
+    postfix: Postfix,
+    config: PathBuf,
+    store: Store,
+}
+
+fn setup(name: &str) -> Setup {
+    require_postfix();
+    let dir = scratch_dir(name);
+    let sink = Sink::start(dir.path());
+    let listen = format!("inet:127.0.0.1:{}", free_port());
+    let postfix = Postfix::start(dir.path(), &sink, &listen);
+    let state = dir.path().join("state");
+    let body = format!(
+        r#"
+[domains]
+internal = ["corp.example"]
+
+[limits.envelope]
+tag = 0
+quarantine = 5
+reject = 0
+
+[reply]
+contact = "the Service Desk on 4242"
+
+[postfix]
+config_directory = "{etc}"
+
+[notify]
+from = "postmaster@corp.example"
+
+[quarantine]
+state_dir = "{state}"
+review_within = "4h"
+expire_after = "3d"
+"#,
+        etc = postfix.etc.display(),
+        state = state.display(),
+    );
+    let milter = Milter::start(dir.path(), &listen, &body);
+    let config = dir.path().join("fanout-milter.toml");
+    let store = Store::open(&state).expect("open the store as the desk does");
+    Setup {
+        dir,
+        sink,
+        _milter: milter,
+        postfix,
+        config,
+        store,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+impl Setup {
+    /// Sends a message to `n` recipients (quarantined from 5) and returns its queue id
+    /// once Postfix holds it.
+    fn send_held(&self, subject: &str, n: usize) -> String {
+        let before = self.postfix.held();
+        let rcpts: Vec<String> = (0..n).map(|i| format!("r{i}@corp.example")).collect();
+        smtp_send(
+            self.postfix.smtp_port,
+            "ann@corp.example",
+            &rcpts,
+            &message(subject, &rcpts.join(", ")),
+        )
+        .expect("a held message is accepted");
+        wait_for(&format!("{subject} in the hold queue"), || {
+            self.postfix
+                .held()
+                .into_iter()
+                .find(|q| !before.contains(q))
+        })
+    }
+
+    /// Files a request as the review desk does: reviewer carol at 192.0.2.7.
+    fn file(&self, queue_id: &str, action: RequestAction, comment: &str) -> Request {
+        self.store
+            .submit(&NewRequest {
+                queue_id: QueueId::parse(queue_id).expect("queue id"),
+                action,
+                who: "carol".into(),
+                via: Via::Desk,
+                remote: Some("192.0.2.7".into()),
+                comment: comment.into(),
+                at: now(),
+            })
+            .expect("request filed")
+    }
+
+    /// The request as the store has it now.
+    fn request(&self, r: &Request) -> Request {
+        self.store
+            .requests(r.held_id)
+            .expect("requests")
+            .into_iter()
+            .find(|x| x.id == r.id)
+            .expect("the request is stored")
+    }
+
+    /// Waits until the worker finished `r`.
+    fn finished(&self, r: &Request) -> Request {
+        wait_for(&format!("request {} to finish", r.id), || {
+            Some(self.request(r)).filter(|x| !x.state.is_open())
+        })
+    }
+
+    fn state(&self, queue_id: &str) -> State {
+        self.store
+            .record(&QueueId::parse(queue_id).expect("queue id"))
+            .expect("record")
+            .state
+    }
+
+    /// Runs `fanout-milter -c CONF quarantine ARGS...`.
+    fn admin(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("quarantine")
+            .args(args)
+            .output()
+            .expect("run fanout-milter quarantine")
+    }
+
+    /// Deletes a message with Postfix's own postsuper, behind fanout-milter's back.
+    fn postsuper_delete(&self, queue_id: &str) {
+        let out = Command::new("/usr/sbin/postsuper")
+            .arg("-c")
+            .arg(&self.postfix.etc)
+            .arg("-d")
+            .arg(queue_id)
+            .output()
+            .expect("run postsuper");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Deleted: 1 message"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The capability bounding set of the worker's unit, as setpriv(1) names them.
+fn worker_unit_caps() -> String {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/fanout-milter-worker.service"
+    ))
+    .expect("worker unit");
+    assert!(unit.contains("\nNoNewPrivileges=yes\n"), "{unit}");
+    assert!(
+        unit.contains("\nRestrictAddressFamilies=AF_UNIX\n"),
+        "{unit}"
+    );
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    caps.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `fanout-milter quarantine worker`, with its unit's NoNewPrivileges and capability
+/// bounding set (setpriv), killed when dropped.
+struct Worker {
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(s: &Setup) -> Worker {
+        let log = s.dir.path().join(format!("worker-{}.log", free_port()));
+        let file = std::fs::File::create(&log).expect("worker log");
+        let child = Command::new("setpriv")
+            .arg("--no-new-privs")
+            .arg(format!("--bounding-set=-all,{}", worker_unit_caps()))
+            .arg("--inh-caps=-all")
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&s.config)
+            .arg("quarantine")
+            .arg("worker")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the worker");
+        let mut w = Worker {
+            child: ChildGuard(Some(child)),
+            log,
+        };
+        wait_for("the worker to start", || {
+            if let Some(status) = w.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the worker exited early ({status}):\n{}", w.log());
+            }
+            w.log().contains("worker starting").then_some(())
+        });
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The worker's log line about request `id`.
+    fn line(&self, r: &Request) -> String {
+        wait_for(&format!("the worker's line for request {}", r.id), || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(&format!("request={} ", r.id)))
+                .map(str::to_owned)
+        })
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("kill");
+        self.child.wait()
+    }
+}
+
+#[test]
+fn the_worker_carries_out_desk_requests_and_records_the_tools_words() {
+    let s = setup("worker-desk");
+    let a = s.send_held("w-release-me", 6);
+    let b = s.send_held("w-discard-me", 6);
+    let c = s.send_held("w-deleted-by-hand", 6);
+    let worker = Worker::start(&s);
+
+    let release = s.file(&a, RequestAction::Release, "checked with Ann");
+    let done = s.finished(&release);
+    assert_eq!(done.state, RequestState::Done, "{done:?}");
+    let result = done.result.clone().unwrap_or_default();
+    assert!(result.contains("Released from hold: 1 message"), "{result}");
+    let claimed = done.started_at.expect("claimed");
+    assert!(
+        claimed <= done.requested_at + 2,
+        "acted within a second or so: {done:?}"
+    );
+    let m = s.sink.wait_for("w-release-me");
+    assert_eq!(m.rcpts.len(), 6, "delivered to every recipient");
+    assert_eq!(s.state(&a), State::Released);
+    let record = s
+        .store
+        .record(&QueueId::parse(&a).unwrap())
+        .expect("record");
+    let entry = record
+        .audit
+        .iter()
+        .find(|e| e.action == "release")
+        .expect("a release entry");
+    assert_eq!(entry.who, "carol");
+    assert_eq!(
+        entry.comment.as_deref(),
+        Some(
+            format!(
+                "checked with Ann (request {} via desk from 192.0.2.7)",
+                release.id
+            )
+            .as_str()
+        )
+    );
+    let line = worker.line(&release);
+    assert!(
+        line.contains(&a) && line.contains("state=\"done\"") && line.contains("who=carol"),
+        "{line}"
+    );
+
+    let discard = s.file(
+        &b,
+        RequestAction::Discard {
+            notify_sender: true,
+        },
+        "Please send it to your team only.",
+    );
+    let done = s.finished(&discard);
+    assert_eq!(done.state, RequestState::Done, "{done:?}");
+    let result = done.result.unwrap_or_default();
+    assert!(result.contains("Deleted: 1 message"), "{result}");
+    assert!(
+        result.contains("notice sent to ann@corp.example"),
+        "{result}"
+    );
+    let notice = s
+        .sink
+        .wait_until("w-discard-me", |m| m.rcpts == ["ann@corp.example"]);
+    assert!(
+        notice.text.contains("Please send it to your team only."),
+        "the reviewer's words: {}",
+        notice.text
+    );
+    assert!(!s.postfix.held().contains(&b));
+    assert_eq!(s.state(&b), State::Discarded);
+
+    s.postsuper_delete(&c);
+    let failed = s.finished(&s.file(&c, RequestAction::Release, "checked"));
+    assert_eq!(failed.state, RequestState::Failed, "{failed:?}");
+    let result = failed.result.unwrap_or_default();
+    assert!(result.contains("not in Postfix's hold queue"), "{result}");
+    assert_eq!(s.state(&c), State::Held, "the record stays held");
+
+    assert!(worker.stop().success(), "SIGTERM: exit 0");
+    assert!(
+        s.sink
+            .find("w-discard-me")
+            .iter()
+            .all(|m| m.rcpts == ["ann@corp.example"]),
+        "the discarded message itself never left"
+    );
+}
+
+#[test]
+fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() {
+    let s = setup("worker-restart");
+    let a = s.send_held("w-pending-before-start", 6);
+    let b = s.send_held("w-running-at-crash", 6);
+    let e = s.send_held("w-extend-me", 6);
+    let pending = s.file(&a, RequestAction::Release, "before the worker ran");
+    // A request the worker claimed and then died in, before it changed anything.
+    let running = s.file(&b, RequestAction::Release, "cut short");
+    assert!(s.store.claim(running.id, now()).expect("claim"));
+
+    // The command line files through the same path: an open request is a conflict.
+    let out = s.admin(&["release", &a, "--comment", "me too"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("already open"), "{text}");
+    assert!(s.postfix.held().contains(&a), "nothing done");
+
+    let out = s.admin(&["extend", &e, "--for", "5d", "--comment", "waiting for HR"]);
+    assert!(out.status.success(), "{out:?}");
+    let extended = s
+        .store
+        .record(&QueueId::parse(&e).unwrap())
+        .expect("record");
+    assert!(
+        extended
+            .hold_until
+            .is_some_and(|t| t >= now() + 5 * 86400 - 60),
+        "{extended:?}"
+    );
+    let t4d = (now() + 4 * 86400).to_string();
+    let out = s.admin(&["sweep", "--now", &t4d]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&e),
+        "an extended hold is not expired: {out:?}"
+    );
+    assert!(s.postfix.held().contains(&e));
+    let out = s.admin(&["show", &e]);
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(show.contains("Held until:"), "{show}");
+    assert!(
+        show.contains("extend by ") && show.contains("via cli: done"),
+        "{show}"
+    );
+
+    let worker = Worker::start(&s);
+    for r in [&pending, &running] {
+        let done = s.finished(r);
+        assert_eq!(done.state, RequestState::Done, "{done:?}");
+    }
+    for subject in ["w-pending-before-start", "w-running-at-crash"] {
+        assert_eq!(s.sink.wait_for(subject).rcpts.len(), 6);
+    }
+    assert!(worker.line(&running).contains("resumed=true"));
+    assert!(worker.stop().success());
+    for subject in ["w-pending-before-start", "w-running-at-crash"] {
+        let copies: Vec<_> = s
+            .sink
+            .find(subject)
+            .into_iter()
+            .filter(|m| m.rcpts.len() == 6)
+            .collect();
+        assert_eq!(copies.len(), 1, "delivered once: {subject}");
+    }
+    let _ = &s.dir;
+}
