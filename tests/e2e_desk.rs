@@ -1,0 +1,312 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! End to end, the review desk: a private Postfix holds what the milter quarantines;
+//! people log in to the desk the daemon serves, over real HTTP, and ask for a release;
+//! the root worker carries it out with postsuper; the message reaches the sink, and the
+//! record and its audit trail say who asked, from where, and why. A viewer cannot.
+
+mod common;
+
+use common::*;
+use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, Store};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// One HTTP/1.1 request on a new connection; the whole answer (status line, headers,
+/// body).
+fn http(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the desk");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    out
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn post(port: u16, path: &str, cookie: Option<&str>, body: &str) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n\
+             Sec-Fetch-Site: same-origin\r\n{cookie}Connection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn get(port: u16, path: &str, cookie: &str) -> String {
+    http(
+        port,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// Logs in; the session cookie (`name=value`).
+fn login(port: u16, user: &str, password: &str) -> String {
+    let answer = post(
+        port,
+        "/login",
+        None,
+        &form(&[("user", user), ("password", password)]),
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{user}: {answer}");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned()
+}
+
+/// The form token of a page.
+fn token(page: &str) -> String {
+    let at = page
+        .find("name=\"token\" value=\"")
+        .expect("the page carries a form token");
+    let rest = &page[at + "name=\"token\" value=\"".len()..];
+    rest[..rest.find('"').expect("end of the token")].to_owned()
+}
+
+struct Desk {
+    dir: tempfile::TempDir,
+    sink: Sink,
+    _milter: Milter,
+    postfix: Postfix,
+    config: PathBuf,
+    port: u16,
+    store: Store,
+}
+
+impl Desk {
+    fn start(name: &str) -> Desk {
+        require_postfix();
+        let dir = scratch_dir(name);
+        let sink = Sink::start(dir.path());
+        let listen = format!("inet:127.0.0.1:{}", free_port());
+        let postfix = Postfix::start(dir.path(), &sink, &listen);
+        let state = dir.path().join("state");
+        let users = dir.path().join("review-users");
+        let port = free_port();
+        let body = format!(
+            r#"
+[domains]
+internal = ["corp.example"]
+
+[limits.envelope]
+tag = 0
+quarantine = 5
+reject = 0
+
+[postfix]
+config_directory = "{etc}"
+
+[quarantine]
+state_dir = "{state}"
+
+[review]
+listen = "inet:127.0.0.1:{port}"
+users_file = "{users}"
+"#,
+            etc = postfix.etc.display(),
+            state = state.display(),
+            users = users.display(),
+        );
+        let config = dir.path().join("fanout-milter.toml");
+        std::fs::write(&config, with_listen(&listen, &body)).expect("config");
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "correct horse battery\n").expect("password file");
+        for (user, role) in [("rita", "reviewer"), ("vic", "viewer")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+                .arg("-c")
+                .arg(&config)
+                .args(["review", "passwd", user, "--role", role, "--password-file"])
+                .arg(&secret)
+                .output()
+                .expect("review passwd");
+            assert!(out.status.success(), "{out:?}");
+        }
+        let milter = Milter::start_file(dir.path(), &listen, config.clone());
+        wait_for("the desk to listen", || listening(port).then_some(()));
+        let store = Store::open(&state).expect("the daemon's store");
+        Desk {
+            dir,
+            sink,
+            _milter: milter,
+            postfix,
+            config,
+            port,
+            store,
+        }
+    }
+
+    /// Sends a message to `n` recipients (held from 5 on); its queue id.
+    fn send_held(&self, subject: &str, n: usize) -> String {
+        let to = rcpts(n, "corp.example");
+        smtp_send(
+            self.postfix.smtp_port,
+            "ann@corp.example",
+            &to,
+            &message(subject, &to.join(", ")),
+        )
+        .expect("accepted for the hold queue");
+        wait_for(&format!("{subject} in the hold queue"), || {
+            self.postfix
+                .held()
+                .into_iter()
+                .find(|id| self.postfix.postcat_headers(id).contains(subject))
+        })
+    }
+
+    fn state(&self, queue_id: &str) -> State {
+        self.store
+            .record(&QueueId::parse(queue_id).expect("queue id"))
+            .expect("record")
+            .state
+    }
+}
+
+/// `fanout-milter quarantine worker`, killed when dropped.
+struct Worker {
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(d: &Desk) -> Worker {
+        let log = d.dir.path().join("worker.log");
+        let file = std::fs::File::create(&log).expect("worker log");
+        let child = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&d.config)
+            .args(["quarantine", "worker"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the worker");
+        let mut w = Worker {
+            child: ChildGuard(Some(child)),
+            log,
+        };
+        wait_for("the worker to start", || {
+            if let Some(status) = w.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the worker exited early ({status}):\n{}", w.log());
+            }
+            w.log().contains("worker starting").then_some(())
+        });
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
+    let d = Desk::start("desk-release");
+    let _worker = Worker::start(&d);
+    let id = d.send_held("desk-release-1", 6);
+    let page = format!("/message/{id}");
+
+    // A viewer sees the message but has no buttons, and a crafted POST is refused.
+    let vic = login(d.port, "vic", "correct horse battery");
+    let seen = get(d.port, &page, &vic);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("desk-release-1"), "{seen}");
+    assert!(
+        !seen.contains("value=\"release\""),
+        "no release button: {seen}"
+    );
+    let refused = post(
+        d.port,
+        &page,
+        Some(&vic),
+        &form(&[
+            ("token", &token(&seen)),
+            ("action", "release"),
+            ("comment", "let me"),
+        ]),
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert_eq!(d.state(&id), State::Held);
+    assert!(d.postfix.held().contains(&id));
+
+    // A reviewer asks for a release; the worker carries it out; the message arrives.
+    let rita = login(d.port, "rita", "correct horse battery");
+    let seen = get(d.port, &page, &rita);
+    let released = post(
+        d.port,
+        &page,
+        Some(&rita),
+        &form(&[
+            ("token", &token(&seen)),
+            ("action", "release"),
+            ("comment", "checked with Ann: the board's minutes"),
+        ]),
+    );
+    assert!(released.starts_with("HTTP/1.1 303"), "{released}");
+    let delivered = d.sink.wait_for("desk-release-1");
+    assert_eq!(delivered.rcpts.len(), 6);
+    let record = d
+        .store
+        .record(&QueueId::parse(&id).unwrap())
+        .expect("record");
+    wait_for("the request to be done", || {
+        let requests = d.store.requests(record.id).expect("requests");
+        (requests.len() == 1 && requests[0].state == RequestState::Done).then_some(())
+    });
+    let record = d
+        .store
+        .record(&QueueId::parse(&id).unwrap())
+        .expect("record");
+    assert_eq!(record.state, State::Released);
+    let request = record
+        .audit
+        .iter()
+        .find(|a| a.action == "request release")
+        .expect("the request is in the audit trail");
+    assert_eq!(request.who, "rita");
+    assert_eq!(
+        request.comment.as_deref(),
+        Some("via desk from 127.0.0.1: checked with Ann: the board's minutes")
+    );
+    assert!(
+        record
+            .audit
+            .iter()
+            .any(|a| a.action == "release" && a.who.contains("rita")),
+        "the release itself names the reviewer: {:?}",
+        record.audit
+    );
+
+    // The desk shows the result; a second release is a conflict and changes nothing.
+    let shown = get(d.port, &page, &rita);
+    assert!(shown.contains("class=\"req done\""), "{shown}");
+    let again = post(
+        d.port,
+        &page,
+        Some(&rita),
+        &form(&[
+            ("token", &token(&shown)),
+            ("action", "release"),
+            ("comment", "again"),
+        ]),
+    );
+    assert!(again.starts_with("HTTP/1.1 409"), "{again}");
+    assert_eq!(d.sink.find("desk-release-1").len(), 1, "delivered once");
+}
