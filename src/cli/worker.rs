@@ -63,6 +63,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
         }
         Err(e) => error!("cannot read the open requests: {e}"),
     }
+    let mut failing: Option<String> = None;
     loop {
         match stop.recv_timeout(POLL) {
             Ok(signal) => {
@@ -76,11 +77,20 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         let pending = match store.open_requests() {
-            Ok(open) => open
-                .into_iter()
-                .filter(|r| r.state == RequestState::Pending),
+            Ok(open) => {
+                if failing.take().is_some() {
+                    info!("the open requests can be read again");
+                }
+                open.into_iter()
+                    .filter(|r| r.state == RequestState::Pending)
+            }
             Err(e) => {
-                error!("cannot read the open requests: {e}");
+                // Once per distinct error, not four times a second.
+                let e = e.to_string();
+                if failing.as_deref() != Some(e.as_str()) {
+                    error!("cannot read the open requests: {e}");
+                    failing = Some(e);
+                }
                 continue;
             }
         };
@@ -160,7 +170,8 @@ fn carry_out(executor: &Executor<'_>, request: &Request) {
         Err(e) => error!(
             request = request.id,
             queue_id = %request.queue_id,
-            "request not recorded as finished (it is looked at again when the worker starts): {e}"
+            "request not carried out, or its outcome not recorded (an open request is \
+             looked at again when the worker starts): {e}"
         ),
     }
 }
