@@ -66,10 +66,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
     let mut failing: Option<String> = None;
     loop {
         match stop.recv_timeout(POLL) {
-            Ok(signal) => {
-                info!("{signal} received, worker stopping");
-                break;
-            }
+            Ok(_) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 error!("the signal thread ended, worker stopping");
                 return ExitCode::from(1);
@@ -96,7 +93,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
         };
         for request in pending {
             if stopping(&stop) {
-                info!("worker stopping after the request in progress");
+                info!("worker stopped");
                 return ExitCode::SUCCESS;
             }
             carry_out(&executor, &request);
@@ -109,10 +106,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
 /// True once a stop signal came (it is taken from the channel).
 fn stopping(stop: &mpsc::Receiver<Signal>) -> bool {
     match stop.try_recv() {
-        Ok(signal) => {
-            info!("{signal} received, worker stopping");
-            true
-        }
+        Ok(_) => true,
         Err(mpsc::TryRecvError::Empty) => false,
         Err(mpsc::TryRecvError::Disconnected) => true,
     }
@@ -132,6 +126,7 @@ fn stop_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
         .name("signals".into())
         .spawn(move || {
             while let Ok(signal) = set.wait() {
+                info!("{signal} received, worker stopping once the request in progress is done");
                 if tx.send(signal).is_err() {
                     break;
                 }
