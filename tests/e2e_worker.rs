@@ -407,3 +407,115 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
     }
     let _ = &s.dir;
 }
+
+/// SIGTERM while postsuper runs: the worker lets the request finish, records it done
+/// and exits 0. Postfix's tools are stubs here: postsuper waits (at most a minute) for
+/// the test to let it answer, so the signal surely comes mid-request.
+#[test]
+fn sigterm_mid_request_lets_it_finish_then_exits_0() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("worker-sigterm");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let d = dir.path().display();
+    for (name, body) in [
+        (
+            "postsuper",
+            format!(
+                "echo \"$*\" >> {d}/calls\n\
+                 i=0\n\
+                 while [ ! -e {d}/go ]; do sleep 0.05; i=$((i+1)); [ $i -gt 1200 ] && exit 1; done\n\
+                 echo 'postsuper: Released from hold: 1 message' >&2\n"
+            ),
+        ),
+        ("postqueue", "exit 0\n".to_owned()),
+    ] {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("stub");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let state = dir.path().join("state");
+    let config = dir.path().join("fanout-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[domains]\ninternal = [\"corp.example\"]\n\
+             [postfix]\nconfig_directory = \"{d}\"\ncommand_directory = \"{}\"\n\
+             recipient_delimiter = \"\"\nmyorigin = \"corp.example\"\n\
+             [quarantine]\nstate_dir = \"{}\"\n",
+            bin.display(),
+            state.display()
+        ),
+    )
+    .expect("config");
+    let store = Store::open(&state).expect("store");
+    let held = fanout_milter::quarantine::HeldMessage {
+        queue_id: QueueId::parse("ABCDEF1234").expect("queue id"),
+        held_at: now(),
+        sender: "ann@corp.example".into(),
+        sasl_login: None,
+        client: None,
+        recipients: vec!["all@corp.example".into()],
+        audience: 1000,
+        external: 0,
+        lists: vec![],
+        top_domains: vec![],
+        visible: vec![],
+        subject: Some("w-sigterm".into()),
+        message_id: None,
+        thread_key: String::new(),
+        rules: vec![],
+        recorded_by: "milter".into(),
+        headers: vec![],
+    };
+    store.record_held(&held, "milter", None).expect("record");
+
+    let log = dir.path().join("worker.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(&config)
+        .arg("quarantine")
+        .arg("worker")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start the worker");
+    let mut worker = Worker {
+        child: ChildGuard(Some(child)),
+        log,
+    };
+    wait_for("the worker to start", || {
+        worker.log().contains("worker starting").then_some(())
+    });
+    let request = store
+        .submit(&NewRequest {
+            queue_id: held.queue_id.clone(),
+            action: RequestAction::Release,
+            who: "carol".into(),
+            via: Via::Desk,
+            remote: None,
+            comment: "checked".into(),
+            at: now(),
+        })
+        .expect("filed");
+    wait_for("postsuper to be running", || {
+        dir.path().join("calls").exists().then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.child.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    wait_for("the worker to note the signal", || {
+        worker.log().contains("SIGTERM received").then_some(())
+    });
+    let running = store.requests(request.held_id).expect("requests");
+    assert_eq!(running[0].state, RequestState::Running, "still at work");
+    std::fs::write(dir.path().join("go"), "").expect("let postsuper answer");
+    let status = worker.child.wait();
+    assert!(status.success(), "{status}: {}", worker.log());
+    let done = store.requests(request.held_id).expect("requests");
+    assert_eq!(done[0].state, RequestState::Done, "{:?}", done[0]);
+    assert!(worker.log().contains("worker stopped"), "{}", worker.log());
+}

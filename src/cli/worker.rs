@@ -63,12 +63,10 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
         }
         Err(e) => error!("cannot read the open requests: {e}"),
     }
+    let mut failing: Option<String> = None;
     loop {
         match stop.recv_timeout(POLL) {
-            Ok(signal) => {
-                info!("{signal} received, worker stopping");
-                break;
-            }
+            Ok(_) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 error!("the signal thread ended, worker stopping");
                 return ExitCode::from(1);
@@ -76,17 +74,26 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         let pending = match store.open_requests() {
-            Ok(open) => open
-                .into_iter()
-                .filter(|r| r.state == RequestState::Pending),
+            Ok(open) => {
+                if failing.take().is_some() {
+                    info!("the open requests can be read again");
+                }
+                open.into_iter()
+                    .filter(|r| r.state == RequestState::Pending)
+            }
             Err(e) => {
-                error!("cannot read the open requests: {e}");
+                // Once per distinct error, not four times a second.
+                let e = e.to_string();
+                if failing.as_deref() != Some(e.as_str()) {
+                    error!("cannot read the open requests: {e}");
+                    failing = Some(e);
+                }
                 continue;
             }
         };
         for request in pending {
             if stopping(&stop) {
-                info!("worker stopping after the request in progress");
+                info!("worker stopped");
                 return ExitCode::SUCCESS;
             }
             carry_out(&executor, &request);
@@ -99,10 +106,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
 /// True once a stop signal came (it is taken from the channel).
 fn stopping(stop: &mpsc::Receiver<Signal>) -> bool {
     match stop.try_recv() {
-        Ok(signal) => {
-            info!("{signal} received, worker stopping");
-            true
-        }
+        Ok(_) => true,
         Err(mpsc::TryRecvError::Empty) => false,
         Err(mpsc::TryRecvError::Disconnected) => true,
     }
@@ -122,6 +126,7 @@ fn stop_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
         .name("signals".into())
         .spawn(move || {
             while let Ok(signal) = set.wait() {
+                info!("{signal} received, worker stopping once the request in progress is done");
                 if tx.send(signal).is_err() {
                     break;
                 }
@@ -160,7 +165,8 @@ fn carry_out(executor: &Executor<'_>, request: &Request) {
         Err(e) => error!(
             request = request.id,
             queue_id = %request.queue_id,
-            "request not recorded as finished (it is looked at again when the worker starts): {e}"
+            "request not carried out, or its outcome not recorded (an open request is \
+             looked at again when the worker starts): {e}"
         ),
     }
 }

@@ -127,11 +127,12 @@ impl Review<'_> {
         Ok(r)
     }
 
-    /// Releases one held record, the one path of the admin commands, the worker and
-    /// the sweep: the record is claimed first (held -> `to`, with an audit entry
-    /// `action`), so that of a release and a discard racing for one message only the
-    /// one whose state change applies acts on Postfix; then `postsuper -H`. Returns
-    /// postsuper's words, or why not (the record back to held when Postfix refused).
+    /// Releases one held record: the one path of the admin commands and the worker
+    /// (the sweep's expiry claims its own state, then shares [`Review::released`]).
+    /// The record is claimed first (held -> released, audit entry `release`), so
+    /// that of a release and a discard racing for one message only the one whose
+    /// state change applies acts on Postfix; then `postsuper -H`. Returns postsuper's
+    /// words, or why not (the record back to held when Postfix refused).
     pub(super) fn release_record(&self, r: &Record, comment: Option<String>) -> Acted {
         self.claim_record(r, State::Released, "release", comment)?;
         self.released(r, State::Released)

@@ -100,11 +100,11 @@ impl Review<'_> {
             return false;
         }
         let result = match action {
-            OnExpiry::Release => self.postfix.release(id),
-            _ => self.postfix.delete_held(id),
+            OnExpiry::Release => self.released(r, State::Expired),
+            _ => self.deleted(r, State::Expired),
         };
         if let Err(e) = result {
-            report.fail(self.unclaim(r, State::Expired, &format!("expiry failed: {e}")));
+            report.fail(format!("expiry failed: {e}"));
             return false;
         }
         report.line(format!("{id}: {comment}"));
