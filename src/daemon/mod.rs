@@ -153,7 +153,7 @@ impl Builder {
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
         let guard = guard(&config.state, clock.clone(), &alerts)?;
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
-        let desk = start_desk(config, &store, clock.clone()).await?;
+        let desk = start_desk(config, &store, &guard, clock.clone()).await?;
         let (digests, kept) = if keep_alerts {
             (None, Some(receiver))
         } else {
@@ -176,6 +176,7 @@ impl Builder {
 async fn start_desk(
     config: &Config,
     store: &Arc<Store>,
+    guard: &Guard,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<(DeskListener, Arc<Desk>)>, StartError> {
     let Some(addr) = &config.review.listen else {
@@ -204,7 +205,8 @@ async fn start_desk(
         config.quarantine.clone(),
         key,
         clock,
-    );
+    )
+    .with_guard(guard.clone());
     info!(listen = %addr, users = %config.review.users_file.display(), "review desk listening");
     let users = config.review.users_file.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || desk::users::read(&users)).await {

@@ -53,6 +53,8 @@ pub struct Desk {
     quarantine: QuarantineSettings,
     clock: Arc<dyn Clock>,
     public_origin: Option<String>,
+    /// The state guard, for the emergency brake (none: the desk shows no brake).
+    guard: Option<crate::state::Guard>,
 }
 
 impl Desk {
@@ -75,7 +77,15 @@ impl Desk {
             review,
             quarantine,
             clock,
+            guard: None,
         }
+    }
+
+    /// The desk with the emergency brake of `guard`: a banner on every page while it
+    /// is on, and admins pull and release it here.
+    pub fn with_guard(mut self, guard: crate::state::Guard) -> Desk {
+        self.guard = Some(guard);
+        self
     }
 
     /// Seconds since the epoch on the desk's clock.
@@ -112,6 +122,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
             get(pages::message::message).post(pages::message::act),
         )
         .route("/bulk", post(pages::bulk::bulk))
+        .route("/brake", post(pages::brake::brake))
         .route("/static/desk.css", get(pages::css))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(

@@ -59,13 +59,21 @@ fn fixture_with(extra: &str) -> Fixture {
     .unwrap();
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(T0));
     let index: Arc<dyn QuarantineIndex> = store.clone();
-    let desk = Arc::new(Desk::new(
-        index,
-        config.review,
-        config.quarantine,
-        [7; KEY_BYTES],
+    let guard = crate::state::Guard::new(
+        Arc::new(crate::state::MemoryBackend::new()),
         Arc::new(clock.clone()),
-    ));
+        None,
+    );
+    let desk = Arc::new(
+        Desk::new(
+            index,
+            config.review,
+            config.quarantine,
+            [7; KEY_BYTES],
+            Arc::new(clock.clone()),
+        )
+        .with_guard(guard),
+    );
     Fixture {
         _dir: dir,
         store,
@@ -768,6 +776,107 @@ async fn sso_header_is_believed_only_from_a_trusted_proxy() {
     }
     let (status, _, _) = f.send(from([192, 0, 2, 7], "mallory")).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "an unknown user is nobody");
+}
+
+#[tokio::test]
+async fn an_admin_pulls_the_brake_every_page_shows_it_and_only_an_admin_releases_it() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let alice = f.login("alice").await;
+    let rita = f.login("rita").await;
+    let vic = f.login("vic").await;
+    let (_, _, page) = f.get("/", Some(&alice)).await;
+    assert!(
+        page.contains("id=\"brake-on\""),
+        "an admin may pull it: {page}"
+    );
+    assert!(!page.contains("id=\"brake\""));
+    let (_, _, page) = f.get("/", Some(&rita)).await;
+    assert!(!page.contains("id=\"brake-on\""), "a reviewer may not");
+    let rita_token = token_in(&page);
+    let pull = [
+        ("action", "on"),
+        ("min_audience", "500"),
+        ("hours", "2"),
+        ("comment", "all-staff <b>loop</b>"),
+    ];
+    let mut as_rita = pull.to_vec();
+    as_rita.push(("token", &rita_token));
+    let (status, _, _) = f.post("/brake", Some(&rita), &as_rita).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(f.desk.guard.as_ref().unwrap().brake().is_none());
+    let (status, _, _) = f.post("/brake", Some(&alice), &pull).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token, no brake");
+    let alice_token = f.token(&alice).await;
+    let mut no_comment = pull.to_vec();
+    no_comment[3] = ("comment", " ");
+    no_comment.push(("token", &alice_token));
+    let (status, _, _) = f.post("/brake", Some(&alice), &no_comment).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let mut as_alice = pull.to_vec();
+    as_alice.push(("token", &alice_token));
+    let (status, headers, _) = f.post("/brake", Some(&alice), &as_alice).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/");
+    let brake = f.desk.guard.as_ref().unwrap().brake().expect("pulled");
+    assert_eq!(brake.min_audience, 500);
+    assert_eq!(brake.until, Some(T0 + 7200));
+    assert_eq!(brake.by, "alice");
+    for (who, cookie) in [("rita", &rita), ("vic", &vic)] {
+        for path in ["/", "/message/AAAAAA1"] {
+            let (_, _, page) = f.get(path, Some(cookie)).await;
+            assert!(page.contains("id=\"brake\""), "{who} {path}: {page}");
+            assert!(page.contains("every message to 500 or more recipients is held"));
+            assert!(
+                page.contains("all-staff &#60;b&#62;loop&#60;/b&#62;"),
+                "{page}"
+            );
+            assert!(!page.contains("<b>loop"), "escaped");
+            assert!(
+                !page.contains("id=\"brake-off\""),
+                "{who} may not release it"
+            );
+        }
+    }
+    let events = f.index().events(5).unwrap();
+    assert_eq!(events[0].who, "alice");
+    assert!(
+        events[0]
+            .comment
+            .as_deref()
+            .unwrap()
+            .ends_with("(via desk from 198.51.100.9)"),
+        "{events:?}"
+    );
+    let (status, _, _) = f
+        .post(
+            "/brake",
+            Some(&rita),
+            &[
+                ("action", "off"),
+                ("comment", "done"),
+                ("token", &rita_token),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, _, page) = f.get("/", Some(&alice)).await;
+    assert!(page.contains("id=\"brake-off\""));
+    let (status, _, _) = f
+        .post(
+            "/brake",
+            Some(&alice),
+            &[
+                ("action", "off"),
+                ("comment", "list fixed"),
+                ("token", &alice_token),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(f.desk.guard.as_ref().unwrap().brake().is_none());
+    let (_, _, page) = f.get("/", Some(&rita)).await;
+    assert!(!page.contains("id=\"brake\""), "released: no banner");
 }
 
 #[tokio::test]

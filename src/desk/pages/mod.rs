@@ -6,6 +6,7 @@
 //! neutralised by [`crate::text`] (control and bidi characters as visible `\u{202E}`
 //! escapes, flagged) and HTML-escaped by askama. Store calls run on the blocking pool.
 
+pub(super) mod brake;
 pub(super) mod bulk;
 pub(super) mod held;
 pub(super) mod login;
@@ -15,6 +16,7 @@ use super::auth;
 use super::users::{Role, User};
 use super::{Desk, Peer};
 use crate::quarantine::{Record, State};
+use crate::state::Brake;
 use crate::text;
 use askama::Template;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -94,21 +96,49 @@ struct Who {
     token: String,
     /// The session id, when signed in by the login form.
     session: Option<String>,
+    /// The emergency brake as the request found it: `None` when the desk has no
+    /// brake, `Some(None)` when it is off.
+    brake: Option<Option<Brake>>,
 }
 
-/// The page header's view of the user.
+/// The page header's view of the user, and the brake banner.
 pub struct Head {
     user: Shown,
     role: &'static str,
     token: String,
+    /// The brake, when it is on.
+    brake: Option<BrakeBanner>,
+    /// Whether an admin may pull the brake here (the desk has one and it is off).
+    brake_off: bool,
+}
+
+/// The emergency brake, as the banner on every page shows it.
+pub struct BrakeBanner {
+    min_audience: String,
+    since: String,
+    until: String,
+    by: Shown,
+    comment: Shown,
 }
 
 impl Who {
     fn head(&self) -> Option<Head> {
+        let on = self.brake.as_ref().and_then(Option::as_ref);
         Some(Head {
             user: Shown::new(&self.user),
             role: self.role.as_str(),
             token: self.token.clone(),
+            brake: on.map(|b| BrakeBanner {
+                min_audience: group(b.min_audience),
+                since: crate::text::utc_seconds(b.since),
+                until: match b.until {
+                    Some(u) => format!("until {}", crate::text::utc_seconds(u)),
+                    None => "until released".to_owned(),
+                },
+                by: Shown::new(&b.by),
+                comment: Shown::new(&b.comment),
+            }),
+            brake_off: matches!(self.brake, Some(None)),
         })
     }
 }
@@ -208,6 +238,11 @@ impl Desk {
         }
     }
 
+    /// The emergency brake now: `None` when this desk has none.
+    fn brake(&self) -> Option<Option<Brake>> {
+        self.guard.as_ref().map(|g| g.brake())
+    }
+
     /// Who sent the request: the user a trusted proxy names, or the session of the
     /// cookie; `None` when nobody is signed in.
     async fn who(
@@ -225,6 +260,7 @@ impl Desk {
                 user: u.name,
                 role: u.role,
                 session: None,
+                brake: self.brake(),
             }));
         }
         let Some(id) = cookie(headers, self.cookie_name()) else {
@@ -239,6 +275,7 @@ impl Desk {
                 user: u.name,
                 role: u.role,
                 session: Some(id),
+                brake: self.brake(),
             })),
             None => {
                 self.sessions.end(&id);
