@@ -216,7 +216,24 @@ fn passwd(conf: &Path, dir: &Path, user: &str, role: &str, password: &str) {
     std::fs::remove_file(&file).expect("remove the password file");
 }
 
-/// Runs `node desk.mjs` with `env`, killed after [`SCRIPT_DEADLINE`]; its output.
+/// Waits up to `limit` for `child` to exit; its status, or `None` while it runs.
+fn exited(child: &mut ChildGuard, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        let c = child.0.as_mut()?;
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            child.0 = None;
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `node desk.mjs` with `env`; after [`SCRIPT_DEADLINE`] it gets SIGTERM (on
+/// which playwright closes chromium), then SIGKILL. Its success and output.
 fn run_script(dir: &Path, log: &Path, env: &[(&str, String)]) -> (bool, String) {
     let out = std::fs::File::create(log).expect("script log");
     let mut cmd = Command::new("node");
@@ -229,23 +246,22 @@ fn run_script(dir: &Path, log: &Path, env: &[(&str, String)]) -> (bool, String) 
         cmd.env(k, v);
     }
     let mut child = ChildGuard(Some(cmd.spawn().expect("start node")));
-    let start = Instant::now();
-    let status = loop {
-        let c = child.0.as_mut().expect("child");
-        if let Some(status) = c.try_wait().expect("try_wait") {
-            child.0 = None;
-            break Some(status);
-        }
-        if start.elapsed() > SCRIPT_DEADLINE {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exited(&mut child, SCRIPT_DEADLINE).or_else(|| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        exited(&mut child, Duration::from_secs(10));
+        None
+    });
     drop(child);
     let text = std::fs::read_to_string(log).unwrap_or_default();
     match status {
         Some(s) => (s.success(), text),
-        None => (false, format!("{text}\n(killed after {SCRIPT_DEADLINE:?})")),
+        None => (
+            false,
+            format!("{text}\n(stopped after {SCRIPT_DEADLINE:?})"),
+        ),
     }
 }
 
