@@ -590,4 +590,43 @@ mod tests {
         }
         assert_eq!(actions, [Action::Accept, Action::Quarantine]);
     }
+
+    /// The brake is asked for every message, also one whose plan asks the state
+    /// nothing (no storm, rate or breaker configured): pulled at 600, it holds the
+    /// 600-recipient message and lets a 599-recipient one go.
+    #[tokio::test]
+    async fn the_brake_holds_mail_that_asks_the_state_nothing() {
+        use crate::state::{Brake, Guard, MemoryBackend};
+        let policy = Policy::default();
+        assert!(policy::state_plan(&policy, &to(600)).is_empty());
+        let guard = Guard::new(
+            Arc::new(MemoryBackend::new()),
+            Arc::new(crate::clock::SystemClock),
+            None,
+        );
+        let brake = Brake {
+            min_audience: 600,
+            since: 0,
+            until: None,
+            by: "carol".into(),
+            comment: "incident".into(),
+        };
+        guard.set_brake(Some(brake)).await.unwrap();
+        let mut actions = Vec::new();
+        for n in [599, 600] {
+            let d = decide(
+                &policy,
+                &replies(),
+                &to(n),
+                "Q",
+                &mut GuardState::new(&guard),
+                &mut Offline::<StateError>::default(),
+            )
+            .await
+            .expect("memory state never fails");
+            actions.push(d.effect.action);
+            assert_eq!(d.state.brake.map(|b| b.min_audience), Some(600));
+        }
+        assert_eq!(actions, [Action::Accept, Action::Quarantine]);
+    }
 }

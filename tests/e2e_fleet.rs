@@ -244,3 +244,100 @@ fn a_storm_spread_over_two_relays_trips_as_on_one_and_mail_flows_through_a_redis
         );
     }
 }
+
+/// `fanout-milter -c CONFIG brake ARGS...`: stdout, or a panic with stderr.
+fn brake(relay: &Relay, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(&relay.milter.config)
+        .arg("brake")
+        .args(args)
+        .output()
+        .expect("fanout-milter brake");
+    assert!(
+        out.status.success(),
+        "brake {args:?} on relay {}: {}",
+        relay.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_emergency_brake_pulled_on_one_relay_holds_large_mail_on_both_and_small_mail_flows() {
+    require_postfix();
+    let dir = scratch_dir("fleet-brake");
+    let redis = Redis::start();
+    let sink = Sink::start(dir.path());
+    let config = format!(
+        "{}\n[[list]]\naddress = \"all@corp.example\"\nmember_count = 500\n",
+        relay_config(&redis, "local")
+    );
+    let a = Relay::start(dir.path(), "a", &sink, &config);
+    let b = Relay::start(dir.path(), "b", &sink, &config);
+    let list = vec!["all@corp.example".to_owned()];
+    let few = rcpts(3, "corp.example");
+    let mut tally = Tally::default();
+
+    tally.plain(&a, "before-brake", &list);
+    sink.wait_for("before-brake");
+
+    let on = brake(
+        &a,
+        &[
+            "on",
+            "--min-audience",
+            "100",
+            "--for",
+            "2h",
+            "--comment",
+            "list bug",
+        ],
+    );
+    assert!(
+        on.contains("emergency brake ON: messages to 100 or more"),
+        "{on}"
+    );
+    for r in [&a, &b] {
+        wait_for(&format!("relay {} to see the brake", r.name), || {
+            brake(r, &["status"])
+                .contains("emergency brake ON")
+                .then_some(())
+        });
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&brake(&b, &["status", "--json"])).expect("JSON");
+    assert_eq!(status["min_audience"], 100);
+    assert_eq!(status["comment"], "list bug");
+
+    for r in [&a, &b] {
+        let subject = format!("braked-list-{}", r.name);
+        tally.plain(r, &subject, &list);
+        let held = wait_for(&format!("relay {} to hold {subject}", r.name), || {
+            let held = r.postfix.held();
+            (held.len() == 1).then_some(held)
+        });
+        let decision = r.milter.decision(&held[0]);
+        assert!(decision.contains("brake"), "{decision}");
+        let small = format!("small-{}", r.name);
+        tally.plain(r, &small, &few);
+        assert_eq!(sink.wait_for(&small).rcpts.len(), 3, "small mail flows");
+    }
+    assert!(sink.find("braked-list").is_empty(), "nothing braked left");
+
+    let off = brake(&b, &["off", "--comment", "list fixed"]);
+    assert!(off.contains("emergency brake released"), "{off}");
+    wait_for("relay a to see the brake released", || {
+        brake(&a, &["status"])
+            .contains("emergency brake off")
+            .then_some(())
+    });
+    tally.plain(&a, "after-brake", &list);
+    sink.wait_for("after-brake");
+    assert_eq!(a.postfix.held().len(), 1, "only the braked message is held");
+    assert!(
+        a.milter.log().contains("emergency brake pulled")
+            && b.milter.log().contains("emergency brake released"),
+        "both changes are logged where they were made"
+    );
+}

@@ -9,7 +9,8 @@ use fanout_milter::clock::SystemClock;
 use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
 use fanout_milter::state::failover::with_deadline;
 use fanout_milter::state::{
-    Failover, Limit, MemoryBackend, OnFailure, RedisBackend, StateBackend, Storm, ThreadCounts,
+    Brake, Failover, Limit, MAX_BRAKE_COMMENT_CHARS, MemoryBackend, OnFailure, RedisBackend,
+    StateBackend, Storm, ThreadCounts,
 };
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -162,6 +163,31 @@ async fn suite(b: &dyn StateBackend) {
     );
     assert_eq!(b.window_total("w", minute, at(300)).await.unwrap(), 0);
     assert_eq!(b.window_total("none", minute, at(0)).await.unwrap(), 0);
+
+    // The emergency brake: off, pulled for two hours (its comment capped), over by
+    // itself, pulled until released, released.
+    let epoch = fanout_milter::clock::epoch_secs;
+    assert_eq!(b.brake_get(t(0)).await.unwrap(), None);
+    let brake = Brake {
+        min_audience: 100,
+        since: epoch(t(0)),
+        until: Some(epoch(t(7200))),
+        by: "carol".into(),
+        comment: "x".repeat(2000),
+    };
+    b.brake_set(Some(&brake), t(0)).await.unwrap();
+    let on = b.brake_get(t(7199)).await.unwrap().expect("on");
+    assert_eq!((on.min_audience, on.until), (100, brake.until));
+    assert_eq!(on.comment.chars().count(), MAX_BRAKE_COMMENT_CHARS);
+    assert_eq!(b.brake_get(t(7200)).await.unwrap(), None, "over by itself");
+    let until_released = Brake {
+        until: None,
+        ..brake.clone()
+    };
+    b.brake_set(Some(&until_released), t(0)).await.unwrap();
+    assert!(b.brake_get(t(86_400 * 365)).await.unwrap().is_some());
+    b.brake_set(None, t(1)).await.unwrap();
+    assert_eq!(b.brake_get(t(2)).await.unwrap(), None, "released");
 }
 
 #[tokio::test]
@@ -260,6 +286,19 @@ async fn two_relays_share_counts_carry_on_alone_when_redis_dies_and_share_again_
         b.storm_hit("t", t(3)).await.unwrap().is_some(),
         "a storm tripped on a stops b"
     );
+    let brake = Brake {
+        min_audience: 100,
+        since: 0,
+        until: None,
+        by: "carol".into(),
+        comment: "incident".into(),
+    };
+    a.brake_set(Some(&brake), t(3)).await.unwrap();
+    assert_eq!(
+        b.brake_get(t(3)).await.unwrap(),
+        Some(brake.clone()),
+        "a brake pulled on a holds on b"
+    );
 
     redis.kill();
     let started = Instant::now();
@@ -282,6 +321,16 @@ async fn two_relays_share_counts_carry_on_alone_when_redis_dies_and_share_again_
         b.storm_hit("t", t(5)).await.unwrap().is_some(),
         "relay b remembers the storm it saw while redis was up"
     );
+    assert_eq!(
+        b.brake_get(t(5)).await.unwrap(),
+        Some(brake),
+        "the brake does not let go because redis went away"
+    );
+    assert!(
+        a.brake_set(None, t(5)).await.is_err(),
+        "releasing it on one relay alone is refused, not half done"
+    );
+    assert!(a.brake_get(t(5)).await.unwrap().is_some());
     assert!(
         a.storm_start(&storm("u", 6, 1000), t(6)).await.unwrap(),
         "tripped alone"

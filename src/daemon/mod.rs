@@ -206,6 +206,14 @@ async fn start_desk(
         clock,
     );
     info!(listen = %addr, users = %config.review.users_file.display(), "review desk listening");
+    let users = config.review.users_file.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || desk::users::read(&users)).await {
+        warn!(
+            "review desk: nobody can log in until the users file is usable: {}; create users \
+             with `fanout-milter review passwd USER --role ROLE`",
+            crate::text::neutralize(&e.to_string())
+        );
+    }
     Ok(Some((listener, Arc::new(desk))))
 }
 

@@ -101,11 +101,17 @@ pub struct Peer(pub Option<IpAddr>);
 /// The desk's routes with every safety layer.
 pub fn router(desk: Arc<Desk>) -> Router {
     let mut router = Router::new()
-        .route("/", get(pages::list))
-        .route("/login", get(pages::login_form).post(pages::login))
-        .route("/logout", post(pages::logout))
-        .route("/message/{queue_id}", get(pages::message).post(pages::act))
-        .route("/bulk", post(pages::bulk))
+        .route("/", get(pages::held::list))
+        .route(
+            "/login",
+            get(pages::login::login_form).post(pages::login::login),
+        )
+        .route("/logout", post(pages::login::logout))
+        .route(
+            "/message/{queue_id}",
+            get(pages::message::message).post(pages::message::act),
+        )
+        .route("/bulk", post(pages::bulk::bulk))
         .route("/static/desk.css", get(pages::css))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(

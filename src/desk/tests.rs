@@ -419,6 +419,18 @@ async fn roles_are_enforced_on_the_server() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a drift hold is admin only");
+    let (_, _, page) = f.get("/message/AAAAAA1", Some(&reviewer)).await;
+    for stable in [
+        "form method=\"post\" action=\"/message/AAAAAA1\" id=\"act\"",
+        "name=\"action\" value=\"release\"",
+        "name=\"action\" value=\"release-to\"",
+        "name=\"action\" value=\"discard\"",
+        "name=\"action\" value=\"extend\"",
+        "<input type=\"text\" name=\"comment\" required",
+        "name=\"rcpt\" value=\"boss@example.org\"",
+    ] {
+        assert!(page.contains(stable), "{stable} in {page}");
+    }
     let (_, _, page) = f.get("/message/DRIFT01", Some(&reviewer)).await;
     assert!(page.contains("Only an admin may act"), "{page}");
     let (status, _, _) = f

@@ -1,0 +1,394 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! `/message/{queue_id}`: every fact of one record, and the actions on it.
+
+use super::{Fields, Head, Shown, Who, group, render};
+use crate::desk::users::Role;
+use crate::desk::{Desk, Peer};
+use crate::quarantine::{
+    NewRequest, QueueId, Record, Request as ActionRequest, RequestAction, State, SubmitError, Via,
+    needs_admin,
+};
+use crate::text;
+use askama::Template;
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use std::sync::Arc;
+use tracing::{error, info};
+
+/// How far a hold may be extended, in hours, as the form offers.
+const EXTEND_HOURS: [u64; 3] = [4, 24, 72];
+
+struct ListView {
+    address: Shown,
+    size: String,
+    external: String,
+    internal: String,
+    drift_from: Option<String>,
+}
+
+struct AuditView {
+    at: String,
+    who: Shown,
+    action: Shown,
+    comment: Option<Shown>,
+}
+
+struct RequestView {
+    at: String,
+    action: &'static str,
+    detail: Option<Shown>,
+    who: Shown,
+    via: &'static str,
+    remote: Option<Shown>,
+    comment: Shown,
+    state: &'static str,
+    result: Option<Shown>,
+}
+
+#[derive(Template)]
+#[template(path = "message.html", config = "src/desk/askama.toml")]
+struct MessagePage {
+    head: Option<Head>,
+    base: String,
+    queue_id: String,
+    state: &'static str,
+    foreign: bool,
+    admin_only: bool,
+    held_at: String,
+    age: String,
+    review_left: String,
+    expiry_left: String,
+    blast: String,
+    sender: Shown,
+    sasl: Option<Shown>,
+    client: Option<Shown>,
+    subject: Shown,
+    message_id: Option<Shown>,
+    recipients: Vec<Shown>,
+    visible: Vec<Shown>,
+    audience: String,
+    external: String,
+    internal: String,
+    lists: Vec<ListView>,
+    domains: Vec<(Shown, String)>,
+    rules: Vec<(Shown, Shown, Shown)>,
+    headers: Vec<(Shown, Shown)>,
+    audit: Vec<AuditView>,
+    requests: Vec<RequestView>,
+    can_act: bool,
+    open_request: bool,
+    why_not: Option<&'static str>,
+    extend_hours: [u64; 3],
+}
+
+fn blast_radius(r: &Record) -> String {
+    let m = &r.message;
+    let domains = match m.top_domains.len() {
+        0 => String::new(),
+        n if n >= 20 => " in at least 20 domains".to_owned(),
+        1 => " in 1 domain".to_owned(),
+        n => format!(" in {n} domains"),
+    };
+    let external = if m.external > 0 {
+        format!(" ({} outside the organisation)", group(m.external))
+    } else {
+        String::new()
+    };
+    let visible = m.visible.len();
+    format!(
+        "Would reach {} mailbox{}{domains}{external}; the sender could see {visible} recipient{} in To/Cc.",
+        group(m.audience),
+        if m.audience == 1 { "" } else { "es" },
+        if visible == 1 { "" } else { "s" },
+    )
+}
+
+fn request_view(r: &ActionRequest) -> RequestView {
+    let detail = match &r.action {
+        RequestAction::ReleaseTo { recipients } => Some(Shown::new(&recipients.join(", "))),
+        RequestAction::Discard {
+            notify_sender: true,
+        } => Some(Shown::new("the sender is told")),
+        RequestAction::Extend { until } => {
+            Some(Shown::new(&format!("until {}", text::utc_seconds(*until))))
+        }
+        _ => None,
+    };
+    RequestView {
+        at: text::utc_seconds(r.requested_at),
+        action: r.action.name(),
+        detail,
+        who: Shown::new(&r.who),
+        via: r.via.as_str(),
+        remote: r.remote.as_deref().map(Shown::new),
+        comment: Shown::new(&r.comment),
+        state: r.state.as_str(),
+        result: r.result.as_deref().map(Shown::new),
+    }
+}
+
+/// Why `who` may not act on `r`, if so.
+fn why_not(who: &Who, r: &Record) -> Option<&'static str> {
+    if who.role < Role::Reviewer {
+        Some("Your role (viewer) may only read.")
+    } else if needs_admin(r) && who.role < Role::Admin {
+        Some(
+            "Only an admin may act on this hold (reject-level, storm, drift, scope, breaker or foreign).",
+        )
+    } else if r.state != State::Held {
+        Some("The message is no longer held.")
+    } else {
+        None
+    }
+}
+
+/// `GET /message/{queue_id}`: every fact of one record.
+pub async fn message(
+    AxState(desk): AxState<Arc<Desk>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    UrlPath(queue_id): UrlPath<String>,
+) -> Response {
+    let who = match desk.reader(&headers, peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Ok(id) = QueueId::parse(&queue_id) else {
+        return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
+    };
+    let found = desk
+        .store(move |i| {
+            let record = i.record(&id)?;
+            let requests = i.requests(record.id)?;
+            Ok::<_, crate::quarantine::StoreError>((record, requests))
+        })
+        .await;
+    let (r, requests) = match found {
+        Ok(Ok(x)) => x,
+        Ok(Err(crate::quarantine::StoreError::NotFound(_))) => {
+            return desk.refuse(
+                Some(&who),
+                StatusCode::NOT_FOUND,
+                "No record for this queue id.",
+            );
+        }
+        Ok(Err(e)) => return desk.store_failed(Some(&who), e),
+        Err(resp) => return resp,
+    };
+    let now = desk.now();
+    let m = &r.message;
+    let (review_left, expiry_left) = desk.deadlines(&r, now);
+    let open_request = requests.iter().any(|q| q.state.is_open());
+    let why = why_not(&who, &r);
+    render(&MessagePage {
+        queue_id: m.queue_id.as_str().to_owned(),
+        state: r.state.as_str(),
+        foreign: r.foreign,
+        admin_only: needs_admin(&r),
+        held_at: text::utc_seconds(m.held_at),
+        age: crate::quarantine::age(r.held_for(now)),
+        review_left,
+        expiry_left,
+        blast: blast_radius(&r),
+        sender: Shown::new(if m.sender.is_empty() { "<>" } else { &m.sender }),
+        sasl: m.sasl_login.as_deref().map(Shown::new),
+        client: m.client.as_deref().map(Shown::new),
+        subject: Shown::new(m.subject.as_deref().unwrap_or("")),
+        message_id: m.message_id.as_deref().map(Shown::new),
+        recipients: m.recipients.iter().map(|a| Shown::new(a)).collect(),
+        visible: m.visible.iter().map(|a| Shown::new(a)).collect(),
+        audience: group(m.audience),
+        external: group(m.external),
+        internal: group(m.audience.saturating_sub(m.external)),
+        lists: m
+            .lists
+            .iter()
+            .map(|l| ListView {
+                address: Shown::new(&l.address),
+                size: group(l.size),
+                external: group(l.external),
+                internal: group(l.size.saturating_sub(l.external)),
+                drift_from: l.drift_from.map(group),
+            })
+            .collect(),
+        domains: m
+            .top_domains
+            .iter()
+            .map(|(d, n)| (Shown::new(d), group(*n)))
+            .collect(),
+        rules: m
+            .rules
+            .iter()
+            .map(|h| {
+                (
+                    Shown::new(&h.rule),
+                    Shown::new(&h.action),
+                    Shown::new(&h.message),
+                )
+            })
+            .collect(),
+        headers: m
+            .headers
+            .iter()
+            .map(|(k, v)| (Shown::new(k), Shown::new(v)))
+            .collect(),
+        audit: r
+            .audit
+            .iter()
+            .map(|a| AuditView {
+                at: text::utc_seconds(a.at),
+                who: Shown::new(&a.who),
+                action: Shown::new(&a.action),
+                comment: a.comment.as_deref().map(Shown::new),
+            })
+            .collect(),
+        requests: requests.iter().map(request_view).collect(),
+        can_act: why.is_none() && !open_request,
+        open_request,
+        why_not: why,
+        extend_hours: EXTEND_HOURS,
+        head: who.head(),
+        base: desk.base(),
+    })
+}
+
+/// The action a form asks for; a message for a 400 when it is not one.
+pub(super) fn action_of(f: &Fields, now: u64) -> Result<RequestAction, String> {
+    match f.get("action").unwrap_or("") {
+        "release" => Ok(RequestAction::Release),
+        "release-to" => Ok(RequestAction::ReleaseTo {
+            recipients: f.all("rcpt").into_iter().map(str::to_owned).collect(),
+        }),
+        "discard" => Ok(RequestAction::Discard {
+            notify_sender: f.get("notify_sender").is_some(),
+        }),
+        "extend" => {
+            let hours = f
+                .get("extend")
+                .and_then(|h| h.parse::<u64>().ok())
+                .filter(|h| EXTEND_HOURS.contains(h))
+                .ok_or_else(|| "choose how long to extend the hold".to_owned())?;
+            Ok(RequestAction::Extend {
+                until: now.saturating_add(hours * 3600),
+            })
+        }
+        _ => Err("unknown action".into()),
+    }
+}
+
+/// `POST /message/{queue_id}`: files one request.
+pub async fn act(
+    AxState(desk): AxState<Arc<Desk>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    UrlPath(queue_id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let fields = Fields::parse(&body);
+    let who = match desk.writer(&headers, peer, &fields).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if who.role < Role::Reviewer {
+        return desk.refuse(
+            Some(&who),
+            StatusCode::FORBIDDEN,
+            "Your role (viewer) may only read.",
+        );
+    }
+    let Ok(id) = QueueId::parse(&queue_id) else {
+        return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
+    };
+    let now = desk.now();
+    let action = match action_of(&fields, now) {
+        Ok(a) => a,
+        Err(e) => return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(comment) = fields.get("comment").map(str::to_owned) else {
+        return desk.refuse(
+            Some(&who),
+            StatusCode::BAD_REQUEST,
+            "A comment is required.",
+        );
+    };
+    let client = desk.client(&headers, peer);
+    let outcome = submit(&desk, &who, id.clone(), action, comment, client, now).await;
+    match outcome {
+        Outcome::Filed => Redirect::to(&format!("{}/message/{}", desk.base(), id)).into_response(),
+        Outcome::Refused(status, message) => desk.refuse(Some(&who), status, &message),
+    }
+}
+
+/// What became of one request.
+pub(super) enum Outcome {
+    Filed,
+    Refused(StatusCode, String),
+}
+
+/// Files a request for `id` when `who` may act on it; a Conflict is a 409 and changes
+/// nothing.
+pub(super) async fn submit(
+    desk: &Arc<Desk>,
+    who: &Who,
+    id: QueueId,
+    action: RequestAction,
+    comment: String,
+    client: String,
+    now: u64,
+) -> Outcome {
+    let request = NewRequest {
+        queue_id: id,
+        action,
+        who: who.user.clone(),
+        via: Via::Desk,
+        remote: Some(client),
+        comment,
+        at: now,
+    };
+    let role = who.role;
+    let done = desk
+        .store(move |i| {
+            let record = i.record(&request.queue_id).map_err(SubmitError::from)?;
+            if needs_admin(&record) && role < Role::Admin {
+                return Ok(None);
+            }
+            i.submit(&request).map(Some)
+        })
+        .await;
+    match done {
+        Ok(Ok(Some(r))) => {
+            info!(
+                queue_id = %r.queue_id,
+                user = %text::neutralize(&r.who),
+                action = r.action.name(),
+                request = r.id,
+                "review desk: request filed"
+            );
+            Outcome::Filed
+        }
+        Ok(Ok(None)) => Outcome::Refused(
+            StatusCode::FORBIDDEN,
+            "Only an admin may act on this hold.".into(),
+        ),
+        Ok(Err(SubmitError::Conflict(why))) => Outcome::Refused(StatusCode::CONFLICT, why),
+        Ok(Err(SubmitError::NotFound(_)))
+        | Ok(Err(SubmitError::Store(crate::quarantine::StoreError::NotFound(_)))) => {
+            Outcome::Refused(StatusCode::NOT_FOUND, "No record for this queue id.".into())
+        }
+        Ok(Err(SubmitError::Invalid(why))) => Outcome::Refused(StatusCode::BAD_REQUEST, why),
+        Ok(Err(SubmitError::Store(e))) => {
+            error!(
+                "review desk: quarantine store: {}",
+                text::neutralize(&e.to_string())
+            );
+            Outcome::Refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The quarantine store failed; see the daemon's log.".into(),
+            )
+        }
+        Err(_) => Outcome::Refused(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()),
+    }
+}
