@@ -315,6 +315,7 @@ fn the_desk_in_headless_chromium() {
         "list.png",
         "list-after-release.png",
         "message.png",
+        "message-after-release.png",
         "failure.png",
     ] {
         let _ = std::fs::remove_file(shots.join(shot));

@@ -196,7 +196,7 @@ try {
   await stale.goto(`${DESK}/message/${IDS.hostile}`);
 
   await step('release with a comment: the desk shows the request pending', async () => {
-    await page.fill('#act textarea[name=comment]', 'checked with the sender by phone');
+    await page.fill('#act [name=comment]', 'checked with the sender by phone');
     const r = await submitWith(page, '#act button[name=action][value=release]');
     equal(r.status(), 303, 'status of the release POST');
     equal(new URL(page.url()).pathname, `/message/${IDS.hostile}`, 'back on the message page');
@@ -207,6 +207,9 @@ try {
     check(row.includes('checked with the sender by phone'), `the comment: ${row}`);
     equal((await rows.first().locator('td.state').textContent()).trim(), 'pending', 'the request state');
     equal(await page.locator('#act').count(), 0, 'no second action form while the request is open');
+    const audit = await page.locator('#audit tbody tr').last().textContent();
+    check(audit.includes(REVIEWER) && audit.includes('release'), `the audit trail names the reviewer: ${audit}`);
+    await page.screenshot({ path: path.join(SHOTS, 'message-after-release.png'), fullPage: true });
     await page.goto(`${DESK}/`);
     const cell = await page.locator(`#held tr[data-queue-id="${IDS.hostile}"] .req`).textContent();
     equal(cell.trim(), 'release: pending', 'the list shows the request');
@@ -214,7 +217,7 @@ try {
   });
 
   await step('a second release of the same message is refused with 409', async () => {
-    await stale.fill('#act textarea[name=comment]', 'me too');
+    await stale.fill('#act [name=comment]', 'me too');
     const r = await submitWith(stale, '#act button[name=action][value=release]');
     equal(r.status(), 409, 'status of the second release');
     check((await stale.locator('#refusal').count()) === 1, 'the refusal page');
