@@ -32,6 +32,14 @@ const HOSTILE: &str = "5B2C3D4E5F";
 const SMALL: &str = "6C3D4E5F60";
 const STORM: &str = "7D4E5F6071";
 
+/// The screenshots the script saves (full pages).
+const SCREENSHOTS: [&str; 4] = [
+    "list.png",
+    "message.png",
+    "list-after-release.png",
+    "message-after-release.png",
+];
+
 const HOSTILE_SUBJECT: &str = "Invoice <script>alert(1)</script> \u{202E}fdp.exe";
 
 /// Where the browser test's tools are, or why it cannot run.
@@ -293,11 +301,9 @@ fn the_desk_in_headless_chromium() {
         users.display()
     );
     let conf = root.path().join("fanout-milter.toml");
-    std::fs::write(
-        &conf,
-        common::with_listen(&format!("inet:127.0.0.1:{}", free_port()), &body),
-    )
-    .expect("write the configuration");
+    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
+    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
+        .expect("write the configuration");
     passwd(
         &conf,
         root.path(),
@@ -307,17 +313,11 @@ fn the_desk_in_headless_chromium() {
     );
     passwd(&conf, root.path(), "victor", "viewer", "victor-only-looks");
 
-    let mut milter = Milter::start_file(root.path(), "", conf.clone());
+    let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
     wait_for("the desk to listen", || listening(port).then_some(()));
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
-    for shot in [
-        "list.png",
-        "list-after-release.png",
-        "message.png",
-        "message-after-release.png",
-        "failure.png",
-    ] {
+    for shot in SCREENSHOTS.iter().chain(&["failure.png"]) {
         let _ = std::fs::remove_file(shots.join(shot));
     }
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -344,7 +344,7 @@ fn the_desk_in_headless_chromium() {
         milter.log()
     );
     eprintln!("{output}");
-    for shot in ["list.png", "message.png"] {
+    for shot in SCREENSHOTS {
         let len = std::fs::metadata(shots.join(shot))
             .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
             .len();
