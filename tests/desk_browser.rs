@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! The review desk in a real browser: the daemon binary serves `[review] listen` on a
+//! free loopback port over a store seeded with held records, `review passwd` makes a
+//! reviewer and a viewer, and `tests/browser/desk.mjs` drives Debian's chromium headless
+//! with playwright-core (login, filters, a hostile subject shown as text, a release, a
+//! second release refused, a forged cross-site form refused, a viewer who cannot act).
+//! Screenshots land in `target/desk-screenshots/`.
+//!
+//! Needs `/usr/bin/chromium` (or `FANOUT_CHROMIUM`), `node`, and `npm ci` run in
+//! `tests/browser/`; `scripts/test` installs them. Without them the test is skipped with
+//! its reason, unless `FANOUT_REQUIRE_BROWSER=1`, which makes it fail.
+
+mod common;
+
+use common::{ChildGuard, Milter, free_port, listening, wait_for};
+use fanout_milter::quarantine::{
+    HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store,
+};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanout-milter");
+
+/// How long the browser script may run in all.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
+
+/// The seeded held messages (queue ids the script is told).
+const BIG: &str = "4A1B2C3D4E";
+const HOSTILE: &str = "5B2C3D4E5F";
+const SMALL: &str = "6C3D4E5F60";
+const STORM: &str = "7D4E5F6071";
+
+/// The screenshots the script saves (full pages).
+const SCREENSHOTS: [&str; 4] = [
+    "list.png",
+    "message.png",
+    "list-after-release.png",
+    "message-after-release.png",
+];
+
+const HOSTILE_SUBJECT: &str = "Invoice <script>alert(1)</script> \u{202E}fdp.exe";
+
+/// Where the browser test's tools are, or why it cannot run.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("FANOUT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        return Err(format!("{} is missing", chromium.display()));
+    }
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node_ok {
+        return Err("node is missing".into());
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Err(format!(
+            "{}/node_modules lacks playwright-core (run npm ci there)",
+            dir.display()
+        ));
+    }
+    Ok((chromium, dir))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+fn rule(rule: &str, action: &str, message: &str) -> Value {
+    json!({"rule": rule, "action": action, "message": message})
+}
+
+fn list(address: &str, size: u64, external: u64) -> Value {
+    json!({"address": address, "size": size, "external": external})
+}
+
+/// A held message as the milter records it (built from its serialised form: the
+/// list and rule types are the record's own).
+#[allow(clippy::too_many_arguments)]
+fn held(
+    queue_id: &str,
+    age: u64,
+    sender: &str,
+    sasl: Option<&str>,
+    recipients: &[&str],
+    audience: u64,
+    external: u64,
+    lists: Vec<Value>,
+    subject: &str,
+    rules: Vec<Value>,
+) -> HeldMessage {
+    let message_id = format!("<{queue_id}@example.org>");
+    serde_json::from_value(json!({
+        "queue_id": queue_id,
+        "held_at": now() - age,
+        "sender": sender,
+        "sasl_login": sasl,
+        "client": "192.0.2.10",
+        "recipients": recipients,
+        "audience": audience,
+        "external": external,
+        "lists": lists,
+        "top_domains": if external > 0 {
+            json!([["example.org", audience - external], ["partner.example", external]])
+        } else {
+            json!([["example.org", audience]])
+        },
+        "visible": recipients,
+        "subject": subject,
+        "message_id": message_id,
+        "thread_key": format!("t-{queue_id}"),
+        "rules": rules,
+        "recorded_by": "milter",
+        "headers": [
+            ["From", sender],
+            ["To", recipients.join(", ")],
+            ["Subject", subject],
+            ["Message-ID", message_id],
+        ],
+    }))
+    .expect("a held message")
+}
+
+/// Four held messages: a huge list mail, a hostile one (markup and bidi in subject,
+/// sender and list name), a small one, and a storm hold only an admin may act on.
+fn seed(state: &Path) {
+    let store = Store::open(state).expect("open the store");
+    let records = [
+        held(
+            BIG,
+            3 * 3600,
+            "comms@example.org",
+            Some("comms"),
+            &["all-staff@example.org", "board@example.org"],
+            840_000,
+            12_000,
+            vec![
+                list("all-staff@example.org", 839_990, 12_000),
+                list("board@example.org", 10, 0),
+            ],
+            "Quarterly update",
+            vec![rule(
+                "limits.audience",
+                "quarantine",
+                "840,000 recipients >= quarantine level 500",
+            )],
+        ),
+        held(
+            HOSTILE,
+            40 * 60,
+            "mallory<b>x</b>\u{202E}@example.org",
+            None,
+            &["<b>team</b>\u{202E}@example.org"],
+            250,
+            40,
+            vec![list("<b>team</b>\u{202E}@example.org", 250, 40)],
+            HOSTILE_SUBJECT,
+            vec![rule(
+                "hidden.envelope",
+                "quarantine",
+                "250 recipients, none of them visible",
+            )],
+        ),
+        held(
+            SMALL,
+            10 * 60,
+            "carol@example.org",
+            Some("carol"),
+            &["project-x@example.org"],
+            30,
+            0,
+            vec![list("project-x@example.org", 30, 0)],
+            "Minutes of Monday",
+            vec![rule(
+                "restricted",
+                "quarantine",
+                "project-x@example.org is restricted",
+            )],
+        ),
+        held(
+            STORM,
+            5 * 60,
+            "bot@example.org",
+            None,
+            &["support@example.org"],
+            1_200,
+            0,
+            vec![list("support@example.org", 1_200, 0)],
+            "Re: Re: Re: out of office",
+            vec![rule("storm", "quarantine", "42 replies in 5 minutes")],
+        ),
+    ];
+    for r in &records {
+        store
+            .record_held(r, "milter", Some("held by the seed"))
+            .expect("record a held message");
+    }
+}
+
+fn passwd(conf: &Path, dir: &Path, user: &str, role: &str, password: &str) {
+    let file = dir.join(format!("{user}.password"));
+    std::fs::write(&file, format!("{password}\n")).expect("write the password");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(conf)
+        .args(["review", "passwd", user, "--role", role, "--password-file"])
+        .arg(&file)
+        .output()
+        .expect("run review passwd");
+    assert!(out.status.success(), "review passwd {user}: {out:?}");
+    std::fs::remove_file(&file).expect("remove the password file");
+}
+
+/// Waits up to `limit` for `child` to exit; its status, or `None` while it runs.
+fn exited(child: &mut ChildGuard, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        let c = child.0.as_mut()?;
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            child.0 = None;
+            return Some(status);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `node desk.mjs` with `env`; after [`SCRIPT_DEADLINE`] it gets SIGTERM (on
+/// which playwright closes chromium), then SIGKILL. Its success and output.
+fn run_script(dir: &Path, log: &Path, env: &[(&str, String)]) -> (bool, String) {
+    let out = std::fs::File::create(log).expect("script log");
+    let mut cmd = Command::new("node");
+    cmd.arg("desk.mjs")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log handle"))
+        .stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = ChildGuard(Some(cmd.spawn().expect("start node")));
+    let status = exited(&mut child, SCRIPT_DEADLINE).or_else(|| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        exited(&mut child, Duration::from_secs(10));
+        None
+    });
+    drop(child);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), text),
+        None => (
+            false,
+            format!("{text}\n(stopped after {SCRIPT_DEADLINE:?})"),
+        ),
+    }
+}
+
+#[test]
+fn the_desk_in_headless_chromium() {
+    let (chromium, script_dir) = match browser() {
+        Ok(found) => found,
+        Err(why) if std::env::var("FANOUT_REQUIRE_BROWSER").as_deref() == Ok("1") => {
+            panic!("the browser test cannot run: {why}; scripts/test installs it")
+        }
+        Err(why) => {
+            eprintln!("skipped: the browser test cannot run: {why} (scripts/test installs it)");
+            return;
+        }
+    };
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = root.path().join("state");
+    let users = root.path().join("review-users");
+    seed(&state);
+
+    let port = free_port();
+    let desk = format!("http://127.0.0.1:{port}");
+    let body = format!(
+        "[domains]\ninternal = [\"example.org\"]\n\
+         [quarantine]\nstate_dir = \"{}\"\n\
+         [postfix]\nrecipient_delimiter = \"+\"\nmyorigin = \"example.org\"\n\
+         [review]\nlisten = \"inet:127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
+        state.display(),
+        users.display()
+    );
+    let conf = root.path().join("fanout-milter.toml");
+    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
+    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
+        .expect("write the configuration");
+    passwd(
+        &conf,
+        root.path(),
+        "rita",
+        "reviewer",
+        "rita-reviews-at-3am",
+    );
+    passwd(&conf, root.path(), "victor", "viewer", "victor-only-looks");
+
+    let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
+    wait_for("the desk to listen", || listening(port).then_some(()));
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
+    for shot in SCREENSHOTS.iter().chain(&["failure.png"]) {
+        let _ = std::fs::remove_file(shots.join(shot));
+    }
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let fixture = format!(
+        "{{\"big\":\"{BIG}\",\"hostile\":\"{HOSTILE}\",\"small\":\"{SMALL}\",\"storm\":\"{STORM}\"}}"
+    );
+    let (ok, output) = run_script(
+        &script_dir,
+        &root.path().join("browser.log"),
+        &[
+            ("DESK_URL", desk),
+            ("DESK_REVIEWER", "rita".into()),
+            ("DESK_REVIEWER_PASSWORD", "rita-reviews-at-3am".into()),
+            ("DESK_VIEWER", "victor".into()),
+            ("DESK_VIEWER_PASSWORD", "victor-only-looks".into()),
+            ("DESK_FIXTURE", fixture),
+            ("DESK_SCREENSHOTS", shots.display().to_string()),
+            ("CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    assert!(
+        ok,
+        "the browser script failed:\n{output}\ndaemon log:\n{}",
+        milter.log()
+    );
+    eprintln!("{output}");
+    for shot in SCREENSHOTS {
+        let len = std::fs::metadata(shots.join(shot))
+            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
+            .len();
+        assert!(len > 10_000, "{shot} is only {len} bytes");
+    }
+
+    // What the browser did, as the store saw it: one release by the reviewer, pending
+    // (no worker runs here); the forged form and the viewer changed nothing.
+    let store = Store::open(&state).expect("reopen the store");
+    let requests = |id: &str| {
+        let record = store
+            .record(&QueueId::parse(id).unwrap())
+            .expect("a record");
+        store.requests(record.id).expect("its requests")
+    };
+    let filed = requests(HOSTILE);
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    assert_eq!(filed[0].who, "rita");
+    assert_eq!(filed[0].action, RequestAction::Release);
+    assert_eq!(filed[0].state, RequestState::Pending);
+    assert_eq!(filed[0].remote.as_deref(), Some("127.0.0.1"));
+    assert!(
+        filed[0].comment.contains("checked with the sender"),
+        "{filed:?}"
+    );
+    for id in [BIG, SMALL, STORM] {
+        assert!(requests(id).is_empty(), "{id}: {:?}", requests(id));
+    }
+
+    assert!(milter.stop().success(), "{}", milter.log());
+}
