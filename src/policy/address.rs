@@ -624,6 +624,17 @@ mod tests {
     }
 
     #[test]
+    fn empty_sets_equal_globs_and_the_delimiter_as_written() {
+        assert!(DomainSet::default().is_empty());
+        assert!(!DomainSet::new(["example.org"]).unwrap().is_empty());
+        assert!(!DomainSet::new(["*.example.org"]).unwrap().is_empty());
+        let globs = |p: &[&str]| AddressGlobs::new(p.iter().copied()).unwrap();
+        assert!(globs(&["*@a.example"]) == globs(&["*@a.example"]));
+        assert!(globs(&["*@a.example"]) != globs(&["*@b.example"]));
+        assert_eq!(RecipientDelimiter::new("+-").as_str(), "+-");
+    }
+
+    #[test]
     fn domain_set_rejects_bad_patterns() {
         assert_eq!(
             DomainSet::new(["ok.org", "a.*.org"]).unwrap_err(),
