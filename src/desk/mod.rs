@@ -33,6 +33,9 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use users::Users;
 
+/// Password checks (argon2) running at once; see `Desk::verifying`.
+pub const MAX_VERIFYING: usize = 2;
+
 /// The largest request body the desk reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -48,6 +51,10 @@ pub struct Desk {
     users: Users,
     sessions: Sessions,
     limiter: Limiter,
+    /// Password checks running at once: argon2 takes ~20 MiB and tens of milliseconds
+    /// each, on the blocking pool the milter's store writes also use, so a flood of
+    /// logins must not queue there (a login beyond this answers 503).
+    verifying: tokio::sync::Semaphore,
     key: [u8; KEY_BYTES],
     review: ReviewSettings,
     quarantine: QuarantineSettings,
@@ -72,6 +79,7 @@ impl Desk {
             users: Users::new(review.users_file.clone()),
             sessions: Sessions::new(review.session_idle, review.session_lifetime),
             limiter: Limiter::default(),
+            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
             key,
             public_origin: guard::origin_of(&review.public_url),
             review,

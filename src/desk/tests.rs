@@ -8,7 +8,7 @@ use crate::quarantine::record::RuleHit;
 use crate::quarantine::store::tests::held;
 use crate::quarantine::{HeldMessage, RequestAction, RequestState, Store, Via};
 use axum::body::Body;
-use axum::http::{HeaderMap, Request as HttpRequest, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Request as HttpRequest, StatusCode};
 use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -776,6 +776,38 @@ async fn sso_header_is_believed_only_from_a_trusted_proxy() {
     }
     let (status, _, _) = f.send(from([192, 0, 2, 7], "mallory")).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "an unknown user is nobody");
+    let mut twice = from([192, 0, 2, 7], "alice");
+    twice
+        .headers_mut()
+        .append("x-remote-user", HeaderValue::from_static("sam"));
+    let (status, _, _) = f.send(twice).await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "a header given twice names nobody (a proxy that appends)"
+    );
+}
+
+#[tokio::test]
+async fn logins_never_queue_password_checks_and_bad_names_cost_no_hash() {
+    let f = fixture();
+    let long = "a".repeat(70);
+    for name in ["bad name", "<b>", long.as_str()] {
+        let (status, _, _) = f
+            .post("/login", None, &[("user", name), ("password", "x")])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+    }
+    let held: Vec<_> = (0..MAX_VERIFYING)
+        .map(|_| f.desk.verifying.try_acquire().unwrap())
+        .collect();
+    let (status, headers, body) = f
+        .post("/login", None, &[("user", "alice"), ("password", PASSWORD)])
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    drop(held);
+    f.login("alice").await;
 }
 
 #[tokio::test]

@@ -326,8 +326,9 @@ pub trait QuarantineIndex: Send + Sync {
 
 /// Rules whose holds only an admin may act on: a reply-all storm, a list that
 /// suddenly grew (a broken dynamic list, the incident's cause), a sender reaching
-/// beyond their scope, and the relay-wide breaker.
-const ADMIN_RULES: [&str; 4] = ["storm", "drift", "scope", "breaker"];
+/// beyond their scope, the relay-wide breaker, and the emergency brake (an admin
+/// pulled it during an incident; releasing what it holds is an admin's call too).
+const ADMIN_RULES: [&str; 5] = ["storm", "drift", "scope", "breaker", "brake"];
 
 /// Whether acting on this record needs the admin role: a rule at reject level fired,
 /// the hold is one of [`ADMIN_RULES`], or another tool held it (a content filter's

@@ -245,7 +245,11 @@ impl QuarantineIndex for Store {
             return Err(SubmitError::Invalid("a comment is required".into()));
         }
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        // IMMEDIATE: the write lock from the start, so a worker writing between this
+        // read and the insert makes SQLite wait (busy_timeout), not fail the snapshot.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
         let found: Option<(i64, String)> = tx
             .query_row(
                 "SELECT id, state FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
@@ -705,6 +709,34 @@ mod tests {
         let retry = store.submit(&request("AAAAAA1", RequestAction::Release));
         assert!(retry.is_ok(), "{retry:?}");
         assert_eq!(store.requests(r.held_id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_sweep_cannot_expire_a_message_with_an_open_request() {
+        let (_d, store) = store();
+        fill(&store);
+        let r = store
+            .submit(&request("AAAAAA1", RequestAction::Release))
+            .unwrap();
+        let entry = AuditEntry {
+            at: 600,
+            who: "sweep".into(),
+            action: "expire".into(),
+            comment: None,
+        };
+        let refused = store.set_state_unrequested(r.held_id, State::Held, State::Expired, &entry);
+        assert!(
+            matches!(refused, Err(StoreError::RequestOpen { .. })),
+            "{refused:?}"
+        );
+        let id = QueueId::parse("AAAAAA1").unwrap();
+        assert_eq!(store.record(&id).unwrap().state, State::Held);
+        assert!(store.claim(r.id, 601).unwrap());
+        store.finish(r.id, false, "postsuper failed", 602).unwrap();
+        store
+            .set_state_unrequested(r.held_id, State::Held, State::Expired, &entry)
+            .unwrap();
+        assert_eq!(store.record(&id).unwrap().state, State::Expired);
     }
 
     #[test]

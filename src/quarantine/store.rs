@@ -190,6 +190,12 @@ pub enum StoreError {
         /// The state found (or `missing`).
         found: String,
     },
+    /// A request for the record is open: the sweep leaves it to the worker.
+    #[error("quarantine record {id} has an open request: the worker acts on it, not the sweep")]
+    RequestOpen {
+        /// Row id.
+        id: i64,
+    },
     /// Opening the database did not finish in time (see [`Store::open`]).
     #[error(
         "quarantine store {}: opening it did not finish within {after:?}: is a FIFO or \
@@ -585,6 +591,43 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let changed = tx
+            .execute(
+                "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",
+                params![id, from.as_str(), to.as_str(), entry.at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(self.state_changed(&tx, id, from));
+        }
+        insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// [`Store::set_state`], unless a request for the record is open (pending or
+    /// running): the sweep's expiry must not overtake a reviewer's decision filed while
+    /// it ran. Then nothing changes and the error says so.
+    pub fn set_state_unrequested(
+        &self,
+        id: i64,
+        from: State,
+        to: State,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let open: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM requests WHERE held_id = ?1 AND state IN ('pending', 'running')",
+                params![id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if open > 0 {
+            return Err(StoreError::RequestOpen { id });
+        }
         let changed = tx
             .execute(
                 "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",

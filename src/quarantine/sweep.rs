@@ -94,9 +94,14 @@ impl Review<'_> {
             OnExpiry::Keep => return false,
         };
         // Claimed first, as release and discard do: an admin's decision that came in
-        // since the sweep read the record wins.
-        if let Err(e) = self.claim_record(r, State::Expired, "expire", Some(comment.clone())) {
-            report.fail(e);
+        // since the sweep read the record wins, and so does a request filed since (the
+        // claim checks for an open request in the same transaction).
+        let entry = self.entry("expire", Some(comment.clone()));
+        if let Err(e) = self
+            .store
+            .set_state_unrequested(r.id, State::Held, State::Expired, &entry)
+        {
+            report.fail(format!("{id}: {e}"));
             return false;
         }
         let result = match action {

@@ -84,6 +84,20 @@ pub async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
         return r;
     }
+    // A name no account can have costs no hash, and never becomes a limiter key.
+    if users::check_name(&name).is_err() {
+        info!(client = %client, "review desk: failed login with a malformed user name");
+        return again("Wrong user name or password.", StatusCode::UNAUTHORIZED);
+    }
+    let Ok(_permit) = desk.verifying.try_acquire() else {
+        let mut r = again(
+            "The desk is busy checking other logins; try again in a moment.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return r;
+    };
     let user = match desk.user(&name).await {
         Ok(u) => u,
         Err(r) => return r,

@@ -101,6 +101,18 @@ struct Who {
     brake: Option<Option<Brake>>,
 }
 
+/// The user a trusted proxy names in `header`: only when the header is there exactly
+/// once (a proxy that appends rather than replaces would otherwise let its client's
+/// own copy win).
+fn sso_user<'h>(headers: &'h HeaderMap, header: &str) -> Option<&'h str> {
+    let mut all = headers.get_all(header).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
+}
+
 /// The page header's view of the user, and the brake banner.
 pub struct Head {
     user: Shown,
@@ -252,7 +264,7 @@ impl Desk {
     ) -> Result<Option<Who>, Response> {
         if let Some(name) = self.review.user_header.as_deref()
             && self.trusted(peer.0)
-            && let Some(user) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Some(user) = sso_user(headers, name)
         {
             let user = user.trim();
             return Ok(self.user(user).await?.map(|u| Who {
