@@ -11,7 +11,7 @@ use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, S
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// One HTTP/1.1 request on a new connection; the whole answer (status line, headers,
 /// body).
@@ -179,47 +179,10 @@ users_file = "{users}"
     }
 }
 
-/// `fanout-milter quarantine worker`, killed when dropped.
-struct Worker {
-    child: ChildGuard,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(d: &Desk) -> Worker {
-        let log = d.dir.path().join("worker.log");
-        let file = std::fs::File::create(&log).expect("worker log");
-        let child = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
-            .arg("-c")
-            .arg(&d.config)
-            .args(["quarantine", "worker"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start the worker");
-        let mut w = Worker {
-            child: ChildGuard(Some(child)),
-            log,
-        };
-        wait_for("the worker to start", || {
-            if let Some(status) = w.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the worker exited early ({status}):\n{}", w.log());
-            }
-            w.log().contains("worker starting").then_some(())
-        });
-        w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 #[test]
 fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
     let d = Desk::start("desk-release");
-    let _worker = Worker::start(&d);
+    let _worker = Worker::start(d.dir.path(), &d.config, &[]);
     let id = d.send_held("desk-release-1", 6);
     let page = format!("/message/{id}");
 

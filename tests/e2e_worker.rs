@@ -11,7 +11,7 @@ use fanout_milter::quarantine::{
     NewRequest, QuarantineIndex, QueueId, Request, RequestAction, RequestState, State, Store, Via,
 };
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 struct Setup {
@@ -187,68 +187,17 @@ fn worker_unit_caps() -> String {
         .join(",")
 }
 
-/// `fanout-milter quarantine worker`, with its unit's NoNewPrivileges and capability
-/// bounding set (setpriv), killed when dropped.
-struct Worker {
-    child: ChildGuard,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(s: &Setup) -> Worker {
-        let log = s.dir.path().join(format!("worker-{}.log", free_port()));
-        let file = std::fs::File::create(&log).expect("worker log");
-        let child = Command::new("setpriv")
-            .arg("--no-new-privs")
-            .arg(format!("--bounding-set=-all,{}", worker_unit_caps()))
-            .arg("--inh-caps=-all")
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_fanout-milter"))
-            .arg("-c")
-            .arg(&s.config)
-            .arg("quarantine")
-            .arg("worker")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start the worker");
-        let mut w = Worker {
-            child: ChildGuard(Some(child)),
-            log,
-        };
-        wait_for("the worker to start", || {
-            if let Some(status) = w.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the worker exited early ({status}):\n{}", w.log());
-            }
-            w.log().contains("worker starting").then_some(())
-        });
-        w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The worker's log line about request `id`.
-    fn line(&self, r: &Request) -> String {
-        wait_for(&format!("the worker's line for request {}", r.id), || {
-            self.log()
-                .lines()
-                .find(|l| l.contains(&format!("request={} ", r.id)))
-                .map(str::to_owned)
-        })
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.pid()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("kill");
-        self.child.wait()
-    }
+/// `fanout-milter quarantine worker` under its unit's NoNewPrivileges and capability
+/// bounding set (setpriv).
+fn start_worker(s: &Setup) -> Worker {
+    let wrapper = [
+        "setpriv".to_owned(),
+        "--no-new-privs".to_owned(),
+        format!("--bounding-set=-all,{}", worker_unit_caps()),
+        "--inh-caps=-all".to_owned(),
+        "--".to_owned(),
+    ];
+    Worker::start(s.dir.path(), &s.config, &wrapper)
 }
 
 #[test]
@@ -257,7 +206,7 @@ fn the_worker_carries_out_desk_requests_and_records_the_tools_words() {
     let a = s.send_held("w-release-me", 6);
     let b = s.send_held("w-discard-me", 6);
     let c = s.send_held("w-deleted-by-hand", 6);
-    let worker = Worker::start(&s);
+    let worker = start_worker(&s);
 
     let release = s.file(&a, RequestAction::Release, "checked with Ann");
     let done = s.finished(&release);
@@ -292,7 +241,7 @@ fn the_worker_carries_out_desk_requests_and_records_the_tools_words() {
             .as_str()
         )
     );
-    let line = worker.line(&release);
+    let line = worker.line(release.id);
     assert!(
         line.contains(&a) && line.contains("state=\"done\"") && line.contains("who=carol"),
         "{line}"
@@ -386,7 +335,7 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
         "{show}"
     );
 
-    let worker = Worker::start(&s);
+    let worker = start_worker(&s);
     for r in [&pending, &running] {
         let done = s.finished(r);
         assert_eq!(done.state, RequestState::Done, "{done:?}");
@@ -394,7 +343,7 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
     for subject in ["w-pending-before-start", "w-running-at-crash"] {
         assert_eq!(s.sink.wait_for(subject).rcpts.len(), 6);
     }
-    assert!(worker.line(&running).contains("resumed=true"));
+    assert!(worker.line(running.id).contains("resumed=true"));
     assert!(worker.stop().success());
     for subject in ["w-pending-before-start", "w-running-at-crash"] {
         let copies: Vec<_> = s

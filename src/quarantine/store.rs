@@ -591,6 +591,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        self.transition(tx, id, from, to, entry)
+    }
+
+    /// Moves record `id` from `from` to `to` with an audit entry, and commits.
+    fn transition(
+        &self,
+        tx: rusqlite::Transaction<'_>,
+        id: i64,
+        from: State,
+        to: State,
+        entry: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let changed = tx
             .execute(
                 "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",
@@ -628,17 +640,7 @@ impl Store {
         if open > 0 {
             return Err(StoreError::RequestOpen { id });
         }
-        let changed = tx
-            .execute(
-                "UPDATE held SET state = ?3, state_at = ?4 WHERE id = ?1 AND state = ?2",
-                params![id, from.as_str(), to.as_str(), entry.at as i64],
-            )
-            .map_err(|e| self.err(e))?;
-        if changed == 0 {
-            return Err(self.state_changed(&tx, id, from));
-        }
-        insert_audit(&tx, id, entry).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+        self.transition(tx, id, from, to, entry)
     }
 
     /// The error for a transition that found record `id` not in state `expected`.

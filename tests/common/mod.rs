@@ -707,3 +707,70 @@ pub fn reply_all(from: &str, subject: &str, thread: &str, to: &[String]) -> Vec<
     )
     .into_bytes()
 }
+
+/// `fanout-milter quarantine worker` for the configuration `config`, as root, or, with
+/// `wrapper`, under that command (e.g. setpriv with a unit's capabilities); killed when
+/// dropped. Its log goes to a file in `dir`.
+pub struct Worker {
+    /// The process.
+    pub child: ChildGuard,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// Starts it and waits until it says it is starting.
+    pub fn start(dir: &Path, config: &Path, wrapper: &[String]) -> Worker {
+        let log = dir.join(format!("worker-{}.log", free_port()));
+        let file = std::fs::File::create(&log).expect("worker log");
+        let binary = env!("CARGO_BIN_EXE_fanout-milter").to_owned();
+        let mut argv: Vec<String> = wrapper.to_vec();
+        argv.push(binary);
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .arg("-c")
+            .arg(config)
+            .args(["quarantine", "worker"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the worker");
+        let mut w = Worker {
+            child: ChildGuard(Some(child)),
+            log,
+        };
+        wait_for("the worker to start", || {
+            if let Some(status) = w.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the worker exited early ({status}):\n{}", w.log());
+            }
+            w.log().contains("worker starting").then_some(())
+        });
+        w
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its log line about request `id`.
+    pub fn line(&self, id: i64) -> String {
+        wait_for(&format!("the worker's line for request {id}"), || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(&format!("request={id} ")))
+                .map(str::to_owned)
+        })
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("kill");
+        self.child.wait()
+    }
+}
