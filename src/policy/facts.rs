@@ -185,7 +185,9 @@ mod tests {
     #[test]
     fn recipient_set_normalises_and_dedups() {
         let mut set = RecipientSet::new();
+        assert!(set.is_empty());
         assert!(set.add("<a@Example.org>"));
+        assert!(!set.is_empty());
         assert!(!set.add("a@example.org"));
         assert!(!set.add("<a@EXAMPLE.ORG>"));
         assert!(set.add("A@example.org"), "local parts keep their case");

@@ -86,6 +86,15 @@ mod tests {
     }
 
     #[test]
+    fn a_line_is_cut_only_beyond_its_limit() {
+        let exact = "a".repeat(MAX_LINE);
+        assert_eq!(line(&exact), exact, "exactly the limit is kept whole");
+        let long = line(&"b".repeat(MAX_LINE + 1));
+        assert_eq!(long.len(), MAX_LINE);
+        assert!(long.ends_with("b..."), "{long}");
+    }
+
+    #[test]
     fn placeholders_are_filled() {
         assert_eq!(
             replies().reject_text("200 >= 100", "ABC123"),
