@@ -15,8 +15,8 @@ mod sweep;
 pub(crate) mod worker;
 
 pub use index::{
-    NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row, Sort,
-    SubmitError, Via, needs_admin,
+    COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, QuarantineIndex, Query, Request,
+    RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};
