@@ -322,9 +322,20 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
     let b = s.send_held("w-running-at-crash", 6);
     let e = s.send_held("w-extend-me", 6);
     let pending = s.file(&a, RequestAction::Release, "before the worker ran");
-    // A request the worker claimed and then died in, before it changed anything.
+    // A request the worker claimed and then died in, before it changed anything: its
+    // claimant is a process of an earlier boot.
     let running = s.file(&b, RequestAction::Release, "cut short");
     assert!(s.store.claim(running.id, now()).expect("claim"));
+    let db = rusqlite::Connection::open(s.dir.path().join("state/quarantine.sqlite")).expect("db");
+    db.execute(
+        "UPDATE requests SET claimed_by = '4242 an-earlier-boot' WHERE id = ?1",
+        [running.id],
+    )
+    .expect("an old claimant");
+    // A request a live process (this test) is carrying out is left to it.
+    let c = s.send_held("w-claimed-by-the-living", 6);
+    let live = s.file(&c, RequestAction::Release, "mine");
+    assert!(s.store.claim(live.id, now()).expect("claim"));
 
     // The command line files through the same path: an open request is a conflict.
     let out = s.admin(&["release", &a, "--comment", "me too"]);
@@ -369,6 +380,12 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
         assert_eq!(s.sink.wait_for(subject).rcpts.len(), 6);
     }
     assert!(worker.line(running.id).contains("resumed=true"));
+    assert_eq!(
+        s.request(&live).state,
+        RequestState::Running,
+        "left to its claimant"
+    );
+    assert!(s.postfix.held().contains(&c));
     assert!(worker.stop().success());
     for subject in ["w-pending-before-start", "w-running-at-crash"] {
         let copies: Vec<_> = s

@@ -5,15 +5,20 @@
 //! (`systemd/fanout-milter-worker.service`), so that the daemon serving the desk never
 //! needs root.
 //!
-//! At start it looks at every open request: a pending one is carried out, a running
-//! one (the worker stopped in it) is finished from the facts ([`Executor::resume`]).
-//! Then it looks for new requests four times a second. SIGTERM or SIGINT lets the
-//! request in progress finish, then the worker exits 0.
+//! At start and then four times a second it looks at every open request: a pending one
+//! is carried out; a running one whose claimant is gone (this worker before a crash, or
+//! an admin command killed mid-way; see [`claimant`]) is finished from the facts
+//! ([`Executor::resume`]), while one a live process is carrying out is left to it; a
+//! release to chosen recipients whose copy is on its way is looked at again
+//! ([`Executor::check_copy`]). SIGTERM or SIGINT lets the request in progress finish,
+//! then the worker exits 0.
 
 use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
-use crate::quarantine::{Executed, Executor, QuarantineIndex, Request, RequestState, Store};
+use crate::quarantine::{
+    Executed, Executor, QuarantineIndex, Request, RequestState, Store, claimant,
+};
 use crate::{VERSION, logging};
 use nix::sys::signal::{SigSet, Signal};
 use std::process::ExitCode;
@@ -58,7 +63,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
                 if stopping(&stop) {
                     break;
                 }
-                carry_out(&executor, &request);
+                look_at(&executor, &request);
             }
         }
         Err(e) => error!("cannot read the open requests: {e}"),
@@ -95,10 +100,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
                 info!("worker stopped");
                 return ExitCode::SUCCESS;
             }
-            match request.state {
-                RequestState::Pending => carry_out(&executor, &request),
-                _ => check_copy(&executor, &request),
-            }
+            look_at(&executor, &request);
         }
     }
     info!("worker stopped");
@@ -157,6 +159,18 @@ fn stop_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
             }
         })?;
     Ok(rx)
+}
+
+/// What an open request needs from this worker, if anything.
+fn look_at(executor: &Executor<'_>, request: &Request) {
+    match request.state {
+        RequestState::Pending => carry_out(executor, request),
+        RequestState::Running if request.copy_sent_at.is_some() => check_copy(executor, request),
+        RequestState::Running if claimant::gone(request.claimed_by.as_deref()) => {
+            carry_out(executor, request)
+        }
+        _ => {}
+    }
 }
 
 /// Looks again at a release to chosen recipients whose copy is on its way, and logs a

@@ -268,6 +268,8 @@ pub struct Request {
     pub copy_sent_at: Option<u64>,
     /// A release to chosen recipients: the queue id the milter accepted the copy under.
     pub copy_queue_id: Option<String>,
+    /// The process that claimed it (`PID BOOT-ID`, see [`super::claimant`]).
+    pub claimed_by: Option<String>,
 }
 
 /// What the milter learnt from the store about a copy that names a release request
@@ -382,7 +384,7 @@ pub trait QuarantineIndex: Send + Sync {
     /// up must look at.
     fn open_requests(&self) -> Result<Vec<Request>, StoreError>;
 
-    /// Claims a pending request for the worker at `now`; false when it is no longer
+    /// Claims a pending request for this process at `now`; false when it is no longer
     /// pending (another worker or command took it).
     fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError>;
 

@@ -3,6 +3,7 @@
 //! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
+pub mod claimant;
 pub(crate) mod index;
 pub(crate) mod plan;
 pub(crate) mod postfix;

@@ -68,7 +68,7 @@ fn order_by(q: &Query) -> &'static str {
 
 const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via, r.remote, \
      r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result, \
-     r.copy_sent_at, r.copy_queue_id";
+     r.copy_sent_at, r.copy_queue_id, r.claimed_by";
 
 impl Store {
     fn ids(
@@ -125,6 +125,7 @@ impl Store {
                     .map_err(|e| e.to_string())?
                     .map(|t| t as u64),
                 copy_queue_id: r.get(14).map_err(|e: rusqlite::Error| e.to_string())?,
+                claimed_by: r.get(15).map_err(|e: rusqlite::Error| e.to_string())?,
             })
         })();
         Ok(parsed)
@@ -358,9 +359,9 @@ impl QuarantineIndex for Store {
         let conn = self.conn();
         let changed = conn
             .execute(
-                "UPDATE requests SET state = 'running', started_at = ?2
+                "UPDATE requests SET state = 'running', started_at = ?2, claimed_by = ?3
                  WHERE id = ?1 AND state = 'pending'",
-                params![id, clamp(now)],
+                params![id, clamp(now), super::claimant::this_process()],
             )
             .map_err(|e| self.err(e))?;
         Ok(changed == 1)
@@ -969,6 +970,11 @@ mod tests {
             "only a running request"
         );
         assert!(store.claim(filed.id, 550).unwrap());
+        assert_eq!(
+            store.requests(filed.held_id).unwrap()[0].claimed_by,
+            Some(crate::quarantine::claimant::this_process()),
+            "the claimant is recorded"
+        );
         assert_eq!(store.copy_token(filed.id, "t1").unwrap(), "t1");
         for (m, why) in [
             (
@@ -1029,6 +1035,7 @@ mod tests {
                 "copy_sent_at",
                 "copy_queue_id",
                 "copy_seen_at",
+                "claimed_by",
             ] {
                 conn.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {c}"))
                     .unwrap();

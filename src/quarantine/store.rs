@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS requests (
     copy_token   TEXT,
     copy_sent_at INTEGER,
     copy_queue_id TEXT,
-    copy_seen_at INTEGER
+    copy_seen_at INTEGER,
+    claimed_by   TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_held ON requests(held_id);
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state, id);
@@ -105,10 +106,11 @@ UPDATE held SET
                       FROM json_each(facts, '$.lists')), '');
 ";
 
-/// Brings a version 3 store to version 4: how far a release to chosen recipients got
-/// (the copy's secret token, when the worker handed it to Postfix, and the queue id the
-/// milter saw it under).
+/// Brings a version 3 store to version 4: which process claimed a request, and how far
+/// a release to chosen recipients got (the copy's secret token, when the worker handed
+/// it to Postfix, and the queue id the milter saw it under).
 const MIGRATE_3_TO_4: &str = "
+ALTER TABLE requests ADD COLUMN claimed_by TEXT;
 ALTER TABLE requests ADD COLUMN copy_token TEXT;
 ALTER TABLE requests ADD COLUMN copy_sent_at INTEGER;
 ALTER TABLE requests ADD COLUMN copy_queue_id TEXT;
