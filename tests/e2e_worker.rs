@@ -524,7 +524,9 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\n/usr/sbin/sendmail \"$@\"\nrc=$?\n\
+                "#!/bin/sh\n\
+                 if [ -e {d}/kill-first ]; then rm -f {d}/kill-first; kill -9 $PPID; fi\n\
+                 /usr/sbin/sendmail \"$@\"\nrc=$?\n\
                  if [ -e {d}/kill-next ]; then rm -f {d}/kill-next; kill -9 $PPID; fi\n\
                  exit $rc\n",
                 d = dir.display()
@@ -537,6 +539,7 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     });
     let a = s.send_held("w-copy-plain", 6);
     let b = s.send_held("w-copy-crash", 6);
+    let b2 = s.send_held("w-copy-early-crash", 6);
     let c = s.send_held("w-copy-cli", 6);
 
     let worker = start_worker(&s);
@@ -550,7 +553,10 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     );
     let done = s.finished(&r);
     assert_eq!(done.state, RequestState::Done, "{done:?}");
-    let copy = done.copy_queue_id.clone().expect("the milter saw the copy");
+    let copy = done
+        .copy_queue_id
+        .clone()
+        .expect("the worker released a copy");
     let result = done.result.clone().unwrap_or_default();
     assert!(
         result.contains(&format!("as a copy ({copy})")) && result.contains("Deleted: 1 message"),
@@ -582,36 +588,57 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     assert!(
         s._milter
             .log()
-            .contains("the copy of a message released to chosen recipients"),
+            .contains("the copy of a message released to chosen recipients, held for the worker"),
         "{}",
         s._milter.log()
     );
+    let copy_record = s
+        .store
+        .record(&QueueId::parse(&copy).unwrap())
+        .expect("the copy's record");
+    assert_eq!(copy_record.state, State::Released);
+    assert_eq!(copy_record.message.rules[0].rule, "copy");
     assert!(worker.stop().success());
 
-    // SIGKILL right after sendmail took the copy, before anything else was recorded.
-    std::fs::write(s.dir.path().join("kill-next"), "").expect("marker");
-    let worker = start_worker(&s);
-    let r = s.file(
-        &b,
-        RequestAction::ReleaseTo {
-            recipients: vec![rcpt(2)],
-        },
-        "cut short",
-    );
-    let mut worker = worker;
-    let status = worker.child.wait();
-    assert!(!status.success(), "killed: {status}");
-    let running = wait_for("the milter to see the copy", || {
-        Some(s.request(&r)).filter(|x| x.copy_queue_id.is_some())
-    });
-    assert_eq!(running.state, RequestState::Running);
-    assert!(s.postfix.held().contains(&b), "the original is still held");
-    let worker = start_worker(&s);
-    let done = s.finished(&r);
-    assert_eq!(done.state, RequestState::Done, "{done:?}");
-    assert!(worker.line(r.id).contains("resumed=true"));
-    assert!(!s.postfix.held().contains(&b));
-    assert!(worker.stop().success());
+    // SIGKILL right after sendmail took the copy, before anything else was recorded;
+    // then SIGKILL just before sendmail would run (so the copy may be made twice).
+    for (marker, queue_id, subject, to) in [
+        ("kill-next", &b, "w-copy-crash", rcpt(2)),
+        ("kill-first", &b2, "w-copy-early-crash", rcpt(3)),
+    ] {
+        std::fs::write(s.dir.path().join(marker), "").expect("marker");
+        let mut worker = start_worker(&s);
+        let r = s.file(
+            queue_id,
+            RequestAction::ReleaseTo {
+                recipients: vec![to],
+            },
+            "cut short",
+        );
+        let status = worker.child.wait();
+        assert!(!status.success(), "killed: {status}");
+        assert_eq!(s.request(&r).state, RequestState::Running);
+        assert!(
+            s.postfix.held().contains(queue_id),
+            "the original is still held"
+        );
+        let worker = start_worker(&s);
+        let done = s.finished(&r);
+        assert_eq!(done.state, RequestState::Done, "{subject}: {done:?}");
+        assert!(!s.postfix.held().contains(queue_id));
+        s.sink.wait_for(subject);
+        assert!(worker.stop().success());
+        let extra: Vec<String> = s
+            .store
+            .copies(r.id)
+            .expect("copies")
+            .into_iter()
+            .filter(|c| Some(c) != done.copy_queue_id.as_ref())
+            .collect();
+        for c in extra {
+            assert_eq!(s.state(&c), State::Discarded, "a second copy is deleted");
+        }
+    }
 
     // The command line, with no worker running.
     let out = s.admin(&[
@@ -655,6 +682,7 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     for (subject, to) in [
         ("w-copy-plain", vec![rcpt(1), rcpt(4)]),
         ("w-copy-crash", vec![rcpt(2)]),
+        ("w-copy-early-crash", vec![rcpt(3)]),
         ("w-copy-cli", vec![rcpt(5)]),
     ] {
         assert_eq!(deliveries(&s, subject), [to], "{subject}");

@@ -244,6 +244,25 @@ impl Milter {
         conn
     }
 
+    /// Opens a milter connection as Postfix's cleanup does for mail from sendmail
+    /// (pickup): from `localhost`, 127.0.0.1 port 0.
+    async fn connect_local(&self) -> TestConnection {
+        let mut conn = within(
+            "open a milter connection",
+            TestConnection::configure()
+                .read_timeout(STEP)
+                .write_timeout(STEP)
+                .open_tcp(self.addr),
+        )
+        .await
+        .expect("negotiate");
+        let status = within("connect", conn.connect("localhost", ([127, 0, 0, 1], 0)))
+            .await
+            .expect("connect");
+        assert_eq!(status, Status::Noreply);
+        conn
+    }
+
     /// Replaces the configuration file (read at the next reload).
     fn rewrite(&self, text: &str) {
         std::fs::write(&self.file, text).expect("rewrite the configuration");
@@ -937,13 +956,14 @@ async fn copy(
     eom_raw(conn).await
 }
 
-/// The copy the root worker makes for a release to chosen recipients: the first one,
-/// to exactly the chosen recipients and with the request's token, passes (the rules
-/// are not asked: a reviewer decided) and is recorded; a second one is held for an
-/// admin; a mark with a wrong token changes nothing. The mark is removed every time.
+/// The copy the root worker makes for a release to chosen recipients comes by sendmail:
+/// with the request's token it is recorded as the request's copy and held (rule `copy`,
+/// whatever the rules say) for the worker to release, with its mark removed and never
+/// stored; so is a second one, and one of a request that is over is held for an admin.
+/// A mark with a wrong token, or one that came by SMTP, is removed and changes nothing.
 #[tokio::test]
-async fn a_released_copy_passes_once_and_its_mark_never_leaves() {
-    let milter = Milter::start("released-copy", &Conf::default()).await;
+async fn a_released_copy_is_held_for_the_worker_and_its_mark_never_leaves() {
+    let mut milter = Milter::start("released-copy", &Conf::default()).await;
     let mut conn = milter.connect().await;
     mail(&mut conn, "<ann@example.org>").await;
     rcpts(&mut conn, &internal(7)).await;
@@ -955,7 +975,7 @@ async fn a_released_copy_passes_once_and_its_mark_never_leaves() {
     .expect("macros");
     let (_, status) = eom_raw(&mut conn).await;
     assert_eq!(status, Status::Continue, "held");
-    let store = &milter.store;
+    let store = milter.store.clone();
     let request = store
         .submit(&NewRequest {
             queue_id: QueueId::parse("AB12CD0001").unwrap(),
@@ -983,46 +1003,74 @@ async fn a_released_copy_passes_once_and_its_mark_never_leaves() {
         name: c(COPY_HEADER),
         index: 1,
     };
-
-    // A wrong token: the mark goes, the message is decided as any other (1 recipient).
-    let (actions, status) = copy(&mut conn, "AB12CD0002", mark("wrong"), 4).await;
-    assert_eq!(status, Status::Continue);
-    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
-    let seen = |store: &Store| {
-        store.requests(request.held_id).unwrap()[0]
-            .copy_queue_id
-            .clone()
-    };
-    assert_eq!(seen(store), None);
-
-    // The genuine copy: passes with only its mark removed, and is recorded.
-    let (actions, status) = copy(&mut conn, "AB12CD0003", mark(&token), 4).await;
-    assert_eq!(status, Status::Continue);
-    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
-    assert_eq!(seen(store).as_deref(), Some("AB12CD0003"));
-
-    // A second copy is held for an admin, and recorded as held.
-    let (actions, status) = copy(&mut conn, "AB12CD0004", mark(&token), 4).await;
-    assert_eq!(status, Status::Continue);
-    assert_eq!(actions.actions[0], delete_mark);
-    let reason = actions
-        .actions
-        .iter()
-        .find_map(|a| match a {
+    let held_as = |actions: &EomActions| {
+        actions.actions.iter().find_map(|a| match a {
             EomAction::Quarantine { reason } => Some(reason.to_string_lossy().into_owned()),
             _ => None,
         })
-        .expect("held");
+    };
+
+    // By SMTP, even with the right token: the mark goes, nothing else happens.
+    let (actions, status) = copy(&mut conn, "AB12CD0002", mark(&token), 4).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
+    assert!(store.copies(request.id).unwrap().is_empty());
+    within("close", conn.close()).await.expect("close");
+
+    let mut local = milter.connect_local().await;
+    // A wrong token: the mark goes, the message is decided as any other (1 recipient).
+    let (actions, status) = copy(&mut local, "AB12CD0003", mark("wrong"), 4).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
+    // The genuine copy, and a second one: held for the worker, recorded, mark removed.
+    for id in ["AB12CD0004", "AB12CD0005"] {
+        let (actions, status) = copy(&mut local, id, mark(&token), 4).await;
+        assert_eq!(status, Status::Continue);
+        assert_eq!(actions.actions[0], delete_mark);
+        let reason = held_as(&actions).expect("held");
+        assert!(
+            reason.contains(
+                "copy: the copy made for release request 1, held until the worker releases it"
+            ),
+            "{reason}"
+        );
+        let held = store.record(&QueueId::parse(id).unwrap()).unwrap();
+        assert_eq!(held.state, State::Held);
+        assert_eq!(held.message.rules[0].rule, "copy");
+        assert!(
+            held.message
+                .headers
+                .iter()
+                .all(|(n, v)| !n.eq_ignore_ascii_case(COPY_HEADER) && !v.contains("5ecret")),
+            "the token is never stored: {:?}",
+            held.message.headers
+        );
+    }
+    assert_eq!(
+        store.copies(request.id).unwrap(),
+        ["AB12CD0004", "AB12CD0005"]
+    );
+    let alert = within("the original's alert", milter.alerts.recv())
+        .await
+        .expect("an alert");
+    let (queued, _) = milter.alerts.drain(alert, 10);
+    let ids: Vec<_> = queued.iter().map(|a| a.queue_id.as_deref()).collect();
+    assert_eq!(
+        ids,
+        [Some("AB12CD0001")],
+        "a copy held for the worker raises no alert"
+    );
+    // Over: a late copy is held for an admin.
+    store
+        .finish(request.id, false, "given up", 1_800_000_100)
+        .unwrap();
+    let (actions, _) = copy(&mut local, "AB12CD0006", mark(&token), 4).await;
+    let reason = held_as(&actions).expect("held");
     assert!(
-        reason.contains("copy: a repeated copy of a message released to chosen recipients: request 1 already had its copy, accepted as AB12CD0003"),
+        reason.contains("that is over (request 1 is failed): held for an admin"),
         "{reason}"
     );
-    let held = store
-        .record(&QueueId::parse("AB12CD0004").unwrap())
-        .unwrap();
-    assert_eq!(held.state, State::Held);
-    assert_eq!(held.message.rules[0].rule, "copy");
-    within("close", conn.close()).await.expect("close");
+    within("close", local.close()).await.expect("close");
     milter.stop().await;
 }
 

@@ -175,8 +175,8 @@ impl Session {
             };
             match executor.file_and_execute(&request, WORKER_WAIT) {
                 Ok(done) if done.ok => report.line(done.result),
-                Ok(open) if open.open => report.line(format!(
-                    "{}; the worker finishes it (`quarantine show {}`)",
+                Ok(open) if open.open => report.fail(format!(
+                    "{}; not finished yet: the worker finishes it (`quarantine show {}`)",
                     open.result, request.queue_id
                 )),
                 Ok(failed) => report.fail(failed.result),

@@ -17,7 +17,7 @@ use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
 use crate::quarantine::{
-    Executed, Executor, QuarantineIndex, Request, RequestState, Store, claimant,
+    Executed, Executor, QuarantineIndex, Request, RequestAction, RequestState, Store, claimant,
 };
 use crate::{VERSION, logging};
 use nix::sys::signal::{SigSet, Signal};
@@ -165,7 +165,9 @@ fn stop_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
 fn look_at(executor: &Executor<'_>, request: &Request) {
     match request.state {
         RequestState::Pending => carry_out(executor, request),
-        RequestState::Running if request.copy_sent_at.is_some() => check_copy(executor, request),
+        RequestState::Running if matches!(request.action, RequestAction::ReleaseTo { .. }) => {
+            check_copy(executor, request)
+        }
         RequestState::Running if claimant::gone(request.claimed_by.as_deref()) => {
             carry_out(executor, request)
         }
@@ -173,8 +175,8 @@ fn look_at(executor: &Executor<'_>, request: &Request) {
     }
 }
 
-/// Looks again at a release to chosen recipients whose copy is on its way, and logs a
-/// line when it is over.
+/// Takes the next step of a release to chosen recipients, and logs a line when it is
+/// over.
 fn check_copy(executor: &Executor<'_>, request: &Request) {
     match executor.check_copy(request, epoch_secs(SystemTime::now())) {
         Ok(Some(done)) if !done.open => log_outcome(request, &done),
@@ -182,7 +184,7 @@ fn check_copy(executor: &Executor<'_>, request: &Request) {
         Err(e) => error!(
             request = request.id,
             queue_id = %request.queue_id,
-            "the copy of a release to chosen recipients not looked at: {e}"
+            "a release to chosen recipients not looked at: {e}"
         ),
     }
 }
@@ -192,7 +194,7 @@ fn carry_out(executor: &Executor<'_>, request: &Request) {
     let now = epoch_secs(SystemTime::now());
     let outcome = match request.state {
         RequestState::Pending => executor.execute(request, now),
-        RequestState::Running => executor.resume(request, now).map(Some),
+        RequestState::Running => executor.resume(request, now),
         RequestState::Done | RequestState::Failed => return,
     };
     match outcome {

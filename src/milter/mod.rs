@@ -86,6 +86,7 @@ fn ack(cx: &Context<Session>, stage: ProtoOpts) -> Status {
 }
 
 async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: SocketInfo) -> Status {
+    let local_submission = matches!(&socket, SocketInfo::Inet(addr) if addr.port() == 0);
     let client = match socket {
         SocketInfo::Inet(addr) => Some(addr.ip().to_string()),
         SocketInfo::Unix(path) => Some(path.to_string_lossy().into_owned()),
@@ -93,6 +94,7 @@ async fn handle_connect(cx: &mut Context<Session>, _host: CString, socket: Socke
     };
     let session = cx.data.get_or_insert_with(Session::default);
     session.conn.client = client;
+    session.conn.local_submission = local_submission;
     session.abort_message();
     ack(cx, ProtoOpts::NOREPLY_CONNECT)
 }
@@ -240,12 +242,16 @@ async fn record_held(
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
     let now = crate::clock::epoch_secs(shared.now());
     let held = quarantine::held_message(id, now, facts, evaluation, headers);
-    let alert = quarantine::alert(AlertKind::Quarantined, &held, now);
+    // A copy held for the worker is part of a reviewer's action, not news for admins.
+    let alert = (!matches!(facts.released, Some(ReleasedCopy::Accepted { .. })))
+        .then(|| quarantine::alert(AlertKind::Quarantined, &held, now));
     let store = shared.store.clone();
     let write = tokio::task::spawn_blocking(move || store.record_held(&held, "milter", None));
     match tokio::time::timeout(RECORD_TIMEOUT, write).await {
         Ok(Ok(Ok(_))) => {
-            shared.alerts.send(alert);
+            if let Some(alert) = alert {
+                shared.alerts.send(alert);
+            }
             Ok(())
         }
         Ok(Ok(Err(e))) => Err(EomError::Record(e.to_string())),
@@ -300,6 +306,7 @@ async fn decide_and_apply(
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
+    let local_submission = session.conn.local_submission;
     let finished = msg.finish(queue_id.clone(), &session.conn);
     let runtime = finished.runtime.clone();
     let config = &runtime.config;
@@ -310,7 +317,7 @@ async fn decide_and_apply(
             queue_id.as_deref(),
             &finished.copy_marks,
             finished.copy_headers,
-            facts.recipients.iter().map(str::to_owned).collect(),
+            local_submission,
             shown,
         )
         .await?;
@@ -337,25 +344,28 @@ async fn decide_and_apply(
     Ok(decision.applied)
 }
 
-/// What a message that carries [`COPY_HEADER`] is: the copy the root worker made for a
-/// release to chosen recipients (checked against the request in the store, which
-/// records it, once), a repeated copy, or neither (a header fanout-milter did not
-/// write: the message is decided as any other). The header is removed in every case.
+/// What a message that carries [`COPY_HEADER`] is: a copy the root worker made for a
+/// release to chosen recipients (checked against the request in the store, which records
+/// it), a copy of a request that is over, or neither (a header fanout-milter did not
+/// write, or one that came by SMTP: the message is decided as any other). The header is
+/// removed in every case; a copy is held either way.
 async fn released_copy(
     shared: &Shared,
     queue_id: Option<&str>,
     marks: &[String],
     count: i32,
-    recipients: Vec<String>,
+    local_submission: bool,
     shown: &str,
 ) -> Result<Option<ReleasedCopy>, EomError> {
     let mark = match (count, marks.first().and_then(|m| CopyMark::parse(m))) {
-        (1, Some(mark)) => mark,
+        (1, Some(mark)) if local_submission => mark,
         _ => {
             warn!(
                 queue_id = shown,
-                "{count} {COPY_HEADER} header(s) not as fanout-milter writes them: removed, \
-                 the message is decided as any other"
+                local_submission,
+                "{count} {COPY_HEADER} header(s) fanout-milter did not write (the worker's \
+                 copies come by sendmail, one mark each): removed, the message is decided as \
+                 any other"
             );
             return Ok(None);
         }
@@ -368,8 +378,7 @@ async fn released_copy(
     let original = mark.original.clone();
     let store = shared.store.clone();
     let now = crate::clock::epoch_secs(shared.now());
-    let check =
-        tokio::task::spawn_blocking(move || store.accept_copy(&mark, &id, &recipients, now));
+    let check = tokio::task::spawn_blocking(move || store.accept_copy(&mark, &id, now));
     let check = match tokio::time::timeout(RECORD_TIMEOUT, check).await {
         Ok(Ok(Ok(check))) => check,
         Ok(Ok(Err(e))) => return Err(EomError::Copy(e.to_string())),
@@ -387,14 +396,14 @@ async fn released_copy(
                 queue_id = shown,
                 request,
                 original = %original,
-                "the copy of a message released to chosen recipients"
+                "the copy of a message released to chosen recipients, held for the worker"
             );
             Some(ReleasedCopy::Accepted { request })
         }
-        CopyCheck::Repeated(why) => {
+        CopyCheck::Late(why) => {
             let why = text::neutralize(&why).into_owned();
-            warn!(queue_id = shown, request, original = %original, "a repeated copy, held: {why}");
-            Some(ReleasedCopy::Repeated { why })
+            warn!(queue_id = shown, request, original = %original, "a late copy, held for an admin: {why}");
+            Some(ReleasedCopy::Late { why })
         }
         CopyCheck::Unknown(why) => {
             warn!(

@@ -26,6 +26,9 @@ pub struct Session {
 pub struct ConnData {
     /// Client IP address, or the socket name Postfix reported.
     pub client: Option<String>,
+    /// Mail submitted on this host (sendmail, pickup): Postfix reports such a
+    /// connection from port 0, which no SMTP client can have.
+    pub local_submission: bool,
 }
 
 /// Facts about the message in progress.
@@ -105,7 +108,10 @@ impl MessageData {
             }
         }
         self.headers.push(name, value);
-        self.fields.push(name, value);
+        if !name.eq_ignore_ascii_case(COPY_HEADER.as_bytes()) {
+            // The mark's token is a secret: never stored, never shown.
+            self.fields.push(name, value);
+        }
     }
 
     /// Turns the collected data into the facts the policy decides on.

@@ -159,20 +159,19 @@ pub struct AudienceFacts {
 }
 
 /// A copy that the root worker made of a held message for a reviewer's "release to
-/// chosen recipients", as the milter found it in the quarantine store (its mark is
-/// a secret token only the store and the copy know).
+/// chosen recipients", as the milter found it in the quarantine store (its mark is a
+/// secret token only the store and the copy know). A copy is always held: the worker
+/// releases it once it has checked it in Postfix's queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReleasedCopy {
-    /// The first copy of a running request, to exactly the recipients chosen: a
-    /// reviewer decided, so it goes out as a message released from hold does.
+    /// A copy for a running request.
     Accepted {
         /// The request's id.
         request: i64,
     },
-    /// A genuine copy that must not go out unseen: a second copy of one request, a
-    /// copy for a request no longer running, or to other recipients. Why.
-    Repeated {
-        /// Why it is not the request's copy.
+    /// A genuine copy of a request that is over: held for an admin. Why.
+    Late {
+        /// Why it is not for the worker to release.
         why: String,
     },
 }

@@ -173,21 +173,20 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
 /// Decides one message on its facts and on what the shared state said about it
 /// (storms, rates, the breaker, the emergency brake; empty where no state is kept, as
 /// in `explain`). The brake holds a large message even from an exempt sender or in
-/// monitor mode, and so does a repeated copy of a release to chosen recipients
-/// ([`ReleasedCopy`]); the accepted copy goes out as a release from hold does, with no
-/// rule asked.
+/// monitor mode. A copy made for a release to chosen recipients ([`ReleasedCopy`]) is
+/// held, whatever the mode, the exemptions and the rules say: the root worker releases
+/// it after checking it in Postfix's queue.
 pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Evaluation {
     let counts = count(policy, facts);
-    if let Some(ReleasedCopy::Accepted { request }) = &facts.released {
+    if let Some(reason) = rules::released_copy(facts) {
         let mut verdict = Verdict::accept();
-        verdict.exempt_by = Some(format!("release request {request}"));
+        verdict.action = reason.action;
+        verdict.intended = reason.action;
+        verdict.reasons.push(reason);
         return Evaluation { verdict, counts };
     }
     let mut evaluation = evaluate_rules(policy, facts, state, counts);
-    let overriding = stateful::brake(state, counts.audience as u64)
-        .into_iter()
-        .chain(rules::repeated_copy(facts));
-    for reason in overriding {
+    if let Some(reason) = stateful::brake(state, counts.audience as u64) {
         let v = &mut evaluation.verdict;
         v.intended = v.intended.max(reason.action);
         v.action = v.action.max(reason.action);
@@ -1056,52 +1055,59 @@ mod tests {
     }
 
     #[test]
-    fn a_released_copy_goes_out_once_and_a_repeated_one_is_held_whatever_the_mode() {
-        let p = policy();
-        let big = facts(300, 0);
-        assert_eq!(evaluate(&p, &big).verdict.action, Action::Quarantine);
-        let mut copy = big.clone();
-        copy.released = Some(ReleasedCopy::Accepted { request: 7 });
+    fn a_released_copy_is_held_whatever_the_mode_the_exemptions_and_the_rules_say() {
+        let mut monitor = policy();
+        monitor.mode = Mode::Monitor;
         let braked = StateFacts {
             brake: Some(BrakeFact { min_audience: 1 }),
             ..StateFacts::default()
         };
-        let e = super::evaluate(&p, &copy, &braked);
-        assert_eq!(e.verdict.action, Action::Accept, "not even the brake");
-        assert_eq!(e.verdict.exempt_by.as_deref(), Some("release request 7"));
-        assert_eq!(e.counts.envelope, 300, "still counted for the log");
-        let mut storms = p.clone();
+        let mut storms = policy();
         storms.storm.min_audience = 1;
-        let mut reply = copy.clone();
-        reply.headers.in_reply_to = vec!["<1@example.org>".into()];
-        reply.headers.subject = Some("Re: x".into());
-        assert!(
-            state_plan(&storms, &reply).is_empty(),
-            "asks the state nothing"
-        );
-        reply.released = None;
-        assert!(!state_plan(&storms, &reply).is_empty());
-
-        let mut repeated = facts(1, 0);
-        repeated.sender = "bulk@example.org".into();
-        repeated.released = Some(ReleasedCopy::Repeated {
-            why: "request 7 is done".into(),
-        });
-        let mut monitor = p.clone();
-        monitor.mode = Mode::Monitor;
-        for p in [&p, &monitor] {
-            let v = evaluate(p, &repeated).verdict;
-            assert_eq!(v.action, Action::Quarantine, "{:?}", p.mode);
-            assert_eq!(v.intended, Action::Quarantine);
-            assert_eq!(v.exempt_by.as_deref(), Some("bulk@example.org"));
-            assert_eq!(v.reasons.len(), 1);
-            assert_eq!(v.reasons[0].rule, "copy");
-            assert!(!v.reasons[0].monitor);
-            assert_eq!(
-                v.reasons[0].message,
-                "a repeated copy of a message released to chosen recipients: request 7 is done"
+        for (released, message) in [
+            (
+                ReleasedCopy::Accepted { request: 7 },
+                "the copy made for release request 7, held until the worker releases it to \
+                 the chosen recipients",
+            ),
+            (
+                ReleasedCopy::Late {
+                    why: "request 7 is done".into(),
+                },
+                "a copy made for a release to chosen recipients that is over (request 7 is \
+                 done): held for an admin",
+            ),
+        ] {
+            // Reject level (2,000 envelope recipients), an exempt sender, monitor mode.
+            for (p, mut f) in [
+                (policy(), facts(3000, 0)),
+                (policy(), facts(1, 0)),
+                (monitor.clone(), facts(1, 0)),
+            ] {
+                f.sender = "bulk@example.org".into();
+                f.released = Some(released.clone());
+                let e = super::evaluate(&p, &f, &braked);
+                let v = &e.verdict;
+                assert_eq!(v.action, Action::Quarantine, "never refused: {f:?}");
+                assert_eq!(v.intended, Action::Quarantine);
+                assert_eq!(v.exempt_by, None);
+                assert_eq!(v.reasons.len(), 1);
+                assert_eq!(v.reasons[0].rule, "copy");
+                assert!(!v.reasons[0].monitor);
+                assert_eq!(v.reasons[0].message, message);
+                assert_eq!(e.counts.envelope, f.recipients.len(), "counted for the log");
+            }
+            let mut reply = facts(3, 0);
+            reply.headers.in_reply_to = vec!["<1@example.org>".into()];
+            reply.headers.subject = Some("Re: x".into());
+            assert!(!state_plan(&storms, &reply).is_empty());
+            reply.released = Some(released);
+            assert!(
+                state_plan(&storms, &reply).is_empty(),
+                "asks the state nothing"
             );
         }
-        assert_eq!(evaluate(&p, &facts(1, 0)).verdict.action, Action::Accept);
+        let plain = facts(1, 0);
+        assert_eq!(evaluate(&policy(), &plain).verdict.action, Action::Accept);
     }
 }

@@ -213,18 +213,25 @@ pub fn unavailable(audience: &AudienceFacts) -> Option<(Reason, bool)> {
     ))
 }
 
-/// A second copy of a release to chosen recipients (or one whose request is over):
-/// held, so that nobody gets the message twice without an admin seeing it. Like the
-/// brake, it holds in monitor mode and whatever exemption the sender has.
-pub fn repeated_copy(facts: &MessageFacts) -> Option<Reason> {
-    let Some(ReleasedCopy::Repeated { why }) = &facts.released else {
-        return None;
+/// A copy made for a release to chosen recipients: held (never refused, which would
+/// return it to the sender), for the worker to release, or for an admin when its request
+/// is over.
+pub fn released_copy(facts: &MessageFacts) -> Option<Reason> {
+    let message = match facts.released.as_ref()? {
+        ReleasedCopy::Accepted { request } => format!(
+            "the copy made for release request {request}, held until the worker releases \
+             it to the chosen recipients"
+        ),
+        ReleasedCopy::Late { why } => format!(
+            "a copy made for a release to chosen recipients that is over ({why}): held for \
+             an admin"
+        ),
     };
     Some(Reason {
         reply: None,
         rule: "copy",
         action: Action::Quarantine,
-        message: format!("a repeated copy of a message released to chosen recipients: {why}"),
+        message,
         monitor: false,
     })
 }

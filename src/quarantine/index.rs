@@ -264,24 +264,25 @@ pub struct Request {
     pub finished_at: Option<u64>,
     /// What the Postfix tool said (done), or why it failed.
     pub result: Option<String>,
-    /// A release to chosen recipients: when the worker handed the copy to Postfix.
+    /// A release to chosen recipients: when the worker last handed a copy to Postfix.
     pub copy_sent_at: Option<u64>,
-    /// A release to chosen recipients: the queue id the milter accepted the copy under.
+    /// A release to chosen recipients: how many copies the worker handed to Postfix.
+    pub copy_attempts: u32,
+    /// A release to chosen recipients: the queue id of the copy the worker released.
     pub copy_queue_id: Option<String>,
     /// The process that claimed it (`PID BOOT-ID`, see [`super::claimant`]).
     pub claimed_by: Option<String>,
 }
 
 /// What the milter learnt from the store about a copy that names a release request
-/// (see [`QuarantineIndex::accept_copy`]).
+/// (see [`QuarantineIndex::accept_copy`]). Either way a genuine copy is held: only the
+/// worker releases one, after it checked it in Postfix's queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyCheck {
-    /// The first copy of a running release to exactly its chosen recipients: it is now
-    /// recorded as that request's copy, and goes out.
+    /// A copy for a running request: recorded as one of its copies.
     Accepted,
-    /// A genuine copy (its token matched) that must not go out unseen: the request
-    /// already has a copy, is no longer running, or the recipients differ. Why.
-    Repeated(String),
+    /// A genuine copy (its token matched) of a request that is over. Why.
+    Late(String),
     /// No request matches (unknown, wrong token, wrong message): the mark is not ours
     /// to honour. Why.
     Unknown(String),
@@ -392,25 +393,32 @@ pub trait QuarantineIndex: Send + Sync {
     /// said.
     fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError>;
 
-    /// Gives a running release to chosen recipients the token its copy will carry,
-    /// before the copy is made; returns the token already given when there is one (a
-    /// worker resuming hands the same token to the copy it makes again).
+    /// Gives a running release to chosen recipients the token its copies carry, before
+    /// the first is made; returns the token already given when there is one.
     fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError>;
 
-    /// Records that the worker handed the copy to Postfix at `now`.
+    /// Records that the worker handed a copy to Postfix at `now` (one more attempt).
     fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError>;
 
-    /// The milter's check of a message that carries a [`CopyMark`]: `queue_id` is the
-    /// copy's, `recipients` its envelope recipients. The first copy of a running
-    /// request to exactly the chosen recipients is recorded (and noted in the
-    /// original's audit trail) and [`CopyCheck::Accepted`]; only one copy ever is.
+    /// The milter's check of a message that carries a [`CopyMark`] (`queue_id` is the
+    /// copy's): a copy for a running request is recorded as one of its copies
+    /// ([`QuarantineIndex::copies`]) and noted in the original's audit trail.
     fn accept_copy(
         &self,
         mark: &CopyMark,
         queue_id: &str,
-        recipients: &[String],
         now: u64,
     ) -> Result<CopyCheck, StoreError>;
+
+    /// The queue ids of the copies the milter held for a request, in the order seen.
+    fn copies(&self, request: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Records the copy the worker released for a request.
+    fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError>;
+
+    /// Takes over a running request for this process when its claimant is still
+    /// `claimant` (a compare-and-set: of two processes taking over, one wins).
+    fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError>;
 
     /// Records a relay-wide action that concerns no one message (the emergency brake
     /// pulled or released), for the desk's audit trail.

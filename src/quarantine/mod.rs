@@ -8,6 +8,7 @@ pub(crate) mod index;
 pub(crate) mod plan;
 pub(crate) mod postfix;
 pub(crate) mod record;
+mod release_to;
 pub(crate) mod review;
 pub(crate) mod running;
 mod sqlite;

@@ -93,13 +93,24 @@ impl PostfixTools {
         Ok(run(cmd, None, COMMAND_TIMEOUT)?.stdout)
     }
 
-    /// Whether mail handed to sendmail passes milters (`non_smtpd_milters` is set), as
-    /// the copy of a release to chosen recipients must: the milter records it.
-    pub fn submissions_filtered(&self) -> Result<bool, PostfixError> {
+    /// The values of Postfix's `main.cf` parameters `names`, in order (`postconf -h`).
+    pub fn postconf(&self, names: &[&str]) -> Result<Vec<String>, PostfixError> {
         let mut cmd = self.command("postconf");
-        cmd.arg("-h").arg("non_smtpd_milters");
+        cmd.arg("-h").args(names);
         let out = run(cmd, None, COMMAND_TIMEOUT)?;
-        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The per-service settings of `master.cf` (`postconf -P`), one
+    /// `service/type/name = value` line each.
+    pub fn service_settings(&self) -> Result<String, PostfixError> {
+        let mut cmd = self.command("postconf");
+        cmd.arg("-P");
+        let out = run(cmd, None, COMMAND_TIMEOUT)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Releases a held message (`postsuper -H`) and asks for its delivery now

@@ -68,7 +68,7 @@ fn order_by(q: &Query) -> &'static str {
 
 const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via, r.remote, \
      r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result, \
-     r.copy_sent_at, r.copy_queue_id, r.claimed_by";
+     r.copy_sent_at, r.copy_queue_id, r.claimed_by, r.copy_attempts";
 
 impl Store {
     fn ids(
@@ -126,6 +126,7 @@ impl Store {
                     .map(|t| t as u64),
                 copy_queue_id: r.get(14).map_err(|e: rusqlite::Error| e.to_string())?,
                 claimed_by: r.get(15).map_err(|e: rusqlite::Error| e.to_string())?,
+                copy_attempts: r.get(16).map_err(|e: rusqlite::Error| e.to_string())?,
             })
         })();
         Ok(parsed)
@@ -394,7 +395,8 @@ impl QuarantineIndex for Store {
     fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
-            "UPDATE requests SET copy_sent_at = ?2 WHERE id = ?1",
+            "UPDATE requests SET copy_sent_at = ?2, copy_attempts = copy_attempts + 1
+             WHERE id = ?1 AND state = 'running'",
             params![id, clamp(now)],
         )
         .map_err(|e| self.err(e))?;
@@ -405,74 +407,64 @@ impl QuarantineIndex for Store {
         &self,
         mark: &CopyMark,
         queue_id: &str,
-        recipients: &[String],
         now: u64,
     ) -> Result<CopyCheck, StoreError> {
+        let n = mark.request;
+        type Found = (String, Option<String>, String, i64, String);
+        let lookup = |conn: &Connection| -> Result<Option<Found>, StoreError> {
+            conn.query_row(
+                "SELECT r.state, r.copy_token, h.queue_id, r.held_id, r.args
+                 FROM requests r JOIN held h ON h.id = r.held_id WHERE r.id = ?1",
+                params![n],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+        };
+        // A read first: a mark that matches nothing takes no write lock.
+        let genuine = |found: &Option<Found>| -> Result<(), CopyCheck> {
+            let Some((_, token, original, _, args)) = found else {
+                return Err(CopyCheck::Unknown(format!("there is no request {n}")));
+            };
+            if !token
+                .as_deref()
+                .is_some_and(|t| crate::token::same_secret(t, &mark.token))
+            {
+                return Err(CopyCheck::Unknown(format!(
+                    "the token is not request {n}'s"
+                )));
+            }
+            if *original != mark.original {
+                return Err(CopyCheck::Unknown(format!(
+                    "request {n} is for another message"
+                )));
+            }
+            match serde_json::from_str::<RequestAction>(args) {
+                Ok(RequestAction::ReleaseTo { .. }) => Ok(()),
+                _ => Err(CopyCheck::Unknown(format!(
+                    "request {n} is no release to chosen recipients"
+                ))),
+            }
+        };
+        if let Err(check) = genuine(&lookup(&self.conn())?) {
+            return Ok(check);
+        }
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        type Row = (String, Option<String>, Option<String>, String, i64, String);
-        let found: Option<Row> = tx
-            .query_row(
-                "SELECT r.state, r.copy_token, r.copy_queue_id, h.queue_id, r.held_id, r.args
-                 FROM requests r JOIN held h ON h.id = r.held_id WHERE r.id = ?1",
-                params![mark.request],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let n = mark.request;
-        let Some((state, token, first, original, held_id, args)) = found else {
+        let found = lookup(&tx)?;
+        if let Err(check) = genuine(&found) {
+            return Ok(check);
+        }
+        let Some((state, _, _, held_id, _)) = found else {
             return Ok(CopyCheck::Unknown(format!("there is no request {n}")));
         };
-        if !token.is_some_and(|t| crate::token::same_secret(&t, &mark.token)) {
-            return Ok(CopyCheck::Unknown(format!(
-                "the token is not request {n}'s"
-            )));
-        }
-        if original != mark.original {
-            return Ok(CopyCheck::Unknown(format!(
-                "request {n} is for another message"
-            )));
-        }
-        let Ok(RequestAction::ReleaseTo { recipients: chosen }) =
-            serde_json::from_str::<RequestAction>(&args)
-        else {
-            return Ok(CopyCheck::Unknown(format!(
-                "request {n} is no release to chosen recipients"
-            )));
-        };
-        match first {
-            Some(first) if first == queue_id => return Ok(CopyCheck::Accepted),
-            Some(first) => {
-                return Ok(CopyCheck::Repeated(format!(
-                    "request {n} already had its copy, accepted as {first}"
-                )));
-            }
-            None => {}
-        }
         if state != RequestState::Running.as_str() {
-            return Ok(CopyCheck::Repeated(format!("request {n} is {state}")));
-        }
-        if !same_addresses(&chosen, recipients) {
-            return Ok(CopyCheck::Repeated(format!(
-                "the copy's recipients are not the {} chosen in request {n}",
-                chosen.len()
-            )));
+            return Ok(CopyCheck::Late(format!("request {n} is {state}")));
         }
         tx.execute(
-            "UPDATE requests SET copy_queue_id = ?2, copy_seen_at = ?3
-             WHERE id = ?1 AND copy_queue_id IS NULL",
+            "INSERT OR IGNORE INTO copies (request_id, queue_id, seen_at) VALUES (?1, ?2, ?3)",
             params![n, queue_id, clamp(now)],
         )
         .map_err(|e| self.err(e))?;
@@ -481,13 +473,47 @@ impl QuarantineIndex for Store {
             who: "milter".into(),
             action: "copy".into(),
             comment: Some(format!(
-                "request {n}: the copy to {} accepted as {queue_id}",
-                chosen.join(", ")
+                "request {n}: a copy held as {queue_id}, for the worker to release"
             )),
         };
         insert_audit(&tx, held_id, &entry).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(CopyCheck::Accepted)
+    }
+
+    fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT queue_id FROM copies WHERE request_id = ?1 ORDER BY seen_at, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![request], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE requests SET copy_queue_id = ?2 WHERE id = ?1",
+            params![id, queue_id],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE requests SET claimed_by = ?3
+                 WHERE id = ?1 AND state = 'running' AND claimed_by IS ?2",
+                params![id, claimant, super::claimant::this_process()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed == 1)
     }
 
     fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
@@ -542,17 +568,6 @@ impl QuarantineIndex for Store {
             })
         }
     }
-}
-
-/// The same envelope addresses, each compared without regard to ASCII case and
-/// order.
-fn same_addresses(a: &[String], b: &[String]) -> bool {
-    let set = |v: &[String]| {
-        v.iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect::<std::collections::BTreeSet<_>>()
-    };
-    set(a) == set(b)
 }
 
 #[cfg(test)]
@@ -936,7 +951,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_first_genuine_copy_to_the_chosen_recipients_is_accepted() {
+    fn genuine_copies_of_a_running_request_are_recorded_and_late_ones_told_apart() {
         let (dir, store) = store();
         let mut m = held("AAAAAA1", 100);
         m.recipients = vec!["all@example.org".into(), "Bob@example.org".into()];
@@ -957,11 +972,10 @@ mod tests {
             request,
             token: token.into(),
         };
-        let bob = ["bob@EXAMPLE.org".to_owned()];
         // No token given yet: a pending request has no copy.
         assert!(matches!(
             store
-                .accept_copy(&mark("AAAAAA1", filed.id, "t1"), "CCCCCC1", &bob, 600)
+                .accept_copy(&mark("AAAAAA1", filed.id, "t1"), "CCCCCC1", 600)
                 .unwrap(),
             CopyCheck::Unknown(_)
         ));
@@ -970,12 +984,18 @@ mod tests {
             "only a running request"
         );
         assert!(store.claim(filed.id, 550).unwrap());
+        let me = crate::quarantine::claimant::this_process();
         assert_eq!(
             store.requests(filed.held_id).unwrap()[0].claimed_by,
-            Some(crate::quarantine::claimant::this_process()),
+            Some(me.clone()),
             "the claimant is recorded"
         );
         assert_eq!(store.copy_token(filed.id, "t1").unwrap(), "t1");
+        assert_eq!(
+            store.copy_token(filed.id, "t9").unwrap(),
+            "t1",
+            "given once"
+        );
         for (m, why) in [
             (
                 mark("AAAAAA1", filed.id, "t2"),
@@ -988,63 +1008,74 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                store.accept_copy(&m, "CCCCCC1", &bob, 600).unwrap(),
+                store.accept_copy(&m, "CCCCCC1", 600).unwrap(),
                 CopyCheck::Unknown(why.into())
             );
         }
+        assert!(store.copies(filed.id).unwrap().is_empty());
         let good = mark("AAAAAA1", filed.id, "t1");
-        assert_eq!(
-            store
-                .accept_copy(&good, "CCCCCC1", &["all@example.org".to_owned()], 600)
-                .unwrap(),
-            CopyCheck::Repeated("the copy's recipients are not the 1 chosen in request 1".into())
-        );
-        assert_eq!(
-            store.requests(filed.held_id).unwrap()[0].copy_queue_id,
-            None
-        );
-        assert_eq!(
-            store.accept_copy(&good, "CCCCCC1", &bob, 600).unwrap(),
-            CopyCheck::Accepted,
-            "addresses compare without ASCII case"
-        );
-        assert_eq!(
-            store.accept_copy(&good, "CCCCCC1", &bob, 601).unwrap(),
-            CopyCheck::Accepted,
-            "the same copy seen again"
-        );
-        assert_eq!(
-            store.accept_copy(&good, "DDDDDD1", &bob, 602).unwrap(),
-            CopyCheck::Repeated("request 1 already had its copy, accepted as CCCCCC1".into())
-        );
-        let r = store.requests(filed.held_id).unwrap().pop().unwrap();
-        assert_eq!(r.copy_queue_id.as_deref(), Some("CCCCCC1"));
+        for (copy, at) in [("CCCCCC1", 600), ("DDDDDD1", 601), ("CCCCCC1", 602)] {
+            assert_eq!(
+                store.accept_copy(&good, copy, at).unwrap(),
+                CopyCheck::Accepted
+            );
+        }
+        assert_eq!(store.copies(filed.id).unwrap(), ["CCCCCC1", "DDDDDD1"]);
         let record = store.record(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
         let copies: Vec<_> = record.audit.iter().filter(|a| a.action == "copy").collect();
-        assert_eq!(copies.len(), 1);
+        assert_eq!(copies.len(), 3);
         assert_eq!(
             copies[0].comment.as_deref(),
-            Some("request 1: the copy to Bob@example.org accepted as CCCCCC1")
+            Some("request 1: a copy held as CCCCCC1, for the worker to release")
         );
-        // A store of version 3 gains the copy columns, its requests kept.
+        store.copy_sent(filed.id, 610).unwrap();
+        store.copy_sent(filed.id, 620).unwrap();
+        store.copy_released(filed.id, "CCCCCC1").unwrap();
+        let r = store.requests(filed.held_id).unwrap().pop().unwrap();
+        assert_eq!(
+            (r.copy_sent_at, r.copy_attempts, r.copy_queue_id.as_deref()),
+            (Some(620), 2, Some("CCCCCC1"))
+        );
+        // Taking over: only from the claimant named, and only one of two.
+        assert!(!store.lease(filed.id, Some("1 1 other")).unwrap());
+        assert!(store.lease(filed.id, Some(&me)).unwrap());
+        store.finish(filed.id, true, "done", 700).unwrap();
+        assert!(
+            !store.lease(filed.id, Some(&me)).unwrap(),
+            "only a running request"
+        );
+        assert_eq!(
+            store.accept_copy(&good, "EEEEEE1", 800).unwrap(),
+            CopyCheck::Late("request 1 is done".into())
+        );
+        assert_eq!(
+            store.copies(filed.id).unwrap().len(),
+            2,
+            "a late copy is no copy"
+        );
+        // A store of version 3 gains the columns, its requests kept.
         drop(store);
         {
             let conn = Connection::open(dir.path().join("quarantine.sqlite")).unwrap();
             for c in [
+                "claimed_by",
                 "copy_token",
                 "copy_sent_at",
+                "copy_attempts",
                 "copy_queue_id",
-                "copy_seen_at",
-                "claimed_by",
             ] {
                 conn.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {c}"))
                     .unwrap();
             }
+            conn.execute_batch("DROP TABLE copies").unwrap();
             conn.pragma_update(None, "user_version", 3).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let r = store.requests(filed.held_id).unwrap().pop().unwrap();
-        assert_eq!((r.id, r.copy_queue_id), (filed.id, None));
-        assert_eq!(store.copy_token(filed.id, "t3").unwrap(), "t3");
+        assert_eq!(
+            (r.id, r.state, r.copy_queue_id, r.copy_attempts),
+            (filed.id, RequestState::Done, None, 0)
+        );
+        assert!(store.copies(filed.id).unwrap().is_empty());
     }
 }

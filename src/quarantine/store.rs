@@ -70,16 +70,22 @@ CREATE TABLE IF NOT EXISTS requests (
     started_at   INTEGER,
     finished_at  INTEGER,
     result       TEXT,
+    claimed_by   TEXT,
     copy_token   TEXT,
     copy_sent_at INTEGER,
-    copy_queue_id TEXT,
-    copy_seen_at INTEGER,
-    claimed_by   TEXT
+    copy_attempts INTEGER NOT NULL DEFAULT 0,
+    copy_queue_id TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_held ON requests(held_id);
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state, id);
 CREATE UNIQUE INDEX IF NOT EXISTS requests_one_open ON requests(held_id)
     WHERE state IN ('pending', 'running');
+CREATE TABLE IF NOT EXISTS copies (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    queue_id   TEXT NOT NULL,
+    seen_at    INTEGER NOT NULL,
+    PRIMARY KEY (request_id, queue_id)
+);
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY,
     at      INTEGER NOT NULL,
@@ -106,16 +112,17 @@ UPDATE held SET
                       FROM json_each(facts, '$.lists')), '');
 ";
 
-/// Brings a version 3 store to version 4: which process claimed a request, and how far
-/// a release to chosen recipients got (the copy's secret token, when the worker handed
-/// it to Postfix, and the queue id the milter saw it under).
-const MIGRATE_3_TO_4: &str = "
-ALTER TABLE requests ADD COLUMN claimed_by TEXT;
-ALTER TABLE requests ADD COLUMN copy_token TEXT;
-ALTER TABLE requests ADD COLUMN copy_sent_at INTEGER;
-ALTER TABLE requests ADD COLUMN copy_queue_id TEXT;
-ALTER TABLE requests ADD COLUMN copy_seen_at INTEGER;
-";
+/// Brings a version 3 store to version 4: the columns added to `requests`, each added
+/// when missing: which process claimed a request, and how far a release to chosen
+/// recipients got (the copies' secret token, when and how often the worker handed a copy
+/// to Postfix, the copy it released). The `copies` table comes with [`SCHEMA`].
+const REQUEST_COLUMNS_4: [(&str, &str); 5] = [
+    ("claimed_by", "TEXT"),
+    ("copy_token", "TEXT"),
+    ("copy_sent_at", "INTEGER"),
+    ("copy_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("copy_queue_id", "TEXT"),
+];
 
 /// The searchable columns of a record: its rules as ` a b ` (each once) and its list
 /// addresses in ASCII lower case as `\na\nb\n`, so that a filter matches a whole
@@ -376,13 +383,18 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'")
             .map_err(sql)?
             > 0;
-    let has_copy =
-        count("SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'copy_token'")
+    if has_requests {
+        for (column, kind) in REQUEST_COLUMNS_4 {
+            let present = count(&format!(
+                "SELECT count(*) FROM pragma_table_info('requests') WHERE name = '{column}'"
+            ))
             .map_err(sql)?
-            > 0;
-    if has_requests && !has_copy {
-        conn.execute_batch(&format!("BEGIN; {MIGRATE_3_TO_4} COMMIT;"))
-            .map_err(sql)?;
+                > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {column} {kind};"))
+                    .map_err(sql)?;
+            }
+        }
     }
     conn.execute_batch(SCHEMA).map_err(sql)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -10,19 +10,12 @@
 //! hold queue at most once (a released or deleted message is no longer there), so
 //! running a step again can never deliver a message twice.
 //!
-//! A release to chosen recipients is a copy and a deletion. The worker gives the
-//! request a secret token, hands Postfix's sendmail a copy of the held message
-//! (`postcat -bh`) for the chosen recipients only, marked with a [`COPY_HEADER`] that
-//! names the original, the request and the token, and waits for the milter to see it:
-//! the milter checks the mark in the store, records the copy's queue id in the request
-//! (only the first copy ever: a second one is held for an admin, never delivered
-//! unseen) and removes the header. Only then is the original deleted. A crash in
-//! between is finished from the request: a copy seen means delete the original; no
-//! copy seen means wait for one, and make it again if none comes.
+//! A release to chosen recipients is a copy and a deletion, carried out step by step
+//! (see [`super::release_to`]).
 
+use super::claimant;
 use super::index::{
-    COPY_HEADER, CopyMark, NewRequest, QuarantineIndex, Request, RequestAction, RequestState,
-    SubmitError, Via,
+    NewRequest, QuarantineIndex, Request, RequestAction, RequestState, SubmitError, Via,
 };
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{Record, State};
@@ -37,15 +30,9 @@ use std::time::{Duration, Instant};
 /// reviewer's words, so a notice to the sender leaves it out.
 pub const CLI_COMMENT: &str = "from the command line";
 
-/// How long the worker waits for the milter to see the copy of a release to chosen
-/// recipients before it leaves the request running and looks again on later polls.
-pub const COPY_WAIT: Duration = Duration::from_secs(30);
-/// How long after the copy was handed to Postfix the request fails if the milter never
-/// saw it (the original stays held; a late copy is held as repeated).
-pub const COPY_GIVE_UP: Duration = Duration::from_secs(600);
-/// How long a worker resuming a release whose copy may have been made waits for it
-/// before it makes the copy again.
-const COPY_RESUME_WAIT: Duration = Duration::from_secs(10);
+/// How long an admin command waits for a release to chosen recipients to finish before
+/// it leaves the rest to the worker.
+pub const COPY_WAIT: Duration = Duration::from_secs(60);
 
 /// What became of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,11 +47,14 @@ pub struct Executed {
 }
 
 /// How far carrying out a request got.
-enum Step {
-    /// Finished: done or failed.
+pub(super) enum Step {
+    /// Finished now: done or failed.
     Over(Acted),
-    /// A copy is on its way; the request stays running. What happened so far.
+    /// A release to chosen recipients is under way; the request stays running. What
+    /// happened so far.
     Waiting(String),
+    /// Finished already, by another process.
+    Settled(Executed),
 }
 
 /// Carries out requests on one relay's store and Postfix.
@@ -89,7 +79,7 @@ enum InQueue {
 
 impl Executor<'_> {
     /// The review context acting for `request`'s requester at `now`.
-    fn review(&self, request: &Request, now: u64) -> Review<'_> {
+    pub(super) fn review(&self, request: &Request, now: u64) -> Review<'_> {
         Review {
             config: self.config,
             store: self.store,
@@ -115,32 +105,42 @@ impl Executor<'_> {
         self.settle(request, step, now).map(Some)
     }
 
-    /// Finishes a request found running at start (the worker stopped while carrying
-    /// it out), deciding from the facts what is left to do.
-    pub fn resume(&self, request: &Request, now: u64) -> Result<Executed, StoreError> {
-        let step = match &request.action {
-            RequestAction::ReleaseTo { recipients } => {
-                self.resume_copy(request, recipients, now, true)
-            }
-            _ => Step::Over(self.resumed(request, now)),
-        };
-        self.settle(request, step, now)
+    /// Finishes a request found running whose claimant is gone (the worker stopped
+    /// while carrying it out), deciding from the facts what is left to do; it is taken
+    /// over first, so that of two processes only one does it.
+    pub fn resume(&self, request: &Request, now: u64) -> Result<Option<Executed>, StoreError> {
+        if let RequestAction::ReleaseTo { .. } = request.action {
+            return self.check_copy(request, now);
+        }
+        if !self
+            .store
+            .lease(request.id, request.claimed_by.as_deref())?
+        {
+            return Ok(None);
+        }
+        let step = Step::Over(self.resumed(request, now));
+        self.settle(request, step, now).map(Some)
     }
 
-    /// Looks once more at a running release to chosen recipients whose copy was handed
-    /// to Postfix more than [`COPY_WAIT`] ago (the one who made it stopped waiting):
-    /// finished when the milter has seen the copy, failed after [`COPY_GIVE_UP`].
-    /// `None` for any other request.
+    /// Takes the next step of a running release to chosen recipients that this process
+    /// claimed, or whose claimant is gone (taken over first). `None` for any other
+    /// request, or one a live process is carrying out.
     pub fn check_copy(&self, request: &Request, now: u64) -> Result<Option<Executed>, StoreError> {
-        let (RequestState::Running, RequestAction::ReleaseTo { recipients }, Some(sent)) =
-            (request.state, &request.action, request.copy_sent_at)
+        let (RequestState::Running, RequestAction::ReleaseTo { recipients }) =
+            (request.state, &request.action)
         else {
             return Ok(None);
         };
-        if now.saturating_sub(sent) < COPY_WAIT.as_secs() + 5 {
+        let mine = request.claimed_by.as_deref() == Some(claimant::this_process().as_str());
+        let taken = mine
+            || (claimant::gone(request.claimed_by.as_deref())
+                && self
+                    .store
+                    .lease(request.id, request.claimed_by.as_deref())?);
+        if !taken {
             return Ok(None);
         }
-        let step = self.resume_copy(request, recipients, now, false);
+        let step = self.advance(request, recipients, now);
         self.settle(request, step, now).map(Some)
     }
 
@@ -152,6 +152,7 @@ impl Executor<'_> {
                 open: true,
                 result,
             }),
+            Step::Settled(done) => Ok(done),
         }
     }
 
@@ -173,7 +174,11 @@ impl Executor<'_> {
             .execute(&filed, request.at)
             .map_err(|e| e.to_string())?
         {
-            return Ok(done);
+            return if done.open {
+                self.follow(&filed, done, wait.max(COPY_WAIT))
+            } else {
+                Ok(done)
+            };
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -200,6 +205,33 @@ impl Executor<'_> {
         }
     }
 
+    /// Takes the next steps of a release to chosen recipients this process started,
+    /// four times a second, until it is over or `wait` has passed.
+    fn follow(
+        &self,
+        filed: &Request,
+        mut last: Executed,
+        wait: Duration,
+    ) -> Result<Executed, String> {
+        let deadline = Instant::now() + wait;
+        while last.open && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = crate::clock::epoch_secs(std::time::SystemTime::now());
+            let request = self
+                .store
+                .requests(filed.held_id)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|r| r.id == filed.id)
+                .ok_or_else(|| format!("request {} is gone", filed.id))?;
+            match self.check_copy(&request, now).map_err(|e| e.to_string())? {
+                Some(done) => last = done,
+                None => break,
+            }
+        }
+        Ok(last)
+    }
+
     fn finished(
         &self,
         request: &Request,
@@ -220,7 +252,7 @@ impl Executor<'_> {
 
     /// The audit comment of an action taken for `request`: the requester's comment,
     /// the request and where it came from.
-    fn comment(request: &Request) -> String {
+    pub(super) fn comment(request: &Request) -> String {
         format!(
             "{} (request {} via {}{})",
             request.comment,
@@ -294,186 +326,6 @@ impl Executor<'_> {
             RequestAction::ReleaseTo { .. } => Err(format!(
                 "{id}: a release to chosen recipients is carried out as a copy: nothing done"
             )),
-        }
-    }
-
-    /// Starts a release to chosen recipients: the token, the copy, then the wait for
-    /// the milter to see it.
-    fn release_to(&self, request: &Request, r: &Record, chosen: &[String], now: u64) -> Step {
-        let id = &r.message.queue_id;
-        match self.postfix.submissions_filtered() {
-            Ok(true) => {}
-            Ok(false) => {
-                return Step::Over(Err(format!(
-                    "{id}: Postfix's non_smtpd_milters is empty, so the milter would never \
-                     see the copy: set it to fanout-milter's socket first; nothing done"
-                )));
-            }
-            Err(e) => {
-                return Step::Over(Err(format!(
-                    "{id}: cannot read non_smtpd_milters: {e}; nothing done"
-                )));
-            }
-        }
-        if let Err(e) = self.send_copy(request, r, chosen, now) {
-            return Step::Over(Err(format!("{id}: {e}; the original is still held")));
-        }
-        self.await_copy(request, r, chosen, now, COPY_WAIT)
-    }
-
-    /// Hands Postfix a copy of the held message for `chosen`, marked for the milter.
-    fn send_copy(
-        &self,
-        request: &Request,
-        r: &Record,
-        chosen: &[String],
-        now: u64,
-    ) -> Result<(), String> {
-        let fresh = crate::token::random_id()?;
-        let token = self
-            .store
-            .copy_token(request.id, &fresh)
-            .map_err(|e| e.to_string())?;
-        let content = self
-            .postfix
-            .content(&r.message.queue_id)
-            .map_err(|e| format!("cannot read the held message: {e}"))?;
-        let mark = CopyMark {
-            original: r.message.queue_id.as_str().to_owned(),
-            request: request.id,
-            token,
-        };
-        crate::notify::send_mail(
-            &self.config.postfix,
-            &r.message.sender,
-            chosen,
-            &marked(&content, &mark),
-        )
-        .map_err(|e| format!("Postfix refused the copy: {e}"))?;
-        self.store
-            .copy_sent(request.id, now)
-            .map_err(|e| format!("the copy was handed to Postfix, but not recorded: {e}"))
-    }
-
-    /// Waits at most `wait` for the milter to record the copy; then deletes the
-    /// original.
-    fn await_copy(
-        &self,
-        request: &Request,
-        r: &Record,
-        chosen: &[String],
-        now: u64,
-        wait: Duration,
-    ) -> Step {
-        let deadline = Instant::now() + wait;
-        loop {
-            match self.copy_seen(request) {
-                Ok(Some(copy)) => return Step::Over(self.copy_out(request, r, chosen, &copy, now)),
-                Ok(None) => {}
-                Err(e) => return Step::Waiting(format!("{}: {e}", r.message.queue_id)),
-            }
-            if Instant::now() >= deadline {
-                return Step::Waiting(format!(
-                    "{}: a copy to {} was handed to Postfix; waiting for the milter to see \
-                     it before the original is deleted",
-                    r.message.queue_id,
-                    chosen.join(", ")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The queue id the milter accepted the request's copy under, if it has.
-    fn copy_seen(&self, request: &Request) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .store
-            .requests(request.held_id)?
-            .into_iter()
-            .find(|q| q.id == request.id)
-            .and_then(|q| q.copy_queue_id))
-    }
-
-    /// The copy went out as `copy`: the original is claimed as released (to the chosen
-    /// recipients) and deleted from the hold queue.
-    fn copy_out(
-        &self,
-        request: &Request,
-        r: &Record,
-        chosen: &[String],
-        copy: &str,
-        now: u64,
-    ) -> Acted {
-        let id = &r.message.queue_id;
-        let to = chosen.join(", ");
-        let review = self.review(request, now);
-        let comment = format!("to {to} as {copy}: {}", Self::comment(request));
-        match r.state {
-            State::Held => review.claim_record(r, State::Released, "release-to", Some(comment))?,
-            State::Released => {}
-            _ => return Err(Self::not_held(r)),
-        }
-        match self.in_queue(r)? {
-            InQueue::Held => review
-                .deleted(r, State::Released)
-                .map(|words| {
-                    format!(
-                        "{id}: released to {to} as a copy ({copy}); the original was deleted ({words})"
-                    )
-                })
-                .map_err(|e| {
-                    format!("{e}; the copy to {to} went out as {copy}: discard the original by hand")
-                }),
-            _ => Ok(format!(
-                "{id}: released to {to} as a copy ({copy}); the original had left the hold queue"
-            )),
-        }
-    }
-
-    /// Where a release to chosen recipients stands after the worker stopped in it (or
-    /// the one who made the copy stopped waiting): `patient` waits for a copy that may
-    /// be on its way, and makes it again when none comes.
-    fn resume_copy(&self, request: &Request, chosen: &[String], now: u64, patient: bool) -> Step {
-        let r = match self.store.record_by_id(request.held_id) {
-            Ok(r) => r,
-            Err(e) => return Step::Over(Err(e.to_string())),
-        };
-        let id = r.message.queue_id.clone();
-        if let Some(copy) = &request.copy_queue_id {
-            return Step::Over(self.copy_out(request, &r, chosen, copy, now));
-        }
-        if r.state != State::Held {
-            return Step::Over(Err(Self::not_held(&r)));
-        }
-        match (request.copy_sent_at, patient) {
-            (None, true) => match self.await_copy(request, &r, chosen, now, COPY_RESUME_WAIT) {
-                Step::Waiting(_) => match self.in_queue(&r) {
-                    Ok(InQueue::Held) => {
-                        if let Err(e) = self.send_copy(request, &r, chosen, now) {
-                            return Step::Over(Err(format!(
-                                "{id}: {e}; the original is still held"
-                            )));
-                        }
-                        self.await_copy(request, &r, chosen, now, COPY_WAIT)
-                    }
-                    Ok(_) => Step::Over(Err(format!(
-                        "{id}: no longer in Postfix's hold queue, and no copy was seen: \
-                         nothing done"
-                    ))),
-                    Err(e) => Step::Over(Err(e)),
-                },
-                over => over,
-            },
-            (Some(sent), _) if now.saturating_sub(sent) >= COPY_GIVE_UP.as_secs() => {
-                Step::Over(Err(format!(
-                    "{id}: the copy handed to Postfix at {} was never seen by the milter \
-                     (is pickup running, and fanout-milter in non_smtpd_milters?); the \
-                     original is still held, and a copy that turns up late is held too",
-                    text::utc_seconds(sent)
-                )))
-            }
-            (Some(_), true) => self.await_copy(request, &r, chosen, now, COPY_WAIT),
-            _ => self.await_copy(request, &r, chosen, now, Duration::ZERO),
         }
     }
 
@@ -571,53 +423,24 @@ impl Executor<'_> {
     }
 }
 
-/// The held message as a copy: any [`COPY_HEADER`] field it had is dropped, and the
-/// mark goes first. `content` is `postcat -bh` output: header lines, an empty line,
-/// the body.
-fn marked(content: &[u8], mark: &CopyMark) -> Vec<u8> {
-    let mut out = format!("{COPY_HEADER}: {}\n", mark.value()).into_bytes();
-    let mut in_header = true;
-    let mut dropping = false;
-    for line in content.split_inclusive(|&b| b == b'\n') {
-        if in_header {
-            let bare = line.strip_suffix(b"\n").unwrap_or(line);
-            let bare = bare.strip_suffix(b"\r").unwrap_or(bare);
-            if bare.is_empty() {
-                in_header = false;
-            } else if line[0] == b' ' || line[0] == b'\t' {
-                if dropping {
-                    continue;
-                }
-            } else {
-                dropping = line.split(|&b| b == b':').next().is_some_and(|name| {
-                    name.trim_ascii()
-                        .eq_ignore_ascii_case(COPY_HEADER.as_bytes())
-                });
-                if dropping {
-                    continue;
-                }
-            }
-        }
-        out.extend_from_slice(line);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quarantine::index::CopyCheck;
+    use crate::quarantine::index::{CopyCheck, CopyMark};
     use crate::quarantine::record::QueueId;
     use crate::quarantine::store::tests::held;
     use std::path::Path;
 
     /// Stub postsuper, postqueue, postcat, postconf and sendmail in `dir/bin`.
     /// postsuper logs its arguments to `dir/postsuper.log` and acts on a message only
-    /// while `dir/held` names it (as Postfix's hold queue would); postqueue -j lists it
-    /// as held then; sendmail keeps the last message in `dir/sent` and logs its
-    /// arguments to `dir/sendmail.log`; postcat prints a message that carries an old
-    /// mark; postconf names a milter in non_smtpd_milters unless `dir/no-milters`
-    /// exists.
+    /// while `dir/held` names it (as Postfix's hold queue would; `-d` does nothing while
+    /// `dir/fail-delete` exists); postqueue -j lists those as held and `dir/active`'s
+    /// as active, each with the recipients in `dir/rcpts-ID` (default all@example.org);
+    /// sendmail keeps the last message in `dir/sent` and logs its arguments to
+    /// `dir/sendmail.log`; postcat prints a message that carries an old mark; postconf
+    /// answers non_smtpd_milters (fanout-milter's default socket, `dir/milters`, or
+    /// empty when `dir/no-milters` exists), milter_default_action (`dir/default-action`
+    /// or tempfail) and -P (`dir/services`).
     fn stub(dir: &Path) -> Config {
         use std::os::unix::fs::PermissionsExt;
         let bin = dir.join("bin");
@@ -629,6 +452,7 @@ mod tests {
                 format!(
                     "echo \"$*\" >> {d}/postsuper.log\n\
                      id=$4\n\
+                     [ \"$3\" = -d ] && [ -e {d}/fail-delete ] && exit 0\n\
                      if grep -qx \"$id\" {d}/held 2>/dev/null; then\n\
                        grep -vx \"$id\" {d}/held > {d}/held.new; mv {d}/held.new {d}/held\n\
                        case \"$3\" in -H) echo 'postsuper: Released from hold: 1 message' >&2;;\n\
@@ -640,9 +464,13 @@ mod tests {
                 "postqueue",
                 format!(
                     "[ \"$3\" = -j ] || exit 0\n\
-                     for id in $(cat {d}/held 2>/dev/null); do\n\
-                       echo \"{{\\\"queue_name\\\": \\\"hold\\\", \\\"queue_id\\\": \\\"$id\\\"}}\"\n\
-                     done\n"
+                     list() {{ for id in $(cat {d}/$1 2>/dev/null); do\n\
+                       rc=''; for a in $(cat {d}/rcpts-$id 2>/dev/null || echo all@example.org); do\n\
+                         rc=\"$rc{{\\\"address\\\": \\\"$a\\\"}},\"; done\n\
+                       echo \"{{\\\"queue_name\\\": \\\"$1\\\", \\\"queue_id\\\": \\\"$id\\\", \\\"sender\\\": \\\"ann@example.org\\\", \\\"recipients\\\": [${{rc%,}}]}}\"\n\
+                     done; }}\n\
+                     list held | sed 's/\"queue_name\": \"held\"/\"queue_name\": \"hold\"/'\n\
+                     list active\n"
                 ),
             ),
             (
@@ -655,7 +483,11 @@ mod tests {
             ),
             (
                 "postconf",
-                format!("[ -e {d}/no-milters ] || echo 'inet:127.0.0.1:8891'\n"),
+                format!(
+                    "case \"$*\" in *' -P'*) cat {d}/services 2>/dev/null; exit 0;; esac\n\
+                     if [ -e {d}/no-milters ]; then echo; else cat {d}/milters 2>/dev/null || echo 'inet:127.0.0.1:7785'; fi\n\
+                     cat {d}/default-action 2>/dev/null || echo tempfail\n"
+                ),
             ),
         ] {
             let path = bin.join(name);
@@ -706,32 +538,42 @@ mod tests {
             std::fs::write(list, ids).unwrap();
         }
 
-        /// A held record for `id` with these envelope recipients.
+        /// A held record for `id` with these envelope recipients, in the stub's hold
+        /// queue with them.
         fn hold_to(&self, id: &str, recipients: &[&str]) {
             let mut m = held(id, 100);
             m.recipients = recipients.iter().map(|r| r.to_string()).collect();
             self.store.record_held(&m, "milter", None).unwrap();
-            std::fs::write(self.dir.path().join("held"), format!("{id}\n")).unwrap();
+            self.queue(id, recipients);
         }
 
-        /// The milter's part, in a thread: waits for the copy sendmail got, reads its
-        /// mark and recipients, and asks the store as the milter does, with `queue_id`
-        /// for the copy.
-        fn milter(&self, queue_id: &'static str) -> std::thread::JoinHandle<CopyCheck> {
-            let dir = self.dir.path().to_owned();
-            std::thread::spawn(move || {
-                let sent = dir.join("sent");
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !sent.exists() {
-                    assert!(Instant::now() < deadline, "no copy was sent");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let (mark, recipients) = sent_copy(&dir);
-                let store = Store::open(&dir.join("state")).unwrap();
-                store
-                    .accept_copy(&mark, queue_id, &recipients, 310)
-                    .unwrap()
-            })
+        /// `id` in the stub's hold queue, with these recipients.
+        fn queue(&self, id: &str, recipients: &[&str]) {
+            let list = self.dir.path().join("held");
+            let mut ids = std::fs::read_to_string(&list).unwrap_or_default();
+            ids.push_str(id);
+            ids.push('\n');
+            std::fs::write(list, ids).unwrap();
+            std::fs::write(
+                self.dir.path().join(format!("rcpts-{id}")),
+                recipients.join(" "),
+            )
+            .unwrap();
+        }
+
+        /// What the milter and Postfix do with the last copy sendmail got: the mark
+        /// checked in the store, the copy recorded and held as `copy` with the
+        /// recipients sendmail was given.
+        fn milter_holds(&self, copy: &str) -> CopyCheck {
+            let (mark, recipients) = sent_copy(self.dir.path());
+            let check = self.store.accept_copy(&mark, copy, 310).unwrap();
+            let mut m = held(copy, 310);
+            m.recipients = recipients.clone();
+            m.rules[0].rule = "copy".into();
+            self.store.record_held(&m, "milter", None).unwrap();
+            let r: Vec<&str> = recipients.iter().map(String::as_str).collect();
+            self.queue(copy, &r);
+            check
         }
 
         fn sendmail_calls(&self) -> usize {
@@ -739,6 +581,15 @@ mod tests {
                 .unwrap_or_default()
                 .lines()
                 .count()
+        }
+
+        fn postsuper_log(&self) -> Vec<String> {
+            let c = self.config.postfix.config_directory.display().to_string();
+            std::fs::read_to_string(self.dir.path().join("postsuper.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.replace(&format!("-c {c} "), ""))
+                .collect()
         }
 
         fn file(&self, id: &str, action: RequestAction) -> Request {
@@ -789,39 +640,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_copy_carries_the_mark_first_and_no_other() {
-        let mark = CopyMark {
-            original: "AAAAAA1".into(),
-            request: 7,
-            token: "ab12".into(),
-        };
-        let copy = marked(
-            b"Received: by x\n\tid 1\nx-fanout-released : v1; q=B; r=1; t=x\n\tmore\nSubject: s\n\nX-Fanout-Released: in the body\n",
-            &mark,
-        );
-        assert_eq!(
-            String::from_utf8(copy).unwrap(),
-            "X-Fanout-Released: v1; q=AAAAAA1; r=7; t=ab12\nReceived: by x\n\tid 1\n\
-             Subject: s\n\nX-Fanout-Released: in the body\n"
-        );
-        assert_eq!(CopyMark::parse(&mark.value()), Some(mark));
-        for bad in [
-            "v2; q=A; r=1; t=x",
-            "v1; q=A; r=x; t=x",
-            "v1; q=A; r=1",
-            "v1; q=A; r=1; t=x; extra",
-            "v1; q=A\r\n; r=1; t=x",
-            "v1; q=; r=1; t=x",
-            "v1; q=A; r=1; t=x y",
-        ] {
-            assert_eq!(CopyMark::parse(bad), None, "{bad}");
-        }
+    /// `r` as a process that died left it: claimed by a claimant of an earlier boot.
+    fn orphan(f: &Fixture, r: &Request) -> Request {
+        let conn =
+            rusqlite::Connection::open(f.dir.path().join("state/quarantine.sqlite")).unwrap();
+        conn.execute(
+            "UPDATE requests SET claimed_by = '4242 1 an-earlier-boot' WHERE id = ?1",
+            [r.id],
+        )
+        .unwrap();
+        f.request(r)
     }
 
     #[test]
-    fn a_release_to_chosen_recipients_deletes_the_original_once_the_milter_saw_the_copy() {
+    fn a_release_to_chosen_recipients_releases_the_held_copy_then_deletes_the_original() {
         let f = Fixture::new();
+        let e = f.executor();
         f.hold_to(
             "AAAAAA1",
             &["all@example.org", "bob@example.org", "cy@example.org"],
@@ -830,16 +664,11 @@ mod tests {
             "AAAAAA1",
             release_to(&["bob@example.org", "cy@example.org"]),
         );
-        let milter = f.milter("BBBBBB9");
-        let done = f.executor().execute(&rq, 300).unwrap().unwrap();
-        assert_eq!(milter.join().unwrap(), CopyCheck::Accepted);
-        assert!(done.ok && !done.open, "{done:?}");
+        let started = e.execute(&rq, 300).unwrap().unwrap();
+        assert!(started.open && !started.ok, "{started:?}");
         assert!(
-            done.result.starts_with(
-                "AAAAAA1: released to bob@example.org, cy@example.org as a copy (BBBBBB9); \
-                 the original was deleted"
-            ) && done.result.contains("Deleted: 1 message"),
-            "{done:?}"
+            started.result.contains("was handed to Postfix"),
+            "{started:?}"
         );
         let sent = std::fs::read_to_string(f.dir.path().join("sent")).unwrap();
         assert!(
@@ -858,19 +687,42 @@ mod tests {
                 .ends_with("-i -f ann@example.org -- bob@example.org cy@example.org"),
             "{log}"
         );
+        // Nothing happens until the milter has held the copy.
+        let running = f.request(&rq);
+        let waiting = e.check_copy(&running, 301).unwrap().unwrap();
+        assert!(
+            waiting.open && waiting.result.contains("waiting for the milter"),
+            "{waiting:?}"
+        );
+        assert!(f.postsuper_log().is_empty());
+        assert_eq!(f.milter_holds("BBBBBB9"), CopyCheck::Accepted);
+        let done = e.check_copy(&f.request(&rq), 320).unwrap().unwrap();
+        assert!(done.ok && !done.open, "{done:?}");
+        assert!(
+            done.result.starts_with(
+                "AAAAAA1: released to bob@example.org, cy@example.org as a copy (BBBBBB9); \
+                 the original was deleted"
+            ),
+            "{done:?}"
+        );
+        assert_eq!(
+            f.postsuper_log(),
+            ["-H BBBBBB9", "-d AAAAAA1 hold"],
+            "the copy first"
+        );
         let stored = f.request(&rq);
         assert_eq!(stored.state, RequestState::Done);
         assert_eq!(stored.copy_queue_id.as_deref(), Some("BBBBBB9"));
-        assert_eq!(stored.copy_sent_at, Some(300));
+        assert_eq!((stored.copy_sent_at, stored.copy_attempts), (Some(300), 1));
         let r = f.record("AAAAAA1");
         assert_eq!(r.state, State::Released);
-        let actions: Vec<(&str, &str)> = r
+        let trail: Vec<(&str, &str)> = r
             .audit
             .iter()
             .map(|a| (a.who.as_str(), a.action.as_str()))
             .collect();
         assert_eq!(
-            &actions[actions.len() - 2..],
+            &trail[trail.len() - 2..],
             [("milter", "copy"), ("carol", "release-to")]
         );
         assert!(
@@ -884,149 +736,252 @@ mod tests {
                     "to bob@example.org, cy@example.org as BBBBBB9: wrong list, resend to the team"
                 )
         );
-        let log = std::fs::read_to_string(f.dir.path().join("postsuper.log")).unwrap();
+        let copy = f.record("BBBBBB9");
+        assert_eq!(copy.state, State::Released);
+        assert_eq!(copy.audit.last().unwrap().who, "carol");
+        // A copy that turns up now is late: held for an admin.
+        let (mark, _) = sent_copy(f.dir.path());
         assert_eq!(
-            log.lines().collect::<Vec<_>>(),
-            [format!(
-                "-c {} -d AAAAAA1 hold",
-                f.config.postfix.config_directory.display()
-            )]
+            f.store.accept_copy(&mark, "CCCCCC9", 400).unwrap(),
+            CopyCheck::Late("request 1 is done".into())
         );
-        let (mark, rcpts) = sent_copy(f.dir.path());
-        assert!(
-            matches!(f.store.accept_copy(&mark, "CCCCCC9", &rcpts, 400).unwrap(),
-                     CopyCheck::Repeated(why) if why.contains("already had its copy, accepted as BBBBBB9")),
-            "a second copy is not the request's"
-        );
+        assert_eq!(e.check_copy(&f.request(&rq), 401).unwrap(), None, "over");
     }
 
     #[test]
-    fn no_copy_is_made_when_the_milter_would_not_see_it() {
-        let f = Fixture::new();
-        f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
-        std::fs::write(f.dir.path().join("no-milters"), "").unwrap();
-        let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
-        let failed = f.executor().execute(&rq, 300).unwrap().unwrap();
-        assert!(!failed.ok && !failed.open);
-        assert!(
-            failed.result.contains("non_smtpd_milters is empty"),
-            "{failed:?}"
-        );
-        assert_eq!(f.sendmail_calls(), 0);
-        assert_eq!(f.postsuper_calls(), 0);
-        assert_eq!(f.record("AAAAAA1").state, State::Held);
-        assert_eq!(f.request(&rq).state, RequestState::Failed);
+    fn no_copy_is_made_unless_it_surely_passes_the_milter_from_a_held_original() {
+        let cases = [
+            ("no-milters", "", "non_smtpd_milters is empty"),
+            (
+                "milters",
+                "inet:127.0.0.1:8891\n",
+                "does not name fanout-milter's socket (inet:127.0.0.1:7785)",
+            ),
+            (
+                "default-action",
+                "accept\n",
+                "milter_default_action is accept",
+            ),
+            (
+                "services",
+                "pickup/unix/receive_override_options = no_milters\n",
+                "master.cf changes the milters of pickup",
+            ),
+            (
+                "held",
+                "",
+                "AAAAAA1: no longer in Postfix's queue: nothing done",
+            ),
+            (
+                "rcpts-AAAAAA1",
+                "all@example.org",
+                "bob@example.org is not a recipient of the held message as Postfix has it",
+            ),
+        ];
+        for (file, text, why) in cases {
+            let f = Fixture::new();
+            f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
+            std::fs::write(f.dir.path().join(file), text).unwrap();
+            let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
+            let failed = f.executor().execute(&rq, 300).unwrap().unwrap();
+            assert!(!failed.ok && !failed.open, "{failed:?}");
+            assert!(failed.result.contains(why), "{why}: {failed:?}");
+            assert!(failed.result.ends_with("nothing done"), "{failed:?}");
+            assert_eq!(f.sendmail_calls(), 0, "{why}");
+            assert!(f.postsuper_log().is_empty());
+            assert_eq!(f.record("AAAAAA1").state, State::Held);
+            assert_eq!(f.request(&rq).state, RequestState::Failed);
+        }
     }
 
     #[test]
-    fn a_release_to_cut_short_after_the_copy_went_out_only_deletes_the_original() {
+    fn a_release_to_whose_worker_died_makes_the_copy_again_and_releases_only_one() {
         let f = Fixture::new();
         let e = f.executor();
         f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
         let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
-        assert!(f.store.claim(rq.id, 250).unwrap());
-        let token = f.store.copy_token(rq.id, "fffe").unwrap();
-        assert_eq!(token, "fffe");
-        assert_eq!(
-            f.store.copy_token(rq.id, "other").unwrap(),
-            "fffe",
-            "the token once given stays"
-        );
-        let mark = CopyMark {
-            original: "AAAAAA1".into(),
-            request: rq.id,
-            token,
-        };
-        let bob = vec!["bob@example.org".to_owned()];
-        assert_eq!(
-            f.store.accept_copy(&mark, "BBBBBB9", &bob, 260).unwrap(),
-            CopyCheck::Accepted
-        );
-        // The worker stopped before it recorded that sendmail took the copy.
-        let done = e.resume(&f.request(&rq), 300).unwrap();
-        assert!(done.ok, "{done:?}");
-        assert!(done.result.contains("as a copy (BBBBBB9)"), "{done:?}");
-        assert_eq!(f.sendmail_calls(), 0, "no second copy");
-        assert_eq!(f.postsuper_calls(), 1);
-        assert_eq!(f.record("AAAAAA1").state, State::Released);
-        // Stopped after the original was deleted and claimed, before the request ended.
-        f.hold_to("CCCCCC3", &["all@example.org", "bob@example.org"]);
-        let rq = f.file("CCCCCC3", release_to(&["bob@example.org"]));
-        assert!(f.store.claim(rq.id, 250).unwrap());
-        let token = f.store.copy_token(rq.id, "abcd").unwrap();
-        let mark = CopyMark {
-            original: "CCCCCC3".into(),
-            request: rq.id,
-            token,
-        };
-        f.store.accept_copy(&mark, "DDDDDD9", &bob, 260).unwrap();
-        let r = f.record("CCCCCC3");
-        e.review(&rq, 270)
-            .claim_record(&r, State::Released, "release-to", None)
+        assert!(e.execute(&rq, 300).unwrap().unwrap().open);
+        // The worker made the copy, then died before it could note that it had.
+        let conn =
+            rusqlite::Connection::open(f.dir.path().join("state/quarantine.sqlite")).unwrap();
+        conn.execute("UPDATE requests SET copy_sent_at = NULL", [])
             .unwrap();
-        std::fs::write(f.dir.path().join("held"), "").unwrap();
-        let done = e.resume(&f.request(&rq), 300).unwrap();
+        assert_eq!(f.milter_holds("BBBBBB8"), CopyCheck::Accepted);
+        std::fs::remove_file(f.dir.path().join("sent")).unwrap();
+        // A live claimant is left alone; a dead one's request is taken over.
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let conn2 = &conn;
+        conn2
+            .execute(
+                "UPDATE requests SET claimed_by = ?2 WHERE id = ?1",
+                rusqlite::params![rq.id, crate::quarantine::claimant::of_process(live.id())],
+            )
+            .unwrap();
+        assert_eq!(
+            e.check_copy(&f.request(&rq), 310).unwrap(),
+            None,
+            "left to its claimant"
+        );
+        live.kill().unwrap();
+        live.wait().unwrap();
+        let orphaned = orphan(&f, &rq);
+        let again = e.check_copy(&orphaned, 320).unwrap().unwrap();
+        assert_eq!(
+            f.request(&rq).claimed_by,
+            Some(crate::quarantine::claimant::this_process()),
+            "taken over"
+        );
+        // It saw a held copy, so it released it; no second copy was needed.
         assert!(
-            done.ok && done.result.contains("had left the hold queue"),
+            again.ok && again.result.contains("as a copy (BBBBBB8)"),
+            "{again:?}"
+        );
+        assert_eq!(f.sendmail_calls(), 1);
+        // Had it died before the copy was held, it makes one again; both get held,
+        // one is released and the other deleted.
+        f.hold_to("CCCCCC1", &["all@example.org", "bob@example.org"]);
+        let rq = f.file("CCCCCC1", release_to(&["bob@example.org"]));
+        assert!(e.execute(&rq, 400).unwrap().unwrap().open);
+        conn.execute(
+            "UPDATE requests SET copy_sent_at = NULL WHERE id = ?1",
+            [rq.id],
+        )
+        .unwrap();
+        let orphaned = orphan(&f, &rq);
+        let resent = e.check_copy(&orphaned, 410).unwrap().unwrap();
+        assert!(resent.open, "{resent:?}");
+        assert_eq!(f.sendmail_calls(), 3, "made again");
+        assert_eq!(f.request(&rq).copy_attempts, 2);
+        assert_eq!(f.milter_holds("DDDDDD1"), CopyCheck::Accepted);
+        assert_eq!(f.milter_holds("DDDDDD2"), CopyCheck::Accepted);
+        let done = e.check_copy(&f.request(&rq), 420).unwrap().unwrap();
+        assert!(
+            done.ok && done.result.contains("as a copy (DDDDDD1)"),
             "{done:?}"
         );
-        assert_eq!(f.postsuper_calls(), 1, "nothing deleted twice");
-        assert_eq!(f.sendmail_calls(), 0);
+        let log = f.postsuper_log();
+        assert_eq!(
+            &log[log.len() - 3..],
+            ["-H DDDDDD1", "-d DDDDDD2 hold", "-d CCCCCC1 hold"]
+        );
+        assert_eq!(f.record("DDDDDD2").state, State::Discarded);
     }
 
     #[test]
-    fn a_copy_never_seen_fails_the_request_after_a_while_and_a_late_one_is_held() {
+    fn a_copy_is_released_only_to_exactly_the_chosen_and_only_while_the_original_is_held() {
+        let f = Fixture::new();
+        let e = f.executor();
+        // Postfix rewrote the address: the copy stays held, the request fails.
+        f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
+        let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
+        e.execute(&rq, 300).unwrap();
+        f.milter_holds("BBBBBB1");
+        std::fs::write(f.dir.path().join("rcpts-BBBBBB1"), "robert@example.org").unwrap();
+        let failed = e.check_copy(&f.request(&rq), 310).unwrap().unwrap();
+        assert!(!failed.ok && !failed.open, "{failed:?}");
+        assert!(
+            failed
+                .result
+                .contains("robert@example.org as Postfix has them"),
+            "{failed:?}"
+        );
+        assert!(
+            f.postsuper_log().is_empty(),
+            "nothing released, nothing deleted"
+        );
+        // The original was released by hand meanwhile: the copy is not released.
+        f.hold_to("CCCCCC1", &["all@example.org", "bob@example.org"]);
+        let rq = f.file("CCCCCC1", release_to(&["bob@example.org"]));
+        e.execute(&rq, 400).unwrap();
+        f.milter_holds("DDDDDD1");
+        let held = std::fs::read_to_string(f.dir.path().join("held")).unwrap();
+        std::fs::write(f.dir.path().join("held"), held.replace("CCCCCC1\n", "")).unwrap();
+        std::fs::write(f.dir.path().join("active"), "CCCCCC1\n").unwrap();
+        let failed = e.check_copy(&f.request(&rq), 410).unwrap().unwrap();
+        assert!(
+            !failed.ok && failed.result.contains("released outside fanout-milter"),
+            "{failed:?}"
+        );
+        assert!(f.postsuper_log().is_empty());
+        assert_eq!(
+            f.record("DDDDDD1").state,
+            State::Held,
+            "the copy stays held"
+        );
+    }
+
+    #[test]
+    fn a_failed_deletion_of_the_original_is_tried_again_never_undone() {
         let f = Fixture::new();
         let e = f.executor();
         f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
         let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
-        assert!(f.store.claim(rq.id, 250).unwrap());
-        let token = f.store.copy_token(rq.id, "abcd").unwrap();
-        f.store.copy_sent(rq.id, 1000).unwrap();
-        let running = f.request(&rq);
-        assert_eq!(
-            e.check_copy(&running, 1000 + COPY_WAIT.as_secs()).unwrap(),
-            None
+        e.execute(&rq, 300).unwrap();
+        f.milter_holds("BBBBBB1");
+        std::fs::write(f.dir.path().join("fail-delete"), "").unwrap();
+        let again = e.check_copy(&f.request(&rq), 310).unwrap().unwrap();
+        assert!(again.open, "{again:?}");
+        assert!(
+            again
+                .result
+                .contains("deleting the original is tried again"),
+            "{again:?}"
         );
-        let still = e.check_copy(&running, 1000 + 60).unwrap().unwrap();
-        assert!(still.open && !still.ok, "{still:?}");
-        assert_eq!(f.request(&rq).state, RequestState::Running);
+        assert_eq!(f.request(&rq).state, RequestState::Running, "still open");
+        assert_eq!(f.request(&rq).copy_queue_id.as_deref(), Some("BBBBBB1"));
+        std::fs::remove_file(f.dir.path().join("fail-delete")).unwrap();
+        let done = e.check_copy(&f.request(&rq), 320).unwrap().unwrap();
+        assert!(done.ok, "{done:?}");
+        assert_eq!(
+            f.postsuper_log(),
+            ["-H BBBBBB1", "-d AAAAAA1 hold", "-d AAAAAA1 hold"],
+            "the copy released once"
+        );
+    }
+
+    #[test]
+    fn a_copy_never_held_fails_the_request_after_a_while_and_a_late_one_is_held() {
+        let f = Fixture::new();
+        let e = f.executor();
+        f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
+        let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
+        e.execute(&rq, 1000).unwrap();
+        let still = e.check_copy(&f.request(&rq), 1000 + 599).unwrap().unwrap();
+        assert!(still.open, "{still:?}");
         let failed = e
-            .check_copy(&running, 1000 + COPY_GIVE_UP.as_secs())
+            .check_copy(
+                &f.request(&rq),
+                1000 + super::super::release_to::COPY_GIVE_UP.as_secs(),
+            )
             .unwrap()
             .unwrap();
         assert!(!failed.ok && !failed.open, "{failed:?}");
         assert!(
-            failed.result.contains("never seen by the milter"),
+            failed.result.contains("held no copy within 10m"),
             "{failed:?}"
         );
         assert_eq!(f.request(&rq).state, RequestState::Failed);
         assert_eq!(f.record("AAAAAA1").state, State::Held);
-        assert_eq!(f.postsuper_calls(), 0);
-        let mark = CopyMark {
-            original: "AAAAAA1".into(),
-            request: rq.id,
-            token,
-        };
+        assert!(f.postsuper_log().is_empty());
         assert_eq!(
-            f.store
-                .accept_copy(&mark, "BBBBBB9", &["bob@example.org".to_owned()], 2000)
-                .unwrap(),
-            CopyCheck::Repeated(format!("request {} is failed", rq.id))
+            f.milter_holds("BBBBBB9"),
+            CopyCheck::Late(format!("request {} is failed", rq.id))
         );
-        let other = f.store.requests(rq.held_id).unwrap();
-        assert_eq!(other[0].copy_queue_id, None);
+        let running = f.request(&rq);
         assert_eq!(
             e.check_copy(
                 &Request {
                     action: RequestAction::Release,
-                    ..running.clone()
+                    ..running
                 },
                 5000
             )
             .unwrap(),
             None,
-            "only a release to chosen recipients has a copy"
+            "only a release to chosen recipients has copies"
         );
     }
 
@@ -1146,7 +1101,7 @@ mod tests {
         f.hold("AAAAAA1");
         let a = f.file("AAAAAA1", RequestAction::Release);
         assert!(f.store.claim(a.id, 250).unwrap());
-        let done = e.resume(&f.request(&a), 300).unwrap();
+        let done = e.resume(&f.request(&a), 300).unwrap().unwrap();
         assert!(done.ok, "{done:?}");
         assert_eq!(f.postsuper_calls(), 1);
         // The record claimed as released, postsuper not run: run once.
@@ -1157,7 +1112,7 @@ mod tests {
         e.review(&b, 250)
             .claim_record(&r, State::Released, "release", None)
             .unwrap();
-        let done = e.resume(&f.request(&b), 300).unwrap();
+        let done = e.resume(&f.request(&b), 300).unwrap().unwrap();
         assert!(
             done.ok && done.result.contains("after the worker stopped"),
             "{done:?}"
@@ -1169,7 +1124,7 @@ mod tests {
         assert!(f.store.claim(c.id, 250).unwrap());
         let r = f.record("CCCCCC3");
         e.review(&c, 250).release_record(&r, None).unwrap();
-        let done = e.resume(&f.request(&c), 300).unwrap();
+        let done = e.resume(&f.request(&c), 300).unwrap().unwrap();
         assert!(
             done.ok && done.result.contains("released before"),
             "{done:?}"
@@ -1186,7 +1141,7 @@ mod tests {
         assert!(f.store.claim(d.id, 250).unwrap());
         let r = f.record("DDDDDD4");
         e.review(&d, 250).discard_record(&r, None).unwrap();
-        let done = e.resume(&f.request(&d), 300).unwrap();
+        let done = e.resume(&f.request(&d), 300).unwrap().unwrap();
         assert!(done.ok && done.result.contains("notice sent"), "{done:?}");
         assert_eq!(f.postsuper_calls(), 4);
         // Held but gone from the queue: failed, the record stays held.
@@ -1194,7 +1149,7 @@ mod tests {
         let g = f.file("EEEEEE5", RequestAction::Release);
         assert!(f.store.claim(g.id, 250).unwrap());
         std::fs::write(f.dir.path().join("held"), "").unwrap();
-        let failed = e.resume(&f.request(&g), 300).unwrap();
+        let failed = e.resume(&f.request(&g), 300).unwrap().unwrap();
         assert!(!failed.ok && failed.result.contains("no longer in Postfix's queue"));
         assert_eq!(f.record("EEEEEE5").state, State::Held);
         assert!(f.store.open_requests().unwrap().is_empty());

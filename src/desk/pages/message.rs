@@ -141,7 +141,8 @@ fn copy_progress(r: &ActionRequest) -> Option<String> {
             "the copy went out as {copy}; the original is being deleted"
         )),
         (None, Some(at)) => Some(format!(
-            "a copy was handed to Postfix at {}; waiting for the milter to see it",
+            "a copy was handed to Postfix at {}; waiting for the milter to hold it, then \
+             the worker releases it",
             text::utc_seconds(at)
         )),
         (None, None) => None,
