@@ -51,6 +51,10 @@ fn where_clause(q: &Query) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+/// How long past its expiry a spent link nonce is kept (the desk's clock and the
+/// link's expiry are compared elsewhere; a day covers any step of the clock).
+const LINK_NONCE_MARGIN: u64 = 86_400;
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -241,6 +245,102 @@ impl QuarantineIndex for Store {
     }
 
     fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
+        self.file_request(n, None)
+    }
+
+    fn submit_link(
+        &self,
+        n: &NewRequest,
+        nonce: &str,
+        expires: u64,
+    ) -> Result<Request, SubmitError> {
+        self.file_request(n, Some((nonce, expires)))
+    }
+
+    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
+        let conn = self.conn();
+        self.query_requests(
+            &conn,
+            "WHERE r.state IN ('pending', 'running') ORDER BY r.id",
+            [],
+        )
+    }
+
+    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE requests SET state = 'running', started_at = ?2
+                 WHERE id = ?1 AND state = 'pending'",
+                params![id, clamp(now)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed == 1)
+    }
+
+    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO events (at, who, action, comment) VALUES (?1, ?2, ?3, ?4)",
+            params![clamp(e.at), e.who, e.action, e.comment],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT at, who, action, comment FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![clamp(limit)], |r| {
+                Ok(AuditEntry {
+                    at: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    action: r.get(2)?,
+                    comment: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
+        let state = if ok {
+            RequestState::Done
+        } else {
+            RequestState::Failed
+        };
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE requests SET state = ?2, result = ?3, finished_at = ?4
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, state.as_str(), result, clamp(now)],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                path: self.path().to_owned(),
+                id,
+                message: "the request is not running: only a claimed request can finish".into(),
+            })
+        }
+    }
+}
+
+impl Store {
+    /// Files a request (see [`QuarantineIndex::submit`]); with `link` (a digest link's
+    /// nonce and expiry), spends the nonce in the same transaction: a nonce spent
+    /// already is a conflict, and a request that is not filed spends nothing.
+    fn file_request(
+        &self,
+        n: &NewRequest,
+        link: Option<(&str, u64)>,
+    ) -> Result<Request, SubmitError> {
         if n.comment.trim().is_empty() {
             return Err(SubmitError::Invalid("a comment is required".into()));
         }
@@ -250,6 +350,29 @@ impl QuarantineIndex for Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
+        if let Some((nonce, expires)) = link {
+            // Nonces of links long expired are no use: such a link is refused anyway.
+            tx.execute(
+                "DELETE FROM link_nonces WHERE expires < ?1",
+                params![clamp(n.at.saturating_sub(LINK_NONCE_MARGIN))],
+            )
+            .map_err(|e| self.err(e))?;
+            let spent = tx.execute(
+                "INSERT INTO link_nonces (nonce, expires, used_at) VALUES (?1, ?2, ?3)",
+                params![nonce, clamp(expires), clamp(n.at)],
+            );
+            match spent {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::ConstraintViolation =>
+                {
+                    return Err(SubmitError::Conflict(
+                        "this link was used already: each link acts once".into(),
+                    ));
+                }
+                Err(e) => return Err(self.err(e).into()),
+            }
+        }
         let found: Option<(i64, String)> = tx
             .query_row(
                 "SELECT id, state FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
@@ -337,80 +460,6 @@ impl QuarantineIndex for Store {
             .ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(request)
-    }
-
-    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
-        let conn = self.conn();
-        self.query_requests(
-            &conn,
-            "WHERE r.state IN ('pending', 'running') ORDER BY r.id",
-            [],
-        )
-    }
-
-    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let changed = conn
-            .execute(
-                "UPDATE requests SET state = 'running', started_at = ?2
-                 WHERE id = ?1 AND state = 'pending'",
-                params![id, clamp(now)],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(changed == 1)
-    }
-
-    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (at, who, action, comment) VALUES (?1, ?2, ?3, ?4)",
-            params![clamp(e.at), e.who, e.action, e.comment],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT at, who, action, comment FROM events ORDER BY id DESC LIMIT ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![clamp(limit)], |r| {
-                Ok(AuditEntry {
-                    at: r.get::<_, i64>(0)? as u64,
-                    who: r.get(1)?,
-                    action: r.get(2)?,
-                    comment: r.get(3)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
-        let state = if ok {
-            RequestState::Done
-        } else {
-            RequestState::Failed
-        };
-        let conn = self.conn();
-        let changed = conn
-            .execute(
-                "UPDATE requests SET state = ?2, result = ?3, finished_at = ?4
-                 WHERE id = ?1 AND state = 'running'",
-                params![id, state.as_str(), result, clamp(now)],
-            )
-            .map_err(|e| self.err(e))?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt {
-                path: self.path().to_owned(),
-                id,
-                message: "the request is not running: only a claimed request can finish".into(),
-            })
-        }
     }
 }
 
@@ -792,5 +841,49 @@ mod tests {
             crate::quarantine::store::search_columns(&m),
             (String::new(), String::new())
         );
+    }
+
+    #[test]
+    fn a_link_nonce_files_one_request_and_is_spent_only_with_it() {
+        let (_dir, store) = store();
+        fill(&store);
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let mut n = request("AAAAAA1", RequestAction::Release);
+        n.via = Via::Digest;
+        n.who = "digest:admin@example.org".into();
+        // A request that is not filed (no longer held) spends nothing.
+        let released = request("DDDDDD4", RequestAction::Release);
+        assert!(matches!(
+            store.submit_link(&released, nonce, 10_000),
+            Err(SubmitError::Conflict(_))
+        ));
+        let filed = store.submit_link(&n, nonce, 10_000).expect("filed");
+        assert_eq!(filed.via, Via::Digest);
+        let held_id = filed.held_id;
+        store.claim(filed.id, 501).unwrap();
+        store
+            .finish(filed.id, false, "postsuper failed", 502)
+            .unwrap();
+        // The message is held again with no open request, yet the link is spent.
+        match store.submit_link(&n, nonce, 10_000) {
+            Err(SubmitError::Conflict(why)) => assert!(why.contains("used already"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.requests(held_id).unwrap().len(), 1, "nothing changed");
+        // Another link still works; nonces long expired are pruned when one is spent.
+        let mut later = n.clone();
+        later.at = 10_000 + LINK_NONCE_MARGIN + 1;
+        store
+            .submit_link(&later, "fedcba9876543210fedcba9876543210", later.at + 60)
+            .expect("a fresh nonce");
+        let left: Vec<String> = store
+            .conn()
+            .prepare("SELECT nonce FROM link_nonces")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, ["fedcba9876543210fedcba9876543210"]);
     }
 }
