@@ -43,7 +43,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// The name of the desk's key file in the state directory.
-pub const KEY_FILE: &str = "desk.key";
+pub const KEY_FILE: &str = crate::link::KEY_FILE;
 
 /// Everything the desk's handlers share.
 pub struct Desk {
@@ -94,6 +94,27 @@ impl Desk {
     pub fn with_guard(mut self, guard: crate::state::Guard) -> Desk {
         self.guard = Some(guard);
         self
+    }
+
+    /// The links of an admin digest composed now: each held message's page, and the
+    /// one-click links signed with the desk key when `digest_actions` is on; `None`
+    /// without `public_url` (a mail needs absolute links).
+    pub fn digest_links(&self) -> Option<crate::notify::DeskLinks> {
+        if self.review.public_url.is_empty() {
+            return None;
+        }
+        Some(crate::notify::DeskLinks {
+            public_url: self.review.public_url.clone(),
+            actions: self
+                .review
+                .digest_actions
+                .then(|| crate::notify::ActionLinks {
+                    key: self.key,
+                    expires: self
+                        .now()
+                        .saturating_add(self.review.link_lifetime.as_secs()),
+                }),
+        })
     }
 
     /// Seconds since the epoch on the desk's clock.

@@ -9,7 +9,12 @@ use super::record::{Record, State};
 use super::review::{Report, Review};
 use super::{FOREIGN_NOTE, age};
 use crate::config::OnExpiry;
-use crate::notify::{self, Alert, AlertKind, Digest, DigestOutcome, NoticeReason};
+use crate::link;
+use crate::notify::{
+    self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome, NoticeReason,
+};
+use crate::state_dir::StateDir;
+use crate::text;
 
 impl Review<'_> {
     /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
@@ -123,19 +128,70 @@ impl Review<'_> {
         super::alert(kind, &r.message, self.now)
     }
 
+    /// The digest's links to the review desk: when the desk is on and `public_url` is
+    /// set; with one-click links when `digest_actions` is on and the desk key (which
+    /// only the daemon creates) can be read.
+    fn desk_links(&self, report: &mut Report) -> Option<DeskLinks> {
+        let review = &self.config.review;
+        if review.listen.is_none() || review.public_url.is_empty() {
+            return None;
+        }
+        let actions = if review.digest_actions {
+            match self.desk_key() {
+                Ok(key) => Some(ActionLinks {
+                    key,
+                    expires: self.now.saturating_add(review.link_lifetime.as_secs()),
+                }),
+                Err(e) => {
+                    report.line(format!(
+                        "one-click digest links left out: {}",
+                        text::neutralize(&e)
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Some(DeskLinks {
+            public_url: review.public_url.clone(),
+            actions,
+        })
+    }
+
+    /// The desk key, read as root reads the state directory: never through a link,
+    /// only a regular file with one link owned by root or the directory's owner;
+    /// never created here (a key root made would not be the daemon's).
+    fn desk_key(&self) -> Result<[u8; link::KEY_BYTES], String> {
+        let dir = StateDir::open(&self.config.state_dir, Some(&self.config.state_owner))
+            .map_err(|e| e.to_string())?;
+        let bytes = dir
+            .read(link::KEY_FILE)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no {} yet (the daemon creates it when the desk starts)",
+                    dir.join(link::KEY_FILE).display()
+                )
+            })?;
+        link::key_from(&bytes)
+            .ok_or_else(|| format!("{} is not a desk key", dir.join(link::KEY_FILE).display()))
+    }
+
     fn send_digest(&self, alerts: Vec<Alert>, report: &mut Report) {
         let digest = Digest {
             alerts,
             dropped: 0,
             host: notify::hostname(),
+            desk: self.desk_links(report),
         };
         let n = &self.config.notify;
         let sendmail =
             |to: &[String], mail: &[u8]| notify::send_mail(&self.config.postfix, "", to, mail);
         for outcome in notify::deliver_digest(n, &digest, sendmail) {
             match outcome {
-                DigestOutcome::Mailed => {
-                    report.line(format!("alert mailed to {}", n.admins.join(", ")))
+                DigestOutcome::Mailed(to) => {
+                    report.line(format!("alert mailed to {}", to.join(", ")))
                 }
                 DigestOutcome::MailFailed(e) => report.fail(format!("alert mail failed: {e}")),
                 DigestOutcome::Posted => {
