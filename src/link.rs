@@ -197,12 +197,12 @@ mod tests {
     fn every_field_is_bound_by_the_mac() {
         let l = link(LinkAction::Release);
         let token = l.token(&KEY);
-        let changes: [Box<dyn Fn(&mut Link)>; 5] = [
-            Box::new(|l| l.queue_id = "5AbCdEf123".into()),
-            Box::new(|l| l.action = LinkAction::Discard),
-            Box::new(|l| l.admin = "mallory@corp.example".into()),
-            Box::new(|l| l.expires += 86_400),
-            Box::new(|l| l.nonce = "0".repeat(NONCE_HEX)),
+        let changes: [fn(&mut Link); 5] = [
+            |l| l.queue_id = "5AbCdEf123".into(),
+            |l| l.action = LinkAction::Discard,
+            |l| l.admin = "mallory@corp.example".into(),
+            |l| l.expires += 86_400,
+            |l| l.nonce = "0".repeat(NONCE_HEX),
         ];
         for change in changes {
             let mut changed = l.clone();

@@ -150,6 +150,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
             "/message/{queue_id}",
             get(pages::message::message).post(pages::message::act),
         )
+        .route(
+            "/link/{token}",
+            get(pages::link::confirm).post(pages::link::act),
+        )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))
         .route("/static/desk.css", get(pages::css))

@@ -110,6 +110,10 @@ impl Alert {
     }
 }
 
+/// One mail of a digest: its recipients and the message (or why it could not be
+/// composed).
+pub type DigestMail = (Vec<String>, Result<Vec<u8>, ComposeError>);
+
 /// How a digest links held messages to the review desk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeskLinks {
@@ -340,11 +344,7 @@ impl Digest {
 
     /// The digest's mails to `admins`, each with its recipients: one mail to all of
     /// them, or one each when the digest carries one-click links (each only its own).
-    pub fn mails(
-        &self,
-        from: &str,
-        admins: &[String],
-    ) -> Vec<(Vec<String>, Result<Vec<u8>, ComposeError>)> {
+    pub fn mails(&self, from: &str, admins: &[String]) -> Vec<DigestMail> {
         if self.per_admin() {
             admins
                 .iter()
