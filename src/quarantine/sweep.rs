@@ -211,3 +211,74 @@ impl Review<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::Store;
+    use crate::quarantine::postfix::PostfixTools;
+
+    fn config(state_dir: &std::path::Path, review: &str) -> crate::config::Config {
+        let mut config = crate::config::parse(
+            &format!("[domains]\ninternal = [\"example.org\"]\n[review]\n{review}"),
+            std::path::Path::new("/test.toml"),
+        )
+        .unwrap();
+        config.state_dir = state_dir.to_owned();
+        config
+    }
+
+    #[test]
+    fn the_sweeps_digest_links_to_the_desk_and_signs_with_the_daemons_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let on = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https://r.example.org\"\n\
+                  digest_actions = true\nlink_lifetime = \"2h\"\n";
+        let links = |config: &crate::config::Config| {
+            let review = Review {
+                config,
+                store: &store,
+                postfix: PostfixTools::new(config.postfix.clone()),
+                who: "sweep".into(),
+                now: 1000,
+            };
+            let mut report = Report::default();
+            (review.desk_links(&mut report), report.text)
+        };
+        assert_eq!(links(&config(&state, "")).0, None, "no desk");
+        assert_eq!(
+            links(&config(&state, "public_url = \"https://r.example.org\"\n")).0,
+            None,
+            "the desk is off"
+        );
+
+        let (found, report) = links(&config(&state, on));
+        let found = found.expect("page links without a key");
+        assert_eq!(found.public_url, "https://r.example.org");
+        assert_eq!(found.actions, None);
+        assert!(
+            report.contains("one-click digest links left out"),
+            "{report}"
+        );
+        assert!(
+            !state.join(link::KEY_FILE).exists(),
+            "the sweep never creates the daemon's key"
+        );
+
+        let key = crate::desk::key(&state).unwrap();
+        let (found, report) = links(&config(&state, on));
+        let actions = found.unwrap().actions.expect("signed with the key");
+        assert_eq!(actions.key, key);
+        assert_eq!(actions.expires, 1000 + 7200);
+        assert!(report.is_empty(), "{report}");
+
+        std::fs::remove_file(state.join(link::KEY_FILE)).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), [1u8; link::KEY_BYTES]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), state.join(link::KEY_FILE))
+            .unwrap();
+        let (found, report) = links(&config(&state, on));
+        assert_eq!(found.unwrap().actions, None, "never through a link");
+        assert!(report.contains("left out"), "{report}");
+    }
+}
