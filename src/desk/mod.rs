@@ -9,7 +9,8 @@
 //!
 //! Parts: [`users`] (the accounts file), [`auth`] (sessions, failed-login limits, form
 //! tokens, the desk key), [`guard`] (response headers, cross-origin check), `pages`
-//! (the handlers and their templates).
+//! (the handlers and their templates, among them `/link/{token}`, where a signed link
+//! of the admin digest is confirmed and acts once without a login).
 
 pub(crate) mod auth;
 pub(crate) mod guard;
