@@ -93,6 +93,12 @@ struct Desk {
 
 impl Desk {
     fn start(name: &str) -> Desk {
+        Desk::start_with(name, false)
+    }
+
+    /// With `digest_links`, the admin digest goes to `admins@corp.example` through
+    /// the private Postfix, with one-click links to this desk.
+    fn start_with(name: &str, digest_links: bool) -> Desk {
         require_postfix();
         let dir = scratch_dir(name);
         let sink = Sink::start(dir.path());
@@ -120,10 +126,20 @@ state_dir = "{state}"
 [review]
 listen = "inet:127.0.0.1:{port}"
 users_file = "{users}"
-"#,
+{links}"#,
             etc = postfix.etc.display(),
             state = state.display(),
             users = users.display(),
+            links = if digest_links {
+                format!(
+                    "public_url = \"http://127.0.0.1:{port}\"\ndigest_actions = true\n\n\
+                     [notify]\nadmins = [\"admins@corp.example\"]\ninterval = \"1s\"\n\
+                     from = \"postmaster@corp.example\"\nrelay = \"127.0.0.1:{}\"\n",
+                    postfix.smtp_port
+                )
+            } else {
+                String::new()
+            },
         );
         let config = dir.path().join("fanout-milter.toml");
         std::fs::write(&config, with_listen(&listen, &body)).expect("config");
@@ -272,4 +288,84 @@ fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
     );
     assert!(again.starts_with("HTTP/1.1 409"), "{again}");
     assert_eq!(d.sink.find("desk-release-1").len(), 1, "delivered once");
+}
+
+/// A mail body as a reader sees it: quoted-printable soft breaks and `=3D` undone.
+fn unquoted(text: &str) -> String {
+    text.replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=")
+}
+
+#[test]
+fn an_admin_releases_from_a_signed_digest_link_once() {
+    let d = Desk::start_with("desk-digest-link", true);
+    let _worker = Worker::start(d.dir.path(), &d.config, &[]);
+    let id = d.send_held("digest-link-1", 6);
+
+    // The digest reaches the admin with the message's page and its one-click links.
+    let digest = d.sink.wait_until(&id, |m| {
+        m.rcpts == ["admins@corp.example"]
+            && unquoted(&m.text).contains("Do not forward this mail.")
+    });
+    let text = unquoted(&digest.text);
+    let base = format!("http://127.0.0.1:{}", d.port);
+    assert!(
+        text.contains(&format!("desk:     {base}/message/{id}")),
+        "{text}"
+    );
+    let link = |action: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{action}:")))
+            .map(|l| {
+                l.trim()
+                    .strip_prefix(&base)
+                    .expect("an absolute link")
+                    .to_owned()
+            })
+            .unwrap_or_else(|| panic!("a {action} link in {text}"))
+    };
+    let release = link("release");
+    assert!(release.starts_with("/link/"), "{release}");
+    assert_ne!(release, link("discard"));
+
+    // Opening it changes nothing; the confirm form acts once.
+    let seen = get(d.port, &release, "");
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("digest-link-1"), "{seen}");
+    assert!(seen.contains("admins@corp.example"), "{seen}");
+    assert_eq!(d.state(&id), State::Held);
+    let done = post(
+        d.port,
+        &release,
+        None,
+        &form(&[("comment", "from the digest link")]),
+    );
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(done.contains("pending"), "{done}");
+    let delivered = d.sink.wait_for("digest-link-1");
+    assert_eq!(delivered.rcpts.len(), 6);
+    let record = d
+        .store
+        .record(&QueueId::parse(&id).unwrap())
+        .expect("record");
+    wait_for("the request to be done", || {
+        let requests = d.store.requests(record.id).expect("requests");
+        (requests.len() == 1 && requests[0].state == RequestState::Done).then_some(())
+    });
+    let request = &d.store.requests(record.id).expect("requests")[0];
+    assert_eq!(request.who, "digest:admins@corp.example");
+    assert_eq!(request.remote.as_deref(), Some("127.0.0.1"));
+    assert_eq!(d.state(&id), State::Released);
+
+    let again = post(d.port, &release, None, &form(&[("comment", "again")]));
+    assert!(again.starts_with("HTTP/1.1 409"), "{again}");
+    assert_eq!(
+        d.sink
+            .find("digest-link-1")
+            .iter()
+            .filter(|m| m.rcpts.len() == 6)
+            .count(),
+        1
+    );
 }

@@ -101,6 +101,9 @@ pub struct ReviewSettings {
     pub session_lifetime: Duration,
     /// `link_lifetime`.
     pub link_lifetime: Duration,
+    /// `digest_actions`: the admin digest carries signed one-click release and discard
+    /// links (only with `listen` and `public_url` set).
+    pub digest_actions: bool,
     /// `trusted_proxies`.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `user_header`, lower-cased; `None`: no SSO.

@@ -80,6 +80,8 @@ pub struct RawReview {
     pub session_lifetime: String,
     /// How long a link in an admin digest stays valid.
     pub link_lifetime: String,
+    /// Signed one-click release and discard links in the admin digest.
+    pub digest_actions: bool,
     /// Reverse proxies whose `user_header` names the user (IP addresses).
     pub trusted_proxies: Vec<String>,
     /// Request header naming the user a trusted proxy signed in; empty = no SSO.
@@ -96,6 +98,7 @@ impl Default for RawReview {
             session_idle: "30m".into(),
             session_lifetime: "12h".into(),
             link_lifetime: "24h".into(),
+            digest_actions: false,
             trusted_proxies: Vec::new(),
             user_header: String::new(),
         }

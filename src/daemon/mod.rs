@@ -388,9 +388,17 @@ impl Daemon {
         });
         if let Some(digests) = digests {
             let weak = Arc::downgrade(&shared);
-            tokio::spawn(notify::run_digests(digests, move || {
-                weak.upgrade().map(|s| s.current().config.notify.clone())
-            }));
+            let desk_links = desk.as_ref().map(|(_, d)| Arc::downgrade(d));
+            tokio::spawn(notify::run_digests(
+                digests,
+                move || weak.upgrade().map(|s| s.current().config.notify.clone()),
+                move || {
+                    desk_links
+                        .as_ref()
+                        .and_then(|d| d.upgrade())
+                        .and_then(|d| d.digest_links())
+                },
+            ));
         }
         let refreshing = tokio::spawn(refresher.run());
 

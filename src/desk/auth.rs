@@ -23,7 +23,7 @@ const MAX_SESSIONS: usize = 10_000;
 /// At most this many users and addresses are remembered by the failure limiter.
 const MAX_LIMITED: usize = 10_000;
 /// Bytes of the desk key.
-pub const KEY_BYTES: usize = 32;
+pub const KEY_BYTES: usize = crate::link::KEY_BYTES;
 
 use crate::token::hex;
 pub use crate::token::{random_id, same_secret};

@@ -9,7 +9,8 @@
 //!
 //! Parts: [`users`] (the accounts file), [`auth`] (sessions, failed-login limits, form
 //! tokens, the desk key), [`guard`] (response headers, cross-origin check), `pages`
-//! (the handlers and their templates).
+//! (the handlers and their templates, among them `/link/{token}`, where a signed link
+//! of the admin digest is confirmed and acts once without a login).
 
 pub(crate) mod auth;
 pub(crate) mod guard;
@@ -43,7 +44,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const SOCKET_MODE: u32 = 0o660;
 
 /// The name of the desk's key file in the state directory.
-pub const KEY_FILE: &str = "desk.key";
+pub const KEY_FILE: &str = crate::link::KEY_FILE;
 
 /// Everything the desk's handlers share.
 pub struct Desk {
@@ -96,6 +97,27 @@ impl Desk {
         self
     }
 
+    /// The links of an admin digest composed now: each held message's page, and the
+    /// one-click links signed with the desk key when `digest_actions` is on; `None`
+    /// without `public_url` (a mail needs absolute links).
+    pub fn digest_links(&self) -> Option<crate::notify::DeskLinks> {
+        if self.review.public_url.is_empty() {
+            return None;
+        }
+        Some(crate::notify::DeskLinks {
+            public_url: self.review.public_url.clone(),
+            actions: self
+                .review
+                .digest_actions
+                .then(|| crate::notify::ActionLinks {
+                    key: self.key,
+                    expires: self
+                        .now()
+                        .saturating_add(self.review.link_lifetime.as_secs()),
+                }),
+        })
+    }
+
     /// Seconds since the epoch on the desk's clock.
     fn now(&self) -> u64 {
         epoch_secs(self.clock.now())
@@ -128,6 +150,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route(
             "/message/{queue_id}",
             get(pages::message::message).post(pages::message::act),
+        )
+        .route(
+            "/link/{token}",
+            get(pages::link::confirm).post(pages::link::act),
         )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))

@@ -1062,3 +1062,212 @@ async fn the_desk_serves_a_unix_socket_for_a_local_proxy() {
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
     assert!(!path.exists(), "the socket file is removed");
 }
+
+// ------------------------------------------------------------ signed digest links
+
+const LINKS_ON: &str = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https://review.corp.example\"\n\
+                        digest_actions = true\nlink_lifetime = \"1h\"\n";
+
+/// A digest link signed with the fixture's desk key.
+fn digest_link(queue_id: &str, action: crate::link::LinkAction, expires: u64) -> String {
+    crate::link::Link::new(queue_id, action, "ann@corp.example", expires)
+        .unwrap()
+        .token(&[7; KEY_BYTES])
+}
+
+#[tokio::test]
+async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
+    let f = fixture_with(LINKS_ON);
+    let mut m = ordinary("AAAAAA1");
+    m.subject = Some("<script>alert(1)</script> pay \u{202e}fdp.exe".into());
+    f.hold(&m);
+    let token = digest_link("AAAAAA1", crate::link::LinkAction::Release, T0 + 3600);
+    let path = format!("/link/{token}");
+
+    let (status, headers, body) = f.get(&path, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-security-policy"], guard::CSP);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        body.contains("Confirm: release held message AAAAAA1"),
+        "{body}"
+    );
+    assert!(body.contains("ann@corp.example"), "for whom: {body}");
+    assert!(
+        body.contains(&crate::text::utc_seconds(T0 + 3600)),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("action=\"/link/{token}\"")),
+        "{body}"
+    );
+    assert!(body.contains("name=\"comment\" required"), "{body}");
+    assert!(!body.contains("<script>alert"), "escaped: {body}");
+    assert!(body.contains("&#60;script&#62;alert(1)"), "{body}");
+    assert!(body.contains("\\u{202E}fdp.exe"), "bidi shown: {body}");
+    assert!(body.contains("class=\"flag\""), "and flagged: {body}");
+    assert!(f.requests("AAAAAA1").is_empty(), "a GET changes nothing");
+
+    let (status, _, body) = f
+        .post(&path, None, &[("comment", ""), ("action", "discard")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a comment is required");
+    assert!(body.contains("A comment is required"), "{body}");
+    assert!(f.requests("AAAAAA1").is_empty());
+
+    let (status, _, body) = f
+        .post(
+            &path,
+            None,
+            &[("comment", "from the digest link"), ("action", "discard")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Requested: release AAAAAA1"), "{body}");
+    assert!(body.contains("pending"), "{body}");
+    assert!(body.contains("href=\"/message/AAAAAA1\""), "{body}");
+    let requests = f.requests("AAAAAA1");
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        r.action,
+        RequestAction::Release,
+        "the signed action, not the form's"
+    );
+    assert_eq!(r.via, Via::Digest);
+    assert_eq!(r.who, "digest:ann@corp.example");
+    assert_eq!(r.remote.as_deref(), Some("198.51.100.9"));
+    assert_eq!(r.comment, "from the digest link");
+    assert_eq!(r.state, RequestState::Pending);
+
+    let (status, _, body) = f.post(&path, None, &[("comment", "again")]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(f.requests("AAAAAA1").len(), 1, "a replay changes nothing");
+
+    // The request fails: the message is held again with nothing open, and still the
+    // used link does nothing; a fresh link does.
+    f.index().claim(r.id, T0 + 1).unwrap();
+    f.index()
+        .finish(r.id, false, "postsuper: no", T0 + 2)
+        .unwrap();
+    let (status, _, body) = f.post(&path, None, &[("comment", "again")]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("used already"), "{body}");
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+    let discard = digest_link("AAAAAA1", crate::link::LinkAction::Discard, T0 + 3600);
+    let (status, _, body) = f
+        .post(&format!("/link/{discard}"), None, &[("comment", "spam")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let requests = f.requests("AAAAAA1");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].action,
+        RequestAction::Discard {
+            notify_sender: false
+        }
+    );
+    // While that request is open, the confirm page offers nothing.
+    let again = digest_link("AAAAAA1", crate::link::LinkAction::Release, T0 + 3600);
+    let (status, _, body) = f.get(&format!("/link/{again}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("id=\"link-act\""), "{body}");
+    assert!(body.contains("is open already"), "{body}");
+}
+
+#[tokio::test]
+async fn a_digest_link_acts_as_an_admin_on_an_admin_only_hold() {
+    let f = fixture_with(LINKS_ON);
+    let mut m = ordinary("CCCCCC3");
+    m.rules[0].rule = "storm".into();
+    f.hold(&m);
+    let token = digest_link("CCCCCC3", crate::link::LinkAction::Release, T0 + 60);
+    let (status, _, body) = f
+        .post(&format!("/link/{token}"), None, &[("comment", "ok")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(f.requests("CCCCCC3").len(), 1);
+}
+
+#[tokio::test]
+async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
+    let f = fixture_with(LINKS_ON);
+    f.hold(&ordinary("AAAAAA1"));
+    let release = crate::link::LinkAction::Release;
+
+    let short = digest_link("AAAAAA1", release, T0 + 60);
+    f.clock.advance(Duration::from_secs(61));
+    let (status, _, body) = f.get(&format!("/link/{short}"), None).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body.contains("This link expired at"), "{body}");
+    let (status, _, _) = f
+        .post(&format!("/link/{short}"), None, &[("comment", "x")])
+        .await;
+    assert_eq!(status, StatusCode::GONE);
+
+    let token = digest_link("AAAAAA1", release, T0 + 3600);
+    let (payload, mac) = token.split_once('.').unwrap();
+    let other_key = crate::link::Link::new("AAAAAA1", release, "ann@corp.example", T0 + 3600)
+        .unwrap()
+        .token(&[8; KEY_BYTES]);
+    let mut flipped = mac.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
+    for bad in [other_key.as_str(), flipped.as_str(), payload, "x.y"] {
+        let path = format!("/link/{bad}");
+        let (status, _, body) = f.get(&path, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{bad}: {body}");
+        assert!(body.contains("nothing was done"), "{body}");
+        let (status, _, _) = f.post(&path, None, &[("comment", "x")]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{bad}");
+    }
+
+    let path = format!("/link/{token}");
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "http://evil.test")][..],
+    ] {
+        let (status, resp, _) = f.post_with(&path, None, &[("comment", "x")], headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(resp["x-desk-refused"], "cross-origin");
+    }
+    assert!(f.requests("AAAAAA1").is_empty(), "nothing was filed");
+    let (status, _, _) = f
+        .post_with(
+            &path,
+            None,
+            &[("comment", "x")],
+            &[("origin", "https://review.corp.example")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "public_url's origin is the desk's");
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+
+    // With digest_actions off, a genuine link is refused.
+    let off = fixture_with(
+        "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https://review.corp.example\"\n",
+    );
+    off.hold(&ordinary("AAAAAA1"));
+    let token = digest_link("AAAAAA1", release, T0 + 3600);
+    let (status, _, body) = off.get(&format!("/link/{token}"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("turned off"), "{body}");
+    let (status, _, _) = off
+        .post(&format!("/link/{token}"), None, &[("comment", "x")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(off.requests("AAAAAA1").is_empty());
+}
+
+#[tokio::test]
+async fn the_digest_gets_links_from_the_desk_only_with_a_public_url() {
+    assert_eq!(fixture().desk.digest_links(), None, "no public_url");
+    let plain = fixture_with("public_url = \"https://review.corp.example\"\n");
+    let links = plain.desk.digest_links().unwrap();
+    assert_eq!(links.public_url, "https://review.corp.example");
+    assert_eq!(links.actions, None, "digest_actions is off");
+    let f = fixture_with(LINKS_ON);
+    let actions = f.desk.digest_links().unwrap().actions.unwrap();
+    assert_eq!(actions.key, [7; KEY_BYTES], "signed with the desk key");
+    assert_eq!(actions.expires, T0 + 3600, "now + link_lifetime");
+}

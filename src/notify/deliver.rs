@@ -52,8 +52,9 @@ pub enum DeliverError {
 /// How one digest went out, channel by channel, in the order tried.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DigestOutcome {
-    /// Mailed to `[notify] admins`.
-    Mailed,
+    /// Mailed to these of `[notify] admins` (all of them in one mail, or one each when
+    /// the digest carries one-click links).
+    Mailed(Vec<String>),
     /// The mail could not be composed or sent.
     MailFailed(String),
     /// Posted to `[notify] webhook`.
@@ -64,7 +65,8 @@ pub enum DigestOutcome {
     Unsent,
 }
 
-/// Sends `digest` by mail to `[notify] admins` through `mail` (recipients, message)
+/// Sends `digest` by mail to `[notify] admins` through `mail` (recipients, message;
+/// one mail per admin when it carries one-click links)
 /// and to `[notify] webhook`: the one digest delivery of the daemon's alert queue and
 /// of the sweep, which differ only in how mail leaves (SMTP to the relay from the
 /// unprivileged daemon, Postfix's sendmail from the root sweep). Blocking.
@@ -75,14 +77,18 @@ pub fn deliver_digest(
 ) -> Vec<DigestOutcome> {
     let mut outcomes = Vec::new();
     if !n.admins.is_empty() {
-        let sent = digest
-            .mail(&n.from, &n.admins)
-            .map_err(|e| e.to_string())
-            .and_then(|message| mail(&n.admins, &message).map_err(|e| e.to_string()));
-        outcomes.push(match sent {
-            Ok(()) => DigestOutcome::Mailed,
-            Err(e) => DigestOutcome::MailFailed(e),
-        });
+        for (to, message) in digest.mails(&n.from, &n.admins) {
+            let sent = message
+                .map_err(|e| e.to_string())
+                .and_then(|message| mail(&to, &message).map_err(|e| e.to_string()));
+            outcomes.push(match sent {
+                Ok(()) => DigestOutcome::Mailed(to),
+                Err(e) if digest.per_admin() => {
+                    DigestOutcome::MailFailed(format!("to {}: {e}", to.join(", ")))
+                }
+                Err(e) => DigestOutcome::MailFailed(e),
+            });
+        }
     }
     if let Some(url) = &n.webhook {
         outcomes.push(match post_webhook(url, n.webhook_timeout, &digest.json()) {
@@ -355,6 +361,7 @@ mod tests {
             alerts: Vec::new(),
             dropped: 1,
             host: "relay".into(),
+            desk: None,
         };
         let mut n = NotifySettings {
             admins: Vec::new(),
@@ -375,7 +382,10 @@ mod tests {
             mailed.borrow_mut().push(to.to_vec());
             Ok(())
         };
-        assert_eq!(deliver_digest(&n, &digest, record), [DigestOutcome::Mailed]);
+        assert_eq!(
+            deliver_digest(&n, &digest, record),
+            [DigestOutcome::Mailed(vec!["admin@corp.example".into()])]
+        );
         assert_eq!(*mailed.borrow(), [vec!["admin@corp.example".to_owned()]]);
 
         let (port, requests) = http(vec![200]);
@@ -390,5 +400,54 @@ mod tests {
             "a failed mail does not keep the webhook from being told"
         );
         assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn with_one_click_links_each_admin_gets_a_mail_of_their_own() {
+        let digest = Digest {
+            alerts: Vec::new(),
+            dropped: 1,
+            host: "relay".into(),
+            desk: Some(crate::notify::DeskLinks {
+                public_url: "https://review.corp.example".into(),
+                actions: Some(crate::notify::ActionLinks {
+                    key: [1; crate::link::KEY_BYTES],
+                    expires: 100,
+                }),
+            }),
+        };
+        let n = NotifySettings {
+            admins: vec!["ann@corp.example".into(), "bob@corp.example".into()],
+            webhook: None,
+            interval: Duration::from_secs(60),
+            webhook_timeout: Duration::from_secs(5),
+            from: "postmaster@corp.example".into(),
+            relay: ("127.0.0.1".into(), 25),
+        };
+        let mailed = std::cell::RefCell::new(Vec::new());
+        let record = |to: &[String], _: &[u8]| {
+            mailed.borrow_mut().push(to.to_vec());
+            if to[0].starts_with("bob") {
+                Err(DeliverError::Address("bob".into()))
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(
+            deliver_digest(&n, &digest, record),
+            [
+                DigestOutcome::Mailed(vec!["ann@corp.example".into()]),
+                DigestOutcome::MailFailed(
+                    "to bob@corp.example: bad recipient address \"bob\"".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            *mailed.borrow(),
+            [
+                vec!["ann@corp.example".to_owned()],
+                vec!["bob@corp.example".to_owned()]
+            ]
+        );
     }
 }

@@ -13,6 +13,7 @@ pub use deliver::{
 };
 pub use queue::{AlertReceiver, AlertSender, channel, run_digests};
 
+use crate::link::{self, Link, LinkAction};
 use crate::text;
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -109,7 +110,40 @@ impl Alert {
     }
 }
 
-/// A batch of alerts sent as one mail and one webhook post.
+/// One mail of a digest: its recipients and the message (or why it could not be
+/// composed).
+pub type DigestMail = (Vec<String>, Result<Vec<u8>, ComposeError>);
+
+/// How a digest links held messages to the review desk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeskLinks {
+    /// `[review] public_url`, without a trailing `/`: each held message links to
+    /// `{public_url}/message/{queue_id}`.
+    pub public_url: String,
+    /// One-click release and discard links (`[review] digest_actions`).
+    pub actions: Option<ActionLinks>,
+}
+
+/// What one-click links are signed with and how long they last.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ActionLinks {
+    /// The desk key (`state_dir/desk.key`).
+    pub key: [u8; link::KEY_BYTES],
+    /// When the links expire (seconds since the epoch).
+    pub expires: u64,
+}
+
+impl std::fmt::Debug for ActionLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionLinks")
+            .field("key", &"(secret)")
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+/// A batch of alerts sent as one mail (one per admin with one-click links) and one
+/// webhook post.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
     /// The alerts, oldest first.
@@ -118,17 +152,72 @@ pub struct Digest {
     pub dropped: u64,
     /// The host that raised them.
     pub host: String,
+    /// Links to the review desk, when it is on and `public_url` is set.
+    pub desk: Option<DeskLinks>,
+}
+
+/// The alerts that are about a message still held, so that the desk can act on it.
+fn held_now(a: &Alert) -> Option<&str> {
+    match (&a.queue_id, a.kind) {
+        (Some(id), AlertKind::Quarantined | AlertKind::Escalation)
+            if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Some(id)
+        }
+        _ => None,
+    }
 }
 
 impl Digest {
-    /// The webhook body.
+    /// The webhook body. A held message's desk page is in `desk_url`; one-click links
+    /// never are (they are bound to one admin's mail).
     pub fn json(&self) -> Value {
+        let alerts: Vec<Value> = self
+            .alerts
+            .iter()
+            .map(|a| {
+                let mut v = a.json();
+                if let (Some(desk), Some(id)) = (&self.desk, held_now(a)) {
+                    v["desk_url"] = json!(format!("{}/message/{id}", desk.public_url));
+                }
+                v
+            })
+            .collect();
         json!({
             "source": crate::NAME,
             "host": self.host,
             "dropped": self.dropped,
-            "alerts": self.alerts.iter().map(Alert::json).collect::<Vec<_>>(),
+            "alerts": alerts,
         })
+    }
+
+    /// Whether each admin gets a mail of their own (one-click links are bound to the
+    /// admin they are mailed to).
+    pub fn per_admin(&self) -> bool {
+        self.desk.as_ref().is_some_and(|d| d.actions.is_some())
+    }
+
+    /// The lines linking a held message to the desk: its page and, for `admin`, the
+    /// one-click links.
+    fn desk_lines(&self, id: &str, admin: Option<&str>, out: &mut String) {
+        let Some(desk) = &self.desk else { return };
+        out.push_str(&format!("  desk:     {}/message/{id}\n", desk.public_url));
+        let (Some(actions), Some(admin)) = (&desk.actions, admin) else {
+            return;
+        };
+        for action in LinkAction::ALL {
+            match Link::new(id, action, admin, actions.expires) {
+                Ok(l) => out.push_str(&format!(
+                    "  {:<9} {}/link/{}\n",
+                    format!("{}:", action.as_str()),
+                    desk.public_url,
+                    l.token(&actions.key)
+                )),
+                Err(e) => {
+                    out.push_str(&format!("  (no one-click {} link: {e})\n", action.as_str()))
+                }
+            }
+        }
     }
 
     /// A one-line summary, also the mail's subject.
@@ -147,8 +236,14 @@ impl Digest {
         format!("{}: {} on {}", crate::NAME, parts.join(", "), self.host)
     }
 
-    /// The plain-text body of the digest mail.
+    /// The plain-text body of the digest mail, without one-click links.
     pub fn text(&self) -> String {
+        self.text_for(None)
+    }
+
+    /// The plain-text body of the digest mail to `admin`: with one-click links for
+    /// that admin when the digest has them.
+    pub fn text_for(&self, admin: Option<&str>) -> String {
         let mut out = String::new();
         for a in self.alerts.iter().take(DIGEST_MAX_LISTED) {
             let at = humantime::format_rfc3339_seconds(a.at);
@@ -207,6 +302,9 @@ impl Digest {
                     text::neutralize(id)
                 ));
             }
+            if let Some(id) = held_now(a) {
+                self.desk_lines(id, admin, &mut out);
+            }
             out.push('\n');
         }
         if self.alerts.len() > DIGEST_MAX_LISTED {
@@ -224,17 +322,55 @@ impl Digest {
                 crate::NAME
             ));
         }
+        if let (Some(admin), Some(ActionLinks { expires, .. })) =
+            (admin, self.desk.as_ref().and_then(|d| d.actions.as_ref()))
+            && self.alerts.iter().any(|a| held_now(a).is_some())
+        {
+            out.push_str(&format!(
+                "The release and discard links are yours alone ({}): each opens a page to \
+                 confirm on, acts once, and expires at {}. Do not forward this mail.\n",
+                text::neutralize(admin),
+                text::utc_seconds(*expires)
+            ));
+        }
         out
     }
 
-    /// The digest as a complete RFC 5322 message from `from` to `admins`.
+    /// The digest as a complete RFC 5322 message from `from` to `admins` (without
+    /// one-click links).
     pub fn mail(&self, from: &str, admins: &[String]) -> Result<Vec<u8>, ComposeError> {
+        self.compose(from, admins, None)
+    }
+
+    /// The digest's mails to `admins`, each with its recipients: one mail to all of
+    /// them, or one each when the digest carries one-click links (each only its own).
+    pub fn mails(&self, from: &str, admins: &[String]) -> Vec<DigestMail> {
+        if self.per_admin() {
+            admins
+                .iter()
+                .map(|a| {
+                    let to = vec![a.clone()];
+                    let mail = self.compose(from, &to, Some(a));
+                    (to, mail)
+                })
+                .collect()
+        } else {
+            vec![(admins.to_vec(), self.mail(from, admins))]
+        }
+    }
+
+    fn compose(
+        &self,
+        from: &str,
+        admins: &[String],
+        links_for: Option<&str>,
+    ) -> Result<Vec<u8>, ComposeError> {
         let mut b = auto_message(from)?.subject(self.summary());
         for a in admins {
             b = b.to(mailbox(a)?);
         }
         Ok(b.header(ContentType::TEXT_PLAIN)
-            .body(self.text())?
+            .body(self.text_for(links_for))?
             .formatted())
     }
 }
@@ -384,6 +520,7 @@ mod tests {
             ],
             dropped: 3,
             host: "relay1".into(),
+            desk: None,
         };
         let v = d.json();
         assert_eq!(v["alerts"][0]["kind"], "quarantined");
@@ -407,6 +544,7 @@ mod tests {
             )],
             dropped: 0,
             host: "relay1".into(),
+            desk: None,
         };
         let mail = String::from_utf8(
             d.mail("postmaster@corp.example", &["admins@corp.example".into()])
@@ -440,6 +578,7 @@ mod tests {
             alerts: vec![a],
             dropped: 0,
             host: "relay1".into(),
+            desk: None,
         };
         let text = d.text();
         let json = d.json();
@@ -467,6 +606,134 @@ mod tests {
         assert_eq!(subject.chars().count(), crate::text::MAX_SUBJECT_CHARS);
     }
 
+    const KEY: [u8; link::KEY_BYTES] = [9; link::KEY_BYTES];
+
+    fn desk(actions: bool) -> Option<DeskLinks> {
+        Some(DeskLinks {
+            public_url: "https://review.corp.example/desk".into(),
+            actions: actions.then_some(ActionLinks {
+                key: KEY,
+                expires: 1_700_086_400,
+            }),
+        })
+    }
+
+    /// The one-click link tokens in `text`, with their action.
+    fn tokens(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| {
+                let (label, url) = l.trim().split_once(' ')?;
+                let token = url
+                    .trim()
+                    .strip_prefix("https://review.corp.example/desk/link/")?;
+                Some((label.trim_end_matches(':').to_owned(), token.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_messages_link_to_their_desk_page_only_when_the_desk_has_a_public_url() {
+        let mut d = Digest {
+            alerts: vec![
+                alert(AlertKind::Quarantined, "x"),
+                alert(AlertKind::Escalation, "y"),
+                alert(AlertKind::Expired, "z"),
+            ],
+            dropped: 0,
+            host: "relay1".into(),
+            desk: None,
+        };
+        let text = d.text();
+        assert!(!text.contains("/message/"), "{text}");
+        assert!(d.json()["alerts"][0].get("desk_url").is_none());
+        d.desk = desk(false);
+        let text = d.text();
+        assert_eq!(
+            text.matches("  desk:     https://review.corp.example/desk/message/4AbCdEf123\n")
+                .count(),
+            2,
+            "the held and the escalated message, not the expired one: {text}"
+        );
+        assert_eq!(
+            text.matches("fanout-milter quarantine show 4AbCdEf123")
+                .count(),
+            2,
+            "the CLI hint stays: {text}"
+        );
+        assert!(tokens(&d.text_for(Some("admin@corp.example"))).is_empty());
+        assert!(!d.per_admin());
+        assert_eq!(
+            d.json()["alerts"][1]["desk_url"],
+            "https://review.corp.example/desk/message/4AbCdEf123"
+        );
+        assert!(d.json()["alerts"][2].get("desk_url").is_none());
+        // A queue id that could not be one is never put in a URL.
+        d.alerts[0].queue_id = Some("../x?y".into());
+        assert!(!d.text().contains("../x?y\n  desk"), "{}", d.text());
+    }
+
+    #[test]
+    fn one_click_links_are_signed_for_each_admin_and_only_with_digest_actions() {
+        let d = Digest {
+            alerts: vec![
+                alert(AlertKind::Quarantined, "x"),
+                alert(AlertKind::Storm, "s"),
+            ],
+            dropped: 0,
+            host: "relay1".into(),
+            desk: desk(true),
+        };
+        assert!(d.per_admin());
+        assert!(tokens(&d.text()).is_empty(), "no admin, no links");
+        let text = d.text_for(Some("ann@corp.example"));
+        let found = tokens(&text);
+        assert_eq!(
+            found.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+            ["release", "discard"],
+            "{text}"
+        );
+        for (action, token) in &found {
+            let l = link::verify(&KEY, token, 1_700_000_000).expect("valid");
+            assert_eq!(l.queue_id, "4AbCdEf123");
+            assert_eq!(l.action.as_str(), action);
+            assert_eq!(l.admin, "ann@corp.example");
+            assert_eq!(l.expires, 1_700_086_400);
+        }
+        assert!(text.contains("yours alone (ann@corp.example)"), "{text}");
+        assert!(text.contains("expires at 2023-11-15T22:13:20Z"), "{text}");
+
+        let admins = vec!["ann@corp.example".to_owned(), "bob@corp.example".to_owned()];
+        let mails = d.mails("postmaster@corp.example", &admins);
+        assert_eq!(mails.len(), 2, "one mail per admin");
+        for ((to, mail), admin) in mails.iter().zip(&admins) {
+            assert_eq!(to, &vec![admin.clone()]);
+            let mail = String::from_utf8(mail.as_ref().unwrap().clone()).unwrap();
+            let (headers, body) = mail.split_once("\r\n\r\n").unwrap();
+            assert!(headers.contains(&format!("To: {admin}")), "{headers}");
+            // Quoted-printable: soft line breaks and `=` as `=3D`.
+            let body = body
+                .replace("=\r\n", "")
+                .replace("=3D", "=")
+                .replace("\r\n", "\n");
+            let found = tokens(&body);
+            assert_eq!(found.len(), 2, "{body}");
+            for (_, token) in found {
+                assert_eq!(
+                    &link::verify(&KEY, &token, 1_700_000_000).unwrap().admin,
+                    admin,
+                    "each mail carries only its admin's links"
+                );
+            }
+        }
+        let plain = Digest {
+            desk: desk(false),
+            ..d.clone()
+        };
+        let mails = plain.mails("postmaster@corp.example", &admins);
+        assert_eq!(mails.len(), 1, "without one-click links, one mail to all");
+        assert_eq!(mails[0].0, admins);
+    }
+
     #[test]
     fn long_digests_list_the_first_and_count_the_rest() {
         let d = Digest {
@@ -475,6 +742,7 @@ mod tests {
                 .collect(),
             dropped: 7,
             host: "relay1".into(),
+            desk: None,
         };
         let text = d.text();
         assert!(text.contains("... and 5 more"), "{text}");

@@ -3,7 +3,7 @@
 //! queue counts it as dropped), and one task sends at most one digest per
 //! `[notify] interval`, by SMTP and by webhook, off the mail path.
 
-use super::{Alert, Digest, DigestOutcome, deliver};
+use super::{Alert, DeskLinks, Digest, DigestOutcome, deliver};
 use crate::config::NotifySettings;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,9 +83,14 @@ impl AlertReceiver {
 /// Sends digests until every sender is gone. The first alert after a quiet spell goes
 /// out at once; later ones wait until `interval` has passed since the last digest.
 /// `settings` is read for every digest, so a reload takes effect; it returns `None`
-/// once the daemon is gone.
-pub async fn run_digests(queue: AlertReceiver, settings: impl Fn() -> Option<NotifySettings>) {
-    run_with(queue, settings, Arc::new(deliver_digest)).await;
+/// once the daemon is gone. `desk` gives each digest its links to the review desk
+/// (one-click links expire counting from that call).
+pub async fn run_digests(
+    queue: AlertReceiver,
+    settings: impl Fn() -> Option<NotifySettings>,
+    desk: impl Fn() -> Option<DeskLinks>,
+) {
+    run_with(queue, settings, desk, Arc::new(deliver_digest)).await;
 }
 
 type Deliver = Arc<dyn Fn(&NotifySettings, &Digest) + Send + Sync>;
@@ -93,6 +98,7 @@ type Deliver = Arc<dyn Fn(&NotifySettings, &Digest) + Send + Sync>;
 async fn run_with(
     mut queue: AlertReceiver,
     settings: impl Fn() -> Option<NotifySettings>,
+    desk: impl Fn() -> Option<DeskLinks>,
     send: Deliver,
 ) {
     let mut last: Option<Instant> = None;
@@ -106,6 +112,7 @@ async fn run_with(
             alerts,
             dropped,
             host: super::hostname(),
+            desk: desk(),
         };
         last = Some(Instant::now());
         let send = send.clone();
@@ -123,8 +130,8 @@ fn deliver_digest(n: &NotifySettings, digest: &Digest) {
         |to: &[String], mail: &[u8]| deliver::send_smtp(&n.relay, SMTP_TIMEOUT, "", to, mail);
     for outcome in deliver::deliver_digest(n, digest, smtp) {
         match outcome {
-            DigestOutcome::Mailed => {
-                info!(alerts = count, to = %n.admins.join(","), "alert digest mailed")
+            DigestOutcome::Mailed(to) => {
+                info!(alerts = count, to = %to.join(","), "alert digest mailed")
             }
             DigestOutcome::MailFailed(e) => error!(alerts = count, "alert digest mail failed: {e}"),
             DigestOutcome::Posted => {
@@ -195,6 +202,7 @@ mod tests {
         let task = tokio::spawn(run_with(
             rx,
             move || Some(settings.clone()),
+            || None,
             Arc::new(move |_: &NotifySettings, d: &Digest| {
                 record
                     .lock()

@@ -381,6 +381,17 @@ pub trait QuarantineIndex: Send + Sync {
     /// record's audit trail.
     fn submit(&self, request: &NewRequest) -> Result<Request, SubmitError>;
 
+    /// [`Self::submit`] for a signed digest link: spends the link's `nonce` (valid
+    /// until `expires`) in the same transaction, so that a link files at most one
+    /// request; a nonce spent already is a [`SubmitError::Conflict`] and changes
+    /// nothing, and a request that is not filed leaves the nonce unspent.
+    fn submit_link(
+        &self,
+        request: &NewRequest,
+        nonce: &str,
+        expires: u64,
+    ) -> Result<Request, SubmitError>;
+
     /// Requests still open (pending or running), oldest first: what a worker starting
     /// up must look at.
     fn open_requests(&self) -> Result<Vec<Request>, StoreError>;

@@ -51,6 +51,10 @@ fn where_clause(q: &Query) -> (String, Vec<Value>) {
     (sql, args)
 }
 
+/// How long past its expiry a spent link nonce is kept (the desk's clock and the
+/// link's expiry are compared elsewhere; a day covers any step of the clock).
+const LINK_NONCE_MARGIN: u64 = 86_400;
+
 fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -249,102 +253,16 @@ impl QuarantineIndex for Store {
     }
 
     fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
-        if n.comment.trim().is_empty() {
-            return Err(SubmitError::Invalid("a comment is required".into()));
-        }
-        let mut conn = self.conn();
-        // IMMEDIATE: the write lock from the start, so a worker writing between this
-        // read and the insert makes SQLite wait (busy_timeout), not fail the snapshot.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let found: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT id, state FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
-                params![n.queue_id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let Some((held_id, state)) = found else {
-            return Err(SubmitError::NotFound(n.queue_id.clone()));
-        };
-        if state != State::Held.as_str() {
-            return Err(SubmitError::Conflict(format!(
-                "{} is {state} already",
-                n.queue_id
-            )));
-        }
-        if let RequestAction::ReleaseTo { recipients } = &n.action {
-            let record = self.load(&tx, held_id)?;
-            if recipients.is_empty() {
-                return Err(SubmitError::Invalid("choose at least one recipient".into()));
-            }
-            if let Some(r) = recipients
-                .iter()
-                .find(|r| !record.message.recipients.contains(r))
-            {
-                return Err(SubmitError::Invalid(format!(
-                    "{} is not an envelope recipient of {}",
-                    crate::text::neutralize(r),
-                    n.queue_id
-                )));
-            }
-        }
-        let args = serde_json::to_string(&n.action).map_err(|e| StoreError::Corrupt {
-            path: self.path().to_owned(),
-            id: held_id,
-            message: e.to_string(),
-        })?;
-        let inserted = tx.execute(
-            "INSERT INTO requests (held_id, action, args, who, via, remote, comment, requested_at,
-                                   state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
-            params![
-                held_id,
-                n.action.name(),
-                args,
-                n.who,
-                n.via.as_str(),
-                n.remote,
-                n.comment,
-                clamp(n.at)
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
-                return Err(SubmitError::Conflict(format!(
-                    "a request for {} is already open",
-                    n.queue_id
-                )));
-            }
-            Err(e) => return Err(self.err(e).into()),
-        }
-        let id = tx.last_insert_rowid();
-        let entry = AuditEntry {
-            at: n.at,
-            who: n.who.clone(),
-            action: format!("request {}", n.action.name()),
-            comment: Some(format!(
-                "via {}{}: {}",
-                n.via.as_str(),
-                n.remote
-                    .as_deref()
-                    .map(|r| format!(" from {r}"))
-                    .unwrap_or_default(),
-                n.comment
-            )),
-        };
-        insert_audit(&tx, held_id, &entry).map_err(|e| self.err(e))?;
-        let request = self
-            .query_requests(&tx, "WHERE r.id = ?1", params![id])?
-            .pop()
-            .ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(request)
+        self.file_request(n, None)
+    }
+
+    fn submit_link(
+        &self,
+        n: &NewRequest,
+        nonce: &str,
+        expires: u64,
+    ) -> Result<Request, SubmitError> {
+        self.file_request(n, Some((nonce, expires)))
     }
 
     fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
@@ -567,6 +485,137 @@ impl QuarantineIndex for Store {
                 message: "the request is not running: only a claimed request can finish".into(),
             })
         }
+    }
+}
+
+impl Store {
+    /// Files a request (see [`QuarantineIndex::submit`]); with `link` (a digest link's
+    /// nonce and expiry), spends the nonce in the same transaction: a nonce spent
+    /// already is a conflict, and a request that is not filed spends nothing.
+    fn file_request(
+        &self,
+        n: &NewRequest,
+        link: Option<(&str, u64)>,
+    ) -> Result<Request, SubmitError> {
+        if n.comment.trim().is_empty() {
+            return Err(SubmitError::Invalid("a comment is required".into()));
+        }
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock from the start, so a worker writing between this
+        // read and the insert makes SQLite wait (busy_timeout), not fail the snapshot.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        if let Some((nonce, expires)) = link {
+            // Nonces of links long expired are no use: such a link is refused anyway.
+            tx.execute(
+                "DELETE FROM link_nonces WHERE expires < ?1",
+                params![clamp(n.at.saturating_sub(LINK_NONCE_MARGIN))],
+            )
+            .map_err(|e| self.err(e))?;
+            let spent = tx.execute(
+                "INSERT INTO link_nonces (nonce, expires, used_at) VALUES (?1, ?2, ?3)",
+                params![nonce, clamp(expires), clamp(n.at)],
+            );
+            match spent {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::ConstraintViolation =>
+                {
+                    return Err(SubmitError::Conflict(
+                        "this link was used already: each link acts once".into(),
+                    ));
+                }
+                Err(e) => return Err(self.err(e).into()),
+            }
+        }
+        let found: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, state FROM held WHERE queue_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![n.queue_id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((held_id, state)) = found else {
+            return Err(SubmitError::NotFound(n.queue_id.clone()));
+        };
+        if state != State::Held.as_str() {
+            return Err(SubmitError::Conflict(format!(
+                "{} is {state} already",
+                n.queue_id
+            )));
+        }
+        if let RequestAction::ReleaseTo { recipients } = &n.action {
+            let record = self.load(&tx, held_id)?;
+            if recipients.is_empty() {
+                return Err(SubmitError::Invalid("choose at least one recipient".into()));
+            }
+            if let Some(r) = recipients
+                .iter()
+                .find(|r| !record.message.recipients.contains(r))
+            {
+                return Err(SubmitError::Invalid(format!(
+                    "{} is not an envelope recipient of {}",
+                    crate::text::neutralize(r),
+                    n.queue_id
+                )));
+            }
+        }
+        let args = serde_json::to_string(&n.action).map_err(|e| StoreError::Corrupt {
+            path: self.path().to_owned(),
+            id: held_id,
+            message: e.to_string(),
+        })?;
+        let inserted = tx.execute(
+            "INSERT INTO requests (held_id, action, args, who, via, remote, comment, requested_at,
+                                   state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            params![
+                held_id,
+                n.action.name(),
+                args,
+                n.who,
+                n.via.as_str(),
+                n.remote,
+                n.comment,
+                clamp(n.at)
+            ],
+        );
+        match inserted {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ConstraintViolation =>
+            {
+                return Err(SubmitError::Conflict(format!(
+                    "a request for {} is already open",
+                    n.queue_id
+                )));
+            }
+            Err(e) => return Err(self.err(e).into()),
+        }
+        let id = tx.last_insert_rowid();
+        let entry = AuditEntry {
+            at: n.at,
+            who: n.who.clone(),
+            action: format!("request {}", n.action.name()),
+            comment: Some(format!(
+                "via {}{}: {}",
+                n.via.as_str(),
+                n.remote
+                    .as_deref()
+                    .map(|r| format!(" from {r}"))
+                    .unwrap_or_default(),
+                n.comment
+            )),
+        };
+        insert_audit(&tx, held_id, &entry).map_err(|e| self.err(e))?;
+        let request = self
+            .query_requests(&tx, "WHERE r.id = ?1", params![id])?
+            .pop()
+            .ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(request)
     }
 }
 
@@ -1077,5 +1126,49 @@ mod tests {
             (filed.id, RequestState::Done, None, 0)
         );
         assert!(store.copies(filed.id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_link_nonce_files_one_request_and_is_spent_only_with_it() {
+        let (_dir, store) = store();
+        fill(&store);
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let mut n = request("AAAAAA1", RequestAction::Release);
+        n.via = Via::Digest;
+        n.who = "digest:admin@example.org".into();
+        // A request that is not filed (no longer held) spends nothing.
+        let released = request("DDDDDD4", RequestAction::Release);
+        assert!(matches!(
+            store.submit_link(&released, nonce, 10_000),
+            Err(SubmitError::Conflict(_))
+        ));
+        let filed = store.submit_link(&n, nonce, 10_000).expect("filed");
+        assert_eq!(filed.via, Via::Digest);
+        let held_id = filed.held_id;
+        store.claim(filed.id, 501).unwrap();
+        store
+            .finish(filed.id, false, "postsuper failed", 502)
+            .unwrap();
+        // The message is held again with no open request, yet the link is spent.
+        match store.submit_link(&n, nonce, 10_000) {
+            Err(SubmitError::Conflict(why)) => assert!(why.contains("used already"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.requests(held_id).unwrap().len(), 1, "nothing changed");
+        // Another link still works; nonces long expired are pruned when one is spent.
+        let mut later = n.clone();
+        later.at = 10_000 + LINK_NONCE_MARGIN + 1;
+        store
+            .submit_link(&later, "fedcba9876543210fedcba9876543210", later.at + 60)
+            .expect("a fresh nonce");
+        let left: Vec<String> = store
+            .conn()
+            .prepare("SELECT nonce FROM link_nonces")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, ["fedcba9876543210fedcba9876543210"]);
     }
 }

@@ -24,6 +24,10 @@ pub const DB_FILE: &str = "quarantine.sqlite";
 /// 3: searchable `held.sasl_login`, `rules`, `lists`; `held.hold_until`; the `requests`
 /// table of the review desk's action requests (see [`super::index`]); the `events`
 /// table of relay-wide actions (the emergency brake).
+/// 4: the `link_nonces` table: the nonces of the admin digest's one-click links that
+/// were used (see [`crate::link`]), so that each link acts at most once; which process
+/// claimed a request, and how far a release to chosen recipients got (the request
+/// columns `claimed_by` and `copy_*`, the `copies` table).
 const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
@@ -92,6 +96,11 @@ CREATE TABLE IF NOT EXISTS events (
     who     TEXT NOT NULL,
     action  TEXT NOT NULL,
     comment TEXT
+);
+CREATE TABLE IF NOT EXISTS link_nonces (
+    nonce   TEXT PRIMARY KEY,
+    expires INTEGER NOT NULL,
+    used_at INTEGER NOT NULL
 );
 ";
 
@@ -1061,6 +1070,30 @@ pub(crate) mod tests {
         assert_eq!(found.total, 2, "version 3's search columns are filled in");
         drop(store);
         Store::open(v1.path()).expect("reopening a migrated store");
+    }
+
+    #[test]
+    fn a_version_3_store_gets_the_link_nonces_table() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("DROP TABLE link_nonces").unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        let conn = store.conn();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'link_nonces'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 1);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
     }
 
     #[test]

@@ -9,7 +9,12 @@ use super::record::{Record, State};
 use super::review::{Report, Review};
 use super::{FOREIGN_NOTE, age};
 use crate::config::OnExpiry;
-use crate::notify::{self, Alert, AlertKind, Digest, DigestOutcome, NoticeReason};
+use crate::link;
+use crate::notify::{
+    self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome, NoticeReason,
+};
+use crate::state_dir::StateDir;
+use crate::text;
 
 impl Review<'_> {
     /// `quarantine sweep`: reconcile, then escalate overdue messages and apply
@@ -123,19 +128,70 @@ impl Review<'_> {
         super::alert(kind, &r.message, self.now)
     }
 
+    /// The digest's links to the review desk: when the desk is on and `public_url` is
+    /// set; with one-click links when `digest_actions` is on and the desk key (which
+    /// only the daemon creates) can be read.
+    fn desk_links(&self, report: &mut Report) -> Option<DeskLinks> {
+        let review = &self.config.review;
+        if review.listen.is_none() || review.public_url.is_empty() {
+            return None;
+        }
+        let actions = if review.digest_actions {
+            match self.desk_key() {
+                Ok(key) => Some(ActionLinks {
+                    key,
+                    expires: self.now.saturating_add(review.link_lifetime.as_secs()),
+                }),
+                Err(e) => {
+                    report.line(format!(
+                        "one-click digest links left out: {}",
+                        text::neutralize(&e)
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Some(DeskLinks {
+            public_url: review.public_url.clone(),
+            actions,
+        })
+    }
+
+    /// The desk key, read as root reads the state directory: never through a link,
+    /// only a regular file with one link owned by root or the directory's owner;
+    /// never created here (a key root made would not be the daemon's).
+    fn desk_key(&self) -> Result<[u8; link::KEY_BYTES], String> {
+        let dir = StateDir::open(&self.config.state_dir, Some(&self.config.state_owner))
+            .map_err(|e| e.to_string())?;
+        let bytes = dir
+            .read(link::KEY_FILE)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no {} yet (the daemon creates it when the desk starts)",
+                    dir.join(link::KEY_FILE).display()
+                )
+            })?;
+        link::key_from(&bytes)
+            .ok_or_else(|| format!("{} is not a desk key", dir.join(link::KEY_FILE).display()))
+    }
+
     fn send_digest(&self, alerts: Vec<Alert>, report: &mut Report) {
         let digest = Digest {
             alerts,
             dropped: 0,
             host: notify::hostname(),
+            desk: self.desk_links(report),
         };
         let n = &self.config.notify;
         let sendmail =
             |to: &[String], mail: &[u8]| notify::send_mail(&self.config.postfix, "", to, mail);
         for outcome in notify::deliver_digest(n, &digest, sendmail) {
             match outcome {
-                DigestOutcome::Mailed => {
-                    report.line(format!("alert mailed to {}", n.admins.join(", ")))
+                DigestOutcome::Mailed(to) => {
+                    report.line(format!("alert mailed to {}", to.join(", ")))
                 }
                 DigestOutcome::MailFailed(e) => report.fail(format!("alert mail failed: {e}")),
                 DigestOutcome::Posted => {
@@ -153,5 +209,76 @@ impl Review<'_> {
                 )),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::Store;
+    use crate::quarantine::postfix::PostfixTools;
+
+    fn config(state_dir: &std::path::Path, review: &str) -> crate::config::Config {
+        let mut config = crate::config::parse(
+            &format!("[domains]\ninternal = [\"example.org\"]\n[review]\n{review}"),
+            std::path::Path::new("/test.toml"),
+        )
+        .unwrap();
+        config.state_dir = state_dir.to_owned();
+        config
+    }
+
+    #[test]
+    fn the_sweeps_digest_links_to_the_desk_and_signs_with_the_daemons_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let on = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https://r.example.org\"\n\
+                  digest_actions = true\nlink_lifetime = \"2h\"\n";
+        let links = |config: &crate::config::Config| {
+            let review = Review {
+                config,
+                store: &store,
+                postfix: PostfixTools::new(config.postfix.clone()),
+                who: "sweep".into(),
+                now: 1000,
+            };
+            let mut report = Report::default();
+            (review.desk_links(&mut report), report.text)
+        };
+        assert_eq!(links(&config(&state, "")).0, None, "no desk");
+        assert_eq!(
+            links(&config(&state, "public_url = \"https://r.example.org\"\n")).0,
+            None,
+            "the desk is off"
+        );
+
+        let (found, report) = links(&config(&state, on));
+        let found = found.expect("page links without a key");
+        assert_eq!(found.public_url, "https://r.example.org");
+        assert_eq!(found.actions, None);
+        assert!(
+            report.contains("one-click digest links left out"),
+            "{report}"
+        );
+        assert!(
+            !state.join(link::KEY_FILE).exists(),
+            "the sweep never creates the daemon's key"
+        );
+
+        let key = crate::desk::key(&state).unwrap();
+        let (found, report) = links(&config(&state, on));
+        let actions = found.unwrap().actions.expect("signed with the key");
+        assert_eq!(actions.key, key);
+        assert_eq!(actions.expires, 1000 + 7200);
+        assert!(report.is_empty(), "{report}");
+
+        std::fs::remove_file(state.join(link::KEY_FILE)).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), [1u8; link::KEY_BYTES]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), state.join(link::KEY_FILE))
+            .unwrap();
+        let (found, report) = links(&config(&state, on));
+        assert_eq!(found.unwrap().actions, None, "never through a link");
+        assert!(report.contains("left out"), "{report}");
     }
 }

@@ -20,6 +20,10 @@ fn the_desk_is_off_by_default() {
     assert_eq!(c.review.session_idle, Duration::from_secs(30 * 60));
     assert_eq!(c.review.session_lifetime, Duration::from_secs(12 * 3600));
     assert_eq!(c.review.link_lifetime, Duration::from_secs(24 * 3600));
+    assert!(
+        !c.review.digest_actions,
+        "one-click digest links are off by default"
+    );
     assert!(c.review.trusted_proxies.is_empty());
     assert_eq!(c.review.user_header, None);
 }
@@ -51,6 +55,7 @@ fn settings_are_read() {
     assert_eq!(r.session_idle, Duration::from_secs(600));
     assert_eq!(r.session_lifetime, Duration::from_secs(3600));
     assert_eq!(r.link_lifetime, Duration::from_secs(7200));
+    assert!(!r.digest_actions);
     assert_eq!(r.trusted_proxies.len(), 2);
     assert_eq!(r.user_header.as_deref(), Some("x-remote-user"));
 
@@ -120,6 +125,34 @@ fn malformed_values_are_refused_with_line_and_key() {
         4,
         "review.user_header",
         "needs trusted_proxies",
+    );
+}
+
+#[test]
+fn digest_actions_need_the_desk_and_its_public_address() {
+    let c = load_str(
+        "[review]\nlisten = \"inet:127.0.0.1:8025\"\npublic_url = \"https://review.corp.example\"\n\
+         digest_actions = true\n",
+    )
+    .expect("valid");
+    assert!(c.review.digest_actions);
+    refused(
+        "[review]\npublic_url = \"https://review.corp.example\"\ndigest_actions = true\n",
+        5,
+        "review.digest_actions",
+        "needs listen",
+    );
+    refused(
+        "[review]\nlisten = \"inet:127.0.0.1:8025\"\ndigest_actions = true\n",
+        5,
+        "review.digest_actions",
+        "needs public_url",
+    );
+    refused(
+        "[review]\ndigest_actions = \"yes\"\n",
+        4,
+        "review.digest_actions",
+        "",
     );
 }
 

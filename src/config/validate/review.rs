@@ -68,6 +68,20 @@ pub(super) fn check(
     {
         report("review.public_url", e);
     }
+    if raw.digest_actions {
+        if listen.is_none() {
+            report(
+                "review.digest_actions",
+                "needs listen: the links lead to the review desk".into(),
+            );
+        }
+        if public_url.is_empty() {
+            report(
+                "review.digest_actions",
+                "needs public_url: a link in a mail must name the desk as browsers reach it".into(),
+            );
+        }
+    }
     let users_file = base.join(&raw.users_file);
     if raw.users_file.as_os_str().is_empty() {
         report(
@@ -126,6 +140,7 @@ pub(super) fn check(
         session_idle: times.session_idle,
         session_lifetime: times.session_lifetime,
         link_lifetime: times.link_lifetime,
+        digest_actions: raw.digest_actions,
         trusted_proxies,
         user_header,
     }

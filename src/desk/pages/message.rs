@@ -84,7 +84,7 @@ struct MessagePage {
     extend_hours: [u64; 3],
 }
 
-fn blast_radius(r: &Record) -> String {
+pub(super) fn blast_radius(r: &Record) -> String {
     let m = &r.message;
     let domains = match m.top_domains.len() {
         0 => String::new(),

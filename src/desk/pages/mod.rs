@@ -9,6 +9,7 @@
 pub(super) mod brake;
 pub(super) mod bulk;
 pub(super) mod held;
+pub(super) mod link;
 pub(super) mod login;
 pub(super) mod message;
 
