@@ -576,6 +576,16 @@ mod tests {
             check
         }
 
+        /// A release of held message `id` (to all@ and bob@) to bob@ started, and its
+        /// copy held by the milter as `copy`.
+        fn copy_held(&self, id: &str, copy: &str, now: u64) -> Request {
+            self.hold_to(id, &["all@example.org", "bob@example.org"]);
+            let rq = self.file(id, release_to(&["bob@example.org"]));
+            assert!(self.executor().execute(&rq, now).unwrap().unwrap().open);
+            assert_eq!(self.milter_holds(copy), CopyCheck::Accepted);
+            rq
+        }
+
         fn sendmail_calls(&self) -> usize {
             std::fs::read_to_string(self.dir.path().join("sendmail.log"))
                 .unwrap_or_default()
@@ -875,10 +885,7 @@ mod tests {
         let f = Fixture::new();
         let e = f.executor();
         // Postfix rewrote the address: the copy stays held, the request fails.
-        f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
-        let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
-        e.execute(&rq, 300).unwrap();
-        f.milter_holds("BBBBBB1");
+        let rq = f.copy_held("AAAAAA1", "BBBBBB1", 300);
         std::fs::write(f.dir.path().join("rcpts-BBBBBB1"), "robert@example.org").unwrap();
         let failed = e.check_copy(&f.request(&rq), 310).unwrap().unwrap();
         assert!(!failed.ok && !failed.open, "{failed:?}");
@@ -893,10 +900,7 @@ mod tests {
             "nothing released, nothing deleted"
         );
         // The original was released by hand meanwhile: the copy is not released.
-        f.hold_to("CCCCCC1", &["all@example.org", "bob@example.org"]);
-        let rq = f.file("CCCCCC1", release_to(&["bob@example.org"]));
-        e.execute(&rq, 400).unwrap();
-        f.milter_holds("DDDDDD1");
+        let rq = f.copy_held("CCCCCC1", "DDDDDD1", 400);
         let held = std::fs::read_to_string(f.dir.path().join("held")).unwrap();
         std::fs::write(f.dir.path().join("held"), held.replace("CCCCCC1\n", "")).unwrap();
         std::fs::write(f.dir.path().join("active"), "CCCCCC1\n").unwrap();
@@ -917,10 +921,7 @@ mod tests {
     fn a_failed_deletion_of_the_original_is_tried_again_never_undone() {
         let f = Fixture::new();
         let e = f.executor();
-        f.hold_to("AAAAAA1", &["all@example.org", "bob@example.org"]);
-        let rq = f.file("AAAAAA1", release_to(&["bob@example.org"]));
-        e.execute(&rq, 300).unwrap();
-        f.milter_holds("BBBBBB1");
+        let rq = f.copy_held("AAAAAA1", "BBBBBB1", 300);
         std::fs::write(f.dir.path().join("fail-delete"), "").unwrap();
         let again = e.check_copy(&f.request(&rq), 310).unwrap().unwrap();
         assert!(again.open, "{again:?}");

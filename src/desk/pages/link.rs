@@ -9,7 +9,7 @@
 //! store's one request path, spending the link's nonce in the same transaction.
 
 use super::message::blast_radius;
-use super::{Fields, Head, Shown, group, render};
+use super::{Fields, Head, Shown, group, render, shown_rules};
 use crate::desk::{Desk, Peer};
 use crate::link::{self, Link, LinkAction, LinkError};
 use crate::quarantine::{
@@ -64,17 +64,7 @@ impl LinkPage {
             sender: Shown::new(if m.sender.is_empty() { "<>" } else { &m.sender }),
             subject: Shown::new(m.subject.as_deref().unwrap_or("")),
             audience: group(m.audience),
-            rules: m
-                .rules
-                .iter()
-                .map(|h| {
-                    (
-                        Shown::new(&h.rule),
-                        Shown::new(&h.action),
-                        Shown::new(&h.message),
-                    )
-                })
-                .collect(),
+            rules: shown_rules(&m.rules),
             why_not: None,
         }
     }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `/message/{queue_id}`: every fact of one record, and the actions on it.
 
-use super::{Fields, Head, Shown, Who, group, render};
+use super::{Fields, Head, Shown, Who, group, render, shown_rules};
 use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
 use crate::quarantine::{
@@ -238,17 +238,7 @@ pub async fn message(
             .iter()
             .map(|(d, n)| (Shown::new(d), group(*n)))
             .collect(),
-        rules: m
-            .rules
-            .iter()
-            .map(|h| {
-                (
-                    Shown::new(&h.rule),
-                    Shown::new(&h.action),
-                    Shown::new(&h.message),
-                )
-            })
-            .collect(),
+        rules: shown_rules(&m.rules),
         headers: m
             .headers
             .iter()

@@ -400,6 +400,20 @@ impl Desk {
 }
 
 /// 840000 as "840,000".
+/// The rules of a record as the pages show them: name, action, reason.
+fn shown_rules(rules: &[crate::quarantine::record::RuleHit]) -> Vec<(Shown, Shown, Shown)> {
+    rules
+        .iter()
+        .map(|h| {
+            (
+                Shown::new(&h.rule),
+                Shown::new(&h.action),
+                Shown::new(&h.message),
+            )
+        })
+        .collect()
+}
+
 fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
