@@ -28,7 +28,7 @@ use crate::milter::{
 use crate::notify::{self, AlertReceiver, AlertSender};
 use crate::quarantine::{QuarantineIndex, Store, StoreError};
 use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
-use generation::Owner;
+use generation::{Inbox, Owner};
 use ldap_refresh::Refresher;
 use std::future::Future;
 use std::io;
@@ -153,7 +153,8 @@ impl Builder {
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
         let guard = guard(&config.state, clock.clone(), &alerts)?;
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
-        let desk = start_desk(config, &store, &guard, clock.clone()).await?;
+        let (owner, inbox) = Owner::new();
+        let desk = start_desk(config, &store, &guard, &owner, clock.clone()).await?;
         let (digests, kept) = if keep_alerts {
             (None, Some(receiver))
         } else {
@@ -167,6 +168,8 @@ impl Builder {
             alerts: kept,
             admin_socket,
             desk,
+            owner,
+            inbox,
         })
     }
 }
@@ -177,6 +180,7 @@ async fn start_desk(
     config: &Config,
     store: &Arc<Store>,
     guard: &Guard,
+    owner: &Owner,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<(DeskListener, Arc<Desk>)>, StartError> {
     let Some(addr) = &config.review.listen else {
@@ -206,7 +210,8 @@ async fn start_desk(
         key,
         clock,
     )
-    .with_guard(guard.clone());
+    .with_guard(guard.clone())
+    .with_list_sizes(Arc::new(owner.clone()));
     info!(listen = %addr, users = %config.review.users_file.display(), "review desk listening");
     let users = config.review.users_file.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || desk::users::read(&users)).await {
@@ -274,6 +279,10 @@ pub struct Daemon {
     admin_socket: Option<PathBuf>,
     /// The review desk, when `[review] listen` is set.
     desk: Option<(DeskListener, Arc<Desk>)>,
+    /// The generation owner's handle (the desk has one) and its queue, served from
+    /// [`Daemon::run`].
+    owner: Owner,
+    inbox: Inbox,
 }
 
 impl Daemon {
@@ -320,6 +329,8 @@ impl Daemon {
             alerts: _,
             admin_socket,
             desk,
+            owner,
+            inbox,
         } = self;
         let config = shared.current().config.clone();
         let milter_config = indymilter::Config {
@@ -327,7 +338,7 @@ impl Daemon {
             actions: milter::ACTIONS,
             connection_timeout: config.connection_timeout,
         };
-        let (owner, owning) = Owner::spawn(shared.clone(), snapshots.clone(), reloads);
+        let owning = inbox.spawn(shared.clone(), snapshots.clone(), reloads);
         let refresher = Refresher::new(&snapshots, shared.clone(), owner);
         let admin = match &admin_socket {
             Some(path) => match control::bind(path).await {
