@@ -33,7 +33,7 @@ use ldap_refresh::Refresher;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -151,7 +151,12 @@ impl Builder {
             }
         };
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
-        let guard = guard(&config.state, clock.clone(), &alerts)?;
+        let (guard, local) = guard(&config.state, clock.clone(), &alerts)?;
+        // The brake is kept next to the store: in `state_dir`, or in the directory of
+        // a store a test gave.
+        if let Some(dir) = store.path().parent() {
+            crate::brake::restore(&guard, &local, dir).await;
+        }
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
         let (owner, inbox) = Owner::new();
         let desk = start_desk(config, &store, &guard, &owner, clock.clone()).await?;
@@ -224,15 +229,20 @@ async fn start_desk(
     Ok(Some((listener, Arc::new(desk))))
 }
 
-/// Storm, rate and breaker state as `[state]` says, on `clock`.
+/// Storm, rate and breaker state as `[state]` says, on `clock`, and the state in
+/// memory: all of it, or what the daemon falls back to when Redis is down.
 fn guard(
     state: &StateSettings,
     clock: Arc<dyn Clock>,
     alerts: &AlertSender,
-) -> Result<Guard, StateError> {
+) -> Result<(Guard, Arc<MemoryBackend>), StateError> {
     Ok(match state {
         StateSettings::Memory => {
-            Guard::new(Arc::new(MemoryBackend::new()), clock, Some(alerts.clone()))
+            let memory = Arc::new(MemoryBackend::new());
+            (
+                Guard::new(memory.clone(), clock, Some(alerts.clone())),
+                memory,
+            )
         }
         StateSettings::Redis {
             url,
@@ -261,7 +271,11 @@ fn guard(
                 Some(alerts.clone()),
                 clock.clone(),
             );
-            Guard::new(Arc::new(failover), clock, Some(alerts.clone())).with_relay_state(local)
+            (
+                Guard::new(Arc::new(failover), clock, Some(alerts.clone()))
+                    .with_relay_state(local.clone()),
+                local,
+            )
         }
     })
 }
@@ -385,7 +399,10 @@ impl Daemon {
                 info!("redis answers");
             }
         }
-        tokio::spawn(crate::brake::keep_fresh(shared.guard.clone()));
+        tokio::spawn(crate::brake::keep_fresh(
+            shared.guard.clone(),
+            shared.store.path().parent().map(Path::to_owned),
+        ));
         let expiring = shared.guard.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);

@@ -1271,3 +1271,54 @@ async fn the_next_message_is_judged_against_the_size_accepted_on_the_desk() {
         "{comment}"
     );
 }
+
+/// Pulling the brake while one is on (pulled meanwhile at a shell, or by another
+/// admin) replaces it: the admin is shown which one, and the event says replaced.
+#[tokio::test]
+async fn pulling_the_brake_over_another_shows_the_one_it_replaced() {
+    let f = fixture();
+    let alice = f.login("alice").await;
+    let token = f.token(&alice).await;
+    let guard = f.desk.guard.clone().unwrap();
+    crate::brake::pull(&guard, None, 500, None, "carol\u{202e}", "from a shell")
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(60));
+    let (status, _, page) = f
+        .post(
+            "/brake",
+            Some(&alice),
+            &[
+                ("action", "on"),
+                ("min_audience", "100"),
+                ("hours", "1"),
+                ("comment", "tighter"),
+                ("token", &token),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(
+            "The brake you pulled replaced the one that was on: min audience 500 by \
+             carol\\u{202E} since 2027-01-15T08:00:00Z."
+        ),
+        "{page}"
+    );
+    assert!(page.contains("class=\"flag\""), "flagged: {page}");
+    assert!(
+        page.contains("every message to 100 or more recipients is held"),
+        "the banner shows the new brake: {page}"
+    );
+    assert_eq!(guard.brake().unwrap().min_audience, 100);
+    let events = f.index().events(1).unwrap();
+    assert_eq!(events[0].action, "brake replaced");
+    assert!(
+        events[0]
+            .comment
+            .as_deref()
+            .unwrap()
+            .starts_with("replaced min audience 500 by carol\u{202e} since"),
+        "{events:?}"
+    );
+}
