@@ -67,6 +67,7 @@ pub fn gather(directory: &Directory, envelope: Envelope, headers: HeaderFacts) -
         recipients: envelope.recipients,
         headers,
         audience,
+        released: None,
     }
 }
 

@@ -30,6 +30,7 @@ mod shared;
 pub mod state;
 mod state_dir;
 mod text;
+mod token;
 mod unix_socket;
 
 /// Product name.

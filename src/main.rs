@@ -123,11 +123,15 @@ enum QuarantineCommand {
         id: String,
     },
     /// Release held messages for delivery (postsuper -H): files a request for each and
-    /// carries it out at once.
+    /// carries it out at once. With --to, a copy goes to those envelope recipients only
+    /// and the held original is deleted (the lists are left out).
     Release {
         /// Postfix queue ids.
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Deliver only to this envelope recipient of the message (repeat for more).
+        #[arg(long = "to", value_name = "ADDRESS")]
+        to: Vec<String>,
         /// Why, for the audit trail.
         #[arg(long)]
         comment: Option<String>,
@@ -346,9 +350,10 @@ fn quarantine_command(path: &Path, now: Option<&str>, command: QuarantineCommand
         QuarantineCommand::Show { id } => q.show(&id),
         QuarantineCommand::Release {
             ids,
+            to,
             comment,
             foreign,
-        } => q.release(&ids, comment.as_deref(), foreign),
+        } => q.release(&ids, &to, comment.as_deref(), foreign),
         QuarantineCommand::Discard {
             ids,
             notify_sender,

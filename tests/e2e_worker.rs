@@ -24,8 +24,15 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, |_| String::new())
+}
+
+/// A setup whose `[postfix]` table gets the lines `extra` writes for the scratch
+/// directory.
+fn setup_with(name: &str, extra: impl Fn(&std::path::Path) -> String) -> Setup {
     require_postfix();
     let dir = scratch_dir(name);
+    let postfix_extra = extra(dir.path());
     let sink = Sink::start(dir.path());
     let listen = format!("inet:127.0.0.1:{}", free_port());
     let postfix = Postfix::start(dir.path(), &sink, &listen);
@@ -45,6 +52,7 @@ contact = "the Service Desk on 4242"
 
 [postfix]
 config_directory = "{etc}"
+{postfix_extra}
 
 [notify]
 from = "postmaster@corp.example"
@@ -163,6 +171,23 @@ impl Setup {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The envelope recipients of `send_held(_, n)`, by number.
+fn rcpt(i: usize) -> String {
+    format!("r{i}@corp.example")
+}
+
+/// The sink's messages with `subject`, by their recipients.
+fn deliveries(s: &Setup, subject: &str) -> Vec<Vec<String>> {
+    s.sink
+        .find(subject)
+        .into_iter()
+        .map(|mut m| {
+            m.rcpts.sort();
+            m.rcpts
+        })
+        .collect()
 }
 
 /// The capability bounding set of the worker's unit, as setpriv(1) names them.
@@ -297,9 +322,20 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
     let b = s.send_held("w-running-at-crash", 6);
     let e = s.send_held("w-extend-me", 6);
     let pending = s.file(&a, RequestAction::Release, "before the worker ran");
-    // A request the worker claimed and then died in, before it changed anything.
+    // A request the worker claimed and then died in, before it changed anything: its
+    // claimant is a process of an earlier boot.
     let running = s.file(&b, RequestAction::Release, "cut short");
     assert!(s.store.claim(running.id, now()).expect("claim"));
+    let db = rusqlite::Connection::open(s.dir.path().join("state/quarantine.sqlite")).expect("db");
+    db.execute(
+        "UPDATE requests SET claimed_by = '4242 an-earlier-boot' WHERE id = ?1",
+        [running.id],
+    )
+    .expect("an old claimant");
+    // A request a live process (this test) is carrying out is left to it.
+    let c = s.send_held("w-claimed-by-the-living", 6);
+    let live = s.file(&c, RequestAction::Release, "mine");
+    assert!(s.store.claim(live.id, now()).expect("claim"));
 
     // The command line files through the same path: an open request is a conflict.
     let out = s.admin(&["release", &a, "--comment", "me too"]);
@@ -344,6 +380,12 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
         assert_eq!(s.sink.wait_for(subject).rcpts.len(), 6);
     }
     assert!(worker.line(running.id).contains("resumed=true"));
+    assert_eq!(
+        s.request(&live).state,
+        RequestState::Running,
+        "left to its claimant"
+    );
+    assert!(s.postfix.held().contains(&c));
     assert!(worker.stop().success());
     for subject in ["w-pending-before-start", "w-running-at-crash"] {
         let copies: Vec<_> = s
@@ -467,4 +509,154 @@ fn sigterm_mid_request_lets_it_finish_then_exits_0() {
     let done = store.requests(request.held_id).expect("requests");
     assert_eq!(done[0].state, RequestState::Done, "{:?}", done[0]);
     assert!(worker.log().contains("worker stopped"), "{}", worker.log());
+}
+
+/// Release to chosen recipients with a real Postfix and the milter on both its smtpd
+/// and non_smtpd paths: the copy goes to exactly the ticked recipients, once, without
+/// its mark; the held original is deleted only after the milter saw the copy. The
+/// worker killed (SIGKILL) right after sendmail took the copy finishes on restart
+/// without a second copy. The command line does the same without the worker. A mark
+/// nobody signed is removed and changes nothing.
+#[test]
+fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_crash() {
+    let s = setup_with("worker-release-to", |dir| {
+        let wrapper = dir.join("sendmail-then-die");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n/usr/sbin/sendmail \"$@\"\nrc=$?\n\
+                 if [ -e {d}/kill-next ]; then rm -f {d}/kill-next; kill -9 $PPID; fi\n\
+                 exit $rc\n",
+                d = dir.display()
+            ),
+        )
+        .expect("wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        format!("sendmail = \"{}\"", wrapper.display())
+    });
+    let a = s.send_held("w-copy-plain", 6);
+    let b = s.send_held("w-copy-crash", 6);
+    let c = s.send_held("w-copy-cli", 6);
+
+    let worker = start_worker(&s);
+    let chosen = vec![rcpt(1), rcpt(4)];
+    let r = s.file(
+        &a,
+        RequestAction::ReleaseTo {
+            recipients: chosen.clone(),
+        },
+        "only the two who need it",
+    );
+    let done = s.finished(&r);
+    assert_eq!(done.state, RequestState::Done, "{done:?}");
+    let copy = done.copy_queue_id.clone().expect("the milter saw the copy");
+    let result = done.result.clone().unwrap_or_default();
+    assert!(
+        result.contains(&format!("as a copy ({copy})")) && result.contains("Deleted: 1 message"),
+        "{result}"
+    );
+    let mut m = s.sink.wait_for("w-copy-plain");
+    m.rcpts.sort();
+    assert_eq!(m.rcpts, chosen);
+    assert!(
+        !m.text.to_ascii_lowercase().contains("x-fanout-released"),
+        "the mark is removed before delivery: {}",
+        m.text
+    );
+    assert!(!s.postfix.held().contains(&a), "the original is gone");
+    assert_eq!(s.state(&a), State::Released);
+    let record = s
+        .store
+        .record(&QueueId::parse(&a).unwrap())
+        .expect("record");
+    let trail: Vec<(&str, &str)> = record
+        .audit
+        .iter()
+        .map(|e| (e.who.as_str(), e.action.as_str()))
+        .collect();
+    assert!(
+        trail.ends_with(&[("milter", "copy"), ("carol", "release-to")]),
+        "{trail:?}"
+    );
+    assert!(
+        s._milter
+            .log()
+            .contains("the copy of a message released to chosen recipients"),
+        "{}",
+        s._milter.log()
+    );
+    assert!(worker.stop().success());
+
+    // SIGKILL right after sendmail took the copy, before anything else was recorded.
+    std::fs::write(s.dir.path().join("kill-next"), "").expect("marker");
+    let worker = start_worker(&s);
+    let r = s.file(
+        &b,
+        RequestAction::ReleaseTo {
+            recipients: vec![rcpt(2)],
+        },
+        "cut short",
+    );
+    let mut worker = worker;
+    let status = worker.child.wait();
+    assert!(!status.success(), "killed: {status}");
+    let running = wait_for("the milter to see the copy", || {
+        Some(s.request(&r)).filter(|x| x.copy_queue_id.is_some())
+    });
+    assert_eq!(running.state, RequestState::Running);
+    assert!(s.postfix.held().contains(&b), "the original is still held");
+    let worker = start_worker(&s);
+    let done = s.finished(&r);
+    assert_eq!(done.state, RequestState::Done, "{done:?}");
+    assert!(worker.line(r.id).contains("resumed=true"));
+    assert!(!s.postfix.held().contains(&b));
+    assert!(worker.stop().success());
+
+    // The command line, with no worker running.
+    let out = s.admin(&[
+        "release",
+        &c,
+        "--to",
+        &rcpt(5),
+        "--comment",
+        "from the shell",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("released to r5@corp.example as a copy"),
+        "{text}"
+    );
+    assert_eq!(s.sink.wait_for("w-copy-cli").rcpts, [rcpt(5)]);
+    assert!(!s.postfix.held().contains(&c));
+
+    // A mark nobody made: removed, and the message is decided as any other (delivered).
+    let forged = format!(
+        "From: ann@corp.example\r\nTo: r0@corp.example\r\nSubject: w-forged-mark\r\n\
+         X-Fanout-Released: v1; q={a}; r=1; t=0000\r\n\r\nhello\r\nEND-OF-TEST-BODY\r\n"
+    );
+    smtp_send(
+        s.postfix.smtp_port,
+        "ann@corp.example",
+        &[rcpt(0)],
+        forged.as_bytes(),
+    )
+    .expect("accepted");
+    let m = s.sink.wait_for("w-forged-mark");
+    assert!(
+        !m.text.to_ascii_lowercase().contains("x-fanout-released"),
+        "{}",
+        m.text
+    );
+    assert!(s._milter.log().contains("fanout-milter did not write"));
+
+    // Every message went out once, to exactly the chosen recipients.
+    for (subject, to) in [
+        ("w-copy-plain", vec![rcpt(1), rcpt(4)]),
+        ("w-copy-crash", vec![rcpt(2)]),
+        ("w-copy-cli", vec![rcpt(5)]),
+    ] {
+        assert_eq!(deliveries(&s, subject), [to], "{subject}");
+    }
 }

@@ -10,7 +10,10 @@ use fanout_milter::ReloadRequest;
 use fanout_milter::clock::ManualClock;
 use fanout_milter::config;
 use fanout_milter::notify::{AlertKind, AlertReceiver};
-use fanout_milter::quarantine::{Filter, State, Store};
+use fanout_milter::quarantine::{
+    COPY_HEADER, CopyMark, Filter, NewRequest, QuarantineIndex, QueueId, RequestAction, State,
+    Store, Via,
+};
 use fanout_milter::{Builder, ReloadError, Reloaded};
 use indymilter_test::{
     Actions, EomAction, EomActions, IntoCString, MacroStage, ProtoOpts, Status, TestConnection,
@@ -916,6 +919,113 @@ async fn forged_verdict_headers_are_removed() {
     // The count is per message: no forged header now, nothing deleted.
     let result = message(&mut conn, "<ann@example.org>", &internal(1)).await;
     assert_passed_untouched(&result);
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
+/// A copy marked `token` to the `to`th internal recipient, queue id `id`.
+async fn copy(
+    conn: &mut TestConnection,
+    id: &str,
+    token: String,
+    to: usize,
+) -> (EomActions, Status) {
+    mail(conn, "<ann@example.org>").await;
+    rcpts(conn, &internal(to)[to - 1..]).await;
+    data(conn).await;
+    header(conn, COPY_HEADER, token.as_str()).await;
+    header(conn, "Subject", "Quarterly figures").await;
+    within("macros", conn.macros(MacroStage::Eom, [("i", id)]))
+        .await
+        .expect("macros");
+    eom_raw(conn).await
+}
+
+/// The copy the root worker makes for a release to chosen recipients: the first one,
+/// to exactly the chosen recipients and with the request's token, passes (the rules
+/// are not asked: a reviewer decided) and is recorded; a second one is held for an
+/// admin; a mark with a wrong token changes nothing. The mark is removed every time.
+#[tokio::test]
+async fn a_released_copy_passes_once_and_its_mark_never_leaves() {
+    let milter = Milter::start("released-copy", &Conf::default()).await;
+    let mut conn = milter.connect().await;
+    mail(&mut conn, "<ann@example.org>").await;
+    rcpts(&mut conn, &internal(7)).await;
+    within(
+        "macros",
+        conn.macros(MacroStage::Eom, [("i", "AB12CD0001")]),
+    )
+    .await
+    .expect("macros");
+    let (_, status) = eom_raw(&mut conn).await;
+    assert_eq!(status, Status::Continue, "held");
+    let store = &milter.store;
+    let request = store
+        .submit(&NewRequest {
+            queue_id: QueueId::parse("AB12CD0001").unwrap(),
+            action: RequestAction::ReleaseTo {
+                recipients: vec!["user3@dept.example.org".into()],
+            },
+            who: "carol".into(),
+            via: Via::Desk,
+            remote: None,
+            comment: "only user3".into(),
+            at: 1_800_000_000,
+        })
+        .expect("filed");
+    assert!(store.claim(request.id, 1_800_000_001).unwrap());
+    let token = store.copy_token(request.id, "5ecret").unwrap();
+    let mark = |token: &str| {
+        CopyMark {
+            original: "AB12CD0001".into(),
+            request: request.id,
+            token: token.into(),
+        }
+        .value()
+    };
+    let delete_mark = EomAction::DeleteHeader {
+        name: c(COPY_HEADER),
+        index: 1,
+    };
+
+    // A wrong token: the mark goes, the message is decided as any other (1 recipient).
+    let (actions, status) = copy(&mut conn, "AB12CD0002", mark("wrong"), 4).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
+    let seen = |store: &Store| {
+        store.requests(request.held_id).unwrap()[0]
+            .copy_queue_id
+            .clone()
+    };
+    assert_eq!(seen(store), None);
+
+    // The genuine copy: passes with only its mark removed, and is recorded.
+    let (actions, status) = copy(&mut conn, "AB12CD0003", mark(&token), 4).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(actions.actions, std::slice::from_ref(&delete_mark));
+    assert_eq!(seen(store).as_deref(), Some("AB12CD0003"));
+
+    // A second copy is held for an admin, and recorded as held.
+    let (actions, status) = copy(&mut conn, "AB12CD0004", mark(&token), 4).await;
+    assert_eq!(status, Status::Continue);
+    assert_eq!(actions.actions[0], delete_mark);
+    let reason = actions
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            EomAction::Quarantine { reason } => Some(reason.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .expect("held");
+    assert!(
+        reason.contains("copy: a repeated copy of a message released to chosen recipients: request 1 already had its copy, accepted as AB12CD0003"),
+        "{reason}"
+    );
+    let held = store
+        .record(&QueueId::parse("AB12CD0004").unwrap())
+        .unwrap();
+    assert_eq!(held.state, State::Held);
+    assert_eq!(held.message.rules[0].rule, "copy");
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
 }

@@ -73,13 +73,21 @@ impl Session {
     }
 
     /// `quarantine release ID...`.
-    pub fn release(&self, ids: &[String], comment: Option<&str>, foreign: bool) -> Outcome {
-        Ok(printed(self.request(
-            ids,
-            &RequestAction::Release,
-            comment,
-            foreign,
-        )))
+    pub fn release(
+        &self,
+        ids: &[String],
+        to: &[String],
+        comment: Option<&str>,
+        foreign: bool,
+    ) -> Outcome {
+        let action = if to.is_empty() {
+            RequestAction::Release
+        } else {
+            RequestAction::ReleaseTo {
+                recipients: to.to_vec(),
+            }
+        };
+        Ok(printed(self.request(ids, &action, comment, foreign)))
     }
 
     /// `quarantine discard ID...`.
@@ -167,6 +175,10 @@ impl Session {
             };
             match executor.file_and_execute(&request, WORKER_WAIT) {
                 Ok(done) if done.ok => report.line(done.result),
+                Ok(open) if open.open => report.line(format!(
+                    "{}; the worker finishes it (`quarantine show {}`)",
+                    open.result, request.queue_id
+                )),
                 Ok(failed) => report.fail(failed.result),
                 Err(e) => report.fail(e),
             }

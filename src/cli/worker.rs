@@ -5,15 +5,20 @@
 //! (`systemd/fanout-milter-worker.service`), so that the daemon serving the desk never
 //! needs root.
 //!
-//! At start it looks at every open request: a pending one is carried out, a running
-//! one (the worker stopped in it) is finished from the facts ([`Executor::resume`]).
-//! Then it looks for new requests four times a second. SIGTERM or SIGINT lets the
-//! request in progress finish, then the worker exits 0.
+//! At start and then four times a second it looks at every open request: a pending one
+//! is carried out; a running one whose claimant is gone (this worker before a crash, or
+//! an admin command killed mid-way; see [`claimant`]) is finished from the facts
+//! ([`Executor::resume`]), while one a live process is carrying out is left to it; a
+//! release to chosen recipients whose copy is on its way is looked at again
+//! ([`Executor::check_copy`]). SIGTERM or SIGINT lets the request in progress finish,
+//! then the worker exits 0.
 
 use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
-use crate::quarantine::{Executor, QuarantineIndex, Request, RequestState, Store};
+use crate::quarantine::{
+    Executed, Executor, QuarantineIndex, Request, RequestState, Store, claimant,
+};
 use crate::{VERSION, logging};
 use nix::sys::signal::{SigSet, Signal};
 use std::process::ExitCode;
@@ -58,7 +63,7 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
                 if stopping(&stop) {
                     break;
                 }
-                carry_out(&executor, &request);
+                look_at(&executor, &request);
             }
         }
         Err(e) => error!("cannot read the open requests: {e}"),
@@ -73,13 +78,12 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let pending = match store.open_requests() {
+        let open = match store.open_requests() {
             Ok(open) => {
                 if failing.take().is_some() {
                     info!("the open requests can be read again");
                 }
-                open.into_iter()
-                    .filter(|r| r.state == RequestState::Pending)
+                open
             }
             Err(e) => {
                 // Once per distinct error, not four times a second.
@@ -91,16 +95,38 @@ pub fn serve(config: &Config, store: &Store) -> ExitCode {
                 continue;
             }
         };
-        for request in pending {
+        for request in open {
             if stopping(&stop) {
                 info!("worker stopped");
                 return ExitCode::SUCCESS;
             }
-            carry_out(&executor, &request);
+            look_at(&executor, &request);
         }
     }
     info!("worker stopped");
     ExitCode::SUCCESS
+}
+
+/// One line about what became of a request.
+fn log_outcome(request: &Request, done: &Executed) {
+    info!(
+        request = request.id,
+        queue_id = %request.queue_id,
+        action = request.action.name(),
+        who = %request.who,
+        via = request.via.as_str(),
+        remote = request.remote.as_deref().unwrap_or("-"),
+        state = if done.open {
+            "running"
+        } else if done.ok {
+            "done"
+        } else {
+            "failed"
+        },
+        resumed = request.state == RequestState::Running,
+        result = %done.result,
+        "request"
+    );
 }
 
 /// True once a stop signal came (it is taken from the channel).
@@ -135,6 +161,32 @@ fn stop_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// What an open request needs from this worker, if anything.
+fn look_at(executor: &Executor<'_>, request: &Request) {
+    match request.state {
+        RequestState::Pending => carry_out(executor, request),
+        RequestState::Running if request.copy_sent_at.is_some() => check_copy(executor, request),
+        RequestState::Running if claimant::gone(request.claimed_by.as_deref()) => {
+            carry_out(executor, request)
+        }
+        _ => {}
+    }
+}
+
+/// Looks again at a release to chosen recipients whose copy is on its way, and logs a
+/// line when it is over.
+fn check_copy(executor: &Executor<'_>, request: &Request) {
+    match executor.check_copy(request, epoch_secs(SystemTime::now())) {
+        Ok(Some(done)) if !done.open => log_outcome(request, &done),
+        Ok(_) => {}
+        Err(e) => error!(
+            request = request.id,
+            queue_id = %request.queue_id,
+            "the copy of a release to chosen recipients not looked at: {e}"
+        ),
+    }
+}
+
 /// Carries out one open request and logs one line about it.
 fn carry_out(executor: &Executor<'_>, request: &Request) {
     let now = epoch_secs(SystemTime::now());
@@ -143,20 +195,8 @@ fn carry_out(executor: &Executor<'_>, request: &Request) {
         RequestState::Running => executor.resume(request, now).map(Some),
         RequestState::Done | RequestState::Failed => return,
     };
-    let remote = request.remote.as_deref().unwrap_or("-");
     match outcome {
-        Ok(Some(done)) => info!(
-            request = request.id,
-            queue_id = %request.queue_id,
-            action = request.action.name(),
-            who = %request.who,
-            via = request.via.as_str(),
-            remote,
-            state = if done.ok { "done" } else { "failed" },
-            resumed = request.state == RequestState::Running,
-            result = %done.result,
-            "request"
-        ),
+        Ok(Some(done)) => log_outcome(request, &done),
         Ok(None) => info!(
             request = request.id,
             queue_id = %request.queue_id,

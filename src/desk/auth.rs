@@ -13,7 +13,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// Failed logins allowed per user and per client address within [`FAILURE_WINDOW`].
 pub const MAX_FAILURES: usize = 5;
@@ -26,16 +25,8 @@ const MAX_LIMITED: usize = 10_000;
 /// Bytes of the desk key.
 pub const KEY_BYTES: usize = 32;
 
-/// A random 256-bit value as 64 hex digits.
-pub fn random_id() -> Result<String, String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(hex(&bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::token::hex;
+pub use crate::token::{random_id, same_secret};
 
 /// HMAC-SHA256 of `parts` (each length-prefixed) with `key`, as hex.
 pub fn sign(key: &[u8; KEY_BYTES], parts: &[&str]) -> String {
@@ -45,11 +36,6 @@ pub fn sign(key: &[u8; KEY_BYTES], parts: &[&str]) -> String {
         mac.update(p.as_bytes());
     }
     hex(&mac.finalize().into_bytes())
-}
-
-/// Compares two secrets in constant time (for equal lengths).
-pub fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// The desk key in `state_dir/desk.key`: read, or created (32 random bytes, mode

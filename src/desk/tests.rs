@@ -543,6 +543,52 @@ async fn a_second_action_on_the_same_message_is_a_conflict() {
 }
 
 #[tokio::test]
+async fn a_release_to_the_ticked_recipients_shows_how_far_its_copy_got() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("rita").await;
+    let t = f.token(&cookie).await;
+    let (status, _, _) = f
+        .post(
+            "/message/AAAAAA1",
+            Some(&cookie),
+            &[
+                ("token", t.as_str()),
+                ("action", "release-to"),
+                ("rcpt", "boss@example.org"),
+                ("comment", "the boss only"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let filed = f.requests("AAAAAA1").pop().unwrap();
+    assert_eq!(
+        filed.action,
+        crate::quarantine::RequestAction::ReleaseTo {
+            recipients: vec!["boss@example.org".into()]
+        }
+    );
+    assert!(f.store.claim(filed.id, T0).unwrap());
+    f.store.copy_token(filed.id, "abc").unwrap();
+    f.store.copy_sent(filed.id, T0).unwrap();
+    let (_, _, page) = f.get("/message/AAAAAA1", Some(&cookie)).await;
+    assert!(
+        page.contains("a copy was handed to Postfix at") && page.contains("waiting for the milter"),
+        "{page}"
+    );
+    let mark = crate::quarantine::CopyMark {
+        original: "AAAAAA1".into(),
+        request: filed.id,
+        token: "abc".into(),
+    };
+    f.store
+        .accept_copy(&mark, "BBBBBB2", &["boss@example.org".into()], T0)
+        .unwrap();
+    let (_, _, page) = f.get("/message/AAAAAA1", Some(&cookie)).await;
+    assert!(page.contains("the copy went out as BBBBBB2"), "{page}");
+}
+
+#[tokio::test]
 async fn mail_derived_text_is_escaped_and_bidi_flagged() {
     let f = fixture();
     let mut m = ordinary("EVIL001");

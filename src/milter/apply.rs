@@ -38,6 +38,19 @@ pub fn tempfail(reply: &mut SmtpReply, fault: &Reply, queue_id: &str) -> Status 
     Status::Tempfail
 }
 
+/// Removes the `count` copies of header `name` that came with the message; a failure
+/// is logged, and the caller decides what it means.
+pub async fn remove_headers(
+    cx: &mut EomContext<Session>,
+    name: &str,
+    count: i32,
+) -> Result<(), ActionError> {
+    for index in (1..=count).rev() {
+        cx.actions.change_header(name, index, None::<&str>).await?;
+    }
+    Ok(())
+}
+
 /// Carries out an effect at end of message: removes the `foreign_verdict_headers`
 /// copies of our header that came with the message, adds ours, holds, or sets the
 /// refusal reply.

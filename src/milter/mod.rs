@@ -11,9 +11,10 @@ pub use session::Session;
 use crate::decide::{GuardState, Outlet, decide};
 use crate::notify::AlertKind;
 use crate::policy::effect::fault_reply;
-use crate::policy::{self, Evaluation, NO_QUEUE_ID};
-use crate::quarantine::{self, QueueId};
+use crate::policy::{self, Evaluation, NO_QUEUE_ID, ReleasedCopy};
+use crate::quarantine::{self, COPY_HEADER, CopyCheck, CopyMark, QuarantineIndex, QueueId};
 use crate::shared::Shared;
+use crate::text;
 use futures_util::FutureExt;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, NegotiateContext, ProtoOpts, SocketInfo, Status,
@@ -216,6 +217,10 @@ enum EomError {
     NoQueueId(String),
     #[error("quarantine record not written: {0}")]
     Record(String),
+    #[error("cannot check a released copy in the quarantine store: {0}")]
+    Copy(String),
+    #[error("cannot remove the {COPY_HEADER} header: {0}")]
+    CopyHeader(indymilter::ActionError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
 }
@@ -260,6 +265,8 @@ struct EomOutlet<'a> {
     queue_id: Option<&'a str>,
     shown: &'a str,
     foreign_verdict_headers: i32,
+    /// How many [`COPY_HEADER`] fields to remove.
+    copy_headers: i32,
     /// The message's header fields, moved into the record when it is held.
     header_fields: Vec<(String, String)>,
 }
@@ -278,6 +285,9 @@ impl Outlet for EomOutlet<'_> {
     }
 
     async fn apply(&mut self, effect: &policy::Effect) -> Result<Status, EomError> {
+        apply::remove_headers(self.cx, COPY_HEADER, self.copy_headers)
+            .await
+            .map_err(EomError::CopyHeader)?;
         Ok(apply::apply(self.cx, effect, self.shown, self.foreign_verdict_headers).await?)
     }
 }
@@ -293,30 +303,109 @@ async fn decide_and_apply(
     let finished = msg.finish(queue_id.clone(), &session.conn);
     let runtime = finished.runtime.clone();
     let config = &runtime.config;
+    let mut facts = finished.facts;
+    if finished.copy_headers > 0 {
+        facts.released = released_copy(
+            shared,
+            queue_id.as_deref(),
+            &finished.copy_marks,
+            finished.copy_headers,
+            facts.recipients.iter().map(str::to_owned).collect(),
+            shown,
+        )
+        .await?;
+    }
     let mut outlet = EomOutlet {
         cx,
         shared,
         queue_id: queue_id.as_deref(),
         shown,
         foreign_verdict_headers: finished.foreign_verdict_headers,
+        copy_headers: finished.copy_headers,
         header_fields: finished.header_fields,
     };
     let decision = decide(
         &config.policy,
         &config.replies,
-        &finished.facts,
+        &facts,
         shown,
         &mut GuardState::new(&shared.guard),
         &mut outlet,
     )
     .await?;
-    log_decision(
-        shown,
-        &finished.facts,
-        &decision.evaluation,
-        config.policy.mode,
-    );
+    log_decision(shown, &facts, &decision.evaluation, config.policy.mode);
     Ok(decision.applied)
+}
+
+/// What a message that carries [`COPY_HEADER`] is: the copy the root worker made for a
+/// release to chosen recipients (checked against the request in the store, which
+/// records it, once), a repeated copy, or neither (a header fanout-milter did not
+/// write: the message is decided as any other). The header is removed in every case.
+async fn released_copy(
+    shared: &Shared,
+    queue_id: Option<&str>,
+    marks: &[String],
+    count: i32,
+    recipients: Vec<String>,
+    shown: &str,
+) -> Result<Option<ReleasedCopy>, EomError> {
+    let mark = match (count, marks.first().and_then(|m| CopyMark::parse(m))) {
+        (1, Some(mark)) => mark,
+        _ => {
+            warn!(
+                queue_id = shown,
+                "{count} {COPY_HEADER} header(s) not as fanout-milter writes them: removed, \
+                 the message is decided as any other"
+            );
+            return Ok(None);
+        }
+    };
+    let Some(id) = queue_id.map(str::to_owned) else {
+        warn!("a copy marked {COPY_HEADER} came without a queue id: decided as any other");
+        return Ok(None);
+    };
+    let request = mark.request;
+    let original = mark.original.clone();
+    let store = shared.store.clone();
+    let now = crate::clock::epoch_secs(shared.now());
+    let check =
+        tokio::task::spawn_blocking(move || store.accept_copy(&mark, &id, &recipients, now));
+    let check = match tokio::time::timeout(RECORD_TIMEOUT, check).await {
+        Ok(Ok(Ok(check))) => check,
+        Ok(Ok(Err(e))) => return Err(EomError::Copy(e.to_string())),
+        Ok(Err(e)) => return Err(EomError::Copy(format!("checker task failed: {e}"))),
+        Err(_) => {
+            return Err(EomError::Copy(format!(
+                "no answer from the store within {}s",
+                RECORD_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    Ok(match check {
+        CopyCheck::Accepted => {
+            info!(
+                queue_id = shown,
+                request,
+                original = %original,
+                "the copy of a message released to chosen recipients"
+            );
+            Some(ReleasedCopy::Accepted { request })
+        }
+        CopyCheck::Repeated(why) => {
+            let why = text::neutralize(&why).into_owned();
+            warn!(queue_id = shown, request, original = %original, "a repeated copy, held: {why}");
+            Some(ReleasedCopy::Repeated { why })
+        }
+        CopyCheck::Unknown(why) => {
+            warn!(
+                queue_id = shown,
+                "a {COPY_HEADER} header fanout-milter did not write ({}): removed, the \
+                 message is decided as any other",
+                text::neutralize(&why)
+            );
+            None
+        }
+    })
 }
 
 fn log_decision(queue_id: &str, facts: &policy::MessageFacts, e: &Evaluation, mode: policy::Mode) {

@@ -4,6 +4,7 @@
 use crate::decide::{Envelope, gather};
 use crate::message::{HeaderBuffer, HeaderFields, extract};
 use crate::policy::{MessageFacts, VERDICT_HEADER};
+use crate::quarantine::COPY_HEADER;
 use crate::quarantine::record::MAX_STORED_HEADER_BYTES;
 use crate::shared::{Generation, InflightGuard};
 use indymilter::ProtoOpts;
@@ -40,6 +41,10 @@ pub struct MessageData {
     pub fields: HeaderFields,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
+    /// The values of the [`COPY_HEADER`] fields that arrived (at most two kept).
+    pub copy_marks: Vec<String>,
+    /// How many [`COPY_HEADER`] fields arrived.
+    pub copy_headers: i32,
     /// Keeps the message counted as in flight until it is dropped.
     pub _inflight: InflightGuard,
 }
@@ -69,6 +74,8 @@ impl Session {
             headers: HeaderBuffer::new(cap),
             fields: HeaderFields::new(MAX_STORED_HEADER_BYTES),
             foreign_verdict_headers: 0,
+            copy_marks: Vec::new(),
+            copy_headers: 0,
             _inflight: inflight,
         });
     }
@@ -90,6 +97,13 @@ impl MessageData {
         if name.eq_ignore_ascii_case(VERDICT_HEADER.as_bytes()) {
             self.foreign_verdict_headers = self.foreign_verdict_headers.saturating_add(1);
         }
+        if name.eq_ignore_ascii_case(COPY_HEADER.as_bytes()) {
+            self.copy_headers = self.copy_headers.saturating_add(1);
+            if self.copy_marks.len() < 2 {
+                self.copy_marks
+                    .push(String::from_utf8_lossy(value).into_owned());
+            }
+        }
         self.headers.push(name, value);
         self.fields.push(name, value);
     }
@@ -106,6 +120,8 @@ impl MessageData {
             facts: gather(&self.runtime.directory, envelope, headers),
             runtime: self.runtime,
             foreign_verdict_headers: self.foreign_verdict_headers,
+            copy_marks: self.copy_marks,
+            copy_headers: self.copy_headers,
             header_fields: self.fields.into_vec(),
             _inflight: self._inflight,
         }
@@ -120,6 +136,10 @@ pub struct FinishedMessage {
     pub runtime: Arc<Generation>,
     /// How many `X-Fanout-Verdict` headers arrived with the message.
     pub foreign_verdict_headers: i32,
+    /// The values of the first [`COPY_HEADER`] fields.
+    pub copy_marks: Vec<String>,
+    /// How many [`COPY_HEADER`] fields arrived.
+    pub copy_headers: i32,
     /// Every header field as received (capped), for the quarantine record.
     pub header_fields: Vec<(String, String)>,
     /// Keeps the message counted as in flight until the reply is sent.

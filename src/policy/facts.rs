@@ -158,6 +158,25 @@ pub struct AudienceFacts {
     pub seen: u64,
 }
 
+/// A copy that the root worker made of a held message for a reviewer's "release to
+/// chosen recipients", as the milter found it in the quarantine store (its mark is
+/// a secret token only the store and the copy know).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleasedCopy {
+    /// The first copy of a running request, to exactly the recipients chosen: a
+    /// reviewer decided, so it goes out as a message released from hold does.
+    Accepted {
+        /// The request's id.
+        request: i64,
+    },
+    /// A genuine copy that must not go out unseen: a second copy of one request, a
+    /// copy for a request no longer running, or to other recipients. Why.
+    Repeated {
+        /// Why it is not the request's copy.
+        why: String,
+    },
+}
+
 /// Everything known about one message when it is decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageFacts {
@@ -176,6 +195,8 @@ pub struct MessageFacts {
     /// The expanded audience; `None` when no directory is configured, and the envelope
     /// recipients are the audience.
     pub audience: Option<AudienceFacts>,
+    /// Set when the message is a copy made for a release to chosen recipients.
+    pub released: Option<ReleasedCopy>,
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub(crate) mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
 pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};
-pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet};
+pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet, ReleasedCopy};
 pub use reply::Replies;
 pub use rules::{Hidden, Levels, Restricted, Scope};
 pub use sender::{Identity, TrustedSenders, identity};
@@ -173,11 +173,21 @@ pub fn count(policy: &Policy, facts: &MessageFacts) -> Counts {
 /// Decides one message on its facts and on what the shared state said about it
 /// (storms, rates, the breaker, the emergency brake; empty where no state is kept, as
 /// in `explain`). The brake holds a large message even from an exempt sender or in
-/// monitor mode.
+/// monitor mode, and so does a repeated copy of a release to chosen recipients
+/// ([`ReleasedCopy`]); the accepted copy goes out as a release from hold does, with no
+/// rule asked.
 pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Evaluation {
     let counts = count(policy, facts);
+    if let Some(ReleasedCopy::Accepted { request }) = &facts.released {
+        let mut verdict = Verdict::accept();
+        verdict.exempt_by = Some(format!("release request {request}"));
+        return Evaluation { verdict, counts };
+    }
     let mut evaluation = evaluate_rules(policy, facts, state, counts);
-    if let Some(reason) = stateful::brake(state, counts.audience as u64, facts.audience.as_ref()) {
+    let overriding = stateful::brake(state, counts.audience as u64, facts.audience.as_ref())
+        .into_iter()
+        .chain(rules::repeated_copy(facts));
+    for reason in overriding {
         let v = &mut evaluation.verdict;
         v.intended = v.intended.max(reason.action);
         v.action = v.action.max(reason.action);
@@ -187,7 +197,7 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Ev
     evaluation
 }
 
-/// [`evaluate`] without the emergency brake.
+/// [`evaluate`] without the emergency brake and the released copies.
 fn evaluate_rules(
     policy: &Policy,
     facts: &MessageFacts,
@@ -1043,5 +1053,55 @@ mod tests {
             assert_eq!(toml, format!("\"{}\"", mode.as_str()));
         }
         assert_eq!(Mode::Monitor.as_str(), "monitor");
+    }
+
+    #[test]
+    fn a_released_copy_goes_out_once_and_a_repeated_one_is_held_whatever_the_mode() {
+        let p = policy();
+        let big = facts(300, 0);
+        assert_eq!(evaluate(&p, &big).verdict.action, Action::Quarantine);
+        let mut copy = big.clone();
+        copy.released = Some(ReleasedCopy::Accepted { request: 7 });
+        let braked = StateFacts {
+            brake: Some(BrakeFact { min_audience: 1 }),
+            ..StateFacts::default()
+        };
+        let e = super::evaluate(&p, &copy, &braked);
+        assert_eq!(e.verdict.action, Action::Accept, "not even the brake");
+        assert_eq!(e.verdict.exempt_by.as_deref(), Some("release request 7"));
+        assert_eq!(e.counts.envelope, 300, "still counted for the log");
+        let mut storms = p.clone();
+        storms.storm.min_audience = 1;
+        let mut reply = copy.clone();
+        reply.headers.in_reply_to = vec!["<1@example.org>".into()];
+        reply.headers.subject = Some("Re: x".into());
+        assert!(
+            state_plan(&storms, &reply).is_empty(),
+            "asks the state nothing"
+        );
+        reply.released = None;
+        assert!(!state_plan(&storms, &reply).is_empty());
+
+        let mut repeated = facts(1, 0);
+        repeated.sender = "bulk@example.org".into();
+        repeated.released = Some(ReleasedCopy::Repeated {
+            why: "request 7 is done".into(),
+        });
+        let mut monitor = p.clone();
+        monitor.mode = Mode::Monitor;
+        for p in [&p, &monitor] {
+            let v = evaluate(p, &repeated).verdict;
+            assert_eq!(v.action, Action::Quarantine, "{:?}", p.mode);
+            assert_eq!(v.intended, Action::Quarantine);
+            assert_eq!(v.exempt_by.as_deref(), Some("bulk@example.org"));
+            assert_eq!(v.reasons.len(), 1);
+            assert_eq!(v.reasons[0].rule, "copy");
+            assert!(!v.reasons[0].monitor);
+            assert_eq!(
+                v.reasons[0].message,
+                "a repeated copy of a message released to chosen recipients: request 7 is done"
+            );
+        }
+        assert_eq!(evaluate(&p, &facts(1, 0)).verdict.action, Action::Accept);
     }
 }

@@ -3,7 +3,7 @@
 //! fired, with the rule's own monitor flag, or nothing.
 
 use super::address::{AddressGlobs, DomainSet};
-use super::facts::{AudienceFacts, ListFacts, MessageFacts};
+use super::facts::{AudienceFacts, ListFacts, MessageFacts, ReleasedCopy};
 use super::sender::{TrustedSenders, first_restriction, identity};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
@@ -211,6 +211,22 @@ pub fn unavailable(audience: &AudienceFacts) -> Option<(Reason, bool)> {
         },
         false,
     ))
+}
+
+/// A second copy of a release to chosen recipients (or one whose request is over):
+/// held, so that nobody gets the message twice without an admin seeing it. Like the
+/// brake, it holds in monitor mode and whatever exemption the sender has.
+pub fn repeated_copy(facts: &MessageFacts) -> Option<Reason> {
+    let Some(ReleasedCopy::Repeated { why }) = &facts.released else {
+        return None;
+    };
+    Some(Reason {
+        reply: None,
+        rule: "copy",
+        action: Action::Quarantine,
+        message: format!("a repeated copy of a message released to chosen recipients: {why}"),
+        monitor: false,
+    })
 }
 
 /// The mailboxes of lists the sender is explicitly allowed to post to (a list's own

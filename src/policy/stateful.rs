@@ -254,9 +254,11 @@ pub struct StateFacts {
     pub brake: Option<BrakeFact>,
 }
 
-/// What `facts` asks of the shared state under `policy`. Exempt senders ask nothing.
+/// What `facts` asks of the shared state under `policy`. Exempt senders and the
+/// accepted copy of a release to chosen recipients ask nothing.
 pub fn state_plan(policy: &Policy, facts: &MessageFacts) -> StatePlan {
-    if policy.exempt.grants(facts).is_some() {
+    let released = matches!(facts.released, Some(super::ReleasedCopy::Accepted { .. }));
+    if released || policy.exempt.grants(facts).is_some() {
         return StatePlan::default();
     }
     let counts = super::count(policy, facts);

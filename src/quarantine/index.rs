@@ -264,6 +264,82 @@ pub struct Request {
     pub finished_at: Option<u64>,
     /// What the Postfix tool said (done), or why it failed.
     pub result: Option<String>,
+    /// A release to chosen recipients: when the worker handed the copy to Postfix.
+    pub copy_sent_at: Option<u64>,
+    /// A release to chosen recipients: the queue id the milter accepted the copy under.
+    pub copy_queue_id: Option<String>,
+    /// The process that claimed it (`PID BOOT-ID`, see [`super::claimant`]).
+    pub claimed_by: Option<String>,
+}
+
+/// What the milter learnt from the store about a copy that names a release request
+/// (see [`QuarantineIndex::accept_copy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyCheck {
+    /// The first copy of a running release to exactly its chosen recipients: it is now
+    /// recorded as that request's copy, and goes out.
+    Accepted,
+    /// A genuine copy (its token matched) that must not go out unseen: the request
+    /// already has a copy, is no longer running, or the recipients differ. Why.
+    Repeated(String),
+    /// No request matches (unknown, wrong token, wrong message): the mark is not ours
+    /// to honour. Why.
+    Unknown(String),
+}
+
+/// The copy a worker re-submits for a release to chosen recipients carries this
+/// header; the milter checks it with [`QuarantineIndex::accept_copy`] and removes it.
+pub const COPY_HEADER: &str = "X-Fanout-Released";
+
+/// A parsed [`COPY_HEADER`] value: `v1; q=ORIGINAL; r=REQUEST; t=TOKEN`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CopyMark {
+    /// The held original's queue id.
+    pub original: String,
+    /// The request's id.
+    pub request: i64,
+    /// The request's secret token.
+    pub token: String,
+}
+
+impl fmt::Debug for CopyMark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CopyMark")
+            .field("original", &self.original)
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CopyMark {
+    /// The header value.
+    pub fn value(&self) -> String {
+        format!(
+            "v1; q={}; r={}; t={}",
+            self.original, self.request, self.token
+        )
+    }
+
+    /// Reads a header value; `None` unless it is exactly this form.
+    pub fn parse(value: &str) -> Option<CopyMark> {
+        let blank = |c: char| c == ' ' || c == '\t';
+        let mut parts = value
+            .trim_matches(blank)
+            .split(';')
+            .map(|p| p.trim_matches(blank));
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let original = parts.next()?.strip_prefix("q=")?;
+        let request = parts.next()?.strip_prefix("r=")?.parse().ok()?;
+        let token = parts.next()?.strip_prefix("t=")?;
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        (parts.next().is_none() && plain(original) && plain(token)).then(|| CopyMark {
+            original: original.to_owned(),
+            request,
+            token: token.to_owned(),
+        })
+    }
 }
 
 /// Why a request was not filed.
@@ -308,13 +384,33 @@ pub trait QuarantineIndex: Send + Sync {
     /// up must look at.
     fn open_requests(&self) -> Result<Vec<Request>, StoreError>;
 
-    /// Claims a pending request for the worker at `now`; false when it is no longer
+    /// Claims a pending request for this process at `now`; false when it is no longer
     /// pending (another worker or command took it).
     fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError>;
 
     /// Records a running request's end: done (`ok`) or failed, with what the tool
     /// said.
     fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError>;
+
+    /// Gives a running release to chosen recipients the token its copy will carry,
+    /// before the copy is made; returns the token already given when there is one (a
+    /// worker resuming hands the same token to the copy it makes again).
+    fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError>;
+
+    /// Records that the worker handed the copy to Postfix at `now`.
+    fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError>;
+
+    /// The milter's check of a message that carries a [`CopyMark`]: `queue_id` is the
+    /// copy's, `recipients` its envelope recipients. The first copy of a running
+    /// request to exactly the chosen recipients is recorded (and noted in the
+    /// original's audit trail) and [`CopyCheck::Accepted`]; only one copy ever is.
+    fn accept_copy(
+        &self,
+        mark: &CopyMark,
+        queue_id: &str,
+        recipients: &[String],
+        now: u64,
+    ) -> Result<CopyCheck, StoreError>;
 
     /// Records a relay-wide action that concerns no one message (the emergency brake
     /// pulled or released), for the desk's audit trail.
@@ -332,8 +428,9 @@ pub trait QuarantineIndex: Send + Sync {
 /// Rules whose holds only an admin may act on: a reply-all storm, a list that
 /// suddenly grew (a broken dynamic list, the incident's cause), a sender reaching
 /// beyond their scope, the relay-wide breaker, and the emergency brake (an admin
-/// pulled it during an incident; releasing what it holds is an admin's call too).
-const ADMIN_RULES: [&str; 5] = ["storm", "drift", "scope", "breaker", "brake"];
+/// pulled it during an incident; releasing what it holds is an admin's call too), and
+/// a repeated copy of a release to chosen recipients (someone may get it twice).
+const ADMIN_RULES: [&str; 6] = ["storm", "drift", "scope", "breaker", "brake", "copy"];
 
 /// Whether acting on this record needs the admin role: a rule at reject level fired,
 /// the hold is one of [`ADMIN_RULES`], or another tool held it (a content filter's

@@ -3,6 +3,7 @@
 //! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
+pub mod claimant;
 pub(crate) mod index;
 pub(crate) mod plan;
 pub(crate) mod postfix;
@@ -15,8 +16,8 @@ mod sweep;
 pub(crate) mod worker;
 
 pub use index::{
-    NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row, Sort,
-    SubmitError, Via, needs_admin,
+    COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, QuarantineIndex, Query, Request,
+    RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use store::{Filter, Store, StoreError};

@@ -86,6 +86,22 @@ impl PostfixTools {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The whole message as queued, header and body (`postcat -bh -q ID`), for a copy.
+    pub fn content(&self, id: &QueueId) -> Result<Vec<u8>, PostfixError> {
+        let mut cmd = self.command("postcat");
+        cmd.arg("-bh").arg("-q").arg(id.as_str());
+        Ok(run(cmd, None, COMMAND_TIMEOUT)?.stdout)
+    }
+
+    /// Whether mail handed to sendmail passes milters (`non_smtpd_milters` is set), as
+    /// the copy of a release to chosen recipients must: the milter records it.
+    pub fn submissions_filtered(&self) -> Result<bool, PostfixError> {
+        let mut cmd = self.command("postconf");
+        cmd.arg("-h").arg("non_smtpd_milters");
+        let out = run(cmd, None, COMMAND_TIMEOUT)?;
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    }
+
     /// Releases a held message (`postsuper -H`) and asks for its delivery now
     /// (`postqueue -i`); returns what postsuper said.
     pub fn release(&self, id: &QueueId) -> Result<String, PostfixError> {

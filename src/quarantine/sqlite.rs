@@ -4,8 +4,8 @@
 //! enforced by a unique index, so two reviewers racing cannot both file one).
 
 use super::index::{
-    MAX_PAGE, NewRequest, Page, QuarantineIndex, Query, Request, RequestAction, RequestState, Row,
-    Sort, SubmitError, Via,
+    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, QuarantineIndex, Query, Request,
+    RequestAction, RequestState, Row, Sort, SubmitError, Via,
 };
 use super::record::{AuditEntry, QueueId, Record, State};
 use super::store::{Store, StoreError, insert_audit};
@@ -67,7 +67,8 @@ fn order_by(q: &Query) -> &'static str {
 }
 
 const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via, r.remote, \
-     r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result";
+     r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result, \
+     r.copy_sent_at, r.copy_queue_id, r.claimed_by";
 
 impl Store {
     fn ids(
@@ -119,6 +120,12 @@ impl Store {
                     .map_err(|e| e.to_string())?
                     .map(|t| t as u64),
                 result: r.get(12).map_err(|e: rusqlite::Error| e.to_string())?,
+                copy_sent_at: r
+                    .get::<_, Option<i64>>(13)
+                    .map_err(|e| e.to_string())?
+                    .map(|t| t as u64),
+                copy_queue_id: r.get(14).map_err(|e: rusqlite::Error| e.to_string())?,
+                claimed_by: r.get(15).map_err(|e: rusqlite::Error| e.to_string())?,
             })
         })();
         Ok(parsed)
@@ -352,12 +359,135 @@ impl QuarantineIndex for Store {
         let conn = self.conn();
         let changed = conn
             .execute(
-                "UPDATE requests SET state = 'running', started_at = ?2
+                "UPDATE requests SET state = 'running', started_at = ?2, claimed_by = ?3
                  WHERE id = ?1 AND state = 'pending'",
-                params![id, clamp(now)],
+                params![id, clamp(now), super::claimant::this_process()],
             )
             .map_err(|e| self.err(e))?;
         Ok(changed == 1)
+    }
+
+    fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE requests SET copy_token = ?2
+             WHERE id = ?1 AND state = 'running' AND copy_token IS NULL",
+            params![id, token],
+        )
+        .map_err(|e| self.err(e))?;
+        let given: Option<String> = conn
+            .query_row(
+                "SELECT copy_token FROM requests WHERE id = ?1 AND state = 'running'",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .flatten();
+        given.ok_or_else(|| StoreError::Corrupt {
+            path: self.path().to_owned(),
+            id,
+            message: "the request is not running: only a claimed request gets a copy".into(),
+        })
+    }
+
+    fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE requests SET copy_sent_at = ?2 WHERE id = ?1",
+            params![id, clamp(now)],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn accept_copy(
+        &self,
+        mark: &CopyMark,
+        queue_id: &str,
+        recipients: &[String],
+        now: u64,
+    ) -> Result<CopyCheck, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        type Row = (String, Option<String>, Option<String>, String, i64, String);
+        let found: Option<Row> = tx
+            .query_row(
+                "SELECT r.state, r.copy_token, r.copy_queue_id, h.queue_id, r.held_id, r.args
+                 FROM requests r JOIN held h ON h.id = r.held_id WHERE r.id = ?1",
+                params![mark.request],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let n = mark.request;
+        let Some((state, token, first, original, held_id, args)) = found else {
+            return Ok(CopyCheck::Unknown(format!("there is no request {n}")));
+        };
+        if !token.is_some_and(|t| crate::token::same_secret(&t, &mark.token)) {
+            return Ok(CopyCheck::Unknown(format!(
+                "the token is not request {n}'s"
+            )));
+        }
+        if original != mark.original {
+            return Ok(CopyCheck::Unknown(format!(
+                "request {n} is for another message"
+            )));
+        }
+        let Ok(RequestAction::ReleaseTo { recipients: chosen }) =
+            serde_json::from_str::<RequestAction>(&args)
+        else {
+            return Ok(CopyCheck::Unknown(format!(
+                "request {n} is no release to chosen recipients"
+            )));
+        };
+        match first {
+            Some(first) if first == queue_id => return Ok(CopyCheck::Accepted),
+            Some(first) => {
+                return Ok(CopyCheck::Repeated(format!(
+                    "request {n} already had its copy, accepted as {first}"
+                )));
+            }
+            None => {}
+        }
+        if state != RequestState::Running.as_str() {
+            return Ok(CopyCheck::Repeated(format!("request {n} is {state}")));
+        }
+        if !same_addresses(&chosen, recipients) {
+            return Ok(CopyCheck::Repeated(format!(
+                "the copy's recipients are not the {} chosen in request {n}",
+                chosen.len()
+            )));
+        }
+        tx.execute(
+            "UPDATE requests SET copy_queue_id = ?2, copy_seen_at = ?3
+             WHERE id = ?1 AND copy_queue_id IS NULL",
+            params![n, queue_id, clamp(now)],
+        )
+        .map_err(|e| self.err(e))?;
+        let entry = AuditEntry {
+            at: now,
+            who: "milter".into(),
+            action: "copy".into(),
+            comment: Some(format!(
+                "request {n}: the copy to {} accepted as {queue_id}",
+                chosen.join(", ")
+            )),
+        };
+        insert_audit(&tx, held_id, &entry).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(CopyCheck::Accepted)
     }
 
     fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
@@ -424,6 +554,17 @@ impl QuarantineIndex for Store {
             })
         }
     }
+}
+
+/// The same envelope addresses, each compared without regard to ASCII case and
+/// order.
+fn same_addresses(a: &[String], b: &[String]) -> bool {
+    let set = |v: &[String]| {
+        v.iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    set(a) == set(b)
 }
 
 #[cfg(test)]
@@ -804,5 +945,118 @@ mod tests {
             crate::quarantine::store::search_columns(&m),
             (String::new(), String::new())
         );
+    }
+
+    #[test]
+    fn only_the_first_genuine_copy_to_the_chosen_recipients_is_accepted() {
+        let (dir, store) = store();
+        let mut m = held("AAAAAA1", 100);
+        m.recipients = vec!["all@example.org".into(), "Bob@example.org".into()];
+        store.record_held(&m, "milter", None).unwrap();
+        store
+            .record_held(&held("EEEEEE5", 100), "milter", None)
+            .unwrap();
+        let filed = store
+            .submit(&request(
+                "AAAAAA1",
+                RequestAction::ReleaseTo {
+                    recipients: vec!["Bob@example.org".into()],
+                },
+            ))
+            .unwrap();
+        let mark = |original: &str, request: i64, token: &str| CopyMark {
+            original: original.into(),
+            request,
+            token: token.into(),
+        };
+        let bob = ["bob@EXAMPLE.org".to_owned()];
+        // No token given yet: a pending request has no copy.
+        assert!(matches!(
+            store
+                .accept_copy(&mark("AAAAAA1", filed.id, "t1"), "CCCCCC1", &bob, 600)
+                .unwrap(),
+            CopyCheck::Unknown(_)
+        ));
+        assert!(
+            store.copy_token(filed.id, "t1").is_err(),
+            "only a running request"
+        );
+        assert!(store.claim(filed.id, 550).unwrap());
+        assert_eq!(
+            store.requests(filed.held_id).unwrap()[0].claimed_by,
+            Some(crate::quarantine::claimant::this_process()),
+            "the claimant is recorded"
+        );
+        assert_eq!(store.copy_token(filed.id, "t1").unwrap(), "t1");
+        for (m, why) in [
+            (
+                mark("AAAAAA1", filed.id, "t2"),
+                "the token is not request 1's",
+            ),
+            (mark("AAAAAA1", 99, "t1"), "there is no request 99"),
+            (
+                mark("EEEEEE5", filed.id, "t1"),
+                "request 1 is for another message",
+            ),
+        ] {
+            assert_eq!(
+                store.accept_copy(&m, "CCCCCC1", &bob, 600).unwrap(),
+                CopyCheck::Unknown(why.into())
+            );
+        }
+        let good = mark("AAAAAA1", filed.id, "t1");
+        assert_eq!(
+            store
+                .accept_copy(&good, "CCCCCC1", &["all@example.org".to_owned()], 600)
+                .unwrap(),
+            CopyCheck::Repeated("the copy's recipients are not the 1 chosen in request 1".into())
+        );
+        assert_eq!(
+            store.requests(filed.held_id).unwrap()[0].copy_queue_id,
+            None
+        );
+        assert_eq!(
+            store.accept_copy(&good, "CCCCCC1", &bob, 600).unwrap(),
+            CopyCheck::Accepted,
+            "addresses compare without ASCII case"
+        );
+        assert_eq!(
+            store.accept_copy(&good, "CCCCCC1", &bob, 601).unwrap(),
+            CopyCheck::Accepted,
+            "the same copy seen again"
+        );
+        assert_eq!(
+            store.accept_copy(&good, "DDDDDD1", &bob, 602).unwrap(),
+            CopyCheck::Repeated("request 1 already had its copy, accepted as CCCCCC1".into())
+        );
+        let r = store.requests(filed.held_id).unwrap().pop().unwrap();
+        assert_eq!(r.copy_queue_id.as_deref(), Some("CCCCCC1"));
+        let record = store.record(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let copies: Vec<_> = record.audit.iter().filter(|a| a.action == "copy").collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(
+            copies[0].comment.as_deref(),
+            Some("request 1: the copy to Bob@example.org accepted as CCCCCC1")
+        );
+        // A store of version 3 gains the copy columns, its requests kept.
+        drop(store);
+        {
+            let conn = Connection::open(dir.path().join("quarantine.sqlite")).unwrap();
+            for c in [
+                "copy_token",
+                "copy_sent_at",
+                "copy_queue_id",
+                "copy_seen_at",
+                "claimed_by",
+            ] {
+                conn.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {c}"))
+                    .unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.requests(filed.held_id).unwrap().pop().unwrap();
+        assert_eq!((r.id, r.copy_queue_id), (filed.id, None));
+        assert_eq!(store.copy_token(filed.id, "t3").unwrap(), "t3");
     }
 }

@@ -24,7 +24,7 @@ pub const DB_FILE: &str = "quarantine.sqlite";
 /// 3: searchable `held.sasl_login`, `rules`, `lists`; `held.hold_until`; the `requests`
 /// table of the review desk's action requests (see [`super::index`]); the `events`
 /// table of relay-wide actions (the emergency brake).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held (
@@ -69,7 +69,12 @@ CREATE TABLE IF NOT EXISTS requests (
     state        TEXT NOT NULL,
     started_at   INTEGER,
     finished_at  INTEGER,
-    result       TEXT
+    result       TEXT,
+    copy_token   TEXT,
+    copy_sent_at INTEGER,
+    copy_queue_id TEXT,
+    copy_seen_at INTEGER,
+    claimed_by   TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_held ON requests(held_id);
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state, id);
@@ -99,6 +104,17 @@ UPDATE held SET
     lists = coalesce((SELECT char(10) || group_concat(lower(json_extract(value, '$.address')),
                                                       char(10)) || char(10)
                       FROM json_each(facts, '$.lists')), '');
+";
+
+/// Brings a version 3 store to version 4: which process claimed a request, and how far
+/// a release to chosen recipients got (the copy's secret token, when the worker handed
+/// it to Postfix, and the queue id the milter saw it under).
+const MIGRATE_3_TO_4: &str = "
+ALTER TABLE requests ADD COLUMN claimed_by TEXT;
+ALTER TABLE requests ADD COLUMN copy_token TEXT;
+ALTER TABLE requests ADD COLUMN copy_sent_at INTEGER;
+ALTER TABLE requests ADD COLUMN copy_queue_id TEXT;
+ALTER TABLE requests ADD COLUMN copy_seen_at INTEGER;
 ";
 
 /// The searchable columns of a record: its rules as ` a b ` (each once) and its list
@@ -354,6 +370,18 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         > 0;
     if has_held && !has_rules {
         conn.execute_batch(&format!("BEGIN; {MIGRATE_2_TO_3} COMMIT;"))
+            .map_err(sql)?;
+    }
+    let has_requests =
+        count("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'")
+            .map_err(sql)?
+            > 0;
+    let has_copy =
+        count("SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'copy_token'")
+            .map_err(sql)?
+            > 0;
+    if has_requests && !has_copy {
+        conn.execute_batch(&format!("BEGIN; {MIGRATE_3_TO_4} COMMIT;"))
             .map_err(sql)?;
     }
     conn.execute_batch(SCHEMA).map_err(sql)?;

@@ -133,7 +133,25 @@ fn request_view(r: &ActionRequest) -> RequestView {
         remote: r.remote.as_deref().map(Shown::new),
         comment: Shown::new(&r.comment),
         state: r.state.as_str(),
-        result: r.result.as_deref().map(Shown::new),
+        result: r
+            .result
+            .as_deref()
+            .map(Shown::new)
+            .or_else(|| copy_progress(r).as_deref().map(Shown::new)),
+    }
+}
+
+/// How far the copy of a running release to chosen recipients got.
+fn copy_progress(r: &ActionRequest) -> Option<String> {
+    match (&r.copy_queue_id, r.copy_sent_at) {
+        (Some(copy), _) => Some(format!(
+            "the copy went out as {copy}; the original is being deleted"
+        )),
+        (None, Some(at)) => Some(format!(
+            "a copy was handed to Postfix at {}; waiting for the milter to see it",
+            text::utc_seconds(at)
+        )),
+        (None, None) => None,
     }
 }
 
