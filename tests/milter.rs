@@ -164,6 +164,12 @@ struct Milter {
 impl Milter {
     /// Writes `conf` to a file unique to `name`, loads it and serves it on 127.0.0.1:0.
     async fn start(name: &str, conf: &Conf<'_>) -> Milter {
+        Milter::start_seeded(name, conf, &|_| {}).await
+    }
+
+    /// [`Milter::start`], with `seed` writing into the state directory (the store's)
+    /// before the daemon starts.
+    async fn start_seeded(name: &str, conf: &Conf<'_>, seed: &dyn Fn(&std::path::Path)) -> Milter {
         init_logging();
         let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("milter-{name}-{}.toml", std::process::id()));
@@ -175,6 +181,7 @@ impl Milter {
             .join(format!("milter-{name}-{}-state", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let store = Arc::new(Store::open(&state).expect("open the quarantine store"));
+        seed(&state);
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let mut daemon = within(
             "start",
@@ -1697,6 +1704,43 @@ async fn a_list_size_accepted_on_the_desk_lets_the_next_message_through() {
         ),
         "{audit:?}"
     );
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
+/// The brake a daemon last read is kept next to its store; a daemon that starts with
+/// one (a restart, or Redis down at start) holds large mail from the first message.
+#[tokio::test]
+async fn a_daemon_starts_with_the_brake_it_kept() {
+    let conf = Conf::envelope([50, 60, 70]);
+    let plain = Milter::start("unbraked", &conf).await;
+    let mut conn = plain.connect().await;
+    assert_passed_untouched(&message(&mut conn, "<ann@example.org>", &internal(7)).await);
+    within("close", conn.close()).await.expect("close");
+    plain.stop().await;
+
+    let kept = fanout_milter::state::Brake {
+        min_audience: 5,
+        since: 1_800_000_000 - 60,
+        until: None,
+        by: "carol".into(),
+        comment: "incident".into(),
+    };
+    let json = serde_json::to_vec(&Some(&kept)).expect("JSON");
+    let milter = Milter::start_seeded("braked", &conf, &|state| {
+        std::fs::write(state.join("brake.json"), &json).expect("keep the brake");
+    })
+    .await;
+    let mut conn = milter.connect().await;
+    let (actions, status) = message(&mut conn, "<ann@example.org>", &internal(7)).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_quarantine(
+            "brake: emergency brake: audience 7 >= 5; held until an admin reviews it"
+        ),
+        "{actions:?}"
+    );
+    assert_passed_untouched(&message(&mut conn, "<ann@example.org>", &internal(4)).await);
     within("close", conn.close()).await.expect("close");
     milter.stop().await;
 }
