@@ -87,6 +87,9 @@ pub enum Response {
     Brake {
         /// The brake, when it is on.
         brake: Option<Brake>,
+        /// The brake that was on before and that this request replaced (`brake on`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced: Option<Brake>,
     },
     /// The request failed.
     Error {

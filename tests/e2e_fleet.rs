@@ -309,6 +309,23 @@ fn the_emergency_brake_pulled_on_one_relay_holds_large_mail_on_both_and_small_ma
         serde_json::from_str(&brake(&b, &["status", "--json"])).expect("JSON");
     assert_eq!(status["min_audience"], 100);
     assert_eq!(status["comment"], "list bug");
+    let replaced = brake(
+        &b,
+        &[
+            "on",
+            "--min-audience",
+            "200",
+            "--for",
+            "2h",
+            "--comment",
+            "tighter",
+        ],
+    );
+    assert!(
+        replaced.contains("replaced the emergency brake that was on: min audience 100 by ")
+            && replaced.contains("emergency brake ON: messages to 200 or more"),
+        "pulled over another, the admin is told: {replaced}"
+    );
 
     for r in [&a, &b] {
         let subject = format!("braked-list-{}", r.name);

@@ -150,6 +150,8 @@ reject = "Not sent ({{reason}}); ask {{contact}}, quoting {{queue_id}}."
 /// shutdown trigger.
 struct Milter {
     addr: SocketAddr,
+    /// The review desk's address, when the configuration has one.
+    desk: Option<SocketAddr>,
     store: Arc<Store>,
     alerts: AlertReceiver,
     clock: ManualClock,
@@ -162,6 +164,12 @@ struct Milter {
 impl Milter {
     /// Writes `conf` to a file unique to `name`, loads it and serves it on 127.0.0.1:0.
     async fn start(name: &str, conf: &Conf<'_>) -> Milter {
+        Milter::start_seeded(name, conf, &|_| {}).await
+    }
+
+    /// [`Milter::start`], with `seed` writing into the state directory (the store's)
+    /// before the daemon starts.
+    async fn start_seeded(name: &str, conf: &Conf<'_>, seed: &dyn Fn(&std::path::Path)) -> Milter {
         init_logging();
         let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("milter-{name}-{}.toml", std::process::id()));
@@ -173,6 +181,7 @@ impl Milter {
             .join(format!("milter-{name}-{}-state", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let store = Arc::new(Store::open(&state).expect("open the quarantine store"));
+        seed(&state);
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let mut daemon = within(
             "start",
@@ -186,12 +195,14 @@ impl Milter {
         .await
         .expect("start on 127.0.0.1:0");
         let addr = daemon.local_addr().expect("a TCP listener has an address");
+        let desk = daemon.desk_addr();
         let alert_queue = daemon.take_alerts().expect("alerts kept");
         let task = tokio::spawn(daemon.run(reload_rx, async move {
             let _ = shutdown_rx.await;
         }));
         Milter {
             addr,
+            desk,
             store,
             alerts: alert_queue,
             clock,
@@ -1594,4 +1605,190 @@ async fn postconf_is_asked_once_per_load_and_extensions_reach_the_list() {
     assert_eq!(lines().len(), 2, "once more on reload: {:?}", lines());
     milter.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------------- the desk
+
+/// One HTTP/1.1 request to the desk on a new connection; the whole answer.
+async fn http(addr: SocketAddr, request: String) -> String {
+    within("an HTTP answer", async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.expect("connect to the desk");
+        s.write_all(request.as_bytes()).await.expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    })
+    .await
+}
+
+/// A same-origin form POST to the desk.
+fn post(addr: SocketAddr, path: &str, cookie: Option<&str>, body: &str) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n{cookie}\
+         Connection: close\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A list that drifted (accepted at 1, 4 members now) holds its mail; an admin
+/// accepts its new size on the desk the daemon serves, and the next message to it
+/// passes, with no reload.
+#[tokio::test]
+async fn a_list_size_accepted_on_the_desk_lets_the_next_message_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    std::fs::write(
+        state.join("list-sizes.json"),
+        r#"{"lists":{"all@example.org":{"accepted":1}}}"#,
+    )
+    .expect("write the accepted sizes");
+    let users = dir.path().join("review-users");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "rosebud-rosebud\n").expect("write the password");
+    let extra = format!(
+        "[quarantine]\nstate_dir = \"{}\"\n[drift]\nfactor = 2.0\nmin_audience = 3\n\
+         [[list]]\naddress = \"all@example.org\"\nmembers = [\"a@dept.example.org\", \
+         \"b@dept.example.org\", \"c@dept.example.org\", \"d@dept.example.org\"]\n\
+         [review]\nlisten = \"inet:127.0.0.1:0\"\nusers_file = \"{}\"\n",
+        state.display(),
+        users.display()
+    );
+    let conf = Conf {
+        extra: &extra,
+        ..Conf::default()
+    };
+    let file = dir.path().join("fanout-milter.toml");
+    std::fs::write(&file, conf.toml()).expect("write the configuration");
+    let passwd = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(&file)
+        .args([
+            "review",
+            "passwd",
+            "alice",
+            "--role",
+            "admin",
+            "--password-file",
+        ])
+        .arg(&password)
+        .output()
+        .expect("run review passwd");
+    assert!(passwd.status.success(), "{passwd:?}");
+
+    let milter = Milter::start("drift-desk", &conf).await;
+    let desk = milter.desk.expect("the desk listens");
+    let list = vec!["<all@example.org>".to_owned()];
+    let mut conn = milter.connect().await;
+    let (actions, _) = message(&mut conn, "<ann@example.org>", &list).await;
+    assert!(
+        format!("{actions:?}").contains("drift"),
+        "held for the drift: {actions:?}"
+    );
+    let held = milter
+        .store
+        .list(&Filter {
+            state: Some(State::Held),
+            since: None,
+        })
+        .expect("read the store");
+    let queue_id = held[0].message.queue_id.to_string();
+
+    let login = http(
+        desk,
+        post(desk, "/login", None, "user=alice&password=rosebud-rosebud"),
+    )
+    .await;
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = http(
+        desk,
+        format!(
+            "GET /message/{queue_id} HTTP/1.1\r\nHost: {desk}\r\nCookie: {cookie}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(page.contains("accept-size"), "{page}");
+    let at = page.find("name=\"token\" value=\"").expect("a token") + 20;
+    let token = &page[at..at + 64];
+    let accepted = http(
+        desk,
+        post(
+            desk,
+            &format!("/message/{queue_id}/accept-size"),
+            Some(&cookie),
+            &format!("token={token}&list=0&comment=merged+wards"),
+        ),
+    )
+    .await;
+    assert!(accepted.starts_with("HTTP/1.1 303"), "{accepted}");
+
+    let after = message(&mut conn, "<ann@example.org>", &list).await;
+    assert_passed_untouched(&after);
+    let record = milter
+        .store
+        .get(&held[0].message.queue_id)
+        .expect("the record");
+    assert_eq!(record.state, State::Held, "accepting released nothing");
+    let audit = record.audit.last().expect("an audit entry");
+    assert_eq!(
+        (audit.who.as_str(), audit.action.as_str()),
+        ("alice", "accept list size")
+    );
+    assert!(
+        audit.comment.as_deref().unwrap_or("").starts_with(
+            "all@example.org: accepted size 4 (was 1) (via desk from 127.0.0.1): merged wards"
+        ),
+        "{audit:?}"
+    );
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
+}
+
+/// The brake a daemon last read is kept next to its store; a daemon that starts with
+/// one (a restart, or Redis down at start) holds large mail from the first message.
+#[tokio::test]
+async fn a_daemon_starts_with_the_brake_it_kept() {
+    let conf = Conf::envelope([50, 60, 70]);
+    let plain = Milter::start("unbraked", &conf).await;
+    let mut conn = plain.connect().await;
+    assert_passed_untouched(&message(&mut conn, "<ann@example.org>", &internal(7)).await);
+    within("close", conn.close()).await.expect("close");
+    plain.stop().await;
+
+    let kept = fanout_milter::state::Brake {
+        min_audience: 5,
+        since: 1_800_000_000 - 60,
+        until: None,
+        by: "carol".into(),
+        comment: "incident".into(),
+    };
+    let json = serde_json::to_vec(&Some(&kept)).expect("JSON");
+    let milter = Milter::start_seeded("braked", &conf, &|state| {
+        std::fs::write(state.join("brake.json"), &json).expect("keep the brake");
+    })
+    .await;
+    let mut conn = milter.connect().await;
+    let (actions, status) = message(&mut conn, "<ann@example.org>", &internal(7)).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_quarantine(
+            "brake: emergency brake: audience 7 >= 5; held until an admin reviews it"
+        ),
+        "{actions:?}"
+    );
+    assert_passed_untouched(&message(&mut conn, "<ann@example.org>", &internal(4)).await);
+    within("close", conn.close()).await.expect("close");
+    milter.stop().await;
 }

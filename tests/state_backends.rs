@@ -421,3 +421,60 @@ async fn on_failure_tempfail_refuses_while_redis_is_down() {
     until_up(&f).await;
     assert!(f.take("s", 1, HOUR, t(2)).await.unwrap().allowed);
 }
+
+/// A brake value in Redis that is no brake (written by hand, another program) is read
+/// as no brake; Redis answered, so it stays in use (not marked down every read).
+#[tokio::test]
+async fn a_brake_value_that_is_no_brake_is_no_brake_and_redis_stays_up() {
+    let redis = Redis::start();
+    let (f, mut alerts) = failover(&redis, "bad:", OnFailure::Local);
+    let client = redis::Client::open(redis.url()).expect("a valid URL");
+    let mut c = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connected in time")
+    .expect("connected");
+    for bad in [
+        "{not a brake",
+        "\"on\"",
+        "{\"min_audience\":\"\u{202e}lots\"}",
+    ] {
+        let () = redis::cmd("SET")
+            .arg("bad:brake")
+            .arg(bad)
+            .query_async(&mut c)
+            .await
+            .expect("set");
+        for _ in 0..3 {
+            assert_eq!(f.brake_get(t(1)).await.expect("read"), None, "{bad}");
+        }
+        assert!(f.is_up(), "{bad}: redis stays in use");
+    }
+    assert_eq!(
+        f.thread_note("t", "x", WINDOW, t(2)).await.unwrap(),
+        counts(1, 1)
+    );
+    let (other, _) = failover(&redis, "bad:", OnFailure::Local);
+    assert_eq!(
+        other.thread_note("t", "y", WINDOW, t(3)).await.unwrap(),
+        counts(2, 2),
+        "still counted in redis"
+    );
+    let brake = Brake {
+        min_audience: 100,
+        since: 0,
+        until: None,
+        by: "carol".into(),
+        comment: "incident".into(),
+    };
+    other.brake_set(Some(&brake), t(4)).await.unwrap();
+    assert_eq!(f.brake_get(t(4)).await.unwrap(), Some(brake));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), alerts.recv())
+            .await
+            .is_err(),
+        "no outage alerted"
+    );
+}

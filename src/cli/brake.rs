@@ -23,7 +23,13 @@ pub fn on(path: &Path, min_audience: u64, hold_for: Option<Duration>, comment: S
         comment,
     };
     match control::request(&config.admin_socket, &request)? {
-        Response::Brake { brake: Some(b) } => {
+        Response::Brake {
+            brake: Some(b),
+            replaced,
+        } => {
+            if let Some(old) = &replaced {
+                println!("{}", replaced_line(old));
+            }
             print!("{}", brake_text(Some(&b)));
             Ok(ExitCode::SUCCESS)
         }
@@ -39,7 +45,7 @@ pub fn off(path: &Path, comment: String) -> Outcome {
         comment,
     };
     match control::request(&config.admin_socket, &request)? {
-        Response::Brake { brake: None } => {
+        Response::Brake { brake: None, .. } => {
             println!("emergency brake released: large mail flows again");
             Ok(ExitCode::SUCCESS)
         }
@@ -51,12 +57,12 @@ pub fn off(path: &Path, comment: String) -> Outcome {
 pub fn status(path: &Path, json: bool) -> Outcome {
     let config = load_config(path)?;
     match control::request(&config.admin_socket, &Request::BrakeStatus)? {
-        Response::Brake { brake } if json => {
+        Response::Brake { brake, .. } if json => {
             let json = serde_json::to_string_pretty(&brake).unwrap_or_default();
             println!("{}", text::neutralize_json(&json));
             Ok(ExitCode::SUCCESS)
         }
-        Response::Brake { brake } => {
+        Response::Brake { brake, .. } => {
             print!("{}", brake_text(brake.as_ref()));
             Ok(ExitCode::SUCCESS)
         }
@@ -71,6 +77,14 @@ fn refused(response: Response) -> anyhow::Error {
         }
         other => anyhow!("unexpected answer from the daemon: {other:?}"),
     }
+}
+
+/// The line saying which brake a new one replaced; who pulled it is neutralised.
+pub fn replaced_line(old: &Brake) -> String {
+    format!(
+        "replaced the emergency brake that was on: {}",
+        text::neutralize(&crate::brake::replaced_text(old))
+    )
 }
 
 /// The brake for a terminal; who pulled it and why are neutralised.
@@ -108,6 +122,11 @@ mod tests {
         assert_eq!(
             brake_text(Some(&b)),
             "emergency brake ON: messages to 500 or more recipients are held\n    since 2027-01-15T08:00:00Z by carol\\u{202E}, until 2027-01-15T10:00:00Z\n    comment: list bug\\x0D\\x0Afake\n"
+        );
+        assert_eq!(
+            replaced_line(&b),
+            "replaced the emergency brake that was on: min audience 500 by carol\\u{202E} \
+             since 2027-01-15T08:00:00Z"
         );
         let forever = Brake { until: None, ..b };
         assert!(brake_text(Some(&forever)).contains("until released (fanout-milter brake off)"));

@@ -98,6 +98,7 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
             Response::Cleared { found }
         }),
         Request::BrakeStatus => Ok(Response::Brake {
+            replaced: None,
             brake: guard.brake(),
         }),
         Request::BrakeOn {
@@ -117,7 +118,10 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
             )
             .await
             {
-                Ok(brake) => Response::Brake { brake: Some(brake) },
+                Ok(pulled) => Response::Brake {
+                    brake: Some(pulled.brake),
+                    replaced: pulled.replaced,
+                },
                 Err(e) => Response::Error {
                     message: e.to_string(),
                 },
@@ -125,7 +129,10 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
         }
         Request::BrakeOff { by, comment } => {
             return match brake::release(guard, handlers.events.clone(), by, comment).await {
-                Ok(()) => Response::Brake { brake: None },
+                Ok(()) => Response::Brake {
+                    brake: None,
+                    replaced: None,
+                },
                 Err(e) => Response::Error {
                     message: e.to_string(),
                 },

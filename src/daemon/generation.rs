@@ -6,7 +6,9 @@
 //! values of restart-only settings ([`Config::keep_restart_only`]).
 
 use crate::config::{self, Config, ConfigError};
+use crate::desk::{ListSizeError, ListSizes};
 use crate::directory::DirectoryError;
+use crate::directory::drift::{AcceptError, Accepted, accept_current_size};
 use crate::directory::ldap::Snapshots;
 use crate::shared::{Generation, Shared};
 use std::sync::Arc;
@@ -62,6 +64,31 @@ enum Event {
         snapshots: Snapshots,
         done: oneshot::Sender<Result<(), RebuildError>>,
     },
+    /// Accept a drifted list's current size and rebuild the directory with it.
+    AcceptSize {
+        list: String,
+        done: oneshot::Sender<Result<Accepted, ListSizeError>>,
+    },
+}
+
+/// The owner's queue, before its task runs: the daemon hands out [`Owner`] handles
+/// (the review desk's) while it starts, and runs the owner with [`Inbox::spawn`].
+pub struct Inbox {
+    events: mpsc::Receiver<Event>,
+    reloaded: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Starts the owner of `shared`'s generation, which was built with `snapshots`; it
+    /// serves `reloads` and the events of its [`Owner`] handles until both are closed.
+    pub fn spawn(
+        self,
+        shared: Arc<Shared>,
+        snapshots: Snapshots,
+        reloads: mpsc::Receiver<ReloadRequest>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(own(shared, snapshots, reloads, self.events, self.reloaded))
+    }
 }
 
 /// A handle on the generation owner, to send it new LDAP snapshots.
@@ -75,15 +102,30 @@ impl Owner {
     /// Starts the owner of `shared`'s generation, which was built with `snapshots`; it
     /// serves `reloads` and the snapshots sent through the returned handle until both
     /// are closed.
+    #[cfg(test)]
     pub fn spawn(
         shared: Arc<Shared>,
         snapshots: Snapshots,
         reloads: mpsc::Receiver<ReloadRequest>,
     ) -> (Owner, JoinHandle<()>) {
+        let (owner, inbox) = Owner::new();
+        (owner, inbox.spawn(shared, snapshots, reloads))
+    }
+
+    /// A handle and the queue it sends to; nothing is served until [`Inbox::spawn`].
+    pub fn new() -> (Owner, Inbox) {
         let (events, receiver) = mpsc::channel(8);
         let reloaded = Arc::new(Notify::new());
-        let task = tokio::spawn(own(shared, snapshots, reloads, receiver, reloaded.clone()));
-        (Owner { events, reloaded }, task)
+        (
+            Owner {
+                events,
+                reloaded: reloaded.clone(),
+            },
+            Inbox {
+                events: receiver,
+                reloaded,
+            },
+        )
     }
 
     /// Rebuilds the directory of the configuration in force with `snapshots` and puts
@@ -101,6 +143,25 @@ impl Owner {
     /// Notified after each reload that was taken (sources may have come or gone).
     pub fn reloaded(&self) -> Arc<Notify> {
         self.reloaded.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl ListSizes for Owner {
+    /// Accepts the list's size in the directory in force, writes it to the list-size
+    /// file and puts a directory built with it in force, in the owner's turn (no
+    /// reload or refresh runs meanwhile).
+    async fn accept(&self, list: &str) -> Result<Accepted, ListSizeError> {
+        let (done, answer) = oneshot::channel();
+        let stopped = || ListSizeError::Failed("the daemon is stopping".into());
+        self.events
+            .send(Event::AcceptSize {
+                list: list.to_owned(),
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -147,6 +208,61 @@ async fn own(
                 };
                 let _ = done.send(result);
             }
+            Event::AcceptSize { list, done } => {
+                let _ = done.send(accept_size(&shared, &snapshots, list).await);
+            }
+        }
+    }
+}
+
+/// Accepts `list`'s size in the directory in force and puts in force a directory of
+/// the same configuration and snapshots built with it: the next message to the list
+/// is judged against its new size. When the rebuild fails, the size stays accepted in
+/// the file (a reload or refresh puts it in force) and the error says so.
+async fn accept_size(
+    shared: &Shared,
+    snapshots: &Snapshots,
+    list: String,
+) -> Result<Accepted, ListSizeError> {
+    let current = shared.current();
+    let mut ldap = snapshots.clone();
+    ldap.now = shared.now();
+    let work = move || {
+        let accepted =
+            accept_current_size(&current.directory.index, &current.config.state_dir, &list)
+                .map_err(|e| match e {
+                    AcceptError::NotAList(a) => ListSizeError::NotAList(a),
+                    AcceptError::State(e) => ListSizeError::Failed(e.to_string()),
+                })?;
+        let generation = Generation::load(current.config.clone(), &ldap).map_err(|e| {
+            ListSizeError::Failed(format!(
+                "the size was accepted, but the directory was not rebuilt (a reload puts it \
+                 in force): {e}"
+            ))
+        })?;
+        Ok::<_, ListSizeError>((accepted, generation))
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok((accepted, generation))) => {
+            shared.replace(generation);
+            info!(
+                list = %crate::text::neutralize(&accepted.address),
+                size = accepted.size,
+                previous = ?accepted.previous,
+                "list size accepted; the directory in force uses it"
+            );
+            Ok(accepted)
+        }
+        Ok(Err(e)) => {
+            error!(
+                "list size not accepted: {}",
+                crate::text::neutralize(&e.to_string())
+            );
+            Err(e)
+        }
+        Err(e) => {
+            error!("list size task failed: {e}");
+            Err(ListSizeError::Failed(format!("the task failed: {e}")))
         }
     }
 }
@@ -279,5 +395,82 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), reloaded.notified())
             .await
             .expect("the refresher is told of the reload");
+    }
+
+    /// An accepted list size is in force for the next message at once, written to the
+    /// list-size file, and later loads judge against it; a mailbox is refused and the
+    /// generation in force stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accepted_list_size_is_in_force_for_the_next_message() {
+        use crate::directory::drift::KnownSizes;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let file = dir.path().join("fanout-milter.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[domains]\ninternal = [\"corp.example\"]\n[quarantine]\nstate_dir = \"{}\"\n\
+                 [drift]\nfactor = 2.0\nmin_audience = 3\n\
+                 [[list]]\naddress = \"all@corp.example\"\nmembers = [\"a@corp.example\", \
+                 \"b@corp.example\", \"c@corp.example\", \"d@corp.example\"]\n",
+                state.display()
+            ),
+        )
+        .expect("write the configuration");
+        let mut known = KnownSizes::default();
+        known.accept("all@corp.example", 1);
+        known.save(&state).expect("save the sizes");
+        let config = config::load(&file).expect("configuration");
+        let none = Snapshots {
+            by_source: HashMap::new(),
+            now: SystemTime::now(),
+        };
+        let shared = Arc::new(Shared::new(
+            Generation::load(config, &none).expect("directory"),
+            Arc::new(Store::open(&state).expect("store")),
+            crate::notify::channel(16).0,
+            Guard::new(Arc::new(MemoryBackend::new()), Arc::new(SystemClock), None),
+        ));
+        let drift = |shared: &Shared| {
+            shared
+                .current()
+                .directory
+                .audience_facts(["all@corp.example"])
+                .expect("configured")
+                .lists[0]
+                .drift_from
+        };
+        assert_eq!(drift(&shared), Some(1), "drifted: 4 > 2 x 1");
+        let (_reload, reloads) = mpsc::channel(1);
+        let (owner, _owning) = Owner::spawn(shared.clone(), none, reloads);
+        let sizes: Arc<dyn ListSizes> = Arc::new(owner);
+
+        let before = shared.current();
+        let e = sizes.accept("a@corp.example").await.expect_err("a mailbox");
+        assert!(matches!(e, ListSizeError::NotAList(_)), "{e}");
+        assert!(Arc::ptr_eq(&before, &shared.current()), "nothing replaced");
+
+        let accepted = sizes.accept("ALL@corp.example").await.expect("accepted");
+        assert_eq!(
+            (&*accepted.address, accepted.size, accepted.previous),
+            ("all@corp.example", 4, Some(1))
+        );
+        assert_eq!(drift(&shared), None, "the next message: no drift");
+        assert_eq!(
+            KnownSizes::load(&state).expect("sizes").lists["all@corp.example"].accepted,
+            4
+        );
+        let config = config::load(&file).expect("configuration");
+        let again = Generation::load(config, &Snapshots::default()).expect("directory");
+        assert_eq!(
+            again
+                .directory
+                .audience_facts(["all@corp.example"])
+                .expect("configured")
+                .lists[0]
+                .drift_from,
+            None,
+            "a restart judges against it too"
+        );
     }
 }

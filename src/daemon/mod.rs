@@ -28,12 +28,12 @@ use crate::milter::{
 use crate::notify::{self, AlertReceiver, AlertSender};
 use crate::quarantine::{QuarantineIndex, Store, StoreError};
 use crate::state::{Failover, Guard, MemoryBackend, RedisBackend, StateError};
-use generation::Owner;
+use generation::{Inbox, Owner};
 use ldap_refresh::Refresher;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -151,9 +151,15 @@ impl Builder {
             }
         };
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
-        let guard = guard(&config.state, clock.clone(), &alerts)?;
+        let (guard, local) = guard(&config.state, clock.clone(), &alerts)?;
+        // The brake is kept next to the store: in `state_dir`, or in the directory of
+        // a store a test gave.
+        if let Some(dir) = store.path().parent() {
+            crate::brake::restore(&guard, &local, dir).await;
+        }
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
-        let desk = start_desk(config, &store, &guard, clock.clone()).await?;
+        let (owner, inbox) = Owner::new();
+        let desk = start_desk(config, &store, &guard, &owner, clock.clone()).await?;
         let (digests, kept) = if keep_alerts {
             (None, Some(receiver))
         } else {
@@ -167,6 +173,8 @@ impl Builder {
             alerts: kept,
             admin_socket,
             desk,
+            owner,
+            inbox,
         })
     }
 }
@@ -177,6 +185,7 @@ async fn start_desk(
     config: &Config,
     store: &Arc<Store>,
     guard: &Guard,
+    owner: &Owner,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<(DeskListener, Arc<Desk>)>, StartError> {
     let Some(addr) = &config.review.listen else {
@@ -206,7 +215,8 @@ async fn start_desk(
         key,
         clock,
     )
-    .with_guard(guard.clone());
+    .with_guard(guard.clone())
+    .with_list_sizes(Arc::new(owner.clone()));
     info!(listen = %addr, users = %config.review.users_file.display(), "review desk listening");
     let users = config.review.users_file.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || desk::users::read(&users)).await {
@@ -219,15 +229,20 @@ async fn start_desk(
     Ok(Some((listener, Arc::new(desk))))
 }
 
-/// Storm, rate and breaker state as `[state]` says, on `clock`.
+/// Storm, rate and breaker state as `[state]` says, on `clock`, and the state in
+/// memory: all of it, or what the daemon falls back to when Redis is down.
 fn guard(
     state: &StateSettings,
     clock: Arc<dyn Clock>,
     alerts: &AlertSender,
-) -> Result<Guard, StateError> {
+) -> Result<(Guard, Arc<MemoryBackend>), StateError> {
     Ok(match state {
         StateSettings::Memory => {
-            Guard::new(Arc::new(MemoryBackend::new()), clock, Some(alerts.clone()))
+            let memory = Arc::new(MemoryBackend::new());
+            (
+                Guard::new(memory.clone(), clock, Some(alerts.clone())),
+                memory,
+            )
         }
         StateSettings::Redis {
             url,
@@ -256,7 +271,11 @@ fn guard(
                 Some(alerts.clone()),
                 clock.clone(),
             );
-            Guard::new(Arc::new(failover), clock, Some(alerts.clone())).with_relay_state(local)
+            (
+                Guard::new(Arc::new(failover), clock, Some(alerts.clone()))
+                    .with_relay_state(local.clone()),
+                local,
+            )
         }
     })
 }
@@ -274,6 +293,10 @@ pub struct Daemon {
     admin_socket: Option<PathBuf>,
     /// The review desk, when `[review] listen` is set.
     desk: Option<(DeskListener, Arc<Desk>)>,
+    /// The generation owner's handle (the desk has one) and its queue, served from
+    /// [`Daemon::run`].
+    owner: Owner,
+    inbox: Inbox,
 }
 
 impl Daemon {
@@ -320,6 +343,8 @@ impl Daemon {
             alerts: _,
             admin_socket,
             desk,
+            owner,
+            inbox,
         } = self;
         let config = shared.current().config.clone();
         let milter_config = indymilter::Config {
@@ -327,7 +352,7 @@ impl Daemon {
             actions: milter::ACTIONS,
             connection_timeout: config.connection_timeout,
         };
-        let (owner, owning) = Owner::spawn(shared.clone(), snapshots.clone(), reloads);
+        let owning = inbox.spawn(shared.clone(), snapshots.clone(), reloads);
         let refresher = Refresher::new(&snapshots, shared.clone(), owner);
         let admin = match &admin_socket {
             Some(path) => match control::bind(path).await {
@@ -374,7 +399,10 @@ impl Daemon {
                 info!("redis answers");
             }
         }
-        tokio::spawn(crate::brake::keep_fresh(shared.guard.clone()));
+        tokio::spawn(crate::brake::keep_fresh(
+            shared.guard.clone(),
+            shared.store.path().parent().map(Path::to_owned),
+        ));
         let expiring = shared.guard.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATE_EXPIRY_EVERY);

@@ -19,6 +19,7 @@ pub(crate) mod users;
 
 use crate::clock::{Clock, epoch_secs};
 use crate::config::{ListenAddr, QuarantineSettings, ReviewSettings};
+use crate::directory::drift::Accepted;
 use crate::quarantine::QuarantineIndex;
 use auth::{KEY_BYTES, Limiter, Sessions};
 use axum::Router;
@@ -63,6 +64,30 @@ pub struct Desk {
     public_origin: Option<String>,
     /// The state guard, for the emergency brake (none: the desk shows no brake).
     guard: Option<crate::state::Guard>,
+    /// The daemon's directory, where admins accept drifted list sizes (none: the desk
+    /// offers no acceptance).
+    list_sizes: Option<Arc<dyn ListSizes>>,
+}
+
+/// The directory in force, as the desk changes it: an admin accepts a drifted list's
+/// size, and the running daemon judges the next message against it (the daemon's
+/// generation owner implements it; no reload needed).
+#[async_trait::async_trait]
+pub trait ListSizes: Send + Sync {
+    /// Accepts the current size of `list` in the directory in force, records it in the
+    /// list-size file and puts it in force.
+    async fn accept(&self, list: &str) -> Result<Accepted, ListSizeError>;
+}
+
+/// Why a list's size was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ListSizeError {
+    /// The address is no list of the directory in force.
+    #[error("{0} is not a list of the directory in force")]
+    NotAList(String),
+    /// The list-size file or the rebuild failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl Desk {
@@ -87,7 +112,14 @@ impl Desk {
             quarantine,
             clock,
             guard: None,
+            list_sizes: None,
         }
+    }
+
+    /// The desk where admins accept a drifted list's size in `list_sizes`.
+    pub fn with_list_sizes(mut self, list_sizes: Arc<dyn ListSizes>) -> Desk {
+        self.list_sizes = Some(list_sizes);
+        self
     }
 
     /// The desk with the emergency brake of `guard`: a banner on every page while it
@@ -157,6 +189,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))
+        .route(
+            "/message/{queue_id}/accept-size",
+            post(pages::drift::accept),
+        )
         .route("/static/desk.css", get(pages::css))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(

@@ -28,6 +28,11 @@ struct Fixture {
 /// A desk with users alice (admin), rita (reviewer), vic (viewer) and sam (SSO
 /// only), over an empty store; `extra` is more `[review]` TOML.
 fn fixture_with(extra: &str) -> Fixture {
+    fixture_sized(extra, None)
+}
+
+/// [`fixture_with`], the desk accepting list sizes in `sizes`.
+fn fixture_sized(extra: &str, sizes: Option<Arc<dyn ListSizes>>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
     let hash = users::hash_with(PASSWORD, users::tests::cheap()).unwrap();
@@ -64,16 +69,18 @@ fn fixture_with(extra: &str) -> Fixture {
         Arc::new(clock.clone()),
         None,
     );
-    let desk = Arc::new(
-        Desk::new(
-            index,
-            config.review,
-            config.quarantine,
-            [7; KEY_BYTES],
-            Arc::new(clock.clone()),
-        )
-        .with_guard(guard),
-    );
+    let mut desk = Desk::new(
+        index,
+        config.review,
+        config.quarantine,
+        [7; KEY_BYTES],
+        Arc::new(clock.clone()),
+    )
+    .with_guard(guard);
+    if let Some(sizes) = sizes {
+        desk = desk.with_list_sizes(sizes);
+    }
+    let desk = Arc::new(desk);
     Fixture {
         _dir: dir,
         store,
@@ -1270,4 +1277,302 @@ async fn the_digest_gets_links_from_the_desk_only_with_a_public_url() {
     let actions = f.desk.digest_links().unwrap().actions.unwrap();
     assert_eq!(actions.key, [7; KEY_BYTES], "signed with the desk key");
     assert_eq!(actions.expires, T0 + 3600, "now + link_lifetime");
+}
+
+/// List sizes accepted in a map, the calls counted.
+#[derive(Default)]
+struct FakeSizes {
+    accepted: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl ListSizes for FakeSizes {
+    async fn accept(&self, list: &str) -> Result<Accepted, ListSizeError> {
+        if !list.starts_with("all@") {
+            return Err(ListSizeError::NotAList(list.to_owned()));
+        }
+        self.accepted.lock().unwrap().push(list.to_owned());
+        Ok(Accepted {
+            address: list.into(),
+            size: 840_000,
+            previous: Some(40),
+        })
+    }
+}
+
+#[tokio::test]
+async fn only_an_admin_accepts_a_drifted_lists_size_and_only_from_the_same_site() {
+    let fake = Arc::new(FakeSizes::default());
+    let f = fixture_sized("", Some(fake.clone()));
+    // held(): held by the drift rule, all@example.org drifted from 40.
+    f.hold(&held("DDDDDD1", T0 - 60));
+    f.hold(&ordinary("OOOOOO1"));
+    for user in ["vic", "rita"] {
+        let cookie = f.login(user).await;
+        let (_, _, page) = f.get("/message/DDDDDD1", Some(&cookie)).await;
+        assert!(!page.contains("accept-size"), "{user}: no form");
+        let token = f.token(&cookie).await;
+        let (status, _, _) = f
+            .post(
+                "/message/DDDDDD1/accept-size",
+                Some(&cookie),
+                &[("token", &token), ("list", "0"), ("comment", "fine")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{user}");
+    }
+    let cookie = f.login("alice").await;
+    let (_, _, page) = f.get("/message/DDDDDD1", Some(&cookie)).await;
+    assert!(
+        page.contains("/message/DDDDDD1/accept-size")
+            && page.contains("Accept the new size of <bdi>all@example.org</bdi>"),
+        "{page}"
+    );
+    let token = f.token(&cookie).await;
+    let good = [
+        ("token", token.as_str()),
+        ("list", "0"),
+        ("comment", "the ward merged"),
+    ];
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "http://evil.test")][..],
+    ] {
+        let (status, _, _) = f
+            .post_with(
+                "/message/DDDDDD1/accept-size",
+                Some(&cookie),
+                &good,
+                headers,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    for (form, want) in [
+        (
+            &[("list", "0"), ("comment", "x")][..],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            &[("token", token.as_str()), ("list", "0")][..],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &[("token", token.as_str()), ("list", "1"), ("comment", "x")][..],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &[
+                ("token", token.as_str()),
+                ("list", "zero"),
+                ("comment", "x"),
+            ][..],
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, _, _) = f
+            .post("/message/DDDDDD1/accept-size", Some(&cookie), form)
+            .await;
+        assert_eq!(status, want, "{form:?}");
+    }
+    // A list that did not drift (an ordinary hold) is not accepted here.
+    let (status, _, _) = f
+        .post("/message/OOOOOO1/accept-size", Some(&cookie), &good)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = f
+        .post("/message/ZZZZZZ9/accept-size", Some(&cookie), &good)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        fake.accepted.lock().unwrap().is_empty(),
+        "nothing accepted yet"
+    );
+    assert!(f.index().events(5).unwrap().is_empty());
+
+    f.clock.advance(Duration::from_secs(5));
+    let (status, headers, _) = f
+        .post("/message/DDDDDD1/accept-size", Some(&cookie), &good)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers["location"], "/message/DDDDDD1");
+    assert_eq!(*fake.accepted.lock().unwrap(), ["all@example.org"]);
+    let events = f.index().events(5).unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.at, e.who.as_str(), e.action.as_str()),
+        (T0 + 5, "alice", "accept list size")
+    );
+    assert_eq!(
+        e.comment.as_deref(),
+        Some(
+            "all@example.org: accepted size 840000 (was 40) (via desk from 198.51.100.9): \
+             the ward merged"
+        )
+    );
+    let record = f
+        .index()
+        .record(&crate::quarantine::QueueId::parse("DDDDDD1").unwrap())
+        .unwrap();
+    assert_eq!(record.audit.last(), Some(e), "on the record too");
+    assert_eq!(record.state, crate::quarantine::State::Held, "still held");
+    assert!(f.requests("DDDDDD1").is_empty(), "nothing released");
+    let (_, _, page) = f.get("/message/DDDDDD1", Some(&cookie)).await;
+    assert!(page.contains("accepted by alice at"), "{page}");
+    assert!(
+        page.contains("value=\"release\""),
+        "release is offered as usual"
+    );
+}
+
+#[tokio::test]
+async fn a_list_the_directory_no_longer_has_is_a_conflict() {
+    let fake = Arc::new(FakeSizes::default());
+    let f = fixture_sized("", Some(fake.clone()));
+    let mut m = held("DDDDDD2", T0 - 60);
+    m.lists[0].address = "gone@example.org".into();
+    f.hold(&m);
+    let cookie = f.login("alice").await;
+    let token = f.token(&cookie).await;
+    let (status, _, _) = f
+        .post(
+            "/message/DDDDDD2/accept-size",
+            Some(&cookie),
+            &[("token", &token), ("list", "0"), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(f.index().events(5).unwrap().is_empty());
+    // A desk without the daemon's directory offers nothing and takes nothing.
+    let f = fixture();
+    f.hold(&held("DDDDDD3", T0 - 60));
+    let cookie = f.login("alice").await;
+    let (_, _, page) = f.get("/message/DDDDDD3", Some(&cookie)).await;
+    assert!(!page.contains("accept-size"));
+    let token = f.token(&cookie).await;
+    let (status, _, _) = f
+        .post(
+            "/message/DDDDDD3/accept-size",
+            Some(&cookie),
+            &[("token", &token), ("list", "0"), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Through the daemon's generation owner: the size an admin accepts on the desk is
+/// the one the next message to the list is judged against, with no reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_message_is_judged_against_the_size_accepted_on_the_desk() {
+    use crate::daemon::generation::Owner;
+    use crate::directory::drift::KnownSizes;
+    use crate::shared::{Generation, Shared};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("daemon-state");
+    let mut known = KnownSizes::default();
+    known.accept("all@example.org", 1);
+    known.save(&state).unwrap();
+    let config = crate::config::parse(
+        &format!(
+            "[domains]\ninternal = [\"example.org\"]\n[quarantine]\nstate_dir = \"{}\"\n\
+             [drift]\nfactor = 2.0\nmin_audience = 3\n[[list]]\naddress = \"all@example.org\"\n\
+             members = [\"a@example.org\", \"b@example.org\", \"c@example.org\"]\n",
+            state.display()
+        ),
+        Path::new("/etc/fanout-milter/fanout-milter.toml"),
+    )
+    .unwrap();
+    let none = crate::directory::ldap::Snapshots::default();
+    let shared = Arc::new(Shared::new(
+        Generation::load(config, &none).unwrap(),
+        Arc::new(Store::open(&state).unwrap()),
+        crate::notify::channel(4).0,
+        crate::state::Guard::new(
+            Arc::new(crate::state::MemoryBackend::new()),
+            Arc::new(crate::clock::SystemClock),
+            None,
+        ),
+    ));
+    let drift = || {
+        shared
+            .current()
+            .directory
+            .audience_facts(["all@example.org"])
+            .unwrap()
+            .lists[0]
+            .drift_from
+    };
+    assert_eq!(drift(), Some(1));
+    let (_reload, reloads) = tokio::sync::mpsc::channel(1);
+    let (owner, _owning) = Owner::spawn(shared.clone(), none, reloads);
+    let f = fixture_sized("", Some(Arc::new(owner)));
+    f.hold(&held("DDDDDD4", T0 - 60));
+    let cookie = f.login("alice").await;
+    let token = f.token(&cookie).await;
+    let (status, _, body) = f
+        .post(
+            "/message/DDDDDD4/accept-size",
+            Some(&cookie),
+            &[("token", &token), ("list", "0"), ("comment", "merged")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(drift(), None, "no drift for the next message");
+    let comment = f.index().events(1).unwrap()[0].comment.clone().unwrap();
+    assert!(
+        comment.starts_with("all@example.org: accepted size 3 (was 1)"),
+        "{comment}"
+    );
+}
+
+/// Pulling the brake while one is on (pulled meanwhile at a shell, or by another
+/// admin) replaces it: the admin is shown which one, and the event says replaced.
+#[tokio::test]
+async fn pulling_the_brake_over_another_shows_the_one_it_replaced() {
+    let f = fixture();
+    let alice = f.login("alice").await;
+    let token = f.token(&alice).await;
+    let guard = f.desk.guard.clone().unwrap();
+    crate::brake::pull(&guard, None, 500, None, "carol\u{202e}", "from a shell")
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(60));
+    let (status, _, page) = f
+        .post(
+            "/brake",
+            Some(&alice),
+            &[
+                ("action", "on"),
+                ("min_audience", "100"),
+                ("hours", "1"),
+                ("comment", "tighter"),
+                ("token", &token),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(
+            "The brake you pulled replaced the one that was on: min audience 500 by \
+             carol\\u{202E} since 2027-01-15T08:00:00Z."
+        ),
+        "{page}"
+    );
+    assert!(page.contains("class=\"flag\""), "flagged: {page}");
+    assert!(
+        page.contains("every message to 100 or more recipients is held"),
+        "the banner shows the new brake: {page}"
+    );
+    assert_eq!(guard.brake().unwrap().min_audience, 100);
+    let events = f.index().events(1).unwrap();
+    assert_eq!(events[0].action, "brake replaced");
+    assert!(
+        events[0]
+            .comment
+            .as_deref()
+            .unwrap()
+            .starts_with("replaced min audience 500 by carol\u{202e} since"),
+        "{events:?}"
+    );
 }

@@ -186,7 +186,7 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Ev
         return Evaluation { verdict, counts };
     }
     let mut evaluation = evaluate_rules(policy, facts, state, counts);
-    if let Some(reason) = stateful::brake(state, counts.audience as u64) {
+    if let Some(reason) = stateful::brake(state, counts.audience as u64, facts.audience.as_ref()) {
         let v = &mut evaluation.verdict;
         v.intended = v.intended.max(reason.action);
         v.action = v.action.max(reason.action);

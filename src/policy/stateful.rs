@@ -7,7 +7,7 @@
 //! rate), an adapter (the state guard, outside the core) asks the state backend, and the answers
 //! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
 
-use super::facts::MessageFacts;
+use super::facts::{AudienceFacts, MessageFacts};
 use super::rules::authorized_audience;
 use super::sender::identity;
 use super::thread::{is_reply, thread_key};
@@ -412,19 +412,53 @@ pub fn rate(rule: &RatePolicy, state: &StateFacts) -> Vec<(Reason, bool)> {
         .collect()
 }
 
-/// The emergency brake is on and the message's real audience reaches its level. The
-/// brake is an admin's explicit act during an incident: neither monitor mode nor an
-/// exemption softens it (see [`super::evaluate`]).
-pub fn brake(state: &StateFacts, audience: u64) -> Option<Reason> {
+/// The emergency brake is on and the message's real audience may reach its level.
+/// The brake is an admin's explicit act during an incident: neither monitor mode nor
+/// an exemption softens it (see [`super::evaluate`]).
+///
+/// It holds every message it cannot show to stay below its level. `audience` is the
+/// counted audience; `facts` says how sure that count is:
+/// - counted exactly and at least `min_audience`: held;
+/// - a lower bound ("at least N": nesting deeper than `[expansion] max_depth`, or the
+///   audience cap reached): held when the bound reaches the level, and also below it,
+///   since the real audience is not known;
+/// - members that could not be counted (a dangling member, a dynamic list whose search
+///   failed), or a directory source that cannot count now: held whatever the count. An
+///   unknown real audience during an incident is exactly the risk the brake is for (a
+///   broken dynamic list counts as one uncounted member and may reach 840,000).
+///
+/// Without a directory (`facts` is `None`) the envelope recipients are the audience,
+/// counted exactly.
+pub fn brake(state: &StateFacts, audience: u64, facts: Option<&AudienceFacts>) -> Option<Reason> {
     let b = state.brake?;
-    (audience >= b.min_audience).then(|| Reason {
+    let level = fmt_count(b.min_audience as usize);
+    let count = fmt_count(audience as usize);
+    let lower_bound = facts.is_some_and(|a| a.lower_bound);
+    let uncounted = facts.map_or(0, |a| a.unknown);
+    let unavailable = facts.is_some_and(|a| a.unavailable.is_some());
+    let what = if audience >= b.min_audience {
+        let at_least = if lower_bound { "at least " } else { "" };
+        format!("audience {at_least}{count} >= {level}")
+    } else if uncounted > 0 {
+        format!(
+            "audience not fully known ({count} counted, {} uncounted) while it holds {level}+",
+            if uncounted == 1 {
+                "1 member".to_owned()
+            } else {
+                format!("{} members", fmt_count(uncounted as usize))
+            }
+        )
+    } else if unavailable {
+        format!("audience cannot be counted now ({count} counted) while it holds {level}+")
+    } else if lower_bound {
+        format!("audience only known as at least {count} while it holds {level}+")
+    } else {
+        return None;
+    };
+    Some(Reason {
         rule: "brake",
         action: Action::Quarantine,
-        message: format!(
-            "emergency brake: audience {} >= {}; held until an admin reviews it",
-            fmt_count(audience as usize),
-            fmt_count(b.min_audience as usize)
-        ),
+        message: format!("emergency brake: {what}; held until an admin reviews it"),
         monitor: false,
         reply: None,
     })
@@ -663,6 +697,107 @@ mod tests {
             "strongest reason first"
         );
         assert_eq!(v.reasons[1].rule, "brake");
+    }
+
+    /// The brake holds what it cannot show to stay below its level: a lower bound
+    /// (at or below the level), uncounted members, a directory that cannot count; an
+    /// exact count below the level passes, with or without a directory.
+    #[test]
+    fn the_brake_holds_an_audience_it_does_not_know() {
+        let braked = StateFacts {
+            brake: Some(BrakeFact { min_audience: 500 }),
+            ..StateFacts::default()
+        };
+        let p = Policy::default();
+        let brake_of = |f: &MessageFacts| {
+            let v = evaluate(&p, f, &braked).verdict;
+            let reason = v.reasons.iter().find(|r| r.rule == "brake").cloned();
+            assert_eq!(
+                v.action >= Action::Quarantine,
+                reason.is_some(),
+                "{reason:?}"
+            );
+            reason.map(|r| r.message)
+        };
+        let with = |size: u64, change: &dyn Fn(&mut AudienceFacts)| {
+            let mut f = to_list(size);
+            change(f.audience.as_mut().unwrap());
+            f
+        };
+        let bound = |a: &mut AudienceFacts| a.lower_bound = true;
+        assert_eq!(brake_of(&to_list(499)), None, "counted exactly, below");
+        assert_eq!(
+            brake_of(&with(500, &bound)).as_deref(),
+            Some("emergency brake: audience at least 500 >= 500; held until an admin reviews it")
+        );
+        assert_eq!(
+            brake_of(&with(499, &bound)).as_deref(),
+            Some(
+                "emergency brake: audience only known as at least 499 while it holds 500+; \
+                 held until an admin reviews it"
+            )
+        );
+        assert_eq!(
+            brake_of(&with(3, &|a| a.unknown = 1)).as_deref(),
+            Some(
+                "emergency brake: audience not fully known (3 counted, 1 member uncounted) \
+                 while it holds 500+; held until an admin reviews it"
+            )
+        );
+        assert_eq!(
+            brake_of(&with(3, &|a| a.unknown = 2)).as_deref(),
+            Some(
+                "emergency brake: audience not fully known (3 counted, 2 members uncounted) \
+                 while it holds 500+; held until an admin reviews it"
+            )
+        );
+        assert_eq!(
+            brake_of(&with(600, &|a| a.unknown = 2)).as_deref(),
+            Some("emergency brake: audience 600 >= 500; held until an admin reviews it"),
+            "a count at the level says so"
+        );
+        let v = evaluate(
+            &p,
+            &with(3, &|a| a.unavailable = Some("corp: no snapshot".into())),
+            &braked,
+        )
+        .verdict;
+        assert_eq!(v.action, Action::Tempfail, "the directory's tempfail stays");
+        assert_eq!(
+            v.reasons
+                .iter()
+                .find(|r| r.rule == "brake")
+                .map(|r| r.message.as_str()),
+            Some(
+                "emergency brake: audience cannot be counted now (3 counted) while it holds \
+                 500+; held until an admin reviews it"
+            )
+        );
+        let mut envelope_only = to_list(0);
+        envelope_only.audience = None;
+        assert_eq!(
+            brake_of(&envelope_only),
+            None,
+            "no directory: the envelope, exactly"
+        );
+        // With all@corp.example: 500 envelope recipients.
+        for n in 0..499 {
+            envelope_only.recipients.add(&format!("u{n}@corp.example"));
+        }
+        assert_eq!(
+            brake_of(&envelope_only).as_deref(),
+            Some("emergency brake: audience 500 >= 500; held until an admin reviews it")
+        );
+        assert_eq!(
+            evaluate(&p, &with(3, &|a| a.unknown = 1), &StateFacts::default())
+                .verdict
+                .reasons
+                .iter()
+                .filter(|r| r.rule == "brake")
+                .count(),
+            0,
+            "no brake, no brake reason"
+        );
     }
 
     #[test]

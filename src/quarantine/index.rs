@@ -435,6 +435,11 @@ pub trait QuarantineIndex: Send + Sync {
     /// pulled or released), for the desk's audit trail.
     fn record_event(&self, event: &AuditEntry) -> Result<(), StoreError>;
 
+    /// Records a relay-wide action taken from one record's page (a drifted list's size
+    /// accepted) both as an event and in that record's audit trail, in one
+    /// transaction.
+    fn record_event_on(&self, held_id: i64, event: &AuditEntry) -> Result<(), StoreError>;
+
     /// The newest relay-wide events, newest first, at most `limit`.
     fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -6,6 +6,7 @@
 use super::postfix::QueuedMessage;
 use super::record::{QueueId, Record, State};
 use crate::config::{OnExpiry, QuarantineSettings};
+use std::collections::HashSet;
 
 /// Records younger than this are not judged missing from Postfix: between the milter's
 /// record and the queue file reaching the hold queue there is a moment where it is in
@@ -58,9 +59,21 @@ fn ours_for(r: &Record, q: &QueuedMessage) -> bool {
 /// A held record whose message is seen outside the hold queue, or not at all, is judged
 /// only after [`RECONCILE_GRACE_SECS`]: Postfix's cleanup finishes the queue file before
 /// it moves to the hold queue, and an admin may release and hold a message again.
-pub fn plan_reconcile(records: &[Record], queue: &[QueuedMessage], now: u64) -> ReconcilePlan {
+///
+/// Records in `busy` (ids of records with an open request: pending, or running in the
+/// worker) are left alone: the worker is moving their message (out of the hold queue,
+/// or a copy in), and their record's state is the worker's to set.
+pub fn plan_reconcile(
+    records: &[Record],
+    queue: &[QueuedMessage],
+    busy: &HashSet<i64>,
+    now: u64,
+) -> ReconcilePlan {
     let mut plan = ReconcilePlan::default();
-    for r in records.iter().filter(|r| r.state == State::Held) {
+    for r in records
+        .iter()
+        .filter(|r| r.state == State::Held && !busy.contains(&r.id))
+    {
         let id = &r.message.queue_id;
         let settled = now.saturating_sub(r.message.held_at) >= RECONCILE_GRACE_SECS;
         match queue.iter().find(|q| q.queue_id == id.as_str()) {
@@ -74,7 +87,10 @@ pub fn plan_reconcile(records: &[Record], queue: &[QueuedMessage], now: u64) -> 
         let known = records
             .iter()
             .any(|r| r.state == State::Held && r.message.queue_id.as_str() == q.queue_id);
-        if known || QueueId::parse(&q.queue_id).is_err() {
+        let worked_on = records
+            .iter()
+            .any(|r| busy.contains(&r.id) && r.message.queue_id.as_str() == q.queue_id);
+        if known || worked_on || QueueId::parse(&q.queue_id).is_err() {
             continue;
         }
         let earlier = records
@@ -208,7 +224,7 @@ mod tests {
             queued("hold", "EEEEEE5"),
             queued("active", "GGGGGG7"),
         ];
-        let plan = plan_reconcile(&held, &queue, 1100);
+        let plan = plan_reconcile(&held, &queue, &HashSet::new(), 1100);
         let adopted: Vec<&str> = plan.adopt.iter().map(|q| q.queue_id.as_str()).collect();
         assert_eq!(
             adopted,
@@ -224,7 +240,41 @@ mod tests {
             [(3, QueueId::parse("CCCCCC3").unwrap())],
             "DDDDDD4 is within the grace period"
         );
-        assert!(plan_reconcile(&held[..1], &queue[..1], 1100).is_empty());
+        assert!(plan_reconcile(&held[..1], &queue[..1], &HashSet::new(), 1100).is_empty());
+    }
+
+    /// A record whose request is open (pending, or running in the worker) is the
+    /// worker's: reconcile neither marks it released or gone while its message moves,
+    /// nor puts it back to held, nor adopts its message as foreign.
+    #[test]
+    fn reconcile_leaves_a_record_with_an_open_request_alone() {
+        let arrival = 1_000_000;
+        let held = [
+            record(1, "AAAAAA1", 0, State::Held),
+            record(2, "BBBBBB2", 0, State::Held),
+            record(3, "CCCCCC3", arrival, State::Released),
+            record(4, "DDDDDD4", arrival, State::Discarded),
+        ];
+        let mut queue = vec![queued("active", "AAAAAA1"), queued("hold", "DDDDDD4")];
+        let mut copy = queued("hold", "CCCCCC3");
+        copy.arrival_time = arrival;
+        queue.push(copy);
+        let idle = plan_reconcile(&held, &queue, &HashSet::new(), arrival + 10);
+        assert_eq!(idle.released.len(), 1);
+        assert_eq!(idle.gone.len(), 1);
+        assert_eq!(idle.restore.len(), 2, "{idle:?}");
+        let busy: HashSet<i64> = [1, 2, 3, 4].into();
+        let plan = plan_reconcile(&held, &queue, &busy, arrival + 10);
+        assert!(plan.is_empty(), "{plan:?}");
+        let busy: HashSet<i64> = [1, 3].into();
+        let plan = plan_reconcile(&held, &queue, &busy, arrival + 10);
+        assert!(plan.released.is_empty());
+        assert_eq!(plan.gone, [(2, QueueId::parse("BBBBBB2").unwrap())]);
+        assert_eq!(
+            plan.restore,
+            [(4, QueueId::parse("DDDDDD4").unwrap(), State::Discarded)]
+        );
+        assert!(plan.adopt.is_empty(), "{plan:?}");
     }
 
     #[test]
@@ -233,11 +283,18 @@ mod tests {
         for queue_name in ["incoming", "active", "deferred"] {
             let queue = [queued(queue_name, "AAAAAA1")];
             assert!(
-                plan_reconcile(&held, &queue, 1000 + RECONCILE_GRACE_SECS - 1).is_empty(),
+                plan_reconcile(
+                    &held,
+                    &queue,
+                    &HashSet::new(),
+                    1000 + RECONCILE_GRACE_SECS - 1
+                )
+                .is_empty(),
                 "{queue_name}: within the grace period"
             );
             assert_eq!(
-                plan_reconcile(&held, &queue, 1000 + RECONCILE_GRACE_SECS).released,
+                plan_reconcile(&held, &queue, &HashSet::new(), 1000 + RECONCILE_GRACE_SECS)
+                    .released,
                 [(1, QueueId::parse("AAAAAA1").unwrap(), queue_name.to_owned())],
                 "{queue_name}: after it"
             );
@@ -251,7 +308,12 @@ mod tests {
         reheld.arrival_time = arrival;
         for state in [State::Released, State::Discarded, State::Expired] {
             let ours = record(7, "AAAAAA1", arrival + 2, state);
-            let plan = plan_reconcile(std::slice::from_ref(&ours), &[reheld.clone()], arrival + 10);
+            let plan = plan_reconcile(
+                std::slice::from_ref(&ours),
+                &[reheld.clone()],
+                &HashSet::new(),
+                arrival + 10,
+            );
             assert_eq!(
                 plan.restore,
                 [(7, QueueId::parse("AAAAAA1").unwrap(), state)],
@@ -261,13 +323,13 @@ mod tests {
         }
         // Another message that reuses the short queue id long after ours.
         let old = record(7, "AAAAAA1", arrival - 86400, State::Released);
-        let plan = plan_reconcile(&[old], &[reheld.clone()], arrival + 10);
+        let plan = plan_reconcile(&[old], &[reheld.clone()], &HashSet::new(), arrival + 10);
         assert!(plan.restore.is_empty());
         assert_eq!(plan.adopt, [reheld.clone()]);
         // A foreign record stays foreign: adopted again, never made ours.
         let mut theirs = record(7, "AAAAAA1", arrival, State::Released);
         theirs.foreign = true;
-        let plan = plan_reconcile(&[theirs], &[reheld.clone()], arrival + 10);
+        let plan = plan_reconcile(&[theirs], &[reheld.clone()], &HashSet::new(), arrival + 10);
         assert!(plan.restore.is_empty());
         assert_eq!(plan.adopt.len(), 1);
         // The newest of several records of ours wins.
@@ -277,6 +339,7 @@ mod tests {
                 record(9, "AAAAAA1", arrival, State::Released),
             ],
             &[reheld],
+            &HashSet::new(),
             arrival + 10,
         );
         assert_eq!(

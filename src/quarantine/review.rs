@@ -5,15 +5,17 @@
 //! only through Postfix's sendmail. The sweep that runs these unattended is in
 //! `super::sweep`, what the commands print in `cli::quarantine`.
 
+use super::index::QuarantineIndex as _;
 use super::plan::plan_reconcile;
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
-use super::store::{Filter, Store};
+use super::store::{Filter, Store, StoreError};
 use crate::config::Config;
 use crate::notify::{self, NoticeReason};
 use crate::policy::VERDICT_HEADER;
 use crate::policy::normalize_subject;
 use crate::text;
+use std::collections::HashSet;
 
 /// What a command did: lines to print and how many items failed.
 #[derive(Debug, Default)]
@@ -255,8 +257,28 @@ impl Review<'_> {
             report.fail(e.to_string());
             return (report, adopted);
         }
+        // Read after the records: a request filed since is seen here, and one claimed
+        // after this is still refused by the store (`set_state_unrequested`).
+        let busy: HashSet<i64> = match self.store.open_requests() {
+            Ok(open) => open.into_iter().map(|r| r.held_id).collect(),
+            Err(e) => {
+                report.fail(e.to_string());
+                return (report, adopted);
+            }
+        };
         let held = records.iter().filter(|r| r.state == State::Held).count();
-        let plan = plan_reconcile(&records, &queue, self.now);
+        let plan = plan_reconcile(&records, &queue, &busy, self.now);
+        let waiting = records
+            .iter()
+            .filter(|r| busy.contains(&r.id))
+            .map(|r| r.message.queue_id.to_string())
+            .collect::<Vec<_>>();
+        if !waiting.is_empty() {
+            report.line(format!(
+                "left alone while a request for them is open (the worker's to settle): {}",
+                waiting.join(", ")
+            ));
+        }
         for q in &plan.adopt {
             match self.adopt(q) {
                 Ok((id, false)) => {
@@ -278,7 +300,7 @@ impl Review<'_> {
             let comment = format!(
                 "back in the hold queue after reconcile marked it {was}: held by fanout-milter"
             );
-            match self.store.set_state(
+            match self.store.set_state_unrequested(
                 *row,
                 *was,
                 State::Held,
@@ -287,6 +309,9 @@ impl Review<'_> {
                 Ok(()) => report.line(format!(
                     "{id}: back in the hold queue: its record is held again (was {was})"
                 )),
+                Err(StoreError::RequestOpen { .. }) => report.line(format!(
+                    "{id}: a request was filed meanwhile: left to the worker"
+                )),
                 Err(e) => report.fail(format!("{id}: {e}")),
             }
         }
@@ -294,7 +319,7 @@ impl Review<'_> {
             let comment = format!(
                 "left the hold queue outside fanout-milter; now in Postfix's {queue_name} queue"
             );
-            match self.store.set_state(
+            match self.store.set_state_unrequested(
                 *row,
                 State::Held,
                 State::Released,
@@ -303,6 +328,9 @@ impl Review<'_> {
                 Ok(()) => report.line(format!(
                     "{id}: released outside fanout-milter: marked released"
                 )),
+                Err(StoreError::RequestOpen { .. }) => report.line(format!(
+                    "{id}: a request was filed meanwhile: left to the worker"
+                )),
                 Err(e) => report.fail(format!("{id}: {e}")),
             }
         }
@@ -310,13 +338,16 @@ impl Review<'_> {
             let comment =
                 "gone from Postfix's queue: deleted outside fanout-milter, or never queued"
                     .to_owned();
-            match self.store.set_state(
+            match self.store.set_state_unrequested(
                 *row,
                 State::Held,
                 State::Discarded,
                 &self.entry("reconcile", Some(comment)),
             ) {
                 Ok(()) => report.line(format!("{id}: gone from Postfix: marked discarded")),
+                Err(StoreError::RequestOpen { .. }) => report.line(format!(
+                    "{id}: a request was filed meanwhile: left to the worker"
+                )),
                 Err(e) => report.fail(format!("{id}: {e}")),
             }
         }
@@ -556,6 +587,101 @@ mod tests {
             2,
             "ours escalate, the foreign one does not: {steps:?}"
         );
+    }
+
+    /// Reconcile leaves a record alone while a request for it is open: the worker's
+    /// release has moved the message out of the hold queue (not "released outside
+    /// fanout-milter"), its discard has deleted it (not "gone"), its release-to has
+    /// marked the original while it is still held (not "back in the hold queue"). A
+    /// record without a request is reconciled as before.
+    #[test]
+    fn reconcile_leaves_records_with_an_open_request_to_the_worker() {
+        use crate::quarantine::{NewRequest, QuarantineIndex, RequestAction, Via};
+        let dir = tempfile::tempdir().unwrap();
+        let queue = [
+            r#"{"queue_name":"active","queue_id":"AAAAAA1","arrival_time":1000,"sender":"ann@example.org","recipients":[]}"#,
+            r#"{"queue_name":"hold","queue_id":"CCCCCC3","arrival_time":1000,"sender":"ann@example.org","recipients":[]}"#,
+        ]
+        .join("\n");
+        let config = stub_postfix(dir.path(), &queue, "Subject: x");
+        let store = Store::open(dir.path()).unwrap();
+        let mut rows = Vec::new();
+        for id in ["AAAAAA1", "BBBBBB2", "CCCCCC3", "DDDDDD4"] {
+            let mut m = crate::quarantine::store::tests::held(id, 1000);
+            m.recorded_by = "milter".into();
+            rows.push(store.record_held(&m, "milter", None).unwrap());
+        }
+        let file = |id: &str, action: RequestAction| {
+            store
+                .submit(&NewRequest {
+                    queue_id: QueueId::parse(id).unwrap(),
+                    action,
+                    who: "rita".into(),
+                    via: Via::Desk,
+                    remote: None,
+                    comment: "ok".into(),
+                    at: 1500,
+                })
+                .unwrap()
+        };
+        let running = file("AAAAAA1", RequestAction::Release);
+        assert!(store.claim(running.id, 1501).unwrap());
+        file(
+            "BBBBBB2",
+            RequestAction::Discard {
+                notify_sender: false,
+            },
+        );
+        let copying = file(
+            "CCCCCC3",
+            RequestAction::ReleaseTo {
+                recipients: vec!["all@example.org".into()],
+            },
+        );
+        assert!(store.claim(copying.id, 1501).unwrap());
+        let worker = AuditEntry {
+            at: 1502,
+            who: "worker".into(),
+            action: "release-to".into(),
+            comment: None,
+        };
+        store
+            .set_state(rows[2], State::Held, State::Released, &worker)
+            .unwrap();
+        let review = Review {
+            config: &config,
+            store: &store,
+            postfix: PostfixTools::new(config.postfix.clone()),
+            who: "root".into(),
+            now: 2000,
+        };
+        let report = review.reconcile();
+        assert_eq!(report.failed, 0, "{}", report.text);
+        let state = |id: &str| store.get(&QueueId::parse(id).unwrap()).unwrap().state;
+        assert_eq!(state("AAAAAA1"), State::Held, "{}", report.text);
+        assert_eq!(state("BBBBBB2"), State::Held);
+        assert_eq!(state("CCCCCC3"), State::Released, "not put back to held");
+        assert_eq!(
+            store.list(&Filter::default()).unwrap().len(),
+            4,
+            "none adopted"
+        );
+        assert_eq!(state("DDDDDD4"), State::Discarded, "no request: gone");
+        assert!(
+            report.text.contains(
+                "left alone while a request for them is open (the worker's to settle): \
+                 AAAAAA1, BBBBBB2, CCCCCC3"
+            ),
+            "{}",
+            report.text
+        );
+        // A request filed after reconcile planned is still respected by the store.
+        let mut late = crate::quarantine::store::tests::held("EEEEEE5", 1000);
+        late.recorded_by = "milter".into();
+        let row = store.record_held(&late, "milter", None).unwrap();
+        file("EEEEEE5", RequestAction::Release);
+        let refused = store.set_state_unrequested(row, State::Held, State::Discarded, &worker);
+        assert!(matches!(refused, Err(StoreError::RequestOpen { .. })));
     }
 
     #[test]

@@ -444,6 +444,18 @@ impl QuarantineIndex for Store {
         Ok(())
     }
 
+    fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO events (at, who, action, comment) VALUES (?1, ?2, ?3, ?4)",
+            params![clamp(e.at), e.who, e.action, e.comment],
+        )
+        .map_err(|e| self.err(e))?;
+        insert_audit(&tx, held_id, e).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn

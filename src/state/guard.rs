@@ -106,6 +106,12 @@ impl Guard {
         Ok(brake)
     }
 
+    /// Takes `brake` as the one last read, without asking the backend (at start, the
+    /// brake kept in the state directory: see `crate::brake::restore`).
+    pub fn assume_brake(&self, brake: Option<Brake>) {
+        self.brake.store(brake.map(|b| Arc::new(b.kept())));
+    }
+
     /// Pulls (`Some`) or releases (`None`) the brake on the backend, then here.
     pub async fn set_brake(&self, brake: Option<Brake>) -> Result<(), StateError> {
         let brake = brake.map(|b| b.kept());

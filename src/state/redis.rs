@@ -20,6 +20,7 @@
 //! | `storm:<id>` | hash | a storm: `json`, `until`, `blocked` |
 //! | `storms` | sorted set | storm ids by `until` (for `storms list`) |
 //! | `flag:<key>` | string | a flag's end, µs |
+//! | `brake` | string | the emergency brake, JSON (a value that is none is no brake) |
 
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
@@ -28,8 +29,9 @@ use crate::clock::epoch_secs;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script, Value};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
+use tracing::warn;
 
 /// GCRA take. KEYS: the TAT. ARGV: now, the cost's span, the period (µs).
 /// Returns {allowed, TAT before} (the TAT as a string: Lua numbers are doubles, exact
@@ -137,6 +139,9 @@ return 1
 pub struct RedisBackend {
     conn: ConnectionManager,
     prefix: String,
+    /// The digest of the last brake value that was not a brake, so that each bad value
+    /// is warned about once, not at every read (twice a second).
+    bad_brake: Arc<Mutex<Option<[u8; 32]>>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -192,7 +197,28 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn,
             prefix: prefix.to_owned(),
+            bad_brake: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// A brake value that is no brake (written by hand, or by another program) is read
+    /// as no brake known: Redis itself answered, so it is not marked down (which would
+    /// send every other operation to local state, twice a second). Each distinct bad
+    /// value is warned about once, neutralised and capped.
+    fn unreadable_brake(&self, value: &str, e: &serde_json::Error) {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        let mut last = self.bad_brake.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != Some(digest) {
+            *last = Some(digest);
+            warn!(
+                key = %self.key(&["brake"]),
+                value = %crate::text::neutralize_capped(value, 200),
+                "redis: the emergency brake's value is not a brake ({}); read as no brake \
+                 until an admin pulls or releases it",
+                crate::text::neutralize(&e.to_string())
+            );
+        }
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -441,8 +467,13 @@ impl StateBackend for RedisBackend {
         let Some(json) = json else {
             return Ok(None);
         };
-        let brake: Brake = serde_json::from_str(&json)
-            .map_err(|e| StateError(format!("redis: the brake record is not valid: {e}")))?;
+        let brake: Brake = match serde_json::from_str(&json) {
+            Ok(brake) => brake,
+            Err(e) => {
+                self.unreadable_brake(&json, &e);
+                return Ok(None);
+            }
+        };
         Ok(Some(brake.kept()).filter(|b| b.active(epoch_secs(now))))
     }
 

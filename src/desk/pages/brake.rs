@@ -2,10 +2,11 @@
 //! `/brake`: an admin pulls or releases the emergency brake (see `crate::brake`); every
 //! page shows it while it is on.
 
-use super::Fields;
+use super::{Fields, Head, Shown, Who, render};
 use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
 use crate::text;
+use askama::Template;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State as AxState;
@@ -17,6 +18,17 @@ use tracing::warn;
 
 /// How long a brake pulled here may hold, in hours (0: until released).
 pub const BRAKE_HOURS: [u64; 6] = [1, 2, 4, 8, 24, 0];
+
+/// A page that says what was done, when a redirect would hide something the user
+/// must know (the brake they pulled replaced another).
+#[derive(Template)]
+#[template(path = "notice.html", config = "src/desk/askama.toml")]
+struct NoticePage {
+    head: Option<Head>,
+    base: String,
+    title: &'static str,
+    message: Shown,
+}
 
 /// `POST /brake`: `action=on` with `min_audience`, `hours` and `comment`, or
 /// `action=off` with `comment`. Admins only; then back to the held list.
@@ -82,15 +94,33 @@ pub async fn brake(
             let hold_for = (hours > 0).then(|| Duration::from_secs(hours * 3600));
             crate::brake::pull(&guard, events, min_audience, hold_for, &who.user, &comment)
                 .await
-                .map(|_| ())
+                .map(|pulled| pulled.replaced)
         }
-        Some("off") => crate::brake::release(&guard, events, &who.user, &comment).await,
+        Some("off") => crate::brake::release(&guard, events, &who.user, &comment)
+            .await
+            .map(|()| None),
         _ => {
             return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, "Unknown action.");
         }
     };
     match done {
-        Ok(()) => Redirect::to(&format!("{}/", desk.base())).into_response(),
+        Ok(None) => Redirect::to(&format!("{}/", desk.base())).into_response(),
+        // Shown, not redirected: the admin must learn that another brake was on.
+        Ok(Some(old)) => {
+            let who = Who {
+                brake: desk.brake(),
+                ..who
+            };
+            render(&NoticePage {
+                head: who.head(),
+                base: desk.base(),
+                title: "Emergency brake replaced",
+                message: Shown::new(&format!(
+                    "The brake you pulled replaced the one that was on: {}.",
+                    crate::brake::replaced_text(&old)
+                )),
+            })
+        }
         Err(e) => {
             warn!(
                 user = %text::neutralize(&who.user),

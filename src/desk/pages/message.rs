@@ -27,6 +27,10 @@ struct ListView {
     external: String,
     internal: String,
     drift_from: Option<String>,
+    /// Its position in the record, which the acceptance form sends.
+    index: usize,
+    /// Who accepted its new size here, and when, if anyone did.
+    accepted: Option<Shown>,
 }
 
 struct AuditView {
@@ -79,6 +83,9 @@ struct MessagePage {
     audit: Vec<AuditView>,
     requests: Vec<RequestView>,
     can_act: bool,
+    /// Whether the user may accept a drifted list's size here (an admin, on a desk
+    /// that can).
+    can_accept: bool,
     open_request: bool,
     why_not: Option<&'static str>,
     extend_hours: [u64; 3],
@@ -164,6 +171,25 @@ fn why_not(who: &Who, r: &Record) -> Option<&'static str> {
     }
 }
 
+/// Who accepted the new size of `list` from this record's page, and when (the latest).
+fn accepted_by(r: &Record, list: &str) -> Option<Shown> {
+    let prefix = super::drift::accepted_prefix(list);
+    r.audit
+        .iter()
+        .rev()
+        .find(|a| {
+            a.action == super::drift::ACCEPTED
+                && a.comment.as_deref().is_some_and(|c| c.starts_with(&prefix))
+        })
+        .map(|a| {
+            Shown::new(&format!(
+                "accepted by {} at {}",
+                a.who,
+                text::utc_seconds(a.at)
+            ))
+        })
+}
+
 /// `GET /message/{queue_id}`: every fact of one record.
 pub async fn message(
     AxState(desk): AxState<Arc<Desk>>,
@@ -225,12 +251,15 @@ pub async fn message(
         lists: m
             .lists
             .iter()
-            .map(|l| ListView {
+            .enumerate()
+            .map(|(index, l)| ListView {
                 address: Shown::new(&l.address),
                 size: group(l.size),
                 external: group(l.external),
                 internal: group(l.size.saturating_sub(l.external)),
                 drift_from: l.drift_from.map(group),
+                index,
+                accepted: accepted_by(&r, &l.address),
             })
             .collect(),
         domains: m
@@ -256,6 +285,7 @@ pub async fn message(
             .collect(),
         requests: requests.iter().map(request_view).collect(),
         can_act: why.is_none() && !open_request,
+        can_accept: who.role >= Role::Admin && desk.list_sizes.is_some(),
         open_request,
         why_not: why,
         extend_hours: EXTEND_HOURS,

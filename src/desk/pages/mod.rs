@@ -8,6 +8,7 @@
 
 pub(super) mod brake;
 pub(super) mod bulk;
+pub(super) mod drift;
 pub(super) mod held;
 pub(super) mod link;
 pub(super) mod login;
