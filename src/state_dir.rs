@@ -54,6 +54,9 @@ pub enum StateDirError {
     },
 }
 
+/// The largest entry [`StateDir::read`] reads.
+pub const MAX_ENTRY_BYTES: u64 = 64 << 20;
+
 fn unsafe_(path: &Path, problem: impl Into<String>) -> StateDirError {
     StateDirError::Unsafe {
         path: path.to_owned(),
@@ -247,13 +250,25 @@ impl StateDir {
         Ok(Some(file))
     }
 
-    /// Reads an entry (`None` when absent).
+    /// Reads an entry (`None` when absent), of at most [`MAX_ENTRY_BYTES`].
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateDirError> {
-        let Some(mut file) = self.open_entry(name, false)? else {
+        self.read_at_most(name, MAX_ENTRY_BYTES)
+    }
+
+    /// Reads an entry (`None` when absent) of at most `max` bytes: a larger one (the
+    /// daemon's account could make it as large as the disk) is refused unread.
+    pub fn read_at_most(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, StateDirError> {
+        let Some(file) = self.open_entry(name, false)? else {
             return Ok(None);
         };
+        let path = self.join(name);
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io(&self.join(name)))?;
+        file.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io(&path))?;
+        if bytes.len() as u64 > max {
+            return Err(unsafe_(&path, format!("larger than {max} bytes")));
+        }
         Ok(Some(bytes))
     }
 
@@ -370,6 +385,20 @@ mod tests {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = StateDir::open(&state, None).unwrap_err();
         assert!(e.to_string().contains("writable by group or others"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_larger_than_asked_for_is_refused_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(state.join("key"), [1u8; 33]).unwrap();
+        let dir = StateDir::open(&state, None).unwrap();
+        let e = dir.read_at_most("key", 32).unwrap_err();
+        assert!(e.to_string().contains("larger than 32 bytes"), "{e}");
+        assert_eq!(dir.read_at_most("key", 33).unwrap().unwrap().len(), 33);
+        assert_eq!(dir.read_at_most("absent", 32).unwrap(), None);
     }
 
     #[test]

@@ -298,7 +298,7 @@ fn unquoted(text: &str) -> String {
 }
 
 #[test]
-fn an_admin_releases_from_a_signed_digest_link_once() {
+fn a_reviewer_releases_from_a_signed_digest_link_once() {
     let d = Desk::start_with("desk-digest-link", true);
     let _worker = Worker::start(d.dir.path(), &d.config, &[]);
     let id = d.send_held("digest-link-1", 6);
@@ -329,17 +329,24 @@ fn an_admin_releases_from_a_signed_digest_link_once() {
     assert!(release.starts_with("/link/"), "{release}");
     assert_ne!(release, link("discard"));
 
-    // Opening it changes nothing; the confirm form acts once.
+    // Opening it changes nothing, and without a login it offers nothing; signed in,
+    // the confirm form acts once.
     let seen = get(d.port, &release, "");
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     assert!(seen.contains("digest-link-1"), "{seen}");
     assert!(seen.contains("admins@corp.example"), "{seen}");
+    assert!(!seen.contains("id=\"link-act\""), "{seen}");
     assert_eq!(d.state(&id), State::Held);
+    let anonymous = post(d.port, &release, None, &form(&[("comment", "x")]));
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let rita = login(d.port, "rita", "correct horse battery");
+    let page = get(d.port, &release, &rita);
+    let t = token(&page);
     let done = post(
         d.port,
         &release,
-        None,
-        &form(&[("comment", "from the digest link")]),
+        Some(&rita),
+        &form(&[("token", &t), ("comment", "from the digest link")]),
     );
     assert!(done.starts_with("HTTP/1.1 200"), "{done}");
     assert!(done.contains("pending"), "{done}");
@@ -354,11 +361,20 @@ fn an_admin_releases_from_a_signed_digest_link_once() {
         (requests.len() == 1 && requests[0].state == RequestState::Done).then_some(())
     });
     let request = &d.store.requests(record.id).expect("requests")[0];
-    assert_eq!(request.who, "digest:admins@corp.example");
+    assert_eq!(request.who, "rita");
+    assert_eq!(
+        request.comment,
+        "from the digest link (digest link mailed to admins@corp.example)"
+    );
     assert_eq!(request.remote.as_deref(), Some("127.0.0.1"));
     assert_eq!(d.state(&id), State::Released);
 
-    let again = post(d.port, &release, None, &form(&[("comment", "again")]));
+    let again = post(
+        d.port,
+        &release,
+        Some(&rita),
+        &form(&[("token", &t), ("comment", "again")]),
+    );
     assert!(again.starts_with("HTTP/1.1 409"), "{again}");
     assert_eq!(
         d.sink

@@ -1083,7 +1083,7 @@ fn digest_link(queue_id: &str, action: crate::link::LinkAction, expires: u64) ->
 }
 
 #[tokio::test]
-async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
+async fn a_digest_link_shows_anyone_what_it_does_but_acts_only_for_a_signed_in_reviewer() {
     let f = fixture_with(LINKS_ON);
     let mut m = ordinary("AAAAAA1");
     m.subject = Some("<script>alert(1)</script> pay \u{202e}fdp.exe".into());
@@ -1091,6 +1091,7 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
     let token = digest_link("AAAAAA1", crate::link::LinkAction::Release, T0 + 3600);
     let path = format!("/link/{token}");
 
+    // A mail scanner or anyone holding the link: sees it, cannot act.
     let (status, headers, body) = f.get(&path, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(headers["content-security-policy"], guard::CSP);
@@ -1099,24 +1100,46 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
         body.contains("Confirm: release held message AAAAAA1"),
         "{body}"
     );
-    assert!(body.contains("ann@corp.example"), "for whom: {body}");
+    assert!(body.contains("ann@corp.example"), "mailed to: {body}");
     assert!(
         body.contains(&crate::text::utc_seconds(T0 + 3600)),
         "{body}"
     );
-    assert!(
-        body.contains(&format!("action=\"/link/{token}\"")),
-        "{body}"
-    );
-    assert!(body.contains("name=\"comment\" required"), "{body}");
     assert!(!body.contains("<script>alert"), "escaped: {body}");
     assert!(body.contains("&#60;script&#62;alert(1)"), "{body}");
     assert!(body.contains("\\u{202E}fdp.exe"), "bidi shown: {body}");
     assert!(body.contains("class=\"flag\""), "and flagged: {body}");
+    assert!(body.contains("Log in to the desk first"), "{body}");
+    assert!(!body.contains("id=\"link-act\""), "no form: {body}");
+    let (status, _, _) = f.post(&path, None, &[("comment", "x")]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a link alone acts on nothing"
+    );
     assert!(f.requests("AAAAAA1").is_empty(), "a GET changes nothing");
 
+    // A signed-in reviewer gets the form, with an empty comment to fill in.
+    let cookie = f.login("rita").await;
+    let t = f.token(&cookie).await;
+    let (_, _, body) = f.get(&path, Some(&cookie)).await;
+    assert!(
+        body.contains(&format!("action=\"/link/{token}\"")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("name=\"token\" value=\"{t}\"")),
+        "{body}"
+    );
+    assert!(
+        body.contains("name=\"comment\" required size=\"70\" maxlength=\"2000\">"),
+        "{body}"
+    );
+    assert!(body.contains("rita"), "acting as: {body}");
+    let (status, _, _) = f.post(&path, Some(&cookie), &[("comment", "x")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the form token is required");
     let (status, _, body) = f
-        .post(&path, None, &[("comment", ""), ("action", "discard")])
+        .post(&path, Some(&cookie), &[("token", &t), ("comment", "")])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a comment is required");
     assert!(body.contains("A comment is required"), "{body}");
@@ -1125,8 +1148,8 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
     let (status, _, body) = f
         .post(
             &path,
-            None,
-            &[("comment", "from the digest link"), ("action", "discard")],
+            Some(&cookie),
+            &[("token", &t), ("comment", "checked"), ("action", "discard")],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -1142,12 +1165,16 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
         "the signed action, not the form's"
     );
     assert_eq!(r.via, Via::Digest);
-    assert_eq!(r.who, "digest:ann@corp.example");
+    assert_eq!(r.who, "rita");
     assert_eq!(r.remote.as_deref(), Some("198.51.100.9"));
-    assert_eq!(r.comment, "from the digest link");
+    assert_eq!(
+        r.comment,
+        "checked (digest link mailed to ann@corp.example)"
+    );
     assert_eq!(r.state, RequestState::Pending);
 
-    let (status, _, body) = f.post(&path, None, &[("comment", "again")]).await;
+    let form = [("token", t.as_str()), ("comment", "again")];
+    let (status, _, body) = f.post(&path, Some(&cookie), &form).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(f.requests("AAAAAA1").len(), 1, "a replay changes nothing");
 
@@ -1157,13 +1184,13 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
     f.index()
         .finish(r.id, false, "postsuper: no", T0 + 2)
         .unwrap();
-    let (status, _, body) = f.post(&path, None, &[("comment", "again")]).await;
+    let (status, _, body) = f.post(&path, Some(&cookie), &form).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("used already"), "{body}");
     assert_eq!(f.requests("AAAAAA1").len(), 1);
     let discard = digest_link("AAAAAA1", crate::link::LinkAction::Discard, T0 + 3600);
     let (status, _, body) = f
-        .post(&format!("/link/{discard}"), None, &[("comment", "spam")])
+        .post(&format!("/link/{discard}"), Some(&cookie), &form)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let requests = f.requests("AAAAAA1");
@@ -1176,24 +1203,40 @@ async fn a_digest_link_confirms_on_get_and_files_its_request_once_on_post() {
     );
     // While that request is open, the confirm page offers nothing.
     let again = digest_link("AAAAAA1", crate::link::LinkAction::Release, T0 + 3600);
-    let (status, _, body) = f.get(&format!("/link/{again}"), None).await;
+    let (status, _, body) = f.get(&format!("/link/{again}"), Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!body.contains("id=\"link-act\""), "{body}");
     assert!(body.contains("is open already"), "{body}");
 }
 
 #[tokio::test]
-async fn a_digest_link_acts_as_an_admin_on_an_admin_only_hold() {
+async fn a_digest_link_to_an_admin_only_hold_acts_only_for_an_admin() {
     let f = fixture_with(LINKS_ON);
     let mut m = ordinary("CCCCCC3");
     m.rules[0].rule = "storm".into();
     f.hold(&m);
-    let token = digest_link("CCCCCC3", crate::link::LinkAction::Release, T0 + 60);
+    let path = format!(
+        "/link/{}",
+        digest_link("CCCCCC3", crate::link::LinkAction::Release, T0 + 60)
+    );
+    for user in ["vic", "rita"] {
+        let cookie = f.login(user).await;
+        let t = f.token(&cookie).await;
+        let (_, _, body) = f.get(&path, Some(&cookie)).await;
+        assert!(!body.contains("id=\"link-act\""), "{user}: {body}");
+        let (status, _, _) = f
+            .post(&path, Some(&cookie), &[("token", &t), ("comment", "ok")])
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{user}");
+    }
+    assert!(f.requests("CCCCCC3").is_empty());
+    let cookie = f.login("alice").await;
+    let t = f.token(&cookie).await;
     let (status, _, body) = f
-        .post(&format!("/link/{token}"), None, &[("comment", "ok")])
+        .post(&path, Some(&cookie), &[("token", &t), ("comment", "ok")])
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(f.requests("CCCCCC3").len(), 1);
+    assert_eq!(f.requests("CCCCCC3")[0].who, "alice");
 }
 
 #[tokio::test]
@@ -1201,6 +1244,9 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     let f = fixture_with(LINKS_ON);
     f.hold(&ordinary("AAAAAA1"));
     let release = crate::link::LinkAction::Release;
+    let cookie = f.login("alice").await;
+    let t = f.token(&cookie).await;
+    let form = [("token", t.as_str()), ("comment", "x")];
 
     let short = digest_link("AAAAAA1", release, T0 + 60);
     f.clock.advance(Duration::from_secs(61));
@@ -1208,7 +1254,7 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(body.contains("This link expired at"), "{body}");
     let (status, _, _) = f
-        .post(&format!("/link/{short}"), None, &[("comment", "x")])
+        .post(&format!("/link/{short}"), Some(&cookie), &form)
         .await;
     assert_eq!(status, StatusCode::GONE);
 
@@ -1225,7 +1271,7 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
         let (status, _, body) = f.get(&path, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{bad}: {body}");
         assert!(body.contains("nothing was done"), "{body}");
-        let (status, _, _) = f.post(&path, None, &[("comment", "x")]).await;
+        let (status, _, _) = f.post(&path, Some(&cookie), &form).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{bad}");
     }
 
@@ -1234,7 +1280,7 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
         &[("sec-fetch-site", "cross-site")][..],
         &[("origin", "http://evil.test")][..],
     ] {
-        let (status, resp, _) = f.post_with(&path, None, &[("comment", "x")], headers).await;
+        let (status, resp, _) = f.post_with(&path, Some(&cookie), &form, headers).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
         assert_eq!(resp["x-desk-refused"], "cross-origin");
     }
@@ -1242,8 +1288,8 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     let (status, _, _) = f
         .post_with(
             &path,
-            None,
-            &[("comment", "x")],
+            Some(&cookie),
+            &form,
             &[("origin", "https://review.corp.example")],
         )
         .await;
@@ -1259,8 +1305,14 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     let (status, _, body) = off.get(&format!("/link/{token}"), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("turned off"), "{body}");
+    let cookie = off.login("alice").await;
+    let t = off.token(&cookie).await;
     let (status, _, _) = off
-        .post(&format!("/link/{token}"), None, &[("comment", "x")])
+        .post(
+            &format!("/link/{token}"),
+            Some(&cookie),
+            &[("token", &t), ("comment", "x")],
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(off.requests("AAAAAA1").is_empty());

@@ -166,7 +166,7 @@ impl Review<'_> {
         let dir = StateDir::open(&self.config.state_dir, Some(&self.config.state_owner))
             .map_err(|e| e.to_string())?;
         let bytes = dir
-            .read(link::KEY_FILE)
+            .read_at_most(link::KEY_FILE, link::KEY_BYTES as u64)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {
                 format!(

@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `/link/{token}`: a signed one-click link of the admin digest (see `crate::link`).
 //!
-//! No login: the signed link is the credential, and it acts with an admin's authority,
-//! bound to one message, one action and the admin it was mailed to. A GET only shows
-//! what the link would do, with a form to confirm (link scanners follow GETs); the
-//! POST passes the same cross-origin check as every desk form, carries the link itself
-//! instead of a session token, and files the request as `digest:<admin>` through the
-//! store's one request path, spending the link's nonce in the same transaction.
+//! The signed link names one message, one action and the admin it was mailed to; it is
+//! not a credential by itself. A GET only shows what the link would do (link scanners
+//! follow GETs), and to a signed-in user whose role may take that action on that hold,
+//! a form to confirm it. The POST is a desk form like any other (cross-origin check,
+//! session and form token, role checked on the server: an admin-only hold needs an
+//! admin), and files the request as that user through the store's one request path,
+//! spending the link's nonce in the same transaction. A leaked or forwarded link, or
+//! one a mail scanner opens, does nothing without a desk login.
 
 use super::message::blast_radius;
 use super::{Fields, Head, Shown, group, render, shown_rules};
+use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
 use crate::link::{self, Link, LinkAction, LinkError};
 use crate::quarantine::{
@@ -44,6 +47,10 @@ struct LinkPage {
     audience: String,
     rules: Vec<(Shown, Shown, Shown)>,
     why_not: Option<&'static str>,
+    /// The signed-in user's form token, when they may act.
+    form_token: Option<String>,
+    /// The signed-in user.
+    user: Option<Shown>,
 }
 
 impl LinkPage {
@@ -66,11 +73,31 @@ impl LinkPage {
             audience: group(m.audience),
             rules: shown_rules(&m.rules),
             why_not: None,
+            form_token: None,
+            user: None,
         }
     }
 }
 
 impl Desk {
+    /// A refused link: logged (with the client address and the reason, never the
+    /// link), then the page saying why.
+    fn refuse_link(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        peer: Peer,
+        status: StatusCode,
+        why: &str,
+    ) -> Response {
+        tracing::warn!(
+            client = %self.client(headers, peer),
+            status = status.as_u16(),
+            "review desk: a digest link refused: {}",
+            text::neutralize(why)
+        );
+        self.refuse(None, status, why)
+    }
+
     /// The link `token` stands for and its queue id, or the status and words of the
     /// page refusing it: links turned off (403), not a link or a wrong signature (403),
     /// expired (410).
@@ -138,28 +165,51 @@ fn capitalised(s: &str) -> String {
     }
 }
 
-/// `GET /link/{token}`: what the link would do, and a form to confirm it. Changes
-/// nothing.
+/// Why a signed-in user may not take a link's action on `r`, if so.
+fn role_refuses(role: Role, r: &Record) -> Option<&'static str> {
+    if role < Role::Reviewer {
+        Some("Your role (viewer) may only read: this link can do nothing for you.")
+    } else if needs_admin(r) && role < Role::Admin {
+        Some("Only an admin may act on this hold: this link can do nothing for you.")
+    } else {
+        None
+    }
+}
+
+/// `GET /link/{token}`: what the link would do, and (to a signed-in user who may) a
+/// form to confirm it. Changes nothing.
 pub async fn confirm(
     AxState(desk): AxState<Arc<Desk>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
 ) -> Response {
     let (link, id) = match desk.link(&token) {
         Ok(x) => x,
-        Err((status, why)) => return desk.refuse(None, status, &why),
+        Err((status, why)) => return desk.refuse_link(&headers, peer, status, &why),
+    };
+    let who = match desk.who(&headers, peer).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     let (record, open) = match desk.link_record(id).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let mut page = LinkPage::new(&desk, &token, &link, &record, false);
+    page.user = who.as_ref().map(|w| Shown::new(&w.user));
     page.why_not = if record.state != State::Held {
         Some("The message is no longer held: this link can do nothing.")
     } else if open {
         Some("A request for this message is open already; the message page shows its result.")
+    } else if let Some(w) = &who {
+        role_refuses(w.role, &record)
     } else {
-        None
+        Some("Log in to the desk first, then open this link again: a link alone acts on nothing.")
     };
+    if page.why_not.is_none() {
+        page.form_token = who.map(|w| w.token);
+    }
     render(&page)
 }
 
@@ -172,14 +222,29 @@ pub async fn act(
     UrlPath(token): UrlPath<String>,
     body: Bytes,
 ) -> Response {
+    let fields = Fields::parse(&body);
+    let who = match desk.writer(&headers, peer, &fields).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let (link, id) = match desk.link(&token) {
         Ok(x) => x,
-        Err((status, why)) => return desk.refuse(None, status, &why),
+        Err((status, why)) => return desk.refuse_link(&headers, peer, status, &why),
     };
-    let fields = Fields::parse(&body);
     let Some(comment) = fields.get("comment").map(str::to_owned) else {
-        return desk.refuse(None, StatusCode::BAD_REQUEST, "A comment is required.");
+        return desk.refuse(
+            Some(&who),
+            StatusCode::BAD_REQUEST,
+            "A comment is required.",
+        );
     };
+    let (record, _) = match desk.link_record(id.clone()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Some(why) = role_refuses(who.role, &record) {
+        return desk.refuse(Some(&who), StatusCode::FORBIDDEN, why);
+    }
     let request = NewRequest {
         queue_id: id,
         action: match link.action {
@@ -188,10 +253,13 @@ pub async fn act(
                 notify_sender: false,
             },
         },
-        who: format!("digest:{}", text::neutralize(&link.admin)),
+        who: who.user.clone(),
         via: Via::Digest,
         remote: Some(desk.client(&headers, peer)),
-        comment,
+        comment: format!(
+            "{comment} (digest link mailed to {})",
+            text::neutralize(&link.admin)
+        ),
         at: desk.now(),
     };
     let nonce = link.nonce.clone();
@@ -203,7 +271,7 @@ pub async fn act(
             Ok::<_, SubmitError>((filed, record))
         })
         .await;
-    let refused = |status, message: &str| desk.refuse(None, status, message);
+    let refused = |status, message: &str| desk.refuse(Some(&who), status, message);
     match done {
         Ok(Ok((filed, record))) => {
             info!(
