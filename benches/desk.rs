@@ -16,7 +16,7 @@ mod milter_load;
 
 use fanout_milter::Builder;
 use fanout_milter::config;
-use fanout_milter::quarantine::{HeldMessage, Store};
+use fanout_milter::quarantine::{HeldMessage, QuarantineIndex, Query, Sort, State, Store};
 use milter_load::{Daemon, Target, free_port, load, wait_ready};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -104,6 +104,44 @@ fn login(addr: SocketAddr) -> String {
         .and_then(|c| c.split(';').next())
         .unwrap_or_else(|| panic!("a session cookie: {answer:.300}"))
         .to_owned()
+}
+
+/// The store's share of the list pages: `QuarantineIndex::page` in this process, the
+/// unfiltered first page and the filtered one of the HTTP rows (50 rows each), p50 and
+/// p99 of `rounds` calls.
+fn store_times(state: &Path, rounds: usize) -> serde_json::Value {
+    let store = Store::open(state).expect("store");
+    let list = Query {
+        state: Some(State::Held),
+        limit: 50,
+        ..Query::default()
+    };
+    let filtered = Query {
+        sender: Some("user7@".into()),
+        min_audience: Some(100_000),
+        sort: Sort::Audience,
+        descending: true,
+        ..list.clone()
+    };
+    let rows: Vec<_> = [("list", list), ("filtered", filtered)]
+        .into_iter()
+        .map(|(name, q)| {
+            let mut times: Vec<Duration> = (0..rounds)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(store.page(&q).expect("a page"));
+                    started.elapsed()
+                })
+                .collect();
+            times.sort();
+            serde_json::json!({
+                "name": name,
+                "p50_ms": percentile(&times, 0.5),
+                "p99_ms": percentile(&times, 0.99),
+            })
+        })
+        .collect();
+    serde_json::json!(rows)
 }
 
 /// A browser on duty: fetches the held list every [`FETCH_EVERY`] (the first after
@@ -351,12 +389,14 @@ fn main() {
         .expect("task")
         .expect("the daemon stops");
     drop(runtime);
+    let store = store_times(&state, rounds);
     let milter = milter_cpu(&users, records, quick, now);
     let out = serde_json::json!({"desk": {
         "records": records,
         "rounds": rounds,
         "fill_s": fill_s,
         "pages": results,
+        "store": store,
         "milter_cpu": milter,
     }});
     println!("{out}");
