@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! The review desk in a real browser: the daemon binary serves `[review] listen` on a
 //! free loopback port over a store seeded with held records, `review passwd` makes a
-//! reviewer and a viewer, and `tests/browser/desk.mjs` drives Debian's chromium headless
-//! with playwright-core (login, filters, a hostile subject shown as text, a release, a
-//! second release refused, a forged cross-site form refused, a viewer who cannot act).
+//! reviewer, a viewer and an admin, and `tests/browser/desk.mjs` drives Debian's chromium
+//! headless with playwright-core (login, filters, a hostile subject shown as text, a
+//! release, a second release refused, a forged cross-site form refused, a viewer who
+//! cannot act, the admin pulling the emergency brake and releasing it).
 //! Screenshots land in `target/desk-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (or `FANOUT_CHROMIUM`), `node`, and `npm ci` run in
@@ -33,11 +34,12 @@ const SMALL: &str = "6C3D4E5F60";
 const STORM: &str = "7D4E5F6071";
 
 /// The screenshots the script saves (full pages).
-const SCREENSHOTS: [&str; 4] = [
+const SCREENSHOTS: [&str; 5] = [
     "list.png",
     "message.png",
     "list-after-release.png",
     "message-after-release.png",
+    "brake.png",
 ];
 
 const HOSTILE_SUBJECT: &str = "Invoice <script>alert(1)</script> \u{202E}fdp.exe";
@@ -312,6 +314,13 @@ fn the_desk_in_headless_chromium() {
         "rita-reviews-at-3am",
     );
     passwd(&conf, root.path(), "victor", "viewer", "victor-only-looks");
+    passwd(
+        &conf,
+        root.path(),
+        "alice",
+        "admin",
+        "alice-pulls-the-brake",
+    );
 
     let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
     wait_for("the desk to listen", || listening(port).then_some(()));
@@ -333,6 +342,8 @@ fn the_desk_in_headless_chromium() {
             ("DESK_REVIEWER_PASSWORD", "rita-reviews-at-3am".into()),
             ("DESK_VIEWER", "victor".into()),
             ("DESK_VIEWER_PASSWORD", "victor-only-looks".into()),
+            ("DESK_ADMIN", "alice".into()),
+            ("DESK_ADMIN_PASSWORD", "alice-pulls-the-brake".into()),
             ("DESK_FIXTURE", fixture),
             ("DESK_SCREENSHOTS", shots.display().to_string()),
             ("CHROMIUM", chromium.display().to_string()),
@@ -373,6 +384,23 @@ fn the_desk_in_headless_chromium() {
     for id in [BIG, SMALL, STORM] {
         assert!(requests(id).is_empty(), "{id}: {:?}", requests(id));
     }
+    // The brake the admin pulled and released, in the store's events, newest first.
+    let events = store.events(10).expect("the store's events");
+    let brake: Vec<_> = events
+        .iter()
+        .filter(|e| e.action.starts_with("brake"))
+        .collect();
+    assert_eq!(brake.len(), 2, "{events:?}");
+    assert_eq!(brake[0].action, "brake off");
+    assert_eq!(brake[1].action, "brake on");
+    let comment = |i: usize| brake[i].comment.clone().unwrap_or_default();
+    assert!(brake.iter().all(|e| e.who == "alice"), "{brake:?}");
+    assert!(
+        comment(1).contains("audiences of 1000+ for 4h")
+            && comment(1).contains("incident 4711: list storm (via desk from 127.0.0.1)"),
+        "{brake:?}"
+    );
+    assert!(comment(0).contains("storm over, list fixed"), "{brake:?}");
 
     assert!(milter.stop().success(), "{}", milter.log());
 }

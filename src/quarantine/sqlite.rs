@@ -70,6 +70,10 @@ fn order_by(q: &Query) -> &'static str {
     }
 }
 
+/// The rules of every held record, for the counts by rule (read from the index
+/// `held_state_rules`, not the records).
+const RULES_OF_HELD: &str = "SELECT rules FROM held WHERE state = 'held'";
+
 const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via, r.remote, \
      r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result, \
      r.copy_sent_at, r.copy_queue_id, r.claimed_by, r.copy_attempts";
@@ -183,7 +187,7 @@ impl Store {
     fn by_rule(&self, conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
         let mut counts: HashMap<String, u64> = HashMap::new();
         let mut stmt = conn
-            .prepare_cached("SELECT rules FROM held WHERE state = 'held'")
+            .prepare_cached(RULES_OF_HELD)
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| r.get::<_, String>(0))
@@ -954,6 +958,31 @@ mod tests {
             .set_state_unrequested(r.held_id, State::Held, State::Expired, &entry)
             .unwrap();
         assert_eq!(store.record(&id).unwrap().state, State::Expired);
+    }
+
+    #[test]
+    fn the_counts_by_rule_read_an_index_not_the_records() {
+        let (_dir, store) = store();
+        fill(&store);
+        let conn = store.conn();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {RULES_OF_HELD}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH held USING COVERING INDEX held_state_rules (state=?)"]
+        );
+        drop(conn);
+        let page = store.page(&q()).unwrap();
+        assert!(
+            page.by_rule.contains(&("limits.audience".to_owned(), 1)),
+            "{:?}",
+            page.by_rule
+        );
     }
 
     #[test]

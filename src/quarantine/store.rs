@@ -102,6 +102,9 @@ CREATE TABLE IF NOT EXISTS link_nonces (
     expires INTEGER NOT NULL,
     used_at INTEGER NOT NULL
 );
+-- The counts by rule above the held list read this, not every record (at 10,000 held
+-- about 0.3 MB instead of 14 MB). Created on open like the others: no migration.
+CREATE INDEX IF NOT EXISTS held_state_rules ON held(state, rules);
 ";
 
 /// Brings a version 2 store to version 3: the columns the review desk filters on,

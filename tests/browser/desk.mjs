@@ -5,8 +5,9 @@
 // failure.png, and the script exits 1.
 //
 // Environment: DESK_URL (http://127.0.0.1:PORT), DESK_REVIEWER, DESK_REVIEWER_PASSWORD,
-// DESK_VIEWER, DESK_VIEWER_PASSWORD, DESK_FIXTURE (JSON: the queue ids big, hostile,
-// small, storm), DESK_SCREENSHOTS (a directory), CHROMIUM (the executable).
+// DESK_VIEWER, DESK_VIEWER_PASSWORD, DESK_ADMIN, DESK_ADMIN_PASSWORD, DESK_FIXTURE
+// (JSON: the queue ids big, hostile, small, storm), DESK_SCREENSHOTS (a directory),
+// CHROMIUM (the executable).
 
 import { chromium } from 'playwright-core';
 import http from 'node:http';
@@ -25,6 +26,8 @@ const REVIEWER = env('DESK_REVIEWER');
 const REVIEWER_PASSWORD = env('DESK_REVIEWER_PASSWORD');
 const VIEWER = env('DESK_VIEWER');
 const VIEWER_PASSWORD = env('DESK_VIEWER_PASSWORD');
+const ADMIN = env('DESK_ADMIN');
+const ADMIN_PASSWORD = env('DESK_ADMIN_PASSWORD');
 const IDS = JSON.parse(env('DESK_FIXTURE'));
 const SHOTS = env('DESK_SCREENSHOTS');
 const CHROMIUM = env('CHROMIUM');
@@ -71,6 +74,17 @@ async function submitWith(page, button) {
 // The held list's rows (queue ids, in order).
 async function rowIds(page) {
   return page.locator('#held tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.queueId));
+}
+
+// The brake banner's text, with the background colour it is shown in.
+async function banner(page) {
+  const b = page.locator('#brake');
+  equal(await b.count(), 1, `the brake banner on ${new URL(page.url()).pathname}`);
+  check(await b.isVisible(), 'the brake banner is visible');
+  const colour = await b.evaluate((e) => getComputedStyle(e).backgroundColor);
+  const [r, g, bl] = colour.match(/\d+/g).map(Number);
+  check(r > 150 && g < 60 && bl < 60, `the banner is red: ${colour}`);
+  return b.textContent();
 }
 
 async function login(page, user, password) {
@@ -294,6 +308,61 @@ try {
     check(/viewer/.test(why), `the refusal names the role: ${why}`);
     await page.goto(`${DESK}/message/${IDS.big}`);
     equal(await page.locator('#requests tbody tr').count(), 0, 'still no request for the big message');
+  });
+  await step('an admin pulls the emergency brake from the desk', async () => {
+    await page.goto(`${DESK}/`);
+    await submitWith(page, '#logout button');
+    const r = await login(page, ADMIN, ADMIN_PASSWORD);
+    equal(r.status(), 303, 'status of the admin login');
+    const who = await page.locator('#who').textContent();
+    check(who.includes(ADMIN) && who.includes('admin'), `the signed-in user: ${who}`);
+    equal(await page.locator('#brake').count(), 0, 'no banner while the brake is off');
+    await page.click('#brake-pull summary');
+    await page.fill('#brake-on [name=min_audience]', '1,000');
+    await page.selectOption('#brake-on [name=hours]', '4');
+    await page.fill('#brake-on [name=comment]', 'incident 4711: list storm');
+    const pulled = await submitWith(page, '#brake-on button[name=action][value=on]');
+    equal(pulled.status(), 303, 'status of the brake POST');
+    equal(new URL(page.url()).pathname, '/', 'back on the held list');
+    const text = await banner(page);
+    check(/Emergency brake ON/.test(text), `the banner: ${text}`);
+    check(text.includes('1,000 or more recipients'), `the banner names the audience: ${text}`);
+    check(text.includes(`by ${ADMIN}`), `the banner names the admin: ${text}`);
+    check(text.includes('incident 4711: list storm'), `the banner shows the comment: ${text}`);
+    const times = text.match(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ/g) || [];
+    equal(times.length, 2, `since and until in the banner: ${text}`);
+    equal((Date.parse(times[1]) - Date.parse(times[0])) / 3600e3, 4, 'hours the brake holds');
+    equal(await page.locator('#brake-pull').count(), 0, 'no second pull form while it is on');
+    equal(await page.locator('#brake-off').count(), 1, 'the admin may release it');
+    equal((await rowIds(page)).length, 4, 'the list is still shown under the banner');
+    await page.screenshot({ path: path.join(SHOTS, 'brake.png'), fullPage: true });
+  });
+
+  await step('every page shows the brake, to every user', async () => {
+    await page.goto(`${DESK}/message/${IDS.big}`);
+    equal(await page.locator('#message').getAttribute('data-queue-id'), IDS.big, 'the message page opened');
+    check((await banner(page)).includes('incident 4711'), 'the banner on the message page');
+    const viewer = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    try {
+      const other = await viewer.newPage();
+      await login(other, VIEWER, VIEWER_PASSWORD);
+      equal(new URL(other.url()).pathname, '/', "the viewer's list");
+      check((await banner(other)).includes('incident 4711'), "the banner on the viewer's list");
+      equal(await other.locator('#brake-off').count(), 0, 'a viewer cannot release the brake');
+    } finally {
+      await viewer.close();
+    }
+  });
+
+  await step('the admin releases the brake and the banner is gone', async () => {
+    await page.fill('#brake-off [name=comment]', 'storm over, list fixed');
+    const released = await submitWith(page, '#brake-off button[name=action][value=off]');
+    equal(released.status(), 303, 'status of the release POST');
+    equal(new URL(page.url()).pathname, '/', 'back on the held list');
+    equal(await page.locator('#brake').count(), 0, 'no banner on the list');
+    equal(await page.locator('#brake-pull').count(), 1, 'the pull form is back');
+    await page.goto(`${DESK}/message/${IDS.big}`);
+    equal(await page.locator('#brake').count(), 0, 'no banner on the message page');
   });
 } catch (e) {
   failed = true;
