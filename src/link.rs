@@ -67,6 +67,10 @@ pub struct Link {
     /// The held message's queue id.
     #[serde(rename = "q")]
     pub queue_id: String,
+    /// When that message was held (seconds since the epoch): Postfix reuses short
+    /// queue ids, and a link acts only on the hold it was mailed for.
+    #[serde(rename = "h")]
+    pub held_at: u64,
     /// What to do with it.
     #[serde(rename = "a")]
     pub action: LinkAction,
@@ -103,10 +107,11 @@ fn mac(key: &[u8; KEY_BYTES], payload: &str) -> Hmac<Sha256> {
 }
 
 impl Link {
-    /// A link for `queue_id`, `action` and `admin`, valid until `expires`, with a fresh
-    /// random nonce.
+    /// A link for `queue_id` held at `held_at`, `action` and `admin`, valid until
+    /// `expires`, with a fresh random nonce.
     pub fn new(
         queue_id: &str,
+        held_at: u64,
         action: LinkAction,
         admin: &str,
         expires: u64,
@@ -115,6 +120,7 @@ impl Link {
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
         Ok(Link {
             queue_id: queue_id.to_owned(),
+            held_at,
             action,
             admin: admin.to_owned(),
             expires,
@@ -165,7 +171,14 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn link(action: LinkAction) -> Link {
-        Link::new("4AbCdEf123", action, "admin@corp.example", NOW + 3600).unwrap()
+        Link::new(
+            "4AbCdEf123",
+            NOW - 60,
+            action,
+            "admin@corp.example",
+            NOW + 3600,
+        )
+        .unwrap()
     }
 
     /// `token` with its payload replaced by `changed`'s, the MAC kept.
@@ -197,8 +210,9 @@ mod tests {
     fn every_field_is_bound_by_the_mac() {
         let l = link(LinkAction::Release);
         let token = l.token(&KEY);
-        let changes: [fn(&mut Link); 5] = [
+        let changes: [fn(&mut Link); 6] = [
             |l| l.queue_id = "5AbCdEf123".into(),
+            |l| l.held_at -= 1,
             |l| l.action = LinkAction::Discard,
             |l| l.admin = "mallory@corp.example".into(),
             |l| l.expires += 86_400,

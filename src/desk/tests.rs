@@ -1077,7 +1077,7 @@ const LINKS_ON: &str = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https:/
 
 /// A digest link signed with the fixture's desk key.
 fn digest_link(queue_id: &str, action: crate::link::LinkAction, expires: u64) -> String {
-    crate::link::Link::new(queue_id, action, "ann@corp.example", expires)
+    crate::link::Link::new(queue_id, T0 - 600, action, "ann@corp.example", expires)
         .unwrap()
         .token(&[7; KEY_BYTES])
 }
@@ -1260,9 +1260,10 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
 
     let token = digest_link("AAAAAA1", release, T0 + 3600);
     let (payload, mac) = token.split_once('.').unwrap();
-    let other_key = crate::link::Link::new("AAAAAA1", release, "ann@corp.example", T0 + 3600)
-        .unwrap()
-        .token(&[8; KEY_BYTES]);
+    let other_key =
+        crate::link::Link::new("AAAAAA1", T0 - 600, release, "ann@corp.example", T0 + 3600)
+            .unwrap()
+            .token(&[8; KEY_BYTES]);
     let mut flipped = mac.to_owned().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
@@ -1274,6 +1275,22 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
         let (status, _, _) = f.post(&path, Some(&cookie), &form).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{bad}");
     }
+
+    // A link for an earlier message that had the same queue id.
+    let earlier =
+        crate::link::Link::new("AAAAAA1", T0 - 9000, release, "ann@corp.example", T0 + 3600)
+            .unwrap()
+            .token(&[7; KEY_BYTES]);
+    let (status, _, body) = f.get(&format!("/link/{earlier}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(
+        body.contains("an earlier message with the same queue"),
+        "{body}"
+    );
+    let (status, _, _) = f
+        .post(&format!("/link/{earlier}"), Some(&cookie), &form)
+        .await;
+    assert_eq!(status, StatusCode::GONE);
 
     let path = format!("/link/{token}");
     for headers in [

@@ -199,14 +199,14 @@ impl Digest {
 
     /// The lines linking a held message to the desk: its page and, for `admin`, the
     /// one-click links.
-    fn desk_lines(&self, id: &str, admin: Option<&str>, out: &mut String) {
+    fn desk_lines(&self, id: &str, held_at: u64, admin: Option<&str>, out: &mut String) {
         let Some(desk) = &self.desk else { return };
         out.push_str(&format!("  desk:     {}/message/{id}\n", desk.public_url));
         let (Some(actions), Some(admin)) = (&desk.actions, admin) else {
             return;
         };
         for action in LinkAction::ALL {
-            match Link::new(id, action, admin, actions.expires) {
+            match Link::new(id, held_at, action, admin, actions.expires) {
                 Ok(l) => out.push_str(&format!(
                     "  {:<9} {}/link/{}\n",
                     format!("{}:", action.as_str()),
@@ -303,7 +303,11 @@ impl Digest {
                 ));
             }
             if let Some(id) = held_now(a) {
-                self.desk_lines(id, admin, &mut out);
+                // A new hold's alert is stamped with its hold time; an escalation's
+                // says how long it has been held.
+                let held_at = crate::clock::epoch_secs(a.at)
+                    .saturating_sub(a.held_for.map_or(0, |d| d.as_secs()));
+                self.desk_lines(id, held_at, admin, &mut out);
             }
             out.push('\n');
         }

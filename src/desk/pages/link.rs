@@ -165,6 +165,10 @@ fn capitalised(s: &str) -> String {
     }
 }
 
+/// A link for an earlier hold of a queue id Postfix has since given another message.
+const EARLIER_HOLD: &str = "This link was mailed for an earlier message with the same queue \
+     id (Postfix reuses them): nothing was done. Log in to the desk to act on this one.";
+
 /// Why a signed-in user may not take a link's action on `r`, if so.
 fn role_refuses(role: Role, r: &Record) -> Option<&'static str> {
     if role < Role::Reviewer {
@@ -196,6 +200,9 @@ pub async fn confirm(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if record.message.held_at != link.held_at {
+        return desk.refuse_link(&headers, peer, StatusCode::GONE, EARLIER_HOLD);
+    }
     let mut page = LinkPage::new(&desk, &token, &link, &record, false);
     page.user = who.as_ref().map(|w| Shown::new(&w.user));
     page.why_not = if record.state != State::Held {
@@ -242,6 +249,9 @@ pub async fn act(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if record.message.held_at != link.held_at {
+        return desk.refuse_link(&headers, peer, StatusCode::GONE, EARLIER_HOLD);
+    }
     if let Some(why) = role_refuses(who.role, &record) {
         return desk.refuse(Some(&who), StatusCode::FORBIDDEN, why);
     }
