@@ -24,18 +24,18 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
-    setup_with(name, |_| String::new())
+    setup_with(name, |_| String::new(), "")
 }
 
 /// A setup whose `[postfix]` table gets the lines `extra` writes for the scratch
-/// directory.
-fn setup_with(name: &str, extra: impl Fn(&std::path::Path) -> String) -> Setup {
+/// directory, and whose Postfix gets the lines `main_cf`.
+fn setup_with(name: &str, extra: impl Fn(&std::path::Path) -> String, main_cf: &str) -> Setup {
     require_postfix();
     let dir = scratch_dir(name);
     let postfix_extra = extra(dir.path());
     let sink = Sink::start(dir.path());
     let listen = format!("inet:127.0.0.1:{}", free_port());
-    let postfix = Postfix::start(dir.path(), &sink, &listen);
+    let postfix = Postfix::start_with(dir.path(), &sink, &listen, main_cf);
     let state = dir.path().join("state");
     let body = format!(
         r#"
@@ -519,24 +519,30 @@ fn sigterm_mid_request_lets_it_finish_then_exits_0() {
 /// nobody signed is removed and changes nothing.
 #[test]
 fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_crash() {
-    let s = setup_with("worker-release-to", |dir| {
-        let wrapper = dir.join("sendmail-then-die");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\n\
+    let s = setup_with(
+        "worker-release-to",
+        |dir| {
+            let wrapper = dir.join("sendmail-then-die");
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\n\
                  if [ -e {d}/kill-first ]; then rm -f {d}/kill-first; kill -9 $PPID; fi\n\
                  /usr/sbin/sendmail \"$@\"\nrc=$?\n\
                  if [ -e {d}/kill-next ]; then rm -f {d}/kill-next; kill -9 $PPID; fi\n\
                  exit $rc\n",
-                d = dir.display()
-            ),
-        )
-        .expect("wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        format!("sendmail = \"{}\"", wrapper.display())
-    });
+                    d = dir.display()
+                ),
+            )
+            .expect("wrapper");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            format!("sendmail = \"{}\"", wrapper.display())
+        },
+        // As many relays write it: the worker must expand it to find its socket.
+        "non_smtpd_milters = $smtpd_milters\n",
+    );
     let a = s.send_held("w-copy-plain", 6);
     let b = s.send_held("w-copy-crash", 6);
     let b2 = s.send_held("w-copy-early-crash", 6);

@@ -93,10 +93,12 @@ impl PostfixTools {
         Ok(run(cmd, None, COMMAND_TIMEOUT)?.stdout)
     }
 
-    /// The values of Postfix's `main.cf` parameters `names`, in order (`postconf -h`).
+    /// The values of Postfix's `main.cf` parameters `names`, in order, with `$name`
+    /// references expanded (`postconf -x -h`: `non_smtpd_milters = $smtpd_milters` is
+    /// common).
     pub fn postconf(&self, names: &[&str]) -> Result<Vec<String>, PostfixError> {
         let mut cmd = self.command("postconf");
-        cmd.arg("-h").args(names);
+        cmd.arg("-x").arg("-h").args(names);
         let out = run(cmd, None, COMMAND_TIMEOUT)?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
