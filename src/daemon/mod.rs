@@ -198,6 +198,13 @@ async fn start_desk(
              behind a TLS proxy and a firewall"
         );
     }
+    if config.review.digest_actions && !config.review.public_url.starts_with("https://") {
+        warn!(
+            public_url = %config.review.public_url,
+            "digest links (digest_actions = true) point to a desk without https: links and \
+             sessions cross the network in clear text"
+        );
+    }
     let state_dir = config.state_dir.clone();
     let key = match tokio::task::spawn_blocking(move || desk::key(&state_dir)).await {
         Ok(Ok(key)) => key,
