@@ -39,17 +39,19 @@ pub async fn brake(
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
-    let who = match desk.writer(&headers, peer, &fields).await {
+    let who = match desk
+        .writer_as(
+            &headers,
+            peer,
+            &fields,
+            Role::Admin,
+            "Only an admin may pull or release the emergency brake.",
+        )
+        .await
+    {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if who.role < Role::Admin {
-        return desk.refuse(
-            Some(&who),
-            StatusCode::FORBIDDEN,
-            "Only an admin may pull or release the emergency brake.",
-        );
-    }
     let Some(guard) = desk.guard.clone() else {
         return desk.refuse(
             Some(&who),

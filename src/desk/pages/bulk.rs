@@ -52,17 +52,19 @@ pub async fn bulk(
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
-    let who = match desk.writer(&headers, peer, &fields).await {
+    let who = match desk
+        .writer_as(
+            &headers,
+            peer,
+            &fields,
+            Role::Reviewer,
+            "Your role (viewer) may only read.",
+        )
+        .await
+    {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if who.role < Role::Reviewer {
-        return desk.refuse(
-            Some(&who),
-            StatusCode::FORBIDDEN,
-            "Your role (viewer) may only read.",
-        );
-    }
     let now = desk.now();
     let action = match action_of(&fields, now) {
         Ok(

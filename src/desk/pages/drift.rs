@@ -36,17 +36,19 @@ pub async fn accept(
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
-    let who = match desk.writer(&headers, peer, &fields).await {
+    let who = match desk
+        .writer_as(
+            &headers,
+            peer,
+            &fields,
+            Role::Admin,
+            "Only an admin may accept a list's new size.",
+        )
+        .await
+    {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if who.role < Role::Admin {
-        return desk.refuse(
-            Some(&who),
-            StatusCode::FORBIDDEN,
-            "Only an admin may accept a list's new size.",
-        );
-    }
     let Some(sizes) = desk.list_sizes.clone() else {
         return desk.refuse(
             Some(&who),

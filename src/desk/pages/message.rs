@@ -327,17 +327,19 @@ pub async fn act(
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
-    let who = match desk.writer(&headers, peer, &fields).await {
+    let who = match desk
+        .writer_as(
+            &headers,
+            peer,
+            &fields,
+            Role::Reviewer,
+            "Your role (viewer) may only read.",
+        )
+        .await
+    {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if who.role < Role::Reviewer {
-        return desk.refuse(
-            Some(&who),
-            StatusCode::FORBIDDEN,
-            "Your role (viewer) may only read.",
-        );
-    }
     let Ok(id) = QueueId::parse(&queue_id) else {
         return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
     };

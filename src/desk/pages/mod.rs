@@ -328,6 +328,22 @@ impl Desk {
         Ok(who)
     }
 
+    /// [`Desk::writer`] whose role is at least `least`; else 403 with `refused`.
+    async fn writer_as(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        peer: Peer,
+        fields: &Fields,
+        least: Role,
+        refused: &str,
+    ) -> Result<Who, Response> {
+        let who = self.writer(headers, peer, fields).await?;
+        if who.role < least {
+            return Err(self.refuse(Some(&who), StatusCode::FORBIDDEN, refused));
+        }
+        Ok(who)
+    }
+
     /// A store call on the blocking pool; a store failure is a 500 page.
     async fn store<T: Send + 'static>(
         self: &Arc<Self>,
