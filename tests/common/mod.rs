@@ -157,6 +157,9 @@ pub struct Postfix {
     /// The smtpd port.
     pub smtp_port: u16,
     root: PathBuf,
+    /// The master process, once it runs: stopped by pid if `postfix stop` cannot
+    /// (the scratch directory may be gone first, when a test's fields drop in order).
+    master: Option<i32>,
 }
 
 impl Postfix {
@@ -253,10 +256,11 @@ milter_content_timeout = 30s
             let _ = writeln!(master_cf, "{line}");
         }
         std::fs::write(etc.join("master.cf"), master_cf).expect("master.cf");
-        let pf = Postfix {
+        let mut pf = Postfix {
             etc,
             smtp_port,
             root,
+            master: None,
         };
         let out = Command::new("/usr/sbin/postfix")
             .arg("-c")
@@ -274,6 +278,10 @@ milter_content_timeout = 30s
         wait_for("Postfix smtpd to listen", || {
             listening(smtp_port).then_some(())
         });
+        pf.master = std::fs::read_to_string(pf.root.join("spool/pid/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        assert!(pf.master.is_some(), "Postfix wrote no master.pid");
         pf
     }
 
@@ -346,23 +354,40 @@ milter_content_timeout = 30s
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let stop = |how: &str| {
-            Command::new("/usr/sbin/postfix")
-                .arg("-c")
-                .arg(&self.etc)
-                .arg(how)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
+        use nix::sys::signal::{Signal, kill};
+        let stopped = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let Some(master) = self.master else { return };
+        let pid = nix::unistd::Pid::from_raw(master);
+        // A zombie (reaped late by this sandbox's init) counts as gone.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{master}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_owned()))
+                .is_some_and(|r| !r.starts_with('Z'))
         };
-        let _ = stop("stop");
-        let pid_file = self.root.join("spool/pid/master.pid");
-        let start = Instant::now();
-        while pid_file.exists() && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
+        let gone_within = |d: Duration| {
+            let start = Instant::now();
+            while alive() {
+                if start.elapsed() > d {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        };
+        if stopped && gone_within(Duration::from_secs(10)) {
+            return;
         }
-        if pid_file.exists() {
-            let _ = stop("abort");
+        let _ = kill(pid, Signal::SIGTERM);
+        if !gone_within(Duration::from_secs(5)) {
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
 }
