@@ -6,7 +6,7 @@
 //! prints the effective settings (`check-config`).
 
 use super::secret::SecretUrl;
-use crate::policy::{Action, Mode};
+use crate::policy::{Action, DEFAULT_CONFIRM_MAX_AUDIENCE, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -444,8 +444,10 @@ pub struct RawRestricted {
     pub allowed_senders: Vec<String>,
     /// Envelope senders (globs) allowed to, in mail without a SASL login.
     pub allowed_envelope_senders: Vec<String>,
-    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    /// `confirm`, `quarantine`, `reject`, `tempfail` or `tag`.
     pub action: Action,
+    /// With `action = "confirm"`: lists larger than this are held for an admin.
+    pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
 }
@@ -457,6 +459,7 @@ impl Default for RawRestricted {
             allowed_senders: Vec::new(),
             allowed_envelope_senders: Vec::new(),
             action: Action::Quarantine,
+            confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
         }
     }
@@ -470,8 +473,11 @@ pub struct RawHidden {
     pub min_audience: u64,
     /// ... when the audience is at least this many times the visible To/Cc count.
     pub ratio: f64,
-    /// `quarantine`, `reject`, `tempfail` or `tag`.
+    /// `confirm`, `quarantine`, `reject`, `tempfail` or `tag`.
     pub action: Action,
+    /// With `action = "confirm"`: a hidden audience larger than this is held for an
+    /// admin.
+    pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
 }
@@ -482,6 +488,7 @@ impl Default for RawHidden {
             min_audience: 100,
             ratio: 10.0,
             action: Action::Quarantine,
+            confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
         }
     }

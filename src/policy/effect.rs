@@ -47,8 +47,9 @@ pub struct Effect {
 /// The effect of `verdict`, with replies rendered from `replies` for `queue_id`.
 pub fn effect(verdict: &Verdict, replies: &Replies, queue_id: &str) -> Effect {
     let action = verdict.action;
-    let header = matches!(action, Action::Tag | Action::Quarantine).then(|| header_value(verdict));
-    let hold = (action == Action::Quarantine).then(|| hold_reason(verdict));
+    let header = matches!(action, Action::Tag | Action::Confirm | Action::Quarantine)
+        .then(|| header_value(verdict));
+    let hold = matches!(action, Action::Confirm | Action::Quarantine).then(|| hold_reason(verdict));
     Effect {
         action,
         strip_foreign: action <= Action::Quarantine,
@@ -65,7 +66,7 @@ impl Effect {
     pub fn is_complete(&self) -> bool {
         match self.action {
             Action::Accept | Action::Tag => true,
-            Action::Quarantine => self.hold.is_some(),
+            Action::Confirm | Action::Quarantine => self.hold.is_some(),
             Action::Tempfail | Action::Reject => self.reply.is_some(),
         }
     }
@@ -126,7 +127,7 @@ pub fn smtp_reply(verdict: &Verdict, replies: &Replies, queue_id: &str) -> Optio
     let (code, enhanced, text) = match verdict.action {
         Action::Tempfail => ("451", "4.7.1", text(Replies::tempfail_text)),
         Action::Reject => ("550", "5.7.1", text(Replies::reject_text)),
-        Action::Accept | Action::Tag | Action::Quarantine => return None,
+        Action::Accept | Action::Tag | Action::Confirm | Action::Quarantine => return None,
     };
     Some(Reply {
         code,
@@ -193,6 +194,7 @@ mod tests {
         for action in [
             Action::Accept,
             Action::Tag,
+            Action::Confirm,
             Action::Quarantine,
             Action::Tempfail,
             Action::Reject,
@@ -200,6 +202,19 @@ mod tests {
             let mut v = Verdict::accept();
             v.action = action;
             let mut e = effect(&v, &replies(), "Q1");
+            assert_eq!(
+                e.hold.is_some(),
+                matches!(action, Action::Confirm | Action::Quarantine),
+                "{action:?} holds"
+            );
+            assert_eq!(
+                e.header.is_some(),
+                matches!(action, Action::Tag | Action::Confirm | Action::Quarantine),
+                "{action:?} is tagged"
+            );
+            assert_eq!(e.reply.is_some(), action >= Action::Tempfail, "{action:?}");
+            assert_eq!(e.strip_foreign, action <= Action::Quarantine, "{action:?}");
+            assert_eq!(e.leaves(), action <= Action::Tag, "{action:?}");
             assert!(e.is_complete(), "{action:?}");
             e.hold = None;
             e.reply = None;

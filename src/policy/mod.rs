@@ -19,8 +19,8 @@ pub use address::{AddressGlobs, DomainSet};
 pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};
 pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet, ReleasedCopy};
 pub use reply::Replies;
-pub use rules::{Hidden, Levels, Restricted, Scope};
-pub use sender::{Identity, TrustedSenders, identity};
+pub use rules::{DEFAULT_CONFIRM_MAX_AUDIENCE, Hidden, Levels, Restricted, Scope};
+pub use sender::{Identity, TrustedSenders, confirm_key, identity};
 pub use stateful::{
     BrakeFact, BreakerPolicy, RatePolicy, StateFacts, StatePlan, StormPolicy, state_plan,
     storm_trips,
@@ -212,11 +212,13 @@ fn evaluate_rules(
     let no_lists = AudienceFacts::default();
     let audience = facts.audience.as_ref().unwrap_or(&no_lists);
     let authorized = rules::authorized_unseen(&policy.restricted, facts, &audience.lists);
+    let confirmed =
+        rules::confirmed_unseen(&policy.restricted, facts, &audience.lists, &state.confirmed);
     let mut fired: Vec<(Reason, bool)> = [
         rules::envelope(&policy.envelope, &counts),
         rules::external(&policy.external, &counts),
         rules::audience(&policy.audience, &counts, audience.lower_bound),
-        rules::hidden(&policy.hidden, &counts, authorized),
+        rules::hidden(&policy.hidden, &counts, authorized, confirmed),
     ]
     .into_iter()
     .flatten()
@@ -225,6 +227,7 @@ fn evaluate_rules(
         &policy.restricted,
         facts,
         &audience.lists,
+        &state.confirmed,
     ));
     fired.extend(rules::drift(
         policy.drift_action,
@@ -603,6 +606,7 @@ mod tests {
                 min_audience: 100,
                 ratio: 10.0,
                 action: Action::Reject,
+                confirm_max_audience: 5000,
                 monitor: false,
             },
             ..Policy::default()
@@ -777,6 +781,163 @@ mod tests {
         );
     }
 
+    /// `[hidden]` and `[restricted]` asking the sender to confirm, up to 5,000.
+    fn confirm_policy() -> Policy {
+        let mut p = hidden_policy();
+        p.hidden.action = Action::Confirm;
+        p.restricted = restricted_policy(0).restricted;
+        p.restricted.action = Action::Confirm;
+        p
+    }
+
+    fn with_confirmed(p: &Policy, f: &MessageFacts, lists: &[&str]) -> Verdict {
+        let state = StateFacts {
+            confirmed: lists.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        };
+        super::evaluate(p, f, &state).verdict
+    }
+
+    /// Ann Bccs `size` people through `trust@example.org`, showing 1 address.
+    fn bcc(size: u64) -> MessageFacts {
+        shown(
+            &["ann@example.org", "trust@example.org"],
+            &["ann@example.org"],
+            size + 1,
+            1,
+            vec![(list("trust@example.org", size, &[]), false)],
+        )
+    }
+
+    #[test]
+    fn confirm_asks_the_sender_up_to_its_maximum_then_an_admin() {
+        let p = confirm_policy();
+        let v = with_confirmed(&p, &bcc(4000), &[]);
+        assert_eq!(v.action, Action::Confirm, "{v:?}");
+        assert_eq!(v.reasons[0].rule, "hidden");
+        assert_eq!(v.reasons[0].action, Action::Confirm);
+        let v = with_confirmed(&p, &bcc(5000), &[]);
+        assert_eq!(v.action, Action::Confirm, "at the maximum");
+        let v = with_confirmed(&p, &bcc(5001), &[]);
+        assert_eq!(v.action, Action::Quarantine, "above it");
+        let v = with_confirmed(&p, &bcc(5001), &["trust@example.org"]);
+        assert_eq!(v.action, Action::Quarantine, "a confirmation lifts no hold");
+        let mut mon = confirm_policy();
+        mon.mode = Mode::Monitor;
+        assert_eq!(with_confirmed(&mon, &bcc(4000), &[]).action, Action::Tag);
+        // Another rule that holds for an admin wins over confirm.
+        let mut strict = confirm_policy();
+        strict.audience = levels(0, 1000, 0);
+        assert_eq!(
+            with_confirmed(&strict, &bcc(4000), &["trust@example.org"]).action,
+            Action::Quarantine
+        );
+    }
+
+    #[test]
+    fn a_confirmed_bcc_list_passes_with_a_reason_saying_so() {
+        let p = confirm_policy();
+        let v = with_confirmed(&p, &bcc(4000), &["trust@example.org"]);
+        assert_eq!(v.action, Action::Accept, "{v:?}");
+        assert_eq!(v.reasons.len(), 1);
+        assert_eq!(v.reasons[0].rule, "hidden");
+        assert_eq!(v.reasons[0].action, Action::Accept);
+        assert!(
+            v.reasons[0]
+                .message
+                .ends_with("confirmed these lists lately")
+        );
+        // Another list confirmed does not count; nor does one the headers name.
+        let v = with_confirmed(&p, &bcc(4000), &["other@example.org"]);
+        assert_eq!(v.action, Action::Confirm);
+        // Two Bcc'd lists, one confirmed: the other alone still fires.
+        let two = shown(
+            &["ann@example.org", "trust@example.org", "ward@example.org"],
+            &["ann@example.org"],
+            4301,
+            1,
+            vec![
+                (list("trust@example.org", 4000, &[]), false),
+                (list("ward@example.org", 300, &[]), false),
+            ],
+        );
+        assert_eq!(
+            with_confirmed(&p, &two, &["trust@example.org"]).action,
+            Action::Confirm
+        );
+        assert_eq!(
+            with_confirmed(&p, &two, &["trust@example.org", "ward@example.org"]).action,
+            Action::Accept
+        );
+        // Below min_audience once the confirmed list is taken off: 3,990 - 3,950 = 40.
+        let few = shown(
+            &["ann@example.org", "trust@example.org", "team@example.org"],
+            &["ann@example.org"],
+            3991,
+            1,
+            vec![
+                (list("trust@example.org", 3950, &[]), false),
+                (list("team@example.org", 40, &[]), false),
+            ],
+        );
+        assert_eq!(
+            with_confirmed(&p, &few, &["trust@example.org"]).action,
+            Action::Accept
+        );
+        // With action = quarantine, a confirmation means nothing.
+        let mut held = confirm_policy();
+        held.hidden.action = Action::Quarantine;
+        assert_eq!(
+            with_confirmed(&held, &bcc(4000), &["trust@example.org"]).action,
+            Action::Quarantine
+        );
+    }
+
+    #[test]
+    fn restricted_confirm_remembers_each_list_up_to_its_maximum() {
+        let mut p = confirm_policy();
+        p.hidden.min_audience = 0;
+        p.restricted.min_audience = 1000;
+        let to = |size: u64| {
+            shown(
+                &["board@example.org"],
+                &["board@example.org"],
+                size,
+                size,
+                vec![(list("board@example.org", size, &[]), true)],
+            )
+        };
+        let v = with_confirmed(&p, &to(1200), &[]);
+        assert_eq!(v.action, Action::Confirm);
+        assert_eq!(v.reasons[0].rule, "restricted");
+        let v = with_confirmed(&p, &to(1200), &["board@example.org"]);
+        assert_eq!(v.action, Action::Accept, "{v:?}");
+        assert_eq!(v.reasons[0].rule, "restricted");
+        assert!(
+            v.reasons[0]
+                .message
+                .ends_with("the sender confirmed it lately")
+        );
+        assert_eq!(
+            with_confirmed(&p, &to(1200), &["staff@example.org"]).action,
+            Action::Confirm
+        );
+        assert_eq!(with_confirmed(&p, &to(5000), &[]).action, Action::Confirm);
+        assert_eq!(
+            with_confirmed(&p, &to(5001), &[]).action,
+            Action::Quarantine
+        );
+        assert_eq!(
+            with_confirmed(&p, &to(5001), &["board@example.org"]).action,
+            Action::Quarantine
+        );
+        p.restricted.action = Action::Reject;
+        assert_eq!(
+            with_confirmed(&p, &to(1200), &["board@example.org"]).action,
+            Action::Reject
+        );
+    }
+
     #[test]
     fn a_named_list_does_not_hide_a_bcc_list_next_to_it() {
         let p = hidden_policy();
@@ -849,6 +1010,7 @@ mod tests {
                 allowed_senders: trusted(&["comms@example.org"], &["cron@example.org"]),
                 lists: Default::default(),
                 action: Action::Reject,
+                confirm_max_audience: 5000,
                 monitor: false,
             },
             ..Policy::default()

@@ -68,6 +68,8 @@ pub struct Restricted {
     pub lists: HashMap<String, TrustedSenders>,
     /// What happens to other senders' mail.
     pub action: Action,
+    /// With `action = confirm`: lists larger than this are held for an admin instead.
+    pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
 }
@@ -86,6 +88,7 @@ impl Default for Restricted {
             allowed_senders: TrustedSenders::default(),
             lists: HashMap::new(),
             action: Action::Quarantine,
+            confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
         }
     }
@@ -100,8 +103,25 @@ pub struct Hidden {
     pub ratio: f64,
     /// What happens then.
     pub action: Action,
+    /// With `action = confirm`: a hidden audience larger than this is held for an admin
+    /// instead.
+    pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
+}
+
+/// `confirm_max_audience` when the configuration names none: above it, "did you mean
+/// it" is no longer the sender's question alone.
+pub const DEFAULT_CONFIRM_MAX_AUDIENCE: u64 = 5000;
+
+/// What a rule whose action is `action` asks for an audience of `size`: `confirm` only
+/// up to `max`, a hold for an admin above it.
+fn confirm_up_to(action: Action, size: u64, max: u64) -> Action {
+    if action == Action::Confirm && size > max {
+        Action::Quarantine
+    } else {
+        action
+    }
 }
 
 impl Default for Hidden {
@@ -110,6 +130,7 @@ impl Default for Hidden {
             min_audience: 0,
             ratio: 10.0,
             action: Action::Quarantine,
+            confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
         }
     }
@@ -262,40 +283,81 @@ pub fn authorized_unseen(rule: &Restricted, facts: &MessageFacts, lists: &[ListF
 /// recipients no To or Cc names: a Bcc'd list, an envelope-only address), less the
 /// lists the sender may Bcc, is at least `min_audience` and at least `ratio` times the
 /// number of addresses in To/Cc. A list named in To or Cc is visible with all its
-/// members: each of them sees the list address.
-pub fn hidden(rule: &Hidden, counts: &Counts, authorized: u64) -> Option<(Reason, bool)> {
+/// members: each of them sees the list address. With `action = confirm`, the unseen
+/// lists the sender confirmed lately (`confirmed`, their sizes) no longer count; a
+/// message that passes only thanks to them gets an `accept` reason saying so.
+pub fn hidden(
+    rule: &Hidden,
+    counts: &Counts,
+    authorized: u64,
+    confirmed: u64,
+) -> Option<(Reason, bool)> {
     let unseen = (counts.unseen as u64).saturating_sub(authorized);
-    if rule.min_audience == 0
-        || unseen < rule.min_audience
-        || (unseen as f64) < rule.ratio * counts.visible as f64
-        || counts.audience <= counts.visible
-    {
+    let fires = |unseen: u64| {
+        rule.min_audience > 0
+            && unseen >= rule.min_audience
+            && (unseen as f64) >= rule.ratio * counts.visible as f64
+            && counts.audience > counts.visible
+    };
+    if !fires(unseen) {
         return None;
     }
+    let action = confirm_up_to(rule.action, unseen, rule.confirm_max_audience);
+    let described = format!(
+        "visible {}, real audience {}, {} of them through addresses no To/Cc shows \
+         (>= {}x visible and >= {})",
+        fmt_count(counts.visible),
+        fmt_count(counts.audience),
+        fmt_count(unseen as usize),
+        rule.ratio,
+        fmt_count(rule.min_audience as usize)
+    );
+    let (action, message) = if action == Action::Confirm && !fires(unseen.saturating_sub(confirmed))
+    {
+        (
+            Action::Accept,
+            format!("{described}; the sender confirmed these lists lately"),
+        )
+    } else {
+        (action, described)
+    };
     let reason = Reason {
         reply: None,
         rule: "hidden",
-        action: rule.action,
-        message: format!(
-            "visible {}, real audience {}, {} of them through addresses no To/Cc shows \
-             (>= {}x visible and >= {})",
-            fmt_count(counts.visible),
-            fmt_count(counts.audience),
-            fmt_count(unseen as usize),
-            rule.ratio,
-            fmt_count(rule.min_audience as usize)
-        ),
+        action,
+        message,
         monitor: false,
     };
     Some((reason, rule.monitor))
 }
 
+/// Of the lists no To or Cc header names and the sender is not allowed to Bcc, the
+/// mailboxes of those the sender confirmed lately (`confirmed`, list addresses).
+pub fn confirmed_unseen(
+    rule: &Restricted,
+    facts: &MessageFacts,
+    lists: &[ListFacts],
+    confirmed: &[String],
+) -> u64 {
+    lists
+        .iter()
+        .filter(|list| {
+            !list.named
+                && !allowed_on(rule, facts, list)
+                && confirmed.iter().any(|c| *c == *list.address)
+        })
+        .map(|list| list.size)
+        .sum()
+}
+
 /// `[restricted]`: a list with `allowed_senders`, or at least `min_audience` large, takes
-/// mail only from its allowed senders and the global ones.
+/// mail only from its allowed senders and the global ones. With `action = confirm`, a
+/// list the sender confirmed lately (`confirmed`) passes, with an `accept` reason.
 pub fn restricted(
     rule: &Restricted,
     facts: &MessageFacts,
     lists: &[ListFacts],
+    confirmed: &[String],
 ) -> Vec<(Reason, bool)> {
     let mut out = Vec::new();
     for list in lists {
@@ -306,17 +368,28 @@ pub fn restricted(
         if allowed_on(rule, facts, list) {
             continue;
         }
+        let described = format!(
+            "list {} ({}) is restricted and {} may not send to it",
+            list.address,
+            plural(list.size as usize, "recipient", "recipients"),
+            identity(facts).name()
+        );
+        let action = confirm_up_to(rule.action, list.size, rule.confirm_max_audience);
+        let (action, message) =
+            if action == Action::Confirm && confirmed.iter().any(|c| *c == *list.address) {
+                (
+                    Action::Accept,
+                    format!("{described} without confirming; the sender confirmed it lately"),
+                )
+            } else {
+                (action, described)
+            };
         out.push((
             Reason {
                 reply: None,
                 rule: "restricted",
-                action: rule.action,
-                message: format!(
-                    "list {} ({}) is restricted and {} may not send to it",
-                    list.address,
-                    plural(list.size as usize, "recipient", "recipients"),
-                    identity(facts).name()
-                ),
+                action,
+                message,
                 monitor: false,
             },
             rule.monitor,

@@ -252,6 +252,10 @@ pub struct StateFacts {
     pub breaker: Option<BreakerFact>,
     /// The emergency brake, when it is on.
     pub brake: Option<BrakeFact>,
+    /// The lists this sender confirmed lately (`confirm`: "send it to all of them"),
+    /// by address as the directory names them: asked only of a message whose verdict
+    /// is `confirm` ([`super::confirm_key`]).
+    pub confirmed: Vec<String>,
 }
 
 /// What `facts` asks of the shared state under `policy`. Exempt senders and the copies
@@ -836,6 +840,7 @@ mod tests {
                 per_minute: 250_000,
             }),
             brake: None,
+            ..Default::default()
         };
         let v = evaluate(&p, &f, &state).verdict;
         assert_eq!(v.action, Action::Reject);

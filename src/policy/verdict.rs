@@ -12,6 +12,10 @@ pub enum Action {
     Accept,
     /// Pass, with an `X-Fanout-Verdict` header and a log line.
     Tag,
+    /// Hold until the sender confirms they meant it (send) or withdraws it; an admin
+    /// may still act. Only for rules where that is the whole question (`[hidden]`,
+    /// `[restricted]`), and only up to their `confirm_max_audience`.
+    Confirm,
     /// Put on Postfix's hold queue for an admin to review.
     Quarantine,
     /// Refuse for now with a 4xx reply; the client retries.
@@ -26,13 +30,15 @@ impl Action {
         match self {
             Action::Accept => "accept",
             Action::Tag => "tag",
+            Action::Confirm => "confirm",
             Action::Quarantine => "quarantine",
             Action::Tempfail => "tempfail",
             Action::Reject => "reject",
         }
     }
 
-    /// True for actions that stop or delay the message (quarantine, tempfail, reject).
+    /// True for actions that stop or delay the message (confirm, quarantine, tempfail,
+    /// reject).
     pub fn is_enforcement(self) -> bool {
         self > Action::Tag
     }
@@ -153,7 +159,10 @@ mod tests {
     #[test]
     fn actions_are_ordered_by_severity() {
         assert!(Action::Accept < Action::Tag);
-        assert!(Action::Tag < Action::Quarantine);
+        assert!(Action::Tag < Action::Confirm);
+        assert!(Action::Confirm < Action::Quarantine);
+        assert!(Action::Confirm.is_enforcement());
+        assert_eq!(Action::Confirm.as_str(), "confirm");
         assert!(Action::Quarantine < Action::Tempfail);
         assert!(Action::Tempfail < Action::Reject);
         assert!(!Action::Tag.is_enforcement());

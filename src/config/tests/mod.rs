@@ -730,3 +730,34 @@ fn every_state_key_is_restart_only() {
         );
     }
 }
+
+#[test]
+fn confirm_is_only_for_hidden_and_restricted() {
+    let c = load_after_domains(
+        "[hidden]\naction = \"confirm\"\nconfirm_max_audience = 800\n\
+         [restricted]\naction = \"confirm\"\n",
+    )
+    .expect("confirm where the question is whether the sender meant it");
+    assert_eq!(c.policy.hidden.action, crate::policy::Action::Confirm);
+    assert_eq!(c.policy.hidden.confirm_max_audience, 800);
+    assert_eq!(c.policy.restricted.action, crate::policy::Action::Confirm);
+    assert_eq!(c.policy.restricted.confirm_max_audience, 5000);
+    for (table, key) in [
+        ("[drift]", "drift.action"),
+        ("[storm]", "storm.action"),
+        (
+            "[[scope]]\nsenders = [\"*@corp.example\"]\nmay_reach = [\"corp.example\"]",
+            "scope[0].action",
+        ),
+    ] {
+        let src = format!("{table}\naction = \"confirm\"\n");
+        let line = 3 + table.lines().count();
+        refused_after_domains(&src, line, key, "only for [hidden] and [restricted]");
+    }
+    refused_after_domains(
+        "[expansion]\non_unknown = \"confirm\"\n",
+        4,
+        "expansion.on_unknown",
+        "only for [hidden] and [restricted]",
+    );
+}

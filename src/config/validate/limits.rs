@@ -105,6 +105,10 @@ fn levels(key: &str, raw: &RawLevels, report: &mut impl FnMut(&str, String)) -> 
     }
 }
 
+/// Why `confirm` is refused for a rule other than `[hidden]` and `[restricted]`.
+const NO_CONFIRM: &str = "\"confirm\" is only for [hidden] and [restricted], where the only \
+     question is whether the sender meant it: use quarantine, tempfail, reject or tag";
+
 /// The checked rules that are built from more than one key.
 pub(super) struct Rules {
     /// `[restricted]`.
@@ -122,7 +126,7 @@ pub(super) fn rules(
     lists: HashMap<String, TrustedSenders>,
     report: &mut impl FnMut(&str, String),
 ) -> Rules {
-    let mut check_action = |key: &str, action: Action| {
+    let mut check_action = |key: &str, action: Action, may_confirm: bool| {
         if action == Action::Accept {
             report(
                 key,
@@ -130,12 +134,15 @@ pub(super) fn rules(
                     .into(),
             );
         }
+        if action == Action::Confirm && !may_confirm {
+            report(key, NO_CONFIRM.into());
+        }
     };
-    check_action("restricted.action", raw.restricted.action);
-    check_action("hidden.action", raw.hidden.action);
-    check_action("drift.action", raw.drift.action);
+    check_action("restricted.action", raw.restricted.action, true);
+    check_action("hidden.action", raw.hidden.action, true);
+    check_action("drift.action", raw.drift.action, false);
     for (i, sc) in raw.scope.iter().enumerate() {
-        check_action(&format!("scope[{i}].action"), sc.action);
+        check_action(&format!("scope[{i}].action"), sc.action, false);
     }
     let restricted_senders = TrustedSenders {
         logins: globs(
@@ -163,6 +170,9 @@ pub(super) fn rules(
     }
     if raw.expansion.max_depth == 0 {
         report("expansion.max_depth", "must be at least 1".into());
+    }
+    if raw.expansion.on_unknown == Action::Confirm {
+        report("expansion.on_unknown", NO_CONFIRM.into());
     }
     if raw.expansion.on_unknown == Action::Accept {
         report(
@@ -212,12 +222,14 @@ pub(super) fn rules(
             allowed_senders: restricted_senders,
             lists,
             action: raw.restricted.action,
+            confirm_max_audience: raw.restricted.confirm_max_audience,
             monitor: raw.restricted.monitor,
         },
         hidden: Hidden {
             min_audience: raw.hidden.min_audience,
             ratio: raw.hidden.ratio,
             action: raw.hidden.action,
+            confirm_max_audience: raw.hidden.confirm_max_audience,
             monitor: raw.hidden.monitor,
         },
         scopes,
@@ -282,6 +294,9 @@ pub(super) fn storm_and_rate(raw: &RawConfig, report: &mut impl FnMut(&str, Stri
                 storm.min_senders, storm.min_messages
             ),
         );
+    }
+    if storm.action == Action::Confirm {
+        report("storm.action", NO_CONFIRM.into());
     }
     if storm.action == Action::Accept {
         report(
