@@ -129,6 +129,10 @@ pub struct QuarantineSettings {
     pub expire_after: Duration,
     /// What expiry does.
     pub on_expiry: OnExpiry,
+    /// A message waiting for its sender (`confirm`) is discarded after this.
+    pub confirm_within: Duration,
+    /// How long a confirmation to a list is remembered (zero: not at all).
+    pub confirm_remember: Duration,
 }
 
 /// What to do while the shared state backend is unreachable (`[state] on_failure`).
@@ -380,8 +384,12 @@ pub struct NotifySettings {
     pub webhook_timeout: Duration,
     /// Header From: of alerts and notices.
     pub from: String,
-    /// SMTP relay (host, port) for the daemon's digests.
+    /// SMTP relay (host, port) for the daemon's digests and notices.
     pub relay: (String, u16),
+    /// At most one notice to a sender per this; later holds are summarised.
+    pub sender_interval: Duration,
+    /// Sender notices per minute, relay-wide.
+    pub sender_notices_per_minute: u32,
 }
 
 /// One `[[directory]]` source.

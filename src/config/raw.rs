@@ -163,6 +163,9 @@ pub struct RawRate {
     pub monitor: bool,
     /// SMTP reply to a sender over a limit.
     pub reply: String,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl Default for RawRate {
@@ -177,6 +180,7 @@ impl Default for RawRate {
             reply: "Sending limit reached ({reason}). Your message was not sent yet; it is \
                     retried automatically, or send it again later. Questions: {contact}."
                 .into(),
+            notify_sender: None,
         }
     }
 }
@@ -191,6 +195,9 @@ pub struct RawBreaker {
     pub min_audience: u64,
     /// Only tag.
     pub monitor: bool,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl Default for RawBreaker {
@@ -199,6 +206,7 @@ impl Default for RawBreaker {
             max_per_minute: 200_000,
             min_audience: 500,
             monitor: false,
+            notify_sender: None,
         }
     }
 }
@@ -450,6 +458,9 @@ pub struct RawRestricted {
     pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl Default for RawRestricted {
@@ -461,6 +472,7 @@ impl Default for RawRestricted {
             action: Action::Quarantine,
             confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
+            notify_sender: None,
         }
     }
 }
@@ -480,6 +492,9 @@ pub struct RawHidden {
     pub confirm_max_audience: u64,
     /// Only tag.
     pub monitor: bool,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl Default for RawHidden {
@@ -490,6 +505,7 @@ impl Default for RawHidden {
             action: Action::Quarantine,
             confirm_max_audience: DEFAULT_CONFIRM_MAX_AUDIENCE,
             monitor: false,
+            notify_sender: None,
         }
     }
 }
@@ -506,6 +522,9 @@ pub struct RawDrift {
     pub action: Action,
     /// Only tag.
     pub monitor: bool,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl Default for RawDrift {
@@ -515,6 +534,7 @@ impl Default for RawDrift {
             min_audience: 1000,
             action: Action::Quarantine,
             monitor: false,
+            notify_sender: None,
         }
     }
 }
@@ -567,6 +587,12 @@ pub struct RawQuarantine {
     pub expire_after: String,
     /// `notify-sender`, `release` or `keep`.
     pub on_expiry: OnExpiry,
+    /// A message waiting for its sender's confirmation (`confirm`) is discarded, with a
+    /// notice, when the sender has not answered within this.
+    pub confirm_within: String,
+    /// How long a sender's confirmation to a list is remembered, so that the next post
+    /// to it passes; `"0s"`: not remembered.
+    pub confirm_remember: String,
 }
 
 impl Default for RawQuarantine {
@@ -577,6 +603,8 @@ impl Default for RawQuarantine {
             review_within: "4h".into(),
             expire_after: "3d".into(),
             on_expiry: OnExpiry::NotifySender,
+            confirm_within: "24h".into(),
+            confirm_remember: "30d".into(),
         }
     }
 }
@@ -630,6 +658,10 @@ pub struct RawNotify {
     /// `HOST:PORT` of the SMTP server the daemon hands its digests to. The daemon runs
     /// sandboxed without the setgid rights sendmail needs; admin commands use sendmail.
     pub relay: String,
+    /// At most one notice to a sender per this; later holds go in one summary after it.
+    pub sender_interval: String,
+    /// At most this many sender notices leave per minute, relay-wide; the rest wait.
+    pub sender_notices_per_minute: u32,
 }
 
 impl Default for RawNotify {
@@ -641,6 +673,8 @@ impl Default for RawNotify {
             webhook_timeout: "5s".into(),
             from: "postmaster".into(),
             relay: "127.0.0.1:25".into(),
+            sender_interval: "10m".into(),
+            sender_notices_per_minute: 60,
         }
     }
 }
@@ -769,6 +803,9 @@ pub struct RawLevels {
     pub reject: Option<u64>,
     /// Only tag, whatever level is reached.
     pub monitor: bool,
+    /// `false`: the sender of a message this rule holds is not told at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_sender: Option<bool>,
 }
 
 impl RawLevels {
@@ -779,6 +816,7 @@ impl RawLevels {
             quarantine: Some(quarantine),
             reject: Some(reject),
             monitor: false,
+            notify_sender: None,
         }
     }
 

@@ -10,7 +10,16 @@ const VISIBLE: [&str; 2] = ["to", "cc"];
 
 /// The headers [`extract`] reads that identify the sender and the thread. They are kept
 /// even when To/Cc fill `max_header_bytes`, within [`THREAD_RESERVE`] more bytes.
-const THREAD: [&str; 5] = ["from", "subject", "message-id", "in-reply-to", "references"];
+const THREAD: [&str; 8] = [
+    "from",
+    "subject",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "auto-submitted",
+    "precedence",
+    "list-id",
+];
 
 /// Bytes the thread headers may use beyond `max_header_bytes`.
 pub const THREAD_RESERVE: usize = 64 * 1024;
@@ -149,7 +158,26 @@ pub fn extract(raw: &[u8]) -> HeaderFacts {
     facts.message_id = msg.message_id().map(str::to_owned);
     facts.in_reply_to = ids(msg.in_reply_to());
     facts.references = ids(msg.references());
+    facts.automated = automated(&msg);
     facts
+}
+
+/// True for mail a program sent or a list distributes (RFC 3834 `Auto-Submitted`
+/// other than `no`, `Precedence: bulk|list|junk`, a `List-Id`): its sender is not told
+/// about a hold, so that two programs never answer each other.
+fn automated(msg: &mail_parser::Message<'_>) -> bool {
+    let text = |name: &str| {
+        msg.header_raw(name).map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+    };
+    let auto = text("Auto-Submitted").is_some_and(|v| !v.is_empty() && v != "no");
+    let bulk = text("Precedence").is_some_and(|v| matches!(v.as_str(), "bulk" | "list" | "junk"));
+    auto || bulk || msg.header_raw("List-Id").is_some()
 }
 
 fn add_addresses(set: &mut RecipientSet, list: &Address<'_>) {
@@ -206,6 +234,24 @@ mod tests {
         assert_eq!(f.in_reply_to, ["p@x.org"]);
         assert_eq!(f.references, ["r1@x.org", "r2@x.org"]);
         assert!(!f.truncated);
+    }
+
+    #[test]
+    fn programs_and_lists_are_automated() {
+        assert!(!facts_of(&[("Subject", "hi")]).automated);
+        assert!(!facts_of(&[("Auto-Submitted", " No ")]).automated);
+        assert!(facts_of(&[("Auto-Submitted", "auto-replied")]).automated);
+        assert!(facts_of(&[("auto-submitted", "auto-generated; owner-email=a@b")]).automated);
+        assert!(facts_of(&[("Precedence", "bulk")]).automated);
+        assert!(facts_of(&[("Precedence", "LIST")]).automated);
+        assert!(facts_of(&[("Precedence", "junk")]).automated);
+        assert!(!facts_of(&[("Precedence", "first-class")]).automated);
+        assert!(facts_of(&[("List-Id", "<ward.example.org>")]).automated);
+        let mut b = HeaderBuffer::new(100);
+        b.push(b"List-Id", b"<ward.example.org>");
+        b.push(b"Auto-Submitted", b"auto-replied");
+        let (raw, _) = b.finish();
+        assert!(extract(&raw).automated, "the buffer keeps them");
     }
 
     #[test]

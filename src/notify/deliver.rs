@@ -364,6 +364,8 @@ mod tests {
             desk: None,
         };
         let mut n = NotifySettings {
+            sender_interval: std::time::Duration::from_secs(600),
+            sender_notices_per_minute: 60,
             admins: Vec::new(),
             webhook: None,
             interval: Duration::from_secs(60),
@@ -417,6 +419,8 @@ mod tests {
             }),
         };
         let n = NotifySettings {
+            sender_interval: std::time::Duration::from_secs(600),
+            sender_notices_per_minute: 60,
             admins: vec!["ann@corp.example".into(), "bob@corp.example".into()],
             webhook: None,
             interval: Duration::from_secs(60),

@@ -189,6 +189,8 @@ mod tests {
     async fn at_most_one_digest_per_interval() {
         let (tx, rx) = channel(100);
         let settings = NotifySettings {
+            sender_interval: std::time::Duration::from_secs(600),
+            sender_notices_per_minute: 60,
             admins: Vec::new(),
             webhook: None,
             interval: Duration::from_secs(60),

@@ -86,6 +86,9 @@ pub struct HeaderFacts {
     /// True when the headers were larger than the milter keeps, so the facts above
     /// describe only the first part of them.
     pub truncated: bool,
+    /// Sent by a program or distributed by a list (`Auto-Submitted`, `Precedence:
+    /// bulk|list|junk`, `List-Id`): its sender is never sent a notice.
+    pub automated: bool,
 }
 
 impl HeaderFacts {

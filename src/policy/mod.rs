@@ -86,6 +86,8 @@ pub struct Policy {
     pub rate: RatePolicy,
     /// `[breaker]`: relay-wide breaker.
     pub breaker: BreakerPolicy,
+    /// Rules whose holds the sender is not told about (`notify_sender = false`).
+    pub quiet_rules: Vec<&'static str>,
 }
 
 impl Default for Policy {
@@ -107,6 +109,7 @@ impl Default for Policy {
             storm: StormPolicy::default(),
             rate: RatePolicy::default(),
             breaker: BreakerPolicy::default(),
+            quiet_rules: Vec::new(),
         }
     }
 }
@@ -193,7 +196,32 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Ev
         v.reasons.push(reason);
         v.reasons.sort_by_key(|r| std::cmp::Reverse(r.action));
     }
+    evaluation.verdict.notify_sender = tell_sender(policy, facts, &evaluation.verdict);
     evaluation
+}
+
+/// Whether the sender of a message held under `verdict` is told at once: always when
+/// the sender is asked to confirm; for a hold, unless every rule that decided it has
+/// `notify_sender = false`. Never the null sender, mail a program sent or a list
+/// distributes ([`HeaderFacts::automated`]), a reply-all storm (its other replies were
+/// refused with a reply that explains), nor a copy made for a release.
+pub fn tell_sender(policy: &Policy, facts: &MessageFacts, verdict: &Verdict) -> bool {
+    let held = matches!(verdict.action, Action::Confirm | Action::Quarantine);
+    if !held || facts.sender.is_empty() || facts.headers.automated || facts.released.is_some() {
+        return false;
+    }
+    let deciding = verdict
+        .reasons
+        .iter()
+        .filter(|r| !r.monitor && r.action == verdict.action);
+    let mut loud = false;
+    for r in deciding {
+        if r.rule == "storm" {
+            return false;
+        }
+        loud |= verdict.action == Action::Confirm || !policy.quiet_rules.contains(&r.rule);
+    }
+    loud
 }
 
 /// [`evaluate`] without the emergency brake and the released copies.
@@ -831,6 +859,57 @@ mod tests {
         assert_eq!(
             with_confirmed(&strict, &bcc(4000), &["trust@example.org"]).action,
             Action::Quarantine
+        );
+    }
+
+    #[test]
+    fn the_sender_of_a_hold_is_told_unless_a_program_a_list_or_a_storm_sent_it() {
+        let p = confirm_policy();
+        let told = |p: &Policy, f: &MessageFacts| evaluate(p, f).verdict.notify_sender;
+        assert!(told(&p, &bcc(4000)), "confirm");
+        assert!(told(&p, &bcc(6000)), "held above confirm_max_audience");
+        assert!(!told(&p, &bcc(10)), "accepted");
+        let mut null = bcc(4000);
+        null.sender.clear();
+        assert!(!told(&p, &null), "the null sender");
+        let mut auto = bcc(4000);
+        auto.headers.automated = true;
+        assert!(!told(&p, &auto), "auto-submitted or list mail");
+        let mut copy = bcc(4000);
+        copy.released = Some(ReleasedCopy::Accepted { request: 7 });
+        assert!(!told(&p, &copy), "a released copy");
+        let mut mon = confirm_policy();
+        mon.mode = Mode::Monitor;
+        assert!(!told(&mon, &bcc(4000)), "monitor: nothing held");
+        let mut quiet = confirm_policy();
+        quiet.quiet_rules = vec!["hidden"];
+        assert!(told(&quiet, &bcc(4000)), "confirm asks the sender whatever");
+        assert!(!told(&quiet, &bcc(6000)), "a hold by a quiet rule");
+        quiet.envelope = levels(0, 2, 0);
+        assert!(
+            told(&quiet, &bcc(6000)),
+            "another deciding rule is not quiet"
+        );
+        let storm = Verdict {
+            action: Action::Quarantine,
+            intended: Action::Quarantine,
+            reasons: vec![Reason {
+                rule: "storm",
+                action: Action::Quarantine,
+                message: "storm".into(),
+                monitor: false,
+                reply: None,
+            }],
+            ..Verdict::accept()
+        };
+        assert!(!tell_sender(&p, &bcc(4000), &storm), "a storm reply");
+        let mut tagged_reject = storm.clone();
+        tagged_reject.reasons[0].rule = "hidden";
+        assert!(tell_sender(&p, &bcc(4000), &tagged_reject));
+        tagged_reject.reasons[0].monitor = true;
+        assert!(
+            !tell_sender(&p, &bcc(4000), &tagged_reject),
+            "a monitored rule decides nothing"
         );
     }
 

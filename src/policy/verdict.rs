@@ -109,6 +109,9 @@ pub struct Verdict {
     /// The `[exempt] senders` pattern that exempted this message, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exempt_by: Option<String>,
+    /// A held message's sender is told at once ([`super::tell_sender`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub notify_sender: bool,
 }
 
 impl Verdict {
@@ -119,6 +122,7 @@ impl Verdict {
             intended: Action::Accept,
             reasons: Vec::new(),
             exempt_by: None,
+            notify_sender: false,
         }
     }
 
@@ -191,6 +195,7 @@ mod tests {
                 },
             ],
             exempt_by: None,
+            notify_sender: false,
         };
         assert_eq!(v.rules(), "limits.envelope,limits.external");
         assert_eq!(

@@ -350,6 +350,8 @@ mod tests {
 
     fn settings(on_expiry: OnExpiry) -> QuarantineSettings {
         QuarantineSettings {
+            confirm_within: Duration::from_secs(86_400),
+            confirm_remember: Duration::from_secs(30 * 86_400),
             review_within: Duration::from_secs(4 * 3600),
             expire_after: Duration::from_secs(3 * 86400),
             on_expiry,

@@ -761,3 +761,35 @@ fn confirm_is_only_for_hidden_and_restricted() {
         "only for [hidden] and [restricted]",
     );
 }
+
+#[test]
+fn sender_notice_settings_are_read_and_checked() {
+    let c = load_after_domains("").expect("defaults");
+    assert_eq!(c.notify.sender_interval, Duration::from_secs(600));
+    assert_eq!(c.notify.sender_notices_per_minute, 60);
+    assert_eq!(c.quarantine.confirm_within, Duration::from_secs(86_400));
+    assert_eq!(
+        c.quarantine.confirm_remember,
+        Duration::from_secs(30 * 86_400)
+    );
+    assert!(c.policy.quiet_rules.is_empty());
+    let c = load_after_domains(
+        "[hidden]\nnotify_sender = false\n[limits.envelope]\nnotify_sender = false\n\
+         [quarantine]\nconfirm_remember = \"0s\"\n",
+    )
+    .expect("quiet rules");
+    assert_eq!(c.policy.quiet_rules, ["limits.envelope", "hidden"]);
+    assert_eq!(c.quarantine.confirm_remember, Duration::ZERO);
+    refused_after_domains(
+        "[notify]\nsender_notices_per_minute = 0\n",
+        4,
+        "notify.sender_notices_per_minute",
+        "at least 1",
+    );
+    refused_after_domains(
+        "[quarantine]\nconfirm_within = \"0s\"\n",
+        4,
+        "quarantine.confirm_within",
+        "longer than 0",
+    );
+}

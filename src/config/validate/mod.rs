@@ -120,6 +120,21 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         YEAR,
         report,
     );
+    let confirm_within = duration(
+        "quarantine.confirm_within",
+        &raw.quarantine.confirm_within,
+        WEEK,
+        report,
+    );
+    let confirm_remember = match humantime::parse_duration(raw.quarantine.confirm_remember.trim()) {
+        Ok(d) if d.is_zero() => d,
+        _ => duration(
+            "quarantine.confirm_remember",
+            &raw.quarantine.confirm_remember,
+            YEAR,
+            report,
+        ),
+    };
     let notify_times = notify::durations(&raw.notify, report);
     let storm_times = limits::storm_durations(&raw.storm, report);
     let state_timeout = duration("state.timeout", &raw.state.timeout, HOUR, report);
@@ -173,6 +188,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             storm,
             rate,
             breaker,
+            quiet_rules: quiet_rules(&raw),
         },
         admin_socket,
         state,
@@ -188,6 +204,8 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
             review_within,
             expire_after,
             on_expiry: raw.quarantine.on_expiry,
+            confirm_within,
+            confirm_remember,
         },
         postfix: postfix::settings(&raw.postfix),
         notify,
@@ -195,6 +213,24 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         review,
         raw,
     })
+}
+
+/// The rules whose table says `notify_sender = false`.
+fn quiet_rules(raw: &RawConfig) -> Vec<&'static str> {
+    [
+        ("limits.envelope", raw.limits.envelope.notify_sender),
+        ("limits.external", raw.limits.external.notify_sender),
+        ("limits.audience", raw.limits.audience.notify_sender),
+        ("hidden", raw.hidden.notify_sender),
+        ("restricted", raw.restricted.notify_sender),
+        ("drift", raw.drift.notify_sender),
+        ("breaker", raw.breaker.notify_sender),
+        ("rate", raw.rate.notify_sender),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on == Some(false))
+    .map(|(rule, _)| rule)
+    .collect()
 }
 
 /// `[quarantine]`: where held messages are recorded and how long they wait.

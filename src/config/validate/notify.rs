@@ -11,6 +11,7 @@ use std::time::Duration;
 pub(super) struct Times {
     interval: Duration,
     webhook_timeout: Duration,
+    sender_interval: Duration,
 }
 
 /// Reads the durations of `[notify]`.
@@ -18,6 +19,7 @@ pub(super) fn durations(raw: &RawNotify, report: &mut impl FnMut(&str, String)) 
     Times {
         interval: duration("notify.interval", &raw.interval, WEEK, report),
         webhook_timeout: duration("notify.webhook_timeout", &raw.webhook_timeout, HOUR, report),
+        sender_interval: duration("notify.sender_interval", &raw.sender_interval, WEEK, report),
     }
 }
 
@@ -64,7 +66,15 @@ pub(super) fn check(
             (String::new(), 0)
         }
     };
+    if raw.sender_notices_per_minute == 0 {
+        report(
+            "notify.sender_notices_per_minute",
+            "must be at least 1: senders of held mail must hear of it".into(),
+        );
+    }
     NotifySettings {
+        sender_interval: times.sender_interval,
+        sender_notices_per_minute: raw.sender_notices_per_minute.max(1),
         admins: raw.admins.iter().map(|a| a.trim().to_owned()).collect(),
         webhook: (!webhook.is_empty()).then(|| SecretUrl::from(webhook)),
         interval: times.interval,
