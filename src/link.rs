@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! Signed one-click links of the admin digest: release or discard one held message from
-//! the mail, without a desk login.
+//! Signed links mailed about one held message: the admin digest's release and discard
+//! links, and the withdraw, ask-for-release and send links of a notice to the sender.
 //!
-//! A link is `{public_url}/link/{payload}.{mac}`. `payload` is the base64url (no
-//! padding) of a small JSON object naming the queue id, the action, the admin the digest
-//! was mailed to, the expiry and a random nonce; `mac` is the base64url HMAC-SHA256 of
-//! the payload text with the desk key (`state_dir/desk.key`), under a label of its own,
-//! so that no other value the desk signs with that key (form tokens) can pass for a
-//! link. [`verify`] checks the MAC in constant time before it reads anything of the
-//! payload, then the expiry; the desk spends the nonce in the quarantine store in the
-//! transaction that files the request, so that a link acts at most once.
+//! A link is `{public_url}/link/{payload}.{mac}` (admins) or `{public_url}/s/{...}`
+//! (senders). `payload` is the base64url (no padding) of a small JSON object naming
+//! the queue id, the time it was held, the action, the address the link was mailed to,
+//! the expiry and a random nonce; `mac` is the base64url HMAC-SHA256 of the payload text
+//! with the desk key (`state_dir/desk.key`), under a label of its own for each
+//! [`Audience`], so that no other value the desk signs with that key (form tokens, the
+//! other audience's links) can pass for one. [`verify`] checks the MAC in constant time
+//! before it reads anything of the payload, then that the action is one of that
+//! audience, then the expiry; the desk spends the nonce in the quarantine store in the
+//! transaction that acts, so that a link acts at most once.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -34,29 +36,62 @@ pub const MAX_TOKEN: usize = 2048;
 /// Hex digits of a link's nonce (128 random bits).
 pub const NONCE_HEX: usize = 32;
 
-/// What a link's MAC covers before the payload: links and nothing else.
-const LABEL: &[u8] = b"fanout-milter digest link v1\0";
+/// Whom a link was mailed to: what its MAC covers before the payload, so that a link of
+/// one audience never passes for the other's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// An admin, in a digest.
+    Admin,
+    /// The sender of the held message, in a notice.
+    Sender,
+}
+
+impl Audience {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Audience::Admin => b"fanout-milter digest link v1\0",
+            Audience::Sender => b"fanout-milter sender link v1\0",
+        }
+    }
+}
 
 /// What a link asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkAction {
-    /// Release the message to every recipient.
+    /// Release the message to every recipient (an admin).
     Release,
-    /// Discard the message.
+    /// Discard the message (an admin).
     Discard,
+    /// The sender takes the message back: discarded at once.
+    Withdraw,
+    /// The sender asks the admins to release it, saying why.
+    Ask,
+    /// The sender confirms a message held for confirmation: send it to all.
+    Send,
 }
 
 impl LinkAction {
-    /// `release` or `discard`.
+    /// The action's name in pages and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkAction::Release => "release",
             LinkAction::Discard => "discard",
+            LinkAction::Withdraw => "withdraw",
+            LinkAction::Ask => "ask",
+            LinkAction::Send => "send",
         }
     }
 
-    /// Both actions, in the order a digest lists them.
+    /// Whom links with this action are mailed to.
+    pub fn audience(self) -> Audience {
+        match self {
+            LinkAction::Release | LinkAction::Discard => Audience::Admin,
+            LinkAction::Withdraw | LinkAction::Ask | LinkAction::Send => Audience::Sender,
+        }
+    }
+
+    /// The admin digest's actions, in the order a digest lists them.
     pub const ALL: [LinkAction; 2] = [LinkAction::Release, LinkAction::Discard];
 }
 
@@ -74,9 +109,10 @@ pub struct Link {
     /// What to do with it.
     #[serde(rename = "a")]
     pub action: LinkAction,
-    /// The admin address the digest carrying the link was mailed to.
+    /// The address the mail carrying the link went to: the admin of a digest, the
+    /// sender of a notice.
     #[serde(rename = "to")]
-    pub admin: String,
+    pub to: String,
     /// Seconds since the epoch after which the link is refused.
     #[serde(rename = "exp")]
     pub expires: u64,
@@ -99,21 +135,21 @@ pub enum LinkError {
     Expired(Box<Link>),
 }
 
-fn mac(key: &[u8; KEY_BYTES], payload: &str) -> Hmac<Sha256> {
+fn mac(key: &[u8; KEY_BYTES], audience: Audience, payload: &str) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(LABEL);
+    mac.update(audience.label());
     mac.update(payload.as_bytes());
     mac
 }
 
 impl Link {
-    /// A link for `queue_id` held at `held_at`, `action` and `admin`, valid until
+    /// A link for `queue_id` held at `held_at`, `action`, mailed `to`, valid until
     /// `expires`, with a fresh random nonce.
     pub fn new(
         queue_id: &str,
         held_at: u64,
         action: LinkAction,
-        admin: &str,
+        to: &str,
         expires: u64,
     ) -> Result<Link, String> {
         let mut nonce = [0u8; NONCE_HEX / 2];
@@ -122,7 +158,7 @@ impl Link {
             queue_id: queue_id.to_owned(),
             held_at,
             action,
-            admin: admin.to_owned(),
+            to: to.to_owned(),
             expires,
             nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
         })
@@ -132,14 +168,22 @@ impl Link {
     pub fn token(&self, key: &[u8; KEY_BYTES]) -> String {
         let json = serde_json::to_vec(self).expect("a link serialises");
         let payload = URL_SAFE_NO_PAD.encode(json);
-        let tag = mac(key, &payload).finalize().into_bytes();
+        let tag = mac(key, self.action.audience(), &payload)
+            .finalize()
+            .into_bytes();
         format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 }
 
-/// The link `token` stands for, when its MAC matches under `key` (compared in constant
-/// time) and it has not expired at `now` (seconds since the epoch).
-pub fn verify(key: &[u8; KEY_BYTES], token: &str, now: u64) -> Result<Link, LinkError> {
+/// The link `token` stands for, when its MAC matches under `key` for `audience`
+/// (compared in constant time), its action is one of that audience's, and it has not
+/// expired at `now` (seconds since the epoch).
+pub fn verify(
+    key: &[u8; KEY_BYTES],
+    audience: Audience,
+    token: &str,
+    now: u64,
+) -> Result<Link, LinkError> {
     if token.len() > MAX_TOKEN {
         return Err(LinkError::Malformed);
     }
@@ -147,14 +191,17 @@ pub fn verify(key: &[u8; KEY_BYTES], token: &str, now: u64) -> Result<Link, Link
     let tag = URL_SAFE_NO_PAD
         .decode(tag)
         .map_err(|_| LinkError::Malformed)?;
-    mac(key, payload)
+    mac(key, audience, payload)
         .verify_slice(&tag)
         .map_err(|_| LinkError::BadSignature)?;
     let json = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| LinkError::Malformed)?;
     let link: Link = serde_json::from_slice(&json).map_err(|_| LinkError::Malformed)?;
-    if link.nonce.len() != NONCE_HEX || !link.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if link.nonce.len() != NONCE_HEX
+        || !link.nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        || link.action.audience() != audience
+    {
         return Err(LinkError::Malformed);
     }
     if now >= link.expires {
@@ -198,8 +245,11 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
             "{token}"
         );
-        assert_eq!(verify(&KEY, &token, NOW), Ok(l.clone()));
-        assert_eq!(verify(&KEY, &token, NOW + 3599), Ok(l.clone()));
+        assert_eq!(verify(&KEY, Audience::Admin, &token, NOW), Ok(l.clone()));
+        assert_eq!(
+            verify(&KEY, Audience::Admin, &token, NOW + 3599),
+            Ok(l.clone())
+        );
         let again = link(LinkAction::Release);
         assert_ne!(again.nonce, l.nonce, "random nonces");
         assert_eq!(again.nonce.len(), NONCE_HEX);
@@ -214,7 +264,7 @@ mod tests {
             |l| l.queue_id = "5AbCdEf123".into(),
             |l| l.held_at -= 1,
             |l| l.action = LinkAction::Discard,
-            |l| l.admin = "mallory@corp.example".into(),
+            |l| l.to = "mallory@corp.example".into(),
             |l| l.expires += 86_400,
             |l| l.nonce = "0".repeat(NONCE_HEX),
         ];
@@ -223,7 +273,12 @@ mod tests {
             change(&mut changed);
             assert_ne!(changed, l);
             assert_eq!(
-                verify(&KEY, &with_payload_of(&token, &changed), NOW),
+                verify(
+                    &KEY,
+                    Audience::Admin,
+                    &with_payload_of(&token, &changed),
+                    NOW
+                ),
                 Err(LinkError::BadSignature),
                 "{changed:?}"
             );
@@ -231,7 +286,15 @@ mod tests {
         let mut flipped = token.clone().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
-        assert!(verify(&KEY, &String::from_utf8(flipped).unwrap(), NOW).is_err());
+        assert!(
+            verify(
+                &KEY,
+                Audience::Admin,
+                &String::from_utf8(flipped).unwrap(),
+                NOW
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -250,11 +313,18 @@ mod tests {
             .map(|(p, t)| (p.to_owned(), t.to_owned()))
             .unwrap();
         assert_eq!(
-            verify(&KEY, &format!("{discard_payload}.{release_tag}"), NOW),
+            verify(
+                &KEY,
+                Audience::Admin,
+                &format!("{discard_payload}.{release_tag}"),
+                NOW
+            ),
             Err(LinkError::BadSignature)
         );
         assert_eq!(
-            verify(&KEY, &discard.token(&KEY), NOW).unwrap().action,
+            verify(&KEY, Audience::Admin, &discard.token(&KEY), NOW)
+                .unwrap()
+                .action,
             LinkAction::Discard
         );
     }
@@ -263,7 +333,7 @@ mod tests {
     fn another_key_or_another_use_of_the_key_is_refused() {
         let l = link(LinkAction::Discard);
         assert_eq!(
-            verify(&[8; KEY_BYTES], &l.token(&KEY), NOW),
+            verify(&[8; KEY_BYTES], Audience::Admin, &l.token(&KEY), NOW),
             Err(LinkError::BadSignature)
         );
         // A MAC of the bare payload (without the label) is not a link's.
@@ -273,9 +343,56 @@ mod tests {
         bare.update(payload.as_bytes());
         let bare = URL_SAFE_NO_PAD.encode(bare.finalize().into_bytes());
         assert_eq!(
-            verify(&KEY, &format!("{payload}.{bare}"), NOW),
+            verify(&KEY, Audience::Admin, &format!("{payload}.{bare}"), NOW),
             Err(LinkError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_sender_link_is_no_admin_link_and_the_other_way_round() {
+        let send = Link::new(
+            "4AbCdEf123",
+            NOW - 60,
+            LinkAction::Send,
+            "ann@x.org",
+            NOW + 60,
+        )
+        .unwrap();
+        let token = send.token(&KEY);
+        assert_eq!(
+            verify(&KEY, Audience::Sender, &token, NOW),
+            Ok(send.clone())
+        );
+        assert_eq!(
+            verify(&KEY, Audience::Admin, &token, NOW),
+            Err(LinkError::BadSignature)
+        );
+        let release = link(LinkAction::Release).token(&KEY);
+        assert_eq!(
+            verify(&KEY, Audience::Sender, &release, NOW),
+            Err(LinkError::BadSignature)
+        );
+        // Signed under the sender label but naming an admin action: refused.
+        let mut forged = send.clone();
+        forged.action = LinkAction::Release;
+        let json = serde_json::to_vec(&forged).unwrap();
+        let payload = URL_SAFE_NO_PAD.encode(json);
+        let tag = mac(&KEY, Audience::Sender, &payload)
+            .finalize()
+            .into_bytes();
+        let token = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag));
+        assert_eq!(
+            verify(&KEY, Audience::Sender, &token, NOW),
+            Err(LinkError::Malformed)
+        );
+        for (action, name) in [
+            (LinkAction::Withdraw, "withdraw"),
+            (LinkAction::Ask, "ask"),
+            (LinkAction::Send, "send"),
+        ] {
+            assert_eq!(action.as_str(), name);
+            assert_eq!(action.audience(), Audience::Sender);
+        }
     }
 
     #[test]
@@ -283,11 +400,11 @@ mod tests {
         let l = link(LinkAction::Release);
         let token = l.token(&KEY);
         assert_eq!(
-            verify(&KEY, &token, l.expires),
+            verify(&KEY, Audience::Admin, &token, l.expires),
             Err(LinkError::Expired(Box::new(l.clone())))
         );
         assert!(matches!(
-            verify(&KEY, &token, l.expires + 1),
+            verify(&KEY, Audience::Admin, &token, l.expires + 1),
             Err(LinkError::Expired(_))
         ));
     }
@@ -303,18 +420,22 @@ mod tests {
             &format!("{payload}.!!!"),
             &format!("{}.{}", payload, "A".repeat(MAX_TOKEN)),
         ] {
-            let refused = verify(&KEY, bad, NOW);
+            let refused = verify(&KEY, Audience::Admin, bad, NOW);
             assert!(
                 matches!(refused, Err(LinkError::Malformed | LinkError::BadSignature)),
                 "{bad}: {refused:?}"
             );
         }
-        assert_eq!(verify(&KEY, "nodot", NOW), Err(LinkError::Malformed));
+        assert_eq!(
+            verify(&KEY, Audience::Admin, "nodot", NOW),
+            Err(LinkError::Malformed)
+        );
         // Signed, but not a link's payload: refused after the MAC, as malformed.
         let payload = URL_SAFE_NO_PAD.encode(b"{\"q\":1}");
-        let tag = URL_SAFE_NO_PAD.encode(mac(&KEY, &payload).finalize().into_bytes());
+        let tag =
+            URL_SAFE_NO_PAD.encode(mac(&KEY, Audience::Admin, &payload).finalize().into_bytes());
         assert_eq!(
-            verify(&KEY, &format!("{payload}.{tag}"), NOW),
+            verify(&KEY, Audience::Admin, &format!("{payload}.{tag}"), NOW),
             Err(LinkError::Malformed)
         );
     }

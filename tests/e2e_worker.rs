@@ -458,6 +458,9 @@ fn sigterm_mid_request_lets_it_finish_then_exits_0() {
         rules: vec![],
         recorded_by: "milter".into(),
         headers: vec![],
+        confirm: false,
+        notify_sender: false,
+        confirm_key: None,
     };
     store.record_held(&held, "milter", None).expect("record");
 

@@ -697,10 +697,10 @@ mod tests {
             "{text}"
         );
         for (action, token) in &found {
-            let l = link::verify(&KEY, token, 1_700_000_000).expect("valid");
+            let l = link::verify(&KEY, link::Audience::Admin, token, 1_700_000_000).expect("valid");
             assert_eq!(l.queue_id, "4AbCdEf123");
             assert_eq!(l.action.as_str(), action);
-            assert_eq!(l.admin, "ann@corp.example");
+            assert_eq!(l.to, "ann@corp.example");
             assert_eq!(l.expires, 1_700_086_400);
         }
         assert!(text.contains("yours alone (ann@corp.example)"), "{text}");
@@ -723,7 +723,9 @@ mod tests {
             assert_eq!(found.len(), 2, "{body}");
             for (_, token) in found {
                 assert_eq!(
-                    &link::verify(&KEY, &token, 1_700_000_000).unwrap().admin,
+                    &link::verify(&KEY, link::Audience::Admin, &token, 1_700_000_000)
+                        .unwrap()
+                        .to,
                     admin,
                     "each mail carries only its admin's links"
                 );

@@ -14,6 +14,8 @@
 //! of one relay implements it in `super::sqlite`.
 
 use super::record::{AuditEntry, QueueId, Record, State};
+#[cfg(doc)]
+use super::store::Store;
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -343,6 +345,15 @@ impl CopyMark {
     }
 }
 
+/// A sender's plea for release of a held message, with their words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plea {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// What the sender wrote.
+    pub words: String,
+}
+
 /// Why a request was not filed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -442,6 +453,34 @@ pub trait QuarantineIndex: Send + Sync {
 
     /// The newest relay-wide events, newest first, at most `limit`.
     fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Records a sender's plea for release of the held record `held_id`, spending a
+    /// sender link's `nonce` in the same transaction (see [`Store::sender_asks`]).
+    #[allow(clippy::too_many_arguments)]
+    fn sender_asks(
+        &self,
+        held_id: i64,
+        words: &str,
+        who: &str,
+        nonce: &str,
+        expires: u64,
+        at: u64,
+    ) -> Result<(), SubmitError>;
+
+    /// The sender's plea for release of a record, if any.
+    fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError>;
+
+    /// Held messages whose sender asked for release, oldest plea first.
+    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError>;
+
+    /// Remembers the lists a sender confirmed (see [`Store::remember_confirmed`]).
+    fn remember_confirmed(
+        &self,
+        who: &str,
+        lists: &[String],
+        until: u64,
+        now: u64,
+    ) -> Result<(), StoreError>;
 }
 
 /// Rules whose holds only an admin may act on: a reply-all storm, a list that

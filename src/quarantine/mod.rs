@@ -11,21 +11,23 @@ pub(crate) mod record;
 mod release_to;
 pub(crate) mod review;
 pub(crate) mod running;
+pub(crate) mod senders;
 mod sqlite;
 pub(crate) mod store;
 mod sweep;
 pub(crate) mod worker;
 
 pub use index::{
-    COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, QuarantineIndex, Query, Request,
+    COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
+pub use senders::DueNotice;
 pub use store::{Filter, Store, StoreError};
 pub use worker::{CLI_COMMENT, Executed, Executor};
 
 use crate::notify::{Alert, AlertKind};
-use crate::policy::{Evaluation, MessageFacts, thread_key};
+use crate::policy::{Action, Evaluation, MessageFacts, thread_key};
 use record::{ListHit, RuleHit};
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -114,6 +116,17 @@ pub fn held_message(
             .collect(),
         recorded_by: "milter".to_owned(),
         headers,
+        confirm: evaluation.verdict.action == Action::Confirm,
+        notify_sender: evaluation.verdict.notify_sender,
+        confirm_key: (evaluation.verdict.action == Action::Confirm)
+            .then(|| {
+                crate::policy::confirm_key(
+                    &facts.sender,
+                    facts.sasl_login.as_deref(),
+                    facts.client.as_deref(),
+                )
+            })
+            .flatten(),
     }
 }
 

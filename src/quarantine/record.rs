@@ -171,6 +171,16 @@ pub struct HeldMessage {
     /// never needs `postcat`. Empty for records written before they were kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// Held until the sender confirms or withdraws it (action `confirm`); an admin may
+    /// still act.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// The sender is told of the hold at once (see `policy::tell_sender`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_sender: bool,
+    /// What a confirmation by the sender is remembered under (`policy::confirm_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_key: Option<String>,
 }
 
 /// How many bytes of header fields (names and values) a record keeps.

@@ -449,6 +449,9 @@ impl Review<'_> {
             }],
             recorded_by: "reconcile".into(),
             headers: Vec::new(),
+            confirm: false,
+            notify_sender: false,
+            confirm_key: None,
         };
         let recorded = if verdict.is_some() {
             self.store.record_held(

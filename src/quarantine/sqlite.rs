@@ -4,7 +4,7 @@
 //! enforced by a unique index, so two reviewers racing cannot both file one).
 
 use super::index::{
-    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, QuarantineIndex, Query, Request,
+    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via,
 };
 use super::record::{AuditEntry, QueueId, Record, State};
@@ -501,6 +501,36 @@ impl QuarantineIndex for Store {
                 message: "the request is not running: only a claimed request can finish".into(),
             })
         }
+    }
+
+    fn sender_asks(
+        &self,
+        held_id: i64,
+        words: &str,
+        who: &str,
+        nonce: &str,
+        expires: u64,
+        at: u64,
+    ) -> Result<(), SubmitError> {
+        Store::sender_asks(self, held_id, words, who, nonce, expires, at)
+    }
+
+    fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError> {
+        Store::plea(self, held_id)
+    }
+
+    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+        Store::pleading(self, limit)
+    }
+
+    fn remember_confirmed(
+        &self,
+        who: &str,
+        lists: &[String],
+        until: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        Store::remember_confirmed(self, who, lists, until, now)
     }
 }
 

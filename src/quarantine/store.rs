@@ -28,7 +28,11 @@ pub const DB_FILE: &str = "quarantine.sqlite";
 /// were used (see [`crate::link`]), so that each link acts at most once; which process
 /// claimed a request, and how far a release to chosen recipients got (the request
 /// columns `claimed_by` and `copy_*`, the `copies` table).
-const SCHEMA_VERSION: i64 = 4;
+/// 5: the sender in the loop: `sender_notices` (notices due at hold and when each went),
+/// `notice_senders` (when each sender was last told), `sender_asks` (a sender's plea
+/// for release), `confirmations` (lists a sender confirmed, until when). Tables only:
+/// created with the rest of [`SCHEMA`].
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS held (
@@ -101,6 +105,29 @@ CREATE TABLE IF NOT EXISTS link_nonces (
     nonce   TEXT PRIMARY KEY,
     expires INTEGER NOT NULL,
     used_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sender_notices (
+    held_id INTEGER PRIMARY KEY REFERENCES held(id),
+    sender  TEXT NOT NULL,
+    due_at  INTEGER NOT NULL,
+    sent_at INTEGER,
+    result  TEXT
+);
+CREATE INDEX IF NOT EXISTS sender_notices_due ON sender_notices(sent_at, due_at);
+CREATE TABLE IF NOT EXISTS notice_senders (
+    sender  TEXT PRIMARY KEY,
+    last_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sender_asks (
+    held_id INTEGER PRIMARY KEY REFERENCES held(id),
+    at      INTEGER NOT NULL,
+    words   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS confirmations (
+    who   TEXT NOT NULL,
+    list  TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (who, list)
 );
 -- The counts by rule above the held list read this, not every record (at 10,000 held
 -- about 0.3 MB instead of 14 MB). Created on open like the others: no migration.
@@ -529,6 +556,13 @@ impl Store {
             params![id, msg.held_at as i64, who, comment],
         )
         .map_err(|e| self.err(e))?;
+        if msg.notify_sender && !foreign && !msg.sender.is_empty() {
+            tx.execute(
+                "INSERT INTO sender_notices (held_id, sender, due_at) VALUES (?1, ?2, ?3)",
+                params![id, msg.sender, msg.held_at as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(id)
     }
@@ -807,6 +841,9 @@ pub(crate) mod tests {
             }],
             recorded_by: "milter".into(),
             headers: vec![("Subject".into(), "Hello".into())],
+            confirm: false,
+            notify_sender: false,
+            confirm_key: None,
         }
     }
 
@@ -1087,16 +1124,16 @@ pub(crate) mod tests {
         let conn = store.conn();
         let tables: i64 = conn
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'link_nonces'",
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('link_nonces', 'sender_notices', 'notice_senders', 'sender_asks', 'confirmations')",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 1);
+        assert_eq!(tables, 5);
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl LinkPage {
             token: token.to_owned(),
             filed,
             action: link.action.as_str(),
-            admin: Shown::new(&link.admin),
+            admin: Shown::new(&link.to),
             expires: text::utc_seconds(link.expires),
             queue_id: m.queue_id.as_str().to_owned(),
             state: r.state.as_str(),
@@ -110,7 +110,7 @@ impl Desk {
                     .into(),
             ));
         }
-        let link = match link::verify(&self.key, token, self.now()) {
+        let link = match link::verify(&self.key, link::Audience::Admin, token, self.now()) {
             Ok(link) => link,
             Err(LinkError::Expired(link)) => {
                 return Err((
@@ -255,20 +255,24 @@ pub async fn act(
     if let Some(why) = role_refuses(who.role, &record) {
         return desk.refuse(Some(&who), StatusCode::FORBIDDEN, why);
     }
+    let action = match link.action {
+        LinkAction::Release => RequestAction::Release,
+        LinkAction::Discard => RequestAction::Discard {
+            notify_sender: false,
+        },
+        LinkAction::Withdraw | LinkAction::Ask | LinkAction::Send => {
+            return desk.refuse(Some(&who), StatusCode::FORBIDDEN, "not a digest link");
+        }
+    };
     let request = NewRequest {
         queue_id: id,
-        action: match link.action {
-            LinkAction::Release => RequestAction::Release,
-            LinkAction::Discard => RequestAction::Discard {
-                notify_sender: false,
-            },
-        },
+        action,
         who: who.user.clone(),
         via: Via::Digest,
         remote: Some(desk.client(&headers, peer)),
         comment: format!(
             "{comment} (digest link mailed to {})",
-            text::neutralize(&link.admin)
+            text::neutralize(&link.to)
         ),
         at: desk.now(),
     };
