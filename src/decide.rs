@@ -11,8 +11,8 @@
 use crate::directory::Directory;
 use crate::policy::address::AddressForm;
 use crate::policy::{
-    self, BrakeFact, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet, Replies,
-    StateFacts, StatePlan,
+    self, Action, BrakeFact, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet,
+    Replies, StateFacts, StatePlan,
 };
 use crate::state::guard::Observed;
 use crate::state::{Guard, StateError};
@@ -111,6 +111,15 @@ pub trait Outlet {
         evaluation: &Evaluation,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// The lists the sender known by `key` (`policy::confirm_key`) confirmed lately:
+    /// asked only of a message whose verdict is `confirm`. A failure is the outlet's to
+    /// log; it answers none, and the message waits for its sender as it would anyway.
+    /// None by default.
+    fn confirmed(&mut self, key: &str) -> impl Future<Output = Vec<String>> + Send {
+        let _ = key;
+        async { Vec::new() }
+    }
+
     /// Carries the effect out.
     fn apply(
         &mut self,
@@ -157,12 +166,25 @@ where
     };
     state_facts.brake = state.brake();
     let started = Instant::now();
-    let evaluation = policy::evaluate(policy, facts, &state_facts);
+    let mut evaluation = policy::evaluate(policy, facts, &state_facts);
     debug!(
         queue_id,
         micros = started.elapsed().as_micros() as u64,
         "policy evaluated"
     );
+    if evaluation.verdict.action == Action::Confirm
+        && let Some(key) = policy::confirm_key(
+            &facts.sender,
+            facts.sasl_login.as_deref(),
+            facts.client.as_deref(),
+        )
+    {
+        let confirmed = outlet.confirmed(&key).await;
+        if !confirmed.is_empty() {
+            state_facts.confirmed = confirmed;
+            evaluation = policy::evaluate(policy, facts, &state_facts);
+        }
+    }
     let effect = policy::effect(&evaluation.verdict, replies, queue_id);
     let outcome = async {
         if effect.hold.is_some() {
@@ -383,6 +405,7 @@ mod tests {
         log: Log,
         fail_record: bool,
         fail_apply: bool,
+        confirmed: Vec<String>,
     }
 
     impl Outlet for FakeOutlet {
@@ -401,6 +424,11 @@ mod tests {
             Ok(())
         }
 
+        async fn confirmed(&mut self, key: &str) -> Vec<String> {
+            note(&self.log, format!("confirmed? {key}"));
+            self.confirmed.clone()
+        }
+
         async fn apply(&mut self, effect: &Effect) -> Result<Action, FakeError> {
             note(&self.log, format!("apply {}", effect.action));
             if self.fail_apply {
@@ -408,6 +436,65 @@ mod tests {
             }
             Ok(effect.action)
         }
+    }
+
+    #[test]
+    fn a_confirm_verdict_asks_for_the_senders_confirmations_and_only_it() {
+        use crate::policy::{AudienceFacts, Hidden, ListFacts};
+        let p = Policy {
+            hidden: Hidden {
+                min_audience: 100,
+                action: Action::Confirm,
+                ..Hidden::default()
+            },
+            ..Policy::default()
+        };
+        let mut f = to(1);
+        f.sasl_login = Some("Ann".into());
+        f.audience = Some(AudienceFacts {
+            total: 400,
+            lists: vec![ListFacts {
+                address: "ward@example.org".into(),
+                size: 400,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let run = |outlet: &mut FakeOutlet, f: &MessageFacts| {
+            let mut state = FakeState {
+                log: Log::default(),
+                fail_observe: false,
+            };
+            decide(&p, &replies(), f, "Q1", &mut state, outlet)
+                .now_or_never()
+                .expect("no waiting")
+                .expect("decided")
+        };
+        let mut asked = FakeOutlet::default();
+        let d = run(&mut asked, &f);
+        assert_eq!(d.applied, Action::Confirm);
+        assert_eq!(
+            asked.log.lock().unwrap().as_slice(),
+            ["confirmed? sasl:ann", "record", "apply confirm"]
+        );
+        let mut remembered = FakeOutlet {
+            confirmed: vec!["ward@example.org".into()],
+            ..Default::default()
+        };
+        let d = run(&mut remembered, &f);
+        assert_eq!(d.applied, Action::Accept);
+        assert_eq!(d.evaluation.verdict.reasons[0].rule, "hidden");
+        assert_eq!(
+            remembered.log.lock().unwrap().as_slice(),
+            ["confirmed? sasl:ann", "apply accept"]
+        );
+        let mut small = FakeOutlet::default();
+        run(&mut small, &to(3));
+        assert_eq!(
+            small.log.lock().unwrap().as_slice(),
+            ["apply accept"],
+            "not asked"
+        );
     }
 
     fn replies() -> Replies {

@@ -290,6 +290,30 @@ impl Outlet for EomOutlet<'_> {
         record_held(self.shared, self.queue_id, facts, evaluation, headers).await
     }
 
+    async fn confirmed(&mut self, key: &str) -> Vec<String> {
+        let store = self.shared.store.clone();
+        let now = crate::clock::epoch_secs(self.shared.now());
+        let owned = key.to_owned();
+        let read = tokio::task::spawn_blocking(move || store.confirmed_lists(&owned, now));
+        match tokio::time::timeout(RECORD_TIMEOUT, read).await {
+            Ok(Ok(Ok(lists))) => lists,
+            failed => {
+                let why = match failed {
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    Ok(Err(e)) => format!("reader task failed: {e}"),
+                    _ => "no answer from the store in time".to_owned(),
+                };
+                warn!(
+                    queue_id = self.shown,
+                    "the sender's confirmations could not be read, so the message waits for \
+                     the sender: {}",
+                    text::neutralize(&why)
+                );
+                Vec::new()
+            }
+        }
+    }
+
     async fn apply(&mut self, effect: &policy::Effect) -> Result<Status, EomError> {
         apply::remove_headers(self.cx, COPY_HEADER, self.copy_headers)
             .await
