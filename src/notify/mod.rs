@@ -6,6 +6,7 @@
 //! queue in [`queue`].
 
 pub(crate) mod deliver;
+pub(crate) mod pace;
 pub(crate) mod queue;
 
 pub use deliver::{
