@@ -8,6 +8,7 @@
 pub mod ldap;
 pub(crate) mod listen;
 pub(crate) mod raw;
+pub mod notices;
 pub(crate) mod reply;
 pub(crate) mod secret;
 mod span;
