@@ -157,6 +157,19 @@ impl NoticeTemplates {
     pub fn overridden(&self) -> &[NoticeKind] {
         &self.overridden
     }
+
+    /// Which templates the configuration overrides, for `check-config`: `all defaults`
+    /// or `overridden: held, withdrawn (the others are the defaults)`.
+    pub fn describe(&self) -> String {
+        if self.overridden.is_empty() {
+            return "all defaults".to_owned();
+        }
+        let names: Vec<&str> = self.overridden.iter().map(|k| k.as_str()).collect();
+        format!(
+            "overridden: {} (the others are the defaults)",
+            names.join(", ")
+        )
+    }
 }
 
 impl Default for NoticeTemplates {
@@ -213,9 +226,10 @@ fn default_template(kind: NoticeKind) -> Template {
             ),
         ),
         NoticeKind::Summary => (
-            "{count} more of your messages are not sent yet",
-            "Since our last notice, {count} more of your messages were held before \
-             anyone received them. Each one is listed below with what you can do.\n\n\
+            "Not sent yet: {count} more of your messages",
+            "Since our last notice, more of your messages were held before anyone \
+             received them ({count} in all). Each one is listed below with what you \
+             can do.\n\n\
              {messages}\n\
              If you have a question, please contact {contact} and quote the reference \
              of the message.\n\n\
@@ -414,17 +428,17 @@ mod tests {
         assert!(check_body(k, " \n").unwrap_err().contains("empty"));
         assert!(check_body(k, "a {subject").unwrap_err().contains("closing"));
         assert!(check_body(k, "a } b").unwrap_err().contains("opening"));
-        assert!(check_body(k, "{a{subject}").unwrap_err().contains("closing"));
+        assert!(
+            check_body(k, "{a{subject}")
+                .unwrap_err()
+                .contains("closing")
+        );
         assert!(
             check_body(k, &"x".repeat(MAX_BODY_BYTES + 1))
                 .unwrap_err()
                 .contains("16 KiB")
         );
-        assert!(
-            check_body(k, "ok\nbad\r\n")
-                .unwrap_err()
-                .contains("line 2")
-        );
+        assert!(check_body(k, "ok\nbad\r\n").unwrap_err().contains("line 2"));
         check_body(k, "tab\tok\n").unwrap();
         assert!(check_subject(k, "a\nb").unwrap_err().contains("one line"));
         assert!(
