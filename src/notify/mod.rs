@@ -6,6 +6,7 @@
 //! queue in [`queue`].
 
 pub(crate) mod deliver;
+pub mod notices;
 pub(crate) mod queue;
 
 pub use deliver::{
