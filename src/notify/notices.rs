@@ -56,6 +56,7 @@ pub struct NoticeFacts {
     /// The largest list it reaches, when it reaches one.
     pub list: Option<String>,
     /// The rules that held it: (rule name such as `hidden`, the policy's message).
+    /// Notices use only the names (see [`plain_reason`]): the messages are for admins.
     pub rules: Vec<(String, String)>,
     /// When admins should have reviewed it (seconds since the epoch).
     pub review_by: Option<u64>,
