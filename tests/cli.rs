@@ -54,6 +54,28 @@ fn check_config_accepts_the_example_and_prints_effective_settings() {
     assert!(stdout.contains("configuration OK"));
     assert!(stdout.contains("listen = \"inet:127.0.0.1:7785\""));
     assert!(stdout.contains("[limits.envelope]"));
+    assert!(stdout.contains("\n# [notices] all defaults\n"), "{stdout}");
+}
+
+#[test]
+fn check_config_says_which_notices_are_overridden() {
+    let dir = scratch_dir("cli-notices");
+    let path = write_config(
+        dir.path(),
+        "[milter]\nlisten = \"inet:127.0.0.1:7785\"\n[domains]\ninternal = [\"corp.example\"]\n\
+         [notices.withdrawn]\nsubject = \"Withdrawn as you asked: {subject}\"\n",
+    );
+    let out = fanout(&["check-config", "--config", &path], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("\n# [notices] overridden: withdrawn (the others are the defaults)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[notices.withdrawn]\nsubject = \"Withdrawn as you asked: {subject}\"\n"),
+        "the effective text: {stdout}"
+    );
 }
 
 #[test]

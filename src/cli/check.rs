@@ -25,6 +25,7 @@ pub fn check_config(path: &Path) -> Outcome {
         Some(config.postfix.recipient_delimiter.as_str().to_owned());
     println!("# [postfix] myorigin: {}", config.postfix.myorigin_origin);
     config.raw.postfix.myorigin = Some(config.postfix.myorigin.clone());
+    println!("# [notices] {}", config.notices.describe());
     print!("{}", config.effective_toml());
     Ok(ExitCode::SUCCESS)
 }

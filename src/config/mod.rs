@@ -7,6 +7,7 @@
 
 pub mod ldap;
 pub(crate) mod listen;
+pub mod notices;
 pub(crate) mod raw;
 pub(crate) mod reply;
 pub(crate) mod secret;
@@ -82,6 +83,8 @@ pub struct Config {
     pub notify: NotifySettings,
     /// `[review]`: the web review desk.
     pub review: ReviewSettings,
+    /// `[notices.*]`: the texts of the notices senders get.
+    pub notices: notices::NoticeTemplates,
 }
 
 /// `[review]`: the web review desk.

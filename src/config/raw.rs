@@ -8,6 +8,7 @@
 use super::secret::SecretUrl;
 use crate::policy::{Action, DEFAULT_CONFIRM_MAX_AUDIENCE, Mode};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The whole file.
@@ -59,6 +60,22 @@ pub struct RawConfig {
     pub state: RawState,
     /// `[review]`: the web review desk.
     pub review: RawReview,
+    /// `[notices.KIND]`: the texts of the notices senders get, by kind (`held`,
+    /// `confirm`, ...); a kind left out keeps its default.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notices: BTreeMap<String, RawNotice>,
+}
+
+/// `[notices.KIND]`: one kind of notice's texts; a key left out keeps its default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotice {
+    /// The subject, one line with `{placeholders}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The plain-text body with `{placeholders}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// `[review]`: the web review desk served by the daemon.

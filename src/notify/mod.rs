@@ -6,7 +6,8 @@
 //! queue in [`queue`].
 
 pub(crate) mod deliver;
-pub(crate) mod pace;
+pub mod notices;
+pub mod pace;
 pub(crate) mod queue;
 
 pub use deliver::{

@@ -5,6 +5,7 @@
 use super::*;
 
 mod ldap;
+mod notices;
 mod quarantine;
 mod review;
 mod state;

@@ -11,6 +11,7 @@ mod ldap;
 mod limits;
 mod lists;
 mod milter;
+mod notices;
 mod notify;
 mod postfix;
 mod review;
@@ -154,6 +155,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     limits::storm_and_rate(&raw, report);
     let (state, admin_socket) = state::check(&raw, state_timeout, base, report);
     let review = review::check(&raw.review, review_times, base, report);
+    let notices = notices::check(&raw.notices, report);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -211,6 +213,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         notify,
         replies: limits::reply_texts(&raw.reply),
         review,
+        notices,
         raw,
     })
 }
