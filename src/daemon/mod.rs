@@ -12,6 +12,7 @@
 pub(crate) mod control;
 pub(crate) mod generation;
 pub(crate) mod ldap_refresh;
+pub mod notifier;
 
 pub use crate::shared::{Generation, Shared};
 pub use generation::{ReloadError, ReloadRequest, Reloaded};
@@ -435,6 +436,13 @@ impl Daemon {
                 },
             ));
         }
+        let sender_links = desk.as_ref().map(|(_, d)| Arc::downgrade(d));
+        tokio::spawn(notifier::run(Arc::downgrade(&shared), move || {
+            sender_links
+                .as_ref()
+                .and_then(|d| d.upgrade())
+                .and_then(|d| d.sender_links())
+        }));
         let refreshing = tokio::spawn(refresher.run());
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

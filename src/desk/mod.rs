@@ -150,6 +150,15 @@ impl Desk {
         })
     }
 
+    /// Where the links of notices to senders point and what signs them: none without
+    /// a `public_url` (the notice then tells the sender whom to ask).
+    pub fn sender_links(&self) -> Option<crate::quarantine::SenderLinks> {
+        (!self.review.public_url.is_empty()).then(|| crate::quarantine::SenderLinks {
+            public_url: self.review.public_url.clone(),
+            key: self.key,
+        })
+    }
+
     /// Seconds since the epoch on the desk's clock.
     fn now(&self) -> u64 {
         epoch_secs(self.clock.now())

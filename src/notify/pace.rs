@@ -125,12 +125,18 @@ mod tests {
         assert_eq!(at_end.len(), 1, "one summary");
         assert_eq!(at_end[0].held_ids.len(), 49);
         let other = [due(60, "bob", 150)];
-        assert_eq!(plan(&other, told, 600, 0, 60, 150).len(), 1, "bob was not told");
+        assert_eq!(
+            plan(&other, told, 600, 0, 60, 150).len(),
+            1,
+            "bob was not told"
+        );
     }
 
     #[test]
     fn the_relay_wide_cap_holds_back_the_rest_oldest_first() {
-        let d: Vec<Due> = (0..100).map(|i| due(i, &format!("s{i}"), i as u64)).collect();
+        let d: Vec<Due> = (0..100)
+            .map(|i| due(i, &format!("s{i}"), i as u64))
+            .collect();
         let now = plan(&d, never, 600, 0, 60, 200);
         assert_eq!(now.len(), 60);
         assert_eq!(now[0].sender, "s0");

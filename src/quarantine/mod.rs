@@ -62,6 +62,100 @@ pub fn alert(kind: AlertKind, m: &HeldMessage, now: u64) -> Alert {
     }
 }
 
+/// Where the signed links of a notice to a sender point, and what signs them: the
+/// review desk's `public_url` and key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SenderLinks {
+    /// `[review] public_url`, without a trailing `/`.
+    pub public_url: String,
+    /// The desk key.
+    pub key: [u8; crate::link::KEY_BYTES],
+}
+
+impl std::fmt::Debug for SenderLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderLinks")
+            .field("public_url", &self.public_url)
+            .field("key", &"(secret)")
+            .finish()
+    }
+}
+
+impl SenderLinks {
+    /// The signed link for `action` on the held record `r`, mailed to its sender, valid
+    /// until `expires`; none when it cannot be made (no randomness).
+    pub fn link(
+        &self,
+        r: &Record,
+        action: crate::link::LinkAction,
+        expires: u64,
+    ) -> Option<String> {
+        let m = &r.message;
+        let link =
+            crate::link::Link::new(m.queue_id.as_str(), m.held_at, action, &m.sender, expires)
+                .ok()?;
+        Some(format!("{}/s/{}", self.public_url, link.token(&self.key)))
+    }
+}
+
+/// What a notice to the sender says about the held record `r`: its facts, the review
+/// or confirmation deadline under `q`, and, with `links`, the signed links its kind
+/// offers (withdraw always; send for a `confirm` hold, ask for release otherwise), each
+/// valid until the hold would end.
+pub fn notice_facts(
+    r: &Record,
+    q: &crate::config::QuarantineSettings,
+    contact: &str,
+    links: Option<&SenderLinks>,
+) -> crate::notify::notices::NoticeFacts {
+    use crate::link::LinkAction;
+    use crate::notify::notices::{NoticeFacts, NoticeLinks};
+    let m = &r.message;
+    let ends = m.held_at.saturating_add(if m.confirm {
+        q.confirm_within.as_secs()
+    } else {
+        q.expire_after.as_secs()
+    });
+    let link = |action| links.and_then(|l| l.link(r, action, ends));
+    NoticeFacts {
+        subject: m.subject.clone().unwrap_or_default(),
+        queue_id: m.queue_id.to_string(),
+        held_at: m.held_at,
+        recipients: m.recipients.clone(),
+        visible: m.visible.len() as u64,
+        audience: m.audience,
+        list: m
+            .lists
+            .iter()
+            .max_by_key(|l| l.size)
+            .map(|l| l.address.clone()),
+        rules: m
+            .rules
+            .iter()
+            .map(|h| (h.rule.clone(), h.message.clone()))
+            .collect(),
+        review_by: (!m.confirm).then(|| m.held_at.saturating_add(q.review_within.as_secs())),
+        confirm_by: m.confirm.then_some(ends),
+        links: NoticeLinks {
+            withdraw: link(LinkAction::Withdraw),
+            ask: if m.confirm {
+                None
+            } else {
+                link(LinkAction::Ask)
+            },
+            send: if m.confirm {
+                link(LinkAction::Send)
+            } else {
+                None
+            },
+        },
+        comment: None,
+        released_to: Vec::new(),
+        contact: contact.to_owned(),
+        host: crate::notify::hostname(),
+    }
+}
+
 /// How many recipient domains a record keeps.
 const TOP_DOMAINS: usize = 20;
 
