@@ -11,12 +11,41 @@ use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
 use super::store::{Filter, Store, StoreError};
 use crate::config::Config;
-use crate::notify::{self, NoticeReason};
+use crate::notify::notices::{NoticeKind, compose};
+use crate::notify;
 use crate::policy::VERDICT_HEADER;
 use crate::policy::normalize_subject;
 use crate::text;
 use std::collections::HashSet;
 
+
+/// What became of a held message, as its sender is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Released to every recipient, with the reviewer's words if any.
+    Released {
+        /// The reviewer's words.
+        words: Option<&'a str>,
+    },
+    /// Released to some recipients only.
+    ReleasedTo {
+        /// The recipients it went to.
+        to: &'a [String],
+        /// The reviewer's words.
+        words: Option<&'a str>,
+    },
+    /// Discarded by an admin, with their words if any.
+    Discarded {
+        /// The reviewer's words.
+        words: Option<&'a str>,
+    },
+    /// Not reviewed in time: discarded.
+    Expired,
+    /// The sender did not confirm in time: discarded.
+    Unconfirmed,
+    /// The sender withdrew it.
+    Withdrawn,
+}
 /// What a command did: lines to print and how many items failed.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -187,36 +216,55 @@ impl Review<'_> {
         }
     }
 
-    /// Tells the sender their message was not sent (`why`, with the reviewer's words
-    /// when given); recorded in the audit trail.
-    pub(super) fn notify_sender(&self, r: &Record, why: NoticeReason<'_>, report: &mut Report) {
+    /// Tells the sender what became of their message (`outcome`, with the reviewer's
+    /// words when given), from the `[notices]` templates; recorded in the audit trail.
+    pub(super) fn notify_sender(&self, r: &Record, outcome: Outcome<'_>, report: &mut Report) {
         let m = &r.message;
         let id = &m.queue_id;
         if m.sender.is_empty() {
             report.line(format!("{id}: null sender, nobody to notify"));
             return;
         }
-        let notice = notify::sender_notice(
-            &self.config.notify.from,
-            &m.sender,
-            m.subject.as_deref().unwrap_or(""),
-            id.as_str(),
-            &r.reasons(),
+        let mut facts = super::notice_facts(
+            r,
+            &self.config.quarantine,
             &self.config.replies.contact,
-            why,
+            None,
         );
-        let result = notice.map_err(|e| e.to_string()).and_then(|n| {
-            notify::send_mail(
-                &self.config.postfix,
-                "",
-                std::slice::from_ref(&m.sender),
-                &n,
-            )
+        let kind = match outcome {
+            Outcome::Released { words } => {
+                facts.comment = words.map(str::to_owned);
+                NoticeKind::Released
+            }
+            Outcome::ReleasedTo { to, words } => {
+                facts.comment = words.map(str::to_owned);
+                facts.released_to = to.to_vec();
+                NoticeKind::ReleasedTo
+            }
+            Outcome::Discarded { words } => {
+                facts.comment = words.map(str::to_owned);
+                NoticeKind::Discarded
+            }
+            Outcome::Expired => NoticeKind::Expired,
+            Outcome::Unconfirmed => NoticeKind::Unconfirmed,
+            Outcome::Withdrawn => NoticeKind::Withdrawn,
+        };
+        let rendered = self.config.notices.render(kind, &facts);
+        let result = compose(&self.config.notify.from, &m.sender, rendered)
             .map_err(|e| e.to_string())
-        });
+            .and_then(|n| {
+                notify::send_mail(
+                    &self.config.postfix,
+                    "",
+                    std::slice::from_ref(&m.sender),
+                    &n,
+                )
+                .map_err(|e| e.to_string())
+            });
+        let shown = text::neutralize(&m.sender);
         let (comment, ok) = match &result {
-            Ok(()) => (format!("notice sent to {}", m.sender), true),
-            Err(e) => (format!("notice to {} failed: {e}", m.sender), false),
+            Ok(()) => (format!("{} notice sent to {shown}", kind.as_str()), true),
+            Err(e) => (format!("{} notice to {shown} failed: {e}", kind.as_str()), false),
         };
         let _ = self
             .store

@@ -6,12 +6,12 @@
 use super::index::QuarantineIndex;
 use super::plan::{SweepStep, plan_sweep};
 use super::record::{Record, State};
-use super::review::{Report, Review};
+use super::review::{Outcome, Report, Review};
 use super::{FOREIGN_NOTE, age};
 use crate::config::OnExpiry;
 use crate::link;
 use crate::notify::{
-    self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome, NoticeReason,
+    self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome,
 };
 use crate::state_dir::StateDir;
 use crate::text;
@@ -119,7 +119,7 @@ impl Review<'_> {
         }
         report.line(format!("{id}: {comment}"));
         if action == OnExpiry::NotifySender {
-            self.notify_sender(r, NoticeReason::Expired, report);
+            self.notify_sender(r, Outcome::Expired, report);
         }
         true
     }

@@ -19,10 +19,9 @@ use super::index::{
 };
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{Record, State};
-use super::review::{Acted, Report, Review};
+use super::review::{Acted, Outcome, Report, Review};
 use super::store::{Store, StoreError};
 use crate::config::Config;
-use crate::notify::NoticeReason;
 use crate::text;
 use std::time::{Duration, Instant};
 
@@ -301,13 +300,15 @@ impl Executor<'_> {
         let comment = Self::comment(request);
         let id = &r.message.queue_id;
         match &request.action {
-            RequestAction::Release => review
-                .release_record(&r, Some(comment))
-                .map(|words| format!("{id}: released for delivery ({words})")),
-            RequestAction::Discard { notify_sender } => {
+            RequestAction::Release => {
+                let words = review.release_record(&r, Some(comment))?;
+                let done = format!("{id}: released for delivery ({words})");
+                Ok(self.notified(&review, &r, request, done))
+            }
+            RequestAction::Discard { .. } => {
                 let words = review.discard_record(&r, Some(comment))?;
                 let done = format!("{id}: discarded ({words})");
-                Ok(self.notified(&review, &r, request, *notify_sender, done))
+                Ok(self.notified(&review, &r, request, done))
             }
             RequestAction::Extend { until } => {
                 let entry = review.entry(
@@ -329,23 +330,45 @@ impl Executor<'_> {
         }
     }
 
-    /// `done`, followed by the notice to the sender when asked for.
-    fn notified(
+    /// What the sender is told once `request` is carried out: a discard when the
+    /// reviewer asked for it (with their words), a release when the sender was told of
+    /// the hold; a withdrawal by the sender gets a receipt, a release the sender
+    /// confirmed nothing (the mail itself is on its way).
+    fn outcome<'r>(r: &Record, request: &'r Request) -> Option<Outcome<'r>> {
+        let words = Self::words(request);
+        match (&request.action, request.via) {
+            (RequestAction::Discard { .. }, Via::Sender) => Some(Outcome::Withdrawn),
+            (RequestAction::Discard { notify_sender }, _) => {
+                notify_sender.then_some(Outcome::Discarded { words })
+            }
+            (RequestAction::Release, Via::Sender) => None,
+            (RequestAction::Release, _) => r
+                .message
+                .notify_sender
+                .then_some(Outcome::Released { words }),
+            (RequestAction::ReleaseTo { recipients }, _) => {
+                r.message.notify_sender.then_some(Outcome::ReleasedTo {
+                    to: recipients,
+                    words,
+                })
+            }
+            (RequestAction::Extend { .. }, _) => None,
+        }
+    }
+
+    /// `done`, followed by what the sender was told, if anything.
+    pub(super) fn notified(
         &self,
         review: &Review<'_>,
         r: &Record,
         request: &Request,
-        notify_sender: bool,
         done: String,
     ) -> String {
-        if !notify_sender {
+        let Some(outcome) = Self::outcome(r, request) else {
             return done;
-        }
-        let mut report = Report::default();
-        let why = NoticeReason::Discarded {
-            words: Self::words(request),
         };
-        review.notify_sender(r, why, &mut report);
+        let mut report = Report::default();
+        review.notify_sender(r, outcome, &mut report);
         let said = report.text.trim().replace('\n', "; ");
         format!("{done}; {said}")
     }
@@ -391,26 +414,32 @@ impl Executor<'_> {
             )),
             // Claimed, postsuper not run yet: the message is still held, so this is
             // its first and only release or deletion.
-            (RequestAction::Release, State::Released, InQueue::Held) => review
-                .released(&r, State::Released)
-                .map(|w| format!("{id}: released for delivery {again} ({w})")),
-            (RequestAction::Discard { notify_sender }, State::Discarded, InQueue::Held) => {
+            (RequestAction::Release, State::Released, InQueue::Held) => {
+                let w = review.released(&r, State::Released)?;
+                let done = format!("{id}: released for delivery {again} ({w})");
+                Ok(self.notified(&review, &r, request, done))
+            }
+            (RequestAction::Discard { .. }, State::Discarded, InQueue::Held) => {
                 let words = review.deleted(&r, State::Discarded)?;
                 let done = format!("{id}: discarded {again} ({words})");
-                Ok(self.notified(&review, &r, request, *notify_sender, done))
+                Ok(self.notified(&review, &r, request, done))
             }
             // postsuper had done it.
             (RequestAction::Release, State::Released, _) => Ok(format!(
                 "{id}: released before the worker stopped (no longer in the hold queue)"
             )),
-            (RequestAction::Discard { notify_sender }, State::Discarded, InQueue::Gone) => {
+            (RequestAction::Discard { .. }, State::Discarded, InQueue::Gone) => {
                 let since = request.started_at.unwrap_or(request.requested_at);
                 let noticed = r
                     .audit
                     .iter()
                     .any(|a| a.action == "notify-sender" && a.at >= since);
                 let done = format!("{id}: discarded before the worker stopped");
-                Ok(self.notified(&review, &r, request, *notify_sender && !noticed, done))
+                Ok(if noticed {
+                    done
+                } else {
+                    self.notified(&review, &r, request, done)
+                })
             }
             (RequestAction::Discard { .. }, State::Discarded, InQueue::Elsewhere(q)) => {
                 Err(format!(
