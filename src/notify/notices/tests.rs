@@ -462,3 +462,20 @@ fn defanging_breaks_schemes_and_www_only() {
     assert_eq!(defang("Rota v1.2 for ward 4"), "Rota v1.2 for ward 4");
     assert_eq!(defang("äwww.ü"), "äwww[.]ü");
 }
+
+#[test]
+fn the_readme_shows_the_held_notice_as_it_is_rendered() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```\nSubject: Not sent yet, waiting for a check:")
+        .expect("the held notice in the README")
+        + 4;
+    let shown = &readme[start..start + readme[start..].find("```").unwrap()];
+    let mut f = facts();
+    f.recipients = vec!["ward4@example.org".into(), "trust-all@example.org".into()];
+    f.list = Some("trust-all@example.org".into());
+    f.links.withdraw = Some("https://review.example.org/...".into());
+    f.links.ask = f.links.withdraw.clone();
+    let (subject, body) = NoticeTemplates::default().render(NoticeKind::Held, &f);
+    assert_eq!(shown, format!("Subject: {subject}\n\n{body}"));
+}
