@@ -118,6 +118,14 @@ pub enum SweepStep {
         /// Queue id.
         queue_id: QueueId,
     },
+    /// Waiting for its sender's confirmation past `confirm_within`: discard it and
+    /// tell the sender.
+    Unconfirmed {
+        /// Row id.
+        id: i64,
+        /// Queue id.
+        queue_id: QueueId,
+    },
     /// Held past `expire_after`: apply `on_expiry`.
     Expire {
         /// Row id.
@@ -133,7 +141,8 @@ pub enum SweepStep {
 /// itself are looked at: a foreign one (held by another tool) is that tool's or an
 /// admin's to decide, never expired, released or discarded by the sweep. A hold a
 /// reviewer extended ([`Record::hold_until`]) is neither escalated nor expired before
-/// its time.
+/// its time. A message waiting for its sender's confirmation is not the reviewers' to
+/// look at, so it is never escalated: after `confirm_within` it is discarded.
 pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -> Vec<SweepStep> {
     let review = settings.review_within.as_secs();
     let expire = settings.expire_after.as_secs();
@@ -145,7 +154,11 @@ pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -
     {
         let age = now.saturating_sub(r.message.held_at);
         let queue_id = r.message.queue_id.clone();
-        if age >= expire && settings.on_expiry != OnExpiry::Keep {
+        if r.message.confirm {
+            if age >= settings.confirm_within.as_secs() {
+                steps.push(SweepStep::Unconfirmed { id: r.id, queue_id });
+            }
+        } else if age >= expire && settings.on_expiry != OnExpiry::Keep {
             steps.push(SweepStep::Expire {
                 id: r.id,
                 queue_id,
@@ -359,6 +372,28 @@ mod tests {
             expire_after: Duration::from_secs(3 * 86400),
             on_expiry,
         }
+    }
+
+    #[test]
+    fn a_message_waiting_for_its_sender_is_never_escalated_and_goes_after_confirm_within() {
+        let h = 3600;
+        let s = settings(OnExpiry::Keep);
+        let mut waiting = record(1, "AAAAAA1", 0, State::Held);
+        waiting.message.confirm = true;
+        let one = std::slice::from_ref(&waiting);
+        assert!(plan_sweep(one, 24 * h - 1, &s).is_empty(), "no escalation");
+        let gone = [SweepStep::Unconfirmed {
+            id: 1,
+            queue_id: waiting.message.queue_id.clone(),
+        }];
+        assert_eq!(plan_sweep(one, 24 * h, &s), gone, "whatever on_expiry says");
+        assert_eq!(plan_sweep(one, 100 * h, &s), gone);
+        waiting.hold_until = Some(30 * h);
+        let one = std::slice::from_ref(&waiting);
+        assert!(plan_sweep(one, 29 * h, &s).is_empty(), "an admin kept it");
+        assert_eq!(plan_sweep(one, 30 * h, &s), gone);
+        waiting.state = State::Released;
+        assert!(plan_sweep(std::slice::from_ref(&waiting), 100 * h, &s).is_empty());
     }
 
     #[test]

@@ -313,9 +313,14 @@ impl Executor<'_> {
                     ));
                 }
                 match review.deleted(&r, State::Released) {
-                    Ok(words) => Step::Over(Ok(format!(
-                        "{id}: released to {to} as a copy ({released}); the original was \
-                         deleted ({words})"
+                    Ok(words) => Step::Over(Ok(self.notified(
+                        &review,
+                        &r,
+                        &request,
+                        format!(
+                            "{id}: released to {to} as a copy ({released}); the original was \
+                             deleted ({words})"
+                        ),
                     ))),
                     Err(e) => Step::Waiting(format!(
                         "{e}; the copy went out as {released}; deleting the original is tried \
@@ -332,9 +337,14 @@ impl Executor<'_> {
                 if r.state == State::Held {
                     let _ = review.claim_record(&r, State::Released, "release-to", Some(comment));
                 }
-                Step::Over(Ok(format!(
-                    "{id}: released to {to} as a copy ({released}); the original had left \
-                     the hold queue"
+                Step::Over(Ok(self.notified(
+                    &review,
+                    &r,
+                    &request,
+                    format!(
+                        "{id}: released to {to} as a copy ({released}); the original had left \
+                         the hold queue"
+                    ),
                 )))
             }
         }

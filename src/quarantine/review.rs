@@ -11,13 +11,12 @@ use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
 use super::store::{Filter, Store, StoreError};
 use crate::config::Config;
-use crate::notify::notices::{NoticeKind, compose};
 use crate::notify;
+use crate::notify::notices::{NoticeKind, compose};
 use crate::policy::VERDICT_HEADER;
 use crate::policy::normalize_subject;
 use crate::text;
 use std::collections::HashSet;
-
 
 /// What became of a held message, as its sender is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,7 +263,10 @@ impl Review<'_> {
         let shown = text::neutralize(&m.sender);
         let (comment, ok) = match &result {
             Ok(()) => (format!("{} notice sent to {shown}", kind.as_str()), true),
-            Err(e) => (format!("{} notice to {shown} failed: {e}", kind.as_str()), false),
+            Err(e) => (
+                format!("{} notice to {shown} failed: {e}", kind.as_str()),
+                false,
+            ),
         };
         let _ = self
             .store

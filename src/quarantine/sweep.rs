@@ -10,9 +10,7 @@ use super::review::{Outcome, Report, Review};
 use super::{FOREIGN_NOTE, age};
 use crate::config::OnExpiry;
 use crate::link;
-use crate::notify::{
-    self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome,
-};
+use crate::notify::{self, ActionLinks, Alert, AlertKind, DeskLinks, Digest, DigestOutcome};
 use crate::state_dir::StateDir;
 use crate::text;
 
@@ -69,6 +67,11 @@ impl Review<'_> {
                         Err(e) => report.fail(format!("{queue_id}: {e}")),
                     }
                 }
+                SweepStep::Unconfirmed { id, .. } => {
+                    if let Some(r) = held.iter().find(|r| r.id == id) {
+                        self.unconfirmed(r, &mut report);
+                    }
+                }
                 SweepStep::Expire {
                     id,
                     queue_id,
@@ -122,6 +125,30 @@ impl Review<'_> {
             self.notify_sender(r, Outcome::Expired, report);
         }
         true
+    }
+
+    /// Discards a message its sender did not confirm within `confirm_within`, claimed
+    /// first as [`Self::expire`] does, and tells the sender.
+    fn unconfirmed(&self, r: &Record, report: &mut Report) {
+        let id = &r.message.queue_id;
+        let comment = format!(
+            "the sender did not confirm it within {}: discarded",
+            age(self.config.quarantine.confirm_within)
+        );
+        let entry = self.entry("unconfirmed", Some(comment.clone()));
+        if let Err(e) =
+            self.store
+                .set_state_unrequested(r.id, State::Held, State::Discarded, &entry)
+        {
+            report.fail(format!("{id}: {e}"));
+            return;
+        }
+        if let Err(e) = self.deleted(r, State::Discarded) {
+            report.fail(format!("discarding an unconfirmed message failed: {e}"));
+            return;
+        }
+        report.line(format!("{id}: {comment}"));
+        self.notify_sender(r, Outcome::Unconfirmed, report);
     }
 
     fn alert(&self, kind: AlertKind, r: &Record) -> Alert {

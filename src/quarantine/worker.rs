@@ -632,12 +632,16 @@ mod tests {
         }
 
         fn file(&self, id: &str, action: RequestAction) -> Request {
+            self.file_via(id, action, Via::Desk)
+        }
+
+        fn file_via(&self, id: &str, action: RequestAction, via: Via) -> Request {
             self.store
                 .submit(&NewRequest {
                     queue_id: QueueId::parse(id).unwrap(),
                     action,
                     who: "carol".into(),
-                    via: Via::Desk,
+                    via,
                     remote: Some("192.0.2.7".into()),
                     comment: "wrong list, resend to the team".into(),
                     at: 200,
@@ -1085,10 +1089,74 @@ mod tests {
         );
         let sent = std::fs::read_to_string(f.dir.path().join("sent")).unwrap();
         assert!(
-            sent.contains("saying:") && sent.contains("wrong list, resend to the team"),
+            sent.contains("Note from the mail team:")
+                && sent.contains("wrong list, resend to the team"),
             "{sent}"
         );
         assert_eq!(f.record("AAAAAA1").state, State::Discarded);
+    }
+
+    /// Holds `id` with the sender told of the hold, in the stub's hold queue.
+    fn hold_told(f: &Fixture, id: &str) {
+        let mut m = held(id, 100);
+        m.notify_sender = true;
+        f.store.record_held(&m, "milter", None).unwrap();
+        f.queue(id, &["all@example.org"]);
+    }
+
+    fn sent(f: &Fixture) -> String {
+        std::fs::read_to_string(f.dir.path().join("sent")).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_sender_told_of_the_hold_hears_of_the_release_but_not_of_their_own_send() {
+        let f = Fixture::new();
+        hold_told(&f, "AAAAAA1");
+        let rq = f.file("AAAAAA1", RequestAction::Release);
+        let done = f.executor().execute(&rq, 300).unwrap().unwrap();
+        assert!(done.ok, "{done:?}");
+        assert!(
+            done.result
+                .contains("released notice sent to ann@example.org"),
+            "{done:?}"
+        );
+        assert!(
+            sent(&f).contains("Note from the mail team: wrong list"),
+            "{}",
+            sent(&f)
+        );
+
+        let g = Fixture::new();
+        hold_told(&g, "BBBBBB1");
+        let rq = g.file_via("BBBBBB1", RequestAction::Release, Via::Sender);
+        let done = g.executor().execute(&rq, 300).unwrap().unwrap();
+        assert!(done.ok && !done.result.contains("notice"), "{done:?}");
+        assert_eq!(sent(&g), "", "the sender sent it themselves");
+
+        let h = Fixture::new();
+        h.hold("CCCCCC1");
+        let rq = h.file("CCCCCC1", RequestAction::Release);
+        let done = h.executor().execute(&rq, 300).unwrap().unwrap();
+        assert!(done.ok && !done.result.contains("notice"), "{done:?}");
+        assert_eq!(sent(&h), "", "never told of the hold, not told of its end");
+    }
+
+    #[test]
+    fn a_withdrawal_by_the_sender_gets_a_receipt() {
+        let f = Fixture::new();
+        hold_told(&f, "AAAAAA1");
+        let rq = f.file_via(
+            "AAAAAA1",
+            RequestAction::Discard {
+                notify_sender: false,
+            },
+            Via::Sender,
+        );
+        let done = f.executor().execute(&rq, 300).unwrap().unwrap();
+        assert!(done.ok, "{done:?}");
+        assert!(done.result.contains("withdrawn notice sent"), "{done:?}");
+        assert_eq!(f.record("AAAAAA1").state, State::Discarded);
+        assert!(!sent(&f).is_empty());
     }
 
     #[test]
