@@ -6,80 +6,11 @@
 
 mod common;
 
+use common::http::*;
 use common::*;
 use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, Store};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-
-/// One HTTP/1.1 request on a new connection; the whole answer (status line, headers,
-/// body).
-fn http(port: u16, request: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the desk");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .expect("timeout");
-    s.write_all(request.as_bytes()).expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read the answer");
-    out
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
-
-fn post(port: u16, path: &str, cookie: Option<&str>, body: &str) -> String {
-    let cookie = cookie
-        .map(|c| format!("Cookie: {c}\r\n"))
-        .unwrap_or_default();
-    http(
-        port,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n\
-             Sec-Fetch-Site: same-origin\r\n{cookie}Connection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
-fn get(port: u16, path: &str, cookie: &str) -> String {
-    http(
-        port,
-        &format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
-        ),
-    )
-}
-
-/// Logs in; the session cookie (`name=value`).
-fn login(port: u16, user: &str, password: &str) -> String {
-    let answer = post(
-        port,
-        "/login",
-        None,
-        &form(&[("user", user), ("password", password)]),
-    );
-    assert!(answer.starts_with("HTTP/1.1 303"), "{user}: {answer}");
-    answer
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .expect("a session cookie")
-        .to_owned()
-}
-
-/// The form token of a page.
-fn token(page: &str) -> String {
-    let at = page
-        .find("name=\"token\" value=\"")
-        .expect("the page carries a form token");
-    let rest = &page[at + "name=\"token\" value=\"".len()..];
-    rest[..rest.find('"').expect("end of the token")].to_owned()
-}
 
 struct Desk {
     dir: tempfile::TempDir,
@@ -288,13 +219,6 @@ fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
     );
     assert!(again.starts_with("HTTP/1.1 409"), "{again}");
     assert_eq!(d.sink.find("desk-release-1").len(), 1, "delivered once");
-}
-
-/// A mail body as a reader sees it: quoted-printable soft breaks and `=3D` undone.
-fn unquoted(text: &str) -> String {
-    text.replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=")
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
 mod process;
 pub mod slapd;
 
@@ -515,7 +516,7 @@ pub struct Refused {
 }
 
 /// Sends one message over SMTP to `127.0.0.1:port`; Ok with the final reply text, or
-/// the refusal.
+/// the refusal. An empty `from` is the null sender.
 pub fn smtp_send(
     port: u16,
     from: &str,
@@ -530,7 +531,7 @@ pub fn smtp_send(
         .timeout(Some(DEADLINE))
         .build();
     let envelope = Envelope::new(
-        Some(from.parse().expect("valid sender")),
+        (!from.is_empty()).then(|| from.parse().expect("valid sender")),
         rcpts
             .iter()
             .map(|r| r.parse().expect("valid recipient"))
