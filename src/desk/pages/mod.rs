@@ -13,6 +13,7 @@ pub(super) mod held;
 pub(super) mod link;
 pub(super) mod login;
 pub(super) mod message;
+pub(super) mod sender;
 
 use super::auth;
 use super::users::{Role, User};
