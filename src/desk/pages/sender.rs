@@ -72,7 +72,8 @@ impl Facts {
 #[template(path = "sender.html", config = "src/desk/askama.toml")]
 struct SenderPage {
     base: String,
-    token: String,
+    /// Where the form posts: this page's own address.
+    post_to: String,
     heading: String,
     /// The sentence under the heading.
     lead: Option<String>,
@@ -96,7 +97,7 @@ impl SenderPage {
     fn new(desk: &Desk, token: &str, action: LinkAction, heading: String) -> SenderPage {
         SenderPage {
             base: desk.base(),
-            token: token.to_owned(),
+            post_to: link::sender_link_url(&desk.base(), token),
             heading,
             lead: None,
             facts: None,
