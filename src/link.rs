@@ -175,6 +175,12 @@ impl Link {
     }
 }
 
+/// The address of a sender link's page on the desk at `public_url` (`[review]
+/// public_url`, with or without a trailing slash): `{public_url}/s/{token}`.
+pub fn sender_link_url(public_url: &str, token: &str) -> String {
+    format!("{}/s/{token}", public_url.trim_end_matches('/'))
+}
+
 /// The link `token` stands for, when its MAC matches under `key` for `audience`
 /// (compared in constant time), its action is one of that audience's, and it has not
 /// expired at `now` (seconds since the epoch).
@@ -392,6 +398,19 @@ mod tests {
         ] {
             assert_eq!(action.as_str(), name);
             assert_eq!(action.audience(), Audience::Sender);
+        }
+    }
+
+    #[test]
+    fn a_sender_link_url_is_under_s_of_the_public_url() {
+        for base in [
+            "https://review.corp.example/desk",
+            "https://review.corp.example/desk/",
+        ] {
+            assert_eq!(
+                sender_link_url(base, "abc.def"),
+                "https://review.corp.example/desk/s/abc.def"
+            );
         }
     }
 

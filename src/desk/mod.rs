@@ -10,7 +10,9 @@
 //! Parts: [`users`] (the accounts file), [`auth`] (sessions, failed-login limits, form
 //! tokens, the desk key), [`guard`] (response headers, cross-origin check), `pages`
 //! (the handlers and their templates, among them `/link/{token}`, where a signed link
-//! of the admin digest is confirmed and acts once without a login).
+//! of the admin digest is confirmed and acts once without a login, and `/s/{token}`,
+//! where the sender of a held message withdraws it, asks for its release or confirms
+//! it through the signed link of the notice they got).
 
 pub(crate) mod auth;
 pub(crate) mod guard;
@@ -195,6 +197,10 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route(
             "/link/{token}",
             get(pages::link::confirm).post(pages::link::act),
+        )
+        .route(
+            "/s/{token}",
+            get(pages::sender::show).post(pages::sender::act),
         )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))

@@ -1645,3 +1645,543 @@ async fn pulling_the_brake_over_another_shows_the_one_it_replaced() {
         "{events:?}"
     );
 }
+
+/// A sender link for a hold of `queue_id` at `held_at`, mailed `to`, signed with the
+/// fixture's desk key.
+fn sender_link_for(
+    queue_id: &str,
+    held_at: u64,
+    action: crate::link::LinkAction,
+    to: &str,
+    expires: u64,
+) -> String {
+    crate::link::Link::new(queue_id, held_at, action, to, expires)
+        .unwrap()
+        .token(&[7; KEY_BYTES])
+}
+
+/// A sender link for [`ordinary`]'s hold, mailed to its sender.
+fn sender_link(queue_id: &str, action: crate::link::LinkAction) -> String {
+    sender_link_for(queue_id, T0 - 600, action, "Ann@Example.org", T0 + 86_400)
+}
+
+/// The form token on a sender page.
+fn sender_form_in(body: &str) -> String {
+    let at = body.find("name=\"form\" value=\"").expect("a form token") + 19;
+    body[at..at + 64].to_owned()
+}
+
+/// A hold waiting for its sender's confirmation.
+fn waiting(queue_id: &str) -> HeldMessage {
+    let mut m = ordinary(queue_id);
+    m.confirm = true;
+    m.notify_sender = true;
+    m.confirm_key = Some("sasl:ann".into());
+    m.rules = vec![RuleHit {
+        rule: "hidden".into(),
+        action: "confirm".into(),
+        message: "840,000 recipients, 1 of them visible".into(),
+    }];
+    m
+}
+
+impl Fixture {
+    fn record(&self, queue_id: &str) -> crate::quarantine::Record {
+        self.index()
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .unwrap()
+    }
+
+    fn plea(&self, queue_id: &str) -> Option<crate::quarantine::Plea> {
+        self.index().plea(self.record(queue_id).id).unwrap()
+    }
+
+    /// GETs the sender page of `token`, then presses its button (with `extra` fields).
+    async fn press(&self, token: &str, extra: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+        let path = format!("/s/{token}");
+        let (status, _, body) = self.get(&path, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let form = sender_form_in(&body);
+        let mut fields = vec![("form", form.as_str())];
+        fields.extend_from_slice(extra);
+        self.post(&path, None, &fields).await
+    }
+}
+
+#[tokio::test]
+async fn a_sender_link_shows_the_message_and_one_button_and_a_get_changes_nothing() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let withdraw = sender_link("AAAAAA1", crate::link::LinkAction::Withdraw);
+    let (status, headers, body) = f.get(&format!("/s/{withdraw}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-security-policy"], guard::CSP);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(!body.contains("<script"), "no script: {body}");
+    assert!(body.contains("Withdraw your message?"), "{body}");
+    assert!(
+        body.contains("Your message would reach 840,000 people through all@example.org, though you could see 1 address in To and Cc."),
+        "{body}"
+    );
+    assert!(body.contains("all@example.org</bdi> (840,000)"), "{body}");
+    assert!(
+        body.contains("boss@example.org"),
+        "their recipients: {body}"
+    );
+    assert!(body.contains(&crate::text::utc_seconds(T0 - 600)), "{body}");
+    assert!(body.contains("An administrator reviews it by"), "{body}");
+    assert_eq!(body.matches("<button").count(), 1, "one button: {body}");
+    assert!(body.contains(">Withdraw my message</button>"), "{body}");
+    assert!(
+        body.contains(&format!("action=\"/s/{withdraw}\"")),
+        "{body}"
+    );
+    assert!(
+        !body.contains("fanout-milter review desk"),
+        "no desk chrome: {body}"
+    );
+
+    let ask = sender_link("AAAAAA1", crate::link::LinkAction::Ask);
+    let (status, _, body) = f.get(&format!("/s/{ask}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("<textarea id=\"why\" name=\"why\" required maxlength=\"2000\""),
+        "{body}"
+    );
+    assert!(body.contains(">Ask for release</button>"), "{body}");
+
+    // A send link for a message an admin reviews: nothing to confirm.
+    let send = sender_link("AAAAAA1", crate::link::LinkAction::Send);
+    let (status, _, body) = f.get(&format!("/s/{send}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.contains("<button"), "{body}");
+    assert!(body.contains("there is nothing for you"), "{body}");
+
+    assert!(f.requests("AAAAAA1").is_empty(), "a GET changes nothing");
+    assert_eq!(f.plea("AAAAAA1"), None);
+    assert_eq!(f.record("AAAAAA1").state, crate::quarantine::State::Held);
+}
+
+#[tokio::test]
+async fn withdraw_files_a_discard_by_the_sender_once() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let token = sender_link("AAAAAA1", crate::link::LinkAction::Withdraw);
+    let (status, _, body) = f.press(&token, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("Your message was withdrawn; nobody will receive it."),
+        "{body}"
+    );
+    let requests = f.requests("AAAAAA1");
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        r.action,
+        RequestAction::Discard {
+            notify_sender: false
+        }
+    );
+    assert_eq!(r.via, Via::Sender);
+    assert_eq!(r.who, "ann@example.org");
+    assert_eq!(r.comment, "withdrawn by the sender");
+    assert_eq!(r.remote.as_deref(), Some("198.51.100.9"));
+    assert_eq!(r.state, RequestState::Pending);
+    assert_eq!(
+        f.record("AAAAAA1").state,
+        crate::quarantine::State::Held,
+        "the worker acts, not the page"
+    );
+
+    // The page now says so, with nothing to press; a replay changes nothing.
+    let path = format!("/s/{token}");
+    let (_, _, body) = f.get(&path, None).await;
+    assert!(body.contains("You withdrew this message"), "{body}");
+    assert!(!body.contains("<button"), "{body}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &token]);
+    let (status, _, body) = f.post(&path, None, &[("form", &form)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("Nothing was changed"), "{body}");
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+
+    // The request fails: held again with nothing open, yet the used link stays used.
+    f.index().claim(r.id, T0 + 1).unwrap();
+    f.index()
+        .finish(r.id, false, "postsuper: no", T0 + 2)
+        .unwrap();
+    let (status, _, body) = f.post(&path, None, &[("form", &form)]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("used already"), "{body}");
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+
+    // Admins see who filed it.
+    let cookie = f.login("rita").await;
+    let (_, _, body) = f.get("/message/AAAAAA1", Some(&cookie)).await;
+    assert!(body.contains("<td>the sender</td>"), "{body}");
+    assert!(body.contains("the sender (ann@example.org)"), "{body}");
+}
+
+#[tokio::test]
+async fn ask_records_the_plea_and_the_held_list_shows_it_first() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    f.hold(&ordinary("BBBBBB2"));
+    let token = sender_link("BBBBBB2", crate::link::LinkAction::Ask);
+    let (status, _, body) = f.press(&token, &[("why", "   ")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(f.plea("BBBBBB2"), None);
+
+    let words = "The ward <b>closes</b> tonight\r\nall staff must know \u{202e}now";
+    let (status, _, body) = f.press(&token, &[("why", words)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("Your request was passed to the administrators; you will be told"),
+        "{body}"
+    );
+    let plea = f.plea("BBBBBB2").expect("the plea");
+    assert_eq!(plea.words, words, "stored as typed");
+    assert_eq!(plea.at, T0);
+    assert!(f.requests("BBBBBB2").is_empty(), "a plea files no request");
+    assert_eq!(f.record("BBBBBB2").state, crate::quarantine::State::Held);
+
+    // Asked once: the page says so, a second link does nothing.
+    let again = sender_link("BBBBBB2", crate::link::LinkAction::Ask);
+    let (_, _, body) = f.get(&format!("/s/{again}"), None).await;
+    assert!(body.contains("You asked for release at"), "{body}");
+    assert!(!body.contains("<button"), "{body}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &again]);
+    let (status, _, _) = f
+        .post(
+            &format!("/s/{again}"),
+            None,
+            &[("form", &form), ("why", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(f.plea("BBBBBB2").unwrap().words, words);
+
+    // A long plea is cut.
+    f.hold(&ordinary("CCCCCC3"));
+    let long = "x".repeat(5000);
+    let token = sender_link("CCCCCC3", crate::link::LinkAction::Ask);
+    let (status, _, _) = f.press(&token, &[("why", &long)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(f.plea("CCCCCC3").unwrap().words.chars().count(), 2000);
+
+    // The reviewer sees the pleas first, escaped and flagged, the line break kept.
+    let cookie = f.login("rita").await;
+    let (_, _, body) = f.get("/", Some(&cookie)).await;
+    let box_at = body.find("id=\"pleas\"").expect("the pleas box");
+    assert!(
+        box_at < body.find("id=\"held\"").unwrap(),
+        "above the table"
+    );
+    assert!(box_at < body.find("id=\"filter\"").unwrap(), "first");
+    assert!(
+        body.find("data-queue-id=\"BBBBBB2\"").unwrap()
+            < body.find("data-queue-id=\"CCCCCC3\"").unwrap()
+    );
+    assert!(body.contains("href=\"/message/BBBBBB2\""), "{body}");
+    assert!(!body.contains("<b>closes"), "escaped: {body}");
+    assert!(
+        body.contains("The ward &#60;b&#62;closes&#60;/b&#62; tonight</bdi><br>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<bdi class=\"flag\" title=\"contains control or bidi characters, shown as \\u{...} escapes\">all staff must know \\u{202E}now</bdi>"),
+        "{body}"
+    );
+    let (_, _, body) = f.get("/message/BBBBBB2", Some(&cookie)).await;
+    assert!(body.contains("id=\"plea\""), "{body}");
+    assert!(body.contains("The sender asks for release"), "{body}");
+    assert!(body.contains("the sender (ann@example.org)"), "{body}");
+}
+
+#[tokio::test]
+async fn send_releases_only_what_waits_for_its_sender_and_remembers_the_lists() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let send = sender_link("AAAAAA1", crate::link::LinkAction::Send);
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &send]);
+    let (status, _, body) = f
+        .post(&format!("/s/{send}"), None, &[("form", &form)])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        f.requests("AAAAAA1").is_empty(),
+        "not held for confirmation"
+    );
+
+    f.hold(&waiting("DDDDDD4"));
+    let cookie = f.login("rita").await;
+    let (_, _, body) = f.get("/", Some(&cookie)).await;
+    let row = &body[body.find("<tr data-queue-id=\"DDDDDD4\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("waiting for sender"), "{row}");
+    let other = &body[body.find("<tr data-queue-id=\"AAAAAA1\"").unwrap()..];
+    assert!(!other[..other.find("</tr>").unwrap()].contains("waiting for sender"));
+    let (_, _, body) = f.get("/message/DDDDDD4", Some(&cookie)).await;
+    assert!(body.contains("id=\"waiting\""), "{body}");
+    assert!(body.contains("id=\"act\""), "admins can still act: {body}");
+
+    let token = sender_link("DDDDDD4", crate::link::LinkAction::Send);
+    let (_, _, body) = f.get(&format!("/s/{token}"), None).await;
+    assert!(
+        body.contains("Send your message to all 840,000 people?"),
+        "{body}"
+    );
+    assert!(
+        body.contains(">Send it to all 840,000 people</button>"),
+        "{body}"
+    );
+    assert!(body.contains("Nothing goes out until you decide"), "{body}");
+    let (status, _, body) = f.press(&token, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("Your message is on its way to 840,000 people."),
+        "{body}"
+    );
+    let requests = f.requests("DDDDDD4");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].action, RequestAction::Release);
+    assert_eq!(requests[0].via, Via::Sender);
+    assert_eq!(requests[0].who, "ann@example.org");
+    assert_eq!(
+        requests[0].comment,
+        "the sender confirmed: send to all 840,000"
+    );
+    assert_eq!(
+        f.store.confirmed_lists("sasl:ann", T0).unwrap(),
+        vec!["all@example.org".to_owned()]
+    );
+    let remember = f.desk.quarantine.confirm_remember.as_secs();
+    assert!(remember > 0);
+    assert!(
+        f.store
+            .confirmed_lists("sasl:ann", T0 + remember)
+            .unwrap()
+            .is_empty(),
+        "remembered for confirm_remember"
+    );
+    let (_, _, body) = f.get("/", Some(&cookie)).await;
+    assert!(body.contains("release: pending (the sender)"), "{body}");
+
+    // Nothing remembered when the relay does not remember confirmations.
+    let f = fixture_with("[quarantine]\nconfirm_remember = \"0s\"\n");
+    f.hold(&waiting("DDDDDD4"));
+    let token = sender_link("DDDDDD4", crate::link::LinkAction::Send);
+    let (status, _, _) = f.press(&token, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(f.requests("DDDDDD4").len(), 1);
+    assert!(f.store.confirmed_lists("sasl:ann", T0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_message_no_longer_held_says_what_became_of_it() {
+    let f = fixture();
+    f.hold(&ordinary("AAAAAA1"));
+    let withdraw = sender_link("AAAAAA1", crate::link::LinkAction::Withdraw);
+    let (status, _, _) = f.press(&withdraw, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = f.requests("AAAAAA1")[0].clone();
+    f.index().claim(r.id, T0 + 1).unwrap();
+    f.index().finish(r.id, true, "deleted", T0 + 2).unwrap();
+    let entry = crate::quarantine::AuditEntry {
+        at: T0 + 2,
+        who: "worker".into(),
+        action: "discarded".into(),
+        comment: None,
+    };
+    f.store
+        .set_state(
+            r.held_id,
+            crate::quarantine::State::Held,
+            crate::quarantine::State::Discarded,
+            &entry,
+        )
+        .unwrap();
+    assert_eq!(
+        f.record("AAAAAA1").state,
+        crate::quarantine::State::Discarded
+    );
+    let ask = sender_link("AAAAAA1", crate::link::LinkAction::Ask);
+    let (status, _, body) = f.get(&format!("/s/{ask}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("You withdrew your message at"), "{body}");
+    assert!(!body.contains("<button"), "nothing to press: {body}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &ask]);
+    let (status, _, body) = f
+        .post(
+            &format!("/s/{ask}"),
+            None,
+            &[("form", &form), ("why", "please")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(f.plea("AAAAAA1"), None);
+}
+
+#[tokio::test]
+async fn refused_sender_links_change_nothing() {
+    let f = fixture_with(LINKS_ON);
+    f.hold(&ordinary("AAAAAA1"));
+    f.hold(&waiting("BBBBBB2"));
+    use crate::link::LinkAction::{Ask, Send, Withdraw};
+    let nothing_changed = |f: &Fixture| {
+        for q in ["AAAAAA1", "BBBBBB2"] {
+            assert!(f.requests(q).is_empty(), "{q}: {:?}", f.requests(q));
+            assert_eq!(f.plea(q), None, "{q}");
+        }
+    };
+    let good = sender_link("AAAAAA1", Withdraw);
+    let (payload, mac) = good.split_once('.').unwrap();
+    let other_key =
+        crate::link::Link::new("AAAAAA1", T0 - 600, Withdraw, "ann@example.org", T0 + 60)
+            .unwrap()
+            .token(&[8; KEY_BYTES]);
+    let mut flipped = mac.to_owned().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
+    // The link for AAAAAA1 with its payload changed to name BBBBBB2: the MAC fails.
+    let mut moved: crate::link::Link = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    moved.queue_id = "BBBBBB2".into();
+    let moved = format!(
+        "{}.{mac}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            serde_json::to_vec(&moved).unwrap()
+        )
+    );
+    let admin = digest_link("AAAAAA1", crate::link::LinkAction::Discard, T0 + 3600);
+    for (bad, status) in [
+        (other_key.as_str(), StatusCode::FORBIDDEN),
+        (flipped.as_str(), StatusCode::FORBIDDEN),
+        (moved.as_str(), StatusCode::FORBIDDEN),
+        (admin.as_str(), StatusCode::FORBIDDEN),
+        ("x.y", StatusCode::FORBIDDEN),
+    ] {
+        let path = format!("/s/{bad}");
+        let (got, _, body) = f.get(&path, None).await;
+        assert_eq!(got, status, "{bad}: {body}");
+        assert!(body.contains("nothing was done"), "{body}");
+        assert!(!body.contains("<button"), "{body}");
+        let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", bad]);
+        let (got, _, _) = f.post(&path, None, &[("form", &form)]).await;
+        assert_eq!(got, status, "{bad}");
+    }
+    // A sender link is no admin link.
+    let cookie = f.login("alice").await;
+    let t = f.token(&cookie).await;
+    let (status, _, _) = f.get(&format!("/link/{good}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = f
+        .post(
+            &format!("/link/{good}"),
+            Some(&cookie),
+            &[("token", &t), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let cases = [
+        // Expired.
+        (
+            sender_link_for("AAAAAA1", T0 - 600, Withdraw, "ann@example.org", T0),
+            StatusCode::GONE,
+            "This link expired at",
+        ),
+        // For an earlier hold of the same queue id.
+        (
+            sender_link_for("AAAAAA1", T0 - 9000, Withdraw, "ann@example.org", T0 + 60),
+            StatusCode::GONE,
+            "for an earlier message",
+        ),
+        // Mailed to someone other than the sender.
+        (
+            sender_link_for(
+                "AAAAAA1",
+                T0 - 600,
+                Withdraw,
+                "mallory@example.org",
+                T0 + 60,
+            ),
+            StatusCode::FORBIDDEN,
+            "not for this message",
+        ),
+        // A queue id with no record.
+        (
+            sender_link_for("EEEEEE5", T0 - 600, Withdraw, "ann@example.org", T0 + 60),
+            StatusCode::NOT_FOUND,
+            "no record",
+        ),
+    ];
+    for (token, status, words) in &cases {
+        let path = format!("/s/{token}");
+        let (got, _, body) = f.get(&path, None).await;
+        assert_eq!(got, *status, "{body}");
+        assert!(body.contains(words), "{words}: {body}");
+        let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", token]);
+        let (got, _, _) = f.post(&path, None, &[("form", &form)]).await;
+        assert_eq!(got, *status, "{words}");
+    }
+    nothing_changed(&f);
+
+    // The POST needs the form token of this very link, from the same site.
+    let send = sender_link("BBBBBB2", Send);
+    let path = format!("/s/{send}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &send]);
+    let ask = sender_link("AAAAAA1", Ask);
+    let ask_form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &ask]);
+    for fields in [
+        &[][..],
+        &[("form", "")][..],
+        &[("form", ask_form.as_str())][..],
+        &[("token", form.as_str())][..],
+    ] {
+        let (status, _, body) = f.post(&path, None, fields).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{fields:?}");
+        assert!(
+            body.contains("did not come from the page of your link"),
+            "{body}"
+        );
+    }
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "http://evil.test")][..],
+    ] {
+        let (status, resp, _) = f.post_with(&path, None, &[("form", &form)], headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(resp["x-desk-refused"], "cross-origin");
+    }
+    nothing_changed(&f);
+    let big = "x".repeat(MAX_BODY_BYTES + 1);
+    let (status, _, _) = f.post(&path, None, &[("form", &form), ("why", &big)]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    nothing_changed(&f);
+    // The genuine form acts.
+    let (status, _, body) = f.post(&path, None, &[("form", &form)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(f.requests("BBBBBB2").len(), 1);
+    assert!(f.requests("AAAAAA1").is_empty());
+}
+
+#[tokio::test]
+async fn a_hostile_subject_on_the_sender_page_is_escaped_and_flagged() {
+    let f = fixture();
+    let mut m = ordinary("AAAAAA1");
+    m.subject = Some("Pay\r\nBcc: all@x {link_withdraw} <a href=x>\u{202e}fdp.exe".into());
+    f.hold(&m);
+    let token = sender_link("AAAAAA1", crate::link::LinkAction::Withdraw);
+    let (status, _, body) = f.get(&format!("/s/{token}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("<bdi class=\"flag\" title=\"contains control or bidi characters, shown as \\u{...} escapes\">Pay\\x0D\\x0ABcc: all@x {link_withdraw} &#60;a href=x&#62;\\u{202E}fdp.exe</bdi>"),
+        "{body}"
+    );
+    assert!(!body.contains("<a href=x>"), "{body}");
+    assert_eq!(body.matches("action=\"/s/").count(), 1, "one form: {body}");
+}

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `/`: the held list, with server-side filters, sort, paging and counts.
 
-use super::{Fields, Head, Shown, group, render};
+use super::{Fields, Head, Shown, group, render, shown_lines};
 use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
-use crate::quarantine::{Page, Query, Request as ActionRequest, Row, Sort, State, needs_admin};
+use crate::quarantine::{
+    Page, Plea, Query, Record, Request as ActionRequest, Row, Sort, State, Via, needs_admin,
+};
 use crate::text;
 use askama::Template;
 use axum::Extension;
@@ -33,7 +35,24 @@ struct ListRow {
     rule: Shown,
     subject: Shown,
     request: Option<(&'static str, &'static str)>,
+    /// The request was filed by the sender, through their link.
+    by_sender: bool,
+    /// Held for the sender's confirmation, and still held.
+    waiting: bool,
 }
+
+/// A held message whose sender asked for release, with their words: shown first.
+struct PleaRow {
+    queue_id: String,
+    sender: Shown,
+    subject: Shown,
+    audience: String,
+    at: String,
+    words: Vec<Shown>,
+}
+
+/// The most pleas the held list shows above the table.
+const MAX_PLEAS: u64 = 20;
 
 #[derive(Template)]
 #[template(path = "list.html", config = "src/desk/askama.toml")]
@@ -50,6 +69,7 @@ struct ListPage {
     prev: Option<String>,
     next: Option<String>,
     can_act: bool,
+    pleas: Vec<PleaRow>,
 }
 
 /// The list's filters as the form shows them back.
@@ -164,6 +184,18 @@ fn request_summary(r: &ActionRequest) -> (&'static str, &'static str) {
     (r.action.name(), r.state.as_str())
 }
 
+fn plea_row(r: &Record, p: &Plea) -> PleaRow {
+    let m = &r.message;
+    PleaRow {
+        queue_id: m.queue_id.as_str().to_owned(),
+        sender: Shown::capped(if m.sender.is_empty() { "<>" } else { &m.sender }, 120),
+        subject: Shown::capped(m.subject.as_deref().unwrap_or(""), text::MAX_SUBJECT_CHARS),
+        audience: group(m.audience),
+        at: text::utc_seconds(p.at),
+        words: shown_lines(&p.words),
+    }
+}
+
 fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
     let r = &row.record;
     let m = &r.message;
@@ -192,6 +224,8 @@ fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
         rule: Shown::new(m.rules.first().map(|r| r.rule.as_str()).unwrap_or("-")),
         subject: Shown::capped(m.subject.as_deref().unwrap_or(""), text::MAX_SUBJECT_CHARS),
         request: row.request.as_ref().map(request_summary),
+        by_sender: row.request.as_ref().is_some_and(|q| q.via == Via::Sender),
+        waiting: r.state == State::Held && m.confirm,
     }
 }
 
@@ -219,7 +253,20 @@ pub async fn list(
         .max(1);
     q.limit = PER_PAGE;
     q.offset = (page_no - 1).saturating_mul(PER_PAGE);
-    let page: Page = match desk.store(move |i| i.page(&q)).await {
+    let found = desk
+        .store(move |i| {
+            let page = i.page(&q)?;
+            let mut pleas = Vec::new();
+            for id in i.pleading(MAX_PLEAS)? {
+                let record = i.record(&id)?;
+                if let Some(plea) = i.plea(record.id)? {
+                    pleas.push(plea_row(&record, &plea));
+                }
+            }
+            Ok::<_, crate::quarantine::StoreError>((page, pleas))
+        })
+        .await;
+    let (page, pleas): (Page, Vec<PleaRow>) = match found {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return desk.store_failed(Some(&who), e),
         Err(r) => return r,
@@ -278,6 +325,7 @@ pub async fn list(
         prev: (page_no > 1).then(|| link(page_no - 1)),
         next: (page_no < pages).then(|| link(page_no + 1)),
         can_act: who.role >= Role::Reviewer,
+        pleas,
         head: who.head(),
         base: desk.base(),
         filter,

@@ -89,6 +89,10 @@ struct MessagePage {
     open_request: bool,
     why_not: Option<&'static str>,
     extend_hours: [u64; 3],
+    /// Held for the sender's confirmation, and still held.
+    waiting: bool,
+    /// The sender's plea for release: when, and their words as lines.
+    plea: Option<(String, Vec<Shown>)>,
 }
 
 pub(super) fn blast_radius(r: &Record) -> String {
@@ -129,7 +133,11 @@ fn request_view(r: &ActionRequest) -> RequestView {
         action: r.action.name(),
         detail,
         who: Shown::new(&r.who),
-        via: r.via.as_str(),
+        via: if r.via == Via::Sender {
+            "the sender"
+        } else {
+            r.via.as_str()
+        },
         remote: r.remote.as_deref().map(Shown::new),
         comment: Shown::new(&r.comment),
         state: r.state.as_str(),
@@ -171,6 +179,17 @@ fn why_not(who: &Who, r: &Record) -> Option<&'static str> {
     }
 }
 
+/// Whether an audit entry is the sender's own, through their link: a plea, or a
+/// request filed via a sender link.
+fn by_sender(r: &Record, a: &crate::quarantine::AuditEntry) -> bool {
+    a.who == text::neutralize(&r.message.sender)
+        && (a.action == "sender-asks"
+            || a.comment.as_deref().is_some_and(|c| {
+                c.starts_with(&format!("via {}:", Via::Sender.as_str()))
+                    || c.starts_with(&format!("via {} from ", Via::Sender.as_str()))
+            }))
+}
+
 /// Who accepted the new size of `list` from this record's page, and when (the latest).
 fn accepted_by(r: &Record, list: &str) -> Option<Shown> {
     let prefix = super::drift::accepted_prefix(list);
@@ -208,10 +227,11 @@ pub async fn message(
         .store(move |i| {
             let record = i.record(&id)?;
             let requests = i.requests(record.id)?;
-            Ok::<_, crate::quarantine::StoreError>((record, requests))
+            let plea = i.plea(record.id)?;
+            Ok::<_, crate::quarantine::StoreError>((record, requests, plea))
         })
         .await;
-    let (r, requests) = match found {
+    let (r, requests, plea) = match found {
         Ok(Ok(x)) => x,
         Ok(Err(crate::quarantine::StoreError::NotFound(_))) => {
             return desk.refuse(
@@ -278,7 +298,11 @@ pub async fn message(
             .iter()
             .map(|a| AuditView {
                 at: text::utc_seconds(a.at),
-                who: Shown::new(&a.who),
+                who: Shown::new(&if by_sender(&r, a) {
+                    format!("the sender ({})", a.who)
+                } else {
+                    a.who.clone()
+                }),
                 action: Shown::new(&a.action),
                 comment: a.comment.as_deref().map(Shown::new),
             })
@@ -289,6 +313,8 @@ pub async fn message(
         open_request,
         why_not: why,
         extend_hours: EXTEND_HOURS,
+        waiting: r.state == State::Held && m.confirm,
+        plea: plea.map(|p| (text::utc_seconds(p.at), super::shown_lines(&p.words))),
         head: who.head(),
         base: desk.base(),
     })

@@ -13,6 +13,7 @@ pub(super) mod held;
 pub(super) mod link;
 pub(super) mod login;
 pub(super) mod message;
+pub(super) mod sender;
 
 use super::auth;
 use super::users::{Role, User};
@@ -417,6 +418,15 @@ impl Desk {
 }
 
 /// 840000 as "840,000".
+/// A sender's words as lines to show: each line neutralised and flagged on its own,
+/// so that ordinary line breaks are not flagged but a stray control character is.
+fn shown_lines(words: &str) -> Vec<Shown> {
+    words
+        .split('\n')
+        .map(|l| Shown::capped(l.strip_suffix('\r').unwrap_or(l), sender::MAX_PLEA_CHARS))
+        .collect()
+}
+
 /// The rules of a record as the pages show them: name, action, reason.
 fn shown_rules(rules: &[crate::quarantine::record::RuleHit]) -> Vec<(Shown, Shown, Shown)> {
     rules
