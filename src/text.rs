@@ -132,6 +132,19 @@ pub fn utc_seconds(secs: u64) -> String {
 /// template: a value is inserted as it is and never scanned again, so a placeholder
 /// inside a value (a subject that says `{reason}`) stays text. Unknown placeholders and
 /// a `{` without its `}` are kept as they are. The result is at most the template's
+/// A time as people read it in a notice, e.g. "Wednesday 2 December 2026 at 17:55 UTC"
+/// (seconds since the epoch; minutes rounded down).
+pub fn plain_utc(secs: u64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[weekday repr:long] [day padding:none] [month repr:long] [year] at [hour]:[minute] UTC"
+    );
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| utc_seconds(secs))
+}
+
 /// length plus one copy of a value per placeholder in the template.
 pub fn render(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len());
@@ -164,6 +177,16 @@ pub fn render(template: &str, values: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_plainly_in_notices() {
+        assert_eq!(
+            plain_utc(1_796_233_500),
+            "Wednesday 2 December 2026 at 17:45 UTC"
+        );
+        assert_eq!(plain_utc(0), "Thursday 1 January 1970 at 00:00 UTC");
+        assert_eq!(plain_utc(u64::MAX), utc_seconds(u64::MAX));
+    }
 
     #[test]
     fn any_stored_time_is_written_without_a_panic() {

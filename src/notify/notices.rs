@@ -260,7 +260,7 @@ fn values(facts: &NoticeFacts) -> Vec<(&'static str, String)> {
     vec![
         ("subject", defang(&super::subject(&facts.subject))),
         ("queue_id", value(&facts.queue_id, MAX_ADDRESS_CHARS)),
-        ("held_at", text::utc_seconds(facts.held_at)),
+        ("held_at", text::plain_utc(facts.held_at)),
         ("recipients", address_list(&facts.recipients)),
         ("visible", count(facts.visible)),
         ("audience", count(facts.audience)),
@@ -273,13 +273,13 @@ fn values(facts: &NoticeFacts) -> Vec<(&'static str, String)> {
             "review_by",
             facts
                 .review_by
-                .map_or_else(|| "as soon as possible".to_owned(), text::utc_seconds),
+                .map_or_else(|| "as soon as possible".to_owned(), text::plain_utc),
         ),
         (
             "confirm_by",
             facts
                 .confirm_by
-                .map_or_else(|| "soon".to_owned(), text::utc_seconds),
+                .map_or_else(|| "soon".to_owned(), text::plain_utc),
         ),
         (
             "link_withdraw",

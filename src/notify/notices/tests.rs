@@ -109,15 +109,21 @@ fn every_kind_renders_its_facts() {
         ),
         "{held}"
     );
-    assert!(held.contains("by 2027-01-15T18:00:00Z"), "{held}");
-    assert!(held.contains("Time:       2027-01-15T14:00:00Z"), "{held}");
+    assert!(
+        held.contains("by Friday 15 January 2027 at 18:00 UTC"),
+        "{held}"
+    );
+    assert!(
+        held.contains("Time:       Friday 15 January 2027 at 14:00 UTC"),
+        "{held}"
+    );
     assert!(
         held.contains("To:         ward4@corp.example, trust-all@corp.example"),
         "{held}"
     );
     let (_, confirm) = t.render(NoticeKind::Confirm, &f);
     assert!(
-        confirm.contains("withdrawn at 2027-01-16T14:00:00Z"),
+        confirm.contains("withdrawn at Saturday 16 January 2027 at 14:00 UTC"),
         "{confirm}"
     );
     let (subject, released_to) = t.render(NoticeKind::ReleasedTo, &f);
@@ -143,7 +149,7 @@ fn every_kind_renders_its_facts() {
     );
     let (_, unconfirmed) = t.render(NoticeKind::Unconfirmed, &f);
     assert!(
-        unconfirmed.contains("no answer by 2027-01-16T14:00:00Z"),
+        unconfirmed.contains("no answer by Saturday 16 January 2027 at 14:00 UTC"),
         "{unconfirmed}"
     );
     let (subject, withdrawn) = t.render(NoticeKind::Withdrawn, &f);
@@ -428,13 +434,13 @@ fn a_summary_of_three_has_a_block_and_links_each() {
         if n == 2 {
             expected.insert(0, format!("https://review.corp.example/s/send/{n}"));
             assert!(
-                block.contains("withdrawn at 2027-01-16T14:00:00Z"),
+                block.contains("withdrawn at Saturday 16 January 2027 at 14:00 UTC"),
                 "{block}"
             );
         } else {
             expected.push(format!("https://review.corp.example/s/ask/{n}"));
             assert!(
-                block.contains("look at it by 2027-01-15T18:00:00Z"),
+                block.contains("look at it by Friday 15 January 2027 at 18:00 UTC"),
                 "{block}"
             );
         }
