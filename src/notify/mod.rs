@@ -381,18 +381,6 @@ impl Digest {
     }
 }
 
-/// Why a sender is told their message was not sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoticeReason<'a> {
-    /// An admin discarded it.
-    Discarded {
-        /// What the reviewer wrote for the sender (the request's comment), if anything.
-        words: Option<&'a str>,
-    },
-    /// Nobody reviewed it before `expire_after`.
-    Expired,
-}
-
 /// A notice could not be composed (an address that is not one).
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
@@ -402,51 +390,6 @@ pub enum ComposeError {
     /// The message could not be built.
     #[error("cannot build the message: {0}")]
     Build(#[from] lettre::error::Error),
-}
-
-/// The plain notice to the sender of a message that was not sent: what, why, whom to ask.
-pub fn sender_notice(
-    from: &str,
-    to: &str,
-    subject_text: &str,
-    queue_id: &str,
-    reasons: &str,
-    contact: &str,
-    why: NoticeReason<'_>,
-) -> Result<Vec<u8>, ComposeError> {
-    let what = match why {
-        NoticeReason::Discarded { words: None } => {
-            "An administrator reviewed it and discarded it.".to_owned()
-        }
-        NoticeReason::Discarded { words: Some(words) } => format!(
-            "An administrator reviewed it and discarded it, saying:\n  {}",
-            text::neutralize(words)
-        ),
-        NoticeReason::Expired => {
-            "It was held for review and was not reviewed in time, so it was discarded.".to_owned()
-        }
-    };
-    let body = format!(
-        "Your message was NOT sent to anyone.\n\n\
-         \x20 Subject:  {subject}\n\
-         \x20 Queue id: {queue_id}\n\n\
-         {what}\n\n\
-         It was held because its audience was too large or not allowed:\n  {reasons}\n\n\
-         If it still needs to go out, please contact {contact} and quote the queue id \
-         above, or send it again to fewer recipients.\n\n\
-         This notice was generated automatically by {name} on {host}.\n",
-        subject = subject(subject_text),
-        queue_id = text::neutralize(queue_id),
-        reasons = text::neutralize(reasons),
-        name = crate::NAME,
-        host = hostname(),
-    );
-    Ok(auto_message(from)?
-        .to(mailbox(to)?)
-        .subject(format!("Not sent: {}", subject(subject_text)))
-        .header(ContentType::TEXT_PLAIN)
-        .body(body)?
-        .formatted())
 }
 
 /// `Auto-Submitted: auto-generated` (RFC 3834), so that vacation responders stay quiet.
@@ -756,65 +699,5 @@ mod tests {
         assert!(text.contains("... and 5 more"), "{text}");
         assert!(text.contains("7 further alerts were dropped"), "{text}");
         assert!(!text.contains("m200"));
-    }
-
-    #[test]
-    fn sender_notice_says_not_sent_why_and_whom_to_ask() {
-        let n = sender_notice(
-            "postmaster",
-            "ann@corp.example",
-            "Quarterly figures",
-            "4AbCdEf123",
-            "limits.audience: 840,000 recipients",
-            "the Service Desk on 4242",
-            NoticeReason::Expired,
-        )
-        .unwrap();
-        let text = String::from_utf8(n).unwrap();
-        assert!(
-            text.contains("Subject: Not sent: Quarterly figures"),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("From: postmaster@{}", hostname())),
-            "{text}"
-        );
-        assert!(text.contains("NOT sent"), "{text}");
-        assert!(text.contains("4AbCdEf123"), "{text}");
-        assert!(text.contains("not reviewed in time"), "{text}");
-        assert!(text.contains("the Service Desk on 4242"), "{text}");
-        let n = sender_notice(
-            "postmaster",
-            "ann@corp.example",
-            "Quarterly figures",
-            "4AbCdEf123",
-            "limits.audience: 840,000 recipients",
-            "the Service Desk on 4242",
-            NoticeReason::Discarded {
-                words: Some("wrong list \u{202e}, please resend to your team only"),
-            },
-        )
-        .unwrap();
-        let text = String::from_utf8(n).unwrap();
-        assert!(
-            text.contains("discarded it, saying:"),
-            "the reviewer's words reach the sender: {text}"
-        );
-        assert!(
-            text.contains("wrong list \\u{202E}, please resend"),
-            "neutralised: {text}"
-        );
-        assert!(matches!(
-            sender_notice(
-                "postmaster",
-                "not an address",
-                "s",
-                "q",
-                "r",
-                "c",
-                NoticeReason::Discarded { words: None }
-            ),
-            Err(ComposeError::Address(_))
-        ));
     }
 }
