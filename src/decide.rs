@@ -173,11 +173,7 @@ where
         "policy evaluated"
     );
     if evaluation.verdict.action == Action::Confirm
-        && let Some(key) = policy::confirm_key(
-            &facts.sender,
-            facts.sasl_login.as_deref(),
-            facts.client.as_deref(),
-        )
+        && let Some(key) = policy::confirm_key(facts.sasl_login.as_deref())
     {
         let confirmed = outlet.confirmed(&key).await;
         if !confirmed.is_empty() {

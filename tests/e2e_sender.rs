@@ -119,17 +119,19 @@ sender_interval = "{interval}"
         self.send_held(SENDER, &to, &message(subject, &to.join(", ")), subject)
     }
 
-    /// Sends a message to one colleague with `list` in Bcc (held for the sender to
-    /// confirm, unless they confirmed that list lately).
+    /// Sends a message, logged in as `ann`, to one colleague with `list` in Bcc (held
+    /// for the sender to confirm, unless they confirmed that list lately: remembered
+    /// under the login).
     fn send_bcc(&self, subject: &str, list: &str) {
         let to = ["bob@corp.example".to_owned(), list.to_owned()];
-        smtp_send(
+        let reply = smtp_send_as(
             self.postfix.smtp_port,
+            "ann",
             SENDER,
             &to,
             &message(subject, "bob@corp.example"),
-        )
-        .expect("accepted");
+        );
+        assert!(reply.starts_with('2'), "{reply}");
     }
 
     fn record_of(&self, queue_id: &str) -> fanout_milter::quarantine::Record {

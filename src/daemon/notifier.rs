@@ -148,9 +148,10 @@ impl Notifier {
         };
         let sender = &batch.sender;
         let shown = text::neutralize(sender);
-        let sent = compose(&config.notify.from, sender, rendered)
-            .map_err(|e| e.to_string())
-            .and_then(|m| send(sender, &m).map_err(|e| e.to_string()));
+        let sent = match compose(&config.notify.from, sender, rendered) {
+            Ok(m) => send(sender, &m).map_err(|e| (e.is_permanent(), e.to_string())),
+            Err(e) => Err((true, e.to_string())),
+        };
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
         match sent {
             Ok(()) => {
@@ -173,7 +174,15 @@ impl Notifier {
                     warn!("sender notices: sent, but cannot record it: {e}");
                 }
             }
-            Err(e) => {
+            Err((true, e)) => {
+                let e = text::neutralize(&e);
+                warn!(sender = %shown, "sender notice refused for good, not tried again: {e}");
+                let what = format!("notice to {shown} refused for good: {e}");
+                if let Err(e) = store.notices_done(&ids, sender, false, now, &what) {
+                    warn!("sender notices: cannot record a refused notice: {e}");
+                }
+            }
+            Err((false, e)) => {
                 self.retry_at
                     .insert(sender.clone(), now.saturating_add(RETRY_AFTER));
                 warn!(
@@ -264,7 +273,10 @@ mod tests {
         let sent = RefCell::new(Vec::new());
         let send = |to: &str, m: &[u8]| {
             if fail {
-                return Err(DeliverError::Address("relay down".into()));
+                return Err(DeliverError::Smtp {
+                    relay: "127.0.0.1:25".into(),
+                    message: "connection refused".into(),
+                });
             }
             sent.borrow_mut()
                 .push((to.to_owned(), String::from_utf8_lossy(m).into_owned()));
@@ -342,6 +354,29 @@ mod tests {
             "not before a minute"
         );
         assert_eq!(poll(&mut n, &store, None, T0 + 61, false).len(), 1);
+    }
+
+    #[test]
+    fn a_notice_refused_for_good_is_settled_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut n = Notifier::default();
+        let id = hold(&store, "EEEEEE01", "gone@example.org", T0, false);
+        let refuse = |_: &str, _: &[u8]| -> Result<(), DeliverError> {
+            Err(DeliverError::Refused {
+                relay: "127.0.0.1:25".into(),
+                message: "550 no such user".into(),
+            })
+        };
+        n.poll(&store, &config(), None, &refuse, T0 + 1);
+        assert!(store.due_notices(10).unwrap().is_empty(), "settled");
+        assert_eq!(store.last_told("gone@example.org").unwrap(), None);
+        let audit = store.record_by_id(id).unwrap().audit;
+        assert!(audit.iter().any(|e| {
+            e.comment
+                .as_deref()
+                .is_some_and(|c| c.contains("refused for good"))
+        }));
     }
 
     #[test]

@@ -242,9 +242,10 @@ async fn record_held(
         .map_err(|e| EomError::NoQueueId(e.to_string()))?;
     let now = crate::clock::epoch_secs(shared.now());
     let held = quarantine::held_message(id, now, facts, evaluation, headers);
-    // A copy held for the worker is part of a reviewer's action, not news for admins.
-    let alert = (!matches!(facts.released, Some(ReleasedCopy::Accepted { .. })))
-        .then(|| quarantine::alert(AlertKind::Quarantined, &held, now));
+    // A copy held for the worker is part of a reviewer's action, not news for admins;
+    // nor is a message waiting for its sender to confirm it (the desk shows it).
+    let alert = !(matches!(facts.released, Some(ReleasedCopy::Accepted { .. })) || held.confirm);
+    let alert = alert.then(|| quarantine::alert(AlertKind::Quarantined, &held, now));
     let store = shared.store.clone();
     let write = tokio::task::spawn_blocking(move || store.record_held(&held, "milter", None));
     match tokio::time::timeout(RECORD_TIMEOUT, write).await {

@@ -29,7 +29,16 @@ pub enum DeliverError {
     /// An address was refused before sending.
     #[error("bad recipient address \"{0}\"")]
     Address(String),
-    /// The SMTP relay refused or could not be reached.
+    /// The SMTP relay refused the mail for good (a 5xx reply): trying again would not
+    /// help.
+    #[error("SMTP relay {relay} refused it: {message}")]
+    Refused {
+        /// host:port.
+        relay: String,
+        /// What it said.
+        message: String,
+    },
+    /// The SMTP relay refused for now or could not be reached.
     #[error("SMTP relay {relay}: {message}")]
     Smtp {
         /// host:port.
@@ -161,7 +170,27 @@ pub fn send_smtp(
     transport
         .send_raw(&envelope, message)
         .map(|_| ())
-        .map_err(|e| smtp_error(e.to_string()))
+        .map_err(|e| {
+            if e.is_permanent() {
+                DeliverError::Refused {
+                    relay: format!("{}:{}", relay.0, relay.1),
+                    message: e.to_string(),
+                }
+            } else {
+                smtp_error(e.to_string())
+            }
+        })
+}
+
+impl DeliverError {
+    /// True when sending the same mail again cannot succeed: a bad address, or a relay
+    /// that refused it for good.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DeliverError::Address(_) | DeliverError::Refused { .. }
+        )
+    }
 }
 
 /// Posts `body` as JSON to `url`; each attempt bounded by `timeout`, retried with

@@ -88,6 +88,10 @@ impl Effect {
             return format!("{how}: {} {} {}", reply.code, reply.enhanced, reply.text);
         }
         match (&self.hold, &self.header) {
+            (Some(_), Some(h)) if self.action == Action::Confirm => format!(
+                "held in the Postfix hold queue until the sender confirms or withdraws it, \
+                 with header \"{VERDICT_HEADER}: {h}\""
+            ),
             (Some(_), Some(h)) => {
                 format!("held in the Postfix hold queue, with header \"{VERDICT_HEADER}: {h}\"")
             }
@@ -331,6 +335,13 @@ mod tests {
         assert_eq!(
             held.describe(),
             "held in the Postfix hold queue, with header \"X-Fanout-Verdict: quarantine; restricted: big\""
+        );
+        let asked = effect(&verdict_with(Action::Confirm, "big"), &r, "Q");
+        assert_eq!(asked.hold.as_deref(), Some("restricted: big"));
+        assert_eq!(
+            asked.describe(),
+            "held in the Postfix hold queue until the sender confirms or withdraws it, with \
+             header \"X-Fanout-Verdict: confirm; restricted: big\""
         );
 
         let later = effect(&verdict_with(Action::Tempfail, "big"), &r, "Q");

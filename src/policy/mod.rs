@@ -196,8 +196,42 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Ev
         v.reasons.push(reason);
         v.reasons.sort_by_key(|r| std::cmp::Reverse(r.action));
     }
+    if evaluation.verdict.action == Action::Confirm
+        && !only_the_sender_asked(policy, facts, &evaluation)
+    {
+        let v = &mut evaluation.verdict;
+        v.action = Action::Quarantine;
+        v.intended = v.intended.max(Action::Quarantine);
+    }
     evaluation.verdict.notify_sender = tell_sender(policy, facts, &evaluation.verdict);
     evaluation
+}
+
+/// Whether a `confirm` verdict may stay one, the sender alone deciding: only when they
+/// can be asked and the answer is theirs. Else the message is held for an admin:
+/// - the sender must be reachable and real: not the null sender, not mail a program or
+///   a list sent, and either logged in (SASL) or in an internal domain, so that the
+///   link to send goes to the mailbox of the person named, never to an outside address
+///   a forger chose;
+/// - every rule that asked for more than a tag (monitored or not) is `[hidden]` or
+///   `[restricted]` asking to confirm: a drift, a scope, the breaker, a storm or a
+///   reject level fired alongside is an admin's to judge;
+/// - the whole audience is within the larger `confirm_max_audience`.
+fn only_the_sender_asked(policy: &Policy, facts: &MessageFacts, evaluation: &Evaluation) -> bool {
+    let sender = address::fold_case(&facts.sender);
+    let reachable = !facts.sender.is_empty()
+        && !facts.headers.automated
+        && (facts.sasl_login.as_deref().is_some_and(|l| !l.is_empty())
+            || policy.internal.is_internal(&sender));
+    let only_confirm = evaluation.verdict.reasons.iter().all(|r| {
+        r.action <= Action::Tag
+            || (r.action == Action::Confirm && matches!(r.rule, "hidden" | "restricted"))
+    });
+    let max = policy
+        .hidden
+        .confirm_max_audience
+        .max(policy.restricted.confirm_max_audience);
+    reachable && only_confirm && evaluation.counts.audience as u64 <= max
 }
 
 /// Whether the sender of a message held under `verdict` is told at once: always when
@@ -812,6 +846,7 @@ mod tests {
     /// `[hidden]` and `[restricted]` asking the sender to confirm, up to 5,000.
     fn confirm_policy() -> Policy {
         let mut p = hidden_policy();
+        p.internal = DomainSet::new(["example.org"]).unwrap();
         p.hidden.action = Action::Confirm;
         p.restricted = restricted_policy(0).restricted;
         p.restricted.action = Action::Confirm;
@@ -844,6 +879,10 @@ mod tests {
         assert_eq!(v.action, Action::Confirm, "{v:?}");
         assert_eq!(v.reasons[0].rule, "hidden");
         assert_eq!(v.reasons[0].action, Action::Confirm);
+        // The rule's own maximum counts what no header shows (the message's, the whole
+        // audience, is tested below): with room for the whole message, 5,000 unseen.
+        let mut p = confirm_policy();
+        p.restricted.confirm_max_audience = 6000;
         let v = with_confirmed(&p, &bcc(5000), &[]);
         assert_eq!(v.action, Action::Confirm, "at the maximum");
         let v = with_confirmed(&p, &bcc(5001), &[]);
@@ -911,6 +950,81 @@ mod tests {
             !tell_sender(&p, &bcc(4000), &tagged_reject),
             "a monitored rule decides nothing"
         );
+    }
+
+    #[test]
+    fn confirm_is_for_a_sender_who_can_be_asked_and_only_for_their_question() {
+        let p = confirm_policy();
+        assert_eq!(evaluate(&p, &bcc(4000)).verdict.action, Action::Confirm);
+        let held = |f: &MessageFacts, p: &Policy| {
+            let v = evaluate(p, f).verdict;
+            assert!(
+                v.action == Action::Quarantine && v.intended == Action::Quarantine,
+                "{v:?}"
+            );
+        };
+        let mut outside = bcc(4000);
+        outside.sender = "x@gmail.example".into();
+        held(&outside, &p);
+        outside.sasl_login = Some("ann".into());
+        assert_eq!(
+            evaluate(&p, &outside).verdict.action,
+            Action::Confirm,
+            "logged in"
+        );
+        outside.sasl_login = Some(String::new());
+        held(&outside, &p);
+        let mut shouting = bcc(4000);
+        shouting.sender = "ANN@EXAMPLE.ORG".into();
+        assert_eq!(evaluate(&p, &shouting).verdict.action, Action::Confirm);
+        let mut null = bcc(4000);
+        null.sender.clear();
+        held(&null, &p);
+        let mut auto = bcc(4000);
+        auto.headers.automated = true;
+        held(&auto, &p);
+        // Another rule asking for more than a tag, monitored or not: an admin's.
+        let mut monitored = confirm_policy();
+        monitored.envelope = Levels {
+            tag: 0,
+            quarantine: 2,
+            reject: 0,
+            monitor: true,
+        };
+        held(&bcc(4000), &monitored);
+        let mut tagged = confirm_policy();
+        tagged.envelope = levels(2, 0, 0);
+        let v = evaluate(&tagged, &bcc(4000)).verdict;
+        assert_eq!(v.action, Action::Confirm, "a tag is no question: {v:?}");
+        // The whole audience within the larger maximum.
+        let mut small = confirm_policy();
+        small.hidden.confirm_max_audience = 3000;
+        small.restricted.confirm_max_audience = 3999;
+        held(&bcc(4000), &small);
+        small.restricted.confirm_max_audience = 4001;
+        assert_eq!(evaluate(&small, &bcc(3000)).verdict.action, Action::Confirm);
+        // Two restricted lists named in To, each within the maximum, together above it.
+        let mut p = confirm_policy();
+        p.hidden.min_audience = 0;
+        p.restricted.min_audience = 1000;
+        let named = |sizes: &[u64]| {
+            let lists: Vec<(ListFacts, bool)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (list(&format!("l{i}@example.org"), n, &[]), true))
+                .collect();
+            let rcpts: Vec<String> = (0..sizes.len())
+                .map(|i| format!("l{i}@example.org"))
+                .collect();
+            let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+            let total = sizes.iter().sum();
+            shown(&rcpts, &rcpts, total, total, lists)
+        };
+        assert_eq!(
+            evaluate(&p, &named(&[2500, 2500])).verdict.action,
+            Action::Confirm
+        );
+        held(&named(&[2500, 2501]), &p);
     }
 
     #[test]

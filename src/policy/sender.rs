@@ -51,20 +51,13 @@ impl Identity<'_> {
 }
 
 /// The key a sender's confirmations (`confirm`: "send it to all of them") are
-/// remembered under: the SASL login when there is one; without a login, the envelope
-/// sender together with the client address the message came from, so that a forged
-/// MAIL FROM from another host never inherits what the real sender confirmed. None for
-/// the null sender, who is never asked.
-pub fn confirm_key(sender: &str, sasl_login: Option<&str>, client: Option<&str>) -> Option<String> {
-    match sasl_login.filter(|l| !l.is_empty()) {
-        Some(login) => Some(format!("sasl:{}", fold_case(login))),
-        None if sender.is_empty() => None,
-        None => Some(format!(
-            "env:{} from {}",
-            fold_case(sender),
-            client.unwrap_or("local")
-        )),
-    }
+/// remembered under: the SASL login, case folded. Mail without a login has none: its
+/// envelope sender, even with the client address, can be forged by anyone who shares
+/// that client (a hub, a terminal server), so such a sender is asked every time.
+pub fn confirm_key(sasl_login: Option<&str>) -> Option<String> {
+    sasl_login
+        .filter(|l| !l.is_empty())
+        .map(|login| format!("sasl:{}", fold_case(login)))
 }
 
 /// Senders a rule grants something to (an exemption, posting to a restricted list).
@@ -146,24 +139,10 @@ mod tests {
     }
 
     #[test]
-    fn confirmations_are_kept_by_login_or_by_sender_and_client() {
-        assert_eq!(
-            confirm_key("a@x.org", Some("Ann"), Some("10.0.0.1")).as_deref(),
-            Some("sasl:ann")
-        );
-        assert_eq!(
-            confirm_key("A@X.org", None, Some("10.0.0.1")).as_deref(),
-            Some("env:a@x.org from 10.0.0.1")
-        );
-        assert_eq!(
-            confirm_key("a@x.org", Some(""), None).as_deref(),
-            Some("env:a@x.org from local")
-        );
-        assert_ne!(
-            confirm_key("a@x.org", None, Some("10.0.0.1")),
-            confirm_key("a@x.org", None, Some("10.0.0.2"))
-        );
-        assert_eq!(confirm_key("", None, Some("10.0.0.1")), None);
+    fn confirmations_are_kept_by_login_only() {
+        assert_eq!(confirm_key(Some("Ann")).as_deref(), Some("sasl:ann"));
+        assert_eq!(confirm_key(Some("")), None);
+        assert_eq!(confirm_key(None), None);
     }
 
     fn globs(p: &[&str]) -> AddressGlobs {

@@ -213,13 +213,7 @@ pub fn held_message(
         confirm: evaluation.verdict.action == Action::Confirm,
         notify_sender: evaluation.verdict.notify_sender,
         confirm_key: (evaluation.verdict.action == Action::Confirm)
-            .then(|| {
-                crate::policy::confirm_key(
-                    &facts.sender,
-                    facts.sasl_login.as_deref(),
-                    facts.client.as_deref(),
-                )
-            })
+            .then(|| crate::policy::confirm_key(facts.sasl_login.as_deref()))
             .flatten(),
     }
 }

@@ -142,7 +142,8 @@ pub enum SweepStep {
 /// admin's to decide, never expired, released or discarded by the sweep. A hold a
 /// reviewer extended ([`Record::hold_until`]) is neither escalated nor expired before
 /// its time. A message waiting for its sender's confirmation is not the reviewers' to
-/// look at, so it is never escalated: after `confirm_within` it is discarded.
+/// look at, so it is never escalated: after `confirm_within` it is discarded; one an
+/// admin extended is the admins' from then on, as any other hold.
 pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -> Vec<SweepStep> {
     let review = settings.review_within.as_secs();
     let expire = settings.expire_after.as_secs();
@@ -154,7 +155,7 @@ pub fn plan_sweep(records: &[Record], now: u64, settings: &QuarantineSettings) -
     {
         let age = now.saturating_sub(r.message.held_at);
         let queue_id = r.message.queue_id.clone();
-        if r.message.confirm {
+        if r.message.confirm && r.hold_until.is_none() {
             if age >= settings.confirm_within.as_secs() {
                 steps.push(SweepStep::Unconfirmed { id: r.id, queue_id });
             }
@@ -391,7 +392,14 @@ mod tests {
         waiting.hold_until = Some(30 * h);
         let one = std::slice::from_ref(&waiting);
         assert!(plan_sweep(one, 29 * h, &s).is_empty(), "an admin kept it");
-        assert_eq!(plan_sweep(one, 30 * h, &s), gone);
+        assert_eq!(
+            plan_sweep(one, 30 * h, &s),
+            [SweepStep::Escalate {
+                id: 1,
+                queue_id: waiting.message.queue_id.clone()
+            }],
+            "the admins' from then on"
+        );
         waiting.state = State::Released;
         assert!(plan_sweep(std::slice::from_ref(&waiting), 100 * h, &s).is_empty());
     }

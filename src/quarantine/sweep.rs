@@ -121,8 +121,12 @@ impl Review<'_> {
             return false;
         }
         report.line(format!("{id}: {comment}"));
-        if action == OnExpiry::NotifySender {
-            self.notify_sender(r, Outcome::Expired, report);
+        match action {
+            OnExpiry::NotifySender => self.notify_sender(r, Outcome::Expired, report),
+            OnExpiry::Release if r.message.notify_sender => {
+                self.notify_sender(r, Outcome::Released { words: None }, report)
+            }
+            _ => {}
         }
         true
     }

@@ -330,16 +330,19 @@ impl Executor<'_> {
         }
     }
 
-    /// What the sender is told once `request` is carried out: a discard when the
-    /// reviewer asked for it (with their words), a release when the sender was told of
-    /// the hold; a withdrawal by the sender gets a receipt, a release the sender
-    /// confirmed nothing (the mail itself is on its way).
+    /// What the sender is told once `request` is carried out: a release or a discard
+    /// when the sender was told of the hold, a discard also when the reviewer asked for
+    /// it; the reviewer's words go with a release, and with a discard only when the
+    /// reviewer chose to tell the sender. A withdrawal by the sender gets a receipt, a
+    /// release the sender confirmed nothing (the mail itself is on its way).
     fn outcome<'r>(r: &Record, request: &'r Request) -> Option<Outcome<'r>> {
         let words = Self::words(request);
         match (&request.action, request.via) {
             (RequestAction::Discard { .. }, Via::Sender) => Some(Outcome::Withdrawn),
             (RequestAction::Discard { notify_sender }, _) => {
-                notify_sender.then_some(Outcome::Discarded { words })
+                (*notify_sender || r.message.notify_sender).then_some(Outcome::Discarded {
+                    words: words.filter(|_| *notify_sender),
+                })
             }
             (RequestAction::Release, Via::Sender) => None,
             (RequestAction::Release, _) => r
@@ -1139,6 +1142,26 @@ mod tests {
         let done = h.executor().execute(&rq, 300).unwrap().unwrap();
         assert!(done.ok && !done.result.contains("notice"), "{done:?}");
         assert_eq!(sent(&h), "", "never told of the hold, not told of its end");
+    }
+
+    #[test]
+    fn a_sender_told_of_the_hold_hears_of_a_discard_without_the_reviewers_notes() {
+        let f = Fixture::new();
+        hold_told(&f, "AAAAAA1");
+        let rq = f.file(
+            "AAAAAA1",
+            RequestAction::Discard {
+                notify_sender: false,
+            },
+        );
+        let done = f.executor().execute(&rq, 300).unwrap().unwrap();
+        assert!(done.result.contains("discarded notice sent"), "{done:?}");
+        let text = sent(&f);
+        assert!(text.contains("NOT sent"), "{text}");
+        assert!(
+            !text.contains("wrong list"),
+            "internal words stay internal: {text}"
+        );
     }
 
     #[test]

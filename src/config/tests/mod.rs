@@ -736,7 +736,8 @@ fn every_state_key_is_restart_only() {
 fn confirm_is_only_for_hidden_and_restricted() {
     let c = load_after_domains(
         "[hidden]\naction = \"confirm\"\nconfirm_max_audience = 800\n\
-         [restricted]\naction = \"confirm\"\n",
+         [restricted]\naction = \"confirm\"\n\
+         [review]\nlisten = \"inet:127.0.0.1:9786\"\npublic_url = \"https://desk.corp.example\"\n",
     )
     .expect("confirm where the question is whether the sender meant it");
     assert_eq!(c.policy.hidden.action, crate::policy::Action::Confirm);
@@ -755,6 +756,20 @@ fn confirm_is_only_for_hidden_and_restricted() {
         let line = 3 + table.lines().count();
         refused_after_domains(&src, line, key, "only for [hidden] and [restricted]");
     }
+    refused_after_domains(
+        "[hidden]\naction = \"confirm\"\n",
+        4,
+        "hidden.action",
+        "needs the review desk",
+    );
+    refused_after_domains(
+        "[restricted]\naction = \"confirm\"\n[review]\nlisten = \"inet:127.0.0.1:9786\"\n\
+         public_url = \"https://desk.corp.example\"\n[notices.confirm]\n\
+         body = \"Send: {link_send}\"\n",
+        4,
+        "restricted.action",
+        "needs {link_withdraw} in [notices.confirm] body",
+    );
     refused_after_domains(
         "[expansion]\non_unknown = \"confirm\"\n",
         4,

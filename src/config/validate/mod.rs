@@ -156,6 +156,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     let (state, admin_socket) = state::check(&raw, state_timeout, base, report);
     let review = review::check(&raw.review, review_times, base, report);
     let notices = notices::check(&raw.notices, report);
+    confirm_needs(&raw, &notices, report);
 
     if !problems.is_empty() {
         return Err(problems);
@@ -216,6 +217,47 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         notices,
         raw,
     })
+}
+
+/// `action = "confirm"` asks the sender on the review desk, through the links of the
+/// confirm notice: it needs the desk (`[review] listen` and `public_url`) and a notice
+/// that carries both links; else nobody could ever confirm, and every such message
+/// would be discarded after `confirm_within`.
+fn confirm_needs(
+    raw: &RawConfig,
+    notices: &crate::config::notices::NoticeTemplates,
+    report: &mut impl FnMut(&str, String),
+) {
+    use crate::config::notices::NoticeKind;
+    use crate::policy::Action;
+    for (key, action) in [
+        ("hidden.action", raw.hidden.action),
+        ("restricted.action", raw.restricted.action),
+    ] {
+        if action != Action::Confirm {
+            continue;
+        }
+        if raw.review.listen.trim().is_empty() || raw.review.public_url.trim().is_empty() {
+            report(
+                key,
+                "\"confirm\" needs the review desk: senders confirm there through signed \
+                 links, so set [review] listen and public_url (or use \"quarantine\")"
+                    .into(),
+            );
+        }
+        let body = &notices.get(NoticeKind::Confirm).body;
+        for link in ["{link_send}", "{link_withdraw}"] {
+            if !body.contains(link) {
+                report(
+                    key,
+                    format!(
+                        "\"confirm\" needs {link} in [notices.confirm] body: without it the \
+                         sender cannot answer"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// The rules whose table says `notify_sender = false`.
