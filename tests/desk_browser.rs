@@ -600,5 +600,35 @@ fn the_desk_in_headless_chromium() {
         vec!["nurses@example.org".to_owned()]
     );
 
+    // A forged sender link: refused, and logged with the client's address, never the
+    // link.
+    let withdraw = links["withdraw"].as_str().expect("the withdraw link");
+    let (_, token) = withdraw.split_once("/s/").expect("a sender link");
+    let (payload, _) = token.split_once('.').expect("payload.mac");
+    let forged = format!("{payload}.{}", URL_SAFE_NO_PAD.encode([0u8; 32]));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    std::io::Write::write_all(
+        &mut conn,
+        format!("GET /s/{forged} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("nothing was done"), "{answer}");
+    let line = wait_for("the refusal in the daemon's log", || {
+        milter
+            .log()
+            .lines()
+            .find(|l| l.contains("a sender link refused"))
+            .map(str::to_owned)
+    });
+    assert!(line.contains("127.0.0.1"), "{line}");
+    assert!(line.contains("403"), "{line}");
+    assert!(!milter.log().contains(payload), "the link is never logged");
+
     assert!(milter.stop().success(), "{}", milter.log());
 }
