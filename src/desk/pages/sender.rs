@@ -163,6 +163,7 @@ impl Desk {
             "Nothing was done".to_owned(),
         );
         page.lead = Some(why.to_owned());
+        page.action = "";
         page.refused = true;
         let mut response = render(&page);
         *response.status_mut() = status;
