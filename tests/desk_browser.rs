@@ -4,8 +4,11 @@
 //! reviewer, a viewer and an admin, and `tests/browser/desk.mjs` drives Debian's chromium
 //! headless with playwright-core (login, filters, a hostile subject shown as text, a
 //! release, a second release refused, a forged cross-site form refused, a viewer who
-//! cannot act, the admin pulling the emergency brake and releasing it).
-//! Screenshots land in `target/desk-screenshots/`.
+//! cannot act, the admin pulling the emergency brake and releasing it). Then
+//! `tests/browser/sender.mjs` opens signed sender links (signed here with the desk key
+//! the test gives the daemon, by the link format of `src/link.rs`) and withdraws one
+//! held message, asks for another's release and confirms a third, and a reviewer sees
+//! the plea first on the held list. Screenshots land in `target/desk-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (or `FANOUT_CHROMIUM`), `node`, and `npm ci` run in
 //! `tests/browser/`; `scripts/test` installs them. Without them the test is skipped with
@@ -13,11 +16,16 @@
 
 mod common;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{ChildGuard, Milter, free_port, listening, wait_for};
 use fanout_milter::quarantine::{
-    HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store,
+    HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store, Via,
 };
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,6 +49,25 @@ const SCREENSHOTS: [&str; 5] = [
     "message-after-release.png",
     "brake.png",
 ];
+
+/// The held messages the sender script acts on (seeded after desk.mjs ran).
+const WITHDRAWN: &str = "8E5F607182";
+const ASKED: &str = "9F60718293";
+const CONFIRMED: &str = "A071829304";
+
+/// The screenshots the sender script saves.
+const SENDER_SCREENSHOTS: [&str; 7] = [
+    "sender-withdraw.png",
+    "sender-withdrawn.png",
+    "sender-ask.png",
+    "sender-asked.png",
+    "sender-send.png",
+    "sender-sent.png",
+    "sender-list.png",
+];
+
+/// The desk key the test gives the daemon (`state_dir/desk.key`).
+const DESK_KEY: [u8; 32] = [42; 32];
 
 const HOSTILE_SUBJECT: &str = "Invoice <script>alert(1)</script> \u{202E}fdp.exe";
 
@@ -212,6 +239,94 @@ fn seed(state: &Path) {
     }
 }
 
+/// The three held messages of the sender script: one to withdraw, one to ask for, one
+/// held for its sender's confirmation.
+fn seed_sender(state: &Path) -> Vec<HeldMessage> {
+    let store = Store::open(state).expect("open the store");
+    let mut confirm = held(
+        CONFIRMED,
+        2 * 60,
+        "erin@example.org",
+        Some("erin"),
+        &["nurses@example.org"],
+        1_200,
+        0,
+        vec![list("nurses@example.org", 1_200, 0)],
+        "Rota for December",
+        vec![rule(
+            "hidden",
+            "confirm",
+            "1,200 recipients, 1 of them visible",
+        )],
+    );
+    confirm.confirm = true;
+    confirm.notify_sender = true;
+    confirm.confirm_key = Some("sasl:erin".into());
+    let records = vec![
+        held(
+            WITHDRAWN,
+            3 * 60,
+            "carol@example.org",
+            Some("carol"),
+            &["project-x@example.org"],
+            30,
+            0,
+            vec![list("project-x@example.org", 30, 0)],
+            "Draft, do not send",
+            vec![rule(
+                "restricted",
+                "quarantine",
+                "project-x@example.org is restricted",
+            )],
+        ),
+        held(
+            ASKED,
+            4 * 60,
+            "dave@example.org",
+            Some("dave"),
+            &["wards@example.org"],
+            500,
+            0,
+            vec![list("wards@example.org", 500, 0)],
+            "Ward 3 moves today",
+            vec![rule(
+                "limits.audience",
+                "quarantine",
+                "500 recipients >= quarantine level 500",
+            )],
+        ),
+        confirm,
+    ];
+    for r in &records {
+        store
+            .record_held(r, "milter", Some("held by the seed"))
+            .expect("record a held message");
+    }
+    records
+}
+
+/// A sender link for `m`, as the notice to its sender carries it: the link format of
+/// `src/link.rs` (base64url JSON payload, HMAC-SHA256 under the sender label), signed
+/// here with [`DESK_KEY`].
+fn sender_link(desk: &str, m: &HeldMessage, action: &str) -> String {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("randomness");
+    let payload = json!({
+        "q": m.queue_id.as_str(),
+        "h": m.held_at,
+        "a": action,
+        "to": m.sender,
+        "exp": now() + 3600,
+        "n": nonce.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    });
+    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&DESK_KEY).expect("a key");
+    mac.update(b"fanout-milter sender link v1\0");
+    mac.update(payload.as_bytes());
+    let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{desk}/s/{payload}.{tag}")
+}
+
 fn passwd(conf: &Path, dir: &Path, user: &str, role: &str, password: &str) {
     let file = dir.join(format!("{user}.password"));
     std::fs::write(&file, format!("{password}\n")).expect("write the password");
@@ -242,12 +357,12 @@ fn exited(child: &mut ChildGuard, limit: Duration) -> Option<std::process::ExitS
     }
 }
 
-/// Runs `node desk.mjs` with `env`; after [`SCRIPT_DEADLINE`] it gets SIGTERM (on
+/// Runs `node {script}` with `env`; after [`SCRIPT_DEADLINE`] it gets SIGTERM (on
 /// which playwright closes chromium), then SIGKILL. Its success and output.
-fn run_script(dir: &Path, log: &Path, env: &[(&str, String)]) -> (bool, String) {
+fn run_script(dir: &Path, script: &str, log: &Path, env: &[(&str, String)]) -> (bool, String) {
     let out = std::fs::File::create(log).expect("script log");
     let mut cmd = Command::new("node");
-    cmd.arg("desk.mjs")
+    cmd.arg(script)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log handle"))
@@ -291,6 +406,14 @@ fn the_desk_in_headless_chromium() {
     let state = root.path().join("state");
     let users = root.path().join("review-users");
     seed(&state);
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(state.join("desk.key"))
+        .expect("create the desk key");
+    std::io::Write::write_all(&mut key, &DESK_KEY).expect("write the desk key");
+    drop(key);
 
     let port = free_port();
     let desk = format!("http://127.0.0.1:{port}");
@@ -326,7 +449,11 @@ fn the_desk_in_headless_chromium() {
     wait_for("the desk to listen", || listening(port).then_some(()));
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
-    for shot in SCREENSHOTS.iter().chain(&["failure.png"]) {
+    for shot in SCREENSHOTS
+        .iter()
+        .chain(&SENDER_SCREENSHOTS)
+        .chain(&["failure.png", "sender-failure.png"])
+    {
         let _ = std::fs::remove_file(shots.join(shot));
     }
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -335,9 +462,10 @@ fn the_desk_in_headless_chromium() {
     );
     let (ok, output) = run_script(
         &script_dir,
+        "desk.mjs",
         &root.path().join("browser.log"),
         &[
-            ("DESK_URL", desk),
+            ("DESK_URL", desk.clone()),
             ("DESK_REVIEWER", "rita".into()),
             ("DESK_REVIEWER_PASSWORD", "rita-reviews-at-3am".into()),
             ("DESK_VIEWER", "victor".into()),
@@ -401,6 +529,106 @@ fn the_desk_in_headless_chromium() {
         "{brake:?}"
     );
     assert!(comment(0).contains("storm over, list fixed"), "{brake:?}");
+
+    // The sender's pages: three more holds, a signed link for each, no login.
+    let sent = seed_sender(&state);
+    let links = json!({
+        "withdraw": sender_link(&desk, &sent[0], "withdraw"),
+        "ask": sender_link(&desk, &sent[1], "ask"),
+        "send": sender_link(&desk, &sent[2], "send"),
+        "asked": ASKED,
+        "audience": "1,200",
+    });
+    let (ok, output) = run_script(
+        &script_dir,
+        "sender.mjs",
+        &root.path().join("sender.log"),
+        &[
+            ("DESK_URL", desk.clone()),
+            ("DESK_REVIEWER", "rita".into()),
+            ("DESK_REVIEWER_PASSWORD", "rita-reviews-at-3am".into()),
+            ("SENDER_LINKS", links.to_string()),
+            ("DESK_SCREENSHOTS", shots.display().to_string()),
+            ("CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    assert!(
+        ok,
+        "the sender script failed:\n{output}\ndaemon log:\n{}",
+        milter.log()
+    );
+    eprintln!("{output}");
+    for shot in SENDER_SCREENSHOTS {
+        let len = std::fs::metadata(shots.join(shot))
+            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
+            .len();
+        assert!(len > 2_000, "{shot} is only {len} bytes");
+    }
+    let withdrawn = requests(WITHDRAWN);
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
+    assert_eq!(
+        withdrawn[0].action,
+        RequestAction::Discard {
+            notify_sender: false
+        }
+    );
+    assert_eq!(withdrawn[0].via, Via::Sender);
+    assert_eq!(withdrawn[0].who, "carol@example.org");
+    assert_eq!(withdrawn[0].comment, "withdrawn by the sender");
+    assert_eq!(withdrawn[0].state, RequestState::Pending);
+    assert!(requests(ASKED).is_empty(), "a plea files no request");
+    let asked = store
+        .record(&QueueId::parse(ASKED).unwrap())
+        .expect("the asked record");
+    let plea = store.plea(asked.id).expect("the store").expect("the plea");
+    assert_eq!(
+        plea.words,
+        "The night shift must know the ward moves <today>.\r\nPlease send it."
+    );
+    let confirmed = requests(CONFIRMED);
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0].action, RequestAction::Release);
+    assert_eq!(confirmed[0].via, Via::Sender);
+    assert_eq!(
+        confirmed[0].comment,
+        "the sender confirmed: send to all 1,200"
+    );
+    assert_eq!(
+        store
+            .confirmed_lists("sasl:erin", now())
+            .expect("the store"),
+        vec!["nurses@example.org".to_owned()]
+    );
+
+    // A forged sender link: refused, and logged with the client's address, never the
+    // link.
+    let withdraw = links["withdraw"].as_str().expect("the withdraw link");
+    let (_, token) = withdraw.split_once("/s/").expect("a sender link");
+    let (payload, _) = token.split_once('.').expect("payload.mac");
+    let forged = format!("{payload}.{}", URL_SAFE_NO_PAD.encode([0u8; 32]));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    std::io::Write::write_all(
+        &mut conn,
+        format!("GET /s/{forged} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("nothing was done"), "{answer}");
+    let line = wait_for("the refusal in the daemon's log", || {
+        milter
+            .log()
+            .lines()
+            .find(|l| l.contains("a sender link refused"))
+            .map(str::to_owned)
+    });
+    assert!(line.contains("127.0.0.1"), "{line}");
+    assert!(line.contains("403"), "{line}");
+    assert!(!milter.log().contains(payload), "the link is never logged");
 
     assert!(milter.stop().success(), "{}", milter.log());
 }

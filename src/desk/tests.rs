@@ -1876,7 +1876,7 @@ async fn ask_records_the_plea_and_the_held_list_shows_it_first() {
         box_at < body.find("id=\"held\"").unwrap(),
         "above the table"
     );
-    assert!(box_at < body.find("id=\"filter\"").unwrap(), "first");
+    assert!(box_at < body.find("id=\"counts\"").unwrap(), "first");
     assert!(
         body.find("data-queue-id=\"BBBBBB2\"").unwrap()
             < body.find("data-queue-id=\"CCCCCC3\"").unwrap()

@@ -417,7 +417,6 @@ impl Desk {
     }
 }
 
-/// 840000 as "840,000".
 /// A sender's words as lines to show: each line neutralised and flagged on its own,
 /// so that ordinary line breaks are not flagged but a stray control character is.
 fn shown_lines(words: &str) -> Vec<Shown> {
@@ -427,6 +426,7 @@ fn shown_lines(words: &str) -> Vec<Shown> {
         .collect()
 }
 
+/// 840000 as "840,000".
 /// The rules of a record as the pages show them: name, action, reason.
 fn shown_rules(rules: &[crate::quarantine::record::RuleHit]) -> Vec<(Shown, Shown, Shown)> {
     rules

@@ -163,6 +163,7 @@ impl Desk {
             "Nothing was done".to_owned(),
         );
         page.lead = Some(why.to_owned());
+        page.action = "";
         page.refused = true;
         let mut response = render(&page);
         *response.status_mut() = status;
@@ -358,8 +359,8 @@ impl Desk {
         page.facts = Some(Facts::of(r));
         page.note = Some(if m.confirm {
             format!(
-                "Nothing goes out until you decide. If nobody answers by {}, it is \
-                 discarded.",
+                "Nothing goes out until you decide. If you do not answer by {}, it is \
+                 discarded and you are told by mail.",
                 text::utc_seconds(
                     m.held_at
                         .saturating_add(self.quarantine.confirm_within.as_secs())
