@@ -11,8 +11,8 @@
 use crate::directory::Directory;
 use crate::policy::address::AddressForm;
 use crate::policy::{
-    self, Action, BrakeFact, Effect, Evaluation, HeaderFacts, MessageFacts, Policy, RecipientSet,
-    Replies, StateFacts, StatePlan,
+    self, Action, BrakeFact, ConfirmedList, Effect, Evaluation, HeaderFacts, MessageFacts, Policy,
+    RecipientSet, Replies, StateFacts, StatePlan,
 };
 use crate::state::guard::Observed;
 use crate::state::{Guard, StateError};
@@ -115,7 +115,7 @@ pub trait Outlet {
     /// asked only of a message whose verdict is `confirm`. A failure is the outlet's to
     /// log; it answers none, and the message waits for its sender as it would anyway.
     /// None by default.
-    fn confirmed(&mut self, key: &str) -> impl Future<Output = Vec<String>> + Send {
+    fn confirmed(&mut self, key: &str) -> impl Future<Output = Vec<ConfirmedList>> + Send {
         let _ = key;
         async { Vec::new() }
     }
@@ -401,7 +401,7 @@ mod tests {
         log: Log,
         fail_record: bool,
         fail_apply: bool,
-        confirmed: Vec<String>,
+        confirmed: Vec<ConfirmedList>,
     }
 
     impl Outlet for FakeOutlet {
@@ -420,7 +420,7 @@ mod tests {
             Ok(())
         }
 
-        async fn confirmed(&mut self, key: &str) -> Vec<String> {
+        async fn confirmed(&mut self, key: &str) -> Vec<ConfirmedList> {
             note(&self.log, format!("confirmed? {key}"));
             self.confirmed.clone()
         }
@@ -474,7 +474,10 @@ mod tests {
             ["confirmed? sasl:ann", "record", "apply confirm"]
         );
         let mut remembered = FakeOutlet {
-            confirmed: vec!["ward@example.org".into()],
+            confirmed: vec![ConfirmedList {
+                address: "ward@example.org".into(),
+                size: 400,
+            }],
             ..Default::default()
         };
         let d = run(&mut remembered, &f);

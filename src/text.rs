@@ -128,10 +128,6 @@ pub fn utc_seconds(secs: u64) -> String {
     }
 }
 
-/// Fills the `{name}` placeholders of `template` from `values` in one pass over the
-/// template: a value is inserted as it is and never scanned again, so a placeholder
-/// inside a value (a subject that says `{reason}`) stays text. Unknown placeholders and
-/// a `{` without its `}` are kept as they are. The result is at most the template's
 /// A time as people read it in a notice, e.g. "Wednesday 2 December 2026 at 17:55 UTC"
 /// (seconds since the epoch; minutes rounded down).
 pub fn plain_utc(secs: u64) -> String {
@@ -145,6 +141,10 @@ pub fn plain_utc(secs: u64) -> String {
         .unwrap_or_else(|| utc_seconds(secs))
 }
 
+/// Fills the `{name}` placeholders of `template` from `values` in one pass over the
+/// template: a value is inserted as it is and never scanned again, so a placeholder
+/// inside a value (a subject that says `{reason}`) stays text. Unknown placeholders and
+/// a `{` without its `}` are kept as they are. The result is at most the template's
 /// length plus one copy of a value per placeholder in the template.
 pub fn render(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len());

@@ -1728,7 +1728,7 @@ async fn a_sender_link_shows_the_message_and_one_button_and_a_get_changes_nothin
         body.contains("boss@example.org"),
         "their recipients: {body}"
     );
-    assert!(body.contains(&crate::text::utc_seconds(T0 - 600)), "{body}");
+    assert!(body.contains(&crate::text::plain_utc(T0 - 600)), "{body}");
     assert!(body.contains("An administrator reviews it by"), "{body}");
     assert_eq!(body.matches("<button").count(), 1, "one button: {body}");
     assert!(body.contains(">Withdraw my message</button>"), "{body}");
@@ -1952,7 +1952,10 @@ async fn send_releases_only_what_waits_for_its_sender_and_remembers_the_lists() 
     );
     assert_eq!(
         f.store.confirmed_lists("sasl:ann", T0).unwrap(),
-        vec!["all@example.org".to_owned()]
+        vec![crate::policy::ConfirmedList {
+            address: "all@example.org".to_owned(),
+            size: 840_000
+        }]
     );
     let remember = f.desk.quarantine.confirm_remember.as_secs();
     assert!(remember > 0);
@@ -1974,6 +1977,46 @@ async fn send_releases_only_what_waits_for_its_sender_and_remembers_the_lists() 
     assert_eq!(status, StatusCode::OK);
     assert_eq!(f.requests("DDDDDD4").len(), 1);
     assert!(f.store.confirmed_lists("sasl:ann", T0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn send_never_releases_a_hold_an_admin_must_judge_or_has_extended() {
+    let f = fixture();
+    let mut drifted = waiting("DDDDDD5");
+    drifted.rules.push(RuleHit {
+        rule: "drift".into(),
+        action: "tag".into(),
+        message: "all@example.org grew from 40 to 840,000".into(),
+    });
+    f.hold(&drifted);
+    let token = sender_link("DDDDDD5", crate::link::LinkAction::Send);
+    let (_, _, body) = f.get(&format!("/s/{token}"), None).await;
+    assert!(!body.contains("</button>"), "nothing to press: {body}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &token]);
+    let (status, _, body) = f
+        .post(&format!("/s/{token}"), None, &[("form", &form)])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(f.requests("DDDDDD5").is_empty());
+
+    f.hold(&waiting("DDDDDD6"));
+    let id = f.record("DDDDDD6").id;
+    let entry = crate::quarantine::AuditEntry {
+        at: T0,
+        who: "rita".into(),
+        action: "extend".into(),
+        comment: None,
+    };
+    f.store.set_hold_until(id, T0 + 86_400, &entry).unwrap();
+    let token = sender_link("DDDDDD6", crate::link::LinkAction::Send);
+    let (_, _, body) = f.get(&format!("/s/{token}"), None).await;
+    assert!(!body.contains("</button>"), "nothing to press: {body}");
+    let form = crate::desk::auth::sign(&[7; KEY_BYTES], &["sender-form", &token]);
+    let (status, _, body) = f
+        .post(&format!("/s/{token}"), None, &[("form", &form)])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(f.requests("DDDDDD6").is_empty());
 }
 
 #[tokio::test]

@@ -291,7 +291,7 @@ impl Outlet for EomOutlet<'_> {
         record_held(self.shared, self.queue_id, facts, evaluation, headers).await
     }
 
-    async fn confirmed(&mut self, key: &str) -> Vec<String> {
+    async fn confirmed(&mut self, key: &str) -> Vec<policy::ConfirmedList> {
         let store = self.shared.store.clone();
         let now = crate::clock::epoch_secs(self.shared.now());
         let owned = key.to_owned();

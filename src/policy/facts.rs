@@ -201,6 +201,23 @@ pub struct MessageFacts {
     pub released: Option<ReleasedCopy>,
 }
 
+/// A list a sender confirmed posting to, and its size then.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfirmedList {
+    /// The list address, as the directory names it.
+    pub address: String,
+    /// How many people it reached when the sender confirmed.
+    pub size: u64,
+}
+
+impl ConfirmedList {
+    /// True when this confirmation still stands for `list`: the same address, grown by
+    /// at most a quarter since (a list that grew more is a new question).
+    pub fn covers(&self, list: &ListFacts) -> bool {
+        *self.address == *list.address && list.size <= self.size.saturating_add(self.size / 4)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

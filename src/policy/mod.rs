@@ -17,7 +17,9 @@ pub(crate) mod verdict;
 
 pub use address::{AddressGlobs, DomainSet};
 pub use effect::{Effect, NO_QUEUE_ID, Reply, VERDICT_HEADER, effect};
-pub use facts::{AudienceFacts, HeaderFacts, ListFacts, MessageFacts, RecipientSet, ReleasedCopy};
+pub use facts::{
+    AudienceFacts, ConfirmedList, HeaderFacts, ListFacts, MessageFacts, RecipientSet, ReleasedCopy,
+};
 pub use reply::Replies;
 pub use rules::{DEFAULT_CONFIRM_MAX_AUDIENCE, Hidden, Levels, Restricted, Scope};
 pub use sender::{Identity, TrustedSenders, confirm_key, identity};
@@ -855,7 +857,13 @@ mod tests {
 
     fn with_confirmed(p: &Policy, f: &MessageFacts, lists: &[&str]) -> Verdict {
         let state = StateFacts {
-            confirmed: lists.iter().map(|l| l.to_string()).collect(),
+            confirmed: lists
+                .iter()
+                .map(|l| ConfirmedList {
+                    address: l.to_string(),
+                    size: 10_000,
+                })
+                .collect(),
             ..Default::default()
         };
         super::evaluate(p, f, &state).verdict
@@ -1062,7 +1070,8 @@ mod tests {
             with_confirmed(&p, &two, &["trust@example.org", "ward@example.org"]).action,
             Action::Accept
         );
-        // Below min_audience once the confirmed list is taken off: 3,990 - 3,950 = 40.
+        // All or nothing: lists overlap, so a small list not confirmed asks again,
+        // though 3,990 - 3,950 = 40 would be below min_audience.
         let few = shown(
             &["ann@example.org", "trust@example.org", "team@example.org"],
             &["ann@example.org"],
@@ -1075,7 +1084,21 @@ mod tests {
         );
         assert_eq!(
             with_confirmed(&p, &few, &["trust@example.org"]).action,
+            Action::Confirm
+        );
+        assert_eq!(
+            with_confirmed(&p, &few, &["trust@example.org", "team@example.org"]).action,
             Action::Accept
+        );
+        // Bcc'd people who are no list still count: 4,000 confirmed, 150 more unseen.
+        let mut more = bcc(4000);
+        for i in 0..150 {
+            more.recipients.add(&format!("p{i}@example.org"));
+        }
+        more.audience.as_mut().unwrap().total += 150;
+        assert_eq!(
+            with_confirmed(&p, &more, &["trust@example.org"]).action,
+            Action::Confirm
         );
         // With action = quarantine, a confirmation means nothing.
         let mut held = confirm_policy();
@@ -1084,6 +1107,39 @@ mod tests {
             with_confirmed(&held, &bcc(4000), &["trust@example.org"]).action,
             Action::Quarantine
         );
+    }
+
+    #[test]
+    fn a_list_that_grew_by_more_than_a_quarter_since_it_was_confirmed_is_asked_again() {
+        let p = confirm_policy();
+        let at = |size: u64| StateFacts {
+            confirmed: vec![ConfirmedList {
+                address: "trust@example.org".into(),
+                size,
+            }],
+            ..Default::default()
+        };
+        let action = |confirmed: u64, now: u64| {
+            super::evaluate(&p, &bcc(now), &at(confirmed))
+                .verdict
+                .action
+        };
+        assert_eq!(action(3200, 4000), Action::Accept, "3,200 + 800");
+        assert_eq!(action(3200, 4001), Action::Confirm);
+        assert_eq!(action(4000, 3000), Action::Accept, "shrunk");
+        let mut named = confirm_policy();
+        named.hidden.min_audience = 0;
+        named.restricted.min_audience = 1000;
+        let to = shown(
+            &["trust@example.org"],
+            &["trust@example.org"],
+            4001,
+            4001,
+            vec![(list("trust@example.org", 4001, &[]), true)],
+        );
+        let v = |c| super::evaluate(&named, &to, &at(c)).verdict.action;
+        assert_eq!(v(3200), Action::Confirm, "restricted too");
+        assert_eq!(v(3201), Action::Accept);
     }
 
     #[test]

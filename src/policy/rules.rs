@@ -3,7 +3,7 @@
 //! fired, with the rule's own monitor flag, or nothing.
 
 use super::address::{AddressGlobs, DomainSet};
-use super::facts::{AudienceFacts, ListFacts, MessageFacts, ReleasedCopy};
+use super::facts::{AudienceFacts, ConfirmedList, ListFacts, MessageFacts, ReleasedCopy};
 use super::sender::{TrustedSenders, first_restriction, identity};
 use super::verdict::{Action, Reason};
 use super::{Counts, fmt_count};
@@ -331,23 +331,31 @@ pub fn hidden(
     Some((reason, rule.monitor))
 }
 
-/// Of the lists no To or Cc header names and the sender is not allowed to Bcc, the
-/// mailboxes of those the sender confirmed lately (`confirmed`, list addresses).
+/// The mailboxes of the lists no To or Cc header names and the sender is not allowed
+/// to Bcc, when the sender confirmed every one of them lately (`confirmed`); else 0.
+/// All or nothing: lists overlap, so subtracting some of them would let members of the
+/// others through unasked.
 pub fn confirmed_unseen(
     rule: &Restricted,
     facts: &MessageFacts,
     lists: &[ListFacts],
-    confirmed: &[String],
+    confirmed: &[ConfirmedList],
 ) -> u64 {
-    lists
+    let mut unseen = lists
         .iter()
-        .filter(|list| {
-            !list.named
-                && !allowed_on(rule, facts, list)
-                && confirmed.iter().any(|c| *c == *list.address)
-        })
-        .map(|list| list.size)
-        .sum()
+        .filter(|list| !list.named && !allowed_on(rule, facts, list))
+        .peekable();
+    if unseen.peek().is_none() {
+        return 0;
+    }
+    let mut sum = 0;
+    for list in unseen {
+        if !confirmed.iter().any(|c| c.covers(list)) {
+            return 0;
+        }
+        sum += list.size;
+    }
+    sum
 }
 
 /// `[restricted]`: a list with `allowed_senders`, or at least `min_audience` large, takes
@@ -357,7 +365,7 @@ pub fn restricted(
     rule: &Restricted,
     facts: &MessageFacts,
     lists: &[ListFacts],
-    confirmed: &[String],
+    confirmed: &[ConfirmedList],
 ) -> Vec<(Reason, bool)> {
     let mut out = Vec::new();
     for list in lists {
@@ -376,7 +384,7 @@ pub fn restricted(
         );
         let action = confirm_up_to(rule.action, list.size, rule.confirm_max_audience);
         let (action, message) =
-            if action == Action::Confirm && confirmed.iter().any(|c| *c == *list.address) {
+            if action == Action::Confirm && confirmed.iter().any(|c| c.covers(list)) {
                 (
                     Action::Accept,
                     format!("{described} without confirming; the sender confirmed it lately"),

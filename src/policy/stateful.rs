@@ -7,7 +7,7 @@
 //! rate), an adapter (the state guard, outside the core) asks the state backend, and the answers
 //! come back as [`StateFacts`] for [`super::evaluate`] to turn into reasons.
 
-use super::facts::{AudienceFacts, MessageFacts};
+use super::facts::{AudienceFacts, ConfirmedList, MessageFacts};
 use super::rules::authorized_audience;
 use super::sender::identity;
 use super::thread::{is_reply, thread_key};
@@ -252,10 +252,9 @@ pub struct StateFacts {
     pub breaker: Option<BreakerFact>,
     /// The emergency brake, when it is on.
     pub brake: Option<BrakeFact>,
-    /// The lists this sender confirmed lately (`confirm`: "send it to all of them"),
-    /// by address as the directory names them: asked only of a message whose verdict
-    /// is `confirm` ([`super::confirm_key`]).
-    pub confirmed: Vec<String>,
+    /// The lists this sender confirmed lately (`confirm`: "send it to all of them"):
+    /// asked only of a message whose verdict is `confirm` ([`super::confirm_key`]).
+    pub confirmed: Vec<ConfirmedList>,
 }
 
 /// What `facts` asks of the shared state under `policy`. Exempt senders and the copies

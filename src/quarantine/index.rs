@@ -477,7 +477,7 @@ pub trait QuarantineIndex: Send + Sync {
     fn remember_confirmed(
         &self,
         who: &str,
-        lists: &[String],
+        lists: &[crate::policy::ConfirmedList],
         until: u64,
         now: u64,
     ) -> Result<(), StoreError>;

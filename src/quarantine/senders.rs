@@ -9,6 +9,7 @@
 use super::index::{Plea, SubmitError};
 use super::record::{AuditEntry, QueueId, State};
 use super::store::{Store, StoreError, insert_audit};
+use crate::policy::ConfirmedList;
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
 /// A notice due to a sender and not sent yet.
@@ -119,25 +120,33 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// The lists `who` (a `policy::confirm_key`) confirmed and that are remembered at
-    /// `now`, in the order of their addresses.
-    pub fn confirmed_lists(&self, who: &str, now: u64) -> Result<Vec<String>, StoreError> {
+    /// The lists `who` (a `policy::confirm_key`) confirmed, with their sizes then,
+    /// that are remembered at `now`, in the order of their addresses.
+    pub fn confirmed_lists(&self, who: &str, now: u64) -> Result<Vec<ConfirmedList>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT list FROM confirmations WHERE who = ?1 AND until > ?2 ORDER BY list")
+            .prepare(
+                "SELECT list, size FROM confirmations WHERE who = ?1 AND until > ?2 ORDER BY list",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![who, clamp(now)], |r| r.get(0))
+            .query_map(params![who, clamp(now)], |r| {
+                Ok(ConfirmedList {
+                    address: r.get(0)?,
+                    size: r.get::<_, i64>(1)?.max(0) as u64,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Remembers that `who` confirmed posting to `lists`, until `until`; forgets the
-    /// confirmations that ended before `now`.
+    /// Remembers that `who` confirmed posting to `lists` (at their sizes then), until
+    /// `until`; forgets the confirmations that ended before `now`. A list confirmed
+    /// again is remembered at its new size.
     pub fn remember_confirmed(
         &self,
         who: &str,
-        lists: &[String],
+        lists: &[ConfirmedList],
         until: u64,
         now: u64,
     ) -> Result<(), StoreError> {
@@ -150,9 +159,15 @@ impl Store {
         .map_err(|e| self.err(e))?;
         for list in lists {
             tx.execute(
-                "INSERT INTO confirmations (who, list, until) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (who, list) DO UPDATE SET until = max(until, excluded.until)",
-                params![who, list.to_ascii_lowercase(), clamp(until)],
+                "INSERT INTO confirmations (who, list, size, until) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (who, list) DO UPDATE SET size = excluded.size,
+                     until = max(until, excluded.until)",
+                params![
+                    who,
+                    list.address.to_ascii_lowercase(),
+                    clamp(list.size),
+                    clamp(until)
+                ],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -336,26 +351,27 @@ mod tests {
     #[test]
     fn confirmations_are_remembered_per_key_until_they_end() {
         let (_d, store) = store();
-        let lists = vec![
-            "Board@example.org".to_owned(),
-            "ward@example.org".to_owned(),
-        ];
+        let list = |address: &str, size| ConfirmedList {
+            address: address.into(),
+            size,
+        };
+        let lists = vec![list("Board@example.org", 12), list("ward@example.org", 300)];
         store
             .remember_confirmed("sasl:ann", &lists, 500, 100)
             .unwrap();
         assert_eq!(
             store.confirmed_lists("sasl:ann", 499).unwrap(),
-            ["board@example.org", "ward@example.org"]
+            [list("board@example.org", 12), list("ward@example.org", 300)]
         );
         assert!(store.confirmed_lists("sasl:ann", 500).unwrap().is_empty());
         assert!(store.confirmed_lists("sasl:bob", 100).unwrap().is_empty());
         store
-            .remember_confirmed("sasl:ann", &lists[..1], 400, 100)
+            .remember_confirmed("sasl:ann", &[list("board@example.org", 15)], 400, 100)
             .unwrap();
         assert_eq!(
-            store.confirmed_lists("sasl:ann", 450).unwrap().len(),
-            2,
-            "kept longer"
+            store.confirmed_lists("sasl:ann", 450).unwrap(),
+            [list("board@example.org", 15), list("ward@example.org", 300)],
+            "kept longer, at the size confirmed last"
         );
         store.remember_confirmed("sasl:bob", &[], 0, 600).unwrap();
         assert_eq!(

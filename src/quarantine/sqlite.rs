@@ -526,7 +526,7 @@ impl QuarantineIndex for Store {
     fn remember_confirmed(
         &self,
         who: &str,
-        lists: &[String],
+        lists: &[crate::policy::ConfirmedList],
         until: u64,
         now: u64,
     ) -> Result<(), StoreError> {

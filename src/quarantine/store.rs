@@ -126,6 +126,7 @@ CREATE TABLE IF NOT EXISTS sender_asks (
 CREATE TABLE IF NOT EXISTS confirmations (
     who   TEXT NOT NULL,
     list  TEXT NOT NULL,
+    size  INTEGER NOT NULL,
     until INTEGER NOT NULL,
     PRIMARY KEY (who, list)
 );

@@ -426,7 +426,6 @@ fn shown_lines(words: &str) -> Vec<Shown> {
         .collect()
 }
 
-/// 840000 as "840,000".
 /// The rules of a record as the pages show them: name, action, reason.
 fn shown_rules(rules: &[crate::quarantine::record::RuleHit]) -> Vec<(Shown, Shown, Shown)> {
     rules
@@ -441,6 +440,7 @@ fn shown_rules(rules: &[crate::quarantine::record::RuleHit]) -> Vec<(Shown, Show
         .collect()
 }
 
+/// 840000 as "840,000".
 fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();

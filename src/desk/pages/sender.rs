@@ -16,8 +16,10 @@ use super::{Fields, Shown, group, render};
 use crate::config::OnExpiry;
 use crate::desk::{Desk, Peer, auth};
 use crate::link::{self, Link, LinkAction, LinkError};
+use crate::policy::ConfirmedList;
 use crate::quarantine::{
     NewRequest, Plea, QueueId, Record, Request, RequestAction, State, StoreError, SubmitError, Via,
+    needs_admin,
 };
 use crate::text;
 use askama::Template;
@@ -53,7 +55,7 @@ impl Facts {
         let m = &r.message;
         Facts {
             subject: Shown::capped(m.subject.as_deref().unwrap_or(""), text::MAX_SUBJECT_CHARS),
-            held_at: text::utc_seconds(m.held_at),
+            held_at: text::plain_utc(m.held_at),
             recipients: m.recipients.iter().map(|a| Shown::new(a)).collect(),
             audience: people(m.audience),
             lists: m
@@ -188,7 +190,7 @@ impl Desk {
                     &format!(
                         "This link expired at {}: nothing was done. If your message still \
                          needs something, answer the mail that brought you here.",
-                        text::utc_seconds(link.expires)
+                        text::plain_utc(link.expires)
                     ),
                 ));
             }
@@ -262,7 +264,7 @@ impl Desk {
     /// What became of a message no longer held, in the sender's words.
     fn what_became(&self, f: &Found) -> String {
         let r = &f.record;
-        let at = text::utc_seconds(r.state_at);
+        let at = text::plain_utc(r.state_at);
         let by_sender = f.last_done.as_ref().is_some_and(|q| q.via == Via::Sender);
         match r.state {
             State::Held => "Your message is still waiting.".to_owned(),
@@ -311,21 +313,29 @@ impl Desk {
                 format!(
                     "You asked for release at {}; the administrators will tell you by mail \
                      what they decide.",
-                    text::utc_seconds(p.at)
+                    text::plain_utc(p.at)
                 )
             }),
-            LinkAction::Send if !f.record.message.confirm => Some(format!(
-                "An administrator reviews this message (by {}); there is nothing for you \
+            // Only a hold that asks the sender alone: never one an admin must judge
+            // or has taken over (extended).
+            LinkAction::Send
+                if !f.record.message.confirm
+                    || needs_admin(&f.record)
+                    || f.record.hold_until.is_some() =>
+            {
+                Some(format!(
+                    "An administrator reviews this message (by {}); there is nothing for you \
                  to confirm. You will be told by mail what they decide.",
-                self.review_by(&f.record)
-            )),
+                    self.review_by(&f.record)
+                ))
+            }
             _ => None,
         }
     }
 
     /// When an administrator should have reviewed a hold.
     fn review_by(&self, r: &Record) -> String {
-        text::utc_seconds(
+        text::plain_utc(
             r.message
                 .held_at
                 .saturating_add(self.quarantine.review_within.as_secs()),
@@ -361,7 +371,7 @@ impl Desk {
             format!(
                 "Nothing goes out until you decide. If you do not answer by {}, it is \
                  discarded and you are told by mail.",
-                text::utc_seconds(
+                text::plain_utc(
                     m.held_at
                         .saturating_add(self.quarantine.confirm_within.as_secs())
                 )
@@ -587,7 +597,15 @@ impl Desk {
         let Some(key) = r.message.confirm_key.clone() else {
             return;
         };
-        let lists: Vec<String> = r.message.lists.iter().map(|l| l.address.clone()).collect();
+        let lists: Vec<ConfirmedList> = r
+            .message
+            .lists
+            .iter()
+            .map(|l| ConfirmedList {
+                address: l.address.clone(),
+                size: l.size,
+            })
+            .collect();
         if remember == 0 || lists.is_empty() {
             return;
         }
