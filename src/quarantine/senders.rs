@@ -211,20 +211,8 @@ impl Store {
             }
             Some(_) => {}
         }
-        let spent = tx.execute(
-            "INSERT INTO link_nonces (nonce, expires, used_at) VALUES (?1, ?2, ?3)",
-            params![nonce, clamp(expires), clamp(at)],
-        );
+        self.spend_nonce(&tx, nonce, expires, at)?;
         let conflict = |e: &rusqlite::Error| matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation);
-        match spent {
-            Ok(_) => {}
-            Err(e) if conflict(&e) => {
-                return Err(SubmitError::Conflict(
-                    "this link was used already: each link acts once".into(),
-                ));
-            }
-            Err(e) => return Err(self.err(e).into()),
-        }
         match tx.execute(
             "INSERT INTO sender_asks (held_id, at, words) VALUES (?1, ?2, ?3)",
             params![held_id, clamp(at), words],

@@ -535,6 +535,38 @@ impl QuarantineIndex for Store {
 }
 
 impl Store {
+    /// Spends a link's `nonce` (valid until `expires`) at `at` in the transaction
+    /// `tx`: a conflict when it was spent already. Forgets the nonces of links long
+    /// expired (such a link is refused anyway).
+    pub(super) fn spend_nonce(
+        &self,
+        tx: &Connection,
+        nonce: &str,
+        expires: u64,
+        at: u64,
+    ) -> Result<(), SubmitError> {
+        tx.execute(
+            "DELETE FROM link_nonces WHERE expires < ?1",
+            params![clamp(at.saturating_sub(LINK_NONCE_MARGIN))],
+        )
+        .map_err(|e| self.err(e))?;
+        let spent = tx.execute(
+            "INSERT INTO link_nonces (nonce, expires, used_at) VALUES (?1, ?2, ?3)",
+            params![nonce, clamp(expires), clamp(at)],
+        );
+        match spent {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::ConstraintViolation =>
+            {
+                Err(SubmitError::Conflict(
+                    "this link was used already: each link acts once".into(),
+                ))
+            }
+            Err(e) => Err(self.err(e).into()),
+        }
+    }
+
     /// Files a request (see [`QuarantineIndex::submit`]); with `link` (a digest link's
     /// nonce and expiry), spends the nonce in the same transaction: a nonce spent
     /// already is a conflict, and a request that is not filed spends nothing.
@@ -553,27 +585,7 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
         if let Some((nonce, expires)) = link {
-            // Nonces of links long expired are no use: such a link is refused anyway.
-            tx.execute(
-                "DELETE FROM link_nonces WHERE expires < ?1",
-                params![clamp(n.at.saturating_sub(LINK_NONCE_MARGIN))],
-            )
-            .map_err(|e| self.err(e))?;
-            let spent = tx.execute(
-                "INSERT INTO link_nonces (nonce, expires, used_at) VALUES (?1, ?2, ?3)",
-                params![nonce, clamp(expires), clamp(n.at)],
-            );
-            match spent {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == ErrorCode::ConstraintViolation =>
-                {
-                    return Err(SubmitError::Conflict(
-                        "this link was used already: each link acts once".into(),
-                    ));
-                }
-                Err(e) => return Err(self.err(e).into()),
-            }
+            self.spend_nonce(&tx, nonce, expires, n.at)?;
         }
         let found: Option<(i64, String)> = tx
             .query_row(

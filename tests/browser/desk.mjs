@@ -10,17 +10,10 @@
 // CHROMIUM (the executable).
 
 import { chromium } from 'playwright-core';
+import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
 import http from 'node:http';
 import path from 'node:path';
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`desk.mjs: ${name} is not set`);
-    process.exit(2);
-  }
-  return v;
-};
 const DESK = env('DESK_URL').replace(/\/$/, '');
 const REVIEWER = env('DESK_REVIEWER');
 const REVIEWER_PASSWORD = env('DESK_REVIEWER_PASSWORD');
@@ -32,44 +25,6 @@ const IDS = JSON.parse(env('DESK_FIXTURE'));
 const SHOTS = env('DESK_SCREENSHOTS');
 const CHROMIUM = env('CHROMIUM');
 
-// Flags that keep chromium off the network (the machine's network is closed).
-const ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-default-apps',
-  '--disable-extensions',
-];
-
-class Failed extends Error {}
-function check(cond, what) {
-  if (!cond) throw new Failed(what);
-}
-function equal(got, want, what) {
-  if (got !== want) throw new Failed(`${what}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
-}
-
-let current = 'start';
-async function step(name, fn) {
-  current = name;
-  const t0 = Date.now();
-  await fn();
-  console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-}
-
-// Submits a form by clicking `button`, returning the POST's response.
-async function submitWith(page, button) {
-  const [response] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST' && r.request().isNavigationRequest()),
-    page.locator(button).click(),
-  ]);
-  await page.waitForLoadState('domcontentloaded');
-  return response;
-}
 
 // The held list's rows (queue ids, in order).
 async function rowIds(page) {
@@ -367,7 +322,7 @@ try {
 } catch (e) {
   failed = true;
   const what = e instanceof Failed ? e.message : e.stack || String(e);
-  console.error(`FAIL ${current}: ${what}`);
+  console.error(`FAIL ${progress.current}: ${what}`);
   try {
     console.error(`     at ${page.url()}`);
     await page.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true });

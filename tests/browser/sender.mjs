@@ -12,16 +12,9 @@
 // CHROMIUM.
 
 import { chromium } from 'playwright-core';
+import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
 import path from 'node:path';
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`sender.mjs: ${name} is not set`);
-    process.exit(2);
-  }
-  return v;
-};
 const DESK = env('DESK_URL').replace(/\/$/, '');
 const REVIEWER = env('DESK_REVIEWER');
 const REVIEWER_PASSWORD = env('DESK_REVIEWER_PASSWORD');
@@ -29,44 +22,6 @@ const LINKS = JSON.parse(env('SENDER_LINKS'));
 const SHOTS = env('DESK_SCREENSHOTS');
 const CHROMIUM = env('CHROMIUM');
 
-// Flags that keep chromium off the network (the machine's network is closed).
-const ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-default-apps',
-  '--disable-extensions',
-];
-
-class Failed extends Error {}
-function check(cond, what) {
-  if (!cond) throw new Failed(what);
-}
-function equal(got, want, what) {
-  if (got !== want) throw new Failed(`${what}: expected ${JSON.stringify(want)}, got ${JSON.stringify(got)}`);
-}
-
-let current = 'start';
-async function step(name, fn) {
-  current = name;
-  const t0 = Date.now();
-  await fn();
-  console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-}
-
-// Submits a form by clicking `button`, returning the POST's response.
-async function submitWith(page, button) {
-  const [response] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST' && r.request().isNavigationRequest()),
-    page.locator(button).click(),
-  ]);
-  await page.waitForLoadState('domcontentloaded');
-  return response;
-}
 
 const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
 
@@ -160,7 +115,7 @@ try {
 } catch (e) {
   failed = true;
   const what = e instanceof Failed ? e.message : e.stack || String(e);
-  console.error(`FAIL ${current}: ${what}`);
+  console.error(`FAIL ${progress.current}: ${what}`);
   try {
     console.error(`     at ${page.url()}`);
     await page.screenshot({ path: path.join(SHOTS, 'sender-failure.png'), fullPage: true });
