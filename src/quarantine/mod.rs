@@ -124,11 +124,7 @@ pub fn notice_facts(
         recipients: m.recipients.clone(),
         visible: m.visible.len() as u64,
         audience: m.audience,
-        list: m
-            .lists
-            .iter()
-            .max_by_key(|l| l.size)
-            .map(|l| l.address.clone()),
+        list: notice_list(m),
         rules: m
             .rules
             .iter()
@@ -154,6 +150,19 @@ pub fn notice_facts(
         contact: contact.to_owned(),
         host: crate::notify::hostname(),
     }
+}
+
+/// The list a notice names as the way the message would reach so many people: the
+/// largest one no To or Cc address shows (the sender could not see it), else the
+/// largest.
+fn notice_list(m: &HeldMessage) -> Option<String> {
+    let shown = |l: &ListHit| m.visible.iter().any(|v| v.eq_ignore_ascii_case(&l.address));
+    m.lists
+        .iter()
+        .filter(|l| !shown(l))
+        .max_by_key(|l| l.size)
+        .or_else(|| m.lists.iter().max_by_key(|l| l.size))
+        .map(|l| l.address.clone())
 }
 
 /// How many recipient domains a record keeps.
@@ -252,6 +261,24 @@ mod tests {
     use super::*;
     use crate::policy::{AudienceFacts, ListFacts, Policy, evaluate};
     use std::sync::Arc;
+
+    #[test]
+    fn a_notice_names_the_list_the_sender_could_not_see() {
+        let mut m = crate::quarantine::store::tests::held("AAAAAA1", 100);
+        let hit = |address: &str, size| ListHit {
+            address: address.into(),
+            size,
+            external: 0,
+            drift_from: None,
+        };
+        m.lists = vec![hit("ward@example.org", 5000), hit("board@example.org", 200)];
+        m.visible = vec!["WARD@example.org".into()];
+        assert_eq!(notice_list(&m).as_deref(), Some("board@example.org"));
+        m.visible.push("board@example.org".into());
+        assert_eq!(notice_list(&m).as_deref(), Some("ward@example.org"));
+        m.lists.clear();
+        assert_eq!(notice_list(&m), None);
+    }
 
     #[test]
     fn a_decision_becomes_a_record() {
