@@ -469,19 +469,153 @@ fn defanging_breaks_schemes_and_www_only() {
     assert_eq!(defang("äwww.ü"), "äwww[.]ü");
 }
 
-#[test]
-fn the_readme_shows_the_held_notice_as_it_is_rendered() {
-    let readme = include_str!("../../../README.md");
-    let start = readme
-        .find("```\nSubject: Not sent yet, waiting for a check:")
-        .expect("the held notice in the README")
-        + 4;
-    let shown = &readme[start..start + readme[start..].find("```").unwrap()];
+/// The shortened link the README's notices show.
+const README_LINK: &str = "https://review.example.org/...";
+
+/// A message to a Bcc'd list, as the README's notices tell of it.
+fn readme_held() -> NoticeFacts {
     let mut f = facts();
     f.recipients = vec!["ward4@example.org".into(), "trust-all@example.org".into()];
     f.list = Some("trust-all@example.org".into());
-    f.links.withdraw = Some("https://review.example.org/...".into());
-    f.links.ask = f.links.withdraw.clone();
-    let (subject, body) = NoticeTemplates::default().render(NoticeKind::Held, &f);
-    assert_eq!(shown, format!("Subject: {subject}\n\n{body}"));
+    f.links = NoticeLinks {
+        withdraw: Some(README_LINK.into()),
+        ask: Some(README_LINK.into()),
+        send: None,
+    };
+    f.confirm_by = None;
+    f.comment = None;
+    f.released_to = Vec::new();
+    f
+}
+
+/// A message held for its sender's confirmation, as the README shows it.
+fn readme_confirm() -> NoticeFacts {
+    let mut f = readme_held();
+    f.subject = "Car park closed on Monday".into();
+    f.queue_id = "4BcDeFg456".into();
+    f.recipients = vec![
+        "ann.smith@example.org".into(),
+        "staff-north@example.org".into(),
+    ];
+    f.visible = 1;
+    f.audience = 1200;
+    f.list = Some("staff-north@example.org".into());
+    f.review_by = None;
+    f.confirm_by = Some(f.held_at + 24 * 3600);
+    f.links = NoticeLinks {
+        withdraw: Some(README_LINK.into()),
+        ask: None,
+        send: Some(README_LINK.into()),
+    };
+    f
+}
+
+/// Every notice the README shows, in its order: the kind and its rendering.
+fn readme_notices() -> Vec<(NoticeKind, (String, String))> {
+    let t = NoticeTemplates::default();
+    let held = readme_held();
+    let confirm = readme_confirm();
+    let mut later = vec![readme_held(), readme_confirm()];
+    later[0].subject = "Rota for December (corrected)".into();
+    later[0].queue_id = "4CdEfGh789".into();
+    later[0].held_at += 240;
+    later[0].review_by = later[0].review_by.map(|t| t + 240);
+    later[1].subject = "Parking permits for 2027".into();
+    later[1].queue_id = "4DeFgHi012".into();
+    later[1].held_at += 420;
+    later[1].confirm_by = later[1].confirm_by.map(|t| t + 420);
+    let with = |comment: &str| {
+        let mut f = readme_held();
+        f.comment = Some(comment.into());
+        f
+    };
+    let mut to_ward = with("Please send the rota to your own ward only.");
+    to_ward.released_to = vec!["ward4@example.org".into()];
+    vec![
+        (NoticeKind::Held, t.render(NoticeKind::Held, &held)),
+        (NoticeKind::Confirm, t.render(NoticeKind::Confirm, &confirm)),
+        (NoticeKind::Summary, t.render_summary(&later)),
+        (
+            NoticeKind::Released,
+            t.render(
+                NoticeKind::Released,
+                &with("Checked with the ward manager: the rota is for all staff."),
+            ),
+        ),
+        (
+            NoticeKind::ReleasedTo,
+            t.render(NoticeKind::ReleasedTo, &to_ward),
+        ),
+        (
+            NoticeKind::Discarded,
+            t.render(
+                NoticeKind::Discarded,
+                &with("This would have gone to the whole trust; please send it to ward 4 only."),
+            ),
+        ),
+        (NoticeKind::Expired, t.render(NoticeKind::Expired, &held)),
+        (
+            NoticeKind::Unconfirmed,
+            t.render(NoticeKind::Unconfirmed, &confirm),
+        ),
+        (
+            NoticeKind::Withdrawn,
+            t.render(NoticeKind::Withdrawn, &held),
+        ),
+    ]
+}
+
+/// The notices shown in the README's "What senders see": each code block that starts
+/// with `Subject: `.
+fn readme_blocks() -> Vec<&'static str> {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("\n## What senders see\n")
+        .expect("the README's \"What senders see\"");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .filter_map(|b| b.strip_prefix('\n'))
+        .filter(|b| b.starts_with("Subject: "))
+        .collect()
+}
+
+#[test]
+fn the_readme_shows_every_notice_as_it_is_rendered() {
+    let blocks = readme_blocks();
+    let notices = readme_notices();
+    for (kind, (subject, body)) in &notices {
+        let rendered = format!("Subject: {subject}\n\n{body}");
+        assert!(
+            blocks.contains(&rendered.as_str()),
+            "the README's \"What senders see\" must show the {} notice as it is \
+             rendered:\n```\n{rendered}```",
+            kind.as_str()
+        );
+    }
+    assert_eq!(
+        blocks.len(),
+        notices.len(),
+        "every notice block in the README is one of the rendered notices, once"
+    );
+    let kinds: Vec<NoticeKind> = notices.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        NoticeKind::kinds(),
+        "every kind, in the README's order"
+    );
+    let order: Vec<usize> = notices
+        .iter()
+        .map(|(_, (s, b))| {
+            let rendered = format!("Subject: {s}\n\n{b}");
+            blocks
+                .iter()
+                .position(|x| *x == rendered)
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 }
