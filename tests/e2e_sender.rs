@@ -448,5 +448,12 @@ fn programs_lists_and_the_null_sender_get_no_notice_and_a_burst_gets_one_summary
         })
         .collect();
     assert_eq!(notices.len(), 2, "two notices for ten holds: {subjects:?}");
-    assert!(r.store.due_notices(100).expect("store").is_empty());
+    // Settled once sent (the notifier records it right after the relay took it).
+    wait_for("every notice to be settled", || {
+        r.store
+            .due_notices(100)
+            .expect("store")
+            .is_empty()
+            .then_some(())
+    });
 }
