@@ -225,10 +225,13 @@ fn only_the_sender_asked(policy: &Policy, facts: &MessageFacts, evaluation: &Eva
         && !facts.headers.automated
         && (facts.sasl_login.as_deref().is_some_and(|l| !l.is_empty())
             || policy.internal.is_internal(&sender));
-    let only_confirm = evaluation.verdict.reasons.iter().all(|r| {
-        r.action <= Action::Tag
-            || (r.action == Action::Confirm && matches!(r.rule, "hidden" | "restricted"))
-    });
+    // Only `[hidden]` and `[restricted]` may ask to confirm (the configuration refuses
+    // it elsewhere), so no reason above `confirm`, monitored or not, is the whole test.
+    let only_confirm = evaluation
+        .verdict
+        .reasons
+        .iter()
+        .all(|r| r.action <= Action::Confirm);
     let max = policy
         .hidden
         .confirm_max_audience
