@@ -204,6 +204,9 @@ pub fn evaluate(policy: &Policy, facts: &MessageFacts, state: &StateFacts) -> Ev
         let v = &mut evaluation.verdict;
         v.action = Action::Quarantine;
         v.intended = v.intended.max(Action::Quarantine);
+        for r in v.reasons.iter_mut().filter(|r| r.action == Action::Confirm) {
+            r.action = Action::Quarantine;
+        }
     }
     evaluation.verdict.notify_sender = tell_sender(policy, facts, &evaluation.verdict);
     evaluation
@@ -919,6 +922,22 @@ mod tests {
         assert!(told(&p, &bcc(4000)), "confirm");
         assert!(told(&p, &bcc(6000)), "held above confirm_max_audience");
         assert!(!told(&p, &bcc(10)), "accepted");
+        let confirmed = with_confirmed(&p, &bcc(4000), &["trust@example.org"]);
+        assert_eq!(confirmed.action, Action::Accept);
+        assert!(!confirmed.notify_sender, "accepted, with a reason");
+        let mut outside = bcc(4000);
+        outside.sender = "x@partner.example".into();
+        let v = evaluate(&p, &outside).verdict;
+        assert_eq!(v.action, Action::Quarantine);
+        assert_eq!(
+            v.reasons[0].action,
+            Action::Quarantine,
+            "the rule holds it now"
+        );
+        assert!(
+            v.notify_sender,
+            "held for the mail team, and the sender is told"
+        );
         let mut null = bcc(4000);
         null.sender.clear();
         assert!(!told(&p, &null), "the null sender");
