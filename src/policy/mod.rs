@@ -1165,6 +1165,55 @@ mod tests {
     }
 
     #[test]
+    fn a_list_named_in_to_never_counts_as_unseen_for_the_confirmations() {
+        // Named in To and not confirmed: visible, so the Bcc'd list confirmed is enough.
+        let p = confirm_policy();
+        let f = shown(
+            &["ward@example.org", "trust@example.org"],
+            &["ward@example.org"],
+            4300,
+            300,
+            vec![
+                (list("ward@example.org", 300, &[]), true),
+                (list("trust@example.org", 4000, &[]), false),
+            ],
+        );
+        assert_eq!(with_confirmed(&p, &f, &[]).action, Action::Confirm);
+        assert_eq!(
+            with_confirmed(&p, &f, &["trust@example.org"]).action,
+            Action::Accept
+        );
+    }
+
+    #[test]
+    fn no_hidden_audience_when_nobody_is_reached_beyond_those_shown() {
+        // 200 addresses in To that are not envelope recipients, a Bcc'd list of 200:
+        // as many people as shown, so nothing is hidden even at ratio 1.
+        let mut p = hidden_policy();
+        p.hidden.ratio = 1.0;
+        let shown_only: Vec<String> = (0..200).map(|i| format!("s{i}@example.org")).collect();
+        let shown_only: Vec<&str> = shown_only.iter().map(String::as_str).collect();
+        let f = shown(
+            &["team@example.org"],
+            &shown_only,
+            200,
+            0,
+            vec![(list("team@example.org", 200, &[]), false)],
+        );
+        let e = evaluate(&p, &f);
+        assert_eq!((e.counts.audience, e.counts.visible), (200, 200));
+        assert_eq!(e.verdict.action, Action::Accept, "{:?}", e.verdict);
+        let more = shown(
+            &["team@example.org"],
+            &shown_only,
+            201,
+            0,
+            vec![(list("team@example.org", 201, &[]), false)],
+        );
+        assert_eq!(action(&p, &more), Action::Reject, "one more than shown");
+    }
+
+    #[test]
     fn restricted_confirm_remembers_each_list_up_to_its_maximum() {
         let mut p = confirm_policy();
         p.hidden.min_audience = 0;
