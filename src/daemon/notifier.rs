@@ -78,6 +78,10 @@ impl Notifier {
             }
         }
         self.retry_at.retain(|_, at| *at > now);
+        let told: HashMap<String, Option<u64>> = held
+            .iter()
+            .map(|d| (d.sender.clone(), d.last_told))
+            .collect();
         let due: Vec<Due> = held
             .into_iter()
             .filter(|d| !self.retry_at.contains_key(&d.sender))
@@ -87,13 +91,7 @@ impl Notifier {
                 due_at: d.due_at,
             })
             .collect();
-        let last_told = |sender: &str| match store.last_told(sender) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!("sender notices: cannot read when a sender was told: {e}");
-                Some(now)
-            }
-        };
+        let last_told = |sender: &str| told.get(sender).copied().flatten();
         let n = &config.notify;
         let batches = pace::plan(
             &due,

@@ -23,6 +23,8 @@ pub struct DueNotice {
     pub due_at: u64,
     /// Where that record stands now: a message no longer held needs no notice.
     pub state: State,
+    /// When this sender was last sent a notice at hold.
+    pub last_told: Option<u64>,
 }
 
 fn clamp(n: u64) -> i64 {
@@ -35,8 +37,9 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT n.held_id, n.sender, n.due_at, h.state
+                "SELECT n.held_id, n.sender, n.due_at, h.state, s.last_at
                  FROM sender_notices n JOIN held h ON h.id = n.held_id
+                 LEFT JOIN notice_senders s ON s.sender = n.sender
                  WHERE n.sent_at IS NULL ORDER BY n.due_at, n.held_id LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
@@ -47,12 +50,13 @@ impl Store {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (held_id, sender, due_at, state) = row.map_err(|e| self.err(e))?;
+            let (held_id, sender, due_at, state, last_told) = row.map_err(|e| self.err(e))?;
             let state = state.parse().map_err(|message| StoreError::Corrupt {
                 path: self.path().to_owned(),
                 id: held_id,
@@ -63,6 +67,7 @@ impl Store {
                 sender,
                 due_at: due_at.max(0) as u64,
                 state,
+                last_told: last_told.map(|t| t.max(0) as u64),
             });
         }
         Ok(out)
@@ -312,6 +317,7 @@ mod tests {
                 sender: told.sender.clone(),
                 due_at: 100,
                 state: State::Held,
+                last_told: None,
             }]
         );
         assert_eq!(store.last_told(&told.sender).unwrap(), None);
@@ -320,6 +326,14 @@ mod tests {
             .unwrap();
         assert!(store.due_notices(10).unwrap().is_empty());
         assert_eq!(store.last_told(&told.sender).unwrap(), Some(130));
+        let mut again = held("AAAAAA5", 140);
+        again.notify_sender = true;
+        store.record_held(&again, "milter", None).unwrap();
+        assert_eq!(
+            store.due_notices(10).unwrap()[0].last_told,
+            Some(130),
+            "read with the notice, in one query"
+        );
         store
             .notices_done(&[id], &told.sender, true, 120, "again")
             .unwrap();
