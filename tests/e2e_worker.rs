@@ -288,9 +288,9 @@ fn the_worker_carries_out_desk_requests_and_records_the_tools_words() {
         result.contains("notice sent to ann@corp.example"),
         "{result}"
     );
-    let notice = s
-        .sink
-        .wait_until("w-discard-me", |m| m.rcpts == ["ann@corp.example"]);
+    let notice = s.sink.wait_until("w-discard-me", |m| {
+        m.rcpts == ["ann@corp.example"] && m.has_header("Subject", "Not sent: w-discard-me")
+    });
     assert!(
         notice.text.contains("Please send it to your team only."),
         "the reviewer's words: {}",
