@@ -22,6 +22,7 @@ pub mod explain;
 mod link;
 mod logging;
 mod message;
+pub mod metrics;
 mod milter;
 pub mod notify;
 pub mod policy;

@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::directory::ldap::Snapshots;
 use crate::directory::{Directory, DirectoryError, DriftMode};
+use crate::metrics::Metrics;
 use crate::notify::AlertSender;
 use crate::quarantine::Store;
 use crate::state::Guard;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub alerts: AlertSender,
     /// Storm, rate and breaker state, with the daemon's clock.
     pub guard: Guard,
+    /// What `/metrics` and `fanout-milter stats` show.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -67,7 +70,15 @@ impl Shared {
             store,
             alerts,
             guard,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records into `metrics` (the daemon's, shared with the state backend) instead of
+    /// a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Shared {
+        self.metrics = metrics;
+        self
     }
 
     /// The generation in force.

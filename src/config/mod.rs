@@ -83,8 +83,20 @@ pub struct Config {
     pub notify: NotifySettings,
     /// `[review]`: the web review desk.
     pub review: ReviewSettings,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsSettings,
     /// `[notices.*]`: the texts of the notices senders get.
     pub notices: notices::NoticeTemplates,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub listen: Option<ListenAddr>,
+    /// `token_file`, resolved against the configuration's directory; `None`: scrapes
+    /// need no token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[review]`: the web review desk.
@@ -498,6 +510,10 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
     // session times); its users file is re-read whenever it changes.
     ("review", |old, new| {
         keep(&old.raw.review, &mut new.raw.review) | keep(&old.review, &mut new.review)
+    }),
+    // The endpoint is bound once at start; its token file is read at each scrape.
+    ("metrics", |old, new| {
+        keep(&old.raw.metrics, &mut new.raw.metrics) | keep(&old.metrics, &mut new.metrics)
     }),
 ];
 

@@ -60,6 +60,8 @@ pub struct RawConfig {
     pub state: RawState,
     /// `[review]`: the web review desk.
     pub review: RawReview,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: RawMetrics,
     /// `[notices.KIND]`: the texts of the notices senders get, by kind (`held`,
     /// `confirm`, ...); a kind left out keeps its default.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -76,6 +78,18 @@ pub struct RawNotice {
     /// The plain-text body with `{placeholders}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+}
+
+/// `[metrics]`: the Prometheus endpoint, apart from the review desk.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// `inet:HOST:PORT` or `unix:PATH`; empty = no endpoint.
+    pub listen: String,
+    /// Allows a `listen` address other hosts can reach.
+    pub allow_remote: bool,
+    /// A file whose first line is the bearer token scrapes must bring; empty = none.
+    pub token_file: PathBuf,
 }
 
 /// `[review]`: the web review desk served by the daemon.

@@ -13,6 +13,7 @@ pub(crate) mod control;
 pub(crate) mod generation;
 pub(crate) mod ldap_refresh;
 pub mod notifier;
+pub(crate) mod scrape;
 
 pub use crate::shared::{Generation, Shared};
 pub use generation::{ReloadError, ReloadRequest, Reloaded};
@@ -22,6 +23,8 @@ use crate::config::{self, Config, StateSettings};
 use crate::desk::{self, Desk, DeskListener};
 use crate::directory::DirectoryError;
 use crate::directory::ldap::Snapshots;
+use crate::metrics::Metrics;
+use crate::metrics::serve::MetricsListener;
 use crate::milter::{
     self,
     listener::{BindError, MilterListener, StoppableListener},
@@ -60,6 +63,9 @@ pub enum StartError {
     /// A loader task failed.
     #[error("{0}")]
     Task(String),
+    /// The metrics endpoint could not be bound.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// The review desk could not be set up (its key or its socket).
     #[error("review desk: {0}")]
     Desk(String),
@@ -151,6 +157,8 @@ impl Builder {
                 store
             }
         };
+        let metrics = Arc::new(Metrics::new());
+        metrics.reloaded(true, clock.now());
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
         let (guard, local) = guard(&config.state, clock.clone(), &alerts)?;
         // The brake is kept next to the store: in `state_dir`, or in the directory of
@@ -159,6 +167,14 @@ impl Builder {
             crate::brake::restore(&guard, &local, dir).await;
         }
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
+        let metrics_listener = match &config.metrics.listen {
+            Some(addr) => Some(
+                MetricsListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Metrics(format!("cannot listen on {addr}: {e}")))?,
+            ),
+            None => None,
+        };
         let (owner, inbox) = Owner::new();
         let desk = start_desk(config, &store, &guard, &owner, clock.clone()).await?;
         let (digests, kept) = if keep_alerts {
@@ -168,7 +184,10 @@ impl Builder {
         };
         Ok(Daemon {
             listener,
-            shared: Arc::new(Shared::new(generation, store, alerts, guard)),
+            shared: Arc::new(
+                Shared::new(generation, store, alerts, guard).with_metrics(metrics.clone()),
+            ),
+            metrics_listener,
             snapshots,
             digests,
             alerts: kept,
@@ -301,6 +320,8 @@ pub struct Daemon {
     admin_socket: Option<PathBuf>,
     /// The review desk, when `[review] listen` is set.
     desk: Option<(DeskListener, Arc<Desk>)>,
+    /// The metrics endpoint, when `[metrics] listen` is set.
+    metrics_listener: Option<MetricsListener>,
     /// The generation owner's handle (the desk has one) and its queue, served from
     /// [`Daemon::run`].
     owner: Owner,
@@ -311,6 +332,11 @@ impl Daemon {
     /// The review desk's bound TCP address (for tests that bind port 0).
     pub fn desk_addr(&self) -> Option<SocketAddr> {
         self.desk.as_ref().and_then(|(l, _)| l.local_addr())
+    }
+
+    /// The metrics endpoint's bound TCP address (for tests that bind port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr())
     }
 
     /// The bound TCP address (for tests that bind port 0).
@@ -351,6 +377,7 @@ impl Daemon {
             alerts: _,
             admin_socket,
             desk,
+            metrics_listener,
             owner,
             inbox,
         } = self;
@@ -461,6 +488,26 @@ impl Daemon {
                 let _ = stop_desk.wait_for(|s| *s).await;
             }))
         });
+
+        if let Some(listener) = metrics_listener {
+            info!(
+                listen = ?config.metrics.listen.as_ref().map(ToString::to_string),
+                token = config.metrics.token_file.is_some(),
+                "metrics endpoint listening"
+            );
+            let exporter = scrape::exporter(&shared, config.metrics.token_file.clone());
+            let mut stop_metrics = stop_rx.clone();
+            tokio::spawn(async move {
+                let served = listener
+                    .serve(exporter, async move {
+                        let _ = stop_metrics.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    error!("metrics endpoint stopped: {e}");
+                }
+            });
+        }
 
         let drain_shared = shared.clone();
         let mut stop_drain = stop_rx;

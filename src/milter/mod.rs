@@ -33,9 +33,13 @@ pub const ACTIONS: Actions = Actions::ADD_HEADER
 /// Builds the callbacks for one milter server.
 pub fn make_callbacks(shared: Arc<Shared>) -> Callbacks<Session> {
     let mail_shared = shared.clone();
+    let metrics = shared.metrics.clone();
     let eom_shared = shared;
     Callbacks::new()
-        .on_negotiate(|cx, actions, opts| Box::pin(handle_negotiate(cx, actions, opts)))
+        .on_negotiate(move |cx, actions, opts| {
+            let connection = metrics.connected();
+            Box::pin(handle_negotiate(cx, actions, opts, connection))
+        })
         .on_connect(|cx, host, socket| Box::pin(handle_connect(cx, host, socket)))
         .on_mail(move |cx, args| Box::pin(handle_mail(cx, args, mail_shared.clone())))
         .on_rcpt(|cx, args| Box::pin(handle_rcpt(cx, args)))
@@ -63,6 +67,7 @@ async fn handle_negotiate(
     cx: &mut NegotiateContext<Session>,
     offered: Actions,
     offered_opts: ProtoOpts,
+    connection: crate::metrics::ConnectionGuard,
 ) -> Status {
     let missing = ACTIONS.difference(offered);
     if !missing.is_empty() {
@@ -73,7 +78,9 @@ async fn handle_negotiate(
     cx.requested_actions = ACTIONS.intersection(offered);
     let noreply = NOREPLY.intersection(offered_opts);
     cx.requested_opts |= noreply;
-    cx.data = Some(Session::new(noreply));
+    let mut session = Session::new(noreply);
+    session.connection = Some(connection);
+    cx.data = Some(session);
     Status::Continue
 }
 
@@ -159,6 +166,7 @@ async fn handle_close(cx: &mut Context<Session>) -> Status {
 }
 
 async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status {
+    let started = std::time::Instant::now();
     let queue_id = cx
         .macros
         .get(c"i")
@@ -171,11 +179,17 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         .and_then(|s| s.msg.as_ref())
         .map(|m| m.runtime.clone());
     let replies = runtime.as_ref().map(|r| &r.config.replies);
-    let result = AssertUnwindSafe(decide_and_apply(cx, &shared, queue_id, &shown))
+    let result = AssertUnwindSafe(decide_and_apply(cx, &shared, queue_id, &shown, started))
         .catch_unwind()
         .await;
     if let Some(session) = cx.data.as_mut() {
         session.abort_message();
+    }
+    if let Some(cause) = fault_cause(&result) {
+        if matches!(result, Ok(Err(EomError::NoMessage))) {
+            shared.metrics.protocol_error();
+        }
+        shared.metrics.faulted(cause, started.elapsed());
     }
     match result {
         Ok(Ok(status)) => status,
@@ -205,6 +219,18 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
                 &shown,
             )
         }
+    }
+}
+
+/// Why the milter tempfailed a message it could not decide; `None` when it decided
+/// (the decision is counted where it is made, with its verdict).
+fn fault_cause<T, P>(result: &Result<Result<T, EomError>, P>) -> Option<crate::metrics::Tempfail> {
+    use crate::metrics::Tempfail;
+    match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(EomError::State(_))) => Some(Tempfail::StateBackend),
+        Ok(Err(EomError::NoQueueId(_))) => Some(Tempfail::QueueIdMissing),
+        Ok(Err(_)) | Err(_) => Some(Tempfail::Internal),
     }
 }
 
@@ -328,6 +354,7 @@ async fn decide_and_apply(
     shared: &Shared,
     queue_id: Option<String>,
     shown: &str,
+    started: std::time::Instant,
 ) -> Result<Status, EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
@@ -365,6 +392,9 @@ async fn decide_and_apply(
         &mut outlet,
     )
     .await?;
+    shared
+        .metrics
+        .decided(&decision.evaluation, started.elapsed());
     log_decision(shown, &facts, &decision.evaluation, config.policy.mode);
     Ok(decision.applied)
 }

@@ -19,6 +19,8 @@ pub struct Session {
     pub msg: Option<MessageData>,
     /// Stages whose reply was waived at negotiation (`NOREPLY_*`).
     pub noreply: ProtoOpts,
+    /// Counts the connection as active while the session lives.
+    pub connection: Option<crate::metrics::ConnectionGuard>,
 }
 
 /// Facts about the SMTP client, valid for every message of the connection.

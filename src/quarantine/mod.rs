@@ -15,6 +15,7 @@ pub(crate) mod senders;
 mod sqlite;
 pub(crate) mod store;
 mod sweep;
+mod tally;
 pub(crate) mod worker;
 
 pub use index::{

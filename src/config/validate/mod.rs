@@ -155,6 +155,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     limits::storm_and_rate(&raw, report);
     let (state, admin_socket) = state::check(&raw, state_timeout, base, report);
     let review = review::check(&raw.review, review_times, base, report);
+    let metrics = review::metrics(&raw.metrics, base, report);
     let notices = notices::check(&raw.notices, report);
     confirm_needs(&raw, &notices, report);
 
@@ -214,6 +215,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         notify,
         replies: limits::reply_texts(&raw.reply),
         review,
+        metrics,
         notices,
         raw,
     })

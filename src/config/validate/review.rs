@@ -3,8 +3,8 @@
 //! and digest links last, and which reverse proxies may name the user.
 
 use super::{DAY, WEEK, YEAR, duration};
-use crate::config::raw::RawReview;
-use crate::config::{ListenAddr, ReviewSettings};
+use crate::config::raw::{RawMetrics, RawReview};
+use crate::config::{ListenAddr, MetricsSettings, ReviewSettings};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -175,4 +175,47 @@ fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Checks `[metrics]`: a local address unless `allow_remote`, and a token file path.
+pub(super) fn metrics(
+    raw: &RawMetrics,
+    base: &Path,
+    report: &mut impl FnMut(&str, String),
+) -> MetricsSettings {
+    let listen = match raw.listen.trim() {
+        "" => None,
+        text => match text.parse::<ListenAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                report(
+                    "metrics.listen",
+                    e.to_string()
+                        .replace("milter socket", "metrics socket")
+                        .replace("7785", "9785"),
+                );
+                None
+            }
+        },
+    };
+    if let Some(addr) = &listen
+        && !addr.is_local()
+        && !raw.allow_remote
+    {
+        report(
+            "metrics.listen",
+            format!(
+                "\"{addr}\" can be reached from other hosts; listen on 127.0.0.1 or a unix \
+                 socket, or set allow_remote = true (and a token_file)"
+            ),
+        );
+    }
+    let token_file = (!raw.token_file.as_os_str().is_empty()).then(|| base.join(&raw.token_file));
+    if token_file.is_some() && listen.is_none() {
+        report(
+            "metrics.token_file",
+            "has no effect without listen: set listen = \"inet:127.0.0.1:9785\"".into(),
+        );
+    }
+    MetricsSettings { listen, token_file }
 }

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! What the store tells the metrics at each scrape: what is held now and since when,
+//! by the rule that held it; what is overdue for review; review actions carried out
+//! and failed. Records and requests are never deleted, so the action counts only grow.
+
+use super::store::{Store, StoreError};
+use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN, RULE_NONE};
+use rusqlite::params;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Held records, their deciding rule (the first in `rules`), foreign or not, and when
+/// they were held.
+const HELD: &str = "SELECT rules, foreign_hold, held_at FROM held WHERE state = 'held'";
+
+/// Held past `review_within` and waiting for an admin: not foreign, not extended into
+/// the future, not waiting for its sender (a confirm hold nobody extended).
+const OVERDUE: &str = "SELECT count(*) FROM held WHERE state = 'held' AND foreign_hold = 0
+     AND held_at <= ?1
+     AND (hold_until IS NULL OR hold_until <= ?2)
+     AND NOT (hold_until IS NULL AND coalesce(json_extract(facts, '$.confirm'), 0))";
+
+const REQUESTS: &str = "SELECT action, via, state, count(*) FROM requests
+     WHERE state IN ('done', 'failed') GROUP BY action, via, state";
+
+const EXPIRED: &str = "SELECT count(*) FROM held WHERE state = 'expired'";
+
+impl Store {
+    /// The counts `/metrics` shows, at `now` (seconds since the epoch).
+    pub fn tally(&self, now: u64, review_within: Duration) -> Result<HeldReading, StoreError> {
+        let conn = self.conn();
+        let mut by_rule: HashMap<&'static str, (u64, u64)> = HashMap::new();
+        let mut stmt = conn.prepare_cached(HELD).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (rules, foreign, held_at) = row.map_err(|e| self.err(e))?;
+            let rule = if foreign {
+                RULE_FOREIGN
+            } else {
+                rules
+                    .split_whitespace()
+                    .next()
+                    .map_or(RULE_NONE, metrics::rule_label)
+            };
+            let held_at = u64::try_from(held_at).unwrap_or(0);
+            let entry = by_rule.entry(rule).or_insert((0, held_at));
+            entry.0 += 1;
+            entry.1 = entry.1.min(held_at);
+        }
+        drop(stmt);
+        let due = i64::try_from(now.saturating_sub(review_within.as_secs())).unwrap_or(i64::MAX);
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        let overdue: i64 = conn
+            .query_row(OVERDUE, params![due, now_i], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let mut actions = Vec::new();
+        let mut failures: HashMap<&'static str, u64> = HashMap::new();
+        let mut stmt = conn.prepare_cached(REQUESTS).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (action, via, state, n) = row.map_err(|e| self.err(e))?;
+            let n = u64::try_from(n).unwrap_or(0);
+            let Some(action) = REVIEW_ACTIONS.into_iter().find(|a| *a == action) else {
+                continue;
+            };
+            if state == "failed" {
+                *failures.entry(action).or_default() += n;
+            } else if let Some(via) = REVIEW_VIA.into_iter().find(|v| *v == via) {
+                actions.push((action, via, n));
+            }
+        }
+        drop(stmt);
+        let expired: i64 = conn
+            .query_row(EXPIRED, [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        actions.push(("expire", "sweep", u64::try_from(expired).unwrap_or(0)));
+        let mut by_rule: Vec<(&'static str, u64, u64)> = by_rule
+            .into_iter()
+            .map(|(rule, (n, oldest))| (rule, n, oldest))
+            .collect();
+        by_rule.sort_unstable();
+        let mut failures: Vec<(&'static str, u64)> = failures.into_iter().collect();
+        failures.sort_unstable();
+        Ok(HeldReading {
+            by_rule,
+            overdue: u64::try_from(overdue).unwrap_or(0),
+            actions,
+            failures,
+        })
+    }
+}
