@@ -55,6 +55,8 @@ pub enum Request {
         /// Why.
         comment: String,
     },
+    /// The metrics, as `/metrics` serves them (Prometheus text).
+    Stats,
     /// Release the emergency brake.
     BrakeOff {
         /// Who releases it.
@@ -90,6 +92,11 @@ pub enum Response {
         /// The brake that was on before and that this request replaced (`brake on`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaced: Option<Brake>,
+    },
+    /// The metrics in the Prometheus text format.
+    Stats {
+        /// The exposition.
+        text: String,
     },
     /// The request failed.
     Error {

@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use fanout_milter::cli::{
-    self, Outcome, brake, check, directory, explain, quarantine, review, storms,
+    self, Outcome, brake, check, directory, explain, quarantine, review, stats, storms,
 };
 use fanout_milter::config::DEFAULT_CONFIG_PATH;
 use fanout_milter::explain::ExplainInput;
@@ -54,6 +54,16 @@ enum Command {
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
+    },
+    /// The running daemon's metrics, as /metrics serves them, for a terminal (through
+    /// its admin socket).
+    Stats {
+        /// Also show series at 0 and histogram buckets.
+        #[arg(long)]
+        all: bool,
+        /// Print the Prometheus text as it is.
+        #[arg(long, conflicts_with = "all")]
+        raw: bool,
     },
     /// Reply-all storms in the running daemon (through its admin socket).
     Storms {
@@ -298,6 +308,7 @@ fn main() -> ExitCode {
             }
             DirectoryCommand::Refresh { source } => directory::refresh(path, source),
         },
+        Command::Stats { all, raw } => stats::stats(path, all, raw),
         Command::Storms { command } => match command {
             StormsCommand::List { json } => storms::list(path, json),
             StormsCommand::Clear { id } => storms::clear(path, id),

@@ -78,7 +78,21 @@ impl Shared {
     /// a registry of its own.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Shared {
         self.metrics = metrics;
+        self.record_directory(&self.current());
         self
+    }
+
+    /// Tells the metrics what each directory source of `generation` gave.
+    fn record_directory(&self, generation: &Generation) {
+        let now = self.now();
+        for t in &generation.directory.report.tallies {
+            self.metrics.directory_source(&t.name, t.interval);
+            let at = t.taken_at.map_or(now, |secs| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+            });
+            self.metrics
+                .directory_loaded(&t.name, at, t.entries, t.lists, t.unknown);
+        }
     }
 
     /// The generation in force.
@@ -93,6 +107,7 @@ impl Shared {
 
     /// Puts `generation` in force; for the generation owner alone.
     pub(crate) fn replace(&self, generation: Generation) {
+        self.record_directory(&generation);
         self.live.store(Arc::new(generation));
     }
 }

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod quarantine;
 pub mod review;
 pub mod run;
+pub mod stats;
 pub mod storms;
 pub mod worker;
 

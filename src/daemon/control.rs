@@ -25,6 +25,8 @@ pub struct Handlers {
     pub refresh: Option<tokio::sync::mpsc::Sender<RefreshRequest>>,
     /// Where brake events are recorded.
     pub events: Option<Arc<dyn QuarantineIndex>>,
+    /// The metrics, for `stats`.
+    pub stats: Option<crate::metrics::serve::Exporter>,
 }
 
 /// Binds the socket at `path`, mode 0600 (see [`unix_socket::bind`]).
@@ -86,6 +88,16 @@ async fn handle(request: Request, handlers: &Handlers) -> Response {
         }
         Request::DirectoryAccept { source } => {
             return refresh(handlers, Some(source.clone()), true).await;
+        }
+        Request::Stats => {
+            return match &handlers.stats {
+                Some(exporter) => Response::Stats {
+                    text: exporter.render(false).await,
+                },
+                None => Response::Error {
+                    message: "this daemon keeps no metrics".into(),
+                },
+            };
         }
         Request::StormsList => backend
             .storm_list(guard.now())
@@ -213,6 +225,7 @@ mod tests {
                 guard,
                 refresh: None,
                 events: None,
+                stats: None,
             },
         ));
 

@@ -287,10 +287,12 @@ async fn reload(shared: &Shared, snapshots: &Snapshots) -> Result<Reloaded, Relo
                 );
             }
             shared.replace(new);
+            shared.metrics.reloaded(true, shared.now());
             info!(file = %current.config.file.display(), "configuration reloaded");
             Ok(Reloaded { restart_needed })
         }
         Err(e) => {
+            shared.metrics.reloaded(false, shared.now());
             error!("configuration not reloaded, keeping the old one: {e}");
             Err(e)
         }

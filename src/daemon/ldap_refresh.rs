@@ -171,10 +171,14 @@ impl Refresher {
             .clamp(s.timeout, MAX_REFRESH_DEADLINE.max(s.timeout));
         let settings = s.clone();
         info!(source = %s.name, url = %crate::config::redact_url(&s.url), "ldap refresh started");
+        let started = Instant::now();
         let result = tokio::spawn(async move { ldap::refresh(&settings, deadline).await })
             .await
             .map_err(|e| format!("refresh task failed: {e}"))
             .and_then(|r| r.map_err(|e| e.to_string()));
+        self.shared
+            .metrics
+            .directory_refresh_took(&s.name, started.elapsed());
         let outcome = |ok, message| RefreshOutcome {
             source: s.name.clone(),
             ok,
@@ -352,6 +356,7 @@ impl Refresher {
     /// A refresh that did not change the snapshot in force: says what stays, and past
     /// `max_staleness` alerts and applies `on_stale`. Returns the outcome's message.
     async fn keep_old(&self, s: &LdapSettings, why: &str) -> String {
+        self.shared.metrics.directory_failed(&s.name);
         let age = self
             .lock()
             .get(&s.name)

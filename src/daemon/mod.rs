@@ -160,7 +160,7 @@ impl Builder {
         let metrics = Arc::new(Metrics::new());
         metrics.reloaded(true, clock.now());
         let (alerts, receiver) = notify::channel(notify::queue::QUEUE_CAPACITY);
-        let (guard, local) = guard(&config.state, clock.clone(), &alerts)?;
+        let (guard, local) = guard(&config.state, clock.clone(), &alerts, &metrics)?;
         // The brake is kept next to the store: in `state_dir`, or in the directory of
         // a store a test gave.
         if let Some(dir) = store.path().parent() {
@@ -262,12 +262,14 @@ fn guard(
     state: &StateSettings,
     clock: Arc<dyn Clock>,
     alerts: &AlertSender,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Guard, Arc<MemoryBackend>), StateError> {
     Ok(match state {
         StateSettings::Memory => {
             let memory = Arc::new(MemoryBackend::new());
             (
-                Guard::new(memory.clone(), clock, Some(alerts.clone())),
+                Guard::new(memory.clone(), clock, Some(alerts.clone()))
+                    .with_metrics(metrics.clone()),
                 memory,
             )
         }
@@ -297,10 +299,12 @@ fn guard(
                 *timeout,
                 Some(alerts.clone()),
                 clock.clone(),
-            );
+            )
+            .with_metrics(metrics.clone());
             (
                 Guard::new(Arc::new(failover), clock, Some(alerts.clone()))
-                    .with_relay_state(local.clone()),
+                    .with_relay_state(local.clone())
+                    .with_metrics(metrics.clone()),
                 local,
             )
         }
@@ -401,6 +405,7 @@ impl Daemon {
                                 guard: shared.guard.clone(),
                                 refresh: Some(refresher.requests()),
                                 events: Some(shared.store.clone()),
+                                stats: Some(scrape::exporter(&shared, None)),
                             },
                         )),
                     ))

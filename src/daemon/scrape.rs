@@ -51,4 +51,12 @@ pub async fn read(shared: &Shared) {
         ),
     }
     shared.metrics.set_brake(shared.guard.brake().is_some());
+    let max_per_minute = shared.current().config.policy.breaker.max_per_minute;
+    match shared.guard.breaker_open(max_per_minute).await {
+        Ok(open) => shared.metrics.set_breaker(open),
+        Err(e) => warn!(
+            "metrics: cannot read the relay-wide breaker: {}",
+            crate::text::neutralize(&e.to_string())
+        ),
+    }
 }

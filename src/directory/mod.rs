@@ -57,6 +57,8 @@ pub struct LoadReport {
     pub state_error: Option<String>,
     /// How long the load took.
     pub duration: Duration,
+    /// What each source gave, in order.
+    pub tallies: Vec<source::SourceTally>,
 }
 
 /// The loaded directory.
@@ -160,6 +162,7 @@ impl Directory {
                 source.describe(),
                 data.lists.len()
             ));
+            report.tallies.push(source.tally(&data));
             report.warnings.extend(data.warnings);
             defs.extend(data.lists);
             fallback.extend(data.fallback);

@@ -68,12 +68,41 @@ pub enum SourceError {
     Parse(#[from] ParseError),
 }
 
+/// What one source gave at a load, for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceTally {
+    /// The source's `source` label: an LDAP source's name, `config` for `[[list]]`,
+    /// else the description.
+    pub name: String,
+    /// When its data was read (seconds since the epoch); `None`: at this load.
+    pub taken_at: Option<u64>,
+    /// How often it is refreshed; zero: read at start and reload only.
+    pub interval: std::time::Duration,
+    /// Entries read (an LDAP source's directory entries; a file's definitions).
+    pub entries: u64,
+    /// Of those, lists (definitions with more than one member, or groups).
+    pub lists: u64,
+    /// Members or entries it could not resolve or count.
+    pub unknown: u64,
+}
+
 /// A source of lists.
 pub trait DirectorySource: Send + Sync {
     /// A short description for logs, e.g. `postfix-virtual /etc/postfix/virtual`.
     fn describe(&self) -> String;
     /// Reads the source. Called at start and on reload, never on the mail path.
     fn load(&self) -> Result<SourceData, SourceError>;
+    /// What `data`, loaded from this source, holds.
+    fn tally(&self, data: &SourceData) -> SourceTally {
+        SourceTally {
+            name: self.describe(),
+            taken_at: None,
+            interval: std::time::Duration::ZERO,
+            entries: data.lists.len() as u64,
+            lists: data.lists.iter().filter(|l| l.members.len() > 1).count() as u64,
+            unknown: data.warnings.len() as u64,
+        }
+    }
 }
 
 /// Qualifies a bare name (`user`) with the first of `domains`; addresses with a
@@ -215,6 +244,15 @@ pub struct ConfigLists {
 impl DirectorySource for ConfigLists {
     fn describe(&self) -> String {
         "[[list]] entries of the configuration".to_owned()
+    }
+
+    fn tally(&self, data: &SourceData) -> SourceTally {
+        SourceTally {
+            name: "config".to_owned(),
+            entries: data.lists.len() as u64,
+            lists: data.lists.len() as u64,
+            ..SourceTally::default()
+        }
     }
 
     fn load(&self) -> Result<SourceData, SourceError> {

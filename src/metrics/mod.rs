@@ -354,7 +354,7 @@ impl Metrics {
         );
         r.register(
             "breaker_open",
-            "1 while the relay-wide breaker holds large mail (as of the last message)",
+            "1 while the relay-wide breaker is tripped (read at scrape)",
             m.breaker_open.clone(),
         );
         r.register(
@@ -364,7 +364,7 @@ impl Metrics {
         );
         r.register(
             "state_failover_active",
-            "1 while the shared state is down and this relay runs on local state",
+            "1 while the shared state (Redis) is down: this relay runs on local state or tempfails, as [state] on_failure says",
             m.failover_active.clone(),
         );
         r.register(
@@ -586,7 +586,7 @@ impl Metrics {
         self.brake_engaged.set(i64::from(engaged));
     }
 
-    /// Sets whether the relay-wide breaker held large mail at the last message.
+    /// Sets whether the relay-wide breaker is tripped now.
     pub fn set_breaker(&self, open: bool) {
         self.breaker_open.set(i64::from(open));
     }
@@ -596,7 +596,8 @@ impl Metrics {
         self.state_errors.inc();
     }
 
-    /// Sets whether this relay runs on local state because the shared state is down.
+    /// Sets whether the shared state is down (this relay runs on local state or
+    /// tempfails, as `[state] on_failure` says).
     pub fn set_failover(&self, active: bool) {
         self.failover_active.set(i64::from(active));
     }

@@ -63,6 +63,8 @@ struct Inner {
     alerts: Option<AlertSender>,
     /// The daemon's clock: outages are timed and storms judged on it.
     clock: Arc<dyn Clock>,
+    /// Where round trips, errors and outages are counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Failover {
@@ -89,8 +91,18 @@ impl Failover {
                 down_since: Mutex::new(None),
                 alerts,
                 clock,
+                metrics: None,
             }),
         }
+    }
+
+    /// Counts round trips, failed operations and outages in `metrics` (before the
+    /// failover is first cloned; later it changes nothing).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Failover {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = Some(metrics);
+        }
+        self
     }
 
     /// True while the shared backend is in use.
@@ -117,7 +129,15 @@ impl Failover {
             .try_with(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(self.inner.timeout)
             .min(self.inner.timeout);
-        match tokio::time::timeout(limit, remote).await {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(limit, remote).await;
+        if let Some(m) = &self.inner.metrics {
+            match &answer {
+                Ok(Ok(_)) => m.state_round_trip(started.elapsed()),
+                _ => m.state_error(),
+            }
+        }
+        match answer {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.inner.went_down(op, e.0);
@@ -154,6 +174,9 @@ impl Inner {
     fn went_down(self: &Arc<Inner>, op: &str, why: String) {
         if !self.up.swap(false, Ordering::SeqCst) {
             return;
+        }
+        if let Some(m) = &self.metrics {
+            m.set_failover(true);
         }
         let now = self.clock.now();
         *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, why.clone()));
@@ -230,6 +253,9 @@ impl Inner {
             ),
         );
         self.up.store(true, Ordering::SeqCst);
+        if let Some(m) = &self.metrics {
+            m.set_failover(false);
+        }
     }
 
     /// Copies the storms active on this relay to the shared backend (those tripped

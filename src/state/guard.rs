@@ -38,6 +38,8 @@ pub struct Guard {
     /// The emergency brake as last read from the backend ([`Guard::refresh_brake`]),
     /// shared by every clone: each message reads it without a round trip.
     brake: Arc<ArcSwapOption<Brake>>,
+    /// Where storm trips are counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What [`Guard::observe`] found, to settle after the verdict.
@@ -64,7 +66,24 @@ impl Guard {
             clock,
             alerts,
             brake: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts storm trips in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Guard {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// True when the relay-wide breaker (`max_per_minute`; 0 = off) is tripped now:
+    /// more recipients left this relay in the last minute.
+    pub async fn breaker_open(&self, max_per_minute: u64) -> Result<bool, StateError> {
+        if max_per_minute == 0 {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        Ok(self.relay.window_total(RELAY_KEY, MINUTE, now).await? > max_per_minute)
     }
 
     /// Keeps the relay-wide breaker's state in `relay` (this relay's memory) when
@@ -189,6 +208,9 @@ impl Guard {
                         blocked: 0,
                     };
                     if self.backend.storm_start(&storm, now).await? {
+                        if let Some(m) = &self.metrics {
+                            m.storm_tripped();
+                        }
                         warn!(
                             queue_id,
                             storm = %storm.id,

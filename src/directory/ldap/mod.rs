@@ -400,6 +400,24 @@ impl DirectorySource for LdapSource<'_> {
         )
     }
 
+    fn tally(&self, _data: &SourceData) -> crate::directory::source::SourceTally {
+        let mut tally = crate::directory::source::SourceTally {
+            name: self.settings.name.clone(),
+            interval: self.settings.refresh,
+            ..Default::default()
+        };
+        if let Some(snap) = &self.snapshot {
+            let s = &snap.stats;
+            tally.taken_at = Some(snap.taken_at);
+            tally.entries = s.entries;
+            tally.lists = s.lists;
+            tally.unknown = s.dangling + s.dynamic_unknown + s.no_address;
+        } else {
+            tally.taken_at = Some(0);
+        }
+        tally
+    }
+
     fn load(&self) -> Result<SourceData, SourceError> {
         let s = self.settings;
         let Some(snap) = &self.snapshot else {
