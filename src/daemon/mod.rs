@@ -496,7 +496,7 @@ impl Daemon {
 
         if let Some(listener) = metrics_listener {
             info!(
-                listen = ?config.metrics.listen.as_ref().map(ToString::to_string),
+                listen = %config.metrics.listen.as_ref().map_or_else(String::new, ToString::to_string),
                 token = config.metrics.token_file.is_some(),
                 "metrics endpoint listening"
             );
