@@ -4,7 +4,8 @@
 //! (each alert fires when it should and stays quiet on a healthy relay), every alert has
 //! a severity, a summary and a description, and every metric name they use is one of
 //! the metric contract's, so renaming a metric breaks this test before it silently
-//! breaks someone's pager.
+//! breaks someone's pager. The README's "Monitoring" lists exactly the contract's
+//! metrics and the shipped alerts.
 //!
 //! Needs `promtool` (Debian's `prometheus` package; `FANOUT_PROMTOOL` names another
 //! binary). `scripts/test` installs it and sets `FANOUT_REQUIRE_PROMTOOL=1`, without
@@ -240,6 +241,61 @@ fn every_alert_is_tested_firing_and_quiet() {
         assert!(
             tests.contains(&format!("alertname: {name}, exp_alerts: []}}")),
             "{RULE_TESTS} has a case where {name} stays quiet"
+        );
+    }
+}
+
+/// The README's "Monitoring" section.
+fn readme_monitoring() -> String {
+    let readme = read("README.md");
+    let start = readme
+        .find("\n## Monitoring\n")
+        .expect("the README has a \"Monitoring\" section");
+    let section = &readme[start + 1..];
+    section[..section[1..].find("\n## ").map_or(section.len(), |i| i + 1)].to_string()
+}
+
+/// The first cell of each table row of `text` that starts with `` | `PREFIX ``.
+fn table_names(text: &str, prefix: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("| `{prefix}")))
+        .map(|rest| {
+            format!(
+                "{prefix}{}",
+                &rest[..rest.find('`').expect("closing backquote")]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_lists_the_contract_and_the_alerts() {
+    let section = readme_monitoring();
+    let mut listed = table_names(&section, "fanout_");
+    listed.sort();
+    let mut contract: Vec<String> = CONTRACT.iter().map(|n| n.to_string()).collect();
+    contract.sort();
+    assert_eq!(
+        listed, contract,
+        "the README's metric table is the contract"
+    );
+    let mut alerts = table_names(&section, "Fanout");
+    alerts.sort();
+    let mut shipped = alert_names(&read(RULES));
+    shipped.sort();
+    assert_eq!(
+        alerts, shipped,
+        "the README's alert table lists the shipped alerts"
+    );
+    for needed in [
+        "credentials_file:",
+        "rule_files:",
+        "promtool test rules tests/prometheus/alerts-test.yml",
+        "fanout-milter stats --all",
+    ] {
+        assert!(
+            section.contains(needed),
+            "the README's Monitoring shows {needed}"
         );
     }
 }
