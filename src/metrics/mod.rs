@@ -186,6 +186,9 @@ pub struct HeldReading {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<DecisionLabels, Counter>,
+    /// The decision counters by verdict and rule ([`decision_index`]), made at start,
+    /// so that counting a decision takes no lock.
+    by_decision: Vec<Counter>,
     tempfails: Family<CauseLabels, Counter>,
     envelope: Histogram,
     audience: Histogram,
@@ -240,6 +243,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("fanout");
         let m = Metrics {
             decisions: Family::default(),
+            by_decision: Vec::new(),
             tempfails: Family::default(),
             envelope: Histogram::new(ENVELOPE_BUCKETS),
             audience: Histogram::new(AUDIENCE_BUCKETS),
@@ -422,15 +426,17 @@ impl Metrics {
             "The running version (always 1)",
             m.build_info.clone(),
         );
+        let mut by_decision = Vec::with_capacity(VERDICTS.len() * DECISION_RULES.len());
         for verdict in VERDICTS {
-            for rule in RULES
-                .into_iter()
-                .chain([RULE_NONE, RULE_EXEMPT, RULE_FAULT])
-            {
-                let _ = m.decisions.get_or_create(&DecisionLabels {
-                    verdict: verdict.as_str(),
-                    rule,
-                });
+            for rule in DECISION_RULES {
+                by_decision.push(
+                    m.decisions
+                        .get_or_create(&DecisionLabels {
+                            verdict: verdict.as_str(),
+                            rule,
+                        })
+                        .clone(),
+                );
             }
         }
         for cause in Tempfail::ALL {
@@ -459,7 +465,11 @@ impl Metrics {
                 version: crate::VERSION,
             })
             .set(1);
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            by_decision,
+            ..m
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -486,12 +496,7 @@ impl Metrics {
             None if verdict.exempt_by.is_some() => RULE_EXEMPT,
             None => RULE_NONE,
         };
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                verdict: verdict.action.as_str(),
-                rule,
-            })
-            .inc();
+        self.count_decision(verdict.action, rule);
         if verdict.action == Action::Tempfail {
             let cause = if rule == "directory.unavailable" {
                 Tempfail::DirectoryUnavailable
@@ -507,14 +512,25 @@ impl Metrics {
 
     /// Counts a message the milter tempfailed because it could not decide.
     pub fn faulted(&self, cause: Tempfail, took: Duration) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                verdict: Action::Tempfail.as_str(),
-                rule: RULE_FAULT,
-            })
-            .inc();
+        self.count_decision(Action::Tempfail, RULE_FAULT);
         self.count_tempfail(cause);
         self.decision_seconds.observe(took.as_secs_f64());
+    }
+
+    fn count_decision(&self, verdict: Action, rule: &'static str) {
+        match decision_index(verdict, rule).and_then(|i| self.by_decision.get(i)) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.decisions
+                    .get_or_create(&DecisionLabels {
+                        verdict: verdict.as_str(),
+                        rule,
+                    })
+                    .inc();
+            }
+        }
     }
 
     fn count_tempfail(&self, cause: Tempfail) {
@@ -692,6 +708,26 @@ fn to_prometheus_text(open: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `rule` values of `fanout_decisions_total`.
+const DECISION_RULES: [&str; RULES.len() + 3] = {
+    let mut all = [RULE_NONE; RULES.len() + 3];
+    let mut i = 0;
+    while i < RULES.len() {
+        all[i] = RULES[i];
+        i += 1;
+    }
+    all[RULES.len() + 1] = RULE_EXEMPT;
+    all[RULES.len() + 2] = RULE_FAULT;
+    all
+};
+
+/// Where the counter of `verdict` and `rule` is in `Metrics::by_decision`.
+fn decision_index(verdict: Action, rule: &str) -> Option<usize> {
+    let v = VERDICTS.iter().position(|&a| a == verdict)?;
+    let r = DECISION_RULES.iter().position(|&n| n == rule)?;
+    Some(v * DECISION_RULES.len() + r)
 }
 
 /// The rule labels of the held gauges.
