@@ -6,6 +6,7 @@ mod common;
 
 use common::Redis;
 use fanout_milter::clock::SystemClock;
+use fanout_milter::metrics::Metrics;
 use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
 use fanout_milter::state::failover::with_deadline;
 use fanout_milter::state::{
@@ -405,11 +406,27 @@ async fn a_hung_redis_holds_one_message_for_the_timeout_and_no_more() {
     );
 }
 
+/// One sample's value in a metrics exposition.
+fn sample(metrics: &Metrics, series: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn on_failure_tempfail_refuses_while_redis_is_down() {
+async fn on_failure_tempfail_refuses_while_redis_is_down_and_the_metrics_say_so() {
     let mut redis = Redis::start();
+    let metrics = Arc::new(Metrics::new());
     let (f, _alerts) = failover(&redis, "tf:", OnFailure::Tempfail);
+    let f = f.with_metrics(metrics.clone());
     assert!(f.take("s", 1, HOUR, t(0)).await.unwrap().allowed);
+    let trips = "fanout_state_backend_request_duration_seconds_count";
+    assert_eq!(sample(&metrics, trips), 1.0);
+    assert_eq!(sample(&metrics, "fanout_state_backend_errors_total"), 0.0);
+    assert_eq!(sample(&metrics, "fanout_state_failover_active"), 0.0);
     redis.kill();
     let e = f
         .take("s", 1, HOUR, t(1))
@@ -417,9 +434,17 @@ async fn on_failure_tempfail_refuses_while_redis_is_down() {
         .expect_err("no state, no answer");
     assert!(e.to_string().contains("on_failure = \"tempfail\""), "{e}");
     assert!(f.storm_hit("x", t(1)).await.is_err());
+    assert_eq!(
+        sample(&metrics, "fanout_state_backend_errors_total"),
+        1.0,
+        "the failed request; none is sent while it is down"
+    );
+    assert_eq!(sample(&metrics, "fanout_state_failover_active"), 1.0);
     let _redis = Redis::start_on(redis.port);
     until_up(&f).await;
+    assert_eq!(sample(&metrics, "fanout_state_failover_active"), 0.0);
     assert!(f.take("s", 1, HOUR, t(2)).await.unwrap().allowed);
+    assert_eq!(sample(&metrics, trips), 2.0);
 }
 
 /// A brake value in Redis that is no brake (written by hand, another program) is read

@@ -106,3 +106,121 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::index::{NewRequest, QuarantineIndex, RequestAction, Via};
+    use crate::quarantine::record::{AuditEntry, QueueId, RuleHit, State};
+    use crate::quarantine::store::tests::held;
+
+    fn rule(name: &str) -> Vec<RuleHit> {
+        vec![RuleHit {
+            rule: name.into(),
+            action: "quarantine".into(),
+            message: String::new(),
+        }]
+    }
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            at: 0,
+            who: "sweep".into(),
+            action: action.into(),
+            comment: None,
+        }
+    }
+
+    #[test]
+    fn the_tally_counts_holds_by_deciding_rule_overdue_holds_and_finished_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hour = 3600;
+        let now = 100 * hour;
+        // Held by hidden (two, the older one first), by limits.audience then hidden
+        // (counted under its deciding rule), and a foreign hold.
+        let mut a = held("AAAAAA1", now - 10 * hour);
+        a.rules = rule("hidden");
+        let mut b = held("BBBBBB2", now - hour);
+        b.rules = rule("hidden");
+        let mut c = held("CCCCCC3", now - 9 * hour);
+        c.rules = [rule("limits.audience"), rule("hidden")].concat();
+        let mut waiting = held("DDDDDD4", now - 20 * hour);
+        waiting.rules = rule("restricted");
+        waiting.confirm = true;
+        let extended = held("EEEEEE5", now - 30 * hour);
+        let expired = held("FFFFFF6", now - 50 * hour);
+        for m in [&a, &b, &c, &waiting, &extended, &expired] {
+            store.record_held(m, "milter", None).unwrap();
+        }
+        store
+            .record_foreign(&held("GGGGGG7", now - 40 * hour), "reconcile", None)
+            .unwrap();
+        let id_of = |q: &str| store.get(&QueueId::parse(q).unwrap()).unwrap().id;
+        store
+            .set_hold_until(id_of("EEEEEE5"), now + hour, &entry("extend"))
+            .unwrap();
+        store
+            .set_state_unrequested(
+                id_of("FFFFFF6"),
+                State::Held,
+                State::Expired,
+                &entry("expire"),
+            )
+            .unwrap();
+        for (queue_id, via, ok) in [("AAAAAA1", Via::Desk, true), ("BBBBBB2", Via::Cli, false)] {
+            let r = store
+                .submit(&NewRequest {
+                    queue_id: QueueId::parse(queue_id).unwrap(),
+                    action: RequestAction::Release,
+                    who: "carol".into(),
+                    via,
+                    remote: None,
+                    comment: "checked".into(),
+                    at: now,
+                })
+                .unwrap();
+            assert!(store.claim(r.id, now).unwrap());
+            store.finish(r.id, ok, "", now).unwrap();
+        }
+        // The done release is still held in the store until the worker settles it;
+        // the tally reads the records as they are.
+        let t = store.tally(now, Duration::from_secs(4 * hour)).unwrap();
+        let by_rule = |r: &str| {
+            t.by_rule
+                .iter()
+                .find(|(n, ..)| *n == r)
+                .map(|&(_, n, at)| (n, at))
+        };
+        assert_eq!(by_rule("hidden"), Some((2, now - 10 * hour)));
+        assert_eq!(by_rule("limits.audience"), Some((1, now - 9 * hour)));
+        assert_eq!(by_rule("restricted"), Some((1, now - 20 * hour)));
+        assert_eq!(
+            by_rule("drift"),
+            Some((1, now - 30 * hour)),
+            "the extended one"
+        );
+        assert_eq!(by_rule("foreign"), Some((1, now - 40 * hour)));
+        assert_eq!(t.by_rule.iter().map(|&(_, n, _)| n).sum::<u64>(), 6);
+        // Overdue (past 4h, waiting for an admin): a and c; not b (1h), not the one
+        // waiting for its sender, not the extended one, not the foreign one.
+        assert_eq!(t.overdue, 2);
+        assert!(
+            t.actions.contains(&("release", "desk", 1)),
+            "{:?}",
+            t.actions
+        );
+        assert!(
+            t.actions.contains(&("expire", "sweep", 1)),
+            "{:?}",
+            t.actions
+        );
+        assert!(!t.actions.iter().any(|a| a.1 == "cli"), "{:?}", t.actions);
+        assert_eq!(t.failures, vec![("release", 1)]);
+        // Once the extension ends it is overdue too.
+        let later = store
+            .tally(now + 2 * hour, Duration::from_secs(4 * hour))
+            .unwrap();
+        assert_eq!(later.overdue, 3, "a, c and the extended one; b is 3h old");
+    }
+}

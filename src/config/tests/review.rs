@@ -165,3 +165,58 @@ fn a_reload_keeps_the_running_desk_settings() {
     assert_eq!(new.review, base.review);
     assert_eq!(new.raw.review, base.raw.review);
 }
+
+#[test]
+fn metrics_are_off_by_default_and_read_with_their_token_file() {
+    let c = load_str("").expect("defaults");
+    assert_eq!(c.metrics, MetricsSettings::default());
+    let c =
+        load_str("[metrics]\nlisten = \"inet:127.0.0.1:9785\"\ntoken_file = \"metrics.token\"\n")
+            .expect("valid");
+    assert_eq!(
+        c.metrics
+            .listen
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("inet:127.0.0.1:9785")
+    );
+    assert_eq!(
+        c.metrics.token_file.as_deref(),
+        Some(Path::new("/etc/fanout-milter/metrics.token")),
+        "relative to the file"
+    );
+    let c = load_str("[metrics]\nlisten = \"unix:/run/fanout-milter/metrics.sock\"\n").unwrap();
+    assert!(matches!(c.metrics.listen, Some(ListenAddr::Unix(_))));
+    assert_eq!(c.metrics.token_file, None);
+}
+
+#[test]
+fn bad_metrics_settings_are_refused_with_line_and_key() {
+    refused(
+        "[metrics]\nlisten = \"127.0.0.1:9785\"\n",
+        4,
+        "metrics.listen",
+        "not a metrics socket: use inet:HOST:PORT or unix:/PATH",
+    );
+    refused(
+        "[metrics]\nlisten = \"inet:0.0.0.0:9785\"\n",
+        4,
+        "metrics.listen",
+        "set allow_remote = true",
+    );
+    load_str("[metrics]\nlisten = \"inet:0.0.0.0:9785\"\nallow_remote = true\n")
+        .expect("explicitly allowed");
+    refused(
+        "[metrics]\ntoken_file = \"/etc/fanout-milter/metrics.token\"\n",
+        4,
+        "metrics.token_file",
+        "has no effect without listen",
+    );
+    refused(
+        "[metrics]\nport = 9785\n",
+        4,
+        "metrics.port",
+        "unknown field",
+    );
+}
