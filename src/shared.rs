@@ -64,14 +64,16 @@ impl Shared {
         alerts: AlertSender,
         guard: Guard,
     ) -> Shared {
-        Shared {
+        let shared = Shared {
             live: ArcSwap::from_pointee(generation),
             inflight: Arc::new(Inflight::default()),
             store,
             alerts,
             guard,
             metrics: Arc::new(Metrics::new()),
-        }
+        };
+        shared.record_directory(&shared.current());
+        shared
     }
 
     /// Records into `metrics` (the daemon's, shared with the state backend) instead of

@@ -1020,6 +1020,25 @@ mod tests {
             let (refresher, shared, mut alerts) = shared(&c, full.clone());
             assert_eq!(judged(&shared, "all@corp.example").0, 20_000);
             let pending = ldap::pending_path(&c.state_dir, "corp");
+            let metric = |name: &str| {
+                let text = shared.metrics.encode();
+                let series = format!("{name}{{source=\"corp\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .unwrap_or_else(|| panic!("no {series} in {text}"))
+                    .parse::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(
+                metric("fanout_directory_last_refresh_success_timestamp_seconds"),
+                full.taken_at as f64
+            );
+            assert_eq!(metric("fanout_directory_lists"), full.stats.lists as f64);
+            assert_eq!(
+                metric("fanout_directory_entries"),
+                full.stats.entries as f64
+            );
+            assert_eq!(metric("fanout_directory_refresh_failures_total"), 0.0);
 
             // A wrong base: people but no group at all.
             let wrong = config(dir.path(), STAFF);
@@ -1040,6 +1059,12 @@ mod tests {
                 judged(&shared, "all@corp.example").0,
                 20_000,
                 "the old snapshot serves"
+            );
+            assert_eq!(metric("fanout_directory_refresh_failures_total"), 1.0);
+            assert_eq!(
+                metric("fanout_directory_last_refresh_success_timestamp_seconds"),
+                full.taken_at as f64,
+                "a refused refresh is no success"
             );
             let alert = tokio::time::timeout(Duration::from_secs(5), alerts.recv())
                 .await
