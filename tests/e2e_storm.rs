@@ -18,6 +18,23 @@ fn storms(config: &std::path::Path, args: &[&str]) -> Output {
         .expect("run fanout-milter storms")
 }
 
+/// `fanout-milter stats ARGS`: its output, after checking that it succeeded.
+fn stats_of(config: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .arg("-c")
+        .arg(config)
+        .arg("stats")
+        .args(args)
+        .output()
+        .expect("run fanout-milter stats");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 #[test]
 fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
     require_postfix();
@@ -91,6 +108,36 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
     let table = storms(&config, &["list"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains(&id));
 
+    // `stats` shows the same storm and the stopped replies, from the running daemon.
+    let stats = stats_of(&config, &["--raw"]);
+    for (series, value) in [
+        ("fanout_storms_active", "1"),
+        ("fanout_storms_tripped_total", "1"),
+        (
+            "fanout_decisions_total{verdict=\"reject\",rule=\"storm\"}",
+            "3",
+        ),
+        (
+            "fanout_decisions_total{verdict=\"accept\",rule=\"none\"}",
+            "4",
+        ),
+        ("fanout_tempfails_total{cause=\"rule\"}", "0"),
+    ] {
+        assert!(
+            stats.lines().any(|l| l == format!("{series} {value}")),
+            "{series} {value} in:\n{stats}"
+        );
+    }
+    let short = stats_of(&config, &[]);
+    assert!(
+        short.contains("fanout_storms_active: Reply-all storms"),
+        "{short}"
+    );
+    assert!(
+        !short.contains("rule=\"drift\""),
+        "series at 0 are left out: {short}"
+    );
+
     let out = storms(&config, &["clear", &id]);
     assert!(
         out.status.success(),
@@ -109,5 +156,10 @@ fn reply_alls_are_cut_after_min_messages_and_each_stopped_sender_told_why() {
     sink.wait_for("storm-after-clear");
     let again = storms(&config, &["clear", &id]);
     assert!(!again.status.success(), "clearing twice says there is none");
+    let stats = stats_of(&config, &["--raw"]);
+    assert!(
+        stats.lines().any(|l| l == "fanout_storms_active 0"),
+        "{stats}"
+    );
     assert!(milter.stop().success());
 }
