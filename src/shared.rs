@@ -87,7 +87,10 @@ impl Shared {
     /// Tells the metrics what each directory source of `generation` gave.
     fn record_directory(&self, generation: &Generation) {
         let now = self.now();
-        for t in &generation.directory.report.tallies {
+        let tallies = &generation.directory.report.tallies;
+        let names: Vec<&str> = tallies.iter().map(|t| t.name.as_str()).collect();
+        self.metrics.directory_sources(&names);
+        for t in tallies {
             self.metrics.directory_source(&t.name, t.interval);
             let at = t.taken_at.map_or(now, |secs| {
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)

@@ -391,6 +391,7 @@ impl Daemon {
             actions: milter::ACTIONS,
             connection_timeout: config.connection_timeout,
         };
+        let exporter = scrape::exporter(&shared, config.metrics.token_file.clone());
         let owning = inbox.spawn(shared.clone(), snapshots.clone(), reloads);
         let refresher = Refresher::new(&snapshots, shared.clone(), owner);
         let admin = match &admin_socket {
@@ -405,7 +406,7 @@ impl Daemon {
                                 guard: shared.guard.clone(),
                                 refresh: Some(refresher.requests()),
                                 events: Some(shared.store.clone()),
-                                stats: Some(scrape::exporter(&shared, None)),
+                                stats: Some(exporter.clone()),
                             },
                         )),
                     ))
@@ -500,7 +501,9 @@ impl Daemon {
                 token = config.metrics.token_file.is_some(),
                 "metrics endpoint listening"
             );
-            let exporter = scrape::exporter(&shared, config.metrics.token_file.clone());
+            // The first scrape then shows the store's totals, not 0 (which Prometheus
+            // would read as a counter reset, then the whole history as one increase).
+            exporter.refresh().await;
             let mut stop_metrics = stop_rx.clone();
             tokio::spawn(async move {
                 let served = listener

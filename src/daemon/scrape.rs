@@ -20,11 +20,7 @@ pub fn exporter(shared: &Arc<Shared>, token_file: Option<PathBuf>) -> Exporter {
             }
         })
     });
-    Exporter {
-        metrics: shared.metrics.clone(),
-        refresh,
-        token_file,
-    }
+    Exporter::new(shared.metrics.clone(), refresh, token_file)
 }
 
 /// Reads the store, the storms and the brake into the metrics.

@@ -175,6 +175,8 @@ pub struct HeldReading {
     pub by_rule: Vec<(&'static str, u64, u64)>,
     /// Held longer than `[quarantine] review_within`, waiting for an admin.
     pub overdue: u64,
+    /// When the oldest of those was held (seconds since the epoch); 0: none.
+    pub overdue_oldest: u64,
     /// Review actions carried out, by action and origin.
     pub actions: Vec<(&'static str, &'static str, u64)>,
     /// Review actions the worker could not carry out, by action.
@@ -199,6 +201,7 @@ pub struct Metrics {
     held: Family<RuleLabels, Gauge>,
     held_oldest: Family<RuleLabels, Gauge>,
     held_overdue: Gauge,
+    held_overdue_oldest: Gauge,
     review_actions: Family<ReviewLabels, Counter>,
     review_failures: Family<ActionLabels, Counter>,
     storms_active: Gauge,
@@ -215,6 +218,8 @@ pub struct Metrics {
     directory_unknown: Family<SourceLabels, Gauge>,
     directory_seconds: HistogramFamily<SourceLabels>,
     directory_failures: Family<SourceLabels, Counter>,
+    /// The directory sources in force, whose series exist.
+    directory_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
     reload_ok: Gauge,
     reload_ok_at: Gauge,
     build_info: Family<BuildLabels, Gauge>,
@@ -254,6 +259,7 @@ impl Metrics {
             held: Family::default(),
             held_oldest: Family::default(),
             held_overdue: Gauge::default(),
+            held_overdue_oldest: Gauge::default(),
             review_actions: Family::default(),
             review_failures: Family::default(),
             storms_active: Gauge::default(),
@@ -270,6 +276,7 @@ impl Metrics {
             directory_unknown: Family::default(),
             directory_seconds: Family::new_with_constructor(refresh_histogram),
             directory_failures: Family::default(),
+            directory_names: Default::default(),
             reload_ok: Gauge::default(),
             reload_ok_at: Gauge::default(),
             build_info: Family::default(),
@@ -330,6 +337,11 @@ impl Metrics {
             "held_overdue_messages",
             "Messages held longer than [quarantine] review_within, waiting for an admin",
             m.held_overdue.clone(),
+        );
+        r.register(
+            "held_overdue_oldest_timestamp_seconds",
+            "When the oldest message overdue for review was held (0: none overdue)",
+            m.held_overdue_oldest.clone(),
         );
         r.register(
             "review_actions",
@@ -487,11 +499,18 @@ impl Metrics {
         to_prometheus_text(&self.encode())
     }
 
-    /// Counts a decided message: its verdict and deciding rule, its envelope and
+    /// Counts a decided message: its verdict and deciding rule (the first enforced
+    /// rule whose action is the verdict, else the first rule), its envelope and
     /// audience, and the time it took.
     pub fn decided(&self, evaluation: &Evaluation, took: Duration) {
         let verdict = &evaluation.verdict;
-        let rule = match verdict.reasons.first() {
+        // The rule whose action is the verdict, not a monitored one that asked more.
+        let deciding = verdict
+            .reasons
+            .iter()
+            .find(|r| !r.monitor && r.action == verdict.action)
+            .or(verdict.reasons.first());
+        let rule = match deciding {
             Some(reason) => rule_label(reason.rule),
             None if verdict.exempt_by.is_some() => RULE_EXEMPT,
             None => RULE_NONE,
@@ -571,6 +590,7 @@ impl Metrics {
                 .set(gauge(oldest));
         }
         self.held_overdue.set(gauge(reading.overdue));
+        self.held_overdue_oldest.set(gauge(reading.overdue_oldest));
         for &(action, via, n) in &reading.actions {
             set_counter(
                 &self
@@ -621,6 +641,31 @@ impl Metrics {
     /// Records one round trip to the shared state.
     pub fn state_round_trip(&self, took: Duration) {
         self.state_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Makes `sources` the directory sources in force: the series of a source no
+    /// longer configured go (a removed LDAP source would otherwise look stale for
+    /// ever).
+    pub fn directory_sources(&self, sources: &[&str]) {
+        let keep: std::collections::BTreeSet<String> =
+            sources.iter().map(|s| source_labels(s).source).collect();
+        let mut names = self
+            .directory_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for gone in names.difference(&keep) {
+            let labels = SourceLabels {
+                source: gone.clone(),
+            };
+            self.directory_success.remove(&labels);
+            self.directory_interval.remove(&labels);
+            self.directory_entries.remove(&labels);
+            self.directory_lists.remove(&labels);
+            self.directory_unknown.remove(&labels);
+            self.directory_seconds.remove(&labels);
+            self.directory_failures.remove(&labels);
+        }
+        *names = keep;
     }
 
     /// Declares a directory source: its series start at 0, with its refresh interval
@@ -751,12 +796,13 @@ fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Sets a counter read from the store (monotonic there: records and requests are
-/// never deleted).
+/// Raises a counter to a total read from the store, never lowers it: a reading that
+/// lost a race with a newer one, or a sweep's expiry undone because Postfix refused
+/// it, must not look like a counter reset.
 fn set_counter(counter: &Counter, n: u64) {
     counter
         .inner()
-        .store(n, std::sync::atomic::Ordering::Relaxed);
+        .fetch_max(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::warn;
 
 /// The OpenMetrics media type, served to clients that ask for it (Prometheus does).
@@ -35,22 +35,48 @@ const SOCKET_MODE: u32 = 0o660;
 /// brake) before each scrape.
 pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Scrapes within this long of a refresh serve its values without reading again, so
+/// that a scraper pair, `stats` and Prometheus together read the store once.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
 /// What the listener serves.
 #[derive(Clone)]
 pub struct Exporter {
     /// The registry.
     pub metrics: Arc<Metrics>,
-    /// Run before each scrape, bounded by [`READ_TIMEOUT`].
+    /// Run before a scrape, one at a time, bounded by [`READ_TIMEOUT`], at most once
+    /// per [`FRESH_FOR`].
     pub refresh: Refresh,
     /// The bearer token's file, when scrapes must bring one.
     pub token_file: Option<PathBuf>,
+    /// When the last refresh started; held while one runs.
+    last: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Exporter {
-    /// The values now, read at scrape time first (bounded by [`READ_TIMEOUT`]), as
-    /// OpenMetrics or as Prometheus text.
-    pub async fn render(&self, openmetrics: bool) -> String {
-        if tokio::time::timeout(READ_TIMEOUT, (self.refresh)())
+    /// Serves `metrics`, running `refresh` before scrapes.
+    pub fn new(metrics: Arc<Metrics>, refresh: Refresh, token_file: Option<PathBuf>) -> Exporter {
+        Exporter {
+            metrics,
+            refresh,
+            token_file,
+            last: Arc::default(),
+        }
+    }
+
+    /// Reads what lives outside the registry, unless another scrape did within
+    /// [`FRESH_FOR`]; concurrent scrapes wait for the one reading.
+    pub async fn refresh(&self) {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let Ok(mut last) = tokio::time::timeout_at(deadline.into(), self.last.lock()).await else {
+            warn!("metrics: another scrape is still reading; served the last values read");
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < FRESH_FOR) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if tokio::time::timeout_at(deadline.into(), (self.refresh)())
             .await
             .is_err()
         {
@@ -60,6 +86,12 @@ impl Exporter {
                 READ_TIMEOUT.as_secs()
             );
         }
+    }
+
+    /// The values now, read at scrape time first (see [`Exporter::refresh`]), as
+    /// OpenMetrics or as Prometheus text.
+    pub async fn render(&self, openmetrics: bool) -> String {
+        self.refresh().await;
         if openmetrics {
             self.metrics.encode()
         } else {

@@ -159,12 +159,14 @@ fn held_readings_replace_the_last_ones() {
     m.set_held(&HeldReading {
         by_rule: vec![("hidden", 2, 1_700_000_000), ("foreign", 1, 1_600_000_000)],
         overdue: 1,
+        overdue_oldest: 1_600_000_000,
         actions: vec![("release", "desk", 7)],
         failures: vec![("discard", 2)],
     });
     m.set_held(&HeldReading {
         by_rule: vec![("hidden", 1, 1_700_000_100)],
         overdue: 0,
+        overdue_oldest: 0,
         actions: vec![("release", "desk", 9)],
         failures: vec![("discard", 2)],
     });
@@ -193,6 +195,10 @@ fn held_readings_replace_the_last_ones() {
     );
     assert_eq!(sample(&text, "fanout_held_overdue_messages"), Some(0.0));
     assert_eq!(
+        sample(&text, "fanout_held_overdue_oldest_timestamp_seconds"),
+        Some(0.0)
+    );
+    assert_eq!(
         sample(
             &text,
             "fanout_review_actions_total{action=\"release\",via=\"desk\"}"
@@ -205,6 +211,31 @@ fn held_readings_replace_the_last_ones() {
             "fanout_review_action_failures_total{action=\"discard\"}"
         ),
         Some(2.0)
+    );
+    // A reading that lost a race with a newer one lowers no counter.
+    m.set_held(&HeldReading {
+        actions: vec![("release", "desk", 5)],
+        failures: vec![("discard", 1)],
+        ..HeldReading::default()
+    });
+    let text = m.encode();
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_review_actions_total{action=\"release\",via=\"desk\"}"
+        ),
+        Some(9.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_review_action_failures_total{action=\"discard\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "fanout_held_messages{rule=\"hidden\"}"),
+        Some(0.0)
     );
 }
 
@@ -294,5 +325,67 @@ fn prometheus_text_names_counters_with_their_suffix() {
     assert_eq!(
         open.lines().filter(|l| !l.starts_with('#')).count(),
         text.lines().filter(|l| !l.starts_with('#')).count()
+    );
+}
+
+#[test]
+fn a_directory_source_no_longer_configured_loses_its_series() {
+    let m = Metrics::new();
+    for name in ["old", "corp"] {
+        m.directory_source(name, Duration::from_secs(60));
+        m.directory_failed(name);
+    }
+    m.directory_sources(&["old", "corp"]);
+    assert!(m.encode().contains("source=\"old\""));
+    m.directory_sources(&["corp"]);
+    let text = m.encode();
+    assert!(!text.contains("source=\"old\""), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_directory_refresh_failures_total{source=\"corp\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_monitored_rule_that_asked_more_does_not_decide() {
+    let m = Metrics::new();
+    let mut e = evaluation(
+        Action::Tempfail,
+        &["limits.envelope", "directory.unavailable"],
+    );
+    e.verdict.reasons[0].action = Action::Reject;
+    e.verdict.reasons[0].monitor = true;
+    m.decided(&e, Duration::ZERO);
+    let text = m.encode();
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_decisions_total{verdict=\"tempfail\",rule=\"directory.unavailable\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_tempfails_total{cause=\"directory_unavailable\"}"
+        ),
+        Some(1.0)
+    );
+    // Everything monitored (a tag): the first rule is named.
+    let mut e = evaluation(Action::Tag, &["hidden", "limits.envelope"]);
+    for r in &mut e.verdict.reasons {
+        r.action = Action::Quarantine;
+        r.monitor = true;
+    }
+    m.decided(&e, Duration::ZERO);
+    assert_eq!(
+        sample(
+            &m.encode(),
+            "fanout_decisions_total{verdict=\"tag\",rule=\"hidden\"}"
+        ),
+        Some(1.0)
     );
 }

@@ -179,20 +179,22 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
         .and_then(|s| s.msg.as_ref())
         .map(|m| m.runtime.clone());
     let replies = runtime.as_ref().map(|r| &r.config.replies);
-    let result = AssertUnwindSafe(decide_and_apply(cx, &shared, queue_id, &shown, started))
+    let result = AssertUnwindSafe(decide_and_apply(cx, &shared, queue_id, &shown))
         .catch_unwind()
         .await;
     if let Some(session) = cx.data.as_mut() {
         session.abort_message();
     }
+    match &result {
+        Ok(Ok((_, evaluation))) => shared.metrics.decided(evaluation, started.elapsed()),
+        Ok(Err(EomError::NoMessage)) => shared.metrics.protocol_error(),
+        _ => {}
+    }
     if let Some(cause) = fault_cause(&result) {
-        if matches!(result, Ok(Err(EomError::NoMessage))) {
-            shared.metrics.protocol_error();
-        }
         shared.metrics.faulted(cause, started.elapsed());
     }
     match result {
-        Ok(Ok(status)) => status,
+        Ok(Ok((status, _))) => status,
         Ok(Err(EomError::State(e))) => {
             error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {e}");
             let fault = fault_reply(replies, "storm and rate state unavailable", &shown);
@@ -354,8 +356,7 @@ async fn decide_and_apply(
     shared: &Shared,
     queue_id: Option<String>,
     shown: &str,
-    started: std::time::Instant,
-) -> Result<Status, EomError> {
+) -> Result<(Status, Evaluation), EomError> {
     let session = cx.data.as_mut().ok_or(EomError::NoMessage)?;
     let msg = session.msg.take().ok_or(EomError::NoMessage)?;
     let local_submission = session.conn.local_submission;
@@ -392,11 +393,8 @@ async fn decide_and_apply(
         &mut outlet,
     )
     .await?;
-    shared
-        .metrics
-        .decided(&decision.evaluation, started.elapsed());
     log_decision(shown, &facts, &decision.evaluation, config.policy.mode);
-    Ok(decision.applied)
+    Ok((decision.applied, decision.evaluation))
 }
 
 /// What a message that carries [`COPY_HEADER`] is: a copy the root worker made for a

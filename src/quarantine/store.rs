@@ -133,6 +133,9 @@ CREATE TABLE IF NOT EXISTS confirmations (
 -- The counts by rule above the held list read this, not every record (at 10,000 held
 -- about 0.3 MB instead of 14 MB). Created on open like the others: no migration.
 CREATE INDEX IF NOT EXISTS held_state_rules ON held(state, rules);
+-- The metrics count finished requests by action and origin from this index alone (at
+-- 100,000 requests about 0.06 s instead of 0.3 s).
+CREATE INDEX IF NOT EXISTS requests_tally ON requests(state, action, via);
 ";
 
 /// Brings a version 2 store to version 3: the columns the review desk filters on,
@@ -469,6 +472,22 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// A read-only connection of its own, for long reads that must not hold up the
+    /// writers (with WAL, readers do not block the writer).
+    pub(super) fn reader(&self) -> Result<Connection, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| self.err(e))?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+            .map_err(|e| self.err(e))?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+            .map_err(|e| self.err(e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| self.err(e))?;
+        Ok(conn)
     }
 
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

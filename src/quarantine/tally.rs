@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! What the store tells the metrics at each scrape: what is held now and since when,
 //! by the rule that held it; what is overdue for review; review actions carried out
-//! and failed. Records and requests are never deleted, so the action counts only grow.
+//! and failed. Records, requests and audit entries are never deleted, so the action
+//! counts only grow. Read on a connection of its own, so a scrape never holds up the
+//! milter's writes.
 
 use super::store::{Store, StoreError};
 use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN, RULE_NONE};
@@ -15,7 +17,8 @@ const HELD: &str = "SELECT rules, foreign_hold, held_at FROM held WHERE state = 
 
 /// Held past `review_within` and waiting for an admin: not foreign, not extended into
 /// the future, not waiting for its sender (a confirm hold nobody extended).
-const OVERDUE: &str = "SELECT count(*) FROM held WHERE state = 'held' AND foreign_hold = 0
+const OVERDUE: &str = "SELECT count(*), min(held_at) FROM held
+     WHERE state = 'held' AND foreign_hold = 0
      AND held_at <= ?1
      AND (hold_until IS NULL OR hold_until <= ?2)
      AND NOT (hold_until IS NULL AND coalesce(json_extract(facts, '$.confirm'), 0))";
@@ -23,12 +26,17 @@ const OVERDUE: &str = "SELECT count(*) FROM held WHERE state = 'held' AND foreig
 const REQUESTS: &str = "SELECT action, via, state, count(*) FROM requests
      WHERE state IN ('done', 'failed') GROUP BY action, via, state";
 
+/// Expired by the sweep (a state no record leaves).
 const EXPIRED: &str = "SELECT count(*) FROM held WHERE state = 'expired'";
+
+/// Discarded by the sweep because the sender did not confirm in time.
+const UNCONFIRMED: &str = "SELECT count(*) FROM held h WHERE h.state = 'discarded'
+     AND EXISTS (SELECT 1 FROM audit a WHERE a.held_id = h.id AND a.action = 'unconfirmed')";
 
 impl Store {
     /// The counts `/metrics` shows, at `now` (seconds since the epoch).
     pub fn tally(&self, now: u64, review_within: Duration) -> Result<HeldReading, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut by_rule: HashMap<&'static str, (u64, u64)> = HashMap::new();
         let mut stmt = conn.prepare_cached(HELD).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -58,8 +66,8 @@ impl Store {
         drop(stmt);
         let due = i64::try_from(now.saturating_sub(review_within.as_secs())).unwrap_or(i64::MAX);
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-        let overdue: i64 = conn
-            .query_row(OVERDUE, params![due, now_i], |r| r.get(0))
+        let (overdue, overdue_oldest): (i64, Option<i64>) = conn
+            .query_row(OVERDUE, params![due, now_i], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.err(e))?;
         let mut actions = Vec::new();
         let mut failures: HashMap<&'static str, u64> = HashMap::new();
@@ -91,6 +99,10 @@ impl Store {
             .query_row(EXPIRED, [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         actions.push(("expire", "sweep", u64::try_from(expired).unwrap_or(0)));
+        let unconfirmed: i64 = conn
+            .query_row(UNCONFIRMED, [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        actions.push(("discard", "sweep", u64::try_from(unconfirmed).unwrap_or(0)));
         let mut by_rule: Vec<(&'static str, u64, u64)> = by_rule
             .into_iter()
             .map(|(rule, (n, oldest))| (rule, n, oldest))
@@ -101,6 +113,9 @@ impl Store {
         Ok(HeldReading {
             by_rule,
             overdue: u64::try_from(overdue).unwrap_or(0),
+            overdue_oldest: overdue_oldest
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(0),
             actions,
             failures,
         })
@@ -150,7 +165,9 @@ mod tests {
         waiting.confirm = true;
         let extended = held("EEEEEE5", now - 30 * hour);
         let expired = held("FFFFFF6", now - 50 * hour);
-        for m in [&a, &b, &c, &waiting, &extended, &expired] {
+        let mut unconfirmed = held("HHHHHH8", now - 30 * hour);
+        unconfirmed.confirm = true;
+        for m in [&a, &b, &c, &waiting, &extended, &expired, &unconfirmed] {
             store.record_held(m, "milter", None).unwrap();
         }
         store
@@ -166,6 +183,14 @@ mod tests {
                 State::Held,
                 State::Expired,
                 &entry("expire"),
+            )
+            .unwrap();
+        store
+            .set_state_unrequested(
+                id_of("HHHHHH8"),
+                State::Held,
+                State::Discarded,
+                &entry("unconfirmed"),
             )
             .unwrap();
         for (queue_id, via, ok) in [("AAAAAA1", Via::Desk, true), ("BBBBBB2", Via::Cli, false)] {
@@ -205,6 +230,11 @@ mod tests {
         // Overdue (past 4h, waiting for an admin): a and c; not b (1h), not the one
         // waiting for its sender, not the extended one, not the foreign one.
         assert_eq!(t.overdue, 2);
+        assert_eq!(
+            t.overdue_oldest,
+            now - 10 * hour,
+            "a, not the older foreign one"
+        );
         assert!(
             t.actions.contains(&("release", "desk", 1)),
             "{:?}",
@@ -212,6 +242,11 @@ mod tests {
         );
         assert!(
             t.actions.contains(&("expire", "sweep", 1)),
+            "{:?}",
+            t.actions
+        );
+        assert!(
+            t.actions.contains(&("discard", "sweep", 1)),
             "{:?}",
             t.actions
         );
