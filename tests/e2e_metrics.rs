@@ -115,6 +115,7 @@ impl Drop for InProcess {
 /// One HTTP/1.1 GET of `/metrics` with extra header lines, bounded by [`DEADLINE`]:
 /// (status code, headers lowercased, body).
 fn get_metrics(addr: SocketAddr, extra_headers: &str) -> (u16, String, String) {
+    let started = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect to /metrics");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     s.set_write_timeout(Some(DEADLINE)).expect("timeout");
@@ -126,6 +127,10 @@ fn get_metrics(addr: SocketAddr, extra_headers: &str) -> (u16, String, String) {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .expect("the whole answer within the deadline");
+    assert!(
+        started.elapsed() < DEADLINE,
+        "a scrape answered within {DEADLINE:?}"
+    );
     let text = String::from_utf8(raw).expect("UTF-8 answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
     let status = head
