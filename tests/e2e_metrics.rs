@@ -355,6 +355,21 @@ fn send(port: u16, subject: &str, n: usize) -> Result<String, Refused> {
     )
 }
 
+/// How many keys the redis-server on `port` holds (DBSIZE).
+fn redis_keys(port: u16) -> u64 {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), DEADLINE)
+        .expect("connect to redis-server");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    s.write_all(b"DBSIZE\r\n").expect("send DBSIZE");
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .expect("the answer to DBSIZE");
+    line.strip_prefix(':')
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("DBSIZE answered {line:?}"))
+}
+
 // ------------------------------------------------------------------------- tests
 
 /// The known mix: 3 accepted, 2 tagged, 2 held, 2 rejected, 2 tempfailed (Redis down).
@@ -365,15 +380,16 @@ fn a_known_mix_through_postfix_balances_exactly_in_the_scrape() {
     let dir = scratch_dir("metrics-mix");
     let sink = Sink::start(dir.path());
     let mut redis = Redis::start();
-    // Every message asks the shared state: the relay-wide breaker (on by default,
-    // max_per_minute = 200000) counts every message's audience, and [rate] charges
-    // each sender's budget. With on_failure = "tempfail", a message that cannot
-    // reach Redis is tempfailed (cause state_backend).
+    // Every message asks the shared state: [rate] charges the sender's hourly budget
+    // in Redis (the relay-wide breaker counts on this relay's own state, and [storm]
+    // asks only for replies). 1,000 an hour keeps the budget's key in Redis for 3.6 s
+    // per recipient charged, long enough to see it. With on_failure = "tempfail", a
+    // message that cannot reach Redis is tempfailed (cause state_backend).
     let file = write_config(
         dir.path(),
         &sink,
         &format!(
-            "[rate]\nrecipients_per_hour = 1000000\n\n[state]\nbackend = \"redis\"\n\
+            "[rate]\nrecipients_per_hour = 1000\n\n[state]\nbackend = \"redis\"\n\
              url = \"{}\"\ntimeout = \"2s\"\non_failure = \"tempfail\"\n",
             redis.url()
         ),
@@ -416,6 +432,10 @@ fn a_known_mix_through_postfix_balances_exactly_in_the_scrape() {
         let refused = send(port, &format!("mix-reject-{i}"), 8).expect_err("rejected");
         assert_eq!(refused.code / 100, 5, "{refused:?}");
     }
+    assert!(
+        redis_keys(redis.port) > 0,
+        "the messages so far were counted in Redis"
+    );
     redis.kill();
     for i in 0..2 {
         let refused = send(port, &format!("mix-down-{i}"), 1).expect_err("tempfailed");
