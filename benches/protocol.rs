@@ -6,7 +6,10 @@
 //! idle, after 100,000 messages, and after one 1,000,000-recipient envelope. Then the
 //! cost of shared state: replies to a large audience (storm counting) from a sender
 //! with rate limits, at 20 connections, with state in memory and in a private
-//! redis-server on loopback (skipped when redis-server is not installed).
+//! redis-server on loopback (skipped when redis-server is not installed). Last, what
+//! `[metrics] listen` costs the milter: two daemons, one without the endpoint and one
+//! scraped every 100 ms during the load (Prometheus scrapes every 15 s or more), take the
+//! same load in alternating rounds, and their CPU per message is compared.
 //!
 //! `cargo bench --bench protocol` (scripts/bench runs it) prints one JSON object;
 //! under `cargo test` it runs a small smoke load.
@@ -15,14 +18,19 @@
 mod milter_load;
 
 use milter_load::{Daemon, Load, Target, cpu_seconds, free_port, load, wait_ready};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 const CONNECTIONS: usize = 50;
 /// Connections of the state rows.
 const STATE_CONNECTIONS: usize = 20;
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// How often the metrics row scrapes `/metrics` during its load.
+const SCRAPE_EVERY: Duration = Duration::from_millis(100);
 
 /// Makes every message need state: each is a reply (its own thread) counted for storms,
 /// and charged to two rate budgets that never run out.
@@ -91,6 +99,75 @@ fn push_row(
     );
     eprintln!("{row}");
     rows.push(row);
+}
+
+/// One scrape of `/metrics` at `addr`: its time to the last byte and its size; the
+/// answer must be 200.
+fn scrape_once(addr: SocketAddr) -> (Duration, usize) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect to /metrics");
+    s.set_read_timeout(Some(milter_load::DEADLINE))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("the scrape");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    (started.elapsed(), answer.len())
+}
+
+/// Scrapes `addr` every [`SCRAPE_EVERY`] until `stop` is dropped; the scrapes' times.
+fn scraper(addr: SocketAddr, stop: mpsc::Receiver<()>) -> Vec<Duration> {
+    let mut times = Vec::new();
+    loop {
+        times.push(scrape_once(addr).0);
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = stop.recv_timeout(SCRAPE_EVERY) {
+            return times;
+        }
+    }
+}
+
+/// Daemon CPU per message of one side of the metrics comparison, summed over rounds.
+#[derive(Default)]
+struct CpuRow {
+    messages: usize,
+    cpu_s: f64,
+    per_round_us: Vec<f64>,
+}
+
+impl CpuRow {
+    fn add(&mut self, l: &Load) {
+        self.messages += l.messages;
+        self.cpu_s += l.daemon_cpu_s;
+        self.per_round_us
+            .push(l.daemon_cpu_s / l.messages.max(1) as f64 * 1e6);
+    }
+
+    fn us_per_message(&self) -> f64 {
+        self.cpu_s / self.messages.max(1) as f64 * 1e6
+    }
+
+    fn json(&self, name: &str) -> String {
+        let rounds: Vec<String> = self
+            .per_round_us
+            .iter()
+            .map(|u| format!("{u:.1}"))
+            .collect();
+        format!(
+            "{{\"name\": \"{name}\", \"messages\": {}, \"daemon_cpu_s\": {:.3}, \"us_per_message\": {:.2}, \"rounds_us_per_message\": [{}]}}",
+            self.messages,
+            self.cpu_s,
+            self.us_per_message(),
+            rounds.join(", ")
+        )
+    }
 }
 
 fn main() {
@@ -191,8 +268,49 @@ fn main() {
             push_row(&mut state_rows, "state in redis", "tcp", 1, STATE_CONNECTIONS, 1, &r);
         }
         drop(mem_daemon);
+
+        // Metrics: the same load, in alternating rounds, on a daemon without the
+        // endpoint and on one scraped every SCRAPE_EVERY meanwhile.
+        let (rounds, per_round) = if full { (5, 400) } else { (1, 4) };
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (moff, moff_daemon) = start("metrics-off", 1, true, "");
+        let (mon, mon_daemon) = start(
+            "metrics-on",
+            1,
+            true,
+            &format!("[metrics]\nlisten = \"inet:{metrics_addr}\"\n"),
+        );
+        wait_ready(&Target::Tcp(metrics_addr));
+        let scrape_bytes = scrape_once(metrics_addr).1;
+        load(&moff, &moff_daemon, CONNECTIONS, 2, 1, false).await;
+        load(&mon, &mon_daemon, CONNECTIONS, 2, 1, false).await;
+        let (mut off_row, mut on_row) = (CpuRow::default(), CpuRow::default());
+        let mut scrapes = Vec::new();
+        for _ in 0..rounds {
+            off_row.add(&load(&moff, &moff_daemon, CONNECTIONS, per_round, 1, false).await);
+            let (tell, stop) = mpsc::channel::<()>();
+            let fetcher = std::thread::spawn(move || scraper(metrics_addr, stop));
+            on_row.add(&load(&mon, &mon_daemon, CONNECTIONS, per_round, 1, false).await);
+            drop(tell);
+            scrapes.extend(fetcher.join().expect("every scrape answered"));
+        }
+        drop((moff_daemon, mon_daemon));
+        scrapes.sort();
+        let metrics_json = format!(
+            "{{\"connections\": {CONNECTIONS}, \"messages_per_round\": {}, \"rounds\": {rounds}, \
+             \"scrape_every_ms\": {}, \"scrapes\": {}, \"scrape_p50_us\": {:.0}, \"scrape_max_us\": {:.0}, \
+             \"scrape_bytes\": {scrape_bytes}, \"rows\": [{}, {}], \"on_off_ratio\": {:.3}}}",
+            CONNECTIONS * per_round,
+            SCRAPE_EVERY.as_millis(),
+            scrapes.len(),
+            milter_load::pct(&scrapes, 0.5),
+            milter_load::pct(&scrapes, 1.0),
+            off_row.json("metrics off"),
+            on_row.json("metrics on, scraped every 100 ms"),
+            on_row.us_per_message() / off_row.us_per_message().max(f64::MIN_POSITIVE)
+        );
         println!(
-            "{{\"protocol\": {{\"full\": {full}, \"state\": {{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}}}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
+            "{{\"protocol\": {{\"full\": {full}, \"metrics\": {metrics_json}, \"state\": {{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}}}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
              \"after_messages\": {}, \"after_messages_kib\": {after_kib}, \"big_envelope_rcpts\": {big}, \
              \"big_envelope_seconds\": {:.3}, \"before_big_kib\": {before_big}, \"after_big_kib\": {after_big}, \
              \"peak_kib\": {peak}, \"tenth_envelope_rcpts\": {tenth}, \"peak_before_tenth_kib\": {before_tenth}, \
