@@ -493,6 +493,16 @@ fn a_known_mix_through_postfix_balances_exactly_in_the_scrape() {
     );
     assert_eq!(m.sum("fanout_tempfails_total", &[]), 2.0, "no other cause");
     assert_eq!(
+        m.get("fanout_state_failover_active"),
+        1.0,
+        "redis is down (on_failure = tempfail)"
+    );
+    assert!(m.get("fanout_state_backend_errors_total") >= 1.0);
+    assert!(
+        m.get("fanout_state_backend_request_duration_seconds_count") >= 9.0,
+        "a round trip per message that reached redis"
+    );
+    assert_eq!(
         m.sum("fanout_held_messages", &[]),
         held.len() as f64,
         "the held gauge equals Postfix's hold queue"

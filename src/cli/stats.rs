@@ -32,12 +32,15 @@ pub fn stats(path: &Path, all: bool, raw: bool) -> Outcome {
 }
 
 /// The Prometheus text `exposition` for a terminal: each metric's help, then its
-/// series as `labels  value`. Without `all`, series at 0 and histogram buckets are
-/// left out, and so is a metric with nothing left to show.
+/// series as `labels  value`, timestamps also as UTC times. Without `all`, labelled
+/// series at 0, counters at 0 and histogram buckets are left out (a gauge without
+/// labels always shows: a 0 there says something, such as a failed reload), and so is
+/// a metric with nothing left to show.
 pub fn stats_text(exposition: &str, all: bool) -> String {
     let mut out = String::new();
     let mut help = String::new();
     let mut rows: Vec<(String, String)> = Vec::new();
+    let mut gauge = false;
     let flush = |help: &str, rows: &mut Vec<(String, String)>, out: &mut String| {
         if rows.is_empty() {
             return;
@@ -59,6 +62,10 @@ pub fn stats_text(exposition: &str, all: bool) -> String {
             help = format!("{}: {}", text::neutralize(name), text::neutralize(what));
             continue;
         }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            gauge = rest.ends_with(" gauge");
+            continue;
+        }
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
@@ -66,14 +73,20 @@ pub fn stats_text(exposition: &str, all: bool) -> String {
             continue;
         };
         let bucket = series.contains("_bucket{") || series.ends_with("_bucket");
-        let zero = value.parse::<f64>().is_ok_and(|v| v == 0.0);
-        if !all && (zero || bucket) {
+        let number = value.parse::<f64>().ok();
+        let zero = number.is_some_and(|v| v == 0.0);
+        let labelled = series.contains('{');
+        if !all && (bucket || (zero && (labelled || !gauge))) {
             continue;
         }
-        rows.push((
-            text::neutralize(series).into_owned(),
-            text::neutralize(value).into_owned(),
-        ));
+        let mut shown = text::neutralize(value).into_owned();
+        let name = series.split('{').next().unwrap_or(series);
+        if name.ends_with("_timestamp_seconds")
+            && let Some(secs) = number.filter(|v| *v >= 1.0)
+        {
+            shown.push_str(&format!("  ({})", text::utc_seconds(secs as u64)));
+        }
+        rows.push((text::neutralize(series).into_owned(), shown));
     }
     flush(&help, &mut rows, &mut out);
     if out.is_empty() {
@@ -125,6 +138,25 @@ mod tests {
         );
         assert!(long.contains("_bucket{le=\"0.001\"}"), "{long}");
         assert!(stats_text("", false).starts_with("nothing counted yet"));
+        let alarm = "# HELP fanout_config_last_reload_successful Reload.\n\
+            # TYPE fanout_config_last_reload_successful gauge\n\
+            fanout_config_last_reload_successful 0\n\
+            # HELP fanout_config_last_reload_success_timestamp_seconds When.\n\
+            # TYPE fanout_config_last_reload_success_timestamp_seconds gauge\n\
+            fanout_config_last_reload_success_timestamp_seconds 1796157935\n\
+            # HELP fanout_milter_connections_total Connections.\n\
+            # TYPE fanout_milter_connections_total counter\n\
+            fanout_milter_connections_total 0\n";
+        let short = stats_text(alarm, false);
+        assert!(
+            short.contains("fanout_config_last_reload_successful  0"),
+            "{short}"
+        );
+        assert!(
+            short.contains("1796157935  (2026-12-01T"),
+            "a timestamp also as a time: {short}"
+        );
+        assert!(!short.contains("connections_total"), "{short}");
     }
 
     #[test]

@@ -501,6 +501,23 @@ impl Daemon {
                 token = config.metrics.token_file.is_some(),
                 "metrics endpoint listening"
             );
+            if let Some(file) = &config.metrics.token_file {
+                let path = file.clone();
+                let read = tokio::task::spawn_blocking(move || config::ldap::read_secret(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                match read {
+                    Ok(token) if !token.trim().is_empty() => {}
+                    Ok(_) => warn!(
+                        "metrics: [metrics] token_file holds no token: every scrape is refused"
+                    ),
+                    Err(e) => warn!(
+                        "metrics: [metrics] token_file cannot be read, every scrape is refused \
+                         until it can: {}",
+                        crate::text::neutralize(&e)
+                    ),
+                }
+            }
             // The first scrape then shows the store's totals, not 0 (which Prometheus
             // would read as a counter reset, then the whole history as one increase).
             exporter.refresh().await;

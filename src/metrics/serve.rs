@@ -35,17 +35,13 @@ const SOCKET_MODE: u32 = 0o660;
 /// brake) before each scrape.
 pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// Scrapes within this long of a refresh serve its values without reading again, so
-/// that a scraper pair, `stats` and Prometheus together read the store once.
-pub const FRESH_FOR: Duration = Duration::from_secs(1);
-
 /// What the listener serves.
 #[derive(Clone)]
 pub struct Exporter {
     /// The registry.
     pub metrics: Arc<Metrics>,
-    /// Run before a scrape, one at a time, bounded by [`READ_TIMEOUT`], at most once
-    /// per [`FRESH_FOR`].
+    /// Run before a scrape, one at a time, bounded by [`READ_TIMEOUT`]; scrapes that
+    /// arrive while one runs wait for the next and share it.
     pub refresh: Refresh,
     /// The bearer token's file, when scrapes must bring one.
     pub token_file: Option<PathBuf>,
@@ -64,15 +60,18 @@ impl Exporter {
         }
     }
 
-    /// Reads what lives outside the registry, unless another scrape did within
-    /// [`FRESH_FOR`]; concurrent scrapes wait for the one reading.
+    /// Reads what lives outside the registry, one reading at a time: a scrape that
+    /// finds a reading started after it arrived uses that one, so any number of
+    /// concurrent scrapes cost at most two readings, and none serves values older than
+    /// its own arrival.
     pub async fn refresh(&self) {
-        let deadline = Instant::now() + READ_TIMEOUT;
+        let arrived = Instant::now();
+        let deadline = arrived + READ_TIMEOUT;
         let Ok(mut last) = tokio::time::timeout_at(deadline.into(), self.last.lock()).await else {
             warn!("metrics: another scrape is still reading; served the last values read");
             return;
         };
-        if last.is_some_and(|at| at.elapsed() < FRESH_FOR) {
+        if last.is_some_and(|started| started >= arrived) {
             return;
         }
         *last = Some(Instant::now());
@@ -114,7 +113,11 @@ async fn scrape(State(exporter): State<Exporter>, headers: HeaderMap) -> Respons
         let token = tokio::task::spawn_blocking(move || crate::config::ldap::read_secret(&path))
             .await
             .unwrap_or_else(|e| Err(format!("reader task failed: {e}")));
-        let token = match token {
+        let token = match token.map(|t| t.trim().to_owned()) {
+            Ok(token) if token.is_empty() => {
+                warn!("metrics: the token file holds no token, every scrape is refused");
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
             Ok(token) => token,
             Err(e) => {
                 warn!(
@@ -127,9 +130,10 @@ async fn scrape(State(exporter): State<Exporter>, headers: HeaderMap) -> Respons
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|g| crate::token::same_secret(g, token.trim())) {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        if !given.is_some_and(|g| crate::token::same_secret(g, &token)) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -198,5 +202,70 @@ impl MetricsListener {
                 axum::serve(l, app).with_graceful_shutdown(shutdown).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counting(reads: Arc<AtomicUsize>, gate: Arc<tokio::sync::Notify>) -> Refresh {
+        Arc::new(move || {
+            let reads = reads.clone();
+            let gate = gate.clone();
+            Box::pin(async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_scrapes_share_a_reading_and_later_ones_read_again() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let exporter = Exporter::new(
+            Arc::new(Metrics::new()),
+            counting(reads.clone(), gate.clone()),
+            None,
+        );
+        let first = tokio::spawn({
+            let e = exporter.clone();
+            async move { e.render(false).await }
+        });
+        while reads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Ten more arrive while the first reading runs: they wait, then one of them
+        // reads once for all (their arrival is after the first reading started).
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let e = exporter.clone();
+                tokio::spawn(async move { e.render(true).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        gate.notify_one();
+        assert!(first.await.unwrap().contains("fanout_decisions_total"));
+        while reads.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for w in waiting {
+            assert!(w.await.unwrap().ends_with("# EOF\n"));
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "eleven scrapes, two readings"
+        );
+        gate.notify_one();
+        exporter.render(false).await;
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            3,
+            "a later scrape reads again"
+        );
     }
 }
