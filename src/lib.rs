@@ -19,6 +19,7 @@ pub mod decide;
 mod desk;
 pub mod directory;
 pub mod explain;
+mod http_listener;
 mod link;
 mod logging;
 mod message;

@@ -22,6 +22,7 @@ pub(crate) mod users;
 use crate::clock::{Clock, epoch_secs};
 use crate::config::{ListenAddr, QuarantineSettings, ReviewSettings};
 use crate::directory::drift::Accepted;
+use crate::http_listener::HttpListener;
 use crate::quarantine::QuarantineIndex;
 use auth::{KEY_BYTES, Limiter, Sessions};
 use axum::Router;
@@ -258,33 +259,19 @@ async fn cross_origin_layer(
 }
 
 /// A bound desk listener.
-pub enum DeskListener {
-    /// TCP.
-    Tcp(tokio::net::TcpListener),
-    /// A unix socket, removed when dropped.
-    Unix(tokio::net::UnixListener, crate::unix_socket::SocketFile),
-}
+pub struct DeskListener(HttpListener);
 
 impl DeskListener {
     /// Binds `[review] listen`.
     pub async fn bind(addr: &ListenAddr) -> std::io::Result<DeskListener> {
-        match addr {
-            ListenAddr::Inet { host, port } => Ok(DeskListener::Tcp(
-                tokio::net::TcpListener::bind((host.as_str(), *port)).await?,
-            )),
-            ListenAddr::Unix(path) => {
-                let (listener, file) = crate::unix_socket::bind(path, SOCKET_MODE).await?;
-                Ok(DeskListener::Unix(listener, file))
-            }
-        }
+        HttpListener::bind(addr, SOCKET_MODE)
+            .await
+            .map(DeskListener)
     }
 
     /// The bound TCP address (tests bind port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            DeskListener::Tcp(l) => l.local_addr().ok(),
-            DeskListener::Unix(..) => None,
-        }
+        self.0.local_addr()
     }
 
     /// Serves `desk` until `shutdown` completes.
@@ -293,17 +280,7 @@ impl DeskListener {
         desk: Arc<Desk>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(desk);
-        match self {
-            DeskListener::Tcp(l) => {
-                axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            DeskListener::Unix(l, _file) => {
-                axum::serve(l, app).with_graceful_shutdown(shutdown).await
-            }
-        }
+        self.0.serve(router(desk), shutdown).await
     }
 }
 

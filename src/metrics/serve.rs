@@ -6,6 +6,7 @@
 
 use super::Metrics;
 use crate::config::ListenAddr;
+use crate::http_listener::HttpListener;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -160,33 +161,19 @@ async fn scrape(State(exporter): State<Exporter>, headers: HeaderMap) -> Respons
 }
 
 /// A bound metrics listener.
-pub enum MetricsListener {
-    /// TCP.
-    Tcp(tokio::net::TcpListener),
-    /// A unix socket, removed when dropped.
-    Unix(tokio::net::UnixListener, crate::unix_socket::SocketFile),
-}
+pub struct MetricsListener(HttpListener);
 
 impl MetricsListener {
     /// Binds `[metrics] listen`.
     pub async fn bind(addr: &ListenAddr) -> std::io::Result<MetricsListener> {
-        match addr {
-            ListenAddr::Inet { host, port } => Ok(MetricsListener::Tcp(
-                tokio::net::TcpListener::bind((host.as_str(), *port)).await?,
-            )),
-            ListenAddr::Unix(path) => {
-                let (listener, file) = crate::unix_socket::bind(path, SOCKET_MODE).await?;
-                Ok(MetricsListener::Unix(listener, file))
-            }
-        }
+        HttpListener::bind(addr, SOCKET_MODE)
+            .await
+            .map(MetricsListener)
     }
 
     /// The bound TCP address (tests bind port 0).
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            MetricsListener::Tcp(l) => l.local_addr().ok(),
-            MetricsListener::Unix(..) => None,
-        }
+        self.0.local_addr()
     }
 
     /// Serves `exporter` until `shutdown` completes.
@@ -195,13 +182,7 @@ impl MetricsListener {
         exporter: Exporter,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = router(exporter);
-        match self {
-            MetricsListener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
-            MetricsListener::Unix(l, _file) => {
-                axum::serve(l, app).with_graceful_shutdown(shutdown).await
-            }
-        }
+        self.0.serve(router(exporter), shutdown).await
     }
 }
 

@@ -37,31 +37,17 @@ pub(super) fn check(
     base: &Path,
     report: &mut impl FnMut(&str, String),
 ) -> ReviewSettings {
-    let listen = match raw.listen.trim() {
-        "" => None,
-        text => match text.parse::<ListenAddr>() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                report(
-                    "review.listen",
-                    e.to_string().replace("milter socket", "desk socket"),
-                );
-                None
-            }
-        },
-    };
-    if let Some(addr) = &listen
-        && !addr.is_local()
-        && !raw.allow_remote
-    {
-        report(
-            "review.listen",
-            format!(
-                "\"{addr}\" can be reached from other hosts; listen on 127.0.0.1 or a unix \
-                 socket behind a TLS proxy, or set allow_remote = true"
-            ),
-        );
-    }
+    let listen = listen_addr(
+        "review.listen",
+        &raw.listen,
+        raw.allow_remote,
+        (
+            "desk socket",
+            "8025",
+            " behind a TLS proxy, or set allow_remote = true",
+        ),
+        report,
+    );
     let public_url = raw.public_url.trim().trim_end_matches('/').to_owned();
     if !public_url.is_empty()
         && let Err(e) = check_public_url(&public_url)
@@ -183,33 +169,17 @@ pub(super) fn metrics(
     base: &Path,
     report: &mut impl FnMut(&str, String),
 ) -> MetricsSettings {
-    let listen = match raw.listen.trim() {
-        "" => None,
-        text => match text.parse::<ListenAddr>() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                report(
-                    "metrics.listen",
-                    e.to_string()
-                        .replace("milter socket", "metrics socket")
-                        .replace("7785", "9785"),
-                );
-                None
-            }
-        },
-    };
-    if let Some(addr) = &listen
-        && !addr.is_local()
-        && !raw.allow_remote
-    {
-        report(
-            "metrics.listen",
-            format!(
-                "\"{addr}\" can be reached from other hosts; listen on 127.0.0.1 or a unix \
-                 socket, or set allow_remote = true (and a token_file)"
-            ),
-        );
-    }
+    let listen = listen_addr(
+        "metrics.listen",
+        &raw.listen,
+        raw.allow_remote,
+        (
+            "metrics socket",
+            "9785",
+            ", or set allow_remote = true (and a token_file)",
+        ),
+        report,
+    );
     let token_file = (!raw.token_file.as_os_str().is_empty()).then(|| base.join(&raw.token_file));
     if token_file.is_some() && listen.is_none() {
         report(
@@ -218,4 +188,41 @@ pub(super) fn metrics(
         );
     }
     MetricsSettings { listen, token_file }
+}
+
+/// A web endpoint's `listen` (`key`): empty for none; an address other hosts can reach
+/// only with `allow_remote`. `(what, port, otherwise)` word the errors: the socket's
+/// name, its usual port, and what else the admin may do.
+fn listen_addr(
+    key: &str,
+    text: &str,
+    allow_remote: bool,
+    (what, port, otherwise): (&str, &str, &str),
+    report: &mut impl FnMut(&str, String),
+) -> Option<ListenAddr> {
+    let addr = match text.trim() {
+        "" => return None,
+        text => match text.parse::<ListenAddr>() {
+            Ok(addr) => addr,
+            Err(e) => {
+                report(
+                    key,
+                    e.to_string()
+                        .replace("milter socket", what)
+                        .replace("7785", port),
+                );
+                return None;
+            }
+        },
+    };
+    if !addr.is_local() && !allow_remote {
+        report(
+            key,
+            format!(
+                "\"{addr}\" can be reached from other hosts; listen on 127.0.0.1 or a unix \
+                 socket{otherwise}"
+            ),
+        );
+    }
+    Some(addr)
 }
