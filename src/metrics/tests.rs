@@ -374,6 +374,18 @@ fn a_monitored_rule_that_asked_more_does_not_decide() {
         ),
         Some(1.0)
     );
+    // An enforced rule that asked for less is not the deciding one either, wherever
+    // it stands.
+    let mut e = evaluation(Action::Quarantine, &["limits.external", "limits.envelope"]);
+    e.verdict.reasons[0].action = Action::Tag;
+    m.decided(&e, Duration::ZERO);
+    assert_eq!(
+        sample(
+            &m.encode(),
+            "fanout_decisions_total{verdict=\"quarantine\",rule=\"limits.envelope\"}"
+        ),
+        Some(1.0)
+    );
     // Everything monitored (a tag): the first rule is named.
     let mut e = evaluation(Action::Tag, &["hidden", "limits.envelope"]);
     for r in &mut e.verdict.reasons {
