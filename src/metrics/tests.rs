@@ -401,3 +401,55 @@ fn a_monitored_rule_that_asked_more_does_not_decide() {
         Some(1.0)
     );
 }
+
+#[test]
+fn state_storm_brake_and_breaker_readings_show() {
+    let m = Metrics::new();
+    m.protocol_error();
+    m.set_storms_active(2);
+    m.storm_tripped();
+    m.storm_tripped();
+    m.storm_tripped();
+    m.set_brake(true);
+    m.set_breaker(true);
+    m.state_error();
+    m.set_failover(true);
+    m.state_round_trip(Duration::from_micros(300));
+    let text = m.encode();
+    for (series, value) in [
+        (
+            "fanout_milter_protocol_errors_total{kind=\"sequence\"}",
+            1.0,
+        ),
+        ("fanout_storms_active", 2.0),
+        ("fanout_storms_tripped_total", 3.0),
+        ("fanout_brake_engaged", 1.0),
+        ("fanout_breaker_open", 1.0),
+        ("fanout_state_backend_errors_total", 1.0),
+        ("fanout_state_failover_active", 1.0),
+        ("fanout_state_backend_request_duration_seconds_count", 1.0),
+        (
+            "fanout_state_backend_request_duration_seconds_bucket{le=\"0.00025\"}",
+            0.0,
+        ),
+        (
+            "fanout_state_backend_request_duration_seconds_bucket{le=\"0.0005\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series}");
+    }
+    m.set_brake(false);
+    m.set_breaker(false);
+    m.set_failover(false);
+    m.set_storms_active(0);
+    let text = m.encode();
+    for series in [
+        "fanout_brake_engaged",
+        "fanout_breaker_open",
+        "fanout_state_failover_active",
+        "fanout_storms_active",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}");
+    }
+}
