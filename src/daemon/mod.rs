@@ -518,11 +518,13 @@ impl Daemon {
                     ),
                 }
             }
-            // The first scrape then shows the store's totals, not 0 (which Prometheus
-            // would read as a counter reset, then the whole history as one increase).
-            exporter.refresh().await;
             let mut stop_metrics = stop_rx.clone();
             tokio::spawn(async move {
+                // The first scrape then shows the store's totals, not 0 (which
+                // Prometheus would read as a counter reset, then the whole history as
+                // one increase). Connections wait in the backlog meanwhile; the milter
+                // does not wait for it.
+                exporter.refresh().await;
                 let served = listener
                     .serve(exporter, async move {
                         let _ = stop_metrics.wait_for(|s| *s).await;
