@@ -453,3 +453,45 @@ fn state_storm_brake_and_breaker_readings_show() {
         assert_eq!(sample(&text, series), Some(0.0), "{series}");
     }
 }
+
+/// Every verdict and rule has its own counter resolved at start, so counting takes no
+/// lock; the fallback through the family is for names a bug let through.
+#[test]
+fn every_verdict_and_rule_has_a_counter_of_its_own() {
+    let names: std::collections::BTreeSet<&str> = DECISION_RULES.into_iter().collect();
+    assert_eq!(names.len(), RULES.len() + 3, "{DECISION_RULES:?}");
+    for extra in [RULE_NONE, RULE_EXEMPT, RULE_FAULT] {
+        assert!(names.contains(extra), "{extra}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for verdict in VERDICTS {
+        for rule in DECISION_RULES {
+            let i = decision_index(verdict, rule).expect("resolved at start");
+            assert!(seen.insert(i), "{verdict} {rule} shares counter {i}");
+        }
+    }
+    assert_eq!(seen.len(), Metrics::new().by_decision.len());
+    assert_eq!(decision_index(Action::Accept, "made-up"), None);
+}
+
+#[test]
+fn directory_refreshes_are_timed() {
+    let m = Metrics::new();
+    m.directory_source("corp", Duration::from_secs(300));
+    m.directory_refresh_took("corp", Duration::from_millis(70));
+    let text = m.encode();
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_directory_refresh_duration_seconds_count{source=\"corp\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "fanout_directory_refresh_duration_seconds_bucket{le=\"0.1\",source=\"corp\"}"
+        ),
+        Some(1.0)
+    );
+}
