@@ -672,6 +672,10 @@ impl Metrics {
     /// (zero: loaded at start and reload only).
     pub fn directory_source(&self, source: &str, interval: Duration) {
         let labels = source_labels(source);
+        self.directory_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(labels.source.clone());
         let _ = self.directory_success.get_or_create(&labels);
         let _ = self.directory_entries.get_or_create(&labels);
         let _ = self.directory_lists.get_or_create(&labels);
@@ -707,18 +711,31 @@ impl Metrics {
             .set(gauge(unknown));
     }
 
-    /// Records how long a directory refresh took, failed or not.
+    /// Records how long a directory refresh took, failed or not (of a source in
+    /// force: a refresh that ends after a reload removed its source leaves no series).
     pub fn directory_refresh_took(&self, source: &str, took: Duration) {
-        self.directory_seconds
-            .get_or_create(&source_labels(source))
-            .observe(took.as_secs_f64());
+        let labels = source_labels(source);
+        let names = self
+            .directory_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if names.contains(&labels.source) {
+            self.directory_seconds
+                .get_or_create(&labels)
+                .observe(took.as_secs_f64());
+        }
     }
 
-    /// Counts a failed directory refresh.
+    /// Counts a failed directory refresh (of a source in force).
     pub fn directory_failed(&self, source: &str) {
-        self.directory_failures
-            .get_or_create(&source_labels(source))
-            .inc();
+        let labels = source_labels(source);
+        let names = self
+            .directory_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if names.contains(&labels.source) {
+            self.directory_failures.get_or_create(&labels).inc();
+        }
     }
 
     /// Records a configuration reload: on success, the time the new one came in force.

@@ -67,19 +67,22 @@ impl Exporter {
     /// its own arrival.
     pub async fn refresh(&self) {
         let arrived = Instant::now();
-        let deadline = arrived + READ_TIMEOUT;
-        let Ok(mut last) = tokio::time::timeout_at(deadline.into(), self.last.lock()).await else {
+        let Ok(mut last) = tokio::time::timeout(READ_TIMEOUT, self.last.lock()).await else {
             warn!("metrics: another scrape is still reading; served the last values read");
             return;
         };
         if last.is_some_and(|started| started >= arrived) {
             return;
         }
-        *last = Some(Instant::now());
-        if tokio::time::timeout_at(deadline.into(), (self.refresh)())
+        // Marked done only when it finished: after a reading that failed, timed out
+        // or was dropped (its client gone), the scrapes waiting behind it read again.
+        let started = Instant::now();
+        if tokio::time::timeout(READ_TIMEOUT, (self.refresh)())
             .await
-            .is_err()
+            .is_ok()
         {
+            *last = Some(started);
+        } else {
             warn!(
                 "metrics: the store or the shared state did not answer within {}s; served the \
                  last values read",

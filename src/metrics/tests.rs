@@ -338,6 +338,9 @@ fn a_directory_source_no_longer_configured_loses_its_series() {
     m.directory_sources(&["old", "corp"]);
     assert!(m.encode().contains("source=\"old\""));
     m.directory_sources(&["corp"]);
+    // A refresh of the removed source that ends after the reload brings none back.
+    m.directory_refresh_took("old", Duration::from_secs(1));
+    m.directory_failed("old");
     let text = m.encode();
     assert!(!text.contains("source=\"old\""), "{text}");
     assert_eq!(

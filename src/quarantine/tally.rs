@@ -29,9 +29,12 @@ const REQUESTS: &str = "SELECT action, via, state, count(*) FROM requests
 /// Expired by the sweep (a state no record leaves).
 const EXPIRED: &str = "SELECT count(*) FROM held WHERE state = 'expired'";
 
-/// Discarded by the sweep because the sender did not confirm in time.
+/// Discarded by the sweep because the sender did not confirm in time (not one the
+/// sweep failed to discard and a reviewer discarded later: that is the reviewer's).
 const UNCONFIRMED: &str = "SELECT count(*) FROM held h WHERE h.state = 'discarded'
-     AND EXISTS (SELECT 1 FROM audit a WHERE a.held_id = h.id AND a.action = 'unconfirmed')";
+     AND EXISTS (SELECT 1 FROM audit a WHERE a.held_id = h.id AND a.action = 'unconfirmed'
+         AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.held_id = h.id AND b.id > a.id
+             AND b.action = 'discard'))";
 
 impl Store {
     /// The counts `/metrics` shows, at `now` (seconds since the epoch).
@@ -167,7 +170,18 @@ mod tests {
         let expired = held("FFFFFF6", now - 50 * hour);
         let mut unconfirmed = held("HHHHHH8", now - 30 * hour);
         unconfirmed.confirm = true;
-        for m in [&a, &b, &c, &waiting, &extended, &expired, &unconfirmed] {
+        let mut undone = held("IIIIII9", now - 30 * hour);
+        undone.confirm = true;
+        for m in [
+            &a,
+            &b,
+            &c,
+            &waiting,
+            &extended,
+            &expired,
+            &unconfirmed,
+            &undone,
+        ] {
             store.record_held(m, "milter", None).unwrap();
         }
         store
@@ -193,6 +207,17 @@ mod tests {
                 &entry("unconfirmed"),
             )
             .unwrap();
+        // The sweep's discard of this one failed and a reviewer discarded it later:
+        // the reviewer's action, not the sweep's.
+        store
+            .set_state_unrequested(
+                id_of("IIIIII9"),
+                State::Held,
+                State::Discarded,
+                &entry("unconfirmed"),
+            )
+            .unwrap();
+        store.audit(id_of("IIIIII9"), &entry("discard")).unwrap();
         for (queue_id, via, ok) in [("AAAAAA1", Via::Desk, true), ("BBBBBB2", Via::Cli, false)] {
             let r = store
                 .submit(&NewRequest {

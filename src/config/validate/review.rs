@@ -207,9 +207,10 @@ fn listen_addr(
             Err(e) => {
                 report(
                     key,
-                    e.to_string()
-                        .replace("milter socket", what)
-                        .replace("7785", port),
+                    e.to_string().replace("milter socket", what).replace(
+                        "e.g. inet:127.0.0.1:7785",
+                        &format!("e.g. inet:127.0.0.1:{port}"),
+                    ),
                 );
                 return None;
             }
