@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! What a scrape reads outside the registry before it is served: the quarantine store
-//! (held now, overdue, review actions), the storms being stopped and the brake. A part
-//! that cannot be read keeps its last value; the log says why.
+//! (held now, overdue, review actions), the storms being stopped, the brake and the
+//! relay-wide breaker. A part that cannot be read keeps its last value; the log says
+//! why.
 
 use crate::metrics::serve::{Exporter, Refresh};
 use crate::shared::Shared;
@@ -23,7 +24,7 @@ pub fn exporter(shared: &Arc<Shared>, token_file: Option<PathBuf>) -> Exporter {
     Exporter::new(shared.metrics.clone(), refresh, token_file)
 }
 
-/// Reads the store, the storms and the brake into the metrics.
+/// Reads the store, the storms, the brake and the breaker into the metrics.
 pub async fn read(shared: &Shared) {
     let now = shared.now();
     let store = shared.store.clone();
