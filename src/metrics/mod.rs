@@ -53,14 +53,7 @@ pub const RULE_FAULT: &str = "fault";
 pub const RULE_FOREIGN: &str = "foreign";
 
 /// The verdicts, as `explain --json` names them.
-pub const VERDICTS: [Action; 6] = [
-    Action::Accept,
-    Action::Tag,
-    Action::Confirm,
-    Action::Quarantine,
-    Action::Tempfail,
-    Action::Reject,
-];
+pub const VERDICTS: [Action; 6] = Action::ALL;
 
 /// Review actions the store counts (`expire` is the sweep's own).
 pub const REVIEW_ACTIONS: [&str; 5] = ["release", "release-to", "discard", "extend", "expire"];

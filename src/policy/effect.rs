@@ -195,14 +195,7 @@ mod tests {
 
     #[test]
     fn every_effect_is_complete_and_one_without_its_reply_or_hold_is_not() {
-        for action in [
-            Action::Accept,
-            Action::Tag,
-            Action::Confirm,
-            Action::Quarantine,
-            Action::Tempfail,
-            Action::Reject,
-        ] {
+        for action in Action::ALL {
             let mut v = Verdict::accept();
             v.action = action;
             let mut e = effect(&v, &replies(), "Q1");

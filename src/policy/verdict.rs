@@ -25,6 +25,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, least severe first.
+    pub const ALL: [Action; 6] = [
+        Action::Accept,
+        Action::Tag,
+        Action::Confirm,
+        Action::Quarantine,
+        Action::Tempfail,
+        Action::Reject,
+    ];
+
     /// The lowercase name used in logs, headers and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -170,6 +180,10 @@ mod tests {
         assert!(Action::Quarantine < Action::Tempfail);
         assert!(Action::Tempfail < Action::Reject);
         assert!(!Action::Tag.is_enforcement());
+        assert!(
+            Action::ALL.windows(2).all(|w| w[0] < w[1]),
+            "least severe first"
+        );
         assert!(Action::Quarantine.is_enforcement());
     }
 
