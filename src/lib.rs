@@ -19,6 +19,8 @@ pub mod decide;
 mod desk;
 pub mod directory;
 pub mod explain;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 mod http_listener;
 mod link;
 mod logging;

@@ -16,7 +16,7 @@ pub const MAX_SUBJECT_CHARS: usize = 200;
 /// C0 and C1 controls (CR and LF among them), DEL, the line and paragraph separators,
 /// and the invisible format characters (bidi embeddings, overrides and isolates, the
 /// directional marks, zero-width characters, the byte order mark).
-fn is_unsafe(c: char) -> bool {
+pub(crate) fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
