@@ -7,6 +7,8 @@
 
 use crate::text;
 
+pub mod message;
+
 /// Panics unless `value` is one line that is safe to put in a header, a reply or a log:
 /// no CR or LF, no control or invisible format character, at most `max` bytes.
 pub fn assert_one_line(what: &str, value: &str, max: usize) {
