@@ -3,7 +3,7 @@
 //! checks made when the configuration is loaded. The validated templates are the
 //! policy's [`Replies`], which renders them.
 
-use crate::policy::reply::MAX_LINE;
+use crate::policy::reply::MAX_TEMPLATE;
 pub use crate::policy::reply::Replies;
 
 /// The placeholders a reply template may use.
@@ -31,11 +31,10 @@ pub fn check_template_with(template: &str, names: &[&str]) -> Result<(), String>
             c
         ));
     }
-    if template.len() > MAX_LINE / 2 {
+    if template.len() > MAX_TEMPLATE {
         return Err(format!(
-            "is {} bytes long; keep it under {} so the reason fits in one SMTP reply line",
+            "is {} bytes long; keep it under {MAX_TEMPLATE} so the reason fits in one SMTP reply line",
             template.len(),
-            MAX_LINE / 2
         ));
     }
     let mut rest = template;

@@ -39,19 +39,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The longest header value that still fits one 998-byte line with our header's name.
 const MAX_HEADER_VALUE: usize = 998 - policy::VERDICT_HEADER.len() - 2;
 /// RFC 5321's 512 octets for a reply line, less the code, the enhanced code and CRLF.
-const MAX_REPLY_TEXT: usize = 512 - 4 - 8 - 2;
+const MAX_REPLY_TEXT: usize = 512 - "550 ".len() - "5.7.1 ".len() - 2;
 
 /// The queue id given to a message the input leaves open.
 const LAST_QUEUE_ID: &[u8] = b"4AbCdEf123";
 
-/// The configuration the target runs: lists (nested, cyclic, restricted, a large
-/// placeholder), every rule on with low thresholds, the daemon's in-memory state.
-fn config_text(dir: &std::path::Path) -> String {
+/// The configuration the targets run, with the milter on `listen`: lists (nested,
+/// cyclic, restricted, a large placeholder), every rule on with low thresholds, the
+/// daemon's in-memory state, everything else under `dir` (written by
+/// [`write_fixture`]).
+pub(super) fn config_text(dir: &std::path::Path, listen: &str) -> String {
     let d = dir.display();
     format!(
         r#"
 [milter]
-listen = "inet:127.0.0.1:9"
+listen = "{listen}"
 [domains]
 internal = ["example.org", "*.example.org"]
 [limits.envelope]
@@ -97,6 +99,11 @@ reject = "NOT sent ({{reason}}) {{queue_id}}; ask {{contact}}"
 backend = "memory"
 [quarantine]
 state_dir = "{d}/state"
+state_owner = "root"
+[postfix]
+config_directory = "{d}/postfix"
+command_directory = "{d}/postfix"
+sendmail = "{d}/postfix/sendmail"
 [[directory]]
 type = "postfix-virtual"
 path = "{d}/virtual"
@@ -129,15 +136,48 @@ struct Fixture {
     _dir: PathBuf,
 }
 
+/// Writes the fixture's files into a new directory named after `what` and the process,
+/// and returns its configuration with the milter on `listen`.
+pub(super) fn write_fixture(
+    what: &str,
+    listen: impl Fn(&std::path::Path) -> String,
+) -> (PathBuf, Config) {
+    let prefix = format!("fanout-fuzz-{what}-");
+    remove_stale(&prefix);
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    // A directory left by an earlier process with the same id is the fixture's own.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("state")).expect("fixture directory");
+    std::fs::create_dir_all(dir.join("postfix")).expect("fixture directory");
+    std::fs::write(dir.join("virtual"), virtual_table()).expect("fixture table");
+    let file = dir.join("fanout-milter.toml");
+    let text = config_text(&dir, &listen(&dir));
+    std::fs::write(&file, &text).expect("fixture configuration");
+    let config = config::parse(&text, &file).expect("the fixture configuration is valid");
+    (dir, config)
+}
+
+/// Removes the fixture directories of processes that are gone: a fuzz engine starts a
+/// new process every few thousand inputs, and none of them can clean up at exit.
+fn remove_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fanout-fuzz-message-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("state")).expect("fixture directory");
-        std::fs::write(dir.join("virtual"), virtual_table()).expect("fixture table");
-        let file = dir.join("fanout-milter.toml");
-        let config: Config =
-            config::parse(&config_text(&dir), &file).expect("the fixture configuration is valid");
+        let (dir, config) = write_fixture("message", |_| "inet:127.0.0.1:9".to_owned());
         let snapshots = Snapshots {
             by_source: HashMap::new(),
             now: now(),
@@ -457,7 +497,11 @@ impl Outlet for CheckingOutlet<'_> {
         let headers = std::mem::take(&mut self.headers);
         let held = quarantine::held_message(id, 1_800_000_000, facts, evaluation, headers);
         let alert = quarantine::alert(crate::notify::AlertKind::Quarantined, &held, 1_800_000_000);
-        assert_one_line("alert sender", &crate::text::neutralize(&alert.sender), usize::MAX);
+        assert_one_line(
+            "alert sender",
+            &crate::text::neutralize(&alert.sender),
+            usize::MAX,
+        );
         self.recorded = true;
         Ok(())
     }
@@ -567,7 +611,11 @@ pub fn seeds() -> Vec<Vec<u8>> {
     seeds.push(storm);
     let mut many = vec![connect.clone(), mail("<ann@example.org>")];
     many.extend((0..30).map(|i| rcpt(&format!("<x{i}@other.example>"))));
-    many.extend([h("Received", "from x"), Stage::Repeat(2000), eom("4AbCdEf200")]);
+    many.extend([
+        h("Received", "from x"),
+        Stage::Repeat(2000),
+        eom("4AbCdEf200"),
+    ]);
     seeds.push(many);
     seeds.push(vec![
         Stage::Connect {

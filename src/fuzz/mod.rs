@@ -8,6 +8,7 @@
 use crate::text;
 
 pub mod message;
+pub mod stream;
 
 /// Panics unless `value` is one line that is safe to put in a header, a reply or a log:
 /// no CR or LF, no control or invisible format character, at most `max` bytes.
@@ -20,4 +21,56 @@ pub fn assert_one_line(what: &str, value: &str, max: usize) {
         "{what} is {} bytes, more than {max}: {value:?}",
         value.len()
     );
+}
+
+/// A fuzz target's entry point: panics only when an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, with its entry point.
+pub const TARGETS: &[(&str, Target)] = &[("message", message::message), ("stream", stream::stream)];
+
+/// Every target's seed corpus, by target name.
+pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    vec![("message", message::seeds()), ("stream", stream::seeds())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every crash the fuzzers found, once fixed, is kept in
+    /// `tests/fuzz/regressions/TARGET/` and replayed here; so is every seed.
+    #[test]
+    fn every_regression_and_seed_passes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/regressions");
+        let seeds = seeds();
+        for (name, target) in TARGETS {
+            let (_, corpus) = seeds
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no seeds for target {name}"));
+            assert!(!corpus.is_empty(), "{name} has seeds");
+            for seed in corpus {
+                target(seed);
+            }
+            let Ok(entries) = std::fs::read_dir(dir.join(name)) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.expect("regression entry").path();
+                let data = std::fs::read(&path).expect("regression file");
+                eprintln!("replaying {}", path.display());
+                target(&data);
+            }
+        }
+        let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+            let name = entry.expect("regressions entry").file_name();
+            let name = name.to_string_lossy();
+            assert!(
+                names.contains(&&*name),
+                "regressions for an unknown target: {name}"
+            );
+        }
+    }
 }

@@ -6,9 +6,14 @@
 use super::verdict::OwnReply;
 use crate::text;
 
-/// Longest reply line we send; RFC 5321 allows 512 octets per line including the code,
-/// and Postfix and indymilter accept up to 980 bytes per line.
-pub const MAX_LINE: usize = 900;
+/// Longest reply text we send: RFC 5321 allows 512 octets per reply line, including
+/// the code (`550 `), the enhanced code (`5.7.1 `) and CRLF. (Postfix and indymilter
+/// would pass up to 980 bytes, but a client may cut or refuse a longer line.)
+pub const MAX_LINE: usize = 512 - 4 - 6 - 2;
+
+/// Longest reply template the configuration takes; a reason that does not fit beside
+/// it is shortened when the reply is rendered.
+pub const MAX_TEMPLATE: usize = 450;
 
 /// Validated reply templates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,11 +41,13 @@ impl Replies {
     /// `{contact}`, `{queue_id}` and `{reason}` filled in one pass; one line of
     /// printable ASCII.
     pub fn own_text(&self, own: &OwnReply, reason: &str, queue_id: &str) -> String {
-        line(&own.render(&self.values(reason, queue_id)))
+        fitted(reason, |reason| own.render(&self.values(reason, queue_id)))
     }
 
     fn render(&self, template: &str, reason: &str, queue_id: &str) -> String {
-        line(&text::render(template, &self.values(reason, queue_id)))
+        fitted(reason, |reason| {
+            text::render(template, &self.values(reason, queue_id))
+        })
     }
 
     fn values<'a>(&'a self, reason: &'a str, queue_id: &'a str) -> [(&'static str, &'a str); 3] {
@@ -56,7 +63,17 @@ impl Replies {
 /// visible escapes), anything else outside printable ASCII a `?`, at most [`MAX_LINE`]
 /// bytes.
 fn line(text: &str) -> String {
-    let mut line: String = text::neutralize(text)
+    let mut line = ascii(text);
+    if line.len() > MAX_LINE {
+        line.truncate(MAX_LINE - 3);
+        line.push_str("...");
+    }
+    line
+}
+
+/// [`text::neutralize`]d, anything else outside printable ASCII a `?`; not bounded.
+fn ascii(text: &str) -> String {
+    text::neutralize(text)
         .chars()
         .map(|c| {
             if c == ' ' || c.is_ascii_graphic() {
@@ -65,12 +82,21 @@ fn line(text: &str) -> String {
                 '?'
             }
         })
-        .collect();
-    if line.len() > MAX_LINE {
-        line.truncate(MAX_LINE - 3);
-        line.push_str("...");
+        .collect()
+}
+
+/// The reply line `render` makes with `reason`, where a reason too long for the line is
+/// shortened (ending in `...`) so that the template's own words, the contact and the
+/// queue id among them, still reach the sender; only a line too long without the
+/// reason is cut at its end.
+fn fitted(reason: &str, render: impl Fn(&str) -> String) -> String {
+    let full = ascii(&render(reason));
+    if full.len() <= MAX_LINE {
+        return full;
     }
-    line
+    let reason = ascii(reason);
+    let keep = reason.len().saturating_sub(full.len() - MAX_LINE + 3);
+    line(&render(&format!("{}...", &reason[..keep])))
 }
 
 #[cfg(test)]
@@ -95,6 +121,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_line_fits_rfc_5321() {
+        assert_eq!("550 5.7.1 ".len() + MAX_LINE + "\r\n".len(), 512);
+    }
+
+    /// Found by fuzzing: a message to several large lists had a reason so long that
+    /// the reply passed 512 octets; now the reason is shortened and the contact and the
+    /// queue id after it are kept.
+    #[test]
+    fn a_long_reason_is_shortened_and_the_words_after_it_kept() {
+        let reason = format!("lists: {}", "ward-\u{202e}@example.org, ".repeat(60));
+        let r = replies().reject_text(&reason, "4AbCdEf123");
+        assert_eq!(r.len(), MAX_LINE, "{r}");
+        assert!(
+            r.ends_with("...); ask the service desk on 1234, quoting 4AbCdEf123."),
+            "{r}"
+        );
+        assert!(
+            r.starts_with("Not sent (lists: ward-\\u{202E}@example.org, "),
+            "{r}"
+        );
+        let fits = "x".repeat(MAX_LINE - r.len() + 400);
+        assert!(replies().reject_text(&fits, "Q").len() <= MAX_LINE);
+        let short = replies().reject_text("200 >= 100", "Q");
+        assert!(!short.contains("..."), "{short}");
+    }
+
+    #[test]
     fn placeholders_are_filled() {
         assert_eq!(
             replies().reject_text("200 >= 100", "ABC123"),
@@ -107,7 +160,10 @@ mod tests {
     fn rendered_text_is_one_bounded_ascii_line() {
         let r = replies().reject_text(&"é\r\n".repeat(1000), "Q");
         assert!(r.len() <= MAX_LINE);
-        assert!(r.ends_with("..."));
+        assert!(
+            r.ends_with("...); ask the service desk on 1234, quoting Q."),
+            "{r}"
+        );
         assert!(r.chars().all(|c| c == ' ' || c.is_ascii_graphic()));
     }
 

@@ -27,7 +27,11 @@ fn the_seeds_decode_to_what_they_encode_and_decide_as_the_fixture_says() {
         "an allowed sender to the big restricted list: 840,000 is past the audience \
          reject limit"
     );
-    assert_eq!(decided[2], [Some(Action::Quarantine)], "hidden lists by Bcc");
+    assert_eq!(
+        decided[2],
+        [Some(Action::Quarantine)],
+        "hidden lists by Bcc"
+    );
     assert_eq!(
         decided[3][2],
         Some(Action::Reject),
@@ -56,7 +60,13 @@ fn a_message_left_open_is_ended_and_an_empty_input_decides_nothing() {
     let open = stages(b"F<ann@example.org>\xffT<bob@example.org>");
     let outcomes = run(&open);
     assert_eq!(actions(&outcomes), [Some(Action::Accept)]);
-    assert_eq!(run(&stages(b"E4AbCdEf001"))[0].fault.as_ref().map(|f| f.code), Some("451"));
+    assert_eq!(
+        run(&stages(b"E4AbCdEf001"))[0]
+            .fault
+            .as_ref()
+            .map(|f| f.code),
+        Some("451")
+    );
 }
 
 #[test]
