@@ -63,7 +63,7 @@ mod tests {
                 target(&data);
             }
         }
-        let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+        let names = names();
         for entry in std::fs::read_dir(&dir).into_iter().flatten() {
             let name = entry.expect("regressions entry").file_name();
             let name = name.to_string_lossy();
@@ -72,5 +72,35 @@ mod tests {
                 "regressions for an unknown target: {name}"
             );
         }
+    }
+
+    fn names() -> Vec<&'static str> {
+        TARGETS.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// The fuzz crate is built only by scripts/fuzz (it needs cargo-afl), so its
+    /// binaries are checked here: one per target, each calling its entry point.
+    #[test]
+    fn every_target_has_a_fuzz_binary_and_every_binary_a_target() {
+        let bins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/src/bin");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&bins).expect("tests/fuzz/src/bin") {
+            let path = entry.expect("bin entry").path();
+            let name = path.file_stem().expect("name").to_string_lossy().into_owned();
+            if name == "seeds" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("bin source");
+            assert!(
+                text.contains(&format!("fanout_milter::fuzz::{name}::{name}(data)")),
+                "{} must call fanout_milter::fuzz::{name}::{name}",
+                path.display()
+            );
+            found.push(name);
+        }
+        found.sort();
+        let mut names = names();
+        names.sort();
+        assert_eq!(found, names);
     }
 }
