@@ -3,8 +3,11 @@
 //! checks made when the configuration is loaded. The validated templates are the
 //! policy's [`Replies`], which renders them.
 
-use crate::policy::reply::MAX_LINE;
 pub use crate::policy::reply::Replies;
+
+/// Longest template: room is left for the reason in a reply line (which is cut at
+/// `policy::reply::MAX_LINE` when it is longer).
+pub const MAX_TEMPLATE: usize = 450;
 
 /// The placeholders a reply template may use.
 pub const PLACEHOLDERS: [&str; 3] = ["reason", "contact", "queue_id"];
@@ -31,11 +34,11 @@ pub fn check_template_with(template: &str, names: &[&str]) -> Result<(), String>
             c
         ));
     }
-    if template.len() > MAX_LINE / 2 {
+    if template.len() > MAX_TEMPLATE {
         return Err(format!(
             "is {} bytes long; keep it under {} so the reason fits in one SMTP reply line",
             template.len(),
-            MAX_LINE / 2
+            MAX_TEMPLATE
         ));
     }
     let mut rest = template;

@@ -5,6 +5,9 @@
 //! code under test, a header or reply that is not one clean line, an error without the
 //! place it came from). Built with the `fuzzing` feature, and for the crate's tests.
 
+pub mod config;
+pub mod templates;
+
 use crate::text;
 
 /// Panics unless `value` is one line that is safe to put in a header, a reply or a log:

@@ -6,9 +6,9 @@
 use super::verdict::OwnReply;
 use crate::text;
 
-/// Longest reply line we send; RFC 5321 allows 512 octets per line including the code,
-/// and Postfix and indymilter accept up to 980 bytes per line.
-pub const MAX_LINE: usize = 900;
+/// Longest reply text we send: RFC 5321 (4.5.3.1.5) allows 512 octets per reply line,
+/// the code (`550 5.7.1 `, 10 octets) and the CRLF included.
+pub const MAX_LINE: usize = 512 - "550 5.7.1 ".len() - "\r\n".len();
 
 /// Validated reply templates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +92,14 @@ mod tests {
         let long = line(&"b".repeat(MAX_LINE + 1));
         assert_eq!(long.len(), MAX_LINE);
         assert!(long.ends_with("b..."), "{long}");
+    }
+
+    /// Found by the templates fuzz target: texts up to 900 bytes made reply lines
+    /// longer than RFC 5321's 512 octets.
+    #[test]
+    fn a_reply_line_with_its_codes_fits_rfc_5321() {
+        let r = replies().reject_text(&"x".repeat(2000), "Q");
+        assert_eq!(format!("550 5.7.1 {r}\r\n").len(), 512);
     }
 
     #[test]
