@@ -6,6 +6,7 @@
 //! place it came from). Built with the `fuzzing` feature, and for the crate's tests.
 
 pub mod config;
+pub mod ldap;
 pub mod tables;
 pub mod templates;
 

@@ -168,7 +168,7 @@ fn check_parsed(parsed: &Parsed, file: &Path, text: &str, aliases: bool) {
     }
 }
 
-fn check_index(index: &DirectoryIndex, keys: &[String]) {
+pub(super) fn check_index(index: &DirectoryIndex, keys: &[String]) {
     for l in index.lists() {
         assert!(
             l.mailboxes.windows(2).all(|w| w[0] < w[1]),
