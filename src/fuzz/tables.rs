@@ -3,7 +3,7 @@
 //! entries, and the directory index built from those lists.
 
 use super::assert_one_line;
-use crate::directory::index::{DirectoryIndex, IndexOptions};
+use crate::directory::index::{DirectoryIndex, IndexOptions, Resolved};
 use crate::directory::parse::{ParseError, Parsed, RawTarget, parse_aliases, parse_virtual};
 use crate::directory::source::{AliasesSource, Member, VirtualSource};
 use crate::policy::DomainSet;
@@ -180,8 +180,19 @@ pub(super) fn check_index(index: &DirectoryIndex, keys: &[String]) {
     let audience = index.audience(keys.iter().map(String::as_str));
     assert!(audience.external <= audience.total, "{audience:?}");
     let lists_total: u64 = audience.lists.iter().map(|l| l.total()).sum();
+    // Each recipient resolves to lists (counted above) or to mailboxes, one each.
+    let direct: usize = keys
+        .iter()
+        .map(|k| {
+            index
+                .resolve(k)
+                .iter()
+                .filter(|r| !matches!(r, Resolved::List(_)))
+                .count()
+        })
+        .sum();
     assert!(
-        audience.total <= lists_total + keys.len() as u64,
+        audience.total <= lists_total + direct as u64,
         "an audience larger than its parts: {audience:?}"
     );
     if let Some(first) = audience.lists.first() {
