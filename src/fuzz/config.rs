@@ -16,15 +16,9 @@ const FILE: &str = "/etc/fanout-milter/fuzz.toml";
 /// The shipped example configuration.
 const EXAMPLE: &str = include_str!("../../conf/fanout-milter.toml");
 
-/// An empty state directory, created once, for the list sizes a load reads.
-fn state_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fanout-fuzz-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary state directory");
-        dir
-    })
-}
+/// A state directory that does not exist: a load finds no accepted list sizes there,
+/// and nothing is written.
+const NO_STATE_DIR: &str = "/nonexistent/fanout-milter-fuzz";
 
 /// A configuration in force, for the reload's merge.
 fn running() -> &'static Config {
@@ -78,7 +72,7 @@ pub fn config(data: &[u8]) {
         .all(|d| d.kind == config::DirectoryKind::Ldap)
     {
         let mut config = config;
-        config.state_dir = state_dir().to_owned();
+        config.state_dir = PathBuf::from(NO_STATE_DIR);
         // An LDAP source without a snapshot: its domains are tempfailed, no file read.
         if let Ok(directory) = Directory::load(&config, DriftMode::ReadOnly, &Snapshots::default())
         {
