@@ -11,7 +11,7 @@ pub mod notices;
 pub(crate) mod raw;
 pub(crate) mod reply;
 pub(crate) mod secret;
-mod span;
+pub(crate) mod span;
 mod validate;
 
 pub use listen::ListenAddr;

@@ -199,9 +199,10 @@ pub fn parse_virtual(text: &str, file: &Path) -> Result<Parsed, ParseError> {
             .map_err(&err)?;
         if let Some(first) = seen.get(&key) {
             parsed.warnings.push(format!(
-                "{}:{}: duplicate key \"{key}\" ignored; line {first} is used",
+                "{}:{}: duplicate key \"{}\" ignored; line {first} is used",
                 file.display(),
-                l.line
+                l.line,
+                crate::text::neutralize(&key)
             ));
             continue;
         }
@@ -335,9 +336,10 @@ pub fn parse_aliases(
         alias_targets(value, file, l.line, &mut stack, reader, &mut targets)?;
         if let Some(first) = seen.get(&key) {
             parsed.warnings.push(format!(
-                "{}:{}: duplicate alias \"{key}\" ignored; line {first} is used",
+                "{}:{}: duplicate alias \"{}\" ignored; line {first} is used",
                 file.display(),
-                l.line
+                l.line,
+                crate::text::neutralize(&key)
             ));
             continue;
         }
@@ -378,6 +380,28 @@ mod tests {
 
     fn virt(text: &str) -> Result<Parsed, ParseError> {
         parse_virtual(text, Path::new("/etc/postfix/virtual"))
+    }
+
+    /// Found by the tables fuzz target: a duplicate key's control characters reached
+    /// the warning, which is logged as it is.
+    #[test]
+    fn duplicate_warnings_show_control_characters_as_escapes() {
+        let parsed = virt("a\u{1b}b@x c@x\na\u{1b}b@x d@x\n").expect("parsed");
+        assert_eq!(
+            parsed.warnings,
+            ["/etc/postfix/virtual:2: duplicate key \"a\\x1Bb@x\" ignored; line 1 is used"]
+        );
+        let mut none = |_: &Path| -> std::io::Result<String> { Ok(String::new()) };
+        let parsed = parse_aliases(
+            "\"a\u{202e}\": b\n\"a\u{202e}\": c\n",
+            Path::new("/a"),
+            &mut none,
+        )
+        .expect("parsed");
+        assert_eq!(
+            parsed.warnings,
+            ["/a:2: duplicate alias \"a\\u{202E}\" ignored; line 1 is used"]
+        );
     }
 
     #[test]

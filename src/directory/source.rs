@@ -3,7 +3,7 @@
 //! into [`ListDef`]s; the index merges them. A new kind of source (LDAP, say) only has
 //! to implement [`DirectorySource`].
 
-use super::parse::{ParseError, RawEntry, RawTarget, parse_aliases, parse_virtual};
+use super::parse::{ParseError, Parsed, RawEntry, RawTarget, parse_aliases, parse_virtual};
 use std::path::{Path, PathBuf};
 
 /// One list (or alias) and what it expands to.
@@ -158,7 +158,13 @@ impl DirectorySource for VirtualSource {
 
     fn load(&self) -> Result<SourceData, SourceError> {
         let text = read(&self.path)?;
-        let parsed = parse_virtual(&text, &self.path)?;
+        Ok(self.lists(parse_virtual(&text, &self.path)?))
+    }
+}
+
+impl VirtualSource {
+    /// The lists of the parsed file.
+    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
@@ -177,7 +183,7 @@ impl DirectorySource for VirtualSource {
                 data.warnings.push(format!(
                     "{}: bare key \"{}\" not counted: set domains for this source",
                     origin(e),
-                    e.key
+                    crate::text::neutralize(&e.key)
                 ));
             } else {
                 for d in &self.domains {
@@ -190,7 +196,7 @@ impl DirectorySource for VirtualSource {
                 }
             }
         }
-        Ok(data)
+        data
     }
 }
 
@@ -213,7 +219,13 @@ impl DirectorySource for AliasesSource {
     fn load(&self) -> Result<SourceData, SourceError> {
         let text = read(&self.path)?;
         let mut reader = |p: &Path| std::fs::read_to_string(p);
-        let parsed = parse_aliases(&text, &self.path, &mut reader)?;
+        Ok(self.lists(parse_aliases(&text, &self.path, &mut reader)?))
+    }
+}
+
+impl AliasesSource {
+    /// The lists of the parsed file.
+    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
@@ -230,7 +242,7 @@ impl DirectorySource for AliasesSource {
                 });
             }
         }
-        Ok(data)
+        data
     }
 }
 
@@ -356,6 +368,24 @@ mod tests {
             ]
         );
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// Found by the tables fuzz target: a bare key's control and bidi characters
+    /// reached the warning, which is logged as it is.
+    #[test]
+    fn a_bare_key_is_neutralised_in_its_warning() {
+        let src = VirtualSource {
+            path: "/etc/postfix/virtual".into(),
+            domains: vec![],
+        };
+        let parsed =
+            parse_virtual("st\u{1b}[2Jaff\u{feff} x@corp.example\n", &src.path).expect("parsed");
+        let data = src.lists(parsed);
+        assert!(
+            data.warnings[0].contains("bare key \"st\\x1B[2jaff\\u{FEFF}\" not counted"),
+            "{:?}",
+            data.warnings
+        );
     }
 
     #[test]

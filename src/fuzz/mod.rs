@@ -5,10 +5,14 @@
 //! code under test, a header or reply that is not one clean line, an error without the
 //! place it came from). Built with the `fuzzing` feature, and for the crate's tests.
 
-use crate::text;
-
+pub mod config;
+pub mod ldap;
 pub mod message;
 pub mod stream;
+pub mod tables;
+pub mod templates;
+
+use crate::text;
 
 /// Panics unless `value` is one line that is safe to put in a header, a reply or a log:
 /// no CR or LF, no control or invisible format character, at most `max` bytes.
@@ -27,11 +31,25 @@ pub fn assert_one_line(what: &str, value: &str, max: usize) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name, with its entry point.
-pub const TARGETS: &[(&str, Target)] = &[("message", message::message), ("stream", stream::stream)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("message", message::message),
+    ("stream", stream::stream),
+    ("config", config::config),
+    ("tables", tables::tables),
+    ("ldap", ldap::ldap),
+    ("templates", templates::templates),
+];
 
 /// Every target's seed corpus, by target name.
 pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
-    vec![("message", message::seeds()), ("stream", stream::seeds())]
+    vec![
+        ("message", message::seeds()),
+        ("stream", stream::seeds()),
+        ("config", config::seeds()),
+        ("tables", tables::seeds()),
+        ("ldap", ldap::seeds()),
+        ("templates", templates::seeds()),
+    ]
 }
 
 #[cfg(test)]
@@ -86,7 +104,11 @@ mod tests {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&bins).expect("tests/fuzz/src/bin") {
             let path = entry.expect("bin entry").path();
-            let name = path.file_stem().expect("name").to_string_lossy().into_owned();
+            let name = path
+                .file_stem()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
             if name == "seeds" {
                 continue;
             }

@@ -120,6 +120,14 @@ mod tests {
         assert!(long.ends_with("b..."), "{long}");
     }
 
+    /// Found by the templates fuzz target: texts up to 900 bytes made reply lines
+    /// longer than RFC 5321's 512 octets.
+    #[test]
+    fn a_reply_line_with_its_codes_fits_rfc_5321() {
+        let r = replies().reject_text(&"x".repeat(2000), "Q");
+        assert_eq!(format!("550 5.7.1 {r}\r\n").len(), 512);
+    }
+
     #[test]
     fn a_reply_line_fits_rfc_5321() {
         assert_eq!("550 5.7.1 ".len() + MAX_LINE + "\r\n".len(), 512);

@@ -45,10 +45,8 @@ pub fn normalize_dn(dn: &str) -> String {
 /// A member DN without the optional `#'0101'B` UID of `uniqueMember` (RFC 4517 NameAndOptionalUID).
 pub fn strip_uid(dn: &str) -> &str {
     if let Some(hash) = dn.rfind("#'")
-        && dn.ends_with("'B")
-        && dn[hash + 2..dn.len() - 2]
-            .chars()
-            .all(|c| c == '0' || c == '1')
+        && let Some(bits) = dn[hash + 2..].strip_suffix("'B")
+        && bits.chars().all(|c| c == '0' || c == '1')
     {
         return &dn[..hash];
     }
@@ -133,4 +131,20 @@ pub fn entry_key(e: &Entry) -> String {
         return g.iter().map(|b| format!("{b:02x}")).collect();
     }
     normalize_dn(&e.dn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the LDAP fuzz target: a value whose `#'` and `'B` overlap (`#'B`)
+    /// sliced backwards and panicked.
+    #[test]
+    fn strip_uid_takes_only_a_whole_uid() {
+        assert_eq!(strip_uid("#'B"), "#'B");
+        assert_eq!(strip_uid("x#'B"), "x#'B");
+        assert_eq!(strip_uid("cn=a,dc=x#''B"), "cn=a,dc=x");
+        assert_eq!(strip_uid("cn=a,dc=x#'0101'B"), "cn=a,dc=x");
+        assert_eq!(strip_uid("cn=a,dc=x#'012'B"), "cn=a,dc=x#'012'B");
+    }
 }

@@ -1,0 +1,6 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! Fuzz target: `fanout_milter::fuzz::ldap`.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| fanout_milter::fuzz::ldap::ldap(data));
+}
