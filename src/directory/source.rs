@@ -130,11 +130,38 @@ fn members(targets: &[RawTarget], domains: &[String]) -> Vec<Member> {
         .collect()
 }
 
+/// The largest virtual(5) or aliases(5) file read (a table of a million entries is
+/// about 60 MB): a path that names a device or a runaway file is an error, not a hang.
+pub const MAX_TABLE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The largest `:include:` file read.
+pub const MAX_INCLUDE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many `:include:` files one aliases(5) file may read in all: nesting is bounded
+/// by depth, this bounds the fan-out (files that each include several others).
+pub const MAX_INCLUDE_READS: usize = 10_000;
+
 fn read(path: &Path) -> Result<String, SourceError> {
-    std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+    read_bounded(path, MAX_TABLE_BYTES).map_err(|source| SourceError::Read {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Reads a UTF-8 file of at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            max >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// A Postfix virtual(5) source file (the text that `postmap` compiles).
@@ -218,7 +245,16 @@ impl DirectorySource for AliasesSource {
 
     fn load(&self) -> Result<SourceData, SourceError> {
         let text = read(&self.path)?;
-        let mut reader = |p: &Path| std::fs::read_to_string(p);
+        let mut reads = 0;
+        let mut reader = |p: &Path| {
+            reads += 1;
+            if reads > MAX_INCLUDE_READS {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_INCLUDE_READS} :include: files read for one aliases file"
+                )));
+            }
+            read_bounded(p, MAX_INCLUDE_BYTES)
+        };
         Ok(self.lists(parse_aliases(&text, &self.path, &mut reader)?))
     }
 }
@@ -367,6 +403,54 @@ mod tests {
                 Member::NonMailbox("/var/mail/archive".into()),
             ]
         );
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// Seen by the tables fuzz target: `:include:` files that each include several
+    /// others read without end (10^5 files here), and an include of a device never
+    /// ended. Both are now errors with the file and line, and the old directory stays.
+    #[test]
+    fn an_include_fan_out_and_an_endless_include_are_errors() {
+        let d = tmp("fanout");
+        for level in 0..5 {
+            let next = d.join(format!("l{}.inc", level + 1));
+            let line = format!(":include:{}\n", next.display());
+            write(&d, &format!("l{level}.inc"), &line.repeat(10));
+        }
+        write(&d, "l5.inc", "m@corp.example\n");
+        let path = write(
+            &d,
+            "aliases",
+            &format!("wide: :include:{}\n", d.join("l0.inc").display()),
+        );
+        let src = AliasesSource {
+            path,
+            domains: vec!["lists.corp.example".into()],
+        };
+        let e = src.load().expect_err("too many includes").to_string();
+        assert!(
+            e.contains(&format!("more than {MAX_INCLUDE_READS} :include: files")),
+            "{e}"
+        );
+        assert!(e.contains("l4.inc:"), "names the file and line: {e}");
+        let zero = write(&d, "zero", "endless: :include:/dev/zero\n");
+        let src = AliasesSource {
+            path: zero,
+            domains: vec!["lists.corp.example".into()],
+        };
+        let e = src.load().expect_err("an endless include").to_string();
+        assert!(
+            e.contains("cannot read include file /dev/zero: larger than 64 MiB"),
+            "{e}"
+        );
+        let e = VirtualSource {
+            path: "/dev/zero".into(),
+            domains: vec![],
+        }
+        .load()
+        .expect_err("an endless table")
+        .to_string();
+        assert!(e.contains("larger than 512 MiB"), "{e}");
         std::fs::remove_dir_all(&d).ok();
     }
 
