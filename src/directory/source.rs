@@ -131,7 +131,7 @@ fn members(targets: &[RawTarget], domains: &[String]) -> Vec<Member> {
 }
 
 /// The largest virtual(5) or aliases(5) file read (a table of a million entries is
-/// about 60 MB): a path that names a device or a runaway file is an error, not a hang.
+/// about 60 MB): a runaway file, a device or a FIFO is an error, not a hang.
 pub const MAX_TABLE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The largest `:include:` file read.
@@ -148,18 +148,23 @@ fn read(path: &Path) -> Result<String, SourceError> {
     })
 }
 
-/// Reads a UTF-8 file of at most `max` bytes.
+/// Reads a regular UTF-8 file of at most `max` bytes; a FIFO or a device is refused
+/// before it is opened (opening a FIFO would wait for a writer).
 fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
     use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(max + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!(
-            "larger than {} MiB",
-            max >> 20
-        )));
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
     }
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
@@ -407,8 +412,8 @@ mod tests {
     }
 
     /// Seen by the tables fuzz target: `:include:` files that each include several
-    /// others read without end (10^5 files here), and an include of a device never
-    /// ended. Both are now errors with the file and line, and the old directory stays.
+    /// others read without end (10^5 files here), and an include of a device or a FIFO
+    /// never ended. Both are now errors with the file and line, and the old directory stays.
     #[test]
     fn an_include_fan_out_and_an_endless_include_are_errors() {
         let d = tmp("fanout");
@@ -440,7 +445,7 @@ mod tests {
         };
         let e = src.load().expect_err("an endless include").to_string();
         assert!(
-            e.contains("cannot read include file /dev/zero: larger than 64 MiB"),
+            e.contains("cannot read include file /dev/zero: not a regular file"),
             "{e}"
         );
         let e = VirtualSource {
@@ -450,7 +455,11 @@ mod tests {
         .load()
         .expect_err("an endless table")
         .to_string();
-        assert!(e.contains("larger than 512 MiB"), "{e}");
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = write(&d, "big", "0123456789");
+        assert_eq!(read_bounded(&big, 10).expect("at the limit"), "0123456789");
+        let e = read_bounded(&big, 9).expect_err("over the limit");
+        assert_eq!(e.to_string(), "larger than 9 bytes");
         std::fs::remove_dir_all(&d).ok();
     }
 

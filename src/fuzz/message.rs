@@ -19,6 +19,10 @@
 //! | `A` | abort |
 //!
 //! A message still open at the end of the input is ended with queue id `4AbCdEf123`.
+//!
+//! End of message runs what `handle_eom` runs but for the store: the quarantine record
+//! is built and checked, not written, and a copy the worker released is recognised
+//! from its mark (see [`released_copy`]) rather than looked up.
 
 use super::assert_one_line;
 use crate::config::{self, Config};
@@ -26,8 +30,10 @@ use crate::decide::{GuardState, Outlet, decide};
 use crate::directory::ldap::Snapshots;
 use crate::milter::session::Session;
 use crate::policy::effect::fault_reply;
-use crate::policy::{self, Action, Effect, Evaluation, MessageFacts, NO_QUEUE_ID, Reply};
-use crate::quarantine::{self, QueueId};
+use crate::policy::{
+    self, Action, Effect, Evaluation, MessageFacts, NO_QUEUE_ID, ReleasedCopy, Reply,
+};
+use crate::quarantine::{self, CopyMark, QueueId};
 use crate::shared::{Generation, Inflight};
 use crate::state::{Guard, MemoryBackend};
 use indymilter::ProtoOpts;
@@ -425,7 +431,13 @@ async fn end_of_message(session: &mut Session, guard: &Guard, queue_id: &[u8]) -
             recorded: false,
         };
     };
-    let finished = msg.finish(queue_id.clone(), &session.conn);
+    let local_submission = session.conn.local_submission;
+    let mut finished = msg.finish(queue_id.clone(), &session.conn);
+    finished.facts.released = released_copy(
+        &finished.copy_marks,
+        finished.copy_headers,
+        local_submission && queue_id.is_some(),
+    );
     let config = &finished.runtime.config;
     let mut outlet = CheckingOutlet {
         queue_id: queue_id.as_deref(),
@@ -466,6 +478,27 @@ async fn end_of_message(session: &mut Session, guard: &Guard, queue_id: &[u8]) -
             }
         }
     }
+}
+
+/// What the store would say of a message that carries the copy header, as the milter
+/// asks it (`released_copy` in the milter): only one well-formed mark on a local
+/// submission with a queue id is looked up, and the store's answer is taken from the
+/// mark itself here (an even request id: a copy the worker is waiting for; odd: a late
+/// copy, for an admin).
+fn released_copy(marks: &[String], count: i32, lookup: bool) -> Option<ReleasedCopy> {
+    let mark = match (count, marks.first().and_then(|m| CopyMark::parse(m))) {
+        (1, Some(mark)) if lookup => mark,
+        _ => return None,
+    };
+    Some(if mark.request % 2 == 0 {
+        ReleasedCopy::Accepted {
+            request: mark.request,
+        }
+    } else {
+        ReleasedCopy::Late {
+            why: format!("request {} is over", mark.request),
+        }
+    })
 }
 
 /// Why the outlet refused: a hold without a valid queue id, as the milter refuses it.
@@ -631,6 +664,19 @@ pub fn seeds() -> Vec<Vec<u8>> {
         rcpt("<ward@example.org>"),
         eom("not a queue id"),
     ]);
+    for request in [2, 3] {
+        seeds.push(vec![
+            Stage::Connect {
+                client: b"localhost".to_vec(),
+                local: true,
+            },
+            mail("<ann@example.org>"),
+            rcpt("<ward@example.org>"),
+            h("X-Fanout-Copy", &format!("v1; q=4AbCdEf001; r={request}; t=abc")),
+            h("Subject", "released to chosen recipients"),
+            eom("4AbCdEf300"),
+        ]);
+    }
     seeds.iter().map(|s| encode(s)).collect()
 }
 

@@ -401,6 +401,13 @@ fn referenced_elsewhere(entries: &[Item]) -> Vec<String> {
     out
 }
 
+/// Whether an entry has a DN: one without (only a root DSE has an empty DN, and no
+/// search under a base returns it) would join as a list or member named "" (found by
+/// the ldap fuzz target), so it is left out of the snapshot.
+fn has_dn(e: &Entry) -> bool {
+    !normalize_dn(&e.dn).is_empty()
+}
+
 /// Reads everything a snapshot needs.
 pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetched, LdapFault> {
     let mut searches = 1;
@@ -420,7 +427,7 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
                 .search_page(base, Scope::Subtree, &filter, &attrs, page)
                 .await?;
             cookie = if info.paging { p.next } else { None };
-            for mut e in p.entries {
+            for mut e in p.entries.into_iter().filter(has_dn) {
                 if seen.insert(entry_key(&e)) {
                     complete_ranges(server, &mut e, &mut searches).await?;
                     entries.push(Item::new(e, s));
@@ -444,7 +451,11 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         )
         .await;
         let result = match result {
-            Ok(found) => Ok(found.into_iter().map(|e| Item::new(e, s)).collect()),
+            Ok(found) => Ok(found
+                .into_iter()
+                .filter(has_dn)
+                .map(|e| Item::new(e, s))
+                .collect()),
             Err(e) if e.fails_refresh() => return Err(e),
             Err(e) => Err(e.to_string()),
         };
@@ -459,7 +470,12 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         searches += chunk.len() as u64;
         for result in server.read_many(chunk, &attrs).await {
             match result {
-                Ok(page) => outside.extend(page.entries.into_iter().map(|e| Item::new(e, s))),
+                Ok(page) => outside.extend(
+                    page.entries
+                        .into_iter()
+                        .filter(has_dn)
+                        .map(|e| Item::new(e, s)),
+                ),
                 Err(e) if e.fails_refresh() => return Err(e),
                 // noSuchObject, no access: the member stays unknown.
                 Err(_) => {}

@@ -49,6 +49,21 @@ fn the_seeds_decode_to_what_they_encode_and_decide_as_the_fixture_says() {
         "a hold without a valid queue id is a fault"
     );
     assert_eq!(
+        decided[6],
+        [Some(Action::Quarantine)],
+        "a copy the worker is waiting for is held for it"
+    );
+    assert_eq!(decided[7], [Some(Action::Quarantine)], "a late copy is held");
+    let late = run(&stages(&seeds[7]));
+    assert!(
+        late[0]
+            .effect
+            .as_ref()
+            .and_then(|e| e.hold.as_deref())
+            .is_some_and(|h| h.contains("request 3 is over")),
+        "{late:?}"
+    );
+    assert_eq!(
         run(&stages(&seeds[5]))[0].fault.as_ref().map(|f| f.code),
         Some("451")
     );
