@@ -515,6 +515,9 @@ struct Faults {
     slapd_hangs: usize,
     slapd_kills: usize,
     fs_fills: usize,
+    /// The configurations in force: from when its SIGHUP was sent, from when the log
+    /// confirmed it, and its `[reply] contact`.
+    contacts: Vec<(f64, f64, String)>,
     log: Vec<String>,
 }
 
@@ -550,6 +553,8 @@ struct Books {
     unknown_in_hold_queue: usize,
     unfinished: usize,
     maillog_mismatch: usize,
+    wrong_config: usize,
+    contact_checked: usize,
     panics: usize,
     problems: Vec<String>,
 }
@@ -704,7 +709,10 @@ fn the_books_balance_under_faults() {
         .collect();
 
     // The fault schedule, spread over the first three quarters of the run.
-    let mut faults = Faults::default();
+    let mut faults = Faults {
+        contacts: vec![(0.0, 0.0, "the Service Desk on 4242".to_owned())],
+        ..Faults::default()
+    };
     let mut logs: Vec<String> = Vec::new();
     let kill_and_restart = |milter: &mut Milter, faults: &mut Faults, logs: &mut Vec<String>| {
         let pid = milter.pid();
@@ -731,8 +739,10 @@ fn the_books_balance_under_faults() {
             *good_config = good(contact);
             std::fs::write(&config, &*good_config).expect("config");
             let before = count(milter, "configuration reloaded");
+            let sent = secs(&ctx);
             milter.signal(Signal::SIGHUP);
             wait_log(milter, "configuration reloaded", before);
+            faults.contacts.push((sent, secs(&ctx), contact.to_owned()));
             faults.reloads_ok += 1;
             faults.note(
                 &ctx,
@@ -926,9 +936,6 @@ fn the_books_balance_under_faults() {
     let lives = lives.lock().expect("lives").clone();
     let report = report(&books, &faults, &lives, minutes, sessions);
     eprintln!("{report}");
-    if let Ok(path) = std::env::var("FANOUT_SOAK_REPORT") {
-        let _ = std::fs::write(path, &report);
-    }
 
     for (what, n) in [
         ("lost", books.lost),
@@ -952,11 +959,19 @@ fn the_books_balance_under_faults() {
             "maillog disagrees with the sink or hold queue",
             books.maillog_mismatch,
         ),
+        (
+            "replies from a configuration not in force",
+            books.wrong_config,
+        ),
         ("panics", books.panics),
     ] {
         assert_eq!(n, 0, "{what}: {n}\n{report}");
     }
     assert!(quiet, "Postfix's queue drained\n{report}");
+    assert!(
+        books.contact_checked > 0,
+        "refusals name the contact of the configuration in force\n{report}"
+    );
     assert_eq!(
         books.sent,
         books.delivered + books.held + books.refused + books.gave_up,
@@ -1185,6 +1200,52 @@ fn balance(
     for (reason, n) in reasons {
         faults.log.push(format!("  {n:>6} x {reason}"));
     }
+    let mut slots: BTreeMap<u64, usize> = BTreeMap::new();
+    for a in sent
+        .iter()
+        .flat_map(|m| &m.attempts)
+        .filter(|a| a.code < 500)
+    {
+        *slots.entry(a.at as u64 / 10 * 10).or_default() += 1;
+    }
+    let slots: Vec<String> = slots
+        .iter()
+        .map(|(from, n)| format!("{from}-{}s {n}", from + 10))
+        .collect();
+    faults
+        .log
+        .push(format!("  4xx per 10 s: {}", slots.join(", ")));
+    // Every reply that names the contact names the one of the configuration in force
+    // (the broken reload changed nothing); replies sent while a good reload was under
+    // way may name the old or the new one.
+    for m in sent {
+        for a in &m.attempts {
+            let Some((_, rest)) = a.text.split_once("Service Desk on ") else {
+                continue;
+            };
+            let named: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let named = format!("the Service Desk on {named}");
+            let settled = faults
+                .contacts
+                .iter()
+                .rev()
+                .find(|(_, confirmed, _)| *confirmed <= a.at)
+                .map(|(_, _, c)| c.clone());
+            let pending = faults
+                .contacts
+                .iter()
+                .find(|(from, confirmed, _)| *from <= a.at && a.at < *confirmed)
+                .map(|(_, _, c)| c.clone());
+            if settled.as_ref() != Some(&named) && pending.as_ref() != Some(&named) {
+                b.wrong_config += 1;
+                b.problem(format!(
+                    "{}: at {:.1}s the reply names {named:?}, in force was {settled:?}: {}",
+                    m.token, a.at, a.text
+                ));
+            }
+            b.contact_checked += 1;
+        }
+    }
     let mut line = String::from("per kind (delivered, held, refused, gave up):");
     for (k, [d, h, r, g]) in &by_kind {
         let _ = write!(line, " {k:?} {d}/{h}/{r}/{g}");
@@ -1199,7 +1260,7 @@ fn report(b: &Books, f: &Faults, lives: &[Life], minutes: f64, sessions: usize) 
     for l in &f.log {
         let _ = writeln!(o, "  {l}");
     }
-    let rows: [(&str, usize); 21] = [
+    let rows: [(&str, usize); 23] = [
         ("sent", b.sent),
         ("accepted (250)", b.accepted),
         ("  delivered (once, every recipient)", b.delivered),
@@ -1220,6 +1281,8 @@ fn report(b: &Books, f: &Faults, lives: &[Life], minutes: f64, sessions: usize) 
         ("records without a held message", b.records_without_hold),
         ("unknown in the hold queue", b.unknown_in_hold_queue),
         ("maillog disagrees", b.maillog_mismatch),
+        ("replies naming the contact, checked", b.contact_checked),
+        ("  from a configuration not in force", b.wrong_config),
         ("panics in the daemon's logs", b.panics),
     ];
     for (what, n) in rows {
