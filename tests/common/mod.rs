@@ -468,6 +468,11 @@ impl Milter {
         )
     }
 
+    /// The daemon's process id (0 once reaped).
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
     /// Sends a signal to the daemon.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.pid()), sig).expect("kill");
@@ -523,12 +528,24 @@ pub fn smtp_send(
     rcpts: &[String],
     message: &[u8],
 ) -> Result<String, Refused> {
+    smtp_send_within(port, from, rcpts, message, DEADLINE)
+}
+
+/// Like [`smtp_send`], waiting at most `timeout` for each reply. A refusal without an
+/// SMTP reply (connection refused or dropped, a timeout) has code 0.
+pub fn smtp_send_within(
+    port: u16,
+    from: &str,
+    rcpts: &[String],
+    message: &[u8],
+    timeout: Duration,
+) -> Result<String, Refused> {
     use lettre::Transport;
     use lettre::address::Envelope;
     use lettre::transport::smtp::SmtpTransport;
     let transport = SmtpTransport::builder_dangerous("127.0.0.1")
         .port(port)
-        .timeout(Some(DEADLINE))
+        .timeout(Some(timeout))
         .build();
     let envelope = Envelope::new(
         (!from.is_empty()).then(|| from.parse().expect("valid sender")),
