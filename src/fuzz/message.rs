@@ -657,7 +657,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         },
         mail("<>"),
         rcpt("<team@example.org>"),
-        h("X-Fanout-Copy", "1.2.3"),
+        h("X-Fanout-Released", "1.2.3"),
         h("Subject", "\u{202e}gpj.exe\r\nBcc: x"),
         Stage::Abort,
         mail("<ann@example.org>"),
@@ -672,7 +672,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
             },
             mail("<ann@example.org>"),
             rcpt("<ward@example.org>"),
-            h("X-Fanout-Copy", &format!("v1; q=4AbCdEf001; r={request}; t=abc")),
+            h(
+                "X-Fanout-Released",
+                &format!("v1; q=4AbCdEf001; r={request}; t=abc"),
+            ),
             h("Subject", "released to chosen recipients"),
             eom("4AbCdEf300"),
         ]);

@@ -6,19 +6,31 @@
 //! - the connection is answered or closed within [`DEADLINE`], never left hanging;
 //! - a new connection still negotiates: the daemon keeps serving others.
 //!
-//! A panic anywhere in the daemon aborts the fuzz target (the engine's panic hook), so
-//! it is found even when the milter library would have dropped the connection.
+//! - no thread of the daemon panicked, also where the milter turns a panic into a
+//!   tempfail or the runtime swallows it (a panic hook counts them);
+//! - a new connection still gets a message decided (an exempt sender's, accepted).
+//!
+//! The daemon's clock is a manual one, so that the storm, rate and breaker state does
+//! not move with the wall clock between inputs.
 
 use crate::Builder;
+use crate::clock::ManualClock;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// How long the daemon may take to answer or close a connection whose client has
-/// finished writing.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+/// finished writing: longer than the milter's own 20 s for writing a record.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Panics on the daemon's threads since it started.
+static DAEMON_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// The name every thread of the fixture daemon starts with.
+const THREAD: &str = "fuzz-daemon";
 
 /// The most a connection's answers are read (the daemon answers a few bytes a command).
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -34,17 +46,30 @@ fn server() -> &'static Server {
             format!("unix:{}", dir.join("milter.sock").display())
         });
         let socket = dir.join("milter.sock");
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(THREAD))
+            {
+                DAEMON_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
         let (ready, started) = std::sync::mpsc::channel();
         std::thread::Builder::new()
-            .name("fuzz-daemon".into())
+            .name(THREAD.into())
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
+                    .thread_name(format!("{THREAD}-worker"))
                     .enable_all()
                     .build()
                     .expect("the daemon's runtime");
                 runtime.block_on(async move {
+                    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
                     let daemon = Builder::new(config)
+                        .clock(Arc::new(clock))
                         .admin_socket(None)
                         .start()
                         .await
@@ -87,12 +112,34 @@ pub fn negotiation() -> Vec<u8> {
 pub fn stream(data: &[u8]) {
     let server = server();
     exchange(&server.socket, data);
-    let answer = exchange(&server.socket, &negotiation());
-    assert!(
-        answer.len() >= 5 && answer[4] == b'O',
-        "the daemon no longer negotiates after {} bytes: {answer:?}",
+    assert_eq!(
+        DAEMON_PANICS.load(Ordering::SeqCst),
+        0,
+        "the daemon panicked on {} bytes",
         data.len()
     );
+    let answer = exchange(&server.socket, &probe());
+    assert!(
+        answer.len() >= 5 && answer[4] == b'O' && answer.ends_with(&[0, 0, 0, 1, b'c']),
+        "the daemon no longer decides a plain message after {} bytes: {answer:?}",
+        data.len()
+    );
+}
+
+/// A whole session from an exempt sender (`[exempt] senders`), which every state lets
+/// through: the daemon negotiates, and accepts at end of message.
+fn probe() -> Vec<u8> {
+    static PROBE: OnceLock<Vec<u8>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            session(
+                "bulk-ok",
+                &["<bob@example.org>"],
+                "4AbCdEf999",
+                &[("To", "bob@example.org"), ("Subject", "probe")],
+            )
+        })
+        .clone()
 }
 
 /// Writes `data`, closes the writing side, and reads what the daemon answers until it
@@ -127,52 +174,59 @@ fn exchange(socket: &std::path::Path, data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Macros for `stage`, as Postfix sends them.
+fn macros(stage: u8, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut data = vec![stage];
+    for (name, value) in pairs {
+        data.extend_from_slice(name.as_bytes());
+        data.push(0);
+        data.extend_from_slice(value.as_bytes());
+        data.push(0);
+    }
+    packet(b'D', &data)
+}
+
+/// A NUL-terminated string.
+fn z(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// One whole session as Postfix sends it: negotiation, connect, HELO, MAIL with the
+/// SASL `login`, `rcpts`, DATA, `headers`, a body, end of message with `queue_id`, QUIT.
+fn session(login: &str, rcpts: &[&str], queue_id: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = negotiation();
+    s.extend(macros(b'C', &[("j", "relay.example.org")]));
+    let mut connect = z("client.example.org");
+    connect.push(b'4');
+    connect.extend_from_slice(&25u16.to_be_bytes());
+    connect.extend(z("192.0.2.7"));
+    s.extend(packet(b'C', &connect));
+    s.extend(packet(b'H', &z("client.example.org")));
+    s.extend(macros(b'M', &[("{auth_authen}", login)]));
+    s.extend(packet(b'M', &z("<ann@example.org>")));
+    for r in rcpts {
+        s.extend(packet(b'R', &z(r)));
+    }
+    s.extend(packet(b'T', &[]));
+    for (n, v) in headers {
+        let mut data = z(n);
+        data.extend(z(v));
+        s.extend(packet(b'L', &data));
+    }
+    s.extend(packet(b'N', &[]));
+    s.extend(packet(b'B', b"Hello.\r\n"));
+    s.extend(macros(b'E', &[("i", queue_id)]));
+    s.extend(packet(b'E', &[]));
+    s.extend(packet(b'Q', &[]));
+    s
+}
+
 /// Seeds for the corpus: sessions as Postfix sends them, and broken framings.
 pub fn seeds() -> Vec<Vec<u8>> {
-    let macros = |stage: u8, pairs: &[(&str, &str)]| {
-        let mut data = vec![stage];
-        for (name, value) in pairs {
-            data.extend_from_slice(name.as_bytes());
-            data.push(0);
-            data.extend_from_slice(value.as_bytes());
-            data.push(0);
-        }
-        packet(b'D', &data)
-    };
-    let z = |s: &str| {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        v
-    };
-    let header = |name: &str, value: &str| {
-        let mut data = z(name);
-        data.extend(z(value));
-        packet(b'L', &data)
-    };
     let session = |rcpts: &[&str], queue_id: &str, headers: &[(&str, &str)]| {
-        let mut s = negotiation();
-        s.extend(macros(b'C', &[("j", "relay.example.org")]));
-        let mut connect = z("client.example.org");
-        connect.push(b'4');
-        connect.extend_from_slice(&25u16.to_be_bytes());
-        connect.extend(z("192.0.2.7"));
-        s.extend(packet(b'C', &connect));
-        s.extend(packet(b'H', &z("client.example.org")));
-        s.extend(macros(b'M', &[("{auth_authen}", "ann")]));
-        s.extend(packet(b'M', &z("<ann@example.org>")));
-        for r in rcpts {
-            s.extend(packet(b'R', &z(r)));
-        }
-        s.extend(packet(b'T', &[]));
-        for (n, v) in headers {
-            s.extend(header(n, v));
-        }
-        s.extend(packet(b'N', &[]));
-        s.extend(packet(b'B', b"Hello.\r\n"));
-        s.extend(macros(b'E', &[("i", queue_id)]));
-        s.extend(packet(b'E', &[]));
-        s.extend(packet(b'Q', &[]));
-        s
+        session("ann", rcpts, queue_id, headers)
     };
     let plain = session(
         &["<bob@example.org>"],

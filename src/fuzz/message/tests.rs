@@ -53,7 +53,11 @@ fn the_seeds_decode_to_what_they_encode_and_decide_as_the_fixture_says() {
         [Some(Action::Quarantine)],
         "a copy the worker is waiting for is held for it"
     );
-    assert_eq!(decided[7], [Some(Action::Quarantine)], "a late copy is held");
+    assert_eq!(
+        decided[7],
+        [Some(Action::Quarantine)],
+        "a late copy is held"
+    );
     let late = run(&stages(&seeds[7]));
     assert!(
         late[0]
@@ -131,7 +135,7 @@ fn stage() -> impl Strategy<Value = Stage> {
         Just(b"In-Reply-To".to_vec()),
         Just(b"References".to_vec()),
         Just(b"X-Fanout-Verdict".to_vec()),
-        Just(b"X-Fanout-Copy".to_vec()),
+        Just(b"X-Fanout-Released".to_vec()),
         nasty(),
     ];
     prop_oneof![
