@@ -163,7 +163,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config as Cases, RngSeed};
+    use proptest::test_runner::Config as Cases;
 
     #[test]
     fn every_seed_loads_or_says_where() {
@@ -182,12 +182,7 @@ mod tests {
     }
 
     fn cases() -> Cases {
-        Cases {
-            cases: 128,
-            rng_seed: RngSeed::Fixed(0xc0f1_6000),
-            failure_persistence: None,
-            ..Cases::default()
-        }
+        crate::fuzz::proptest_config(128, 0xc0f1_6000)
     }
 
     /// A key of the configuration and a value that may be wrong in every way.

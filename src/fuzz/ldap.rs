@@ -438,7 +438,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
+    use proptest::test_runner::Config;
 
     #[test]
     fn every_seed_joins() {
@@ -508,12 +508,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config {
-            cases: 256,
-            rng_seed: RngSeed::Fixed(0x1dab_5eed),
-            failure_persistence: None,
-            ..Config::default()
-        }
+        crate::fuzz::proptest_config(256, 0x1dab_5eed)
     }
 
     proptest! {

@@ -27,6 +27,18 @@ pub fn assert_one_line(what: &str, value: &str, max: usize) {
     );
 }
 
+/// The property tests' settings: `cases` inputs from a fixed `seed`, and no files of
+/// failures written into the source tree.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32, seed: u64) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// A fuzz target's entry point: panics only when an invariant breaks.
 pub type Target = fn(&[u8]);
 

@@ -260,7 +260,6 @@ pub fn seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
     #[test]
     fn the_seeds_are_answered_and_a_plain_session_is_accepted() {
@@ -277,12 +276,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 64,
-            rng_seed: RngSeed::Fixed(21),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::fuzz::proptest_config(64, 21))]
 
         /// A seed cut, spliced and corrupted anywhere is still answered or closed.
         #[test]

@@ -233,7 +233,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
+    use proptest::test_runner::Config;
 
     #[test]
     fn every_seed_parses_or_says_where() {
@@ -245,12 +245,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config {
-            cases: 256,
-            rng_seed: RngSeed::Fixed(0x7ab1_e500),
-            failure_persistence: None,
-            ..Config::default()
-        }
+        crate::fuzz::proptest_config(256, 0x7ab1_e500)
     }
 
     /// One line of a table file: keys, targets, separators and hostile characters.

@@ -350,7 +350,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
+    use proptest::test_runner::Config;
 
     #[test]
     fn every_seed_renders_cleanly() {
@@ -365,12 +365,7 @@ mod tests {
     }
 
     fn config() -> Config {
-        Config {
-            cases: 64,
-            rng_seed: RngSeed::Fixed(0x7e3a_11c0),
-            failure_persistence: None,
-            ..Config::default()
-        }
+        crate::fuzz::proptest_config(64, 0x7e3a_11c0)
     }
 
     /// Bytes that favour the [`SPICE`] choices and long runs.

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 use super::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
 fn actions(outcomes: &Outcomes) -> Vec<Option<Action>> {
     outcomes
@@ -151,12 +150,7 @@ fn stage() -> impl Strategy<Value = Stage> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 128,
-        rng_seed: RngSeed::Fixed(21),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::fuzz::proptest_config(128, 21))]
 
     /// Any session of stages: no panic, and every effect passes the checks.
     #[test]
