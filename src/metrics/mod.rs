@@ -704,15 +704,19 @@ impl Metrics {
             .set(gauge(unknown));
     }
 
+    /// Whether the source of `labels` is configured now.
+    fn in_force(&self, labels: &SourceLabels) -> bool {
+        self.directory_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&labels.source)
+    }
+
     /// Records how long a directory refresh took, failed or not (of a source in
     /// force: a refresh that ends after a reload removed its source leaves no series).
     pub fn directory_refresh_took(&self, source: &str, took: Duration) {
         let labels = source_labels(source);
-        let names = self
-            .directory_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if names.contains(&labels.source) {
+        if self.in_force(&labels) {
             self.directory_seconds
                 .get_or_create(&labels)
                 .observe(took.as_secs_f64());
@@ -722,11 +726,7 @@ impl Metrics {
     /// Counts a failed directory refresh (of a source in force).
     pub fn directory_failed(&self, source: &str) {
         let labels = source_labels(source);
-        let names = self
-            .directory_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if names.contains(&labels.source) {
+        if self.in_force(&labels) {
             self.directory_failures.get_or_create(&labels).inc();
         }
     }
