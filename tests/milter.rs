@@ -232,9 +232,39 @@ impl Milter {
         .expect("negotiate");
         assert_eq!(
             conn.negotiated_actions(),
-            (Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::QUARANTINE) & actions,
+            (Actions::ADD_HEADER
+                | Actions::CHANGE_HEADER
+                | Actions::QUARANTINE
+                | Actions::REQUEST_MACROS)
+                & actions,
             "the milter asks for exactly the actions it uses"
         );
+        let macros = conn.requested_macros();
+        if actions.contains(Actions::REQUEST_MACROS) {
+            let wanted = |stage| macros.get(&stage).map(|m| m.to_str().unwrap());
+            assert_eq!(
+                wanted(MacroStage::Mail),
+                Some("{auth_authen}"),
+                "{macros:?}"
+            );
+            assert_eq!(wanted(MacroStage::Eom), Some("i"), "{macros:?}");
+            // Postfix sends its default list for a stage whose list is missing or empty.
+            for stage in [
+                MacroStage::Connect,
+                MacroStage::Helo,
+                MacroStage::Rcpt,
+                MacroStage::Data,
+                MacroStage::Eoh,
+            ] {
+                assert_eq!(
+                    wanted(stage),
+                    Some("{fanout_none}"),
+                    "{stage:?}: {macros:?}"
+                );
+            }
+        } else {
+            assert!(macros.is_empty(), "{macros:?}");
+        }
         let opts = conn.negotiated_opts();
         assert!(
             !opts.contains(ProtoOpts::NO_DATA),
