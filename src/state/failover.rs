@@ -15,7 +15,7 @@
 //! one, see [`with_deadline`]), so a slow server cannot hold a message longer than that.
 
 use super::algo::{Limit, Take};
-use super::plan::{Outcome, Plan, ThreadOutcome};
+use super::plan::{Outcome, Plan, TakeStep, ThreadOutcome};
 use super::{Brake, MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::Clock;
 use crate::config::OnFailure;
@@ -523,6 +523,17 @@ impl StateBackend for Failover {
             }
         }
         Ok(outcome)
+    }
+
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        let shared = self
+            .shared("give_back", self.inner.remote.give_back_all(taken, now))
+            .await;
+        let mine = self.inner.local.give_back_all(taken, now).await;
+        match shared {
+            Some(()) => mine,
+            None => self.fallback(async { mine }).await,
+        }
     }
 
     /// Expires the local state, and prunes the shared one's index when it is up;

@@ -49,8 +49,8 @@ pub struct Observed {
     /// For the policy core.
     pub facts: StateFacts,
     plan: StatePlan,
-    /// Budgets charged (key, cost, limit), given back when the message does not leave.
-    taken: Vec<(String, u64, Limit)>,
+    /// Budgets charged, given back when the message does not leave.
+    taken: Vec<TakeStep>,
     at: Option<SystemTime>,
 }
 
@@ -262,7 +262,7 @@ impl Guard {
                 ));
             };
             if take.allowed {
-                out.taken.push((step.key.clone(), step.cost, step.limit));
+                out.taken.push(step.clone());
             } else {
                 out.facts.rate.push(RateFact {
                     budget: c.budget,
@@ -371,12 +371,7 @@ impl Guard {
         }
         let backend = self.backend.clone();
         let taken = observed.taken.clone();
-        let give_back = async move {
-            for (key, cost, limit) in &taken {
-                backend.give_back(key, *cost, *limit, now).await?;
-            }
-            Ok::<(), StateError>(())
-        };
+        let give_back = async move { backend.give_back_all(&taken, now).await };
         match self.backend.budget() {
             Some(budget) => {
                 tokio::spawn(with_deadline(Instant::now() + budget, async move {

@@ -208,6 +208,15 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
         plan::one_by_one(self, plan, now).await
     }
 
+    /// Gives back every budget in `taken` (a message that did not leave). The default
+    /// gives them back one by one; a remote backend in one round trip.
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        for t in taken {
+            self.give_back(&t.key, t.cost, t.limit, now).await?;
+        }
+        Ok(())
+    }
+
     /// Drops what has expired at `now`; returns the number of entries still held (for
     /// a store that expires keys itself, what it cheaply knows: Redis, its storms).
     async fn expire(&self, now: SystemTime) -> Result<usize, StateError>;

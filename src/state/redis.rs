@@ -27,7 +27,7 @@ mod message;
 
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
-use super::plan::{Outcome, Plan};
+use super::plan::{Outcome, Plan, TakeStep};
 use super::{Brake, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::epoch_secs;
 use async_trait::async_trait;
@@ -393,6 +393,11 @@ impl StateBackend for RedisBackend {
     /// One script call ([`message`]).
     async fn observe(&self, plan: &Plan, now: SystemTime) -> Result<Outcome, StateError> {
         self.observe_plan(plan, now).await
+    }
+
+    /// One script call ([`message`]).
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        self.give_back_plan(taken, now).await
     }
 
     async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError> {

@@ -13,7 +13,7 @@ use super::{RedisBackend, err, ms, storm_from, us};
 use crate::clock::epoch_secs;
 use crate::state::algo;
 use crate::state::memory::THREAD_EVENTS_MAX;
-use crate::state::plan::{Outcome, Plan, ThreadOutcome};
+use crate::state::plan::{Outcome, Plan, TakeStep, ThreadOutcome};
 use crate::state::{StateError, Storm, ThreadCounts};
 use redis::{Script, Value};
 use std::sync::LazyLock;
@@ -93,6 +93,28 @@ for i = 0, charges - 1 do
 end
 return out
 "#,
+    )
+});
+
+/// Gives back a message's budgets. KEYS: the TATs. ARGV: now, then each cost's span
+/// (µs). The `GIVE_BACK` script's steps, for each key in turn.
+static GIVE_BACK_ALL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local new = math.max(tonumber(v) - tonumber(ARGV[i + 1]), now)
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1)
+    end
+  end
+end
+return #KEYS
+",
     )
 });
 
@@ -201,6 +223,28 @@ impl RedisBackend {
             });
         }
         Ok(Outcome { thread, takes })
+    }
+}
+
+impl RedisBackend {
+    /// [`crate::state::StateBackend::give_back_all`] in one script call.
+    pub(super) async fn give_back_plan(
+        &self,
+        taken: &[TakeStep],
+        now: SystemTime,
+    ) -> Result<(), StateError> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut call = GIVE_BACK_ALL.prepare_invoke();
+        call.arg(algo::micros(now));
+        for t in taken {
+            call.key(self.key(&["gcra", &t.key]))
+                .arg(algo::span(t.cost, t.limit));
+        }
+        let mut c = self.conn.clone();
+        let _: i64 = call.invoke_async(&mut c).await.map_err(err)?;
+        Ok(())
     }
 }
 
