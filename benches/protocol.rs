@@ -20,7 +20,7 @@ mod milter_load;
 use milter_load::{Daemon, Load, Target, cpu_seconds, free_port, load, wait_ready};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -175,13 +175,22 @@ fn main() {
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
+    let args: Vec<String> = std::env::args().collect();
+    // `--state-only`: only the shared-state rows. `--before-bin PATH`: the state rows
+    // also with another build of the daemon (the version before a change), in this run.
+    let state_only = args.iter().any(|a| a == "--state-only");
+    let before_bin = args
+        .iter()
+        .position(|a| a == "--before-bin")
+        .map(|i| PathBuf::from(args.get(i + 1).expect("--before-bin needs a path")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let base = std::env::temp_dir().join(format!("fanout-bench-protocol-{}", std::process::id()));
-    let start = |name: &str, threads: usize, tcp: bool, extra: &str| {
+    let this_bin = PathBuf::from(env!("CARGO_BIN_EXE_fanout-milter"));
+    let start_bin = |bin: &Path, name: &str, threads: usize, tcp: bool, extra: &str| {
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
         let (target, listen) = if tcp {
@@ -192,17 +201,95 @@ fn main() {
             let listen = format!("unix:{}", socket.display());
             (Target::Unix(socket), listen)
         };
-        let daemon = Daemon::start(&dir, &listen, threads, extra);
+        let daemon = Daemon::start_bin(bin, &dir, &listen, threads, extra);
         wait_ready(&target);
         (target, daemon)
     };
+    let start = |name: &str, threads: usize, tcp: bool, extra: &str| {
+        start_bin(&this_bin, name, threads, tcp, extra)
+    };
+    let per_state = if full { 1_000 } else { 4 };
+    let redis = RedisServer::start();
+    // Shared state: every message a reply counted for storms and charged to two rate
+    // budgets, in memory and in Redis; with `--before-bin`, the earlier build first.
+    let state_loads = |bin: PathBuf, label: &'static str| {
+        let redis = redis.as_ref().map(|r| (r.port, r.child.id()));
+        let start_bin = &start_bin;
+        async move {
+            let mut state_rows = Vec::new();
+            let (mem, mem_daemon) =
+                start_bin(&bin, &format!("state-memory{label}"), 1, true, STATEFUL);
+            load(&mem, &mem_daemon, STATE_CONNECTIONS, 2, 1, true).await;
+            let m = load(&mem, &mem_daemon, STATE_CONNECTIONS, per_state, 1, true).await;
+            drop(mem_daemon);
+            push_row(
+                &mut state_rows,
+                &format!("state in memory{label}"),
+                "tcp",
+                1,
+                STATE_CONNECTIONS,
+                1,
+                &m,
+            );
+            let mut redis_cpu_us = 0.0;
+            let mut ratio = 0.0;
+            if let Some((port, pid)) = redis {
+                let extra = format!(
+                    "{STATEFUL}[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/\"\nprefix = \"{prefix}\"\n",
+                    prefix = if label.is_empty() {
+                        "bench:"
+                    } else {
+                        "bench-before:"
+                    }
+                );
+                let (rt, rd) = start_bin(&bin, &format!("state-redis{label}"), 1, true, &extra);
+                load(&rt, &rd, STATE_CONNECTIONS, 2, 1, true).await;
+                let cpu_before = cpu_seconds(pid);
+                let r = load(&rt, &rd, STATE_CONNECTIONS, per_state, 1, true).await;
+                redis_cpu_us = (cpu_seconds(pid) - cpu_before) / r.messages as f64 * 1e6;
+                let log = std::fs::read_to_string(rd.dir.join("daemon.log")).unwrap_or_default();
+                assert!(
+                    log.contains("redis answers") && !log.contains("shared state unreachable"),
+                    "the Redis row must have used Redis throughout:\n{log}"
+                );
+                ratio = r.decision_p50_us / m.decision_p50_us.max(f64::MIN_POSITIVE);
+                push_row(
+                    &mut state_rows,
+                    &format!("state in redis{label}"),
+                    "tcp",
+                    1,
+                    STATE_CONNECTIONS,
+                    1,
+                    &r,
+                );
+            }
+            format!(
+                "{{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}, \"redis_memory_p50_ratio\": {ratio:.2}}}",
+                state_rows.join(", ")
+            )
+        }
+    };
+    if state_only {
+        runtime.block_on(async {
+            let before = match &before_bin {
+                Some(bin) => state_loads(bin.clone(), " (before)").await,
+                None => "null".to_owned(),
+            };
+            let after = state_loads(this_bin.clone(), "").await;
+            println!(
+                "{{\"protocol_state\": {{\"full\": {full}, \"connections\": {STATE_CONNECTIONS}, \"before\": {before}, \"state\": {after}}}}}"
+            );
+        });
+        drop(redis);
+        let _ = std::fs::remove_dir_all(&base);
+        return;
+    }
     // The default (one thread) on both transports, and two threads for comparison.
     let (tcp, tcp_daemon) = start("tcp", 1, true, "");
     let (unix, unix_daemon) = start("unix", 1, false, "");
     let (tcp2, tcp2_daemon) = start("tcp2", 2, true, "");
     let (unix2, unix2_daemon) = start("unix2", 2, false, "");
     let idle_kib = tcp_daemon.rss_kib("VmRSS:");
-    let redis = RedisServer::start();
 
     let per_conn = if full { 2_000 } else { 4 };
     let mut rows = Vec::new();
@@ -241,33 +328,11 @@ fn main() {
         let l = load(&tcp, &tcp_daemon, 1, 1, big, false).await;
         let after_big = tcp_daemon.rss_kib("VmRSS:");
         let peak = tcp_daemon.rss_kib("VmHWM:");
-        // Shared state: every message a reply counted for storms and charged to two
-        // rate budgets (four state operations), in memory and in Redis.
-        let per_state = if full { 1_000 } else { 4 };
-        let mut state_rows = Vec::new();
-        let (mem, mem_daemon) = start("state-memory", 1, true, STATEFUL);
-        load(&mem, &mem_daemon, STATE_CONNECTIONS, 2, 1, true).await;
-        let m = load(&mem, &mem_daemon, STATE_CONNECTIONS, per_state, 1, true).await;
-        push_row(&mut state_rows, "state in memory", "tcp", 1, STATE_CONNECTIONS, 1, &m);
-        let mut redis_cpu_us = 0.0;
-        if let Some(redis) = &redis {
-            let extra = format!(
-                "{STATEFUL}[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\n",
-                redis.port
-            );
-            let (rt, rd) = start("state-redis", 1, true, &extra);
-            load(&rt, &rd, STATE_CONNECTIONS, 2, 1, true).await;
-            let cpu_before = cpu_seconds(redis.child.id());
-            let r = load(&rt, &rd, STATE_CONNECTIONS, per_state, 1, true).await;
-            redis_cpu_us = (cpu_seconds(redis.child.id()) - cpu_before) / r.messages as f64 * 1e6;
-            let log = std::fs::read_to_string(rd.dir.join("daemon.log")).unwrap_or_default();
-            assert!(
-                log.contains("redis answers") && !log.contains("shared state unreachable"),
-                "the Redis row must have used Redis throughout:\n{log}"
-            );
-            push_row(&mut state_rows, "state in redis", "tcp", 1, STATE_CONNECTIONS, 1, &r);
-        }
-        drop(mem_daemon);
+        let before_state = match &before_bin {
+            Some(bin) => state_loads(bin.clone(), " (before)").await,
+            None => "null".to_owned(),
+        };
+        let state_json = state_loads(this_bin.clone(), "").await;
 
         // Metrics: the same load, in alternating rounds, on a daemon without the
         // endpoint and on one scraped every SCRAPE_EVERY meanwhile.
@@ -310,12 +375,11 @@ fn main() {
             on_row.us_per_message() / off_row.us_per_message().max(f64::MIN_POSITIVE)
         );
         println!(
-            "{{\"protocol\": {{\"full\": {full}, \"metrics\": {metrics_json}, \"state\": {{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}}}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
+            "{{\"protocol\": {{\"full\": {full}, \"metrics\": {metrics_json}, \"state\": {state_json}, \"state_before\": {before_state}, \"loads\": [{}], \"memory\": {{\"idle_kib\": {idle_kib}, \
              \"after_messages\": {}, \"after_messages_kib\": {after_kib}, \"big_envelope_rcpts\": {big}, \
              \"big_envelope_seconds\": {:.3}, \"before_big_kib\": {before_big}, \"after_big_kib\": {after_big}, \
              \"peak_kib\": {peak}, \"tenth_envelope_rcpts\": {tenth}, \"peak_before_tenth_kib\": {before_tenth}, \
              \"peak_after_tenth_kib\": {peak_tenth}}}}}}}",
-            state_rows.join(", "),
             rows.join(", "),
             CONNECTIONS * (per_conn + 2),
             l.seconds

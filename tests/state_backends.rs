@@ -10,8 +10,8 @@ use fanout_milter::metrics::Metrics;
 use fanout_milter::notify::{AlertKind, AlertReceiver, channel};
 use fanout_milter::state::failover::with_deadline;
 use fanout_milter::state::{
-    Brake, Failover, Limit, MAX_BRAKE_COMMENT_CHARS, MemoryBackend, OnFailure, RedisBackend,
-    StateBackend, Storm, ThreadCounts,
+    Brake, Failover, Limit, MAX_BRAKE_COMMENT_CHARS, MemoryBackend, OnFailure, Outcome, Plan,
+    RedisBackend, StateBackend, Storm, Take, TakeStep, ThreadCounts, ThreadOutcome, ThreadStep,
 };
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -189,6 +189,182 @@ async fn suite(b: &dyn StateBackend) {
     assert!(b.brake_get(t(86_400 * 365)).await.unwrap().is_some());
     b.brake_set(None, t(1)).await.unwrap();
     assert_eq!(b.brake_get(t(2)).await.unwrap(), None, "released");
+
+    plan_suite(b).await;
+}
+
+/// A message counted in thread `thread`, from `sender`, at `at`: 3 messages from 2
+/// senders trip a storm.
+fn step(thread: &str, sender: &str, at: u64) -> ThreadStep {
+    ThreadStep {
+        storm: Storm {
+            messages: 0,
+            senders: 0,
+            ..storm(thread, at, at + 3600)
+        },
+        sender: sender.into(),
+        window: WINDOW,
+        min_messages: 3,
+        min_senders: 2,
+    }
+}
+
+fn charge(key: &str, cost: u64) -> TakeStep {
+    TakeStep {
+        key: key.into(),
+        cost,
+        limit: HOUR,
+    }
+}
+
+fn took(allowed: bool, used: u64, retry_at: SystemTime) -> Take {
+    Take {
+        allowed,
+        used,
+        retry_at,
+    }
+}
+
+/// A whole message's plan answers what the separate operations answer, in order.
+async fn plan_suite(b: &dyn StateBackend) {
+    let message = |sender: &str, at: u64, takes: Vec<TakeStep>| Plan {
+        thread: Some(step("p", sender, at)),
+        takes,
+    };
+    let counted = |messages, senders, started| {
+        Some(ThreadOutcome::Counted {
+            counts: counts(messages, senders),
+            started,
+        })
+    };
+    assert_eq!(
+        b.observe(&message("a", 0, vec![charge("pa", 400)]), t(0))
+            .await
+            .unwrap(),
+        Outcome {
+            thread: counted(1, 1, false),
+            takes: vec![took(true, 400, t(0))],
+        }
+    );
+    assert_eq!(
+        b.observe(&message("a", 1, vec![charge("pa", 400)]), t(1))
+            .await
+            .unwrap(),
+        Outcome {
+            thread: counted(2, 1, false),
+            takes: vec![took(true, 800, t(1))],
+        }
+    );
+    assert_eq!(
+        b.observe(
+            &message("b", 2, vec![charge("pa", 400), charge("pb", 400)]),
+            t(2)
+        )
+        .await
+        .unwrap(),
+        Outcome {
+            thread: counted(3, 2, true),
+            takes: vec![took(false, 800, t(720)), took(true, 400, t(2))],
+        },
+        "the third message trips the storm; budgets apart, in order"
+    );
+    let tripped = Storm {
+        messages: 3,
+        senders: 2,
+        ..storm("p", 2, 3602)
+    };
+    let listed = b.storm_list(t(3)).await.unwrap();
+    assert_eq!(
+        listed.iter().find(|s| s.thread == "p"),
+        Some(&tripped),
+        "started with the counts that tripped it"
+    );
+    assert_eq!(
+        b.observe(&message("c", 3, Vec::new()), t(3)).await.unwrap(),
+        Outcome {
+            thread: Some(ThreadOutcome::Stopped(Storm {
+                blocked: 1,
+                ..tripped.clone()
+            })),
+            takes: Vec::new(),
+        },
+        "the next one is stopped"
+    );
+    assert_eq!(
+        b.observe(&message("d", 4, Vec::new()), t(4))
+            .await
+            .unwrap()
+            .thread,
+        Some(ThreadOutcome::Stopped(Storm {
+            blocked: 2,
+            ..tripped.clone()
+        }))
+    );
+    assert_eq!(
+        b.storm_hit("p", t(5)).await.unwrap().map(|s| s.blocked),
+        Some(3),
+        "the same storm as the separate operations see"
+    );
+    assert_eq!(
+        b.observe(
+            &Plan {
+                thread: None,
+                takes: vec![charge("pb", 600)],
+            },
+            t(5)
+        )
+        .await
+        .unwrap(),
+        Outcome {
+            thread: None,
+            takes: vec![took(true, 1000, t(5))],
+        },
+        "budgets alone"
+    );
+    assert_eq!(
+        b.observe(&Plan::default(), t(5)).await.unwrap(),
+        Outcome::default()
+    );
+    // Cleared, the thread counts afresh and trips again.
+    assert!(b.storm_clear(&Storm::id_of("p")).await.unwrap());
+    for (sender, at, expected) in [
+        ("a", 20, counted(1, 1, false)),
+        ("b", 21, counted(2, 2, false)),
+        ("c", 22, counted(3, 3, true)),
+    ] {
+        let answer = b.observe(&message_on("p", sender, at), t(at)).await;
+        assert_eq!(answer.unwrap().thread, expected, "{sender}");
+    }
+    assert!(b.storm_clear(&Storm::id_of("p")).await.unwrap());
+
+    // A message's budgets given back together.
+    let both = vec![charge("g1", 400), charge("g2", 600)];
+    let taken = b
+        .observe(
+            &Plan {
+                thread: None,
+                takes: both.clone(),
+            },
+            t(30),
+        )
+        .await
+        .unwrap();
+    assert!(taken.takes.iter().all(|t| t.allowed));
+    b.give_back_all(&both, t(30)).await.unwrap();
+    b.give_back_all(&[charge("never-taken", 5)], t(30))
+        .await
+        .unwrap();
+    for key in ["g1", "g2"] {
+        let whole = b.take(key, 1000, HOUR, t(30)).await.unwrap();
+        assert!(whole.allowed, "{key}: all of it back");
+    }
+}
+
+fn message_on(thread: &str, sender: &str, at: u64) -> Plan {
+    Plan {
+        thread: Some(step(thread, sender, at)),
+        takes: Vec::new(),
+    }
 }
 
 #[tokio::test]
@@ -502,4 +678,253 @@ async fn a_brake_value_that_is_no_brake_is_no_brake_and_redis_stays_up() {
             .is_err(),
         "no outage alerted"
     );
+}
+
+/// The commands clients sent `redis` while `work` ran, seen by MONITOR (commands a
+/// script ran are left out: they are not round trips).
+async fn commands_sent<F: std::future::Future>(redis: &Redis, work: F) -> (F::Output, Vec<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    const END: &str = "end-of-count";
+    let connect = || {
+        bounded(
+            "a connection",
+            tokio::net::TcpStream::connect(("127.0.0.1", redis.port)),
+        )
+    };
+    let mut monitor = connect().await.expect("connect");
+    monitor.write_all(b"MONITOR\r\n").await.unwrap();
+    let mut lines = BufReader::new(monitor).lines();
+    let ok = bounded("MONITOR's answer", lines.next_line()).await;
+    assert_eq!(ok.unwrap().as_deref(), Some("+OK"));
+    let out = work.await;
+    let mut marker = connect().await.expect("connect");
+    marker
+        .write_all(format!("ECHO {END}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 5];
+    bounded("ECHO's answer", marker.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    loop {
+        let line = bounded("the marker in MONITOR", lines.next_line())
+            .await
+            .unwrap()
+            .expect("MONITOR stays open");
+        if line.contains(END) {
+            return (out, sent);
+        }
+        if !line.contains(" lua]") {
+            sent.push(line);
+        }
+    }
+}
+
+/// `work`'s output, within 10 s.
+async fn bounded<F: std::future::Future>(what: &str, work: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10 s"))
+}
+
+/// The policy of a site that counts storms and rates: replies to 500+ recipients are
+/// counted, 3 from 2 senders trip a storm; two hourly budgets per sender.
+fn stateful_policy() -> fanout_milter::policy::Policy {
+    use fanout_milter::policy::{Policy, RatePolicy, StormPolicy};
+    Policy {
+        storm: StormPolicy {
+            min_audience: 500,
+            reply: "storm on {subject}".into(),
+            ..StormPolicy::default()
+        },
+        rate: RatePolicy {
+            recipients_per_hour: 1_000_000,
+            recipients_per_day: 10_000_000,
+            ..RatePolicy::default()
+        },
+        ..Policy::default()
+    }
+}
+
+/// A reply from `sender` to a list of 5,000.
+fn reply(sender: &str, n: usize) -> fanout_milter::policy::MessageFacts {
+    use fanout_milter::policy::{AudienceFacts, ListFacts, MessageFacts};
+    let mut f = MessageFacts {
+        sender: sender.to_owned(),
+        ..MessageFacts::default()
+    };
+    f.recipients.add("all@corp.example");
+    f.headers.visible.add("all@corp.example");
+    f.headers.subject = Some("Re: the party".into());
+    f.headers.message_id = Some(format!("<{n}@corp.example>"));
+    f.headers.in_reply_to = vec!["<party@corp.example>".into()];
+    f.headers.references = vec!["<party@corp.example>".into()];
+    f.audience = Some(AudienceFacts {
+        total: 5000,
+        lists: vec![ListFacts {
+            address: "all@corp.example".into(),
+            size: 5000,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    f
+}
+
+/// Each stateful message (a reply to 5,000 counted for storms, charged to two budgets)
+/// costs one round trip to Redis, through the daemon's whole decision: counted, the
+/// one that trips the storm, and the ones it stops (whose budgets are given back
+/// afterwards, off the message's path, in one more call).
+#[tokio::test]
+async fn a_stateful_message_is_one_round_trip_to_redis() {
+    use fanout_milter::decide::{GuardState, Offline, decide};
+    use fanout_milter::policy::{Action, Replies};
+    use fanout_milter::state::{Guard, StateError};
+    let redis = Redis::start();
+    let (f, _alerts) = failover(&redis, "rt:", OnFailure::Tempfail);
+    let local = f.local().clone();
+    let guard =
+        Guard::new(Arc::new(f.clone()), Arc::new(SystemClock), None).with_relay_state(local);
+    let policy = stateful_policy();
+    let replies = Replies {
+        contact: "the desk".into(),
+        reject: "No: {reason}".into(),
+        tempfail: "Later: {reason}".into(),
+    };
+    // Connects and loads the message's script (NOSCRIPT, SCRIPT LOAD, EVALSHA) on a
+    // first message of another thread.
+    let mut warm = reply("zed@corp.example", 0);
+    warm.headers.in_reply_to = vec!["<other@corp.example>".into()];
+    warm.headers.references = warm.headers.in_reply_to.clone();
+    let send = |facts: fanout_milter::policy::MessageFacts| {
+        let (guard, policy, replies) = (&guard, &policy, &replies);
+        async move {
+            let mut state = GuardState::new(guard);
+            let d = decide(
+                policy,
+                replies,
+                &facts,
+                "Q",
+                &mut state,
+                &mut Offline::<StateError>::default(),
+            )
+            .await
+            .expect("redis answers");
+            d.effect.action
+        }
+    };
+    assert_eq!(send(warm).await, Action::Accept);
+    // And the script that gives budgets back.
+    f.give_back_all(&[charge("warm", 1)], t(0))
+        .await
+        .expect("redis answers");
+    let mut actions = Vec::new();
+    for (n, sender) in ["ann", "bob", "cat"].into_iter().enumerate() {
+        let (action, sent) = commands_sent(
+            &redis,
+            send(reply(&format!("{sender}@corp.example"), n + 1)),
+        )
+        .await;
+        assert_eq!(sent.len(), 1, "{sender}: {sent:#?}");
+        assert!(sent[0].contains("\"EVALSHA\""), "{}", sent[0]);
+        actions.push(action);
+    }
+    assert_eq!(
+        actions,
+        [Action::Accept; 3],
+        "the third trips the storm and passes"
+    );
+    let c = redis::Client::open(redis.url()).expect("a valid URL");
+    let mut c = bounded("a connection", c.get_multiplexed_async_connection())
+        .await
+        .expect("connect");
+    let (action, sent) = commands_sent(&redis, async {
+        let action = send(reply("dan@corp.example", 4)).await;
+        // The budgets given back in the background, before the count ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tat: Option<String> = redis::cmd("GET")
+                .arg("rt:gcra:rate:recipients_per_hour:dan@corp.example")
+                .query_async(&mut c)
+                .await
+                .expect("GET");
+            if tat.is_none() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "budgets given back within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        action
+    })
+    .await;
+    assert_eq!(action, Action::Reject, "stopped by the storm");
+    // Less this test's own polls.
+    let sent: Vec<String> = sent
+        .into_iter()
+        .filter(|l| !l.contains("\"GET\""))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(
+        sent[0].contains("\"EVALSHA\"") && sent[0].contains("rt:thr:"),
+        "the message: {}",
+        sent[0]
+    );
+    assert!(
+        sent[1].contains("\"EVALSHA\"") && sent[1].contains("rt:gcra:"),
+        "then, off its path, its two budgets given back in one call: {}",
+        sent[1]
+    );
+    assert!(f.is_up());
+}
+
+/// Two relays racing on one thread and one budget: every message counted once, the
+/// budget never overdrawn, exactly one storm started.
+#[tokio::test]
+async fn two_relays_racing_on_one_key_stay_exact() {
+    let redis = Redis::start();
+    let relays = [
+        redis_backend(&redis, "race:"),
+        redis_backend(&redis, "race:"),
+    ];
+    for r in &relays {
+        r.ping().await.expect("redis answers");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..120u64 {
+        let relay = relays[(i % 2) as usize].clone();
+        tasks.spawn(async move {
+            let plan = Plan {
+                thread: Some(ThreadStep {
+                    min_messages: 100,
+                    ..step("race", &format!("s{i}"), 0)
+                }),
+                takes: vec![charge("shared", 10)],
+            };
+            relay.observe(&plan, t(0)).await.expect("redis answers")
+        });
+    }
+    let mut messages = Vec::new();
+    let (mut allowed, mut started, mut stopped) = (0, 0, 0);
+    while let Some(outcome) = tasks.join_next().await {
+        let outcome = outcome.expect("task");
+        allowed += usize::from(outcome.takes[0].allowed);
+        match outcome.thread {
+            Some(ThreadOutcome::Counted { counts, started: s }) => {
+                assert_eq!(counts.messages, counts.senders, "one sender per message");
+                messages.push(counts.messages);
+                started += usize::from(s);
+            }
+            Some(ThreadOutcome::Stopped(_)) => stopped += 1,
+            None => panic!("the thread was asked"),
+        }
+    }
+    messages.sort_unstable();
+    assert_eq!(
+        messages,
+        (1..=100).collect::<Vec<u64>>(),
+        "each count seen once, up to the one that trips"
+    );
+    assert_eq!((started, stopped), (1, 20), "one storm; it stops the rest");
+    assert_eq!(allowed, 100, "1,000 an hour at 10 a message");
 }

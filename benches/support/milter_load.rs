@@ -30,6 +30,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon; `extra` is appended to its configuration.
     pub fn start(dir: &Path, listen: &str, threads: usize, extra: &str) -> Daemon {
+        Self::start_bin(
+            Path::new(env!("CARGO_BIN_EXE_fanout-milter")),
+            dir,
+            listen,
+            threads,
+            extra,
+        )
+    }
+
+    /// [`Daemon::start`] with another build of the daemon (`--before-bin`: an earlier
+    /// version, measured in the same run).
+    pub fn start_bin(bin: &Path, dir: &Path, listen: &str, threads: usize, extra: &str) -> Daemon {
         let config = dir.join("fanout-milter.toml");
         std::fs::write(
             &config,
@@ -47,7 +59,7 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())

@@ -15,6 +15,7 @@
 //! one, see [`with_deadline`]), so a slow server cannot hold a message longer than that.
 
 use super::algo::{Limit, Take};
+use super::plan::{Outcome, Plan, TakeStep, ThreadOutcome};
 use super::{Brake, MemoryBackend, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::Clock;
 use crate::config::OnFailure;
@@ -487,6 +488,50 @@ impl StateBackend for Failover {
         let mine = local.flag(key, ttl, now).await;
         match shared {
             Some(set) => Ok(set),
+            None => self.fallback(async { mine }).await,
+        }
+    }
+
+    /// The shared backend's answer to the whole plan (one round trip), written through
+    /// to the local state as the separate operations would be: a storm that stops the
+    /// message, the count in its thread and the storm it trips, the budgets taken.
+    async fn observe(&self, plan: &Plan, now: SystemTime) -> Result<Outcome, StateError> {
+        let local = &self.inner.local;
+        let Some(outcome) = self
+            .shared("observe", self.inner.remote.observe(plan, now))
+            .await
+        else {
+            return self.fallback(local.observe(plan, now)).await;
+        };
+        match (&plan.thread, &outcome.thread) {
+            (_, Some(ThreadOutcome::Stopped(storm))) => {
+                local.storm_start(storm, now).await?;
+            }
+            (Some(step), Some(ThreadOutcome::Counted { counts, .. })) => {
+                local
+                    .thread_note(step.thread(), &step.sender, step.window, now)
+                    .await?;
+                if step.trips(*counts) {
+                    local.storm_start(&step.storm_with(*counts), now).await?;
+                }
+            }
+            _ => {}
+        }
+        for (t, take) in plan.takes.iter().zip(&outcome.takes) {
+            if take.allowed {
+                local.take(&t.key, t.cost, t.limit, now).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        let shared = self
+            .shared("give_back", self.inner.remote.give_back_all(taken, now))
+            .await;
+        let mine = self.inner.local.give_back_all(taken, now).await;
+        match shared {
+            Some(()) => mine,
             None => self.fallback(async { mine }).await,
         }
     }

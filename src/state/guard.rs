@@ -5,11 +5,12 @@
 //! counted for mail that did). Storm and breaker trips are logged and alerted here.
 
 use super::failover::with_deadline;
+use super::plan::{Outcome, Plan, TakeStep, ThreadOutcome, ThreadStep};
 use super::{Brake, Limit, StateBackend, StateError, Storm};
 use crate::clock::Clock;
 use crate::clock::epoch_secs;
 use crate::notify::{Alert, AlertKind, AlertSender};
-use crate::policy::stateful::{BreakerFact, RateFact, StormFact};
+use crate::policy::stateful::{BreakerFact, RateFact, StormFact, StormPolicy, ThreadAsk};
 use crate::policy::{Policy, StateFacts, StatePlan, storm_trips};
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
@@ -48,8 +49,8 @@ pub struct Observed {
     /// For the policy core.
     pub facts: StateFacts,
     plan: StatePlan,
-    /// Budgets charged (key, cost, limit), given back when the message does not leave.
-    taken: Vec<(String, u64, Limit)>,
+    /// Budgets charged, given back when the message does not leave.
+    taken: Vec<TakeStep>,
     at: Option<SystemTime>,
 }
 
@@ -185,74 +186,64 @@ impl Guard {
             at: Some(now),
             ..Observed::default()
         };
-        if let Some(ask) = &plan.thread {
-            let s = &policy.storm;
-            if let Some(storm) = self.backend.storm_hit(&ask.thread, now).await? {
-                out.facts.storm = Some(fact(&storm, true));
-            } else {
-                let counts = self
-                    .backend
-                    .thread_note(&ask.thread, &ask.sender, s.window, now)
-                    .await?;
-                if storm_trips(s, counts.messages, counts.senders) {
-                    let storm = Storm {
-                        id: Storm::id_of(&ask.thread),
-                        thread: ask.thread.clone(),
-                        subject: ask.subject.clone(),
-                        list: ask.list.clone(),
-                        audience: ask.audience,
-                        messages: counts.messages,
-                        senders: counts.senders,
-                        since: epoch_secs(now),
-                        until: epoch_secs(now + s.block_for),
-                        blocked: 0,
-                    };
-                    if self.backend.storm_start(&storm, now).await? {
-                        if let Some(m) = &self.metrics {
-                            m.storm_tripped();
-                        }
-                        warn!(
-                            queue_id,
-                            storm = %storm.id,
-                            thread = %storm.thread,
-                            list = %storm.list,
-                            audience = storm.audience,
-                            messages = storm.messages,
-                            senders = storm.senders,
-                            block_for = %humantime::format_duration(s.block_for),
-                            "reply-all storm tripped: further replies in this thread are stopped"
-                        );
-                        self.alert(Alert {
-                            kind: AlertKind::Storm,
-                            at: now,
-                            queue_id: Some(queue_id.to_owned()),
-                            sender: ask.sender.clone(),
-                            subject: ask.subject.clone(),
-                            audience: ask.audience,
-                            reason: format!(
-                                "storm {}: {} replies from {} senders within {} to {}; further replies get \"{}\" for {} (fanout-milter storms clear {} ends it)",
-                                storm.id,
-                                storm.messages,
-                                storm.senders,
-                                humantime::format_duration(s.window),
-                                storm.list,
-                                s.action,
-                                humantime::format_duration(s.block_for),
-                                storm.id
-                            ),
-                            held_for: None,
-                        });
-                    }
-                    out.facts.storm = Some(fact(&storm, false));
-                }
+        let s = &policy.storm;
+        // What the backend is asked, in one request: the thread, and each budget the
+        // message could fit in (one larger than the whole budget is not charged).
+        let mut ask = Plan {
+            thread: plan.thread.as_ref().map(|t| ThreadStep {
+                storm: Storm {
+                    id: Storm::id_of(&t.thread),
+                    thread: t.thread.clone(),
+                    subject: t.subject.clone(),
+                    list: t.list.clone(),
+                    audience: t.audience,
+                    messages: 0,
+                    senders: 0,
+                    since: epoch_secs(now),
+                    until: epoch_secs(now + s.block_for),
+                    blocked: 0,
+                },
+                sender: t.sender.clone(),
+                window: s.window,
+                min_messages: s.min_messages,
+                min_senders: s.min_senders,
+            }),
+            takes: Vec::new(),
+        };
+        for c in plan.charges.iter().filter(|c| c.cost <= c.limit) {
+            ask.takes.push(TakeStep {
+                key: c.key.clone(),
+                cost: c.cost,
+                limit: Limit {
+                    limit: c.limit,
+                    period: c.budget.period(),
+                },
+            });
+        }
+        let answer = if ask.is_empty() {
+            Outcome::default()
+        } else {
+            self.backend.observe(&ask, now).await?
+        };
+
+        match (&plan.thread, &ask.thread, &answer.thread) {
+            (_, _, Some(ThreadOutcome::Stopped(storm))) => {
+                out.facts.storm = Some(fact(storm, true));
             }
+            (Some(t), Some(step), Some(ThreadOutcome::Counted { counts, started }))
+                if storm_trips(s, counts.messages, counts.senders) =>
+            {
+                let storm = step.storm_with(*counts);
+                if *started {
+                    self.storm_started(s, t, &storm, now, queue_id);
+                }
+                out.facts.storm = Some(fact(&storm, false));
+            }
+            _ => {}
         }
 
+        let mut takes = ask.takes.iter().zip(&answer.takes);
         for c in &plan.charges {
-            let limit = Limit {
-                limit: c.limit,
-                period: c.budget.period(),
-            };
             let sender = c.sender.clone();
             if c.cost > c.limit {
                 out.facts.rate.push(RateFact {
@@ -265,9 +256,13 @@ impl Guard {
                 });
                 continue;
             }
-            let take = self.backend.take(&c.key, c.cost, limit, now).await?;
+            let Some((step, take)) = takes.next() else {
+                return Err(StateError(
+                    "the state answered fewer budgets than asked".into(),
+                ));
+            };
             if take.allowed {
-                out.taken.push((c.key.clone(), c.cost, limit));
+                out.taken.push(step.clone());
             } else {
                 out.facts.rate.push(RateFact {
                     budget: c.budget,
@@ -314,6 +309,51 @@ impl Guard {
         Ok(out)
     }
 
+    /// Logs, counts and alerts a storm this message started.
+    fn storm_started(
+        &self,
+        s: &StormPolicy,
+        ask: &ThreadAsk,
+        storm: &Storm,
+        now: SystemTime,
+        queue_id: &str,
+    ) {
+        if let Some(m) = &self.metrics {
+            m.storm_tripped();
+        }
+        warn!(
+            queue_id,
+            storm = %storm.id,
+            thread = %storm.thread,
+            list = %storm.list,
+            audience = storm.audience,
+            messages = storm.messages,
+            senders = storm.senders,
+            block_for = %humantime::format_duration(s.block_for),
+            "reply-all storm tripped: further replies in this thread are stopped"
+        );
+        self.alert(Alert {
+            kind: AlertKind::Storm,
+            at: now,
+            queue_id: Some(queue_id.to_owned()),
+            sender: ask.sender.clone(),
+            subject: ask.subject.clone(),
+            audience: ask.audience,
+            reason: format!(
+                "storm {}: {} replies from {} senders within {} to {}; further replies get \"{}\" for {} (fanout-milter storms clear {} ends it)",
+                storm.id,
+                storm.messages,
+                storm.senders,
+                humantime::format_duration(s.window),
+                storm.list,
+                s.action,
+                humantime::format_duration(s.block_for),
+                storm.id
+            ),
+            held_for: None,
+        });
+    }
+
     /// Settles after the verdict: a message that leaves (accepted or tagged, and the
     /// answer delivered to Postfix) adds to the relay's rate; one that does not gets
     /// its budgets back. With a remote backend the budgets are given back in the
@@ -331,12 +371,7 @@ impl Guard {
         }
         let backend = self.backend.clone();
         let taken = observed.taken.clone();
-        let give_back = async move {
-            for (key, cost, limit) in &taken {
-                backend.give_back(key, *cost, *limit, now).await?;
-            }
-            Ok::<(), StateError>(())
-        };
+        let give_back = async move { backend.give_back_all(&taken, now).await };
         match self.backend.budget() {
             Some(budget) => {
                 tokio::spawn(with_deadline(Instant::now() + budget, async move {

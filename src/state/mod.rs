@@ -9,6 +9,7 @@ pub(crate) mod algo;
 pub mod failover;
 pub(crate) mod guard;
 pub(crate) mod memory;
+pub mod plan;
 pub(crate) mod redis;
 
 pub use crate::config::OnFailure;
@@ -16,6 +17,7 @@ pub use algo::{Limit, Take};
 pub use failover::Failover;
 pub use guard::Guard;
 pub use memory::MemoryBackend;
+pub use plan::{Outcome, Plan, TakeStep, ThreadOutcome, ThreadStep};
 pub use redis::RedisBackend;
 
 use crate::clock::epoch_secs;
@@ -196,6 +198,24 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
 
     /// Pulls (`Some`, kept as [`Brake::kept`]) or releases (`None`) the emergency brake.
     async fn brake_set(&self, brake: Option<&Brake>, now: SystemTime) -> Result<(), StateError>;
+
+    /// Everything one message asks of the state at once: the storm on its thread, else
+    /// its count in the thread and the storm that count trips, then its budgets. The
+    /// default runs the separate operations in that order ([`plan::one_by_one`]); a
+    /// backend that talks to another service answers in one round trip, each step
+    /// still atomic per key.
+    async fn observe(&self, plan: &Plan, now: SystemTime) -> Result<Outcome, StateError> {
+        plan::one_by_one(self, plan, now).await
+    }
+
+    /// Gives back every budget in `taken` (a message that did not leave). The default
+    /// gives them back one by one; a remote backend in one round trip.
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        for t in taken {
+            self.give_back(&t.key, t.cost, t.limit, now).await?;
+        }
+        Ok(())
+    }
 
     /// Drops what has expired at `now`; returns the number of entries still held (for
     /// a store that expires keys itself, what it cheaply knows: Redis, its storms).

@@ -3,7 +3,8 @@
 //! sender's rate spread over several relays is counted as one.
 //!
 //! Every read-modify-write is one Lua script (or one MULTI pipeline), so it is atomic
-//! across relays. Times come from the caller's clock, as with the in-memory backend, so
+//! across relays; what one message needs on its way is one script call
+//! ([`message`]: one round trip). Times come from the caller's clock, as with the in-memory backend, so
 //! both compute the same answers (relays must keep their clocks in step, with NTP); the
 //! keys' Redis expiry only collects garbage and is always relative (`PX`/`EX`), so a
 //! relay's clock offset from the Redis host does not matter.
@@ -22,8 +23,11 @@
 //! | `flag:<key>` | string | a flag's end, µs |
 //! | `brake` | string | the emergency brake, JSON (a value that is none is no brake) |
 
+mod message;
+
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
+use super::plan::{Outcome, Plan, TakeStep};
 use super::{Brake, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::epoch_secs;
 use async_trait::async_trait;
@@ -384,6 +388,16 @@ impl StateBackend for RedisBackend {
             .await
             .map_err(err)?;
         Ok(ThreadCounts { messages, senders })
+    }
+
+    /// One script call ([`message`]).
+    async fn observe(&self, plan: &Plan, now: SystemTime) -> Result<Outcome, StateError> {
+        self.observe_plan(plan, now).await
+    }
+
+    /// One script call ([`message`]).
+    async fn give_back_all(&self, taken: &[TakeStep], now: SystemTime) -> Result<(), StateError> {
+        self.give_back_plan(taken, now).await
     }
 
     async fn storm_start(&self, storm: &Storm, now: SystemTime) -> Result<bool, StateError> {
