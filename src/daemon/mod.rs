@@ -279,14 +279,16 @@ fn guard(
             prefix,
             timeout,
             on_failure,
+            conn,
         } => {
             let password = match password_file {
                 Some(file) => Some(config::ldap::read_secret(file).map_err(StateError)?),
                 None => None,
             };
-            let remote = Arc::new(RedisBackend::with_password(
+            let remote = Arc::new(RedisBackend::connect(
                 url.expose(),
                 password.as_deref(),
+                conn,
                 prefix,
                 *timeout,
             )?);

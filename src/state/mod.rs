@@ -10,6 +10,7 @@ pub mod failover;
 pub(crate) mod guard;
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod redis_conn;
 
 pub use crate::config::OnFailure;
 pub use algo::{Limit, Take};
