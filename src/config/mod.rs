@@ -188,7 +188,7 @@ pub enum StateSettings {
         /// What to do while Redis does not answer.
         on_failure: OnFailure,
         /// TLS files and Sentinel: how to reach the server.
-        conn: RedisConnSettings,
+        conn: Box<RedisConnSettings>,
     },
 }
 

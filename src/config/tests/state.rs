@@ -119,7 +119,7 @@ fn rate_and_state_settings_are_checked() {
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
             on_failure: OnFailure::Tempfail,
-            conn: RedisConnSettings::default(),
+            conn: Box::default(),
         }
     );
     assert_eq!(

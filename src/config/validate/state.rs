@@ -80,7 +80,7 @@ pub(super) fn check(
                 prefix: raw.state.prefix.clone(),
                 timeout: state_timeout,
                 on_failure,
-                conn,
+                conn: Box::new(conn),
             }
         }
     };
