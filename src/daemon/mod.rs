@@ -293,10 +293,22 @@ fn guard(
                 *timeout,
             )?);
             let local = Arc::new(MemoryBackend::new());
+            let name = match &conn.sentinel {
+                Some(s) => format!(
+                    "Redis Sentinel master {} via {}",
+                    crate::text::neutralize(&s.master),
+                    s.urls
+                        .iter()
+                        .map(|u| u.redacted())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => url.redacted(),
+            };
             let failover = Failover::new(
                 remote,
                 local.clone(),
-                &url.redacted(),
+                &name,
                 *on_failure,
                 *timeout,
                 Some(alerts.clone()),

@@ -339,4 +339,10 @@ fn redis_sentinel_settings_are_checked_and_never_print_a_password() {
         "state.url",
         "must be redis:// or rediss://",
     );
+    refused(
+        "[state]\nbackend = \"redis\"\n[state.sentinel]\nmaster = \"m\"\nurls = [\"redis://10.0.0.1:26379\", \"rediss://10.0.0.2:26379\"]\n",
+        7,
+        "state.sentinel.urls",
+        "for all the sentinels or for none",
+    );
 }

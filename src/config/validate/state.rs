@@ -278,6 +278,13 @@ fn check_sentinel(
             ),
         }
     }
+    let tls = s.urls.iter().filter(|u| is_tls(u.expose().trim())).count();
+    if tls != 0 && tls != s.urls.len() {
+        report(
+            "state.sentinel.urls",
+            "use rediss:// for all the sentinels or for none".into(),
+        );
+    }
     if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url)
         && matches!(info.addr(), redis::ConnectionAddr::Unix(_))
     {
