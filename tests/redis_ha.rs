@@ -2,7 +2,8 @@
 //! Redis as large sites run it, against real servers on loopback: TLS (`rediss://`
 //! with a CA file and a client certificate, certificates made here with the openssl
 //! CLI), and Sentinel (a master, a replica and a sentinel; the master is killed, the
-//! sentinel promotes the replica, and shared counting resumes on it).
+//! sentinel promotes the replica, and shared counting resumes on it), at the backend
+//! and end to end through Postfix.
 
 mod common;
 
@@ -136,9 +137,14 @@ impl Server {
         Server::start(port, &args)
     }
 
-    /// A synchronous connection for checks.
-    fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+    /// A synchronous connection for checks (with `PASSWORD` when `auth`).
+    fn client(&self, auth: bool) -> redis::Connection {
+        let pass = if auth {
+            format!(":{PASSWORD}@")
+        } else {
+            String::new()
+        };
+        redis::Client::open(format!("redis://{pass}127.0.0.1:{}/", self.port))
             .expect("a URL")
             .get_connection_with_timeout(Duration::from_secs(5))
             .expect("connect")
@@ -243,39 +249,125 @@ async fn a_rediss_backend_checks_the_server_against_the_ca_file_and_shares_count
     assert!(plain.is_err(), "plain text to a TLS port does not work");
 }
 
-/// The sentinel's view of `master`: its address, from `SENTINEL get-master-addr-by-name`.
-fn master_port(sentinel: &Server) -> Option<u16> {
-    let mut c = sentinel.client();
-    let addr: Option<(String, String)> = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg("mymaster")
-        .query(&mut c)
-        .ok()?;
-    addr.and_then(|(_, port)| port.parse().ok())
+/// The password of the servers of a [`Trio`] that has one.
+const PASSWORD: &str = "s3cret-master";
+/// The password of its sentinel.
+const SENTINEL_PASSWORD: &str = "s3cret-sentinel";
+
+/// A master, its replica and one sentinel watching them, on loopback; with `auth`,
+/// the servers need [`PASSWORD`] and the sentinel [`SENTINEL_PASSWORD`].
+struct Trio {
+    master: Server,
+    replica: Server,
+    sentinel: Server,
+    auth: bool,
+    _dir: tempfile::TempDir,
 }
 
-/// True once the sentinel knows `replica` as a healthy replica of the master.
-fn sentinel_knows_replica(sentinel: &Server, replica: u16) -> bool {
-    let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{}/", sentinel.port))
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-    else {
-        return false;
-    };
-    let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
-        .arg("replicas")
-        .arg("mymaster")
-        .query(&mut c)
-        .unwrap_or_default();
-    replicas.iter().any(|r| {
-        r.get("port").map(String::as_str) == Some(&replica.to_string())
-            && r.get("flags")
-                .is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
-            && r.get("master-link-status").map(String::as_str) == Some("ok")
-    })
+impl Trio {
+    /// Starts them and waits until the sentinel knows the replica, in sync.
+    fn start(auth: bool) -> Trio {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mp, rp, sp) = (free_port(), free_port(), free_port());
+        let mp_s = mp.to_string();
+        let mut auth_args = vec![];
+        if auth {
+            auth_args = vec!["--requirepass", PASSWORD, "--masterauth", PASSWORD];
+        }
+        let master = Server::plain(mp, &auth_args);
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &mp_s];
+        replica_args.extend(&auth_args);
+        let replica = Server::plain(rp, &replica_args);
+        let conf = dir.path().join("sentinel.conf");
+        let auth_conf = if auth {
+            format!("sentinel auth-pass mymaster {PASSWORD}\nrequirepass {SENTINEL_PASSWORD}\n")
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sp}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {mp} 1\n\
+                 sentinel down-after-milliseconds mymaster 500\n\
+                 sentinel failover-timeout mymaster 3000\n\
+                 sentinel parallel-syncs mymaster 1\n{auth_conf}",
+                dir.path().display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let conf_s = conf.display().to_string();
+        let sentinel = Server::start(sp, &[&conf_s, "--sentinel"]);
+        let trio = Trio {
+            master,
+            replica,
+            sentinel,
+            auth,
+            _dir: dir,
+        };
+        wait_for("the sentinel to know the replica", || {
+            trio.sentinel_knows_replica().then_some(())
+        });
+        assert_eq!(trio.master_port(), Some(mp));
+        trio
+    }
+
+    /// The sentinel's URL (with its password when it has one).
+    fn sentinel_url(&self) -> String {
+        let pass = if self.auth {
+            format!(":{SENTINEL_PASSWORD}@")
+        } else {
+            String::new()
+        };
+        format!("redis://{pass}127.0.0.1:{}", self.sentinel.port)
+    }
+
+    fn sentinel_client(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.sentinel_url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .ok()
+    }
+
+    /// The port of the master the sentinel names.
+    fn master_port(&self) -> Option<u16> {
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut self.sentinel_client()?)
+            .ok()?;
+        addr.and_then(|(_, port)| port.parse().ok())
+    }
+
+    /// True once the sentinel knows the replica as healthy and in sync.
+    fn sentinel_knows_replica(&self) -> bool {
+        let Some(mut c) = self.sentinel_client() else {
+            return false;
+        };
+        let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("mymaster")
+            .query(&mut c)
+            .unwrap_or_default();
+        let port = self.replica.port.to_string();
+        replicas.iter().any(|r| {
+            r.get("port") == Some(&port)
+                && r.get("flags")
+                    .is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
+                && r.get("master-link-status").map(String::as_str) == Some("ok")
+        })
+    }
+
+    /// True when `key` exists on `server`.
+    fn exists(&self, server: &Server, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut server.client(self.auth))
+            .expect("EXISTS")
+    }
 }
 
 /// A relay's state: the Sentinel-found master with local state behind it.
-fn relay(sentinel: &Server, on_failure: OnFailure) -> (Failover, AlertReceiver) {
+fn relay(trio: &Trio, on_failure: OnFailure) -> (Failover, AlertReceiver) {
     let settings = RedisConnSettings {
         ca_file: None,
         client_cert: None,
@@ -284,7 +376,7 @@ fn relay(sentinel: &Server, on_failure: OnFailure) -> (Failover, AlertReceiver) 
             urls: vec![
                 // A sentinel that is down first: the next one answers.
                 format!("redis://127.0.0.1:{}", free_port()).into(),
-                format!("redis://127.0.0.1:{}", sentinel.port).into(),
+                trio.sentinel_url().into(),
             ],
             password_file: None,
         }),
@@ -319,33 +411,9 @@ async fn until_up(f: &Failover, since: Instant) -> Duration {
 
 #[tokio::test]
 async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_replica() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mp, rp, sp) = (free_port(), free_port(), free_port());
-    let mut master = Server::plain(mp, &[]);
-    let mp_s = mp.to_string();
-    let replica = Server::plain(rp, &["--replicaof", "127.0.0.1", &mp_s]);
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {sp}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n\
-             sentinel monitor mymaster 127.0.0.1 {mp} 1\n\
-             sentinel down-after-milliseconds mymaster 500\n\
-             sentinel failover-timeout mymaster 3000\n\
-             sentinel parallel-syncs mymaster 1\n",
-            dir.path().display()
-        ),
-    )
-    .expect("write sentinel.conf");
-    let conf_s = conf.display().to_string();
-    let sentinel = Server::start(sp, &[&conf_s, "--sentinel"]);
-    wait_for("the sentinel to know the replica", || {
-        sentinel_knows_replica(&sentinel, rp).then_some(())
-    });
-    assert_eq!(master_port(&sentinel), Some(mp));
-
-    let (a, mut alerts) = relay(&sentinel, OnFailure::Local);
-    let (b, _) = relay(&sentinel, OnFailure::Tempfail);
+    let mut trio = Trio::start(false);
+    let (a, mut alerts) = relay(&trio, OnFailure::Local);
+    let (b, _) = relay(&trio, OnFailure::Tempfail);
     assert_eq!(
         a.thread_note("t", "x", WINDOW, t(0)).await.unwrap(),
         counts(1, 1)
@@ -355,13 +423,12 @@ async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_repli
         counts(2, 2),
         "both relays count on the master the sentinel names"
     );
-    let on_master: bool = redis::cmd("EXISTS")
-        .arg("ha:thr:t:e")
-        .query(&mut master.client())
-        .expect("EXISTS");
-    assert!(on_master, "the counts are on the master");
+    assert!(
+        trio.exists(&trio.master, "ha:thr:t:e"),
+        "the counts are on the master"
+    );
 
-    master.kill();
+    trio.master.kill();
     let killed = Instant::now();
     let during = a.thread_note("t", "z", WINDOW, t(2)).await;
     assert!(
@@ -381,7 +448,7 @@ async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_repli
     assert_eq!(next_kind(&mut alerts).await, AlertKind::StateDown);
 
     let promoted = wait_for("the sentinel to promote the replica", || {
-        (master_port(&sentinel) == Some(rp)).then_some(killed.elapsed())
+        (trio.master_port() == Some(trio.replica.port)).then_some(killed.elapsed())
     });
     let a_back = until_up(&a, killed).await;
     let b_back = until_up(&b, killed).await;
@@ -401,17 +468,14 @@ async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_repli
         counts(2, 2),
         "shared counting resumed"
     );
-    let mut new_master = replica.client();
-    let on_new: bool = redis::cmd("EXISTS")
-        .arg("ha:thr:v:e")
-        .query(&mut new_master)
-        .expect("EXISTS");
-    assert!(on_new, "the counts are on the promoted replica");
-    let replicated: bool = redis::cmd("EXISTS")
-        .arg("ha:thr:t:e")
-        .query(&mut new_master)
-        .expect("EXISTS");
-    assert!(replicated, "what was counted before the failover was kept");
+    assert!(
+        trio.exists(&trio.replica, "ha:thr:v:e"),
+        "the counts are on the promoted replica"
+    );
+    assert!(
+        trio.exists(&trio.replica, "ha:thr:t:e"),
+        "what was counted before the failover was kept"
+    );
 }
 
 /// The kind of the next alert, within a deadline.
@@ -421,4 +485,102 @@ async fn next_kind(alerts: &mut AlertReceiver) -> AlertKind {
         .expect("an alert within 40 s")
         .expect("the alert queue is open")
         .kind
+}
+
+/// Sends reply `n` to `thread` through Postfix on `port`: `Ok` or the refusal's code.
+fn reply(port: u16, thread: &str, n: usize, to: &[String]) -> Result<(), u16> {
+    let from = format!("staff{n}@corp.example");
+    let text = common::reply_all(&from, &format!("{thread}-reply-{n}"), thread, to);
+    common::smtp_send(port, &from, to, &text)
+        .map(|_| ())
+        .map_err(|r| r.code)
+}
+
+/// The Redis key of the storm on `thread` (see src/state/redis.rs).
+fn storm_key(thread: &str) -> String {
+    format!(
+        "ha-e2e:storm:{}",
+        fanout_milter::state::Storm::id_of(&format!("mid:{thread}@corp.example"))
+    )
+}
+
+#[test]
+fn through_postfix_a_sentinel_failover_keeps_mail_flowing_and_storms_shared() {
+    common::require_postfix();
+    let mut trio = Trio::start(true);
+    let dir = common::scratch_dir("redis-ha");
+    let sink = common::Sink::start(dir.path());
+    let listen = format!("inet:127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}\n[state]\nbackend = \"redis\"\nurl = \"redis://:{PASSWORD}@mymaster/\"\n\
+         prefix = \"ha-e2e:\"\ntimeout = \"2s\"\non_failure = \"local\"\n\
+         [state.sentinel]\nmaster = \"mymaster\"\nurls = [\"{}\"]\n",
+        common::STORM_POLICY,
+        trio.sentinel_url()
+    );
+    let milter = common::Milter::start(dir.path(), &listen, &config);
+    let postfix = common::Postfix::start(dir.path(), &sink, &listen);
+    wait_for("the milter to reach the master", || {
+        milter.log().contains("redis answers").then_some(())
+    });
+    let port = postfix.smtp_port;
+    let to = common::rcpts(8, "corp.example");
+
+    for n in 0..3 {
+        assert_eq!(reply(port, "one", n, &to), Ok(()));
+    }
+    assert_eq!(
+        reply(port, "one", 3, &to),
+        Err(550),
+        "the storm stops the fourth"
+    );
+    assert!(
+        trio.exists(&trio.master, &storm_key("one")),
+        "the storm is on the master"
+    );
+
+    trio.master.kill();
+    assert_eq!(
+        reply(port, "two", 0, &to),
+        Ok(()),
+        "mail flows while the master is gone (on_failure = local)"
+    );
+    wait_for("the sentinel to promote the replica", || {
+        (trio.master_port() == Some(trio.replica.port)).then_some(())
+    });
+    wait_for("the milter to share state again", || {
+        milter
+            .log()
+            .contains("shared counting resumes")
+            .then_some(())
+    });
+    for n in 0..3 {
+        assert_eq!(reply(port, "three", n, &to), Ok(()));
+    }
+    assert_eq!(reply(port, "three", 3, &to), Err(550));
+    assert!(
+        trio.exists(&trio.replica, &storm_key("three")),
+        "the storm after the failover is on the promoted replica"
+    );
+    assert!(
+        trio.exists(&trio.replica, &storm_key("one")),
+        "the storm from before the failover is still shared"
+    );
+
+    let log = milter.log();
+    assert!(log.contains("Redis master moved from"), "{log}");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+        .args(["check-config", "--config"])
+        .arg(&milter.config)
+        .output()
+        .expect("check-config");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for secret in [PASSWORD, SENTINEL_PASSWORD] {
+        assert!(!log.contains(secret), "{secret} logged: {log}");
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
 }
