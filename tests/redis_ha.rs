@@ -150,12 +150,13 @@ impl Server {
             .expect("connect")
     }
 
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.pid()), sig)
+            .expect("signal redis-server");
+    }
+
     fn kill(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.pid()),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill redis-server");
+        self.signal(nix::sys::signal::Signal::SIGKILL);
         self.child.wait();
     }
 }
@@ -411,6 +412,17 @@ async fn until_up(f: &Failover, since: Instant) -> Duration {
 
 #[tokio::test]
 async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_replica() {
+    failover_scenario(false).await;
+}
+
+#[tokio::test]
+async fn a_master_that_hangs_is_left_for_the_promoted_replica_too() {
+    failover_scenario(true).await;
+}
+
+/// Two relays on the master a sentinel names; the master is killed (or, with `hang`,
+/// stopped with SIGSTOP, as a network cut looks); the replica is promoted.
+async fn failover_scenario(hang: bool) {
     let mut trio = Trio::start(false);
     let (a, mut alerts) = relay(&trio, OnFailure::Local);
     let (b, _) = relay(&trio, OnFailure::Tempfail);
@@ -428,12 +440,16 @@ async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_repli
         "the counts are on the master"
     );
 
-    trio.master.kill();
+    if hang {
+        trio.master.signal(nix::sys::signal::Signal::SIGSTOP);
+    } else {
+        trio.master.kill();
+    }
     let killed = Instant::now();
     let during = a.thread_note("t", "z", WINDOW, t(2)).await;
     assert!(
         killed.elapsed() < TIMEOUT * 2,
-        "a dead master costs at most the timeout: {:?}",
+        "a dead or hung master costs at most the timeout: {:?}",
         killed.elapsed()
     );
     assert_eq!(
@@ -453,7 +469,8 @@ async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_repli
     let a_back = until_up(&a, killed).await;
     let b_back = until_up(&b, killed).await;
     eprintln!(
-        "failover: replica promoted {} ms after the master's death; relays back on it after {} ms and {} ms",
+        "failover ({}): replica promoted {} ms after; relays back on it after {} ms and {} ms",
+        if hang { "master hung" } else { "master killed" },
         promoted.as_millis(),
         a_back.as_millis(),
         b_back.as_millis()

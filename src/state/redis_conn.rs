@@ -6,7 +6,8 @@
 //! Both give a [`RedisConn`], a cheap-to-clone connection that reconnects by itself.
 //! With Sentinel, the master is looked up at the first command and again after any
 //! command fails in a way that says the server is gone or no longer the master
-//! (connection refused or dropped, timeout, `READONLY`, `MASTERDOWN`, `LOADING`): the
+//! (connection refused or dropped, timeout, `READONLY`, `MASTERDOWN`, `LOADING`) or
+//! is given up by its caller before it answered (a master that hangs): the
 //! failing command still fails (the failover in [`super::failover`] falls back per
 //! `on_failure` and probes), and the next one goes to the master the sentinels name
 //! then, so that shared counting resumes on the promoted replica.
@@ -246,12 +247,50 @@ impl Sentinel {
     /// is gone.
     fn failed(&self, e: &RedisError) {
         if master_suspect(e) {
-            self.current
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .trusted = false;
+            self.distrust();
         }
     }
+
+    fn distrust(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trusted = false;
+    }
+}
+
+/// A command in flight on the master: dropped before it answered (the caller's
+/// timeout ran out, as on a master that hangs or a network cut), the master is
+/// looked up again before the next command.
+struct InFlight<'a> {
+    sentinel: &'a Sentinel,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.sentinel.distrust();
+        }
+    }
+}
+
+/// Runs `command` on the master `s` names, noting failures and cancellations.
+async fn on_master<T, F>(s: &Sentinel, command: F) -> Result<T, RedisError>
+where
+    F: AsyncFnOnce(&mut ConnectionManager) -> Result<T, RedisError>,
+{
+    let mut flight = InFlight {
+        sentinel: s,
+        answered: false,
+    };
+    let mut conn = s.master().await?;
+    let answer = command(&mut conn).await;
+    flight.answered = true;
+    if let Err(e) = &answer {
+        s.failed(e);
+    }
+    answer
 }
 
 impl ConnectionLike for RedisConn {
@@ -259,11 +298,10 @@ impl ConnectionLike for RedisConn {
         match &mut self.0 {
             Kind::Direct(c) => c.req_packed_command(cmd),
             Kind::Sentinel(s) => Box::pin(async move {
-                let answer = s.master().await?.req_packed_command(cmd).await;
-                if let Err(e) = &answer {
-                    s.failed(e);
-                }
-                answer
+                on_master(s, async |c: &mut ConnectionManager| {
+                    c.req_packed_command(cmd).await
+                })
+                .await
             }),
         }
     }
@@ -277,15 +315,10 @@ impl ConnectionLike for RedisConn {
         match &mut self.0 {
             Kind::Direct(c) => c.req_packed_commands(pipeline, offset, count),
             Kind::Sentinel(s) => Box::pin(async move {
-                let answer = s
-                    .master()
-                    .await?
-                    .req_packed_commands(pipeline, offset, count)
-                    .await;
-                if let Err(e) = &answer {
-                    s.failed(e);
-                }
-                answer
+                on_master(s, async |c: &mut ConnectionManager| {
+                    c.req_packed_commands(pipeline, offset, count).await
+                })
+                .await
             }),
         }
     }
