@@ -887,10 +887,24 @@ fn check_config_prints_no_url_credential() {
             "{printed}"
         );
         if url.starts_with("rediss") {
-            assert!(!out.status.success(), "TLS is not built in: {printed}");
+            assert!(out.status.success(), "TLS is built in: {printed}");
             assert!(printed.contains("rediss://user:***@host"), "{printed}");
         }
     }
+    // Sentinels' URLs too.
+    let path = write_config(
+        dir.path(),
+        "[domains]\ninternal = [\"a.org\"]\n[state]\nbackend = \"redis\"\nurl = \"redis://:s3cret@mymaster/\"\n\
+         [state.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://:s3cret@10.0.0.1:26379\", \"redis://u:s3cret@10.0.0.2:26379\"]\n",
+    );
+    let out = fanout(&["check-config", "--config", &path], None);
+    let printed = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains("s3cret"), "s3cret printed:\n{printed}");
+    assert!(
+        printed.contains("\"redis://u:***@10.0.0.2:26379\""),
+        "{printed}"
+    );
 }
 
 /// The daemon logs neither the Redis password when Redis is down nor the webhook

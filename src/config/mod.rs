@@ -187,7 +187,33 @@ pub enum StateSettings {
         timeout: Duration,
         /// What to do while Redis does not answer.
         on_failure: OnFailure,
+        /// TLS files and Sentinel: how to reach the server.
+        conn: Box<RedisConnSettings>,
     },
+}
+
+/// `[state]` TLS (`ca_file`, `cert_file`, `key_file`) and `[state.sentinel]`: how a
+/// Redis backend reaches its server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisConnSettings {
+    /// PEM CA certificates the server's certificate must chain to; `None`: the
+    /// system's roots. Used with `rediss://` URLs.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate and its private key, for servers that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Find the master through Redis Sentinel.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `[state.sentinel]`: the master is the one these sentinels name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under.
+    pub master: String,
+    /// The sentinels (may carry a password; print redacted).
+    pub urls: Vec<SecretUrl>,
+    /// `password_file`: the sentinels' password, read at start.
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[postfix]`: the instance the admin commands act on.
@@ -506,6 +532,18 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
     ("state.on_failure", |old, new| {
         keep(&old.raw.state.on_failure, &mut new.raw.state.on_failure)
     }),
+    ("state.ca_file", |old, new| {
+        keep(&old.raw.state.ca_file, &mut new.raw.state.ca_file)
+    }),
+    ("state.cert_file", |old, new| {
+        keep(&old.raw.state.cert_file, &mut new.raw.state.cert_file)
+    }),
+    ("state.key_file", |old, new| {
+        keep(&old.raw.state.key_file, &mut new.raw.state.key_file)
+    }),
+    ("state.sentinel", |old, new| {
+        keep(&old.raw.state.sentinel, &mut new.raw.state.sentinel)
+    }),
     // The desk is built once at start with its settings (listener, cookie, proxies,
     // session times); its users file is re-read whenever it changes.
     ("review", |old, new| {
@@ -538,6 +576,9 @@ impl Config {
     pub fn effective_toml(&self) -> String {
         let mut raw = self.raw.clone();
         raw.state.url = raw.state.url.redacted().into();
+        for u in &mut raw.state.sentinel.urls {
+            *u = u.redacted().into();
+        }
         raw.notify.webhook = raw.notify.webhook.redacted().into();
         for d in &mut raw.directory {
             d.url = d.url.as_deref().map(redact_url);

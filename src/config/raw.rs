@@ -273,6 +273,27 @@ pub struct RawState {
     /// The daemon's admin socket (`storms list`, `storms clear`); empty:
     /// `state_dir/admin.sock`.
     pub admin_socket: String,
+    /// PEM CA certificates for a `rediss://` server; empty: the system's roots.
+    pub ca_file: String,
+    /// PEM client certificate for a server that asks for one; empty: none.
+    pub cert_file: String,
+    /// Its private key (PEM, not readable by others); empty: none.
+    pub key_file: String,
+    /// `[state.sentinel]`: find the master through Redis Sentinel.
+    pub sentinel: RawSentinel,
+}
+
+/// `[state.sentinel]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSentinel {
+    /// The name the sentinels monitor the master under; empty: no Sentinel.
+    pub master: String,
+    /// The sentinels' URLs (`redis://host:26379`, `rediss://` for TLS; a password in
+    /// one is printed redacted).
+    pub urls: Vec<SecretUrl>,
+    /// File whose first line is the sentinels' password; empty: none.
+    pub password_file: String,
 }
 
 impl Default for RawState {
@@ -285,6 +306,10 @@ impl Default for RawState {
             timeout: "200ms".into(),
             on_failure: "local".into(),
             admin_socket: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            sentinel: RawSentinel::default(),
         }
     }
 }

@@ -279,22 +279,36 @@ fn guard(
             prefix,
             timeout,
             on_failure,
+            conn,
         } => {
             let password = match password_file {
                 Some(file) => Some(config::ldap::read_secret(file).map_err(StateError)?),
                 None => None,
             };
-            let remote = Arc::new(RedisBackend::with_password(
+            let remote = Arc::new(RedisBackend::connect(
                 url.expose(),
                 password.as_deref(),
+                conn,
                 prefix,
                 *timeout,
             )?);
             let local = Arc::new(MemoryBackend::new());
+            let name = match &conn.sentinel {
+                Some(s) => format!(
+                    "Redis Sentinel master {} via {}",
+                    crate::text::neutralize(&s.master),
+                    s.urls
+                        .iter()
+                        .map(|u| u.redacted())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => url.redacted(),
+            };
             let failover = Failover::new(
                 remote,
                 local.clone(),
-                &url.redacted(),
+                &name,
                 *on_failure,
                 *timeout,
                 Some(alerts.clone()),

@@ -11,6 +11,7 @@ pub(crate) mod guard;
 pub(crate) mod memory;
 pub mod plan;
 pub(crate) mod redis;
+pub(crate) mod redis_conn;
 
 pub use crate::config::OnFailure;
 pub use algo::{Limit, Take};

@@ -28,10 +28,11 @@ mod message;
 use super::algo::{self, Limit, Take, Window};
 use super::memory::THREAD_EVENTS_MAX;
 use super::plan::{Outcome, Plan, TakeStep};
+use super::redis_conn::RedisConn;
 use super::{Brake, StateBackend, StateError, Storm, ThreadCounts};
 use crate::clock::epoch_secs;
+use crate::config::RedisConnSettings;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script, Value};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
@@ -141,7 +142,7 @@ return 1
 /// Storm, rate and breaker state in Redis.
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// The digest of the last brake value that was not a brake, so that each bad value
     /// is warned about once, not at every read (twice a second).
@@ -185,21 +186,26 @@ impl RedisBackend {
         prefix: &str,
         timeout: Duration,
     ) -> Result<RedisBackend, StateError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(url).map_err(err)?;
-        if let Some(password) = password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(err)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        Self::connect(
+            url,
+            password,
+            &RedisConnSettings::default(),
+            prefix,
+            timeout,
+        )
+    }
+
+    /// [`RedisBackend::with_password`] with the TLS files and Sentinel of `settings`
+    /// (see [`super::redis_conn`]).
+    pub fn connect(
+        url: &str,
+        password: Option<&str>,
+        settings: &RedisConnSettings,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<RedisBackend, StateError> {
         Ok(RedisBackend {
-            conn,
+            conn: super::redis_conn::connect(url, password, settings, timeout)?,
             prefix: prefix.to_owned(),
             bad_brake: Arc::new(Mutex::new(None)),
         })

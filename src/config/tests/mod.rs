@@ -705,9 +705,10 @@ fn a_reload_keeps_the_running_value_of_every_restart_only_key() {
     assert_eq!(moved.state, StateSettings::Memory);
     assert_ne!(moved.raw.limits, base.raw.limits, "the rest is reloaded");
 
-    let (moved, kept) = reload(EXAMPLE.replace(
+    let (moved, kept) = reload(EXAMPLE.replacen(
         "password_file = \"\"",
         "password_file = \"/etc/fanout-milter/redis.secret\"",
+        1,
     ));
     assert_eq!(kept, ["state.password_file"]);
     assert_eq!(moved.raw.state.password_file, "");

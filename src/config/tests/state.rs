@@ -119,6 +119,7 @@ fn rate_and_state_settings_are_checked() {
             prefix: "fanout:".into(),
             timeout: Duration::from_millis(150),
             on_failure: OnFailure::Tempfail,
+            conn: Box::default(),
         }
     );
     assert_eq!(
@@ -171,12 +172,15 @@ fn printed_settings_carry_no_credential() {
             "{printed}"
         );
     }
-    // TLS is not built in: the refusal names the URL without its password.
-    let err = load_str("[state]\nbackend = \"redis\"\nurl = \"rediss://user:s3cret@host\"\n")
-        .expect_err("no TLS")
-        .to_string();
+    // TLS without certificate checks is refused, naming the URL without its password.
+    let err =
+        load_str("[state]\nbackend = \"redis\"\nurl = \"rediss://user:s3cret@host/#insecure\"\n")
+            .expect_err("no insecure TLS")
+            .to_string();
     assert!(
-        err.contains("\"rediss://user:***@host\"") && !err.contains("s3cret"),
+        err.contains("\"rediss://user:***@host/")
+            && err.contains("#insecure")
+            && !err.contains("s3cret"),
         "{err}"
     );
     let bad = "[notify]\nwebhook = \"ftp://u:s3cret@hooks.example/SECRET\"\n";
@@ -201,4 +205,144 @@ fn a_redis_password_file_must_be_readable() {
     // The memory backend ignores it.
     let c = load_str("[state]\npassword_file = \"/nonexistent/redis.secret\"\n").expect("memory");
     assert_eq!(c.state, StateSettings::Memory);
+}
+
+/// A self-signed CA certificate (P-256), for the TLS keys.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBmDCCAT2gAwIBAgIUbRcwCcUKYrYhn91vkRsotF8ll/swCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVZmFub3V0LW1pbHRlci10ZXN0LWNhMCAXDTI2MTEyMzE2NDYx
+NloYDzIxMjYxMDMwMTY0NjE2WjAgMR4wHAYDVQQDDBVmYW5vdXQtbWlsdGVyLXRl
+c3QtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASY6xru3tRonaY5JR8CUDtO
+9tylp4ycBQzpYMTgdxX2vph5cjeGIT2gEMIKpmOqHXSy7HuPcjNRrS1/uZ+a19Cz
+o1MwUTAdBgNVHQ4EFgQUWw6bd7iVX4DyT/LnzT18+F+nxSgwHwYDVR0jBBgwFoAU
+Ww6bd7iVX4DyT/LnzT18+F+nxSgwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD
+AgNJADBGAiEAhbUCC5F/u9/PtPWw98b4FRDmM3uao/901YPmKImyd1QCIQCY2TSd
+Xh2qScp7emmiFz1cISqwMjB8aV69S6A6DNKZ3A==
+-----END CERTIFICATE-----
+";
+
+/// A file holding `text` with permissions `mode`.
+fn write_file(dir: &Path, name: &str, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path.display().to_string()
+}
+
+#[test]
+fn redis_tls_files_are_checked_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = write_file(dir.path(), "ca.pem", CA_PEM, 0o644);
+    let key = write_file(
+        dir.path(),
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\n",
+        0o600,
+    );
+    let c = load_str(&format!(
+        "[state]\nbackend = \"redis\"\nurl = \"rediss://redis.corp.example:6380/\"\n\
+         ca_file = \"{ca}\"\ncert_file = \"{ca}\"\nkey_file = \"{key}\"\n"
+    ))
+    .expect("valid");
+    match &c.state {
+        StateSettings::Redis { conn, .. } => {
+            assert_eq!(conn.ca_file.as_deref(), Some(Path::new(&ca)));
+            assert_eq!(
+                conn.client_cert,
+                Some((PathBuf::from(&ca), PathBuf::from(&key)))
+            );
+            assert_eq!(conn.sentinel, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    refused(
+        "[state]\nbackend = \"redis\"\nurl = \"rediss://h/\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        6,
+        "state.ca_file",
+        "cannot read \"/nonexistent/ca.pem\"",
+    );
+    refused(
+        &format!("[state]\nbackend = \"redis\"\nca_file = \"{ca}\"\n"),
+        5,
+        "state.ca_file",
+        "only used with TLS",
+    );
+    refused(
+        &format!("[state]\nbackend = \"redis\"\nurl = \"rediss://h/\"\ncert_file = \"{ca}\"\n"),
+        6,
+        "state.cert_file",
+        "cert_file needs key_file",
+    );
+    let open = write_file(
+        dir.path(),
+        "open-key.pem",
+        "-----BEGIN PRIVATE KEY-----\n",
+        0o644,
+    );
+    refused(
+        &format!(
+            "[state]\nbackend = \"redis\"\nurl = \"rediss://h/\"\ncert_file = \"{ca}\"\nkey_file = \"{open}\"\n"
+        ),
+        7,
+        "state.key_file",
+        "readable by every user",
+    );
+}
+
+#[test]
+fn redis_sentinel_settings_are_checked_and_never_print_a_password() {
+    let c = load_str(
+        "[state]\nbackend = \"redis\"\nurl = \"redis://:m4ster@mymaster/3\"\n\
+         [state.sentinel]\nmaster = \"mymaster\"\n\
+         urls = [\"redis://:s3ntinel@10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\n",
+    )
+    .expect("valid");
+    match &c.state {
+        StateSettings::Redis { conn, .. } => {
+            let s = conn.sentinel.as_ref().expect("sentinel");
+            assert_eq!(s.master, "mymaster");
+            assert_eq!(s.urls.len(), 2);
+            assert_eq!(s.urls[0].expose(), "redis://:s3ntinel@10.0.0.1:26379");
+        }
+        other => panic!("{other:?}"),
+    }
+    let printed = c.effective_toml();
+    let debug = format!("{c:?}");
+    for text in [&printed, &debug] {
+        for secret in ["s3ntinel", "m4ster"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+    assert!(printed.contains("redis://:***@10.0.0.1:26379"), "{printed}");
+    refused(
+        "[state]\nbackend = \"redis\"\n[state.sentinel]\nmaster = \"mymaster\"\n",
+        5,
+        "state.sentinel.urls",
+        "at least one sentinel",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\n[state.sentinel]\nurls = [\"redis://10.0.0.1:26379\"]\n",
+        5,
+        "state.sentinel.master",
+        "is needed",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\n[state.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://10.0.0.1:26379\", \"http://u:s3cret@h/\"]\n",
+        7,
+        "state.sentinel.urls[1]",
+        "\"http://u:***@h/\" is not a sentinel URL",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\nurl = \"redis+unix:///run/redis.sock\"\n[state.sentinel]\nmaster = \"m\"\nurls = [\"redis://10.0.0.1:26379\"]\n",
+        5,
+        "state.url",
+        "must be redis:// or rediss://",
+    );
+    refused(
+        "[state]\nbackend = \"redis\"\n[state.sentinel]\nmaster = \"m\"\nurls = [\"redis://10.0.0.1:26379\", \"rediss://10.0.0.2:26379\"]\n",
+        7,
+        "state.sentinel.urls",
+        "for all the sentinels or for none",
+    );
 }
