@@ -548,6 +548,31 @@ fn has_dn(e: &Entry) -> bool {
     !normalize_dn(&e.dn).is_empty()
 }
 
+/// Fills node `id` (reserved in arrival order) with entry `e`, ranged attributes
+/// completed.
+fn add(f: &mut Fetched, s: &LdapSettings, id: u32, e: Entry) {
+    f.by_dn.insert(f.dns.hash(&e.dn), id);
+    let node = if is_list(&e, s) {
+        let item = Item::new(e, s);
+        let node = Node::of(&item);
+        f.lists.push((id, item));
+        node
+    } else {
+        let address = addresses(&e, s).into_iter().next();
+        Node {
+            has_address: address.is_some(),
+            name: match address {
+                Some(a) => a.into(),
+                None => normalize_dn(&e.dn).into(),
+            },
+            group: false,
+        }
+    };
+    if let Some(slot) = f.nodes.get_mut(id as usize) {
+        *slot = node;
+    }
+}
+
 /// Reads everything a snapshot needs.
 pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetched, LdapFault> {
     let mut searches = 1;
@@ -559,42 +584,42 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         ..Fetched::default()
     };
     for base in &s.base_dns {
-        // Page by page, each entry reduced as it comes: the whole directory never
-        // sits in memory as full entries, and a person is only a node.
+        // Entry by entry, each reduced as it arrives: the directory never sits in
+        // memory as full entries (not even a page of them), and a person is only a
+        // node. An entry with ranged attributes (Active Directory) waits for the end
+        // of its page, where the rest of its values are read.
         let mut cookie = Some(Vec::new());
         while let Some(c) = cookie {
             searches += 1;
             let page = info.paging.then_some((s.page_size, c));
-            let p = server
-                .search_page(base, Scope::Subtree, &filter, &attrs, page)
-                .await?;
-            cookie = if info.paging { p.next } else { None };
-            for mut e in p.entries.into_iter().filter(has_dn) {
-                let id = u32::try_from(f.nodes.len()).unwrap_or(u32::MAX);
-                let key = EntryKey::of(&e);
-                match f.by_key.entry(key) {
-                    Slot::Occupied(_) => continue,
-                    Slot::Vacant(v) => {
-                        v.insert(id);
+            let mut ranged: Vec<(u32, Entry)> = Vec::new();
+            let next = server
+                .search_each(base, Scope::Subtree, &filter, &attrs, page, &mut |e| {
+                    if !has_dn(&e) {
+                        return;
                     }
+                    let id = u32::try_from(f.nodes.len()).unwrap_or(u32::MAX);
+                    match f.by_key.entry(EntryKey::of(&e)) {
+                        Slot::Occupied(_) => return,
+                        Slot::Vacant(v) => {
+                            v.insert(id);
+                        }
+                    }
+                    f.nodes.push(Node::default());
+                    if e.attrs.keys().any(|k| k.contains(";range=")) {
+                        ranged.push((id, e));
+                    } else {
+                        add(&mut f, s, id, e);
+                    }
+                })
+                .await?;
+            cookie = if info.paging { next } else { None };
+            if !ranged.is_empty() {
+                for (id, mut e) in ranged {
+                    complete_ranges(server, &mut e, &mut searches).await?;
+                    add(&mut f, s, id, e);
                 }
-                complete_ranges(server, &mut e, &mut searches).await?;
-                f.by_dn.insert(f.dns.hash(&e.dn), id);
-                if is_list(&e, s) {
-                    let item = Item::new(e, s);
-                    f.nodes.push(Node::of(&item));
-                    f.lists.push((id, item));
-                } else {
-                    let address = addresses(&e, s).into_iter().next();
-                    f.nodes.push(Node {
-                        has_address: address.is_some(),
-                        name: match address {
-                            Some(a) => a.into(),
-                            None => normalize_dn(&e.dn).into(),
-                        },
-                        group: false,
-                    });
-                }
+                f.lists.sort_by_key(|(id, _)| *id);
             }
         }
     }
