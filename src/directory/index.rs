@@ -6,6 +6,7 @@ use super::source::{ListDef, Member};
 use crate::policy::DomainSet;
 use crate::policy::address::{RecipientDelimiter, domain_of, fold_case};
 use indexmap::IndexSet;
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -109,10 +110,77 @@ pub struct IndexStats {
     pub lists_with_unknown: usize,
 }
 
+/// The addresses of the index, interned: ids in order of first sight, the text of
+/// all of them in one buffer, and a table of ids (about 30 bytes an address where a
+/// set of boxed strings costs about 90).
+#[derive(Debug, Default)]
+struct Names {
+    text: String,
+    ends: Vec<u32>,
+    table: hashbrown::HashTable<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl Names {
+    fn hash(&self, name: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(name)
+    }
+
+    fn name(&self, id: u32) -> &str {
+        let id = id as usize;
+        let Some(&end) = self.ends.get(id) else {
+            return "";
+        };
+        let start = if id == 0 { 0 } else { self.ends[id - 1] };
+        self.text.get(start as usize..end as usize).unwrap_or("")
+    }
+
+    fn get(&self, name: &str) -> Option<u32> {
+        self.table
+            .find(self.hash(name), |&id| self.name(id) == name)
+            .copied()
+    }
+
+    /// Adds a name that is not there yet; its id.
+    fn insert(&mut self, name: &str) -> u32 {
+        let id = u32::try_from(self.ends.len()).expect("fewer than 2^32 addresses");
+        self.text.push_str(name);
+        self.ends
+            .push(u32::try_from(self.text.len()).expect("under 4 GiB of addresses"));
+        let hash = self.hash(name);
+        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        self.table.insert_unique(hash, id, |&id| {
+            use std::hash::BuildHasher;
+            let id = id as usize;
+            let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+            hasher.hash_one(&text[start..ends[id] as usize])
+        });
+        id
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Releases spare capacity once the index is built.
+    fn shrink(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        self.table.shrink_to_fit(|&id| {
+            use std::hash::BuildHasher;
+            let id = id as usize;
+            let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+            hasher.hash_one(&text[start..ends[id] as usize])
+        });
+    }
+}
+
 /// The merged, expanded lists of every source.
 #[derive(Debug)]
 pub struct DirectoryIndex {
-    names: IndexSet<Box<str>>,
+    names: Names,
     domains: IndexSet<Arc<str>>,
     name_domain: Vec<u32>,
     domain_internal: Vec<bool>,
@@ -174,8 +242,18 @@ impl DirectoryIndex {
     /// Builds the index: the first definition of an address wins (as with several
     /// Postfix maps), every list is expanded once.
     pub fn build(defs: Vec<ListDef>, options: &IndexOptions) -> DirectoryIndex {
+        Self::build_from(defs, options)
+    }
+
+    /// [`DirectoryIndex::build`] from owned or borrowed definitions: each is read once,
+    /// and an owned one is dropped as soon as it is read, so the definitions and the
+    /// index are never both whole in memory.
+    pub fn build_from<D: Borrow<ListDef>>(
+        defs: impl IntoIterator<Item = D>,
+        options: &IndexOptions,
+    ) -> DirectoryIndex {
         let mut index = DirectoryIndex {
-            names: IndexSet::new(),
+            names: Names::default(),
             domains: IndexSet::new(),
             name_domain: Vec::new(),
             domain_internal: Vec::new(),
@@ -190,7 +268,8 @@ impl DirectoryIndex {
         };
         let mut first_origin: HashMap<String, String> = HashMap::new();
         let mut aliases: Vec<(String, String, u32)> = Vec::new();
-        for def in defs {
+        for owned in defs {
+            let def: &ListDef = owned.borrow();
             if let Some(first) = first_origin.get(&def.address) {
                 index.shadowed.push(format!(
                     "{} is defined at {} and again at {}; the first is used",
@@ -201,12 +280,12 @@ impl DirectoryIndex {
             first_origin.insert(def.address.clone(), def.origin.clone());
             index.stats.edges += def.members.len();
             if let Some(domain) = def.address.strip_prefix('@') {
-                index.catch_all.insert(domain.into(), def.members);
+                index.catch_all.insert(domain.into(), def.members.clone());
                 continue;
             }
             let id = index.intern(&def.address);
-            for alias in def.aliases {
-                aliases.push((alias, def.origin.clone(), id));
+            for alias in &def.aliases {
+                aliases.push((alias.clone(), def.origin.clone(), id));
             }
             let mut node = Node {
                 members: Vec::with_capacity(def.members.len()),
@@ -214,16 +293,16 @@ impl DirectoryIndex {
                 opaque: 0,
                 unknown: Vec::new(),
                 unavailable: None,
-                origin: def.origin,
+                origin: def.origin.clone(),
             };
-            for m in def.members {
+            for m in &def.members {
                 match m {
-                    Member::Address(a) => node.members.push(index.intern(&a)),
+                    Member::Address(a) => node.members.push(index.intern(a)),
                     Member::NonMailbox(_) => node.non_mailbox += 1,
                     Member::Count(n) => node.opaque += n,
-                    Member::Unknown(why) => node.unknown.push(why),
+                    Member::Unknown(why) => node.unknown.push(why.clone()),
                     Member::Unavailable(why) => {
-                        node.unavailable.get_or_insert(why);
+                        node.unavailable.get_or_insert_with(|| why.clone());
                     }
                 }
             }
@@ -259,12 +338,14 @@ impl DirectoryIndex {
         }
         index.stats.lists = index.nodes.len() + index.catch_all.len();
         index.stats.addresses = index.names.len();
+        index.names.shrink();
+        index.name_domain.shrink_to_fit();
         index
     }
 
     fn intern(&mut self, addr: &str) -> u32 {
-        if let Some(id) = self.names.get_index_of(addr) {
-            return id as u32;
+        if let Some(id) = self.names.get(addr) {
+            return id;
         }
         let domain = match domain_of(addr) {
             Some(d) => match self.domains.get_index_of(d) {
@@ -277,13 +358,13 @@ impl DirectoryIndex {
             },
             None => NO_DOMAIN,
         };
-        let (id, _) = self.names.insert_full(addr.into());
+        let id = self.names.insert(addr);
         self.name_domain.push(domain);
-        id as u32
+        id
     }
 
     fn name(&self, id: u32) -> &str {
-        self.names.get_index(id as usize).map_or("", |s| s)
+        self.names.name(id)
     }
 
     fn is_external_id(&self, id: u32) -> bool {
@@ -406,8 +487,7 @@ impl DirectoryIndex {
     fn key_id(&self, folded: &str) -> Option<u32> {
         let exact = |a: &str| {
             self.names
-                .get_index_of(a)
-                .map(|id| id as u32)
+                .get(a)
                 .filter(|id| self.audiences.contains_key(id))
         };
         exact(folded).or_else(|| exact(&self.delimiter.strip(folded)?))
@@ -538,10 +618,10 @@ impl DirectoryIndex {
         }
         let mut extra_names: HashSet<String> = HashSet::new();
         for m in direct {
-            match self.names.get_index_of(m.as_str()) {
-                Some(id) if base.binary_search(&(id as u32)).is_ok() => {}
+            match self.names.get(m.as_str()) {
+                Some(id) if base.binary_search(&id).is_ok() => {}
                 Some(id) => {
-                    extra_ids.insert(id as u32);
+                    extra_ids.insert(id);
                 }
                 None => {
                     if !self.internal.is_internal(&m) && !extra_names.contains(&m) {
@@ -572,15 +652,15 @@ impl DirectoryIndex {
 
     /// The lists directly nested in a list, with their expanded sizes, for `lookup`.
     pub fn children(&self, list: &ListAudience) -> Vec<Arc<ListAudience>> {
-        let Some(id) = self.names.get_index_of(&*list.address) else {
+        let Some(id) = self.names.get(&list.address) else {
             return Vec::new();
         };
-        let Some(node) = self.nodes.get(&(id as u32)) else {
+        let Some(node) = self.nodes.get(&id) else {
             return Vec::new();
         };
         let mut out: Vec<Arc<ListAudience>> = Vec::new();
         for m in &node.members {
-            if *m != id as u32
+            if *m != id
                 && let Some(a) = self.audiences.get(m)
                 && !out.iter().any(|x| Arc::ptr_eq(x, a))
             {

@@ -324,8 +324,10 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let Ok(fetched) = block_on(fetch(&mut server, s)) else {
         return Ok(());
     };
-    let (lists, stats) = graph::build(&fetched, s, "ldap corp");
-    assert_eq!(stats.entries, fetched.entries.len() as u64);
+    let entries = fetched.nodes.len() as u64;
+    let (searches, active_directory) = (fetched.searches, fetched.server.active_directory);
+    let (lists, stats) = graph::build(fetched, s, "ldap corp");
+    assert_eq!(stats.entries, entries);
     assert_eq!(stats.lists, lists.len() as u64, "{stats:?}");
     for l in &lists {
         assert!(!l.address.is_empty(), "a list without a name");
@@ -338,8 +340,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         fingerprint: crate::directory::ldap::fingerprint(s),
         taken_at: 1_800_000_000,
         millis: 0,
-        searches: fetched.searches,
-        active_directory: fetched.server.active_directory,
+        searches,
+        active_directory,
         stats,
         lists,
         vanished: Vec::new(),
@@ -493,7 +495,7 @@ mod tests {
             searches: 0,
         };
         let fetched = block_on(fetch(&mut server, settings())).expect("fetched");
-        let (lists, stats) = graph::build(&fetched, settings(), "ldap corp");
+        let (lists, stats) = graph::build(fetched, settings(), "ldap corp");
         assert_eq!(stats.self_members, 1, "{stats:?}");
         let index = DirectoryIndex::build(
             lists,

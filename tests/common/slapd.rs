@@ -350,6 +350,17 @@ impl Slapd {
     /// Like [`Slapd::start`], with `limits` as the slapd.conf `sizelimit` value (for
     /// example `"size.soft=500 size.hard=500"`, which caps paged searches too).
     pub fn start_with(root: &Path, ldif: &str, limits: &str) -> Slapd {
+        Self::start_streamed(root, limits, &mut |w| w.write_all(ldif.as_bytes()))
+    }
+
+    /// Like [`Slapd::start_with`], with the LDIF written by `write` straight into
+    /// `slapadd`'s standard input: a fixture of millions of entries (the LDAP
+    /// benchmark) is never held in memory or on disk as one text.
+    pub fn start_streamed(
+        root: &Path,
+        limits: &str,
+        write: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Slapd {
         require_slapd();
         // One directory per instance, so a test may run several under one root.
         let dir = (0..)
@@ -362,17 +373,26 @@ impl Slapd {
         make_tls(&dir.join("tls"));
         let conf = dir.join("slapd.conf");
         std::fs::write(&conf, slapd_conf(&dir, limits)).expect("write slapd.conf");
-        let data = dir.join("data.ldif");
-        std::fs::write(&data, ldif).expect("write data.ldif");
         run_tool(Command::new(SLAPTEST).args(["-Q", "-u", "-f"]).arg(&conf));
         // -q: no consistency checks, 40x faster; the fixture is known to be sound.
-        run_tool(
+        let mut slapadd = ChildGuard(Some(
             Command::new(SLAPADD)
                 .arg("-q")
                 .arg("-f")
                 .arg(&conf)
-                .arg("-l")
-                .arg(&data),
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start slapadd"),
+        ));
+        let stdin = slapadd.0.as_mut().and_then(|c| c.stdin.take());
+        let mut input = std::io::BufWriter::with_capacity(1 << 20, stdin.expect("slapadd stdin"));
+        let written = write(&mut input).and_then(|()| std::io::Write::flush(&mut input));
+        drop(input);
+        let status = slapadd.wait();
+        assert!(
+            written.is_ok() && status.success(),
+            "slapadd failed ({status}): {written:?}"
         );
         // free_port() releases the port before slapd binds it: when another process
         // took it meanwhile, slapd exits, and we try another one.
@@ -602,7 +622,7 @@ suffix    \"{BASE_DN}\"
 rootdn    \"{ADMIN_DN}\"
 rootpw    {ADMIN_PASSWORD}
 directory {dir}/db
-maxsize   1073741824
+maxsize   17179869184
 index     objectClass eq
 index     mail,uid eq
 index     member,uniqueMember eq

@@ -5,6 +5,7 @@
 
 use crate::config::ldap::{CaCertificates, LdapSettings, read_secret};
 use async_trait::async_trait;
+use ldap3::adapters::EntriesOnly;
 use ldap3::controls::{Control, ControlType, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, SearchEntry};
 use std::collections::HashMap;
@@ -111,6 +112,25 @@ pub trait LdapServer: Send {
         attrs: &[String],
         page: Option<(u32, Vec<u8>)>,
     ) -> Result<Page, LdapFault>;
+
+    /// One page of a search like [`LdapServer::search_page`], each entry handed to
+    /// `each` as it arrives, so that a page is never held whole; returns the cookie for
+    /// the next page. The default runs [`LdapServer::search_page`].
+    async fn search_each(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        page: Option<(u32, Vec<u8>)>,
+        each: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<Option<Vec<u8>>, LdapFault> {
+        let p = self.search_page(base, scope, filter, attrs, page).await?;
+        for e in p.entries {
+            each(e);
+        }
+        Ok(p.next)
+    }
 
     /// Base reads of many entries, one result each, in order. The default reads them
     /// one after the other; a server that multiplexes runs several at once.
@@ -262,6 +282,25 @@ impl LdapServer for Ldap3Server {
         .await
     }
 
+    async fn search_each(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[String],
+        page: Option<(u32, Vec<u8>)>,
+        each: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<Option<Vec<u8>>, LdapFault> {
+        search_with(
+            self.ldap.clone(),
+            self.timeout,
+            (base, scope, filter, attrs),
+            page,
+            each,
+        )
+        .await
+    }
+
     async fn read_many(
         &mut self,
         dns: &[String],
@@ -294,7 +333,7 @@ impl LdapServer for Ldap3Server {
 
 /// One page of one search on a handle of the connection (handles multiplex).
 async fn search(
-    mut ldap: ldap3::Ldap,
+    ldap: ldap3::Ldap,
     timeout: Duration,
     base: &str,
     scope: Scope,
@@ -302,6 +341,27 @@ async fn search(
     attrs: &[String],
     page: Option<(u32, Vec<u8>)>,
 ) -> Result<Page, LdapFault> {
+    let mut entries = Vec::new();
+    let next = search_with(
+        ldap,
+        timeout,
+        (base, scope, filter, attrs),
+        page,
+        &mut |e| entries.push(e),
+    )
+    .await?;
+    Ok(Page { entries, next })
+}
+
+/// One page of one search, each entry handed to `each` as it arrives (referrals left
+/// out); the cookie of the next page, if any.
+async fn search_with(
+    mut ldap: ldap3::Ldap,
+    timeout: Duration,
+    (base, scope, filter, attrs): (&str, Scope, &str, &[String]),
+    page: Option<(u32, Vec<u8>)>,
+    each: &mut (dyn FnMut(Entry) + Send),
+) -> Result<Option<Vec<u8>>, LdapFault> {
     ldap.with_timeout(timeout);
     let paged = page.is_some();
     if let Some((size, cookie)) = page {
@@ -311,13 +371,25 @@ async fn search(
         });
     }
     let what = format!("search of {base}");
-    let result = ldap.search(base, scope, filter, attrs).await.map_err(|e| {
+    let fault = |e| {
         timeout_or(e, &what, timeout, |message| LdapFault::Connect {
             url: "the server".into(),
             message,
         })
-    })?;
-    let ldap3::SearchResult(raw, done) = result;
+    };
+    let mut stream = ldap
+        .streaming_search_with(EntriesOnly::new(), base, scope, filter, attrs)
+        .await
+        .map_err(fault)?;
+    while let Some(raw) = stream.next().await.map_err(fault)? {
+        let e = SearchEntry::construct(raw);
+        each(Entry {
+            dn: e.dn,
+            attrs: e.attrs,
+            bin_attrs: e.bin_attrs,
+        });
+    }
+    let done = stream.finish().await;
     if done.rc != 0 {
         return Err(LdapFault::Search {
             base: base.to_owned(),
@@ -341,18 +413,7 @@ async fn search(
             }
         }
     }
-    let entries = raw
-        .into_iter()
-        .map(|e| {
-            let e = SearchEntry::construct(e);
-            Entry {
-                dn: e.dn,
-                attrs: e.attrs,
-                bin_attrs: e.bin_attrs,
-            }
-        })
-        .collect();
-    Ok(Page { entries, next })
+    Ok(next)
 }
 
 /// The name of an LDAP result code (RFC 4511 appendix A) for messages.

@@ -6,7 +6,9 @@
 use super::client::{Entry, LdapFault, LdapServer, Scope};
 use super::entry::{addresses, entry_key, is_list, normalize_dn, strip_uid};
 use crate::config::ldap::LdapSettings;
+use std::collections::hash_map::{Entry as Slot, RandomState};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 /// Capability OID in an Active Directory root entry.
 pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
@@ -54,14 +56,101 @@ impl ScopeKey {
     }
 }
 
-/// One entry reduced to what a snapshot needs, as soon as it arrives: people are most
-/// of a directory, and a full [`Entry`] costs several times as much memory.
+/// What identifies an entry ([`entry_key`]), in 16 bytes when it is a UUID or a GUID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKey {
+    /// An `entryUUID` or an `objectGUID`.
+    Id([u8; 16]),
+    /// Any other key: a normalized DN, or a UUID in another spelling.
+    Text(Box<str>),
+}
+
+impl EntryKey {
+    /// The key of an entry.
+    pub fn of(e: &Entry) -> EntryKey {
+        let text = entry_key(e);
+        let hex: String =
+            if text.len() == 36 && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-') {
+                text.chars().filter(|&c| c != '-').collect()
+            } else {
+                text.clone()
+            };
+        let mut id = [0u8; 16];
+        let parsed = hex.len() == 32
+            && hex.is_ascii()
+            && id.iter_mut().enumerate().all(|(i, b)| {
+                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                    .map(|v| *b = v)
+                    .is_ok()
+            });
+        if parsed {
+            EntryKey::Id(id)
+        } else {
+            EntryKey::Text(text.into())
+        }
+    }
+}
+
+/// Compares with [`entry_key`]'s text (a UUID with or without its dashes).
+impl PartialEq<String> for EntryKey {
+    fn eq(&self, other: &String) -> bool {
+        match self {
+            EntryKey::Text(t) => **t == **other,
+            EntryKey::Id(id) => {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                *other == hex || other.replace('-', "") == hex && other.len() == 36
+            }
+        }
+    }
+}
+
+/// Normalized DNs ([`normalize_dn`]) as 128-bit hashes, keyed at random for each
+/// refresh: a DN costs 16 bytes in the join instead of a string, and no one who can
+/// write the directory can aim a collision at keys they do not know.
+#[derive(Clone, Debug, Default)]
+pub struct DnHasher(RandomState, RandomState);
+
+impl DnHasher {
+    /// The hash of `dn`'s normalized form.
+    pub fn hash(&self, dn: &str) -> u128 {
+        let n = normalize_dn(dn);
+        (u128::from(self.0.hash_one(&n)) << 64) | u128::from(self.1.hash_one(&n))
+    }
+}
+
+/// An entry as a member of lists: all that a person costs in a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    /// Its primary address, or its normalized DN when it has none.
+    pub name: Box<str>,
+    /// True for a list.
+    pub group: bool,
+    /// True when it has an address.
+    pub has_address: bool,
+}
+
+impl Node {
+    /// The node of a reduced entry.
+    pub fn of(e: &Item) -> Node {
+        Node {
+            group: e.list.is_some(),
+            has_address: !e.addresses.is_empty(),
+            name: match e.addresses.first() {
+                Some(a) => a.as_str().into(),
+                None => normalize_dn(&e.dn).into(),
+            },
+        }
+    }
+}
+
+/// A list entry (or a dynamic list's match, or an entry outside the searches) reduced
+/// to what a snapshot needs, as soon as it arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     /// Its DN, as the server spells it.
     pub dn: String,
     /// What identifies it ([`entry_key`]).
-    pub key: String,
+    pub key: EntryKey,
     /// Its addresses, primary first.
     pub addresses: Vec<String>,
     /// What makes it a list, when it is one.
@@ -72,7 +161,7 @@ pub struct Item {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListParts {
     /// Member DNs, `#'...'B` suffixes stripped.
-    pub member_dns: Vec<String>,
+    pub member_dns: Dns,
     /// Member URLs.
     pub urls: Vec<String>,
     /// Literal member addresses.
@@ -81,6 +170,46 @@ pub struct ListParts {
     pub filters: Vec<String>,
     /// Their base, when the entry names one.
     pub filter_base: Option<String>,
+}
+
+/// Strings packed in one buffer: a list's member DNs (840,000 of them in a big
+/// list) cost their text and four bytes each, not a `String` each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dns {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Dns {
+    /// Appends one.
+    pub fn push(&mut self, dn: &str) {
+        self.text.push_str(dn);
+        self.ends
+            .push(u32::try_from(self.text.len()).unwrap_or(u32::MAX));
+    }
+
+    /// Each, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let end = (end as usize).min(self.text.len());
+            let dn = self.text.get(start..end).unwrap_or_default();
+            start = end;
+            dn
+        })
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Dns {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Dns {
+        let mut out = Dns::default();
+        for dn in iter {
+            out.push(dn.as_ref());
+        }
+        out.text.shrink_to_fit();
+        out.ends.shrink_to_fit();
+        out
+    }
 }
 
 impl Item {
@@ -94,9 +223,11 @@ impl Item {
         };
         let list = is_list(&e, s).then(|| {
             Box::new(ListParts {
-                member_dns: values(&s.member_dn_attributes)
+                member_dns: s
+                    .member_dn_attributes
                     .iter()
-                    .map(|v| strip_uid(v.trim()).to_owned())
+                    .flat_map(|a| e.values(a))
+                    .map(|v| strip_uid(v.trim()))
                     .collect(),
                 urls: values(&s.member_url_attributes),
                 literals: values(&s.literal_member_attributes),
@@ -111,7 +242,7 @@ impl Item {
             })
         });
         Item {
-            key: entry_key(&e),
+            key: EntryKey::of(&e),
             addresses: addresses(&e, s),
             list,
             dn: e.dn,
@@ -119,13 +250,23 @@ impl Item {
     }
 }
 
-/// Everything a snapshot is built from.
+/// Everything a snapshot is built from. The entries of the main searches, people
+/// most of them, are kept only as [`Node`]s found by key and by DN hash; lists keep
+/// their members.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
     /// The server.
     pub server: ServerInfo,
-    /// Entries of every base, each once, ranged attributes completed.
-    pub entries: Vec<Item>,
+    /// Entries of every base, each once, in the order read.
+    pub nodes: Vec<Node>,
+    /// The lists among them (by node), ranged attributes completed.
+    pub lists: Vec<(u32, Item)>,
+    /// Nodes by key.
+    pub by_key: HashMap<EntryKey, u32>,
+    /// Nodes by the hash of their normalized DN (the last read of a DN wins).
+    pub by_dn: HashMap<u128, u32>,
+    /// The DN hash of `by_dn`.
+    pub dns: DnHasher,
     /// The entries each dynamic query matched, or why it could not be run.
     pub dynamic: HashMap<DynamicQuery, Result<Vec<Item>, String>>,
     /// Member DNs the snapshot search did not return, read one by one: entries
@@ -322,13 +463,13 @@ pub(crate) async fn complete_ranges(
     Ok(())
 }
 
-/// The dynamic queries of the fetched lists.
+/// The dynamic queries of the fetched lists, by their position in `lists`.
 pub fn dynamic_queries(
     s: &LdapSettings,
-    entries: &[Item],
+    lists: &[(u32, Item)],
 ) -> Vec<(usize, Result<DynamicQuery, String>)> {
     let mut out = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
+    for (i, (_, e)) in lists.iter().enumerate() {
         let Some(list) = &e.list else { continue };
         for url in &list.urls {
             out.push((i, url_query(url)));
@@ -385,16 +526,15 @@ fn match_attributes(s: &LdapSettings) -> Vec<String> {
     attrs
 }
 
-/// Member DNs of `entries` that are not among them, in first-seen order.
-fn referenced_elsewhere(entries: &[Item]) -> Vec<String> {
-    let known: HashSet<String> = entries.iter().map(|e| normalize_dn(&e.dn)).collect();
+/// Member DNs of the lists that are not among the entries read, in first-seen order.
+fn referenced_elsewhere(f: &Fetched) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for list in entries.iter().filter_map(|e| e.list.as_ref()) {
-        for dn in &list.member_dns {
-            let key = normalize_dn(dn);
-            if !known.contains(&key) && seen.insert(key) {
-                out.push(dn.clone());
+    for list in f.lists.iter().filter_map(|(_, e)| e.list.as_ref()) {
+        for dn in list.member_dns.iter() {
+            let key = f.dns.hash(dn);
+            if !f.by_dn.contains_key(&key) && seen.insert(key) {
+                out.push(dn.to_owned());
             }
         }
     }
@@ -408,35 +548,83 @@ fn has_dn(e: &Entry) -> bool {
     !normalize_dn(&e.dn).is_empty()
 }
 
+/// Fills node `id` (reserved in arrival order) with entry `e`, ranged attributes
+/// completed.
+fn add(f: &mut Fetched, s: &LdapSettings, id: u32, e: Entry) {
+    f.by_dn.insert(f.dns.hash(&e.dn), id);
+    let node = if is_list(&e, s) {
+        let item = Item::new(e, s);
+        let node = Node::of(&item);
+        f.lists.push((id, item));
+        node
+    } else {
+        let address = addresses(&e, s).into_iter().next();
+        Node {
+            has_address: address.is_some(),
+            name: match address {
+                Some(a) => a.into(),
+                None => normalize_dn(&e.dn).into(),
+            },
+            group: false,
+        }
+    };
+    if let Some(slot) = f.nodes.get_mut(id as usize) {
+        *slot = node;
+    }
+}
+
 /// Reads everything a snapshot needs.
 pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetched, LdapFault> {
     let mut searches = 1;
     let info = server_info(server).await?;
     let attrs = attributes(s);
     let filter = snapshot_filter(s);
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut entries = Vec::new();
+    let mut f = Fetched {
+        server: info,
+        ..Fetched::default()
+    };
     for base in &s.base_dns {
-        // Page by page, each entry reduced as it comes: the whole directory never
-        // sits in memory as full entries.
+        // Entry by entry, each reduced as it arrives: the directory never sits in
+        // memory as full entries (not even a page of them), and a person is only a
+        // node. An entry with ranged attributes (Active Directory) waits for the end
+        // of its page, where the rest of its values are read.
         let mut cookie = Some(Vec::new());
         while let Some(c) = cookie {
             searches += 1;
             let page = info.paging.then_some((s.page_size, c));
-            let p = server
-                .search_page(base, Scope::Subtree, &filter, &attrs, page)
+            let mut ranged: Vec<(u32, Entry)> = Vec::new();
+            let next = server
+                .search_each(base, Scope::Subtree, &filter, &attrs, page, &mut |e| {
+                    if !has_dn(&e) {
+                        return;
+                    }
+                    let id = u32::try_from(f.nodes.len()).unwrap_or(u32::MAX);
+                    match f.by_key.entry(EntryKey::of(&e)) {
+                        Slot::Occupied(_) => return,
+                        Slot::Vacant(v) => {
+                            v.insert(id);
+                        }
+                    }
+                    f.nodes.push(Node::default());
+                    if e.attrs.keys().any(|k| k.contains(";range=")) {
+                        ranged.push((id, e));
+                    } else {
+                        add(&mut f, s, id, e);
+                    }
+                })
                 .await?;
-            cookie = if info.paging { p.next } else { None };
-            for mut e in p.entries.into_iter().filter(has_dn) {
-                if seen.insert(entry_key(&e)) {
+            cookie = if info.paging { next } else { None };
+            if !ranged.is_empty() {
+                for (id, mut e) in ranged {
                     complete_ranges(server, &mut e, &mut searches).await?;
-                    entries.push(Item::new(e, s));
+                    add(&mut f, s, id, e);
                 }
+                f.lists.sort_by_key(|(id, _)| *id);
             }
         }
     }
     let mut dynamic: HashMap<DynamicQuery, Result<Vec<Item>, String>> = HashMap::new();
-    for (_, q) in dynamic_queries(s, &entries) {
+    for (_, q) in dynamic_queries(s, &f.lists) {
         let Ok(q) = q else { continue };
         if dynamic.contains_key(&q) {
             continue;
@@ -462,7 +650,7 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
         dynamic.insert(q, result);
     }
     let mut outside = Vec::new();
-    let missing: Vec<String> = referenced_elsewhere(&entries)
+    let missing: Vec<String> = referenced_elsewhere(&f)
         .into_iter()
         .take(MAX_OUTSIDE_LOOKUPS)
         .collect();
@@ -482,11 +670,8 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
             }
         }
     }
-    Ok(Fetched {
-        server: info,
-        entries,
-        dynamic,
-        outside,
-        searches,
-    })
+    f.dynamic = dynamic;
+    f.outside = outside;
+    f.searches = searches;
+    Ok(f)
 }

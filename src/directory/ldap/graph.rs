@@ -5,8 +5,7 @@
 //! lists that failed or matched nothing become unknown members, never one recipient.
 //! Pure: no I/O.
 
-use super::entry::normalize_dn;
-use super::fetch::{Fetched, Item, dynamic_queries};
+use super::fetch::{Fetched, Item, Node, dynamic_queries};
 use crate::config::ldap::LdapSettings;
 use crate::directory::source::{ListDef, Member};
 use crate::policy::address::fold_case;
@@ -37,73 +36,54 @@ pub struct GraphStats {
     pub outside_lists: u64,
 }
 
-struct Node {
-    name: String,
-    group: bool,
-    has_address: bool,
-}
-
-/// Builds the lists of a snapshot.
-pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, GraphStats) {
+/// Builds the lists of a snapshot, consuming what was fetched: each list's members
+/// are freed as soon as its definition is built.
+pub fn build(f: Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, GraphStats) {
     let mut stats = GraphStats {
-        entries: f.entries.len() as u64,
+        entries: f.nodes.len() as u64,
         ..GraphStats::default()
     };
-    let node = |e: &Item| Node {
-        group: e.list.is_some(),
-        has_address: !e.addresses.is_empty(),
-        name: e
-            .addresses
-            .first()
-            .cloned()
-            .unwrap_or_else(|| normalize_dn(&e.dn)),
-    };
-    let nodes: Vec<Node> = f.entries.iter().map(node).collect();
-    let by_dn: HashMap<String, usize> = f
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (normalize_dn(&e.dn), i))
-        .collect();
-    let by_key: HashMap<String, usize> = f
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.key.clone(), i))
-        .collect();
     let mut queries: HashMap<usize, Vec<Result<super::fetch::DynamicQuery, String>>> =
         HashMap::new();
-    for (i, q) in dynamic_queries(s, &f.entries) {
+    for (i, q) in dynamic_queries(s, &f.lists) {
         queries.entry(i).or_default().push(q);
     }
-
-    let outside: HashMap<String, &Item> =
-        f.outside.iter().map(|e| (normalize_dn(&e.dn), e)).collect();
+    let Fetched {
+        nodes,
+        lists: items,
+        by_key,
+        by_dn,
+        dns,
+        dynamic,
+        outside,
+        ..
+    } = f;
+    let outside: HashMap<u128, &Item> = outside.iter().map(|e| (dns.hash(&e.dn), e)).collect();
 
     // A member entry (found in the snapshot, or matched by a dynamic query) as a member.
     let as_member = |n: &Node, dn: &str, stats: &mut GraphStats| {
         if n.group || n.has_address {
-            Member::Address(n.name.clone())
+            Member::Address(n.name.to_string())
         } else {
             stats.no_address += 1;
             Member::NonMailbox(format!("{dn} (no address)"))
         }
     };
 
-    let mut lists = Vec::new();
-    for (i, e) in f.entries.iter().enumerate() {
+    let mut lists = Vec::with_capacity(items.len());
+    for (position, (i, e)) in items.into_iter().enumerate() {
+        let i = i as usize;
         let me = &nodes[i];
         let Some(parts) = &e.list else { continue };
         stats.lists += 1;
         let mut members = Vec::new();
-        for dn in &parts.member_dns {
-            let dn = dn.as_str();
-            let key = normalize_dn(dn);
-            match (by_dn.get(&key), outside.get(&key)) {
-                (Some(&j), _) if j == i => stats.self_members += 1,
-                (Some(&j), _) => members.push(as_member(&nodes[j], dn, &mut stats)),
+        for dn in parts.member_dns.iter() {
+            let key = dns.hash(dn);
+            match (by_dn.get(&key).map(|&j| j as usize), outside.get(&key)) {
+                (Some(j), _) if j == i => stats.self_members += 1,
+                (Some(j), _) => members.push(as_member(&nodes[j], dn, &mut stats)),
                 (None, Some(e)) => {
-                    let n = node(e);
+                    let n = Node::of(e);
                     if n.group {
                         stats.outside_lists += 1;
                         members.push(Member::Unknown(format!(
@@ -134,20 +114,19 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                 )));
             }
         }
-        if let Some(qs) = queries.get(&i) {
+        if let Some(qs) = queries.get(&position) {
             stats.dynamic_lists += 1;
             for q in qs {
                 let found = match q {
-                    Ok(q) => f
-                        .dynamic
-                        .get(q)
-                        .cloned()
-                        .unwrap_or_else(|| Err("not searched".into()))
-                        .map(|found| (q, found)),
+                    Ok(q) => match dynamic.get(q) {
+                        Some(Ok(found)) => Ok((q, found.as_slice())),
+                        Some(Err(why)) => Err(why.clone()),
+                        None => Err("not searched".into()),
+                    },
                     Err(e) => Err(e.clone()),
                 };
                 match found {
-                    Ok((q, found)) if found.is_empty() => {
+                    Ok((q, [])) => {
                         stats.dynamic_unknown += 1;
                         members.push(Member::Unknown(format!(
                             "dynamic list {}: {} below {} matched no entry",
@@ -156,10 +135,10 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
                     }
                     Ok((_, found)) => {
                         for m in found {
-                            let member = match by_key.get(&m.key) {
-                                Some(&j) if j == i => continue,
-                                Some(&j) => as_member(&nodes[j], &m.dn, &mut stats),
-                                None => as_member(&node(&m), &m.dn, &mut stats),
+                            let member = match by_key.get(&m.key).map(|&j| j as usize) {
+                                Some(j) if j == i => continue,
+                                Some(j) => as_member(&nodes[j], &m.dn, &mut stats),
+                                None => as_member(&Node::of(m), &m.dn, &mut stats),
                             };
                             members.push(member);
                         }
@@ -180,7 +159,7 @@ pub fn build(f: &Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Grap
         }
         let aliases = e.addresses.iter().skip(1).cloned().collect();
         lists.push(ListDef {
-            address: me.name.clone(),
+            address: me.name.to_string(),
             aliases,
             members,
             origin: format!("{source} {}", e.dn),

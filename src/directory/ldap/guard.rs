@@ -39,8 +39,8 @@ impl Measure {
     /// Expands the lists as the directory would (`max_depth`, `max_audience` of
     /// `[expansion]`). CPU work of the size of a directory load: not on the mail path.
     pub fn of(lists: &[ListDef], max_depth: usize, max_audience: u64) -> Measure {
-        let index = DirectoryIndex::build(
-            lists.to_vec(),
+        let index = DirectoryIndex::build_from(
+            lists,
             &IndexOptions {
                 max_depth,
                 internal: Default::default(),

@@ -93,6 +93,12 @@ pub fn fingerprint(s: &LdapSettings) -> String {
     )
 }
 
+/// The filter and attributes of a refresh's main search (one per base DN), for
+/// comparing it with other clients of the same server (`ldapsearch` in the benchmark).
+pub fn snapshot_search(s: &LdapSettings) -> (String, Vec<String>) {
+    (fetch::snapshot_filter(s), fetch::attributes(s))
+}
+
 /// Reads a snapshot from `server` (any [`LdapServer`]: ldap3 or a test fake).
 pub async fn take(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Snapshot, LdapFault> {
     let started = Instant::now();
@@ -103,7 +109,7 @@ pub async fn take(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Snaps
     // threads, which serve the milter.
     let settings = s.clone();
     let (lists, stats) = tokio::task::spawn_blocking(move || {
-        graph::build(&fetched, &settings, &format!("ldap {}", settings.name))
+        graph::build(fetched, &settings, &format!("ldap {}", settings.name))
     })
     .await
     .map_err(|e| LdapFault::Search {

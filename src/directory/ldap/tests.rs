@@ -328,13 +328,14 @@ async fn object_guid_is_the_entry_key() {
         "the second base returns the users again"
     );
     assert_eq!(
-        fetched.entries.len(),
+        fetched.nodes.len(),
         5,
         "3 users, the group, the moved user once"
     );
     let team = fetched
-        .entries
+        .lists
         .iter()
+        .map(|(_, e)| e)
         .find(|e| e.addresses.iter().any(|m| m == "team@corp.example"))
         .expect("team");
     let hex: String = guid.iter().map(|b| format!("{b:02x}")).collect();
