@@ -13,9 +13,9 @@
 //! The trait is what a fleet-wide store (PostgreSQL) implements next; the SQLite store
 //! of one relay implements it in `super::sqlite`.
 
-use super::record::{AuditEntry, QueueId, Record, State};
 #[cfg(doc)]
-use super::store::Store;
+use super::backend::Store;
+use super::record::{AuditEntry, QueueId, Record, State};
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -41,6 +41,9 @@ pub enum Sort {
 pub struct Query {
     /// Only this state.
     pub state: Option<State>,
+    /// Only records held on this relay (a fleet-wide store; a relay's own store has no
+    /// relay names, and nothing matches).
+    pub relay: Option<String>,
     /// Only records where this rule fired (its config key, e.g. `limits.audience`).
     pub rule: Option<String>,
     /// Envelope sender or SASL login containing this text (ASCII case ignored).
@@ -519,6 +522,7 @@ mod tests {
             })
             .collect();
         Record {
+            relay: None,
             id: 1,
             message,
             state: State::Held,
