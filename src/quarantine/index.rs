@@ -10,11 +10,9 @@
 //! only for a message still held: a second action on the same message is a
 //! [`SubmitError::Conflict`] (HTTP 409), and changes nothing.
 //!
-//! The trait is what a fleet-wide store (PostgreSQL) implements next; the SQLite store
-//! of one relay implements it in `super::sqlite`.
+//! The SQLite store of one relay implements it in `super::sqlite`, the fleet's
+//! PostgreSQL store in `super::pg`.
 
-#[cfg(doc)]
-use super::backend::Store;
 use super::record::{AuditEntry, QueueId, Record, State};
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -458,7 +456,7 @@ pub trait QuarantineIndex: Send + Sync {
     fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Records a sender's plea for release of the held record `held_id`, spending a
-    /// sender link's `nonce` in the same transaction (see [`Store::sender_asks`]).
+    /// sender link's `nonce` in the same transaction (see [`crate::quarantine::Store::sender_asks`]).
     #[allow(clippy::too_many_arguments)]
     fn sender_asks(
         &self,
@@ -476,7 +474,7 @@ pub trait QuarantineIndex: Send + Sync {
     /// Held messages whose sender asked for release, oldest plea first.
     fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError>;
 
-    /// Remembers the lists a sender confirmed (see [`Store::remember_confirmed`]).
+    /// Remembers the lists a sender confirmed (see [`crate::quarantine::Store::remember_confirmed`]).
     fn remember_confirmed(
         &self,
         who: &str,

@@ -225,11 +225,18 @@ impl PgStore {
         if let Some(p) = &settings.password {
             config.password(p.as_bytes());
         }
+        // A server that stops answering is given up on: the kernel drops a connection
+        // whose sent data stays unacknowledged for 15 s, keepalives find a silent one,
+        // and the server ends a statement that waits longer than 15 s (on a lock).
         config
             .connect_timeout(settings.connect_timeout)
             .application_name("fanout-milter")
+            .options("-c statement_timeout=15000")
+            .tcp_user_timeout(Duration::from_secs(15))
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         let store = PgStore {
             label,
             relay: settings.relay.clone(),
