@@ -316,6 +316,7 @@ fn the_postgres_store_serves_a_fleet() {
     drop(reopened);
 
     two_relays_share_one_quarantine(&pg);
+    a_late_hold_writes_nothing(&pg);
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
@@ -455,6 +456,88 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
             .sum::<u64>()
     };
     assert_eq!((held_on(&a), held_on(&b)), (0, 1));
+}
+
+/// The milter tempfails a message whose hold is not recorded in time: the store must
+/// not commit the hold afterwards (a phantom hold, and a notice to its sender).
+fn a_late_hold_writes_nothing(pg: &Postgres) {
+    let url = pg.create_database("late");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open_postgres(&settings(&url, "relay-a"), dir.path()).unwrap();
+    let mut late = held("LATE001", 100, "ann@example.org", 5_000, "drift");
+    late.notify_sender = true;
+
+    // The deadline has passed: rolled back, not committed.
+    let e = a
+        .record_held_by(&late, "milter", None, Instant::now())
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TooLate { .. }), "{e}");
+    assert!(a.list(&Filter::default()).unwrap().is_empty());
+
+    // Another session locks the table: the INSERT waits until the deadline's
+    // statement_timeout ends it, and the store's connection is busy meanwhile, so a
+    // second hold cannot even take it before its own deadline.
+    let mut locker = pg.client("late");
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE held IN EXCLUSIVE MODE")
+        .unwrap();
+    let mut watcher = pg.client("late");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_millis(1_500);
+            a.record_held_by(&late, "milter", None, deadline)
+        });
+        // The first hold holds the connection while it waits on the table lock.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO held%'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the first hold never waited on the lock"
+            );
+            std::thread::yield_now();
+        }
+        let second = held("LATE002", 101, "bob@example.org", 5_000, "drift");
+        let started = Instant::now();
+        let e = a
+            .record_held_by(
+                &second,
+                "milter",
+                None,
+                started + Duration::from_millis(200),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("waiting for the connection"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let e = first.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("statement timeout"), "{e}");
+    });
+    tx.rollback().unwrap();
+    assert!(a.list(&Filter::default()).unwrap().is_empty());
+    assert!(a.due_notices(10).unwrap().is_empty());
+    // The store works on afterwards.
+    a.record_held_by(
+        &late,
+        "milter",
+        None,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(a.list(&Filter::default()).unwrap().len(), 1);
 }
 
 fn a_wrong_password_is_refused_without_showing_it(pg: &Postgres, state: &std::path::Path) {

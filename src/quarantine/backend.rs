@@ -15,7 +15,7 @@ use crate::config::PgSettings;
 use crate::metrics::HeldReading;
 use crate::policy::ConfirmedList;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The quarantine store: SQLite or PostgreSQL.
 #[derive(Debug)]
@@ -97,6 +97,23 @@ impl Store {
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
         each!(self, s => s.record_held(msg, who, comment))
+    }
+
+    /// As [`Store::record_held`], for the milter, which tempfails the message when the
+    /// write takes too long: the PostgreSQL store writes nothing unless it commits by
+    /// `deadline` ([`PgStore::record_held_by`]); the SQLite store has its own bounded
+    /// waits and ignores it.
+    pub fn record_held_by(
+        &self,
+        msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+        deadline: Instant,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.record_held(msg, who, comment),
+            Store::Postgres(s) => s.record_held_by(msg, who, comment, deadline),
+        }
     }
 
     /// Records a message found in the hold queue that fanout-milter did not hold

@@ -28,6 +28,7 @@ use crate::config::redact_url;
 use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN, RULE_NONE};
 use crate::policy::ConfirmedList;
 use crate::text::{self, MAX_SUBJECT_CHARS};
+use parking_lot::{Mutex, MutexGuard};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls};
@@ -35,8 +36,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The schema this program writes; a database of a newer one is refused.
 pub const PG_SCHEMA_VERSION: i32 = 1;
@@ -181,11 +181,7 @@ impl Drop for PgStore {
     /// thread (the daemon's last reference may go there at shutdown): it is closed on
     /// a thread of its own.
     fn drop(&mut self) {
-        let client = self
-            .client
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let client = self.client.get_mut().take();
         if let Some(client) = client {
             let _ = std::thread::Builder::new()
                 .name("pg-close".into())
@@ -279,9 +275,14 @@ impl PgStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Client>> {
-        self.client
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.client.lock()
+    }
+
+    fn too_late(&self, what: &'static str) -> StoreError {
+        StoreError::TooLate {
+            url: self.label.display().to_string(),
+            what,
+        }
     }
 
     /// Runs `f` on the connection, connecting first when there is none or it broke.
@@ -289,7 +290,29 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut guard = self.lock();
+        let guard = self.lock();
+        self.with_guard(guard, f)
+    }
+
+    /// As [`PgStore::with`], but gives up when the connection is not free by `deadline`.
+    fn with_by<T, E: From<StoreError>>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(&mut Client) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let guard = self
+            .client
+            .try_lock_for(wait)
+            .ok_or_else(|| self.too_late("waiting for the connection"))?;
+        self.with_guard(guard, f)
+    }
+
+    fn with_guard<T, E: From<StoreError>>(
+        &self,
+        mut guard: MutexGuard<'_, Option<Client>>,
+        f: impl FnOnce(&mut Client) -> Result<T, E>,
+    ) -> Result<T, E> {
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
             let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
@@ -361,7 +384,21 @@ impl PgStore {
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
-        self.insert(msg, false, who, comment)
+        self.insert(msg, false, who, comment, None)
+    }
+
+    /// As [`PgStore::record_held`], but nothing is written unless the record is
+    /// committed by `deadline`: when the connection is not free in time, a statement
+    /// runs past it or it has passed before COMMIT, the transaction is rolled back and
+    /// [`StoreError::TooLate`] returned (the milter has tempfailed the message by then).
+    pub fn record_held_by(
+        &self,
+        msg: &HeldMessage,
+        who: &str,
+        comment: Option<&str>,
+        deadline: Instant,
+    ) -> Result<i64, StoreError> {
+        self.insert(msg, false, who, comment, Some(deadline))
     }
 
     /// Records a message found in the hold queue that fanout-milter did not hold.
@@ -371,7 +408,7 @@ impl PgStore {
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
-        self.insert(msg, true, who, comment)
+        self.insert(msg, true, who, comment, None)
     }
 
     fn insert(
@@ -380,6 +417,7 @@ impl PgStore {
         foreign: bool,
         who: &str,
         comment: Option<&str>,
+        deadline: Option<Instant>,
     ) -> Result<i64, StoreError> {
         let capped;
         let subject = match msg
@@ -403,8 +441,19 @@ impl PgStore {
         };
         let facts = serde_json::to_string(msg).map_err(|e| self.corrupt(0, e.to_string()))?;
         let (rules, lists) = search_columns(msg);
-        self.with(|c| {
+        let late = || deadline.is_some_and(|d| Instant::now() >= d);
+        let write = |c: &mut Client| {
+            if late() {
+                return Err(self.too_late("recording the hold"));
+            }
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
+            if let Some(deadline) = deadline {
+                // At least 1 ms: 0 would mean no limit.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = left.as_millis().clamp(1, 15_000);
+                tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
+                    .map_err(|e| self.err(e))?;
+            }
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO held (relay, queue_id, held_at, state, state_at, sender, audience,
@@ -443,9 +492,17 @@ impl PgStore {
                 )
                 .map_err(|e| self.err(e))?;
             }
+            if late() {
+                tx.rollback().map_err(|e| self.err(e))?;
+                return Err(self.too_late("recording the hold"));
+            }
             tx.commit().map_err(|e| self.err(e))?;
             Ok(id)
-        })
+        };
+        match deadline {
+            Some(deadline) => self.with_by(deadline, write),
+            None => self.with(write),
+        }
     }
 
     /// This relay's newest record for a queue id (the admin commands act on this

@@ -292,6 +292,15 @@ pub enum StoreError {
         /// Its schema version.
         found: i64,
     },
+    /// A write with a deadline (the milter's hold) could not finish in time: nothing
+    /// was written.
+    #[error("quarantine store {url}: {what} did not finish in time; nothing was written")]
+    TooLate {
+        /// The database's URL, without secrets.
+        url: String,
+        /// What was late.
+        what: &'static str,
+    },
 }
 
 /// A PostgreSQL error with the server's message, when it sent one.
