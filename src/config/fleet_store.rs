@@ -11,7 +11,7 @@ pub struct PgSettings {
     pub url: String,
     /// The password, read at start from `password_file` or the variable `password_env`.
     pub password: Option<String>,
-    /// `relay`: this relay's name, on every record it writes (default: the host name).
+    /// `relay`: this relay's name, on every record it writes (required: no default).
     pub relay: String,
     /// How long connecting may take before a hold tempfails.
     pub connect_timeout: Duration,

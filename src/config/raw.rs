@@ -633,7 +633,7 @@ pub struct RawQuarantine {
     pub password_file: String,
     /// `store = "postgres"`: an environment variable holding the password.
     pub password_env: String,
-    /// `store = "postgres"`: this relay's name on its records (default: the host name).
+    /// `store = "postgres"`: this relay's name on its records (required there: no default).
     pub relay: String,
 }
 

@@ -35,23 +35,43 @@ fn postgres_takes_a_url_a_password_file_and_a_relay_name() {
     assert_eq!(pg.relay, "relay-a");
     let shown = format!("{pg:?}");
     assert!(!shown.contains("s3cret-pw"), "{shown}");
-    // Without `relay`, the host name.
-    let c = load_str(&format!("{PG}url = \"postgresql://fanout@127.0.0.1/q\"\n"))
-        .expect("no password: trust or peer authentication");
-    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    assert_eq!(c.quarantine_store.unwrap().relay, host);
+    let c = load_str(&format!(
+        "{PG}url = \"postgresql://fanout@127.0.0.1/q\"\nrelay = \"relay-b\"\n"
+    ))
+    .expect("no password: trust or peer authentication");
+    assert_eq!(c.quarantine_store.unwrap().relay, "relay-b");
+}
+
+#[test]
+fn postgres_needs_a_relay_name_but_sqlite_does_not() {
+    refused(
+        &format!("{PG}url = \"postgresql://fanout@db/q\"\n"),
+        3,
+        "quarantine.relay",
+        "must be set with store = \"postgres\"",
+    );
+    refused(
+        &format!("{PG}url = \"postgresql://fanout@db/q\"\nrelay = \"  \"\n"),
+        6,
+        "quarantine.relay",
+        "must be set with store = \"postgres\"",
+    );
+    let c = load_str("[quarantine]\nstore = \"sqlite\"\n").expect("sqlite needs no relay");
+    assert_eq!(c.quarantine_store, None);
 }
 
 #[test]
 fn a_password_in_the_url_is_refused_and_never_shown() {
     refused(
-        &format!("{PG}url = \"postgresql://fanout:s3cret@db.corp.example/q\"\n"),
+        &format!(
+            "{PG}url = \"postgresql://fanout:s3cret@db.corp.example/q\"\nrelay = \"relay-a\"\n"
+        ),
         5,
         "quarantine.url",
         "carries a password: give password_file or password_env instead",
     );
     let text = super::refused(&format!(
-        "{}{PG}url = \"postgresql://fanout:s3cret@db.corp.example/q\"\n",
+        "{}{PG}url = \"postgresql://fanout:s3cret@db.corp.example/q\"\nrelay = \"relay-a\"\n",
         super::DOMAINS
     ))
     .to_string();
@@ -67,7 +87,7 @@ fn the_store_the_url_the_password_and_the_relay_are_checked() {
         "must be \"sqlite\" or \"postgres\"",
     );
     refused(
-        &format!("{PG}url = \"mysql://db/q\"\n"),
+        &format!("{PG}url = \"mysql://db/q\"\nrelay = \"relay-a\"\n"),
         5,
         "quarantine.url",
         "must be a URL such as",
@@ -80,7 +100,7 @@ fn the_store_the_url_the_password_and_the_relay_are_checked() {
     );
     refused(
         &format!(
-            "{PG}url = \"postgresql://fanout@db/q\"\npassword_env = \"FANOUT_TEST_UNSET_PG_PASSWORD\"\n"
+            "{PG}url = \"postgresql://fanout@db/q\"\npassword_env = \"FANOUT_TEST_UNSET_PG_PASSWORD\"\nrelay = \"relay-a\"\n"
         ),
         6,
         "quarantine.password_env",
@@ -88,7 +108,7 @@ fn the_store_the_url_the_password_and_the_relay_are_checked() {
     );
     refused(
         &format!(
-            "{PG}url = \"postgresql://fanout@db/q\"\npassword_file = \"/nonexistent/pg.secret\"\n"
+            "{PG}url = \"postgresql://fanout@db/q\"\npassword_file = \"/nonexistent/pg.secret\"\nrelay = \"relay-a\"\n"
         ),
         6,
         "quarantine.password_file",

@@ -87,18 +87,21 @@ pub(super) fn check(
             None
         }
     };
-    let relay = match q.relay.trim() {
-        "" => nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default(),
-        r => r.to_owned(),
-    };
-    if !valid_relay(&relay) {
+    // No default: relays built from one image share a host name, and each would take
+    // the other's requests and records as its own.
+    let relay = q.relay.trim().to_owned();
+    if relay.is_empty() {
+        report(
+            "quarantine.relay",
+            "must be set with store = \"postgres\": this relay's name, unique in the fleet \
+             (such as \"relay-a\"; no default, as relays built from one image share a host name)"
+                .into(),
+        );
+    } else if !valid_relay(&relay) {
         report(
             "quarantine.relay",
             format!(
-                "\"{}\" must be 1 to 64 letters, digits, '.', '-' or '_' (default: the host name)",
+                "\"{}\" must be 1 to 64 letters, digits, '.', '-' or '_'",
                 crate::text::neutralize(&relay)
             ),
         );
