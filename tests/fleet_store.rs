@@ -317,6 +317,8 @@ fn the_postgres_store_serves_a_fleet() {
 
     two_relays_share_one_quarantine(&pg);
     a_late_hold_writes_nothing(&pg);
+    nul_in_text_is_stored_as_a_replacement_character(&pg);
+    a_database_not_in_utf8_is_refused(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
@@ -538,6 +540,53 @@ fn a_late_hold_writes_nothing(pg: &Postgres) {
     )
     .unwrap();
     assert_eq!(a.list(&Filter::default()).unwrap().len(), 1);
+}
+
+/// PostgreSQL refuses NUL in text; mail may carry one (an encoded subject, a sender).
+fn nul_in_text_is_stored_as_a_replacement_character(pg: &Postgres) {
+    let url = pg.create_database("nul");
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open_postgres(&settings(&url, "relay-a"), dir.path()).unwrap();
+    let mut m = held("NUL0001", 100, "ann\0x@example.org", 5_000, "drift");
+    m.subject = Some("pay\0now".into());
+    a.record_held(&m, "milter", Some("seen\0here")).unwrap();
+    let r = a.get(&qid("NUL0001")).unwrap();
+    assert_eq!(
+        r.message.subject.as_deref(),
+        Some("pay\0now"),
+        "JSON escapes it"
+    );
+    assert_eq!(
+        r.audit[0].comment.as_deref(),
+        Some("on relay-a: seen\u{FFFD}here")
+    );
+    let row = pg
+        .client("nul")
+        .query_one("SELECT subject, sender FROM held", &[])
+        .unwrap();
+    let (subject, sender): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(subject, "pay\u{FFFD}now");
+    assert_eq!(sender, "ann\u{FFFD}x@example.org");
+    let found = Query {
+        sender: Some("ann\0x".into()),
+        limit: 50,
+        ..Query::default()
+    };
+    assert_eq!(ids(&a, &found), ["NUL0001"]);
+}
+
+fn a_database_not_in_utf8_is_refused(pg: &Postgres, state: &std::path::Path) {
+    pg.client("postgres")
+        .batch_execute(
+            "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TEMPLATE template0",
+        )
+        .unwrap();
+    let url = format!("postgresql://fanout@127.0.0.1:{}/latin", pg.port);
+    let e = Store::open_postgres(&settings(&url, "relay-a"), state)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encoding is LATIN1, not UTF8"), "{e}");
 }
 
 fn a_wrong_password_is_refused_without_showing_it(pg: &Postgres, state: &std::path::Path) {

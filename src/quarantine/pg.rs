@@ -199,6 +199,21 @@ fn unclamp(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// A text value for a TEXT column: PostgreSQL refuses NUL in text, so it becomes
+/// U+FFFD (every value from mail or a user is bound through this or [`opt_txt`]).
+fn txt(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`txt`] for a value that may be NULL.
+fn opt_txt(s: Option<&str>) -> Option<Cow<'_, str>> {
+    s.map(txt)
+}
+
 fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -240,7 +255,10 @@ impl PgStore {
             config,
             client: Mutex::new(None),
         };
-        store.with(|c| store.create_schema(c))?;
+        store.with(|c| {
+            store.check_encoding(c)?;
+            store.create_schema(c)
+        })?;
         Ok(store)
     }
 
@@ -326,6 +344,22 @@ impl PgStore {
         out
     }
 
+    /// Text is stored as it is written only in a UTF-8 database.
+    fn check_encoding(&self, c: &mut Client) -> Result<(), StoreError> {
+        let found: String = c
+            .query_one("SHOW server_encoding", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if found == "UTF8" {
+            Ok(())
+        } else {
+            Err(StoreError::Encoding {
+                url: self.label.display().to_string(),
+                found,
+            })
+        }
+    }
+
     fn create_schema(&self, c: &mut Client) -> Result<(), StoreError> {
         let mut tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
@@ -367,9 +401,9 @@ impl PgStore {
                 &id,
                 &self.relay,
                 &clamp(e.at),
-                &e.who,
-                &e.action,
-                &e.comment,
+                &txt(&e.who),
+                &txt(&e.action),
+                &opt_txt(e.comment.as_deref()),
             ],
         )
         .map(|_| ())
@@ -465,14 +499,14 @@ impl PgStore {
                         &self.relay,
                         &msg.queue_id.as_str(),
                         &clamp(msg.held_at),
-                        &msg.sender,
+                        &txt(&msg.sender),
                         &clamp(msg.audience),
-                        &msg.subject,
-                        &facts,
+                        &opt_txt(msg.subject.as_deref()),
+                        &txt(&facts),
                         &foreign,
-                        &msg.sasl_login,
-                        &rules,
-                        &lists,
+                        &opt_txt(msg.sasl_login.as_deref()),
+                        &txt(&rules),
+                        &txt(&lists),
                         &msg.confirm,
                     ],
                 )
@@ -488,7 +522,7 @@ impl PgStore {
             if msg.notify_sender && !foreign && !msg.sender.is_empty() {
                 tx.execute(
                     "INSERT INTO sender_notices (held_id, sender, due_at) VALUES ($1, $2, $3)",
-                    &[&id, &msg.sender, &clamp(msg.held_at)],
+                    &[&id, &txt(&msg.sender), &clamp(msg.held_at)],
                 )
                 .map_err(|e| self.err(e))?;
             }
@@ -769,7 +803,7 @@ impl PgStore {
                 tx.execute(
                     "UPDATE sender_notices SET sent_at = $2, result = $3
                      WHERE held_id = $1 AND sent_at IS NULL",
-                    &[id, &clamp(at), &result],
+                    &[id, &clamp(at), &txt(result)],
                 )
                 .map_err(|e| self.err(e))?;
                 let entry = AuditEntry {
@@ -785,7 +819,7 @@ impl PgStore {
                     "INSERT INTO notice_senders (sender, last_at) VALUES ($1, $2)
                      ON CONFLICT (sender) DO UPDATE
                      SET last_at = greatest(notice_senders.last_at, excluded.last_at)",
-                    &[&sender, &clamp(at)],
+                    &[&txt(sender), &clamp(at)],
                 )
                 .map_err(|e| self.err(e))?;
             }
@@ -798,7 +832,7 @@ impl PgStore {
         self.with(|c| {
             c.query_opt(
                 "SELECT last_at FROM notice_senders WHERE sender = $1",
-                &[&sender],
+                &[&txt(sender)],
             )
             .map(|r| r.map(|r| unclamp(r.get(0))))
             .map_err(|e| self.err(e))
@@ -812,7 +846,7 @@ impl PgStore {
                 .query(
                     "SELECT list, size FROM confirmations WHERE who = $1 AND until > $2
                      ORDER BY list",
-                    &[&who, &clamp(now)],
+                    &[&txt(who), &clamp(now)],
                 )
                 .map_err(|e| self.err(e))?;
             Ok(rows
@@ -846,8 +880,8 @@ impl PgStore {
                      ON CONFLICT (who, list) DO UPDATE SET size = excluded.size,
                          until = greatest(confirmations.until, excluded.until)",
                     &[
-                        &who,
-                        &list.address.to_ascii_lowercase(),
+                        &txt(who),
+                        &txt(&list.address.to_ascii_lowercase()),
                         &clamp(list.size),
                         &clamp(until),
                     ],
@@ -874,7 +908,7 @@ impl PgStore {
             .execute(
                 "INSERT INTO link_nonces (nonce, expires, used_at) VALUES ($1, $2, $3)
                  ON CONFLICT (nonce) DO NOTHING",
-                &[&nonce, &clamp(expires), &clamp(at)],
+                &[&txt(nonce), &clamp(expires), &clamp(at)],
             )
             .map_err(|e| self.err(e))?;
         if spent == 0 {
@@ -921,7 +955,7 @@ impl PgStore {
                 .execute(
                     "INSERT INTO sender_asks (held_id, at, words) VALUES ($1, $2, $3)
                      ON CONFLICT (held_id) DO NOTHING",
-                    &[&held_id, &clamp(at), &words],
+                    &[&held_id, &clamp(at), &txt(words)],
                 )
                 .map_err(|e| self.err(e))?;
             if asked == 0 {
@@ -1173,11 +1207,11 @@ impl PgStore {
                     &owner,
                     &self.relay,
                     &n.action.name(),
-                    &args,
-                    &n.who,
+                    &txt(&args),
+                    &txt(&n.who),
                     &n.via.as_str(),
-                    &n.remote,
-                    &n.comment,
+                    &opt_txt(n.remote.as_deref()),
+                    &txt(&n.comment),
                     &clamp(n.at),
                 ],
             );
@@ -1229,24 +1263,24 @@ fn where_clause(q: &Query) -> (String, Vec<Box<dyn ToSql + Sync>>) {
         add(" AND state = ?", Box::new(s.as_str().to_owned()));
     }
     if let Some(r) = &q.relay {
-        add(" AND relay = ?", Box::new(r.clone()));
+        add(" AND relay = ?", Box::new(txt(r).into_owned()));
     }
     if let Some(r) = &q.rule {
         add(
             " AND strpos(rules, ' ' || ? || ' ') > 0",
-            Box::new(r.clone()),
+            Box::new(txt(r).into_owned()),
         );
     }
     if let Some(s) = q.sender.as_deref().filter(|s| !s.is_empty()) {
         add(
             " AND (strpos(lower(sender), ?) > 0 OR strpos(lower(coalesce(sasl_login, '')), ?) > 0)",
-            Box::new(s.to_ascii_lowercase()),
+            Box::new(txt(&s.to_ascii_lowercase()).into_owned()),
         );
     }
     if let Some(l) = q.list.as_deref().filter(|s| !s.is_empty()) {
         add(
             " AND strpos(lists, ?) > 0",
-            Box::new(l.to_ascii_lowercase()),
+            Box::new(txt(&l.to_ascii_lowercase()).into_owned()),
         );
     }
     if let Some(n) = q.min_audience {
@@ -1425,7 +1459,7 @@ impl QuarantineIndex for PgStore {
             c.execute(
                 "UPDATE requests SET state = $2, result = $3, finished_at = $4
                  WHERE id = $1 AND state = 'running'",
-                &[&id, &state.as_str(), &result, &clamp(now)],
+                &[&id, &state.as_str(), &txt(result), &clamp(now)],
             )
             .map_err(|e| self.err(e))
         })?;
@@ -1444,7 +1478,7 @@ impl QuarantineIndex for PgStore {
             c.execute(
                 "UPDATE requests SET copy_token = $2
                  WHERE id = $1 AND state = 'running' AND copy_token IS NULL",
-                &[&id, &token],
+                &[&id, &txt(token)],
             )
             .map_err(|e| self.err(e))?;
             Ok::<_, StoreError>(
@@ -1536,7 +1570,7 @@ impl QuarantineIndex for PgStore {
             tx.execute(
                 "INSERT INTO copies (request_id, queue_id, seen_at) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                &[&n, &queue_id, &clamp(now)],
+                &[&n, &txt(queue_id), &clamp(now)],
             )
             .map_err(|e| self.err(e))?;
             let entry = AuditEntry {
@@ -1568,7 +1602,7 @@ impl QuarantineIndex for PgStore {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_queue_id = $2 WHERE id = $1",
-                &[&id, &queue_id],
+                &[&id, &txt(queue_id)],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -1583,7 +1617,7 @@ impl QuarantineIndex for PgStore {
                  AND claimed_by IS NOT DISTINCT FROM $2",
                 &[
                     &id,
-                    &claimant,
+                    &opt_txt(claimant),
                     &super::claimant::this_process(),
                     &self.relay,
                 ],
@@ -1597,7 +1631,13 @@ impl QuarantineIndex for PgStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO events (relay, at, who, action, comment) VALUES ($1, $2, $3, $4, $5)",
-                &[&self.relay, &clamp(e.at), &e.who, &e.action, &e.comment],
+                &[
+                    &self.relay,
+                    &clamp(e.at),
+                    &txt(&e.who),
+                    &txt(&e.action),
+                    &opt_txt(e.comment.as_deref()),
+                ],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -1609,7 +1649,13 @@ impl QuarantineIndex for PgStore {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             tx.execute(
                 "INSERT INTO events (relay, at, who, action, comment) VALUES ($1, $2, $3, $4, $5)",
-                &[&self.relay, &clamp(e.at), &e.who, &e.action, &e.comment],
+                &[
+                    &self.relay,
+                    &clamp(e.at),
+                    &txt(&e.who),
+                    &txt(&e.action),
+                    &opt_txt(e.comment.as_deref()),
+                ],
             )
             .map_err(|e| self.err(e))?;
             self.insert_audit(&mut tx, held_id, e)?;

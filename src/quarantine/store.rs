@@ -292,6 +292,17 @@ pub enum StoreError {
         /// Its schema version.
         found: i64,
     },
+    /// The fleet's database does not store text as UTF-8.
+    #[error(
+        "quarantine store {url}: the database's encoding is {found}, not UTF8: create it \
+         with ENCODING 'UTF8'"
+    )]
+    Encoding {
+        /// The database's URL, without secrets.
+        url: String,
+        /// The server's encoding.
+        found: String,
+    },
     /// A write with a deadline (the milter's hold) could not finish in time: nothing
     /// was written.
     #[error("quarantine store {url}: {what} did not finish in time; nothing was written")]
