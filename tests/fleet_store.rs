@@ -319,6 +319,7 @@ fn the_postgres_store_serves_a_fleet() {
     a_late_hold_writes_nothing(&pg);
     nul_in_text_is_stored_as_a_replacement_character(&pg);
     a_database_not_in_utf8_is_refused(&pg, state.path());
+    case_folds_ascii_only_as_in_sqlite(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
@@ -573,6 +574,56 @@ fn nul_in_text_is_stored_as_a_replacement_character(pg: &Postgres) {
         ..Query::default()
     };
     assert_eq!(ids(&a, &found), ["NUL0001"]);
+}
+
+/// In a database whose locale folds `Ü`, search and sort still fold ASCII only, as
+/// the SQLite store's `lower()` does.
+fn case_folds_ascii_only_as_in_sqlite(pg: &Postgres, state: &std::path::Path) {
+    pg.client("postgres")
+        .batch_execute(
+            "CREATE DATABASE folding ENCODING 'UTF8' LC_COLLATE 'C.utf8' LC_CTYPE 'C.utf8' \
+             TEMPLATE template0",
+        )
+        .unwrap();
+    let folds: String = pg
+        .client("folding")
+        .query_one("SELECT lower('Ü')", &[])
+        .unwrap()
+        .get(0);
+    let url = format!("postgresql://fanout@127.0.0.1:{}/folding", pg.port);
+    let a = Store::open_postgres(&settings(&url, "relay-a"), state).unwrap();
+    for (id, sender) in [
+        ("FOLD001", "Ünal@example.org"),
+        ("FOLD002", "zed@example.org"),
+        ("FOLD003", "Bob@example.org"),
+    ] {
+        a.record_held(&held(id, 100, sender, 5_000, "drift"), "milter", None)
+            .unwrap();
+    }
+    let search = |s: &str| {
+        ids(
+            &a,
+            &Query {
+                sender: Some(s.into()),
+                limit: 50,
+                ..Query::default()
+            },
+        )
+    };
+    assert_eq!(search("ÜNAL"), ["FOLD001"]);
+    assert!(search("ünal").is_empty(), "ASCII folding only");
+    assert_eq!(search("BOB"), ["FOLD003"]);
+    let by_sender = Query {
+        sort: fanout_milter::quarantine::Sort::Sender,
+        limit: 50,
+        ..Query::default()
+    };
+    // Bytes: ASCII letters before `Ü`, as SQLite sorts.
+    assert_eq!(ids(&a, &by_sender), ["FOLD003", "FOLD002", "FOLD001"]);
+    assert_eq!(
+        folds, "ü",
+        "the database's own lower() folds Ü: the check means something"
+    );
 }
 
 fn a_database_not_in_utf8_is_refused(pg: &Postgres, state: &std::path::Path) {

@@ -1273,7 +1273,8 @@ fn where_clause(q: &Query) -> (String, Vec<Box<dyn ToSql + Sync>>) {
     }
     if let Some(s) = q.sender.as_deref().filter(|s| !s.is_empty()) {
         add(
-            " AND (strpos(lower(sender), ?) > 0 OR strpos(lower(coalesce(sasl_login, '')), ?) > 0)",
+            " AND (strpos(lower(sender COLLATE \"C\"), ?) > 0 \
+             OR strpos(lower(coalesce(sasl_login, '') COLLATE \"C\"), ?) > 0)",
             Box::new(txt(&s.to_ascii_lowercase()).into_owned()),
         );
     }
@@ -1292,16 +1293,17 @@ fn where_clause(q: &Query) -> (String, Vec<Box<dyn ToSql + Sync>>) {
     (sql, args)
 }
 
-/// `lower()` in the sort follows the database's collation; `COLLATE "C"` keeps the
-/// order of the SQLite store (bytes).
+/// `lower()` would follow the database's collation (folding `Ü` in most locales);
+/// under `COLLATE "C"` it folds ASCII only and sorts by bytes, as the SQLite store
+/// does, and as the sender search folds (see [`where_clause`]).
 fn order_by(q: &Query) -> &'static str {
     match (q.sort, q.descending) {
         (Sort::HeldAt, false) => "ORDER BY held_at, id",
         (Sort::HeldAt, true) => "ORDER BY held_at DESC, id DESC",
         (Sort::Audience, false) => "ORDER BY audience, held_at, id",
         (Sort::Audience, true) => "ORDER BY audience DESC, held_at, id",
-        (Sort::Sender, false) => "ORDER BY lower(sender) COLLATE \"C\", held_at, id",
-        (Sort::Sender, true) => "ORDER BY lower(sender) COLLATE \"C\" DESC, held_at, id",
+        (Sort::Sender, false) => "ORDER BY lower(sender COLLATE \"C\"), held_at, id",
+        (Sort::Sender, true) => "ORDER BY lower(sender COLLATE \"C\") DESC, held_at, id",
     }
 }
 
