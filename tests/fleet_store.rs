@@ -287,6 +287,7 @@ fn the_sqlite_store_passes_the_shared_checks() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.relay(), None);
+    assert!(!store.fleet());
     the_same_checks(&store);
     let no_relays = Query {
         relay: Some("relay-a".into()),
@@ -369,6 +370,21 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
         ..all.clone()
     };
     assert_eq!(ids(&a, &only_b), ["BBBBBB2"]);
+    // The counts above the list follow the relay filter too.
+    let page = a.page(&only_b).unwrap();
+    let held_count = |p: &fanout_milter::quarantine::Page| {
+        p.by_state
+            .iter()
+            .find(|(s, _)| *s == State::Held)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(held_count(&page), Some(1));
+    assert_eq!(page.by_rule, [("hidden".to_owned(), 1)]);
+    let page = a.page(&all).unwrap();
+    assert_eq!(held_count(&page), Some(2));
+    assert_eq!(page.by_rule.len(), 2);
+    // The desk knows the store is a fleet's even when the page has no rows.
+    assert!(a.fleet());
     // What a relay does on its own Postfix reads only its own records.
     assert!(matches!(
         b.get(&qid("AAAAAA1")),

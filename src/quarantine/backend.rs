@@ -253,6 +253,10 @@ impl Store {
 }
 
 impl QuarantineIndex for Store {
+    fn fleet(&self) -> bool {
+        each!(self, s => s.fleet())
+    }
+
     fn page(&self, query: &Query) -> Result<Page, StoreError> {
         each!(self, s => s.page(query))
     }

@@ -376,6 +376,12 @@ pub enum SubmitError {
 
 /// The quarantine index: what the review desk, the worker and the admin commands need.
 pub trait QuarantineIndex: Send + Sync {
+    /// Whether the store is a fleet's (records of several relays): the desk shows the
+    /// relay column and filter.
+    fn fleet(&self) -> bool {
+        false
+    }
+
     /// One page of the records matching `query`, with the counts shown above it.
     fn page(&self, query: &Query) -> Result<Page, StoreError>;
 

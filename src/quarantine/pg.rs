@@ -1336,6 +1336,10 @@ impl PgStore {
 }
 
 impl QuarantineIndex for PgStore {
+    fn fleet(&self) -> bool {
+        true
+    }
+
     fn page(&self, q: &Query) -> Result<Page, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, q.limit.min(MAX_PAGE), q.offset)?;
@@ -1352,9 +1356,15 @@ impl QuarantineIndex for PgStore {
                     .pop();
                 rows.push(Row { record, request });
             }
+            // The counts above the list: of the relay chosen, or of the fleet.
+            let relay = q.relay.as_deref().map(txt);
             let mut counts: HashMap<String, u64> = HashMap::new();
             for r in c
-                .query("SELECT state, count(*) FROM held GROUP BY state", &[])
+                .query(
+                    "SELECT state, count(*) FROM held
+                     WHERE $1::TEXT IS NULL OR relay = $1 GROUP BY state",
+                    &[&relay],
+                )
                 .map_err(|e| self.err(e))?
             {
                 counts.insert(r.get(0), unclamp(r.get(1)));
@@ -1365,7 +1375,11 @@ impl QuarantineIndex for PgStore {
                 .collect();
             let mut rules: HashMap<String, u64> = HashMap::new();
             for r in c
-                .query("SELECT rules FROM held WHERE state = 'held'", &[])
+                .query(
+                    "SELECT rules FROM held
+                     WHERE state = 'held' AND ($1::TEXT IS NULL OR relay = $1)",
+                    &[&relay],
+                )
                 .map_err(|e| self.err(e))?
             {
                 for rule in r.get::<_, &str>(0).split_whitespace() {

@@ -274,10 +274,10 @@ pub async fn list(
                     pleas.push(plea_row(&record, &plea));
                 }
             }
-            Ok::<_, crate::quarantine::StoreError>((page, pleas))
+            Ok::<_, crate::quarantine::StoreError>((page, pleas, i.fleet()))
         })
         .await;
-    let (page, pleas): (Page, Vec<PleaRow>) = match found {
+    let (page, pleas, fleet): (Page, Vec<PleaRow>, bool) = match found {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return desk.store_failed(Some(&who), e),
         Err(r) => return r,
@@ -326,7 +326,6 @@ pub async fn list(
             )
         })
         .collect();
-    let fleet = !filter.relay.text.is_empty() || page.rows.iter().any(|r| r.record.relay.is_some());
     render(&ListPage {
         fleet,
         rows: page.rows.iter().map(|r| list_row(&desk, r, now)).collect(),
