@@ -209,25 +209,31 @@ impl Postgres {
 
     /// Stops the server (fast shutdown) and waits until it is gone.
     pub fn stop(&mut self) {
-        let pid = self.child.pid();
-        if pid == 0 {
+        // Best effort and never a panic: this runs in `Drop`, also while a failed test
+        // unwinds, and a panic there would abort and leave the server running.
+        let Some(mut child) = self.child.0.take() else {
             return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let child = self.child.0.as_mut().expect("running");
         let start = Instant::now();
-        while child.try_wait().expect("try_wait").is_none() {
-            if start.elapsed() > DEADLINE {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if start.elapsed() <= DEADLINE => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        self.child.0 = None;
     }
 
     /// Starts it again on the same port and data, and waits until it answers.
