@@ -88,10 +88,14 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 /// Root commands use the state directory only when it belongs to root or to
 /// `[quarantine] state_owner` (see `state_dir`); a missing one is created by root. And
 /// only when it is the one the running daemon (started with the same file) uses: a
-/// changed `state_dir` takes effect at restart ([`running::check_same_store`]).
+/// changed `state_dir` takes effect at restart ([`running::check_same_store`]). With a
+/// fleet's PostgreSQL store (`[quarantine] store = "postgres"`) the records are not in
+/// `state_dir`, and that check (which looks at the SQLite file's locks) does not apply.
 fn check_state_dir(path: &Path, config: &Config) -> anyhow::Result<()> {
-    running::check_same_store(path, Path::new(DEFAULT_CONFIG_PATH), &config.state_dir)
-        .map_err(anyhow::Error::msg)?;
+    if config.quarantine_store.is_none() {
+        running::check_same_store(path, Path::new(DEFAULT_CONFIG_PATH), &config.state_dir)
+            .map_err(anyhow::Error::msg)?;
+    }
     match std::fs::symlink_metadata(&config.state_dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         _ => Ok(StateDir::open(&config.state_dir, Some(&config.state_owner)).map(drop)?),

@@ -37,7 +37,7 @@ impl Session {
         let config = load_config(path)?;
         let now = parse_now(now)?;
         check_state_dir(path, &config)?;
-        let store = Store::open(&config.state_dir)?;
+        let store = Store::open_configured(&config)?;
         Ok(Session { config, store, now })
     }
 

@@ -5,6 +5,8 @@
 //! [`validate`] checks meanings and collects every problem at once. Each error names the
 //! file, the line and the dotted key.
 
+/// `[quarantine] store = "postgres"`.
+pub mod fleet_store;
 pub mod ldap;
 pub(crate) mod listen;
 pub mod notices;
@@ -14,6 +16,7 @@ pub(crate) mod secret;
 pub(crate) mod span;
 mod validate;
 
+pub use fleet_store::PgSettings;
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
@@ -77,6 +80,8 @@ pub struct Config {
     pub state: StateSettings,
     /// `[quarantine]` deadlines.
     pub quarantine: QuarantineSettings,
+    /// `[quarantine] store = "postgres"`: the fleet's database; `None`: SQLite.
+    pub quarantine_store: Option<PgSettings>,
     /// `[postfix]`.
     pub postfix: PostfixSettings,
     /// `[notify]`.
@@ -507,6 +512,15 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
             &old.raw.quarantine.state_dir,
             &mut new.raw.quarantine.state_dir,
         ) | keep(&old.state_dir, &mut new.state_dir)
+    }),
+    ("quarantine.store", |old, new| {
+        let (o, n) = (&old.raw.quarantine, &mut new.raw.quarantine);
+        keep(&o.store, &mut n.store)
+            | keep(&o.url, &mut n.url)
+            | keep(&o.password_file, &mut n.password_file)
+            | keep(&o.password_env, &mut n.password_env)
+            | keep(&o.relay, &mut n.relay)
+            | keep(&old.quarantine_store, &mut new.quarantine_store)
     }),
     ("state.admin_socket", |old, new| {
         keep(&old.raw.state.admin_socket, &mut new.raw.state.admin_socket)

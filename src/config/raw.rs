@@ -649,6 +649,17 @@ pub struct RawQuarantine {
     /// How long a sender's confirmation to a list is remembered, so that the next post
     /// to it passes; `"0s"`: not remembered.
     pub confirm_remember: String,
+    /// Where the records live: `sqlite` (this relay's file in `state_dir`, the
+    /// default) or `postgres` (one database for a fleet of relays).
+    pub store: String,
+    /// `store = "postgres"`: `postgresql://USER@HOST:PORT/DB`, without a password.
+    pub url: String,
+    /// `store = "postgres"`: a file whose first line is the password.
+    pub password_file: String,
+    /// `store = "postgres"`: an environment variable holding the password.
+    pub password_env: String,
+    /// `store = "postgres"`: this relay's name on its records (required there: no default).
+    pub relay: String,
 }
 
 impl Default for RawQuarantine {
@@ -661,6 +672,11 @@ impl Default for RawQuarantine {
             on_expiry: OnExpiry::NotifySender,
             confirm_within: "24h".into(),
             confirm_remember: "30d".into(),
+            store: "sqlite".into(),
+            url: String::new(),
+            password_file: String::new(),
+            password_env: String::new(),
+            relay: String::new(),
         }
     }
 }

@@ -893,7 +893,7 @@ mod tests {
             let (alerts, receiver) = crate::notify::channel(16);
             let shared = Arc::new(Shared::new(
                 generation,
-                Arc::new(crate::quarantine::store::Store::open(&c.state_dir).expect("store")),
+                Arc::new(crate::quarantine::Store::open(&c.state_dir).expect("store")),
                 alerts,
                 Guard::new(
                     Arc::new(MemoryBackend::new()),

@@ -143,17 +143,23 @@ impl Builder {
         let store = match store {
             Some(store) => store,
             None => {
-                let state_dir = config.state_dir.clone();
-                let store = match tokio::task::spawn_blocking(move || Store::open(&state_dir)).await
-                {
-                    Ok(opened) => Arc::new(opened?),
-                    Err(e) => {
-                        return Err(StartError::Task(format!(
-                            "cannot open the quarantine store: {e}"
-                        )));
-                    }
-                };
-                info!(store = %store.path().display(), "quarantine store open");
+                let opening = config.clone();
+                let store =
+                    match tokio::task::spawn_blocking(move || Store::open_configured(&opening))
+                        .await
+                    {
+                        Ok(opened) => Arc::new(opened?),
+                        Err(e) => {
+                            return Err(StartError::Task(format!(
+                                "cannot open the quarantine store: {e}"
+                            )));
+                        }
+                    };
+                info!(
+                    store = %store.path().display(),
+                    relay = store.relay().unwrap_or("-"),
+                    "quarantine store open"
+                );
                 store
             }
         };
@@ -163,7 +169,7 @@ impl Builder {
         let (guard, local) = guard(&config.state, clock.clone(), &alerts, &metrics)?;
         // The brake is kept next to the store: in `state_dir`, or in the directory of
         // a store a test gave.
-        if let Some(dir) = store.path().parent() {
+        if let Some(dir) = store.state_dir() {
             crate::brake::restore(&guard, &local, dir).await;
         }
         let listener = MilterListener::bind(&config.listen, config.socket_mode).await?;
@@ -456,7 +462,7 @@ impl Daemon {
         }
         tokio::spawn(crate::brake::keep_fresh(
             shared.guard.clone(),
-            shared.store.path().parent().map(Path::to_owned),
+            shared.store.state_dir().map(Path::to_owned),
         ));
         let expiring = shared.guard.clone();
         tokio::spawn(async move {

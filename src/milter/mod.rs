@@ -288,6 +288,11 @@ enum EomError {
 /// How long recording a held message may take before the message is tempfailed.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the store may take to commit a hold: shorter than [`RECORD_TIMEOUT`], so
+/// that a hold committed at all is committed before the message is tempfailed (a
+/// write past it is rolled back, not left to commit for a tempfailed message).
+const RECORD_DEADLINE: Duration = Duration::from_secs(RECORD_TIMEOUT.as_secs() - 5);
+
 /// Writes the quarantine record, durably, before Postfix is told to hold the message.
 async fn record_held(
     shared: &Shared,
@@ -305,7 +310,9 @@ async fn record_held(
     let alert = !(matches!(facts.released, Some(ReleasedCopy::Accepted { .. })) || held.confirm);
     let alert = alert.then(|| quarantine::alert(AlertKind::Quarantined, &held, now));
     let store = shared.store.clone();
-    let write = tokio::task::spawn_blocking(move || store.record_held(&held, "milter", None));
+    let deadline = std::time::Instant::now() + RECORD_DEADLINE;
+    let write =
+        tokio::task::spawn_blocking(move || store.record_held_by(&held, "milter", None, deadline));
     match tokio::time::timeout(RECORD_TIMEOUT, write).await {
         Ok(Ok(Ok(_))) => {
             if let Some(alert) = alert {

@@ -10,12 +10,10 @@
 //! only for a message still held: a second action on the same message is a
 //! [`SubmitError::Conflict`] (HTTP 409), and changes nothing.
 //!
-//! The trait is what a fleet-wide store (PostgreSQL) implements next; the SQLite store
-//! of one relay implements it in `super::sqlite`.
+//! The SQLite store of one relay implements it in `super::sqlite`, the fleet's
+//! PostgreSQL store in `super::pg`.
 
 use super::record::{AuditEntry, QueueId, Record, State};
-#[cfg(doc)]
-use super::store::Store;
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -41,6 +39,9 @@ pub enum Sort {
 pub struct Query {
     /// Only this state.
     pub state: Option<State>,
+    /// Only records held on this relay (a fleet-wide store; a relay's own store has no
+    /// relay names, and nothing matches).
+    pub relay: Option<String>,
     /// Only records where this rule fired (its config key, e.g. `limits.audience`).
     pub rule: Option<String>,
     /// Envelope sender or SASL login containing this text (ASCII case ignored).
@@ -375,6 +376,12 @@ pub enum SubmitError {
 
 /// The quarantine index: what the review desk, the worker and the admin commands need.
 pub trait QuarantineIndex: Send + Sync {
+    /// Whether the store is a fleet's (records of several relays): the desk shows the
+    /// relay column and filter.
+    fn fleet(&self) -> bool {
+        false
+    }
+
     /// One page of the records matching `query`, with the counts shown above it.
     fn page(&self, query: &Query) -> Result<Page, StoreError>;
 
@@ -455,7 +462,7 @@ pub trait QuarantineIndex: Send + Sync {
     fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Records a sender's plea for release of the held record `held_id`, spending a
-    /// sender link's `nonce` in the same transaction (see [`Store::sender_asks`]).
+    /// sender link's `nonce` in the same transaction (see [`crate::quarantine::Store::sender_asks`]).
     #[allow(clippy::too_many_arguments)]
     fn sender_asks(
         &self,
@@ -473,7 +480,7 @@ pub trait QuarantineIndex: Send + Sync {
     /// Held messages whose sender asked for release, oldest plea first.
     fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError>;
 
-    /// Remembers the lists a sender confirmed (see [`Store::remember_confirmed`]).
+    /// Remembers the lists a sender confirmed (see [`crate::quarantine::Store::remember_confirmed`]).
     fn remember_confirmed(
         &self,
         who: &str,
@@ -519,6 +526,7 @@ mod tests {
             })
             .collect();
         Record {
+            relay: None,
             id: 1,
             message,
             state: State::Held,

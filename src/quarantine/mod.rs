@@ -3,8 +3,10 @@
 //! act on them through Postfix's own tools, and the sweep that makes sure none is
 //! forgotten.
 
+pub(crate) mod backend;
 pub mod claimant;
 pub(crate) mod index;
+pub(crate) mod pg;
 pub(crate) mod plan;
 pub(crate) mod postfix;
 pub(crate) mod record;
@@ -18,13 +20,14 @@ mod sweep;
 mod tally;
 pub(crate) mod worker;
 
+pub use backend::Store;
 pub use index::{
     COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
 pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
 pub use senders::DueNotice;
-pub use store::{Filter, Store, StoreError};
+pub use store::{Filter, StoreError};
 pub use worker::{CLI_COMMENT, Executed, Executor};
 
 use crate::notify::{Alert, AlertKind};

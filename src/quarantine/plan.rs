@@ -183,6 +183,7 @@ mod tests {
 
     fn record(id: i64, queue_id: &str, held_at: u64, state: State) -> Record {
         Record {
+            relay: None,
             id,
             message: HeldMessage {
                 queue_id: QueueId::parse(queue_id).unwrap(),

@@ -251,6 +251,10 @@ pub struct Record {
     /// the hold, and the sweep expires it no earlier.
     #[serde(default)]
     pub hold_until: Option<u64>,
+    /// The relay that holds it, with a fleet-wide store (`[quarantine] relay`); `None`
+    /// in a relay's own SQLite store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// Audit trail, oldest first.
     pub audit: Vec<AuditEntry>,
 }

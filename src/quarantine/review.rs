@@ -5,11 +5,12 @@
 //! only through Postfix's sendmail. The sweep that runs these unattended is in
 //! `super::sweep`, what the commands print in `cli::quarantine`.
 
+use super::backend::Store;
 use super::index::QuarantineIndex as _;
 use super::plan::plan_reconcile;
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
-use super::store::{Filter, Store, StoreError};
+use super::store::{Filter, StoreError};
 use crate::config::Config;
 use crate::notify;
 use crate::notify::notices::{NoticeKind, compose};

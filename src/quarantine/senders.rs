@@ -8,7 +8,7 @@
 
 use super::index::{Plea, SubmitError};
 use super::record::{AuditEntry, QueueId, State};
-use super::store::{Store, StoreError, insert_audit};
+use super::store::{SqliteStore, StoreError, insert_audit};
 use crate::policy::ConfirmedList;
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
@@ -31,7 +31,7 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-impl Store {
+impl SqliteStore {
     /// Notices due and not sent yet, oldest first, at most `limit`.
     pub fn due_notices(&self, limit: u64) -> Result<Vec<DueNotice>, StoreError> {
         let conn = self.conn();
@@ -285,6 +285,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quarantine::Store;
     use crate::quarantine::store::tests::held;
 
     fn store() -> (tempfile::TempDir, Store) {

@@ -8,14 +8,19 @@ use super::index::{
     RequestAction, RequestState, Row, Sort, SubmitError, Via,
 };
 use super::record::{AuditEntry, QueueId, Record, State};
-use super::store::{Store, StoreError, insert_audit};
+use super::store::{SqliteStore, StoreError, insert_audit};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter, types::Value};
 use std::collections::HashMap;
 
 /// The WHERE clause of a query and its parameters. Only fixed SQL text is built here;
 /// every value the user typed is a parameter.
 fn where_clause(q: &Query) -> (String, Vec<Value>) {
-    let mut sql = String::from("WHERE 1");
+    // A relay's own store has no relay names: a relay filter matches nothing.
+    let mut sql = String::from(if q.relay.is_some() {
+        "WHERE 0"
+    } else {
+        "WHERE 1"
+    });
     let mut args: Vec<Value> = Vec::new();
     let mut add = |clause: &str, v: Value| {
         args.push(v);
@@ -78,7 +83,7 @@ const REQUEST_COLUMNS: &str = "r.id, r.held_id, h.queue_id, r.args, r.who, r.via
      r.comment, r.requested_at, r.state, r.started_at, r.finished_at, r.result, \
      r.copy_sent_at, r.copy_queue_id, r.claimed_by, r.copy_attempts";
 
-impl Store {
+impl SqliteStore {
     fn ids(
         &self,
         conn: &Connection,
@@ -203,7 +208,7 @@ impl Store {
     }
 }
 
-impl QuarantineIndex for Store {
+impl QuarantineIndex for SqliteStore {
     fn page(&self, q: &Query) -> Result<Page, StoreError> {
         let conn = self.conn();
         let ids = self.ids(&conn, q, q.limit.min(MAX_PAGE), q.offset)?;
@@ -512,15 +517,15 @@ impl QuarantineIndex for Store {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
-        Store::sender_asks(self, held_id, words, who, nonce, expires, at)
+        SqliteStore::sender_asks(self, held_id, words, who, nonce, expires, at)
     }
 
     fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError> {
-        Store::plea(self, held_id)
+        SqliteStore::plea(self, held_id)
     }
 
     fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
-        Store::pleading(self, limit)
+        SqliteStore::pleading(self, limit)
     }
 
     fn remember_confirmed(
@@ -530,11 +535,11 @@ impl QuarantineIndex for Store {
         until: u64,
         now: u64,
     ) -> Result<(), StoreError> {
-        Store::remember_confirmed(self, who, lists, until, now)
+        SqliteStore::remember_confirmed(self, who, lists, until, now)
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Spends a link's `nonce` (valid until `expires`) at `at` in the transaction
     /// `tx`: a conflict when it was spent already. Forgets the nonces of links long
     /// expired (such a link is refused anyway).
@@ -680,6 +685,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quarantine::Store;
     use crate::quarantine::record::{ListHit, RuleHit};
     use crate::quarantine::store::tests::held;
 

@@ -275,6 +275,15 @@ pub enum StoreError {
         /// The deadline.
         after: Duration,
     },
+    /// The fleet's PostgreSQL database could not be reached or written.
+    #[error("quarantine store {url}: {}", pg_message(source))]
+    Postgres {
+        /// The database's URL, without secrets.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
     /// The database was written by a newer fanout-milter.
     #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
     TooNew {
@@ -283,6 +292,34 @@ pub enum StoreError {
         /// Its schema version.
         found: i64,
     },
+    /// The fleet's database does not store text as UTF-8.
+    #[error(
+        "quarantine store {url}: the database's encoding is {found}, not UTF8: create it \
+         with ENCODING 'UTF8'"
+    )]
+    Encoding {
+        /// The database's URL, without secrets.
+        url: String,
+        /// The server's encoding.
+        found: String,
+    },
+    /// A write with a deadline (the milter's hold) could not finish in time: nothing
+    /// was written.
+    #[error("quarantine store {url}: {what} did not finish in time; nothing was written")]
+    TooLate {
+        /// The database's URL, without secrets.
+        url: String,
+        /// What was late.
+        what: &'static str,
+    },
+}
+
+/// A PostgreSQL error with the server's message, when it sent one.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Which records [`Store::list`] returns.
@@ -296,7 +333,7 @@ pub struct Filter {
 
 /// The quarantine database.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -445,9 +482,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating when needed) the store in `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
             path: state_dir.to_owned(),
             source,
@@ -456,7 +493,7 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         let conn = connect_within(&path, OPEN_DEADLINE)?;
         give_to_dir_owner(&state_dir)?;
-        Ok(Store {
+        Ok(SqliteStore {
             path,
             conn: Mutex::new(conn),
         })
@@ -674,6 +711,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         Ok(Record {
             id,
+            relay: None,
             message,
             state,
             state_at: state_at as u64,
@@ -830,6 +868,7 @@ pub(super) fn insert_audit(conn: &Connection, id: i64, e: &AuditEntry) -> rusqli
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::quarantine::Store;
     use crate::quarantine::record::{ListHit, RuleHit};
     use std::os::unix::fs::OpenOptionsExt;
 

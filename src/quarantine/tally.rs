@@ -5,7 +5,7 @@
 //! counts only grow. Read on a connection of its own, so a scrape never holds up the
 //! milter's writes.
 
-use super::store::{Store, StoreError};
+use super::store::{SqliteStore, StoreError};
 use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN, RULE_NONE};
 use rusqlite::params;
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ const UNCONFIRMED: &str = "SELECT count(*) FROM held h WHERE h.state = 'discarde
          AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.held_id = h.id AND b.id > a.id
              AND b.action = 'discard'))";
 
-impl Store {
+impl SqliteStore {
     /// The counts `/metrics` shows, at `now` (seconds since the epoch).
     pub fn tally(&self, now: u64, review_within: Duration) -> Result<HeldReading, StoreError> {
         let conn = self.reader()?;
@@ -128,6 +128,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quarantine::Store;
     use crate::quarantine::index::{NewRequest, QuarantineIndex, RequestAction, Via};
     use crate::quarantine::record::{AuditEntry, QueueId, RuleHit, State};
     use crate::quarantine::store::tests::held;

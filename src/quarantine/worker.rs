@@ -13,6 +13,7 @@
 //! A release to chosen recipients is a copy and a deletion, carried out step by step
 //! (see [`super::release_to`]).
 
+use super::backend::Store;
 use super::claimant;
 use super::index::{
     NewRequest, QuarantineIndex, Request, RequestAction, RequestState, SubmitError, Via,
@@ -20,7 +21,7 @@ use super::index::{
 use super::postfix::{PostfixTools, QueuedMessage};
 use super::record::{Record, State};
 use super::review::{Acted, Outcome, Report, Review};
-use super::store::{Store, StoreError};
+use super::store::StoreError;
 use crate::config::Config;
 use crate::text;
 use std::time::{Duration, Instant};

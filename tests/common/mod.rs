@@ -14,6 +14,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod postgres;
 mod process;
 pub mod slapd;
 

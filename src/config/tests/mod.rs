@@ -4,6 +4,7 @@
 
 use super::*;
 
+mod fleet_store;
 mod ldap;
 mod notices;
 mod quarantine;

@@ -7,6 +7,7 @@
 //! (defaults): `parse` sorts by line only, and stably.
 
 mod directory;
+mod fleet_store;
 mod ldap;
 mod limits;
 mod lists;
@@ -154,6 +155,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
     limits::replies(&raw, report);
     limits::storm_and_rate(&raw, report);
     let (state, admin_socket) = state::check(&raw, state_timeout, base, report);
+    let quarantine_store = fleet_store::check(&raw, base, report);
     let review = review::check(&raw.review, review_times, base, report);
     let metrics = review::metrics(&raw.metrics, base, report);
     let notices = notices::check(&raw.notices, report);
@@ -204,6 +206,7 @@ pub(super) fn validate(mut raw: RawConfig, file: &Path) -> Result<Config, Proble
         drift_min_audience: raw.drift.min_audience,
         state_dir: raw.quarantine.state_dir.clone(),
         state_owner: raw.quarantine.state_owner.clone(),
+        quarantine_store,
         quarantine: QuarantineSettings {
             review_within,
             expire_after,

@@ -21,6 +21,8 @@ const PER_PAGE: u64 = 50;
 /// One row of the held list.
 struct ListRow {
     queue_id: String,
+    /// The relay that holds it (a fleet-wide store).
+    relay: Option<Shown>,
     state: &'static str,
     foreign: bool,
     admin_only: bool,
@@ -70,6 +72,8 @@ struct ListPage {
     next: Option<String>,
     can_act: bool,
     pleas: Vec<PleaRow>,
+    /// The store is a fleet's: the relay column and filter are shown.
+    fleet: bool,
 }
 
 /// The list's filters as the form shows them back.
@@ -79,6 +83,7 @@ pub(super) struct Filter {
     rule: Shown,
     sender: Shown,
     list: Shown,
+    relay: Shown,
     min_audience: String,
     older_than: String,
     sort: &'static str,
@@ -135,6 +140,11 @@ pub(super) fn query_of(f: &Fields, now: u64) -> Result<(Query, Filter), String> 
         q.list = Some(list.to_owned());
         filter.list = Shown::new(list);
         fields.push(("list", list.to_owned()));
+    }
+    if let Some(relay) = f.get("relay") {
+        q.relay = Some(relay.to_owned());
+        filter.relay = Shown::new(relay);
+        fields.push(("relay", relay.to_owned()));
     }
     if let Some(min) = f.get("min_audience") {
         q.min_audience = Some(
@@ -202,6 +212,7 @@ fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
     let (review_left, expiry_left) = desk.deadlines(r, now);
     ListRow {
         queue_id: m.queue_id.as_str().to_owned(),
+        relay: r.relay.as_deref().map(Shown::new),
         state: r.state.as_str(),
         foreign: r.foreign,
         admin_only: needs_admin(r),
@@ -263,10 +274,10 @@ pub async fn list(
                     pleas.push(plea_row(&record, &plea));
                 }
             }
-            Ok::<_, crate::quarantine::StoreError>((page, pleas))
+            Ok::<_, crate::quarantine::StoreError>((page, pleas, i.fleet()))
         })
         .await;
-    let (page, pleas): (Page, Vec<PleaRow>) = match found {
+    let (page, pleas, fleet): (Page, Vec<PleaRow>, bool) = match found {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return desk.store_failed(Some(&who), e),
         Err(r) => return r,
@@ -316,6 +327,7 @@ pub async fn list(
         })
         .collect();
     render(&ListPage {
+        fleet,
         rows: page.rows.iter().map(|r| list_row(&desk, r, now)).collect(),
         total: page.total,
         by_state,

@@ -68,6 +68,8 @@ struct MessagePage {
     blast: String,
     sender: Shown,
     sasl: Option<Shown>,
+    /// The relay that holds it (a fleet-wide store).
+    relay: Option<Shown>,
     client: Option<Shown>,
     subject: Shown,
     message_id: Option<Shown>,
@@ -260,6 +262,7 @@ pub async fn message(
         blast: blast_radius(&r),
         sender: Shown::new(if m.sender.is_empty() { "<>" } else { &m.sender }),
         sasl: m.sasl_login.as_deref().map(Shown::new),
+        relay: r.relay.as_deref().map(Shown::new),
         client: m.client.as_deref().map(Shown::new),
         subject: Shown::new(m.subject.as_deref().unwrap_or("")),
         message_id: m.message_id.as_deref().map(Shown::new),

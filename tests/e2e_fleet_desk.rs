@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! End to end, one quarantine for a fleet: two relays (each a private Postfix with its
+//! own fanout-milter and root worker) share one private PostgreSQL
+//! (tests/common/postgres.rs). A message held on relay A appears on relay B's desk
+//! (over real HTTP, with its relay), is released there, and is carried out by relay
+//! A's worker alone: it reaches the sink, and the audit trail names the reviewer and
+//! both relays. Then PostgreSQL stops: a message to hold is tempfailed, never lost;
+//! sent again once the server is back, it is held once and every desk shows it.
+
+mod common;
+
+use common::http::*;
+use common::postgres::{PG_PASSWORD, Postgres};
+use common::*;
+use fanout_milter::config::PgSettings;
+use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, Store};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const DESK_PASSWORD: &str = "correct horse battery";
+
+struct Relay {
+    name: &'static str,
+    desk: u16,
+    postfix: Postfix,
+    _milter: Milter,
+    worker: Worker,
+}
+
+impl Relay {
+    fn start(root: &Path, name: &'static str, sink: &Sink, pg: &Postgres) -> Relay {
+        let root = root.join(name);
+        std::fs::create_dir_all(&root).expect("relay dir");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let listen = format!("inet:127.0.0.1:{}", free_port());
+        let postfix = Postfix::start(&root, sink, &listen);
+        let secret = root.join("pg.secret");
+        std::fs::write(&secret, format!("{PG_PASSWORD}\n")).expect("password file");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let desk = free_port();
+        let body = format!(
+            r#"
+[domains]
+internal = ["corp.example"]
+
+[limits.envelope]
+tag = 0
+quarantine = 5
+reject = 0
+
+[postfix]
+config_directory = "{etc}"
+
+[quarantine]
+state_dir = "{state}"
+store = "postgres"
+url = "{url}"
+password_file = "{secret}"
+relay = "{name}"
+
+[review]
+listen = "inet:127.0.0.1:{desk}"
+users_file = "{users}"
+"#,
+            etc = postfix.etc.display(),
+            state = root.join("state").display(),
+            url = pg.url(),
+            secret = secret.display(),
+            users = root.join("review-users").display(),
+        );
+        let config = root.join("fanout-milter.toml");
+        std::fs::write(&config, with_listen(&listen, &body)).expect("config");
+        let typed = root.join("desk-password");
+        std::fs::write(&typed, format!("{DESK_PASSWORD}\n")).expect("desk password");
+        let out = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+            .arg("-c")
+            .arg(&config)
+            .args([
+                "review",
+                "passwd",
+                "rita",
+                "--role",
+                "reviewer",
+                "--password-file",
+            ])
+            .arg(&typed)
+            .output()
+            .expect("review passwd");
+        assert!(out.status.success(), "{out:?}");
+        let milter = Milter::start_file(&root, &listen, config.clone());
+        wait_for("the desk to listen", || listening(desk).then_some(()));
+        let worker = Worker::start(&root, &config, &[]);
+        Relay {
+            name,
+            desk,
+            postfix,
+            _milter: milter,
+            worker,
+        }
+    }
+
+    fn send(&self, subject: &str) -> Result<String, Refused> {
+        let to = rcpts(6, "corp.example");
+        smtp_send(
+            self.postfix.smtp_port,
+            "ann@corp.example",
+            &to,
+            &message(subject, &to.join(", ")),
+        )
+    }
+
+    fn held(&self, subject: &str) -> String {
+        wait_for(&format!("{subject} in {}'s hold queue", self.name), || {
+            self.postfix
+                .held()
+                .into_iter()
+                .find(|id| self.postfix.postcat_headers(id).contains(subject))
+        })
+    }
+}
+
+#[test]
+fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
+    let mut pg = Postgres::start();
+    let dir = scratch_dir("fleet-desk");
+    let sink = Sink::start(dir.path());
+    let a = Relay::start(dir.path(), "relay-a", &sink, &pg);
+    let b = Relay::start(dir.path(), "relay-b", &sink, &pg);
+    let observer = Store::open_postgres(
+        &PgSettings {
+            url: pg.url(),
+            password: Some(PG_PASSWORD.into()),
+            relay: "observer".into(),
+            connect_timeout: Duration::from_secs(5),
+        },
+        dir.path(),
+    )
+    .expect("the fleet's store");
+
+    a.send("fleet-desk-1").expect("accepted for the hold queue");
+    let id = a.held("fleet-desk-1");
+
+    // Relay B's desk lists it with its relay, filters by relay, and shows its page.
+    let rita = login(b.desk, "rita", DESK_PASSWORD);
+    let list = get(b.desk, "/", &rita);
+    assert!(list.starts_with("HTTP/1.1 200"), "{list}");
+    assert!(list.contains(&format!("data-queue-id=\"{id}\"")), "{list}");
+    assert!(list.contains("<th>Relay</th>"), "a relay column: {list}");
+    assert!(list.contains("relay-a"), "{list}");
+    let only_b = get(b.desk, "/?relay=relay-b", &rita);
+    assert!(
+        !only_b.contains(&format!("data-queue-id=\"{id}\"")),
+        "{only_b}"
+    );
+    let only_a = get(b.desk, "/?relay=relay-a", &rita);
+    assert!(
+        only_a.contains(&format!("data-queue-id=\"{id}\"")),
+        "{only_a}"
+    );
+    let page = format!("/message/{id}");
+    let seen = get(b.desk, &page, &rita);
+    assert!(seen.contains("fleet-desk-1"), "{seen}");
+    assert!(
+        seen.contains("<dd id=\"relay\"><bdi>relay-a</bdi></dd>"),
+        "{seen}"
+    );
+
+    // Released on B's desk; carried out by A's worker; delivered from A.
+    let released = post(
+        b.desk,
+        &page,
+        Some(&rita),
+        &form(&[
+            ("token", &token(&seen)),
+            ("action", "release"),
+            ("comment", "checked with Ann"),
+        ]),
+    );
+    assert!(released.starts_with("HTTP/1.1 303"), "{released}");
+    let delivered = sink.wait_for("fleet-desk-1");
+    assert_eq!(delivered.rcpts.len(), 6);
+    let queue_id = QueueId::parse(&id).unwrap();
+    let record = observer.record(&queue_id).expect("record");
+    wait_for("the request to be done", || {
+        let requests = observer.requests(record.id).expect("requests");
+        (requests.len() == 1 && requests[0].state == RequestState::Done).then_some(())
+    });
+    let request = observer.requests(record.id).unwrap().remove(0);
+    assert!(
+        a.worker.line(request.id).contains("state=\"done\""),
+        "{}",
+        a.worker.log()
+    );
+    assert!(
+        !b.worker.log().contains(&format!("request={} ", request.id)),
+        "relay B's worker never touched it: {}",
+        b.worker.log()
+    );
+    assert!(!a.postfix.held().contains(&id), "released from A's queue");
+
+    // The audit trail: who, and on which relay each step happened.
+    let record = observer.record(&queue_id).expect("record");
+    assert_eq!(record.state, State::Released);
+    assert_eq!(record.relay.as_deref(), Some("relay-a"));
+    let asked = record
+        .audit
+        .iter()
+        .find(|e| e.action == "request release")
+        .expect("the request in the audit trail");
+    assert_eq!(asked.who, "rita");
+    assert_eq!(
+        asked.comment.as_deref(),
+        Some("on relay-b: via desk from 127.0.0.1, for relay-a: checked with Ann")
+    );
+    let done = record
+        .audit
+        .iter()
+        .find(|e| e.action == "release")
+        .expect("the release in the audit trail");
+    assert!(done.who.contains("rita"), "{done:?}");
+    assert!(
+        done.comment
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("on relay-a"),
+        "{done:?}"
+    );
+    let shown = get(b.desk, &page, &rita);
+    assert!(shown.contains("class=\"req done\""), "{shown}");
+
+    // PostgreSQL stops: a message to hold is tempfailed, never accepted unrecorded.
+    pg.stop();
+    let refused = a
+        .send("fleet-desk-2")
+        .expect_err("no record, no hold: tempfail");
+    assert_eq!(refused.code / 100, 4, "{refused:?}");
+    assert!(
+        !a.postfix
+            .held()
+            .iter()
+            .any(|q| a.postfix.postcat_headers(q).contains("fleet-desk-2")),
+        "nothing held without a record"
+    );
+    let down = get(b.desk, "/", &rita);
+    assert!(
+        !down.starts_with("HTTP/1.1 200"),
+        "the desk says the store failed: {down}"
+    );
+
+    // Back: the client sends again, the message is held once, and every desk has it.
+    pg.restart();
+    a.send("fleet-desk-2").expect("held once the store is back");
+    let id2 = a.held("fleet-desk-2");
+    for desk in [a.desk, b.desk] {
+        let cookie = login(desk, "rita", DESK_PASSWORD);
+        let list = wait_for("the desk to show the new hold", || {
+            let list = get(desk, "/", &cookie);
+            list.contains(&format!("data-queue-id=\"{id2}\""))
+                .then_some(list)
+        });
+        assert!(list.contains("relay-a"), "{list}");
+    }
+    let query = fanout_milter::quarantine::Query {
+        limit: 50,
+        ..Default::default()
+    };
+    // The observer's connection broke with the server: its next call connects again.
+    let all = wait_for("the observer to read the store again", || {
+        observer.page(&query).ok()
+    });
+    assert_eq!(
+        all.rows
+            .iter()
+            .filter(|r| r.record.message.subject.as_deref() == Some("fleet-desk-2"))
+            .count(),
+        1,
+        "held once"
+    );
+}
