@@ -20,14 +20,14 @@ use super::index::{
     CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via,
 };
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped_headers};
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use super::senders::DueNotice;
 use super::store::{Filter, StoreError, search_columns};
 use crate::config::PgSettings;
 use crate::config::redact_url;
 use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN, RULE_NONE};
 use crate::policy::ConfirmedList;
-use crate::text::{self, MAX_SUBJECT_CHARS};
+use crate::text;
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -453,26 +453,7 @@ impl PgStore {
         comment: Option<&str>,
         deadline: Option<Instant>,
     ) -> Result<i64, StoreError> {
-        let capped;
-        let subject = match msg
-            .subject
-            .as_deref()
-            .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
-        {
-            Some(Cow::Owned(subject)) => Some(subject),
-            _ => None,
-        };
-        let headers = capped_headers(&msg.headers);
-        let msg = if subject.is_some() || headers.is_some() {
-            capped = HeldMessage {
-                subject: subject.or_else(|| msg.subject.clone()),
-                headers: headers.unwrap_or_else(|| msg.headers.clone()),
-                ..msg.clone()
-            };
-            &capped
-        } else {
-            msg
-        };
+        let msg = &*capped(msg);
         let facts = serde_json::to_string(msg).map_err(|e| self.corrupt(0, e.to_string()))?;
         let (rules, lists) = search_columns(msg);
         let late = || deadline.is_some_and(|d| Instant::now() >= d);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! What the quarantine remembers about a held message.
 
+use crate::text::{self, MAX_SUBJECT_CHARS};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -181,6 +183,28 @@ pub struct HeldMessage {
     /// What a confirmation by the sender is remembered under (`policy::confirm_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_key: Option<String>,
+}
+
+/// `msg` as a store keeps it: the subject cut to [`MAX_SUBJECT_CHARS`] characters and the
+/// headers to [`MAX_STORED_HEADER_BYTES`]; borrowed when nothing needed cutting.
+pub fn capped(msg: &HeldMessage) -> Cow<'_, HeldMessage> {
+    let subject = match msg
+        .subject
+        .as_deref()
+        .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
+    {
+        Some(Cow::Owned(subject)) => Some(subject),
+        _ => None,
+    };
+    let headers = capped_headers(&msg.headers);
+    if subject.is_none() && headers.is_none() {
+        return Cow::Borrowed(msg);
+    }
+    Cow::Owned(HeldMessage {
+        subject: subject.or_else(|| msg.subject.clone()),
+        headers: headers.unwrap_or_else(|| msg.headers.clone()),
+        ..msg.clone()
+    })
 }
 
 /// How many bytes of header fields (names and values) a record keeps.

@@ -7,12 +7,10 @@
 //! with the `sqlite3` shell. Every write is a transaction with `synchronous = FULL`:
 //! when [`Store::record_held`] returns, the record survives a crash or power loss.
 
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped_headers};
+use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use crate::state_dir::{StateDir, StateDirError};
-use crate::text::{self, MAX_SUBJECT_CHARS};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -561,26 +559,7 @@ impl SqliteStore {
         who: &str,
         comment: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let capped;
-        let subject = match msg
-            .subject
-            .as_deref()
-            .map(|s| text::cap(s, MAX_SUBJECT_CHARS))
-        {
-            Some(Cow::Owned(subject)) => Some(subject),
-            _ => None,
-        };
-        let headers = capped_headers(&msg.headers);
-        let msg = if subject.is_some() || headers.is_some() {
-            capped = HeldMessage {
-                subject: subject.or_else(|| msg.subject.clone()),
-                headers: headers.unwrap_or_else(|| msg.headers.clone()),
-                ..msg.clone()
-            };
-            &capped
-        } else {
-            msg
-        };
+        let msg = &*capped(msg);
         let facts = serde_json::to_string(msg).map_err(|e| StoreError::Corrupt {
             path: self.path.clone(),
             id: 0,
@@ -870,6 +849,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::quarantine::Store;
     use crate::quarantine::record::{ListHit, RuleHit};
+    use crate::text::MAX_SUBJECT_CHARS;
     use std::os::unix::fs::OpenOptionsExt;
 
     pub(crate) fn held(queue_id: &str, at: u64) -> HeldMessage {
