@@ -880,8 +880,12 @@ impl PgStore {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
+        // Expired nonces another transaction holds are left for a later call: waiting on
+        // them here could deadlock with it, since a plea locks the held row before its
+        // nonce and a request files its nonce before the held row.
         tx.execute(
-            "DELETE FROM link_nonces WHERE expires < $1",
+            "DELETE FROM link_nonces WHERE nonce IN (
+                 SELECT nonce FROM link_nonces WHERE expires < $1 FOR UPDATE SKIP LOCKED)",
             &[&clamp(at.saturating_sub(LINK_NONCE_MARGIN))],
         )
         .map_err(|e| self.err(e))?;
