@@ -72,6 +72,37 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `redis-cli` against the bench's server and returns what it printed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The microseconds Redis spent inside scripts (`EVAL`, `EVALSHA`; `scripts`) or inside
+/// the other commands (`!scripts`), from `INFO commandstats`
+/// (`cmdstat_NAME:calls=N,usec=U,...`). Commands a script calls are counted in both.
+/// Redis's CPU per message minus the time inside is its network and event loop.
+fn command_usec(info: &str, scripts: bool) -> f64 {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
+        .filter(|(name, _)| *name != "info" && *name != "config")
+        .filter(|(name, _)| name.starts_with("eval") == scripts)
+        .filter_map(|(_, v)| {
+            v.split("usec=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Adds a load's JSON to `rows` and shows it on stderr.
 fn push_row(
     rows: &mut Vec<String>,
@@ -232,6 +263,8 @@ fn main() {
                 &m,
             );
             let mut redis_cpu_us = 0.0;
+            let mut redis_command_us = 0.0;
+            let mut redis_script_us = 0.0;
             let mut ratio = 0.0;
             if let Some((port, pid)) = redis {
                 let extra = format!(
@@ -244,9 +277,13 @@ fn main() {
                 );
                 let (rt, rd) = start_bin(&bin, &format!("state-redis{label}"), 1, true, &extra);
                 load(&rt, &rd, STATE_CONNECTIONS, 2, 1, true).await;
+                redis_cli(port, &["CONFIG", "RESETSTAT"]);
                 let cpu_before = cpu_seconds(pid);
                 let r = load(&rt, &rd, STATE_CONNECTIONS, per_state, 1, true).await;
                 redis_cpu_us = (cpu_seconds(pid) - cpu_before) / r.messages as f64 * 1e6;
+                let stats = redis_cli(port, &["INFO", "commandstats"]);
+                redis_script_us = command_usec(&stats, true) / r.messages as f64;
+                redis_command_us = command_usec(&stats, false) / r.messages as f64;
                 let log = std::fs::read_to_string(rd.dir.join("daemon.log")).unwrap_or_default();
                 assert!(
                     log.contains("redis answers") && !log.contains("shared state unreachable"),
@@ -264,7 +301,7 @@ fn main() {
                 );
             }
             format!(
-                "{{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}, \"redis_memory_p50_ratio\": {ratio:.2}}}",
+                "{{\"loads\": [{}], \"redis_cpu_us_per_message\": {redis_cpu_us:.1}, \"redis_script_us_per_message\": {redis_script_us:.1}, \"redis_command_us_per_message\": {redis_command_us:.1}, \"redis_memory_p50_ratio\": {ratio:.2}}}",
                 state_rows.join(", ")
             )
         }

@@ -226,12 +226,12 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
     match result {
         Ok(Ok((status, _))) => status,
         Ok(Err(EomError::State(e))) => {
-            error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {e}");
+            error!(queue_id = %shown, verdict = "tempfail", "storm and rate state unavailable, message tempfailed: {}", crate::text::neutralize(&e.to_string()));
             let fault = fault_reply(replies, "storm and rate state unavailable", &shown);
             apply::tempfail(&mut cx.reply, &fault, &shown)
         }
         Ok(Err(e)) => {
-            error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {e:#}");
+            error!(queue_id = %shown, verdict = "tempfail", "internal error, message tempfailed: {}", crate::text::neutralize(&format!("{e:#}")));
             apply::tempfail(
                 &mut cx.reply,
                 &fault_reply(replies, "internal error", &shown),
@@ -244,7 +244,7 @@ async fn handle_eom(cx: &mut EomContext<Session>, shared: Arc<Shared>) -> Status
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {what}), message tempfailed");
+            error!(queue_id = %shown, verdict = "tempfail", "internal fault (panic: {}), message tempfailed", crate::text::neutralize(&what));
             apply::tempfail(
                 &mut cx.reply,
                 &fault_reply(replies, "internal error", &shown),
