@@ -8,7 +8,10 @@
 //! `tests/browser/sender.mjs` opens signed sender links (signed here with the desk key
 //! the test gives the daemon, by the link format of `src/link.rs`) and withdraws one
 //! held message, asks for another's release and confirms a third, and a reviewer sees
-//! the plea first on the held list. Screenshots land in `target/desk-screenshots/`.
+//! the plea first on the held list. A second test runs the fleet's desk: a private
+//! PostgreSQL (tests/common/postgres.rs) that two relays' holds are written to, seen on
+//! relay B's desk by `tests/browser/fleet.mjs`. Screenshots land in
+//! `target/desk-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` (or `FANOUT_CHROMIUM`), `node`, and `npm ci` run in
 //! `tests/browser/`; `scripts/test` installs them. Without them the test is skipped with
@@ -18,7 +21,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::postgres::{PG_PASSWORD, Postgres};
 use common::{ChildGuard, Milter, free_port, listening, wait_for};
+use fanout_milter::config::PgSettings;
 use fanout_milter::quarantine::{
     HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store, Via,
 };
@@ -65,6 +70,9 @@ const SENDER_SCREENSHOTS: [&str; 7] = [
     "sender-sent.png",
     "sender-list.png",
 ];
+
+/// The screenshots the fleet script saves.
+const FLEET_SCREENSHOTS: [&str; 3] = ["fleet-list.png", "fleet-filtered.png", "fleet-message.png"];
 
 /// The desk key the test gives the daemon (`state_dir/desk.key`).
 const DESK_KEY: [u8; 32] = [42; 32];
@@ -390,17 +398,25 @@ fn run_script(dir: &Path, script: &str, log: &Path, env: &[(&str, String)]) -> (
     }
 }
 
-#[test]
-fn the_desk_in_headless_chromium() {
-    let (chromium, script_dir) = match browser() {
-        Ok(found) => found,
+/// The browser's tools, or `None` (the test is skipped with its reason) when they are
+/// missing, unless `FANOUT_REQUIRE_BROWSER=1`, which makes it fail.
+fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
+    match browser() {
+        Ok(found) => Some(found),
         Err(why) if std::env::var("FANOUT_REQUIRE_BROWSER").as_deref() == Ok("1") => {
             panic!("the browser test cannot run: {why}; scripts/test installs it")
         }
         Err(why) => {
             eprintln!("skipped: the browser test cannot run: {why} (scripts/test installs it)");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn the_desk_in_headless_chromium() {
+    let Some((chromium, script_dir)) = browser_or_skip() else {
+        return;
     };
     let root = tempfile::tempdir().expect("tempdir");
     let state = root.path().join("state");
@@ -634,4 +650,141 @@ fn the_desk_in_headless_chromium() {
     assert!(!milter.log().contains(payload), "the link is never logged");
 
     assert!(milter.stop().success(), "{}", milter.log());
+}
+
+/// The fleet's desk: one PostgreSQL quarantine written by two relays, seen in the
+/// browser on relay B's desk (the daemon runs as relay B): both holds listed with their
+/// relay, the relay filter, and a release of relay A's message asked on relay B, which
+/// stays pending for relay A's worker (none runs here).
+#[test]
+fn the_fleet_desk_in_headless_chromium() {
+    let Some((chromium, script_dir)) = browser_or_skip() else {
+        return;
+    };
+    let pg = Postgres::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_id, b_id) = ("B1A2C3D4E5", "C2B3D4E5F6");
+    for (relay, id, subject) in [
+        ("relay-a", a_id, "Quarterly update"),
+        ("relay-b", b_id, "Minutes of Monday"),
+    ] {
+        let dir = root.path().join(relay);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let settings = PgSettings {
+            url: pg.url(),
+            password: Some(PG_PASSWORD.into()),
+            relay: relay.into(),
+            connect_timeout: Duration::from_secs(5),
+        };
+        let store = Store::open_postgres(&settings, &dir).expect("the fleet's store");
+        let record = held(
+            id,
+            30 * 60,
+            "comms@example.org",
+            Some("comms"),
+            &["all-staff@example.org"],
+            840_000,
+            0,
+            vec![list("all-staff@example.org", 840_000, 0)],
+            subject,
+            vec![rule(
+                "limits.audience",
+                "quarantine",
+                "840,000 recipients >= quarantine level 500",
+            )],
+        );
+        store
+            .record_held(&record, "milter", Some("held by the seed"))
+            .expect("record a held message");
+    }
+
+    let state = root.path().join("relay-b");
+    let users = root.path().join("review-users");
+    let secret = root.path().join("pg.secret");
+    std::fs::write(&secret, format!("{PG_PASSWORD}\n")).expect("password file");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let port = free_port();
+    let body = format!(
+        "[domains]\ninternal = [\"example.org\"]\n\
+         [quarantine]\nstate_dir = \"{}\"\nstore = \"postgres\"\nurl = \"{}\"\n\
+         password_file = \"{}\"\nrelay = \"relay-b\"\n\
+         [postfix]\nmyorigin = \"example.org\"\n\
+         [review]\nlisten = \"inet:127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
+        state.display(),
+        pg.url(),
+        secret.display(),
+        users.display()
+    );
+    let conf = root.path().join("fanout-milter.toml");
+    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
+    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
+        .expect("write the configuration");
+    passwd(
+        &conf,
+        root.path(),
+        "rita",
+        "reviewer",
+        "rita-reviews-at-3am",
+    );
+    let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
+    wait_for("the desk to listen", || listening(port).then_some(()));
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
+    for shot in FLEET_SCREENSHOTS.iter().chain(&["fleet-failure.png"]) {
+        let _ = std::fs::remove_file(shots.join(shot));
+    }
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let fixture = json!({
+        "a": {"id": a_id, "relay": "relay-a"},
+        "b": {"id": b_id, "relay": "relay-b"},
+    });
+    let (ok, output) = run_script(
+        &script_dir,
+        "fleet.mjs",
+        &root.path().join("fleet.log"),
+        &[
+            ("DESK_URL", format!("http://127.0.0.1:{port}")),
+            ("DESK_REVIEWER", "rita".into()),
+            ("DESK_REVIEWER_PASSWORD", "rita-reviews-at-3am".into()),
+            ("FLEET_FIXTURE", fixture.to_string()),
+            ("DESK_SCREENSHOTS", shots.display().to_string()),
+            ("CHROMIUM", chromium.display().to_string()),
+        ],
+    );
+    assert!(
+        ok,
+        "the fleet script failed:\n{output}\ndaemon log:\n{}",
+        milter.log()
+    );
+    eprintln!("{output}");
+    for shot in FLEET_SCREENSHOTS {
+        let len = std::fs::metadata(shots.join(shot))
+            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
+            .len();
+        assert!(len > 10_000, "{shot} is only {len} bytes");
+    }
+    assert!(milter.stop().success(), "{}", milter.log());
+
+    // As the fleet's store saw it: one pending release of relay A's message, by the
+    // reviewer; nothing for relay B's.
+    let observer = PgSettings {
+        url: pg.url(),
+        password: Some(PG_PASSWORD.into()),
+        relay: "observer".into(),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let store = Store::open_postgres(&observer, root.path()).expect("the fleet's store");
+    let requests = |id: &str| {
+        let record = store
+            .record(&QueueId::parse(id).unwrap())
+            .expect("a record");
+        store.requests(record.id).expect("its requests")
+    };
+    let filed = requests(a_id);
+    assert_eq!(filed.len(), 1, "{filed:?}");
+    assert_eq!(filed[0].who, "rita");
+    assert_eq!(filed[0].action, RequestAction::Release);
+    assert_eq!(filed[0].state, RequestState::Pending);
+    assert!(requests(b_id).is_empty());
 }

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+// The fleet's review desk in headless chromium: one PostgreSQL quarantine that two
+// relays write to, seen on relay B's desk. Started by tests/desk_browser.rs, which runs
+// PostgreSQL and the daemon (as relay B) and seeds one held message per relay. Every
+// step asserts; the first failure is printed with its step, a screenshot is saved as
+// fleet-failure.png, and the script exits 1.
+//
+// Environment: DESK_URL, DESK_REVIEWER, DESK_REVIEWER_PASSWORD, FLEET_FIXTURE (JSON:
+// {"a": {"id": queue id, "relay": name}, "b": {...}}), DESK_SCREENSHOTS, CHROMIUM.
+
+import { chromium } from 'playwright-core';
+import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
+import path from 'node:path';
+
+const DESK = env('DESK_URL').replace(/\/$/, '');
+const REVIEWER = env('DESK_REVIEWER');
+const REVIEWER_PASSWORD = env('DESK_REVIEWER_PASSWORD');
+const FLEET = JSON.parse(env('FLEET_FIXTURE'));
+const SHOTS = env('DESK_SCREENSHOTS');
+const CHROMIUM = env('CHROMIUM');
+
+// The held list's rows (queue ids, in order).
+async function rowIds(page) {
+  return page.locator('#held tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.queueId));
+}
+
+// The Relay cell of the row of queue id `id`.
+async function relayOf(page, id) {
+  return (await page.locator(`#held tr[data-queue-id="${id}"] td.relay`).textContent()).trim();
+}
+
+const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30000 });
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+context.setDefaultTimeout(10000);
+context.setDefaultNavigationTimeout(15000);
+const page = await context.newPage();
+let failed = false;
+
+try {
+  await step("relay B's desk lists both relays' holds with their relay", async () => {
+    await page.goto(`${DESK}/login`);
+    await page.fill('#login input[name=user]', REVIEWER);
+    await page.fill('#login input[name=password]', REVIEWER_PASSWORD);
+    const r = await submitWith(page, '#login button[type=submit]');
+    equal(r.status(), 303, 'status of the login POST');
+    const heads = await page.locator('#held thead th').allTextContents();
+    check(heads.map((h) => h.trim()).includes('Relay'), `a Relay column: ${heads}`);
+    const ids = (await rowIds(page)).sort();
+    equal(JSON.stringify(ids), JSON.stringify([FLEET.a.id, FLEET.b.id].sort()), 'rows of the fleet');
+    equal(await relayOf(page, FLEET.a.id), FLEET.a.relay, "relay A's row");
+    equal(await relayOf(page, FLEET.b.id), FLEET.b.relay, "relay B's row");
+    await page.screenshot({ path: path.join(SHOTS, 'fleet-list.png'), fullPage: true });
+  });
+
+  await step('filter by relay', async () => {
+    await page.fill('#filter input[name=relay]', FLEET.a.relay);
+    await Promise.all([page.waitForURL(/relay=/), page.click('#filter button[type=submit]')]);
+    equal(JSON.stringify(await rowIds(page)), JSON.stringify([FLEET.a.id]), `rows of ${FLEET.a.relay}`);
+    equal(await page.inputValue('#filter input[name=relay]'), FLEET.a.relay, 'the filter keeps its value');
+    check((await page.locator('#total').textContent()).includes('1 matching'), 'the total for one relay');
+    await page.screenshot({ path: path.join(SHOTS, 'fleet-filtered.png'), fullPage: true });
+  });
+
+  await step("a release of relay A's message, asked on relay B, waits for relay A", async () => {
+    await Promise.all([
+      page.waitForURL(new RegExp(`/message/${FLEET.a.id}$`)),
+      page.click(`#held tr[data-queue-id="${FLEET.a.id}"] a[href$="/message/${FLEET.a.id}"]`),
+    ]);
+    equal((await page.locator('#relay').textContent()).trim(), FLEET.a.relay, 'the message page names its relay');
+    await page.fill('#act [name=comment]', 'asked from the other relay');
+    const r = await submitWith(page, '#act button[name=action][value=release]');
+    equal(r.status(), 303, 'status of the release POST');
+    const rows = page.locator('#requests tbody tr');
+    equal(await rows.count(), 1, 'requests listed');
+    equal((await rows.first().locator('td.state').textContent()).trim(), 'pending', 'the request waits');
+    const note = await page.locator('#no-action').textContent();
+    check(note.includes(`relay ${FLEET.a.relay} carries it out`), `the page says who acts: ${note}`);
+    const audit = await page.locator('#audit tbody tr').last().textContent();
+    check(audit.includes(REVIEWER) && audit.includes(FLEET.b.relay), `the audit names the reviewer and relay B: ${audit}`);
+    await page.screenshot({ path: path.join(SHOTS, 'fleet-message.png'), fullPage: true });
+  });
+} catch (e) {
+  failed = true;
+  const what = e instanceof Failed ? e.message : e.stack || String(e);
+  console.error(`FAIL ${progress.current}: ${what}`);
+  try {
+    console.error(`     at ${page.url()}`);
+    await page.screenshot({ path: path.join(SHOTS, 'fleet-failure.png'), fullPage: true });
+  } catch {
+    // The page is gone; the message above says why.
+  }
+} finally {
+  await browser.close();
+}
+if (failed) process.exit(1);
+console.log('fleet.mjs: every step passed');
