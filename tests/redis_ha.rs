@@ -2,8 +2,8 @@
 //! Redis as large sites run it, against real servers on loopback: TLS (`rediss://`
 //! with a CA file and a client certificate, certificates made here with the openssl
 //! CLI), and Sentinel (a master, a replica and a sentinel; the master is killed, the
-//! sentinel promotes the replica, and shared counting resumes on it), at the backend
-//! and end to end through Postfix.
+//! sentinel promotes the replica, and shared counting resumes on it; also with TLS
+//! everywhere), at the backend and end to end through Postfix.
 
 mod common;
 
@@ -104,6 +104,8 @@ fn make_cert(dir: &Path, name: &str, ca: &str, usage: &str) {
 struct Server {
     port: u16,
     child: ChildGuard,
+    /// The CA file of a server that speaks TLS only.
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -118,6 +120,7 @@ impl Server {
         let mut s = Server {
             port,
             child: ChildGuard(Some(child)),
+            ca: None,
         };
         wait_for("redis-server to listen", || {
             if let Some(status) = s.child.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -137,6 +140,33 @@ impl Server {
         Server::start(port, &args)
     }
 
+    /// A server that speaks TLS only (no plain port), with the certificate
+    /// `server.pem` of the CA `ca.pem` in `dir`, not asking clients for one;
+    /// replication and sentinels use TLS too. `extra` appended.
+    fn tls(port: u16, dir: &Path, extra: &[&str]) -> Server {
+        let p = port.to_string();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+        let mut args = vec!["--port", "0", "--tls-port", &p, "--bind", "127.0.0.1"];
+        args.extend([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/tmp",
+            "--logfile",
+            "",
+        ]);
+        args.extend(["--tls-cert-file", &cert, "--tls-key-file", &key]);
+        args.extend(["--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"]);
+        args.extend(["--tls-replication", "yes"]);
+        args.extend(extra);
+        let mut server = Server::start(port, &args);
+        server.ca = Some(dir.join("ca.pem"));
+        server
+    }
+
     /// A synchronous connection for checks (with `PASSWORD` when `auth`).
     fn client(&self, auth: bool) -> redis::Connection {
         let pass = if auth {
@@ -144,10 +174,13 @@ impl Server {
         } else {
             String::new()
         };
-        redis::Client::open(format!("redis://{pass}127.0.0.1:{}/", self.port))
-            .expect("a URL")
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect")
+        sync_client(
+            &format!("127.0.0.1:{}/", self.port),
+            &pass,
+            self.ca.as_deref(),
+        )
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .expect("connect")
     }
 
     fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -159,6 +192,22 @@ impl Server {
         self.signal(nix::sys::signal::Signal::SIGKILL);
         self.child.wait();
     }
+}
+
+/// A synchronous client of `host_port` (with `pass@` before it), over TLS trusting
+/// `ca` when given.
+fn sync_client(host_port: &str, pass: &str, ca: Option<&Path>) -> redis::Client {
+    match ca {
+        Some(ca) => redis::Client::build_with_tls(
+            format!("rediss://{pass}{host_port}"),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca).expect("read the CA file")),
+            },
+        ),
+        None => redis::Client::open(format!("redis://{pass}{host_port}")),
+    }
+    .expect("a URL")
 }
 
 fn tls_settings(dir: &Path, ca: &str, client: bool) -> RedisConnSettings {
@@ -262,49 +311,78 @@ struct Trio {
     replica: Server,
     sentinel: Server,
     auth: bool,
-    _dir: tempfile::TempDir,
+    /// TLS everywhere (servers, replication, sentinel), certificates of `ca.pem` here.
+    tls: bool,
+    dir: tempfile::TempDir,
 }
 
 impl Trio {
-    /// Starts them and waits until the sentinel knows the replica, in sync.
-    fn start(auth: bool) -> Trio {
+    /// Starts them and waits until the sentinel knows the replica, in sync; with
+    /// `tls`, every server and the sentinel speak TLS only.
+    fn start(auth: bool, tls: bool) -> Trio {
         let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        if tls {
+            make_ca(d, "ca");
+            make_cert(d, "server", "ca", "serverAuth");
+        }
+        let server = |port: u16, extra: &[&str]| {
+            if tls {
+                Server::tls(port, d, extra)
+            } else {
+                Server::plain(port, extra)
+            }
+        };
         let (mp, rp, sp) = (free_port(), free_port(), free_port());
         let mp_s = mp.to_string();
         let mut auth_args = vec![];
         if auth {
             auth_args = vec!["--requirepass", PASSWORD, "--masterauth", PASSWORD];
         }
-        let master = Server::plain(mp, &auth_args);
+        let master = server(mp, &auth_args);
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &mp_s];
         replica_args.extend(&auth_args);
-        let replica = Server::plain(rp, &replica_args);
-        let conf = dir.path().join("sentinel.conf");
+        let replica = server(rp, &replica_args);
+        let conf = d.join("sentinel.conf");
         let auth_conf = if auth {
             format!("sentinel auth-pass mymaster {PASSWORD}\nrequirepass {SENTINEL_PASSWORD}\n")
         } else {
             String::new()
         };
+        let listen = if tls {
+            let f = |name: &str| d.join(name).display().to_string();
+            format!(
+                "port 0\ntls-port {sp}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                f("server.pem"),
+                f("server.key"),
+                f("ca.pem")
+            )
+        } else {
+            format!("port {sp}\n")
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {sp}\nbind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n\
+                "{listen}bind 127.0.0.1\ndaemonize no\nlogfile \"\"\ndir {}\n\
                  sentinel monitor mymaster 127.0.0.1 {mp} 1\n\
                  sentinel down-after-milliseconds mymaster 500\n\
                  sentinel failover-timeout mymaster 3000\n\
                  sentinel parallel-syncs mymaster 1\n{auth_conf}",
-                dir.path().display()
+                d.display()
             ),
         )
         .expect("write sentinel.conf");
         let conf_s = conf.display().to_string();
-        let sentinel = Server::start(sp, &[&conf_s, "--sentinel"]);
+        let mut sentinel = Server::start(sp, &[&conf_s, "--sentinel"]);
+        sentinel.ca = master.ca.clone();
         let trio = Trio {
             master,
             replica,
             sentinel,
             auth,
-            _dir: dir,
+            tls,
+            dir,
         };
         wait_for("the sentinel to know the replica", || {
             trio.sentinel_knows_replica().then_some(())
@@ -313,20 +391,33 @@ impl Trio {
         trio
     }
 
-    /// The sentinel's URL (with its password when it has one).
-    fn sentinel_url(&self) -> String {
-        let pass = if self.auth {
+    /// The sentinel's password before `@`, or nothing.
+    fn sentinel_pass(&self) -> String {
+        if self.auth {
             format!(":{SENTINEL_PASSWORD}@")
         } else {
             String::new()
-        };
-        format!("redis://{pass}127.0.0.1:{}", self.sentinel.port)
+        }
+    }
+
+    /// The sentinel's URL (with its password when it has one).
+    fn sentinel_url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!(
+            "{scheme}://{}127.0.0.1:{}",
+            self.sentinel_pass(),
+            self.sentinel.port
+        )
     }
 
     fn sentinel_client(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.sentinel_url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-            .ok()
+        sync_client(
+            &format!("127.0.0.1:{}", self.sentinel.port),
+            &self.sentinel_pass(),
+            self.sentinel.ca.as_deref(),
+        )
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .ok()
     }
 
     /// The port of the master the sentinel names.
@@ -369,21 +460,23 @@ impl Trio {
 
 /// A relay's state: the Sentinel-found master with local state behind it.
 fn relay(trio: &Trio, on_failure: OnFailure) -> (Failover, AlertReceiver) {
+    let scheme = if trio.tls { "rediss" } else { "redis" };
     let settings = RedisConnSettings {
-        ca_file: None,
+        ca_file: trio.tls.then(|| trio.dir.path().join("ca.pem")),
         client_cert: None,
         sentinel: Some(SentinelSettings {
             master: "mymaster".into(),
             urls: vec![
                 // A sentinel that is down first: the next one answers.
-                format!("redis://127.0.0.1:{}", free_port()).into(),
+                format!("{scheme}://127.0.0.1:{}", free_port()).into(),
                 trio.sentinel_url().into(),
             ],
             password_file: None,
         }),
     };
-    let remote = RedisBackend::connect("redis://mymaster/", None, &settings, "ha:", TIMEOUT)
-        .expect("valid settings");
+    let master = format!("{scheme}://mymaster/");
+    let remote =
+        RedisBackend::connect(&master, None, &settings, "ha:", TIMEOUT).expect("valid settings");
     let (tx, rx) = channel(100);
     let f = Failover::new(
         Arc::new(remote),
@@ -412,18 +505,25 @@ async fn until_up(f: &Failover, since: Instant) -> Duration {
 
 #[tokio::test]
 async fn after_a_sentinel_failover_shared_counting_resumes_on_the_promoted_replica() {
-    failover_scenario(false).await;
+    failover_scenario(false, false).await;
 }
 
 #[tokio::test]
 async fn a_master_that_hangs_is_left_for_the_promoted_replica_too() {
-    failover_scenario(true).await;
+    failover_scenario(true, false).await;
+}
+
+#[tokio::test]
+async fn with_tls_everywhere_a_sentinel_failover_resumes_on_the_promoted_replica() {
+    failover_scenario(false, true).await;
 }
 
 /// Two relays on the master a sentinel names; the master is killed (or, with `hang`,
-/// stopped with SIGSTOP, as a network cut looks); the replica is promoted.
-async fn failover_scenario(hang: bool) {
-    let mut trio = Trio::start(false);
+/// stopped with SIGSTOP, as a network cut looks); the replica is promoted. With `tls`,
+/// the servers, replication and the sentinel speak TLS only, checked against the CA
+/// file the relays are given.
+async fn failover_scenario(hang: bool, tls: bool) {
+    let mut trio = Trio::start(false, tls);
     let (a, mut alerts) = relay(&trio, OnFailure::Local);
     let (b, _) = relay(&trio, OnFailure::Tempfail);
     assert_eq!(
@@ -524,7 +624,7 @@ fn storm_key(thread: &str) -> String {
 #[test]
 fn through_postfix_a_sentinel_failover_keeps_mail_flowing_and_storms_shared() {
     common::require_postfix();
-    let mut trio = Trio::start(true);
+    let mut trio = Trio::start(true, false);
     let dir = common::scratch_dir("redis-ha");
     let sink = common::Sink::start(dir.path());
     let listen = format!("inet:127.0.0.1:{}", free_port());
