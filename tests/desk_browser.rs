@@ -413,6 +413,59 @@ fn browser_or_skip() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// Starts the daemon with its desk on a free loopback port, `[quarantine]` as
+/// `quarantine` says, the reviewer rita and `others` (name, role, password) as its
+/// users; returns it, listening, and the desk's port.
+fn desk_daemon(root: &Path, quarantine: &str, others: &[(&str, &str, &str)]) -> (Milter, u16) {
+    let port = free_port();
+    let body = format!(
+        "[domains]\ninternal = [\"example.org\"]\n\
+         [quarantine]\n{quarantine}\
+         [postfix]\nrecipient_delimiter = \"+\"\nmyorigin = \"example.org\"\n\
+         [review]\nlisten = \"inet:127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
+        root.join("review-users").display()
+    );
+    let conf = root.join("fanout-milter.toml");
+    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
+    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
+        .expect("write the configuration");
+    for (user, role, password) in [("rita", "reviewer", "rita-reviews-at-3am")]
+        .iter()
+        .chain(others)
+    {
+        passwd(&conf, root, user, role, password);
+    }
+    let milter = Milter::start_file(root, &milter_listen, conf);
+    wait_for("the desk to listen", || listening(port).then_some(()));
+    (milter, port)
+}
+
+/// Runs browser script `script` in `dir` (see [`run_script`]) against `milter`'s desk,
+/// fails with the script's output and the daemon's log unless it passed, and checks
+/// that it saved each of `shots.1` in `shots.0`, larger than `shots.2` bytes.
+fn browse(
+    milter: &Milter,
+    (dir, script): (&Path, &str),
+    log: &Path,
+    env: &[(&str, String)],
+    shots: (&Path, &[&str], u64),
+) {
+    let (ok, output) = run_script(dir, script, log, env);
+    assert!(
+        ok,
+        "the browser script {script} failed:\n{output}\ndaemon log:\n{}",
+        milter.log()
+    );
+    eprintln!("{output}");
+    let (shots, names, min) = shots;
+    for shot in names {
+        let len = std::fs::metadata(shots.join(shot))
+            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
+            .len();
+        assert!(len > min, "{shot} is only {len} bytes");
+    }
+}
+
 #[test]
 fn the_desk_in_headless_chromium() {
     let Some((chromium, script_dir)) = browser_or_skip() else {
@@ -420,7 +473,6 @@ fn the_desk_in_headless_chromium() {
     };
     let root = tempfile::tempdir().expect("tempdir");
     let state = root.path().join("state");
-    let users = root.path().join("review-users");
     seed(&state);
     let mut key = std::fs::OpenOptions::new()
         .write(true)
@@ -431,38 +483,15 @@ fn the_desk_in_headless_chromium() {
     std::io::Write::write_all(&mut key, &DESK_KEY).expect("write the desk key");
     drop(key);
 
-    let port = free_port();
+    let (mut milter, port) = desk_daemon(
+        root.path(),
+        &format!("state_dir = \"{}\"\n", state.display()),
+        &[
+            ("victor", "viewer", "victor-only-looks"),
+            ("alice", "admin", "alice-pulls-the-brake"),
+        ],
+    );
     let desk = format!("http://127.0.0.1:{port}");
-    let body = format!(
-        "[domains]\ninternal = [\"example.org\"]\n\
-         [quarantine]\nstate_dir = \"{}\"\n\
-         [postfix]\nrecipient_delimiter = \"+\"\nmyorigin = \"example.org\"\n\
-         [review]\nlisten = \"inet:127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
-        state.display(),
-        users.display()
-    );
-    let conf = root.path().join("fanout-milter.toml");
-    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
-    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
-        .expect("write the configuration");
-    passwd(
-        &conf,
-        root.path(),
-        "rita",
-        "reviewer",
-        "rita-reviews-at-3am",
-    );
-    passwd(&conf, root.path(), "victor", "viewer", "victor-only-looks");
-    passwd(
-        &conf,
-        root.path(),
-        "alice",
-        "admin",
-        "alice-pulls-the-brake",
-    );
-
-    let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
-    wait_for("the desk to listen", || listening(port).then_some(()));
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
     for shot in SCREENSHOTS
@@ -476,9 +505,9 @@ fn the_desk_in_headless_chromium() {
     let fixture = format!(
         "{{\"big\":\"{BIG}\",\"hostile\":\"{HOSTILE}\",\"small\":\"{SMALL}\",\"storm\":\"{STORM}\"}}"
     );
-    let (ok, output) = run_script(
-        &script_dir,
-        "desk.mjs",
+    browse(
+        &milter,
+        (&script_dir, "desk.mjs"),
         &root.path().join("browser.log"),
         &[
             ("DESK_URL", desk.clone()),
@@ -492,19 +521,8 @@ fn the_desk_in_headless_chromium() {
             ("DESK_SCREENSHOTS", shots.display().to_string()),
             ("CHROMIUM", chromium.display().to_string()),
         ],
+        (&shots, &SCREENSHOTS, 10_000),
     );
-    assert!(
-        ok,
-        "the browser script failed:\n{output}\ndaemon log:\n{}",
-        milter.log()
-    );
-    eprintln!("{output}");
-    for shot in SCREENSHOTS {
-        let len = std::fs::metadata(shots.join(shot))
-            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
-            .len();
-        assert!(len > 10_000, "{shot} is only {len} bytes");
-    }
 
     // What the browser did, as the store saw it: one release by the reviewer, pending
     // (no worker runs here); the forged form and the viewer changed nothing.
@@ -555,9 +573,9 @@ fn the_desk_in_headless_chromium() {
         "asked": ASKED,
         "audience": "1,200",
     });
-    let (ok, output) = run_script(
-        &script_dir,
-        "sender.mjs",
+    browse(
+        &milter,
+        (&script_dir, "sender.mjs"),
         &root.path().join("sender.log"),
         &[
             ("DESK_URL", desk.clone()),
@@ -567,19 +585,8 @@ fn the_desk_in_headless_chromium() {
             ("DESK_SCREENSHOTS", shots.display().to_string()),
             ("CHROMIUM", chromium.display().to_string()),
         ],
+        (&shots, &SENDER_SCREENSHOTS, 2_000),
     );
-    assert!(
-        ok,
-        "the sender script failed:\n{output}\ndaemon log:\n{}",
-        milter.log()
-    );
-    eprintln!("{output}");
-    for shot in SENDER_SCREENSHOTS {
-        let len = std::fs::metadata(shots.join(shot))
-            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
-            .len();
-        assert!(len > 2_000, "{shot} is only {len} bytes");
-    }
     let withdrawn = requests(WITHDRAWN);
     assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
     assert_eq!(
@@ -699,36 +706,21 @@ fn the_fleet_desk_in_headless_chromium() {
     }
 
     let state = root.path().join("relay-b");
-    let users = root.path().join("review-users");
     let secret = root.path().join("pg.secret");
     std::fs::write(&secret, format!("{PG_PASSWORD}\n")).expect("password file");
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
-    let port = free_port();
-    let body = format!(
-        "[domains]\ninternal = [\"example.org\"]\n\
-         [quarantine]\nstate_dir = \"{}\"\nstore = \"postgres\"\nurl = \"{}\"\n\
-         password_file = \"{}\"\nrelay = \"relay-b\"\n\
-         [postfix]\nmyorigin = \"example.org\"\n\
-         [review]\nlisten = \"inet:127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
-        state.display(),
-        pg.url(),
-        secret.display(),
-        users.display()
-    );
-    let conf = root.path().join("fanout-milter.toml");
-    let milter_listen = format!("inet:127.0.0.1:{}", free_port());
-    std::fs::write(&conf, common::with_listen(&milter_listen, &body))
-        .expect("write the configuration");
-    passwd(
-        &conf,
+    let (mut milter, port) = desk_daemon(
         root.path(),
-        "rita",
-        "reviewer",
-        "rita-reviews-at-3am",
+        &format!(
+            "state_dir = \"{}\"\nstore = \"postgres\"\nurl = \"{}\"\n\
+             password_file = \"{}\"\nrelay = \"relay-b\"\n",
+            state.display(),
+            pg.url(),
+            secret.display()
+        ),
+        &[],
     );
-    let mut milter = Milter::start_file(root.path(), &milter_listen, conf.clone());
-    wait_for("the desk to listen", || listening(port).then_some(()));
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desk-screenshots");
     for shot in FLEET_SCREENSHOTS.iter().chain(&["fleet-failure.png"]) {
@@ -739,9 +731,9 @@ fn the_fleet_desk_in_headless_chromium() {
         "a": {"id": a_id, "relay": "relay-a"},
         "b": {"id": b_id, "relay": "relay-b"},
     });
-    let (ok, output) = run_script(
-        &script_dir,
-        "fleet.mjs",
+    browse(
+        &milter,
+        (&script_dir, "fleet.mjs"),
         &root.path().join("fleet.log"),
         &[
             ("DESK_URL", format!("http://127.0.0.1:{port}")),
@@ -751,19 +743,8 @@ fn the_fleet_desk_in_headless_chromium() {
             ("DESK_SCREENSHOTS", shots.display().to_string()),
             ("CHROMIUM", chromium.display().to_string()),
         ],
+        (&shots, &FLEET_SCREENSHOTS, 10_000),
     );
-    assert!(
-        ok,
-        "the fleet script failed:\n{output}\ndaemon log:\n{}",
-        milter.log()
-    );
-    eprintln!("{output}");
-    for shot in FLEET_SCREENSHOTS {
-        let len = std::fs::metadata(shots.join(shot))
-            .unwrap_or_else(|e| panic!("screenshot {shot}: {e}"))
-            .len();
-        assert!(len > 10_000, "{shot} is only {len} bytes");
-    }
     assert!(milter.stop().success(), "{}", milter.log());
 
     // As the fleet's store saw it: one pending release of relay A's message, by the

@@ -227,36 +227,8 @@ async fn a_rediss_backend_checks_the_server_against_the_ca_file_and_shares_count
     make_cert(d, "server", "ca", "serverAuth");
     make_cert(d, "client", "ca", "clientAuth");
     let port = free_port();
-    let file = |name: &str| d.join(name).display().to_string();
-    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
-    let p = port.to_string();
-    let _server = Server::start(
-        port,
-        &[
-            "--port",
-            "0",
-            "--tls-port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/tmp",
-            "--logfile",
-            "",
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "yes",
-        ],
-    );
+    // A server that asks for client certificates (the later option wins).
+    let _server = Server::tls(port, d, &["--tls-auth-clients", "yes"]);
     let url = format!("rediss://127.0.0.1:{port}/");
     let backend = |settings: &RedisConnSettings, prefix: &str| {
         RedisBackend::connect(&url, None, settings, prefix, TIMEOUT).expect("a valid URL")

@@ -9,8 +9,7 @@
 // (JSON: the queue ids big, hostile, small, storm), DESK_SCREENSHOTS (a directory),
 // CHROMIUM (the executable).
 
-import { chromium } from 'playwright-core';
-import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
+import { check, env, equal, launch, login, reportFailure, step, submitWith } from './harness.mjs';
 import http from 'node:http';
 import path from 'node:path';
 
@@ -42,13 +41,6 @@ async function banner(page) {
   return b.textContent();
 }
 
-async function login(page, user, password) {
-  await page.goto(`${DESK}/login`);
-  await page.fill('#login input[name=user]', user);
-  await page.fill('#login input[name=password]', password);
-  return submitWith(page, '#login button[type=submit]');
-}
-
 // A page on another origin whose form auto-submits a release to the desk.
 function forgeryServer() {
   return new Promise((resolve) => {
@@ -66,10 +58,7 @@ function forgeryServer() {
   });
 }
 
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30000 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-context.setDefaultTimeout(10000);
-context.setDefaultNavigationTimeout(15000);
+const { browser, context } = await launch(CHROMIUM, 1280);
 const page = await context.newPage();
 const evil = await forgeryServer();
 let failed = false;
@@ -84,7 +73,7 @@ try {
   });
 
   await step('a wrong password shows the error', async () => {
-    const r = await login(page, REVIEWER, 'not-the-password');
+    const r = await login(page, DESK, REVIEWER, 'not-the-password');
     equal(r.status(), 401, 'status of a wrong password');
     const error = await page.locator('#login-error').textContent();
     check(/wrong user name or password/i.test(error), `the error shown: ${error}`);
@@ -92,7 +81,7 @@ try {
   });
 
   await step('the reviewer logs in and sees the counts and rows', async () => {
-    const r = await login(page, REVIEWER, REVIEWER_PASSWORD);
+    const r = await login(page, DESK, REVIEWER, REVIEWER_PASSWORD);
     equal(r.status(), 303, 'status of the login POST');
     equal(new URL(page.url()).pathname, '/', 'the page after login');
     const who = await page.locator('#who').textContent();
@@ -222,7 +211,7 @@ try {
   });
 
   await step('a viewer sees no action buttons', async () => {
-    const r = await login(page, VIEWER, VIEWER_PASSWORD);
+    const r = await login(page, DESK, VIEWER, VIEWER_PASSWORD);
     equal(r.status(), 303, 'status of the viewer login');
     const who = await page.locator('#who').textContent();
     check(who.includes(VIEWER) && who.includes('viewer'), `the signed-in user: ${who}`);
@@ -267,7 +256,7 @@ try {
   await step('an admin pulls the emergency brake from the desk', async () => {
     await page.goto(`${DESK}/`);
     await submitWith(page, '#logout button');
-    const r = await login(page, ADMIN, ADMIN_PASSWORD);
+    const r = await login(page, DESK, ADMIN, ADMIN_PASSWORD);
     equal(r.status(), 303, 'status of the admin login');
     const who = await page.locator('#who').textContent();
     check(who.includes(ADMIN) && who.includes('admin'), `the signed-in user: ${who}`);
@@ -300,7 +289,7 @@ try {
     const viewer = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     try {
       const other = await viewer.newPage();
-      await login(other, VIEWER, VIEWER_PASSWORD);
+      await login(other, DESK, VIEWER, VIEWER_PASSWORD);
       equal(new URL(other.url()).pathname, '/', "the viewer's list");
       check((await banner(other)).includes('incident 4711'), "the banner on the viewer's list");
       equal(await other.locator('#brake-off').count(), 0, 'a viewer cannot release the brake');
@@ -321,15 +310,7 @@ try {
   });
 } catch (e) {
   failed = true;
-  const what = e instanceof Failed ? e.message : e.stack || String(e);
-  console.error(`FAIL ${progress.current}: ${what}`);
-  try {
-    console.error(`     at ${page.url()}`);
-    await page.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true });
-    console.error(`     screenshot: ${path.join(SHOTS, 'failure.png')}`);
-  } catch {
-    // The page is gone; the message above says why.
-  }
+  await reportFailure(e, page, path.join(SHOTS, 'failure.png'));
 } finally {
   evil.close();
   await browser.close();

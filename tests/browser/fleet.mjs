@@ -8,8 +8,7 @@
 // Environment: DESK_URL, DESK_REVIEWER, DESK_REVIEWER_PASSWORD, FLEET_FIXTURE (JSON:
 // {"a": {"id": queue id, "relay": name}, "b": {...}}), DESK_SCREENSHOTS, CHROMIUM.
 
-import { chromium } from 'playwright-core';
-import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
+import { check, env, equal, launch, login, reportFailure, step, submitWith } from './harness.mjs';
 import path from 'node:path';
 
 const DESK = env('DESK_URL').replace(/\/$/, '');
@@ -29,19 +28,13 @@ async function relayOf(page, id) {
   return (await page.locator(`#held tr[data-queue-id="${id}"] td.relay`).textContent()).trim();
 }
 
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30000 });
-const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-context.setDefaultTimeout(10000);
-context.setDefaultNavigationTimeout(15000);
+const { browser, context } = await launch(CHROMIUM, 1280);
 const page = await context.newPage();
 let failed = false;
 
 try {
   await step("relay B's desk lists both relays' holds with their relay", async () => {
-    await page.goto(`${DESK}/login`);
-    await page.fill('#login input[name=user]', REVIEWER);
-    await page.fill('#login input[name=password]', REVIEWER_PASSWORD);
-    const r = await submitWith(page, '#login button[type=submit]');
+    const r = await login(page, DESK, REVIEWER, REVIEWER_PASSWORD);
     equal(r.status(), 303, 'status of the login POST');
     const heads = await page.locator('#held thead th').allTextContents();
     check(heads.map((h) => h.trim()).includes('Relay'), `a Relay column: ${heads}`);
@@ -81,14 +74,7 @@ try {
   });
 } catch (e) {
   failed = true;
-  const what = e instanceof Failed ? e.message : e.stack || String(e);
-  console.error(`FAIL ${progress.current}: ${what}`);
-  try {
-    console.error(`     at ${page.url()}`);
-    await page.screenshot({ path: path.join(SHOTS, 'fleet-failure.png'), fullPage: true });
-  } catch {
-    // The page is gone; the message above says why.
-  }
+  await reportFailure(e, page, path.join(SHOTS, 'fleet-failure.png'));
 } finally {
   await browser.close();
 }

@@ -11,8 +11,7 @@
 // audience: the confirmed message's audience as the page writes it), DESK_SCREENSHOTS,
 // CHROMIUM.
 
-import { chromium } from 'playwright-core';
-import { ARGS, Failed, check, env, equal, progress, step, submitWith } from './harness.mjs';
+import { check, env, equal, launch, login, reportFailure, step, submitWith } from './harness.mjs';
 import path from 'node:path';
 
 const DESK = env('DESK_URL').replace(/\/$/, '');
@@ -38,10 +37,7 @@ async function open(page, url, heading) {
   return (await page.locator('button').textContent()).trim();
 }
 
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 30000 });
-const context = await browser.newContext({ viewport: { width: 1000, height: 800 } });
-context.setDefaultTimeout(10000);
-context.setDefaultNavigationTimeout(15000);
+const { browser, context } = await launch(CHROMIUM, 1000);
 const page = await context.newPage();
 let failed = false;
 
@@ -98,10 +94,7 @@ try {
     const admin = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     try {
       const desk = await admin.newPage();
-      await desk.goto(`${DESK}/login`);
-      await desk.fill('#login input[name=user]', REVIEWER);
-      await desk.fill('#login input[name=password]', REVIEWER_PASSWORD);
-      await submitWith(desk, '#login button[type=submit]');
+      await login(desk, DESK, REVIEWER, REVIEWER_PASSWORD);
       equal(new URL(desk.url()).pathname, '/', 'the held list');
       equal(await desk.locator('main > h1 + *').evaluate((e) => e.id), 'pleas', 'the pleas box comes first');
       const plea = await desk.locator(`#pleas li[data-queue-id="${LINKS.asked}"] .plea`).textContent();
@@ -114,15 +107,7 @@ try {
   });
 } catch (e) {
   failed = true;
-  const what = e instanceof Failed ? e.message : e.stack || String(e);
-  console.error(`FAIL ${progress.current}: ${what}`);
-  try {
-    console.error(`     at ${page.url()}`);
-    await page.screenshot({ path: path.join(SHOTS, 'sender-failure.png'), fullPage: true });
-    console.error(`     screenshot: ${path.join(SHOTS, 'sender-failure.png')}`);
-  } catch {
-    // The page is gone; the message above says why.
-  }
+  await reportFailure(e, page, path.join(SHOTS, 'sender-failure.png'));
 } finally {
   await browser.close();
 }
