@@ -292,6 +292,16 @@ impl StateDir {
     /// Replaces an entry atomically: a new file created with `O_EXCL | O_NOFOLLOW`
     /// (mode 0600, owned by the directory's owner), written, synced and renamed over it.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StateDirError> {
+        self.write_atomic_with(name, &mut |file| file.write_all(bytes))
+    }
+
+    /// [`StateDir::write_atomic`] with the contents written by `write` as they are
+    /// made (a large file never whole in memory).
+    pub fn write_atomic_with(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+    ) -> Result<(), StateDirError> {
         let path = self.join(name);
         let tmp_name = format!(".{name}.{}", std::process::id());
         let tmp = self.join(&tmp_name);
@@ -318,7 +328,7 @@ impl StateDir {
             if nix::unistd::geteuid().is_root() && self.uid != 0 {
                 std::os::unix::fs::fchown(&file, Some(self.uid), Some(self.gid))?;
             }
-            file.write_all(bytes)?;
+            write(&mut file)?;
             file.sync_all()
         })();
         if let Err(source) = written {

@@ -532,7 +532,7 @@ impl DirectoryIndex {
                     Member::Address(t) => {
                         let target = match t.strip_prefix('@') {
                             Some(d) => format!("{local}@{d}"),
-                            None => t.clone(),
+                            None => t.to_string(),
                         };
                         Some(match self.list(&target) {
                             Some(l) => Resolved::List(l.clone()),

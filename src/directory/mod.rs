@@ -17,6 +17,7 @@ use crate::config::{Config, DirectoryKind};
 use crate::policy::{AudienceFacts, HeaderFacts, ListFacts, RecipientSet};
 use drift::KnownSizes;
 use source::{AliasesSource, ConfigLists, VirtualSource};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -113,7 +114,10 @@ impl Directory {
         let mut configured = ConfigLists::default();
         for (i, l) in config.lists.iter().enumerate() {
             let members = match (&l.members, l.member_count) {
-                (Some(m), _) => m.iter().map(|a| Member::Address(a.clone())).collect(),
+                (Some(m), _) => m
+                    .iter()
+                    .map(|a| Member::Address(a.as_str().into()))
+                    .collect(),
                 (None, Some(n)) => vec![Member::Count(n)],
                 (None, None) => Vec::new(),
             };
@@ -150,7 +154,7 @@ impl Directory {
         }
 
         let mut report = LoadReport::default();
-        let mut defs = Vec::new();
+        let mut defs: Vec<Cow<'_, ListDef>> = Vec::new();
         let mut fallback = Vec::new();
         for source in &sources {
             let data = source.load().map_err(|error| DirectoryError {
@@ -173,7 +177,7 @@ impl Directory {
             .cloned()
             .collect();
         fallback.retain(|d| taken.insert(d.address.clone()));
-        defs.extend(fallback);
+        defs.extend(fallback.into_iter().map(Cow::Owned));
         let defined: std::collections::HashSet<&str> =
             defs.iter().map(|d| d.address.as_str()).collect();
         // A list the policy restricts by name must exist for its mail to be judged.
@@ -191,14 +195,14 @@ impl Directory {
                 "[[list]] {address} has allowed_senders but no source defines it; it is \
                  restricted but counted as one recipient: add member_count"
             ));
-            defs.push(ListDef {
+            defs.push(Cow::Owned(ListDef {
                 address,
                 members: vec![Member::Count(1)],
                 origin: format!("{} [[list]]", config.file.display()),
                 ..ListDef::default()
-            });
+            }));
         }
-        let index = DirectoryIndex::build(
+        let index = DirectoryIndex::build_from(
             defs,
             &IndexOptions {
                 max_depth: config.max_depth,

@@ -4,6 +4,7 @@
 //! to implement [`DirectorySource`].
 
 use super::parse::{ParseError, Parsed, RawEntry, RawTarget, parse_aliases, parse_virtual};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// One list (or alias) and what it expands to.
@@ -25,8 +26,9 @@ pub struct ListDef {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Member {
-    /// An address: a final mailbox, or another list.
-    Address(String),
+    /// An address: a final mailbox, or another list. Shared: a person's address is
+    /// one allocation however many lists of a snapshot name them.
+    Address(std::sync::Arc<str>),
     /// A pipe, file or special target: reaches no mailbox.
     NonMailbox(String),
     /// Members known only by their number (a list held where we cannot read it).
@@ -39,11 +41,12 @@ pub enum Member {
     Unavailable(String),
 }
 
-/// What a source yields.
+/// What a source yields; lists it keeps itself (an LDAP snapshot's) are borrowed,
+/// not copied.
 #[derive(Clone, Debug, Default)]
-pub struct SourceData {
+pub struct SourceData<'a> {
     /// Lists and aliases.
-    pub lists: Vec<ListDef>,
+    pub lists: Vec<Cow<'a, ListDef>>,
     /// Entries that were read but cannot be counted, with the reason.
     pub warnings: Vec<String>,
     /// Lists used only where no source defines the address (an LDAP source's
@@ -91,9 +94,9 @@ pub trait DirectorySource: Send + Sync {
     /// A short description for logs, e.g. `postfix-virtual /etc/postfix/virtual`.
     fn describe(&self) -> String;
     /// Reads the source. Called at start and on reload, never on the mail path.
-    fn load(&self) -> Result<SourceData, SourceError>;
+    fn load(&self) -> Result<SourceData<'_>, SourceError>;
     /// What `data`, loaded from this source, holds.
-    fn tally(&self, data: &SourceData) -> SourceTally {
+    fn tally(&self, data: &SourceData<'_>) -> SourceTally {
         SourceTally {
             name: self.describe(),
             taken_at: None,
@@ -122,7 +125,7 @@ fn members(targets: &[RawTarget], domains: &[String]) -> Vec<Member> {
     targets
         .iter()
         .map(|t| match t {
-            RawTarget::Address(a) => Member::Address(qualify(a, domains)),
+            RawTarget::Address(a) => Member::Address(qualify(a, domains).into()),
             RawTarget::Pipe(c) => Member::NonMailbox(format!("|{c}")),
             RawTarget::File(f) => Member::NonMailbox(f.clone()),
             RawTarget::Special(s) => Member::NonMailbox(s.clone()),
@@ -188,7 +191,7 @@ impl DirectorySource for VirtualSource {
         format!("postfix-virtual {}", self.path.display())
     }
 
-    fn load(&self) -> Result<SourceData, SourceError> {
+    fn load(&self) -> Result<SourceData<'_>, SourceError> {
         let text = read(&self.path)?;
         Ok(self.lists(parse_virtual(&text, &self.path)?))
     }
@@ -196,7 +199,7 @@ impl DirectorySource for VirtualSource {
 
 impl VirtualSource {
     /// The lists of the parsed file.
-    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData {
+    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData<'static> {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
@@ -205,12 +208,12 @@ impl VirtualSource {
         for e in &parsed.entries {
             let members = members(&e.targets, &self.domains);
             if e.key.contains('@') {
-                data.lists.push(ListDef {
+                data.lists.push(Cow::Owned(ListDef {
                     address: e.key.clone(),
                     members,
                     origin: origin(e),
                     ..ListDef::default()
-                });
+                }));
             } else if self.domains.is_empty() {
                 data.warnings.push(format!(
                     "{}: bare key \"{}\" not counted: set domains for this source",
@@ -219,12 +222,12 @@ impl VirtualSource {
                 ));
             } else {
                 for d in &self.domains {
-                    data.lists.push(ListDef {
+                    data.lists.push(Cow::Owned(ListDef {
                         address: format!("{}@{d}", e.key),
                         members: members.clone(),
                         origin: origin(e),
                         ..ListDef::default()
-                    });
+                    }));
                 }
             }
         }
@@ -248,7 +251,7 @@ impl DirectorySource for AliasesSource {
         format!("aliases {}", self.path.display())
     }
 
-    fn load(&self) -> Result<SourceData, SourceError> {
+    fn load(&self) -> Result<SourceData<'_>, SourceError> {
         let text = read(&self.path)?;
         let mut reads = 0;
         let mut reader = |p: &Path| {
@@ -266,7 +269,7 @@ impl DirectorySource for AliasesSource {
 
 impl AliasesSource {
     /// The lists of the parsed file.
-    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData {
+    pub(crate) fn lists(&self, parsed: Parsed) -> SourceData<'static> {
         let mut data = SourceData {
             lists: Vec::with_capacity(parsed.entries.len()),
             warnings: parsed.warnings,
@@ -275,12 +278,12 @@ impl AliasesSource {
         for e in &parsed.entries {
             let members = members(&e.targets, &self.domains);
             for d in &self.domains {
-                data.lists.push(ListDef {
+                data.lists.push(Cow::Owned(ListDef {
                     address: format!("{}@{d}", e.key),
                     members: members.clone(),
                     origin: origin(e),
                     ..ListDef::default()
-                });
+                }));
             }
         }
         data
@@ -299,7 +302,7 @@ impl DirectorySource for ConfigLists {
         "[[list]] entries of the configuration".to_owned()
     }
 
-    fn tally(&self, data: &SourceData) -> SourceTally {
+    fn tally(&self, data: &SourceData<'_>) -> SourceTally {
         SourceTally {
             name: "config".to_owned(),
             entries: data.lists.len() as u64,
@@ -308,9 +311,9 @@ impl DirectorySource for ConfigLists {
         }
     }
 
-    fn load(&self) -> Result<SourceData, SourceError> {
+    fn load(&self) -> Result<SourceData<'_>, SourceError> {
         Ok(SourceData {
-            lists: self.lists.clone(),
+            lists: self.lists.iter().map(Cow::Borrowed).collect(),
             warnings: Vec::new(),
             fallback: Vec::new(),
         })
@@ -368,9 +371,8 @@ mod tests {
         let bare = VirtualSource {
             path,
             domains: vec![],
-        }
-        .load()
-        .expect("load");
+        };
+        let bare = bare.load().expect("load");
         assert_eq!(bare.lists.len(), 2);
         assert!(
             bare.warnings[0].contains("bare key \"staff\" not counted"),

@@ -358,7 +358,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         panic!("a snapshot that does not load");
     };
     let max_depth = u.int_in_range(1..=8)?;
-    let index = DirectoryIndex::build(
+    let index = DirectoryIndex::build_from(
         data.lists,
         &IndexOptions {
             max_depth,

@@ -99,7 +99,7 @@ pub fn tables(data: &[u8]) {
             }
         }
     }
-    let index = DirectoryIndex::build(
+    let index = DirectoryIndex::build_from(
         data.lists,
         &IndexOptions {
             max_depth: usize::from((head >> 3) & 7) + 1,

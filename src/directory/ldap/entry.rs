@@ -12,6 +12,13 @@ use crate::policy::address::fold_case;
 /// spaces around separators dropped (escaped characters kept).
 pub fn normalize_dn(dn: &str) -> String {
     let mut out = String::with_capacity(dn.len());
+    normalize_dn_into(dn, &mut out);
+    out
+}
+
+/// [`normalize_dn`] into `out` (cleared first), reusing its allocation.
+pub fn normalize_dn_into(dn: &str, out: &mut String) {
+    out.clear();
     let mut chars = dn.trim().chars().peekable();
     let mut pending_space = String::new();
     while let Some(c) = chars.next() {
@@ -39,7 +46,11 @@ pub fn normalize_dn(dn: &str) -> String {
             }
         }
     }
-    fold_case(&out)
+    if out.is_ascii() {
+        out.make_ascii_lowercase();
+    } else {
+        *out = fold_case(out);
+    }
 }
 
 /// A member DN without the optional `#'0101'B` UID of `uniqueMember` (RFC 4517 NameAndOptionalUID).
@@ -79,9 +90,43 @@ pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
         }
     }
     primary.extend(rest);
+    if primary.len() <= 16 {
+        // A person's two or three addresses: no set needed.
+        let mut out: Vec<String> = Vec::with_capacity(primary.len());
+        for a in primary {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        return out;
+    }
     let mut seen = std::collections::HashSet::new();
     primary.retain(|a| seen.insert(a.clone()));
     primary
+}
+
+/// The first of [`addresses`] (the primary address), without reading the others:
+/// all a person costs in a snapshot.
+pub fn primary_address(e: &Entry, s: &LdapSettings) -> Option<String> {
+    let mut first: Option<&str> = None;
+    for attr in &s.leaf_mail_attributes {
+        for v in e.values(attr) {
+            let v = v.trim();
+            let (address, is_primary) = match v.split_once(':') {
+                Some((p, a)) if p.eq_ignore_ascii_case("smtp") => (a, p == "SMTP"),
+                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => continue,
+                _ => (v, first.is_none()),
+            };
+            if !address.contains('@') {
+                continue;
+            }
+            if is_primary {
+                return Some(fold_case(address));
+            }
+            first.get_or_insert(address);
+        }
+    }
+    first.map(fold_case)
 }
 
 /// True when an entry is a list: it has members of some kind, a dynamic filter, or a

@@ -4,11 +4,13 @@
 //! dynamic list. Any limit, timeout or broken connection fails the whole fetch.
 
 use super::client::{Entry, LdapFault, LdapServer, Scope};
-use super::entry::{addresses, entry_key, is_list, normalize_dn, strip_uid};
+use super::entry::{
+    addresses, entry_key, is_list, normalize_dn, normalize_dn_into, primary_address, strip_uid,
+};
 use crate::config::ldap::LdapSettings;
-use std::collections::hash_map::{Entry as Slot, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 /// Capability OID in an Active Directory root entry.
 pub const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
@@ -68,6 +70,11 @@ pub enum EntryKey {
 impl EntryKey {
     /// The key of an entry.
     pub fn of(e: &Entry) -> EntryKey {
+        // The common case, an `entryUUID` in its usual spelling, read without
+        // allocating; anything else as `entry_key` says.
+        if let Some(id) = e.values("entryUUID").next().and_then(dashed_uuid) {
+            return EntryKey::Id(id);
+        }
         let text = entry_key(e);
         let hex: String =
             if text.len() == 36 && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-') {
@@ -89,6 +96,29 @@ impl EntryKey {
             EntryKey::Text(text.into())
         }
     }
+}
+
+/// The 16 bytes of a UUID spelled `8-4-4-4-12` in hex digits (either case).
+fn dashed_uuid(v: &str) -> Option<[u8; 16]> {
+    let b = v.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        let dash = matches!(i, 8 | 13 | 18 | 23);
+        if (c == b'-') != dash || (!dash && !c.is_ascii_hexdigit()) {
+            return None;
+        }
+    }
+    let mut id = [0u8; 16];
+    let digits = b
+        .iter()
+        .filter(|&&c| c != b'-')
+        .map(|&c| (c as char).to_digit(16).unwrap_or(0) as u8);
+    for (i, d) in digits.enumerate() {
+        id[i / 2] |= if i % 2 == 0 { d << 4 } else { d };
+    }
+    Some(id)
 }
 
 /// Compares with [`entry_key`]'s text (a UUID with or without its dashes).
@@ -113,8 +143,23 @@ pub struct DnHasher(RandomState, RandomState);
 impl DnHasher {
     /// The hash of `dn`'s normalized form.
     pub fn hash(&self, dn: &str) -> u128 {
-        let n = normalize_dn(dn);
-        (u128::from(self.0.hash_one(&n)) << 64) | u128::from(self.1.hash_one(&n))
+        thread_local! {
+            static BUFFER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        // Millions of DNs per refresh: normalised in a reused buffer, not a new
+        // string each.
+        BUFFER.with(|b| {
+            let Ok(mut n) = b.try_borrow_mut() else {
+                let n = normalize_dn(dn);
+                return self.hash_normalized(&n);
+            };
+            normalize_dn_into(dn, &mut n);
+            self.hash_normalized(&n)
+        })
+    }
+
+    fn hash_normalized(&self, n: &str) -> u128 {
+        (u128::from(self.0.hash_one(n)) << 64) | u128::from(self.1.hash_one(n))
     }
 }
 
@@ -122,7 +167,7 @@ impl DnHasher {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     /// Its primary address, or its normalized DN when it has none.
-    pub name: Box<str>,
+    pub name: std::sync::Arc<str>,
     /// True for a list.
     pub group: bool,
     /// True when it has an address.
@@ -250,6 +295,67 @@ impl Item {
     }
 }
 
+/// Nodes found by a key each has: the keys in a vector by node, and a table of node
+/// ids (about 21 bytes a node for a DN hash where a map costs about 43).
+#[derive(Clone, Debug, Default)]
+pub struct NodeIndex<K> {
+    keys: Vec<K>,
+    table: hashbrown::HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq + Clone + Default> NodeIndex<K> {
+    /// The node of `key`.
+    pub fn get(&self, key: &K) -> Option<u32> {
+        let keys = &self.keys;
+        self.table
+            .find(self.hasher.hash_one(key), |&id| {
+                keys.get(id as usize) == Some(key)
+            })
+            .copied()
+    }
+
+    /// True when a node has `key`.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Gives node `id` its key: it is found by it from now on, and an earlier node
+    /// with the same key no longer is (the last one set wins). With `first` set
+    /// instead, an earlier node keeps the key: returns false and changes nothing.
+    pub fn set(&mut self, id: u32, key: K, first: bool) -> bool {
+        let hash = self.hasher.hash_one(&key);
+        let i = id as usize;
+        if self.keys.len() <= i {
+            self.keys.resize(i + 1, K::default());
+        }
+        let (keys, hasher) = (&mut self.keys, &self.hasher);
+        let found = self.table.find_mut(hash, |&j| keys[j as usize] == key);
+        match found {
+            Some(_) if first => false,
+            Some(slot) => {
+                *slot = id;
+                keys[i] = key;
+                true
+            }
+            None => {
+                keys[i] = key;
+                self.table
+                    .insert_unique(hash, id, |&j| hasher.hash_one(&keys[j as usize]));
+                true
+            }
+        }
+    }
+}
+
+impl Default for EntryKey {
+    /// A placeholder for nodes not keyed yet (never found: only keyed nodes are in
+    /// the table).
+    fn default() -> EntryKey {
+        EntryKey::Id([0; 16])
+    }
+}
+
 /// Everything a snapshot is built from. The entries of the main searches, people
 /// most of them, are kept only as [`Node`]s found by key and by DN hash; lists keep
 /// their members.
@@ -262,9 +368,9 @@ pub struct Fetched {
     /// The lists among them (by node), ranged attributes completed.
     pub lists: Vec<(u32, Item)>,
     /// Nodes by key.
-    pub by_key: HashMap<EntryKey, u32>,
+    pub by_key: NodeIndex<EntryKey>,
     /// Nodes by the hash of their normalized DN (the last read of a DN wins).
-    pub by_dn: HashMap<u128, u32>,
+    pub by_dn: NodeIndex<u128>,
     /// The DN hash of `by_dn`.
     pub dns: DnHasher,
     /// The entries each dynamic query matched, or why it could not be run.
@@ -545,20 +651,21 @@ fn referenced_elsewhere(f: &Fetched) -> Vec<String> {
 /// search under a base returns it) would join as a list or member named "" (found by
 /// the ldap fuzz target), so it is left out of the snapshot.
 fn has_dn(e: &Entry) -> bool {
-    !normalize_dn(&e.dn).is_empty()
+    // What `normalize_dn` leaves empty: nothing but white space.
+    !e.dn.trim().is_empty()
 }
 
 /// Fills node `id` (reserved in arrival order) with entry `e`, ranged attributes
 /// completed.
 fn add(f: &mut Fetched, s: &LdapSettings, id: u32, e: Entry) {
-    f.by_dn.insert(f.dns.hash(&e.dn), id);
+    f.by_dn.set(id, f.dns.hash(&e.dn), false);
     let node = if is_list(&e, s) {
         let item = Item::new(e, s);
         let node = Node::of(&item);
         f.lists.push((id, item));
         node
     } else {
-        let address = addresses(&e, s).into_iter().next();
+        let address = primary_address(&e, s);
         Node {
             has_address: address.is_some(),
             name: match address {
@@ -599,11 +706,8 @@ pub async fn fetch(server: &mut dyn LdapServer, s: &LdapSettings) -> Result<Fetc
                         return;
                     }
                     let id = u32::try_from(f.nodes.len()).unwrap_or(u32::MAX);
-                    match f.by_key.entry(EntryKey::of(&e)) {
-                        Slot::Occupied(_) => return,
-                        Slot::Vacant(v) => {
-                            v.insert(id);
-                        }
+                    if !f.by_key.set(id, EntryKey::of(&e), true) {
+                        return;
                     }
                     f.nodes.push(Node::default());
                     if e.attrs.keys().any(|k| k.contains(";range=")) {

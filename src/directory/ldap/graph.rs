@@ -63,7 +63,7 @@ pub fn build(f: Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Graph
     // A member entry (found in the snapshot, or matched by a dynamic query) as a member.
     let as_member = |n: &Node, dn: &str, stats: &mut GraphStats| {
         if n.group || n.has_address {
-            Member::Address(n.name.to_string())
+            Member::Address(n.name.clone())
         } else {
             stats.no_address += 1;
             Member::NonMailbox(format!("{dn} (no address)"))
@@ -79,7 +79,7 @@ pub fn build(f: Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Graph
         let mut members = Vec::new();
         for dn in parts.member_dns.iter() {
             let key = dns.hash(dn);
-            match (by_dn.get(&key).map(|&j| j as usize), outside.get(&key)) {
+            match (by_dn.get(&key).map(|j| j as usize), outside.get(&key)) {
                 (Some(j), _) if j == i => stats.self_members += 1,
                 (Some(j), _) => members.push(as_member(&nodes[j], dn, &mut stats)),
                 (None, Some(e)) => {
@@ -106,7 +106,7 @@ pub fn build(f: Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Graph
         for v in &parts.literals {
             let v = fold_case(v.trim());
             if v.contains('@') {
-                members.push(Member::Address(v));
+                members.push(Member::Address(v.into()));
             } else {
                 members.push(Member::Unknown(format!(
                     "literal member \"{v}\" of {} is not an address",
@@ -135,7 +135,7 @@ pub fn build(f: Fetched, s: &LdapSettings, source: &str) -> (Vec<ListDef>, Graph
                     }
                     Ok((_, found)) => {
                         for m in found {
-                            let member = match by_key.get(&m.key).map(|&j| j as usize) {
+                            let member = match by_key.get(&m.key).map(|j| j as usize) {
                                 Some(j) if j == i => continue,
                                 Some(j) => as_member(&nodes[j], &m.dn, &mut stats),
                                 None => as_member(&Node::of(m), &m.dn, &mut stats),

@@ -18,6 +18,7 @@ use crate::state_dir::{StateDir, StateDirError};
 use client::{Ldap3Server, LdapFault, LdapServer};
 use graph::GraphStats;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -305,9 +306,16 @@ fn save_to(state_dir: &Path, path: &Path, snapshot: &Snapshot) -> Result<(), Ref
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| save_err(std::io::Error::other("not a file name")))?;
-    let bytes = serde_json::to_vec(snapshot).map_err(|e| save_err(e.into()))?;
+    // Written as it is serialised: a large snapshot's JSON (about 100 MB at 1.5
+    // million entries) is never whole in memory.
+    let mut write = |file: &mut std::fs::File| {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        serde_json::to_writer(&mut out, snapshot)?;
+        out.flush()
+    };
     StateDir::open(state_dir, None)
-        .and_then(|dir| dir.write_atomic(name, &bytes))
+        .and_then(|dir| dir.write_atomic_with(name, &mut write))
         .map_err(state_err)
 }
 
@@ -406,7 +414,7 @@ impl DirectorySource for LdapSource<'_> {
         )
     }
 
-    fn tally(&self, _data: &SourceData) -> crate::directory::source::SourceTally {
+    fn tally(&self, _data: &SourceData<'_>) -> crate::directory::source::SourceTally {
         let mut tally = crate::directory::source::SourceTally {
             name: self.settings.name.clone(),
             interval: self.settings.refresh,
@@ -424,7 +432,7 @@ impl DirectorySource for LdapSource<'_> {
         tally
     }
 
-    fn load(&self) -> Result<SourceData, SourceError> {
+    fn load(&self) -> Result<SourceData<'_>, SourceError> {
         let s = self.settings;
         let Some(snap) = &self.snapshot else {
             let why = format!("LDAP source {} has no snapshot yet", s.name);
@@ -432,11 +440,13 @@ impl DirectorySource for LdapSource<'_> {
                 lists: s
                     .domains
                     .iter()
-                    .map(|d| ListDef {
-                        address: format!("@{d}"),
-                        members: vec![Member::Unavailable(why.clone())],
-                        origin: format!("ldap {} (no snapshot)", s.name),
-                        ..ListDef::default()
+                    .map(|d| {
+                        Cow::Owned(ListDef {
+                            address: format!("@{d}"),
+                            members: vec![Member::Unavailable(why.clone())],
+                            origin: format!("ldap {} (no snapshot)", s.name),
+                            ..ListDef::default()
+                        })
                     })
                     .collect(),
                 warnings: vec![format!(
@@ -447,7 +457,9 @@ impl DirectorySource for LdapSource<'_> {
             });
         };
         let age = snap.age(self.now);
-        let mut lists = snap.lists.clone();
+        // Borrowed from the snapshot, which the daemon keeps: the directory is built
+        // from it without a copy.
+        let mut lists: Vec<Cow<'_, ListDef>> = snap.lists.iter().map(Cow::Borrowed).collect();
         let mut warnings = Vec::new();
         let mut fallback = Vec::new();
         if !snap.vanished.is_empty() {
@@ -490,15 +502,16 @@ impl DirectorySource for LdapSource<'_> {
             // visits it once, however many of the source's lists it goes through.
             if let Some(member) = stale {
                 let address = format!("(ldap {} stale snapshot)", s.name);
+                let marker: Arc<str> = address.as_str().into();
                 for l in &mut lists {
-                    l.members.push(Member::Address(address.clone()));
+                    l.to_mut().members.push(Member::Address(marker.clone()));
                 }
-                lists.push(ListDef {
+                lists.push(Cow::Owned(ListDef {
                     address,
                     members: vec![member],
                     origin: format!("ldap {} (stale)", s.name),
                     ..ListDef::default()
-                });
+                }));
             }
         }
         Ok(SourceData {

@@ -1042,3 +1042,84 @@ async fn snapshots_are_written_0600_and_never_through_a_planted_link() {
         Ok(Some(snap.clone()))
     );
 }
+
+/// The fast paths of a refresh (an `entryUUID` read without allocating, a person's
+/// primary address alone, a DN normalised in a reused buffer) give what the general
+/// ones give.
+#[test]
+fn fast_paths_agree_with_the_general_ones() {
+    use super::entry::{addresses, normalize_dn, primary_address};
+    use super::fetch::{DnHasher, EntryKey};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(
+        dir.path(),
+        "leaf_mail_attributes = [\"mail\", \"proxyAddresses\"]",
+    );
+    let s = settings(&config);
+    let entry = |attrs: &[(&str, &[&str])]| Entry {
+        dn: "uid=x,dc=corp,dc=example".into(),
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), strings(v)))
+            .collect(),
+        ..Entry::default()
+    };
+    for (uuid, id) in [
+        ("0f6d6a8e-1b2c-4d3e-9f80-a1b2c3d4e5f6", true),
+        ("0F6D6A8E-1B2C-4D3E-9F80-A1B2C3D4E5F6", true),
+        ("0f6d6a8e1b2c4d3e9f80a1b2c3d4e5f6", true),
+        ("0f6d6a8e-1b2c-4d3e-9f80-a1b2c3d4e5fg", false),
+        ("0f6d6a8e-1b2c-4d3e-9f80a-1b2c3d4e5f6", false),
+        ("not a uuid", false),
+    ] {
+        let e = entry(&[("entryUUID", &[uuid])]);
+        let key = EntryKey::of(&e);
+        assert!(key == super::entry::entry_key(&e), "{uuid}: {key:?}");
+        assert_eq!(matches!(key, EntryKey::Id(_)), id, "{uuid}");
+    }
+    let a = EntryKey::of(&entry(&[(
+        "entryUUID",
+        &["0F6D6A8E-1B2C-4D3E-9F80-A1B2C3D4E5F6"],
+    )]));
+    let b = EntryKey::of(&entry(&[(
+        "entryUUID",
+        &["0f6d6a8e1b2c4d3e9f80a1b2c3d4e5f6"],
+    )]));
+    assert_eq!(a, b, "the same UUID however spelled");
+    for attrs in [
+        &[("mail", &["A@Corp.Example"][..])][..],
+        &[(
+            "proxyAddresses",
+            &["smtp:b@corp.example", "SMTP:C@corp.example"][..],
+        )],
+        &[
+            ("mail", &["x500:/o=corp", "plain"][..]),
+            (
+                "proxyAddresses",
+                &["smtp:b@corp.example", "X400:c=us;a=@x"][..],
+            ),
+        ],
+        &[("mail", &[" d@corp.example ", "e@corp.example"][..])],
+        &[("mail", &["nobody"][..])],
+        &[],
+    ] {
+        let e = entry(attrs);
+        assert_eq!(
+            primary_address(&e, s),
+            addresses(&e, s).into_iter().next(),
+            "{attrs:?}"
+        );
+    }
+    let hasher = DnHasher::default();
+    for dn in [
+        "CN=A , OU=B",
+        "cn=a,ou=b",
+        " cn = Ünï\\, x ,ou=b",
+        "cn=ünï\\, x,ou=b",
+    ] {
+        let other = normalize_dn(dn);
+        assert_eq!(hasher.hash(dn), hasher.hash(&other), "{dn}");
+    }
+    assert_eq!(hasher.hash("CN=A , OU=B"), hasher.hash("cn=a,ou=b"));
+    assert_ne!(hasher.hash("cn=a,ou=b"), hasher.hash("cn=b,ou=b"));
+}
