@@ -683,7 +683,26 @@ fn an_unreachable_server_fails_each_call_and_the_store_reconnects(
             None,
         )
         .unwrap();
+    let fresh = pg.create_database("lazy");
     pg.stop();
+    // A relay starts while the server is down: its store opens, and each call fails
+    // at once until the server is back; its schema is made at the first connection.
+    let started = Instant::now();
+    let late = Store::open_postgres(&settings(&fresh, "relay-b"), state)
+        .expect("a relay starts while PostgreSQL is down");
+    let e = late
+        .record_held(
+            &held("GGGGGG7", 110, "gil@example.org", 5000, "drift"),
+            "milter",
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Postgres { .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "opening and a hold wait at most about connect_timeout each: {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let e = store
         .record_held(
@@ -707,6 +726,13 @@ fn an_unreachable_server_fails_each_call_and_the_store_reconnects(
             None,
         )
         .expect("the store connects again once the server is back");
+    late.record_held(
+        &held("GGGGGG7", 130, "gil@example.org", 5000, "drift"),
+        "milter",
+        None,
+    )
+    .expect("the store opened during the outage connects and makes its schema");
+    assert_eq!(late.list(&Filter::default()).unwrap().len(), 1);
     let all = Query {
         limit: 50,
         ..Query::default()

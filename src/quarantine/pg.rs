@@ -36,7 +36,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tracing::{info, warn};
 
 /// The schema this program writes; a database of a newer one is refused.
 pub const PG_SCHEMA_VERSION: i32 = 1;
@@ -164,7 +166,18 @@ pub struct PgStore {
     relay: String,
     state_dir: PathBuf,
     config: postgres::Config,
-    client: Mutex<Option<Client>>,
+    client: Mutex<Slot>,
+    /// The server was found unreachable and has not answered since: the outage is
+    /// logged once when it begins and once when it ends.
+    down: AtomicBool,
+}
+
+/// The connection, when there is one, and whether the database was checked (encoding,
+/// schema) since the store was opened.
+#[derive(Default)]
+struct Slot {
+    client: Option<Client>,
+    ready: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -181,7 +194,7 @@ impl Drop for PgStore {
     /// thread (the daemon's last reference may go there at shutdown): it is closed on
     /// a thread of its own.
     fn drop(&mut self) {
-        let client = self.client.get_mut().take();
+        let client = self.client.get_mut().client.take();
         if let Some(client) = client {
             let _ = std::thread::Builder::new()
                 .name("pg-close".into())
@@ -214,6 +227,20 @@ fn opt_txt(s: Option<&str>) -> Option<Cow<'_, str>> {
     s.map(txt)
 }
 
+/// True for an error that says the server could not be reached or went away (the
+/// network, a server starting up, shutting down or full), not that it refused us.
+fn unreachable(e: &postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
 fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
@@ -221,6 +248,11 @@ fn is_unique_violation(e: &postgres::Error) -> bool {
 impl PgStore {
     /// Connects to the database of `settings` and brings its schema up to date;
     /// `state_dir` is this relay's own state directory (the brake's file).
+    ///
+    /// A server that cannot be reached is no error here (the relay starts, and only
+    /// holds tempfail until it is back: each call connects again, and the database is
+    /// checked at the first connection); one that answers and refuses (a wrong
+    /// password, a database not in UTF-8, a schema too new) is.
     pub fn open(settings: &PgSettings, state_dir: &Path) -> Result<PgStore, StoreError> {
         // The relay's own files (the desk's key, the brake, the admin socket) stay there.
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
@@ -253,13 +285,14 @@ impl PgStore {
             relay: settings.relay.clone(),
             state_dir: state_dir.to_owned(),
             config,
-            client: Mutex::new(None),
+            client: Mutex::new(Slot::default()),
+            down: AtomicBool::new(false),
         };
-        store.with(|c| {
-            store.check_encoding(c)?;
-            store.create_schema(c)
-        })?;
-        Ok(store)
+        match store.with(|_| Ok::<_, StoreError>(())) {
+            Ok(()) => Ok(store),
+            Err(StoreError::Postgres { source, .. }) if unreachable(&source) => Ok(store),
+            Err(e) => Err(e),
+        }
     }
 
     /// The database's URL without secrets.
@@ -292,7 +325,7 @@ impl PgStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
         self.client.lock()
     }
 
@@ -328,20 +361,48 @@ impl PgStore {
 
     fn with_guard<T, E: From<StoreError>>(
         &self,
-        mut guard: MutexGuard<'_, Option<Client>>,
+        mut guard: MutexGuard<'_, Slot>,
         f: impl FnOnce(&mut Client) -> Result<T, E>,
     ) -> Result<T, E> {
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = None;
-            let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
-            *guard = Some(client);
+        let slot = &mut *guard;
+        if slot.client.as_ref().is_none_or(Client::is_closed) {
+            slot.client = None;
+            let mut client = match self.config.connect(NoTls) {
+                Ok(client) => client,
+                Err(e) => {
+                    let e = self.err(e);
+                    self.outage(&e.to_string());
+                    return Err(e.into());
+                }
+            };
+            if !slot.ready {
+                self.check_encoding(&mut client)?;
+                self.create_schema(&mut client)?;
+                slot.ready = true;
+            }
+            slot.client = Some(client);
+            if self.down.swap(false, Ordering::Relaxed) {
+                info!(store = %self.label.display(), relay = %self.relay,
+                    "quarantine store reachable again: holds are recorded again");
+            }
         }
-        let client = guard.as_mut().expect("connected above");
+        let client = slot.client.as_mut().expect("connected above");
         let out = f(client);
         if client.is_closed() {
-            *guard = None;
+            slot.client = None;
+            self.outage("the connection was lost");
         }
         out
+    }
+
+    /// Logs the start of an outage, once (`why` carries no secret: the URL is
+    /// redacted, and the client's errors never quote the password).
+    fn outage(&self, why: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            warn!(store = %self.label.display(), relay = %self.relay,
+                "quarantine store unreachable: messages that need a hold are tempfailed \
+                 until it is back, the rest flow: {}", text::neutralize(why));
+        }
     }
 
     /// Text is stored as it is written only in a UTF-8 database.
