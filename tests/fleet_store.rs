@@ -322,6 +322,7 @@ fn the_postgres_store_serves_a_fleet() {
     a_database_not_in_utf8_is_refused(&pg, state.path());
     case_folds_ascii_only_as_in_sqlite(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
+    a_server_that_stops_answering_is_given_up_by_the_deadline(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
 
@@ -668,6 +669,78 @@ fn a_wrong_password_is_refused_without_showing_it(pg: &Postgres, state: &std::pa
             pg.port
         )),
         "the URL without its user and database: {e}"
+    );
+}
+
+/// Wakes a stopped server even when the test fails.
+struct Wake<'a>(&'a Postgres);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A server that keeps its connections open but never answers (stopped: its kernel
+/// still acknowledges every packet) holds neither a hold nor the connection past the
+/// hold's deadline; woken, it serves again, and the holds given up wrote nothing.
+fn a_server_that_stops_answering_is_given_up_by_the_deadline(
+    pg: &Postgres,
+    state: &std::path::Path,
+) {
+    let url = pg.create_database("hung");
+    let store = Store::open_postgres(&settings(&url, "relay-a"), state).unwrap();
+    let hold = |id: &str| held(id, 100, "hal@example.org", 5000, "drift");
+    store.record_held(&hold("HUNG001"), "milter", None).unwrap();
+    pg.signal_all(nix::sys::signal::Signal::SIGSTOP);
+    let wake = Wake(pg);
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(1500);
+    // Two holds at once: one waits for the server, the other for the connection.
+    let errors: Vec<StoreError> = std::thread::scope(|s| {
+        let writers: Vec<_> = ["HUNG002", "HUNG003"]
+            .into_iter()
+            .map(|id| {
+                let (store, m) = (&store, hold(id));
+                s.spawn(move || store.record_held_by(&m, "milter", None, deadline))
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap_err())
+            .collect()
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "both holds given up at the deadline (1.5 s), not when the server wakes: {took:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, StoreError::NoAnswer { .. })),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e, StoreError::NoAnswer { .. } | StoreError::TooLate { .. })),
+        "{errors:?}"
+    );
+    drop(wake);
+    store
+        .record_held(&hold("HUNG004"), "milter", None)
+        .expect("the store connects again once the server answers");
+    let ids: Vec<String> = store
+        .list(&Filter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.message.queue_id.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["HUNG001", "HUNG004"],
+        "the holds given up wrote nothing"
     );
 }
 

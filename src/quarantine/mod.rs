@@ -7,6 +7,7 @@ pub(crate) mod backend;
 pub mod claimant;
 pub(crate) mod index;
 pub(crate) mod pg;
+mod pg_conn;
 pub(crate) mod plan;
 pub(crate) mod postfix;
 pub(crate) mod record;

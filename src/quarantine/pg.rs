@@ -10,16 +10,19 @@
 //! stored with the relay of its record, so only that relay's worker claims it; the
 //! result and the audit entries are rows every desk reads.
 //!
-//! The synchronous `postgres` client runs its own small runtime: every call here
-//! blocks, so the daemon calls it from `spawn_blocking` threads (as it does SQLite).
-//! The connection is made again on the next call after it broke; while the server is
-//! unreachable every call fails at once after `connect_timeout`, so a hold tempfails
-//! (see README, "One quarantine for the fleet").
+//! The connection ([`super::pg_conn`]) runs the asynchronous client on its own small
+//! runtime: every call here blocks, so the daemon calls it from `spawn_blocking`
+//! threads (as it does SQLite), and every call ends by a deadline (the hold's, else
+//! [`CALL_TIMEOUT`]), also when the server hangs. The connection is made again on the
+//! next call after it broke; while the server is unreachable every call fails after
+//! at most `connect_timeout`, so a hold tempfails (see README, "One quarantine for
+//! the fleet"). A relay starts while the server is unreachable.
 
 use super::index::{
     CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via,
 };
+use super::pg_conn::{Conn, Db, PgError, Tx};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use super::senders::DueNotice;
 use super::store::{Filter, StoreError, search_columns};
@@ -29,15 +32,14 @@ use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN
 use crate::policy::ConfirmedList;
 use crate::text;
 use parking_lot::{Mutex, MutexGuard};
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, GenericClient, NoTls};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tracing::{info, warn};
 
 /// The schema this program writes; a database of a newer one is refused.
@@ -156,6 +158,12 @@ CREATE TABLE IF NOT EXISTS confirmations (
 );
 ";
 
+/// How long a call to the store may take in all (waiting for the connection,
+/// connecting, its statements) when the caller gave no deadline: past the server's
+/// own `statement_timeout` (15 s), so that a slow statement is ended by the server,
+/// and a server that does not answer at all by the client.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long past its expiry a spent link nonce is kept (as the SQLite store).
 const LINK_NONCE_MARGIN: u64 = 86_400;
 
@@ -165,7 +173,7 @@ pub struct PgStore {
     label: PathBuf,
     relay: String,
     state_dir: PathBuf,
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     client: Mutex<Slot>,
     /// The server was found unreachable and has not answered since: the outage is
     /// logged once when it begins and once when it ends.
@@ -176,7 +184,7 @@ pub struct PgStore {
 /// schema) since the store was opened.
 #[derive(Default)]
 struct Slot {
-    client: Option<Client>,
+    client: Option<Conn>,
     ready: bool,
 }
 
@@ -229,7 +237,7 @@ fn opt_txt(s: Option<&str>) -> Option<Cow<'_, str>> {
 
 /// True for an error that says the server could not be reached or went away (the
 /// network, a server starting up, shutting down or full), not that it refused us.
-fn unreachable(e: &postgres::Error) -> bool {
+fn unreachable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
             let code = code.code();
@@ -241,8 +249,8 @@ fn unreachable(e: &postgres::Error) -> bool {
     }
 }
 
-fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+fn is_unique_violation(e: &PgError) -> bool {
+    matches!(e, PgError::Db(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
 }
 
 impl PgStore {
@@ -261,7 +269,7 @@ impl PgStore {
         })?;
         let label = PathBuf::from(redact_url(&settings.url));
         let mut config =
-            postgres::Config::from_str(&settings.url).map_err(|e| StoreError::Postgres {
+            tokio_postgres::Config::from_str(&settings.url).map_err(|e| StoreError::Postgres {
                 url: label.display().to_string(),
                 source: e,
             })?;
@@ -291,6 +299,7 @@ impl PgStore {
         match store.with(|_| Ok::<_, StoreError>(())) {
             Ok(()) => Ok(store),
             Err(StoreError::Postgres { source, .. }) if unreachable(&source) => Ok(store),
+            Err(StoreError::NoAnswer { .. }) => Ok(store),
             Err(e) => Err(e),
         }
     }
@@ -310,10 +319,11 @@ impl PgStore {
         &self.state_dir
     }
 
-    fn err(&self, source: postgres::Error) -> StoreError {
-        StoreError::Postgres {
-            url: self.label.display().to_string(),
-            source,
+    fn err(&self, e: impl Into<PgError>) -> StoreError {
+        let url = self.label.display().to_string();
+        match e.into() {
+            PgError::Db(source) => StoreError::Postgres { url, source },
+            PgError::NoAnswer => StoreError::NoAnswer { url },
         }
     }
 
@@ -323,10 +333,6 @@ impl PgStore {
             id,
             message,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.client.lock()
     }
 
     fn too_late(&self, what: &'static str) -> StoreError {
@@ -339,35 +345,37 @@ impl PgStore {
     /// Runs `f` on the connection, connecting first when there is none or it broke.
     fn with<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
-        let guard = self.lock();
-        self.with_guard(guard, f)
+        self.with_by(Instant::now() + CALL_TIMEOUT, f)
     }
 
-    /// As [`PgStore::with`], but gives up when the connection is not free by `deadline`.
+    /// As [`PgStore::with`], but everything ends by `deadline`: the wait for the
+    /// connection, connecting, and every call (a call past it drops the connection:
+    /// see [`super::pg_conn`]).
     fn with_by<T, E: From<StoreError>>(
         &self,
         deadline: Instant,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let guard = self
             .client
             .try_lock_for(wait)
             .ok_or_else(|| self.too_late("waiting for the connection"))?;
-        self.with_guard(guard, f)
+        self.with_guard(guard, deadline, f)
     }
 
     fn with_guard<T, E: From<StoreError>>(
         &self,
         mut guard: MutexGuard<'_, Slot>,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        deadline: Instant,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
         let slot = &mut *guard;
-        if slot.client.as_ref().is_none_or(Client::is_closed) {
+        if slot.client.as_ref().is_none_or(Conn::is_closed) {
             slot.client = None;
-            let mut client = match self.config.connect(NoTls) {
+            let mut client = match Conn::connect(&self.config, deadline) {
                 Ok(client) => client,
                 Err(e) => {
                     let e = self.err(e);
@@ -387,6 +395,7 @@ impl PgStore {
             }
         }
         let client = slot.client.as_mut().expect("connected above");
+        client.set_deadline(deadline);
         let out = f(client);
         if client.is_closed() {
             slot.client = None;
@@ -406,7 +415,7 @@ impl PgStore {
     }
 
     /// Text is stored as it is written only in a UTF-8 database.
-    fn check_encoding(&self, c: &mut Client) -> Result<(), StoreError> {
+    fn check_encoding(&self, c: &mut Conn) -> Result<(), StoreError> {
         let found: String = c
             .query_one("SHOW server_encoding", &[])
             .map_err(|e| self.err(e))?
@@ -421,7 +430,7 @@ impl PgStore {
         }
     }
 
-    fn create_schema(&self, c: &mut Client) -> Result<(), StoreError> {
+    fn create_schema(&self, c: &mut Conn) -> Result<(), StoreError> {
         let mut tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .map_err(|e| self.err(e))?;
@@ -449,12 +458,7 @@ impl PgStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn insert_audit(
-        &self,
-        c: &mut impl GenericClient,
-        id: i64,
-        e: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    fn insert_audit(&self, c: &mut impl Db, id: i64, e: &AuditEntry) -> Result<(), StoreError> {
         c.execute(
             "INSERT INTO audit (held_id, relay, at, who, action, comment)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -518,15 +522,17 @@ impl PgStore {
         let facts = serde_json::to_string(msg).map_err(|e| self.corrupt(0, e.to_string()))?;
         let (rules, lists) = search_columns(msg);
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
-        let write = |c: &mut Client| {
+        let write = |c: &mut Conn| {
             if late() {
                 return Err(self.too_late("recording the hold"));
             }
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             if let Some(deadline) = deadline {
-                // At least 1 ms: 0 would mean no limit.
+                // At least 1 ms: 0 would mean no limit. A little before the deadline,
+                // so that a server that is alive ends the statement itself before the
+                // client drops the connection (see `pg_conn`).
                 let left = deadline.saturating_duration_since(Instant::now());
-                let ms = left.as_millis().clamp(1, 15_000);
+                let ms = left.as_millis().saturating_sub(100).clamp(1, 15_000);
                 tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
                     .map_err(|e| self.err(e))?;
             }
@@ -618,7 +624,7 @@ impl PgStore {
         })
     }
 
-    fn load(&self, c: &mut impl GenericClient, id: i64) -> Result<Record, StoreError> {
+    fn load(&self, c: &mut impl Db, id: i64) -> Result<Record, StoreError> {
         let row = c
             .query_opt(
                 "SELECT facts, state, state_at, escalated_at, foreign_hold, hold_until, relay
@@ -666,7 +672,7 @@ impl PgStore {
         })
     }
 
-    fn state_changed(&self, c: &mut impl GenericClient, id: i64, expected: State) -> StoreError {
+    fn state_changed(&self, c: &mut impl Db, id: i64, expected: State) -> StoreError {
         match c.query_opt("SELECT state FROM held WHERE id = $1", &[&id]) {
             Ok(found) => StoreError::StateChanged {
                 id,
@@ -697,7 +703,7 @@ impl PgStore {
 
     fn transition(
         &self,
-        tx: &mut postgres::Transaction<'_>,
+        tx: &mut Tx<'_>,
         id: i64,
         from: State,
         to: State,
@@ -936,7 +942,7 @@ impl PgStore {
 
     fn spend_nonce(
         &self,
-        tx: &mut postgres::Transaction<'_>,
+        tx: &mut Tx<'_>,
         nonce: &str,
         expires: u64,
         at: u64,
@@ -1154,7 +1160,7 @@ impl PgStore {
 
     fn query_requests(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut impl Db,
         tail: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Request>, StoreError> {
@@ -1362,7 +1368,7 @@ fn refs(args: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
 impl PgStore {
     fn ids(
         &self,
-        c: &mut Client,
+        c: &mut Conn,
         q: &Query,
         limit: u64,
         offset: u64,
