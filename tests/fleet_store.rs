@@ -476,6 +476,59 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
             .sum::<u64>()
     };
     assert_eq!((held_on(&a), held_on(&b)), (0, 1));
+    one_queue_id_on_two_relays(&a, &b);
+}
+
+/// Queue ids repeat across relays: each relay's commands and desk default to its own
+/// record, and another relay's is named with its relay.
+fn one_queue_id_on_two_relays(a: &Store, b: &Store) {
+    a.record_held(
+        &held("SAME001", 300, "ann@example.org", 5_000, "drift"),
+        "milter",
+        None,
+    )
+    .unwrap();
+    b.record_held(
+        &held("SAME001", 310, "bob@example.org", 5_000, "drift"),
+        "milter",
+        None,
+    )
+    .unwrap();
+    let same = qid("SAME001");
+    let relay_of =
+        |r: Result<fanout_milter::quarantine::Record, StoreError>| r.unwrap().relay.unwrap();
+    // A's desk and commands: A's record, though B's is newer.
+    assert_eq!(relay_of(a.record(&same)), "relay-a");
+    assert_eq!(relay_of(a.get(&same)), "relay-a");
+    assert_eq!(relay_of(b.record(&same)), "relay-b");
+    assert_eq!(relay_of(a.get_on(Some("relay-b"), &same)), "relay-b");
+    assert!(matches!(
+        a.get_on(Some("relay-c"), &same),
+        Err(StoreError::NotFound(_))
+    ));
+    // A request filed on A is for A's record unless B's is named.
+    let own = a
+        .submit(&request("SAME001", RequestAction::Release))
+        .unwrap();
+    assert_eq!(
+        a.record_by_id(own.held_id).unwrap().relay.as_deref(),
+        Some("relay-a")
+    );
+    let theirs = a
+        .submit_on(Some("relay-b"), &request("SAME001", RequestAction::Release))
+        .unwrap();
+    assert_eq!(
+        a.record_by_id(theirs.held_id).unwrap().relay.as_deref(),
+        Some("relay-b")
+    );
+    assert!(
+        !a.claim(theirs.id, 600).unwrap(),
+        "B's record is B's worker's"
+    );
+    assert!(
+        b.open_requests().unwrap().iter().any(|r| r.id == theirs.id),
+        "relay B's worker sees it"
+    );
 }
 
 /// The milter tempfails a message whose hold is not recorded in time: the store must

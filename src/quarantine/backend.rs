@@ -132,6 +132,28 @@ impl Store {
         each!(self, s => s.get(queue_id))
     }
 
+    /// The newest record for a queue id on `relay` (this relay when `None`; a relay's
+    /// own SQLite store has no other relays, and takes `None` only).
+    pub fn get_on(&self, relay: Option<&str>, queue_id: &QueueId) -> Result<Record, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get(queue_id),
+            Store::Postgres(s) => s.get_on(relay, queue_id),
+        }
+    }
+
+    /// Files a request for the newest record of its queue id on `relay` (see
+    /// [`PgStore::file_request`]); [`QuarantineIndex::submit`] with `None`.
+    pub fn submit_on(
+        &self,
+        relay: Option<&str>,
+        request: &NewRequest,
+    ) -> Result<Request, SubmitError> {
+        match self {
+            Store::Sqlite(s) => s.submit(request),
+            Store::Postgres(s) => s.file_request(request, None, relay),
+        }
+    }
+
     /// This relay's records matching `filter`, oldest first.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Record>, StoreError> {
         each!(self, s => s.list(filter))

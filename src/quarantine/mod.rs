@@ -26,7 +26,7 @@ pub use index::{
     COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
-pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
+pub use record::{Address, AuditEntry, HeldMessage, QueueId, Record, State};
 pub use senders::DueNotice;
 pub use store::{Filter, StoreError};
 pub use worker::{CLI_COMMENT, Executed, Executor};

@@ -590,12 +590,18 @@ impl PgStore {
     /// This relay's newest record for a queue id (the admin commands act on this
     /// relay's Postfix).
     pub fn get(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+        self.get_on(None, queue_id)
+    }
+
+    /// The newest record for a queue id on `relay` (this relay when `None`).
+    pub fn get_on(&self, relay: Option<&str>, queue_id: &QueueId) -> Result<Record, StoreError> {
+        let relay = relay.unwrap_or(&self.relay);
         self.with(|c| {
             let row = c
                 .query_opt(
                     "SELECT id FROM held WHERE relay = $1 AND queue_id = $2
                      ORDER BY id DESC LIMIT 1",
-                    &[&self.relay, &queue_id.as_str()],
+                    &[&txt(relay), &queue_id.as_str()],
                 )
                 .map_err(|e| self.err(e))?;
             match row {
@@ -1200,12 +1206,14 @@ impl PgStore {
             .collect()
     }
 
-    /// Files a request for the newest record of its queue id (on any relay), stored
-    /// with that record's relay so that only its worker claims it.
-    fn file_request(
+    /// Files a request for the newest record of its queue id on `relay`, or with none
+    /// named, on this relay, else on any relay (the newest); stored with that record's
+    /// relay so that only its worker claims it.
+    pub fn file_request(
         &self,
         n: &NewRequest,
         link: Option<(&str, u64)>,
+        relay: Option<&str>,
     ) -> Result<Request, SubmitError> {
         if n.comment.trim().is_empty() {
             return Err(SubmitError::Invalid("a comment is required".into()));
@@ -1218,9 +1226,10 @@ impl PgStore {
             }
             let found = tx
                 .query_opt(
-                    "SELECT id, state, relay FROM held WHERE queue_id = $1
-                     ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                    &[&n.queue_id.as_str()],
+                    "SELECT id, state, relay FROM held
+                     WHERE queue_id = $1 AND ($2::TEXT IS NULL OR relay = $2)
+                     ORDER BY relay = $3 DESC, id DESC LIMIT 1 FOR UPDATE",
+                    &[&n.queue_id.as_str(), &relay.map(txt), &self.relay],
                 )
                 .map_err(|e| self.err(e))?;
             let Some(found) = found else {
@@ -1462,8 +1471,9 @@ impl QuarantineIndex for PgStore {
         self.with(|c| {
             let row = c
                 .query_opt(
-                    "SELECT id FROM held WHERE queue_id = $1 ORDER BY id DESC LIMIT 1",
-                    &[&queue_id.as_str()],
+                    "SELECT id FROM held WHERE queue_id = $1
+                     ORDER BY relay = $2 DESC, id DESC LIMIT 1",
+                    &[&queue_id.as_str(), &self.relay],
                 )
                 .map_err(|e| self.err(e))?;
             match row {
@@ -1478,7 +1488,7 @@ impl QuarantineIndex for PgStore {
     }
 
     fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
-        self.file_request(n, None)
+        self.file_request(n, None, None)
     }
 
     fn submit_link(
@@ -1487,7 +1497,7 @@ impl QuarantineIndex for PgStore {
         nonce: &str,
         expires: u64,
     ) -> Result<Request, SubmitError> {
-        self.file_request(n, Some((nonce, expires)))
+        self.file_request(n, Some((nonce, expires)), None)
     }
 
     fn open_requests(&self) -> Result<Vec<Request>, StoreError> {

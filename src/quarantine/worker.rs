@@ -182,12 +182,17 @@ impl Executor<'_> {
     /// first, waits for the worker's outcome (at most `wait`). Err when it could not
     /// be filed (another request is open, the message is not held) or its outcome
     /// not learnt.
+    ///
+    /// In a fleet-wide store the request is for the newest record of its queue id on
+    /// `relay` (this relay when `None`); another relay's is carried out by that relay's
+    /// worker, and waited for.
     pub fn file_and_execute(
         &self,
         request: &NewRequest,
+        relay: Option<&str>,
         wait: Duration,
     ) -> Result<Executed, String> {
-        let filed = self.store.submit(request).map_err(|e| match e {
+        let filed = self.store.submit_on(relay, request).map_err(|e| match e {
             SubmitError::Conflict(m) => format!("{m}: nothing done"),
             e => e.to_string(),
         })?;
@@ -217,9 +222,14 @@ impl Executor<'_> {
                 });
             }
             if Instant::now() >= deadline {
+                let shown = match relay {
+                    Some(r) => format!("{r}:{}", filed.queue_id),
+                    None => filed.queue_id.to_string(),
+                };
                 return Err(format!(
-                    "{}: request {} is being carried out by the worker; see `quarantine show {}`",
-                    filed.queue_id, filed.id, filed.queue_id
+                    "{shown}: request {} is being carried out by the worker; see `quarantine \
+                     show {shown}`",
+                    filed.id
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
