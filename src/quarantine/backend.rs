@@ -5,7 +5,8 @@
 //! call to the one in use.
 
 use super::index::{
-    CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request, SubmitError,
+    CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request, RequestAction,
+    SubmitError,
 };
 use super::pg::PgStore;
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
@@ -148,6 +149,7 @@ impl Store {
         relay: Option<&str>,
         request: &NewRequest,
     ) -> Result<Request, SubmitError> {
+        valid_request(request)?;
         match self {
             Store::Sqlite(s) => s.submit(request),
             Store::Postgres(s) => s.file_request(request, None, relay),
@@ -255,6 +257,11 @@ impl Store {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
+        if words.trim().is_empty() {
+            return Err(SubmitError::Invalid(
+                "please say why the message should go out".into(),
+            ));
+        }
         each!(self, s => s.sender_asks(held_id, words, who, nonce, expires, at))
     }
 
@@ -276,7 +283,7 @@ impl Store {
 
 impl QuarantineIndex for Store {
     fn fleet(&self) -> bool {
-        each!(self, s => s.fleet())
+        matches!(self, Store::Postgres(_))
     }
 
     fn page(&self, query: &Query) -> Result<Page, StoreError> {
@@ -288,7 +295,7 @@ impl QuarantineIndex for Store {
     }
 
     fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
-        each!(self, s => QuarantineIndex::record(s, queue_id))
+        each!(self, s => s.record(queue_id))
     }
 
     fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
@@ -296,6 +303,7 @@ impl QuarantineIndex for Store {
     }
 
     fn submit(&self, request: &NewRequest) -> Result<Request, SubmitError> {
+        valid_request(request)?;
         each!(self, s => s.submit(request))
     }
 
@@ -305,6 +313,7 @@ impl QuarantineIndex for Store {
         nonce: &str,
         expires: u64,
     ) -> Result<Request, SubmitError> {
+        valid_request(request)?;
         each!(self, s => s.submit_link(request, nonce, expires))
     }
 
@@ -390,4 +399,20 @@ impl QuarantineIndex for Store {
     ) -> Result<(), StoreError> {
         Store::remember_confirmed(self, who, lists, until, now)
     }
+}
+
+/// What a request must have whatever the store: a comment, and for a release to
+/// chosen recipients at least one (that each is an envelope recipient of the record
+/// is checked by the store, in the transaction that files it:
+/// [`super::index::release_to_recipients`]).
+fn valid_request(request: &NewRequest) -> Result<(), SubmitError> {
+    if request.comment.trim().is_empty() {
+        return Err(SubmitError::Invalid("a comment is required".into()));
+    }
+    if let RequestAction::ReleaseTo { recipients } = &request.action
+        && recipients.is_empty()
+    {
+        return Err(SubmitError::Invalid("choose at least one recipient".into()));
+    }
+    Ok(())
 }

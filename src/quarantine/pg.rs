@@ -19,8 +19,8 @@
 //! the fleet"). A relay starts while the server is unreachable.
 
 use super::index::{
-    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
-    RequestAction, RequestState, Row, Sort, SubmitError, Via,
+    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, Query, Request, RequestAction,
+    RequestState, Row, Sort, SubmitError, Via, release_to_recipients,
 };
 use super::pg_conn::{Conn, Db, PgError, Tx};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
@@ -987,11 +987,6 @@ impl PgStore {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
-        if words.trim().is_empty() {
-            return Err(SubmitError::Invalid(
-                "please say why the message should go out".into(),
-            ));
-        }
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             let state: Option<String> = tx
@@ -1215,9 +1210,6 @@ impl PgStore {
         link: Option<(&str, u64)>,
         relay: Option<&str>,
     ) -> Result<Request, SubmitError> {
-        if n.comment.trim().is_empty() {
-            return Err(SubmitError::Invalid("a comment is required".into()));
-        }
         let args = serde_json::to_string(&n.action).map_err(|e| self.corrupt(0, e.to_string()))?;
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
@@ -1243,21 +1235,8 @@ impl PgStore {
                     n.queue_id
                 )));
             }
-            if let RequestAction::ReleaseTo { recipients } = &n.action {
-                let record = self.load(&mut tx, held_id)?;
-                if recipients.is_empty() {
-                    return Err(SubmitError::Invalid("choose at least one recipient".into()));
-                }
-                if let Some(r) = recipients
-                    .iter()
-                    .find(|r| !record.message.recipients.contains(r))
-                {
-                    return Err(SubmitError::Invalid(format!(
-                        "{} is not an envelope recipient of {}",
-                        text::neutralize(r),
-                        n.queue_id
-                    )));
-                }
+            if let RequestAction::ReleaseTo { .. } = &n.action {
+                release_to_recipients(&self.load(&mut tx, held_id)?, n)?;
             }
             let inserted = tx.query_one(
                 "INSERT INTO requests (held_id, relay, filed_on, action, args, who, via, remote,
@@ -1396,12 +1375,8 @@ impl PgStore {
     }
 }
 
-impl QuarantineIndex for PgStore {
-    fn fleet(&self) -> bool {
-        true
-    }
-
-    fn page(&self, q: &Query) -> Result<Page, StoreError> {
+impl PgStore {
+    pub(super) fn page(&self, q: &Query) -> Result<Page, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, q.limit.min(MAX_PAGE), q.offset)?;
             let (clause, args) = where_clause(q);
@@ -1458,7 +1433,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, limit, 0)?;
             ids.into_iter()
@@ -1467,7 +1442,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+    pub(super) fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
         self.with(|c| {
             let row = c
                 .query_opt(
@@ -1483,15 +1458,15 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
         self.with(|c| self.query_requests(c, "WHERE r.held_id = $1 ORDER BY r.id", &[&held_id]))
     }
 
-    fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
+    pub(super) fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
         self.file_request(n, None, None)
     }
 
-    fn submit_link(
+    pub(super) fn submit_link(
         &self,
         n: &NewRequest,
         nonce: &str,
@@ -1500,7 +1475,7 @@ impl QuarantineIndex for PgStore {
         self.file_request(n, Some((nonce, expires)), None)
     }
 
-    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
         self.with(|c| {
             self.query_requests(
                 c,
@@ -1510,7 +1485,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
+    pub(super) fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET state = 'running', started_at = $2, claimed_by = $3
@@ -1527,7 +1502,13 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
+    pub(super) fn finish(
+        &self,
+        id: i64,
+        ok: bool,
+        result: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let state = if ok {
             RequestState::Done
         } else {
@@ -1551,7 +1532,7 @@ impl QuarantineIndex for PgStore {
         }
     }
 
-    fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
+    pub(super) fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
         let given: Option<String> = self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_token = $2
@@ -1576,7 +1557,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+    pub(super) fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_sent_at = $2, copy_attempts = copy_attempts + 1
@@ -1588,7 +1569,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn accept_copy(
+    pub(super) fn accept_copy(
         &self,
         mark: &CopyMark,
         queue_id: &str,
@@ -1665,7 +1646,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
+    pub(super) fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             c.query(
                 "SELECT queue_id FROM copies WHERE request_id = $1 ORDER BY seen_at, seq",
@@ -1676,7 +1657,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
+    pub(super) fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_queue_id = $2 WHERE id = $1",
@@ -1687,7 +1668,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
+    pub(super) fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET claimed_by = $3
@@ -1705,7 +1686,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO events (relay, at, who, action, comment) VALUES ($1, $2, $3, $4, $5)",
@@ -1722,7 +1703,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             tx.execute(
@@ -1741,7 +1722,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+    pub(super) fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
         self.with(|c| {
             c.query(
                 "SELECT at, who, action, comment FROM events WHERE relay = $1
@@ -1760,35 +1741,5 @@ impl QuarantineIndex for PgStore {
             })
             .map_err(|e| self.err(e))
         })
-    }
-
-    fn sender_asks(
-        &self,
-        held_id: i64,
-        words: &str,
-        who: &str,
-        nonce: &str,
-        expires: u64,
-        at: u64,
-    ) -> Result<(), SubmitError> {
-        PgStore::sender_asks(self, held_id, words, who, nonce, expires, at)
-    }
-
-    fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError> {
-        PgStore::plea(self, held_id)
-    }
-
-    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
-        PgStore::pleading(self, limit)
-    }
-
-    fn remember_confirmed(
-        &self,
-        who: &str,
-        lists: &[ConfirmedList],
-        until: u64,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        PgStore::remember_confirmed(self, who, lists, until, now)
     }
 }
