@@ -323,6 +323,7 @@ fn the_postgres_store_serves_a_fleet() {
     case_folds_ascii_only_as_in_sqlite(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
     a_server_that_stops_answering_is_given_up_by_the_deadline(&pg, state.path());
+    a_relay_user_without_create_uses_the_owners_schema(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
 
@@ -723,6 +724,49 @@ fn a_wrong_password_is_refused_without_showing_it(pg: &Postgres, state: &std::pa
         )),
         "the URL without its user and database: {e}"
     );
+}
+
+/// The schema made once by the database's owner: the relays' own user, which may not
+/// create anything, opens the store and records holds (no DDL runs for it).
+fn a_relay_user_without_create_uses_the_owners_schema(pg: &Postgres, state: &std::path::Path) {
+    let url = pg.create_database("owned");
+    drop(Store::open_postgres(&settings(&url, "relay-a"), state).expect("the owner makes it"));
+    let mut admin = pg.client("owned");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE relay_user LOGIN PASSWORD '{PG_PASSWORD}';
+             GRANT USAGE ON SCHEMA public TO relay_user;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO relay_user;
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO relay_user;"
+        ))
+        .unwrap();
+    let relay_url = format!("postgresql://relay_user@127.0.0.1:{}/owned", pg.port);
+    let mut as_relay = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(pg.port)
+        .user("relay_user")
+        .password(PG_PASSWORD)
+        .dbname("owned")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let refused = as_relay
+        .batch_execute("CREATE TABLE relay_made (id BIGINT)")
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "the relay's user may not create: {refused}"
+    );
+    let store = Store::open_postgres(&settings(&relay_url, "relay-a"), state)
+        .expect("no DDL for a schema made already");
+    store
+        .record_held(
+            &held("OWNED01", 100, "ann@example.org", 5_000, "drift"),
+            "milter",
+            None,
+        )
+        .unwrap();
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 1);
 }
 
 /// Wakes a stopped server even when the test fails.

@@ -430,7 +430,30 @@ impl PgStore {
         }
     }
 
+    /// Makes the schema when it is missing (or older); a schema of this version made
+    /// already, by this program or by the database's owner, is used as it is, with no
+    /// DDL: so the relays' user needs no `CREATE` once the owner made it.
     fn create_schema(&self, c: &mut Conn) -> Result<(), StoreError> {
+        let made: bool = c
+            .query_one("SELECT to_regclass('fanout_schema') IS NOT NULL", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if made {
+            let found: Option<i32> = c
+                .query_one("SELECT max(version) FROM fanout_schema", &[])
+                .map_err(|e| self.err(e))?
+                .get(0);
+            match found {
+                Some(v) if v == PG_SCHEMA_VERSION => return Ok(()),
+                Some(v) if v > PG_SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        path: self.label.clone(),
+                        found: i64::from(v),
+                    });
+                }
+                _ => {}
+            }
+        }
         let mut tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .map_err(|e| self.err(e))?;
