@@ -598,7 +598,9 @@ impl PgStore {
                 .map_err(|e| self.err(e))?;
             }
             if late() {
-                tx.rollback().map_err(|e| self.err(e))?;
+                // Past the deadline the ROLLBACK may itself be cut short, dropping the
+                // connection: the server rolls back then too. Late either way.
+                let _ = tx.rollback();
                 return Err(self.too_late("recording the hold"));
             }
             tx.commit().map_err(|e| self.err(e))?;
