@@ -129,14 +129,16 @@ enum QuarantineCommand {
     },
     /// Show every fact of one held message, its blast radius and its headers.
     Show {
-        /// Postfix queue id.
+        /// Postfix queue id: this relay's record; with a fleet-wide store (PostgreSQL),
+        /// RELAY:QUEUEID for another relay's (queue ids repeat across relays).
         id: String,
     },
     /// Release held messages for delivery (postsuper -H): files a request for each and
     /// carries it out at once. With --to, a copy goes to those envelope recipients only
     /// and the held original is deleted (the lists are left out).
     Release {
-        /// Postfix queue ids.
+        /// Postfix queue ids: this relay's records; with a fleet-wide store
+        /// (PostgreSQL), RELAY:QUEUEID for another relay's, carried out by its worker.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Deliver only to this envelope recipient of the message (repeat for more).
@@ -152,7 +154,8 @@ enum QuarantineCommand {
     /// Delete held messages (postsuper -d), optionally telling each sender: files a
     /// request for each and carries it out at once.
     Discard {
-        /// Postfix queue ids.
+        /// Postfix queue ids: this relay's records; with a fleet-wide store
+        /// (PostgreSQL), RELAY:QUEUEID for another relay's, carried out by its worker.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Mail the sender a notice that the message was not sent, why, and whom to ask.
@@ -167,7 +170,8 @@ enum QuarantineCommand {
     },
     /// Keep held messages held, and out of the sweep's reach, until a later time.
     Extend {
-        /// Postfix queue ids.
+        /// Postfix queue ids: this relay's records; with a fleet-wide store
+        /// (PostgreSQL), RELAY:QUEUEID for another relay's, carried out by its worker.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Until this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).

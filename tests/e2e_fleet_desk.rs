@@ -5,7 +5,9 @@
 //! (over real HTTP, with its relay), is released there, and is carried out by relay
 //! A's worker alone: it reaches the sink, and the audit trail names the reviewer and
 //! both relays. Then PostgreSQL stops: a message to hold is tempfailed, never lost;
-//! sent again once the server is back, it is held once and every desk shows it.
+//! sent again once the server is back, it is held once and every desk shows it. A
+//! relay started while the server is down passes mail that needs no hold, tempfails
+//! a hold, and records holds again on its own once the server is back.
 
 mod common;
 
@@ -25,7 +27,7 @@ struct Relay {
     name: &'static str,
     desk: u16,
     postfix: Postfix,
-    _milter: Milter,
+    milter: Milter,
     worker: Worker,
 }
 
@@ -96,13 +98,17 @@ users_file = "{users}"
             name,
             desk,
             postfix,
-            _milter: milter,
+            milter,
             worker,
         }
     }
 
     fn send(&self, subject: &str) -> Result<String, Refused> {
-        let to = rcpts(6, "corp.example");
+        self.send_to(6, subject)
+    }
+
+    fn send_to(&self, n: usize, subject: &str) -> Result<String, Refused> {
+        let to = rcpts(n, "corp.example");
         smtp_send(
             self.postfix.smtp_port,
             "ann@corp.example",
@@ -127,7 +133,7 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
     let dir = scratch_dir("fleet-desk");
     let sink = Sink::start(dir.path());
     let a = Relay::start(dir.path(), "relay-a", &sink, &pg);
-    let b = Relay::start(dir.path(), "relay-b", &sink, &pg);
+    let mut b = Relay::start(dir.path(), "relay-b", &sink, &pg);
     let observer = Store::open_postgres(
         &PgSettings {
             url: pg.url(),
@@ -249,6 +255,19 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
         "the desk says the store failed: {down}"
     );
 
+    // Relay B restarts during the outage: it starts, passes what needs no hold and
+    // tempfails a hold.
+    b.milter.stop();
+    let root = b.milter.config.parent().expect("relay dir").to_owned();
+    b.milter = Milter::start_file(&root, &b.milter.listen.clone(), b.milter.config.clone());
+    b.send_to(2, "fleet-desk-small")
+        .expect("a message that needs no hold flows during the outage");
+    assert_eq!(sink.wait_for("fleet-desk-small").rcpts.len(), 2);
+    let refused = b
+        .send("fleet-desk-3")
+        .expect_err("started without the store: a hold tempfails");
+    assert_eq!(refused.code / 100, 4, "{refused:?}");
+
     // Back: the client sends again, the message is held once, and every desk has it.
     pg.restart();
     a.send("fleet-desk-2").expect("held once the store is back");
@@ -262,6 +281,33 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
         });
         assert!(list.contains("relay-a"), "{list}");
     }
+    // B, started during the outage, records holds again on its own; A's desk has it.
+    b.send("fleet-desk-3").expect("held once the store is back");
+    let id3 = b.held("fleet-desk-3");
+    let cookie = login(a.desk, "rita", DESK_PASSWORD);
+    wait_for("relay A's desk to show B's hold", || {
+        get(a.desk, "/", &cookie)
+            .contains(&format!("data-queue-id=\"{id3}\""))
+            .then_some(())
+    });
+    let log = b.milter.log();
+    assert_eq!(
+        log.matches("quarantine store unreachable").count(),
+        1,
+        "the outage is logged once: {log}"
+    );
+    assert_eq!(
+        log.matches("quarantine store reachable again").count(),
+        1,
+        "and its end once: {log}"
+    );
+    assert!(!log.contains(PG_PASSWORD), "no secret in the log: {log}");
+    wait_for("relay A's worker to read the store again", || {
+        a.worker
+            .log()
+            .contains("the open requests can be read again")
+            .then_some(())
+    });
     let query = fanout_milter::quarantine::Query {
         limit: 50,
         ..Default::default()

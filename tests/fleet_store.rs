@@ -322,6 +322,8 @@ fn the_postgres_store_serves_a_fleet() {
     a_database_not_in_utf8_is_refused(&pg, state.path());
     case_folds_ascii_only_as_in_sqlite(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
+    a_server_that_stops_answering_is_given_up_by_the_deadline(&pg, state.path());
+    a_relay_user_without_create_uses_the_owners_schema(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
 }
 
@@ -475,6 +477,59 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
             .sum::<u64>()
     };
     assert_eq!((held_on(&a), held_on(&b)), (0, 1));
+    one_queue_id_on_two_relays(&a, &b);
+}
+
+/// Queue ids repeat across relays: each relay's commands and desk default to its own
+/// record, and another relay's is named with its relay.
+fn one_queue_id_on_two_relays(a: &Store, b: &Store) {
+    a.record_held(
+        &held("SAME001", 300, "ann@example.org", 5_000, "drift"),
+        "milter",
+        None,
+    )
+    .unwrap();
+    b.record_held(
+        &held("SAME001", 310, "bob@example.org", 5_000, "drift"),
+        "milter",
+        None,
+    )
+    .unwrap();
+    let same = qid("SAME001");
+    let relay_of =
+        |r: Result<fanout_milter::quarantine::Record, StoreError>| r.unwrap().relay.unwrap();
+    // A's desk and commands: A's record, though B's is newer.
+    assert_eq!(relay_of(a.record(&same)), "relay-a");
+    assert_eq!(relay_of(a.get(&same)), "relay-a");
+    assert_eq!(relay_of(b.record(&same)), "relay-b");
+    assert_eq!(relay_of(a.get_on(Some("relay-b"), &same)), "relay-b");
+    assert!(matches!(
+        a.get_on(Some("relay-c"), &same),
+        Err(StoreError::NotFound(_))
+    ));
+    // A request filed on A is for A's record unless B's is named.
+    let own = a
+        .submit(&request("SAME001", RequestAction::Release))
+        .unwrap();
+    assert_eq!(
+        a.record_by_id(own.held_id).unwrap().relay.as_deref(),
+        Some("relay-a")
+    );
+    let theirs = a
+        .submit_on(Some("relay-b"), &request("SAME001", RequestAction::Release))
+        .unwrap();
+    assert_eq!(
+        a.record_by_id(theirs.held_id).unwrap().relay.as_deref(),
+        Some("relay-b")
+    );
+    assert!(
+        !a.claim(theirs.id, 600).unwrap(),
+        "B's record is B's worker's"
+    );
+    assert!(
+        b.open_requests().unwrap().iter().any(|r| r.id == theirs.id),
+        "relay B's worker sees it"
+    );
 }
 
 /// The milter tempfails a message whose hold is not recorded in time: the store must
@@ -671,6 +726,121 @@ fn a_wrong_password_is_refused_without_showing_it(pg: &Postgres, state: &std::pa
     );
 }
 
+/// The schema made once by the database's owner: the relays' own user, which may not
+/// create anything, opens the store and records holds (no DDL runs for it).
+fn a_relay_user_without_create_uses_the_owners_schema(pg: &Postgres, state: &std::path::Path) {
+    let url = pg.create_database("owned");
+    drop(Store::open_postgres(&settings(&url, "relay-a"), state).expect("the owner makes it"));
+    let mut admin = pg.client("owned");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE relay_user LOGIN PASSWORD '{PG_PASSWORD}';
+             GRANT USAGE ON SCHEMA public TO relay_user;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO relay_user;
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO relay_user;"
+        ))
+        .unwrap();
+    let relay_url = format!("postgresql://relay_user@127.0.0.1:{}/owned", pg.port);
+    let mut as_relay = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(pg.port)
+        .user("relay_user")
+        .password(PG_PASSWORD)
+        .dbname("owned")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let refused = as_relay
+        .batch_execute("CREATE TABLE relay_made (id BIGINT)")
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "the relay's user may not create: {refused}"
+    );
+    let store = Store::open_postgres(&settings(&relay_url, "relay-a"), state)
+        .expect("no DDL for a schema made already");
+    store
+        .record_held(
+            &held("OWNED01", 100, "ann@example.org", 5_000, "drift"),
+            "milter",
+            None,
+        )
+        .unwrap();
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 1);
+}
+
+/// Wakes a stopped server even when the test fails.
+struct Wake<'a>(&'a Postgres);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.signal_all(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A server that keeps its connections open but never answers (stopped: its kernel
+/// still acknowledges every packet) holds neither a hold nor the connection past the
+/// hold's deadline; woken, it serves again, and the holds given up wrote nothing.
+fn a_server_that_stops_answering_is_given_up_by_the_deadline(
+    pg: &Postgres,
+    state: &std::path::Path,
+) {
+    let url = pg.create_database("hung");
+    let store = Store::open_postgres(&settings(&url, "relay-a"), state).unwrap();
+    let hold = |id: &str| held(id, 100, "hal@example.org", 5000, "drift");
+    store.record_held(&hold("HUNG001"), "milter", None).unwrap();
+    pg.signal_all(nix::sys::signal::Signal::SIGSTOP);
+    let wake = Wake(pg);
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(1500);
+    // Two holds at once: one waits for the server, the other for the connection.
+    let errors: Vec<StoreError> = std::thread::scope(|s| {
+        let writers: Vec<_> = ["HUNG002", "HUNG003"]
+            .into_iter()
+            .map(|id| {
+                let (store, m) = (&store, hold(id));
+                s.spawn(move || store.record_held_by(&m, "milter", None, deadline))
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap_err())
+            .collect()
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "both holds given up at the deadline (1.5 s), not when the server wakes: {took:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, StoreError::NoAnswer { .. })),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| matches!(e, StoreError::NoAnswer { .. } | StoreError::TooLate { .. })),
+        "{errors:?}"
+    );
+    drop(wake);
+    store
+        .record_held(&hold("HUNG004"), "milter", None)
+        .expect("the store connects again once the server answers");
+    let ids: Vec<String> = store
+        .list(&Filter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.message.queue_id.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["HUNG001", "HUNG004"],
+        "the holds given up wrote nothing"
+    );
+}
+
 fn an_unreachable_server_fails_each_call_and_the_store_reconnects(
     pg: &mut Postgres,
     state: &std::path::Path,
@@ -683,7 +853,26 @@ fn an_unreachable_server_fails_each_call_and_the_store_reconnects(
             None,
         )
         .unwrap();
+    let fresh = pg.create_database("lazy");
     pg.stop();
+    // A relay starts while the server is down: its store opens, and each call fails
+    // at once until the server is back; its schema is made at the first connection.
+    let started = Instant::now();
+    let late = Store::open_postgres(&settings(&fresh, "relay-b"), state)
+        .expect("a relay starts while PostgreSQL is down");
+    let e = late
+        .record_held(
+            &held("GGGGGG7", 110, "gil@example.org", 5000, "drift"),
+            "milter",
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Postgres { .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "opening and a hold wait at most about connect_timeout each: {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let e = store
         .record_held(
@@ -707,6 +896,13 @@ fn an_unreachable_server_fails_each_call_and_the_store_reconnects(
             None,
         )
         .expect("the store connects again once the server is back");
+    late.record_held(
+        &held("GGGGGG7", 130, "gil@example.org", 5000, "drift"),
+        "milter",
+        None,
+    )
+    .expect("the store opened during the outage connects and makes its schema");
+    assert_eq!(late.list(&Filter::default()).unwrap().len(), 1);
     let all = Query {
         limit: 50,
         ..Query::default()

@@ -9,8 +9,8 @@ use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
 use crate::quarantine::review::{Report, Review, invoking_user};
 use crate::quarantine::{
-    CLI_COMMENT, Executor, FOREIGN_NOTE, Filter, HeldMessage, NewRequest, QuarantineIndex, QueueId,
-    Record, Request, RequestAction, State, Store, Via, age,
+    CLI_COMMENT, Executor, FOREIGN_NOTE, Filter, HeldMessage, NewRequest, QuarantineIndex, Record,
+    Request, RequestAction, State, Store, Via, age,
 };
 use crate::text;
 use std::fmt::{Display, Write as _};
@@ -62,12 +62,23 @@ impl Session {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// `quarantine show ID`.
+    /// `quarantine show ID` (`RELAY:ID` for another relay's record in a fleet).
     pub fn show(&self, id: &str) -> Outcome {
-        let id = QueueId::parse(id).map_err(usage)?;
-        let record = self.store.get(&id)?;
+        let address = self.review().address(id).map_err(usage)?;
+        let id = address.queue_id;
+        let record = self.store.get_on(address.relay.as_deref(), &id)?;
         let requests = self.store.requests(record.id)?;
-        let headers = PostfixTools::new(self.config.postfix.clone()).headers(&id);
+        // Another relay's message is in that relay's Postfix, not ours.
+        let headers = if record.relay.as_deref() == self.store.relay() {
+            PostfixTools::new(self.config.postfix.clone())
+                .headers(&id)
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "in the Postfix queue of {}",
+                record.relay.as_deref().unwrap_or("another relay")
+            ))
+        };
         print!("{}", show_text(&record, &requests, self.now, headers));
         Ok(ExitCode::SUCCESS)
     }
@@ -173,11 +184,11 @@ impl Session {
                     .to_owned(),
                 at: self.now,
             };
-            match executor.file_and_execute(&request, WORKER_WAIT) {
+            match executor.file_and_execute(&request, r.relay.as_deref(), WORKER_WAIT) {
                 Ok(done) if done.ok => report.line(done.result),
                 Ok(open) if open.open => report.fail(format!(
-                    "{}; not finished yet: the worker finishes it (`quarantine show {}`)",
-                    open.result, request.queue_id
+                    "{}; not finished yet: the worker finishes it (`quarantine show {raw}`)",
+                    open.result
                 )),
                 Ok(failed) => report.fail(failed.result),
                 Err(e) => report.fail(e),

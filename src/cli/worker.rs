@@ -7,8 +7,9 @@
 //!
 //! At start and then four times a second it looks at every open request: a pending one
 //! is carried out; a running one whose claimant is gone (this worker before a crash, or
-//! an admin command killed mid-way; see [`claimant`]) is finished from the facts
-//! ([`Executor::resume`]), while one a live process is carrying out is left to it; a
+//! an admin command killed mid-way; see [`crate::quarantine::claimant`]), or is this worker, whose outcome
+//! could not be written (see [`Executor::left_over`]), is finished from the facts
+//! ([`Executor::resume`]), while one another live process is carrying out is left to it; a
 //! release to chosen recipients whose copy is on its way is looked at again
 //! ([`Executor::check_copy`]). SIGTERM or SIGINT lets the request in progress finish,
 //! then the worker exits 0.
@@ -17,7 +18,7 @@ use crate::clock::epoch_secs;
 use crate::config::Config;
 use crate::quarantine::postfix::PostfixTools;
 use crate::quarantine::{
-    Executed, Executor, QuarantineIndex, Request, RequestAction, RequestState, Store, claimant,
+    Executed, Executor, QuarantineIndex, Request, RequestAction, RequestState, Store,
 };
 use crate::{VERSION, logging};
 use nix::sys::signal::{SigSet, Signal};
@@ -168,9 +169,7 @@ fn look_at(executor: &Executor<'_>, request: &Request) {
         RequestState::Running if matches!(request.action, RequestAction::ReleaseTo { .. }) => {
             check_copy(executor, request)
         }
-        RequestState::Running if claimant::gone(request.claimed_by.as_deref()) => {
-            carry_out(executor, request)
-        }
+        RequestState::Running if Executor::left_over(request) => carry_out(executor, request),
         _ => {}
     }
 }

@@ -5,7 +5,8 @@
 //! call to the one in use.
 
 use super::index::{
-    CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request, SubmitError,
+    CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request, RequestAction,
+    SubmitError,
 };
 use super::pg::PgStore;
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
@@ -132,6 +133,29 @@ impl Store {
         each!(self, s => s.get(queue_id))
     }
 
+    /// The newest record for a queue id on `relay` (this relay when `None`; a relay's
+    /// own SQLite store has no other relays, and takes `None` only).
+    pub fn get_on(&self, relay: Option<&str>, queue_id: &QueueId) -> Result<Record, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get(queue_id),
+            Store::Postgres(s) => s.get_on(relay, queue_id),
+        }
+    }
+
+    /// Files a request for the newest record of its queue id on `relay` (see
+    /// [`PgStore::file_request`]); [`QuarantineIndex::submit`] with `None`.
+    pub fn submit_on(
+        &self,
+        relay: Option<&str>,
+        request: &NewRequest,
+    ) -> Result<Request, SubmitError> {
+        valid_request(request)?;
+        match self {
+            Store::Sqlite(s) => s.submit(request),
+            Store::Postgres(s) => s.file_request(request, None, relay),
+        }
+    }
+
     /// This relay's records matching `filter`, oldest first.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Record>, StoreError> {
         each!(self, s => s.list(filter))
@@ -233,6 +257,11 @@ impl Store {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
+        if words.trim().is_empty() {
+            return Err(SubmitError::Invalid(
+                "please say why the message should go out".into(),
+            ));
+        }
         each!(self, s => s.sender_asks(held_id, words, who, nonce, expires, at))
     }
 
@@ -254,7 +283,7 @@ impl Store {
 
 impl QuarantineIndex for Store {
     fn fleet(&self) -> bool {
-        each!(self, s => s.fleet())
+        matches!(self, Store::Postgres(_))
     }
 
     fn page(&self, query: &Query) -> Result<Page, StoreError> {
@@ -266,7 +295,7 @@ impl QuarantineIndex for Store {
     }
 
     fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
-        each!(self, s => QuarantineIndex::record(s, queue_id))
+        each!(self, s => s.record(queue_id))
     }
 
     fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
@@ -274,6 +303,7 @@ impl QuarantineIndex for Store {
     }
 
     fn submit(&self, request: &NewRequest) -> Result<Request, SubmitError> {
+        valid_request(request)?;
         each!(self, s => s.submit(request))
     }
 
@@ -283,6 +313,7 @@ impl QuarantineIndex for Store {
         nonce: &str,
         expires: u64,
     ) -> Result<Request, SubmitError> {
+        valid_request(request)?;
         each!(self, s => s.submit_link(request, nonce, expires))
     }
 
@@ -368,4 +399,20 @@ impl QuarantineIndex for Store {
     ) -> Result<(), StoreError> {
         Store::remember_confirmed(self, who, lists, until, now)
     }
+}
+
+/// What a request must have whatever the store: a comment, and for a release to
+/// chosen recipients at least one (that each is an envelope recipient of the record
+/// is checked by the store, in the transaction that files it:
+/// [`super::index::release_to_recipients`]).
+fn valid_request(request: &NewRequest) -> Result<(), SubmitError> {
+    if request.comment.trim().is_empty() {
+        return Err(SubmitError::Invalid("a comment is required".into()));
+    }
+    if let RequestAction::ReleaseTo { recipients } = &request.action
+        && recipients.is_empty()
+    {
+        return Err(SubmitError::Invalid("choose at least one recipient".into()));
+    }
+    Ok(())
 }

@@ -238,6 +238,25 @@ pub struct NewRequest {
     pub at: u64,
 }
 
+/// Checks that each recipient chosen for a release to chosen recipients is an envelope
+/// recipient of `record` (both stores, in the transaction that files the request).
+pub(super) fn release_to_recipients(record: &Record, n: &NewRequest) -> Result<(), SubmitError> {
+    let RequestAction::ReleaseTo { recipients } = &n.action else {
+        return Ok(());
+    };
+    match recipients
+        .iter()
+        .find(|r| !record.message.recipients.contains(r))
+    {
+        Some(r) => Err(SubmitError::Invalid(format!(
+            "{} is not an envelope recipient of {}",
+            crate::text::neutralize(r),
+            n.queue_id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A filed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {

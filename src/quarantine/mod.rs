@@ -7,6 +7,7 @@ pub(crate) mod backend;
 pub mod claimant;
 pub(crate) mod index;
 pub(crate) mod pg;
+mod pg_conn;
 pub(crate) mod plan;
 pub(crate) mod postfix;
 pub(crate) mod record;
@@ -25,7 +26,7 @@ pub use index::{
     COPY_HEADER, CopyCheck, CopyMark, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
     RequestAction, RequestState, Row, Sort, SubmitError, Via, needs_admin,
 };
-pub use record::{AuditEntry, HeldMessage, QueueId, Record, State};
+pub use record::{Address, AuditEntry, HeldMessage, QueueId, Record, State};
 pub use senders::DueNotice;
 pub use store::{Filter, StoreError};
 pub use worker::{CLI_COMMENT, Executed, Executor};

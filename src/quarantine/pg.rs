@@ -10,16 +10,19 @@
 //! stored with the relay of its record, so only that relay's worker claims it; the
 //! result and the audit entries are rows every desk reads.
 //!
-//! The synchronous `postgres` client runs its own small runtime: every call here
-//! blocks, so the daemon calls it from `spawn_blocking` threads (as it does SQLite).
-//! The connection is made again on the next call after it broke; while the server is
-//! unreachable every call fails at once after `connect_timeout`, so a hold tempfails
-//! (see README, "One quarantine for the fleet").
+//! The connection ([`super::pg_conn`]) runs the asynchronous client on its own small
+//! runtime: every call here blocks, so the daemon calls it from `spawn_blocking`
+//! threads (as it does SQLite), and every call ends by a deadline (the hold's, else
+//! [`CALL_TIMEOUT`]), also when the server hangs. The connection is made again on the
+//! next call after it broke; while the server is unreachable every call fails after
+//! at most `connect_timeout`, so a hold tempfails (see README, "One quarantine for
+//! the fleet"). A relay starts while the server is unreachable.
 
 use super::index::{
-    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
-    RequestAction, RequestState, Row, Sort, SubmitError, Via,
+    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, Query, Request, RequestAction,
+    RequestState, Row, Sort, SubmitError, Via, release_to_recipients,
 };
+use super::pg_conn::{Conn, Db, PgError, Tx};
 use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use super::senders::DueNotice;
 use super::store::{Filter, StoreError, search_columns};
@@ -29,14 +32,15 @@ use crate::metrics::{self, HeldReading, REVIEW_ACTIONS, REVIEW_VIA, RULE_FOREIGN
 use crate::policy::ConfirmedList;
 use crate::text;
 use parking_lot::{Mutex, MutexGuard};
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, GenericClient, NoTls};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tracing::{info, warn};
 
 /// The schema this program writes; a database of a newer one is refused.
 pub const PG_SCHEMA_VERSION: i32 = 1;
@@ -154,6 +158,12 @@ CREATE TABLE IF NOT EXISTS confirmations (
 );
 ";
 
+/// How long a call to the store may take in all (waiting for the connection,
+/// connecting, its statements) when the caller gave no deadline: past the server's
+/// own `statement_timeout` (15 s), so that a slow statement is ended by the server,
+/// and a server that does not answer at all by the client.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long past its expiry a spent link nonce is kept (as the SQLite store).
 const LINK_NONCE_MARGIN: u64 = 86_400;
 
@@ -163,8 +173,19 @@ pub struct PgStore {
     label: PathBuf,
     relay: String,
     state_dir: PathBuf,
-    config: postgres::Config,
-    client: Mutex<Option<Client>>,
+    config: tokio_postgres::Config,
+    client: Mutex<Slot>,
+    /// The server was found unreachable and has not answered since: the outage is
+    /// logged once when it begins and once when it ends.
+    down: AtomicBool,
+}
+
+/// The connection, when there is one, and whether the database was checked (encoding,
+/// schema) since the store was opened.
+#[derive(Default)]
+struct Slot {
+    client: Option<Conn>,
+    ready: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -181,7 +202,7 @@ impl Drop for PgStore {
     /// thread (the daemon's last reference may go there at shutdown): it is closed on
     /// a thread of its own.
     fn drop(&mut self) {
-        let client = self.client.get_mut().take();
+        let client = self.client.get_mut().client.take();
         if let Some(client) = client {
             let _ = std::thread::Builder::new()
                 .name("pg-close".into())
@@ -214,13 +235,32 @@ fn opt_txt(s: Option<&str>) -> Option<Cow<'_, str>> {
     s.map(txt)
 }
 
-fn is_unique_violation(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+/// True for an error that says the server could not be reached or went away (the
+/// network, a server starting up, shutting down or full), not that it refused us.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+fn is_unique_violation(e: &PgError) -> bool {
+    matches!(e, PgError::Db(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
 }
 
 impl PgStore {
     /// Connects to the database of `settings` and brings its schema up to date;
     /// `state_dir` is this relay's own state directory (the brake's file).
+    ///
+    /// A server that cannot be reached is no error here (the relay starts, and only
+    /// holds tempfail until it is back: each call connects again, and the database is
+    /// checked at the first connection); one that answers and refuses (a wrong
+    /// password, a database not in UTF-8, a schema too new) is.
     pub fn open(settings: &PgSettings, state_dir: &Path) -> Result<PgStore, StoreError> {
         // The relay's own files (the desk's key, the brake, the admin socket) stay there.
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
@@ -229,7 +269,7 @@ impl PgStore {
         })?;
         let label = PathBuf::from(redact_url(&settings.url));
         let mut config =
-            postgres::Config::from_str(&settings.url).map_err(|e| StoreError::Postgres {
+            tokio_postgres::Config::from_str(&settings.url).map_err(|e| StoreError::Postgres {
                 url: label.display().to_string(),
                 source: e,
             })?;
@@ -253,13 +293,15 @@ impl PgStore {
             relay: settings.relay.clone(),
             state_dir: state_dir.to_owned(),
             config,
-            client: Mutex::new(None),
+            client: Mutex::new(Slot::default()),
+            down: AtomicBool::new(false),
         };
-        store.with(|c| {
-            store.check_encoding(c)?;
-            store.create_schema(c)
-        })?;
-        Ok(store)
+        match store.with(|_| Ok::<_, StoreError>(())) {
+            Ok(()) => Ok(store),
+            Err(StoreError::Postgres { source, .. }) if unreachable(&source) => Ok(store),
+            Err(StoreError::NoAnswer { .. }) => Ok(store),
+            Err(e) => Err(e),
+        }
     }
 
     /// The database's URL without secrets.
@@ -277,10 +319,11 @@ impl PgStore {
         &self.state_dir
     }
 
-    fn err(&self, source: postgres::Error) -> StoreError {
-        StoreError::Postgres {
-            url: self.label.display().to_string(),
-            source,
+    fn err(&self, e: impl Into<PgError>) -> StoreError {
+        let url = self.label.display().to_string();
+        match e.into() {
+            PgError::Db(source) => StoreError::Postgres { url, source },
+            PgError::NoAnswer => StoreError::NoAnswer { url },
         }
     }
 
@@ -290,10 +333,6 @@ impl PgStore {
             id,
             message,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
-        self.client.lock()
     }
 
     fn too_late(&self, what: &'static str) -> StoreError {
@@ -306,46 +345,77 @@ impl PgStore {
     /// Runs `f` on the connection, connecting first when there is none or it broke.
     fn with<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
-        let guard = self.lock();
-        self.with_guard(guard, f)
+        self.with_by(Instant::now() + CALL_TIMEOUT, f)
     }
 
-    /// As [`PgStore::with`], but gives up when the connection is not free by `deadline`.
+    /// As [`PgStore::with`], but everything ends by `deadline`: the wait for the
+    /// connection, connecting, and every call (a call past it drops the connection:
+    /// see [`super::pg_conn`]).
     fn with_by<T, E: From<StoreError>>(
         &self,
         deadline: Instant,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let guard = self
             .client
             .try_lock_for(wait)
             .ok_or_else(|| self.too_late("waiting for the connection"))?;
-        self.with_guard(guard, f)
+        self.with_guard(guard, deadline, f)
     }
 
     fn with_guard<T, E: From<StoreError>>(
         &self,
-        mut guard: MutexGuard<'_, Option<Client>>,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        mut guard: MutexGuard<'_, Slot>,
+        deadline: Instant,
+        f: impl FnOnce(&mut Conn) -> Result<T, E>,
     ) -> Result<T, E> {
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = None;
-            let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
-            *guard = Some(client);
+        let slot = &mut *guard;
+        if slot.client.as_ref().is_none_or(Conn::is_closed) {
+            slot.client = None;
+            let mut client = match Conn::connect(&self.config, deadline) {
+                Ok(client) => client,
+                Err(e) => {
+                    let e = self.err(e);
+                    self.outage(&e.to_string());
+                    return Err(e.into());
+                }
+            };
+            if !slot.ready {
+                self.check_encoding(&mut client)?;
+                self.create_schema(&mut client)?;
+                slot.ready = true;
+            }
+            slot.client = Some(client);
+            if self.down.swap(false, Ordering::Relaxed) {
+                info!(store = %self.label.display(), relay = %self.relay,
+                    "quarantine store reachable again: holds are recorded again");
+            }
         }
-        let client = guard.as_mut().expect("connected above");
+        let client = slot.client.as_mut().expect("connected above");
+        client.set_deadline(deadline);
         let out = f(client);
         if client.is_closed() {
-            *guard = None;
+            slot.client = None;
+            self.outage("the connection was lost");
         }
         out
     }
 
+    /// Logs the start of an outage, once (`why` carries no secret: the URL is
+    /// redacted, and the client's errors never quote the password).
+    fn outage(&self, why: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            warn!(store = %self.label.display(), relay = %self.relay,
+                "quarantine store unreachable: messages that need a hold are tempfailed \
+                 until it is back, the rest flow: {}", text::neutralize(why));
+        }
+    }
+
     /// Text is stored as it is written only in a UTF-8 database.
-    fn check_encoding(&self, c: &mut Client) -> Result<(), StoreError> {
+    fn check_encoding(&self, c: &mut Conn) -> Result<(), StoreError> {
         let found: String = c
             .query_one("SHOW server_encoding", &[])
             .map_err(|e| self.err(e))?
@@ -360,7 +430,30 @@ impl PgStore {
         }
     }
 
-    fn create_schema(&self, c: &mut Client) -> Result<(), StoreError> {
+    /// Makes the schema when it is missing (or older); a schema of this version made
+    /// already, by this program or by the database's owner, is used as it is, with no
+    /// DDL: so the relays' user needs no `CREATE` once the owner made it.
+    fn create_schema(&self, c: &mut Conn) -> Result<(), StoreError> {
+        let made: bool = c
+            .query_one("SELECT to_regclass('fanout_schema') IS NOT NULL", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if made {
+            let found: Option<i32> = c
+                .query_one("SELECT max(version) FROM fanout_schema", &[])
+                .map_err(|e| self.err(e))?
+                .get(0);
+            match found {
+                Some(v) if v == PG_SCHEMA_VERSION => return Ok(()),
+                Some(v) if v > PG_SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        path: self.label.clone(),
+                        found: i64::from(v),
+                    });
+                }
+                _ => {}
+            }
+        }
         let mut tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .map_err(|e| self.err(e))?;
@@ -388,12 +481,7 @@ impl PgStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn insert_audit(
-        &self,
-        c: &mut impl GenericClient,
-        id: i64,
-        e: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    fn insert_audit(&self, c: &mut impl Db, id: i64, e: &AuditEntry) -> Result<(), StoreError> {
         c.execute(
             "INSERT INTO audit (held_id, relay, at, who, action, comment)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -457,15 +545,17 @@ impl PgStore {
         let facts = serde_json::to_string(msg).map_err(|e| self.corrupt(0, e.to_string()))?;
         let (rules, lists) = search_columns(msg);
         let late = || deadline.is_some_and(|d| Instant::now() >= d);
-        let write = |c: &mut Client| {
+        let write = |c: &mut Conn| {
             if late() {
                 return Err(self.too_late("recording the hold"));
             }
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             if let Some(deadline) = deadline {
-                // At least 1 ms: 0 would mean no limit.
+                // At least 1 ms: 0 would mean no limit. A little before the deadline,
+                // so that a server that is alive ends the statement itself before the
+                // client drops the connection (see `pg_conn`).
                 let left = deadline.saturating_duration_since(Instant::now());
-                let ms = left.as_millis().clamp(1, 15_000);
+                let ms = left.as_millis().saturating_sub(100).clamp(1, 15_000);
                 tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}"))
                     .map_err(|e| self.err(e))?;
             }
@@ -508,7 +598,9 @@ impl PgStore {
                 .map_err(|e| self.err(e))?;
             }
             if late() {
-                tx.rollback().map_err(|e| self.err(e))?;
+                // Past the deadline the ROLLBACK may itself be cut short, dropping the
+                // connection: the server rolls back then too. Late either way.
+                let _ = tx.rollback();
                 return Err(self.too_late("recording the hold"));
             }
             tx.commit().map_err(|e| self.err(e))?;
@@ -523,12 +615,18 @@ impl PgStore {
     /// This relay's newest record for a queue id (the admin commands act on this
     /// relay's Postfix).
     pub fn get(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+        self.get_on(None, queue_id)
+    }
+
+    /// The newest record for a queue id on `relay` (this relay when `None`).
+    pub fn get_on(&self, relay: Option<&str>, queue_id: &QueueId) -> Result<Record, StoreError> {
+        let relay = relay.unwrap_or(&self.relay);
         self.with(|c| {
             let row = c
                 .query_opt(
                     "SELECT id FROM held WHERE relay = $1 AND queue_id = $2
                      ORDER BY id DESC LIMIT 1",
-                    &[&self.relay, &queue_id.as_str()],
+                    &[&txt(relay), &queue_id.as_str()],
                 )
                 .map_err(|e| self.err(e))?;
             match row {
@@ -557,7 +655,7 @@ impl PgStore {
         })
     }
 
-    fn load(&self, c: &mut impl GenericClient, id: i64) -> Result<Record, StoreError> {
+    fn load(&self, c: &mut impl Db, id: i64) -> Result<Record, StoreError> {
         let row = c
             .query_opt(
                 "SELECT facts, state, state_at, escalated_at, foreign_hold, hold_until, relay
@@ -605,7 +703,7 @@ impl PgStore {
         })
     }
 
-    fn state_changed(&self, c: &mut impl GenericClient, id: i64, expected: State) -> StoreError {
+    fn state_changed(&self, c: &mut impl Db, id: i64, expected: State) -> StoreError {
         match c.query_opt("SELECT state FROM held WHERE id = $1", &[&id]) {
             Ok(found) => StoreError::StateChanged {
                 id,
@@ -636,7 +734,7 @@ impl PgStore {
 
     fn transition(
         &self,
-        tx: &mut postgres::Transaction<'_>,
+        tx: &mut Tx<'_>,
         id: i64,
         from: State,
         to: State,
@@ -875,7 +973,7 @@ impl PgStore {
 
     fn spend_nonce(
         &self,
-        tx: &mut postgres::Transaction<'_>,
+        tx: &mut Tx<'_>,
         nonce: &str,
         expires: u64,
         at: u64,
@@ -914,11 +1012,6 @@ impl PgStore {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
-        if words.trim().is_empty() {
-            return Err(SubmitError::Invalid(
-                "please say why the message should go out".into(),
-            ));
-        }
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             let state: Option<String> = tx
@@ -1093,7 +1186,7 @@ impl PgStore {
 
     fn query_requests(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut impl Db,
         tail: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Request>, StoreError> {
@@ -1133,16 +1226,15 @@ impl PgStore {
             .collect()
     }
 
-    /// Files a request for the newest record of its queue id (on any relay), stored
-    /// with that record's relay so that only its worker claims it.
-    fn file_request(
+    /// Files a request for the newest record of its queue id on `relay`, or with none
+    /// named, on this relay, else on any relay (the newest); stored with that record's
+    /// relay so that only its worker claims it.
+    pub fn file_request(
         &self,
         n: &NewRequest,
         link: Option<(&str, u64)>,
+        relay: Option<&str>,
     ) -> Result<Request, SubmitError> {
-        if n.comment.trim().is_empty() {
-            return Err(SubmitError::Invalid("a comment is required".into()));
-        }
         let args = serde_json::to_string(&n.action).map_err(|e| self.corrupt(0, e.to_string()))?;
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
@@ -1151,9 +1243,10 @@ impl PgStore {
             }
             let found = tx
                 .query_opt(
-                    "SELECT id, state, relay FROM held WHERE queue_id = $1
-                     ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                    &[&n.queue_id.as_str()],
+                    "SELECT id, state, relay FROM held
+                     WHERE queue_id = $1 AND ($2::TEXT IS NULL OR relay = $2)
+                     ORDER BY relay = $3 DESC, id DESC LIMIT 1 FOR UPDATE",
+                    &[&n.queue_id.as_str(), &relay.map(txt), &self.relay],
                 )
                 .map_err(|e| self.err(e))?;
             let Some(found) = found else {
@@ -1167,21 +1260,8 @@ impl PgStore {
                     n.queue_id
                 )));
             }
-            if let RequestAction::ReleaseTo { recipients } = &n.action {
-                let record = self.load(&mut tx, held_id)?;
-                if recipients.is_empty() {
-                    return Err(SubmitError::Invalid("choose at least one recipient".into()));
-                }
-                if let Some(r) = recipients
-                    .iter()
-                    .find(|r| !record.message.recipients.contains(r))
-                {
-                    return Err(SubmitError::Invalid(format!(
-                        "{} is not an envelope recipient of {}",
-                        text::neutralize(r),
-                        n.queue_id
-                    )));
-                }
+            if let RequestAction::ReleaseTo { .. } = &n.action {
+                release_to_recipients(&self.load(&mut tx, held_id)?, n)?;
             }
             let inserted = tx.query_one(
                 "INSERT INTO requests (held_id, relay, filed_on, action, args, who, via, remote,
@@ -1301,7 +1381,7 @@ fn refs(args: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
 impl PgStore {
     fn ids(
         &self,
-        c: &mut Client,
+        c: &mut Conn,
         q: &Query,
         limit: u64,
         offset: u64,
@@ -1320,12 +1400,8 @@ impl PgStore {
     }
 }
 
-impl QuarantineIndex for PgStore {
-    fn fleet(&self) -> bool {
-        true
-    }
-
-    fn page(&self, q: &Query) -> Result<Page, StoreError> {
+impl PgStore {
+    pub(super) fn page(&self, q: &Query) -> Result<Page, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, q.limit.min(MAX_PAGE), q.offset)?;
             let (clause, args) = where_clause(q);
@@ -1382,7 +1458,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, limit, 0)?;
             ids.into_iter()
@@ -1391,12 +1467,13 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+    pub(super) fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
         self.with(|c| {
             let row = c
                 .query_opt(
-                    "SELECT id FROM held WHERE queue_id = $1 ORDER BY id DESC LIMIT 1",
-                    &[&queue_id.as_str()],
+                    "SELECT id FROM held WHERE queue_id = $1
+                     ORDER BY relay = $2 DESC, id DESC LIMIT 1",
+                    &[&queue_id.as_str(), &self.relay],
                 )
                 .map_err(|e| self.err(e))?;
             match row {
@@ -1406,24 +1483,24 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
         self.with(|c| self.query_requests(c, "WHERE r.held_id = $1 ORDER BY r.id", &[&held_id]))
     }
 
-    fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
-        self.file_request(n, None)
+    pub(super) fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
+        self.file_request(n, None, None)
     }
 
-    fn submit_link(
+    pub(super) fn submit_link(
         &self,
         n: &NewRequest,
         nonce: &str,
         expires: u64,
     ) -> Result<Request, SubmitError> {
-        self.file_request(n, Some((nonce, expires)))
+        self.file_request(n, Some((nonce, expires)), None)
     }
 
-    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
         self.with(|c| {
             self.query_requests(
                 c,
@@ -1433,7 +1510,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
+    pub(super) fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET state = 'running', started_at = $2, claimed_by = $3
@@ -1450,7 +1527,13 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
+    pub(super) fn finish(
+        &self,
+        id: i64,
+        ok: bool,
+        result: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let state = if ok {
             RequestState::Done
         } else {
@@ -1474,7 +1557,7 @@ impl QuarantineIndex for PgStore {
         }
     }
 
-    fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
+    pub(super) fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
         let given: Option<String> = self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_token = $2
@@ -1499,7 +1582,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+    pub(super) fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_sent_at = $2, copy_attempts = copy_attempts + 1
@@ -1511,7 +1594,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn accept_copy(
+    pub(super) fn accept_copy(
         &self,
         mark: &CopyMark,
         queue_id: &str,
@@ -1588,7 +1671,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
+    pub(super) fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             c.query(
                 "SELECT queue_id FROM copies WHERE request_id = $1 ORDER BY seen_at, seq",
@@ -1599,7 +1682,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
+    pub(super) fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET copy_queue_id = $2 WHERE id = $1",
@@ -1610,7 +1693,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
+    pub(super) fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE requests SET claimed_by = $3
@@ -1628,7 +1711,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO events (relay, at, who, action, comment) VALUES ($1, $2, $3, $4, $5)",
@@ -1645,7 +1728,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.err(e))?;
             tx.execute(
@@ -1664,7 +1747,7 @@ impl QuarantineIndex for PgStore {
         })
     }
 
-    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+    pub(super) fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
         self.with(|c| {
             c.query(
                 "SELECT at, who, action, comment FROM events WHERE relay = $1
@@ -1683,35 +1766,5 @@ impl QuarantineIndex for PgStore {
             })
             .map_err(|e| self.err(e))
         })
-    }
-
-    fn sender_asks(
-        &self,
-        held_id: i64,
-        words: &str,
-        who: &str,
-        nonce: &str,
-        expires: u64,
-        at: u64,
-    ) -> Result<(), SubmitError> {
-        PgStore::sender_asks(self, held_id, words, who, nonce, expires, at)
-    }
-
-    fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError> {
-        PgStore::plea(self, held_id)
-    }
-
-    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
-        PgStore::pleading(self, limit)
-    }
-
-    fn remember_confirmed(
-        &self,
-        who: &str,
-        lists: &[ConfirmedList],
-        until: u64,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        PgStore::remember_confirmed(self, who, lists, until, now)
     }
 }

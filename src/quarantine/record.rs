@@ -33,6 +33,46 @@ impl QueueId {
     }
 }
 
+/// A held message as the admin commands name it: `QUEUEID` (this relay's newest record
+/// of that id) or, in a fleet-wide store, `RELAY:QUEUEID` (that relay's: queue ids
+/// repeat across relays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// The relay named, if any.
+    pub relay: Option<String>,
+    /// The queue id.
+    pub queue_id: QueueId,
+}
+
+impl Address {
+    /// Parses `QUEUEID` or `RELAY:QUEUEID`.
+    pub fn parse(s: &str) -> Result<Address, String> {
+        let (relay, id) = match s.split_once(':') {
+            Some((relay, id)) => {
+                if !crate::config::fleet_store::valid_relay(relay) {
+                    return Err(format!(
+                        "{}: the relay before ':' is not a relay name",
+                        crate::text::neutralize(s)
+                    ));
+                }
+                (Some(relay.to_owned()), id)
+            }
+            None => (None, s),
+        };
+        let queue_id = QueueId::parse(id).map_err(|e| e.to_string())?;
+        Ok(Address { relay, queue_id })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.relay {
+            Some(relay) => write!(f, "{relay}:{}", self.queue_id),
+            None => write!(f, "{}", self.queue_id),
+        }
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -319,6 +359,19 @@ impl HeldMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_named_by_its_queue_id_or_its_relay_and_queue_id() {
+        let own = Address::parse("ABCDEF1").unwrap();
+        assert_eq!((own.relay, own.queue_id.as_str()), (None, "ABCDEF1"));
+        let theirs = Address::parse("relay-b.x_1:ABCDEF1").unwrap();
+        assert_eq!(theirs.relay.as_deref(), Some("relay-b.x_1"));
+        assert_eq!(theirs.to_string(), "relay-b.x_1:ABCDEF1");
+        assert!(Address::parse(":ABCDEF1").is_err(), "an empty relay");
+        assert!(Address::parse("relay b:ABCDEF1").is_err());
+        assert!(Address::parse("relay-b:ABC:DEF1").is_err());
+        assert!(Address::parse("relay-b:").is_err());
+    }
 
     #[test]
     fn queue_ids_short_and_long_are_accepted_and_nothing_else() {

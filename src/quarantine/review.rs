@@ -9,7 +9,7 @@ use super::backend::Store;
 use super::index::QuarantineIndex as _;
 use super::plan::plan_reconcile;
 use super::postfix::{PostfixTools, QueuedMessage};
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
+use super::record::{Address, AuditEntry, HeldMessage, QueueId, Record, RuleHit, State};
 use super::store::{Filter, StoreError};
 use crate::config::Config;
 use crate::notify;
@@ -136,8 +136,9 @@ impl Review<'_> {
     /// queue id, no record, no longer held, or held by another tool (`foreign_ok`
     /// not given).
     pub fn held_record(&self, raw: &str, foreign_ok: bool) -> Result<Record, String> {
-        let id = QueueId::parse(raw).map_err(|e| e.to_string())?;
-        let r = self.store.get(&id).map_err(|e| {
+        let address = self.address(raw)?;
+        let id = address.queue_id;
+        let r = self.store.get_on(address.relay.as_deref(), &id).map_err(|e| {
             format!(
                 "{e}; `fanout-milter quarantine reconcile` records messages held without a record"
             )
@@ -156,6 +157,19 @@ impl Review<'_> {
             ));
         }
         Ok(r)
+    }
+
+    /// A message named `QUEUEID` (this relay's record) or, in a fleet-wide store,
+    /// `RELAY:QUEUEID` (see [`Address`]).
+    pub fn address(&self, raw: &str) -> Result<Address, String> {
+        let address = Address::parse(raw)?;
+        if address.relay.is_some() && self.store.relay().is_none() {
+            return Err(format!(
+                "{}: RELAY:QUEUEID names a relay, which only a fleet-wide store has                  ([quarantine] store = \"postgres\")",
+                text::neutralize(raw)
+            ));
+        }
+        Ok(address)
     }
 
     /// Releases one held record: the one path of the admin commands and the worker

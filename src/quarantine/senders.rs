@@ -192,11 +192,6 @@ impl SqliteStore {
         expires: u64,
         at: u64,
     ) -> Result<(), SubmitError> {
-        if words.trim().is_empty() {
-            return Err(SubmitError::Invalid(
-                "please say why the message should go out".into(),
-            ));
-        }
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

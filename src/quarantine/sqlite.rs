@@ -4,8 +4,8 @@
 //! enforced by a unique index, so two reviewers racing cannot both file one).
 
 use super::index::{
-    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, QuarantineIndex, Query, Request,
-    RequestAction, RequestState, Row, Sort, SubmitError, Via,
+    CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Query, Request, RequestAction, RequestState,
+    Row, Sort, SubmitError, Via, release_to_recipients,
 };
 use super::record::{AuditEntry, QueueId, Record, State};
 use super::store::{SqliteStore, StoreError, insert_audit};
@@ -208,8 +208,8 @@ impl SqliteStore {
     }
 }
 
-impl QuarantineIndex for SqliteStore {
-    fn page(&self, q: &Query) -> Result<Page, StoreError> {
+impl SqliteStore {
+    pub(super) fn page(&self, q: &Query) -> Result<Page, StoreError> {
         let conn = self.conn();
         let ids = self.ids(&conn, q, q.limit.min(MAX_PAGE), q.offset)?;
         let (clause, args) = where_clause(q);
@@ -240,7 +240,7 @@ impl QuarantineIndex for SqliteStore {
         })
     }
 
-    fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
         let conn = self.conn();
         let ids = self.ids(&conn, q, limit, 0)?;
         ids.into_iter()
@@ -248,11 +248,11 @@ impl QuarantineIndex for SqliteStore {
             .collect()
     }
 
-    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
+    pub(super) fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
         self.get(queue_id)
     }
 
-    fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
         let conn = self.conn();
         self.query_requests(
             &conn,
@@ -261,11 +261,11 @@ impl QuarantineIndex for SqliteStore {
         )
     }
 
-    fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
+    pub(super) fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
         self.file_request(n, None)
     }
 
-    fn submit_link(
+    pub(super) fn submit_link(
         &self,
         n: &NewRequest,
         nonce: &str,
@@ -274,7 +274,7 @@ impl QuarantineIndex for SqliteStore {
         self.file_request(n, Some((nonce, expires)))
     }
 
-    fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
+    pub(super) fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
         let conn = self.conn();
         self.query_requests(
             &conn,
@@ -283,7 +283,7 @@ impl QuarantineIndex for SqliteStore {
         )
     }
 
-    fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
+    pub(super) fn claim(&self, id: i64, now: u64) -> Result<bool, StoreError> {
         let conn = self.conn();
         let changed = conn
             .execute(
@@ -295,7 +295,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(changed == 1)
     }
 
-    fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
+    pub(super) fn copy_token(&self, id: i64, token: &str) -> Result<String, StoreError> {
         let conn = self.conn();
         conn.execute(
             "UPDATE requests SET copy_token = ?2
@@ -319,7 +319,7 @@ impl QuarantineIndex for SqliteStore {
         })
     }
 
-    fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+    pub(super) fn copy_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
             "UPDATE requests SET copy_sent_at = ?2, copy_attempts = copy_attempts + 1
@@ -330,7 +330,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(())
     }
 
-    fn accept_copy(
+    pub(super) fn accept_copy(
         &self,
         mark: &CopyMark,
         queue_id: &str,
@@ -408,7 +408,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(CopyCheck::Accepted)
     }
 
-    fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
+    pub(super) fn copies(&self, request: i64) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -421,7 +421,7 @@ impl QuarantineIndex for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
+    pub(super) fn copy_released(&self, id: i64, queue_id: &str) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
             "UPDATE requests SET copy_queue_id = ?2 WHERE id = ?1",
@@ -431,7 +431,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(())
     }
 
-    fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
+    pub(super) fn lease(&self, id: i64, claimant: Option<&str>) -> Result<bool, StoreError> {
         let conn = self.conn();
         let changed = conn
             .execute(
@@ -443,7 +443,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(changed == 1)
     }
 
-    fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event(&self, e: &AuditEntry) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO events (at, who, action, comment) VALUES (?1, ?2, ?3, ?4)",
@@ -453,7 +453,7 @@ impl QuarantineIndex for SqliteStore {
         Ok(())
     }
 
-    fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
+    pub(super) fn record_event_on(&self, held_id: i64, e: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
@@ -465,7 +465,7 @@ impl QuarantineIndex for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+    pub(super) fn events(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached("SELECT at, who, action, comment FROM events ORDER BY id DESC LIMIT ?1")
@@ -483,7 +483,13 @@ impl QuarantineIndex for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn finish(&self, id: i64, ok: bool, result: &str, now: u64) -> Result<(), StoreError> {
+    pub(super) fn finish(
+        &self,
+        id: i64,
+        ok: bool,
+        result: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
         let state = if ok {
             RequestState::Done
         } else {
@@ -506,36 +512,6 @@ impl QuarantineIndex for SqliteStore {
                 message: "the request is not running: only a claimed request can finish".into(),
             })
         }
-    }
-
-    fn sender_asks(
-        &self,
-        held_id: i64,
-        words: &str,
-        who: &str,
-        nonce: &str,
-        expires: u64,
-        at: u64,
-    ) -> Result<(), SubmitError> {
-        SqliteStore::sender_asks(self, held_id, words, who, nonce, expires, at)
-    }
-
-    fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError> {
-        SqliteStore::plea(self, held_id)
-    }
-
-    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
-        SqliteStore::pleading(self, limit)
-    }
-
-    fn remember_confirmed(
-        &self,
-        who: &str,
-        lists: &[crate::policy::ConfirmedList],
-        until: u64,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        SqliteStore::remember_confirmed(self, who, lists, until, now)
     }
 }
 
@@ -580,9 +556,6 @@ impl SqliteStore {
         n: &NewRequest,
         link: Option<(&str, u64)>,
     ) -> Result<Request, SubmitError> {
-        if n.comment.trim().is_empty() {
-            return Err(SubmitError::Invalid("a comment is required".into()));
-        }
         let mut conn = self.conn();
         // IMMEDIATE: the write lock from the start, so a worker writing between this
         // read and the insert makes SQLite wait (busy_timeout), not fail the snapshot.
@@ -609,21 +582,8 @@ impl SqliteStore {
                 n.queue_id
             )));
         }
-        if let RequestAction::ReleaseTo { recipients } = &n.action {
-            let record = self.load(&tx, held_id)?;
-            if recipients.is_empty() {
-                return Err(SubmitError::Invalid("choose at least one recipient".into()));
-            }
-            if let Some(r) = recipients
-                .iter()
-                .find(|r| !record.message.recipients.contains(r))
-            {
-                return Err(SubmitError::Invalid(format!(
-                    "{} is not an envelope recipient of {}",
-                    crate::text::neutralize(r),
-                    n.queue_id
-                )));
-            }
+        if let RequestAction::ReleaseTo { .. } = &n.action {
+            release_to_recipients(&self.load(&tx, held_id)?, n)?;
         }
         let args = serde_json::to_string(&n.action).map_err(|e| StoreError::Corrupt {
             path: self.path().to_owned(),
@@ -686,6 +646,7 @@ impl SqliteStore {
 mod tests {
     use super::*;
     use crate::quarantine::Store;
+    use crate::quarantine::index::QuarantineIndex;
     use crate::quarantine::record::{ListHit, RuleHit};
     use crate::quarantine::store::tests::held;
 

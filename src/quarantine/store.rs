@@ -280,7 +280,17 @@ pub enum StoreError {
         url: String,
         /// The client's error.
         #[source]
-        source: postgres::Error,
+        source: tokio_postgres::Error,
+    },
+    /// The fleet's PostgreSQL server did not answer a call in time: the connection was
+    /// dropped (a transaction not committed is rolled back), and the next call connects
+    /// again.
+    #[error(
+        "quarantine store {url}: no answer from the server in time; the connection was dropped"
+    )]
+    NoAnswer {
+        /// The database's URL, without secrets.
+        url: String,
     },
     /// The database was written by a newer fanout-milter.
     #[error("quarantine store {}: schema version {found} is newer than this program's {SCHEMA_VERSION}", path.display())]
@@ -313,7 +323,7 @@ pub enum StoreError {
 }
 
 /// A PostgreSQL error with the server's message, when it sent one.
-fn pg_message(e: &postgres::Error) -> String {
+fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),

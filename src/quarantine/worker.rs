@@ -8,7 +8,9 @@
 //! finished from the facts ([`Executor::resume`]): whether the message is still in
 //! Postfix's hold queue, and what its record says. postsuper acts on a message in the
 //! hold queue at most once (a released or deleted message is no longer there), so
-//! running a step again can never deliver a message twice.
+//! running a step again can never deliver a message twice. The same is done for a
+//! request the worker itself carried out but could not finish (the database went away
+//! before the outcome was written): see [`Executor::left_over`].
 //!
 //! A release to chosen recipients is a copy and a deletion, carried out step by step
 //! (see [`super::release_to`]).
@@ -105,6 +107,25 @@ impl Executor<'_> {
         self.settle(request, step, now).map(Some)
     }
 
+    /// Whether a running request is left over, for a worker to finish from the facts
+    /// ([`Executor::resume`]): its claimant is gone (a crash), or it is this process
+    /// itself, which carries out one request at a time and so is not carrying it out
+    /// any more (the action ran, but writing its outcome failed: the database went away
+    /// in between). A release to chosen recipients is not: it stays running while its
+    /// copy is on its way ([`Executor::check_copy`]).
+    ///
+    /// Finishing from the facts, not writing the lost outcome again, is what never
+    /// runs an action twice: postsuper acts only on a message still in the hold queue,
+    /// and the record says whether the release or deletion was begun, so a release that
+    /// happened is found done, never repeated; a failed finish whose COMMIT did reach
+    /// the server leaves the request finished, and it is not seen again.
+    pub fn left_over(request: &Request) -> bool {
+        request.state == RequestState::Running
+            && !matches!(request.action, RequestAction::ReleaseTo { .. })
+            && (claimant::gone(request.claimed_by.as_deref())
+                || request.claimed_by.as_deref() == Some(claimant::this_process().as_str()))
+    }
+
     /// Finishes a request found running whose claimant is gone (the worker stopped
     /// while carrying it out), deciding from the facts what is left to do; it is taken
     /// over first, so that of two processes only one does it.
@@ -161,12 +182,17 @@ impl Executor<'_> {
     /// first, waits for the worker's outcome (at most `wait`). Err when it could not
     /// be filed (another request is open, the message is not held) or its outcome
     /// not learnt.
+    ///
+    /// In a fleet-wide store the request is for the newest record of its queue id on
+    /// `relay` (this relay when `None`); another relay's is carried out by that relay's
+    /// worker, and waited for.
     pub fn file_and_execute(
         &self,
         request: &NewRequest,
+        relay: Option<&str>,
         wait: Duration,
     ) -> Result<Executed, String> {
-        let filed = self.store.submit(request).map_err(|e| match e {
+        let filed = self.store.submit_on(relay, request).map_err(|e| match e {
             SubmitError::Conflict(m) => format!("{m}: nothing done"),
             e => e.to_string(),
         })?;
@@ -196,9 +222,14 @@ impl Executor<'_> {
                 });
             }
             if Instant::now() >= deadline {
+                let shown = match relay {
+                    Some(r) => format!("{r}:{}", filed.queue_id),
+                    None => filed.queue_id.to_string(),
+                };
                 return Err(format!(
-                    "{}: request {} is being carried out by the worker; see `quarantine show {}`",
-                    filed.queue_id, filed.id, filed.queue_id
+                    "{shown}: request {} is being carried out by the worker; see `quarantine \
+                     show {shown}`",
+                    filed.id
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -1275,5 +1306,44 @@ mod tests {
         assert!(!failed.ok && failed.result.contains("no longer in Postfix's queue"));
         assert_eq!(f.record("EEEEEE5").state, State::Held);
         assert!(f.store.open_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_outcome_was_not_written_is_finished_by_its_worker_never_twice() {
+        let f = Fixture::new();
+        let e = f.executor();
+        // Claimed and released by this process, the outcome not written (the database
+        // went away): left over, and finished without releasing again.
+        f.hold("AAAAAA1");
+        let a = f.file("AAAAAA1", RequestAction::Release);
+        assert!(f.store.claim(a.id, 250).unwrap());
+        let r = f.record("AAAAAA1");
+        e.review(&a, 250).release_record(&r, None).unwrap();
+        assert_eq!(f.postsuper_calls(), 1);
+        let a = f.request(&a);
+        assert_eq!(a.state, RequestState::Running);
+        assert!(
+            Executor::left_over(&a),
+            "this process is not carrying it out"
+        );
+        let done = e.resume(&a, 300).unwrap().unwrap();
+        assert!(
+            done.ok && done.result.contains("released before"),
+            "{done:?}"
+        );
+        assert_eq!(f.postsuper_calls(), 1, "not released a second time");
+        assert!(f.store.open_requests().unwrap().is_empty());
+        assert!(!Executor::left_over(&f.request(&a)), "finished");
+        // Another live process's request is not left over; a release to chosen
+        // recipients waits for its copy instead.
+        f.hold("BBBBBB2");
+        let b = f.file("BBBBBB2", RequestAction::Release);
+        assert!(f.store.claim(b.id, 250).unwrap());
+        let mut b = f.request(&b);
+        b.claimed_by = claimant::of_process(1);
+        assert!(b.claimed_by.is_some() && !Executor::left_over(&b));
+        b.action = release_to(&["all@corp.example"]);
+        b.claimed_by = Some(claimant::this_process());
+        assert!(!Executor::left_over(&b));
     }
 }

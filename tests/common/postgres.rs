@@ -210,7 +210,9 @@ impl Postgres {
     /// Stops the server (fast shutdown) and waits until it is gone.
     pub fn stop(&mut self) {
         // Best effort and never a panic: this runs in `Drop`, also while a failed test
-        // unwinds, and a panic there would abort and leave the server running.
+        // unwinds, and a panic there would abort and leave the server running. A server
+        // a test stopped (SIGSTOP) is woken first, so that it can shut down.
+        self.signal_all(nix::sys::signal::Signal::SIGCONT);
         let Some(mut child) = self.child.0.take() else {
             return;
         };
@@ -233,6 +235,32 @@ impl Postgres {
                     break;
                 }
             }
+        }
+    }
+
+    /// Sends `signal` to the server and each of its processes (the backends): SIGSTOP
+    /// makes a server that keeps its connections open but never answers.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        let Some(pid) = self.child.0.as_ref().map(|c| c.id()) else {
+            return;
+        };
+        let mut pids = vec![pid];
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "PID (COMM) STATE PPID ...": COMM may hold anything, so after its last ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let child = stat.split_whitespace().next().and_then(|p| p.parse().ok());
+            if let (Some(child), true) = (child, parent == Some(pid)) {
+                pids.push(child);
+            }
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), signal);
         }
     }
 

@@ -42,7 +42,7 @@ pub(super) fn check(
             ),
         );
     } else {
-        match postgres::Config::from_str(&url) {
+        match tokio_postgres::Config::from_str(&url) {
             Ok(c) if c.get_password().is_some() => report(
                 "quarantine.url",
                 format!(

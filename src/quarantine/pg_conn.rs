@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: GPL-3.0-or-later
+//! One blocking connection to PostgreSQL whose every call ends by a deadline, for the
+//! fleet's quarantine store ([`super::pg::PgStore`]).
+//!
+//! A server that accepts the connection but never answers (a stopped or hung process:
+//! its kernel still acknowledges every packet, so neither `tcp_user_timeout` nor
+//! keepalives notice) would otherwise keep the caller, and the store's connection lock,
+//! until it woke up. Here each call runs the asynchronous client on the connection's
+//! own small runtime under [`tokio::time::timeout_at`]: when the deadline passes, the
+//! connection is dropped at once (its socket closed), the call fails with
+//! [`PgError::NoAnswer`], and the next call connects again. A transaction cut short
+//! that way never sent its COMMIT, so the server rolls it back when it reads the
+//! closed socket; a statement the server is still running is ended by its own
+//! `statement_timeout`.
+
+use std::time::Instant;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio::time::error::Elapsed;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+/// Why a call failed.
+#[derive(Debug)]
+pub(super) enum PgError {
+    /// The client's or the server's error.
+    Db(tokio_postgres::Error),
+    /// No answer by the deadline: the connection was dropped.
+    NoAnswer,
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> PgError {
+        PgError::Db(e)
+    }
+}
+
+/// A connection and the runtime that drives it.
+pub(super) struct Conn {
+    runtime: Runtime,
+    client: Client,
+    task: JoinHandle<()>,
+    /// When the calls now running must have ended.
+    deadline: Instant,
+    broken: bool,
+}
+
+impl Conn {
+    /// Connects with `config`, giving up at `deadline`.
+    pub(super) fn connect(config: &Config, deadline: Instant) -> Result<Conn, PgError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| PgError::NoAnswer)?;
+        let at = tokio::time::Instant::from_std(deadline);
+        let (client, connection) = runtime
+            .block_on(async { tokio::time::timeout_at(at, config.connect(NoTls)).await })
+            .map_err(|_| PgError::NoAnswer)??;
+        let task = runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            runtime,
+            client,
+            task,
+            deadline,
+            broken: false,
+        })
+    }
+
+    /// Sets when the calls from now on must have ended.
+    pub(super) fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
+    /// True when the connection is gone (dropped after a late call, or closed).
+    pub(super) fn is_closed(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    /// The answer of a call made until the deadline; past it, the connection is
+    /// dropped.
+    fn settle<T>(
+        &mut self,
+        answer: Result<Result<T, tokio_postgres::Error>, Elapsed>,
+    ) -> Result<T, PgError> {
+        match answer {
+            Ok(r) => r.map_err(PgError::Db),
+            Err(_) => {
+                self.task.abort();
+                self.broken = true;
+                Err(PgError::NoAnswer)
+            }
+        }
+    }
+
+    /// Opens a transaction, rolled back unless committed.
+    pub(super) fn transaction(&mut self) -> Result<Tx<'_>, PgError> {
+        self.batch_execute("BEGIN")?;
+        Ok(Tx {
+            conn: self,
+            open: true,
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closes the socket now rather than whenever the runtime is dropped.
+        self.task.abort();
+    }
+}
+
+/// A transaction on a [`Conn`].
+pub(super) struct Tx<'a> {
+    conn: &'a mut Conn,
+    open: bool,
+}
+
+impl Tx<'_> {
+    /// Commits it.
+    pub(super) fn commit(mut self) -> Result<(), PgError> {
+        self.open = false;
+        self.conn.batch_execute("COMMIT")
+    }
+
+    /// Rolls it back.
+    pub(super) fn rollback(mut self) -> Result<(), PgError> {
+        self.open = false;
+        self.conn.batch_execute("ROLLBACK")
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_closed() {
+            // A failed rollback leaves a broken connection, which is made again.
+            let _ = self.conn.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+/// Runs a client method on a [`Db`]'s connection until its deadline.
+macro_rules! call {
+    ($db:expr, $method:ident($($arg:expr),*)) => {{
+        let c = $db.conn();
+        if c.broken {
+            return Err(PgError::NoAnswer);
+        }
+        let at = tokio::time::Instant::from_std(c.deadline);
+        let client = &c.client;
+        let answer = c
+            .runtime
+            .block_on(async { tokio::time::timeout_at(at, client.$method($($arg),*)).await });
+        c.settle(answer)
+    }};
+}
+
+/// The calls the store makes, on a connection or in a transaction.
+pub(super) trait Db {
+    /// The connection.
+    fn conn(&mut self) -> &mut Conn;
+
+    /// The rows of a statement.
+    fn query(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, PgError> {
+        call!(self, query(sql, args))
+    }
+
+    /// The one row of a statement.
+    fn query_one(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Row, PgError> {
+        call!(self, query_one(sql, args))
+    }
+
+    /// The row of a statement, if any.
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, PgError> {
+        call!(self, query_opt(sql, args))
+    }
+
+    /// How many rows a statement changed.
+    fn execute(&mut self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+        call!(self, execute(sql, args))
+    }
+
+    /// Runs statements without parameters.
+    fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
+        call!(self, batch_execute(sql))
+    }
+}
+
+impl Db for Conn {
+    fn conn(&mut self) -> &mut Conn {
+        self
+    }
+}
+
+impl Db for Tx<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        self.conn
+    }
+}
