@@ -164,6 +164,11 @@ CREATE TABLE IF NOT EXISTS confirmations (
 /// and a server that does not answer at all by the client.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much longer than a hold's deadline its COMMIT may take: the milter gives the
+/// store 15 s and waits 20 s for it (`RECORD_DEADLINE`, `RECORD_TIMEOUT`), so a commit
+/// answered within 19 s still counts as held.
+const COMMIT_GRACE: Duration = Duration::from_secs(4);
+
 /// How long past its expiry a spent link nonce is kept (as the SQLite store).
 const LINK_NONCE_MARGIN: u64 = 86_400;
 
@@ -602,6 +607,13 @@ impl PgStore {
                 // connection: the server rolls back then too. Late either way.
                 let _ = tx.rollback();
                 return Err(self.too_late("recording the hold"));
+            }
+            // In time so far: the COMMIT may take a little longer (a synchronous
+            // replica), still within the milter's wait, so that a commit the server
+            // made is not reported as failed (the message would be tempfailed but
+            // recorded held).
+            if let Some(deadline) = deadline {
+                tx.set_deadline(deadline + COMMIT_GRACE);
             }
             tx.commit().map_err(|e| self.err(e))?;
             Ok(id)

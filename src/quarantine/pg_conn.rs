@@ -37,7 +37,8 @@ impl From<tokio_postgres::Error> for PgError {
 
 /// A connection and the runtime that drives it.
 pub(super) struct Conn {
-    runtime: Runtime,
+    /// Always `Some` but in `drop`, which shuts it down without waiting.
+    runtime: Option<Runtime>,
     client: Client,
     task: JoinHandle<()>,
     /// When the calls now running must have ended.
@@ -53,19 +54,36 @@ impl Conn {
             .build()
             .map_err(|_| PgError::NoAnswer)?;
         let at = tokio::time::Instant::from_std(deadline);
-        let (client, connection) = runtime
-            .block_on(async { tokio::time::timeout_at(at, config.connect(NoTls)).await })
-            .map_err(|_| PgError::NoAnswer)??;
+        let connected =
+            runtime.block_on(async { tokio::time::timeout_at(at, config.connect(NoTls)).await });
+        let (client, connection) = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                return Err(PgError::Db(e));
+            }
+            Err(_) => {
+                // A host name's lookup runs on a blocking thread that may hang: the
+                // runtime is left to it rather than waited for.
+                runtime.shutdown_background();
+                return Err(PgError::NoAnswer);
+            }
+        };
         let task = runtime.spawn(async move {
             let _ = connection.await;
         });
         Ok(Conn {
-            runtime,
+            runtime: Some(runtime),
             client,
             task,
             deadline,
             broken: false,
         })
+    }
+
+    /// The runtime that drives the connection.
+    fn runtime(&self) -> &Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
     }
 
     /// Sets when the calls from now on must have ended.
@@ -106,8 +124,12 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Closes the socket now rather than whenever the runtime is dropped.
+        // Closes the socket now rather than whenever the runtime is dropped, and
+        // does not wait for the runtime's blocking threads (a hung lookup).
         self.task.abort();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -118,6 +140,11 @@ pub(super) struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Sets when the calls from now on must have ended (the COMMIT's own time).
+    pub(super) fn set_deadline(&mut self, deadline: Instant) {
+        self.conn.set_deadline(deadline);
+    }
+
     /// Commits it.
     pub(super) fn commit(mut self) -> Result<(), PgError> {
         self.open = false;
@@ -150,7 +177,7 @@ macro_rules! call {
         let at = tokio::time::Instant::from_std(c.deadline);
         let client = &c.client;
         let answer = c
-            .runtime
+            .runtime()
             .block_on(async { tokio::time::timeout_at(at, client.$method($($arg),*)).await });
         c.settle(answer)
     }};

@@ -165,7 +165,8 @@ impl Review<'_> {
         let address = Address::parse(raw)?;
         if address.relay.is_some() && self.store.relay().is_none() {
             return Err(format!(
-                "{}: RELAY:QUEUEID names a relay, which only a fleet-wide store has                  ([quarantine] store = \"postgres\")",
+                "{}: RELAY:QUEUEID names a relay, which only a fleet-wide store has \
+                 ([quarantine] store = \"postgres\")",
                 text::neutralize(raw)
             ));
         }

@@ -102,9 +102,39 @@ impl Executor<'_> {
                 Ok(r) => self.release_to(request, &r, recipients, now),
                 Err(e) => Step::Over(Err(e)),
             },
-            _ => Step::Over(self.act(request, now)),
+            // Held when claimed: a release or discard that fails after this may
+            // have left its record claimed anyway.
+            _ => match self.held_record(request) {
+                Err(e) => Step::Over(Err(e)),
+                Ok(_) => match self.act(request, now) {
+                    Err(e) if self.claimed_anyway(request) => Step::Waiting(format!(
+                        "{e}; the record says the {} was begun: finished from the facts at \
+                         the next look",
+                        request.action.name()
+                    )),
+                    outcome => Step::Over(outcome),
+                },
+            },
         };
         self.settle(request, step, now).map(Some)
+    }
+
+    /// Whether a release or discard that failed left its record claimed anyway (the
+    /// store committed the claim but its answer was lost, or putting the record back
+    /// failed), or the record cannot be read to tell. Then the request is not finished
+    /// as failed (the message would sit in the hold queue with a record that says it
+    /// left) but left running for [`Executor::resume`], which decides from the facts
+    /// and runs postsuper at most once.
+    fn claimed_anyway(&self, request: &Request) -> bool {
+        let claimed = match request.action {
+            RequestAction::Release => State::Released,
+            RequestAction::Discard { .. } => State::Discarded,
+            _ => return false,
+        };
+        !self
+            .store
+            .record_by_id(request.held_id)
+            .is_ok_and(|r| r.state != claimed)
     }
 
     /// Whether a running request is left over, for a worker to finish from the facts
@@ -1306,6 +1336,31 @@ mod tests {
         assert!(!failed.ok && failed.result.contains("no longer in Postfix's queue"));
         assert_eq!(f.record("EEEEEE5").state, State::Held);
         assert!(f.store.open_requests().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_release_whose_record_was_claimed_anyway_is_left_for_resume() {
+        let f = Fixture::new();
+        let e = f.executor();
+        f.hold("AAAAAA1");
+        let mut a = f.file("AAAAAA1", RequestAction::Release);
+        assert!(!e.claimed_anyway(&a), "the record is still held");
+        assert!(f.store.claim(a.id, 250).unwrap());
+        let r = f.record("AAAAAA1");
+        e.review(&a, 250).release_record(&r, None).unwrap();
+        assert!(e.claimed_anyway(&a), "the record says released");
+        a.action = RequestAction::Discard {
+            notify_sender: false,
+        };
+        assert!(!e.claimed_anyway(&a), "released is not a discard's claim");
+        a.action = RequestAction::Extend { until: 999 };
+        assert!(!e.claimed_anyway(&a), "an extension claims nothing");
+        a.action = RequestAction::Release;
+        a.held_id = 4242;
+        assert!(
+            e.claimed_anyway(&a),
+            "an unreadable record may have been claimed"
+        );
     }
 
     #[test]
