@@ -64,29 +64,41 @@ pub fn strip_uid(dn: &str) -> &str {
     dn
 }
 
-/// The addresses of an entry, primary first, case folded and without duplicates:
-/// plain values of the mail attributes, `SMTP:`/`smtp:` values of proxy-style ones
-/// (other prefixes such as `X500:` are not mail addresses).
-pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
-    let mut primary: Vec<String> = Vec::new();
-    let mut rest: Vec<String> = Vec::new();
-    for attr in &s.leaf_mail_attributes {
-        for v in e.values(attr) {
+/// The mail addresses among an entry's mail attribute values, in order, each with
+/// whether it is the primary one: plain values of the mail attributes (the first
+/// address found is primary), `SMTP:`/`smtp:` values of proxy-style ones (`SMTP:` is
+/// primary; other prefixes such as `X500:` are not mail addresses).
+fn mail_values<'a>(e: &'a Entry, s: &'a LdapSettings) -> impl Iterator<Item = (&'a str, bool)> {
+    let mut found = false;
+    s.leaf_mail_attributes
+        .iter()
+        .flat_map(move |attr| e.values(attr))
+        .filter_map(move |v| {
             let v = v.trim();
             let (address, is_primary) = match v.split_once(':') {
                 Some((p, a)) if p.eq_ignore_ascii_case("smtp") => (a, p == "SMTP"),
-                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => continue,
-                _ => (v, primary.is_empty() && rest.is_empty()),
+                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => return None,
+                _ => (v, !found),
             };
             if !address.contains('@') {
-                continue;
+                return None;
             }
-            let a = fold_case(address);
-            if is_primary && primary.is_empty() {
-                primary.push(a);
-            } else {
-                rest.push(a);
-            }
+            found = true;
+            Some((address, is_primary))
+        })
+}
+
+/// The addresses of an entry ([`mail_values`]), primary first, case folded and
+/// without duplicates.
+pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
+    let mut primary: Vec<String> = Vec::new();
+    let mut rest: Vec<String> = Vec::new();
+    for (address, is_primary) in mail_values(e, s) {
+        let a = fold_case(address);
+        if is_primary && primary.is_empty() {
+            primary.push(a);
+        } else {
+            rest.push(a);
         }
     }
     primary.extend(rest);
@@ -109,22 +121,11 @@ pub fn addresses(e: &Entry, s: &LdapSettings) -> Vec<String> {
 /// all a person costs in a snapshot.
 pub fn primary_address(e: &Entry, s: &LdapSettings) -> Option<String> {
     let mut first: Option<&str> = None;
-    for attr in &s.leaf_mail_attributes {
-        for v in e.values(attr) {
-            let v = v.trim();
-            let (address, is_primary) = match v.split_once(':') {
-                Some((p, a)) if p.eq_ignore_ascii_case("smtp") => (a, p == "SMTP"),
-                Some(_) if !v.contains('@') || v.find(':') < v.find('@') => continue,
-                _ => (v, first.is_none()),
-            };
-            if !address.contains('@') {
-                continue;
-            }
-            if is_primary {
-                return Some(fold_case(address));
-            }
-            first.get_or_insert(address);
+    for (address, is_primary) in mail_values(e, s) {
+        if is_primary {
+            return Some(fold_case(address));
         }
+        first.get_or_insert(address);
     }
     first.map(fold_case)
 }
