@@ -928,3 +928,94 @@ async fn two_relays_racing_on_one_key_stay_exact() {
     assert_eq!((started, stopped), (1, 20), "one storm; it stops the rest");
     assert_eq!(allowed, 100, "1,000 an hour at 10 a message");
 }
+
+/// A thread keeps its newest 10,000 messages (`THREAD_EVENTS_MAX`) in Redis as in
+/// memory, through the message's script and the separate count alike.
+#[tokio::test]
+async fn a_thread_keeps_its_newest_ten_thousand_messages_in_redis_as_in_memory() {
+    const MAX: u64 = 10_000;
+    let memory = MemoryBackend::new();
+    for i in 0..MAX {
+        memory
+            .thread_note("full", &format!("s{}", i % 7), WINDOW, t(0))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        memory.thread_note("full", "z", WINDOW, t(1)).await.unwrap(),
+        counts(MAX, 8),
+        "memory: the oldest dropped, the newest counted"
+    );
+    let redis = Redis::start();
+    let b = redis_backend(&redis, "cap:");
+    let c = redis::Client::open(redis.url()).expect("a valid URL");
+    let mut c = bounded("a connection", c.get_multiplexed_async_connection())
+        .await
+        .expect("connect");
+    let at = |secs: u64| {
+        t(secs)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    for thread in ["by-plan", "by-note"] {
+        let mut fill = redis::cmd("ZADD");
+        fill.arg(format!("cap:thr:{thread}:e"));
+        for i in 0..MAX {
+            fill.arg(at(0)).arg(format!("old-{i}"));
+        }
+        let added: u64 = bounded("the fill", fill.query_async(&mut c))
+            .await
+            .expect("ZADD");
+        assert_eq!(added, MAX);
+    }
+    let outcome = b
+        .observe(
+            &Plan {
+                thread: Some(ThreadStep {
+                    min_messages: MAX + 1,
+                    ..step("by-plan", "z", 1)
+                }),
+                takes: Vec::new(),
+            },
+            t(1),
+        )
+        .await
+        .expect("redis answers");
+    assert_eq!(
+        outcome.thread,
+        Some(ThreadOutcome::Counted {
+            counts: counts(MAX, 1),
+            started: false
+        })
+    );
+    assert_eq!(
+        b.thread_note("by-note", "z", WINDOW, t(1)).await.unwrap(),
+        counts(MAX, 1)
+    );
+    for thread in ["by-plan", "by-note"] {
+        let key = format!("cap:thr:{thread}:e");
+        let kept: u64 = bounded("ZCARD", redis::cmd("ZCARD").arg(&key).query_async(&mut c))
+            .await
+            .expect("ZCARD");
+        assert_eq!(kept, MAX, "{thread}: no more than the cap kept");
+        let newest: Vec<(String, u64)> = bounded(
+            "ZRANGE",
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(-1)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c),
+        )
+        .await
+        .expect("ZRANGE");
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].1, at(1), "{thread}: the new message is kept");
+        assert!(
+            !newest[0].0.starts_with("old-"),
+            "{thread}: its member is the relay's own: {}",
+            newest[0].0
+        );
+    }
+}

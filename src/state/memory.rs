@@ -21,11 +21,37 @@ struct Expiring<T> {
     expires: u64,
 }
 
+/// A thread's counted messages, oldest first, and how many of them each sender sent:
+/// a message is counted in constant time however large the thread.
+#[derive(Debug, Default)]
+struct Thread {
+    events: VecDeque<(u64, String)>,
+    senders: HashMap<String, usize>,
+}
+
+impl Thread {
+    fn pop_oldest(&mut self) {
+        if let Some((_, sender)) = self.events.pop_front()
+            && let Some(n) = self.senders.get_mut(&sender)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.senders.remove(&sender);
+            }
+        }
+    }
+
+    fn push(&mut self, at: u64, sender: &str) {
+        *self.senders.entry(sender.to_owned()).or_default() += 1;
+        self.events.push_back((at, sender.to_owned()));
+    }
+}
+
 #[derive(Debug, Default)]
 struct Maps {
     gcra: HashMap<String, Expiring<u64>>,
     windows: HashMap<String, Expiring<Window>>,
-    threads: HashMap<String, Expiring<VecDeque<(u64, String)>>>,
+    threads: HashMap<String, Expiring<Thread>>,
     storms: HashMap<String, Storm>,
     flags: HashMap<String, u64>,
     brake: Option<Brake>,
@@ -139,23 +165,21 @@ impl StateBackend for MemoryBackend {
         let now_us = algo::micros(now);
         let from = now_us.saturating_sub(us(window));
         let e = m.threads.entry(key.to_owned()).or_insert(Expiring {
-            value: VecDeque::new(),
+            value: Thread::default(),
             expires: 0,
         });
-        while e.value.front().is_some_and(|(t, _)| *t < from) {
-            e.value.pop_front();
+        let thread = &mut e.value;
+        while thread.events.front().is_some_and(|(t, _)| *t < from) {
+            thread.pop_oldest();
         }
-        if e.value.len() >= THREAD_EVENTS_MAX {
-            e.value.pop_front();
+        if thread.events.len() >= THREAD_EVENTS_MAX {
+            thread.pop_oldest();
         }
-        e.value.push_back((now_us, sender.to_owned()));
+        thread.push(now_us, sender);
         e.expires = now_us.saturating_add(us(window));
-        let mut senders: Vec<&str> = e.value.iter().map(|(_, s)| s.as_str()).collect();
-        senders.sort_unstable();
-        senders.dedup();
         Ok(ThreadCounts {
-            messages: e.value.len() as u64,
-            senders: senders.len() as u64,
+            messages: thread.events.len() as u64,
+            senders: thread.senders.len() as u64,
         })
     }
 

@@ -15,9 +15,9 @@
 //! | --- | --- | --- |
 //! | `gcra:<key>` | string | a budget's theoretical arrival time, µs |
 //! | `win:<key>:<bucket>` | integer | one bucket of a sliding window |
-//! | `thr:<thread>:e` | sorted set | a thread's counted messages (score: µs) |
+//! | `thr:<thread>:e` | sorted set | a thread's counted messages (score: µs; member: the relay's nonce and a counter) |
 //! | `thr:<thread>:s` | sorted set | their senders (score: last seen, µs) |
-//! | `thr:<thread>:n` | integer | sequence that keeps the messages apart |
+//! | `thr:<thread>:n` | integer | written by earlier releases only (a sequence for the members); deleted with its storm |
 //! | `storm:<id>` | hash | a storm: `json`, `until`, `blocked` |
 //! | `storms` | sorted set | storm ids by `until` (for `storms list`) |
 //! | `flag:<key>` | string | a flag's end, µs |
@@ -34,6 +34,7 @@ use crate::clock::epoch_secs;
 use crate::config::RedisConnSettings;
 use async_trait::async_trait;
 use redis::{AsyncCommands as _, Script, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 use tracing::warn;
@@ -76,24 +77,28 @@ return 1
     )
 });
 
-/// Notes a message in a thread. KEYS: messages, senders, sequence. ARGV: now (µs), the
-/// window's start (µs), sender, most messages kept, expiry (ms).
-/// Returns {messages, distinct senders} within the window.
+/// Notes a message in a thread. KEYS: messages, senders. ARGV: now (µs), the window's
+/// start (µs), sender, the message's member (unique), most messages kept, expiry (ms).
+/// Returns {messages, distinct senders} within the window. The same steps as the thread
+/// count in [`message`]'s script.
 static THREAD_NOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local now, from, sender = ARGV[1], ARGV[2], ARGV[3]
-local max, ttl = tonumber(ARGV[4]), ARGV[5]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. from)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. from)
-local n = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[1], now, n .. ':' .. sender)
-local excess = redis.call('ZCARD', KEYS[1]) - max
-if excess > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1) end
-local seen = redis.call('ZSCORE', KEYS[2], sender)
-if (not seen) or tonumber(seen) < tonumber(now) then redis.call('ZADD', KEYS[2], now, sender) end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+local from = '(' .. ARGV[2]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', from)
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+local m = redis.call('ZCARD', KEYS[1])
+local max = tonumber(ARGV[5])
+if m > max then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, m - max - 1)
+  m = max
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', from)
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+local s = redis.call('ZCARD', KEYS[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return {m, s}
 ",
     )
 });
@@ -147,6 +152,8 @@ pub struct RedisBackend {
     /// The digest of the last brake value that was not a brake, so that each bad value
     /// is warned about once, not at every read (twice a second).
     bad_brake: Arc<Mutex<Option<[u8; 32]>>>,
+    /// This backend's random nonce (hex) and counter, for the members of threads.
+    members: Arc<(String, AtomicU64)>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -155,6 +162,13 @@ impl std::fmt::Debug for RedisBackend {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// 64 random bits in hex: keeps one relay's members of a thread apart from another's.
+fn nonce() -> Result<String, StateError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| StateError(format!("no randomness: {e}")))?;
+    Ok(format!("{:016x}", u64::from_be_bytes(bytes)))
 }
 
 fn err(e: redis::RedisError) -> StateError {
@@ -208,6 +222,7 @@ impl RedisBackend {
             conn: super::redis_conn::connect(url, password, settings, timeout)?,
             prefix: prefix.to_owned(),
             bad_brake: Arc::new(Mutex::new(None)),
+            members: Arc::new((nonce()?, AtomicU64::new(0))),
         })
     }
 
@@ -242,8 +257,16 @@ impl RedisBackend {
         k
     }
 
-    fn thread_keys(&self, thread: &str) -> [String; 3] {
-        ["e", "s", "n"].map(|s| self.key(&["thr", thread, s]))
+    /// A thread's messages and senders.
+    fn thread_keys(&self, thread: &str) -> [String; 2] {
+        ["e", "s"].map(|s| self.key(&["thr", thread, s]))
+    }
+
+    /// A new member for a thread's messages, unique across relays: this backend's
+    /// random nonce and its counter.
+    fn next_member(&self) -> String {
+        let n = self.members.1.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n:x}", self.members.0)
     }
 
     fn bucket_keys(&self, key: &str, width: Duration, now: SystemTime) -> (u64, String, String) {
@@ -380,14 +403,14 @@ impl StateBackend for RedisBackend {
     ) -> Result<ThreadCounts, StateError> {
         let mut c = self.conn.clone();
         let now_us = algo::micros(now);
-        let [events, senders, seq] = self.thread_keys(key);
+        let [events, senders] = self.thread_keys(key);
         let (messages, senders): (u64, u64) = THREAD_NOTE
             .key(events)
             .key(senders)
-            .key(seq)
             .arg(now_us)
             .arg(now_us.saturating_sub(us(window)))
             .arg(sender)
+            .arg(self.next_member())
             .arg(THREAD_EVENTS_MAX)
             .arg(ms(window))
             .invoke_async(&mut c)
@@ -477,6 +500,7 @@ impl StateBackend for RedisBackend {
         for k in self.thread_keys(&storm.thread) {
             pipe.del(k).ignore();
         }
+        pipe.del(self.key(&["thr", &storm.thread, "n"])).ignore();
         let () = pipe.query_async(&mut c).await.map_err(err)?;
         Ok(true)
     }
