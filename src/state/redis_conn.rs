@@ -15,6 +15,7 @@
 use super::StateError;
 use crate::config::RedisConnSettings;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     ClientTlsConfig, Cmd, ConnectionAddr, IntoConnectionInfo as _, Pipeline, RedisError,
@@ -100,6 +101,13 @@ fn certificates(settings: &RedisConnSettings) -> Result<Option<TlsCertificates>,
     )
 }
 
+/// TCP_NODELAY on (redis-rs leaves it off): with Nagle's algorithm a request written
+/// while an earlier one on the same connection is unanswered waits for that answer's
+/// ACK, so the messages sharing the connection queue behind each other's round trips.
+fn tcp() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// rustls with ring, the provider the whole program uses (idempotent).
 fn use_ring() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -115,7 +123,10 @@ pub(crate) fn connect(
     timeout: Duration,
 ) -> Result<RedisConn, StateError> {
     use_ring();
-    let mut info = url.into_connection_info().map_err(err)?;
+    let mut info = url
+        .into_connection_info()
+        .map_err(err)?
+        .set_tcp_settings(tcp());
     if let Some(password) = password {
         let redis = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(redis);
@@ -156,7 +167,9 @@ pub(crate) fn connect(
     let redis = info.redis_settings();
     let mut b = SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master)
         .map_err(err)?
-        .set_client_to_redis_db(redis.db());
+        .set_client_to_redis_db(redis.db())
+        .set_client_to_redis_tcp_settings(tcp())
+        .set_client_to_sentinel_tcp_settings(tcp());
     if let Some(u) = redis.username() {
         b = b.set_client_to_redis_username(u);
     }
