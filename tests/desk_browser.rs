@@ -529,7 +529,7 @@ fn the_desk_in_headless_chromium() {
     let store = Store::open(&state).expect("reopen the store");
     let requests = |id: &str| {
         let record = store
-            .record(&QueueId::parse(id).unwrap())
+            .record(&QueueId::parse(id).unwrap().into())
             .expect("a record");
         store.requests(record.id).expect("its requests")
     };
@@ -601,7 +601,7 @@ fn the_desk_in_headless_chromium() {
     assert_eq!(withdrawn[0].state, RequestState::Pending);
     assert!(requests(ASKED).is_empty(), "a plea files no request");
     let asked = store
-        .record(&QueueId::parse(ASKED).unwrap())
+        .record(&QueueId::parse(ASKED).unwrap().into())
         .expect("the asked record");
     let plea = store.plea(asked.id).expect("the store").expect("the plea");
     assert_eq!(
@@ -758,7 +758,7 @@ fn the_fleet_desk_in_headless_chromium() {
     let store = Store::open_postgres(&observer, root.path()).expect("the fleet's store");
     let requests = |id: &str| {
         let record = store
-            .record(&QueueId::parse(id).unwrap())
+            .record(&QueueId::parse(id).unwrap().into())
             .expect("a record");
         store.requests(record.id).expect("its requests")
     };

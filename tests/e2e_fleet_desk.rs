@@ -15,7 +15,7 @@ use common::http::*;
 use common::postgres::{PG_PASSWORD, Postgres};
 use common::*;
 use fanout_milter::config::PgSettings;
-use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, Store};
+use fanout_milter::quarantine::{Address, QuarantineIndex, QueueId, RequestState, State, Store};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -187,7 +187,7 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
     assert!(released.starts_with("HTTP/1.1 303"), "{released}");
     let delivered = sink.wait_for("fleet-desk-1");
     assert_eq!(delivered.rcpts.len(), 6);
-    let queue_id = QueueId::parse(&id).unwrap();
+    let queue_id = Address::on(Some("relay-a"), QueueId::parse(&id).unwrap());
     let record = observer.record(&queue_id).expect("record");
     wait_for("the request to be done", || {
         let requests = observer.requests(record.id).expect("requests");

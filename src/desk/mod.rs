@@ -141,6 +141,7 @@ impl Desk {
         }
         Some(crate::notify::DeskLinks {
             public_url: self.review.public_url.clone(),
+            relay: self.index.relay().map(str::to_owned),
             actions: self
                 .review
                 .digest_actions

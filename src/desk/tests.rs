@@ -114,7 +114,7 @@ impl Fixture {
     fn requests(&self, queue_id: &str) -> Vec<crate::quarantine::Request> {
         let r = self
             .index()
-            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap().into())
             .unwrap();
         self.index().requests(r.id).unwrap()
     }
@@ -1077,9 +1077,16 @@ const LINKS_ON: &str = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https:/
 
 /// A digest link signed with the fixture's desk key.
 fn digest_link(queue_id: &str, action: crate::link::LinkAction, expires: u64) -> String {
-    crate::link::Link::new(queue_id, T0 - 600, action, "ann@corp.example", expires)
-        .unwrap()
-        .token(&[7; KEY_BYTES])
+    crate::link::Link::new(
+        None,
+        queue_id,
+        T0 - 600,
+        action,
+        "ann@corp.example",
+        expires,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES])
 }
 
 #[tokio::test]
@@ -1260,10 +1267,16 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
 
     let token = digest_link("AAAAAA1", release, T0 + 3600);
     let (payload, mac) = token.split_once('.').unwrap();
-    let other_key =
-        crate::link::Link::new("AAAAAA1", T0 - 600, release, "ann@corp.example", T0 + 3600)
-            .unwrap()
-            .token(&[8; KEY_BYTES]);
+    let other_key = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 600,
+        release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[8; KEY_BYTES]);
     let mut flipped = mac.to_owned().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
@@ -1277,10 +1290,16 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     }
 
     // A link for an earlier message that had the same queue id.
-    let earlier =
-        crate::link::Link::new("AAAAAA1", T0 - 9000, release, "ann@corp.example", T0 + 3600)
-            .unwrap()
-            .token(&[7; KEY_BYTES]);
+    let earlier = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 9000,
+        release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
     let (status, _, body) = f.get(&format!("/link/{earlier}"), Some(&cookie)).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(
@@ -1482,7 +1501,7 @@ async fn only_an_admin_accepts_a_drifted_lists_size_and_only_from_the_same_site(
     );
     let record = f
         .index()
-        .record(&crate::quarantine::QueueId::parse("DDDDDD1").unwrap())
+        .record(&crate::quarantine::QueueId::parse("DDDDDD1").unwrap().into())
         .unwrap();
     assert_eq!(record.audit.last(), Some(e), "on the record too");
     assert_eq!(record.state, crate::quarantine::State::Held, "still held");
@@ -1655,7 +1674,7 @@ fn sender_link_for(
     to: &str,
     expires: u64,
 ) -> String {
-    crate::link::Link::new(queue_id, held_at, action, to, expires)
+    crate::link::Link::new(None, queue_id, held_at, action, to, expires)
         .unwrap()
         .token(&[7; KEY_BYTES])
 }
@@ -1688,7 +1707,7 @@ fn waiting(queue_id: &str) -> HeldMessage {
 impl Fixture {
     fn record(&self, queue_id: &str) -> crate::quarantine::Record {
         self.index()
-            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap().into())
             .unwrap()
     }
 
@@ -2078,10 +2097,16 @@ async fn refused_sender_links_change_nothing() {
     };
     let good = sender_link("AAAAAA1", Withdraw);
     let (payload, mac) = good.split_once('.').unwrap();
-    let other_key =
-        crate::link::Link::new("AAAAAA1", T0 - 600, Withdraw, "ann@example.org", T0 + 60)
-            .unwrap()
-            .token(&[8; KEY_BYTES]);
+    let other_key = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 600,
+        Withdraw,
+        "ann@example.org",
+        T0 + 60,
+    )
+    .unwrap()
+    .token(&[8; KEY_BYTES]);
     let mut flipped = mac.to_owned().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());

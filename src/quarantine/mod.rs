@@ -87,8 +87,9 @@ impl std::fmt::Debug for SenderLinks {
 }
 
 impl SenderLinks {
-    /// The signed link for `action` on the held record `r`, mailed to its sender, valid
-    /// until `expires`; none when it cannot be made (no randomness).
+    /// The signed link for `action` on the held record `r` (on its relay, in a
+    /// fleet-wide store), mailed to its sender, valid until `expires`; none when it
+    /// cannot be made (no randomness).
     pub fn link(
         &self,
         r: &Record,
@@ -96,9 +97,15 @@ impl SenderLinks {
         expires: u64,
     ) -> Option<String> {
         let m = &r.message;
-        let link =
-            crate::link::Link::new(m.queue_id.as_str(), m.held_at, action, &m.sender, expires)
-                .ok()?;
+        let link = crate::link::Link::new(
+            r.relay.as_deref(),
+            m.queue_id.as_str(),
+            m.held_at,
+            action,
+            &m.sender,
+            expires,
+        )
+        .ok()?;
         Some(format!("{}/s/{}", self.public_url, link.token(&self.key)))
     }
 }
