@@ -2253,3 +2253,94 @@ async fn a_hostile_subject_on_the_sender_page_is_escaped_and_flagged() {
     assert!(!body.contains("<a href=x>"), "{body}");
     assert_eq!(body.matches("action=\"/s/").count(), 1, "one form: {body}");
 }
+
+/// A relay's own desk (SQLite) keeps its queue-id addresses and knows no relays: an
+/// address or a signed link naming a relay reaches nothing and changes nothing.
+#[tokio::test]
+async fn a_single_relay_desk_refuses_relay_qualified_addresses_and_links() {
+    let f = fixture_with(LINKS_ON);
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("rita").await;
+    let (status, _, page) = f.get("/message/AAAAAA1", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("action=\"/message/AAAAAA1\" id=\"act\""),
+        "{page}"
+    );
+    assert!(!page.contains("on-relay"), "no relay in the header: {page}");
+    let (_, _, list) = f.get("/", Some(&cookie)).await;
+    assert!(list.contains("href=\"/message/AAAAAA1\""), "{list}");
+    assert!(list.contains("name=\"id\" value=\"AAAAAA1\""), "{list}");
+    let t = f.token(&cookie).await;
+    let form = [
+        ("token", t.as_str()),
+        ("action", "release"),
+        ("comment", "fine"),
+    ];
+    for address in [
+        "relay-a:AAAAAA1",
+        "relay%20a:AAAAAA1",
+        ":AAAAAA1",
+        "%E2%80%AEx:AAAAAA1",
+        "relay-a:AAA",
+    ] {
+        let path = format!("/message/{address}");
+        let (status, _, body) = f.get(&path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{address}: {body}");
+        assert!(body.contains("No such message"), "{body}");
+        let (status, _, _) = f.post(&path, Some(&cookie), &form).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{address}");
+    }
+    let (status, _, body) = f
+        .post(
+            "/bulk",
+            Some(&cookie),
+            &[
+                ("token", &t),
+                ("action", "release"),
+                ("scope", "selected"),
+                ("id", "relay-a:AAAAAA1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("This desk has no relays"), "{body}");
+    // A digest link signed by this desk's key but naming a relay: no record.
+    let named = crate::link::Link::new(
+        Some("relay-a"),
+        "AAAAAA1",
+        T0 - 600,
+        crate::link::LinkAction::Release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
+    let (status, _, body) = f.get(&format!("/link/{named}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = f
+        .post(
+            &format!("/link/{named}"),
+            Some(&cookie),
+            &[("token", &t), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let sender = crate::link::Link::new(
+        Some("relay-a"),
+        "AAAAAA1",
+        T0 - 600,
+        crate::link::LinkAction::Withdraw,
+        "Ann@Example.org",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
+    let (status, _, body) = f.get(&format!("/s/{sender}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(f.requests("AAAAAA1").is_empty(), "nothing was filed");
+    // The same actions without a relay: this relay's record, as always.
+    let (status, _, _) = f.post("/message/AAAAAA1", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
+}

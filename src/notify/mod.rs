@@ -645,6 +645,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_relays_digest_links_name_its_relay() {
+        let mut links = desk(true).unwrap();
+        links.relay = Some("relay-a".into());
+        let d = Digest {
+            alerts: vec![alert(AlertKind::Quarantined, "x")],
+            dropped: 0,
+            host: "relay1".into(),
+            desk: Some(links),
+        };
+        let text = d.text_for(Some("ann@corp.example"));
+        assert!(
+            text.contains(
+                "  desk:     https://review.corp.example/desk/message/relay-a:4AbCdEf123\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            d.json()["alerts"][0]["desk_url"],
+            "https://review.corp.example/desk/message/relay-a:4AbCdEf123"
+        );
+        let found = tokens(&text);
+        assert_eq!(found.len(), 2, "{text}");
+        for (_, token) in &found {
+            let l = link::verify(&KEY, link::Audience::Admin, token, 1_700_000_000).expect("valid");
+            assert_eq!(
+                (l.relay.as_deref(), l.queue_id.as_str()),
+                (Some("relay-a"), "4AbCdEf123")
+            );
+        }
+    }
+
+    #[test]
     fn one_click_links_are_signed_for_each_admin_and_only_with_digest_actions() {
         let d = Digest {
             alerts: vec![
@@ -667,6 +699,7 @@ mod tests {
         for (action, token) in &found {
             let l = link::verify(&KEY, link::Audience::Admin, token, 1_700_000_000).expect("valid");
             assert_eq!(l.queue_id, "4AbCdEf123");
+            assert_eq!(l.relay, None, "a relay's own store names no relay");
             assert_eq!(l.action.as_str(), action);
             assert_eq!(l.to, "ann@corp.example");
             assert_eq!(l.expires, 1_700_086_400);

@@ -293,6 +293,40 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_link_names_the_relay_of_its_record() {
+        let key = [9; crate::link::KEY_BYTES];
+        let links = SenderLinks {
+            public_url: "https://review.example.org".into(),
+            key,
+        };
+        let mut r = Record {
+            relay: Some("relay-b".into()),
+            id: 1,
+            message: crate::quarantine::store::tests::held("AAAAAA1", 100),
+            state: State::Held,
+            state_at: 100,
+            escalated_at: None,
+            foreign: false,
+            hold_until: None,
+            audit: Vec::new(),
+        };
+        let verified = |r: &Record| {
+            let url = links
+                .link(r, crate::link::LinkAction::Withdraw, 10_000)
+                .unwrap();
+            let token = url.strip_prefix("https://review.example.org/s/").unwrap();
+            crate::link::verify(&key, crate::link::Audience::Sender, token, 200).unwrap()
+        };
+        let l = verified(&r);
+        assert_eq!(
+            (l.relay.as_deref(), l.queue_id.as_str(), l.held_at),
+            (Some("relay-b"), "AAAAAA1", 100)
+        );
+        r.relay = None;
+        assert_eq!(verified(&r).relay, None, "a relay's own store");
+    }
+
+    #[test]
     fn a_decision_becomes_a_record() {
         let mut f = MessageFacts {
             sender: "ann@example.org".into(),
