@@ -327,7 +327,7 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
     let page = format!("/message/relay-a:{id}");
     assert!(list.contains(&format!("href=\"{page}\"")), "{list}");
     assert!(
-        list.contains("id=\"on-relay\">relay <bdi>relay-b</bdi></span>"),
+        list.contains("id=\"on-relay\">this relay: <bdi>relay-b</bdi></span>"),
         "{list}"
     );
     let seen = get(b.desk, &page, &rita);
