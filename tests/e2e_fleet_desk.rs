@@ -235,6 +235,32 @@ fn same_queue_id_on_both_relays(
         on_a.contains("fleet-desk-1") && !on_a.contains("fleet-desk-twin"),
         "{on_a}"
     );
+    // Bulk: ticked by address, each checked against its own relay's record (the
+    // confirmation page files nothing).
+    let both = [format!("relay-a:{id}"), format!("relay-b:{id}")];
+    let confirm = post(
+        b.desk,
+        "/bulk",
+        Some(&rita),
+        &form(&[
+            ("token", &token(&list)),
+            ("action", "release"),
+            ("scope", "selected"),
+            ("id", &both[0]),
+            ("id", &both[1]),
+        ]),
+    );
+    assert!(
+        confirm.contains("2 can be released by you; 0 will be refused."),
+        "{confirm}"
+    );
+    for address in &both {
+        assert!(
+            confirm.contains(&format!("name=\"id\" value=\"{address}\""))
+                && confirm.contains(&format!("href=\"/message/{address}\"")),
+            "{confirm}"
+        );
+    }
     for bad in ["relay%20a", "relay%2Fa", "", "%E2%80%AErelay-a", "relay-c"] {
         let refused = get(b.desk, &format!("/message/{bad}:{id}"), &rita);
         assert!(refused.starts_with("HTTP/1.1 404"), "{bad}: {refused}");

@@ -302,6 +302,7 @@ pub async fn act(
         Ok(Ok((filed, record))) => {
             info!(
                 queue_id = %filed.queue_id,
+                relay = %text::neutralize(record.relay.as_deref().unwrap_or("-")),
                 user = %text::neutralize(&filed.who),
                 action = filed.action.name(),
                 request = filed.id,

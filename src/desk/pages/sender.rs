@@ -584,6 +584,7 @@ pub async fn act(
     }
     info!(
         queue_id = %m.queue_id,
+        relay = %text::neutralize(r.relay.as_deref().unwrap_or("-")),
         sender = %who,
         action = link.action.as_str(),
         client = %desk.client(&headers, peer),
