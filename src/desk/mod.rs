@@ -193,7 +193,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         )
         .route("/logout", post(pages::login::logout))
         .route(
-            "/message/{queue_id}",
+            "/message/{address}",
             get(pages::message::message).post(pages::message::act),
         )
         .route(
@@ -206,10 +206,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))
-        .route(
-            "/message/{queue_id}/accept-size",
-            post(pages::drift::accept),
-        )
+        .route("/message/{address}/accept-size", post(pages::drift::accept))
         .route("/static/desk.css", get(pages::css))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(
