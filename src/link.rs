@@ -4,14 +4,21 @@
 //!
 //! A link is `{public_url}/link/{payload}.{mac}` (admins) or `{public_url}/s/{...}`
 //! (senders). `payload` is the base64url (no padding) of a small JSON object naming
-//! the queue id, the time it was held, the action, the address the link was mailed to,
-//! the expiry and a random nonce; `mac` is the base64url HMAC-SHA256 of the payload text
+//! the relay that holds the message (`r`, with a fleet-wide quarantine store only), the
+//! queue id, the time it was held, the action, the address the link was mailed to, the
+//! expiry and a random nonce; `mac` is the base64url HMAC-SHA256 of the payload text
 //! with the desk key (`state_dir/desk.key`), under a label of its own for each
 //! [`Audience`], so that no other value the desk signs with that key (form tokens, the
 //! other audience's links) can pass for one. [`verify`] checks the MAC in constant time
 //! before it reads anything of the payload, then that the action is one of that
 //! audience, then the expiry; the desk spends the nonce in the quarantine store in the
 //! transaction that acts, so that a link acts at most once.
+//!
+//! The relay is signed with the rest, so a link acts on the record of the relay it was
+//! signed for wherever it is opened. A link without one (a relay's own SQLite store,
+//! or mailed before links named their relay) names the record of the relay that
+//! verifies it: by default each relay has its own desk key, and only the relay that
+//! signed a link verifies it.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -99,6 +106,11 @@ impl LinkAction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Link {
+    /// The relay that holds the message, with a fleet-wide store (a relay name, see
+    /// [`crate::config::fleet_store::valid_relay`]); `None`: the relay that verifies
+    /// the link.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// The held message's queue id.
     #[serde(rename = "q")]
     pub queue_id: String,
@@ -143,9 +155,11 @@ fn mac(key: &[u8; KEY_BYTES], audience: Audience, payload: &str) -> Hmac<Sha256>
 }
 
 impl Link {
-    /// A link for `queue_id` held at `held_at`, `action`, mailed `to`, valid until
-    /// `expires`, with a fresh random nonce.
+    /// A link for `queue_id` held on `relay` (a fleet-wide store; `None` in a relay's
+    /// own) at `held_at`, `action`, mailed `to`, valid until `expires`, with a fresh
+    /// random nonce.
     pub fn new(
+        relay: Option<&str>,
         queue_id: &str,
         held_at: u64,
         action: LinkAction,
@@ -155,6 +169,7 @@ impl Link {
         let mut nonce = [0u8; NONCE_HEX / 2];
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
         Ok(Link {
+            relay: relay.map(str::to_owned),
             queue_id: queue_id.to_owned(),
             held_at,
             action,
@@ -182,8 +197,9 @@ pub fn sender_link_url(public_url: &str, token: &str) -> String {
 }
 
 /// The link `token` stands for, when its MAC matches under `key` for `audience`
-/// (compared in constant time), its action is one of that audience's, and it has not
-/// expired at `now` (seconds since the epoch).
+/// (compared in constant time), its action is one of that audience's, the relay it
+/// names (if any) is a relay name, and it has not expired at `now` (seconds since the
+/// epoch).
 pub fn verify(
     key: &[u8; KEY_BYTES],
     audience: Audience,
@@ -207,6 +223,10 @@ pub fn verify(
     if link.nonce.len() != NONCE_HEX
         || !link.nonce.bytes().all(|b| b.is_ascii_hexdigit())
         || link.action.audience() != audience
+        || link
+            .relay
+            .as_deref()
+            .is_some_and(|r| !crate::config::fleet_store::valid_relay(r))
     {
         return Err(LinkError::Malformed);
     }
@@ -225,6 +245,7 @@ mod tests {
 
     fn link(action: LinkAction) -> Link {
         Link::new(
+            None,
             "4AbCdEf123",
             NOW - 60,
             action,
@@ -266,7 +287,8 @@ mod tests {
     fn every_field_is_bound_by_the_mac() {
         let l = link(LinkAction::Release);
         let token = l.token(&KEY);
-        let changes: [fn(&mut Link); 6] = [
+        let changes: [fn(&mut Link); 7] = [
+            |l| l.relay = Some("relay-a".into()),
             |l| l.queue_id = "5AbCdEf123".into(),
             |l| l.held_at -= 1,
             |l| l.action = LinkAction::Discard,
@@ -301,6 +323,103 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A link as a relay of a fleet-wide store signs it.
+    fn fleet_link(relay: &str) -> Link {
+        Link::new(
+            Some(relay),
+            "4AbCdEf123",
+            NOW - 60,
+            LinkAction::Release,
+            "admin@corp.example",
+            NOW + 3600,
+        )
+        .unwrap()
+    }
+
+    /// `link` signed as it stands, whatever its fields.
+    fn signed(link: &Link) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(link).unwrap());
+        let tag = mac(&KEY, link.action.audience(), &payload)
+            .finalize()
+            .into_bytes();
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    #[test]
+    fn a_fleet_link_carries_its_relay_and_a_relay_less_one_still_verifies() {
+        let l = fleet_link("relay-a");
+        let token = l.token(&KEY);
+        let verified = verify(&KEY, Audience::Admin, &token, NOW).unwrap();
+        assert_eq!(verified.relay.as_deref(), Some("relay-a"));
+        assert_eq!(verified, l);
+        // A link of a relay's own store (or one mailed before links named their relay)
+        // has no relay in its payload, and verifies as naming none.
+        let local = link(LinkAction::Release);
+        let token = local.token(&KEY);
+        let (payload, _) = token.split_once('.').unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(
+            json.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["a", "exp", "h", "n", "q", "to"],
+            "the payload of a link without a relay is as before"
+        );
+        let legacy = format!(
+            r#"{{"q":"4AbCdEf123","h":{},"a":"release","to":"admin@corp.example","exp":{},"n":"{}"}}"#,
+            NOW - 60,
+            NOW + 3600,
+            local.nonce
+        );
+        let payload = URL_SAFE_NO_PAD.encode(legacy.as_bytes());
+        let tag = mac(&KEY, Audience::Admin, &payload).finalize().into_bytes();
+        let legacy = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag));
+        assert_eq!(verify(&KEY, Audience::Admin, &legacy, NOW), Ok(local));
+    }
+
+    #[test]
+    fn the_relay_is_bound_by_the_mac() {
+        let l = fleet_link("relay-a");
+        let token = l.token(&KEY);
+        for relay in [Some("relay-b"), None, Some("relay-a.")] {
+            let mut changed = l.clone();
+            changed.relay = relay.map(str::to_owned);
+            assert_eq!(
+                verify(
+                    &KEY,
+                    Audience::Admin,
+                    &with_payload_of(&token, &changed),
+                    NOW
+                ),
+                Err(LinkError::BadSignature),
+                "{relay:?}"
+            );
+        }
+        // A relay added to a link that named none does not pass either.
+        let local = link(LinkAction::Release);
+        let mut named = local.clone();
+        named.relay = Some("relay-b".into());
+        assert_eq!(
+            verify(
+                &KEY,
+                Audience::Admin,
+                &with_payload_of(&local.token(&KEY), &named),
+                NOW
+            ),
+            Err(LinkError::BadSignature)
+        );
+        // Signed, but naming something that is no relay name: refused.
+        for bad in ["", "relay a", "../relay", "r\u{202e}x", &"r".repeat(65)] {
+            let mut odd = l.clone();
+            odd.relay = Some(bad.to_owned());
+            assert_eq!(
+                verify(&KEY, Audience::Admin, &signed(&odd), NOW),
+                Err(LinkError::Malformed),
+                "{bad}"
+            );
+        }
+        assert_eq!(verify(&KEY, Audience::Admin, &signed(&l), NOW), Ok(l));
     }
 
     #[test]
@@ -357,6 +476,7 @@ mod tests {
     #[test]
     fn a_sender_link_is_no_admin_link_and_the_other_way_round() {
         let send = Link::new(
+            None,
             "4AbCdEf123",
             NOW - 60,
             LinkAction::Send,

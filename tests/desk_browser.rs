@@ -25,7 +25,7 @@ use common::postgres::{PG_PASSWORD, Postgres};
 use common::{ChildGuard, Milter, free_port, listening, wait_for};
 use fanout_milter::config::PgSettings;
 use fanout_milter::quarantine::{
-    HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store, Via,
+    Address, HeldMessage, QuarantineIndex, QueueId, RequestAction, RequestState, Store, Via,
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -72,7 +72,12 @@ const SENDER_SCREENSHOTS: [&str; 7] = [
 ];
 
 /// The screenshots the fleet script saves.
-const FLEET_SCREENSHOTS: [&str; 3] = ["fleet-list.png", "fleet-filtered.png", "fleet-message.png"];
+const FLEET_SCREENSHOTS: [&str; 4] = [
+    "fleet-list.png",
+    "fleet-filtered.png",
+    "fleet-message.png",
+    "fleet-same-id.png",
+];
 
 /// The desk key the test gives the daemon (`state_dir/desk.key`).
 const DESK_KEY: [u8; 32] = [42; 32];
@@ -529,7 +534,7 @@ fn the_desk_in_headless_chromium() {
     let store = Store::open(&state).expect("reopen the store");
     let requests = |id: &str| {
         let record = store
-            .record(&QueueId::parse(id).unwrap())
+            .record(&QueueId::parse(id).unwrap().into())
             .expect("a record");
         store.requests(record.id).expect("its requests")
     };
@@ -601,7 +606,7 @@ fn the_desk_in_headless_chromium() {
     assert_eq!(withdrawn[0].state, RequestState::Pending);
     assert!(requests(ASKED).is_empty(), "a plea files no request");
     let asked = store
-        .record(&QueueId::parse(ASKED).unwrap())
+        .record(&QueueId::parse(ASKED).unwrap().into())
         .expect("the asked record");
     let plea = store.plea(asked.id).expect("the store").expect("the plea");
     assert_eq!(
@@ -671,9 +676,11 @@ fn the_fleet_desk_in_headless_chromium() {
     let pg = Postgres::start();
     let root = tempfile::tempdir().expect("tempdir");
     let (a_id, b_id) = ("B1A2C3D4E5", "C2B3D4E5F6");
+    // Relay B also holds a message with relay A's queue id (Postfix reuses them).
     for (relay, id, subject) in [
         ("relay-a", a_id, "Quarterly update"),
         ("relay-b", b_id, "Minutes of Monday"),
+        ("relay-b", a_id, "Same id on relay B"),
     ] {
         let dir = root.path().join(relay);
         std::fs::create_dir_all(&dir).expect("state dir");
@@ -728,8 +735,9 @@ fn the_fleet_desk_in_headless_chromium() {
     }
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let fixture = json!({
-        "a": {"id": a_id, "relay": "relay-a"},
-        "b": {"id": b_id, "relay": "relay-b"},
+        "a": {"id": a_id, "relay": "relay-a", "subject": "Quarterly update"},
+        "b": {"id": b_id, "relay": "relay-b", "subject": "Minutes of Monday"},
+        "same": {"id": a_id, "relay": "relay-b", "subject": "Same id on relay B"},
     });
     browse(
         &milter,
@@ -748,7 +756,7 @@ fn the_fleet_desk_in_headless_chromium() {
     assert!(milter.stop().success(), "{}", milter.log());
 
     // As the fleet's store saw it: one pending release of relay A's message, by the
-    // reviewer; nothing for relay B's.
+    // reviewer; nothing for relay B's, the one with the same queue id included.
     let observer = PgSettings {
         url: pg.url(),
         password: Some(PG_PASSWORD.into()),
@@ -756,16 +764,18 @@ fn the_fleet_desk_in_headless_chromium() {
         connect_timeout: Duration::from_secs(5),
     };
     let store = Store::open_postgres(&observer, root.path()).expect("the fleet's store");
-    let requests = |id: &str| {
+    let requests = |relay: &str, id: &str| {
         let record = store
-            .record(&QueueId::parse(id).unwrap())
+            .record(&Address::on(Some(relay), QueueId::parse(id).unwrap()))
             .expect("a record");
+        assert_eq!(record.relay.as_deref(), Some(relay));
         store.requests(record.id).expect("its requests")
     };
-    let filed = requests(a_id);
+    let filed = requests("relay-a", a_id);
     assert_eq!(filed.len(), 1, "{filed:?}");
     assert_eq!(filed[0].who, "rita");
     assert_eq!(filed[0].action, RequestAction::Release);
     assert_eq!(filed[0].state, RequestState::Pending);
-    assert!(requests(b_id).is_empty());
+    assert!(requests("relay-b", b_id).is_empty());
+    assert!(requests("relay-b", a_id).is_empty());
 }

@@ -120,7 +120,7 @@ users_file = "{users}"
 
     fn state(&self, queue_id: &str) -> State {
         self.store
-            .record(&QueueId::parse(queue_id).expect("queue id"))
+            .record(&QueueId::parse(queue_id).expect("queue id").into())
             .expect("record")
             .state
     }
@@ -174,7 +174,7 @@ fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
     assert_eq!(delivered.rcpts.len(), 6);
     let record = d
         .store
-        .record(&QueueId::parse(&id).unwrap())
+        .record(&QueueId::parse(&id).unwrap().into())
         .expect("record");
     wait_for("the request to be done", || {
         let requests = d.store.requests(record.id).expect("requests");
@@ -182,7 +182,7 @@ fn a_reviewer_releases_through_the_desk_and_a_viewer_cannot() {
     });
     let record = d
         .store
-        .record(&QueueId::parse(&id).unwrap())
+        .record(&QueueId::parse(&id).unwrap().into())
         .expect("record");
     assert_eq!(record.state, State::Released);
     let request = record
@@ -286,7 +286,7 @@ fn a_reviewer_releases_from_a_signed_digest_link_once() {
     assert_eq!(delivered.rcpts.len(), 6);
     let record = d
         .store
-        .record(&QueueId::parse(&id).unwrap())
+        .record(&QueueId::parse(&id).unwrap().into())
         .expect("record");
     wait_for("the request to be done", || {
         let requests = d.store.requests(record.id).expect("requests");

@@ -15,7 +15,9 @@ use common::http::*;
 use common::postgres::{PG_PASSWORD, Postgres};
 use common::*;
 use fanout_milter::config::PgSettings;
-use fanout_milter::quarantine::{QuarantineIndex, QueueId, RequestState, State, Store};
+use fanout_milter::quarantine::{
+    Address, HeldMessage, QuarantineIndex, QueueId, RequestState, State, Store,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -127,6 +129,188 @@ users_file = "{users}"
     }
 }
 
+/// The desk key a relay's daemon made (`state_dir/desk.key`).
+fn desk_key(root: &Path, relay: &str) -> Vec<u8> {
+    std::fs::read(root.join(relay).join("state").join("desk.key")).expect("the desk key")
+}
+
+/// A sender link for `m` as `src/link.rs` signs it (base64url JSON payload,
+/// HMAC-SHA256 under the sender label), signed with `key`, naming `relay` when given:
+/// the desk path `/s/TOKEN`.
+fn sender_link(key: &[u8], relay: Option<&str>, m: &HeldMessage, action: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("randomness");
+    let mut payload = serde_json::json!({
+        "q": m.queue_id.as_str(),
+        "h": m.held_at,
+        "a": action,
+        "to": m.sender,
+        "exp": m.held_at + 86_400,
+        "n": nonce.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    });
+    if let Some(relay) = relay {
+        payload["r"] = relay.into();
+    }
+    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("a key");
+    mac.update(b"fanout-milter sender link v1\0");
+    mac.update(payload.as_bytes());
+    let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("/s/{payload}.{tag}")
+}
+
+/// The form field `name` of a page.
+fn field(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = page.find(&marker).expect("the field") + marker.len();
+    page[at..at + page[at..].find('"').expect("its end")].to_owned()
+}
+
+/// Postfix reuses queue ids across hosts: relay B also holds `id` (recorded here as
+/// B's milter would). Every link names its relay and reaches that relay's record, a
+/// desk address with a bad relay name is refused, and a signed link acts on the
+/// record of the relay it was signed for: only where its key verifies it (each relay
+/// has its own key unless the admins share one), and never on the other relay's.
+fn same_queue_id_on_both_relays(
+    pg: &Postgres,
+    root: &Path,
+    a: &Relay,
+    b: &Relay,
+    observer: &Store,
+    id: &str,
+) {
+    let qid = QueueId::parse(id).unwrap();
+    let theirs = observer
+        .record(&Address::on(Some("relay-a"), qid.clone()))
+        .expect("relay A's record");
+    let as_b = Store::open_postgres(
+        &PgSettings {
+            url: pg.url(),
+            password: Some(PG_PASSWORD.into()),
+            relay: "relay-b".into(),
+            connect_timeout: Duration::from_secs(5),
+        },
+        root,
+    )
+    .expect("the fleet's store as relay B");
+    let mut twin = theirs.message.clone();
+    twin.subject = Some("fleet-desk-twin".into());
+    twin.message_id = Some("twin@corp.example".into());
+    twin.headers.clear();
+    twin.sender = "bob@corp.example".into();
+    twin.held_at += 7;
+    twin.notify_sender = false;
+    let twin_id = as_b
+        .record_held(&twin, "milter", Some("the same queue id on relay B"))
+        .expect("relay B's record");
+
+    let rita = login(b.desk, "rita", DESK_PASSWORD);
+    let list = get(b.desk, "/", &rita);
+    for relay in ["relay-a", "relay-b"] {
+        assert!(
+            list.contains(&format!("href=\"/message/{relay}:{id}\"")),
+            "{list}"
+        );
+    }
+    for (relay, subject, other) in [
+        ("relay-a", "fleet-desk-1", "fleet-desk-twin"),
+        ("relay-b", "fleet-desk-twin", "fleet-desk-1"),
+    ] {
+        let seen = get(b.desk, &format!("/message/{relay}:{id}"), &rita);
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(seen.contains(subject) && !seen.contains(other), "{seen}");
+        assert!(
+            seen.contains(&format!("action=\"/message/{relay}:{id}\" id=\"act\"")),
+            "the form acts on this relay's record: {seen}"
+        );
+    }
+    // A queue id alone: this desk's relay's record, on either desk.
+    assert!(get(b.desk, &format!("/message/{id}"), &rita).contains("fleet-desk-twin"));
+    let rita_a = login(a.desk, "rita", DESK_PASSWORD);
+    let on_a = get(a.desk, &format!("/message/{id}"), &rita_a);
+    assert!(
+        on_a.contains("fleet-desk-1") && !on_a.contains("fleet-desk-twin"),
+        "{on_a}"
+    );
+    // Bulk: ticked by address, each checked against its own relay's record (the
+    // confirmation page files nothing).
+    let both = [format!("relay-a:{id}"), format!("relay-b:{id}")];
+    let confirm = post(
+        b.desk,
+        "/bulk",
+        Some(&rita),
+        &form(&[
+            ("token", &token(&list)),
+            ("action", "release"),
+            ("scope", "selected"),
+            ("id", &both[0]),
+            ("id", &both[1]),
+        ]),
+    );
+    assert!(
+        confirm.contains("2 can be released by you; 0 will be refused."),
+        "{confirm}"
+    );
+    for address in &both {
+        assert!(
+            confirm.contains(&format!("name=\"id\" value=\"{address}\""))
+                && confirm.contains(&format!("href=\"/message/{address}\"")),
+            "{confirm}"
+        );
+    }
+    for bad in ["relay%20a", "relay%2Fa", "", "%E2%80%AErelay-a", "relay-c"] {
+        let refused = get(b.desk, &format!("/message/{bad}:{id}"), &rita);
+        assert!(refused.starts_with("HTTP/1.1 404"), "{bad}: {refused}");
+    }
+
+    // A link relay A signed for its record: B's key does not verify it.
+    let key_a = desk_key(root, "relay-a");
+    let key_b = desk_key(root, "relay-b");
+    assert_ne!(key_a, key_b, "each relay made its own desk key");
+    let ask = sender_link(&key_a, Some("relay-a"), &theirs.message, "ask");
+    let on_b = get(b.desk, &ask, "");
+    assert!(on_b.starts_with("HTTP/1.1 403"), "{on_b}");
+    let on_a = get(a.desk, &ask, "");
+    assert!(
+        on_a.starts_with("HTTP/1.1 200") && on_a.contains("fleet-desk-1"),
+        "{on_a}"
+    );
+    // With one key for the fleet, a link naming relay A acts on A's record from B's
+    // desk, not on B's record of the same queue id.
+    let ask = sender_link(&key_b, Some("relay-a"), &theirs.message, "ask");
+    let shown = get(b.desk, &ask, "");
+    assert!(
+        shown.contains("fleet-desk-1") && !shown.contains("fleet-desk-twin"),
+        "{shown}"
+    );
+    let asked = post(
+        b.desk,
+        &ask,
+        None,
+        &form(&[("form", &field(&shown, "form")), ("why", "the board asked")]),
+    );
+    assert!(asked.starts_with("HTTP/1.1 200"), "{asked}");
+    assert_eq!(
+        observer.plea(theirs.id).expect("store").map(|p| p.words),
+        Some("the board asked".to_owned())
+    );
+    assert_eq!(observer.plea(twin_id).expect("store"), None);
+    // A link without a relay (mailed before links named theirs) names the record of
+    // the relay that verifies it: for A's hold it finds B's record, held at another
+    // time and sent by someone else, and does nothing.
+    let legacy = sender_link(&key_b, None, &theirs.message, "ask");
+    let refused = get(b.desk, &legacy, "");
+    assert!(
+        refused.starts_with("HTTP/1.1 410") && !refused.contains("fleet-desk"),
+        "{refused}"
+    );
+    assert!(observer.requests(twin_id).expect("store").is_empty());
+    assert_eq!(observer.plea(twin_id).expect("store"), None);
+}
+
 #[test]
 fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
     let mut pg = Postgres::start();
@@ -165,13 +349,23 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
         only_a.contains(&format!("data-queue-id=\"{id}\"")),
         "{only_a}"
     );
-    let page = format!("/message/{id}");
+    // Its links name its relay; B's desk says it is relay B's.
+    let page = format!("/message/relay-a:{id}");
+    assert!(list.contains(&format!("href=\"{page}\"")), "{list}");
+    assert!(
+        list.contains("id=\"on-relay\">this relay: <bdi>relay-b</bdi></span>"),
+        "{list}"
+    );
     let seen = get(b.desk, &page, &rita);
     assert!(seen.contains("fleet-desk-1"), "{seen}");
     assert!(
         seen.contains("<dd id=\"relay\"><bdi>relay-a</bdi></dd>"),
         "{seen}"
     );
+    // A queue id alone names this relay's record: B has none.
+    let plain = get(b.desk, &format!("/message/{id}"), &rita);
+    assert!(plain.starts_with("HTTP/1.1 404"), "{plain}");
+    same_queue_id_on_both_relays(&pg, dir.path(), &a, &b, &observer, &id);
 
     // Released on B's desk; carried out by A's worker; delivered from A.
     let released = post(
@@ -187,7 +381,7 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
     assert!(released.starts_with("HTTP/1.1 303"), "{released}");
     let delivered = sink.wait_for("fleet-desk-1");
     assert_eq!(delivered.rcpts.len(), 6);
-    let queue_id = QueueId::parse(&id).unwrap();
+    let queue_id = Address::on(Some("relay-a"), QueueId::parse(&id).unwrap());
     let record = observer.record(&queue_id).expect("record");
     wait_for("the request to be done", || {
         let requests = observer.requests(record.id).expect("requests");

@@ -556,15 +556,18 @@ fn a_known_mix_through_postfix_balances_exactly_in_the_scrape() {
     let queue_id = &held[0];
     let request = daemon
         .store
-        .submit(&NewRequest {
-            queue_id: QueueId::parse(queue_id).expect("queue id"),
-            action: RequestAction::Release,
-            who: "carol".into(),
-            via: Via::Desk,
-            remote: Some("192.0.2.7".into()),
-            comment: "checked with Ann".into(),
-            at: now(),
-        })
+        .submit(
+            None,
+            &NewRequest {
+                queue_id: QueueId::parse(queue_id).expect("queue id"),
+                action: RequestAction::Release,
+                who: "carol".into(),
+                via: Via::Desk,
+                remote: Some("192.0.2.7".into()),
+                comment: "checked with Ann".into(),
+                at: now(),
+            },
+        )
         .expect("request filed");
     let worker = Worker::start(dir.path(), &file, &[]);
     let done: Request = wait_for("the release to be carried out", || {

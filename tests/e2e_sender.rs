@@ -136,7 +136,7 @@ sender_interval = "{interval}"
 
     fn record_of(&self, queue_id: &str) -> fanout_milter::quarantine::Record {
         self.store
-            .record(&QueueId::parse(queue_id).expect("queue id"))
+            .record(&QueueId::parse(queue_id).expect("queue id").into())
             .expect("record")
     }
 
@@ -295,7 +295,7 @@ fn a_held_sender_is_told_at_once_and_withdraws_or_asks_for_release() {
         r.store
             .pleading(10)
             .expect("store")
-            .contains(&QueueId::parse(&second).unwrap())
+            .contains(&QueueId::parse(&second).unwrap().into())
     );
     let again = post(r.port, &ask, None, &form(&[("words", "again")]));
     assert!(!again.starts_with("HTTP/1.1 200"), "{again}");

@@ -109,15 +109,18 @@ impl Setup {
     /// Files a request as the review desk does: reviewer carol at 192.0.2.7.
     fn file(&self, queue_id: &str, action: RequestAction, comment: &str) -> Request {
         self.store
-            .submit(&NewRequest {
-                queue_id: QueueId::parse(queue_id).expect("queue id"),
-                action,
-                who: "carol".into(),
-                via: Via::Desk,
-                remote: Some("192.0.2.7".into()),
-                comment: comment.into(),
-                at: now(),
-            })
+            .submit(
+                None,
+                &NewRequest {
+                    queue_id: QueueId::parse(queue_id).expect("queue id"),
+                    action,
+                    who: "carol".into(),
+                    via: Via::Desk,
+                    remote: Some("192.0.2.7".into()),
+                    comment: comment.into(),
+                    at: now(),
+                },
+            )
             .expect("request filed")
     }
 
@@ -140,7 +143,7 @@ impl Setup {
 
     fn state(&self, queue_id: &str) -> State {
         self.store
-            .record(&QueueId::parse(queue_id).expect("queue id"))
+            .record(&QueueId::parse(queue_id).expect("queue id").into())
             .expect("record")
             .state
     }
@@ -249,7 +252,7 @@ fn the_worker_carries_out_desk_requests_and_records_the_tools_words() {
     assert_eq!(s.state(&a), State::Released);
     let record = s
         .store
-        .record(&QueueId::parse(&a).unwrap())
+        .record(&QueueId::parse(&a).unwrap().into())
         .expect("record");
     let entry = record
         .audit
@@ -349,7 +352,7 @@ fn requests_filed_before_the_worker_started_or_cut_short_are_carried_out_once() 
     assert!(out.status.success(), "{out:?}");
     let extended = s
         .store
-        .record(&QueueId::parse(&e).unwrap())
+        .record(&QueueId::parse(&e).unwrap().into())
         .expect("record");
     assert!(
         extended
@@ -484,15 +487,18 @@ fn sigterm_mid_request_lets_it_finish_then_exits_0() {
         worker.log().contains("worker starting").then_some(())
     });
     let request = store
-        .submit(&NewRequest {
-            queue_id: held.queue_id.clone(),
-            action: RequestAction::Release,
-            who: "carol".into(),
-            via: Via::Desk,
-            remote: None,
-            comment: "checked".into(),
-            at: now(),
-        })
+        .submit(
+            None,
+            &NewRequest {
+                queue_id: held.queue_id.clone(),
+                action: RequestAction::Release,
+                who: "carol".into(),
+                via: Via::Desk,
+                remote: None,
+                comment: "checked".into(),
+                at: now(),
+            },
+        )
         .expect("filed");
     wait_for("postsuper to be running", || {
         dir.path().join("calls").exists().then_some(())
@@ -584,7 +590,7 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     assert_eq!(s.state(&a), State::Released);
     let record = s
         .store
-        .record(&QueueId::parse(&a).unwrap())
+        .record(&QueueId::parse(&a).unwrap().into())
         .expect("record");
     // Notices to the sender (at hold, and of the release) come in between.
     let trail: Vec<(&str, &str)> = record
@@ -606,7 +612,7 @@ fn a_release_to_chosen_recipients_delivers_once_to_exactly_them_even_across_a_cr
     );
     let copy_record = s
         .store
-        .record(&QueueId::parse(&copy).unwrap())
+        .record(&QueueId::parse(&copy).unwrap().into())
         .expect("the copy's record");
     assert_eq!(copy_record.state, State::Released);
     assert_eq!(copy_record.message.rules[0].rule, "copy");

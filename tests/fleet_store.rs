@@ -10,8 +10,8 @@ mod common;
 use common::postgres::{PG_PASSWORD, Postgres};
 use fanout_milter::config::PgSettings;
 use fanout_milter::quarantine::{
-    AuditEntry, Filter, HeldMessage, NewRequest, QuarantineIndex, Query, QueueId, RequestAction,
-    RequestState, State, Store, StoreError, SubmitError, Via,
+    Address, AuditEntry, Filter, HeldMessage, NewRequest, QuarantineIndex, Query, QueueId,
+    RequestAction, RequestState, State, Store, StoreError, SubmitError, Via,
 };
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,11 @@ fn held(queue_id: &str, at: u64, sender: &str, audience: u64, rule: &str) -> Hel
 
 fn qid(s: &str) -> QueueId {
     QueueId::parse(s).unwrap()
+}
+
+/// `queue_id` on `relay`.
+fn on(relay: &str, queue_id: &str) -> Address {
+    Address::on(Some(relay), qid(queue_id))
 }
 
 fn entry(who: &str, action: &str) -> AuditEntry {
@@ -195,26 +200,32 @@ fn the_same_checks(store: &Store) {
     assert_eq!((p.rows.len(), p.total), (1, 2));
 
     let filed = store
-        .submit(&request("BBBBBB2", RequestAction::Release))
+        .submit(None, &request("BBBBBB2", RequestAction::Release))
         .unwrap();
     assert_eq!(filed.state, RequestState::Pending);
-    let again = store.submit(&request(
-        "BBBBBB2",
-        RequestAction::Discard {
-            notify_sender: false,
-        },
-    ));
+    let again = store.submit(
+        None,
+        &request(
+            "BBBBBB2",
+            RequestAction::Discard {
+                notify_sender: false,
+            },
+        ),
+    );
     assert!(matches!(again, Err(SubmitError::Conflict(_))), "{again:?}");
-    let released = store.submit(&request("AAAAAA1", RequestAction::Release));
+    let released = store.submit(None, &request("AAAAAA1", RequestAction::Release));
     assert!(
         matches!(released, Err(SubmitError::Conflict(m)) if m == "AAAAAA1 is released already")
     );
-    let stranger = store.submit(&request(
-        "CCCCCC3",
-        RequestAction::ReleaseTo {
-            recipients: vec!["mallory@example.net".into()],
-        },
-    ));
+    let stranger = store.submit(
+        None,
+        &request(
+            "CCCCCC3",
+            RequestAction::ReleaseTo {
+                recipients: vec!["mallory@example.net".into()],
+            },
+        ),
+    );
     assert!(
         matches!(stranger, Err(SubmitError::Invalid(_))),
         "{stranger:?}"
@@ -251,8 +262,10 @@ fn the_same_checks(store: &Store) {
 
     let nonce = "0123456789abcdef0123456789abcdef";
     let link = request("CCCCCC3", RequestAction::Extend { until: 9_000 });
-    store.submit_link(&link, nonce, 10_000).expect("filed once");
-    let spent = store.submit_link(&link, nonce, 10_000);
+    store
+        .submit_link(None, &link, nonce, 10_000)
+        .expect("filed once");
+    let spent = store.submit_link(None, &link, nonce, 10_000);
     assert!(
         matches!(&spent, Err(SubmitError::Conflict(m)) if m.contains("used already")),
         "{spent:?}"
@@ -393,15 +406,38 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(b.list(&Filter::default()).unwrap().len(), 1);
+    // The desk names another relay's record with its relay: a queue id alone is this
+    // relay's record, never another relay's.
+    assert!(matches!(
+        b.record(&qid("AAAAAA1").into()),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.submit(None, &request("AAAAAA1", RequestAction::Release)),
+        Err(SubmitError::NotFound(_))
+    ));
     assert_eq!(
-        b.record(&qid("AAAAAA1")).unwrap().relay.as_deref(),
+        b.record(&on("relay-a", "AAAAAA1"))
+            .unwrap()
+            .relay
+            .as_deref(),
         Some("relay-a")
+    );
+    // The held list and "all matching" name each record with its relay.
+    let everything = Query {
+        limit: 50,
+        ..Default::default()
+    };
+    assert!(
+        b.matching(&everything, 50)
+            .unwrap()
+            .contains(&on("relay-a", "AAAAAA1"))
     );
 
     // A release asked for on relay B's desk for relay A's message: only A's worker
     // sees and claims it; while A is away it stays pending on every desk.
     let filed = b
-        .submit(&request("AAAAAA1", RequestAction::Release))
+        .submit(Some("relay-a"), &request("AAAAAA1", RequestAction::Release))
         .unwrap();
     assert!(
         b.open_requests().unwrap().is_empty(),
@@ -438,7 +474,7 @@ fn two_relays_share_one_quarantine(pg: &Postgres) {
 
     // The result and the audit trail are the same on both desks, and name the user
     // and both relays.
-    let seen_on_b = b.record(&qid("AAAAAA1")).unwrap();
+    let seen_on_b = b.record(&on("relay-a", "AAAAAA1")).unwrap();
     assert_eq!(seen_on_b.state, State::Released);
     let trail: Vec<String> = seen_on_b
         .audit
@@ -498,10 +534,22 @@ fn one_queue_id_on_two_relays(a: &Store, b: &Store) {
     let same = qid("SAME001");
     let relay_of =
         |r: Result<fanout_milter::quarantine::Record, StoreError>| r.unwrap().relay.unwrap();
-    // A's desk and commands: A's record, though B's is newer.
-    assert_eq!(relay_of(a.record(&same)), "relay-a");
+    // A's desk and commands: A's record, though B's is newer; each relay's record
+    // by its address on any desk.
+    assert_eq!(relay_of(a.record(&same.clone().into())), "relay-a");
     assert_eq!(relay_of(a.get(&same)), "relay-a");
-    assert_eq!(relay_of(b.record(&same)), "relay-b");
+    assert_eq!(relay_of(b.record(&same.clone().into())), "relay-b");
+    for relay in ["relay-a", "relay-b"] {
+        for desk in [a, b] {
+            let r = desk.record(&on(relay, "SAME001")).unwrap();
+            assert_eq!(r.relay.as_deref(), Some(relay));
+            assert_eq!(r.address(), on(relay, "SAME001"));
+        }
+    }
+    assert!(matches!(
+        a.record(&on("relay-c", "SAME001")),
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(relay_of(a.get_on(Some("relay-b"), &same)), "relay-b");
     assert!(matches!(
         a.get_on(Some("relay-c"), &same),
@@ -509,7 +557,7 @@ fn one_queue_id_on_two_relays(a: &Store, b: &Store) {
     ));
     // A request filed on A is for A's record unless B's is named.
     let own = a
-        .submit(&request("SAME001", RequestAction::Release))
+        .submit(None, &request("SAME001", RequestAction::Release))
         .unwrap();
     assert_eq!(
         a.record_by_id(own.held_id).unwrap().relay.as_deref(),

@@ -1018,17 +1018,20 @@ async fn a_released_copy_is_held_for_the_worker_and_its_mark_never_leaves() {
     assert_eq!(status, Status::Continue, "held");
     let store = milter.store.clone();
     let request = store
-        .submit(&NewRequest {
-            queue_id: QueueId::parse("AB12CD0001").unwrap(),
-            action: RequestAction::ReleaseTo {
-                recipients: vec!["user3@dept.example.org".into()],
+        .submit(
+            None,
+            &NewRequest {
+                queue_id: QueueId::parse("AB12CD0001").unwrap(),
+                action: RequestAction::ReleaseTo {
+                    recipients: vec!["user3@dept.example.org".into()],
+                },
+                who: "carol".into(),
+                via: Via::Desk,
+                remote: None,
+                comment: "only user3".into(),
+                at: 1_800_000_000,
             },
-            who: "carol".into(),
-            via: Via::Desk,
-            remote: None,
-            comment: "only user3".into(),
-            at: 1_800_000_000,
-        })
+        )
         .expect("filed");
     assert!(store.claim(request.id, 1_800_000_001).unwrap());
     let token = store.copy_token(request.id, "5ecret").unwrap();
@@ -1075,7 +1078,7 @@ async fn a_released_copy_is_held_for_the_worker_and_its_mark_never_leaves() {
             ),
             "{reason}"
         );
-        let held = store.record(&QueueId::parse(id).unwrap()).unwrap();
+        let held = store.record(&QueueId::parse(id).unwrap().into()).unwrap();
         assert_eq!(held.state, State::Held);
         assert_eq!(held.message.rules[0].rule, "copy");
         assert!(

@@ -141,6 +141,7 @@ impl Desk {
         }
         Some(crate::notify::DeskLinks {
             public_url: self.review.public_url.clone(),
+            relay: self.index.relay().map(str::to_owned),
             actions: self
                 .review
                 .digest_actions
@@ -192,7 +193,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         )
         .route("/logout", post(pages::login::logout))
         .route(
-            "/message/{queue_id}",
+            "/message/{address}",
             get(pages::message::message).post(pages::message::act),
         )
         .route(
@@ -205,10 +206,7 @@ pub fn router(desk: Arc<Desk>) -> Router {
         )
         .route("/bulk", post(pages::bulk::bulk))
         .route("/brake", post(pages::brake::brake))
-        .route(
-            "/message/{queue_id}/accept-size",
-            post(pages::drift::accept),
-        )
+        .route("/message/{address}/accept-size", post(pages::drift::accept))
         .route("/static/desk.css", get(pages::css))
         .fallback(pages::not_found)
         .layer(middleware::from_fn_with_state(

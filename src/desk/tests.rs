@@ -114,7 +114,7 @@ impl Fixture {
     fn requests(&self, queue_id: &str) -> Vec<crate::quarantine::Request> {
         let r = self
             .index()
-            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap().into())
             .unwrap();
         self.index().requests(r.id).unwrap()
     }
@@ -1077,9 +1077,16 @@ const LINKS_ON: &str = "listen = \"inet:127.0.0.1:8025\"\npublic_url = \"https:/
 
 /// A digest link signed with the fixture's desk key.
 fn digest_link(queue_id: &str, action: crate::link::LinkAction, expires: u64) -> String {
-    crate::link::Link::new(queue_id, T0 - 600, action, "ann@corp.example", expires)
-        .unwrap()
-        .token(&[7; KEY_BYTES])
+    crate::link::Link::new(
+        None,
+        queue_id,
+        T0 - 600,
+        action,
+        "ann@corp.example",
+        expires,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES])
 }
 
 #[tokio::test]
@@ -1260,10 +1267,16 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
 
     let token = digest_link("AAAAAA1", release, T0 + 3600);
     let (payload, mac) = token.split_once('.').unwrap();
-    let other_key =
-        crate::link::Link::new("AAAAAA1", T0 - 600, release, "ann@corp.example", T0 + 3600)
-            .unwrap()
-            .token(&[8; KEY_BYTES]);
+    let other_key = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 600,
+        release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[8; KEY_BYTES]);
     let mut flipped = mac.to_owned().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
@@ -1277,10 +1290,16 @@ async fn expired_forged_cross_site_or_disabled_digest_links_do_nothing() {
     }
 
     // A link for an earlier message that had the same queue id.
-    let earlier =
-        crate::link::Link::new("AAAAAA1", T0 - 9000, release, "ann@corp.example", T0 + 3600)
-            .unwrap()
-            .token(&[7; KEY_BYTES]);
+    let earlier = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 9000,
+        release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
     let (status, _, body) = f.get(&format!("/link/{earlier}"), Some(&cookie)).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(
@@ -1482,7 +1501,7 @@ async fn only_an_admin_accepts_a_drifted_lists_size_and_only_from_the_same_site(
     );
     let record = f
         .index()
-        .record(&crate::quarantine::QueueId::parse("DDDDDD1").unwrap())
+        .record(&crate::quarantine::QueueId::parse("DDDDDD1").unwrap().into())
         .unwrap();
     assert_eq!(record.audit.last(), Some(e), "on the record too");
     assert_eq!(record.state, crate::quarantine::State::Held, "still held");
@@ -1655,7 +1674,7 @@ fn sender_link_for(
     to: &str,
     expires: u64,
 ) -> String {
-    crate::link::Link::new(queue_id, held_at, action, to, expires)
+    crate::link::Link::new(None, queue_id, held_at, action, to, expires)
         .unwrap()
         .token(&[7; KEY_BYTES])
 }
@@ -1688,7 +1707,7 @@ fn waiting(queue_id: &str) -> HeldMessage {
 impl Fixture {
     fn record(&self, queue_id: &str) -> crate::quarantine::Record {
         self.index()
-            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap())
+            .record(&crate::quarantine::QueueId::parse(queue_id).unwrap().into())
             .unwrap()
     }
 
@@ -2078,10 +2097,16 @@ async fn refused_sender_links_change_nothing() {
     };
     let good = sender_link("AAAAAA1", Withdraw);
     let (payload, mac) = good.split_once('.').unwrap();
-    let other_key =
-        crate::link::Link::new("AAAAAA1", T0 - 600, Withdraw, "ann@example.org", T0 + 60)
-            .unwrap()
-            .token(&[8; KEY_BYTES]);
+    let other_key = crate::link::Link::new(
+        None,
+        "AAAAAA1",
+        T0 - 600,
+        Withdraw,
+        "ann@example.org",
+        T0 + 60,
+    )
+    .unwrap()
+    .token(&[8; KEY_BYTES]);
     let mut flipped = mac.to_owned().into_bytes();
     flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
     let flipped = format!("{payload}.{}", String::from_utf8(flipped).unwrap());
@@ -2227,4 +2252,95 @@ async fn a_hostile_subject_on_the_sender_page_is_escaped_and_flagged() {
     );
     assert!(!body.contains("<a href=x>"), "{body}");
     assert_eq!(body.matches("action=\"/s/").count(), 1, "one form: {body}");
+}
+
+/// A relay's own desk (SQLite) keeps its queue-id addresses and knows no relays: an
+/// address or a signed link naming a relay reaches nothing and changes nothing.
+#[tokio::test]
+async fn a_single_relay_desk_refuses_relay_qualified_addresses_and_links() {
+    let f = fixture_with(LINKS_ON);
+    f.hold(&ordinary("AAAAAA1"));
+    let cookie = f.login("rita").await;
+    let (status, _, page) = f.get("/message/AAAAAA1", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("action=\"/message/AAAAAA1\" id=\"act\""),
+        "{page}"
+    );
+    assert!(!page.contains("on-relay"), "no relay in the header: {page}");
+    let (_, _, list) = f.get("/", Some(&cookie)).await;
+    assert!(list.contains("href=\"/message/AAAAAA1\""), "{list}");
+    assert!(list.contains("name=\"id\" value=\"AAAAAA1\""), "{list}");
+    let t = f.token(&cookie).await;
+    let form = [
+        ("token", t.as_str()),
+        ("action", "release"),
+        ("comment", "fine"),
+    ];
+    for address in [
+        "relay-a:AAAAAA1",
+        "relay%20a:AAAAAA1",
+        ":AAAAAA1",
+        "%E2%80%AEx:AAAAAA1",
+        "relay-a:AAA",
+    ] {
+        let path = format!("/message/{address}");
+        let (status, _, body) = f.get(&path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{address}: {body}");
+        assert!(body.contains("No such message"), "{body}");
+        let (status, _, _) = f.post(&path, Some(&cookie), &form).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{address}");
+    }
+    let (status, _, body) = f
+        .post(
+            "/bulk",
+            Some(&cookie),
+            &[
+                ("token", &t),
+                ("action", "release"),
+                ("scope", "selected"),
+                ("id", "relay-a:AAAAAA1"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("This desk has no relays"), "{body}");
+    // A digest link signed by this desk's key but naming a relay: no record.
+    let named = crate::link::Link::new(
+        Some("relay-a"),
+        "AAAAAA1",
+        T0 - 600,
+        crate::link::LinkAction::Release,
+        "ann@corp.example",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
+    let (status, _, body) = f.get(&format!("/link/{named}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = f
+        .post(
+            &format!("/link/{named}"),
+            Some(&cookie),
+            &[("token", &t), ("comment", "x")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let sender = crate::link::Link::new(
+        Some("relay-a"),
+        "AAAAAA1",
+        T0 - 600,
+        crate::link::LinkAction::Withdraw,
+        "Ann@Example.org",
+        T0 + 3600,
+    )
+    .unwrap()
+    .token(&[7; KEY_BYTES]);
+    let (status, _, body) = f.get(&format!("/s/{sender}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(f.requests("AAAAAA1").is_empty(), "nothing was filed");
+    // The same actions without a relay: this relay's record, as always.
+    let (status, _, _) = f.post("/message/AAAAAA1", Some(&cookie), &form).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(f.requests("AAAAAA1").len(), 1);
 }

@@ -441,6 +441,7 @@ mod tests {
             host: "relay".into(),
             desk: Some(crate::notify::DeskLinks {
                 public_url: "https://review.corp.example".into(),
+                relay: None,
                 actions: Some(crate::notify::ActionLinks {
                     key: [1; crate::link::KEY_BYTES],
                     expires: 100,

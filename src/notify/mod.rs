@@ -120,10 +120,25 @@ pub type DigestMail = (Vec<String>, Result<Vec<u8>, ComposeError>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeskLinks {
     /// `[review] public_url`, without a trailing `/`: each held message links to
-    /// `{public_url}/message/{queue_id}`.
+    /// `{public_url}/message/{queue_id}` (`.../message/{relay}:{queue_id}` in a fleet).
     pub public_url: String,
+    /// The relay whose holds the digest is about (its own: `[quarantine] relay`), with
+    /// a fleet-wide store; the page links and the one-click links name it.
+    pub relay: Option<String>,
     /// One-click release and discard links (`[review] digest_actions`).
     pub actions: Option<ActionLinks>,
+}
+
+impl DeskLinks {
+    /// The desk page of the held message `queue_id` (a queue id: letters and digits).
+    fn page(&self, queue_id: &str) -> String {
+        match &self.relay {
+            Some(relay) if crate::config::fleet_store::valid_relay(relay) => {
+                format!("{}/message/{relay}:{queue_id}", self.public_url)
+            }
+            _ => format!("{}/message/{queue_id}", self.public_url),
+        }
+    }
 }
 
 /// What one-click links are signed with and how long they last.
@@ -180,7 +195,7 @@ impl Digest {
             .map(|a| {
                 let mut v = a.json();
                 if let (Some(desk), Some(id)) = (&self.desk, held_now(a)) {
-                    v["desk_url"] = json!(format!("{}/message/{id}", desk.public_url));
+                    v["desk_url"] = json!(desk.page(id));
                 }
                 v
             })
@@ -203,12 +218,19 @@ impl Digest {
     /// one-click links.
     fn desk_lines(&self, id: &str, held_at: u64, admin: Option<&str>, out: &mut String) {
         let Some(desk) = &self.desk else { return };
-        out.push_str(&format!("  desk:     {}/message/{id}\n", desk.public_url));
+        out.push_str(&format!("  desk:     {}\n", desk.page(id)));
         let (Some(actions), Some(admin)) = (&desk.actions, admin) else {
             return;
         };
         for action in LinkAction::ALL {
-            match Link::new(id, held_at, action, admin, actions.expires) {
+            match Link::new(
+                desk.relay.as_deref(),
+                id,
+                held_at,
+                action,
+                admin,
+                actions.expires,
+            ) {
                 Ok(l) => out.push_str(&format!(
                     "  {:<9} {}/link/{}\n",
                     format!("{}:", action.as_str()),
@@ -560,6 +582,7 @@ mod tests {
     fn desk(actions: bool) -> Option<DeskLinks> {
         Some(DeskLinks {
             public_url: "https://review.corp.example/desk".into(),
+            relay: None,
             actions: actions.then_some(ActionLinks {
                 key: KEY,
                 expires: 1_700_086_400,
@@ -622,6 +645,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_relays_digest_links_name_its_relay() {
+        let mut links = desk(true).unwrap();
+        links.relay = Some("relay-a".into());
+        let d = Digest {
+            alerts: vec![alert(AlertKind::Quarantined, "x")],
+            dropped: 0,
+            host: "relay1".into(),
+            desk: Some(links),
+        };
+        let text = d.text_for(Some("ann@corp.example"));
+        assert!(
+            text.contains(
+                "  desk:     https://review.corp.example/desk/message/relay-a:4AbCdEf123\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            d.json()["alerts"][0]["desk_url"],
+            "https://review.corp.example/desk/message/relay-a:4AbCdEf123"
+        );
+        let found = tokens(&text);
+        assert_eq!(found.len(), 2, "{text}");
+        for (_, token) in &found {
+            let l = link::verify(&KEY, link::Audience::Admin, token, 1_700_000_000).expect("valid");
+            assert_eq!(
+                (l.relay.as_deref(), l.queue_id.as_str()),
+                (Some("relay-a"), "4AbCdEf123")
+            );
+        }
+    }
+
+    #[test]
     fn one_click_links_are_signed_for_each_admin_and_only_with_digest_actions() {
         let d = Digest {
             alerts: vec![
@@ -644,6 +699,7 @@ mod tests {
         for (action, token) in &found {
             let l = link::verify(&KEY, link::Audience::Admin, token, 1_700_000_000).expect("valid");
             assert_eq!(l.queue_id, "4AbCdEf123");
+            assert_eq!(l.relay, None, "a relay's own store names no relay");
             assert_eq!(l.action.as_str(), action);
             assert_eq!(l.to, "ann@corp.example");
             assert_eq!(l.expires, 1_700_086_400);

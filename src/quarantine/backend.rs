@@ -9,7 +9,7 @@ use super::index::{
     SubmitError,
 };
 use super::pg::PgStore;
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State};
+use super::record::{Address, AuditEntry, HeldMessage, QueueId, Record, State};
 use super::senders::DueNotice;
 use super::store::{Filter, SqliteStore, StoreError};
 use crate::config::PgSettings;
@@ -270,8 +270,8 @@ impl Store {
         each!(self, s => s.plea(held_id))
     }
 
-    /// The queue ids of held messages whose sender asked for release.
-    pub fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    /// The addresses of held messages whose sender asked for release.
+    pub fn pleading(&self, limit: u64) -> Result<Vec<Address>, StoreError> {
         each!(self, s => s.pleading(limit))
     }
 
@@ -282,39 +282,52 @@ impl Store {
 }
 
 impl QuarantineIndex for Store {
-    fn fleet(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+    fn relay(&self) -> Option<&str> {
+        Store::relay(self)
     }
 
     fn page(&self, query: &Query) -> Result<Page, StoreError> {
         each!(self, s => s.page(query))
     }
 
-    fn matching(&self, query: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    fn matching(&self, query: &Query, limit: u64) -> Result<Vec<Address>, StoreError> {
         each!(self, s => s.matching(query, limit))
     }
 
-    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
-        each!(self, s => s.record(queue_id))
+    fn record(&self, at: &Address) -> Result<Record, StoreError> {
+        match (self, at.relay.as_deref()) {
+            (Store::Sqlite(_), Some(_)) => Err(StoreError::NotFound(at.queue_id.clone())),
+            (Store::Sqlite(s), None) => s.get(&at.queue_id),
+            (Store::Postgres(s), relay) => s.get_on(relay, &at.queue_id),
+        }
     }
 
     fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
         each!(self, s => s.requests(held_id))
     }
 
-    fn submit(&self, request: &NewRequest) -> Result<Request, SubmitError> {
+    fn submit(&self, relay: Option<&str>, request: &NewRequest) -> Result<Request, SubmitError> {
         valid_request(request)?;
-        each!(self, s => s.submit(request))
+        match (self, relay) {
+            (Store::Sqlite(_), Some(_)) => Err(SubmitError::NotFound(request.queue_id.clone())),
+            (Store::Sqlite(s), None) => s.submit(request),
+            (Store::Postgres(s), relay) => s.file_request(request, None, relay),
+        }
     }
 
     fn submit_link(
         &self,
+        relay: Option<&str>,
         request: &NewRequest,
         nonce: &str,
         expires: u64,
     ) -> Result<Request, SubmitError> {
         valid_request(request)?;
-        each!(self, s => s.submit_link(request, nonce, expires))
+        match (self, relay) {
+            (Store::Sqlite(_), Some(_)) => Err(SubmitError::NotFound(request.queue_id.clone())),
+            (Store::Sqlite(s), None) => s.submit_link(request, nonce, expires),
+            (Store::Postgres(s), relay) => s.file_request(request, Some((nonce, expires)), relay),
+        }
     }
 
     fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
@@ -386,7 +399,7 @@ impl QuarantineIndex for Store {
         Store::plea(self, held_id)
     }
 
-    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    fn pleading(&self, limit: u64) -> Result<Vec<Address>, StoreError> {
         Store::pleading(self, limit)
     }
 

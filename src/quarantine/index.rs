@@ -13,7 +13,7 @@
 //! The SQLite store of one relay implements it in `super::sqlite`, the fleet's
 //! PostgreSQL store in `super::pg`.
 
-use super::record::{AuditEntry, QueueId, Record, State};
+use super::record::{Address, AuditEntry, QueueId, Record, State};
 use super::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -395,28 +395,36 @@ pub enum SubmitError {
 
 /// The quarantine index: what the review desk, the worker and the admin commands need.
 pub trait QuarantineIndex: Send + Sync {
+    /// This relay's name in a fleet-wide store; `None` in a relay's own store.
+    fn relay(&self) -> Option<&str> {
+        None
+    }
+
     /// Whether the store is a fleet's (records of several relays): the desk shows the
-    /// relay column and filter.
+    /// relay column and filter, and names each record by its [`Address`].
     fn fleet(&self) -> bool {
-        false
+        self.relay().is_some()
     }
 
     /// One page of the records matching `query`, with the counts shown above it.
     fn page(&self, query: &Query) -> Result<Page, StoreError>;
 
-    /// The queue ids of the records matching `query`, in its order, at most `limit`
+    /// The addresses of the records matching `query`, in its order, at most `limit`
     /// (paging ignored): "all N matching this filter".
-    fn matching(&self, query: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError>;
+    fn matching(&self, query: &Query, limit: u64) -> Result<Vec<Address>, StoreError>;
 
-    /// The newest record for a queue id, with its audit trail.
-    fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError>;
+    /// The newest record at an address, with its audit trail: of the relay it names,
+    /// or of this relay when it names none (never another relay's). A relay's own
+    /// store has no relay names: an address naming one finds nothing.
+    fn record(&self, at: &Address) -> Result<Record, StoreError>;
 
     /// Every request filed for a record, oldest first.
     fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError>;
 
     /// Files a request for a held message with no open request, and notes it in the
-    /// record's audit trail.
-    fn submit(&self, request: &NewRequest) -> Result<Request, SubmitError>;
+    /// record's audit trail: the newest record of its queue id on `relay` (this relay
+    /// when `None`, as [`Self::record`]).
+    fn submit(&self, relay: Option<&str>, request: &NewRequest) -> Result<Request, SubmitError>;
 
     /// [`Self::submit`] for a signed digest link: spends the link's `nonce` (valid
     /// until `expires`) in the same transaction, so that a link files at most one
@@ -424,6 +432,7 @@ pub trait QuarantineIndex: Send + Sync {
     /// nothing, and a request that is not filed leaves the nonce unspent.
     fn submit_link(
         &self,
+        relay: Option<&str>,
         request: &NewRequest,
         nonce: &str,
         expires: u64,
@@ -497,7 +506,7 @@ pub trait QuarantineIndex: Send + Sync {
     fn plea(&self, held_id: i64) -> Result<Option<Plea>, StoreError>;
 
     /// Held messages whose sender asked for release, oldest plea first.
-    fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError>;
+    fn pleading(&self, limit: u64) -> Result<Vec<Address>, StoreError>;
 
     /// Remembers the lists a sender confirmed (see [`crate::quarantine::Store::remember_confirmed`]).
     fn remember_confirmed(

@@ -87,8 +87,9 @@ impl std::fmt::Debug for SenderLinks {
 }
 
 impl SenderLinks {
-    /// The signed link for `action` on the held record `r`, mailed to its sender, valid
-    /// until `expires`; none when it cannot be made (no randomness).
+    /// The signed link for `action` on the held record `r` (on its relay, in a
+    /// fleet-wide store), mailed to its sender, valid until `expires`; none when it
+    /// cannot be made (no randomness).
     pub fn link(
         &self,
         r: &Record,
@@ -96,9 +97,15 @@ impl SenderLinks {
         expires: u64,
     ) -> Option<String> {
         let m = &r.message;
-        let link =
-            crate::link::Link::new(m.queue_id.as_str(), m.held_at, action, &m.sender, expires)
-                .ok()?;
+        let link = crate::link::Link::new(
+            r.relay.as_deref(),
+            m.queue_id.as_str(),
+            m.held_at,
+            action,
+            &m.sender,
+            expires,
+        )
+        .ok()?;
         Some(format!("{}/s/{}", self.public_url, link.token(&self.key)))
     }
 }
@@ -283,6 +290,40 @@ mod tests {
         assert_eq!(notice_list(&m).as_deref(), Some("ward@example.org"));
         m.lists.clear();
         assert_eq!(notice_list(&m), None);
+    }
+
+    #[test]
+    fn a_sender_link_names_the_relay_of_its_record() {
+        let key = [9; crate::link::KEY_BYTES];
+        let links = SenderLinks {
+            public_url: "https://review.example.org".into(),
+            key,
+        };
+        let mut r = Record {
+            relay: Some("relay-b".into()),
+            id: 1,
+            message: crate::quarantine::store::tests::held("AAAAAA1", 100),
+            state: State::Held,
+            state_at: 100,
+            escalated_at: None,
+            foreign: false,
+            hold_until: None,
+            audit: Vec::new(),
+        };
+        let verified = |r: &Record| {
+            let url = links
+                .link(r, crate::link::LinkAction::Withdraw, 10_000)
+                .unwrap();
+            let token = url.strip_prefix("https://review.example.org/s/").unwrap();
+            crate::link::verify(&key, crate::link::Audience::Sender, token, 200).unwrap()
+        };
+        let l = verified(&r);
+        assert_eq!(
+            (l.relay.as_deref(), l.queue_id.as_str(), l.held_at),
+            (Some("relay-b"), "AAAAAA1", 100)
+        );
+        r.relay = None;
+        assert_eq!(verified(&r).relay, None, "a relay's own store");
     }
 
     #[test]

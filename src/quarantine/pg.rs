@@ -23,7 +23,7 @@ use super::index::{
     RequestState, Row, Sort, SubmitError, Via, release_to_recipients,
 };
 use super::pg_conn::{Conn, Db, PgError, Tx};
-use super::record::{AuditEntry, HeldMessage, QueueId, Record, State, capped};
+use super::record::{Address, AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use super::senders::DueNotice;
 use super::store::{Filter, StoreError, search_columns};
 use crate::config::PgSettings;
@@ -1082,19 +1082,22 @@ impl PgStore {
         })
     }
 
-    /// The queue ids of held messages (fleet-wide) whose sender asked for release.
-    pub fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    /// The addresses of held messages (fleet-wide) whose sender asked for release.
+    pub fn pleading(&self, limit: u64) -> Result<Vec<Address>, StoreError> {
         self.with(|c| {
             let rows = c
                 .query(
-                    "SELECT h.queue_id FROM sender_asks a JOIN held h ON h.id = a.held_id
+                    "SELECT h.relay, h.queue_id FROM sender_asks a JOIN held h ON h.id = a.held_id
                      WHERE h.state = 'held' ORDER BY a.at, a.held_id LIMIT $1",
                     &[&clamp(limit)],
                 )
                 .map_err(|e| self.err(e))?;
             Ok(rows
                 .iter()
-                .filter_map(|r| QueueId::parse(r.get::<_, &str>(0)).ok())
+                .filter_map(|r| {
+                    let id = QueueId::parse(r.get::<_, &str>(1)).ok()?;
+                    Some(Address::on(Some(r.get::<_, &str>(0)), id))
+                })
                 .collect())
         })
     }
@@ -1238,9 +1241,9 @@ impl PgStore {
             .collect()
     }
 
-    /// Files a request for the newest record of its queue id on `relay`, or with none
-    /// named, on this relay, else on any relay (the newest); stored with that record's
-    /// relay so that only its worker claims it.
+    /// Files a request for the newest record of its queue id on `relay` (this relay
+    /// when `None`: never another relay's record with the same queue id); stored with
+    /// that record's relay so that only its worker claims it.
     pub fn file_request(
         &self,
         n: &NewRequest,
@@ -1256,9 +1259,9 @@ impl PgStore {
             let found = tx
                 .query_opt(
                     "SELECT id, state, relay FROM held
-                     WHERE queue_id = $1 AND ($2::TEXT IS NULL OR relay = $2)
-                     ORDER BY relay = $3 DESC, id DESC LIMIT 1 FOR UPDATE",
-                    &[&n.queue_id.as_str(), &relay.map(txt), &self.relay],
+                     WHERE queue_id = $1 AND relay = $2
+                     ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                    &[&n.queue_id.as_str(), &txt(relay.unwrap_or(&self.relay))],
                 )
                 .map_err(|e| self.err(e))?;
             let Some(found) = found else {
@@ -1470,46 +1473,17 @@ impl PgStore {
         })
     }
 
-    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<Address>, StoreError> {
         self.with(|c| {
             let ids = self.ids(c, q, limit, 0)?;
             ids.into_iter()
-                .map(|id| self.load(c, id).map(|r| r.message.queue_id))
+                .map(|id| self.load(c, id).map(|r| r.address()))
                 .collect()
-        })
-    }
-
-    pub(super) fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
-        self.with(|c| {
-            let row = c
-                .query_opt(
-                    "SELECT id FROM held WHERE queue_id = $1
-                     ORDER BY relay = $2 DESC, id DESC LIMIT 1",
-                    &[&queue_id.as_str(), &self.relay],
-                )
-                .map_err(|e| self.err(e))?;
-            match row {
-                Some(r) => self.load(c, r.get(0)),
-                None => Err(StoreError::NotFound(queue_id.clone())),
-            }
         })
     }
 
     pub(super) fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
         self.with(|c| self.query_requests(c, "WHERE r.held_id = $1 ORDER BY r.id", &[&held_id]))
-    }
-
-    pub(super) fn submit(&self, n: &NewRequest) -> Result<Request, SubmitError> {
-        self.file_request(n, None, None)
-    }
-
-    pub(super) fn submit_link(
-        &self,
-        n: &NewRequest,
-        nonce: &str,
-        expires: u64,
-    ) -> Result<Request, SubmitError> {
-        self.file_request(n, Some((nonce, expires)), None)
     }
 
     pub(super) fn open_requests(&self) -> Result<Vec<Request>, StoreError> {

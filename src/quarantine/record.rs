@@ -62,6 +62,35 @@ impl Address {
         let queue_id = QueueId::parse(id).map_err(|e| e.to_string())?;
         Ok(Address { relay, queue_id })
     }
+
+    /// `queue_id` on `relay` (this relay when `None`).
+    pub fn on(relay: Option<&str>, queue_id: QueueId) -> Address {
+        Address {
+            relay: relay.map(str::to_owned),
+            queue_id,
+        }
+    }
+
+    /// The address as one URL path segment: `RELAY:QUEUEID` or `QUEUEID` as they
+    /// stand (relay names and queue ids are letters, digits, `.`, `-`, `_`), a relay
+    /// name that is not one percent-encoded (it then names nothing when asked for).
+    pub fn path_segment(&self) -> String {
+        match &self.relay {
+            Some(r) if !crate::config::fleet_store::valid_relay(r) => {
+                url::form_urlencoded::byte_serialize(self.to_string().as_bytes()).collect()
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+impl From<QueueId> for Address {
+    fn from(queue_id: QueueId) -> Address {
+        Address {
+            relay: None,
+            queue_id,
+        }
+    }
 }
 
 impl fmt::Display for Address {
@@ -324,6 +353,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its address: its queue id on its relay (none in a relay's own store).
+    pub fn address(&self) -> Address {
+        Address::on(self.relay.as_deref(), self.message.queue_id.clone())
+    }
+
     /// How long it has been held at `now`.
     pub fn held_for(&self, now: u64) -> Duration {
         Duration::from_secs(now.saturating_sub(self.message.held_at))

@@ -682,15 +682,18 @@ mod tests {
         }
         let file = |id: &str, action: RequestAction| {
             store
-                .submit(&NewRequest {
-                    queue_id: QueueId::parse(id).unwrap(),
-                    action,
-                    who: "rita".into(),
-                    via: Via::Desk,
-                    remote: None,
-                    comment: "ok".into(),
-                    at: 1500,
-                })
+                .submit(
+                    None,
+                    &NewRequest {
+                        queue_id: QueueId::parse(id).unwrap(),
+                        action,
+                        who: "rita".into(),
+                        via: Via::Desk,
+                        remote: None,
+                        comment: "ok".into(),
+                        at: 1500,
+                    },
+                )
                 .unwrap()
         };
         let running = file("AAAAAA1", RequestAction::Release);

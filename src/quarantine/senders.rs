@@ -7,7 +7,7 @@
 //! nothing: the daemon's notifier finds it in `sender_notices` after a restart.
 
 use super::index::{Plea, SubmitError};
-use super::record::{AuditEntry, QueueId, State};
+use super::record::{Address, AuditEntry, QueueId, State};
 use super::store::{SqliteStore, StoreError, insert_audit};
 use crate::policy::ConfirmedList;
 use rusqlite::{ErrorCode, OptionalExtension, params};
@@ -255,7 +255,7 @@ impl SqliteStore {
 
     /// The queue ids of held messages whose sender asked for release, oldest plea
     /// first, at most `limit`: the desk shows them first.
-    pub fn pleading(&self, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub fn pleading(&self, limit: u64) -> Result<Vec<Address>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -270,7 +270,7 @@ impl SqliteStore {
         for row in rows {
             let id = row.map_err(|e| self.err(e))?;
             if let Ok(q) = QueueId::parse(&id) {
-                out.push(q);
+                out.push(q.into());
             }
         }
         Ok(out)
@@ -406,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             store.pleading(10).unwrap(),
-            [QueueId::parse("BBBBBB1").unwrap()]
+            [QueueId::parse("BBBBBB1").unwrap().into()]
         );
         assert!(matches!(
             store.sender_asks(id, "again", "ann", &n1, 900, 111),
@@ -439,7 +439,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store.pleading(10).unwrap(),
-            [QueueId::parse("BBBBBB1").unwrap()],
+            [QueueId::parse("BBBBBB1").unwrap().into()],
             "only held messages"
         );
         let third = store

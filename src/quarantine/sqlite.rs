@@ -7,7 +7,7 @@ use super::index::{
     CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Query, Request, RequestAction, RequestState,
     Row, Sort, SubmitError, Via, release_to_recipients,
 };
-use super::record::{AuditEntry, QueueId, Record, State};
+use super::record::{Address, AuditEntry, QueueId, State};
 use super::store::{SqliteStore, StoreError, insert_audit};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter, types::Value};
 use std::collections::HashMap;
@@ -240,16 +240,12 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<QueueId>, StoreError> {
+    pub(super) fn matching(&self, q: &Query, limit: u64) -> Result<Vec<Address>, StoreError> {
         let conn = self.conn();
         let ids = self.ids(&conn, q, limit, 0)?;
         ids.into_iter()
-            .map(|id| self.load(&conn, id).map(|r| r.message.queue_id))
+            .map(|id| self.load(&conn, id).map(|r| r.message.queue_id.into()))
             .collect()
-    }
-
-    pub(super) fn record(&self, queue_id: &QueueId) -> Result<Record, StoreError> {
-        self.get(queue_id)
     }
 
     pub(super) fn requests(&self, held_id: i64) -> Result<Vec<Request>, StoreError> {
@@ -829,8 +825,8 @@ mod tests {
         assert_eq!(
             store.matching(&held, 2).unwrap(),
             [
-                QueueId::parse("AAAAAA1").unwrap(),
-                QueueId::parse("BBBBBB2").unwrap()
+                QueueId::parse("AAAAAA1").unwrap().into(),
+                QueueId::parse("BBBBBB2").unwrap().into()
             ]
         );
     }
@@ -840,30 +836,36 @@ mod tests {
         let (_d, store) = store();
         fill(&store);
         let r = store
-            .submit(&request("AAAAAA1", RequestAction::Release))
+            .submit(None, &request("AAAAAA1", RequestAction::Release))
             .unwrap();
         assert_eq!(r.state, RequestState::Pending);
         assert_eq!(r.queue_id.as_str(), "AAAAAA1");
         assert_eq!(r.via, Via::Desk);
-        let again = store.submit(&request(
-            "AAAAAA1",
-            RequestAction::Discard {
-                notify_sender: false,
-            },
-        ));
+        let again = store.submit(
+            None,
+            &request(
+                "AAAAAA1",
+                RequestAction::Discard {
+                    notify_sender: false,
+                },
+            ),
+        );
         assert!(matches!(again, Err(SubmitError::Conflict(_))), "{again:?}");
-        let released = store.submit(&request("DDDDDD4", RequestAction::Release));
+        let released = store.submit(None, &request("DDDDDD4", RequestAction::Release));
         match released {
             Err(SubmitError::Conflict(m)) => assert_eq!(m, "DDDDDD4 is released already"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            store.submit(&request("EEEEEE5", RequestAction::Release)),
+            store.submit(None, &request("EEEEEE5", RequestAction::Release)),
             Err(SubmitError::NotFound(_))
         ));
         let mut blank = request("BBBBBB2", RequestAction::Release);
         blank.comment = "  ".into();
-        assert!(matches!(store.submit(&blank), Err(SubmitError::Invalid(_))));
+        assert!(matches!(
+            store.submit(None, &blank),
+            Err(SubmitError::Invalid(_))
+        ));
         let stranger = request(
             "BBBBBB2",
             RequestAction::ReleaseTo {
@@ -871,12 +873,17 @@ mod tests {
             },
         );
         assert!(matches!(
-            store.submit(&stranger),
+            store.submit(None, &stranger),
             Err(SubmitError::Invalid(_))
         ));
         let none = request("BBBBBB2", RequestAction::ReleaseTo { recipients: vec![] });
-        assert!(matches!(store.submit(&none), Err(SubmitError::Invalid(_))));
-        let rec = store.record(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        assert!(matches!(
+            store.submit(None, &none),
+            Err(SubmitError::Invalid(_))
+        ));
+        let rec = store
+            .record(&QueueId::parse("AAAAAA1").unwrap().into())
+            .unwrap();
         let last = rec.audit.last().unwrap();
         assert_eq!(last.who, "carol");
         assert_eq!(last.action, "request release");
@@ -898,15 +905,18 @@ mod tests {
         let (_d, store) = store();
         fill(&store);
         let r = store
-            .submit(&request("AAAAAA1", RequestAction::Release))
+            .submit(None, &request("AAAAAA1", RequestAction::Release))
             .unwrap();
         let b = store
-            .submit(&request(
-                "BBBBBB2",
-                RequestAction::ReleaseTo {
-                    recipients: vec!["all@example.org".into()],
-                },
-            ))
+            .submit(
+                None,
+                &request(
+                    "BBBBBB2",
+                    RequestAction::ReleaseTo {
+                        recipients: vec!["all@example.org".into()],
+                    },
+                ),
+            )
             .unwrap();
         assert_eq!(
             store
@@ -936,7 +946,7 @@ mod tests {
             Some("postsuper: fatal: no such message")
         );
         assert_eq!(store.open_requests().unwrap().len(), 1);
-        let retry = store.submit(&request("AAAAAA1", RequestAction::Release));
+        let retry = store.submit(None, &request("AAAAAA1", RequestAction::Release));
         assert!(retry.is_ok(), "{retry:?}");
         assert_eq!(store.requests(r.held_id).unwrap().len(), 2);
     }
@@ -946,7 +956,7 @@ mod tests {
         let (_d, store) = store();
         fill(&store);
         let r = store
-            .submit(&request("AAAAAA1", RequestAction::Release))
+            .submit(None, &request("AAAAAA1", RequestAction::Release))
             .unwrap();
         let entry = AuditEntry {
             at: 600,
@@ -960,13 +970,16 @@ mod tests {
             "{refused:?}"
         );
         let id = QueueId::parse("AAAAAA1").unwrap();
-        assert_eq!(store.record(&id).unwrap().state, State::Held);
+        assert_eq!(store.record(&id.clone().into()).unwrap().state, State::Held);
         assert!(store.claim(r.id, 601).unwrap());
         store.finish(r.id, false, "postsuper failed", 602).unwrap();
         store
             .set_state_unrequested(r.held_id, State::Held, State::Expired, &entry)
             .unwrap();
-        assert_eq!(store.record(&id).unwrap().state, State::Expired);
+        assert_eq!(
+            store.record(&id.clone().into()).unwrap().state,
+            State::Expired
+        );
     }
 
     #[test]
@@ -1059,12 +1072,15 @@ mod tests {
             .record_held(&held("EEEEEE5", 100), "milter", None)
             .unwrap();
         let filed = store
-            .submit(&request(
-                "AAAAAA1",
-                RequestAction::ReleaseTo {
-                    recipients: vec!["Bob@example.org".into()],
-                },
-            ))
+            .submit(
+                None,
+                &request(
+                    "AAAAAA1",
+                    RequestAction::ReleaseTo {
+                        recipients: vec!["Bob@example.org".into()],
+                    },
+                ),
+            )
             .unwrap();
         let mark = |original: &str, request: i64, token: &str| CopyMark {
             original: original.into(),
@@ -1120,7 +1136,9 @@ mod tests {
             );
         }
         assert_eq!(store.copies(filed.id).unwrap(), ["CCCCCC1", "DDDDDD1"]);
-        let record = store.record(&QueueId::parse("AAAAAA1").unwrap()).unwrap();
+        let record = store
+            .record(&QueueId::parse("AAAAAA1").unwrap().into())
+            .unwrap();
         let copies: Vec<_> = record.audit.iter().filter(|a| a.action == "copy").collect();
         assert_eq!(copies.len(), 3);
         assert_eq!(
@@ -1189,10 +1207,10 @@ mod tests {
         // A request that is not filed (no longer held) spends nothing.
         let released = request("DDDDDD4", RequestAction::Release);
         assert!(matches!(
-            store.submit_link(&released, nonce, 10_000),
+            store.submit_link(None, &released, nonce, 10_000),
             Err(SubmitError::Conflict(_))
         ));
-        let filed = store.submit_link(&n, nonce, 10_000).expect("filed");
+        let filed = store.submit_link(None, &n, nonce, 10_000).expect("filed");
         assert_eq!(filed.via, Via::Digest);
         let held_id = filed.held_id;
         store.claim(filed.id, 501).unwrap();
@@ -1200,7 +1218,7 @@ mod tests {
             .finish(filed.id, false, "postsuper failed", 502)
             .unwrap();
         // The message is held again with no open request, yet the link is spent.
-        match store.submit_link(&n, nonce, 10_000) {
+        match store.submit_link(None, &n, nonce, 10_000) {
             Err(SubmitError::Conflict(why)) => assert!(why.contains("used already"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -1209,7 +1227,12 @@ mod tests {
         let mut later = n.clone();
         later.at = 10_000 + LINK_NONCE_MARGIN + 1;
         store
-            .submit_link(&later, "fedcba9876543210fedcba9876543210", later.at + 60)
+            .submit_link(
+                None,
+                &later,
+                "fedcba9876543210fedcba9876543210",
+                later.at + 60,
+            )
             .expect("a fresh nonce");
         let left: Vec<String> = store
             .conn()

@@ -186,6 +186,7 @@ impl Review<'_> {
         };
         Some(DeskLinks {
             public_url: review.public_url.clone(),
+            relay: self.store.relay().map(str::to_owned),
             actions,
         })
     }

@@ -221,15 +221,18 @@ mod tests {
         store.audit(id_of("IIIIII9"), &entry("discard")).unwrap();
         for (queue_id, via, ok) in [("AAAAAA1", Via::Desk, true), ("BBBBBB2", Via::Cli, false)] {
             let r = store
-                .submit(&NewRequest {
-                    queue_id: QueueId::parse(queue_id).unwrap(),
-                    action: RequestAction::Release,
-                    who: "carol".into(),
-                    via,
-                    remote: None,
-                    comment: "checked".into(),
-                    at: now,
-                })
+                .submit(
+                    None,
+                    &NewRequest {
+                        queue_id: QueueId::parse(queue_id).unwrap(),
+                        action: RequestAction::Release,
+                        who: "carol".into(),
+                        via,
+                        remote: None,
+                        comment: "checked".into(),
+                        at: now,
+                    },
+                )
                 .unwrap();
             assert!(store.claim(r.id, now).unwrap());
             store.finish(r.id, ok, "", now).unwrap();

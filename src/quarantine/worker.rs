@@ -702,15 +702,18 @@ mod tests {
 
         fn file_via(&self, id: &str, action: RequestAction, via: Via) -> Request {
             self.store
-                .submit(&NewRequest {
-                    queue_id: QueueId::parse(id).unwrap(),
-                    action,
-                    who: "carol".into(),
-                    via,
-                    remote: Some("192.0.2.7".into()),
-                    comment: "wrong list, resend to the team".into(),
-                    at: 200,
-                })
+                .submit(
+                    None,
+                    &NewRequest {
+                        queue_id: QueueId::parse(id).unwrap(),
+                        action,
+                        who: "carol".into(),
+                        via,
+                        remote: Some("192.0.2.7".into()),
+                        comment: "wrong list, resend to the team".into(),
+                        at: 200,
+                    },
+                )
                 .unwrap()
         }
 

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 //! `/bulk`: ticked messages or all matching a filter, confirmed, then filed one by one.
+//! Each message is named by its address (`RELAY:QUEUEID` on the desk of a fleet), as
+//! on the message page.
 
 use super::held::query_of;
 use super::message::{Outcome, action_of, submit};
 use super::{Fields, Head, Shown, render};
 use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
-use crate::quarantine::{QueueId, RequestAction, State, index::MAX_PAGE, needs_admin};
+use crate::quarantine::{Address, RequestAction, State, index::MAX_PAGE, needs_admin};
 use crate::text;
 use askama::Template;
 use axum::Extension;
@@ -20,8 +22,27 @@ use std::sync::Arc;
 /// One message of a bulk confirmation or result.
 struct BulkLine {
     queue_id: String,
+    /// Its address, as shown and as a URL path segment.
+    address: String,
+    /// Its relay (the desk of a fleet).
+    relay: Option<String>,
     outcome: String,
     ok: bool,
+}
+
+impl BulkLine {
+    fn new(at: &Address, outcome: String, ok: bool) -> BulkLine {
+        BulkLine {
+            queue_id: at.queue_id.to_string(),
+            address: at.path_segment(),
+            relay: at
+                .relay
+                .as_deref()
+                .map(|r| text::neutralize(r).into_owned()),
+            outcome,
+            ok,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -94,7 +115,7 @@ pub async fn bulk(
                     &format!("More than {MAX_PAGE} messages match: narrow the filter."),
                 );
             }
-            Ok(Ok(ids)) => ids.into_iter().map(|i| i.as_str().to_owned()).collect(),
+            Ok(Ok(ids)) => ids.into_iter().map(|a| a.to_string()).collect(),
             Ok(Err(e)) => return desk.store_failed(Some(&who), e),
             Err(r) => return r,
         }
@@ -110,12 +131,19 @@ pub async fn bulk(
     }
     let mut unique = BTreeMap::new();
     for raw in &ids {
-        match QueueId::parse(raw) {
-            Ok(id) => {
-                unique.insert(id.as_str().to_owned(), id);
+        match Address::parse(raw) {
+            Ok(at) if at.relay.is_some() && !desk.index.fleet() => {
+                return desk.refuse(
+                    Some(&who),
+                    StatusCode::BAD_REQUEST,
+                    "This desk has no relays: name each message by its queue id.",
+                );
+            }
+            Ok(at) => {
+                unique.insert(at.to_string(), at);
             }
             Err(e) => {
-                return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e.to_string());
+                return desk.refuse(Some(&who), StatusCode::BAD_REQUEST, &e);
             }
         }
     }
@@ -144,38 +172,31 @@ pub async fn bulk(
     if confirmed {
         let comment = comment.clone().unwrap_or_default();
         let client = desk.client(&headers, peer);
-        for id in unique.values() {
+        for at in unique.values() {
             let outcome = submit(
                 &desk,
                 &who,
-                id.clone(),
+                at.clone(),
                 action.clone(),
                 comment.clone(),
                 client.clone(),
                 now,
             )
             .await;
-            lines.push(match outcome {
-                Outcome::Filed => BulkLine {
-                    queue_id: id.to_string(),
-                    outcome: "requested".into(),
-                    ok: true,
-                },
-                Outcome::Refused(status, why) => BulkLine {
-                    queue_id: id.to_string(),
-                    outcome: format!("{}: {why}", status.as_u16()),
-                    ok: false,
-                },
-            });
+            let (outcome, ok) = match outcome {
+                Outcome::Filed => ("requested".into(), true),
+                Outcome::Refused(status, why) => (format!("{}: {why}", status.as_u16()), false),
+            };
+            lines.push(BulkLine::new(at, outcome, ok));
         }
     } else {
         let role = who.role;
-        let ids: Vec<QueueId> = unique.values().cloned().collect();
+        let ids: Vec<Address> = unique.values().cloned().collect();
         let checked = desk
             .store(move |i| {
                 ids.into_iter()
-                    .map(|id| {
-                        let outcome = match i.record(&id) {
+                    .map(|at| {
+                        let outcome = match i.record(&at) {
                             Ok(r) if r.state != State::Held => {
                                 Err(format!("not held ({})", r.state))
                             }
@@ -185,7 +206,7 @@ pub async fn bulk(
                             Ok(_) => Ok("will be requested".to_owned()),
                             Err(e) => Err(e.to_string()),
                         };
-                        (id, outcome)
+                        (at, outcome)
                     })
                     .collect::<Vec<_>>()
             })
@@ -194,13 +215,10 @@ pub async fn bulk(
             Ok(c) => c,
             Err(r) => return r,
         };
-        for (id, outcome) in checked {
+        for (at, outcome) in checked {
             let ok = outcome.is_ok();
-            lines.push(BulkLine {
-                queue_id: id.to_string(),
-                outcome: text::neutralize(&outcome.unwrap_or_else(|e| e)).into_owned(),
-                ok,
-            });
+            let outcome = text::neutralize(&outcome.unwrap_or_else(|e| e)).into_owned();
+            lines.push(BulkLine::new(&at, outcome, ok));
         }
     }
     let actionable = lines.iter().filter(|l| l.ok).count();

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! `/message/{queue_id}/accept-size`: an admin accepts the new size of a list that the
+//! `/message/{address}/accept-size`: an admin accepts the new size of a list that the
 //! drift rule held this message for, as `fanout-milter directory accept` does at a
 //! shell; the running daemon judges the next message against it at once. Accepting
 //! releases nothing: the message page then offers release as usual.
@@ -7,7 +7,7 @@
 use super::Fields;
 use crate::desk::users::Role;
 use crate::desk::{Desk, ListSizeError, Peer};
-use crate::quarantine::{AuditEntry, QueueId, StoreError};
+use crate::quarantine::{AuditEntry, StoreError};
 use crate::text;
 use axum::Extension;
 use axum::body::Bytes;
@@ -26,13 +26,13 @@ pub(super) fn accepted_prefix(list: &str) -> String {
     format!("{list}: ")
 }
 
-/// `POST /message/{queue_id}/accept-size` with `list` (the list's position on the
+/// `POST /message/{address}/accept-size` with `list` (the list's position on the
 /// message page) and `comment`: admins only; then back to the message page.
 pub async fn accept(
     AxState(desk): AxState<Arc<Desk>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    UrlPath(queue_id): UrlPath<String>,
+    UrlPath(address): UrlPath<String>,
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
@@ -56,8 +56,8 @@ pub async fn accept(
             "This desk cannot accept list sizes.",
         );
     };
-    let Ok(id) = QueueId::parse(&queue_id) else {
-        return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
+    let Some(at) = desk.address(&address) else {
+        return desk.no_such_message(&who);
     };
     let Some(comment) = fields.get("comment").map(str::to_owned) else {
         return desk.refuse(
@@ -66,7 +66,7 @@ pub async fn accept(
             "A comment is required.",
         );
     };
-    let record = match desk.store(move |i| i.record(&id)).await {
+    let record = match desk.store(move |i| i.record(&at)).await {
         Ok(Ok(r)) => r,
         Ok(Err(StoreError::NotFound(_))) => {
             return desk.refuse(
@@ -158,7 +158,7 @@ pub async fn accept(
     Redirect::to(&format!(
         "{}/message/{}",
         desk.base(),
-        record.message.queue_id
+        record.address().path_segment()
     ))
     .into_response()
 }

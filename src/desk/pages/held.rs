@@ -21,6 +21,8 @@ const PER_PAGE: u64 = 50;
 /// One row of the held list.
 struct ListRow {
     queue_id: String,
+    /// Its address as a URL path segment (the queue id; `RELAY:QUEUEID` in a fleet).
+    address: String,
     /// The relay that holds it (a fleet-wide store).
     relay: Option<Shown>,
     state: &'static str,
@@ -46,6 +48,8 @@ struct ListRow {
 /// A held message whose sender asked for release, with their words: shown first.
 struct PleaRow {
     queue_id: String,
+    /// Its address as a URL path segment.
+    address: String,
     sender: Shown,
     subject: Shown,
     audience: String,
@@ -198,6 +202,7 @@ fn plea_row(r: &Record, p: &Plea) -> PleaRow {
     let m = &r.message;
     PleaRow {
         queue_id: m.queue_id.as_str().to_owned(),
+        address: r.address().path_segment(),
         sender: Shown::capped(if m.sender.is_empty() { "<>" } else { &m.sender }, 120),
         subject: Shown::capped(m.subject.as_deref().unwrap_or(""), text::MAX_SUBJECT_CHARS),
         audience: group(m.audience),
@@ -212,6 +217,7 @@ fn list_row(desk: &Desk, row: &Row, now: u64) -> ListRow {
     let (review_left, expiry_left) = desk.deadlines(r, now);
     ListRow {
         queue_id: m.queue_id.as_str().to_owned(),
+        address: r.address().path_segment(),
         relay: r.relay.as_deref().map(Shown::new),
         state: r.state.as_str(),
         foreign: r.foreign,
@@ -268,8 +274,8 @@ pub async fn list(
         .store(move |i| {
             let page = i.page(&q)?;
             let mut pleas = Vec::new();
-            for id in i.pleading(MAX_PLEAS)? {
-                let record = i.record(&id)?;
+            for at in i.pleading(MAX_PLEAS)? {
+                let record = i.record(&at)?;
                 if let Some(plea) = i.plea(record.id)? {
                     pleas.push(plea_row(&record, &plea));
                 }

@@ -16,7 +16,8 @@ use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
 use crate::link::{self, Link, LinkAction, LinkError};
 use crate::quarantine::{
-    NewRequest, QueueId, Record, RequestAction, State, StoreError, SubmitError, Via, needs_admin,
+    Address, NewRequest, QueueId, Record, RequestAction, State, StoreError, SubmitError, Via,
+    needs_admin,
 };
 use crate::text;
 use askama::Template;
@@ -39,6 +40,10 @@ struct LinkPage {
     admin: Shown,
     expires: String,
     queue_id: String,
+    /// The record's address as a URL path segment (its page on the desk).
+    address: String,
+    /// The relay that holds it (a fleet-wide store).
+    relay: Option<Shown>,
     state: &'static str,
     admin_only: bool,
     blast: String,
@@ -65,6 +70,8 @@ impl LinkPage {
             admin: Shown::new(&link.to),
             expires: text::utc_seconds(link.expires),
             queue_id: m.queue_id.as_str().to_owned(),
+            address: r.address().path_segment(),
+            relay: r.relay.as_deref().map(Shown::new),
             state: r.state.as_str(),
             admin_only: needs_admin(r),
             blast: blast_radius(r),
@@ -98,10 +105,11 @@ impl Desk {
         self.refuse(None, status, why)
     }
 
-    /// The link `token` stands for and its queue id, or the status and words of the
-    /// page refusing it: links turned off (403), not a link or a wrong signature (403),
-    /// expired (410).
-    fn link(&self, token: &str) -> Result<(Link, QueueId), (StatusCode, String)> {
+    /// The link `token` stands for and the address of its record (the relay it was
+    /// signed for; none: this relay), or the status and words of the page refusing
+    /// it: links turned off (403), not a link or a wrong signature (403), expired
+    /// (410).
+    fn link(&self, token: &str) -> Result<(Link, Address), (StatusCode, String)> {
         if !self.review.digest_actions {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -130,7 +138,10 @@ impl Desk {
             }
         };
         match QueueId::parse(&link.queue_id) {
-            Ok(id) => Ok((link, id)),
+            Ok(id) => {
+                let at = Address::on(link.relay.as_deref(), id);
+                Ok((link, at))
+            }
             Err(_) => Err((
                 StatusCode::FORBIDDEN,
                 "This link names no queue id: nothing was done.".into(),
@@ -138,11 +149,12 @@ impl Desk {
         }
     }
 
-    /// The record a link is about, or the page saying why not.
-    async fn link_record(self: &Arc<Self>, id: QueueId) -> Result<(Record, bool), Response> {
+    /// The record a link is about (of the relay it names, else of this relay), or
+    /// the page saying why not.
+    async fn link_record(self: &Arc<Self>, at: Address) -> Result<(Record, bool), Response> {
         let found = self
             .store(move |i| {
-                let record = i.record(&id)?;
+                let record = i.record(&at)?;
                 let open = i.requests(record.id)?.iter().any(|q| q.state.is_open());
                 Ok::<_, StoreError>((record, open))
             })
@@ -188,7 +200,7 @@ pub async fn confirm(
     headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
 ) -> Response {
-    let (link, id) = match desk.link(&token) {
+    let (link, at) = match desk.link(&token) {
         Ok(x) => x,
         Err((status, why)) => return desk.refuse_link(&headers, peer, status, &why),
     };
@@ -196,7 +208,7 @@ pub async fn confirm(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let (record, open) = match desk.link_record(id).await {
+    let (record, open) = match desk.link_record(at).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -234,7 +246,7 @@ pub async fn act(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let (link, id) = match desk.link(&token) {
+    let (link, at) = match desk.link(&token) {
         Ok(x) => x,
         Err((status, why)) => return desk.refuse_link(&headers, peer, status, &why),
     };
@@ -245,7 +257,7 @@ pub async fn act(
             "A comment is required.",
         );
     };
-    let (record, _) = match desk.link_record(id.clone()).await {
+    let (record, _) = match desk.link_record(at.clone()).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -265,7 +277,7 @@ pub async fn act(
         }
     };
     let request = NewRequest {
-        queue_id: id,
+        queue_id: at.queue_id.clone(),
         action,
         who: who.user.clone(),
         via: Via::Digest,
@@ -280,8 +292,8 @@ pub async fn act(
     let expires = link.expires;
     let done = desk
         .store(move |i| {
-            let filed = i.submit_link(&request, &nonce, expires)?;
-            let record = i.record(&request.queue_id)?;
+            let filed = i.submit_link(at.relay.as_deref(), &request, &nonce, expires)?;
+            let record = i.record(&at)?;
             Ok::<_, SubmitError>((filed, record))
         })
         .await;
@@ -290,6 +302,7 @@ pub async fn act(
         Ok(Ok((filed, record))) => {
             info!(
                 queue_id = %filed.queue_id,
+                relay = %text::neutralize(record.relay.as_deref().unwrap_or("-")),
                 user = %text::neutralize(&filed.who),
                 action = filed.action.name(),
                 request = filed.id,

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! `/message/{queue_id}`: every fact of one record, and the actions on it.
+//! `/message/{address}`: every fact of one record, and the actions on it. The address
+//! is the queue id (this relay's record), or on the desk of a fleet `RELAY:QUEUEID`
+//! (that relay's record: queue ids repeat across relays); every link and form of the
+//! fleet's desk names the relay.
 
 use super::{Fields, Head, Shown, Who, group, render, shown_rules};
 use crate::desk::users::Role;
 use crate::desk::{Desk, Peer};
 use crate::quarantine::{
-    NewRequest, QueueId, Record, Request as ActionRequest, RequestAction, State, SubmitError, Via,
+    Address, NewRequest, Record, Request as ActionRequest, RequestAction, State, SubmitError, Via,
     needs_admin,
 };
 use crate::text;
@@ -58,6 +61,8 @@ struct MessagePage {
     head: Option<Head>,
     base: String,
     queue_id: String,
+    /// The record's address as a URL path segment (the forms post to it).
+    address: String,
     state: &'static str,
     foreign: bool,
     admin_only: bool,
@@ -211,23 +216,23 @@ fn accepted_by(r: &Record, list: &str) -> Option<Shown> {
         })
 }
 
-/// `GET /message/{queue_id}`: every fact of one record.
+/// `GET /message/{address}`: every fact of one record.
 pub async fn message(
     AxState(desk): AxState<Arc<Desk>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    UrlPath(queue_id): UrlPath<String>,
+    UrlPath(address): UrlPath<String>,
 ) -> Response {
     let who = match desk.reader(&headers, peer).await {
         Ok(w) => w,
         Err(r) => return r,
     };
-    let Ok(id) = QueueId::parse(&queue_id) else {
-        return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
+    let Some(at) = desk.address(&address) else {
+        return desk.no_such_message(&who);
     };
     let found = desk
         .store(move |i| {
-            let record = i.record(&id)?;
+            let record = i.record(&at)?;
             let requests = i.requests(record.id)?;
             let plea = i.plea(record.id)?;
             Ok::<_, crate::quarantine::StoreError>((record, requests, plea))
@@ -252,6 +257,7 @@ pub async fn message(
     let why = why_not(&who, &r);
     render(&MessagePage {
         queue_id: m.queue_id.as_str().to_owned(),
+        address: r.address().path_segment(),
         state: r.state.as_str(),
         foreign: r.foreign,
         admin_only: needs_admin(&r),
@@ -347,12 +353,12 @@ pub(super) fn action_of(f: &Fields, now: u64) -> Result<RequestAction, String> {
     }
 }
 
-/// `POST /message/{queue_id}`: files one request.
+/// `POST /message/{address}`: files one request.
 pub async fn act(
     AxState(desk): AxState<Arc<Desk>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
-    UrlPath(queue_id): UrlPath<String>,
+    UrlPath(address): UrlPath<String>,
     body: Bytes,
 ) -> Response {
     let fields = Fields::parse(&body);
@@ -369,8 +375,8 @@ pub async fn act(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let Ok(id) = QueueId::parse(&queue_id) else {
-        return desk.refuse(Some(&who), StatusCode::NOT_FOUND, "No such queue id.");
+    let Some(at) = desk.address(&address) else {
+        return desk.no_such_message(&who);
     };
     let now = desk.now();
     let action = match action_of(&fields, now) {
@@ -385,9 +391,11 @@ pub async fn act(
         );
     };
     let client = desk.client(&headers, peer);
-    let outcome = submit(&desk, &who, id.clone(), action, comment, client, now).await;
+    let outcome = submit(&desk, &who, at.clone(), action, comment, client, now).await;
     match outcome {
-        Outcome::Filed => Redirect::to(&format!("{}/message/{}", desk.base(), id)).into_response(),
+        Outcome::Filed => {
+            Redirect::to(&format!("{}/message/{}", desk.base(), at.path_segment())).into_response()
+        }
         Outcome::Refused(status, message) => desk.refuse(Some(&who), status, &message),
     }
 }
@@ -398,19 +406,19 @@ pub(super) enum Outcome {
     Refused(StatusCode, String),
 }
 
-/// Files a request for `id` when `who` may act on it; a Conflict is a 409 and changes
-/// nothing.
+/// Files a request for the record at `at` when `who` may act on it; a Conflict is a
+/// 409 and changes nothing.
 pub(super) async fn submit(
     desk: &Arc<Desk>,
     who: &Who,
-    id: QueueId,
+    at: Address,
     action: RequestAction,
     comment: String,
     client: String,
     now: u64,
 ) -> Outcome {
     let request = NewRequest {
-        queue_id: id,
+        queue_id: at.queue_id.clone(),
         action,
         who: who.user.clone(),
         via: Via::Desk,
@@ -421,17 +429,19 @@ pub(super) async fn submit(
     let role = who.role;
     let done = desk
         .store(move |i| {
-            let record = i.record(&request.queue_id).map_err(SubmitError::from)?;
+            let record = i.record(&at).map_err(SubmitError::from)?;
             if needs_admin(&record) && role < Role::Admin {
                 return Ok(None);
             }
-            i.submit(&request).map(Some)
+            i.submit(at.relay.as_deref(), &request)
+                .map(|r| Some((r, record.relay)))
         })
         .await;
     match done {
-        Ok(Ok(Some(r))) => {
+        Ok(Ok(Some((r, relay)))) => {
             info!(
                 queue_id = %r.queue_id,
+                relay = %text::neutralize(relay.as_deref().unwrap_or("-")),
                 user = %text::neutralize(&r.who),
                 action = r.action.name(),
                 request = r.id,

@@ -18,7 +18,7 @@ pub(super) mod sender;
 use super::auth;
 use super::users::{Role, User};
 use super::{Desk, Peer};
-use crate::quarantine::{Record, State};
+use crate::quarantine::{Address, Record, State};
 use crate::state::Brake;
 use crate::text;
 use askama::Template;
@@ -102,6 +102,8 @@ struct Who {
     /// The emergency brake as the request found it: `None` when the desk has no
     /// brake, `Some(None)` when it is off.
     brake: Option<Option<Brake>>,
+    /// The relay this desk is on, with a fleet-wide store.
+    relay: Option<String>,
 }
 
 /// The user a trusted proxy names in `header`: only when the header is there exactly
@@ -120,6 +122,9 @@ fn sso_user<'h>(headers: &'h HeaderMap, header: &str) -> Option<&'h str> {
 pub struct Head {
     user: Shown,
     role: &'static str,
+    /// The relay this desk is on, with a fleet-wide store (every desk of the fleet
+    /// shows the whole fleet: the header says which relay's desk this is).
+    relay: Option<Shown>,
     token: String,
     /// The brake, when it is on.
     brake: Option<BrakeBanner>,
@@ -142,6 +147,7 @@ impl Who {
         Some(Head {
             user: Shown::new(&self.user),
             role: self.role.as_str(),
+            relay: self.relay.as_deref().map(Shown::new),
             token: self.token.clone(),
             brake: on.map(|b| BrakeBanner {
                 min_audience: group(b.min_audience),
@@ -211,6 +217,24 @@ impl Desk {
         refusal_for(who.and_then(Who::head), self.base(), status, message)
     }
 
+    /// The held message a desk URL names: `QUEUEID` (this relay's record), or on a
+    /// fleet's desk `RELAY:QUEUEID` (that relay's); `None` for anything else.
+    fn address(&self, raw: &str) -> Option<Address> {
+        Address::parse(raw)
+            .ok()
+            .filter(|a| a.relay.is_none() || self.index.fleet())
+    }
+
+    /// The 404 page for a desk URL that names no message ([`Desk::address`]).
+    fn no_such_message(&self, who: &Who) -> Response {
+        self.refuse(
+            Some(who),
+            StatusCode::NOT_FOUND,
+            "No such message: a desk address is a queue id, or RELAY:QUEUEID on the desk \
+             of a fleet.",
+        )
+    }
+
     /// Whether `ip` is a configured proxy.
     fn trusted(&self, ip: Option<std::net::IpAddr>) -> bool {
         ip.is_some_and(|ip| self.review.trusted_proxies.contains(&ip))
@@ -276,6 +300,7 @@ impl Desk {
                 role: u.role,
                 session: None,
                 brake: self.brake(),
+                relay: self.index.relay().map(str::to_owned),
             }));
         }
         let Some(id) = cookie(headers, self.cookie_name()) else {
@@ -291,6 +316,7 @@ impl Desk {
                 role: u.role,
                 session: Some(id),
                 brake: self.brake(),
+                relay: self.index.relay().map(str::to_owned),
             })),
             None => {
                 self.sessions.end(&id);

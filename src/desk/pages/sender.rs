@@ -18,8 +18,8 @@ use crate::desk::{Desk, Peer, auth};
 use crate::link::{self, Link, LinkAction, LinkError};
 use crate::policy::ConfirmedList;
 use crate::quarantine::{
-    NewRequest, Plea, QueueId, Record, Request, RequestAction, State, StoreError, SubmitError, Via,
-    needs_admin,
+    Address, NewRequest, Plea, QueueId, Record, Request, RequestAction, State, StoreError,
+    SubmitError, Via, needs_admin,
 };
 use crate::text;
 use askama::Template;
@@ -208,9 +208,11 @@ impl Desk {
                 "This link names no message: nothing was done.",
             ));
         };
+        // The record of the relay the link was signed for (none: this relay's).
+        let at = Address::on(link.relay.as_deref(), id);
         let found = self
             .store(move |i| {
-                let record = i.record(&id)?;
+                let record = i.record(&at)?;
                 let requests = i.requests(record.id)?;
                 let plea = i.plea(record.id)?;
                 Ok::<_, StoreError>(Found {
@@ -459,6 +461,8 @@ pub async fn act(
     let who = text::neutralize(&m.sender).into_owned();
     let now = desk.now();
     let id = m.queue_id.clone();
+    // The relay of the record the link was checked against.
+    let relay = r.relay.clone();
     let nonce = link.nonce.clone();
     let expires = link.expires;
     let n = people(m.audience);
@@ -480,7 +484,10 @@ pub async fn act(
                 "withdrawn by the sender".to_owned(),
             );
             let done = desk
-                .store(move |i| i.submit_link(&request, &nonce, expires).map(|_| ()))
+                .store(move |i| {
+                    i.submit_link(relay.as_deref(), &request, &nonce, expires)
+                        .map(|_| ())
+                })
                 .await;
             (
                 done,
@@ -520,7 +527,10 @@ pub async fn act(
                 format!("the sender confirmed: send to all {}", group(m.audience)),
             );
             let done = desk
-                .store(move |i| i.submit_link(&request, &nonce, expires).map(|_| ()))
+                .store(move |i| {
+                    i.submit_link(relay.as_deref(), &request, &nonce, expires)
+                        .map(|_| ())
+                })
                 .await;
             (
                 done,
@@ -574,6 +584,7 @@ pub async fn act(
     }
     info!(
         queue_id = %m.queue_id,
+        relay = %text::neutralize(r.relay.as_deref().unwrap_or("-")),
         sender = %who,
         action = link.action.as_str(),
         client = %desk.client(&headers, peer),
