@@ -78,21 +78,16 @@ users_file = "{users}"
         std::fs::write(&config, with_listen(&listen, &body)).expect("config");
         let typed = root.join("desk-password");
         std::fs::write(&typed, format!("{DESK_PASSWORD}\n")).expect("desk password");
-        let out = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
-            .arg("-c")
-            .arg(&config)
-            .args([
-                "review",
-                "passwd",
-                "rita",
-                "--role",
-                "reviewer",
-                "--password-file",
-            ])
-            .arg(&typed)
-            .output()
-            .expect("review passwd");
-        assert!(out.status.success(), "{out:?}");
+        for (user, role) in [("rita", "reviewer"), ("ada", "admin")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_fanout-milter"))
+                .arg("-c")
+                .arg(&config)
+                .args(["review", "passwd", user, "--role", role, "--password-file"])
+                .arg(&typed)
+                .output()
+                .expect("review passwd");
+            assert!(out.status.success(), "{out:?}");
+        }
         let milter = Milter::start_file(&root, &listen, config.clone());
         wait_for("the desk to listen", || listening(desk).then_some(()));
         let worker = Worker::start(&root, &config, &[]);
@@ -261,6 +256,24 @@ fn same_queue_id_on_both_relays(
             "{confirm}"
         );
     }
+    // Each relay keeps its own accepted list sizes: an admin accepts a size on the
+    // desk of the relay that holds the message (no form for another's; a post refused).
+    let ada = login(b.desk, "ada", DESK_PASSWORD);
+    const ACCEPT_NOTE: &str = "Accepting a list's new size";
+    let own = get(b.desk, &format!("/message/relay-b:{id}"), &ada);
+    assert!(own.contains(ACCEPT_NOTE), "{own}");
+    let other = get(b.desk, &format!("/message/relay-a:{id}"), &ada);
+    assert!(!other.contains(ACCEPT_NOTE), "{other}");
+    let refused = post(
+        b.desk,
+        &format!("/message/relay-a:{id}/accept-size"),
+        Some(&ada),
+        &form(&[("token", &token(&other)), ("list", "0"), ("comment", "ok")]),
+    );
+    assert!(
+        refused.starts_with("HTTP/1.1 409") && refused.contains("held on relay relay-a"),
+        "{refused}"
+    );
     for bad in ["relay%20a", "relay%2Fa", "", "%E2%80%AErelay-a", "relay-c"] {
         let refused = get(b.desk, &format!("/message/{bad}:{id}"), &rita);
         assert!(refused.starts_with("HTTP/1.1 404"), "{bad}: {refused}");

@@ -62,7 +62,8 @@ pub struct TakeStep {
 pub struct Plan {
     /// Its thread, when it is counted for storms.
     pub thread: Option<ThreadStep>,
-    /// The budgets it is charged, in order.
+    /// The budgets it is charged, in order; each key at most once (Redis reads them
+    /// all before it charges any).
     pub takes: Vec<TakeStep>,
 }
 

@@ -94,7 +94,8 @@ if m > max then
   m = max
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', from)
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
+local seen = redis.call('ZSCORE', KEYS[2], ARGV[3])
+if (not seen) or tonumber(seen) < tonumber(ARGV[1]) then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) end
 local s = redis.call('ZCARD', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])

@@ -139,7 +139,11 @@ pub async fn bulk(
                     "This desk has no relays: name each message by its queue id.",
                 );
             }
-            Ok(at) => {
+            Ok(mut at) => {
+                // A queue id alone is this relay's record: one key for both spellings.
+                if at.relay.is_none() {
+                    at.relay = desk.index.relay().map(str::to_owned);
+                }
                 unique.insert(at.to_string(), at);
             }
             Err(e) => {

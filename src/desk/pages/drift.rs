@@ -78,6 +78,17 @@ pub async fn accept(
         Ok(Err(e)) => return desk.store_failed(Some(&who), e),
         Err(r) => return r,
     };
+    if record.relay.as_deref() != desk.index.relay() {
+        return desk.refuse(
+            Some(&who),
+            StatusCode::CONFLICT,
+            &format!(
+                "This message is held on relay {}: accept the list's new size on that \
+                 relay's desk (each relay keeps its own accepted sizes).",
+                crate::text::neutralize(record.relay.as_deref().unwrap_or("?"))
+            ),
+        );
+    }
     let list = fields
         .get("list")
         .and_then(|n| n.parse::<usize>().ok())

@@ -318,7 +318,11 @@ pub async fn message(
             .collect(),
         requests: requests.iter().map(request_view).collect(),
         can_act: why.is_none() && !open_request,
-        can_accept: who.role >= Role::Admin && desk.list_sizes.is_some(),
+        // A relay's accepted list sizes are its own: another relay's hold is accepted
+        // on that relay's desk.
+        can_accept: who.role >= Role::Admin
+            && desk.list_sizes.is_some()
+            && r.relay.as_deref() == desk.index.relay(),
         open_request,
         why_not: why,
         extend_hours: EXTEND_HOURS,
