@@ -262,6 +262,11 @@ mod tests {
         format!("{}.{tag}", URL_SAFE_NO_PAD.encode(json))
     }
 
+    /// `token`'s MAC on `changed`'s payload, verified as an admin's link.
+    fn forged(token: &str, changed: &Link) -> Result<Link, LinkError> {
+        verify(&KEY, Audience::Admin, &with_payload_of(token, changed), NOW)
+    }
+
     #[test]
     fn a_link_round_trips_url_safe_with_a_fresh_nonce() {
         let l = link(LinkAction::Release);
@@ -301,12 +306,7 @@ mod tests {
             change(&mut changed);
             assert_ne!(changed, l);
             assert_eq!(
-                verify(
-                    &KEY,
-                    Audience::Admin,
-                    &with_payload_of(&token, &changed),
-                    NOW
-                ),
+                forged(&token, &changed),
                 Err(LinkError::BadSignature),
                 "{changed:?}"
             );
@@ -386,12 +386,7 @@ mod tests {
             let mut changed = l.clone();
             changed.relay = relay.map(str::to_owned);
             assert_eq!(
-                verify(
-                    &KEY,
-                    Audience::Admin,
-                    &with_payload_of(&token, &changed),
-                    NOW
-                ),
+                forged(&token, &changed),
                 Err(LinkError::BadSignature),
                 "{relay:?}"
             );

@@ -77,30 +77,46 @@ return 1
     )
 });
 
+/// The thread count, as a Lua function that both [`THREAD_NOTE`] and [`message`]'s
+/// script define: `count(events, senders, now, from, sender, member, max, ttl)`
+/// prunes both sets to the window (`from`, µs), adds the message (`member`, unique)
+/// and keeps the newest `max`, moves the sender's last seen forward (never back,
+/// whichever relay's clock is ahead), renews both keys' expiry (`ttl`, ms), and
+/// returns the messages and distinct senders within the window.
+pub(super) const THREAD_COUNT: &str = r"
+local function count(events, senders, now, from, sender, member, max, ttl)
+  from = '(' .. from
+  redis.call('ZREMRANGEBYSCORE', events, '-inf', from)
+  redis.call('ZADD', events, now, member)
+  local m = redis.call('ZCARD', events)
+  max = tonumber(max)
+  if m > max then
+    redis.call('ZREMRANGEBYRANK', events, 0, m - max - 1)
+    m = max
+  end
+  redis.call('ZREMRANGEBYSCORE', senders, '-inf', from)
+  local seen = redis.call('ZSCORE', senders, sender)
+  if (not seen) or tonumber(seen) < tonumber(now) then redis.call('ZADD', senders, now, sender) end
+  local s = redis.call('ZCARD', senders)
+  redis.call('PEXPIRE', events, ttl)
+  redis.call('PEXPIRE', senders, ttl)
+  return m, s
+end
+";
+
 /// Notes a message in a thread. KEYS: messages, senders. ARGV: now (µs), the window's
 /// start (µs), sender, the message's member (unique), most messages kept, expiry (ms).
-/// Returns {messages, distinct senders} within the window. The same steps as the thread
-/// count in [`message`]'s script.
+/// Returns {messages, distinct senders} within the window.
 static THREAD_NOTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
-local from = '(' .. ARGV[2]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', from)
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-local m = redis.call('ZCARD', KEYS[1])
-local max = tonumber(ARGV[5])
-if m > max then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, m - max - 1)
-  m = max
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', from)
-local seen = redis.call('ZSCORE', KEYS[2], ARGV[3])
-if (not seen) or tonumber(seen) < tonumber(ARGV[1]) then redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3]) end
-local s = redis.call('ZCARD', KEYS[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
+        &[
+            THREAD_COUNT,
+            r"
+local m, s = count(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return {m, s}
 ",
+        ]
+        .concat(),
     )
 });
 

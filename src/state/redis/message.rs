@@ -9,7 +9,7 @@
 //! share a hash slot, so Cluster itself is not supported). redis-rs sends the script by
 //! its digest (EVALSHA) and sends it whole (EVAL) when the server answers NOSCRIPT.
 
-use super::{RedisBackend, err, ms, storm_from, us};
+use super::{RedisBackend, THREAD_COUNT, err, ms, storm_from, us};
 use crate::clock::epoch_secs;
 use crate::state::algo;
 use crate::state::memory::THREAD_EVENTS_MAX;
@@ -41,7 +41,9 @@ use std::time::SystemTime;
 /// read but needs Redis 6.2).
 static MESSAGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"
+        &[
+            THREAD_COUNT,
+            r#"
 local now = tonumber(ARGV[1])
 local charges = tonumber(ARGV[2])
 local out = {0, '', 0, 0, 0}
@@ -62,21 +64,7 @@ if ARGV[3] == '1' then
     end
   end
   if not stopped then
-    local from = '(' .. ARGV[6]
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', from)
-    redis.call('ZADD', KEYS[3], ARGV[1], ARGV[8])
-    local m = redis.call('ZCARD', KEYS[3])
-    local max = tonumber(ARGV[9])
-    if m > max then
-      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, m - max - 1)
-      m = max
-    end
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', from)
-    local seen = redis.call('ZSCORE', KEYS[4], ARGV[7])
-    if (not seen) or tonumber(seen) < now then redis.call('ZADD', KEYS[4], ARGV[1], ARGV[7]) end
-    local s = redis.call('ZCARD', KEYS[4])
-    redis.call('PEXPIRE', KEYS[3], ARGV[10])
-    redis.call('PEXPIRE', KEYS[4], ARGV[10])
+    local m, s = count(KEYS[3], KEYS[4], ARGV[1], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
     local started = 0
     if m >= tonumber(ARGV[11]) and s >= tonumber(ARGV[12]) and not active then
       redis.call('DEL', KEYS[1])
@@ -106,6 +94,8 @@ if charges > 0 then
 end
 return out
 "#,
+        ]
+        .concat(),
     )
 });
 
