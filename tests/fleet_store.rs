@@ -73,6 +73,7 @@ fn settings(url: &str, relay: &str) -> PgSettings {
         password: Some(PG_PASSWORD.to_owned()),
         relay: relay.to_owned(),
         connect_timeout: Duration::from_secs(2),
+        tls: None,
     }
 }
 

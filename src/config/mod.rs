@@ -520,6 +520,7 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
             | keep(&o.password_file, &mut n.password_file)
             | keep(&o.password_env, &mut n.password_env)
             | keep(&o.relay, &mut n.relay)
+            | keep(&o.ca_file, &mut n.ca_file)
             | keep(&old.quarantine_store, &mut new.quarantine_store)
     }),
     ("state.admin_socket", |old, new| {

@@ -282,6 +282,14 @@ pub enum StoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The fleet's PostgreSQL database's TLS settings could not be used.
+    #[error("quarantine store {url}: TLS: {message}")]
+    Tls {
+        /// The database's URL, without secrets.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The fleet's PostgreSQL server did not answer a call in time: the connection was
     /// dropped (a transaction not committed is rolled back), and the next call connects
     /// again.
