@@ -16,7 +16,7 @@ pub(crate) mod secret;
 pub(crate) mod span;
 mod validate;
 
-pub use fleet_store::PgSettings;
+pub use fleet_store::{PgSettings, PgTls};
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;

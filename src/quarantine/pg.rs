@@ -252,9 +252,20 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
             code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
         }
         None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            e.is_closed()
+                || std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| !tls_refusal(io))
         }
     }
+}
+
+/// True for a TLS handshake that failed on its merits (a certificate that does not
+/// chain to the CA file or does not name the host, no common protocol): the server
+/// answered, and the answer is refused, as a wrong password is. The TLS client
+/// reports these as an I/O error around rustls's own.
+fn tls_refusal(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 fn is_unique_violation(e: &PgError) -> bool {
@@ -268,7 +279,8 @@ impl PgStore {
     /// A server that cannot be reached is no error here (the relay starts, and only
     /// holds tempfail until it is back: each call connects again, and the database is
     /// checked at the first connection); one that answers and refuses (a wrong
-    /// password, a database not in UTF-8, a schema too new) is.
+    /// password, a database not in UTF-8, a schema too new, a certificate that TLS
+    /// does not verify, no TLS where `ca_file` asks for it) is.
     pub fn open(settings: &PgSettings, state_dir: &Path) -> Result<PgStore, StoreError> {
         // The relay's own files (the desk's key, the brake, the admin socket) stay there.
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {

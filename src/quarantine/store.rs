@@ -330,11 +330,23 @@ pub enum StoreError {
     },
 }
 
-/// A PostgreSQL error with the server's message, when it sent one.
+/// A PostgreSQL error with the server's message, when it sent one, else with its
+/// causes (the client names only the kind: "error performing TLS handshake").
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        None => {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !message.ends_with(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = c.source();
+            }
+            message
+        }
     }
 }
 
