@@ -689,6 +689,7 @@ fn the_fleet_desk_in_headless_chromium() {
             password: Some(PG_PASSWORD.into()),
             relay: relay.into(),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         };
         let store = Store::open_postgres(&settings, &dir).expect("the fleet's store");
         let record = held(
@@ -762,6 +763,7 @@ fn the_fleet_desk_in_headless_chromium() {
         password: Some(PG_PASSWORD.into()),
         relay: "observer".into(),
         connect_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let store = Store::open_postgres(&observer, root.path()).expect("the fleet's store");
     let requests = |relay: &str, id: &str| {

@@ -187,6 +187,7 @@ fn same_queue_id_on_both_relays(
             password: Some(PG_PASSWORD.into()),
             relay: "relay-b".into(),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         },
         root,
     )
@@ -337,6 +338,7 @@ fn a_message_held_on_one_relay_is_released_from_the_other_relays_desk() {
             password: Some(PG_PASSWORD.into()),
             relay: "observer".into(),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         },
         dir.path(),
     )

@@ -7,12 +7,16 @@
 
 mod common;
 
-use common::postgres::{PG_PASSWORD, Postgres};
-use fanout_milter::config::PgSettings;
+use common::postgres::{PG_PASSWORD, PG_TLS_DATABASE, Postgres};
+use common::wait_for;
+use fanout_milter::config::ldap::CaCertificates;
+use fanout_milter::config::{PgSettings, PgTls};
 use fanout_milter::quarantine::{
     Address, AuditEntry, Filter, HeldMessage, NewRequest, QuarantineIndex, Query, QueueId,
     RequestAction, RequestState, State, Store, StoreError, SubmitError, Via,
 };
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn held(queue_id: &str, at: u64, sender: &str, audience: u64, rule: &str) -> HeldMessage {
@@ -73,6 +77,7 @@ fn settings(url: &str, relay: &str) -> PgSettings {
         password: Some(PG_PASSWORD.to_owned()),
         relay: relay.to_owned(),
         connect_timeout: Duration::from_secs(2),
+        tls: None,
     }
 }
 
@@ -314,7 +319,12 @@ fn the_sqlite_store_passes_the_shared_checks() {
 /// the file costs one `initdb`.
 #[test]
 fn the_postgres_store_serves_a_fleet() {
-    let mut pg = Postgres::start();
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let mut pg = Postgres::start_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
     let state = tempfile::tempdir().unwrap();
 
     // The same checks as SQLite.
@@ -335,9 +345,191 @@ fn the_postgres_store_serves_a_fleet() {
     a_database_not_in_utf8_is_refused(&pg, state.path());
     case_folds_ascii_only_as_in_sqlite(&pg, state.path());
     a_wrong_password_is_refused_without_showing_it(&pg, state.path());
+    tls_is_verified_against_the_ca_file(&pg, certs.path(), state.path());
     a_server_that_stops_answering_is_given_up_by_the_deadline(&pg, state.path());
     a_relay_user_without_create_uses_the_owners_schema(&pg, state.path());
     an_unreachable_server_fails_each_call_and_the_store_reconnects(&mut pg, state.path());
+}
+
+/// Runs an `openssl` command in `dir`, failing the test with its message.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// In `dir`: a CA (`ca.pem`), the server's certificate for 127.0.0.1 only, signed by
+/// it (`server.pem`, `server.key`), and another CA (`other-ca.pem`) with a certificate
+/// for 127.0.0.1 too (`other.pem`, `other.key`).
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN={ca}"),
+        );
+        let mut args = vec!["req", "-x509", "-days", "2", "-keyout", &key, "-out", &pem];
+        args.extend(ec);
+        args.extend(["-subj", &subject]);
+        args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(dir, &args);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for (name, ca) in [("server", "ca"), ("other", "other-ca")] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut args = vec!["req", "-keyout", &key, "-out", &csr];
+        args.extend(ec);
+        args.extend(["-subj", "/CN=127.0.0.1"]);
+        openssl(dir, &args);
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        let mut args = vec!["x509", "-req", "-in", &csr, "-days", "2", "-out", &pem];
+        args.extend(["-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"]);
+        args.extend(["-extfile", "server.ext"]);
+        openssl(dir, &args);
+    }
+}
+
+/// TLS to a database that takes TLS connections only: with the CA file the store
+/// connects over TLS; a certificate from another CA, a host name the certificate does
+/// not name, and plain TCP are each refused with a clear error (no panic: a hold
+/// would tempfail).
+fn tls_is_verified_against_the_ca_file(pg: &Postgres, certs: &Path, state: &Path) {
+    let tls = |ca: &str| {
+        let ca_file = certs.join(ca);
+        Some(PgTls {
+            ca_certificates: CaCertificates::read(&ca_file).expect("a CA file"),
+            ca_file,
+        })
+    };
+    // The address is always 127.0.0.1; the host name is what the certificate must name.
+    let url = |host: &str, mode: &str| {
+        format!(
+            "postgresql://fanout@{host}:{}/{PG_TLS_DATABASE}?hostaddr=127.0.0.1&sslmode={mode}",
+            pg.port
+        )
+    };
+
+    let mut good = settings(&url("127.0.0.1", "require"), "relay-a");
+    good.tls = tls("ca.pem");
+    let store = Store::open_postgres(&good, state).expect("TLS verified with the CA file");
+    store
+        .record_held(
+            &held("DDDDDD4", 100, "alice@example.org", 80, "big"),
+            "milter",
+            None,
+        )
+        .expect("a hold over TLS");
+    assert_eq!(store.list(&Filter::default()).unwrap().len(), 1);
+    // The store's connection (it keeps one open) is a TLS one.
+    let ssl: bool = pg
+        .client("postgres")
+        .query_one(
+            "SELECT bool_and(s.ssl) AND count(*) = 1 FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+            &[&PG_TLS_DATABASE],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        ssl,
+        "the store's one connection to {PG_TLS_DATABASE} uses TLS"
+    );
+    drop(store);
+
+    let mut wrong_ca = good.clone();
+    wrong_ca.tls = tls("other-ca.pem");
+    let e = Store::open_postgres(&wrong_ca, state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TLS") && e.contains("invalid peer certificate") && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+
+    let mut wrong_name = settings(&url("localhost", "require"), "relay-a");
+    wrong_name.tls = tls("ca.pem");
+    let e = Store::open_postgres(&wrong_name, state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid peer certificate") && e.contains("localhost"),
+        "{e}"
+    );
+
+    let plain = settings(&url("127.0.0.1", "disable"), "relay-a");
+    let e = Store::open_postgres(&plain, state).unwrap_err().to_string();
+    assert!(
+        e.contains("pg_hba.conf rejects connection") && e.contains("no encryption"),
+        "{e}"
+    );
+
+    // The server's certificate changes to one the CA file does not sign while a relay
+    // runs: its next connection is refused, and holds fail (the milter tempfails them).
+    let store = Store::open_postgres(&good, state).expect("TLS verified with the CA file");
+    pg.install_certificate(&certs.join("other.pem"), &certs.join("other.key"));
+    wait_for("the server to present the other certificate", || {
+        Store::open_postgres(&wrong_ca, state).ok()
+    });
+    let mut admin = pg.client("postgres");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&PG_TLS_DATABASE],
+        )
+        .unwrap();
+    wait_for("the relay's connection to end", || {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&PG_TLS_DATABASE],
+            )
+            .unwrap()
+            .get(0);
+        (left == 0).then_some(())
+    });
+    let hold = || {
+        store
+            .record_held(
+                &held("EEEEEE5", 200, "bob@example.org", 80, "big"),
+                "milter",
+                None,
+            )
+            .map(|_| ())
+            .expect_err("no hold over TLS to a server the CA file does not vouch for")
+            .to_string()
+    };
+    // The first call may find the ended connection; the next connects again.
+    let first = hold();
+    let e = hold();
+    assert!(e.contains("invalid peer certificate"), "{first} / {e}");
+    assert!(
+        store.list(&Filter::default()).is_err(),
+        "nor a read on the desk"
+    );
 }
 
 fn two_relays_share_one_quarantine(pg: &Postgres) {

@@ -2,6 +2,8 @@
 //! `[quarantine] store = "postgres"`: the settings of a quarantine shared by a fleet
 //! of relays in one PostgreSQL database (see `quarantine::pg`).
 
+use super::ldap::CaCertificates;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a relay reaches the fleet's quarantine database.
@@ -15,6 +17,19 @@ pub struct PgSettings {
     pub relay: String,
     /// How long connecting may take before a hold tempfails.
     pub connect_timeout: Duration,
+    /// TLS (`sslmode=require` in `url`, or `ca_file` alone): the server's certificate
+    /// must chain to these CA certificates and name the URL's host. `None`: plain TCP
+    /// (`sslmode=disable`, or neither `sslmode` nor `ca_file`).
+    pub tls: Option<PgTls>,
+}
+
+/// `ca_file`: the CA certificates a TLS connection to the database trusts, and no other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTls {
+    /// The file they were read from (for messages).
+    pub ca_file: PathBuf,
+    /// Its certificates, read and checked when the configuration was validated.
+    pub ca_certificates: CaCertificates,
 }
 
 impl std::fmt::Debug for PgSettings {
@@ -24,6 +39,7 @@ impl std::fmt::Debug for PgSettings {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("relay", &self.relay)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }

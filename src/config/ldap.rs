@@ -74,7 +74,7 @@ pub struct CaCertificates(Vec<CertificateDer<'static>>);
 impl CaCertificates {
     /// Reads a PEM file of CA certificates; at least one is needed, and each must be
     /// one rustls accepts as a trust anchor.
-    pub(in crate::config) fn read(path: &Path) -> Result<CaCertificates, String> {
+    pub fn read(path: &Path) -> Result<CaCertificates, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?
             .collect::<Result<_, _>>()

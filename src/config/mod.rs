@@ -16,7 +16,7 @@ pub(crate) mod secret;
 pub(crate) mod span;
 mod validate;
 
-pub use fleet_store::PgSettings;
+pub use fleet_store::{PgSettings, PgTls};
 pub use listen::ListenAddr;
 pub use raw::{DirectoryKind, LogFormat, OnExpiry, RawConfig};
 pub use reply::Replies;
@@ -520,6 +520,7 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
             | keep(&o.password_file, &mut n.password_file)
             | keep(&o.password_env, &mut n.password_env)
             | keep(&o.relay, &mut n.relay)
+            | keep(&o.ca_file, &mut n.ca_file)
             | keep(&old.quarantine_store, &mut new.quarantine_store)
     }),
     ("state.admin_socket", |old, new| {

@@ -660,6 +660,10 @@ pub struct RawQuarantine {
     pub password_env: String,
     /// `store = "postgres"`: this relay's name on its records (required there: no default).
     pub relay: String,
+    /// `store = "postgres"`: a PEM file of the CA certificates the server's certificate
+    /// must chain to; TLS is used (and verified) when set or when `url` says
+    /// `sslmode=require`, which needs it.
+    pub ca_file: String,
 }
 
 impl Default for RawQuarantine {
@@ -677,6 +681,7 @@ impl Default for RawQuarantine {
             password_file: String::new(),
             password_env: String::new(),
             relay: String::new(),
+            ca_file: String::new(),
         }
     }
 }

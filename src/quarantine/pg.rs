@@ -22,7 +22,7 @@ use super::index::{
     CopyCheck, CopyMark, MAX_PAGE, NewRequest, Page, Plea, Query, Request, RequestAction,
     RequestState, Row, Sort, SubmitError, Via, release_to_recipients,
 };
-use super::pg_conn::{Conn, Db, PgError, Tx};
+use super::pg_conn::{Conn, Db, PgError, Tls, Tx};
 use super::record::{Address, AuditEntry, HeldMessage, QueueId, Record, State, capped};
 use super::senders::DueNotice;
 use super::store::{Filter, StoreError, search_columns};
@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tracing::{info, warn};
@@ -179,6 +180,8 @@ pub struct PgStore {
     relay: String,
     state_dir: PathBuf,
     config: tokio_postgres::Config,
+    /// Plain, or TLS verified against `ca_file`.
+    tls: Tls,
     client: Mutex<Slot>,
     /// The server was found unreachable and has not answered since: the outage is
     /// logged once when it begins and once when it ends.
@@ -249,9 +252,20 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
             code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
         }
         None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            e.is_closed()
+                || std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| !tls_refusal(io))
         }
     }
+}
+
+/// True for a TLS handshake that failed on its merits (a certificate that does not
+/// chain to the CA file or does not name the host, no common protocol): the server
+/// answered, and the answer is refused, as a wrong password is. The TLS client
+/// reports these as an I/O error around rustls's own.
+fn tls_refusal(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 fn is_unique_violation(e: &PgError) -> bool {
@@ -265,7 +279,8 @@ impl PgStore {
     /// A server that cannot be reached is no error here (the relay starts, and only
     /// holds tempfail until it is back: each call connects again, and the database is
     /// checked at the first connection); one that answers and refuses (a wrong
-    /// password, a database not in UTF-8, a schema too new) is.
+    /// password, a database not in UTF-8, a schema too new, a certificate that TLS
+    /// does not verify, no TLS where `ca_file` asks for it) is.
     pub fn open(settings: &PgSettings, state_dir: &Path) -> Result<PgStore, StoreError> {
         // The relay's own files (the desk's key, the brake, the admin socket) stay there.
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
@@ -293,11 +308,24 @@ impl PgStore {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3);
+        // TLS only when configured, then required and verified; never the client's
+        // default `prefer`, which goes on in plain text when TLS fails. A URL that says
+        // `require` with no CA file keeps it, and fails to connect (no TLS connector).
+        let tls = Tls::new(settings.tls.as_ref()).map_err(|message| StoreError::Tls {
+            url: label.display().to_string(),
+            message,
+        })?;
+        match tls {
+            Tls::Verified(_) => config.ssl_mode(SslMode::Require),
+            Tls::Off if config.get_ssl_mode() == SslMode::Require => &mut config,
+            Tls::Off => config.ssl_mode(SslMode::Disable),
+        };
         let store = PgStore {
             label,
             relay: settings.relay.clone(),
             state_dir: state_dir.to_owned(),
             config,
+            tls,
             client: Mutex::new(Slot::default()),
             down: AtomicBool::new(false),
         };
@@ -380,7 +408,7 @@ impl PgStore {
         let slot = &mut *guard;
         if slot.client.as_ref().is_none_or(Conn::is_closed) {
             slot.client = None;
-            let mut client = match Conn::connect(&self.config, deadline) {
+            let mut client = match Conn::connect(&self.config, &self.tls, deadline) {
                 Ok(client) => client,
                 Err(e) => {
                     let e = self.err(e);

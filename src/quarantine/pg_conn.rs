@@ -13,12 +13,63 @@
 //! closed socket; a statement the server is still running is ended by its own
 //! `statement_timeout`.
 
+use crate::config::fleet_store::PgTls;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio::time::error::Elapsed;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How connections are made: plain TCP, or TLS whose server certificate must chain to
+/// the configured CA certificates and name the URL's host (rustls with ring: never an
+/// unverified certificate).
+#[derive(Clone)]
+pub(super) enum Tls {
+    /// Plain TCP (`sslmode=disable`, or no TLS configured).
+    Off,
+    /// TLS, verified.
+    Verified(MakeRustlsConnect),
+}
+
+impl Tls {
+    /// The connector for `tls` (`None`: plain), trusting exactly its CA certificates.
+    pub(super) fn new(tls: Option<&PgTls>) -> Result<Tls, String> {
+        let Some(tls) = tls else {
+            return Ok(Tls::Off);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in tls.ca_certificates.certificates() {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("\"{}\": {e}", tls.ca_file.display()))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Tls::Verified(MakeRustlsConnect::new(config)))
+    }
+}
+
+/// Connects with `tls` and starts driving the connection on the current runtime.
+async fn open<T>(config: &Config, tls: T) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
+}
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -47,16 +98,22 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Connects with `config`, giving up at `deadline`.
-    pub(super) fn connect(config: &Config, deadline: Instant) -> Result<Conn, PgError> {
+    /// Connects with `config` and `tls`, giving up at `deadline`.
+    pub(super) fn connect(config: &Config, tls: &Tls, deadline: Instant) -> Result<Conn, PgError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|_| PgError::NoAnswer)?;
         let at = tokio::time::Instant::from_std(deadline);
-        let connected =
-            runtime.block_on(async { tokio::time::timeout_at(at, config.connect(NoTls)).await });
-        let (client, connection) = match connected {
+        let connected = runtime.block_on(async {
+            match tls {
+                Tls::Off => tokio::time::timeout_at(at, open(config, NoTls)).await,
+                Tls::Verified(make) => {
+                    tokio::time::timeout_at(at, open(config, make.clone())).await
+                }
+            }
+        });
+        let (client, task) = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 runtime.shutdown_background();
@@ -69,9 +126,6 @@ impl Conn {
                 return Err(PgError::NoAnswer);
             }
         };
-        let task = runtime.spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Conn {
             runtime: Some(runtime),
             client,

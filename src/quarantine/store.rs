@@ -282,6 +282,14 @@ pub enum StoreError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The fleet's PostgreSQL database's TLS settings could not be used.
+    #[error("quarantine store {url}: TLS: {message}")]
+    Tls {
+        /// The database's URL, without secrets.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The fleet's PostgreSQL server did not answer a call in time: the connection was
     /// dropped (a transaction not committed is rolled back), and the next call connects
     /// again.
@@ -322,11 +330,23 @@ pub enum StoreError {
     },
 }
 
-/// A PostgreSQL error with the server's message, when it sent one.
+/// A PostgreSQL error with the server's message, when it sent one, else with its
+/// causes (the client names only the kind: "error performing TLS handshake").
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+        None => {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !message.ends_with(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = c.source();
+            }
+            message
+        }
     }
 }
 

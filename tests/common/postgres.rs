@@ -19,6 +19,9 @@ pub const PG_USER: &str = "fanout";
 pub const PG_PASSWORD: &str = "correct-horse-battery-staple";
 /// The database the quarantine lives in.
 pub const PG_DATABASE: &str = "quarantine";
+/// On a server started with [`Postgres::start_tls`], the database that takes TLS
+/// connections only (`hostssl`; a plain one is rejected by `pg_hba.conf`).
+pub const PG_TLS_DATABASE: &str = "tls_only";
 
 /// The directory of Debian's PostgreSQL server binaries (the newest version
 /// installed); fails loudly when none is: scripts/test installs `postgresql`.
@@ -69,12 +72,25 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     account: Option<(u32, u32)>,
+    /// TLS on (`server.crt` and `server.key` in the data directory).
+    tls: bool,
     child: ChildGuard,
 }
 
 impl Postgres {
     /// Makes a cluster, starts the server and creates the quarantine database.
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// As [`Postgres::start`], with TLS on: `cert` and `key` are the server's
+    /// certificate and key (PEM); [`PG_TLS_DATABASE`] takes TLS connections only, the
+    /// other databases both kinds.
+    pub fn start_tls(cert: &Path, key: &Path) -> Postgres {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Postgres {
         let bin = pg_bin();
         let account = server_account();
         let dir = scratch_dir("postgres");
@@ -103,13 +119,17 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let _ = std::fs::remove_file(&pwfile);
+        if let Some((cert, key)) = tls {
+            Self::install_tls(&data, cert, key, account);
+        }
         let port = free_port();
-        let child = Self::spawn(&bin, &data, port, account);
+        let child = Self::spawn(&bin, &data, port, account, tls.is_some());
         let mut pg = Postgres {
             port,
             dir,
             bin,
             account,
+            tls: tls.is_some(),
             child,
         };
         pg.wait_ready();
@@ -117,10 +137,72 @@ impl Postgres {
         admin
             .batch_execute(&format!("CREATE DATABASE {PG_DATABASE}"))
             .expect("create the quarantine database");
+        if pg.tls {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {PG_TLS_DATABASE}"))
+                .expect("create the TLS-only database");
+        }
         pg
     }
 
-    fn spawn(bin: &Path, data: &Path, port: u16, account: Option<(u32, u32)>) -> ChildGuard {
+    /// Copies the server's certificate and key into `data` (the key readable by the
+    /// server's account only, as the server demands), and makes [`PG_TLS_DATABASE`]
+    /// TLS-only in `pg_hba.conf` (its first lines win).
+    fn install_tls(data: &Path, cert: &Path, key: &Path, account: Option<(u32, u32)>) {
+        Self::copy_certificate(data, cert, key, account);
+        let hba = data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl {PG_TLS_DATABASE} all 127.0.0.1/32 scram-sha-256\n\
+                 host {PG_TLS_DATABASE} all 127.0.0.1/32 reject\n{rest}"
+            ),
+        )
+        .expect("write pg_hba.conf");
+    }
+
+    fn copy_certificate(data: &Path, cert: &Path, key: &Path, account: Option<(u32, u32)>) {
+        for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = data.join(to);
+            std::fs::copy(from, &to).expect("copy the server's certificate or key");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some((uid, gid)) = account {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown to postgres");
+            }
+        }
+    }
+
+    /// On a server started with [`Postgres::start_tls`]: replaces its certificate and
+    /// key and asks it to reload them (new connections get them once it has: the
+    /// caller waits for that).
+    pub fn install_certificate(&self, cert: &Path, key: &Path) {
+        assert!(self.tls, "a server started with start_tls");
+        Self::copy_certificate(&self.dir.path().join("data"), cert, key, self.account);
+        self.client("postgres")
+            .batch_execute("SELECT pg_reload_conf()")
+            .expect("reload the configuration");
+    }
+
+    fn spawn(
+        bin: &Path,
+        data: &Path,
+        port: u16,
+        account: Option<(u32, u32)>,
+        tls: bool,
+    ) -> ChildGuard {
+        let ssl: &[&str] = if tls {
+            &[
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ]
+        } else {
+            &[]
+        };
         let log = std::fs::File::create(data.parent().expect("dir").join("server.log"))
             .expect("server log");
         if let Some((uid, gid)) = account {
@@ -137,6 +219,7 @@ impl Postgres {
             // A test cluster: no fsync (the tests never pull the plug on the host).
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=40", "-c", "shared_buffers=16MB"])
+            .args(ssl)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -272,6 +355,7 @@ impl Postgres {
             &self.dir.path().join("data"),
             self.port,
             self.account,
+            self.tls,
         );
         self.wait_ready();
     }

@@ -115,3 +115,95 @@ fn the_store_the_url_the_password_and_the_relay_are_checked() {
         "cannot read \"/nonexistent/pg.secret\"",
     );
 }
+
+#[test]
+fn tls_takes_a_ca_file_and_sslmode_require_or_disable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("pg-ca.pem");
+    std::fs::write(&ca, super::ldap::CA_PEM).unwrap();
+    let ca = ca.display().to_string();
+    let c = load_str(&format!(
+        "{PG}url = \"postgresql://fanout@db.corp.example/q?sslmode=require\"\n\
+         relay = \"relay-a\"\nca_file = \"{ca}\"\n"
+    ))
+    .expect("sslmode=require with a CA file");
+    let tls = c.quarantine_store.unwrap().tls.expect("TLS");
+    assert_eq!(tls.ca_file.display().to_string(), ca);
+    assert_eq!(tls.ca_certificates.certificates().len(), 1);
+    let c = load_str(&format!(
+        "{PG}url = \"postgresql://fanout@db.corp.example/q\"\nrelay = \"relay-a\"\n\
+         ca_file = \"{ca}\"\n"
+    ))
+    .expect("a CA file alone means TLS");
+    assert!(c.quarantine_store.unwrap().tls.is_some());
+    for url in [
+        "postgresql://fanout@db/q?sslmode=disable",
+        "postgresql://fanout@db/q",
+    ] {
+        let c =
+            load_str(&format!("{PG}url = \"{url}\"\nrelay = \"relay-a\"\n")).expect("plain TCP");
+        assert_eq!(c.quarantine_store.unwrap().tls, None, "{url}");
+    }
+}
+
+#[test]
+fn tls_settings_that_could_go_unverified_or_plain_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("pg-ca.pem");
+    std::fs::write(&ca, super::ldap::CA_PEM).unwrap();
+    let ca = ca.display().to_string();
+    refused(
+        &format!("{PG}url = \"postgresql://fanout@db/q?sslmode=require\"\nrelay = \"relay-a\"\n"),
+        3,
+        "quarantine.ca_file",
+        "must be set with sslmode=require in url",
+    );
+    refused(
+        &format!(
+            "{PG}url = \"postgresql://fanout@db/q?sslmode=prefer\"\nrelay = \"relay-a\"\n\
+             ca_file = \"{ca}\"\n"
+        ),
+        5,
+        "quarantine.url",
+        "sslmode=prefer would go on in plain text",
+    );
+    refused(
+        &format!(
+            "{PG}url = \"postgresql://fanout@db/q?sslmode=disable\"\nrelay = \"relay-a\"\n\
+             ca_file = \"{ca}\"\n"
+        ),
+        7,
+        "quarantine.ca_file",
+        "is set, but url says sslmode=disable",
+    );
+    refused(
+        &format!(
+            "{PG}url = \"postgresql://fanout@db/q?sslmode=verify-full\"\nrelay = \"relay-a\"\n\
+             ca_file = \"{ca}\"\n"
+        ),
+        5,
+        "quarantine.url",
+        "sslmode=verify-full is not supported: give sslmode=require",
+    );
+    refused(
+        &format!(
+            "{PG}url = \"postgresql://fanout@db/q\"\nrelay = \"relay-a\"\n\
+             ca_file = \"/nonexistent/pg-ca.pem\"\n"
+        ),
+        7,
+        "quarantine.ca_file",
+        "cannot read \"/nonexistent/pg-ca.pem\"",
+    );
+    let text = dir.path().join("not-a-cert.pem");
+    std::fs::write(&text, "hello\n").unwrap();
+    refused(
+        &format!(
+            "{PG}url = \"postgresql://fanout@db/q?sslmode=require\"\nrelay = \"relay-a\"\n\
+             ca_file = \"{}\"\n",
+            text.display()
+        ),
+        7,
+        "quarantine.ca_file",
+        "holds no PEM certificate",
+    );
+}

@@ -8,7 +8,7 @@ use crate::config::ldap::{FilterList, OnStale};
 use std::os::unix::fs::PermissionsExt;
 
 /// A self-signed CA certificate (P-256, valid until 2126).
-const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+pub(super) const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIBmDCCAT2gAwIBAgIUbRcwCcUKYrYhn91vkRsotF8ll/swCgYIKoZIzj0EAwIw
 IDEeMBwGA1UEAwwVZmFub3V0LW1pbHRlci10ZXN0LWNhMCAXDTI2MTEyMzE2NDYx
 NloYDzIxMjYxMDMwMTY0NjE2WjAgMR4wHAYDVQQDDBVmYW5vdXQtbWlsdGVyLXRl

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
-//! `[quarantine] store`, `url`, `password_file`, `password_env`, `relay`: where the
-//! quarantine records live.
+//! `[quarantine] store`, `url`, `password_file`, `password_env`, `relay`, `ca_file`:
+//! where the quarantine records live.
 
 use super::check_secret_file;
-use crate::config::fleet_store::{PgSettings, valid_relay};
+use crate::config::fleet_store::{PgSettings, PgTls, valid_relay};
+use crate::config::ldap::CaCertificates;
 use crate::config::raw::RawConfig;
 use crate::config::secret::redact_url;
 use std::path::Path;
@@ -33,12 +34,25 @@ pub(super) fn check(
         }
     }
     let url = q.url.trim().to_owned();
+    let sslmode = sslmode(&url);
     if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
         report(
             "quarantine.url",
             format!(
                 "\"{}\" must be a URL such as \"postgresql://fanout@db.example.org:5432/quarantine\"",
                 redact_url(&url)
+            ),
+        );
+    } else if let Some(other) = sslmode
+        .as_deref()
+        .filter(|m| !matches!(*m, "disable" | "require" | "prefer"))
+    {
+        report(
+            "quarantine.url",
+            format!(
+                "sslmode={} is not supported: give sslmode=require (with ca_file: the \
+                 server's certificate and host name are always verified) or sslmode=disable",
+                crate::text::neutralize(other)
             ),
         );
     } else {
@@ -106,10 +120,78 @@ pub(super) fn check(
             ),
         );
     }
+    let tls = check_tls(sslmode.as_deref(), q.ca_file.trim(), base, report);
     Some(PgSettings {
         url,
         password,
         relay,
         connect_timeout: CONNECT_TIMEOUT,
+        tls,
     })
+}
+
+/// The value of `sslmode` in the query of `url`, when there is one (the last wins, as
+/// in the client).
+fn sslmode(url: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == "sslmode")
+        .map(|(_, value)| value.to_owned())
+        .next_back()
+}
+
+/// TLS from the URL's `sslmode` and `ca_file`: `require` needs a CA file (there is no
+/// fallback to the system's trust store), a CA file alone means `require`, `disable`
+/// with a CA file is a contradiction, and `prefer` is refused, as it would silently go
+/// on in plain text, unauthenticated, whenever TLS fails.
+fn check_tls(
+    sslmode: Option<&str>,
+    ca_file: &str,
+    base: &Path,
+    report: &mut impl FnMut(&str, String),
+) -> Option<PgTls> {
+    match (sslmode, ca_file) {
+        (Some("prefer"), _) => {
+            report(
+                "quarantine.url",
+                "sslmode=prefer would go on in plain text, unauthenticated, whenever TLS \
+                 fails: give sslmode=require with ca_file, or sslmode=disable"
+                    .into(),
+            );
+            None
+        }
+        (Some("require"), "") => {
+            report(
+                "quarantine.ca_file",
+                "must be set with sslmode=require in url: the PEM file of the CA that \
+                 signed the database server's certificate (the certificate is always \
+                 verified; the system's trust store is not used)"
+                    .into(),
+            );
+            None
+        }
+        (Some("disable"), file) if !file.is_empty() => {
+            report(
+                "quarantine.ca_file",
+                "is set, but url says sslmode=disable: remove one of them".into(),
+            );
+            None
+        }
+        (_, "") => None,
+        (_, file) => {
+            let path = base.join(file);
+            match CaCertificates::read(&path) {
+                Ok(ca_certificates) => Some(PgTls {
+                    ca_file: path,
+                    ca_certificates,
+                }),
+                Err(e) => {
+                    report("quarantine.ca_file", e);
+                    None
+                }
+            }
+        }
+    }
 }
