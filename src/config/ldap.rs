@@ -98,6 +98,26 @@ impl CaCertificates {
     pub fn certificates(&self) -> &[CertificateDer<'static>] {
         &self.0
     }
+
+    /// A TLS client (rustls with ring) trusting exactly these certificates, read from
+    /// `ca_file` (named in errors): for the directory and for the fleet's database.
+    pub fn client_config(&self, ca_file: &Path) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &self.0 {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("\"{}\": {e}", ca_file.display()))?;
+        }
+        Ok(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
 }
 
 impl fmt::Debug for CaCertificates {

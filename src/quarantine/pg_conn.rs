@@ -14,7 +14,6 @@
 //! `statement_timeout`.
 
 use crate::config::fleet_store::PgTls;
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -41,19 +40,7 @@ impl Tls {
         let Some(tls) = tls else {
             return Ok(Tls::Off);
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in tls.ca_certificates.certificates() {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("\"{}\": {e}", tls.ca_file.display()))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = tls.ca_certificates.client_config(&tls.ca_file)?;
         Ok(Tls::Verified(MakeRustlsConnect::new(config)))
     }
 }

@@ -152,58 +152,63 @@ fn tls_settings_that_could_go_unverified_or_plain_are_refused() {
     let ca = dir.path().join("pg-ca.pem");
     std::fs::write(&ca, super::ldap::CA_PEM).unwrap();
     let ca = ca.display().to_string();
-    refused(
-        &format!("{PG}url = \"postgresql://fanout@db/q?sslmode=require\"\nrelay = \"relay-a\"\n"),
-        3,
-        "quarantine.ca_file",
-        "must be set with sslmode=require in url",
-    );
-    refused(
-        &format!(
-            "{PG}url = \"postgresql://fanout@db/q?sslmode=prefer\"\nrelay = \"relay-a\"\n\
-             ca_file = \"{ca}\"\n"
-        ),
-        5,
-        "quarantine.url",
-        "sslmode=prefer would go on in plain text",
-    );
-    refused(
-        &format!(
-            "{PG}url = \"postgresql://fanout@db/q?sslmode=disable\"\nrelay = \"relay-a\"\n\
-             ca_file = \"{ca}\"\n"
-        ),
-        7,
-        "quarantine.ca_file",
-        "is set, but url says sslmode=disable",
-    );
-    refused(
-        &format!(
-            "{PG}url = \"postgresql://fanout@db/q?sslmode=verify-full\"\nrelay = \"relay-a\"\n\
-             ca_file = \"{ca}\"\n"
-        ),
-        5,
-        "quarantine.url",
-        "sslmode=verify-full is not supported: give sslmode=require",
-    );
-    refused(
-        &format!(
-            "{PG}url = \"postgresql://fanout@db/q\"\nrelay = \"relay-a\"\n\
-             ca_file = \"/nonexistent/pg-ca.pem\"\n"
-        ),
-        7,
-        "quarantine.ca_file",
-        "cannot read \"/nonexistent/pg-ca.pem\"",
-    );
     let text = dir.path().join("not-a-cert.pem");
     std::fs::write(&text, "hello\n").unwrap();
-    refused(
-        &format!(
-            "{PG}url = \"postgresql://fanout@db/q?sslmode=require\"\nrelay = \"relay-a\"\n\
-             ca_file = \"{}\"\n",
-            text.display()
+    let text = text.display().to_string();
+    // (the URL's query, the ca_file, the line and key named, the error)
+    let cases: [(&str, Option<&str>, usize, &str, &str); 6] = [
+        (
+            "?sslmode=require",
+            None,
+            3,
+            "quarantine.ca_file",
+            "must be set with sslmode=require in url",
         ),
-        7,
-        "quarantine.ca_file",
-        "holds no PEM certificate",
-    );
+        (
+            "?sslmode=prefer",
+            Some(&ca),
+            5,
+            "quarantine.url",
+            "sslmode=prefer would go on in plain text",
+        ),
+        (
+            "?sslmode=disable",
+            Some(&ca),
+            7,
+            "quarantine.ca_file",
+            "is set, but url says sslmode=disable",
+        ),
+        (
+            "?sslmode=verify-full",
+            Some(&ca),
+            5,
+            "quarantine.url",
+            "sslmode=verify-full is not supported: give sslmode=require",
+        ),
+        (
+            "",
+            Some("/nonexistent/pg-ca.pem"),
+            7,
+            "quarantine.ca_file",
+            "cannot read \"/nonexistent/pg-ca.pem\"",
+        ),
+        (
+            "?sslmode=require",
+            Some(&text),
+            7,
+            "quarantine.ca_file",
+            "holds no PEM certificate",
+        ),
+    ];
+    for (query, ca_file, line, key, message) in cases {
+        let ca_file = ca_file.map_or(String::new(), |f| format!("ca_file = \"{f}\"\n"));
+        refused(
+            &format!(
+                "{PG}url = \"postgresql://fanout@db/q{query}\"\nrelay = \"relay-a\"\n{ca_file}"
+            ),
+            line,
+            key,
+            message,
+        );
+    }
 }

@@ -3,13 +3,12 @@
 //! snapshot logic runs the same against a real server (ldap3) and against the
 //! in-memory fake the tests use for Active Directory behaviour slapd lacks.
 
-use crate::config::ldap::{CaCertificates, LdapSettings, read_secret};
+use crate::config::ldap::{LdapSettings, read_secret};
 use async_trait::async_trait;
 use ldap3::adapters::EntriesOnly;
 use ldap3::controls::{Control, ControlType, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, SearchEntry};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,25 +158,6 @@ pub struct Ldap3Server {
     timeout: Duration,
 }
 
-/// A TLS client trusting exactly the CA certificates of `ca_file` (read when the
-/// configuration was validated).
-fn tls_config(ca_file: &Path, certs: &CaCertificates) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs.certificates() {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("\"{}\": {e}", ca_file.display()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 impl Ldap3Server {
     /// Connects and binds as the settings say, each step within `timeout`.
     pub async fn connect(settings: &LdapSettings) -> Result<Ldap3Server, LdapFault> {
@@ -190,8 +170,9 @@ impl Ldap3Server {
             .set_starttls(settings.start_tls);
         match (&settings.ca_file, &settings.ca_certificates) {
             (Some(ca_file), Some(certs)) => {
-                conn_settings =
-                    conn_settings.set_config(tls_config(ca_file, certs).map_err(connect_fault)?);
+                conn_settings = conn_settings.set_config(Arc::new(
+                    certs.client_config(ca_file).map_err(connect_fault)?,
+                ));
             }
             // A CA file whose certificates were never read must not fall back to the
             // system's trust store: refuse to connect.
