@@ -189,6 +189,15 @@ impl RequestState {
         }
     }
 
+    /// The state a request ends in: done when `ok`, else failed.
+    pub fn finished(ok: bool) -> RequestState {
+        if ok {
+            RequestState::Done
+        } else {
+            RequestState::Failed
+        }
+    }
+
     /// Every state.
     pub const ALL: [RequestState; 4] = [
         RequestState::Pending,

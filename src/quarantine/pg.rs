@@ -1548,11 +1548,7 @@ impl PgStore {
         result: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        let state = if ok {
-            RequestState::Done
-        } else {
-            RequestState::Failed
-        };
+        let state = RequestState::finished(ok);
         let changed = self.with(|c| {
             c.execute(
                 "UPDATE requests SET state = $2, result = $3, finished_at = $4

@@ -486,11 +486,7 @@ impl SqliteStore {
         result: &str,
         now: u64,
     ) -> Result<(), StoreError> {
-        let state = if ok {
-            RequestState::Done
-        } else {
-            RequestState::Failed
-        };
+        let state = RequestState::finished(ok);
         let conn = self.conn();
         let changed = conn
             .execute(
